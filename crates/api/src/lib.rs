@@ -1,0 +1,18 @@
+//! The contracts between Starling's four services.
+//!
+//! Each trait here has a direct in-process implementation (used by
+//! `starling serve`) and, in the cluster, a gRPC client or a Redis-backed one.
+//! No feature may exist only behind one of them: services are written against
+//! these traits alone.
+
+pub mod error;
+pub mod presence;
+pub mod registry;
+pub mod router;
+pub mod storage;
+
+pub use error::{ApiError, ApiResult};
+pub use presence::PresenceApi;
+pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
+pub use router::{BindError, Origin, RouterApi};
+pub use storage::{RosterItem, ScramCredentials, StorageApi, StoredCredentials, Subscription};

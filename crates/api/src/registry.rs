@@ -1,0 +1,83 @@
+//! The session registry: where every bound resource lives (DESIGN.md "Redis
+//! layout": `sess:{bare}`, `pres:{full}`). In the cluster it is Redis; in one
+//! process it is a map. Updates are single atomic operations, never
+//! read-then-write, so two logins racing for one resource end with one session.
+
+use async_trait::async_trait;
+use starling_jid::{BareJid, FullJid, Jid};
+
+use crate::error::ApiResult;
+
+/// A connection-manager's identity, unique in the cluster.
+pub type NodeId = String;
+
+/// A connection's identity, unique within its connection-manager.
+pub type ConnId = u64;
+
+/// Where a session's stream ends: which node, which connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionAddr {
+    pub node: NodeId,
+    pub conn: ConnId,
+}
+
+/// One bound resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub jid: FullJid,
+    pub addr: SessionAddr,
+    /// Presence priority (RFC 6121 section 4.7.2.3); 0 until the first presence.
+    pub priority: i8,
+    /// Sent initial presence and not yet unavailable (RFC 6121 section 4.2).
+    pub available: bool,
+    /// Requested the roster: an "interested resource" for roster pushes (RFC 6121 section 2.1.6).
+    pub interested: bool,
+    /// Last available presence broadcast by the session, serialised (`pres:{full}`).
+    pub presence: Option<String>,
+}
+
+impl SessionRecord {
+    pub fn new(jid: FullJid, addr: SessionAddr) -> Self {
+        SessionRecord { jid, addr, priority: 0, available: false, interested: false, presence: None }
+    }
+}
+
+/// The result of binding a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindOutcome {
+    /// The session that held this full JID before and was replaced by the new
+    /// one (the conflict policy: the newest login wins, RFC 6120 section 7.7.2.2).
+    pub replaced: Option<SessionRecord>,
+}
+
+#[async_trait]
+pub trait SessionRegistry: Send + Sync + 'static {
+    /// Record a new session atomically, replacing any session with the same full JID.
+    async fn bind(&self, record: SessionRecord) -> ApiResult<BindOutcome>;
+    /// Remove a session if it is still the one at `addr` (a replaced session's
+    /// late unbind must not remove its successor). Returns the removed record.
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<Option<SessionRecord>>;
+    /// Every session of an account.
+    async fn sessions(&self, user: &BareJid) -> ApiResult<Vec<SessionRecord>>;
+    /// One session.
+    async fn session(&self, jid: &FullJid) -> ApiResult<Option<SessionRecord>>;
+    /// Record a session's presence state (only if still at `addr`); `presence` is
+    /// the last available presence, `None` when unavailable. Returns whether the session exists.
+    async fn set_presence(
+        &self,
+        jid: &FullJid,
+        addr: &SessionAddr,
+        available: bool,
+        priority: i8,
+        presence: Option<String>,
+    ) -> ApiResult<bool>;
+    /// Mark a session as interested in roster pushes.
+    async fn set_interested(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool>;
+    /// Remember that the session sent directed presence to `to` (RFC 6121 section 4.6),
+    /// or forget it when `available` is false.
+    async fn set_directed_presence(&self, jid: &FullJid, to: &Jid, available: bool) -> ApiResult<()>;
+    /// The entities the session sent directed presence to; the set is cleared.
+    async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>>;
+    /// Every session on one node (for the janitor and for re-registration).
+    async fn node_sessions(&self, node: &str) -> ApiResult<Vec<SessionRecord>>;
+}

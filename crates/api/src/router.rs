@@ -1,0 +1,54 @@
+//! The session-router contract: binding resources and routing stanzas
+//! (RFC 6121 section 8), as called by connection-managers and by the
+//! presence service.
+
+use async_trait::async_trait;
+use starling_jid::{BareJid, FullJid};
+use starling_xmpp::Element;
+
+use crate::error::{ApiError, ApiResult};
+use crate::registry::SessionAddr;
+
+/// Who a stanza comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A client session: `from` has been stamped with its full JID by the connection-manager.
+    Session { jid: FullJid, addr: SessionAddr },
+    /// The server itself (presence service, router handlers): `from` is trusted as it is.
+    Server,
+}
+
+/// Why a resource could not be bound (RFC 6120 section 7.6.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("resource is not valid")]
+    BadRequest,
+    #[error("too many sessions for this account")]
+    ResourceConstraint,
+    #[error("not allowed to bind")]
+    NotAllowed,
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+#[async_trait]
+pub trait RouterApi: Send + Sync + 'static {
+    /// Bind a resource for an authenticated user at `addr`. `requested` is the
+    /// client's resource (already normalised) or `None` for a server-generated one.
+    /// A session already bound to the same full JID is replaced: it receives a
+    /// `<conflict/>` stream error (the documented conflict policy).
+    async fn bind(&self, user: &BareJid, requested: Option<&str>, addr: &SessionAddr) -> Result<FullJid, BindError>;
+
+    /// The session at `addr` ended (stream closed, connection lost, replaced):
+    /// unavailable presence is broadcast (RFC 6121 section 4.5.2) and the registry cleaned.
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<()>;
+
+    /// Route one stanza. For `Origin::Session` the connection-manager has already
+    /// stamped `from`; the router answers errors to the sender itself.
+    async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()>;
+
+    /// A stanza published to a connection that no longer exists on its node
+    /// (a race with disconnect): route it again to the bare JID's other
+    /// resources or to offline storage, per its type.
+    async fn undeliverable(&self, stanza: Element) -> ApiResult<()>;
+}

@@ -1,0 +1,133 @@
+//! The storage service contract: accounts and SCRAM credentials, rosters
+//! (RFC 6121 section 2) and the offline message queue (XEP-0160).
+
+use async_trait::async_trait;
+use starling_jid::BareJid;
+
+use crate::error::ApiResult;
+
+/// Salted SCRAM keys for one hash function (RFC 5802 section 3). The password
+/// itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramCredentials {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// What the server keeps to authenticate an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCredentials {
+    pub sha1: ScramCredentials,
+    pub sha256: ScramCredentials,
+}
+
+/// The subscription state of a roster item (RFC 6121 section 2.1.2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Subscription {
+    #[default]
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "none" => Subscription::None,
+            "to" => Subscription::To,
+            "from" => Subscription::From,
+            "both" => Subscription::Both,
+            _ => return None,
+        })
+    }
+
+    /// The user receives the contact's presence.
+    pub fn has_to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+
+    /// The contact receives the user's presence.
+    pub fn has_from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+}
+
+/// One contact in a user's roster, with the full subscription state of
+/// RFC 6121 Appendix A (the pending flags included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterItem {
+    pub jid: BareJid,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// The user asked to subscribe to the contact and awaits an answer ("Pending Out", `ask='subscribe'`).
+    pub pending_out: bool,
+    /// The contact asked to subscribe to the user and awaits an answer ("Pending In").
+    /// An item that exists only because of this is not shown in the roster (RFC 6121 section 3.1.3).
+    pub pending_in: bool,
+    /// The stanza of the pending inbound request, redelivered at login (RFC 6121 section 3.1.3).
+    pub pending_in_stanza: Option<String>,
+    pub groups: Vec<String>,
+    /// False for a placeholder that exists only to remember a pending inbound
+    /// request (or a subscription state) the user never put in the roster;
+    /// such an item is not returned by a roster get nor pushed (RFC 6121 section 3.1.3).
+    pub in_roster: bool,
+}
+
+impl RosterItem {
+    pub fn new(jid: BareJid) -> Self {
+        RosterItem {
+            jid,
+            name: None,
+            subscription: Subscription::None,
+            pending_out: false,
+            pending_in: false,
+            pending_in_stanza: None,
+            groups: Vec::new(),
+            in_roster: true,
+        }
+    }
+}
+
+/// The storage service.
+#[async_trait]
+pub trait StorageApi: Send + Sync + 'static {
+    /// Create an account; `AlreadyExists` if it does.
+    async fn create_account(&self, user: &BareJid, credentials: &StoredCredentials) -> ApiResult<()>;
+    /// Replace an account's credentials; `NotFound` if there is no such account.
+    async fn set_credentials(&self, user: &BareJid, credentials: &StoredCredentials) -> ApiResult<()>;
+    /// Remove an account with its roster, offline messages and all other data; `NotFound` if absent.
+    async fn remove_account(&self, user: &BareJid) -> ApiResult<()>;
+    /// The accounts of a domain, sorted.
+    async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>>;
+    /// The credentials of an account, `None` when it does not exist.
+    async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>>;
+
+    /// The whole roster (visible and placeholder items) and its current version (RFC 6121 section 2.6).
+    async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)>;
+    /// One roster item.
+    async fn roster_item(&self, user: &BareJid, contact: &BareJid) -> ApiResult<Option<RosterItem>>;
+    /// Insert or replace an item; returns the roster's new version.
+    async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> ApiResult<u64>;
+    /// Remove an item; returns the new version, `None` if there was no such item.
+    async fn remove_roster_item(&self, user: &BareJid, contact: &BareJid) -> ApiResult<Option<u64>>;
+
+    /// Append a message (serialised stanza) to the user's offline queue;
+    /// `LimitReached` when the queue is full.
+    async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()>;
+    /// Remove and return every queued message, oldest first.
+    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>>;
+    /// How many messages wait for the user.
+    async fn count_offline(&self, user: &BareJid) -> ApiResult<u64>;
+}

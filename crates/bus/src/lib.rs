@@ -1,0 +1,114 @@
+//! The delivery bus: how the router and the presence service hand stanzas to
+//! the connection-manager that holds the recipient's stream (DESIGN.md,
+//! `deliver:{node}`).
+//!
+//! One envelope is published per destination node, carrying every recipient
+//! connection on that node, so a fan-out to 500 contacts costs one message per
+//! node, not 500. The in-process implementation passes the parsed stanza; the
+//! Redis one (cluster) carries a protobuf envelope around the re-serialised stanza.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use starling_api::{ApiResult, ConnId};
+use starling_xmpp::{Element, StreamErrorCondition};
+use tokio::sync::mpsc;
+
+/// One recipient connection of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub conn: ConnId,
+    /// Rewrite the stanza's `to` for this recipient (presence broadcast to
+    /// several contacts shares one envelope); `None` keeps the stanza's own.
+    pub to: Option<String>,
+}
+
+impl Recipient {
+    pub fn conn(conn: ConnId) -> Self {
+        Recipient { conn, to: None }
+    }
+}
+
+/// What a connection-manager is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Write the stanza to each recipient's stream.
+    Stanza { recipients: Vec<Recipient>, stanza: Arc<Element> },
+    /// Close a stream with a stream error (a replaced session gets `conflict`).
+    Close { conn: ConnId, condition: StreamErrorCondition, text: Option<String> },
+}
+
+/// The receiving end a connection-manager reads its deliveries from.
+pub type DeliveryReceiver = mpsc::UnboundedReceiver<Delivery>;
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publish to a node's delivery channel; returns how many subscribers got
+    /// it (0 means nobody holds that node: the caller falls back to offline storage).
+    async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize>;
+    /// Subscribe to a node's delivery channel. One subscriber per node.
+    async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver>;
+}
+
+/// The bus of `starling serve`: an unbounded channel per node inside one process.
+/// Bounding happens per connection, in the connection-manager's outbound queue.
+#[derive(Default, Clone)]
+pub struct InProcessBus {
+    channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Delivery>>>>,
+}
+
+impl InProcessBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
+        let sender = self.channels.read().get(node).cloned();
+        match sender {
+            Some(sender) if sender.send(delivery).is_ok() => Ok(1),
+            Some(_) => {
+                self.channels.write().remove(node);
+                Ok(0)
+            }
+            None => Ok(0),
+        }
+    }
+
+    async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.channels.write().insert(node.to_string(), sender);
+        Ok(receiver)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_xmpp::ns;
+
+    #[tokio::test]
+    async fn publishes_to_the_subscribed_node_only() {
+        let bus = InProcessBus::new();
+        let mut receiver = bus.subscribe("cm1").await.unwrap();
+        let delivery = Delivery::Stanza {
+            recipients: vec![Recipient::conn(7)],
+            stanza: Arc::new(Element::new("message", ns::CLIENT)),
+        };
+        assert_eq!(bus.publish("cm1", delivery.clone()).await.unwrap(), 1);
+        assert_eq!(bus.publish("cm2", delivery.clone()).await.unwrap(), 0);
+        assert_eq!(receiver.recv().await, Some(delivery));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_subscriber_counts_as_none() {
+        let bus = InProcessBus::new();
+        drop(bus.subscribe("cm1").await.unwrap());
+        let delivery = Delivery::Close { conn: 1, condition: StreamErrorCondition::Conflict, text: None };
+        assert_eq!(bus.publish("cm1", delivery).await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,167 @@
+//! Session registry implementations. `MemoryRegistry` serves `starling serve`;
+//! every operation takes one lock, so each update is atomic as the contract asks.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use starling_api::{ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
+use starling_jid::{BareJid, FullJid, Jid};
+
+#[derive(Default)]
+struct State {
+    /// `sess:{bare}`: resource -> session.
+    sessions: HashMap<BareJid, HashMap<String, SessionRecord>>,
+    /// Directed presence sent by each session (RFC 6121 section 4.6).
+    directed: HashMap<FullJid, HashSet<Jid>>,
+}
+
+/// The in-process session registry.
+#[derive(Default)]
+pub struct MemoryRegistry {
+    state: Mutex<State>,
+}
+
+impl MemoryRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn with_session<T>(
+    state: &mut State,
+    jid: &FullJid,
+    addr: &SessionAddr,
+    update: impl FnOnce(&mut SessionRecord) -> T,
+) -> Option<T> {
+    let record = state.sessions.get_mut(jid.bare())?.get_mut(jid.resource())?;
+    if &record.addr != addr {
+        return None;
+    }
+    Some(update(record))
+}
+
+#[async_trait]
+impl SessionRegistry for MemoryRegistry {
+    async fn bind(&self, record: SessionRecord) -> ApiResult<BindOutcome> {
+        let mut state = self.state.lock();
+        let resources = state.sessions.entry(record.jid.to_bare()).or_default();
+        let replaced = resources.insert(record.jid.resource().to_string(), record.clone());
+        if replaced.is_some() {
+            state.directed.remove(&record.jid);
+        }
+        Ok(BindOutcome { replaced })
+    }
+
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<Option<SessionRecord>> {
+        let mut state = self.state.lock();
+        let Some(resources) = state.sessions.get_mut(jid.bare()) else {
+            return Ok(None);
+        };
+        if resources.get(jid.resource()).map(|record| &record.addr) != Some(addr) {
+            return Ok(None);
+        }
+        let removed = resources.remove(jid.resource());
+        if resources.is_empty() {
+            state.sessions.remove(jid.bare());
+        }
+        Ok(removed)
+    }
+
+    async fn sessions(&self, user: &BareJid) -> ApiResult<Vec<SessionRecord>> {
+        let state = self.state.lock();
+        Ok(state
+            .sessions
+            .get(user)
+            .map(|resources| resources.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn session(&self, jid: &FullJid) -> ApiResult<Option<SessionRecord>> {
+        let state = self.state.lock();
+        Ok(state.sessions.get(jid.bare()).and_then(|resources| resources.get(jid.resource()).cloned()))
+    }
+
+    async fn set_presence(
+        &self,
+        jid: &FullJid,
+        addr: &SessionAddr,
+        available: bool,
+        priority: i8,
+        presence: Option<String>,
+    ) -> ApiResult<bool> {
+        let mut state = self.state.lock();
+        Ok(with_session(&mut state, jid, addr, |record| {
+            record.available = available;
+            record.priority = priority;
+            record.presence = presence;
+        })
+        .is_some())
+    }
+
+    async fn set_interested(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool> {
+        let mut state = self.state.lock();
+        Ok(with_session(&mut state, jid, addr, |record| record.interested = true).is_some())
+    }
+
+    async fn set_directed_presence(&self, jid: &FullJid, to: &Jid, available: bool) -> ApiResult<()> {
+        let mut state = self.state.lock();
+        if available {
+            state.directed.entry(jid.clone()).or_default().insert(to.clone());
+        } else if let Some(set) = state.directed.get_mut(jid) {
+            set.remove(to);
+        }
+        Ok(())
+    }
+
+    async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>> {
+        let mut state = self.state.lock();
+        Ok(state.directed.remove(jid).map(|set| set.into_iter().collect()).unwrap_or_default())
+    }
+
+    async fn node_sessions(&self, node: &str) -> ApiResult<Vec<SessionRecord>> {
+        let state = self.state.lock();
+        Ok(state
+            .sessions
+            .values()
+            .flat_map(|resources| resources.values())
+            .filter(|record| record.addr.node == node)
+            .cloned()
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(conn: u64) -> SessionAddr {
+        SessionAddr { node: "cm1".into(), conn }
+    }
+
+    #[tokio::test]
+    async fn newest_bind_replaces_and_stale_unbind_is_ignored() {
+        let registry = MemoryRegistry::new();
+        let jid: FullJid = "a@example.com/phone".parse().unwrap();
+        let first = registry.bind(SessionRecord::new(jid.clone(), addr(1))).await.unwrap();
+        assert!(first.replaced.is_none());
+        let second = registry.bind(SessionRecord::new(jid.clone(), addr(2))).await.unwrap();
+        assert_eq!(second.replaced.map(|record| record.addr), Some(addr(1)));
+        assert_eq!(registry.unbind(&jid, &addr(1)).await.unwrap(), None);
+        assert_eq!(registry.sessions(jid.bare()).await.unwrap().len(), 1);
+        assert!(registry.unbind(&jid, &addr(2)).await.unwrap().is_some());
+        assert!(registry.sessions(jid.bare()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn presence_updates_only_the_current_session() {
+        let registry = MemoryRegistry::new();
+        let jid: FullJid = "a@example.com/phone".parse().unwrap();
+        registry.bind(SessionRecord::new(jid.clone(), addr(1))).await.unwrap();
+        assert!(!registry.set_presence(&jid, &addr(9), true, 5, None).await.unwrap());
+        assert!(registry.set_presence(&jid, &addr(1), true, 5, Some("<presence/>".into())).await.unwrap());
+        let record = registry.session(&jid).await.unwrap().unwrap();
+        assert!(record.available);
+        assert_eq!(record.priority, 5);
+    }
+}
