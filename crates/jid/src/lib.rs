@@ -286,3 +286,6 @@ impl PartialEq<FullJid> for Jid {
         matches!(self, Jid::Full(full) if full == other)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use idna::uts46::{AsciiDenyList, Hyphens, Uts46};
 use precis_core::profile::Profile;
+use precis_core::{IdentifierClass, StringClass};
 use precis_profiles::{OpaqueString, UsernameCaseMapped};
 
 use crate::JidError;
@@ -70,7 +71,8 @@ fn ascii_localpart(local: &str) -> Option<Result<String, JidError>> {
     if !local.is_ascii() {
         return None;
     }
-    let allowed = |byte: u8| matches!(byte, 0x21..=0x7e) && !is_forbidden_in_localpart(byte as char);
+    let allowed =
+        |byte: u8| matches!(byte, 0x21..=0x7e) && !is_forbidden_in_localpart(byte as char);
     if !local.bytes().all(allowed) {
         return Some(Err(JidError::InvalidLocal));
     }
@@ -85,8 +87,8 @@ fn precis_localpart(local: &str) -> Result<String, JidError> {
     if local.chars().any(is_forbidden_in_localpart) {
         return Err(JidError::InvalidLocal);
     }
-    let normalized = enforce_until_stable(&UsernameCaseMapped::new(), local)
-        .ok_or(JidError::InvalidLocal)?;
+    let normalized =
+        enforce_until_stable(&UsernameCaseMapped::new(), local).ok_or(JidError::InvalidLocal)?;
     // Width mapping turns U+FF20 FULLWIDTH COMMERCIAL AT into '@', and so on:
     // the section 3.3.1 rule is about the enforced string as well.
     if normalized.chars().any(is_forbidden_in_localpart) {
@@ -178,9 +180,20 @@ fn ascii_domainpart(domain: &str) -> Option<Result<String, JidError>> {
 }
 
 /// The UTS #46 path of [`normalize_domainpart`].
+///
+/// UTS #46 ToUnicode is more permissive than IDNA2008, which RFC 7622 section
+/// 3.2.1 requires: it lets symbols and emoji through (`♚.example`). Every
+/// label of the result is therefore also checked against the PRECIS
+/// IdentifierClass, which is derived from Unicode properties by the same
+/// rules as the IDNA2008 code point table (RFC 8264 section 9, RFC 5892
+/// section 2): letters, digits and combining marks are allowed; symbols,
+/// punctuation other than ASCII, spaces and compatibility characters are not;
+/// the joiners only in the contexts of RFC 5892 appendix A.
 fn idna_domainpart(domain: &str) -> Result<String, JidError> {
     let normalized = idna_to_unicode(domain).ok_or(JidError::InvalidDomain)?;
-    if normalized.split('.').any(str::is_empty) {
+    let identifier_class = IdentifierClass::default();
+    let label_is_valid = |label: &str| !label.is_empty() && identifier_class.allows(label).is_ok();
+    if !normalized.split('.').all(label_is_valid) {
         return Err(JidError::InvalidDomain);
     }
     // ToUnicode is meant to be idempotent on its own output; check it, so that
@@ -239,8 +252,8 @@ fn ascii_resourcepart(resource: &str) -> Option<Result<String, JidError>> {
 
 /// The full Unicode path of [`normalize_resourcepart`].
 fn precis_resourcepart(resource: &str) -> Result<String, JidError> {
-    let normalized = enforce_until_stable(&OpaqueString::new(), resource)
-        .ok_or(JidError::InvalidResource)?;
+    let normalized =
+        enforce_until_stable(&OpaqueString::new(), resource).ok_or(JidError::InvalidResource)?;
     if normalized.len() > MAX_PART_BYTES {
         return Err(JidError::ResourceTooLong);
     }
@@ -285,6 +298,43 @@ mod tests {
             normalize_localpart("a>\u{338}"),
             Err(JidError::InvalidLocal)
         );
+        // One round of the crate's enforcement accepts the first string.
+        let once = UsernameCaseMapped::new().enforce("a=\u{338}");
+        assert_eq!(once.as_deref(), Ok("a\u{2260}"));
+    }
+
+    #[test]
+    fn domain_labels_must_be_idna2008_code_points() {
+        // UTS #46 alone accepts these.
+        assert_eq!(
+            idna_to_unicode("\u{265a}.example").as_deref(),
+            Some("\u{265a}.example")
+        );
+        for domain in ["\u{265a}.example", "i\u{2764}.ws", "\u{1f600}.example"] {
+            assert_eq!(
+                normalize_domainpart(domain),
+                Err(JidError::InvalidDomain),
+                "{domain:?}"
+            );
+        }
+        for (domain, normalized) in [
+            ("B\u{fc}cher.example", "b\u{fc}cher.example"),
+            (
+                "\u{4f8b}\u{3048}.\u{30c6}\u{30b9}\u{30c8}",
+                "\u{4f8b}\u{3048}.\u{30c6}\u{30b9}\u{30c8}",
+            ),
+            (
+                "\u{645}\u{62b}\u{627}\u{644}.example",
+                "\u{645}\u{62b}\u{627}\u{644}.example",
+            ),
+            ("fa\u{df}.de", "fa\u{df}.de"),
+        ] {
+            assert_eq!(
+                normalize_domainpart(domain).as_deref(),
+                Ok(normalized),
+                "{domain:?}"
+            );
+        }
     }
 
     #[test]
@@ -298,7 +348,14 @@ mod tests {
                 Some(precis_resourcepart(resource))
             );
         }
-        for domain in ["example.com", "EXAMPLE.com", "a-b.c", "a--b.c", "-a.b", "a_b.c"] {
+        for domain in [
+            "example.com",
+            "EXAMPLE.com",
+            "a-b.c",
+            "a--b.c",
+            "-a.b",
+            "a_b.c",
+        ] {
             assert_eq!(ascii_domainpart(domain), Some(idna_domainpart(domain)));
         }
         assert_eq!(ascii_domainpart("xn--mnchen-3ya.de"), None);
