@@ -1,1 +1,39 @@
-fn main() {}
+//! `starling`: runs the server and carries the operator commands.
+
+mod cli;
+mod config;
+mod http;
+mod serve;
+mod user;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status for a configuration that cannot be used (sysexits EX_USAGE).
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let config = match config::Config::load(cli.config_path(), &config::process_environment()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("starling: {error}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("starling: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("starling: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The command line: `starling serve` and the operator commands.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config};
+
+#[derive(Debug, Parser)]
+#[command(name = "starling", version, about = "Starling, a cluster-native XMPP server")]
+pub struct Cli {
+    /// The TOML configuration file (every key can be overridden by STARLING_<SECTION>_<KEY>).
+    #[arg(long, global = true, env = "STARLING_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+impl Cli {
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: every service in one process, on the configured storage.
+    Serve,
+    /// Manage accounts in the configured storage.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Check the configuration and print it with every override applied.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Add { jid: String, password: String },
+    /// Set an account's password.
+    Passwd { jid: String, password: String },
+    /// Remove an account and everything stored for it.
+    Remove { jid: String },
+    /// List the accounts of a domain.
+    List { domain: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate and print the effective configuration as TOML.
+    Check,
+    /// List every key with its environment variable and default.
+    Keys,
+}
+
+pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve => crate::serve::serve(config).await,
+        Command::User { command } => match command {
+            UserCommand::Add { jid, password } => crate::user::add(&config, &jid, &password).await,
+            UserCommand::Passwd { jid, password } => crate::user::passwd(&config, &jid, &password).await,
+            UserCommand::Remove { jid } => crate::user::remove(&config, &jid).await,
+            UserCommand::List { domain } => crate::user::list(&config, &domain).await,
+        },
+        Command::Config { command } => {
+            match command {
+                ConfigCommand::Check => print!("{}", toml::to_string(&config)?),
+                ConfigCommand::Keys => {
+                    for (key, default) in config::key_paths() {
+                        println!("{key:<36} {:<44} default {default}", config::env_name(&key));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The configuration file (TOML) and its environment overrides.
+//!
+//! Every key has an override named `STARLING_<SECTION>_<KEY>` in upper case
+//! (`STARLING_DOMAIN`, `STARLING_LISTEN_C2S`, `STARLING_LIMITS_MAX_STANZA_BYTES`).
+//! The list of keys comes from the typed defaults below, so a key and its
+//! override are declared in one place. Unknown keys and bad values stop the
+//! start with a message naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("environment variable {variable} (key `{key}`): {message}")]
+    Environment { variable: String, key: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain this server serves.
+    pub domain: String,
+    /// Where the SQLite database and the generated TLS certificate live.
+    pub data_dir: String,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub limits: LimitsConfig,
+    pub registration: RegistrationConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Client-to-server with STARTTLS; empty disables it.
+    pub c2s: String,
+    /// Client-to-server with direct TLS (XEP-0368); empty disables it.
+    pub c2s_tls: String,
+    /// HTTP: health, readiness (WebSocket later); empty disables it.
+    pub http: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; empty: a self-signed certificate kept in `data_dir/tls`.
+    pub cert: String,
+    /// PEM private key; set together with `cert`.
+    pub key: String,
+    /// Refuse authentication before STARTTLS (turn off only for load tests on loopback).
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite://FILE` or `postgres://USER@HOST:PORT/DB`; empty: `sqlite://<data_dir>/starling.db`.
+    pub url: String,
+    pub max_offline_per_user: u32,
+    pub max_roster_items: u32,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_stanza_bytes: u64,
+    pub max_depth: u32,
+    pub pre_auth_timeout_secs: u64,
+    pub max_auth_attempts: u32,
+    pub max_connections_per_ip: u32,
+    pub failed_auth_per_ip: u32,
+    pub failed_auth_window_secs: u64,
+    pub stanzas_per_second: u32,
+    pub stanza_burst: u32,
+    pub outbound_queue_stanzas: u32,
+    pub max_resources_per_user: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// XEP-0077 in-band registration.
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `starling=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: "./data".into(),
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            storage: StorageConfig::default(),
+            limits: LimitsConfig::default(),
+            registration: RegistrationConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig { c2s: "0.0.0.0:5222".into(), c2s_tls: "0.0.0.0:5223".into(), http: "0.0.0.0:5280".into() }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig { cert: String::new(), key: String::new(), required: true }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { url: String::new(), max_offline_per_user: 1000, max_roster_items: 1000, max_connections: 8 }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 64,
+            pre_auth_timeout_secs: 60,
+            max_auth_attempts: 5,
+            max_connections_per_ip: 64,
+            failed_auth_per_ip: 10,
+            failed_auth_window_secs: 60,
+            stanzas_per_second: 200,
+            stanza_burst: 400,
+            outbound_queue_stanzas: 1000,
+            max_resources_per_user: 16,
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig { enabled: false }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// The environment variable that overrides a key path such as `limits.max_stanza_bytes`.
+pub fn env_name(key_path: &str) -> String {
+    format!("STARLING_{}", key_path.replace('.', "_").to_uppercase())
+}
+
+/// Every key path with its default value, in file order.
+pub fn key_paths() -> Vec<(String, toml::Value)> {
+    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialise");
+    let mut out = Vec::new();
+    collect_leaves("", &defaults, &mut out);
+    out
+}
+
+fn collect_leaves(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, child) in table {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                collect_leaves(&path, child, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), leaf.clone())),
+    }
+}
+
+/// Parse an environment value as the type of the key's default.
+fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
+    match default {
+        toml::Value::String(_) => Ok(toml::Value::String(raw.to_string())),
+        toml::Value::Integer(_) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("expected an integer, got {raw:?}")),
+        toml::Value::Boolean(_) => match raw.trim() {
+            "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
+            _ => Err(format!("expected true or false, got {raw:?}")),
+        },
+        other => Err(format!("unsupported type {}", other.type_str())),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().expect("non-empty key path");
+    let mut current = table;
+    for part in parts {
+        let entry = current.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = entry.as_table_mut().expect("just made a table");
+    }
+    current.insert(last.to_string(), value);
+}
+
+impl Config {
+    /// Load from an optional file, apply the environment, validate.
+    pub fn load(path: Option<&Path>, environment: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let (source_name, text) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                (path.display().to_string(), text)
+            }
+            None => ("(defaults)".to_string(), String::new()),
+        };
+        Self::from_toml_str(&source_name, &text, environment)
+    }
+
+    /// Parse TOML text, apply environment overrides, validate.
+    pub fn from_toml_str(
+        source_name: &str,
+        text: &str,
+        environment: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|error| ConfigError::Parse { path: source_name.to_string(), message: error.to_string() })?;
+        for (key, default) in key_paths() {
+            let variable = env_name(&key);
+            if let Some(raw) = environment.get(&variable) {
+                let value = env_value(&default, raw)
+                    .map_err(|message| ConfigError::Environment { variable, key: key.clone(), message })?;
+                set_path(&mut table, &key, value);
+            }
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Parse { path: source_name.to_string(), message: error.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        starling_jid::BareJid::domain_jid(&self.domain).map_err(|error| ConfigError::Invalid {
+            key: "domain",
+            message: format!("{:?} is not a valid XMPP domain: {error}", self.domain),
+        })?;
+        if self.data_dir.is_empty() {
+            return Err(ConfigError::Invalid { key: "data_dir", message: "must not be empty".into() });
+        }
+        for (key, value) in [("listen.c2s", &self.listen.c2s), ("listen.c2s_tls", &self.listen.c2s_tls), ("listen.http", &self.listen.http)] {
+            parse_listen(key, value)?;
+        }
+        if self.tls.cert.is_empty() != self.tls.key.is_empty() {
+            let key = if self.tls.cert.is_empty() { "tls.cert" } else { "tls.key" };
+            return Err(ConfigError::Invalid { key, message: "tls.cert and tls.key are set together".into() });
+        }
+        for (key, value) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+            if !value.is_empty() && !Path::new(value).is_file() {
+                return Err(ConfigError::Invalid { key, message: format!("no such file: {value}") });
+            }
+        }
+        let url = self.storage_url();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::Invalid {
+                key: "storage.url",
+                message: format!("{url:?}: expected sqlite://FILE or postgres://USER@HOST:PORT/DB"),
+            });
+        }
+        let limits = &self.limits;
+        let positive: [(&'static str, u64); 8] = [
+            ("limits.max_stanza_bytes", limits.max_stanza_bytes),
+            ("limits.max_depth", limits.max_depth.into()),
+            ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
+            ("limits.max_auth_attempts", limits.max_auth_attempts.into()),
+            ("limits.max_connections_per_ip", limits.max_connections_per_ip.into()),
+            ("limits.outbound_queue_stanzas", limits.outbound_queue_stanzas.into()),
+            ("limits.max_resources_per_user", limits.max_resources_per_user.into()),
+            ("storage.max_connections", self.storage.max_connections.into()),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid { key, message: "must be greater than 0".into() });
+            }
+        }
+        if limits.max_stanza_bytes < 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_stanza_bytes",
+                message: "must be at least 10000 (RFC 6120 section 13.12 requires accepting 10000-byte stanzas)".into(),
+            });
+        }
+        if limits.max_auth_attempts > 5 || limits.max_auth_attempts < 2 {
+            // RFC 6120 section 6.4.5: at least 2 and no more than 5 retries.
+            return Err(ConfigError::Invalid { key: "limits.max_auth_attempts", message: "must be between 2 and 5".into() });
+        }
+        if limits.stanzas_per_second > 0 && limits.stanza_burst < limits.stanzas_per_second {
+            return Err(ConfigError::Invalid {
+                key: "limits.stanza_burst",
+                message: "must be at least limits.stanzas_per_second".into(),
+            });
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::Invalid { key: "log.format", message: "expected \"text\" or \"json\"".into() });
+        }
+        Ok(())
+    }
+
+    /// The storage URL, defaulting to a SQLite file in the data directory.
+    pub fn storage_url(&self) -> String {
+        if self.storage.url.is_empty() {
+            format!("sqlite://{}/starling.db", self.data_dir.trim_end_matches('/'))
+        } else {
+            self.storage.url.clone()
+        }
+    }
+
+    pub fn c2s_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.c2s", &self.listen.c2s).ok().flatten()
+    }
+
+    pub fn c2s_tls_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.c2s_tls", &self.listen.c2s_tls).ok().flatten()
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.http", &self.listen.http).ok().flatten()
+    }
+}
+
+fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("{value:?} is not an address such as 0.0.0.0:5222 or [::]:5222 (empty disables it)"),
+    })
+}
+
+/// The environment as a map (injectable in tests).
+pub fn process_environment() -> BTreeMap<String, String> {
+    std::env::vars().filter(|(name, _)| name.starts_with("STARLING_")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::from_toml_str("test", "", &env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.storage_url(), "sqlite://./data/starling.db");
+        assert_eq!(config.c2s_addr(), Some("0.0.0.0:5222".parse().unwrap()));
+    }
+
+    #[test]
+    fn reads_every_documented_section() {
+        let text = r#"
+            domain = "example.org"
+            [listen]
+            c2s = "127.0.0.1:15222"
+            c2s_tls = ""
+            http = "127.0.0.1:15280"
+            [storage]
+            url = "sqlite::memory:"
+            [limits]
+            max_stanza_bytes = 65536
+        "#;
+        let config = Config::from_toml_str("test", text, &env(&[])).unwrap();
+        assert_eq!(config.domain, "example.org");
+        assert_eq!(config.c2s_tls_addr(), None);
+        assert_eq!(config.limits.max_stanza_bytes, 65536);
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let config = Config::from_toml_str(
+            "test",
+            "[limits]\nmax_stanza_bytes = 65536\n",
+            &env(&[
+                ("STARLING_LIMITS_MAX_STANZA_BYTES", "20000"),
+                ("STARLING_DOMAIN", "env.example"),
+                ("STARLING_REGISTRATION_ENABLED", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.limits.max_stanza_bytes, 20000);
+        assert_eq!(config.domain, "env.example");
+        assert!(config.registration.enabled);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = Config::from_toml_str("test", "[limits]\nmax_stanza_byte = 1\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("max_stanza_byte"), "{error}");
+        let error = Config::from_toml_str("test", "domian = \"x\"\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("domian"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = Config::from_toml_str("test", "[listen]\nc2s = \"nonsense\"\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("listen.c2s"), "{error}");
+        let error = Config::from_toml_str("test", "[limits]\nmax_stanza_bytes = \"big\"\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("max_stanza_bytes"), "{error}");
+        let error = Config::from_toml_str("test", "", &env(&[("STARLING_LIMITS_MAX_DEPTH", "deep")])).unwrap_err();
+        assert!(error.to_string().contains("STARLING_LIMITS_MAX_DEPTH"), "{error}");
+        let error = Config::from_toml_str("test", "[storage]\nurl = \"mysql://x\"\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("storage.url"), "{error}");
+        let error = Config::from_toml_str("test", "domain = \"a b\"\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("`domain`"), "{error}");
+    }
+
+    #[test]
+    fn every_key_has_an_override_name() {
+        let names: Vec<String> = key_paths().iter().map(|(key, _)| env_name(key)).collect();
+        assert!(names.contains(&"STARLING_LISTEN_C2S_TLS".to_string()));
+        assert!(names.contains(&"STARLING_TLS_CERT".to_string()));
+        assert!(names.contains(&"STARLING_STORAGE_URL".to_string()));
+    }
+}
