@@ -1,1 +1,355 @@
-//! The storage service: accounts and SCRAM credentials, rosters, offline messages, on SQLite or PostgreSQL through sqlx
+//! The storage service: accounts and SCRAM credentials (RFC 5802), rosters
+//! with versioning (RFC 6121 sections 2 and 2.6) and the offline message
+//! queue (XEP-0160), on SQLite or PostgreSQL through sqlx.
+//!
+//! [`Storage`] implements [`StorageApi`]. Every user's data hangs off their
+//! row in `accounts`: writes for a user without an account fail with
+//! `NotFound`, reads for one find nothing (an empty roster at version 0, no
+//! credentials, no offline message). Rows in other users' rosters that point
+//! at a removed account stay: the presence service unsubscribes them.
+//!
+//! Roster versions (RFC 6121 section 2.6) start at the account's creation
+//! time in milliseconds and grow by exactly one per change, so a re-created
+//! account never repeats a version a client cached for the removed one.
+//!
+//! Schema: `migrations/sqlite` and `migrations/postgres`, table-for-table
+//! identical (a test compares them). Tests run the whole contract on SQLite
+//! in memory, SQLite in a file and a fresh PostgreSQL database per test at
+//! `STARLING_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`);
+//! they fail when PostgreSQL is unreachable unless `STARLING_TEST_SKIP_POSTGRES=1`.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), starling_storage::StorageError> {
+//! use starling_storage::{Storage, StorageConfig};
+//!
+//! let storage = Storage::connect(&StorageConfig { url: "sqlite::memory:".into(), ..Default::default() }).await?;
+//! storage.ping().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use sqlx::{PgPool, SqlitePool};
+use starling_api::{ApiError, ApiResult, RosterItem, StorageApi, StoredCredentials};
+use starling_jid::BareJid;
+
+mod backend;
+mod error;
+mod records;
+
+pub use error::{redact_url, StorageError};
+
+use records::{check_roster_item, check_storable_text, AccountAddress};
+
+/// How to reach the database, and the per-user quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// "sqlite://path/to/file.db", "sqlite::memory:" or "postgres://user@host:port/db"
+    pub url: String,
+    /// Offline queue cap per user (XEP-0160); store_offline returns ApiError::LimitReached past it.
+    pub max_offline_per_user: u32,
+    /// Roster size cap per user; put_roster_item returns LimitReached past it (for a new item).
+    pub max_roster_items: u32,
+    /// The size of the connection pool (SQLite in memory always uses one connection).
+    pub max_connections: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: "sqlite://./data/starling.db".into(),
+            max_offline_per_user: 1000,
+            max_roster_items: 1000,
+            max_connections: 8,
+        }
+    }
+}
+
+/// The storage service over a connection pool; cloning shares the pool.
+#[derive(Clone)]
+pub struct Storage {
+    pool: DatabasePool,
+    max_offline_per_user: u32,
+    max_roster_items: u32,
+}
+
+#[derive(Clone)]
+enum DatabasePool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let driver = match self.pool {
+            DatabasePool::Sqlite(_) => "sqlite",
+            DatabasePool::Postgres(_) => "postgres",
+        };
+        f.debug_struct("Storage")
+            .field("driver", &driver)
+            .field("max_offline_per_user", &self.max_offline_per_user)
+            .field("max_roster_items", &self.max_roster_items)
+            .finish()
+    }
+}
+
+/// Run one query function of `backend/queries.rs` on whichever driver the
+/// storage uses.
+macro_rules! on_database {
+    ($storage:expr, $operation:ident($($argument:expr),* $(,)?)) => {
+        match &$storage.pool {
+            DatabasePool::Sqlite(pool) => backend::sqlite::queries::$operation(pool, $($argument),*).await,
+            DatabasePool::Postgres(pool) => backend::postgres::queries::$operation(pool, $($argument),*).await,
+        }
+    };
+}
+
+impl Storage {
+    /// Connect, create the SQLite file and its parent folder when missing, run migrations.
+    pub async fn connect(config: &StorageConfig) -> Result<Storage, StorageError> {
+        if config.max_connections == 0 {
+            return Err(StorageError::InvalidSetting {
+                key: "max_connections",
+                message: "must be greater than 0".into(),
+            });
+        }
+        let url = config.url.trim();
+        let pool = if url.starts_with("sqlite:") {
+            DatabasePool::Sqlite(backend::sqlite::connect(config).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DatabasePool::Postgres(backend::postgres::connect(config).await?)
+        } else {
+            return Err(StorageError::UnsupportedUrl {
+                url: redact_url(url),
+            });
+        };
+        Ok(Storage {
+            pool,
+            max_offline_per_user: config.max_offline_per_user,
+            max_roster_items: config.max_roster_items,
+        })
+    }
+
+    /// Cheap liveness probe for /readyz.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        on_database!(self, ping())
+    }
+
+    /// Close every connection of the pool, waiting for queries under way;
+    /// later calls fail as unavailable.
+    pub async fn close(&self) {
+        match &self.pool {
+            DatabasePool::Sqlite(pool) => pool.close().await,
+            DatabasePool::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for `created_at` and `stored_at`.
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Convert a failed operation into the contract's error, logging what the
+/// client will not see.
+fn into_api_error(operation: &'static str, user: &BareJid, error: StorageError) -> ApiError {
+    if error.is_unavailable() {
+        tracing::warn!(operation, user = %user, %error, "storage unavailable");
+    } else if matches!(
+        error,
+        StorageError::Database(_) | StorageError::CorruptData(_)
+    ) {
+        tracing::error!(operation, user = %user, %error, "storage operation failed");
+    } else {
+        tracing::debug!(operation, user = %user, %error, "storage request refused");
+    }
+    ApiError::from(error)
+}
+
+fn no_account(user: &BareJid) -> StorageError {
+    StorageError::AccountNotFound(user.to_string())
+}
+
+#[async_trait]
+impl StorageApi for Storage {
+    async fn create_account(
+        &self,
+        user: &BareJid,
+        credentials: &StoredCredentials,
+    ) -> ApiResult<()> {
+        let result = match AccountAddress::of(user) {
+            None => Err(StorageError::Invalid(format!(
+                "{user} has no localpart and cannot be an account"
+            ))),
+            Some(account) => {
+                on_database!(self, create_account(&account, credentials, now_millis()))
+            }
+        };
+        result.map_err(|error| into_api_error("create_account", user, error))
+    }
+
+    async fn set_credentials(
+        &self,
+        user: &BareJid,
+        credentials: &StoredCredentials,
+    ) -> ApiResult<()> {
+        let result = match AccountAddress::of(user) {
+            None => Err(no_account(user)),
+            Some(account) => on_database!(self, set_credentials(&account, credentials)),
+        };
+        result.map_err(|error| into_api_error("set_credentials", user, error))
+    }
+
+    async fn remove_account(&self, user: &BareJid) -> ApiResult<()> {
+        let result = match AccountAddress::of(user) {
+            None => Err(no_account(user)),
+            Some(account) => on_database!(self, remove_account(&account)),
+        };
+        result.map_err(|error| into_api_error("remove_account", user, error))
+    }
+
+    async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>> {
+        let domain_jid = BareJid::domain_jid(domain).map_err(|error| {
+            ApiError::Invalid(format!("{domain:?} is not a valid domain: {error}"))
+        })?;
+        let localparts = on_database!(self, account_localparts(domain_jid.domain()))
+            .map_err(|error| into_api_error("list_accounts", &domain_jid, error))?;
+        let mut accounts = Vec::with_capacity(localparts.len());
+        for localpart in localparts {
+            match BareJid::from_parts(Some(&localpart), domain_jid.domain()) {
+                Ok(account) => accounts.push(account),
+                Err(error) => {
+                    tracing::warn!(domain = %domain_jid, localpart = %localpart, %error, "skipping stored account with an invalid localpart");
+                }
+            }
+        }
+        accounts.sort();
+        Ok(accounts)
+    }
+
+    async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(None);
+        };
+        on_database!(self, credentials(&account))
+            .map_err(|error| into_api_error("credentials", user, error))
+    }
+
+    async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok((0, Vec::new()));
+        };
+        let roster = on_database!(self, roster(&account, None))
+            .map_err(|error| into_api_error("roster", user, error))?;
+        let (version, mut items) = roster.unwrap_or_default();
+        items.sort_by(|left, right| left.jid.cmp(&right.jid));
+        Ok((version, items))
+    }
+
+    async fn roster_item(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+    ) -> ApiResult<Option<RosterItem>> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(None);
+        };
+        let contact_text = contact.to_string();
+        let roster = on_database!(self, roster(&account, Some(contact_text.as_str())))
+            .map_err(|error| into_api_error("roster_item", user, error))?;
+        Ok(roster.and_then(|(_, items)| items.into_iter().next()))
+    }
+
+    async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> ApiResult<u64> {
+        let result = match AccountAddress::of(user) {
+            None => Err(no_account(user)),
+            Some(account) => match check_roster_item(item) {
+                Err(error) => Err(error),
+                Ok(()) => {
+                    on_database!(self, put_roster_item(&account, item, self.max_roster_items))
+                }
+            },
+        };
+        result.map_err(|error| into_api_error("put_roster_item", user, error))
+    }
+
+    async fn remove_roster_item(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+    ) -> ApiResult<Option<u64>> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(None);
+        };
+        let contact_text = contact.to_string();
+        on_database!(self, remove_roster_item(&account, &contact_text))
+            .map_err(|error| into_api_error("remove_roster_item", user, error))
+    }
+
+    async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()> {
+        let result = match AccountAddress::of(user) {
+            None => Err(no_account(user)),
+            Some(account) => match check_storable_text("offline stanza", stanza_xml) {
+                Err(error) => Err(error),
+                Ok(()) => on_database!(
+                    self,
+                    store_offline(
+                        &account,
+                        stanza_xml,
+                        self.max_offline_per_user,
+                        now_millis()
+                    )
+                ),
+            },
+        };
+        result.map_err(|error| into_api_error("store_offline", user, error))
+    }
+
+    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(Vec::new());
+        };
+        on_database!(self, take_offline(&account))
+            .map_err(|error| into_api_error("take_offline", user, error))
+    }
+
+    async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(0);
+        };
+        on_database!(self, count_offline(&account))
+            .map_err(|error| into_api_error("count_offline", user, error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_the_embedded_one() {
+        let config = StorageConfig::default();
+        assert_eq!(config.url, "sqlite://./data/starling.db");
+        assert_eq!(
+            (
+                config.max_offline_per_user,
+                config.max_roster_items,
+                config.max_connections
+            ),
+            (1000, 1000, 8)
+        );
+    }
+
+    #[test]
+    fn storage_is_shareable() {
+        fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
+        assert_shareable::<Storage>();
+    }
+}

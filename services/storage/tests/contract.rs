@@ -1,0 +1,740 @@
+//! The whole `StorageApi` contract (accounts and SCRAM credentials, RFC 6121
+//! section 2 rosters and versioning, the XEP-0160 offline queue) as one
+//! suite, run against SQLite in memory, SQLite in a file and PostgreSQL.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use starling_api::{
+    ApiError, RosterItem, ScramCredentials, StorageApi, StoredCredentials, Subscription,
+};
+use starling_jid::BareJid;
+use starling_storage::Storage;
+use support::{MAX_OFFLINE_PER_USER, MAX_ROSTER_ITEMS};
+
+fn jid(text: &str) -> BareJid {
+    text.parse()
+        .unwrap_or_else(|error| panic!("{text:?} is not a bare jid: {error:?}"))
+}
+
+fn credentials(seed: u8) -> StoredCredentials {
+    let keys = |length: usize, iterations: u32| ScramCredentials {
+        salt: vec![seed; 16],
+        iterations,
+        stored_key: (0..length)
+            .map(|index| seed.wrapping_add(index as u8))
+            .collect(),
+        server_key: (0..length)
+            .map(|index| seed.wrapping_mul(3).wrapping_add(index as u8))
+            .collect(),
+    };
+    StoredCredentials {
+        sha1: keys(20, 4096),
+        sha256: keys(32, 8192 + u32::from(seed)),
+    }
+}
+
+async fn account(storage: &Storage, user: &str) -> BareJid {
+    let user = jid(user);
+    storage
+        .create_account(&user, &credentials(1))
+        .await
+        .expect("create account");
+    user
+}
+
+fn is_not_found<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
+    matches!(result, Err(ApiError::NotFound(_)))
+}
+
+pub mod cases {
+    use super::*;
+
+    pub async fn accounts_create_duplicate_list_remove(storage: Storage) {
+        let alice = jid("alice@example.org");
+        storage
+            .create_account(&alice, &credentials(1))
+            .await
+            .unwrap();
+        let duplicate = storage.create_account(&alice, &credentials(2)).await;
+        assert!(
+            matches!(duplicate, Err(ApiError::AlreadyExists(_))),
+            "{duplicate:?}"
+        );
+        // The duplicate did not touch the first account's credentials.
+        assert_eq!(
+            storage.credentials(&alice).await.unwrap(),
+            Some(credentials(1))
+        );
+
+        // Normalised addresses (RFC 7622 section 3): "Carol@EXAMPLE.org" is carol@example.org.
+        account(&storage, "zoe@example.org").await;
+        account(&storage, "Carol@EXAMPLE.org").await;
+        account(&storage, "jürgen@example.org").await;
+        account(&storage, "bob@example.net").await;
+        let same_as_carol = storage
+            .create_account(&jid("CAROL@example.org"), &credentials(3))
+            .await;
+        assert!(
+            matches!(same_as_carol, Err(ApiError::AlreadyExists(_))),
+            "{same_as_carol:?}"
+        );
+
+        let listed = storage.list_accounts("example.org").await.unwrap();
+        let expected = vec![
+            jid("alice@example.org"),
+            jid("carol@example.org"),
+            jid("jürgen@example.org"),
+            jid("zoe@example.org"),
+        ];
+        assert_eq!(listed, expected);
+        assert_eq!(
+            storage.list_accounts("EXAMPLE.ORG").await.unwrap(),
+            expected
+        );
+        assert_eq!(
+            storage.list_accounts("example.net").await.unwrap(),
+            vec![jid("bob@example.net")]
+        );
+        assert_eq!(
+            storage.list_accounts("nowhere.example").await.unwrap(),
+            Vec::<BareJid>::new()
+        );
+        assert!(matches!(
+            storage.list_accounts("bad domain..").await,
+            Err(ApiError::Invalid(_))
+        ));
+
+        storage.remove_account(&alice).await.unwrap();
+        assert!(is_not_found(&storage.remove_account(&alice).await));
+        assert_eq!(storage.credentials(&alice).await.unwrap(), None);
+        assert_eq!(
+            storage.list_accounts("example.org").await.unwrap(),
+            vec![
+                jid("carol@example.org"),
+                jid("jürgen@example.org"),
+                jid("zoe@example.org")
+            ]
+        );
+        // The address is free again.
+        storage
+            .create_account(&alice, &credentials(4))
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.credentials(&alice).await.unwrap(),
+            Some(credentials(4))
+        );
+    }
+
+    pub async fn domain_jid_is_never_an_account(storage: Storage) {
+        let domain = jid("example.org");
+        let created = storage.create_account(&domain, &credentials(1)).await;
+        assert!(matches!(created, Err(ApiError::Invalid(_))), "{created:?}");
+        assert!(is_not_found(
+            &storage.set_credentials(&domain, &credentials(1)).await
+        ));
+        assert!(is_not_found(&storage.remove_account(&domain).await));
+        assert_eq!(storage.credentials(&domain).await.unwrap(), None);
+        assert_eq!(storage.roster(&domain).await.unwrap(), (0, Vec::new()));
+        assert!(is_not_found(
+            &storage
+                .put_roster_item(&domain, &RosterItem::new(jid("bob@example.net")))
+                .await
+        ));
+        assert!(is_not_found(
+            &storage.store_offline(&domain, "<message/>").await
+        ));
+        assert_eq!(
+            storage.take_offline(&domain).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(storage.count_offline(&domain).await.unwrap(), 0);
+    }
+
+    pub async fn credentials_round_trip(storage: Storage) {
+        let alice = jid("alice@example.org");
+        assert_eq!(storage.credentials(&alice).await.unwrap(), None);
+        assert!(is_not_found(
+            &storage.set_credentials(&alice, &credentials(7)).await
+        ));
+        assert_eq!(
+            storage.credentials(&alice).await.unwrap(),
+            None,
+            "set_credentials must not create an account"
+        );
+
+        storage
+            .create_account(&alice, &credentials(7))
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.credentials(&alice).await.unwrap(),
+            Some(credentials(7))
+        );
+        storage
+            .set_credentials(&alice, &credentials(9))
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.credentials(&alice).await.unwrap(),
+            Some(credentials(9))
+        );
+
+        // Extreme values survive: u32::MAX iterations, empty and long byte strings.
+        let extreme = StoredCredentials {
+            sha1: ScramCredentials {
+                salt: Vec::new(),
+                iterations: u32::MAX,
+                stored_key: vec![0; 20],
+                server_key: vec![255; 20],
+            },
+            sha256: ScramCredentials {
+                salt: vec![0, 255, 0],
+                iterations: 1,
+                stored_key: vec![0xAB; 512],
+                server_key: Vec::new(),
+            },
+        };
+        storage.set_credentials(&alice, &extreme).await.unwrap();
+        assert_eq!(storage.credentials(&alice).await.unwrap(), Some(extreme));
+    }
+
+    pub async fn roster_put_get_remove_with_increasing_versions(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let (initial_version, items) = storage.roster(&alice).await.unwrap();
+        assert!(items.is_empty());
+
+        let mut bob = RosterItem::new(jid("bob@example.net"));
+        bob.name = Some("Bob".into());
+        bob.subscription = Subscription::Both;
+        bob.groups = vec!["Friends".into()];
+        let version_after_bob = storage.put_roster_item(&alice, &bob).await.unwrap();
+        assert!(version_after_bob > initial_version);
+
+        let mut carol = RosterItem::new(jid("carol@example.com"));
+        carol.subscription = Subscription::To;
+        carol.pending_out = true;
+        let version_after_carol = storage.put_roster_item(&alice, &carol).await.unwrap();
+        assert!(version_after_carol > version_after_bob);
+
+        let (version, items) = storage.roster(&alice).await.unwrap();
+        assert_eq!(version, version_after_carol);
+        assert_eq!(items, vec![bob.clone(), carol.clone()]);
+        assert_eq!(
+            storage
+                .roster_item(&alice, &jid("bob@example.net"))
+                .await
+                .unwrap(),
+            Some(bob.clone())
+        );
+        assert_eq!(
+            storage
+                .roster_item(&alice, &jid("Bob@Example.NET"))
+                .await
+                .unwrap(),
+            Some(bob.clone())
+        );
+        assert_eq!(
+            storage
+                .roster_item(&alice, &jid("dave@example.net"))
+                .await
+                .unwrap(),
+            None
+        );
+
+        // Replacing an item bumps the version too, and replaces every field.
+        bob.name = None;
+        bob.subscription = Subscription::From;
+        bob.groups = Vec::new();
+        let version_after_update = storage.put_roster_item(&alice, &bob).await.unwrap();
+        assert!(version_after_update > version_after_carol);
+        assert_eq!(
+            storage.roster_item(&alice, &bob.jid).await.unwrap(),
+            Some(bob.clone())
+        );
+
+        let version_after_remove = storage.remove_roster_item(&alice, &bob.jid).await.unwrap();
+        assert!(
+            version_after_remove.is_some_and(|version| version > version_after_update),
+            "{version_after_remove:?}"
+        );
+        assert_eq!(storage.roster_item(&alice, &bob.jid).await.unwrap(), None);
+        // Removing what is not there changes nothing.
+        assert_eq!(
+            storage.remove_roster_item(&alice, &bob.jid).await.unwrap(),
+            None
+        );
+        let (version, items) = storage.roster(&alice).await.unwrap();
+        assert_eq!(Some(version), version_after_remove);
+        assert_eq!(items, vec![carol]);
+    }
+
+    pub async fn roster_placeholders_are_stored_and_returned(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        // RFC 6121 section 3.1.3: an inbound request from a contact not in
+        // the roster is remembered, with its stanza, but not shown.
+        let mut mallory = RosterItem::new(jid("mallory@evil.example"));
+        mallory.in_roster = false;
+        mallory.pending_in = true;
+        mallory.pending_in_stanza =
+            Some("<presence from='mallory@evil.example' to='alice@example.org' type='subscribe'><status>hi &amp; bye</status></presence>".into());
+        storage.put_roster_item(&alice, &mallory).await.unwrap();
+
+        let mut visible = RosterItem::new(jid("bob@example.net"));
+        visible.groups = vec!["Work".into()];
+        storage.put_roster_item(&alice, &visible).await.unwrap();
+
+        let (_, items) = storage.roster(&alice).await.unwrap();
+        assert_eq!(items, vec![visible, mallory.clone()]);
+        assert_eq!(
+            storage.roster_item(&alice, &mallory.jid).await.unwrap(),
+            Some(mallory.clone())
+        );
+
+        // Approving turns the placeholder into a visible item.
+        mallory.in_roster = true;
+        mallory.pending_in = false;
+        mallory.pending_in_stanza = None;
+        mallory.subscription = Subscription::From;
+        storage.put_roster_item(&alice, &mallory).await.unwrap();
+        assert_eq!(
+            storage.roster_item(&alice, &mallory.jid).await.unwrap(),
+            Some(mallory)
+        );
+    }
+
+    pub async fn roster_groups_keep_their_order(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let mut bob = RosterItem::new(jid("bob@example.net"));
+        bob.groups = vec![
+            "Zeta".into(),
+            "Alpha".into(),
+            "Mitte ü".into(),
+            "friends".into(),
+            "Friends".into(),
+        ];
+        storage.put_roster_item(&alice, &bob).await.unwrap();
+        let mut domain_contact = RosterItem::new(jid("transport.example.net"));
+        domain_contact.groups = vec!["Gateways".into()];
+        storage
+            .put_roster_item(&alice, &domain_contact)
+            .await
+            .unwrap();
+        // Items come sorted by JID; a domain-only JID sorts first.
+        assert_eq!(
+            storage.roster(&alice).await.unwrap().1,
+            vec![domain_contact, bob.clone()]
+        );
+
+        bob.groups = vec!["Alpha".into()];
+        storage.put_roster_item(&alice, &bob).await.unwrap();
+        assert_eq!(
+            storage.roster_item(&alice, &bob.jid).await.unwrap(),
+            Some(bob.clone())
+        );
+
+        // RFC 6121 section 2.3.3: a group named twice is refused, and nothing changes.
+        let version = storage.roster(&alice).await.unwrap().0;
+        let mut twice = bob.clone();
+        twice.groups = vec!["Work".into(), "Work".into()];
+        assert!(matches!(
+            storage.put_roster_item(&alice, &twice).await,
+            Err(ApiError::Invalid(_))
+        ));
+        assert_eq!(storage.roster(&alice).await.unwrap().0, version);
+        assert_eq!(
+            storage.roster_item(&alice, &bob.jid).await.unwrap(),
+            Some(bob)
+        );
+    }
+
+    pub async fn roster_writes_need_an_account(storage: Storage) {
+        let ghost = jid("ghost@example.org");
+        let put = storage
+            .put_roster_item(&ghost, &RosterItem::new(jid("bob@example.net")))
+            .await;
+        assert!(is_not_found(&put), "{put:?}");
+        assert_eq!(storage.roster(&ghost).await.unwrap(), (0, Vec::new()));
+        assert_eq!(
+            storage
+                .roster_item(&ghost, &jid("bob@example.net"))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            storage
+                .remove_roster_item(&ghost, &jid("bob@example.net"))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    pub async fn roster_cap_refuses_new_items_only(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        for index in 0..MAX_ROSTER_ITEMS {
+            let item = RosterItem::new(jid(&format!("contact{index}@example.net")));
+            storage.put_roster_item(&alice, &item).await.unwrap();
+        }
+        let version = storage.roster(&alice).await.unwrap().0;
+        let refused = storage
+            .put_roster_item(&alice, &RosterItem::new(jid("one-too-many@example.net")))
+            .await;
+        assert!(
+            matches!(refused, Err(ApiError::LimitReached(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            storage.roster(&alice).await.unwrap().0,
+            version,
+            "a refused put must not change the version"
+        );
+        assert_eq!(
+            storage
+                .roster_item(&alice, &jid("one-too-many@example.net"))
+                .await
+                .unwrap(),
+            None
+        );
+
+        // Updating an existing item still works at the cap.
+        let mut existing = RosterItem::new(jid("contact0@example.net"));
+        existing.name = Some("Renamed".into());
+        assert!(storage.put_roster_item(&alice, &existing).await.unwrap() > version);
+
+        // Removing one makes room for one.
+        storage
+            .remove_roster_item(&alice, &jid("contact1@example.net"))
+            .await
+            .unwrap();
+        storage
+            .put_roster_item(&alice, &RosterItem::new(jid("one-too-many@example.net")))
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.roster(&alice).await.unwrap().1.len(),
+            MAX_ROSTER_ITEMS as usize
+        );
+    }
+
+    pub async fn offline_messages_are_taken_oldest_first(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        let stanzas = [
+            "<message xmlns='jabber:client' from='carol@example.com/phone' to='alice@example.org' type='chat' id='m1'><body>first</body></message>",
+            "<message xmlns='jabber:client' from='carol@example.com/phone' to='alice@example.org' type='normal' id='m2'><subject>Ünïcödé ✓</subject><body>second &lt;3</body></message>",
+            "<message xmlns='jabber:client' from='dave@example.net' to='alice@example.org' id='m3'><body>third</body><delay xmlns='urn:xmpp:delay' from='example.org' stamp='2002-09-10T23:08:25Z'/></message>",
+        ];
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 0);
+        for stanza in stanzas {
+            storage.store_offline(&alice, stanza).await.unwrap();
+        }
+        storage.store_offline(&bob, "<message xmlns='jabber:client' to='bob@example.org'><body>for bob</body></message>").await.unwrap();
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 3);
+        assert_eq!(storage.count_offline(&bob).await.unwrap(), 1);
+
+        assert_eq!(
+            storage.take_offline(&alice).await.unwrap(),
+            stanzas.to_vec()
+        );
+        assert_eq!(
+            storage.take_offline(&alice).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 0);
+        assert_eq!(
+            storage.count_offline(&bob).await.unwrap(),
+            1,
+            "taking alice's queue leaves bob's"
+        );
+
+        // Order holds across takes: what comes after a take is newer.
+        storage
+            .store_offline(&alice, "<message xmlns='jabber:client' id='m4'/>")
+            .await
+            .unwrap();
+        storage
+            .store_offline(&alice, "<message xmlns='jabber:client' id='m5'/>")
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.take_offline(&alice).await.unwrap(),
+            vec![
+                "<message xmlns='jabber:client' id='m4'/>",
+                "<message xmlns='jabber:client' id='m5'/>"
+            ]
+        );
+    }
+
+    pub async fn offline_queue_is_capped(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        for index in 0..MAX_OFFLINE_PER_USER {
+            storage
+                .store_offline(
+                    &alice,
+                    &format!("<message xmlns='jabber:client' id='m{index}'/>"),
+                )
+                .await
+                .unwrap();
+        }
+        let refused = storage
+            .store_offline(&alice, "<message xmlns='jabber:client' id='overflow'/>")
+            .await;
+        assert!(
+            matches!(refused, Err(ApiError::LimitReached(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            storage.count_offline(&alice).await.unwrap(),
+            u64::from(MAX_OFFLINE_PER_USER)
+        );
+        let taken = storage.take_offline(&alice).await.unwrap();
+        assert_eq!(taken.len(), MAX_OFFLINE_PER_USER as usize);
+        assert_eq!(
+            taken.last().map(String::as_str),
+            Some(
+                format!(
+                    "<message xmlns='jabber:client' id='m{}'/>",
+                    MAX_OFFLINE_PER_USER - 1
+                )
+                .as_str()
+            )
+        );
+        // Room again after the take.
+        storage
+            .store_offline(&alice, "<message xmlns='jabber:client' id='after'/>")
+            .await
+            .unwrap();
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 1);
+    }
+
+    pub async fn offline_rejections(storage: Storage) {
+        let ghost = jid("ghost@example.org");
+        let stored = storage
+            .store_offline(
+                &ghost,
+                "<message xmlns='jabber:client' to='ghost@example.org'/>",
+            )
+            .await;
+        assert!(is_not_found(&stored), "{stored:?}");
+        assert_eq!(
+            storage.take_offline(&ghost).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(storage.count_offline(&ghost).await.unwrap(), 0);
+
+        let alice = account(&storage, "alice@example.org").await;
+        let with_nul = storage
+            .store_offline(
+                &alice,
+                "<message xmlns='jabber:client'><body>a\0b</body></message>",
+            )
+            .await;
+        assert!(
+            matches!(with_nul, Err(ApiError::Invalid(_))),
+            "{with_nul:?}"
+        );
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 0);
+    }
+
+    pub async fn remove_account_removes_everything(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        let mut bob_in_alice = RosterItem::new(bob.clone());
+        bob_in_alice.groups = vec!["Friends".into()];
+        bob_in_alice.subscription = Subscription::Both;
+        storage
+            .put_roster_item(&alice, &bob_in_alice)
+            .await
+            .unwrap();
+        let mut alice_in_bob = RosterItem::new(alice.clone());
+        alice_in_bob.subscription = Subscription::Both;
+        storage.put_roster_item(&bob, &alice_in_bob).await.unwrap();
+        storage
+            .store_offline(&alice, "<message xmlns='jabber:client' id='m1'/>")
+            .await
+            .unwrap();
+        let (old_version, _) = storage.roster(&alice).await.unwrap();
+
+        storage.remove_account(&alice).await.unwrap();
+        assert_eq!(storage.credentials(&alice).await.unwrap(), None);
+        assert_eq!(storage.roster(&alice).await.unwrap(), (0, Vec::new()));
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 0);
+        // Bob's roster still points at alice: the presence service unsubscribes it, not storage.
+        assert_eq!(
+            storage.roster_item(&bob, &alice).await.unwrap(),
+            Some(alice_in_bob)
+        );
+
+        // A re-created account starts empty and never repeats a roster
+        // version of the removed one (RFC 6121 section 2.6).
+        storage
+            .create_account(&alice, &credentials(2))
+            .await
+            .unwrap();
+        let (new_version, items) = storage.roster(&alice).await.unwrap();
+        assert!(items.is_empty());
+        assert!(
+            new_version > old_version,
+            "{new_version} after {old_version}"
+        );
+        assert_eq!(
+            storage.take_offline(&alice).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            storage.credentials(&alice).await.unwrap(),
+            Some(credentials(2))
+        );
+    }
+
+    pub async fn concurrent_roster_puts_get_distinct_versions(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let storage = Arc::new(storage);
+        let tasks: Vec<_> = (0..20)
+            .map(|index| {
+                let storage = storage.clone();
+                let alice = alice.clone();
+                tokio::spawn(async move {
+                    let item = RosterItem::new(jid(&format!("contact{index}@example.net")));
+                    storage.put_roster_item(&alice, &item).await
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for task in tasks {
+            versions.push(task.await.unwrap().unwrap());
+        }
+        let distinct: BTreeSet<u64> = versions.iter().copied().collect();
+        assert_eq!(distinct.len(), 20, "versions {versions:?}");
+        let (current_version, items) = storage.roster(&alice).await.unwrap();
+        assert_eq!(items.len(), 20);
+        assert_eq!(Some(&current_version), distinct.last());
+        // No version was skipped either: each put advanced the counter by one.
+        let (first, last) = (*distinct.first().unwrap(), *distinct.last().unwrap());
+        assert_eq!(last - first, 19);
+    }
+
+    pub async fn concurrent_offline_stores_respect_the_cap(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let storage = Arc::new(storage);
+        let tasks: Vec<_> = (0..20)
+            .map(|index| {
+                let storage = storage.clone();
+                let alice = alice.clone();
+                tokio::spawn(async move {
+                    storage
+                        .store_offline(
+                            &alice,
+                            &format!("<message xmlns='jabber:client' id='c{index}'/>"),
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut stored = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(()) => stored += 1,
+                Err(ApiError::LimitReached(_)) => {}
+                Err(error) => panic!("unexpected error {error:?}"),
+            }
+        }
+        assert_eq!(stored, MAX_OFFLINE_PER_USER);
+        assert_eq!(
+            storage.count_offline(&alice).await.unwrap(),
+            u64::from(MAX_OFFLINE_PER_USER)
+        );
+    }
+
+    pub async fn concurrent_takes_never_return_a_message_twice(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let storage = Arc::new(storage);
+        let mut expected = BTreeSet::new();
+        let mut takers = Vec::new();
+        // Stores and takes interleave; every stored message comes out exactly once.
+        for round in 0..4 {
+            for index in 0..MAX_OFFLINE_PER_USER {
+                let stanza = format!("<message xmlns='jabber:client' id='r{round}m{index}'/>");
+                match storage.store_offline(&alice, &stanza).await {
+                    Ok(()) => {
+                        expected.insert(stanza);
+                    }
+                    Err(ApiError::LimitReached(_)) => {}
+                    Err(error) => panic!("unexpected error {error:?}"),
+                }
+            }
+            for _ in 0..3 {
+                let storage = storage.clone();
+                let alice = alice.clone();
+                takers.push(tokio::spawn(
+                    async move { storage.take_offline(&alice).await },
+                ));
+            }
+        }
+        let mut taken = Vec::new();
+        for taker in takers {
+            taken.extend(taker.await.unwrap().unwrap());
+        }
+        taken.extend(storage.take_offline(&alice).await.unwrap());
+        let distinct: BTreeSet<String> = taken.iter().cloned().collect();
+        assert_eq!(
+            distinct.len(),
+            taken.len(),
+            "a message was taken twice: {taken:?}"
+        );
+        assert_eq!(distinct, expected);
+    }
+}
+
+/// One test per case and backend.
+macro_rules! contract_suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::support::run_case(crate::support::Backend::SqliteMemory, crate::cases::$case).await;
+                }
+            )*
+        }
+        mod sqlite_file {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::support::run_case(crate::support::Backend::SqliteFile, crate::cases::$case).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::support::run_case(crate::support::Backend::Postgres, crate::cases::$case).await;
+                }
+            )*
+        }
+    };
+}
+
+contract_suite!(
+    accounts_create_duplicate_list_remove,
+    domain_jid_is_never_an_account,
+    credentials_round_trip,
+    roster_put_get_remove_with_increasing_versions,
+    roster_placeholders_are_stored_and_returned,
+    roster_groups_keep_their_order,
+    roster_writes_need_an_account,
+    roster_cap_refuses_new_items_only,
+    offline_messages_are_taken_oldest_first,
+    offline_queue_is_capped,
+    offline_rejections,
+    remove_account_removes_everything,
+    concurrent_roster_puts_get_distinct_versions,
+    concurrent_offline_stores_respect_the_cap,
+    concurrent_takes_never_return_a_message_twice,
+);
