@@ -1,0 +1,110 @@
+//! Service discovery, XEP-0030: `disco#info` (section 3) and `disco#items`
+//! (section 4) for the server itself and for accounts.
+
+use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
+
+/// An identity of a disco#info answer (XEP-0030 section 3.1).
+pub(crate) struct Identity<'a> {
+    pub category: &'a str,
+    pub kind: &'a str,
+    pub name: Option<&'a str>,
+}
+
+/// The identity of a registered account on the server (XEP-0030 registry:
+/// category `account`, type `registered`).
+pub(crate) const REGISTERED_ACCOUNT: Identity<'static> = Identity {
+    category: "account",
+    kind: "registered",
+    name: None,
+};
+
+/// The features of an account's bare JID: what the server answers on its behalf.
+pub(crate) const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS];
+
+/// The `node` a disco query asks about, if any. The router publishes no
+/// nodes, so a query naming one gets `item-not-found` (XEP-0030 section 3.2).
+pub(crate) fn queried_node(request: &Element) -> Option<&str> {
+    stanza::iq_payload(request).and_then(|query| query.attr("node"))
+}
+
+/// The disco#info result: the identities and the features, sorted and
+/// without duplicates (XEP-0030 section 3.1).
+pub(crate) fn info_result(
+    request: &Element,
+    identity: &Identity<'_>,
+    features: &[&str],
+) -> Element {
+    let mut identity_element = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", identity.category)
+        .with_attr("type", identity.kind);
+    if let Some(name) = identity.name {
+        identity_element.set_attr("name", name);
+    }
+    let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity_element);
+    let mut sorted_features: Vec<&str> = features.to_vec();
+    sorted_features.sort_unstable();
+    sorted_features.dedup();
+    for feature in sorted_features {
+        query.append_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
+    }
+    stanza::iq_result(request).with_child(query)
+}
+
+/// The disco#items result with no items: the router publishes none yet
+/// (XEP-0030 section 4.1).
+pub(crate) fn empty_items_result(request: &Element) -> Element {
+    stanza::iq_result(request).with_child(Element::new("query", ns::DISCO_ITEMS))
+}
+
+/// `item-not-found` for a query about a node that does not exist (XEP-0030 section 3.2).
+pub(crate) fn unknown_node(request: &Element) -> Option<Element> {
+    stanza::error_reply(
+        request,
+        &StanzaError::new(StanzaErrorCondition::ItemNotFound),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Element {
+        Element::new("iq", ns::CLIENT)
+            .with_attr("id", "info1")
+            .with_attr("type", "get")
+            .with_attr("from", "romeo@example.com/orchard")
+            .with_attr("to", "example.com")
+            .with_child(Element::new("query", ns::DISCO_INFO))
+    }
+
+    #[test]
+    fn info_sorts_and_deduplicates_features() {
+        let identity = Identity {
+            category: "server",
+            kind: "im",
+            name: Some("Starling"),
+        };
+        let reply = info_result(&request(), &identity, &[ns::PING, ns::DISCO_INFO, ns::PING]);
+        assert_eq!(
+            reply.to_stanza_xml(),
+            "<iq type='result' id='info1' to='romeo@example.com/orchard' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:xmpp:ping'/></query></iq>"
+        );
+    }
+
+    #[test]
+    fn node_queries_are_unknown() {
+        let mut request = request();
+        assert_eq!(queried_node(&request), None);
+        if let Some(query) = request.get_child_mut("query", ns::DISCO_INFO) {
+            query.set_attr("node", "http://jabber.org/protocol/commands");
+        }
+        assert_eq!(
+            queried_node(&request),
+            Some("http://jabber.org/protocol/commands")
+        );
+        assert_eq!(
+            unknown_node(&request).map(|reply| reply.to_stanza_xml()).as_deref(),
+            Some("<iq id='info1' to='romeo@example.com/orchard' from='example.com' type='error'><query xmlns='http://jabber.org/protocol/disco#info' node='http://jabber.org/protocol/commands'/><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")
+        );
+    }
+}

@@ -1,0 +1,32 @@
+//! Software Version, XEP-0092: the server's name and version (section 2).
+//! The operating system (`<os/>`) is optional and withheld by default, as
+//! section 6 advises for security.
+
+use starling_xmpp::{ns, stanza, Element};
+
+/// The `jabber:iq:version` result naming the server software.
+pub(crate) fn version_result(request: &Element, name: &str, version: &str) -> Element {
+    let query = Element::new("query", ns::VERSION)
+        .with_child(Element::new("name", ns::VERSION).with_text(name))
+        .with_child(Element::new("version", ns::VERSION).with_text(version));
+    stanza::iq_result(request).with_child(query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_name_and_version_without_os() {
+        let request = Element::new("iq", ns::CLIENT)
+            .with_attr("from", "romeo@example.com/orchard")
+            .with_attr("id", "version_1")
+            .with_attr("to", "example.com")
+            .with_attr("type", "get")
+            .with_child(Element::new("query", ns::VERSION));
+        assert_eq!(
+            version_result(&request, "Starling", "0.1.0").to_stanza_xml(),
+            "<iq type='result' id='version_1' to='romeo@example.com/orchard' from='example.com'><query xmlns='jabber:iq:version'><name>Starling</name><version>0.1.0</version></query></iq>"
+        );
+    }
+}

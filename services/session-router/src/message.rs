@@ -1,0 +1,235 @@
+//! Message routing: RFC 6120 section 10 for the server and remote domains,
+//! RFC 6121 section 8.5 for local accounts, XEP-0160 offline storage.
+
+use std::sync::Arc;
+
+use starling_api::{ApiError, Origin, SessionRecord};
+use starling_jid::{BareJid, FullJid, Jid};
+use starling_xmpp::{stanza, Element, StanzaErrorCondition};
+
+use crate::address::Destination;
+use crate::delivery::{deliver_to_session, deliver_to_sessions};
+use crate::offline::offline_stanza_xml;
+use crate::router::{bounce, failure_reply, unshare, SessionRouter};
+
+/// The message types of RFC 6121 section 5.2.2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MessageType {
+    Normal,
+    Chat,
+    Groupchat,
+    Headline,
+    Error,
+}
+
+impl MessageType {
+    /// A missing or unknown `type` means `normal` (RFC 6121 section 5.2.2).
+    pub(crate) fn of(message: &Element) -> Self {
+        match stanza::stanza_type(message) {
+            "chat" => MessageType::Chat,
+            "groupchat" => MessageType::Groupchat,
+            "headline" => MessageType::Headline,
+            "error" => MessageType::Error,
+            _ => MessageType::Normal,
+        }
+    }
+}
+
+/// Evaluate a fallible lookup, or return the error reply for the stanza.
+macro_rules! or_bounce {
+    ($result:expr, $stanza:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(error) => return failure_reply(&$stanza, &error),
+        }
+    };
+}
+
+impl SessionRouter {
+    /// Route a message; returns the reply for its sender, if any.
+    pub(crate) async fn route_message(
+        &self,
+        origin: &Origin,
+        mut message: Element,
+    ) -> Option<Element> {
+        let destination = match self.destination(&message) {
+            Ok(destination) => destination,
+            Err(reply) => return reply,
+        };
+        match destination {
+            Destination::Absent => match origin {
+                // RFC 6120 section 10.3.1: a message with no `to` is treated as
+                // addressed to the sender's bare JID.
+                Origin::Session { jid, .. } => {
+                    let own_account = jid.to_bare();
+                    message.set_attr("to", own_account.to_string());
+                    self.message_to_bare(message, &own_account, None).await
+                }
+                Origin::Server => {
+                    tracing::debug!("server message without a to address, dropped");
+                    None
+                }
+            },
+            // RFC 6120 sections 10.5.1 and 10.5.2: the server handles messages
+            // to itself; it offers no message service, so service-unavailable.
+            // An error message is never answered (RFC 6120 section 8.3.1).
+            Destination::Domain | Destination::DomainResource => {
+                bounce(&message, StanzaErrorCondition::ServiceUnavailable)
+            }
+            // RFC 6120 section 10.4: no server-to-server connections yet.
+            Destination::Remote(remote) => {
+                tracing::debug!(to = %remote, "message to a remote domain, no s2s");
+                bounce(&message, StanzaErrorCondition::RemoteServerNotFound)
+            }
+            Destination::LocalBare(user) => self.message_to_bare(message, &user, None).await,
+            Destination::LocalFull(jid) => self.message_to_full(message, &jid).await,
+        }
+    }
+
+    /// RFC 6121 section 8.5.3: a message to a full JID of a local account.
+    async fn message_to_full(&self, message: Element, jid: &FullJid) -> Option<Element> {
+        let session = or_bounce!(self.registry.session(jid).await, message);
+        let message = match session {
+            // 8.5.3.1: the resource matches, deliver whatever its priority.
+            Some(session) => {
+                let shared = Arc::new(message);
+                if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                    return None;
+                }
+                tracing::debug!(jid = %jid, "full jid session unreachable, treating as no resource match");
+                unshare(shared)
+            }
+            None => message,
+        };
+        // 8.5.3.2.1: no resource matches.
+        match MessageType::of(&message) {
+            MessageType::Groupchat => bounce(&message, StanzaErrorCondition::ServiceUnavailable),
+            MessageType::Error => None,
+            MessageType::Normal | MessageType::Chat | MessageType::Headline => {
+                self.message_to_bare(message, jid.bare(), Some(jid)).await
+            }
+        }
+    }
+
+    /// RFC 6121 section 8.5.2 (and 8.5.1 for an unknown account): a message to
+    /// a local bare JID, or one treated as such. `excluded` is a session that
+    /// must not receive it (the full JID it was addressed to and did not reach).
+    pub(crate) async fn message_to_bare(
+        &self,
+        message: Element,
+        user: &BareJid,
+        excluded: Option<&FullJid>,
+    ) -> Option<Element> {
+        let message_type = MessageType::of(&message);
+        // 8.5.2.1.1 and 8.5.2.2.1: an error message to a bare JID is silently ignored.
+        if message_type == MessageType::Error {
+            return None;
+        }
+        let sessions = or_bounce!(self.registry.sessions(user).await, message);
+        // 8.5.1: no such account => service-unavailable.
+        if !or_bounce!(self.account_exists(user, &sessions).await, message) {
+            tracing::debug!(to = %user, "message to an account that does not exist");
+            return bounce(&message, StanzaErrorCondition::ServiceUnavailable);
+        }
+        // 8.5.2.1.1 and 8.5.2.2.1: groupchat to a bare JID is never delivered.
+        if message_type == MessageType::Groupchat {
+            return bounce(&message, StanzaErrorCondition::ServiceUnavailable);
+        }
+
+        // Only available resources with non-negative priority receive
+        // messages to the bare JID (8.5.2.1.1); the rest count as absent.
+        let eligible: Vec<SessionRecord> = sessions
+            .into_iter()
+            .filter(|session| session.available && session.priority >= 0)
+            .filter(|session| excluded != Some(&session.jid))
+            .collect();
+        let targets = match message_type {
+            // 8.5.2.1.1 headline: every available resource with non-negative priority.
+            MessageType::Headline => eligible,
+            // 8.5.2.1.1 normal and chat: the highest-priority resource(s).
+            _ => highest_priority(eligible),
+        };
+
+        let message = if targets.is_empty() {
+            message
+        } else {
+            let pairs: Vec<(SessionRecord, Option<String>)> = targets
+                .iter()
+                .map(|session| (session.clone(), None))
+                .collect();
+            let shared = Arc::new(message);
+            let unreached = deliver_to_sessions(&*self.bus, shared.clone(), &pairs).await;
+            if unreached.len() < pairs.len() {
+                return None;
+            }
+            tracing::debug!(to = %user, "no target session reachable, falling back to offline handling");
+            unshare(shared)
+        };
+
+        // 8.5.2.2.1: no available resource.
+        match message_type {
+            MessageType::Normal | MessageType::Chat => self.store_offline(user, message).await,
+            // Headlines are not worth keeping: silently ignored.
+            MessageType::Headline | MessageType::Groupchat | MessageType::Error => None,
+        }
+    }
+
+    /// XEP-0160: keep the message for the account's next available session.
+    async fn store_offline(&self, user: &BareJid, message: Element) -> Option<Element> {
+        let stanza_xml = offline_stanza_xml(&message, &self.config.domain, (self.clock)());
+        match self.storage.store_offline(user, &stanza_xml).await {
+            Ok(()) => {
+                tracing::debug!(to = %user, "message stored offline");
+                None
+            }
+            // XEP-0160 section 3: the queue is full => service-unavailable.
+            Err(ApiError::LimitReached(reason)) => {
+                tracing::info!(to = %user, %reason, "offline queue full, message bounced");
+                bounce(&message, StanzaErrorCondition::ServiceUnavailable)
+            }
+            Err(error) => failure_reply(&message, &error),
+        }
+    }
+
+    /// A message that reached a connection which no longer exists: try the
+    /// account's other resources, then offline storage. IQ requests are
+    /// answered `service-unavailable` (RFC 6121 section 8.5.3.2.3), the rest dropped.
+    pub(crate) async fn reroute_undeliverable(&self, stanza_element: Element) -> Option<Element> {
+        match stanza_element.name() {
+            "message" => match stanza::to(&stanza_element) {
+                Ok(Some(Jid::Full(jid))) if self.is_local_account(jid.bare()) => {
+                    let user = jid.to_bare();
+                    self.message_to_bare(stanza_element, &user, Some(&jid))
+                        .await
+                }
+                Ok(Some(Jid::Bare(user))) if self.is_local_account(&user) => {
+                    self.message_to_bare(stanza_element, &user, None).await
+                }
+                _ => {
+                    tracing::debug!(
+                        to = stanza_element.attr("to").unwrap_or(""),
+                        "undeliverable message not for a local account, dropped"
+                    );
+                    None
+                }
+            },
+            "iq" => bounce(&stanza_element, StanzaErrorCondition::ServiceUnavailable),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_local_account(&self, user: &BareJid) -> bool {
+        user.node().is_some() && user.domain() == self.config.domain
+    }
+}
+
+/// The sessions sharing the highest priority among `sessions`.
+fn highest_priority(sessions: Vec<SessionRecord>) -> Vec<SessionRecord> {
+    let Some(highest) = sessions.iter().map(|session| session.priority).max() else {
+        return sessions;
+    };
+    sessions
+        .into_iter()
+        .filter(|session| session.priority == highest)
+        .collect()
+}

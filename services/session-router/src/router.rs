@@ -1,0 +1,275 @@
+//! The router itself: configuration, wiring, and the dispatch of each stanza
+//! by kind (RFC 6120 section 8) to the message, presence and IQ rules.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use starling_api::{
+    ApiError, ApiResult, BindError, Origin, PresenceApi, RouterApi, SessionAddr, SessionRecord,
+    SessionRegistry, StorageApi,
+};
+use starling_bus::Bus;
+use starling_jid::{normalize_domainpart, BareJid, FullJid, Jid};
+use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind};
+
+use crate::address::{classify, Destination};
+use crate::delivery::deliver_to_session;
+
+/// What the router needs to know about the deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// The served domain (normalised).
+    pub domain: String,
+    /// How many resources one account may bind at once; binding past it fails
+    /// with `resource-constraint` (RFC 6120 section 7.6.2.1). 0 means no limit.
+    pub max_resources_per_user: usize,
+    /// The software name answered to XEP-0092 queries, "Starling".
+    pub server_name: String,
+    /// The software version answered to XEP-0092 queries.
+    pub server_version: String,
+}
+
+/// The session-router: binds resources and routes every stanza.
+pub struct SessionRouter {
+    pub(crate) config: RouterConfig,
+    pub(crate) registry: Arc<dyn SessionRegistry>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) storage: Arc<dyn StorageApi>,
+    presence: RwLock<Option<Arc<dyn PresenceApi>>>,
+    /// Advertise `jabber:iq:register` in the server's disco#info (the
+    /// connection-manager offers in-band registration, XEP-0077).
+    pub(crate) in_band_registration: bool,
+    /// Where offline delay stamps take the time from.
+    pub(crate) clock: fn() -> SystemTime,
+}
+
+impl SessionRouter {
+    pub fn new(
+        config: RouterConfig,
+        registry: Arc<dyn SessionRegistry>,
+        bus: Arc<dyn Bus>,
+        storage: Arc<dyn StorageApi>,
+    ) -> Self {
+        let mut config = config;
+        match normalize_domainpart(&config.domain) {
+            Ok(domain) => config.domain = domain,
+            Err(error) => {
+                tracing::warn!(domain = %config.domain, %error, "served domain does not normalise, using it as given")
+            }
+        }
+        SessionRouter {
+            config,
+            registry,
+            bus,
+            storage,
+            presence: RwLock::new(None),
+            in_band_registration: false,
+            clock: SystemTime::now,
+        }
+    }
+
+    /// Advertise in-band registration (`jabber:iq:register`, XEP-0077) in the
+    /// server's disco#info; set it when the connection-manager offers it.
+    pub fn with_in_band_registration(mut self, advertised: bool) -> Self {
+        self.in_band_registration = advertised;
+        self
+    }
+
+    /// Late wiring (the presence service itself needs an `Arc<dyn RouterApi>`).
+    /// Called once before serving; a later call replaces the earlier service.
+    pub fn set_presence(&self, presence: Arc<dyn PresenceApi>) {
+        let previous = self.presence.write().replace(presence);
+        if previous.is_some() {
+            tracing::warn!("presence service wired twice, the newest one is used");
+        }
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: fn() -> SystemTime) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn presence(&self) -> Option<Arc<dyn PresenceApi>> {
+        self.presence.read().clone()
+    }
+
+    /// The destination of a stanza, or the error reply for a `to` that is not
+    /// a valid JID (`jid-malformed`, RFC 6120 section 8.3.3.8).
+    pub(crate) fn destination(
+        &self,
+        stanza_element: &Element,
+    ) -> Result<Destination, Option<Element>> {
+        match stanza::to(stanza_element) {
+            Ok(to) => Ok(classify(to, &self.config.domain)),
+            Err(error) => {
+                tracing::debug!(to = stanza_element.attr("to").unwrap_or(""), %error, "stanza addressed to a malformed jid");
+                Err(bounce(stanza_element, StanzaErrorCondition::JidMalformed))
+            }
+        }
+    }
+
+    /// Whether an account exists: it has a session, or storage knows it.
+    pub(crate) async fn account_exists(
+        &self,
+        user: &BareJid,
+        sessions: &[SessionRecord],
+    ) -> ApiResult<bool> {
+        if !sessions.is_empty() {
+            return Ok(true);
+        }
+        Ok(self.storage.credentials(user).await?.is_some())
+    }
+
+    /// Route one stanza and return the reply the router generated for its
+    /// sender, if any (an error, or the answer of a server-side handler).
+    async fn route_once(
+        &self,
+        origin: &Origin,
+        stanza_element: Element,
+    ) -> ApiResult<Option<Element>> {
+        match StanzaKind::of(&stanza_element) {
+            Some(StanzaKind::Message) => Ok(self.route_message(origin, stanza_element).await),
+            Some(StanzaKind::Iq) => Ok(self.route_iq(origin, stanza_element).await),
+            Some(StanzaKind::Presence) => self
+                .route_presence(origin, stanza_element)
+                .await
+                .map(|()| None),
+            None => {
+                tracing::warn!(
+                    name = stanza_element.name(),
+                    namespace = stanza_element.namespace(),
+                    "not a stanza, dropped"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Presence belongs to the presence service: outbound processing for a
+    /// local session's presence (RFC 6121 sections 3 and 4), inbound for
+    /// presence addressed to a local entity. No s2s yet: presence to a remote
+    /// domain is dropped silently.
+    async fn route_presence(&self, origin: &Origin, presence_stanza: Element) -> ApiResult<()> {
+        let Some(presence) = self.presence() else {
+            tracing::warn!("presence service not wired, presence dropped");
+            return Ok(());
+        };
+        match origin {
+            Origin::Session { jid, addr } => {
+                presence.outbound_presence(jid, addr, presence_stanza).await
+            }
+            Origin::Server => match self.destination(&presence_stanza) {
+                Ok(Destination::Absent) => {
+                    tracing::debug!("server presence without a to address, dropped");
+                    Ok(())
+                }
+                Ok(Destination::Remote(remote)) => {
+                    tracing::debug!(to = %remote, "presence to a remote domain dropped, no s2s");
+                    Ok(())
+                }
+                Ok(_) => presence.inbound_presence(presence_stanza).await,
+                Err(_) => Ok(()),
+            },
+        }
+    }
+
+    /// Send a reply the router generated. A reply to the sending session goes
+    /// straight back to its connection; any other goes through the routing
+    /// rules as a server stanza. Replies are results or errors, which are never
+    /// answered again (RFC 6120 section 8.3.1), so this ends here.
+    pub(crate) async fn send_reply(&self, origin: &Origin, reply: Element) -> ApiResult<()> {
+        if let Origin::Session { jid, addr } = origin {
+            if reply.attr("to").is_some_and(|to| is_same_full_jid(to, jid)) {
+                let session = SessionRecord::new(jid.clone(), addr.clone());
+                if !deliver_to_session(&*self.bus, Arc::new(reply), &session).await {
+                    tracing::debug!(jid = %jid, "sender's session is gone, reply dropped");
+                }
+                return Ok(());
+            }
+        }
+        if let Some(unexpected) = self.route_once(&Origin::Server, reply).await? {
+            tracing::warn!(
+                to = unexpected.attr("to").unwrap_or(""),
+                "reply to a reply dropped"
+            );
+        }
+        Ok(())
+    }
+
+    /// Fill in `from` for a session's stanza if the connection-manager left it
+    /// out (RFC 6120 section 8.1.2.1: the server stamps the full JID).
+    fn stamp_from(origin: &Origin, stanza_element: &mut Element) {
+        if let Origin::Session { jid, .. } = origin {
+            if stanza_element.attr("from").is_none() {
+                stanza_element.set_attr("from", jid.to_string());
+            }
+        }
+    }
+}
+
+fn is_same_full_jid(to: &str, jid: &FullJid) -> bool {
+    to == jid.to_string() || to.parse::<Jid>().ok().as_ref() == Some(&Jid::Full(jid.clone()))
+}
+
+/// Take the element back out of an `Arc` after a delivery attempt that did
+/// not reach its target (cloning only if the bus still holds a reference).
+pub(crate) fn unshare(shared: Arc<Element>) -> Element {
+    Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone())
+}
+
+/// The error reply for `stanza_element` with a condition and its default type;
+/// `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
+pub(crate) fn bounce(stanza_element: &Element, condition: StanzaErrorCondition) -> Option<Element> {
+    stanza::error_reply(stanza_element, &StanzaError::new(condition))
+}
+
+/// The error reply when a dependency failed while routing: the sender learns
+/// the stanza was not handled (DESIGN.md "Delivery guarantees": delivered,
+/// stored or bounced).
+pub(crate) fn failure_reply(stanza_element: &Element, error: &ApiError) -> Option<Element> {
+    tracing::warn!(
+        kind = stanza_element.name(),
+        to = stanza_element.attr("to").unwrap_or(""),
+        %error,
+        "routing failed, bouncing the stanza"
+    );
+    stanza::error_reply(stanza_element, &error.to_stanza_error())
+}
+
+#[async_trait]
+impl RouterApi for SessionRouter {
+    async fn bind(
+        &self,
+        user: &BareJid,
+        requested: Option<&str>,
+        addr: &SessionAddr,
+    ) -> Result<FullJid, BindError> {
+        self.bind_resource(user, requested, addr).await
+    }
+
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<()> {
+        self.unbind_resource(jid, addr).await
+    }
+
+    async fn route(&self, origin: Origin, mut stanza_element: Element) -> ApiResult<()> {
+        Self::stamp_from(&origin, &mut stanza_element);
+        if let Some(reply) = self.route_once(&origin, stanza_element).await? {
+            self.send_reply(&origin, reply).await?;
+        }
+        Ok(())
+    }
+
+    async fn undeliverable(&self, stanza_element: Element) -> ApiResult<()> {
+        if let Some(reply) = self.reroute_undeliverable(stanza_element).await {
+            self.send_reply(&Origin::Server, reply).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,448 @@
+//! Router tests with the real registry (`MemoryRegistry`), bus
+//! (`InProcessBus`, read as fake connection-manager nodes) and storage
+//! (`Storage` on in-memory SQLite), and a presence fake that records calls.
+//! Every rule is exercised with literal XML.
+
+mod bind;
+mod delivery;
+mod iq;
+mod message;
+mod presence;
+mod undeliverable;
+mod xml;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use starling_api::{
+    ApiError, ApiResult, Origin, PresenceApi, RosterItem, RouterApi, ScramCredentials, SessionAddr,
+    SessionRegistry, StorageApi, StoredCredentials,
+};
+use starling_bus::{Bus, Delivery, DeliveryReceiver, InProcessBus, Recipient};
+use starling_jid::{BareJid, FullJid};
+use starling_registry::MemoryRegistry;
+use starling_storage::{Storage, StorageConfig};
+use starling_xmpp::{Element, StreamErrorCondition};
+
+use crate::{RouterConfig, SessionRouter};
+
+pub use xml::xml;
+
+/// The node the tests read deliveries from.
+pub const CM_TEST: &str = "cm-test";
+/// A second node, for fan-out across nodes.
+pub const CM_OTHER: &str = "cm-other";
+
+/// The fixed instant offline delay stamps use in tests: 2002-09-10T23:08:25Z.
+pub fn fixed_clock() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_031_699_305)
+}
+
+pub fn addr(node: &str, conn: u64) -> SessionAddr {
+    SessionAddr {
+        node: node.to_string(),
+        conn,
+    }
+}
+
+pub fn full(jid: &str) -> FullJid {
+    jid.parse().expect("valid full jid")
+}
+
+pub fn bare(jid: &str) -> BareJid {
+    jid.parse().expect("valid bare jid")
+}
+
+// ------------------------------------------------------------------- storage
+
+/// Credentials for test accounts; the router only asks whether they exist.
+fn test_credentials() -> StoredCredentials {
+    let keys = ScramCredentials {
+        salt: vec![1; 16],
+        iterations: 4096,
+        stored_key: vec![2; 20],
+        server_key: vec![3; 20],
+    };
+    StoredCredentials {
+        sha1: keys.clone(),
+        sha256: keys,
+    }
+}
+
+/// A storage service whose database is down: every call fails.
+pub struct UnavailableStorage;
+
+#[async_trait]
+impl StorageApi for UnavailableStorage {
+    async fn create_account(
+        &self,
+        _user: &BareJid,
+        _credentials: &StoredCredentials,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn set_credentials(
+        &self,
+        _user: &BareJid,
+        _credentials: &StoredCredentials,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn remove_account(&self, _user: &BareJid) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn list_accounts(&self, _domain: &str) -> ApiResult<Vec<BareJid>> {
+        Err(database_down())
+    }
+
+    async fn credentials(&self, _user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
+        Err(database_down())
+    }
+
+    async fn roster(&self, _user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
+        Err(database_down())
+    }
+
+    async fn roster_item(
+        &self,
+        _user: &BareJid,
+        _contact: &BareJid,
+    ) -> ApiResult<Option<RosterItem>> {
+        Err(database_down())
+    }
+
+    async fn put_roster_item(&self, _user: &BareJid, _item: &RosterItem) -> ApiResult<u64> {
+        Err(database_down())
+    }
+
+    async fn remove_roster_item(
+        &self,
+        _user: &BareJid,
+        _contact: &BareJid,
+    ) -> ApiResult<Option<u64>> {
+        Err(database_down())
+    }
+
+    async fn store_offline(&self, _user: &BareJid, _stanza_xml: &str) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn take_offline(&self, _user: &BareJid) -> ApiResult<Vec<String>> {
+        Err(database_down())
+    }
+
+    async fn count_offline(&self, _user: &BareJid) -> ApiResult<u64> {
+        Err(database_down())
+    }
+}
+
+fn database_down() -> ApiError {
+    ApiError::Unavailable("database down".into())
+}
+
+// --------------------------------------------------------------- presence fake
+
+/// One call the router made to the presence service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceCall {
+    Outbound {
+        from: String,
+        addr: SessionAddr,
+        stanza: String,
+    },
+    Inbound {
+        stanza: String,
+    },
+    Roster {
+        from: String,
+        addr: SessionAddr,
+        stanza: String,
+    },
+    SessionEnded {
+        jid: String,
+        was_available: bool,
+    },
+}
+
+/// Records every call; roster requests fail with the configured error, if any.
+#[derive(Default)]
+pub struct RecordingPresence {
+    calls: Mutex<Vec<PresenceCall>>,
+    roster_failure: Mutex<Option<ApiError>>,
+}
+
+impl RecordingPresence {
+    pub fn take_calls(&self) -> Vec<PresenceCall> {
+        std::mem::take(&mut *self.calls.lock())
+    }
+
+    pub fn fail_roster_with(&self, error: ApiError) {
+        *self.roster_failure.lock() = Some(error);
+    }
+}
+
+#[async_trait]
+impl PresenceApi for RecordingPresence {
+    async fn outbound_presence(
+        &self,
+        from: &FullJid,
+        addr: &SessionAddr,
+        stanza: Element,
+    ) -> ApiResult<()> {
+        self.calls.lock().push(PresenceCall::Outbound {
+            from: from.to_string(),
+            addr: addr.clone(),
+            stanza: stanza.to_stanza_xml(),
+        });
+        Ok(())
+    }
+
+    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
+        self.calls.lock().push(PresenceCall::Inbound {
+            stanza: stanza.to_stanza_xml(),
+        });
+        Ok(())
+    }
+
+    async fn roster_iq(
+        &self,
+        from: &FullJid,
+        addr: &SessionAddr,
+        stanza: Element,
+    ) -> ApiResult<()> {
+        self.calls.lock().push(PresenceCall::Roster {
+            from: from.to_string(),
+            addr: addr.clone(),
+            stanza: stanza.to_stanza_xml(),
+        });
+        match self.roster_failure.lock().clone() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    async fn session_ended(&self, jid: &FullJid, was_available: bool) -> ApiResult<()> {
+        self.calls.lock().push(PresenceCall::SessionEnded {
+            jid: jid.to_string(),
+            was_available,
+        });
+        Ok(())
+    }
+}
+
+// --------------------------------------------------------------------- harness
+
+/// What a fake node read from its delivery channel, in comparable form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Recipient connections (with any `to` rewrite) and the stanza's XML.
+    Stanza(Vec<Recipient>, String),
+    Close(u64, StreamErrorCondition, Option<String>),
+}
+
+pub struct Harness {
+    pub router: Arc<SessionRouter>,
+    pub registry: Arc<MemoryRegistry>,
+    pub bus: Arc<InProcessBus>,
+    pub storage: Arc<dyn StorageApi>,
+    pub presence: Arc<RecordingPresence>,
+    pub cm_test: DeliveryReceiver,
+    pub cm_other: DeliveryReceiver,
+}
+
+pub struct HarnessOptions {
+    pub max_resources_per_user: usize,
+    pub offline_limit: u32,
+    pub wire_presence: bool,
+    /// Route against a storage service whose every call fails.
+    pub storage_down: bool,
+}
+
+impl Default for HarnessOptions {
+    fn default() -> Self {
+        HarnessOptions {
+            max_resources_per_user: 16,
+            offline_limit: 100,
+            wire_presence: true,
+            storage_down: false,
+        }
+    }
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        Self::with_options(HarnessOptions::default()).await
+    }
+
+    pub async fn with_options(options: HarnessOptions) -> Self {
+        let registry = Arc::new(MemoryRegistry::new());
+        let bus = Arc::new(InProcessBus::new());
+        let storage: Arc<dyn StorageApi> = if options.storage_down {
+            Arc::new(UnavailableStorage)
+        } else {
+            let config = StorageConfig {
+                url: "sqlite::memory:".into(),
+                max_offline_per_user: options.offline_limit,
+                ..Default::default()
+            };
+            let storage = Storage::connect(&config).await.expect("in-memory storage");
+            for account in [
+                "juliet@example.com",
+                "romeo@example.com",
+                "nurse@example.com",
+            ] {
+                storage
+                    .create_account(&bare(account), &test_credentials())
+                    .await
+                    .expect("create account");
+            }
+            Arc::new(storage)
+        };
+        let presence = Arc::new(RecordingPresence::default());
+        let cm_test = bus.subscribe(CM_TEST).await.expect("subscribe cm-test");
+        let cm_other = bus.subscribe(CM_OTHER).await.expect("subscribe cm-other");
+        let router = SessionRouter::new(
+            RouterConfig {
+                domain: "example.com".into(),
+                max_resources_per_user: options.max_resources_per_user,
+                server_name: "Starling".into(),
+                server_version: "0.1.0".into(),
+            },
+            registry.clone(),
+            bus.clone(),
+            storage.clone(),
+        )
+        .with_clock(fixed_clock);
+        let router = Arc::new(router);
+        if options.wire_presence {
+            router.set_presence(presence.clone());
+        }
+        Harness {
+            router,
+            registry,
+            bus,
+            storage,
+            presence,
+            cm_test,
+            cm_other,
+        }
+    }
+
+    /// Take the offline queue of an account from storage.
+    pub async fn offline_of(&self, user: &str) -> Vec<String> {
+        self.storage
+            .take_offline(&bare(user))
+            .await
+            .expect("take offline")
+    }
+
+    /// Bind a resource through the router and return its full JID.
+    pub async fn bind(&self, jid: &str, node: &str, conn: u64) -> FullJid {
+        let jid = full(jid);
+        let bound = self
+            .router
+            .bind(jid.bare(), Some(jid.resource()), &addr(node, conn))
+            .await
+            .expect("bind succeeds");
+        assert_eq!(bound, jid);
+        bound
+    }
+
+    /// Bind and mark available with a priority, as initial presence would.
+    pub async fn online(&self, jid: &str, node: &str, conn: u64, priority: i8) -> FullJid {
+        let bound = self.bind(jid, node, conn).await;
+        assert!(self
+            .registry
+            .set_presence(
+                &bound,
+                &addr(node, conn),
+                true,
+                priority,
+                Some("<presence/>".into())
+            )
+            .await
+            .expect("set presence"));
+        bound
+    }
+
+    /// Route a literal stanza as sent by the session `jid` at `node`/`conn`.
+    pub async fn send(&self, jid: &str, node: &str, conn: u64, stanza: &str) {
+        let origin = Origin::Session {
+            jid: full(jid),
+            addr: addr(node, conn),
+        };
+        self.router.route(origin, xml(stanza)).await.expect("route");
+    }
+
+    /// Route a literal stanza from the server itself.
+    pub async fn send_from_server(&self, stanza: &str) {
+        self.router
+            .route(Origin::Server, xml(stanza))
+            .await
+            .expect("route");
+    }
+
+    /// Everything the node `cm-test` has received so far.
+    pub fn seen_on_test(&mut self) -> Vec<Seen> {
+        drain(&mut self.cm_test)
+    }
+
+    /// Everything the node `cm-other` has received so far.
+    pub fn seen_on_other(&mut self) -> Vec<Seen> {
+        drain(&mut self.cm_other)
+    }
+
+    /// Assert that neither node received anything.
+    pub fn assert_nothing_delivered(&mut self) {
+        assert_eq!(
+            self.seen_on_test(),
+            Vec::new(),
+            "cm-test received something"
+        );
+        assert_eq!(
+            self.seen_on_other(),
+            Vec::new(),
+            "cm-other received something"
+        );
+    }
+}
+
+fn drain(receiver: &mut DeliveryReceiver) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    while let Ok(delivery) = receiver.try_recv() {
+        seen.push(match delivery {
+            Delivery::Stanza {
+                mut recipients,
+                stanza,
+            } => {
+                // The registry lists sessions in no particular order.
+                recipients.sort_by_key(|recipient| recipient.conn);
+                Seen::Stanza(recipients, stanza.to_stanza_xml())
+            }
+            Delivery::Close {
+                conn,
+                condition,
+                text,
+            } => Seen::Close(conn, condition, text),
+        });
+    }
+    seen
+}
+
+/// A stanza delivered to one connection, `to` kept.
+pub fn to_conn(conn: u64, stanza: &str) -> Seen {
+    Seen::Stanza(vec![Recipient::conn(conn)], stanza.to_string())
+}
+
+/// A stanza delivered to several connections of one node, `to` kept.
+pub fn to_conns(conns: &[u64], stanza: &str) -> Seen {
+    Seen::Stanza(
+        conns.iter().map(|conn| Recipient::conn(*conn)).collect(),
+        stanza.to_string(),
+    )
+}

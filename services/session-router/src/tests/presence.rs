@@ -1,0 +1,100 @@
+//! Presence goes to the presence service (RFC 6121 sections 3 and 4).
+
+use super::*;
+
+#[tokio::test]
+async fn session_presence_is_outbound_processing() {
+    let mut harness = Harness::new().await;
+    let presence = "<presence from='juliet@example.com/balcony'><priority>5</priority></presence>";
+    harness
+        .send("juliet@example.com/balcony", CM_TEST, 1, presence)
+        .await;
+    let subscribe =
+        "<presence from='juliet@example.com/balcony' to='romeo@example.net' type='subscribe'/>";
+    harness
+        .send("juliet@example.com/balcony", CM_TEST, 1, subscribe)
+        .await;
+    assert_eq!(
+        harness.presence.take_calls(),
+        vec![
+            PresenceCall::Outbound {
+                from: "juliet@example.com/balcony".into(),
+                addr: addr(CM_TEST, 1),
+                stanza: presence.into()
+            },
+            PresenceCall::Outbound {
+                from: "juliet@example.com/balcony".into(),
+                addr: addr(CM_TEST, 1),
+                stanza: subscribe.into()
+            },
+        ]
+    );
+    harness.assert_nothing_delivered();
+}
+
+#[tokio::test]
+async fn server_presence_to_a_local_entity_is_inbound_processing() {
+    let mut harness = Harness::new().await;
+    let to_bare =
+        "<presence from='romeo@example.com/orchard' to='juliet@example.com' type='subscribe'/>";
+    let to_full = "<presence from='romeo@example.com/orchard' to='juliet@example.com/balcony'/>";
+    harness.send_from_server(to_bare).await;
+    harness.send_from_server(to_full).await;
+    assert_eq!(
+        harness.presence.take_calls(),
+        vec![
+            PresenceCall::Inbound {
+                stanza: to_bare.into()
+            },
+            PresenceCall::Inbound {
+                stanza: to_full.into()
+            }
+        ]
+    );
+    harness.assert_nothing_delivered();
+}
+
+#[tokio::test]
+async fn server_presence_to_a_remote_domain_or_nowhere_is_dropped() {
+    let mut harness = Harness::new().await;
+    harness
+        .send_from_server("<presence from='juliet@example.com/balcony' to='romeo@example.net'/>")
+        .await;
+    harness
+        .send_from_server("<presence from='juliet@example.com/balcony'/>")
+        .await;
+    harness
+        .send_from_server("<presence from='juliet@example.com/balcony' to='juliet@@example.com'/>")
+        .await;
+    assert_eq!(harness.presence.take_calls(), Vec::new());
+    harness.assert_nothing_delivered();
+}
+
+#[tokio::test]
+async fn presence_without_a_presence_service_is_dropped() {
+    let mut harness = Harness::with_options(HarnessOptions {
+        wire_presence: false,
+        ..Default::default()
+    })
+    .await;
+    harness
+        .send("juliet@example.com/balcony", CM_TEST, 1, "<presence/>")
+        .await;
+    assert_eq!(harness.presence.take_calls(), Vec::new());
+    harness.assert_nothing_delivered();
+}
+
+#[tokio::test]
+async fn non_stanzas_are_dropped() {
+    let mut harness = Harness::new().await;
+    harness
+        .send(
+            "juliet@example.com/balcony",
+            CM_TEST,
+            1,
+            "<r xmlns='urn:xmpp:sm:3'/>",
+        )
+        .await;
+    assert_eq!(harness.presence.take_calls(), Vec::new());
+    harness.assert_nothing_delivered();
+}
