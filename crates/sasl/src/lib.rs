@@ -1,1 +1,148 @@
-//! SASL mechanisms without I/O: SCRAM-SHA-1, SCRAM-SHA-256 (RFC 5802, RFC 7677) and PLAIN (RFC 4616), server side, plus credential derivation
+//! SASL mechanisms without I/O: SCRAM-SHA-1, SCRAM-SHA-256 (RFC 5802, RFC 7677)
+//! and PLAIN (RFC 4616), server side, plus credential derivation.
+//!
+//! The crate only computes: the connection-manager reads `<auth/>` and
+//! `<response/>` from the stream, looks credentials up asynchronously, and
+//! drives the state machines here:
+//!
+//! 1. [`ScramClientFirst::parse`] reads the client-first-message;
+//! 2. the caller normalises [`ScramClientFirst::username`] as a JID localpart,
+//!    looks the account up, and calls [`ScramClientFirst::respond`] with the
+//!    stored keys or `None` (unknown account: the exchange goes on with a fake
+//!    salt and fails at the proof, RFC 5802 section 9);
+//! 3. [`ScramServerFirst::verify_client_final`] checks the channel binding,
+//!    the nonce and the proof (in constant time) and returns the
+//!    server-final-message carried in `<success/>`.
+//!
+//! Every error maps to a SASL failure condition of RFC 6120 section 6.5.
+
+#![forbid(unsafe_code)]
+
+mod credentials;
+mod error;
+mod plain;
+mod saslname;
+mod scram;
+
+pub use credentials::{
+    derive_scram_credentials, new_credentials, prepare_password, validate_password, ScramHash,
+    ScramKeys, DEFAULT_ITERATIONS, SALT_BYTES,
+};
+pub use error::{SaslError, SaslFailureCondition};
+pub use plain::{verify_plain_password, PlainCredentials};
+pub use saslname::decode_saslname;
+pub use scram::{ScramClientFirst, ScramServerFirst, ServerSecret, SERVER_NONCE_BYTES};
+
+use base64::Engine;
+
+/// The mechanisms this server implements, strongest first (the order in which
+/// they are offered in `<mechanisms/>`, RFC 6120 section 6.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mechanism {
+    ScramSha256,
+    ScramSha1,
+    Plain,
+}
+
+impl Mechanism {
+    /// Every mechanism, in the order of preference.
+    pub const ALL: &'static [Mechanism] = &[
+        Mechanism::ScramSha256,
+        Mechanism::ScramSha1,
+        Mechanism::Plain,
+    ];
+
+    /// The IANA-registered mechanism name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::Plain => "PLAIN",
+        }
+    }
+
+    /// The mechanism of this exact name (SASL names are upper case, RFC 4422 section 3.1).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Mechanism::ALL
+            .iter()
+            .copied()
+            .find(|mechanism| mechanism.as_str() == name)
+    }
+
+    /// The SCRAM hash of a SCRAM mechanism, `None` for PLAIN.
+    pub fn scram_hash(self) -> Option<ScramHash> {
+        match self {
+            Mechanism::ScramSha256 => Some(ScramHash::Sha256),
+            Mechanism::ScramSha1 => Some(ScramHash::Sha1),
+            Mechanism::Plain => None,
+        }
+    }
+
+    /// PLAIN sends the password itself: it may only be offered and accepted
+    /// inside TLS (RFC 4616 section 6, RFC 6120 section 13.8.3).
+    pub fn requires_encryption(self) -> bool {
+        matches!(self, Mechanism::Plain)
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decode the base64 character data of `<auth/>`, `<response/>` (RFC 6120
+/// section 6.4.2): a single `=` is a zero-length response; anything that is
+/// not canonical base64 is `incorrect-encoding` (section 6.5.5).
+pub fn decode_xmpp_payload(text: &str) -> Result<Vec<u8>, SaslError> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    if text == "=" {
+        return Ok(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| SaslError::IncorrectEncoding("sasl payload is not valid base64"))
+}
+
+/// Encode a challenge or success payload for the stream (RFC 6120 section
+/// 6.4.3): an empty payload is written as `=`.
+pub fn encode_xmpp_payload(data: &[u8]) -> String {
+    if data.is_empty() {
+        return "=".to_string();
+    }
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mechanism_names_round_trip() {
+        for mechanism in Mechanism::ALL {
+            assert_eq!(Mechanism::from_name(mechanism.as_str()), Some(*mechanism));
+        }
+        assert_eq!(Mechanism::from_name("scram-sha-1"), None);
+        assert_eq!(Mechanism::from_name("SCRAM-SHA-1-PLUS"), None);
+        assert_eq!(Mechanism::from_name("DIGEST-MD5"), None);
+        assert!(Mechanism::Plain.requires_encryption());
+        assert!(!Mechanism::ScramSha1.requires_encryption());
+    }
+
+    #[test]
+    fn payload_encoding() {
+        assert_eq!(decode_xmpp_payload("=").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode_xmpp_payload("").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode_xmpp_payload(" biws\n").unwrap(), b"n,,".to_vec());
+        assert_eq!(
+            decode_xmpp_payload("bi*s").unwrap_err().condition(),
+            SaslFailureCondition::IncorrectEncoding
+        );
+        assert_eq!(
+            decode_xmpp_payload("biw").unwrap_err().condition(),
+            SaslFailureCondition::IncorrectEncoding
+        );
+        assert_eq!(encode_xmpp_payload(b""), "=");
+        assert_eq!(encode_xmpp_payload(b"n,,"), "biws");
+    }
+}

@@ -1,1 +1,366 @@
-//! The connection-manager service: listeners, XML streams, TLS, SASL, resource binding, limits; the edge of the cluster
+//! The connection-manager service: listeners, XML streams, TLS, SASL, resource binding, limits; the edge of the cluster.
+//!
+//! A client's stream (RFC 6120) ends here: STARTTLS on the c2s listener or
+//! direct TLS (XEP-0368), SASL with SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN
+//! (section 6), resource binding through the session-router (section 7), then
+//! every stanza the client sends is checked, stamped with its full JID
+//! (section 8.1.2.1) and handed to the router. Stanzas for this node's
+//! sessions arrive on the bus and go to each connection's bounded queue.
+//!
+//! ```text
+//! accept -> [negotiation: header, STARTTLS, SASL, bind]  (absolute pre-auth deadline)
+//!        -> [session: reader task -> router.route]        (token bucket on reads)
+//!           [writer task <- bounded queue <- bus dispatcher]
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod delivery;
+mod error;
+mod limits;
+mod negotiation;
+mod outbound;
+mod register;
+mod session;
+mod tls;
+mod transport;
+mod xml;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use starling_api::{ConnId, RouterApi, ScramCredentials, StorageApi, StoredCredentials};
+use starling_bus::{Bus, DeliveryReceiver};
+use starling_jid::BareJid;
+use starling_sasl::{ScramKeys, ServerSecret};
+use starling_xmpp::Limits;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{CmConfig, CmLimits, TlsSettings};
+pub use error::CmError;
+pub use tls::ALPN_XMPP_CLIENT;
+
+use limits::IpLimits;
+use outbound::ConnectionHandle;
+
+/// How long `run` waits for the connections to close after the shutdown signal.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    /// Plain TCP, STARTTLS offered (RFC 6120 section 5).
+    StartTls,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+}
+
+impl ListenerKind {
+    fn name(self) -> &'static str {
+        match self {
+            ListenerKind::StartTls => "c2s",
+            ListenerKind::DirectTls => "c2s_tls",
+        }
+    }
+}
+
+/// What every connection task of the node shares.
+pub(crate) struct Shared {
+    pub node_id: String,
+    /// The served domain, normalised.
+    pub domain: String,
+    pub limits: CmLimits,
+    pub parser_limits: Limits,
+    pub registration_enabled: bool,
+    pub require_tls: bool,
+    pub router: Arc<dyn RouterApi>,
+    pub storage: Arc<dyn StorageApi>,
+    pub starttls: TlsAcceptor,
+    pub direct_tls: TlsAcceptor,
+    /// Fake salts of unknown accounts derive from it (RFC 5802 section 9).
+    pub scram_secret: ServerSecret,
+    /// The bound connections of this node, by connection id.
+    pub connections: RwLock<HashMap<ConnId, Arc<ConnectionHandle>>>,
+    next_conn: AtomicU64,
+    pub ip_limits: Arc<IpLimits>,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
+        self.connections.read().get(&conn).cloned()
+    }
+}
+
+/// A random stream id (RFC 6120 section 4.7.3: unique and unpredictable).
+pub(crate) fn random_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The keys of one hash as this crate's SASL code takes them.
+pub(crate) fn scram_keys(credentials: &ScramCredentials) -> ScramKeys {
+    ScramKeys {
+        salt: credentials.salt.clone(),
+        iterations: credentials.iterations,
+        stored_key: credentials.stored_key.clone(),
+        server_key: credentials.server_key.clone(),
+    }
+}
+
+/// Stored credentials from freshly derived keys.
+pub(crate) fn stored_credentials(sha1: ScramKeys, sha256: ScramKeys) -> StoredCredentials {
+    let convert = |keys: ScramKeys| ScramCredentials {
+        salt: keys.salt,
+        iterations: keys.iterations,
+        stored_key: keys.stored_key,
+        server_key: keys.server_key,
+    };
+    StoredCredentials {
+        sha1: convert(sha1),
+        sha256: convert(sha256),
+    }
+}
+
+/// The connection-manager, configured but not yet listening.
+pub struct ConnectionManager {
+    shared: Arc<Shared>,
+    c2s_addr: Option<SocketAddr>,
+    c2s_tls_addr: Option<SocketAddr>,
+    bus: Arc<dyn Bus>,
+}
+
+impl ConnectionManager {
+    /// Validate the configuration and load (or generate) the TLS certificate.
+    pub fn new(
+        config: CmConfig,
+        router: Arc<dyn RouterApi>,
+        storage: Arc<dyn StorageApi>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Self, CmError> {
+        if config.node_id.is_empty() {
+            return Err(CmError::Config("node_id must not be empty".to_string()));
+        }
+        let domain_jid = BareJid::domain_jid(&config.domain).map_err(|error| {
+            CmError::Config(format!(
+                "domain {:?} is not a valid domain: {error}",
+                config.domain
+            ))
+        })?;
+        if config.c2s_addr.is_none() && config.c2s_tls_addr.is_none() {
+            return Err(CmError::Config(
+                "neither c2s_addr nor c2s_tls_addr is set".to_string(),
+            ));
+        }
+        let limits = config.limits.clone();
+        if limits.max_stanza_bytes < 1024 {
+            return Err(CmError::Config(
+                "limits.max_stanza_bytes must be at least 1024".to_string(),
+            ));
+        }
+        if limits.max_depth < 4 {
+            return Err(CmError::Config(
+                "limits.max_depth must be at least 4".to_string(),
+            ));
+        }
+        if limits.max_auth_attempts == 0 {
+            return Err(CmError::Config(
+                "limits.max_auth_attempts must be at least 1".to_string(),
+            ));
+        }
+        if limits.outbound_queue_stanzas == 0 {
+            return Err(CmError::Config(
+                "limits.outbound_queue_stanzas must be at least 1".to_string(),
+            ));
+        }
+        let domain = domain_jid.domain().to_string();
+        let tls = tls::load(&config.tls, &domain)?;
+        let parser_limits = Limits {
+            max_stanza_bytes: limits.max_stanza_bytes,
+            max_depth: limits.max_depth,
+            ..Limits::default()
+        };
+        let ip_limits = IpLimits::new(
+            limits.max_connections_per_ip,
+            limits.failed_auth_per_ip,
+            limits.failed_auth_window,
+        );
+        let shared = Shared {
+            node_id: config.node_id,
+            domain,
+            limits,
+            parser_limits,
+            registration_enabled: config.registration_enabled,
+            require_tls: config.require_tls,
+            router,
+            storage,
+            starttls: TlsAcceptor::from(tls.starttls),
+            direct_tls: TlsAcceptor::from(tls.direct_tls),
+            // Every node serving the domain holds the same key, and it outlives
+            // restarts: fake salts stay stable across the cluster.
+            scram_secret: ServerSecret::derive_from(&tls.key_pem),
+            connections: RwLock::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            ip_limits,
+            shutdown: CancellationToken::new(),
+        };
+        Ok(ConnectionManager {
+            shared: Arc::new(shared),
+            c2s_addr: config.c2s_addr,
+            c2s_tls_addr: config.c2s_tls_addr,
+            bus,
+        })
+    }
+
+    /// Bind the listeners (so errors like "address in use" surface before run), subscribe to the bus.
+    pub async fn bind(self) -> Result<BoundConnectionManager, CmError> {
+        let mut listeners = Vec::new();
+        for (kind, addr) in [
+            (ListenerKind::StartTls, self.c2s_addr),
+            (ListenerKind::DirectTls, self.c2s_tls_addr),
+        ] {
+            let Some(addr) = addr else { continue };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| CmError::Listen { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| CmError::Listen { addr, source })?;
+            tracing::info!(listener = kind.name(), addr = %local, "listening");
+            listeners.push((kind, local, listener));
+        }
+        let deliveries = self.bus.subscribe(&self.shared.node_id).await?;
+        Ok(BoundConnectionManager {
+            shared: self.shared,
+            listeners,
+            deliveries,
+        })
+    }
+}
+
+/// The connection-manager with its listeners bound, ready to run.
+pub struct BoundConnectionManager {
+    shared: Arc<Shared>,
+    listeners: Vec<(ListenerKind, SocketAddr, TcpListener)>,
+    deliveries: DeliveryReceiver,
+}
+
+impl BoundConnectionManager {
+    pub fn local_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|(kind, addr, _)| (kind.name(), *addr))
+            .collect()
+    }
+
+    /// Serve until `shutdown` resolves, then close every stream with <system-shutdown/>, call router.unbind for each session, and return when all connection tasks are gone (with a deadline of a few seconds).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), CmError> {
+        let BoundConnectionManager {
+            shared,
+            listeners,
+            deliveries,
+        } = self;
+        let connections = TaskTracker::new();
+        let dispatcher = tokio::spawn(delivery::dispatch(Arc::clone(&shared), deliveries));
+        let mut accept_loops = Vec::new();
+        for (kind, _, listener) in listeners {
+            accept_loops.push(tokio::spawn(accept_loop(
+                Arc::clone(&shared),
+                kind,
+                listener,
+                connections.clone(),
+            )));
+        }
+
+        shutdown.await;
+        tracing::info!(node = %shared.node_id, "shutting down: closing every stream");
+        // Stop accepting first, then every connection sees the same token.
+        shared.shutdown.cancel();
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        connections.close();
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = connections.len(),
+                "connections still open at the shutdown deadline"
+            );
+        }
+        dispatcher.abort();
+        let _ = dispatcher.await;
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    kind: ListenerKind,
+    listener: TcpListener,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = kind.name(), %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
+            tracing::info!(peer = %peer, listener = kind.name(), "too many connections from one address");
+            connections.spawn(negotiation::refuse_connection(
+                Arc::clone(&shared),
+                tcp,
+                kind,
+            ));
+            continue;
+        };
+        connections.spawn(serve_connection(
+            Arc::clone(&shared),
+            tcp,
+            peer,
+            kind,
+            permit,
+        ));
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    permit: limits::ConnectionPermit,
+) {
+    let conn = shared.next_conn_id();
+    tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
+    if let Some(bound) = negotiation::negotiate(Arc::clone(&shared), conn, tcp, peer, kind).await {
+        session::run(shared, bound).await;
+    }
+    drop(permit);
+    tracing::debug!(conn, peer = %peer, "connection closed");
+}

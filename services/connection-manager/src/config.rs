@@ -1,0 +1,97 @@
+//! The connection-manager's configuration: listeners, TLS material and the
+//! per-connection and per-IP limits (RFC 6120 section 13.12, denial of service).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What one connection-manager serves.
+#[derive(Debug, Clone)]
+pub struct CmConfig {
+    /// This node's identity in the cluster, e.g. "cm-<hostname>-<random>";
+    /// its bus channel is `deliver:{node_id}`.
+    pub node_id: String,
+    /// The served domain (normalised again at start).
+    pub domain: String,
+    /// The STARTTLS listener (5222, RFC 6120 section 5).
+    pub c2s_addr: Option<SocketAddr>,
+    /// The direct TLS listener (5223, XEP-0368).
+    pub c2s_tls_addr: Option<SocketAddr>,
+    pub tls: TlsSettings,
+    pub limits: CmLimits,
+    /// XEP-0077 in-band registration (offered inside TLS only: it carries a password).
+    pub registration_enabled: bool,
+    /// True by default: no SASL before STARTTLS. False allows SCRAM on a
+    /// plaintext stream (load tests); PLAIN is never offered nor accepted there.
+    pub require_tls: bool,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM certificate chain; with `key_path`.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+    /// With no certificate configured, a self-signed one for the domain is
+    /// generated on first start and kept as `data_dir/tls/cert.pem` and
+    /// `data_dir/tls/key.pem`, and reused on later starts.
+    pub data_dir: PathBuf,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            cert_path: None,
+            key_path: None,
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// Limits of one connection-manager.
+#[derive(Debug, Clone)]
+pub struct CmLimits {
+    /// The largest stanza or nonza, in bytes (RFC 6120 section 13.12).
+    pub max_stanza_bytes: usize,
+    /// The deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// An absolute deadline from accept until a resource is bound, not an idle
+    /// timer; then `<connection-timeout/>`.
+    pub pre_auth_timeout: Duration,
+    /// `<auth/>` attempts per stream; one more closes the stream with
+    /// `<policy-violation/>` (RFC 6120 section 6.4.5 allows 2 to 5 retries).
+    pub max_auth_attempts: u32,
+    /// Open connections from one IP address; more get `<policy-violation/>`.
+    pub max_connections_per_ip: u32,
+    /// Failed authentications from one IP address within `failed_auth_window`
+    /// after which further attempts from that address get
+    /// `<temporary-auth-failure/>` without the password being checked. The
+    /// account itself is never locked.
+    pub failed_auth_per_ip: u32,
+    pub failed_auth_window: Duration,
+    /// Per-session token bucket on stanzas read from the client; 0 = unlimited.
+    /// A session over its rate is read more slowly, not disconnected.
+    pub stanzas_per_second: u32,
+    pub stanza_burst: u32,
+    /// Stanzas waiting to be written to one connection; a client that lets its
+    /// queue fill up (it stopped reading) is disconnected with `<policy-violation/>`.
+    pub outbound_queue_stanzas: usize,
+}
+
+impl Default for CmLimits {
+    fn default() -> Self {
+        CmLimits {
+            max_stanza_bytes: 262_144,
+            max_depth: 64,
+            pre_auth_timeout: Duration::from_secs(60),
+            max_auth_attempts: 5,
+            max_connections_per_ip: 64,
+            failed_auth_per_ip: 10,
+            failed_auth_window: Duration::from_secs(60),
+            stanzas_per_second: 50,
+            stanza_burst: 200,
+            outbound_queue_stanzas: 1000,
+        }
+    }
+}

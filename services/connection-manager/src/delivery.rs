@@ -1,0 +1,100 @@
+//! Delivery from the bus (DESIGN.md `deliver:{node}`): each envelope's stanza
+//! goes to every recipient connection's bounded queue. The dispatcher never
+//! waits on a client; what cannot be delivered goes back to the router.
+
+use std::sync::Arc;
+
+use starling_bus::{Delivery, DeliveryReceiver};
+use starling_xmpp::{Element, StanzaKind, StreamError};
+
+use crate::outbound::{PushError, QueuedStanza};
+use crate::Shared;
+
+/// Read the node's deliveries until the bus closes.
+pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiver) {
+    while let Some(delivery) = deliveries.recv().await {
+        match delivery {
+            Delivery::Stanza { recipients, stanza } => {
+                for recipient in recipients {
+                    let queued = QueuedStanza {
+                        stanza: Arc::clone(&stanza),
+                        to: recipient.to,
+                    };
+                    let Some(handle) = shared.connection(recipient.conn) else {
+                        // The connection ended since the router looked (a race with disconnect).
+                        reroute(&shared, queued.into_element());
+                        continue;
+                    };
+                    match handle.push(queued) {
+                        Ok(()) => {}
+                        Err((PushError::Full, queued)) => {
+                            tracing::info!(
+                                conn = recipient.conn,
+                                "outbound queue full, closing the stream"
+                            );
+                            handle.close_overflowed();
+                            reroute(&shared, queued.into_element());
+                        }
+                        Err((PushError::Closed, queued)) => reroute(&shared, queued.into_element()),
+                    }
+                }
+            }
+            Delivery::Close {
+                conn,
+                condition,
+                text,
+            } => {
+                if let Some(handle) = shared.connection(conn) {
+                    tracing::debug!(conn, condition = %condition, "closing stream on request");
+                    handle.close(Some(StreamError { condition, text }));
+                }
+            }
+        }
+    }
+    tracing::debug!(node = %shared.node_id, "delivery channel closed");
+}
+
+/// Whether a stanza that was not written to its session goes back to the
+/// router: messages (to other resources or offline storage) and IQ requests
+/// (so that the requester gets an error instead of waiting). Presence is
+/// state, re-sent as it changes: it is dropped.
+pub(crate) fn is_reroutable(stanza: &Element) -> bool {
+    match StanzaKind::of(stanza) {
+        Some(StanzaKind::Message) => true,
+        Some(StanzaKind::Iq) => matches!(stanza.attr("type"), Some("get") | Some("set")),
+        _ => false,
+    }
+}
+
+/// Hand a stanza whose connection is gone back to the router, off the dispatcher's path.
+pub(crate) fn reroute(shared: &Arc<Shared>, stanza: Element) {
+    let router = Arc::clone(&shared.router);
+    tokio::spawn(async move {
+        if let Err(error) = router.undeliverable(stanza).await {
+            tracing::warn!(%error, "rerouting an undeliverable stanza failed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_xmpp::ns;
+
+    #[test]
+    fn which_stanzas_are_rerouted() {
+        let stanza = |name: &str, kind: Option<&str>| {
+            let element = Element::new(name, ns::CLIENT);
+            match kind {
+                Some(kind) => element.with_attr("type", kind),
+                None => element,
+            }
+        };
+        assert!(is_reroutable(&stanza("message", None)));
+        assert!(is_reroutable(&stanza("message", Some("chat"))));
+        assert!(is_reroutable(&stanza("iq", Some("get"))));
+        assert!(is_reroutable(&stanza("iq", Some("set"))));
+        assert!(!is_reroutable(&stanza("iq", Some("result"))));
+        assert!(!is_reroutable(&stanza("presence", None)));
+    }
+}

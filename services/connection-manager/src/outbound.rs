@@ -1,0 +1,444 @@
+//! The bounded outbound queue of one connection and the task that writes it.
+//!
+//! Deliveries never wait for a client: pushing is a lock and a notify. A
+//! client that stops reading fills its queue and is disconnected with
+//! `<policy-violation/>` (RFC 6120 section 4.9.3.14: it breaks the server's
+//! local policy on how far behind a reader may fall); the stanzas it did not
+//! receive go back through the router (DESIGN.md "Slow readers").
+//!
+//! The writer drains everything that is ready into one buffer and writes it
+//! with one call, re-serialising each stanza from its parsed form (never the
+//! bytes some client sent).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use starling_api::ConnId;
+use starling_xmpp::{ns, Element, StreamError, StreamErrorCondition};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::xml::STREAM_CLOSE;
+
+/// A write that makes no progress for this long means the client is gone.
+pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The last words of a closing stream get this long to be written.
+pub(crate) const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A backlog larger than this is written in several calls.
+const MAX_WRITE_BYTES: usize = 256 * 1024;
+
+/// One stanza waiting to be written.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedStanza {
+    pub stanza: Arc<Element>,
+    /// Rewrite `to` for this recipient (one envelope shared by several recipients).
+    pub to: Option<String>,
+}
+
+impl QueuedStanza {
+    pub fn new(stanza: Element) -> Self {
+        QueuedStanza {
+            stanza: Arc::new(stanza),
+            to: None,
+        }
+    }
+
+    /// The stanza as it is addressed to this recipient.
+    pub fn into_element(self) -> Element {
+        let mut stanza = Arc::unwrap_or_clone(self.stanza);
+        if let Some(to) = self.to {
+            stanza.set_attr("to", to);
+        }
+        stanza
+    }
+
+    fn write_to(&self, out: &mut String) {
+        match &self.to {
+            Some(to) if self.stanza.attr("to") != Some(to.as_str()) => {
+                let mut stanza = (*self.stanza).clone();
+                stanza.set_attr("to", to.clone());
+                stanza.write_to(out, ns::CLIENT);
+            }
+            _ => self.stanza.write_to(out, ns::CLIENT),
+        }
+    }
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is at its bound: the client stopped reading.
+    Full,
+    /// The stream is closing; the connection is as good as gone.
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+struct CloseRequest {
+    error: Option<StreamError>,
+    /// Drop what is queued (it goes back to the router) and write only the error.
+    discard_pending: bool,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<QueuedStanza>,
+    close: Option<CloseRequest>,
+    /// Delivered after the close was decided: held back until the session is
+    /// unbound, then rerouted (rerouting earlier could route them right back here).
+    late: Vec<QueuedStanza>,
+}
+
+/// What the rest of the node holds of one bound connection.
+pub(crate) struct ConnectionHandle {
+    pub conn: ConnId,
+    capacity: usize,
+    state: Mutex<QueueState>,
+    notify: Notify,
+    /// Cancelled when the stream is to end: the reader stops.
+    stop_reading: CancellationToken,
+    /// Cancelled to abandon a write that the client does not read.
+    abort_write: CancellationToken,
+}
+
+impl ConnectionHandle {
+    pub fn new(conn: ConnId, capacity: usize) -> Arc<Self> {
+        Arc::new(ConnectionHandle {
+            conn,
+            capacity: capacity.max(1),
+            state: Mutex::new(QueueState::default()),
+            notify: Notify::new(),
+            stop_reading: CancellationToken::new(),
+            abort_write: CancellationToken::new(),
+        })
+    }
+
+    /// Queue a stanza for the client. Once the stream is closing, the stanza
+    /// is kept for rerouting after the unbind (up to the queue's bound).
+    /// On error the stanza comes back to the caller.
+    pub fn push(&self, stanza: QueuedStanza) -> Result<(), (PushError, QueuedStanza)> {
+        {
+            let mut state = self.state.lock();
+            if state.close.is_some() {
+                if state.late.len() >= self.capacity {
+                    return Err((PushError::Closed, stanza));
+                }
+                state.late.push(stanza);
+                return Ok(());
+            }
+            if state.items.len() >= self.capacity {
+                return Err((PushError::Full, stanza));
+            }
+            state.items.push_back(stanza);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Queue a stanza ahead of everything else, over the bound (the result of
+    /// resource binding must precede what was delivered meanwhile).
+    pub fn push_front(&self, stanza: QueuedStanza) {
+        self.state.lock().items.push_front(stanza);
+        self.notify.notify_one();
+    }
+
+    /// End the stream: write what is queued, then the stream error if any,
+    /// then `</stream:stream>`. The first close wins.
+    pub fn close(&self, error: Option<StreamError>) {
+        self.request_close(CloseRequest {
+            error,
+            discard_pending: false,
+        });
+    }
+
+    /// The client let its queue fill up: close with `<policy-violation/>`,
+    /// abandon the write in progress, keep the queued stanzas for rerouting.
+    pub fn close_overflowed(&self) {
+        let error = StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many stanzas waiting to be read by the client",
+        );
+        let closed_now = self.request_close(CloseRequest {
+            error: Some(error),
+            discard_pending: true,
+        });
+        if closed_now {
+            self.abort_write.cancel();
+        }
+    }
+
+    fn request_close(&self, request: CloseRequest) -> bool {
+        let closed_now = {
+            let mut state = self.state.lock();
+            if state.close.is_some() {
+                false
+            } else {
+                state.close = Some(request);
+                true
+            }
+        };
+        self.stop_reading.cancel();
+        self.notify.notify_one();
+        closed_now
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().close.is_some()
+    }
+
+    /// Resolves once the stream is to end.
+    pub async fn reading_stopped(&self) {
+        self.stop_reading.cancelled().await
+    }
+
+    /// Give up on the write in progress (the connection is being torn down).
+    pub fn abandon_write(&self) {
+        self.abort_write.cancel();
+    }
+
+    /// Everything still queued and everything delivered after the close (once
+    /// the writer ended), in order.
+    pub fn take_remaining(&self) -> Vec<QueuedStanza> {
+        let mut state = self.state.lock();
+        let mut remaining: Vec<QueuedStanza> = state.items.drain(..).collect();
+        remaining.append(&mut state.late);
+        remaining
+    }
+
+    /// Wait until there is something to write or the stream is to close.
+    async fn next_batch(&self, batch: &mut Vec<QueuedStanza>) -> Option<CloseRequest> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut state = self.state.lock();
+                if !state.items.is_empty() || state.close.is_some() {
+                    batch.extend(state.items.drain(..));
+                    return state.close.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Write to the client until the stream closes or breaks. Returns the stanzas
+/// that were not (or not surely) written, for rerouting.
+pub(crate) async fn run_writer<W>(mut writer: W, handle: Arc<ConnectionHandle>) -> Vec<QueuedStanza>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch: Vec<QueuedStanza> = Vec::new();
+    let mut buffer = String::with_capacity(4096);
+    loop {
+        batch.clear();
+        buffer.clear();
+        let close = handle.next_batch(&mut batch).await;
+        if let Some(CloseRequest {
+            error,
+            discard_pending: true,
+        }) = &close
+        {
+            // The client does not read: what it did not get goes back to the
+            // router; the error is written only if the socket takes it at once.
+            if let Some(error) = error {
+                buffer.push_str(&error.to_xml());
+            }
+            buffer.push_str(STREAM_CLOSE);
+            let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+                writer.write_all(buffer.as_bytes()).await?;
+                writer.shutdown().await
+            })
+            .await;
+            return batch;
+        }
+        let closing = close.is_some();
+        let limit = if closing {
+            CLOSE_WRITE_TIMEOUT
+        } else {
+            WRITE_STALL_TIMEOUT
+        };
+        // Everything ready goes out in one write, cut only past MAX_WRITE_BYTES
+        // so that one huge backlog does not become one huge buffer.
+        let mut next = 0;
+        loop {
+            buffer.clear();
+            let chunk_start = next;
+            while next < batch.len() && buffer.len() < MAX_WRITE_BYTES {
+                batch[next].write_to(&mut buffer);
+                next += 1;
+            }
+            let last_chunk = next == batch.len();
+            let finishing = last_chunk && closing;
+            if finishing {
+                if let Some(CloseRequest {
+                    error: Some(error), ..
+                }) = &close
+                {
+                    buffer.push_str(&error.to_xml());
+                }
+                buffer.push_str(STREAM_CLOSE);
+            }
+            let write = async {
+                writer.write_all(buffer.as_bytes()).await?;
+                writer.flush().await?;
+                if finishing {
+                    writer.shutdown().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
+            let written = tokio::select! {
+                result = tokio::time::timeout(limit, write) => matches!(result, Ok(Ok(()))),
+                _ = handle.abort_write.cancelled() => false,
+            };
+            if !written {
+                tracing::debug!(
+                    conn = handle.conn,
+                    stanzas = batch.len() - chunk_start,
+                    "write to client failed or stalled"
+                );
+                // The connection is unusable: stop the reader, and make further
+                // pushes fail over to rerouting instead of queueing.
+                handle.close(None);
+                // A client that does not read would not get the stream error
+                // through its full socket either: just end the connection.
+                let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, writer.shutdown()).await;
+                return batch.split_off(chunk_start);
+            }
+            if last_chunk {
+                break;
+            }
+        }
+        if closing {
+            return Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn message(body: &str) -> QueuedStanza {
+        QueuedStanza::new(
+            Element::new("message", ns::CLIENT)
+                .with_attr("to", "juliet@example.com/balcony")
+                .with_child(Element::new("body", ns::CLIENT).with_text(body)),
+        )
+    }
+
+    #[test]
+    fn push_is_bounded_and_refused_after_close() {
+        let handle = ConnectionHandle::new(1, 2);
+        handle.push(message("1")).unwrap();
+        handle.push(message("2")).unwrap();
+        assert_eq!(handle.push(message("3")).unwrap_err().0, PushError::Full);
+        handle.close(None);
+        // Kept for rerouting after the unbind, up to the bound.
+        handle.push(message("4")).unwrap();
+        handle.push(message("5")).unwrap();
+        assert_eq!(handle.push(message("6")).unwrap_err().0, PushError::Closed);
+        assert!(handle.is_closing());
+        assert!(handle.stop_reading.is_cancelled());
+        assert_eq!(handle.take_remaining().len(), 4);
+    }
+
+    #[test]
+    fn rewritten_recipient() {
+        let mut stanza = message("hi");
+        stanza.to = Some("romeo@example.net/orchard".into());
+        let mut out = String::new();
+        stanza.write_to(&mut out);
+        assert_eq!(
+            out,
+            "<message to='romeo@example.net/orchard'><body>hi</body></message>"
+        );
+        assert_eq!(
+            stanza.into_element().attr("to"),
+            Some("romeo@example.net/orchard")
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_everything_ready_in_one_batch_then_closes() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let handle = ConnectionHandle::new(7, 10);
+        handle.push(message("1")).unwrap();
+        handle.push(message("2")).unwrap();
+        handle.push_front(QueuedStanza::new(
+            Element::new("iq", ns::CLIENT)
+                .with_attr("type", "result")
+                .with_attr("id", "b"),
+        ));
+        handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
+        let unwritten = run_writer(server, Arc::clone(&handle)).await;
+        assert!(unwritten.is_empty());
+        let mut written = String::new();
+        let mut client = client;
+        client.read_to_string(&mut written).await.unwrap();
+        assert_eq!(
+            written,
+            "<iq type='result' id='b'/><message to='juliet@example.com/balcony'><body>1</body></message><message to='juliet@example.com/balcony'><body>2</body></message><stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_backlog_is_written_in_bounded_chunks_in_order() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let handle = ConnectionHandle::new(8, 10);
+        let big = "y".repeat(200 * 1024);
+        for index in 0..3 {
+            handle.push(message(&format!("{index}{big}"))).unwrap();
+        }
+        handle.close(None);
+        let reader = tokio::spawn(async move {
+            let mut written = String::new();
+            client.read_to_string(&mut written).await.unwrap();
+            written
+        });
+        assert!(run_writer(server, Arc::clone(&handle)).await.is_empty());
+        let written = reader.await.unwrap();
+        let bodies: Vec<char> = written
+            .split("<body>")
+            .skip(1)
+            .map(|body| body.chars().next().unwrap())
+            .collect();
+        assert_eq!(bodies, vec!['0', '1', '2']);
+        assert!(written.ends_with("</message></stream:stream>"));
+    }
+
+    #[tokio::test]
+    async fn overflow_abandons_the_stalled_write_and_returns_the_queue() {
+        // A pipe of 16 bytes that nobody reads: the first write stalls.
+        let (_client, server) = tokio::io::duplex(16);
+        let handle = ConnectionHandle::new(9, 2);
+        let writer = tokio::spawn(run_writer(server, Arc::clone(&handle)));
+        handle.push(message("first")).unwrap();
+        tokio::task::yield_now().await;
+        handle.push(message("2")).unwrap();
+        handle.push(message("3")).unwrap();
+        assert_eq!(handle.push(message("4")).unwrap_err().0, PushError::Full);
+        handle.close_overflowed();
+        let unwritten = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        let body = |stanza: QueuedStanza| {
+            stanza
+                .stanza
+                .get_child("body", ns::CLIENT)
+                .map(Element::text)
+        };
+        let mut rerouted: Vec<Option<String>> = unwritten.into_iter().map(body).collect();
+        rerouted.extend(handle.take_remaining().into_iter().map(body));
+        // The abandoned batch first, then what was still queued, in order.
+        assert_eq!(
+            rerouted,
+            vec![Some("first".into()), Some("2".into()), Some("3".into())]
+        );
+        assert!(handle.is_closing());
+    }
+}

@@ -1,0 +1,419 @@
+//! A bound session (RFC 6120 section 8): every stanza the client sends is
+//! checked, stamped with the session's full JID (section 8.1.2.1) and routed;
+//! the reader is slowed by a token bucket, never disconnected for speed.
+//! Stream-level failures end the stream as section 4.9 says, and every ending
+//! unbinds the session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_api::{Origin, SessionAddr};
+use starling_jid::FullJid;
+use starling_xmpp::{
+    ns, stanza, Element, Node, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
+    StreamErrorCondition, StreamEvent, StreamParser,
+};
+use tokio::io::AsyncReadExt;
+
+use crate::delivery::is_reroutable;
+use crate::limits::TokenBucket;
+use crate::negotiation::BoundStream;
+use crate::outbound::{run_writer, ConnectionHandle, QueuedStanza, CLOSE_WRITE_TIMEOUT};
+use crate::{register, Shared};
+
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Whether the reader goes on.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    jid: FullJid,
+    jid_string: String,
+    addr: SessionAddr,
+    handle: Arc<ConnectionHandle>,
+    client_lang: Option<String>,
+    rate_limit: Option<TokenBucket>,
+}
+
+/// Serve a bound session until its stream ends, then unbind it and reroute
+/// what it did not receive.
+pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
+    let BoundStream {
+        conn,
+        peer,
+        transport,
+        mut parser,
+        jid,
+        addr,
+        handle,
+        client_lang,
+    } = bound;
+    let (mut reader, writer) = tokio::io::split(transport);
+    let mut writer_task = tokio::spawn(run_writer(writer, Arc::clone(&handle)));
+    let rate_limit = TokenBucket::new(
+        shared.limits.stanzas_per_second,
+        shared.limits.stanza_burst,
+        std::time::Instant::now(),
+    );
+    let mut session = Session {
+        shared: Arc::clone(&shared),
+        jid_string: jid.to_string(),
+        jid,
+        addr,
+        handle: Arc::clone(&handle),
+        client_lang,
+        rate_limit,
+    };
+    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        if let Flow::Stop = session.process_events(&mut parser).await {
+            break;
+        }
+        tokio::select! {
+            _ = handle.reading_stopped() => break,
+            _ = shared.shutdown.cancelled() => {
+                handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
+                break;
+            }
+            read = reader.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => {
+                    tracing::debug!(conn, peer = %peer, "connection lost");
+                    handle.close(None);
+                    break;
+                }
+                Ok(count) => {
+                    if let Err(error) = parser.feed(&buffer[..count]) {
+                        // Events before the error are still processed, in order.
+                        if let Flow::Continue = session.process_events(&mut parser).await {
+                            session.close_with(error.0);
+                        }
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    drop(reader);
+    session.teardown(&mut writer_task).await;
+}
+
+impl Session {
+    fn close_with(&self, error: StreamError) {
+        tracing::debug!(conn = self.handle.conn, jid = %self.jid, error = %error, "closing stream with an error");
+        self.handle.close(Some(error));
+    }
+
+    /// Handle every complete event the parser holds.
+    async fn process_events(&mut self, parser: &mut StreamParser) -> Flow {
+        loop {
+            if self.handle.is_closing() {
+                return Flow::Stop;
+            }
+            let event = match parser.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => return Flow::Continue,
+                Err(error) => {
+                    self.close_with(error.0);
+                    return Flow::Stop;
+                }
+            };
+            match event {
+                StreamEvent::Element(element) => {
+                    if let Flow::Stop = self.throttle().await {
+                        return Flow::Stop;
+                    }
+                    if let Flow::Stop = self.handle_stanza(element).await {
+                        return Flow::Stop;
+                    }
+                }
+                StreamEvent::Close => {
+                    // Section 4.4: answer with our closing tag.
+                    self.handle.close(None);
+                    return Flow::Stop;
+                }
+                StreamEvent::Open(_) => {
+                    // No restart is expected once a resource is bound.
+                    self.close_with(StreamError::with_text(
+                        StreamErrorCondition::InvalidXml,
+                        "unexpected stream header",
+                    ));
+                    return Flow::Stop;
+                }
+            }
+        }
+    }
+
+    /// Wait for the token bucket: reading slows down, the session stays.
+    async fn throttle(&mut self) -> Flow {
+        let Some(bucket) = self.rate_limit.as_mut() else {
+            return Flow::Continue;
+        };
+        let wait = bucket.reserve(std::time::Instant::now());
+        if wait.is_zero() {
+            return Flow::Continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Flow::Continue,
+            _ = self.handle.reading_stopped() => Flow::Stop,
+            _ = self.shared.shutdown.cancelled() => {
+                self.handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
+                Flow::Stop
+            }
+        }
+    }
+
+    /// Send a stanza to this session's own client.
+    fn reply(&self, reply: Element) {
+        if self.handle.push(QueuedStanza::new(reply)).is_err() {
+            // The client is not reading its own replies either.
+            self.handle.close_overflowed();
+        }
+    }
+
+    fn reply_error(&self, request: &Element, error: StanzaError) {
+        if let Some(reply) = stanza::error_reply(request, &error) {
+            self.reply(reply);
+        }
+    }
+
+    async fn handle_stanza(&mut self, mut element: Element) -> Flow {
+        // Section 4.9.3.25: only message, presence and iq in jabber:client.
+        let kind = match StanzaKind::of(&element) {
+            Some(kind) if element.namespace() == ns::CLIENT => kind,
+            _ => {
+                self.close_with(StreamError::with_text(
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    format!("<{}/> is not a stanza", element.name()),
+                ));
+                return Flow::Stop;
+            }
+        };
+        // Section 8.1.2.1: the server stamps the full JID; a forged one is overwritten.
+        element.set_attr("from", self.jid_string.clone());
+        match stanza::to(&element) {
+            Ok(Some(to)) => element.set_attr("to", to.to_string()),
+            Ok(None) => {}
+            Err(_) => {
+                // Section 8.3.3.8: not routed, an error to the sender.
+                self.reply_error(
+                    &element,
+                    StanzaError::new(StanzaErrorCondition::JidMalformed),
+                );
+                return Flow::Continue;
+            }
+        }
+        // Section 8.1.5: a stanza without xml:lang takes the stream's.
+        if let Some(lang) = &self.client_lang {
+            if element.attr("xml:lang").is_none() {
+                element.set_attr("xml:lang", lang.clone());
+            }
+        }
+        if kind == StanzaKind::Iq {
+            if let Err(error) = check_iq(&element) {
+                self.reply_error(&element, error);
+                return Flow::Continue;
+            }
+            if self.addressed_to_server(&element) {
+                if let Some(flow) = self.handle_server_iq(&element).await {
+                    return flow;
+                }
+            }
+        }
+        let reply_template = error_reply_template(&element, kind);
+        let origin = Origin::Session {
+            jid: self.jid.clone(),
+            addr: self.addr.clone(),
+        };
+        if let Err(error) = self.shared.router.route(origin, element).await {
+            tracing::debug!(jid = %self.jid, %error, "routing failed");
+            self.reply_error(&reply_template, error.to_stanza_error());
+        }
+        Flow::Continue
+    }
+
+    /// An IQ without `to`, or to our domain, is for the server (RFC 6120 section 10.3.3).
+    fn addressed_to_server(&self, iq: &Element) -> bool {
+        match iq.attr("to") {
+            None => true,
+            Some(to) => to == self.shared.domain,
+        }
+    }
+
+    /// The server IQs handled at the edge; `None` when the router handles it.
+    async fn handle_server_iq(&mut self, iq: &Element) -> Option<Flow> {
+        if !matches!(stanza::stanza_type(iq), "get" | "set") {
+            return None;
+        }
+        let payload = stanza::iq_payload(iq)?;
+        if payload.is("session", ns::SESSION) {
+            // Legacy session establishment (RFC 3921 section 3): a no-op.
+            self.reply(stanza::iq_result(iq));
+            return Some(Flow::Continue);
+        }
+        if payload.is("bind", ns::BIND) {
+            // One resource per stream (RFC 6120 section 7.7.2.1 note on multiple resources).
+            self.reply_error(iq, StanzaError::new(StanzaErrorCondition::NotAllowed));
+            return Some(Flow::Continue);
+        }
+        if payload.is("query", ns::REGISTER) {
+            let outcome = register::handle_authenticated(&self.shared, self.jid.bare(), iq).await;
+            self.reply(outcome.reply);
+            if outcome.account_removed {
+                // XEP-0077 section 3.2: the account is gone, and so is its stream.
+                self.close_with(StreamError::with_text(
+                    StreamErrorCondition::NotAuthorized,
+                    "account removed",
+                ));
+                return Some(Flow::Stop);
+            }
+            return Some(Flow::Continue);
+        }
+        None
+    }
+
+    /// Unbind first (so nothing more is routed here), let the writer finish,
+    /// then reroute what the client never received.
+    async fn teardown(self, writer_task: &mut tokio::task::JoinHandle<Vec<QueuedStanza>>) {
+        self.handle.close(None);
+        if let Err(error) = self.shared.router.unbind(&self.jid, &self.addr).await {
+            tracing::warn!(jid = %self.jid, %error, "unbind failed");
+        }
+        let unwritten = match tokio::time::timeout(
+            CLOSE_WRITE_TIMEOUT + Duration::from_secs(1),
+            &mut *writer_task,
+        )
+        .await
+        {
+            Ok(joined) => joined.unwrap_or_default(),
+            Err(_) => {
+                self.handle.abandon_write();
+                match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
+                    Ok(joined) => joined.unwrap_or_default(),
+                    Err(_) => {
+                        writer_task.abort();
+                        Vec::new()
+                    }
+                }
+            }
+        };
+        self.shared.connections.write().remove(&self.handle.conn);
+        let mut leftovers = unwritten;
+        leftovers.extend(self.handle.take_remaining());
+        for queued in leftovers {
+            let stanza = queued.into_element();
+            if !is_reroutable(&stanza) {
+                continue;
+            }
+            if let Err(error) = self.shared.router.undeliverable(stanza).await {
+                tracing::warn!(jid = %self.jid, %error, "rerouting an unwritten stanza failed");
+            }
+        }
+        tracing::info!(conn = self.handle.conn, jid = %self.jid, "session ended");
+    }
+}
+
+/// RFC 6120 section 8.2.3: an IQ has an id and a type of get, set, result or
+/// error; a get or set has exactly one payload child.
+pub(crate) fn check_iq(iq: &Element) -> Result<(), StanzaError> {
+    let bad_request =
+        |text: &str| StanzaError::new(StanzaErrorCondition::BadRequest).with_text(text);
+    if iq.attr("id").is_none_or(str::is_empty) {
+        return Err(bad_request("an iq needs an id"));
+    }
+    match stanza::stanza_type(iq) {
+        "get" | "set" => {
+            if stanza::iq_payload(iq).is_none() {
+                return Err(bad_request("an iq get or set needs exactly one child"));
+            }
+            Ok(())
+        }
+        "result" => {
+            if iq.children().count() > 1 {
+                return Err(bad_request("an iq result has at most one child"));
+            }
+            Ok(())
+        }
+        "error" => Ok(()),
+        _ => Err(bad_request("an iq type is get, set, result or error")),
+    }
+}
+
+/// What an error reply needs of a stanza after it was handed to the router:
+/// its addressing and, for an IQ, its payload (section 8.3.1; a message's or
+/// presence's payload is not echoed back, to keep routing free of copies).
+fn error_reply_template(element: &Element, kind: StanzaKind) -> Element {
+    let mut template = Element::new(element.name(), element.namespace());
+    for (name, value) in element.attrs() {
+        template.set_attr(name, value);
+    }
+    if kind == StanzaKind::Iq {
+        for node in element.nodes() {
+            if let Node::Element(child) = node {
+                template.append_child(child.clone());
+            }
+        }
+    }
+    template
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iq(attrs: &[(&str, &str)], children: usize) -> Element {
+        let mut iq = Element::new("iq", ns::CLIENT);
+        for (name, value) in attrs {
+            iq.set_attr(*name, *value);
+        }
+        for index in 0..children {
+            iq.append_child(Element::new(format!("q{index}"), "urn:example"));
+        }
+        iq
+    }
+
+    fn rejected(iq: &Element) -> Option<String> {
+        check_iq(iq).err().map(|error| error.to_element().to_xml())
+    }
+
+    #[test]
+    fn iq_semantics() {
+        assert_eq!(rejected(&iq(&[("id", "1"), ("type", "get")], 1)), None);
+        assert_eq!(rejected(&iq(&[("id", "1"), ("type", "set")], 1)), None);
+        assert_eq!(rejected(&iq(&[("id", "1"), ("type", "result")], 0)), None);
+        assert_eq!(rejected(&iq(&[("id", "1"), ("type", "error")], 2)), None);
+        assert_eq!(
+            rejected(&iq(&[("type", "get")], 1)).as_deref(),
+            Some("<error xmlns='jabber:client' type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>an iq needs an id</text></error>")
+        );
+        assert!(rejected(&iq(&[("id", "1"), ("type", "get")], 0)).is_some());
+        assert!(rejected(&iq(&[("id", "1"), ("type", "set")], 2)).is_some());
+        assert!(rejected(&iq(&[("id", "1"), ("type", "result")], 2)).is_some());
+        assert!(rejected(&iq(&[("id", "1")], 1)).is_some());
+        assert!(rejected(&iq(&[("id", "1"), ("type", "fetch")], 1)).is_some());
+        assert!(rejected(&iq(&[("id", ""), ("type", "get")], 1)).is_some());
+    }
+
+    #[test]
+    fn error_template_keeps_addressing_and_iq_payload() {
+        let message = Element::new("message", ns::CLIENT)
+            .with_attr("id", "m1")
+            .with_attr("from", "juliet@example.com/balcony")
+            .with_attr("to", "romeo@example.net")
+            .with_child(Element::new("body", ns::CLIENT).with_text("hi"));
+        let reply = stanza::error_reply(
+            &error_reply_template(&message, StanzaKind::Message),
+            &StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+        )
+        .unwrap();
+        assert_eq!(
+            reply.to_stanza_xml(),
+            "<message id='m1' to='juliet@example.com/balcony' from='romeo@example.net' type='error'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+        );
+        let iq = iq(&[("id", "q"), ("type", "get")], 1);
+        assert_eq!(error_reply_template(&iq, StanzaKind::Iq), iq);
+    }
+}
