@@ -168,7 +168,11 @@ impl SessionRouter {
 
         // 8.5.2.2.1: no available resource.
         match message_type {
-            MessageType::Normal | MessageType::Chat => self.store_offline(user, message).await,
+            MessageType::Normal | MessageType::Chat if worth_storing_offline(&message) => {
+                self.store_offline(user, message).await
+            }
+            // A bare chat state notification or a no-store hint: nobody needs it later.
+            MessageType::Normal | MessageType::Chat => None,
             // Headlines are not worth keeping: silently ignored.
             MessageType::Headline | MessageType::Groupchat | MessageType::Error => None,
         }
@@ -223,6 +227,26 @@ impl SessionRouter {
     }
 }
 
+const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
+const HINTS: &str = "urn:xmpp:hints";
+
+/// Whether a chat/normal message with no available recipient goes to offline
+/// storage: XEP-0334 hints decide first (`<store/>` keeps, `<no-store/>` and
+/// `<no-permanent-store/>` drop), then a message whose only payload is a
+/// XEP-0085 chat state notification is dropped (as ejabberd's default does);
+/// everything else is kept (XEP-0160).
+pub(crate) fn worth_storing_offline(message: &Element) -> bool {
+    if message.has_child("store", HINTS) {
+        return true;
+    }
+    if message.has_child("no-store", HINTS) || message.has_child("no-permanent-store", HINTS) {
+        return false;
+    }
+    message
+        .children()
+        .any(|child| child.namespace() != CHAT_STATES && child.namespace() != HINTS)
+}
+
 /// The sessions sharing the highest priority among `sessions`.
 fn highest_priority(sessions: Vec<SessionRecord>) -> Vec<SessionRecord> {
     let Some(highest) = sessions.iter().map(|session| session.priority).max() else {
@@ -232,4 +256,35 @@ fn highest_priority(sessions: Vec<SessionRecord>) -> Vec<SessionRecord> {
         .into_iter()
         .filter(|session| session.priority == highest)
         .collect()
+}
+
+#[cfg(test)]
+mod offline_policy_tests {
+    use super::worth_storing_offline;
+    use starling_xmpp::parse_element;
+
+    fn message(xml: &str) -> starling_xmpp::Element {
+        parse_element(xml.as_bytes(), &Default::default()).expect("test stanza parses")
+    }
+
+    #[test]
+    fn bodies_are_stored_chat_states_alone_are_not() {
+        assert!(worth_storing_offline(&message(
+            "<message xmlns='jabber:client' type='chat'><body>hi</body><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )));
+        assert!(!worth_storing_offline(&message(
+            "<message xmlns='jabber:client' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )));
+        assert!(!worth_storing_offline(&message("<message xmlns='jabber:client' type='chat'/>")));
+    }
+
+    #[test]
+    fn hints_decide_first() {
+        assert!(!worth_storing_offline(&message(
+            "<message xmlns='jabber:client'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"
+        )));
+        assert!(worth_storing_offline(&message(
+            "<message xmlns='jabber:client'><composing xmlns='http://jabber.org/protocol/chatstates'/><store xmlns='urn:xmpp:hints'/></message>"
+        )));
+    }
 }
