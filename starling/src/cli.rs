@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::config::{self, Config};
 
 #[derive(Debug, Parser)]
-#[command(name = "starling", version, about = "Starling, a cluster-native XMPP server")]
+#[command(
+    name = "starling",
+    version,
+    about = "Starling, a cluster-native XMPP server"
+)]
 pub struct Cli {
     /// The TOML configuration file (every key can be overridden by STARLING_<SECTION>_<KEY>).
     #[arg(long, global = true, env = "STARLING_CONFIG")]
@@ -63,7 +67,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Serve => crate::serve::serve(config).await,
         Command::User { command } => match command {
             UserCommand::Add { jid, password } => crate::user::add(&config, &jid, &password).await,
-            UserCommand::Passwd { jid, password } => crate::user::passwd(&config, &jid, &password).await,
+            UserCommand::Passwd { jid, password } => {
+                crate::user::passwd(&config, &jid, &password).await
+            }
             UserCommand::Remove { jid } => crate::user::remove(&config, &jid).await,
             UserCommand::List { domain } => crate::user::list(&config, &domain).await,
         },

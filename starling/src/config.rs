@@ -16,11 +16,18 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("environment variable {variable} (key `{key}`): {message}")]
-    Environment { variable: String, key: String, message: String },
+    Environment {
+        variable: String,
+        key: String,
+        message: String,
+    },
     #[error("config key `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
 }
@@ -121,19 +128,32 @@ impl Default for Config {
 
 impl Default for ListenConfig {
     fn default() -> Self {
-        ListenConfig { c2s: "0.0.0.0:5222".into(), c2s_tls: "0.0.0.0:5223".into(), http: "0.0.0.0:5280".into() }
+        ListenConfig {
+            c2s: "0.0.0.0:5222".into(),
+            c2s_tls: "0.0.0.0:5223".into(),
+            http: "0.0.0.0:5280".into(),
+        }
     }
 }
 
 impl Default for TlsConfig {
     fn default() -> Self {
-        TlsConfig { cert: String::new(), key: String::new(), required: true }
+        TlsConfig {
+            cert: String::new(),
+            key: String::new(),
+            required: true,
+        }
     }
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { url: String::new(), max_offline_per_user: 1000, max_roster_items: 1000, max_connections: 8 }
+        StorageConfig {
+            url: String::new(),
+            max_offline_per_user: 1000,
+            max_roster_items: 1000,
+            max_connections: 8,
+        }
     }
 }
 
@@ -163,7 +183,10 @@ impl Default for RegistrationConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -184,7 +207,11 @@ fn collect_leaves(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml
     match value {
         toml::Value::Table(table) => {
             for (key, child) in table {
-                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 collect_leaves(&path, child, out);
             }
         }
@@ -215,7 +242,9 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
     let last = parts.pop().expect("non-empty key path");
     let mut current = table;
     for part in parts {
-        let entry = current.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -226,11 +255,16 @@ fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) {
 
 impl Config {
     /// Load from an optional file, apply the environment, validate.
-    pub fn load(path: Option<&Path>, environment: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        environment: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let (source_name, text) = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
                 (path.display().to_string(), text)
             }
             None => ("(defaults)".to_string(), String::new()),
@@ -244,19 +278,29 @@ impl Config {
         text: &str,
         environment: &BTreeMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|error| ConfigError::Parse { path: source_name.to_string(), message: error.to_string() })?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: source_name.to_string(),
+            message: error.to_string(),
+        })?;
         for (key, default) in key_paths() {
             let variable = env_name(&key);
             if let Some(raw) = environment.get(&variable) {
-                let value = env_value(&default, raw)
-                    .map_err(|message| ConfigError::Environment { variable, key: key.clone(), message })?;
+                let value =
+                    env_value(&default, raw).map_err(|message| ConfigError::Environment {
+                        variable,
+                        key: key.clone(),
+                        message,
+                    })?;
                 set_path(&mut table, &key, value);
             }
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|error: toml::de::Error| ConfigError::Parse { path: source_name.to_string(), message: error.to_string() })?;
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|error: toml::de::Error| ConfigError::Parse {
+                    path: source_name.to_string(),
+                    message: error.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -267,22 +311,42 @@ impl Config {
             message: format!("{:?} is not a valid XMPP domain: {error}", self.domain),
         })?;
         if self.data_dir.is_empty() {
-            return Err(ConfigError::Invalid { key: "data_dir", message: "must not be empty".into() });
+            return Err(ConfigError::Invalid {
+                key: "data_dir",
+                message: "must not be empty".into(),
+            });
         }
-        for (key, value) in [("listen.c2s", &self.listen.c2s), ("listen.c2s_tls", &self.listen.c2s_tls), ("listen.http", &self.listen.http)] {
+        for (key, value) in [
+            ("listen.c2s", &self.listen.c2s),
+            ("listen.c2s_tls", &self.listen.c2s_tls),
+            ("listen.http", &self.listen.http),
+        ] {
             parse_listen(key, value)?;
         }
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
-            let key = if self.tls.cert.is_empty() { "tls.cert" } else { "tls.key" };
-            return Err(ConfigError::Invalid { key, message: "tls.cert and tls.key are set together".into() });
+            let key = if self.tls.cert.is_empty() {
+                "tls.cert"
+            } else {
+                "tls.key"
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                message: "tls.cert and tls.key are set together".into(),
+            });
         }
         for (key, value) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
             if !value.is_empty() && !Path::new(value).is_file() {
-                return Err(ConfigError::Invalid { key, message: format!("no such file: {value}") });
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("no such file: {value}"),
+                });
             }
         }
         let url = self.storage_url();
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
             return Err(ConfigError::Invalid {
                 key: "storage.url",
                 message: format!("{url:?}: expected sqlite://FILE or postgres://USER@HOST:PORT/DB"),
@@ -294,14 +358,29 @@ impl Config {
             ("limits.max_depth", limits.max_depth.into()),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
             ("limits.max_auth_attempts", limits.max_auth_attempts.into()),
-            ("limits.max_connections_per_ip", limits.max_connections_per_ip.into()),
-            ("limits.outbound_queue_stanzas", limits.outbound_queue_stanzas.into()),
-            ("limits.max_resources_per_user", limits.max_resources_per_user.into()),
-            ("storage.max_connections", self.storage.max_connections.into()),
+            (
+                "limits.max_connections_per_ip",
+                limits.max_connections_per_ip.into(),
+            ),
+            (
+                "limits.outbound_queue_stanzas",
+                limits.outbound_queue_stanzas.into(),
+            ),
+            (
+                "limits.max_resources_per_user",
+                limits.max_resources_per_user.into(),
+            ),
+            (
+                "storage.max_connections",
+                self.storage.max_connections.into(),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(ConfigError::Invalid { key, message: "must be greater than 0".into() });
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than 0".into(),
+                });
             }
         }
         if limits.max_stanza_bytes < 10_000 {
@@ -312,7 +391,10 @@ impl Config {
         }
         if limits.max_auth_attempts > 5 || limits.max_auth_attempts < 2 {
             // RFC 6120 section 6.4.5: at least 2 and no more than 5 retries.
-            return Err(ConfigError::Invalid { key: "limits.max_auth_attempts", message: "must be between 2 and 5".into() });
+            return Err(ConfigError::Invalid {
+                key: "limits.max_auth_attempts",
+                message: "must be between 2 and 5".into(),
+            });
         }
         if limits.stanzas_per_second > 0 && limits.stanza_burst < limits.stanzas_per_second {
             return Err(ConfigError::Invalid {
@@ -321,7 +403,10 @@ impl Config {
             });
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ConfigError::Invalid { key: "log.format", message: "expected \"text\" or \"json\"".into() });
+            return Err(ConfigError::Invalid {
+                key: "log.format",
+                message: "expected \"text\" or \"json\"".into(),
+            });
         }
         Ok(())
     }
@@ -329,7 +414,10 @@ impl Config {
     /// The storage URL, defaulting to a SQLite file in the data directory.
     pub fn storage_url(&self) -> String {
         if self.storage.url.is_empty() {
-            format!("sqlite://{}/starling.db", self.data_dir.trim_end_matches('/'))
+            format!(
+                "sqlite://{}/starling.db",
+                self.data_dir.trim_end_matches('/')
+            )
         } else {
             self.storage.url.clone()
         }
@@ -340,11 +428,15 @@ impl Config {
     }
 
     pub fn c2s_tls_addr(&self) -> Option<SocketAddr> {
-        parse_listen("listen.c2s_tls", &self.listen.c2s_tls).ok().flatten()
+        parse_listen("listen.c2s_tls", &self.listen.c2s_tls)
+            .ok()
+            .flatten()
     }
 
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        parse_listen("listen.http", &self.listen.http).ok().flatten()
+        parse_listen("listen.http", &self.listen.http)
+            .ok()
+            .flatten()
     }
 }
 
@@ -354,13 +446,17 @@ fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, Co
     }
     value.parse().map(Some).map_err(|_| ConfigError::Invalid {
         key,
-        message: format!("{value:?} is not an address such as 0.0.0.0:5222 or [::]:5222 (empty disables it)"),
+        message: format!(
+            "{value:?} is not an address such as 0.0.0.0:5222 or [::]:5222 (empty disables it)"
+        ),
     })
 }
 
 /// The environment as a map (injectable in tests).
 pub fn process_environment() -> BTreeMap<String, String> {
-    std::env::vars().filter(|(name, _)| name.starts_with("STARLING_")).collect()
+    std::env::vars()
+        .filter(|(name, _)| name.starts_with("STARLING_"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -368,7 +464,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -417,7 +516,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let error = Config::from_toml_str("test", "[limits]\nmax_stanza_byte = 1\n", &env(&[])).unwrap_err();
+        let error = Config::from_toml_str("test", "[limits]\nmax_stanza_byte = 1\n", &env(&[]))
+            .unwrap_err();
         assert!(error.to_string().contains("max_stanza_byte"), "{error}");
         let error = Config::from_toml_str("test", "domian = \"x\"\n", &env(&[])).unwrap_err();
         assert!(error.to_string().contains("domian"), "{error}");
@@ -425,13 +525,22 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let error = Config::from_toml_str("test", "[listen]\nc2s = \"nonsense\"\n", &env(&[])).unwrap_err();
+        let error =
+            Config::from_toml_str("test", "[listen]\nc2s = \"nonsense\"\n", &env(&[])).unwrap_err();
         assert!(error.to_string().contains("listen.c2s"), "{error}");
-        let error = Config::from_toml_str("test", "[limits]\nmax_stanza_bytes = \"big\"\n", &env(&[])).unwrap_err();
+        let error =
+            Config::from_toml_str("test", "[limits]\nmax_stanza_bytes = \"big\"\n", &env(&[]))
+                .unwrap_err();
         assert!(error.to_string().contains("max_stanza_bytes"), "{error}");
-        let error = Config::from_toml_str("test", "", &env(&[("STARLING_LIMITS_MAX_DEPTH", "deep")])).unwrap_err();
-        assert!(error.to_string().contains("STARLING_LIMITS_MAX_DEPTH"), "{error}");
-        let error = Config::from_toml_str("test", "[storage]\nurl = \"mysql://x\"\n", &env(&[])).unwrap_err();
+        let error =
+            Config::from_toml_str("test", "", &env(&[("STARLING_LIMITS_MAX_DEPTH", "deep")]))
+                .unwrap_err();
+        assert!(
+            error.to_string().contains("STARLING_LIMITS_MAX_DEPTH"),
+            "{error}"
+        );
+        let error = Config::from_toml_str("test", "[storage]\nurl = \"mysql://x\"\n", &env(&[]))
+            .unwrap_err();
         assert!(error.to_string().contains("storage.url"), "{error}");
         let error = Config::from_toml_str("test", "domain = \"a b\"\n", &env(&[])).unwrap_err();
         assert!(error.to_string().contains("`domain`"), "{error}");

@@ -19,7 +19,10 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn new(storage: Arc<Storage>) -> Self {
-        Readiness { storage, draining: Arc::new(AtomicBool::new(false)) }
+        Readiness {
+            storage,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn set_draining(&self) {
@@ -37,13 +40,26 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     }
     match readiness.storage.ping().await {
         Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage unreachable: {error}\n")),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("storage unreachable: {error}\n"),
+        ),
     }
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, readiness: Readiness, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let app = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(readiness);
-    if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(readiness);
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!(%error, "http listener failed");
     }
 }

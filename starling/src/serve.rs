@@ -13,7 +13,7 @@ use starling_connection_manager::{CmConfig, CmLimits, ConnectionManager, TlsSett
 use starling_presence::{PresenceConfig, PresenceService};
 use starling_registry::MemoryRegistry;
 use starling_session_router::{RouterConfig, SessionRouter};
-use starling_storage::Storage;
+use starling_storage::{redact_url, Storage};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -31,25 +31,15 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
         .with_context(|| format!("cannot open storage {}", redact_url(&storage_config.url)))
 }
 
-/// Hide a password in a database URL before logging it.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let result = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     if let Err(error) = result {
         eprintln!("starling: logging already initialised: {error}");
     }
@@ -60,14 +50,15 @@ async fn termination_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for sigterm");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for sigterm");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => tracing::info!("sigint received, shutting down"),
             _ = terminate.recv() => tracing::info!("sigterm received, shutting down"),
@@ -89,20 +80,25 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
     let storage_api: Arc<dyn StorageApi> = storage.clone();
 
-    let router = Arc::new(SessionRouter::new(
-        RouterConfig {
-            domain: config.domain.clone(),
-            max_resources_per_user: config.limits.max_resources_per_user as usize,
-            server_name: "Starling".into(),
-            server_version: env!("CARGO_PKG_VERSION").into(),
-        },
-        registry.clone(),
-        bus.clone(),
-        storage_api.clone(),
-    ));
+    let router = Arc::new(
+        SessionRouter::new(
+            RouterConfig {
+                domain: config.domain.clone(),
+                max_resources_per_user: config.limits.max_resources_per_user as usize,
+                server_name: "Starling".into(),
+                server_version: env!("CARGO_PKG_VERSION").into(),
+            },
+            registry.clone(),
+            bus.clone(),
+            storage_api.clone(),
+        )
+        .with_in_band_registration(config.registration.enabled),
+    );
     let router_api: Arc<dyn RouterApi> = router.clone();
     let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
-        PresenceConfig { domain: config.domain.clone() },
+        PresenceConfig {
+            domain: config.domain.clone(),
+        },
         registry.clone(),
         bus.clone(),
         storage_api.clone(),
@@ -152,7 +148,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {address} (listen.http)"))?;
             tracing::info!(role = "http", address = %listener.local_addr()?, "listening");
-            Some(tokio::spawn(http::serve(listener, readiness.clone(), wait_for(shutdown_rx.clone()))))
+            Some(tokio::spawn(http::serve(
+                listener,
+                readiness.clone(),
+                wait_for(shutdown_rx.clone()),
+            )))
         }
         None => None,
     };
@@ -183,17 +183,5 @@ async fn wait_for(mut shutdown_rx: watch::Receiver<bool>) {
         if shutdown_rx.changed().await.is_err() {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn database_passwords_are_not_logged() {
-        assert_eq!(redact_url("postgres://starling:secret@db:5432/x"), "postgres://starling:***@db:5432/x");
-        assert_eq!(redact_url("postgres://root@127.0.0.1/x"), "postgres://root@127.0.0.1/x");
-        assert_eq!(redact_url("sqlite://./data/starling.db"), "sqlite://./data/starling.db");
     }
 }

@@ -8,7 +8,9 @@ use crate::config::Config;
 use crate::serve::connect_storage;
 
 fn parse_account(jid: &str) -> anyhow::Result<BareJid> {
-    let account: BareJid = jid.parse().with_context(|| format!("{jid:?} is not a valid bare JID"))?;
+    let account: BareJid = jid
+        .parse()
+        .with_context(|| format!("{jid:?} is not a valid bare JID"))?;
     if account.node().is_none() {
         bail!("{jid:?} has no localpart: expected USER@DOMAIN");
     }
@@ -27,13 +29,19 @@ pub fn credentials_for(password: &str) -> anyhow::Result<StoredCredentials> {
         stored_key: keys.stored_key,
         server_key: keys.server_key,
     };
-    Ok(StoredCredentials { sha1: convert(sha1), sha256: convert(sha256) })
+    Ok(StoredCredentials {
+        sha1: convert(sha1),
+        sha256: convert(sha256),
+    })
 }
 
 pub async fn add(config: &Config, jid: &str, password: &str) -> anyhow::Result<()> {
     let account = parse_account(jid)?;
     let storage = connect_storage(config).await?;
-    match storage.create_account(&account, &credentials_for(password)?).await {
+    match storage
+        .create_account(&account, &credentials_for(password)?)
+        .await
+    {
         Ok(()) => {
             println!("created {account}");
             Ok(())
@@ -46,7 +54,10 @@ pub async fn add(config: &Config, jid: &str, password: &str) -> anyhow::Result<(
 pub async fn passwd(config: &Config, jid: &str, password: &str) -> anyhow::Result<()> {
     let account = parse_account(jid)?;
     let storage = connect_storage(config).await?;
-    match storage.set_credentials(&account, &credentials_for(password)?).await {
+    match storage
+        .set_credentials(&account, &credentials_for(password)?)
+        .await
+    {
         Ok(()) => {
             println!("password changed for {account}");
             Ok(())
@@ -70,9 +81,14 @@ pub async fn remove(config: &Config, jid: &str) -> anyhow::Result<()> {
 }
 
 pub async fn list(config: &Config, domain: &str) -> anyhow::Result<()> {
-    let domain = BareJid::domain_jid(domain).with_context(|| format!("{domain:?} is not a valid domain"))?;
+    let domain =
+        BareJid::domain_jid(domain).with_context(|| format!("{domain:?} is not a valid domain"))?;
     let storage = connect_storage(config).await?;
-    for account in storage.list_accounts(domain.domain()).await.context("cannot list accounts")? {
+    for account in storage
+        .list_accounts(domain.domain())
+        .await
+        .context("cannot list accounts")?
+    {
         println!("{account}");
     }
     Ok(())

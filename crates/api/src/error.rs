@@ -33,13 +33,14 @@ impl ApiError {
         match self {
             ApiError::NotFound(_) => StanzaError::new(StanzaErrorCondition::ItemNotFound),
             ApiError::AlreadyExists(_) => StanzaError::new(StanzaErrorCondition::Conflict),
-            ApiError::Invalid(text) => StanzaError::new(StanzaErrorCondition::BadRequest).with_text(text.clone()),
+            ApiError::Invalid(text) => {
+                StanzaError::new(StanzaErrorCondition::BadRequest).with_text(text.clone())
+            }
             ApiError::LimitReached(text) => {
                 StanzaError::new(StanzaErrorCondition::ResourceConstraint).with_text(text.clone())
             }
-            ApiError::Unavailable(_) => {
-                StanzaError::new(StanzaErrorCondition::InternalServerError).with_type(StanzaErrorType::Wait)
-            }
+            ApiError::Unavailable(_) => StanzaError::new(StanzaErrorCondition::InternalServerError)
+                .with_type(StanzaErrorType::Wait),
             ApiError::Internal(_) => StanzaError::new(StanzaErrorCondition::InternalServerError),
         }
     }

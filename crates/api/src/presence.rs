@@ -14,14 +14,20 @@ pub trait PresenceApi: Send + Sync + 'static {
     /// A presence stanza sent by a local session (`from` stamped): initial or
     /// updated presence broadcast, unavailable, directed presence, or a
     /// subscription request/answer (RFC 6121 sections 3 and 4).
-    async fn outbound_presence(&self, from: &FullJid, addr: &SessionAddr, stanza: Element) -> ApiResult<()>;
+    async fn outbound_presence(
+        &self,
+        from: &FullJid,
+        addr: &SessionAddr,
+        stanza: Element,
+    ) -> ApiResult<()>;
 
     /// A presence stanza addressed to a local user from another entity
     /// (inbound processing, RFC 6121 sections 3.1.3, 3.2.3, 3.3.3, 3.4.3, 4.3.2).
     async fn inbound_presence(&self, stanza: Element) -> ApiResult<()>;
 
     /// A `jabber:iq:roster` IQ from a local session (RFC 6121 section 2).
-    async fn roster_iq(&self, from: &FullJid, addr: &SessionAddr, stanza: Element) -> ApiResult<()>;
+    async fn roster_iq(&self, from: &FullJid, addr: &SessionAddr, stanza: Element)
+        -> ApiResult<()>;
 
     /// A session ended without sending unavailable presence: broadcast it for
     /// the session, and to entities that received directed presence (RFC 6121 section 4.5.2).

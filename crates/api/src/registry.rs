@@ -38,7 +38,14 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     pub fn new(jid: FullJid, addr: SessionAddr) -> Self {
-        SessionRecord { jid, addr, priority: 0, available: false, interested: false, presence: None }
+        SessionRecord {
+            jid,
+            addr,
+            priority: 0,
+            available: false,
+            interested: false,
+            presence: None,
+        }
     }
 }
 
@@ -75,7 +82,12 @@ pub trait SessionRegistry: Send + Sync + 'static {
     async fn set_interested(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool>;
     /// Remember that the session sent directed presence to `to` (RFC 6121 section 4.6),
     /// or forget it when `available` is false.
-    async fn set_directed_presence(&self, jid: &FullJid, to: &Jid, available: bool) -> ApiResult<()>;
+    async fn set_directed_presence(
+        &self,
+        jid: &FullJid,
+        to: &Jid,
+        available: bool,
+    ) -> ApiResult<()>;
     /// The entities the session sent directed presence to; the set is cleared.
     async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>>;
     /// Every session on one node (for the janitor and for re-registration).

@@ -37,7 +37,12 @@ pub trait RouterApi: Send + Sync + 'static {
     /// client's resource (already normalised) or `None` for a server-generated one.
     /// A session already bound to the same full JID is replaced: it receives a
     /// `<conflict/>` stream error (the documented conflict policy).
-    async fn bind(&self, user: &BareJid, requested: Option<&str>, addr: &SessionAddr) -> Result<FullJid, BindError>;
+    async fn bind(
+        &self,
+        user: &BareJid,
+        requested: Option<&str>,
+        addr: &SessionAddr,
+    ) -> Result<FullJid, BindError>;
 
     /// The session at `addr` ended (stream closed, connection lost, replaced):
     /// unavailable presence is broadcast (RFC 6121 section 4.5.2) and the registry cleaned.
@@ -47,8 +52,9 @@ pub trait RouterApi: Send + Sync + 'static {
     /// stamped `from`; the router answers errors to the sender itself.
     async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()>;
 
-    /// A stanza published to a connection that no longer exists on its node
-    /// (a race with disconnect): route it again to the bare JID's other
-    /// resources or to offline storage, per its type.
-    async fn undeliverable(&self, stanza: Element) -> ApiResult<()>;
+    /// A stanza that could not be written to the session at `failed` (the
+    /// connection ended, its queue overflowed, its node is gone): route it
+    /// again, never to `failed`, to the bare JID's other resources or to
+    /// offline storage, per its type.
+    async fn undeliverable(&self, stanza: Element, failed: &SessionAddr) -> ApiResult<()>;
 }

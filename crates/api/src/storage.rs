@@ -104,9 +104,17 @@ impl RosterItem {
 #[async_trait]
 pub trait StorageApi: Send + Sync + 'static {
     /// Create an account; `AlreadyExists` if it does.
-    async fn create_account(&self, user: &BareJid, credentials: &StoredCredentials) -> ApiResult<()>;
+    async fn create_account(
+        &self,
+        user: &BareJid,
+        credentials: &StoredCredentials,
+    ) -> ApiResult<()>;
     /// Replace an account's credentials; `NotFound` if there is no such account.
-    async fn set_credentials(&self, user: &BareJid, credentials: &StoredCredentials) -> ApiResult<()>;
+    async fn set_credentials(
+        &self,
+        user: &BareJid,
+        credentials: &StoredCredentials,
+    ) -> ApiResult<()>;
     /// Remove an account with its roster, offline messages and all other data; `NotFound` if absent.
     async fn remove_account(&self, user: &BareJid) -> ApiResult<()>;
     /// The accounts of a domain, sorted.
@@ -117,11 +125,13 @@ pub trait StorageApi: Send + Sync + 'static {
     /// The whole roster (visible and placeholder items) and its current version (RFC 6121 section 2.6).
     async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)>;
     /// One roster item.
-    async fn roster_item(&self, user: &BareJid, contact: &BareJid) -> ApiResult<Option<RosterItem>>;
+    async fn roster_item(&self, user: &BareJid, contact: &BareJid)
+        -> ApiResult<Option<RosterItem>>;
     /// Insert or replace an item; returns the roster's new version.
     async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> ApiResult<u64>;
     /// Remove an item; returns the new version, `None` if there was no such item.
-    async fn remove_roster_item(&self, user: &BareJid, contact: &BareJid) -> ApiResult<Option<u64>>;
+    async fn remove_roster_item(&self, user: &BareJid, contact: &BareJid)
+        -> ApiResult<Option<u64>>;
 
     /// Append a message (serialised stanza) to the user's offline queue;
     /// `LimitReached` when the queue is full.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use starling_api::{ConnId, SessionAddr};
 use starling_bus::{Delivery, DeliveryReceiver};
 use starling_xmpp::{Element, StanzaKind, StreamError};
 
@@ -22,7 +23,7 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     };
                     let Some(handle) = shared.connection(recipient.conn) else {
                         // The connection ended since the router looked (a race with disconnect).
-                        reroute(&shared, queued.into_element());
+                        reroute(&shared, recipient.conn, queued.into_element());
                         continue;
                     };
                     match handle.push(queued) {
@@ -33,9 +34,11 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                                 "outbound queue full, closing the stream"
                             );
                             handle.close_overflowed();
-                            reroute(&shared, queued.into_element());
+                            reroute(&shared, recipient.conn, queued.into_element());
                         }
-                        Err((PushError::Closed, queued)) => reroute(&shared, queued.into_element()),
+                        Err((PushError::Closed, queued)) => {
+                            reroute(&shared, recipient.conn, queued.into_element())
+                        }
                     }
                 }
             }
@@ -67,10 +70,14 @@ pub(crate) fn is_reroutable(stanza: &Element) -> bool {
 }
 
 /// Hand a stanza whose connection is gone back to the router, off the dispatcher's path.
-pub(crate) fn reroute(shared: &Arc<Shared>, stanza: Element) {
+pub(crate) fn reroute(shared: &Arc<Shared>, conn: ConnId, stanza: Element) {
     let router = Arc::clone(&shared.router);
+    let failed = SessionAddr {
+        node: shared.node_id.clone(),
+        conn,
+    };
     tokio::spawn(async move {
-        if let Err(error) = router.undeliverable(stanza).await {
+        if let Err(error) = router.undeliverable(stanza, &failed).await {
             tracing::warn!(%error, "rerouting an undeliverable stanza failed");
         }
     });

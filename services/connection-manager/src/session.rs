@@ -308,7 +308,7 @@ impl Session {
             if !is_reroutable(&stanza) {
                 continue;
             }
-            if let Err(error) = self.shared.router.undeliverable(stanza).await {
+            if let Err(error) = self.shared.router.undeliverable(stanza, &self.addr).await {
                 tracing::warn!(jid = %self.jid, %error, "rerouting an unwritten stanza failed");
             }
         }

@@ -376,7 +376,9 @@ impl PresenceService {
             };
             let unreached = self.deliver(message.clone(), &session).await;
             if !unreached.is_empty() {
-                self.router.undeliverable(message).await?;
+                self.router
+                    .undeliverable(message, &session[0].0.addr)
+                    .await?;
             }
         }
         Ok(())

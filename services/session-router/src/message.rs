@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use starling_api::{ApiError, Origin, SessionRecord};
+use starling_api::{ApiError, Origin, SessionAddr, SessionRecord};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
@@ -63,7 +63,8 @@ impl SessionRouter {
                 Origin::Session { jid, .. } => {
                     let own_account = jid.to_bare();
                     message.set_attr("to", own_account.to_string());
-                    self.message_to_bare(message, &own_account, None).await
+                    self.message_to_bare(message, &own_account, None, None)
+                        .await
                 }
                 Origin::Server => {
                     tracing::debug!("server message without a to address, dropped");
@@ -81,7 +82,7 @@ impl SessionRouter {
                 tracing::debug!(to = %remote, "message to a remote domain, no s2s");
                 bounce(&message, StanzaErrorCondition::RemoteServerNotFound)
             }
-            Destination::LocalBare(user) => self.message_to_bare(message, &user, None).await,
+            Destination::LocalBare(user) => self.message_to_bare(message, &user, None, None).await,
             Destination::LocalFull(jid) => self.message_to_full(message, &jid).await,
         }
     }
@@ -106,19 +107,23 @@ impl SessionRouter {
             MessageType::Groupchat => bounce(&message, StanzaErrorCondition::ServiceUnavailable),
             MessageType::Error => None,
             MessageType::Normal | MessageType::Chat | MessageType::Headline => {
-                self.message_to_bare(message, jid.bare(), Some(jid)).await
+                self.message_to_bare(message, jid.bare(), Some(jid), None)
+                    .await
             }
         }
     }
 
     /// RFC 6121 section 8.5.2 (and 8.5.1 for an unknown account): a message to
     /// a local bare JID, or one treated as such. `excluded` is a session that
-    /// must not receive it (the full JID it was addressed to and did not reach).
+    /// must not receive it (the full JID it was addressed to and did not reach);
+    /// `failed` is a connection that could not take it (never chosen again, so
+    /// a stale registry entry cannot make a message bounce back and forth).
     pub(crate) async fn message_to_bare(
         &self,
         message: Element,
         user: &BareJid,
         excluded: Option<&FullJid>,
+        failed: Option<&SessionAddr>,
     ) -> Option<Element> {
         let message_type = MessageType::of(&message);
         // 8.5.2.1.1 and 8.5.2.2.1: an error message to a bare JID is silently ignored.
@@ -142,6 +147,7 @@ impl SessionRouter {
             .into_iter()
             .filter(|session| session.available && session.priority >= 0)
             .filter(|session| excluded != Some(&session.jid))
+            .filter(|session| failed != Some(&session.addr))
             .collect();
         let targets = match message_type {
             // 8.5.2.1.1 headline: every available resource with non-negative priority.
@@ -198,16 +204,21 @@ impl SessionRouter {
     /// A message that reached a connection which no longer exists: try the
     /// account's other resources, then offline storage. IQ requests are
     /// answered `service-unavailable` (RFC 6121 section 8.5.3.2.3), the rest dropped.
-    pub(crate) async fn reroute_undeliverable(&self, stanza_element: Element) -> Option<Element> {
+    pub(crate) async fn reroute_undeliverable(
+        &self,
+        stanza_element: Element,
+        failed: &SessionAddr,
+    ) -> Option<Element> {
         match stanza_element.name() {
             "message" => match stanza::to(&stanza_element) {
                 Ok(Some(Jid::Full(jid))) if self.is_local_account(jid.bare()) => {
                     let user = jid.to_bare();
-                    self.message_to_bare(stanza_element, &user, Some(&jid))
+                    self.message_to_bare(stanza_element, &user, Some(&jid), Some(failed))
                         .await
                 }
                 Ok(Some(Jid::Bare(user))) if self.is_local_account(&user) => {
-                    self.message_to_bare(stanza_element, &user, None).await
+                    self.message_to_bare(stanza_element, &user, None, Some(failed))
+                        .await
                 }
                 _ => {
                     tracing::debug!(
@@ -275,7 +286,9 @@ mod offline_policy_tests {
         assert!(!worth_storing_offline(&message(
             "<message xmlns='jabber:client' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
         )));
-        assert!(!worth_storing_offline(&message("<message xmlns='jabber:client' type='chat'/>")));
+        assert!(!worth_storing_offline(&message(
+            "<message xmlns='jabber:client' type='chat'/>"
+        )));
     }
 
     #[test]

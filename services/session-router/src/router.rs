@@ -266,8 +266,8 @@ impl RouterApi for SessionRouter {
         Ok(())
     }
 
-    async fn undeliverable(&self, stanza_element: Element) -> ApiResult<()> {
-        if let Some(reply) = self.reroute_undeliverable(stanza_element).await {
+    async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {
+        if let Some(reply) = self.reroute_undeliverable(stanza_element, failed).await {
             self.send_reply(&Origin::Server, reply).await?;
         }
         Ok(())

@@ -244,7 +244,7 @@ impl RouterApi for TestRouter {
         Ok(())
     }
 
-    async fn undeliverable(&self, stanza: Element) -> ApiResult<()> {
+    async fn undeliverable(&self, stanza: Element, _failed: &SessionAddr) -> ApiResult<()> {
         self.undeliverable.lock().push(stanza);
         Ok(())
     }

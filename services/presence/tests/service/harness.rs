@@ -62,7 +62,7 @@ impl RouterApi for RecordingRouter {
         Ok(())
     }
 
-    async fn undeliverable(&self, stanza: Element) -> ApiResult<()> {
+    async fn undeliverable(&self, stanza: Element, _failed: &SessionAddr) -> ApiResult<()> {
         self.undeliverable.lock().push(stanza.to_stanza_xml());
         Ok(())
     }
