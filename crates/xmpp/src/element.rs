@@ -242,6 +242,8 @@ fn escape_text_into(text: &str, out: &mut String) {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
+            // A raw CR would be normalised to LF by the next parser (XML 1.0 section 2.11).
+            '\r' => out.push_str("&#13;"),
             _ => out.push(c),
         }
     }
@@ -292,6 +294,15 @@ mod tests {
             message.to_stanza_xml(),
             "<message to='juliet@example.com' type='chat'><body>a &lt; b &amp; c</body><ping xmlns='urn:xmpp:ping'/></message>"
         );
+    }
+
+    #[test]
+    fn carriage_returns_survive_a_round_trip() {
+        let element = Element::new("body", ns::CLIENT).with_text("a\r\nb");
+        let xml = element.to_xml();
+        assert_eq!(xml, "<body xmlns='jabber:client'>a&#13;\nb</body>");
+        let parsed = crate::parse_element(xml.as_bytes(), &crate::Limits::default()).unwrap();
+        assert_eq!(parsed.text(), "a\r\nb");
     }
 
     #[test]

@@ -353,40 +353,6 @@ impl Scanner {
         }
     }
 
-    /// The fast path of [`step`](Self::step): how many of the next `bytes` are
-    /// plain ASCII character data (inside an element) or attribute value bytes,
-    /// which change nothing but the position. Such a run stops before any byte
-    /// that means something (`<`, `&`, `]`, `>`, the quote, a control or
-    /// non-ASCII byte) and before the byte that would cross the size limit, so
-    /// [`step`](Self::step) still sees every byte that matters.
-    fn plain_run(&mut self, bytes: &[u8], limits: &Limits) -> usize {
-        let quote = match self.lex {
-            Lex::Content { .. } if self.depth() > 0 => None,
-            Lex::AttributeValue { quote } => Some(quote),
-            _ => return 0,
-        };
-        if self.utf8.needed != 0 {
-            return 0;
-        }
-        let Some(start) = self.top_start else {
-            return 0;
-        };
-        let room = (start + limits.max_stanza_bytes).saturating_sub(self.position + 1);
-        let bytes = &bytes[..bytes.len().min(room)];
-        let run = bytes
-            .iter()
-            .position(|&byte| {
-                !(matches!(byte, 0x20..=0x7E | b'\t' | b'\n' | b'\r')
-                    && !matches!(byte, b'<' | b'&' | b']' | b'>')
-                    && Some(byte) != quote)
-            })
-            .unwrap_or(bytes.len());
-        if run > 0 && quote.is_none() {
-            self.lex = Lex::Content { brackets: 0 };
-        }
-        run
-    }
-
     /// Scan one byte. Complete units are pushed on `queue`.
     fn step(
         &mut self,
@@ -936,24 +902,17 @@ impl StreamParser {
             scanned_bytes,
             ..
         } = self;
-        let mut index = scanner.position - *origin;
-        while index < buffer.len() {
-            let run = scanner.plain_run(&buffer[index..], limits);
-            if run > 0 {
-                index += run;
-                scanner.position += run;
-                *scanned_bytes += run as u64;
-                continue;
-            }
+        let start = scanner.position - *origin;
+        for &byte in &buffer[start..] {
             *scanned_bytes += 1;
-            if let Err(error) = scanner.step(buffer[index], limits, queue) {
+            if let Err(error) = scanner.step(byte, limits, queue) {
                 *scan_error = Some(error);
                 // Keep nothing past the error: memory stays bounded whatever follows.
-                buffer.truncate(index);
+                let end = scanner.position - *origin;
+                buffer.truncate(end);
                 return;
             }
             scanner.position += 1;
-            index += 1;
         }
     }
 
