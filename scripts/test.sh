@@ -2,7 +2,7 @@
 # Runs every test of the repository. It first makes sure that what the tests
 # need is installed and running (it checks first and starts only what is not
 # running): PostgreSQL and Redis on 127.0.0.1, a Python venv with slixmpp and
-# pytest. Then: the Rust unit and crate tests, then the integration tests that
+# pytest, Node with the web client packages of tests/web. Then: the Rust unit and crate tests, then the integration tests that
 # drive the real `starling` binary with real clients.
 #
 # Environment:
@@ -87,11 +87,23 @@ PY
   PYTHON="$venv/bin/python"
 }
 
+ensure_node_packages() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    log "installing nodejs"
+    apt_install nodejs npm
+  fi
+  if [ ! -d "$repo/tests/web/node_modules/@xmpp/client" ]; then
+    log "installing the web client test packages (tests/web)"
+    npm ci --prefix "$repo/tests/web" --no-audit --no-fund >/dev/null
+  fi
+}
+
 if [ "${STARLING_SKIP_SERVICES:-0}" != 1 ]; then
   ensure_postgres
   ensure_redis
 fi
 ensure_python
+ensure_node_packages
 
 log "building"
 cargo build --workspace --locked 2>&1 | tail -n 3

@@ -1,7 +1,9 @@
 //! The HTTP listener: `/healthz` (the process runs) and `/readyz` (it can
-//! reach what it needs and is not draining).
+//! reach what it needs and is not draining), plus the routes a service adds
+//! (the connection-manager's XMPP over WebSocket and XEP-0156 host-meta).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -47,18 +49,25 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     }
 }
 
+/// Serve `/healthz`, `/readyz` and `routes` until `shutdown` resolves. The
+/// peer's address reaches handlers as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     readiness: Readiness,
+    routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(readiness);
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(readiness)
+        .merge(routes);
+    if let Err(error) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         tracing::error!(%error, "http listener failed");
     }

@@ -148,9 +148,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {address} (listen.http)"))?;
             tracing::info!(role = "http", address = %listener.local_addr()?, "listening");
+            tracing::info!(
+                role = "websocket",
+                path = starling_connection_manager::WEBSOCKET_PATH,
+                "xmpp over websocket on the http listener"
+            );
             Some(tokio::spawn(http::serve(
                 listener,
                 readiness.clone(),
+                connection_manager.websocket_router(),
                 wait_for(shutdown_rx.clone()),
             )))
         }

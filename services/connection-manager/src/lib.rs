@@ -6,6 +6,9 @@
 //! every stanza the client sends is checked, stamped with its full JID
 //! (section 8.1.2.1) and handed to the router. Stanzas for this node's
 //! sessions arrive on the bus and go to each connection's bounded queue.
+//! WebSocket clients (RFC 7395) come in through the HTTP listener's
+//! [`BoundConnectionManager::websocket_router`] and take the same path with
+//! the WebSocket framing.
 //!
 //! ```text
 //! accept -> [negotiation: header, STARTTLS, SASL, bind]  (absolute pre-auth deadline)
@@ -18,6 +21,7 @@
 mod config;
 mod delivery;
 mod error;
+mod framing;
 mod limits;
 mod negotiation;
 mod outbound;
@@ -25,6 +29,7 @@ mod register;
 mod session;
 mod tls;
 mod transport;
+mod websocket;
 mod xml;
 
 use std::collections::HashMap;
@@ -48,6 +53,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{CmConfig, CmLimits, TlsSettings};
 pub use error::CmError;
 pub use tls::ALPN_XMPP_CLIENT;
+pub use websocket::WEBSOCKET_PATH;
 
 use limits::IpLimits;
 use outbound::ConnectionHandle;
@@ -248,6 +254,7 @@ impl ConnectionManager {
             shared: self.shared,
             listeners,
             deliveries,
+            connections: TaskTracker::new(),
         })
     }
 }
@@ -257,6 +264,8 @@ pub struct BoundConnectionManager {
     shared: Arc<Shared>,
     listeners: Vec<(ListenerKind, SocketAddr, TcpListener)>,
     deliveries: DeliveryReceiver,
+    /// Every connection task, TCP and WebSocket: `run` waits for them.
+    connections: TaskTracker,
 }
 
 impl BoundConnectionManager {
@@ -267,14 +276,24 @@ impl BoundConnectionManager {
             .collect()
     }
 
+    /// The HTTP routes of the connection-manager: XMPP over WebSocket at
+    /// [`WEBSOCKET_PATH`] (RFC 7395) and XEP-0156 discovery at
+    /// `/.well-known/host-meta` and `/.well-known/host-meta.json`. Merge it
+    /// into the HTTP listener's router and serve that with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`. Its streams end,
+    /// like the TCP ones, when `run`'s shutdown signal comes.
+    pub fn websocket_router(&self) -> axum::Router {
+        websocket::router(Arc::clone(&self.shared), self.connections.clone())
+    }
+
     /// Serve until `shutdown` resolves, then close every stream with <system-shutdown/>, call router.unbind for each session, and return when all connection tasks are gone (with a deadline of a few seconds).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), CmError> {
         let BoundConnectionManager {
             shared,
             listeners,
             deliveries,
+            connections,
         } = self;
-        let connections = TaskTracker::new();
         let dispatcher = tokio::spawn(delivery::dispatch(Arc::clone(&shared), deliveries));
         let mut accept_loops = Vec::new();
         for (kind, _, listener) in listeners {

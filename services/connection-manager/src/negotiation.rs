@@ -14,14 +14,15 @@ use starling_sasl::{
 };
 use starling_xmpp::{
     ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaErrorType, StanzaKind,
-    StreamError, StreamErrorCondition, StreamEvent, StreamHeader, StreamParser,
+    StreamError, StreamErrorCondition, StreamEvent, StreamHeader,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::framing::{Framing, Inbound, Outgoing};
 use crate::outbound::{ConnectionHandle, QueuedStanza, CLOSE_WRITE_TIMEOUT};
-use crate::transport::Transport;
+use crate::transport::{ByteStream, Received, Transport};
 use crate::xml::{self, FeatureSet, STARTTLS_FAILURE, STARTTLS_PROCEED, STREAM_CLOSE};
 use crate::{random_id, register, scram_keys, ListenerKind, Shared};
 
@@ -67,7 +68,7 @@ pub(crate) struct BoundStream {
     pub conn: starling_api::ConnId,
     pub peer: SocketAddr,
     pub transport: Transport,
-    pub parser: StreamParser,
+    pub parser: Inbound,
     pub jid: FullJid,
     pub addr: SessionAddr,
     pub handle: Arc<ConnectionHandle>,
@@ -80,7 +81,9 @@ struct Negotiation {
     conn: starling_api::ConnId,
     peer: SocketAddr,
     transport: Option<Transport>,
-    parser: StreamParser,
+    /// How the transport frames the stream (fixed for the connection).
+    framing: Framing,
+    parser: Inbound,
     /// Our response header was sent for the current stream.
     header_sent: bool,
     stream_id: String,
@@ -122,8 +125,9 @@ pub(crate) async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, k
     }
 }
 
-/// Negotiate a stream until a resource is bound. `None` when the stream ended
-/// (everything owed to the client has been written).
+/// Accept a TCP connection (with the TLS handshake on the direct TLS
+/// listener) and negotiate its stream until a resource is bound. `None` when
+/// the stream ended (everything owed to the client has been written).
 pub(crate) async fn negotiate(
     shared: Arc<Shared>,
     conn: starling_api::ConnId,
@@ -134,31 +138,13 @@ pub(crate) async fn negotiate(
     // RFC 6120 section 13.12 (denial of service): one absolute deadline from
     // accept until the resource is bound, not an idle timer.
     let deadline = Instant::now() + shared.limits.pre_auth_timeout;
-    let parser = StreamParser::new(shared.parser_limits);
-    let mut negotiation = Negotiation {
-        shared: Arc::clone(&shared),
-        conn,
-        peer,
-        transport: None,
-        parser,
-        header_sent: false,
-        stream_id: random_id(),
-        lang: "en".to_string(),
-        client_lang: None,
-        reply_to: None,
-        auth_attempts: 0,
-        sasl: SaslExchange::Idle,
-        user: None,
-        read_buffer: vec![0u8; READ_BUFFER_BYTES],
-    };
-
-    let transport = match kind {
-        ListenerKind::StartTls => Some(Transport::Plain(tcp)),
+    let stream = match kind {
+        ListenerKind::StartTls => Some(ByteStream::Plain(tcp)),
         ListenerKind::DirectTls => {
             let handshake = shared.direct_tls.accept(tcp);
             tokio::select! {
                 result = handshake => match result {
-                    Ok(tls) => Some(Transport::Tls(Box::new(tls))),
+                    Ok(tls) => Some(ByteStream::Tls(Box::new(tls))),
                     Err(error) => {
                         tracing::debug!(conn, peer = %peer, %error, "direct tls handshake failed");
                         None
@@ -169,7 +155,36 @@ pub(crate) async fn negotiate(
             }
         }
     };
-    negotiation.transport = Some(transport?);
+    negotiate_transport(shared, conn, Transport::Bytes(stream?), peer, deadline).await
+}
+
+/// Negotiate a stream on an established transport (TCP, TLS or WebSocket)
+/// until a resource is bound, by `deadline`. `None` when the stream ended.
+pub(crate) async fn negotiate_transport(
+    shared: Arc<Shared>,
+    conn: starling_api::ConnId,
+    transport: Transport,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<BoundStream> {
+    let framing = transport.framing();
+    let mut negotiation = Negotiation {
+        shared: Arc::clone(&shared),
+        conn,
+        peer,
+        transport: Some(transport),
+        framing,
+        parser: Inbound::new(framing, shared.parser_limits),
+        header_sent: false,
+        stream_id: random_id(),
+        lang: "en".to_string(),
+        client_lang: None,
+        reply_to: None,
+        auth_attempts: 0,
+        sasl: SaslExchange::Idle,
+        user: None,
+        read_buffer: vec![0u8; READ_BUFFER_BYTES],
+    };
 
     loop {
         let outcome = tokio::select! {
@@ -262,48 +277,56 @@ impl Negotiation {
         self.transport.as_ref().is_some_and(Transport::is_tls)
     }
 
-    async fn send(&mut self, xml: &str) -> Result<(), StreamEnd> {
-        let transport = self.transport()?;
-        let written = async {
-            transport.write_all(xml.as_bytes()).await?;
-            transport.flush().await
-        };
-        written.await.map_err(|_| StreamEnd::ConnectionLost)
+    /// Whether `require_tls` applies: to TCP streams. A WebSocket has no
+    /// STARTTLS (RFC 7395 section 3.1: TLS belongs to the WebSocket layer, here
+    /// a TLS-terminating proxy); it gets what a plaintext TCP stream gets with
+    /// TLS optional: SCRAM only, no PLAIN, no in-band registration.
+    fn tls_required(&self) -> bool {
+        self.shared.require_tls && self.framing == Framing::Stream
+    }
+
+    async fn send(&mut self, out: &Outgoing) -> Result<(), StreamEnd> {
+        self.transport()?
+            .send(out)
+            .await
+            .map_err(|_| StreamEnd::ConnectionLost)
+    }
+
+    async fn send_nonza(&mut self, xml: &str) -> Result<(), StreamEnd> {
+        let mut out = Outgoing::new(self.framing);
+        out.nonza(xml);
+        self.send(&out).await
+    }
+
+    async fn send_stanza(&mut self, stanza: &Element) -> Result<(), StreamEnd> {
+        let mut out = Outgoing::new(self.framing);
+        out.stanza(stanza);
+        self.send(&out).await
     }
 
     /// Write what ends the stream (our header first if it was not sent,
     /// section 4.9.1.2), then close the connection.
     async fn finish(&mut self, end: StreamEnd) {
-        let mut out = String::new();
+        let mut out = Outgoing::new(self.framing);
         let needs_header = !self.header_sent;
         match &end {
             StreamEnd::Error(error) => {
                 tracing::debug!(conn = self.conn, peer = %self.peer, error = %error, "closing stream with an error");
                 if needs_header {
-                    out.push_str(&xml::stream_header(
-                        &self.stream_id,
-                        &self.shared.domain,
-                        None,
-                        &self.lang,
-                    ));
+                    out.header(&self.stream_id, &self.shared.domain, None, &self.lang);
                 }
-                out.push_str(&error.to_xml());
-                out.push_str(STREAM_CLOSE);
+                out.stream_error(error);
+                out.close();
             }
             StreamEnd::FailureThenClose(failure) => {
-                out.push_str(failure);
-                out.push_str(STREAM_CLOSE);
+                out.nonza(failure);
+                out.close();
             }
             StreamEnd::ClientClosed => {
                 if needs_header {
-                    out.push_str(&xml::stream_header(
-                        &self.stream_id,
-                        &self.shared.domain,
-                        None,
-                        &self.lang,
-                    ));
+                    out.header(&self.stream_id, &self.shared.domain, None, &self.lang);
                 }
-                out.push_str(STREAM_CLOSE);
+                out.close();
             }
             StreamEnd::ConnectionLost => {}
         }
@@ -312,7 +335,7 @@ impl Negotiation {
         };
         let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
             if !out.is_empty() {
-                transport.write_all(out.as_bytes()).await?;
+                transport.send(&out).await?;
             }
             transport.shutdown().await
         })
@@ -337,16 +360,14 @@ impl Negotiation {
 
     async fn read_more(&mut self) -> Result<(), StreamEnd> {
         let mut buffer = std::mem::take(&mut self.read_buffer);
-        let read = self.transport()?.read(&mut buffer).await;
-        let result = match read {
-            Ok(0) | Err(_) => Err(StreamEnd::ConnectionLost),
-            Ok(count) => self
-                .parser
-                .feed(&buffer[..count])
-                .map_err(|error| StreamEnd::Error(error.0)),
-        };
+        let transport = self.transport.as_mut().ok_or(StreamEnd::ConnectionLost)?;
+        let received = transport.receive(&mut self.parser, &mut buffer).await;
         self.read_buffer = buffer;
-        result
+        match received {
+            Received::Fed => Ok(()),
+            Received::Invalid(error) => Err(StreamEnd::Error(error.0)),
+            Received::Lost => Err(StreamEnd::ConnectionLost),
+        }
     }
 
     async fn handle_event(&mut self, event: StreamEvent) -> Result<Option<Negotiated>, StreamEnd> {
@@ -372,19 +393,23 @@ impl Negotiation {
             .and_then(|from| from.parse::<Jid>().ok())
             .map(|jid| jid.to_string());
         check_stream_header(&header, &self.shared.domain)?;
-        let features = FeatureSet::for_stage(
+        let mut features = FeatureSet::for_stage(
             self.is_tls(),
-            self.shared.require_tls,
+            self.tls_required(),
             self.user.is_some(),
             self.shared.registration_enabled,
         );
-        let mut out = xml::stream_header(
+        if self.framing == Framing::WebSocket {
+            features.starttls = None;
+        }
+        let mut out = Outgoing::new(self.framing);
+        out.header(
             &self.stream_id,
             &self.shared.domain,
             self.reply_to.as_deref(),
             &self.lang,
         );
-        out.push_str(&features.to_xml());
+        out.features(&features);
         self.header_sent = true;
         self.send(&out).await
     }
@@ -408,7 +433,7 @@ impl Negotiation {
                 "abort" => {
                     // Section 6.4.4; an abort counts as a failed attempt (it is one).
                     self.sasl = SaslExchange::Idle;
-                    self.send(&xml::sasl_failure(SaslError::Aborted.condition()))
+                    self.send_nonza(&xml::sasl_failure(SaslError::Aborted.condition()))
                         .await?;
                 }
                 _ => {
@@ -441,7 +466,7 @@ impl Negotiation {
                 && self.is_tls()
             {
                 let reply = register::handle_unauthenticated(&self.shared, &element).await;
-                self.send(&reply.to_stanza_xml()).await?;
+                self.send_stanza(&reply).await?;
                 return Ok(None);
             }
         }
@@ -456,19 +481,19 @@ impl Negotiation {
     /// same TCP connection, and a fresh stream. Bytes the client sent after
     /// `<starttls/>` are discarded with the parser (no plaintext injection).
     async fn start_tls(&mut self) -> Result<(), StreamEnd> {
-        if self.is_tls() || self.user.is_some() {
+        if self.is_tls() || self.user.is_some() || self.framing == Framing::WebSocket {
             // Section 5.4.2.2: TLS cannot be negotiated now: failure, then close.
             return Err(StreamEnd::FailureThenClose(STARTTLS_FAILURE));
         }
-        self.send(STARTTLS_PROCEED).await?;
+        self.send_nonza(STARTTLS_PROCEED).await?;
         self.parser.reset();
         self.header_sent = false;
-        let Some(Transport::Plain(tcp)) = self.transport.take() else {
+        let Some(Transport::Bytes(ByteStream::Plain(tcp))) = self.transport.take() else {
             return Err(StreamEnd::ConnectionLost);
         };
         match self.shared.starttls.accept(tcp).await {
             Ok(tls) => {
-                self.transport = Some(Transport::Tls(Box::new(tls)));
+                self.transport = Some(Transport::Bytes(ByteStream::Tls(Box::new(tls))));
                 Ok(())
             }
             Err(error) => {
@@ -488,7 +513,7 @@ impl Negotiation {
                 .ip_limits
                 .record_auth_failure(self.peer.ip(), std::time::Instant::now());
         }
-        self.send(&xml::sasl_failure(error.condition())).await
+        self.send_nonza(&xml::sasl_failure(error.condition())).await
     }
 
     async fn start_auth(&mut self, auth: &Element) -> Result<(), StreamEnd> {
@@ -507,7 +532,7 @@ impl Negotiation {
                 .fail_auth(SaslError::InvalidMechanism("mechanism not offered"))
                 .await;
         };
-        if !self.is_tls() && (self.shared.require_tls || mechanism.requires_encryption()) {
+        if !self.is_tls() && (self.tls_required() || mechanism.requires_encryption()) {
             // Sections 5.3.1 and 6.5.3: TLS first (mandatory here, or needed
             // by a mechanism that sends the password).
             return self
@@ -530,7 +555,7 @@ impl Negotiation {
         if text.trim().is_empty() {
             // Section 6.4.2: no initial response, so an empty challenge asks for it.
             self.sasl = SaslExchange::AwaitingInitialResponse(mechanism);
-            return self.send(&xml::sasl_challenge(None)).await;
+            return self.send_nonza(&xml::sasl_challenge(None)).await;
         }
         match decode_xmpp_payload(&text) {
             Ok(payload) => self.initial_response(mechanism, &payload).await,
@@ -592,8 +617,10 @@ impl Negotiation {
 
     /// Look up an account's stored credentials. `Err` when storage fails: the
     /// client gets `<temporary-auth-failure/>`, which says nothing about the account.
+    /// (Takes `&mut self`: a `&Negotiation` held across an await would need
+    /// the transport to be `Sync`, and a WebSocket is not.)
     async fn stored_credentials(
-        &self,
+        &mut self,
         user: Option<&BareJid>,
     ) -> Result<Option<starling_api::StoredCredentials>, SaslError> {
         let Some(user) = user else { return Ok(None) };
@@ -641,7 +668,7 @@ impl Negotiation {
             exchange: Box::new(exchange),
             user,
         };
-        self.send(&xml::sasl_challenge(Some(server_first.as_bytes())))
+        self.send_nonza(&xml::sasl_challenge(Some(server_first.as_bytes())))
             .await
     }
 
@@ -686,7 +713,7 @@ impl Negotiation {
         tracing::info!(conn = self.conn, peer = %self.peer, user = %user, "authenticated");
         self.sasl = SaslExchange::Idle;
         self.user = Some(user);
-        self.send(&xml::sasl_success(additional_data)).await?;
+        self.send_nonza(&xml::sasl_success(additional_data)).await?;
         self.parser.reset();
         self.header_sent = false;
         Ok(())
@@ -755,7 +782,7 @@ impl Negotiation {
                 };
                 let parser = std::mem::replace(
                     &mut self.parser,
-                    StreamParser::new(self.shared.parser_limits),
+                    Inbound::new(self.framing, self.shared.parser_limits),
                 );
                 Ok(Some(BoundStream {
                     conn: self.conn,
@@ -794,7 +821,7 @@ impl Negotiation {
         error: StanzaError,
     ) -> Result<(), StreamEnd> {
         match stanza::error_reply(request, &error) {
-            Some(reply) => self.send(&reply.to_stanza_xml()).await,
+            Some(reply) => self.send_stanza(&reply).await,
             None => Ok(()),
         }
     }

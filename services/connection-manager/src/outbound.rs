@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use starling_api::ConnId;
-use starling_xmpp::{ns, Element, StreamError, StreamErrorCondition};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use starling_xmpp::{Element, StreamError, StreamErrorCondition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::xml::STREAM_CLOSE;
+use crate::framing::Outgoing;
+use crate::transport::TransportWriter;
 
 /// A write that makes no progress for this long means the client is gone.
 pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,14 +55,15 @@ impl QueuedStanza {
         stanza
     }
 
-    fn write_to(&self, out: &mut String) {
+    /// Serialise where `parent_namespace` is the default namespace in force.
+    pub(crate) fn write_to(&self, out: &mut String, parent_namespace: &str) {
         match &self.to {
             Some(to) if self.stanza.attr("to") != Some(to.as_str()) => {
                 let mut stanza = (*self.stanza).clone();
                 stanza.set_attr("to", to.clone());
-                stanza.write_to(out, ns::CLIENT);
+                stanza.write_to(out, parent_namespace);
             }
-            _ => self.stanza.write_to(out, ns::CLIENT),
+            _ => self.stanza.write_to(out, parent_namespace),
         }
     }
 }
@@ -226,12 +227,12 @@ impl ConnectionHandle {
 
 /// Write to the client until the stream closes or breaks. Returns the stanzas
 /// that were not (or not surely) written, for rerouting.
-pub(crate) async fn run_writer<W>(mut writer: W, handle: Arc<ConnectionHandle>) -> Vec<QueuedStanza>
-where
-    W: AsyncWrite + Unpin,
-{
+pub(crate) async fn run_writer(
+    mut writer: TransportWriter,
+    handle: Arc<ConnectionHandle>,
+) -> Vec<QueuedStanza> {
     let mut batch: Vec<QueuedStanza> = Vec::new();
-    let mut buffer = String::with_capacity(4096);
+    let mut buffer = Outgoing::new(writer.framing());
     loop {
         batch.clear();
         buffer.clear();
@@ -244,11 +245,11 @@ where
             // The client does not read: what it did not get goes back to the
             // router; the error is written only if the socket takes it at once.
             if let Some(error) = error {
-                buffer.push_str(&error.to_xml());
+                buffer.stream_error(error);
             }
-            buffer.push_str(STREAM_CLOSE);
+            buffer.close();
             let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-                writer.write_all(buffer.as_bytes()).await?;
+                writer.send(&buffer).await?;
                 writer.shutdown().await
             })
             .await;
@@ -267,7 +268,7 @@ where
             buffer.clear();
             let chunk_start = next;
             while next < batch.len() && buffer.len() < MAX_WRITE_BYTES {
-                batch[next].write_to(&mut buffer);
+                buffer.queued_stanza(&batch[next]);
                 next += 1;
             }
             let last_chunk = next == batch.len();
@@ -277,13 +278,12 @@ where
                     error: Some(error), ..
                 }) = &close
                 {
-                    buffer.push_str(&error.to_xml());
+                    buffer.stream_error(error);
                 }
-                buffer.push_str(STREAM_CLOSE);
+                buffer.close();
             }
             let write = async {
-                writer.write_all(buffer.as_bytes()).await?;
-                writer.flush().await?;
+                writer.send(&buffer).await?;
                 if finishing {
                     writer.shutdown().await?;
                 }
@@ -320,7 +320,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use starling_xmpp::ns;
     use tokio::io::AsyncReadExt;
+
+    fn bytes(stream: tokio::io::DuplexStream) -> TransportWriter {
+        TransportWriter::Bytes(Box::new(stream))
+    }
 
     fn message(body: &str) -> QueuedStanza {
         QueuedStanza::new(
@@ -351,7 +356,7 @@ mod tests {
         let mut stanza = message("hi");
         stanza.to = Some("romeo@example.net/orchard".into());
         let mut out = String::new();
-        stanza.write_to(&mut out);
+        stanza.write_to(&mut out, ns::CLIENT);
         assert_eq!(
             out,
             "<message to='romeo@example.net/orchard'><body>hi</body></message>"
@@ -374,7 +379,7 @@ mod tests {
                 .with_attr("id", "b"),
         ));
         handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
-        let unwritten = run_writer(server, Arc::clone(&handle)).await;
+        let unwritten = run_writer(bytes(server), Arc::clone(&handle)).await;
         assert!(unwritten.is_empty());
         let mut written = String::new();
         let mut client = client;
@@ -399,7 +404,9 @@ mod tests {
             client.read_to_string(&mut written).await.unwrap();
             written
         });
-        assert!(run_writer(server, Arc::clone(&handle)).await.is_empty());
+        assert!(run_writer(bytes(server), Arc::clone(&handle))
+            .await
+            .is_empty());
         let written = reader.await.unwrap();
         let bodies: Vec<char> = written
             .split("<body>")
@@ -415,7 +422,7 @@ mod tests {
         // A pipe of 16 bytes that nobody reads: the first write stalls.
         let (_client, server) = tokio::io::duplex(16);
         let handle = ConnectionHandle::new(9, 2);
-        let writer = tokio::spawn(run_writer(server, Arc::clone(&handle)));
+        let writer = tokio::spawn(run_writer(bytes(server), Arc::clone(&handle)));
         handle.push(message("first")).unwrap();
         tokio::task::yield_now().await;
         handle.push(message("2")).unwrap();

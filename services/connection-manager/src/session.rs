@@ -11,14 +11,15 @@ use starling_api::{Origin, SessionAddr};
 use starling_jid::FullJid;
 use starling_xmpp::{
     ns, stanza, Element, Node, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
-    StreamErrorCondition, StreamEvent, StreamParser,
+    StreamErrorCondition, StreamEvent,
 };
-use tokio::io::AsyncReadExt;
 
 use crate::delivery::is_reroutable;
+use crate::framing::Inbound;
 use crate::limits::TokenBucket;
 use crate::negotiation::BoundStream;
 use crate::outbound::{run_writer, ConnectionHandle, QueuedStanza, CLOSE_WRITE_TIMEOUT};
+use crate::transport::Received;
 use crate::{register, Shared};
 
 const READ_BUFFER_BYTES: usize = 16 * 1024;
@@ -52,7 +53,7 @@ pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
         handle,
         client_lang,
     } = bound;
-    let (mut reader, writer) = tokio::io::split(transport);
+    let (mut reader, writer) = transport.split();
     let mut writer_task = tokio::spawn(run_writer(writer, Arc::clone(&handle)));
     let rate_limit = TokenBucket::new(
         shared.limits.stanzas_per_second,
@@ -79,20 +80,19 @@ pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
                 handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
                 break;
             }
-            read = reader.read(&mut buffer) => match read {
-                Ok(0) | Err(_) => {
+            received = reader.receive(&mut parser, &mut buffer) => match received {
+                Received::Lost => {
                     tracing::debug!(conn, peer = %peer, "connection lost");
                     handle.close(None);
                     break;
                 }
-                Ok(count) => {
-                    if let Err(error) = parser.feed(&buffer[..count]) {
-                        // Events before the error are still processed, in order.
-                        if let Flow::Continue = session.process_events(&mut parser).await {
-                            session.close_with(error.0);
-                        }
-                        break;
+                Received::Fed => {}
+                Received::Invalid(error) => {
+                    // Events before the error are still processed, in order.
+                    if let Flow::Continue = session.process_events(&mut parser).await {
+                        session.close_with(error.0);
                     }
+                    break;
                 }
             },
         }
@@ -108,7 +108,7 @@ impl Session {
     }
 
     /// Handle every complete event the parser holds.
-    async fn process_events(&mut self, parser: &mut StreamParser) -> Flow {
+    async fn process_events(&mut self, parser: &mut Inbound) -> Flow {
         loop {
             if self.handle.is_closing() {
                 return Flow::Stop;

@@ -1,61 +1,269 @@
-//! The byte stream under an XML stream: plain TCP until STARTTLS (RFC 6120
-//! section 5.4.3.3), TLS after it or from the start (XEP-0368).
+//! The transport under an XML stream: plain TCP until STARTTLS (RFC 6120
+//! section 5.4.3.3), TLS after it or from the start (XEP-0368), or a
+//! WebSocket (RFC 7395). Negotiation and the session read events and write
+//! [`Outgoing`] units through it without knowing which one it is.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use axum::extract::ws::{Message, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use starling_xmpp::{ParseError, StreamError, StreamErrorCondition};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-pub(crate) enum Transport {
+use crate::framing::{Framing, Inbound, Outgoing};
+
+/// A byte stream: TCP, or TLS over TCP.
+pub(crate) enum ByteStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// What a stream runs over.
+pub(crate) enum Transport {
+    Bytes(ByteStream),
+    /// A WebSocket on the HTTP listener (plain HTTP: never TLS here; a
+    /// TLS-terminating proxy in front is the deployment's business).
+    WebSocket(Box<WebSocket>),
+}
+
+/// What one read brought.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// Input went to the decoder; its events are ready.
+    Fed,
+    /// The input broke the stream: this stream error ends it (after the
+    /// events decoded before it).
+    Invalid(ParseError),
+    /// The connection is gone.
+    Lost,
+}
+
 impl Transport {
     pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+        matches!(self, Transport::Bytes(ByteStream::Tls(_)))
+    }
+
+    pub fn framing(&self) -> Framing {
+        match self {
+            Transport::Bytes(_) => Framing::Stream,
+            Transport::WebSocket(_) => Framing::WebSocket,
+        }
+    }
+
+    /// Read once and feed the decoder. Cancel-safe.
+    pub async fn receive(&mut self, inbound: &mut Inbound, buffer: &mut [u8]) -> Received {
+        match self {
+            Transport::Bytes(stream) => receive_bytes(stream, inbound, buffer).await,
+            Transport::WebSocket(socket) => receive_message(socket.as_mut(), inbound).await,
+        }
+    }
+
+    pub async fn send(&mut self, out: &Outgoing) -> io::Result<()> {
+        match self {
+            Transport::Bytes(stream) => send_bytes(stream, out).await,
+            Transport::WebSocket(socket) => send_messages(socket.as_mut(), out).await,
+        }
+    }
+
+    /// End the connection (a TCP FIN, a WebSocket close frame).
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Bytes(stream) => stream.shutdown().await,
+            Transport::WebSocket(socket) => socket.close().await.map_err(io::Error::other),
+        }
+    }
+
+    /// Separate halves for the session's reader and writer tasks.
+    pub fn split(self) -> (TransportReader, TransportWriter) {
+        match self {
+            Transport::Bytes(stream) => {
+                let (reader, writer) = tokio::io::split(stream);
+                (
+                    TransportReader::Bytes(reader),
+                    TransportWriter::Bytes(Box::new(writer)),
+                )
+            }
+            Transport::WebSocket(socket) => {
+                let (sink, stream) = (*socket).split();
+                (
+                    TransportReader::WebSocket(stream),
+                    TransportWriter::WebSocket(sink),
+                )
+            }
+        }
     }
 }
 
-impl AsyncRead for Transport {
+/// The reading half of a bound session's transport.
+pub(crate) enum TransportReader {
+    Bytes(ReadHalf<ByteStream>),
+    WebSocket(SplitStream<WebSocket>),
+}
+
+impl TransportReader {
+    /// Read once and feed the decoder. Cancel-safe.
+    pub async fn receive(&mut self, inbound: &mut Inbound, buffer: &mut [u8]) -> Received {
+        match self {
+            TransportReader::Bytes(reader) => receive_bytes(reader, inbound, buffer).await,
+            TransportReader::WebSocket(stream) => receive_message(stream, inbound).await,
+        }
+    }
+}
+
+/// The writing half of a bound session's transport.
+pub(crate) enum TransportWriter {
+    Bytes(Box<dyn AsyncWrite + Unpin + Send>),
+    WebSocket(SplitSink<WebSocket, Message>),
+}
+
+impl TransportWriter {
+    pub fn framing(&self) -> Framing {
+        match self {
+            TransportWriter::Bytes(_) => Framing::Stream,
+            TransportWriter::WebSocket(_) => Framing::WebSocket,
+        }
+    }
+
+    pub async fn send(&mut self, out: &Outgoing) -> io::Result<()> {
+        match self {
+            TransportWriter::Bytes(writer) => send_bytes(writer, out).await,
+            TransportWriter::WebSocket(sink) => send_messages(sink, out).await,
+        }
+    }
+
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            TransportWriter::Bytes(writer) => writer.shutdown().await,
+            TransportWriter::WebSocket(sink) => sink.close().await.map_err(io::Error::other),
+        }
+    }
+}
+
+async fn receive_bytes<R>(reader: &mut R, inbound: &mut Inbound, buffer: &mut [u8]) -> Received
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    match reader.read(buffer).await {
+        Ok(0) | Err(_) => Received::Lost,
+        Ok(count) => match inbound.feed(&buffer[..count]) {
+            Ok(()) => Received::Fed,
+            Err(error) => Received::Invalid(error),
+        },
+    }
+}
+
+/// RFC 7395 section 3.2: XMPP travels in text messages, one element each.
+/// Pings are answered by the WebSocket layer itself.
+async fn receive_message<S>(stream: &mut S, inbound: &mut Inbound) -> Received
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin + ?Sized,
+{
+    loop {
+        let message = match stream.next().await {
+            None => return Received::Lost,
+            Some(Err(error)) => {
+                if is_capacity_error(error) {
+                    // Larger than the WebSocket layer buffers at all.
+                    return Received::Invalid(ParseError(StreamError::with_text(
+                        StreamErrorCondition::PolicyViolation,
+                        "message too large",
+                    )));
+                }
+                return Received::Lost;
+            }
+            Some(Ok(message)) => message,
+        };
+        let fed = match message {
+            Message::Text(text) => inbound.feed(text.as_str().as_bytes()),
+            Message::Binary(_) => {
+                return Received::Invalid(ParseError(StreamError::with_text(
+                    StreamErrorCondition::BadFormat,
+                    "xmpp over websocket uses text messages",
+                )))
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            // The client closed the WebSocket without <close/>.
+            Message::Close(_) => return Received::Lost,
+        };
+        return match fed {
+            Ok(()) => Received::Fed,
+            Err(error) => Received::Invalid(error),
+        };
+    }
+}
+
+fn is_capacity_error(error: axum::Error) -> bool {
+    matches!(
+        error
+            .into_inner()
+            .downcast::<tungstenite::Error>()
+            .map(|error| *error),
+        Ok(tungstenite::Error::Capacity(_))
+    )
+}
+
+async fn send_bytes<W>(writer: &mut W, out: &Outgoing) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    writer.write_all(out.as_str().as_bytes()).await?;
+    writer.flush().await
+}
+
+/// Each unit is one text message (RFC 7395 section 3.3.3), flushed together.
+async fn send_messages<S>(sink: &mut S, out: &Outgoing) -> io::Result<()>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin + ?Sized,
+{
+    for unit in out.units() {
+        sink.feed(Message::text(unit))
+            .await
+            .map_err(io::Error::other)?;
+    }
+    sink.flush().await.map_err(io::Error::other)
+}
+
+impl AsyncRead for ByteStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            ByteStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            ByteStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Transport {
+impl AsyncWrite for ByteStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Transport::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            ByteStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            ByteStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            ByteStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            ByteStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Transport::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            ByteStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            ByteStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -65,15 +273,15 @@ impl AsyncWrite for Transport {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Transport::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+            ByteStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            ByteStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Transport::Plain(stream) => stream.is_write_vectored(),
-            Transport::Tls(stream) => stream.is_write_vectored(),
+            ByteStream::Plain(stream) => stream.is_write_vectored(),
+            ByteStream::Tls(stream) => stream.is_write_vectored(),
         }
     }
 }

@@ -257,6 +257,8 @@ static NEXT_DIRECTORY: AtomicU64 = AtomicU64::new(0);
 pub struct TestServer {
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
+    /// The HTTP listener serving the connection-manager's WebSocket routes.
+    pub http: SocketAddr,
     pub node_id: String,
     pub router: Arc<TestRouter>,
     pub storage: Arc<dyn StorageApi>,
@@ -318,6 +320,16 @@ impl TestServer {
             ConnectionManager::new(config, router.clone(), storage.clone(), bus.clone()).unwrap();
         let bound = manager.bind().await.unwrap();
         let addrs: HashMap<&str, SocketAddr> = bound.local_addrs().into_iter().collect();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let routes = bound.websocket_router();
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                http_listener,
+                routes.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(bound.run(async move {
             let _ = shutdown_rx.await;
@@ -325,6 +337,7 @@ impl TestServer {
         TestServer {
             c2s: addrs["c2s"],
             c2s_tls: addrs["c2s_tls"],
+            http,
             node_id,
             router,
             storage,

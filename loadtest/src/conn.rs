@@ -1,0 +1,472 @@
+//! One client connection: TCP (plaintext, STARTTLS or direct TLS), the
+//! stream (RFC 6120 section 4), SASL (section 6), resource binding
+//! (section 7), roster get and initial presence (RFC 6121), and XEP-0077
+//! in-band registration.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::sasl::{self, Mechanism, SaltedPasswordCache, ScramClient};
+use crate::stats::ErrorKind;
+use crate::xml::{self, Event, Scanner};
+
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+/// How the connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext TCP (the server must allow it).
+    None,
+    /// STARTTLS (RFC 6120 section 5), certificate not verified.
+    Starttls,
+    /// TLS from the first byte (XEP-0368 style), certificate not verified.
+    Direct,
+}
+
+/// Where and how to connect; shared by every task.
+pub struct Target {
+    pub server: SocketAddr,
+    pub domain: String,
+    pub tls: TlsMode,
+    pub mechanisms: Vec<Mechanism>,
+    pub resource: String,
+    pub roster_get: bool,
+    pub source_addrs: Vec<IpAddr>,
+    pub tls_connector: tokio_rustls::TlsConnector,
+}
+
+/// A login or registration failure, by kind.
+#[derive(Debug, Clone)]
+pub struct ConnError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ConnError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ConnError { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+fn io_error(error: std::io::Error) -> ConnError {
+    ConnError::new(ErrorKind::Io, error.to_string())
+}
+
+/// TCP or TLS over TCP.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, context: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_write(context, data),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(context, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_flush(context),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(context),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(stream) => Pin::new(stream).poll_shutdown(context),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(context),
+        }
+    }
+}
+
+/// A TLS client configuration that accepts any certificate: this is a load
+/// tool for servers on loopback with self-signed certificates.
+pub fn insecure_tls_connector() -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// An open stream: transport, read buffer, scanner.
+pub struct Session {
+    pub transport: Transport,
+    pub buffer: Vec<u8>,
+    pub scanner: Scanner,
+    pub full_jid: String,
+}
+
+/// Read buffer growth step (and the initial capacity).
+pub const READ_CHUNK: usize = 4096;
+
+impl Session {
+    fn new(transport: Transport) -> Self {
+        Session { transport, buffer: Vec::with_capacity(READ_CHUNK), scanner: Scanner::new(), full_jid: String::new() }
+    }
+
+    /// Read more bytes; `Ok(false)` at end of stream.
+    pub async fn fill(&mut self) -> std::io::Result<bool> {
+        self.scanner.compact(&mut self.buffer);
+        if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 2 {
+            self.buffer.reserve(READ_CHUNK);
+        }
+        let read = self.transport.read_buf(&mut self.buffer).await?;
+        Ok(read > 0)
+    }
+
+    /// The next top-level element (its range in `buffer`), skipping the stream header.
+    pub async fn next_element(&mut self) -> Result<std::ops::Range<usize>, ConnError> {
+        loop {
+            match self.scanner.next(&self.buffer) {
+                Some(Event::Element(range)) => {
+                    if xml::name(&self.buffer[range.clone()]) == b"stream:error" {
+                        let text = String::from_utf8_lossy(&self.buffer[range]).into_owned();
+                        return Err(ConnError::new(ErrorKind::StreamError, text));
+                    }
+                    return Ok(range);
+                }
+                Some(Event::StreamHeader(_)) => continue,
+                Some(Event::StreamEnd) => return Err(ConnError::new(ErrorKind::StreamClosed, "server closed the stream")),
+                None => {
+                    if !self.fill().await.map_err(io_error)? {
+                        return Err(ConnError::new(ErrorKind::StreamClosed, "connection closed by the server"));
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
+        self.transport.write_all(data).await.map_err(io_error)?;
+        self.transport.flush().await.map_err(io_error)
+    }
+
+    async fn open_stream(&mut self, domain: &str) -> Result<std::ops::Range<usize>, ConnError> {
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
+            xml::escape(domain)
+        );
+        self.send(header.as_bytes()).await?;
+        let features = self.next_element().await?;
+        if xml::local_name(&self.buffer[features.clone()]) != b"features" {
+            return Err(ConnError::new(ErrorKind::Protocol, "expected stream features"));
+        }
+        Ok(features)
+    }
+
+    /// Wait for the IQ answer with this id, answering server requests meanwhile.
+    async fn iq_result(&mut self, id: &str, error_kind: ErrorKind) -> Result<std::ops::Range<usize>, ConnError> {
+        loop {
+            let range = self.next_element().await?;
+            let element = &self.buffer[range.clone()];
+            if xml::name(element) != b"iq" || xml::attribute(element, "id") != Some(id.as_bytes()) {
+                continue;
+            }
+            return match xml::attribute(element, "type") {
+                Some(b"result") => Ok(range),
+                _ => Err(ConnError::new(error_kind, String::from_utf8_lossy(element).into_owned())),
+            };
+        }
+    }
+
+    /// Close the stream politely; errors do not matter any more.
+    pub async fn close(mut self) {
+        let _ = self.send(b"</stream:stream>").await;
+        let _ = self.transport.shutdown().await;
+    }
+}
+
+/// TCP connect (from a chosen source address when given), then direct TLS if asked.
+pub async fn connect(target: &Target, connection_index: usize) -> Result<Session, ConnError> {
+    let socket = if target.server.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|error| ConnError::new(ErrorKind::Connect, error.to_string()))?;
+    if !target.source_addrs.is_empty() {
+        let source = target.source_addrs[connection_index % target.source_addrs.len()];
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|error| ConnError::new(ErrorKind::Connect, format!("bind {source}: {error}")))?;
+    }
+    let stream = socket
+        .connect(target.server)
+        .await
+        .map_err(|error| ConnError::new(ErrorKind::Connect, error.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    if target.tls == TlsMode::Direct {
+        let tls = tls_handshake(target, stream).await?;
+        return Ok(Session::new(Transport::Tls(Box::new(tls))));
+    }
+    Ok(Session::new(Transport::Plain(stream)))
+}
+
+async fn tls_handshake(
+    target: &Target,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnError> {
+    let name = ServerName::try_from(target.domain.clone())
+        .map_err(|error| ConnError::new(ErrorKind::Tls, error.to_string()))?;
+    target.tls_connector.connect(name, stream).await.map_err(|error| ConnError::new(ErrorKind::Tls, error.to_string()))
+}
+
+/// Open the stream and do STARTTLS when configured; returns the session and
+/// the range of the (post-TLS) features.
+async fn open_secured(
+    target: &Target,
+    mut session: Session,
+) -> Result<(Session, std::ops::Range<usize>), ConnError> {
+    let features = session.open_stream(&target.domain).await?;
+    if target.tls != TlsMode::Starttls {
+        return Ok((session, features));
+    }
+    if xml::find_child(&session.buffer[features], "starttls").is_none() {
+        return Err(ConnError::new(ErrorKind::Tls, "server does not offer STARTTLS"));
+    }
+    session.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+    let answer = session.next_element().await?;
+    if xml::name(&session.buffer[answer]) != b"proceed" {
+        return Err(ConnError::new(ErrorKind::Tls, "STARTTLS refused"));
+    }
+    let Transport::Plain(stream) = session.transport else {
+        return Err(ConnError::new(ErrorKind::Tls, "STARTTLS on a TLS stream"));
+    };
+    let tls = tls_handshake(target, stream).await?;
+    let mut session = Session::new(Transport::Tls(Box::new(tls)));
+    let features = session.open_stream(&target.domain).await?;
+    Ok((session, features))
+}
+
+/// Everything a login needs to know about the account.
+pub struct Credentials<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+/// The full login: connect, TLS, SASL, bind, (session), roster get, initial presence.
+pub async fn login(
+    target: &Target,
+    connection_index: usize,
+    credentials: &Credentials<'_>,
+    salted_cache: &mut Option<SaltedPasswordCache>,
+) -> Result<Session, ConnError> {
+    let session = connect(target, connection_index).await?;
+    let (mut session, features) = open_secured(target, session).await?;
+
+    let offered = xml::mechanisms(&session.buffer[features]);
+    let Some(mechanism) = target
+        .mechanisms
+        .iter()
+        .copied()
+        .find(|mechanism| offered.iter().any(|name| name.eq_ignore_ascii_case(mechanism.as_str())))
+    else {
+        return Err(ConnError::new(ErrorKind::NoMechanism, format!("server offers {offered:?}")));
+    };
+    authenticate(&mut session, mechanism, credentials, salted_cache).await?;
+
+    // Restart the stream after SASL success (RFC 6120 section 6.4.6).
+    session.scanner.reset();
+    session.buffer.clear();
+    let features = session.open_stream(&target.domain).await?;
+    let needs_session = {
+        let features = &session.buffer[features];
+        match xml::find_child(features, "session") {
+            Some(at) => {
+                let rest = &features[at..];
+                let session_element_end = memchr::memmem::find(rest, b"</session>").unwrap_or(0);
+                !(rest[..session_element_end].windows(9).any(|window| window == b"<optional"))
+            }
+            None => false,
+        }
+    };
+
+    let bind = format!(
+        "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{}</resource></bind></iq>",
+        xml::escape(&target.resource)
+    );
+    session.send(bind.as_bytes()).await?;
+    let result = session.iq_result("bind1", ErrorKind::Bind).await?;
+    session.full_jid = xml::child_text(&session.buffer[result], "jid")
+        .map(|jid| String::from_utf8_lossy(jid).into_owned())
+        .unwrap_or_default();
+
+    if needs_session {
+        session.send(b"<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").await?;
+        session.iq_result("sess1", ErrorKind::Bind).await?;
+    }
+    if target.roster_get {
+        session.send(b"<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>").await?;
+        session.iq_result("roster1", ErrorKind::Protocol).await?;
+    }
+    session.send(b"<presence/>").await?;
+    Ok(session)
+}
+
+async fn authenticate(
+    session: &mut Session,
+    mechanism: Mechanism,
+    credentials: &Credentials<'_>,
+    salted_cache: &mut Option<SaltedPasswordCache>,
+) -> Result<(), ConnError> {
+    let mut scram = None;
+    let initial = match mechanism {
+        Mechanism::Plain => sasl::plain_initial_response(credentials.username, credentials.password),
+        _ => {
+            let client = ScramClient::new(mechanism, credentials.username, credentials.password, &ScramClient::random_nonce());
+            let first = client.client_first().into_bytes();
+            scram = Some(client);
+            first
+        }
+    };
+    let auth = format!("<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>", mechanism.as_str(), BASE64.encode(initial));
+    session.send(auth.as_bytes()).await?;
+    let mut server_final_seen = false;
+    loop {
+        let range = session.next_element().await?;
+        let element = &session.buffer[range];
+        let name = xml::local_name(element);
+        if name == b"failure" {
+            let element = String::from_utf8_lossy(element).into_owned();
+            return Err(ConnError::new(ErrorKind::AuthFailed, element));
+        }
+        if name != b"challenge" && name != b"success" {
+            continue;
+        }
+        let payload = BASE64
+            .decode(xml::text(element).iter().copied().filter(|byte| !byte.is_ascii_whitespace()).collect::<Vec<u8>>())
+            .map_err(|_| ConnError::new(ErrorKind::AuthFailed, "undecodable SASL payload"))?;
+        match name {
+            b"challenge" => {
+                let Some(client) = scram.as_mut() else {
+                    return Err(ConnError::new(ErrorKind::AuthFailed, "unexpected challenge for PLAIN"));
+                };
+                if payload.starts_with(b"v=") || payload.starts_with(b"e=") {
+                    client.verify_server_final(&payload).map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                    server_final_seen = true;
+                    session.send(format!("<response xmlns='{NS_SASL}'/>").as_bytes()).await?;
+                    continue;
+                }
+                // PBKDF2 is the one expensive step of a login: keep it off the
+                // runtime threads so that other sessions' I/O is not delayed.
+                let mut owned_client = scram.take().expect("checked above");
+                let mut cache = salted_cache.take();
+                let (owned_client, cache, client_final) = tokio::task::spawn_blocking(move || {
+                    let client_final = owned_client.client_final(&payload, &mut cache);
+                    (owned_client, cache, client_final)
+                })
+                .await
+                .map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                scram = Some(owned_client);
+                *salted_cache = cache;
+                let client_final =
+                    client_final.map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                let response = format!("<response xmlns='{NS_SASL}'>{}</response>", BASE64.encode(client_final));
+                session.send(response.as_bytes()).await?;
+            }
+            b"success" => {
+                if let Some(client) = scram.as_ref() {
+                    if !server_final_seen {
+                        client
+                            .verify_server_final(&payload)
+                            .map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                    }
+                }
+                return Ok(());
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// XEP-0077 in-band registration. An account that exists already counts as registered.
+pub async fn register(target: &Target, connection_index: usize, credentials: &Credentials<'_>) -> Result<(), ConnError> {
+    let session = connect(target, connection_index).await?;
+    let (mut session, _features) = open_secured(target, session).await?;
+    let request = format!(
+        "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'><username>{}</username><password>{}</password></query></iq>",
+        xml::escape(credentials.username),
+        xml::escape(credentials.password)
+    );
+    session.send(request.as_bytes()).await?;
+    let outcome = loop {
+        let range = session.next_element().await?;
+        let element = &session.buffer[range];
+        if xml::name(element) != b"iq" || xml::attribute(element, "id") != Some(b"reg1") {
+            continue;
+        }
+        if xml::attribute(element, "type") == Some(b"result") || xml::find_child(element, "conflict").is_some() {
+            break Ok(());
+        }
+        break Err(ConnError::new(ErrorKind::Register, String::from_utf8_lossy(element).into_owned()));
+    };
+    session.close().await;
+    outcome
+}
