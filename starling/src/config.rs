@@ -45,6 +45,47 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// How this process joins a cluster (`starling serve --target ...`). Unused by
+/// `--target all`, which keeps the in-process bus and registry unless `redis` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis URLs: one server, or the seed nodes of a Redis Cluster (with `redis_cluster = true`).
+    pub redis: Vec<String>,
+    pub redis_cluster: bool,
+    /// A prefix for every Redis key and channel (lets clusters share a Redis).
+    pub redis_key_prefix: String,
+    /// This process's identity in the cluster; empty: generated at start.
+    pub node_id: String,
+    /// Where this process serves gRPC (session-router, presence, storage targets).
+    pub grpc: String,
+    /// gRPC endpoints (`http://HOST:PORT`) of the storage replicas.
+    pub storage: Vec<String>,
+    /// gRPC endpoints of the session-router replicas.
+    pub routers: Vec<String>,
+    /// gRPC endpoints of the presence replicas.
+    pub presence: Vec<String>,
+    /// Seconds after which a connection-manager that stopped refreshing its liveness key is dead.
+    pub liveness_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: Vec::new(),
+            redis_cluster: false,
+            redis_key_prefix: String::new(),
+            node_id: String::new(),
+            grpc: String::new(),
+            storage: Vec::new(),
+            routers: Vec::new(),
+            presence: Vec::new(),
+            liveness_ttl_secs: 10,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -122,6 +163,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -233,6 +275,14 @@ fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
             "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
             _ => Err(format!("expected true or false, got {raw:?}")),
         },
+        // Lists are comma-separated: STARLING_CLUSTER_ROUTERS=http://a:7001,http://b:7001
+        toml::Value::Array(_) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| toml::Value::String(item.to_string()))
+                .collect(),
+        )),
         other => Err(format!("unsupported type {}", other.type_str())),
     }
 }
@@ -402,6 +452,29 @@ impl Config {
                 message: "must be at least limits.stanzas_per_second".into(),
             });
         }
+        parse_listen("cluster.grpc", &self.cluster.grpc)?;
+        for (key, endpoints) in [
+            ("cluster.storage", &self.cluster.storage),
+            ("cluster.routers", &self.cluster.routers),
+            ("cluster.presence", &self.cluster.presence),
+        ] {
+            for endpoint in endpoints {
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        message: format!("{endpoint:?}: expected http://HOST:PORT"),
+                    });
+                }
+            }
+        }
+        for url in &self.cluster.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid { key: "cluster.redis", message: format!("{url:?}: expected redis://HOST:PORT") });
+            }
+        }
+        if self.cluster.liveness_ttl_secs < 2 {
+            return Err(ConfigError::Invalid { key: "cluster.liveness_ttl_secs", message: "must be at least 2".into() });
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
@@ -544,6 +617,19 @@ mod tests {
         assert!(error.to_string().contains("storage.url"), "{error}");
         let error = Config::from_toml_str("test", "domain = \"a b\"\n", &env(&[])).unwrap_err();
         assert!(error.to_string().contains("`domain`"), "{error}");
+    }
+
+    #[test]
+    fn lists_come_from_comma_separated_environment_values() {
+        let config = Config::from_toml_str(
+            "test",
+            "",
+            &env(&[("STARLING_CLUSTER_ROUTERS", "http://127.0.0.1:7001, http://127.0.0.1:7002")]),
+        )
+        .unwrap();
+        assert_eq!(config.cluster.routers, vec!["http://127.0.0.1:7001", "http://127.0.0.1:7002"]);
+        let error = Config::from_toml_str("test", "[cluster]\nrouters = [\"127.0.0.1:7001\"]\n", &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("cluster.routers"), "{error}");
     }
 
     #[test]
