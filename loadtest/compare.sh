@@ -96,7 +96,8 @@ cleanup() {
     done
     STARTED_PGIDS=()
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 wait_port() {
     local port=$1
@@ -106,6 +107,18 @@ wait_port() {
     done
     echo "port $port did not open" >&2
     return 1
+}
+
+# start_detached DIR LOG CMD...: run CMD in its own session (so its whole
+# process group can be stopped by id); sets PID to the session leader.
+start_detached() {
+    local dir=$1 logfile=$2
+    shift 2
+    rm -f "$dir/leader.pid"
+    (cd "$dir" && setsid sh -c 'echo $$ > leader.pid; exec "$@"' sh "$@" > "$logfile" 2>&1 < /dev/null &)
+    for _ in $(seq 50); do [ -s "$dir/leader.pid" ] && break; sleep 0.1; done
+    PID=$(cat "$dir/leader.pid")
+    STARTED_PGIDS+=("$PID")
 }
 
 stop_server() {
@@ -144,9 +157,7 @@ EOF
     # Accounts first, through the operator command, while the database is ours alone.
     "$LOAD" idle --users "$USERS" --accounts-only --accounts-parallel 2 -q \
         --accounts-cmd "$STARLING user add {jid} {password} --config $dir/starling.toml" > "$dir/accounts.log"
-    STARLING_TLS_REQUIRED=false setsid "$STARLING" serve --config "$dir/starling.toml" > "$dir/server.log" 2>&1 < /dev/null &
-    PID=$!
-    STARTED_PGIDS+=("$PID")
+    STARLING_TLS_REQUIRED=false start_detached "$dir" "$dir/server.log" "$STARLING" serve --config "$dir/starling.toml"
     PORT=$STARLING_PORT
     ACCOUNTS=()
     wait_port "$PORT"
@@ -178,10 +189,7 @@ storage = "internal"
 log = { warn = "$dir/prosody.log"; error = "$dir/prosody.log" }
 VirtualHost "localhost"
 EOF
-    (cd "$dir" && setsid prosody --config "$dir/prosody.cfg.lua" -F > "$dir/server.log" 2>&1 < /dev/null &
-     echo $! > "$dir/launcher.pid")
-    PID=$(cat "$dir/launcher.pid")
-    STARTED_PGIDS+=("$PID")
+    start_detached "$dir" "$dir/server.log" prosody --config "$dir/prosody.cfg.lua" -F
     PORT=$PROSODY_PORT
     ACCOUNTS=(--accounts register --accounts-parallel 16)
     wait_port "$PORT"
@@ -240,13 +248,10 @@ ERL_MAX_PORTS=65536
 EOF
     cp /etc/ejabberd/inetrc "$dir/" 2>/dev/null || true
     chown -R ejabberd:ejabberd "$dir"
+    chmod 777 "$dir"
     # setpriv (not su) so that the server stays in our process group.
-    (cd "$dir" && HOME="$dir" setsid setpriv --reuid ejabberd --regid ejabberd --init-groups \
-        ejabberdctl --config-dir "$dir" --spool "$dir/spool" --logs "$dir/logs" foreground \
-        > "$dir/server.log" 2>&1 < /dev/null &
-     echo $! > "$dir/launcher.pid")
-    PID=$(cat "$dir/launcher.pid")
-    STARTED_PGIDS+=("$PID")
+    HOME="$dir" start_detached "$dir" "$dir/server.log" setpriv --reuid ejabberd --regid ejabberd --init-groups \
+        ejabberdctl --config-dir "$dir" --spool "$dir/spool" --logs "$dir/logs" foreground
     PORT=$EJABBERD_PORT
     ACCOUNTS=(--accounts register --accounts-parallel 16)
     wait_port "$PORT"
@@ -254,11 +259,12 @@ EOF
 
 # ---------------------------------------------------------------- scenarios
 run_load() {
-    local name=$1 scenario=$2 budget=$3
+    local name=$1 scenario=$2 budget=$3 ramp=$RAMP
     shift 3
+    if [ "${1:-}" = "--ramp" ]; then ramp=$2; shift 2; fi
     log "$SERVER: $name"
     timeout --signal=INT --kill-after=10 "$budget" "$LOAD" "$scenario" \
-        --server "127.0.0.1:$PORT" --users "$USERS" --ramp "$RAMP" --server-pid "$PID" \
+        --server "127.0.0.1:$PORT" --users "$USERS" --ramp "$ramp" --server-pid "$PID" \
         --label "$SERVER" --out "$OUT/$SERVER-$name.json" "$@" \
         > "$OUT/$SERVER-$name.txt" 2> "$OUT/$SERVER-$name.progress" || log "$SERVER: $name failed (see $OUT/$SERVER-$name.progress)"
     cat "$OUT/$SERVER-$name.txt" >&2 || true

@@ -51,7 +51,11 @@ pub enum AccountSource {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "starling-load", version, about = "Load generator for any XMPP server (RFC 6120/6121 client side)")]
+#[command(
+    name = "starling-load",
+    version,
+    about = "Load generator for any XMPP server (RFC 6120/6121 client side)"
+)]
 pub struct Args {
     /// The scenario to run.
     #[arg(value_enum)]
@@ -67,7 +71,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "none")]
     pub tls: TlsMode,
     /// SASL mechanisms in order of preference (the first one the server offers is used).
-    #[arg(long, value_delimiter = ',', default_value = "SCRAM-SHA-256,SCRAM-SHA-1,PLAIN")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "SCRAM-SHA-256,SCRAM-SHA-1,PLAIN"
+    )]
     pub mechanisms: Vec<String>,
     /// Resource to bind.
     #[arg(long, default_value = "load")]
@@ -224,7 +232,10 @@ mod tests {
         assert_eq!(args.password_of(7), "pw-7");
         assert_eq!(args.stage_rates(), vec![1000.0, 2000.0]);
         assert_eq!(
-            args.account_command("starling user add {jid} {password} --config c.toml # {user} {index}", 3),
+            args.account_command(
+                "starling user add {jid} {password} --config c.toml # {user} {index}",
+                3
+            ),
             "starling user add lt3@localhost pw-3 --config c.toml # lt3 3"
         );
     }

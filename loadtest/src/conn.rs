@@ -56,7 +56,10 @@ pub struct ConnError {
 
 impl ConnError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ConnError { kind, message: message.into() }
+        ConnError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -77,7 +80,11 @@ pub enum Transport {
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
@@ -86,7 +93,11 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(self: Pin<&mut Self>, context: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(stream) => Pin::new(stream).poll_write(context, data),
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(context, data),
@@ -142,7 +153,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, certificate, signature, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -151,7 +167,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         certificate: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, certificate, signature, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            certificate,
+            signature,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -165,6 +186,8 @@ pub struct Session {
     pub buffer: Vec<u8>,
     pub scanner: Scanner,
     pub full_jid: String,
+    /// Roster items with `subscription='both'` in the login's roster result.
+    pub roster_both: usize,
 }
 
 /// Read buffer growth step (and the initial capacity).
@@ -172,7 +195,13 @@ pub const READ_CHUNK: usize = 4096;
 
 impl Session {
     fn new(transport: Transport) -> Self {
-        Session { transport, buffer: Vec::with_capacity(READ_CHUNK), scanner: Scanner::new(), full_jid: String::new() }
+        Session {
+            transport,
+            buffer: Vec::with_capacity(READ_CHUNK),
+            scanner: Scanner::new(),
+            full_jid: String::new(),
+            roster_both: 0,
+        }
     }
 
     /// Read more bytes; `Ok(false)` at end of stream.
@@ -197,10 +226,18 @@ impl Session {
                     return Ok(range);
                 }
                 Some(Event::StreamHeader(_)) => continue,
-                Some(Event::StreamEnd) => return Err(ConnError::new(ErrorKind::StreamClosed, "server closed the stream")),
+                Some(Event::StreamEnd) => {
+                    return Err(ConnError::new(
+                        ErrorKind::StreamClosed,
+                        "server closed the stream",
+                    ))
+                }
                 None => {
                     if !self.fill().await.map_err(io_error)? {
-                        return Err(ConnError::new(ErrorKind::StreamClosed, "connection closed by the server"));
+                        return Err(ConnError::new(
+                            ErrorKind::StreamClosed,
+                            "connection closed by the server",
+                        ));
                     }
                 }
             }
@@ -220,13 +257,20 @@ impl Session {
         self.send(header.as_bytes()).await?;
         let features = self.next_element().await?;
         if xml::local_name(&self.buffer[features.clone()]) != b"features" {
-            return Err(ConnError::new(ErrorKind::Protocol, "expected stream features"));
+            return Err(ConnError::new(
+                ErrorKind::Protocol,
+                "expected stream features",
+            ));
         }
         Ok(features)
     }
 
     /// Wait for the IQ answer with this id, answering server requests meanwhile.
-    async fn iq_result(&mut self, id: &str, error_kind: ErrorKind) -> Result<std::ops::Range<usize>, ConnError> {
+    async fn iq_result(
+        &mut self,
+        id: &str,
+        error_kind: ErrorKind,
+    ) -> Result<std::ops::Range<usize>, ConnError> {
         loop {
             let range = self.next_element().await?;
             let element = &self.buffer[range.clone()];
@@ -235,7 +279,10 @@ impl Session {
             }
             return match xml::attribute(element, "type") {
                 Some(b"result") => Ok(range),
-                _ => Err(ConnError::new(error_kind, String::from_utf8_lossy(element).into_owned())),
+                _ => Err(ConnError::new(
+                    error_kind,
+                    String::from_utf8_lossy(element).into_owned(),
+                )),
             };
         }
     }
@@ -249,13 +296,17 @@ impl Session {
 
 /// TCP connect (from a chosen source address when given), then direct TLS if asked.
 pub async fn connect(target: &Target, connection_index: usize) -> Result<Session, ConnError> {
-    let socket = if target.server.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-        .map_err(|error| ConnError::new(ErrorKind::Connect, error.to_string()))?;
+    let socket = if target.server.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|error| ConnError::new(ErrorKind::Connect, error.to_string()))?;
     if !target.source_addrs.is_empty() {
         let source = target.source_addrs[connection_index % target.source_addrs.len()];
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|error| ConnError::new(ErrorKind::Connect, format!("bind {source}: {error}")))?;
+        socket.bind(SocketAddr::new(source, 0)).map_err(|error| {
+            ConnError::new(ErrorKind::Connect, format!("bind {source}: {error}"))
+        })?;
     }
     let stream = socket
         .connect(target.server)
@@ -275,7 +326,11 @@ async fn tls_handshake(
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnError> {
     let name = ServerName::try_from(target.domain.clone())
         .map_err(|error| ConnError::new(ErrorKind::Tls, error.to_string()))?;
-    target.tls_connector.connect(name, stream).await.map_err(|error| ConnError::new(ErrorKind::Tls, error.to_string()))
+    target
+        .tls_connector
+        .connect(name, stream)
+        .await
+        .map_err(|error| ConnError::new(ErrorKind::Tls, error.to_string()))
 }
 
 /// Open the stream and do STARTTLS when configured; returns the session and
@@ -289,9 +344,14 @@ async fn open_secured(
         return Ok((session, features));
     }
     if xml::find_child(&session.buffer[features], "starttls").is_none() {
-        return Err(ConnError::new(ErrorKind::Tls, "server does not offer STARTTLS"));
+        return Err(ConnError::new(
+            ErrorKind::Tls,
+            "server does not offer STARTTLS",
+        ));
     }
-    session.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+    session
+        .send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await?;
     let answer = session.next_element().await?;
     if xml::name(&session.buffer[answer]) != b"proceed" {
         return Err(ConnError::new(ErrorKind::Tls, "STARTTLS refused"));
@@ -322,13 +382,15 @@ pub async fn login(
     let (mut session, features) = open_secured(target, session).await?;
 
     let offered = xml::mechanisms(&session.buffer[features]);
-    let Some(mechanism) = target
-        .mechanisms
-        .iter()
-        .copied()
-        .find(|mechanism| offered.iter().any(|name| name.eq_ignore_ascii_case(mechanism.as_str())))
-    else {
-        return Err(ConnError::new(ErrorKind::NoMechanism, format!("server offers {offered:?}")));
+    let Some(mechanism) = target.mechanisms.iter().copied().find(|mechanism| {
+        offered
+            .iter()
+            .any(|name| name.eq_ignore_ascii_case(mechanism.as_str()))
+    }) else {
+        return Err(ConnError::new(
+            ErrorKind::NoMechanism,
+            format!("server offers {offered:?}"),
+        ));
     };
     authenticate(&mut session, mechanism, credentials, salted_cache).await?;
 
@@ -342,7 +404,9 @@ pub async fn login(
             Some(at) => {
                 let rest = &features[at..];
                 let session_element_end = memchr::memmem::find(rest, b"</session>").unwrap_or(0);
-                !(rest[..session_element_end].windows(9).any(|window| window == b"<optional"))
+                !(rest[..session_element_end]
+                    .windows(9)
+                    .any(|window| window == b"<optional"))
             }
             None => false,
         }
@@ -363,8 +427,13 @@ pub async fn login(
         session.iq_result("sess1", ErrorKind::Bind).await?;
     }
     if target.roster_get {
-        session.send(b"<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>").await?;
-        session.iq_result("roster1", ErrorKind::Protocol).await?;
+        session
+            .send(b"<iq type='get' id='roster1'><query xmlns='jabber:iq:roster'/></iq>")
+            .await?;
+        let roster = session.iq_result("roster1", ErrorKind::Protocol).await?;
+        let roster = &session.buffer[roster];
+        session.roster_both = memchr::memmem::find_iter(roster, b"subscription='both'").count()
+            + memchr::memmem::find_iter(roster, b"subscription=\"both\"").count();
     }
     session.send(b"<presence/>").await?;
     Ok(session)
@@ -378,15 +447,26 @@ async fn authenticate(
 ) -> Result<(), ConnError> {
     let mut scram = None;
     let initial = match mechanism {
-        Mechanism::Plain => sasl::plain_initial_response(credentials.username, credentials.password),
+        Mechanism::Plain => {
+            sasl::plain_initial_response(credentials.username, credentials.password)
+        }
         _ => {
-            let client = ScramClient::new(mechanism, credentials.username, credentials.password, &ScramClient::random_nonce());
+            let client = ScramClient::new(
+                mechanism,
+                credentials.username,
+                credentials.password,
+                &ScramClient::random_nonce(),
+            );
             let first = client.client_first().into_bytes();
             scram = Some(client);
             first
         }
     };
-    let auth = format!("<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>", mechanism.as_str(), BASE64.encode(initial));
+    let auth = format!(
+        "<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>",
+        mechanism.as_str(),
+        BASE64.encode(initial)
+    );
     session.send(auth.as_bytes()).await?;
     let mut server_final_seen = false;
     loop {
@@ -401,17 +481,30 @@ async fn authenticate(
             continue;
         }
         let payload = BASE64
-            .decode(xml::text(element).iter().copied().filter(|byte| !byte.is_ascii_whitespace()).collect::<Vec<u8>>())
+            .decode(
+                xml::text(element)
+                    .iter()
+                    .copied()
+                    .filter(|byte| !byte.is_ascii_whitespace())
+                    .collect::<Vec<u8>>(),
+            )
             .map_err(|_| ConnError::new(ErrorKind::AuthFailed, "undecodable SASL payload"))?;
         match name {
             b"challenge" => {
                 let Some(client) = scram.as_mut() else {
-                    return Err(ConnError::new(ErrorKind::AuthFailed, "unexpected challenge for PLAIN"));
+                    return Err(ConnError::new(
+                        ErrorKind::AuthFailed,
+                        "unexpected challenge for PLAIN",
+                    ));
                 };
                 if payload.starts_with(b"v=") || payload.starts_with(b"e=") {
-                    client.verify_server_final(&payload).map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                    client.verify_server_final(&payload).map_err(|error| {
+                        ConnError::new(ErrorKind::AuthFailed, error.to_string())
+                    })?;
                     server_final_seen = true;
-                    session.send(format!("<response xmlns='{NS_SASL}'/>").as_bytes()).await?;
+                    session
+                        .send(format!("<response xmlns='{NS_SASL}'/>").as_bytes())
+                        .await?;
                     continue;
                 }
                 // PBKDF2 is the one expensive step of a login: keep it off the
@@ -426,17 +519,20 @@ async fn authenticate(
                 .map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
                 scram = Some(owned_client);
                 *salted_cache = cache;
-                let client_final =
-                    client_final.map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
-                let response = format!("<response xmlns='{NS_SASL}'>{}</response>", BASE64.encode(client_final));
+                let client_final = client_final
+                    .map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                let response = format!(
+                    "<response xmlns='{NS_SASL}'>{}</response>",
+                    BASE64.encode(client_final)
+                );
                 session.send(response.as_bytes()).await?;
             }
             b"success" => {
                 if let Some(client) = scram.as_ref() {
                     if !server_final_seen {
-                        client
-                            .verify_server_final(&payload)
-                            .map_err(|error| ConnError::new(ErrorKind::AuthFailed, error.to_string()))?;
+                        client.verify_server_final(&payload).map_err(|error| {
+                            ConnError::new(ErrorKind::AuthFailed, error.to_string())
+                        })?;
                     }
                 }
                 return Ok(());
@@ -447,7 +543,11 @@ async fn authenticate(
 }
 
 /// XEP-0077 in-band registration. An account that exists already counts as registered.
-pub async fn register(target: &Target, connection_index: usize, credentials: &Credentials<'_>) -> Result<(), ConnError> {
+pub async fn register(
+    target: &Target,
+    connection_index: usize,
+    credentials: &Credentials<'_>,
+) -> Result<(), ConnError> {
     let session = connect(target, connection_index).await?;
     let (mut session, _features) = open_secured(target, session).await?;
     let request = format!(
@@ -462,10 +562,15 @@ pub async fn register(target: &Target, connection_index: usize, credentials: &Cr
         if xml::name(element) != b"iq" || xml::attribute(element, "id") != Some(b"reg1") {
             continue;
         }
-        if xml::attribute(element, "type") == Some(b"result") || xml::find_child(element, "conflict").is_some() {
+        if xml::attribute(element, "type") == Some(b"result")
+            || xml::find_child(element, "conflict").is_some()
+        {
             break Ok(());
         }
-        break Err(ConnError::new(ErrorKind::Register, String::from_utf8_lossy(element).into_owned()));
+        break Err(ConnError::new(
+            ErrorKind::Register,
+            String::from_utf8_lossy(element).into_owned(),
+        ));
     };
     session.close().await;
     outcome

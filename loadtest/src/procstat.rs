@@ -41,7 +41,10 @@ pub fn parse_status(status: &str) -> (u64, u64) {
     let mut hwm = 0;
     for line in status.lines() {
         let value = |line: &str| -> u64 {
-            line.split_whitespace().nth(1).and_then(|value| value.parse().ok()).unwrap_or(0)
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
         };
         if line.starts_with("VmRSS:") {
             rss = value(line);
@@ -69,7 +72,11 @@ pub fn expand_descendants(pids: &[u32], with_descendants: bool) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -119,11 +126,18 @@ pub fn parse_machine_cpu(stat: &str) -> (f64, f64) {
     let Some(line) = stat.lines().next() else {
         return (0.0, 0.0);
     };
-    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|value| value.parse().ok()).collect();
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal (guest time is inside user).
     let total: u64 = values.iter().take(8).sum();
     let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    ((total - idle) as f64 / TICKS_PER_SECOND, total as f64 / TICKS_PER_SECOND)
+    (
+        (total - idle) as f64 / TICKS_PER_SECOND,
+        total as f64 / TICKS_PER_SECOND,
+    )
 }
 
 /// This process.
@@ -150,7 +164,8 @@ mod tests {
 
     #[test]
     fn parses_status() {
-        let status = "Name:\tx\nVmPeak:\t 9000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nThreads:\t1\n";
+        let status =
+            "Name:\tx\nVmPeak:\t 9000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nThreads:\t1\n";
         assert_eq!(parse_status(status), (1024, 2048));
     }
 

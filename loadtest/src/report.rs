@@ -267,7 +267,9 @@ pub fn max_sustained_rate(stages: &[StageResult], p99_limit_ms: f64) -> Option<f
                 && stage.sent_per_second >= 0.95 * stage.target_rate
         })
         .map(|stage| stage.target_rate)
-        .fold(None, |best: Option<f64>, rate| Some(best.map_or(rate, |best| best.max(rate))))
+        .fold(None, |best: Option<f64>, rate| {
+            Some(best.map_or(rate, |best| best.max(rate)))
+        })
 }
 
 #[cfg(test)]
@@ -279,7 +281,11 @@ mod tests {
             target_rate: rate,
             sent_per_second: sent_rate,
             delivery_ratio: ratio,
-            latency_us: LatencySummary { count: 10, p99, ..Default::default() },
+            latency_us: LatencySummary {
+                count: 10,
+                p99,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -304,9 +310,19 @@ mod tests {
             tool: "starling-load",
             label: "test".into(),
             scenario: "chat".into(),
-            stanzas: Stanzas { sent: 10, delivered: 10, expected: 10, delivery_ratio: 1.0, ..Default::default() },
+            stanzas: Stanzas {
+                sent: 10,
+                delivered: 10,
+                expected: 10,
+                delivery_ratio: 1.0,
+                ..Default::default()
+            },
             stages: vec![stage(1000.0, 1000.0, 800, 1.0)],
-            server_process: ServerProcess { pids: vec![1], kib_per_session: Some(12.5), ..Default::default() },
+            server_process: ServerProcess {
+                pids: vec![1],
+                kib_per_session: Some(12.5),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let json: serde_json::Value = serde_json::to_value(&result).unwrap();

@@ -19,7 +19,10 @@ use tokio::time::{sleep, sleep_until};
 use crate::cli::{AccountSource, Args, Scenario};
 use crate::conn::{self, Credentials, Session, Target};
 use crate::procstat::{self, ProcSample};
-use crate::report::{self, ClientProcess, Connections, Logins, RunResult, ServerProcess, StageResult, Stanzas, Subscriptions};
+use crate::report::{
+    self, ClientProcess, Connections, Logins, RunResult, ServerProcess, StageResult, Stanzas,
+    Subscriptions,
+};
 use crate::sasl::{Mechanism, SaltedPasswordCache};
 use crate::stats::{self, ErrorKind, LatencySummary, Stats, MAX_STAGES};
 use crate::xml::{self, Event};
@@ -43,7 +46,11 @@ pub enum Phase {
     Setup,
     /// Sessions open, nothing sent (idle, and between stages).
     Hold,
-    Run { stage: usize, start: Instant, per_sender_rate: f64 },
+    Run {
+        stage: usize,
+        start: Instant,
+        per_sender_rate: f64,
+    },
     /// Stop sending, keep receiving.
     Drain,
     Close,
@@ -76,11 +83,20 @@ impl Shared {
 
     fn contacts(&self, index: usize) -> impl Iterator<Item = usize> + '_ {
         let users = self.users;
-        (1..=self.contacts_half).flat_map(move |distance| [(index + distance) % users, (index + users - distance) % users])
+        (1..=self.contacts_half).flat_map(move |distance| {
+            [
+                (index + distance) % users,
+                (index + users - distance) % users,
+            ]
+        })
     }
 
     fn jid(&self, index: usize) -> String {
-        format!("{}@{}", self.args.username(self.args.first_index + index), self.args.domain)
+        format!(
+            "{}@{}",
+            self.args.username(self.args.first_index + index),
+            self.args.domain
+        )
     }
 }
 
@@ -88,7 +104,10 @@ impl Shared {
 pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     stats::epoch();
     let started = Instant::now();
-    let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     raise_nofile_limit(args.users);
     let shared = Arc::new(build_shared(args)?);
     let args = &shared.args;
@@ -96,7 +115,11 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     if args.accounts_cmd.is_some() || args.accounts != AccountSource::Existing {
         create_accounts(&shared).await?;
         if args.accounts_only {
-            let mut result = RunResult { tool: "starling-load", scenario: "accounts".into(), ..Default::default() };
+            let mut result = RunResult {
+                tool: "starling-load",
+                scenario: "accounts".into(),
+                ..Default::default()
+            };
             result.errors = shared.stats.errors_by_kind();
             result.error_samples = shared.stats.error_samples.lock().clone();
             result.logins.ok = shared.stats.registered.load(Relaxed);
@@ -104,7 +127,9 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
         }
     }
 
-    let server_pids = |shared: &Shared| procstat::expand_descendants(&shared.args.server_pids, !shared.args.no_server_children);
+    let server_pids = |shared: &Shared| {
+        procstat::expand_descendants(&shared.args.server_pids, !shared.args.no_server_children)
+    };
     let sample_server = |shared: &Shared| procstat::sample(&server_pids(shared));
     let baseline = sample_server(&shared);
     let client_start = procstat::sample_self();
@@ -118,7 +143,8 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     tokio::spawn(async move {
         let mut spawned = 0;
         while spawned < ramp.users {
-            let due = ((ramp_start.elapsed().as_secs_f64() * ramp.args.ramp).ceil() as usize).clamp(1, ramp.users);
+            let due = ((ramp_start.elapsed().as_secs_f64() * ramp.args.ramp).ceil() as usize)
+                .clamp(1, ramp.users);
             while spawned < due {
                 ramp.tasks_alive.fetch_add(1, Relaxed);
                 tokio::spawn(user_task(ramp.clone(), spawned));
@@ -129,27 +155,39 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     });
     let login_deadline = ramp_start
         + Duration::from_secs_f64(
-            shared.users as f64 / args.ramp.max(0.001) + args.login_timeout * f64::from(args.login_retries + 1) + 10.0,
+            shared.users as f64 / args.ramp.max(0.001)
+                + args.login_timeout * f64::from(args.login_retries + 1)
+                + 10.0,
         );
     while shared.initial_settled.load(Relaxed) < shared.users && Instant::now() < login_deadline {
         sleep(Duration::from_millis(20)).await;
     }
     let initial_ok = shared.initial_ok.load(Relaxed);
-    let login_window = (shared.last_initial_login.load(Relaxed).saturating_sub(ramp_start_micros)) as f64 / 1e6;
+    let login_window = (shared
+        .last_initial_login
+        .load(Relaxed)
+        .saturating_sub(ramp_start_micros)) as f64
+        / 1e6;
     let after_login_cpu = sample_server(&shared).cpu_seconds;
 
     let mut stage_results = Vec::new();
     let mut subscriptions = None;
     let measure_memory = |shared: Arc<Shared>| async move {
         sleep(Duration::from_secs_f64(shared.args.settle)).await;
-        (sample_server(&shared), shared.stats.sessions_online.load(Relaxed))
+        (
+            sample_server(&shared),
+            shared.stats.sessions_online.load(Relaxed),
+        )
     };
 
     let (after_login, sessions_at_after_login) = if args.scenario != Scenario::LoginStorm {
         shared.phase_tx.send_replace(Phase::Hold);
         measure_memory(shared.clone()).await
     } else {
-        (sample_server(&shared), shared.stats.sessions_online.load(Relaxed))
+        (
+            sample_server(&shared),
+            shared.stats.sessions_online.load(Relaxed),
+        )
     };
 
     match args.scenario {
@@ -162,7 +200,9 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
             shared.phase_tx.send_replace(Phase::Setup);
             let deadline = setup_start + Duration::from_secs_f64(args.setup_timeout);
             let online = shared.stats.sessions_online.load(Relaxed);
-            while shared.stats.subscriptions_done.load(Relaxed) < online && Instant::now() < deadline {
+            while shared.stats.subscriptions_done.load(Relaxed) < online
+                && Instant::now() < deadline
+            {
                 sleep(Duration::from_millis(50)).await;
             }
             let done = shared.stats.subscriptions_done.load(Relaxed);
@@ -171,7 +211,10 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
                     format!("{done} of {online} users got all their subscriptions approved in time")
                 });
             }
-            subscriptions = Some(Subscriptions { users_done: done, seconds: setup_start.elapsed().as_secs_f64() });
+            subscriptions = Some(Subscriptions {
+                users_done: done,
+                seconds: setup_start.elapsed().as_secs_f64(),
+            });
             shared.phase_tx.send_replace(Phase::Hold);
             // Let the roster pushes and presence of the setup pass.
             sleep(Duration::from_secs(1)).await;
@@ -187,7 +230,8 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     let per_stanza = recipients_per_stanza(&shared) as u64;
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain);
     if shared.stats.sent.load(Relaxed) > 0 {
-        while shared.stats.delivered.load(Relaxed) < shared.stats.sent.load(Relaxed) * per_stanza && Instant::now() < drain_deadline
+        while shared.stats.delivered.load(Relaxed) < shared.stats.sent.load(Relaxed) * per_stanza
+            && Instant::now() < drain_deadline
         {
             sleep(Duration::from_millis(20)).await;
         }
@@ -219,9 +263,14 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     let measured_seconds: f64 = stage_results.iter().map(|stage| stage.seconds).sum();
     let mut all_latency = stats::new_histogram();
     for stage in &stage_results {
-        all_latency.add(stats.stages[stage.index].latency.merged()).expect("same bounds");
+        all_latency
+            .add(stats.stages[stage.index].latency.merged())
+            .expect("same bounds");
     }
-    let stage_cpu: f64 = stage_results.iter().map(|stage| stage.server_cpu_seconds).sum();
+    let stage_cpu: f64 = stage_results
+        .iter()
+        .map(|stage| stage.server_cpu_seconds)
+        .sum();
     let stage_delivered_in_windows: f64 = stage_results
         .iter()
         .map(|stage| stage.delivered_per_second * stage.seconds)
@@ -230,7 +279,11 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
     let login_cpu = after_login_cpu - baseline.cpu_seconds;
     let p99_limit_ms = args.stop_p99_ms.unwrap_or(50.0);
     let attempts = stats.connect_attempts.load(Relaxed);
-    let connect_errors = stats.errors[ErrorKind::ALL.iter().position(|kind| *kind == ErrorKind::Connect).expect("listed")].load(Relaxed);
+    let connect_errors = stats.errors[ErrorKind::ALL
+        .iter()
+        .position(|kind| *kind == ErrorKind::Connect)
+        .expect("listed")]
+    .load(Relaxed);
 
     let error_samples = stats.error_samples.lock().clone();
     let result = RunResult {
@@ -244,26 +297,41 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
         users: shared.users,
         ramp_per_second: args.ramp,
         stage_seconds: args.duration,
-        target_rates: if matches!(args.scenario, Scenario::Chat | Scenario::Mixed | Scenario::PresenceFanout) {
+        target_rates: if matches!(
+            args.scenario,
+            Scenario::Chat | Scenario::Mixed | Scenario::PresenceFanout
+        ) {
             args.stage_rates()
         } else {
             Vec::new()
         },
-        contacts: if args.scenario == Scenario::PresenceFanout { shared.contacts_half * 2 } else { 0 },
+        contacts: if args.scenario == Scenario::PresenceFanout {
+            shared.contacts_half * 2
+        } else {
+            0
+        },
         workers: args.workers,
         started_unix,
         wall_seconds: wall,
         connections: Connections {
             attempts,
             established: attempts.saturating_sub(connect_errors),
-            per_second: if login_window > 0.0 { initial_ok as f64 / login_window } else { 0.0 },
+            per_second: if login_window > 0.0 {
+                initial_ok as f64 / login_window
+            } else {
+                0.0
+            },
         },
         logins: Logins {
             ok: stats.logins_ok.load(Relaxed),
             failed: stats.logins_failed.load(Relaxed),
             initial_ok,
             window_seconds: login_window,
-            per_second: if login_window > 0.0 { initial_ok as f64 / login_window } else { 0.0 },
+            per_second: if login_window > 0.0 {
+                initial_ok as f64 / login_window
+            } else {
+                0.0
+            },
             reconnects: stats.reconnects.load(Relaxed),
             latency_us: LatencySummary::of(&stats.login_latency.merged()),
         },
@@ -272,8 +340,16 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
             delivered,
             expected: sent * per_stanza,
             delivery_ratio: ratio(delivered, sent * per_stanza),
-            sent_per_second: if measured_seconds > 0.0 { sent as f64 / measured_seconds } else { 0.0 },
-            delivered_per_second: if measured_seconds > 0.0 { stage_delivered_in_windows / measured_seconds } else { 0.0 },
+            sent_per_second: if measured_seconds > 0.0 {
+                sent as f64 / measured_seconds
+            } else {
+                0.0
+            },
+            delivered_per_second: if measured_seconds > 0.0 {
+                stage_delivered_in_windows / measured_seconds
+            } else {
+                0.0
+            },
             out_of_order: stats.out_of_order.load(Relaxed),
             other_presence_received: stats.presence_received.load(Relaxed),
             iq_answered: stats.iq_answered.load(Relaxed),
@@ -292,12 +368,14 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
             end,
             sessions_at_after_login,
             cpu_seconds_logins: login_cpu,
-            cpu_us_per_login: (have_server && initial_ok > 0).then(|| login_cpu * 1e6 / initial_ok as f64),
+            cpu_us_per_login: (have_server && initial_ok > 0)
+                .then(|| login_cpu * 1e6 / initial_ok as f64),
             cpu_seconds_stages: stage_cpu,
             cpu_us_per_delivered: (have_server && stage_delivered_in_windows > 0.0)
                 .then(|| stage_cpu * 1e6 / stage_delivered_in_windows),
             kib_per_session: (have_server && sessions_at_after_login > 0).then(|| {
-                (after_login.rss_kib as f64 - baseline.rss_kib as f64) / sessions_at_after_login as f64
+                (after_login.rss_kib as f64 - baseline.rss_kib as f64)
+                    / sessions_at_after_login as f64
             }),
             peak_rss_kib: end.hwm_kib.max(after_login.hwm_kib),
         },
@@ -329,7 +407,10 @@ fn recipients_per_stanza(shared: &Shared) -> usize {
 }
 
 /// Run each stage for `--duration`, measuring the server over its window.
-async fn run_stages(shared: &Arc<Shared>, sample_server: &impl Fn(&Shared) -> ProcSample) -> Vec<StageResult> {
+async fn run_stages(
+    shared: &Arc<Shared>,
+    sample_server: &impl Fn(&Shared) -> ProcSample,
+) -> Vec<StageResult> {
     let args = &shared.args;
     let mut results = Vec::new();
     let per_stanza = recipients_per_stanza(shared) as u64;
@@ -341,7 +422,11 @@ async fn run_stages(shared: &Arc<Shared>, sample_server: &impl Fn(&Shared) -> Pr
         let delivered_before = shared.stats.delivered.load(Relaxed);
         let start = Instant::now();
         let per_sender_rate = rate / shared.senders.max(1) as f64;
-        shared.phase_tx.send_replace(Phase::Run { stage, start, per_sender_rate });
+        shared.phase_tx.send_replace(Phase::Run {
+            stage,
+            start,
+            per_sender_rate,
+        });
         sleep(Duration::from_secs_f64(args.duration)).await;
         let seconds = start.elapsed().as_secs_f64();
         shared.phase_tx.send_replace(Phase::Hold);
@@ -372,7 +457,9 @@ async fn run_stages(shared: &Arc<Shared>, sample_server: &impl Fn(&Shared) -> Pr
             machine_cpu_percent: (machine_after.0 - machine_before.0) / seconds * 100.0,
         };
         let failed = result.latency_us.count == 0
-            || args.stop_p99_ms.is_some_and(|limit| result.latency_us.p99 as f64 > limit * 1000.0)
+            || args
+                .stop_p99_ms
+                .is_some_and(|limit| result.latency_us.p99 as f64 > limit * 1000.0)
             || result.delivery_ratio < 0.99;
         if !args.quiet {
             eprintln!(
@@ -398,25 +485,43 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
     if args.ramp <= 0.0 {
         bail!("--ramp must be positive");
     }
-    let server: SocketAddr = args.server.parse().with_context(|| format!("--server {} is not an ip:port", args.server))?;
+    let server: SocketAddr = args
+        .server
+        .parse()
+        .with_context(|| format!("--server {} is not an ip:port", args.server))?;
     let mut mechanisms = Vec::new();
     for name in &args.mechanisms {
-        mechanisms.push(Mechanism::from_name(name).with_context(|| format!("unknown SASL mechanism {name}"))?);
+        mechanisms.push(
+            Mechanism::from_name(name).with_context(|| format!("unknown SASL mechanism {name}"))?,
+        );
     }
     let mut source_addrs = args.source_addrs.clone();
-    if source_addrs.is_empty() && server.ip().is_loopback() && server.is_ipv4() && users > CONNECTIONS_PER_SOURCE {
+    if source_addrs.is_empty()
+        && server.ip().is_loopback()
+        && server.is_ipv4()
+        && users > CONNECTIONS_PER_SOURCE
+    {
         let count = users.div_ceil(CONNECTIONS_PER_SOURCE);
-        source_addrs = (0..count).map(|offset| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + offset as u8))).collect();
+        source_addrs = (0..count)
+            .map(|offset| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + offset as u8)))
+            .collect();
     }
     let contacts_half = args.contacts.div_ceil(2);
     if args.scenario == Scenario::PresenceFanout && contacts_half * 2 >= users {
-        bail!("presence-fanout needs more users ({users}) than contacts per user ({})", contacts_half * 2);
+        bail!(
+            "presence-fanout needs more users ({users}) than contacts per user ({})",
+            contacts_half * 2
+        );
     }
     let is_sender: Vec<bool> = match args.scenario {
         Scenario::Chat | Scenario::PresenceFanout => vec![true; users],
         Scenario::Mixed => {
             let fraction = args.chatters.clamp(0.0, 1.0);
-            (0..users).map(|index| ((index + 1) as f64 * fraction).floor() > (index as f64 * fraction).floor()).collect()
+            (0..users)
+                .map(|index| {
+                    ((index + 1) as f64 * fraction).floor() > (index as f64 * fraction).floor()
+                })
+                .collect()
         }
         Scenario::LoginStorm | Scenario::Idle => vec![false; users],
     };
@@ -486,11 +591,16 @@ async fn create_accounts(shared: &Arc<Shared>) -> anyhow::Result<()> {
             let args = &shared.args;
             let number = args.first_index + index;
             let outcome = match &args.accounts_cmd {
-                Some(template) => run_account_command(&args.account_command(template, number)).await,
+                Some(template) => {
+                    run_account_command(&args.account_command(template, number)).await
+                }
                 None => {
                     let username = args.username(number);
                     let password = args.password_of(number);
-                    let credentials = Credentials { username: &username, password: &password };
+                    let credentials = Credentials {
+                        username: &username,
+                        password: &password,
+                    };
                     match tokio::time::timeout(
                         Duration::from_secs_f64(args.login_timeout),
                         conn::register(&shared.target, index, &credentials),
@@ -511,7 +621,11 @@ async fn create_accounts(shared: &Arc<Shared>) -> anyhow::Result<()> {
             }
         }));
         if !args.quiet && index > 0 && index % 1000 == 0 {
-            eprintln!("accounts: {index} of {} started ({:.0}s)", shared.users, started.elapsed().as_secs_f64());
+            eprintln!(
+                "accounts: {index} of {} started ({:.0}s)",
+                shared.users,
+                started.elapsed().as_secs_f64()
+            );
         }
     }
     for handle in handles {
@@ -526,7 +640,10 @@ async fn create_accounts(shared: &Arc<Shared>) -> anyhow::Result<()> {
         );
     }
     if created == 0 {
-        bail!("no account could be created: {:?}", shared.stats.error_samples.lock());
+        bail!(
+            "no account could be created: {:?}",
+            shared.stats.error_samples.lock()
+        );
     }
     Ok(())
 }
@@ -549,7 +666,10 @@ async fn run_account_command(command: &str) -> Result<(), (ErrorKind, String)> {
     if text.contains("exist") || text.contains("conflict") {
         return Ok(());
     }
-    Err((ErrorKind::AccountCommand, format!("{command}: {} {}", output.status, stderr.trim())))
+    Err((
+        ErrorKind::AccountCommand,
+        format!("{command}: {} {}", output.status, stderr.trim()),
+    ))
 }
 
 /// The per-user state that survives reconnects.
@@ -567,6 +687,7 @@ struct UserState {
     last_sequence_received: u64,
     subscribed: usize,
     setup_sent: bool,
+    subscribes_sent: bool,
     salted_cache: Option<SaltedPasswordCache>,
     /// `user@domain`, to recognise the copy of its own presence that the
     /// server sends back (RFC 6121 section 4.4.2).
@@ -597,6 +718,7 @@ async fn user_task(shared: Arc<Shared>, index: usize) {
         last_sequence_received: 0,
         subscribed: 0,
         setup_sent: false,
+        subscribes_sent: false,
         salted_cache: None,
         bare_jid: shared.jid(index).into_bytes(),
     };
@@ -609,17 +731,28 @@ async fn user_task(shared: Arc<Shared>, index: usize) {
         }
         shared.stats.connect_attempts.fetch_add(1, Relaxed);
         let attempt_start = Instant::now();
-        let credentials = Credentials { username: &username, password: &password };
-        let outcome =
-            tokio::time::timeout(login_timeout, conn::login(&shared.target, index, &credentials, &mut state.salted_cache)).await;
+        let credentials = Credentials {
+            username: &username,
+            password: &password,
+        };
+        let outcome = tokio::time::timeout(
+            login_timeout,
+            conn::login(&shared.target, index, &credentials, &mut state.salted_cache),
+        )
+        .await;
         match outcome {
             Ok(Ok(session)) => {
-                shared.stats.login_latency.record(index, attempt_start.elapsed().as_micros() as u64);
+                shared
+                    .stats
+                    .login_latency
+                    .record(index, attempt_start.elapsed().as_micros() as u64);
                 shared.stats.logins_ok.fetch_add(1, Relaxed);
                 if initial {
                     initial = false;
                     shared.initial_ok.fetch_add(1, Relaxed);
-                    shared.last_initial_login.fetch_max(stats::now_micros(), Relaxed);
+                    shared
+                        .last_initial_login
+                        .fetch_max(stats::now_micros(), Relaxed);
                     shared.initial_settled.fetch_add(1, Relaxed);
                 }
                 failures = 0;
@@ -640,11 +773,15 @@ async fn user_task(shared: Arc<Shared>, index: usize) {
             }
             Ok(Err(error)) => {
                 shared.stats.logins_failed.fetch_add(1, Relaxed);
-                shared.stats.error(error.kind, || format!("{username}: {}", error.message));
+                shared
+                    .stats
+                    .error(error.kind, || format!("{username}: {}", error.message));
             }
             Err(_) => {
                 shared.stats.logins_failed.fetch_add(1, Relaxed);
-                shared.stats.error(ErrorKind::Timeout, || format!("{username}: login timed out"));
+                shared.stats.error(ErrorKind::Timeout, || {
+                    format!("{username}: login timed out")
+                });
             }
         }
         failures += 1;
@@ -665,9 +802,15 @@ fn build_template(shared: &Shared, index: usize) -> (Vec<u8>, usize) {
     let args = &shared.args;
     let padding = "x".repeat(args.body_size);
     let (head, tail) = match args.scenario {
-        Scenario::PresenceFanout => ("<presence><status>".to_string(), format!("{padding}</status></presence>")),
+        Scenario::PresenceFanout => (
+            "<presence><status>".to_string(),
+            format!("{padding}</status></presence>"),
+        ),
         Scenario::Chat | Scenario::Mixed if shared.partner[index] != usize::MAX => (
-            format!("<message to='{}' type='chat' id='lt'><body>", xml::escape(&shared.jid(shared.partner[index]))),
+            format!(
+                "<message to='{}' type='chat' id='lt'><body>",
+                xml::escape(&shared.jid(shared.partner[index]))
+            ),
             format!("{padding}</body></message>"),
         ),
         _ => return (Vec::new(), 0),
@@ -723,12 +866,18 @@ fn append_stanzas(state: &mut UserState, out: &mut Vec<u8>, count: u64, stage: u
     }
 }
 
-async fn session_loop(shared: &Arc<Shared>, mut session: Session, state: &mut UserState) -> SessionEnd {
+async fn session_loop(
+    shared: &Arc<Shared>,
+    mut session: Session,
+    state: &mut UserState,
+) -> SessionEnd {
     let args = &shared.args;
     let mut phase_rx = shared.phase_tx.subscribe();
     let mut out: Vec<u8> = Vec::new();
     let is_sender = shared.is_sender[state.index] && !state.template.is_empty();
-    let reconnects = args.scenario == Scenario::Mixed && !shared.is_sender[state.index] && args.reconnect_rate > 0.0;
+    let reconnects = args.scenario == Scenario::Mixed
+        && !shared.is_sender[state.index]
+        && args.reconnect_rate > 0.0;
     let idle_users = (shared.users - shared.senders).max(1) as f64;
     let reconnect_at = reconnects.then(|| {
         let mean = idle_users / args.reconnect_rate;
@@ -747,6 +896,17 @@ async fn session_loop(shared: &Arc<Shared>, mut session: Session, state: &mut Us
         }
         if phase == Phase::Setup && !state.setup_sent && args.scenario == Scenario::PresenceFanout {
             state.setup_sent = true;
+            if session.roster_both >= shared.contacts_half * 2 {
+                // Subscribed in an earlier run already (the roster says so).
+                state.subscribed = shared.contacts_half * 2;
+                shared.stats.subscriptions_done.fetch_add(1, Relaxed);
+            }
+        }
+        if phase == Phase::Setup
+            && state.subscribed < shared.contacts_half * 2
+            && !state.subscribes_sent
+        {
+            state.subscribes_sent = true;
             for contact in shared.contacts(state.index) {
                 out.extend_from_slice(b"<presence type='subscribe' to='");
                 out.extend_from_slice(xml::escape(&shared.jid(contact)).as_bytes());
@@ -755,14 +915,20 @@ async fn session_loop(shared: &Arc<Shared>, mut session: Session, state: &mut Us
         }
         // When is the next batch due?
         let mut next_send = None;
-        if let Phase::Run { stage, start, per_sender_rate } = phase {
+        if let Phase::Run {
+            stage,
+            start,
+            per_sender_rate,
+        } = phase
+        {
             if is_sender && per_sender_rate > 0.0 {
                 if state.plan_stage != stage {
                     state.plan_stage = stage;
                     state.stage_sent = 0;
                 }
                 let elapsed = start.elapsed().as_secs_f64();
-                let due = ((elapsed * per_sender_rate + state.offset).floor() as u64).saturating_sub(state.stage_sent);
+                let due = ((elapsed * per_sender_rate + state.offset).floor() as u64)
+                    .saturating_sub(state.stage_sent);
                 if due > 0 && last_batch.elapsed() >= MIN_SEND_GAP {
                     let count = due.min(MAX_BATCH);
                     append_stanzas(state, &mut out, count, stage);
@@ -786,7 +952,8 @@ async fn session_loop(shared: &Arc<Shared>, mut session: Session, state: &mut Us
                 out.shrink_to(4096);
             }
         }
-        let reconnect_armed = reconnect_at.filter(|_| matches!(phase, Phase::Run { .. } | Phase::Hold));
+        let reconnect_armed =
+            reconnect_at.filter(|_| matches!(phase, Phase::Run { .. } | Phase::Hold));
         tokio::select! {
             changed = phase_rx.changed() => {
                 if changed.is_err() {
@@ -824,7 +991,12 @@ async fn session_loop(shared: &Arc<Shared>, mut session: Session, state: &mut Us
 }
 
 /// Handle every complete element in the buffer; answers go to `out`.
-fn process_incoming(shared: &Shared, session: &mut Session, state: &mut UserState, out: &mut Vec<u8>) -> Result<(), ErrorKind> {
+fn process_incoming(
+    shared: &Shared,
+    session: &mut Session,
+    state: &mut UserState,
+    out: &mut Vec<u8>,
+) -> Result<(), ErrorKind> {
     let stats = &shared.stats;
     let check_order = matches!(shared.args.scenario, Scenario::Chat | Scenario::Mixed);
     while let Some(event) = session.scanner.next(&session.buffer) {
@@ -838,7 +1010,9 @@ fn process_incoming(shared: &Shared, session: &mut Session, state: &mut UserStat
         let kind = xml::attribute(element, "type");
         match name {
             b"message" | b"presence" if kind == Some(b"error") => {
-                stats.error(ErrorKind::StanzaError, || String::from_utf8_lossy(element).into_owned());
+                stats.error(ErrorKind::StanzaError, || {
+                    String::from_utf8_lossy(element).into_owned()
+                });
             }
             b"message" => {
                 if let Some((timestamp, sequence, stage)) = parse_marker(element) {
@@ -913,7 +1087,8 @@ async fn progress_loop(shared: Arc<Shared>) {
     let start = Instant::now();
     let mut previous = (0u64, 0u64, 0u64);
     let mut previous_cpu = procstat::sample_self().cpu_seconds;
-    let pids = procstat::expand_descendants(&shared.args.server_pids, !shared.args.no_server_children);
+    let pids =
+        procstat::expand_descendants(&shared.args.server_pids, !shared.args.no_server_children);
     let mut previous_server_cpu = procstat::sample(&pids).cpu_seconds;
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -973,7 +1148,8 @@ mod tests {
 
     #[test]
     fn marker_round_trip() {
-        let mut out = b"<message><body>LT:0000000000000000:0000000000:00xx</body></message>".to_vec();
+        let mut out =
+            b"<message><body>LT:0000000000000000:0000000000:00xx</body></message>".to_vec();
         let at = memchr::memmem::find(&out, MARKER).unwrap();
         write_digits(&mut out[at + 3..at + 19], 1_234_567);
         write_digits(&mut out[at + 20..at + 30], 42);

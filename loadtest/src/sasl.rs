@@ -59,7 +59,9 @@ impl std::fmt::Display for ScramError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ScramError::MalformedServerFirst => write!(formatter, "malformed server-first-message"),
-            ScramError::NonceMismatch => write!(formatter, "server nonce does not extend the client nonce"),
+            ScramError::NonceMismatch => {
+                write!(formatter, "server nonce does not extend the client nonce")
+            }
             ScramError::IterationCount => write!(formatter, "unacceptable iteration count"),
             ScramError::MalformedServerFinal => write!(formatter, "malformed server-final-message"),
             ScramError::ServerError(error) => write!(formatter, "server error {error}"),
@@ -123,7 +125,8 @@ impl ScramClient {
         server_first: &[u8],
         cache: &mut Option<SaltedPasswordCache>,
     ) -> Result<String, ScramError> {
-        let server_first = std::str::from_utf8(server_first).map_err(|_| ScramError::MalformedServerFirst)?;
+        let server_first =
+            std::str::from_utf8(server_first).map_err(|_| ScramError::MalformedServerFirst)?;
         let mut nonce = None;
         let mut salt = None;
         let mut iterations = None;
@@ -131,9 +134,17 @@ impl ScramClient {
             if let Some(value) = part.strip_prefix("r=") {
                 nonce = Some(value);
             } else if let Some(value) = part.strip_prefix("s=") {
-                salt = Some(BASE64.decode(value).map_err(|_| ScramError::MalformedServerFirst)?);
+                salt = Some(
+                    BASE64
+                        .decode(value)
+                        .map_err(|_| ScramError::MalformedServerFirst)?,
+                );
             } else if let Some(value) = part.strip_prefix("i=") {
-                iterations = Some(value.parse::<u32>().map_err(|_| ScramError::IterationCount)?);
+                iterations = Some(
+                    value
+                        .parse::<u32>()
+                        .map_err(|_| ScramError::IterationCount)?,
+                );
             } else if part.starts_with("m=") {
                 return Err(ScramError::MalformedServerFirst);
             }
@@ -148,27 +159,44 @@ impl ScramClient {
             return Err(ScramError::IterationCount);
         }
         let salted_password = match cache {
-            Some(cached) if cached.salt == salt && cached.iterations == iterations => cached.salted_password.clone(),
+            Some(cached) if cached.salt == salt && cached.iterations == iterations => {
+                cached.salted_password.clone()
+            }
             _ => {
                 let derived = self.salted_password(&salt, iterations);
-                *cache = Some(SaltedPasswordCache { salt, iterations, salted_password: derived.clone() });
+                *cache = Some(SaltedPasswordCache {
+                    salt,
+                    iterations,
+                    salted_password: derived.clone(),
+                });
                 derived
             }
         };
         let client_final_without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{},{},{}", self.client_first_bare, server_first, client_final_without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, server_first, client_final_without_proof
+        );
         let client_key = self.hmac(&salted_password, b"Client Key");
         let stored_key = self.hash(&client_key);
         let client_signature = self.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(&client_signature).map(|(key, signature)| key ^ signature).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&client_signature)
+            .map(|(key, signature)| key ^ signature)
+            .collect();
         let server_key = self.hmac(&salted_password, b"Server Key");
         self.expected_server_signature = self.hmac(&server_key, auth_message.as_bytes());
-        Ok(format!("{client_final_without_proof},p={}", BASE64.encode(proof)))
+        Ok(format!(
+            "{client_final_without_proof},p={}",
+            BASE64.encode(proof)
+        ))
     }
 
     /// Check the server-final-message (`v=...` or `e=...`).
     pub fn verify_server_final(&self, server_final: &[u8]) -> Result<(), ScramError> {
-        let server_final = std::str::from_utf8(server_final).map_err(|_| ScramError::MalformedServerFinal)?;
+        let server_final =
+            std::str::from_utf8(server_final).map_err(|_| ScramError::MalformedServerFinal)?;
         if let Some(error) = server_final.strip_prefix("e=") {
             return Err(ScramError::ServerError(error.to_string()));
         }
@@ -176,7 +204,9 @@ impl ScramClient {
             .split(',')
             .find_map(|part| part.strip_prefix("v="))
             .ok_or(ScramError::MalformedServerFinal)?;
-        let signature = BASE64.decode(signature).map_err(|_| ScramError::MalformedServerFinal)?;
+        let signature = BASE64
+            .decode(signature)
+            .map_err(|_| ScramError::MalformedServerFinal)?;
         if signature != self.expected_server_signature {
             return Err(ScramError::BadServerSignature);
         }
@@ -187,14 +217,24 @@ impl ScramClient {
         match self.mechanism {
             Mechanism::ScramSha1 => {
                 let mut output = [0u8; 20];
-                pbkdf2::pbkdf2::<Hmac<Sha1>>(self.password.as_bytes(), salt, iterations, &mut output)
-                    .expect("hmac accepts any key length");
+                pbkdf2::pbkdf2::<Hmac<Sha1>>(
+                    self.password.as_bytes(),
+                    salt,
+                    iterations,
+                    &mut output,
+                )
+                .expect("hmac accepts any key length");
                 output.to_vec()
             }
             _ => {
                 let mut output = [0u8; 32];
-                pbkdf2::pbkdf2::<Hmac<Sha256>>(self.password.as_bytes(), salt, iterations, &mut output)
-                    .expect("hmac accepts any key length");
+                pbkdf2::pbkdf2::<Hmac<Sha256>>(
+                    self.password.as_bytes(),
+                    salt,
+                    iterations,
+                    &mut output,
+                )
+                .expect("hmac accepts any key length");
                 output.to_vec()
             }
         }
@@ -203,12 +243,14 @@ impl ScramClient {
     fn hmac(&self, key: &[u8], data: &[u8]) -> Vec<u8> {
         match self.mechanism {
             Mechanism::ScramSha1 => {
-                let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("hmac accepts any key length");
+                let mut mac =
+                    Hmac::<Sha1>::new_from_slice(key).expect("hmac accepts any key length");
                 mac.update(data);
                 mac.finalize().into_bytes().to_vec()
             }
             _ => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("hmac accepts any key length");
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(key).expect("hmac accepts any key length");
                 mac.update(data);
                 mac.finalize().into_bytes().to_vec()
             }
@@ -231,25 +273,46 @@ mod tests {
     /// RFC 5802 section 5.
     #[test]
     fn scram_sha1_rfc5802_vector() {
-        let mut client = ScramClient::new(Mechanism::ScramSha1, "user", "pencil", "fyko+d2lbbFgONRv9qkxdawL");
-        assert_eq!(client.client_first(), "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL");
+        let mut client = ScramClient::new(
+            Mechanism::ScramSha1,
+            "user",
+            "pencil",
+            "fyko+d2lbbFgONRv9qkxdawL",
+        );
+        assert_eq!(
+            client.client_first(),
+            "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"
+        );
         let mut cache = None;
         let client_final = client
-            .client_final(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096", &mut cache)
+            .client_final(
+                b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+                &mut cache,
+            )
             .unwrap();
         assert_eq!(
             client_final,
             "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
         );
-        client.verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=").unwrap();
-        assert_eq!(client.verify_server_final(b"v=AAAA"), Err(ScramError::BadServerSignature));
+        client
+            .verify_server_final(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+            .unwrap();
+        assert_eq!(
+            client.verify_server_final(b"v=AAAA"),
+            Err(ScramError::BadServerSignature)
+        );
         assert!(cache.is_some());
     }
 
     /// RFC 7677 section 3.
     #[test]
     fn scram_sha256_rfc7677_vector() {
-        let mut client = ScramClient::new(Mechanism::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
+        let mut client = ScramClient::new(
+            Mechanism::ScramSha256,
+            "user",
+            "pencil",
+            "rOprNGfwEbeRWgbNEkqO",
+        );
         assert_eq!(client.client_first(), "n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
         let server_first = b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let mut cache = None;
@@ -258,10 +321,20 @@ mod tests {
             client_final,
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
         );
-        client.verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=").unwrap();
+        client
+            .verify_server_final(b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=")
+            .unwrap();
         // A second exchange with the cached SaltedPassword gives the same proof.
-        let mut again = ScramClient::new(Mechanism::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO");
-        assert_eq!(again.client_final(server_first, &mut cache).unwrap(), client_final);
+        let mut again = ScramClient::new(
+            Mechanism::ScramSha256,
+            "user",
+            "pencil",
+            "rOprNGfwEbeRWgbNEkqO",
+        );
+        assert_eq!(
+            again.client_final(server_first, &mut cache).unwrap(),
+            client_final
+        );
     }
 
     #[test]
@@ -269,10 +342,22 @@ mod tests {
         let mut client = ScramClient::new(Mechanism::ScramSha256, "a,b=c", "p", "abc");
         assert_eq!(client.client_first(), "n,,n=a=2Cb=3Dc,r=abc");
         let mut cache = None;
-        assert_eq!(client.client_final(b"r=xyz123,s=QSXCR+Q6sek8bf92,i=4096", &mut cache), Err(ScramError::NonceMismatch));
-        assert_eq!(client.client_final(b"r=abc,s=QSXCR+Q6sek8bf92,i=4096", &mut cache), Err(ScramError::NonceMismatch));
-        assert_eq!(client.client_final(b"r=abcd,s=QSXCR+Q6sek8bf92", &mut cache), Err(ScramError::MalformedServerFirst));
-        assert_eq!(client.client_final(b"r=abcd,s=QSXCR+Q6sek8bf92,i=0", &mut cache), Err(ScramError::IterationCount));
+        assert_eq!(
+            client.client_final(b"r=xyz123,s=QSXCR+Q6sek8bf92,i=4096", &mut cache),
+            Err(ScramError::NonceMismatch)
+        );
+        assert_eq!(
+            client.client_final(b"r=abc,s=QSXCR+Q6sek8bf92,i=4096", &mut cache),
+            Err(ScramError::NonceMismatch)
+        );
+        assert_eq!(
+            client.client_final(b"r=abcd,s=QSXCR+Q6sek8bf92", &mut cache),
+            Err(ScramError::MalformedServerFirst)
+        );
+        assert_eq!(
+            client.client_final(b"r=abcd,s=QSXCR+Q6sek8bf92,i=0", &mut cache),
+            Err(ScramError::IterationCount)
+        );
         assert_eq!(
             client.verify_server_final(b"e=invalid-proof"),
             Err(ScramError::ServerError("invalid-proof".into()))
@@ -281,7 +366,13 @@ mod tests {
 
     #[test]
     fn plain_message() {
-        assert_eq!(plain_initial_response("user", "pencil"), b"\0user\0pencil".to_vec());
-        assert_eq!(Mechanism::from_name("scram-sha-1"), Some(Mechanism::ScramSha1));
+        assert_eq!(
+            plain_initial_response("user", "pencil"),
+            b"\0user\0pencil".to_vec()
+        );
+        assert_eq!(
+            Mechanism::from_name("scram-sha-1"),
+            Some(Mechanism::ScramSha1)
+        );
     }
 }

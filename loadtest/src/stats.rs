@@ -96,7 +96,9 @@ impl Default for ShardedHistogram {
 
 impl ShardedHistogram {
     pub fn new() -> Self {
-        ShardedHistogram { shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect() }
+        ShardedHistogram {
+            shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+        }
     }
 
     pub fn record(&self, shard_hint: usize, micros: u64) {
@@ -220,7 +222,10 @@ impl Stats {
 
     /// Count an error; keep the first few messages as samples for the report.
     pub fn error(&self, kind: ErrorKind, message: impl FnOnce() -> String) {
-        let index = ErrorKind::ALL.iter().position(|candidate| *candidate == kind).expect("listed");
+        let index = ErrorKind::ALL
+            .iter()
+            .position(|candidate| *candidate == kind)
+            .expect("listed");
         let previous = self.errors[index].fetch_add(1, Ordering::Relaxed);
         if previous < 3 {
             let mut samples = self.error_samples.lock();
@@ -231,7 +236,10 @@ impl Stats {
     }
 
     pub fn error_total(&self) -> u64 {
-        self.errors.iter().map(|count| count.load(Ordering::Relaxed)).sum()
+        self.errors
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn errors_by_kind(&self) -> std::collections::BTreeMap<&'static str, u64> {
@@ -262,8 +270,14 @@ mod tests {
         assert!((499..=501).contains(&summary.p50), "{summary:?}");
         assert!((989..=991).contains(&summary.p99), "{summary:?}");
         // The out-of-range value is clamped, not lost.
-        assert!(summary.max >= MAX_LATENCY_MICROS && summary.max <= MAX_LATENCY_MICROS + MAX_LATENCY_MICROS / 500);
-        assert_eq!(LatencySummary::of(&new_histogram()), LatencySummary::default());
+        assert!(
+            summary.max >= MAX_LATENCY_MICROS
+                && summary.max <= MAX_LATENCY_MICROS + MAX_LATENCY_MICROS / 500
+        );
+        assert_eq!(
+            LatencySummary::of(&new_histogram()),
+            LatencySummary::default()
+        );
     }
 
     #[test]

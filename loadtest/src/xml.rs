@@ -153,7 +153,14 @@ pub fn name(element: &[u8]) -> &[u8] {
     let body = &element[1..];
     let end = body
         .iter()
-        .position(|&byte| byte == b' ' || byte == b'>' || byte == b'/' || byte == b'\t' || byte == b'\n' || byte == b'\r')
+        .position(|&byte| {
+            byte == b' '
+                || byte == b'>'
+                || byte == b'/'
+                || byte == b'\t'
+                || byte == b'\n'
+                || byte == b'\r'
+        })
         .unwrap_or(body.len());
     &body[..end]
 }
@@ -262,7 +269,11 @@ pub fn mechanisms(features: &[u8]) -> Vec<String> {
         let Some(end) = memchr::memchr(b'<', &features[start..]) else {
             break;
         };
-        names.push(String::from_utf8_lossy(&features[start..start + end]).trim().to_string());
+        names.push(
+            String::from_utf8_lossy(&features[start..start + end])
+                .trim()
+                .to_string(),
+        );
         from = start + end;
     }
     names
@@ -296,12 +307,14 @@ mod tests {
             buffer.extend_from_slice(piece);
             while let Some(event) = scanner.next(&buffer) {
                 match event {
-                    Event::StreamHeader(range) => {
-                        found.push(("header".into(), String::from_utf8_lossy(&buffer[range]).into_owned()))
-                    }
-                    Event::Element(range) => {
-                        found.push(("element".into(), String::from_utf8_lossy(&buffer[range]).into_owned()))
-                    }
+                    Event::StreamHeader(range) => found.push((
+                        "header".into(),
+                        String::from_utf8_lossy(&buffer[range]).into_owned(),
+                    )),
+                    Event::Element(range) => found.push((
+                        "element".into(),
+                        String::from_utf8_lossy(&buffer[range]).into_owned(),
+                    )),
                     Event::StreamEnd => found.push(("end".into(), String::new())),
                 }
             }
@@ -319,7 +332,10 @@ mod tests {
         let whole = events(STREAM, STREAM.len());
         assert_eq!(whole.len(), 6);
         assert_eq!(whole[0].0, "header");
-        assert!(whole[1].1.starts_with("<stream:features>") && whole[1].1.ends_with("</stream:features>"));
+        assert!(
+            whole[1].1.starts_with("<stream:features>")
+                && whole[1].1.ends_with("</stream:features>")
+        );
         assert!(whole[2].1.starts_with("<message") && whole[2].1.ends_with("</message>"));
         assert_eq!(whole[3].1, "<presence/>");
         assert_eq!(whole[4].1, "<iq type='result' id='r'><![CDATA[<x>]]></iq>");
@@ -342,7 +358,10 @@ mod tests {
         assert_eq!(text(b"<challenge xmlns='x'>abc=</challenge>"), b"abc=");
         assert_eq!(text(b"<success xmlns='x'/>"), b"");
         let features = b"<stream:features><mechanisms><mechanism>SCRAM-SHA-256</mechanism><mechanism>PLAIN</mechanism></mechanisms></stream:features>";
-        assert_eq!(mechanisms(features), vec!["SCRAM-SHA-256".to_string(), "PLAIN".to_string()]);
+        assert_eq!(
+            mechanisms(features),
+            vec!["SCRAM-SHA-256".to_string(), "PLAIN".to_string()]
+        );
         assert!(find_child(features, "mechanisms").is_some());
         assert!(find_child(features, "starttls").is_none());
     }

@@ -14,7 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
-#[command(name = "starling-load-sink", about = "A minimal XMPP reflector for measuring starling-load itself")]
+#[command(
+    name = "starling-load-sink",
+    about = "A minimal XMPP reflector for measuring starling-load itself"
+)]
 struct Args {
     /// Address to listen on (loopback).
     #[arg(long, default_value = "127.0.0.1:25999")]
@@ -29,14 +32,18 @@ struct Args {
 
 const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='sink' version='1.0'>";
 const FEATURES_AUTH: &[u8] = b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>";
-const FEATURES_BIND: &[u8] = b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>";
+const FEATURES_BIND: &[u8] =
+    b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(args.workers.max(1)).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers.max(1))
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(args.listen).await?;
         eprintln!("sink listening on {}", args.listen);
@@ -76,7 +83,11 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
             match event {
                 Event::StreamHeader(_) => {
                     out.extend_from_slice(HEADER);
-                    out.extend_from_slice(if authenticated { FEATURES_BIND } else { FEATURES_AUTH });
+                    out.extend_from_slice(if authenticated {
+                        FEATURES_BIND
+                    } else {
+                        FEATURES_AUTH
+                    });
                 }
                 Event::StreamEnd => {
                     out.extend_from_slice(b"</stream:stream>");
@@ -88,7 +99,9 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
                     match xml::name(element) {
                         b"message" => out.extend_from_slice(element),
                         b"auth" => {
-                            out.extend_from_slice(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+                            out.extend_from_slice(
+                                b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+                            );
                             authenticated = true;
                             restart = true;
                         }
