@@ -40,7 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use starling_api::{ConnId, RouterApi, ScramCredentials, StorageApi, StoredCredentials};
+use starling_api::{
+    ConnId, RouterApi, ScramCredentials, SessionRecord, StorageApi, StoredCredentials,
+};
 use starling_bus::{Bus, DeliveryReceiver};
 use starling_jid::BareJid;
 use starling_sasl::{ScramKeys, ServerSecret};
@@ -139,6 +141,25 @@ pub(crate) fn stored_credentials(sha1: ScramKeys, sha256: ScramKeys) -> StoredCr
     StoredCredentials {
         sha1: convert(sha1),
         sha256: convert(sha256),
+    }
+}
+
+/// The sessions bound on this node. After Redis lost the routing state (a
+/// restart without persistence), the node re-registers them from here: their
+/// full JIDs, addresses, availability, priority and last broadcast presence.
+#[derive(Clone)]
+pub struct LocalSessions {
+    shared: Arc<Shared>,
+}
+
+impl LocalSessions {
+    pub fn records(&self) -> Vec<SessionRecord> {
+        self.shared
+            .connections
+            .read()
+            .values()
+            .filter_map(|handle| handle.registry_view())
+            .collect()
     }
 }
 
@@ -284,6 +305,13 @@ impl BoundConnectionManager {
     /// like the TCP ones, when `run`'s shutdown signal comes.
     pub fn websocket_router(&self) -> axum::Router {
         websocket::router(Arc::clone(&self.shared), self.connections.clone())
+    }
+
+    /// A view of the sessions bound on this node, as the registry should know them.
+    pub fn local_sessions(&self) -> LocalSessions {
+        LocalSessions {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Serve until `shutdown` resolves, then close every stream with <system-shutdown/>, call router.unbind for each session, and return when all connection tasks are gone (with a deadline of a few seconds).

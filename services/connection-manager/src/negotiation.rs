@@ -769,6 +769,7 @@ impl Negotiation {
         {
             Ok(jid) => {
                 tracing::info!(conn = self.conn, jid = %jid, "resource bound");
+                handle.set_bound(jid.clone(), addr.clone());
                 let mut result = stanza::iq_result(&iq);
                 result.append_child(
                     Element::new("bind", ns::BIND)

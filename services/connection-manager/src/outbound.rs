@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use starling_api::ConnId;
+use starling_api::{ConnId, SessionAddr, SessionRecord};
+use starling_jid::FullJid;
 use starling_xmpp::{Element, StreamError, StreamErrorCondition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -103,6 +104,9 @@ pub(crate) struct ConnectionHandle {
     stop_reading: CancellationToken,
     /// Cancelled to abandon a write that the client does not read.
     abort_write: CancellationToken,
+    /// What the registry knows of this session, kept at the edge too so that
+    /// the node can re-register its sessions after Redis lost them.
+    registry_view: Mutex<Option<SessionRecord>>,
 }
 
 impl ConnectionHandle {
@@ -114,7 +118,46 @@ impl ConnectionHandle {
             notify: Notify::new(),
             stop_reading: CancellationToken::new(),
             abort_write: CancellationToken::new(),
+            registry_view: Mutex::new(None),
         })
+    }
+
+    /// The session was bound: remember its registry record.
+    pub fn set_bound(&self, jid: FullJid, addr: SessionAddr) {
+        *self.registry_view.lock() = Some(SessionRecord::new(jid, addr));
+    }
+
+    /// The client broadcast presence (RFC 6121 section 4.2/4.4/4.5): keep its
+    /// availability, priority and last available presence.
+    pub fn note_broadcast_presence(&self, presence: &Element) {
+        let mut view = self.registry_view.lock();
+        let Some(record) = view.as_mut() else { return };
+        if presence.attr("type") == Some("unavailable") {
+            record.available = false;
+            record.presence = None;
+            return;
+        }
+        if presence.attr("type").is_some() {
+            return;
+        }
+        record.available = true;
+        record.priority = presence
+            .get_child("priority", presence.namespace())
+            .and_then(|priority| priority.text().trim().parse::<i32>().ok())
+            .map(|priority| priority.clamp(-128, 127) as i8)
+            .unwrap_or(0);
+        record.presence = Some(presence.to_stanza_xml());
+    }
+
+    /// The client requested its roster (an interested resource, RFC 6121 section 2.1.6).
+    pub fn note_roster_requested(&self) {
+        if let Some(record) = self.registry_view.lock().as_mut() {
+            record.interested = true;
+        }
+    }
+
+    pub fn registry_view(&self) -> Option<SessionRecord> {
+        self.registry_view.lock().clone()
     }
 
     /// Queue a stanza for the client. Once the stream is closing, the stanza
@@ -447,5 +490,46 @@ mod tests {
             vec![Some("first".into()), Some("2".into()), Some("3".into())]
         );
         assert!(handle.is_closing());
+    }
+}
+
+#[cfg(test)]
+mod registry_view_tests {
+    use super::*;
+    use starling_xmpp::parse_element;
+
+    fn presence(xml: &str) -> Element {
+        parse_element(xml.as_bytes(), &Default::default()).expect("test presence parses")
+    }
+
+    #[test]
+    fn the_edge_keeps_what_the_registry_needs_to_be_rebuilt() {
+        let handle = ConnectionHandle::new(3, 4);
+        let jid: FullJid = "juliet@example.com/balcony".parse().unwrap();
+        let addr = SessionAddr {
+            node: "cm-1".into(),
+            conn: 3,
+        };
+        assert!(handle.registry_view().is_none());
+        handle.set_bound(jid.clone(), addr.clone());
+        handle.note_roster_requested();
+        handle.note_broadcast_presence(&presence(
+            "<presence xmlns='jabber:client'><priority>300</priority><show>away</show></presence>",
+        ));
+        let record = handle.registry_view().unwrap();
+        assert_eq!((record.jid, record.addr), (jid, addr));
+        assert!(record.available && record.interested);
+        assert_eq!(record.priority, 127);
+        assert!(record.presence.unwrap().contains("<show>away</show>"));
+        // A subscription stanza is not a broadcast; unavailable clears it.
+        handle.note_broadcast_presence(&presence(
+            "<presence xmlns='jabber:client' type='subscribe'/>",
+        ));
+        assert!(handle.registry_view().unwrap().available);
+        handle.note_broadcast_presence(&presence(
+            "<presence xmlns='jabber:client' type='unavailable'/>",
+        ));
+        let record = handle.registry_view().unwrap();
+        assert!(!record.available && record.presence.is_none());
     }
 }

@@ -223,6 +223,15 @@ impl Session {
                 }
             }
         }
+        if kind == StanzaKind::Presence && element.attr("to").is_none() {
+            self.handle.note_broadcast_presence(&element);
+        }
+        if kind == StanzaKind::Iq
+            && stanza::stanza_type(&element) == "get"
+            && stanza::iq_payload(&element).is_some_and(|payload| payload.namespace() == ns::ROSTER)
+        {
+            self.handle.note_roster_requested();
+        }
         let reply_template = error_reply_template(&element, kind);
         let origin = Origin::Session {
             jid: self.jid.clone(),
