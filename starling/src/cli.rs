@@ -28,8 +28,12 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: every service in one process, on the configured storage.
-    Serve,
+    /// Run the server: every service in one process (the default), or one service of a cluster.
+    Serve {
+        /// Which service this process runs.
+        #[arg(long, value_enum, default_value = "all")]
+        target: crate::serve::Target,
+    },
     /// Manage accounts in the configured storage.
     User {
         #[command(subcommand)]
@@ -64,7 +68,7 @@ enum ConfigCommand {
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => crate::serve::serve(config).await,
+        Command::Serve { target } => crate::serve::serve(config, target).await,
         Command::User { command } => match command {
             UserCommand::Add { jid, password } => crate::user::add(&config, &jid, &password).await,
             UserCommand::Passwd { jid, password } => {

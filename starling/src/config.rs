@@ -469,11 +469,17 @@ impl Config {
         }
         for url in &self.cluster.redis {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::Invalid { key: "cluster.redis", message: format!("{url:?}: expected redis://HOST:PORT") });
+                return Err(ConfigError::Invalid {
+                    key: "cluster.redis",
+                    message: format!("{url:?}: expected redis://HOST:PORT"),
+                });
             }
         }
         if self.cluster.liveness_ttl_secs < 2 {
-            return Err(ConfigError::Invalid { key: "cluster.liveness_ttl_secs", message: "must be at least 2".into() });
+            return Err(ConfigError::Invalid {
+                key: "cluster.liveness_ttl_secs",
+                message: "must be at least 2".into(),
+            });
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
@@ -502,6 +508,12 @@ impl Config {
 
     pub fn c2s_tls_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.c2s_tls", &self.listen.c2s_tls)
+            .ok()
+            .flatten()
+    }
+
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        parse_listen("cluster.grpc", &self.cluster.grpc)
             .ok()
             .flatten()
     }
@@ -624,11 +636,22 @@ mod tests {
         let config = Config::from_toml_str(
             "test",
             "",
-            &env(&[("STARLING_CLUSTER_ROUTERS", "http://127.0.0.1:7001, http://127.0.0.1:7002")]),
+            &env(&[(
+                "STARLING_CLUSTER_ROUTERS",
+                "http://127.0.0.1:7001, http://127.0.0.1:7002",
+            )]),
         )
         .unwrap();
-        assert_eq!(config.cluster.routers, vec!["http://127.0.0.1:7001", "http://127.0.0.1:7002"]);
-        let error = Config::from_toml_str("test", "[cluster]\nrouters = [\"127.0.0.1:7001\"]\n", &env(&[])).unwrap_err();
+        assert_eq!(
+            config.cluster.routers,
+            vec!["http://127.0.0.1:7001", "http://127.0.0.1:7002"]
+        );
+        let error = Config::from_toml_str(
+            "test",
+            "[cluster]\nrouters = [\"127.0.0.1:7001\"]\n",
+            &env(&[]),
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("cluster.routers"), "{error}");
     }
 

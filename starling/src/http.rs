@@ -11,20 +11,29 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use starling_storage::Storage;
+use futures::future::BoxFuture;
 
-#[derive(Clone)]
+type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// What `/readyz` checks: every dependency this process needs, and whether it drains.
+#[derive(Clone, Default)]
 pub struct Readiness {
-    storage: Arc<Storage>,
+    checks: Vec<(&'static str, Check)>,
     draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
-    pub fn new(storage: Arc<Storage>) -> Self {
-        Readiness {
-            storage,
-            draining: Arc::new(AtomicBool::new(false)),
-        }
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A dependency that must answer for the process to be ready.
+    pub fn add_check(
+        &mut self,
+        name: &'static str,
+        check: impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+    ) {
+        self.checks.push((name, Arc::new(check)));
     }
 
     pub fn set_draining(&self) {
@@ -40,13 +49,25 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     if readiness.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
     }
-    match readiness.storage.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("storage unreachable: {error}\n"),
-        ),
+    for (name, check) in &readiness.checks {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(3), check()).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{name} unreachable: {error}\n"),
+                )
+            }
+            Err(_) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{name} did not answer in time\n"),
+                )
+            }
+        }
     }
+    (StatusCode::OK, "ready\n".into())
 }
 
 /// Serve `/healthz`, `/readyz` and `routes` until `shutdown` resolves. The

@@ -1,23 +1,58 @@
-//! `starling serve`: the four services composed in one process over the
-//! in-process bus and registry. The services are the same library code the
-//! cluster runs; only the bus and registry implementations differ.
+//! `starling serve [--target T]`: the four services in one process (`all`,
+//! the default), or one of them per process in a cluster.
+//!
+//! Every target runs the same service libraries; only the implementations of
+//! the contracts change: in one process the router, presence and storage are
+//! called directly and the bus and registry are in-process (or Redis when
+//! `cluster.redis` is set); in a cluster the other services are gRPC clients
+//! and the bus and registry are Redis.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
+use futures::FutureExt;
 use starling_api::{PresenceApi, RouterApi, SessionRegistry, StorageApi};
-use starling_bus::{Bus, InProcessBus};
-use starling_connection_manager::{CmConfig, CmLimits, ConnectionManager, TlsSettings};
+use starling_bus::{Bus, InProcessBus, RedisBus};
+use starling_connection_manager::{
+    BoundConnectionManager, CmConfig, CmLimits, ConnectionManager, TlsSettings,
+};
+use starling_jid::BareJid;
 use starling_presence::{PresenceConfig, PresenceService};
-use starling_registry::MemoryRegistry;
+use starling_proto::{GrpcPresenceClient, GrpcRouterClient, GrpcStorageClient};
+use starling_redis_client::{RedisClient, RedisConfig};
+use starling_registry::{Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
 use starling_session_router::{RouterConfig, SessionRouter};
 use starling_storage::{redact_url, Storage};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::{self, Readiness};
+
+/// Which service(s) this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Every service in one process.
+    All,
+    ConnectionManager,
+    SessionRouter,
+    Presence,
+    Storage,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::All => "all",
+            Target::ConnectionManager => "connection-manager",
+            Target::SessionRouter => "session-router",
+            Target::Presence => "presence",
+            Target::Storage => "storage",
+        }
+    }
+}
 
 pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
     let storage_config = starling_storage::StorageConfig {
@@ -70,44 +105,37 @@ async fn termination_signal() {
     }
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    init_logging(&config);
-    let node_id = format!("cm-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    tracing::info!(domain = %config.domain, node = %node_id, storage = %redact_url(&config.storage_url()), "starting starling serve");
+/// A future that resolves once the shutdown flag is set.
+async fn wait_for(mut shutdown_rx: watch::Receiver<bool>) {
+    while !*shutdown_rx.borrow() {
+        if shutdown_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
 
-    let storage = Arc::new(connect_storage(&config).await?);
-    let registry: Arc<dyn SessionRegistry> = Arc::new(MemoryRegistry::new());
-    let bus: Arc<dyn Bus> = Arc::new(InProcessBus::new());
-    let storage_api: Arc<dyn StorageApi> = storage.clone();
+fn require(target: Target, key: &str, present: bool) -> anyhow::Result<()> {
+    if !present {
+        bail!(
+            "config key `{key}` must be set for --target {}",
+            target.name()
+        );
+    }
+    Ok(())
+}
 
-    let router = Arc::new(
-        SessionRouter::new(
-            RouterConfig {
-                domain: config.domain.clone(),
-                max_resources_per_user: config.limits.max_resources_per_user as usize,
-                server_name: "Starling".into(),
-                server_version: env!("CARGO_PKG_VERSION").into(),
-            },
-            registry.clone(),
-            bus.clone(),
-            storage_api.clone(),
-        )
-        .with_in_band_registration(config.registration.enabled),
-    );
-    let router_api: Arc<dyn RouterApi> = router.clone();
-    let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
-        PresenceConfig {
-            domain: config.domain.clone(),
-        },
-        registry.clone(),
-        bus.clone(),
-        storage_api.clone(),
-        router_api.clone(),
-    ));
-    router.set_presence(presence);
+fn router_config(config: &Config) -> RouterConfig {
+    RouterConfig {
+        domain: config.domain.clone(),
+        max_resources_per_user: config.limits.max_resources_per_user as usize,
+        server_name: "Starling".into(),
+        server_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
 
-    let cm_config = CmConfig {
-        node_id,
+fn cm_config(config: &Config, node_id: &str) -> CmConfig {
+    CmConfig {
+        node_id: node_id.to_string(),
         domain: config.domain.clone(),
         c2s_addr: config.c2s_addr(),
         c2s_tls_addr: config.c2s_tls_addr(),
@@ -130,33 +158,310 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
         registration_enabled: config.registration.enabled,
         require_tls: config.tls.required,
+    }
+}
+
+/// The routing state: Redis when configured, in-process otherwise.
+struct RoutingState {
+    redis: Option<RedisClient>,
+    redis_registry: Option<Arc<RedisRegistry>>,
+    registry: Arc<dyn SessionRegistry>,
+    bus: Arc<dyn Bus>,
+}
+
+async fn routing_state(config: &Config) -> anyhow::Result<RoutingState> {
+    if config.cluster.redis.is_empty() {
+        return Ok(RoutingState {
+            redis: None,
+            redis_registry: None,
+            registry: Arc::new(MemoryRegistry::new()),
+            bus: Arc::new(InProcessBus::new()),
+        });
+    }
+    let redis_config = RedisConfig {
+        urls: config.cluster.redis.clone(),
+        cluster: config.cluster.redis_cluster,
+        key_prefix: config.cluster.redis_key_prefix.clone(),
     };
-    let connection_manager = ConnectionManager::new(cm_config, router_api, storage_api, bus)
-        .context("cannot configure the connection-manager")?
-        .bind()
+    let redis = RedisClient::connect(&redis_config)
         .await
-        .context("cannot start the connection-manager listeners")?;
-    for (role, address) in connection_manager.local_addrs() {
-        tracing::info!(role, %address, "listening");
+        .context("cannot connect to redis (cluster.redis)")?;
+    let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
+    let bus = RedisBus::new(redis.clone())
+        .await
+        .context("cannot start the redis bus")?;
+    Ok(RoutingState {
+        redis: Some(redis),
+        registry: redis_registry.clone(),
+        redis_registry: Some(redis_registry),
+        bus: Arc::new(bus),
+    })
+}
+
+/// Checks `/readyz` runs.
+fn storage_check(readiness: &mut Readiness, storage: Arc<dyn StorageApi>) {
+    // Any answer from storage (even "no such account") proves it is reachable.
+    let probe = BareJid::from_parts(Some("readiness-probe"), "readiness.invalid")
+        .expect("a valid probe address");
+    readiness.add_check("storage", move || {
+        let storage = storage.clone();
+        let probe = probe.clone();
+        async move {
+            storage
+                .credentials(&probe)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        }
+        .boxed()
+    });
+}
+
+fn redis_check(readiness: &mut Readiness, redis: &Option<RedisClient>) {
+    if let Some(redis) = redis.clone() {
+        readiness.add_check("redis", move || {
+            let redis = redis.clone();
+            async move { redis.ping().await.map_err(|error| error.to_string()) }.boxed()
+        });
+    }
+}
+
+/// The janitor removes the sessions of connection-managers whose liveness
+/// key expired and tells presence so that contacts see them leave.
+fn spawn_janitor(state: &RoutingState, presence: Arc<dyn PresenceApi>) -> Option<Janitor> {
+    let (redis, registry) = (state.redis.clone()?, state.redis_registry.clone()?);
+    let on_dead_session: starling_registry::DeadSessionCallback = Arc::new(move |record| {
+        let presence = presence.clone();
+        async move {
+            if let Err(error) = presence.session_ended(&record.jid, record.available).await {
+                tracing::warn!(jid = %record.jid, %error, "unavailable presence for a dead session failed");
+            }
+        }
+        .boxed()
+    });
+    Some(Janitor::spawn(
+        redis,
+        registry,
+        on_dead_session,
+        Duration::from_secs(2),
+    ))
+}
+
+/// Keep this node alive in Redis, and put its sessions back if Redis lost them.
+fn spawn_liveness(
+    config: &Config,
+    state: &RoutingState,
+    node_id: &str,
+    connection_manager: &BoundConnectionManager,
+) -> Option<(NodeLiveness, JoinHandle<()>)> {
+    let (redis, registry) = (state.redis.clone()?, state.redis_registry.clone()?);
+    let liveness = NodeLiveness::spawn(
+        redis,
+        node_id.to_string(),
+        Duration::from_secs(config.cluster.liveness_ttl_secs),
+    );
+    let mut key_lost = liveness.key_lost();
+    let sessions = connection_manager.local_sessions();
+    let task = tokio::spawn(async move {
+        while key_lost.changed().await.is_ok() {
+            let records = sessions.records();
+            match registry.reregister(records).await {
+                Ok(count) => tracing::warn!(
+                    sessions = count,
+                    "redis lost this node's state: sessions re-registered"
+                ),
+                Err(error) => tracing::error!(%error, "re-registering sessions failed"),
+            }
+        }
+    });
+    Some((liveness, task))
+}
+
+pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
+    init_logging(&config);
+    let node_id = if config.cluster.node_id.is_empty() {
+        format!(
+            "{}-{}",
+            target.name(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    } else {
+        config.cluster.node_id.clone()
+    };
+    tracing::info!(target = target.name(), domain = %config.domain, node = %node_id, "starting starling serve");
+    if target != Target::All && target != Target::Storage {
+        require(target, "cluster.redis", !config.cluster.redis.is_empty())?;
+        require(
+            target,
+            "cluster.storage",
+            !config.cluster.storage.is_empty(),
+        )?;
+    }
+    match target {
+        Target::SessionRouter => require(
+            target,
+            "cluster.presence",
+            !config.cluster.presence.is_empty(),
+        )?,
+        Target::Presence | Target::ConnectionManager => require(
+            target,
+            "cluster.routers",
+            !config.cluster.routers.is_empty(),
+        )?,
+        _ => {}
+    }
+    if target != Target::All && target != Target::ConnectionManager {
+        require(target, "cluster.grpc", config.grpc_addr().is_some())?;
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let readiness = Readiness::new(storage.clone());
+    let mut readiness = Readiness::new();
+    let mut services: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+    let mut janitor = None;
+    let mut liveness = None;
+    let mut connection_manager = None;
+    let mut routes = axum::Router::new();
+
+    let state = if target == Target::Storage {
+        None
+    } else {
+        Some(routing_state(&config).await?)
+    };
+    if let Some(state) = &state {
+        redis_check(&mut readiness, &state.redis);
+    }
+    let storage: Arc<dyn StorageApi> = match target {
+        Target::All | Target::Storage => {
+            tracing::info!(storage = %redact_url(&config.storage_url()), "opening storage");
+            Arc::new(connect_storage(&config).await?)
+        }
+        _ => Arc::new(
+            GrpcStorageClient::connect(config.cluster.storage.clone())
+                .context("cluster.storage")?,
+        ),
+    };
+    storage_check(&mut readiness, storage.clone());
+
+    match target {
+        Target::Storage => {
+            let address = config.grpc_addr().expect("checked above");
+            let shutdown = crate::serve::wait_for(shutdown_rx.clone());
+            let storage = storage.clone();
+            services.push(tokio::spawn(async move {
+                starling_proto::serve_grpc(address, Some(storage), None, None, shutdown)
+                    .await
+                    .context("grpc server")
+            }));
+        }
+        Target::SessionRouter => {
+            let state = state.as_ref().expect("routing state");
+            let router = Arc::new(
+                SessionRouter::new(
+                    router_config(&config),
+                    state.registry.clone(),
+                    state.bus.clone(),
+                    storage.clone(),
+                )
+                .with_in_band_registration(config.registration.enabled),
+            );
+            let presence: Arc<dyn PresenceApi> = Arc::new(
+                GrpcPresenceClient::connect(config.cluster.presence.clone())
+                    .context("cluster.presence")?,
+            );
+            router.set_presence(presence.clone());
+            janitor = spawn_janitor(state, presence);
+            let address = config.grpc_addr().expect("checked above");
+            let shutdown = wait_for(shutdown_rx.clone());
+            let router_api: Arc<dyn RouterApi> = router;
+            services.push(tokio::spawn(async move {
+                starling_proto::serve_grpc(address, None, Some(router_api), None, shutdown)
+                    .await
+                    .context("grpc server")
+            }));
+        }
+        Target::Presence => {
+            let state = state.as_ref().expect("routing state");
+            let router: Arc<dyn RouterApi> = Arc::new(
+                GrpcRouterClient::connect(config.cluster.routers.clone())
+                    .context("cluster.routers")?,
+            );
+            let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
+                PresenceConfig {
+                    domain: config.domain.clone(),
+                },
+                state.registry.clone(),
+                state.bus.clone(),
+                storage.clone(),
+                router,
+            ));
+            let address = config.grpc_addr().expect("checked above");
+            let shutdown = wait_for(shutdown_rx.clone());
+            services.push(tokio::spawn(async move {
+                starling_proto::serve_grpc(address, None, None, Some(presence), shutdown)
+                    .await
+                    .context("grpc server")
+            }));
+        }
+        Target::ConnectionManager | Target::All => {
+            let state = state.as_ref().expect("routing state");
+            let router_api: Arc<dyn RouterApi> = if target == Target::All {
+                let router = Arc::new(
+                    SessionRouter::new(
+                        router_config(&config),
+                        state.registry.clone(),
+                        state.bus.clone(),
+                        storage.clone(),
+                    )
+                    .with_in_band_registration(config.registration.enabled),
+                );
+                let router_api: Arc<dyn RouterApi> = router.clone();
+                let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
+                    PresenceConfig {
+                        domain: config.domain.clone(),
+                    },
+                    state.registry.clone(),
+                    state.bus.clone(),
+                    storage.clone(),
+                    router_api.clone(),
+                ));
+                router.set_presence(presence.clone());
+                janitor = spawn_janitor(state, presence);
+                router_api
+            } else {
+                Arc::new(
+                    GrpcRouterClient::connect(config.cluster.routers.clone())
+                        .context("cluster.routers")?,
+                )
+            };
+            let bound = ConnectionManager::new(
+                cm_config(&config, &node_id),
+                router_api,
+                storage.clone(),
+                state.bus.clone(),
+            )
+            .context("cannot configure the connection-manager")?
+            .bind()
+            .await
+            .context("cannot start the connection-manager listeners")?;
+            for (role, address) in bound.local_addrs() {
+                tracing::info!(role, %address, "listening");
+            }
+            liveness = spawn_liveness(&config, state, &node_id, &bound);
+            routes = bound.websocket_router();
+            connection_manager = Some(bound);
+        }
+    }
+
     let http_task = match config.http_addr() {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} (listen.http)"))?;
             tracing::info!(role = "http", address = %listener.local_addr()?, "listening");
-            tracing::info!(
-                role = "websocket",
-                path = starling_connection_manager::WEBSOCKET_PATH,
-                "xmpp over websocket on the http listener"
-            );
             Some(tokio::spawn(http::serve(
                 listener,
                 readiness.clone(),
-                connection_manager.websocket_router(),
+                routes,
                 wait_for(shutdown_rx.clone()),
             )))
         }
@@ -171,23 +476,37 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = shutdown_tx.send(true);
     });
 
-    connection_manager
-        .run(wait_for(shutdown_rx.clone()))
-        .await
-        .context("connection-manager failed")?;
+    let mut failure = None;
+    if let Some(bound) = connection_manager {
+        if let Err(error) = bound.run(wait_for(shutdown_rx.clone())).await {
+            failure = Some(anyhow::Error::new(error).context("connection-manager failed"));
+        }
+    }
+    for service in services {
+        match service.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = Some(error),
+            Err(error) => failure = Some(anyhow::anyhow!("service task failed: {error}")),
+        }
+    }
     signal_task.abort();
+    if let Some((liveness, task)) = liveness {
+        task.abort();
+        if let Err(error) = liveness.stop().await {
+            tracing::warn!(%error, "removing the liveness key failed");
+        }
+    }
+    if let Some(janitor) = janitor {
+        let _ = janitor.stop().await;
+    }
     if let Some(task) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// A future that resolves once the shutdown flag is set.
-async fn wait_for(mut shutdown_rx: watch::Receiver<bool>) {
-    while !*shutdown_rx.borrow() {
-        if shutdown_rx.changed().await.is_err() {
-            return;
+    match failure {
+        Some(error) => Err(error),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
         }
     }
 }

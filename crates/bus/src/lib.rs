@@ -5,7 +5,14 @@
 //! One envelope is published per destination node, carrying every recipient
 //! connection on that node, so a fan-out to 500 contacts costs one message per
 //! node, not 500. The in-process implementation passes the parsed stanza; the
-//! Redis one (cluster) carries a protobuf envelope around the re-serialised stanza.
+//! Redis one (cluster, `RedisBus`) carries a protobuf envelope around the
+//! re-serialised stanza.
+
+mod redis;
+#[cfg(test)]
+mod redis_tests;
+
+pub use redis::{decode_delivery, encode_delivery, BusError, RedisBus};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,9 +42,16 @@ impl Recipient {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// Write the stanza to each recipient's stream.
-    Stanza { recipients: Vec<Recipient>, stanza: Arc<Element> },
+    Stanza {
+        recipients: Vec<Recipient>,
+        stanza: Arc<Element>,
+    },
     /// Close a stream with a stream error (a replaced session gets `conflict`).
-    Close { conn: ConnId, condition: StreamErrorCondition, text: Option<String> },
+    Close {
+        conn: ConnId,
+        condition: StreamErrorCondition,
+        text: Option<String>,
+    },
 }
 
 /// The receiving end a connection-manager reads its deliveries from.
@@ -108,7 +122,11 @@ mod tests {
     async fn a_dropped_subscriber_counts_as_none() {
         let bus = InProcessBus::new();
         drop(bus.subscribe("cm1").await.unwrap());
-        let delivery = Delivery::Close { conn: 1, condition: StreamErrorCondition::Conflict, text: None };
+        let delivery = Delivery::Close {
+            conn: 1,
+            condition: StreamErrorCondition::Conflict,
+            text: None,
+        };
         assert_eq!(bus.publish("cm1", delivery).await.unwrap(), 0);
     }
 }

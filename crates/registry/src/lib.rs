@@ -1,5 +1,18 @@
-//! Session registry implementations. `MemoryRegistry` serves `starling serve`;
-//! every operation takes one lock, so each update is atomic as the contract asks.
+//! Session registry implementations (DESIGN.md "Redis layout", "Atomic
+//! binding", "Dead nodes"). `MemoryRegistry` serves `starling serve`; every
+//! operation takes one lock, so each update is atomic as the contract asks.
+//! `RedisRegistry` serves the cluster, with `NodeLiveness` (the `node:{id}`
+//! keys) and the `Janitor` that removes the sessions of dead nodes.
+
+#[cfg(test)]
+mod contract_tests;
+mod janitor;
+mod liveness;
+mod redis;
+
+pub use janitor::{DeadSessionCallback, Janitor};
+pub use liveness::NodeLiveness;
+pub use redis::RedisRegistry;
 
 use std::collections::{HashMap, HashSet};
 
@@ -7,6 +20,32 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use starling_api::{ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
 use starling_jid::{BareJid, FullJid, Jid};
+
+/// The errors of the Redis registry, liveness and janitor.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Redis(#[from] starling_redis_client::RedisError),
+    #[error("stored session of {jid} is corrupt: {reason}")]
+    CorruptRecord { jid: String, reason: String },
+}
+
+impl From<starling_redis_client::redis::RedisError> for RegistryError {
+    fn from(error: starling_redis_client::redis::RedisError) -> Self {
+        RegistryError::Redis(error.into())
+    }
+}
+
+impl From<RegistryError> for starling_api::ApiError {
+    fn from(error: RegistryError) -> Self {
+        match &error {
+            RegistryError::Redis(redis_error) if redis_error.is_unavailable() => {
+                starling_api::ApiError::Unavailable(error.to_string())
+            }
+            _ => starling_api::ApiError::Internal(error.to_string()),
+        }
+    }
+}
 
 #[derive(Default)]
 struct State {
@@ -34,7 +73,10 @@ fn with_session<T>(
     addr: &SessionAddr,
     update: impl FnOnce(&mut SessionRecord) -> T,
 ) -> Option<T> {
-    let record = state.sessions.get_mut(jid.bare())?.get_mut(jid.resource())?;
+    let record = state
+        .sessions
+        .get_mut(jid.bare())?
+        .get_mut(jid.resource())?;
     if &record.addr != addr {
         return None;
     }
@@ -79,7 +121,10 @@ impl SessionRegistry for MemoryRegistry {
 
     async fn session(&self, jid: &FullJid) -> ApiResult<Option<SessionRecord>> {
         let state = self.state.lock();
-        Ok(state.sessions.get(jid.bare()).and_then(|resources| resources.get(jid.resource()).cloned()))
+        Ok(state
+            .sessions
+            .get(jid.bare())
+            .and_then(|resources| resources.get(jid.resource()).cloned()))
     }
 
     async fn set_presence(
@@ -104,10 +149,19 @@ impl SessionRegistry for MemoryRegistry {
         Ok(with_session(&mut state, jid, addr, |record| record.interested = true).is_some())
     }
 
-    async fn set_directed_presence(&self, jid: &FullJid, to: &Jid, available: bool) -> ApiResult<()> {
+    async fn set_directed_presence(
+        &self,
+        jid: &FullJid,
+        to: &Jid,
+        available: bool,
+    ) -> ApiResult<()> {
         let mut state = self.state.lock();
         if available {
-            state.directed.entry(jid.clone()).or_default().insert(to.clone());
+            state
+                .directed
+                .entry(jid.clone())
+                .or_default()
+                .insert(to.clone());
         } else if let Some(set) = state.directed.get_mut(jid) {
             set.remove(to);
         }
@@ -116,7 +170,11 @@ impl SessionRegistry for MemoryRegistry {
 
     async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>> {
         let mut state = self.state.lock();
-        Ok(state.directed.remove(jid).map(|set| set.into_iter().collect()).unwrap_or_default())
+        Ok(state
+            .directed
+            .remove(jid)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default())
     }
 
     async fn node_sessions(&self, node: &str) -> ApiResult<Vec<SessionRecord>> {
@@ -136,16 +194,25 @@ mod tests {
     use super::*;
 
     fn addr(conn: u64) -> SessionAddr {
-        SessionAddr { node: "cm1".into(), conn }
+        SessionAddr {
+            node: "cm1".into(),
+            conn,
+        }
     }
 
     #[tokio::test]
     async fn newest_bind_replaces_and_stale_unbind_is_ignored() {
         let registry = MemoryRegistry::new();
         let jid: FullJid = "a@example.com/phone".parse().unwrap();
-        let first = registry.bind(SessionRecord::new(jid.clone(), addr(1))).await.unwrap();
+        let first = registry
+            .bind(SessionRecord::new(jid.clone(), addr(1)))
+            .await
+            .unwrap();
         assert!(first.replaced.is_none());
-        let second = registry.bind(SessionRecord::new(jid.clone(), addr(2))).await.unwrap();
+        let second = registry
+            .bind(SessionRecord::new(jid.clone(), addr(2)))
+            .await
+            .unwrap();
         assert_eq!(second.replaced.map(|record| record.addr), Some(addr(1)));
         assert_eq!(registry.unbind(&jid, &addr(1)).await.unwrap(), None);
         assert_eq!(registry.sessions(jid.bare()).await.unwrap().len(), 1);
@@ -157,9 +224,18 @@ mod tests {
     async fn presence_updates_only_the_current_session() {
         let registry = MemoryRegistry::new();
         let jid: FullJid = "a@example.com/phone".parse().unwrap();
-        registry.bind(SessionRecord::new(jid.clone(), addr(1))).await.unwrap();
-        assert!(!registry.set_presence(&jid, &addr(9), true, 5, None).await.unwrap());
-        assert!(registry.set_presence(&jid, &addr(1), true, 5, Some("<presence/>".into())).await.unwrap());
+        registry
+            .bind(SessionRecord::new(jid.clone(), addr(1)))
+            .await
+            .unwrap();
+        assert!(!registry
+            .set_presence(&jid, &addr(9), true, 5, None)
+            .await
+            .unwrap());
+        assert!(registry
+            .set_presence(&jid, &addr(1), true, 5, Some("<presence/>".into()))
+            .await
+            .unwrap());
         let record = registry.session(&jid).await.unwrap().unwrap();
         assert!(record.available);
         assert_eq!(record.priority, 5);

@@ -1,0 +1,468 @@
+//! The Redis delivery bus of the cluster (DESIGN.md "Redis layout",
+//! `deliver:{node}`): one channel per connection-manager, PUBLISH/SUBSCRIBE
+//! on one Redis server, sharded SPUBLISH/SSUBSCRIBE in Redis Cluster.
+//!
+//! Payloads are `starling.bus.v1.Delivery` protobuf envelopes. A stanza
+//! travels re-serialised from its parsed form and is parsed again by the
+//! receiving node under the stream limits: raw client bytes never cross the
+//! bus (the "stanza smuggling" class of bugs, DESIGN.md). An envelope that does
+//! not decode, or whose stanza does not parse, is dropped with a warning.
+//! Pub/sub is at-most-once: the router keeps what matters elsewhere
+//! (DESIGN.md "Delivery guarantees").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use prost::Message;
+use starling_api::{ApiError, ApiResult};
+use starling_proto::bus::v1 as proto;
+use starling_redis_client::redis::{PushInfo, PushKind, Value};
+use starling_redis_client::{RedisClient, RedisError, RedisSubscriber};
+use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+
+use crate::{Bus, Delivery, DeliveryReceiver, Recipient};
+
+/// The errors of the Redis bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("delivery envelope does not decode: {0}")]
+    Envelope(#[from] prost::DecodeError),
+    #[error("delivery envelope is invalid: {0}")]
+    InvalidEnvelope(String),
+}
+
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> Self {
+        match &error {
+            BusError::Redis(redis_error) if redis_error.is_unavailable() => {
+                ApiError::Unavailable(error.to_string())
+            }
+            _ => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+/// The protobuf envelope of a delivery. The stanza is serialised declaring
+/// its own namespace (`jabber:client`), so that it parses standalone.
+pub fn encode_delivery(delivery: &Delivery) -> Vec<u8> {
+    let kind = match delivery {
+        Delivery::Stanza { recipients, stanza } => {
+            proto::delivery::Kind::Stanza(proto::StanzaDelivery {
+                recipients: recipients
+                    .iter()
+                    .map(|recipient| proto::Recipient {
+                        conn: recipient.conn,
+                        to: recipient.to.clone(),
+                    })
+                    .collect(),
+                stanza: stanza.to_xml(),
+            })
+        }
+        Delivery::Close {
+            conn,
+            condition,
+            text,
+        } => proto::delivery::Kind::Close(proto::CloseStream {
+            conn: *conn,
+            condition: condition.as_str().to_string(),
+            text: text.clone(),
+        }),
+    };
+    proto::Delivery {
+        kind: Some(kind),
+        trace_context: HashMap::new(),
+    }
+    .encode_to_vec()
+}
+
+/// Decode an envelope, parsing its stanza under `limits`.
+pub fn decode_delivery(payload: &[u8], limits: &Limits) -> Result<Delivery, BusError> {
+    let envelope = proto::Delivery::decode(payload)?;
+    match envelope.kind {
+        Some(proto::delivery::Kind::Stanza(stanza_delivery)) => {
+            let stanza =
+                parse_element(stanza_delivery.stanza.as_bytes(), limits).map_err(|error| {
+                    BusError::InvalidEnvelope(format!(
+                        "stanza does not parse: {}",
+                        error.condition().as_str()
+                    ))
+                })?;
+            if stanza_delivery.recipients.is_empty() {
+                return Err(BusError::InvalidEnvelope(
+                    "stanza delivery without recipients".into(),
+                ));
+            }
+            let recipients = stanza_delivery
+                .recipients
+                .into_iter()
+                .map(|recipient| Recipient {
+                    conn: recipient.conn,
+                    to: recipient.to,
+                })
+                .collect();
+            Ok(Delivery::Stanza {
+                recipients,
+                stanza: Arc::new(stanza),
+            })
+        }
+        Some(proto::delivery::Kind::Close(close)) => {
+            // RFC 6120 section 4.9.3: an unknown condition still closes the stream.
+            let condition = StreamErrorCondition::from_name(&close.condition).unwrap_or_else(|| {
+                tracing::warn!(condition = %close.condition, "unknown stream error condition in a close delivery");
+                StreamErrorCondition::UndefinedCondition
+            });
+            Ok(Delivery::Close {
+                conn: close.conn,
+                condition,
+                text: close.text,
+            })
+        }
+        None => Err(BusError::InvalidEnvelope(
+            "envelope without a delivery".into(),
+        )),
+    }
+}
+
+type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<Delivery>>>>;
+
+/// How often the subscription connection is pinged, so that a lost
+/// connection (a Redis restart) is noticed and resubscribed.
+const SUBSCRIPTION_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// The bus of the cluster, on Redis pub/sub.
+pub struct RedisBus {
+    client: RedisClient,
+    subscriber: Arc<Mutex<RedisSubscriber>>,
+    routes: Routes,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RedisBus {
+    /// Open the dedicated subscription connection and start reading it.
+    pub async fn new(client: RedisClient) -> Result<Self, BusError> {
+        Self::with_limits(client, Limits::default()).await
+    }
+
+    /// As [`RedisBus::new`], parsing received stanzas under `limits`.
+    pub async fn with_limits(client: RedisClient, limits: Limits) -> Result<Self, BusError> {
+        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let subscriber = Arc::new(Mutex::new(client.subscriber(push_tx).await?));
+        let routes: Routes = Arc::default();
+        let dispatcher = tokio::spawn(dispatch(
+            push_rx,
+            routes.clone(),
+            subscriber.clone(),
+            limits,
+        ));
+        let keepalive = tokio::spawn(keep_subscription_alive(subscriber.clone()));
+        Ok(RedisBus {
+            client,
+            subscriber,
+            routes,
+            tasks: vec![dispatcher, keepalive],
+        })
+    }
+}
+
+impl Drop for RedisBus {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
+        let channel = self.client.delivery_channel(node);
+        let receivers = self
+            .client
+            .publish(&channel, &encode_delivery(&delivery))
+            .await
+            .map_err(BusError::from)?;
+        Ok(receivers)
+    }
+
+    async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
+        let channel = self.client.delivery_channel(node);
+        let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
+        self.routes
+            .write()
+            .insert(channel.clone().into_bytes(), delivery_tx);
+        if let Err(error) = self.subscriber.lock().await.subscribe(&channel).await {
+            self.routes.write().remove(channel.as_bytes());
+            return Err(BusError::from(error).into());
+        }
+        Ok(delivery_rx)
+    }
+}
+
+async fn keep_subscription_alive(subscriber: Arc<Mutex<RedisSubscriber>>) {
+    let mut ticker = tokio::time::interval(SUBSCRIPTION_KEEPALIVE);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = subscriber.lock().await.ping().await {
+            tracing::warn!(error = %error, "bus subscription connection lost, reconnecting");
+        }
+    }
+}
+
+fn bulk_bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        _ => None,
+    }
+}
+
+async fn dispatch(
+    mut push_rx: mpsc::UnboundedReceiver<PushInfo>,
+    routes: Routes,
+    subscriber: Arc<Mutex<RedisSubscriber>>,
+    limits: Limits,
+) {
+    while let Some(push) = push_rx.recv().await {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {}
+            PushKind::Disconnection => {
+                tracing::warn!("bus subscription connection dropped");
+                continue;
+            }
+            _ => continue,
+        }
+        let (Some(channel), Some(payload)) = (
+            push.data.first().and_then(bulk_bytes),
+            push.data.get(1).and_then(bulk_bytes),
+        ) else {
+            tracing::warn!("dropping a malformed pub/sub message");
+            continue;
+        };
+        let Some(delivery_tx) = routes.read().get(channel).cloned() else {
+            continue;
+        };
+        let delivery = match decode_delivery(payload, &limits) {
+            Ok(delivery) => delivery,
+            Err(error) => {
+                tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %error, "dropping an undecodable delivery");
+                continue;
+            }
+        };
+        if delivery_tx.send(delivery).is_err() {
+            // Nobody reads this node's deliveries any more: stop counting as a subscriber.
+            let channel = String::from_utf8_lossy(channel).into_owned();
+            let still_routed = {
+                let mut routes = routes.write();
+                if routes
+                    .get(channel.as_bytes())
+                    .is_some_and(|sender| sender.is_closed())
+                {
+                    routes.remove(channel.as_bytes());
+                    false
+                } else {
+                    true
+                }
+            };
+            if !still_routed {
+                let (subscriber, routes) = (subscriber.clone(), routes.clone());
+                tokio::spawn(async move {
+                    let mut subscriber = subscriber.lock().await;
+                    // A new subscribe() for this node came in meanwhile: keep the subscription.
+                    if routes.read().contains_key(channel.as_bytes()) {
+                        return;
+                    }
+                    if let Err(error) = subscriber.unsubscribe(&channel).await {
+                        tracing::warn!(channel = %channel, error = %error, "bus unsubscribe failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use starling_xmpp::{ns, Element};
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn stanza_delivery(xml: &str, recipients: Vec<Recipient>) -> Delivery {
+        let stanza = parse_element(xml.as_bytes(), &limits()).unwrap();
+        Delivery::Stanza {
+            recipients,
+            stanza: Arc::new(stanza),
+        }
+    }
+
+    #[test]
+    fn message_envelope_round_trips_literal_xml() {
+        let xml = "<message xmlns='jabber:client' to='b@example.org/phone' from='a@example.com/pc' type='chat' id='m1'><body>hi &amp; &lt;bye&gt;</body></message>";
+        let delivery = stanza_delivery(xml, vec![Recipient::conn(7)]);
+        let decoded = decode_delivery(&encode_delivery(&delivery), &limits()).unwrap();
+        assert_eq!(decoded, delivery);
+        let Delivery::Stanza { stanza, .. } = decoded else {
+            panic!("not a stanza")
+        };
+        assert!(stanza.is("message", ns::CLIENT));
+        assert_eq!(
+            stanza.get_child("body", ns::CLIENT).unwrap().text(),
+            "hi & <bye>"
+        );
+    }
+
+    #[test]
+    fn presence_envelope_keeps_recipient_rewrites() {
+        let xml = "<presence xmlns='jabber:client' from='a@example.com/pc'><show>away</show><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='v'/></presence>";
+        let recipients = vec![
+            Recipient {
+                conn: 1,
+                to: Some("b@example.org/x".into()),
+            },
+            Recipient {
+                conn: 2,
+                to: Some("c@example.org/y".into()),
+            },
+            Recipient::conn(3),
+        ];
+        let delivery = stanza_delivery(xml, recipients);
+        assert_eq!(
+            decode_delivery(&encode_delivery(&delivery), &limits()).unwrap(),
+            delivery
+        );
+    }
+
+    #[test]
+    fn iq_envelope_round_trips_with_a_payload_namespace() {
+        let xml = "<iq xmlns='jabber:client' type='set' id='r1' to='a@example.com/pc'><query xmlns='jabber:iq:roster' ver='3'><item jid='b@example.org' subscription='both'/></query></iq>";
+        let delivery = stanza_delivery(xml, vec![Recipient::conn(u64::MAX)]);
+        let decoded = decode_delivery(&encode_delivery(&delivery), &limits()).unwrap();
+        assert_eq!(decoded, delivery);
+    }
+
+    #[test]
+    fn close_envelope_round_trips() {
+        let delivery = Delivery::Close {
+            conn: 9,
+            condition: StreamErrorCondition::Conflict,
+            text: Some("replaced".into()),
+        };
+        assert_eq!(
+            decode_delivery(&encode_delivery(&delivery), &limits()).unwrap(),
+            delivery
+        );
+    }
+
+    #[test]
+    fn unknown_close_condition_still_closes() {
+        let envelope = proto::Delivery {
+            kind: Some(proto::delivery::Kind::Close(proto::CloseStream {
+                conn: 4,
+                condition: "made-up".into(),
+                text: None,
+            })),
+            trace_context: HashMap::new(),
+        };
+        let decoded = decode_delivery(&envelope.encode_to_vec(), &limits()).unwrap();
+        assert_eq!(
+            decoded,
+            Delivery::Close {
+                conn: 4,
+                condition: StreamErrorCondition::UndefinedCondition,
+                text: None
+            }
+        );
+    }
+
+    fn stanza_envelope(stanza: &str) -> Vec<u8> {
+        proto::Delivery {
+            kind: Some(proto::delivery::Kind::Stanza(proto::StanzaDelivery {
+                recipients: vec![proto::Recipient { conn: 1, to: None }],
+                stanza: stanza.into(),
+            })),
+            trace_context: HashMap::new(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn rejects_a_stanza_that_does_not_parse() {
+        for stanza in [
+            "<message xmlns='jabber:client'><body>unclosed</message>",
+            "<message xmlns='jabber:client'/><message xmlns='jabber:client'/>",
+            "<!DOCTYPE x><message xmlns='jabber:client'/>",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    decode_delivery(&stanza_envelope(stanza), &limits()),
+                    Err(BusError::InvalidEnvelope(_))
+                ),
+                "accepted {stanza:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_a_stanza_over_the_limits() {
+        let big = format!(
+            "<message xmlns='jabber:client'><body>{}</body></message>",
+            "x".repeat(2048)
+        );
+        let small = Limits {
+            max_stanza_bytes: 1024,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            decode_delivery(&stanza_envelope(&big), &small),
+            Err(BusError::InvalidEnvelope(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage_and_empty_envelopes() {
+        assert!(matches!(
+            decode_delivery(b"\xff\xff\xff", &limits()),
+            Err(BusError::Envelope(_))
+        ));
+        assert!(matches!(
+            decode_delivery(b"", &limits()),
+            Err(BusError::InvalidEnvelope(_))
+        ));
+        let no_recipients = proto::Delivery {
+            kind: Some(proto::delivery::Kind::Stanza(proto::StanzaDelivery {
+                recipients: vec![],
+                stanza: "<message xmlns='jabber:client'/>".into(),
+            })),
+            trace_context: HashMap::new(),
+        };
+        assert!(matches!(
+            decode_delivery(&no_recipients.encode_to_vec(), &limits()),
+            Err(BusError::InvalidEnvelope(_))
+        ));
+    }
+
+    #[test]
+    fn element_built_in_code_survives_the_trip() {
+        let stanza = Element::new("message", ns::CLIENT)
+            .with_attr("to", "b@example.org")
+            .with_child(Element::new("body", ns::CLIENT).with_text("quote ' and \" and ]]>"));
+        let delivery = Delivery::Stanza {
+            recipients: vec![Recipient::conn(1)],
+            stanza: Arc::new(stanza),
+        };
+        assert_eq!(
+            decode_delivery(&encode_delivery(&delivery), &limits()).unwrap(),
+            delivery
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! The Redis bus against the real Redis, a restarted Redis and a throw-away
+//! 3-master Redis Cluster (sharded pub/sub).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_redis_client::testing::{test_client, RedisClusterHarness, RedisServerHarness};
+use starling_redis_client::RedisClient;
+use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
+
+use crate::{Bus, Delivery, DeliveryReceiver, Recipient, RedisBus};
+
+fn presence_to_contacts() -> Delivery {
+    let xml =
+        "<presence xmlns='jabber:client' from='a@example.com/pc'><status>here</status></presence>";
+    Delivery::Stanza {
+        recipients: vec![
+            Recipient {
+                conn: 11,
+                to: Some("b@example.org/phone".into()),
+            },
+            Recipient {
+                conn: 12,
+                to: Some("c@example.org/tablet".into()),
+            },
+        ],
+        stanza: Arc::new(parse_element(xml.as_bytes(), &Limits::default()).unwrap()),
+    }
+}
+
+async fn receive(receiver: &mut DeliveryReceiver) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), receiver.recv())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the delivery channel is open")
+}
+
+/// Publish until a subscriber counts it (subscriptions propagate
+/// asynchronously after a reconnect), bounded.
+async fn publish_until_received(bus: &RedisBus, node: &str, delivery: Delivery) -> usize {
+    for _ in 0..100 {
+        let receivers = bus.publish(node, delivery.clone()).await.unwrap_or(0);
+        if receivers > 0 {
+            return receivers;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no subscriber received the delivery on {node}");
+}
+
+async fn round_trip(publisher: &RedisBus, subscriber: &RedisBus, node: &str) {
+    let mut receiver = subscriber.subscribe(node).await.unwrap();
+    let delivery = presence_to_contacts();
+    assert_eq!(publisher.publish(node, delivery.clone()).await.unwrap(), 1);
+    assert_eq!(receive(&mut receiver).await, delivery);
+    let close = Delivery::Close {
+        conn: 11,
+        condition: StreamErrorCondition::Conflict,
+        text: Some("replaced".into()),
+    };
+    assert_eq!(publisher.publish(node, close.clone()).await.unwrap(), 1);
+    assert_eq!(receive(&mut receiver).await, close);
+    assert_eq!(
+        publisher
+            .publish(&format!("{node}-nobody"), delivery)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_round_trip_between_two_buses() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let publisher = RedisBus::new(client.clone()).await.unwrap();
+    let subscriber = RedisBus::new(client).await.unwrap();
+    round_trip(&publisher, &subscriber, "cm1").await;
+    // Deliveries for two nodes subscribed on one bus stay apart.
+    let mut second = subscriber.subscribe("cm2").await.unwrap();
+    let close = Delivery::Close {
+        conn: 5,
+        condition: StreamErrorCondition::SystemShutdown,
+        text: None,
+    };
+    assert_eq!(publisher.publish("cm2", close.clone()).await.unwrap(), 1);
+    assert_eq!(receive(&mut second).await, close);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_receiver_stops_counting_as_a_subscriber() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let bus = RedisBus::new(client).await.unwrap();
+    drop(bus.subscribe("cm-gone").await.unwrap());
+    let mut receivers = usize::MAX;
+    for _ in 0..50 {
+        receivers = bus
+            .publish("cm-gone", presence_to_contacts())
+            .await
+            .unwrap();
+        if receivers == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receivers, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_payload_is_dropped_and_delivery_goes_on() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let bus = RedisBus::new(client.clone()).await.unwrap();
+    let mut receiver = bus.subscribe("cm-garbage").await.unwrap();
+    let channel = client.delivery_channel("cm-garbage");
+    assert_eq!(
+        client
+            .publish(&channel, b"\xff\xfe not protobuf")
+            .await
+            .unwrap(),
+        1
+    );
+    let delivery = presence_to_contacts();
+    assert_eq!(
+        bus.publish("cm-garbage", delivery.clone()).await.unwrap(),
+        1
+    );
+    assert_eq!(receive(&mut receiver).await, delivery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_a_redis_restart() {
+    let Some(mut server) = RedisServerHarness::start().await else {
+        return;
+    };
+    let client = RedisClient::connect(&server.config()).await.unwrap();
+    let bus = RedisBus::new(client).await.unwrap();
+    let mut receiver = bus.subscribe("cm-restart").await.unwrap();
+    assert_eq!(
+        bus.publish("cm-restart", presence_to_contacts())
+            .await
+            .unwrap(),
+        1
+    );
+    receive(&mut receiver).await;
+    server.restart().await;
+    let delivery = presence_to_contacts();
+    assert_eq!(
+        publish_until_received(&bus, "cm-restart", delivery.clone()).await,
+        1
+    );
+    assert_eq!(receive(&mut receiver).await, delivery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_round_trip_with_sharded_pub_sub() {
+    let Some(cluster) = RedisClusterHarness::start().await else {
+        return;
+    };
+    let config = cluster.config();
+    let publisher = RedisBus::new(RedisClient::connect(&config).await.unwrap())
+        .await
+        .unwrap();
+    let subscriber = RedisBus::new(RedisClient::connect(&config).await.unwrap())
+        .await
+        .unwrap();
+    // The channels' hash tags fall in slots 5897, 10090, 14155 and 1964: with
+    // `redis-cli --cluster create` splitting the slots in three, every master holds one.
+    for node in ["cm-a", "cm-b", "cm-c", "cm-d"] {
+        round_trip(&publisher, &subscriber, node).await;
+    }
+}

@@ -1,0 +1,632 @@
+//! The `SessionRegistry` contract, one suite run against `MemoryRegistry`,
+//! `RedisRegistry` on the real Redis, and `RedisRegistry` on a throw-away
+//! 3-master Redis Cluster; plus the Redis-only parts (liveness, janitor,
+//! re-registration after a Redis restart).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use parking_lot::Mutex;
+use starling_api::{SessionAddr, SessionRecord, SessionRegistry};
+use starling_jid::{FullJid, Jid};
+use starling_redis_client::testing::{test_client, RedisClusterHarness, RedisServerHarness};
+use starling_redis_client::RedisClient;
+
+use crate::{DeadSessionCallback, Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
+
+fn addr(node: &str, conn: u64) -> SessionAddr {
+    SessionAddr {
+        node: node.into(),
+        conn,
+    }
+}
+
+fn full(jid: &str) -> FullJid {
+    jid.parse().unwrap()
+}
+
+/// Wait (bounded) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+async fn newest_bind_replaces_and_stale_unbind_is_ignored(registry: &dyn SessionRegistry) {
+    let jid = full("a@example.com/phone");
+    let first = registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 1)))
+        .await
+        .unwrap();
+    assert!(first.replaced.is_none());
+    let second = registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm2", 2)))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.replaced.map(|record| record.addr),
+        Some(addr("cm1", 1))
+    );
+    assert_eq!(registry.unbind(&jid, &addr("cm1", 1)).await.unwrap(), None);
+    assert_eq!(registry.sessions(jid.bare()).await.unwrap().len(), 1);
+    let removed = registry
+        .unbind(&jid, &addr("cm2", 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(removed.jid, jid);
+    assert!(registry.sessions(jid.bare()).await.unwrap().is_empty());
+    assert_eq!(registry.session(&jid).await.unwrap(), None);
+    assert_eq!(registry.unbind(&jid, &addr("cm2", 2)).await.unwrap(), None);
+}
+
+async fn presence_updates_only_the_current_session(registry: &dyn SessionRegistry) {
+    let jid = full("b@example.com/phone");
+    registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 1)))
+        .await
+        .unwrap();
+    assert!(!registry
+        .set_presence(&jid, &addr("cm1", 9), true, 5, None)
+        .await
+        .unwrap());
+    assert!(!registry
+        .set_presence(&full("b@example.com/other"), &addr("cm1", 1), true, 5, None)
+        .await
+        .unwrap());
+    let presence =
+        "<presence xmlns='jabber:client'><show>away</show><status>a/b \"c\" é</status></presence>";
+    assert!(registry
+        .set_presence(&jid, &addr("cm1", 1), true, -3, Some(presence.into()))
+        .await
+        .unwrap());
+    let record = registry.session(&jid).await.unwrap().unwrap();
+    assert!(record.available);
+    assert_eq!(record.priority, -3);
+    assert_eq!(record.presence.as_deref(), Some(presence));
+    assert!(registry
+        .set_presence(&jid, &addr("cm1", 1), false, 0, None)
+        .await
+        .unwrap());
+    let record = registry.session(&jid).await.unwrap().unwrap();
+    assert!(!record.available);
+    assert_eq!(record.presence, None);
+}
+
+async fn interest_is_recorded_for_the_current_session_only(registry: &dyn SessionRegistry) {
+    let jid = full("c@example.com/phone");
+    registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 1)))
+        .await
+        .unwrap();
+    assert!(!registry
+        .set_interested(&jid, &addr("cm2", 1))
+        .await
+        .unwrap());
+    assert!(!registry.session(&jid).await.unwrap().unwrap().interested);
+    assert!(registry
+        .set_interested(&jid, &addr("cm1", 1))
+        .await
+        .unwrap());
+    assert!(registry
+        .set_presence(&jid, &addr("cm1", 1), true, 1, None)
+        .await
+        .unwrap());
+    let record = registry.session(&jid).await.unwrap().unwrap();
+    assert!(record.interested && record.available);
+}
+
+async fn sessions_lists_every_resource_of_one_account(registry: &dyn SessionRegistry) {
+    for (jid, conn) in [
+        ("d@example.com/one", 1),
+        ("d@example.com/two", 2),
+        ("e@example.com/one", 3),
+    ] {
+        registry
+            .bind(SessionRecord::new(full(jid), addr("cm1", conn)))
+            .await
+            .unwrap();
+    }
+    let mut resources: Vec<String> = registry
+        .sessions(full("d@example.com/x").bare())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.jid.resource().to_string())
+        .collect();
+    resources.sort();
+    assert_eq!(resources, ["one", "two"]);
+}
+
+async fn directed_presence_is_remembered_and_taken(registry: &dyn SessionRegistry) {
+    let jid = full("f@example.com/phone");
+    registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 1)))
+        .await
+        .unwrap();
+    let room: Jid = "room@muc.example.com/f".parse().unwrap();
+    let peer: Jid = "peer@example.org".parse().unwrap();
+    registry
+        .set_directed_presence(&jid, &room, true)
+        .await
+        .unwrap();
+    registry
+        .set_directed_presence(&jid, &peer, true)
+        .await
+        .unwrap();
+    registry
+        .set_directed_presence(&jid, &peer, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.take_directed_presence(&jid).await.unwrap(),
+        vec![room.clone()]
+    );
+    assert!(registry
+        .take_directed_presence(&jid)
+        .await
+        .unwrap()
+        .is_empty());
+    // A replaced session's directed presence goes with it.
+    registry
+        .set_directed_presence(&jid, &room, true)
+        .await
+        .unwrap();
+    registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 2)))
+        .await
+        .unwrap();
+    assert!(registry
+        .take_directed_presence(&jid)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn node_sessions_follow_the_records(registry: &dyn SessionRegistry) {
+    registry
+        .bind(SessionRecord::new(
+            full("g@example.com/a"),
+            addr("node-a", 1),
+        ))
+        .await
+        .unwrap();
+    registry
+        .bind(SessionRecord::new(
+            full("g@example.com/b"),
+            addr("node-a", 2),
+        ))
+        .await
+        .unwrap();
+    registry
+        .bind(SessionRecord::new(
+            full("h@example.com/a"),
+            addr("node-b", 1),
+        ))
+        .await
+        .unwrap();
+    // The resource moves to node-b: node-a no longer has it.
+    registry
+        .bind(SessionRecord::new(
+            full("g@example.com/b"),
+            addr("node-b", 2),
+        ))
+        .await
+        .unwrap();
+    let on_a: Vec<FullJid> = registry
+        .node_sessions("node-a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.jid)
+        .collect();
+    assert_eq!(on_a, vec![full("g@example.com/a")]);
+    let mut on_b: Vec<String> = registry
+        .node_sessions("node-b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.jid.to_string())
+        .collect();
+    on_b.sort();
+    assert_eq!(on_b, ["g@example.com/b", "h@example.com/a"]);
+    registry
+        .unbind(&full("g@example.com/a"), &addr("node-a", 1))
+        .await
+        .unwrap();
+    assert!(registry.node_sessions("node-a").await.unwrap().is_empty());
+    assert!(registry
+        .node_sessions("node-nobody")
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn concurrent_binds_end_with_one_session(registry: Arc<dyn SessionRegistry>) {
+    let jid = full("race@example.com/same");
+    let binds = (0..50u64).map(|conn| {
+        let registry = registry.clone();
+        let record = SessionRecord::new(jid.clone(), addr(&format!("cm{}", conn % 3), conn));
+        tokio::spawn(async move { registry.bind(record).await.unwrap() })
+    });
+    let outcomes = futures::future::join_all(binds).await;
+    let replacements = outcomes
+        .into_iter()
+        .filter(|outcome| outcome.as_ref().unwrap().replaced.is_some())
+        .count();
+    assert_eq!(replacements, 49);
+    let sessions = registry.sessions(jid.bare()).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    let survivor = &sessions[0].addr;
+    let mut indexed = 0;
+    for node in ["cm0", "cm1", "cm2"] {
+        for record in registry.node_sessions(node).await.unwrap() {
+            assert_eq!(&record.addr, survivor);
+            indexed += 1;
+        }
+    }
+    assert_eq!(indexed, 1);
+}
+
+async fn run_contract(
+    make: impl Fn() -> futures::future::BoxFuture<'static, Arc<dyn SessionRegistry>>,
+) {
+    newest_bind_replaces_and_stale_unbind_is_ignored(&*make().await).await;
+    presence_updates_only_the_current_session(&*make().await).await;
+    interest_is_recorded_for_the_current_session_only(&*make().await).await;
+    sessions_lists_every_resource_of_one_account(&*make().await).await;
+    directed_presence_is_remembered_and_taken(&*make().await).await;
+    node_sessions_follow_the_records(&*make().await).await;
+    concurrent_binds_end_with_one_session(make().await).await;
+}
+
+#[tokio::test]
+async fn memory_registry_meets_the_contract() {
+    run_contract(|| async { Arc::new(MemoryRegistry::new()) as Arc<dyn SessionRegistry> }.boxed())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_registry_meets_the_contract() {
+    if test_client().await.is_none() {
+        return;
+    }
+    run_contract(|| {
+        async {
+            Arc::new(RedisRegistry::new(test_client().await.unwrap())) as Arc<dyn SessionRegistry>
+        }
+        .boxed()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_registry_meets_the_contract() {
+    let Some(cluster) = RedisClusterHarness::start().await else {
+        return;
+    };
+    let config = cluster.config();
+    run_contract(move || {
+        let mut config = config.clone();
+        config.key_prefix = starling_redis_client::testing::random_prefix();
+        async move {
+            Arc::new(RedisRegistry::new(
+                RedisClient::connect(&config).await.unwrap(),
+            )) as Arc<dyn SessionRegistry>
+        }
+        .boxed()
+    })
+    .await;
+    // Janitor clean-up across slots, in the cluster too.
+    let client = RedisClient::connect(&cluster.config()).await.unwrap();
+    janitor_removes_the_sessions_of_a_dead_node(client).await;
+}
+
+#[tokio::test]
+async fn liveness_key_lives_while_refreshed_and_expires_after() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let liveness =
+        NodeLiveness::spawn(client.clone(), "cm-live".into(), Duration::from_millis(600));
+    eventually("the node key is written", || {
+        NodeLiveness::is_alive(&client, "cm-live").map(Result::unwrap)
+    })
+    .await;
+    // Several TTLs later it is still alive: the task refreshes it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(NodeLiveness::is_alive(&client, "cm-live").await.unwrap());
+    assert_eq!(*liveness.key_lost().borrow(), 0);
+    liveness.stop().await.unwrap();
+    assert!(!NodeLiveness::is_alive(&client, "cm-live").await.unwrap());
+
+    // Dropped without stop(): the key goes too.
+    let liveness =
+        NodeLiveness::spawn(client.clone(), "cm-dropped".into(), Duration::from_secs(30));
+    eventually("the node key is written", || {
+        NodeLiveness::is_alive(&client, "cm-dropped").map(Result::unwrap)
+    })
+    .await;
+    drop(liveness);
+    eventually("the dropped node key is deleted", || {
+        NodeLiveness::is_alive(&client, "cm-dropped").map(|alive| !alive.unwrap())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn liveness_notices_a_lost_key() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let liveness =
+        NodeLiveness::spawn(client.clone(), "cm-lost".into(), Duration::from_millis(300));
+    eventually("the node key is written", || {
+        NodeLiveness::is_alive(&client, "cm-lost").map(Result::unwrap)
+    })
+    .await;
+    let mut connection = client.connection();
+    starling_redis_client::redis::cmd("DEL")
+        .arg(client.node_key("cm-lost"))
+        .query_async::<()>(&mut connection)
+        .await
+        .unwrap();
+    let lost = liveness.key_lost();
+    eventually("the lost key is reported", || {
+        let lost = *lost.borrow();
+        async move { lost >= 1 }
+    })
+    .await;
+    assert!(NodeLiveness::is_alive(&client, "cm-lost").await.unwrap());
+    liveness.stop().await.unwrap();
+}
+
+fn recording_callback() -> (DeadSessionCallback, Arc<Mutex<Vec<SessionRecord>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen_by_callback = seen.clone();
+    let callback: DeadSessionCallback = Arc::new(move |record| {
+        let seen = seen_by_callback.clone();
+        async move { seen.lock().push(record) }.boxed()
+    });
+    (callback, seen)
+}
+
+async fn janitor_removes_the_sessions_of_a_dead_node(client: RedisClient) {
+    let registry = Arc::new(RedisRegistry::new(client.clone()));
+    let alive = NodeLiveness::spawn(client.clone(), "cm-alive".into(), Duration::from_secs(30));
+    eventually("the live node key is written", || {
+        NodeLiveness::is_alive(&client, "cm-alive").map(Result::unwrap)
+    })
+    .await;
+    // cm-dead never had (or lost) its key.
+    registry
+        .bind(SessionRecord::new(
+            full("x@example.com/a"),
+            addr("cm-dead", 1),
+        ))
+        .await
+        .unwrap();
+    registry
+        .bind(SessionRecord::new(
+            full("y@example.com/a"),
+            addr("cm-dead", 2),
+        ))
+        .await
+        .unwrap();
+    registry
+        .bind(SessionRecord::new(
+            full("x@example.com/b"),
+            addr("cm-alive", 1),
+        ))
+        .await
+        .unwrap();
+    // A session that moved from cm-dead to cm-alive leaves a stale entry that must not be removed.
+    registry
+        .bind(SessionRecord::new(
+            full("z@example.com/a"),
+            addr("cm-dead", 3),
+        ))
+        .await
+        .unwrap();
+    registry
+        .bind(SessionRecord::new(
+            full("z@example.com/a"),
+            addr("cm-alive", 3),
+        ))
+        .await
+        .unwrap();
+
+    let (callback, seen) = recording_callback();
+    let (first, second) = tokio::join!(
+        Janitor::sweep(&registry, &callback),
+        Janitor::sweep(&registry, &callback)
+    );
+    assert_eq!(first.unwrap() + second.unwrap(), 2);
+    assert_eq!(Janitor::sweep(&registry, &callback).await.unwrap(), 0);
+    let mut removed: Vec<String> = seen
+        .lock()
+        .iter()
+        .map(|record| record.jid.to_string())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["x@example.com/a", "y@example.com/a"]);
+    assert!(registry.node_sessions("cm-dead").await.unwrap().is_empty());
+    assert_eq!(
+        registry
+            .sessions(full("x@example.com/a").bare())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        registry
+            .session(&full("z@example.com/a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .addr,
+        addr("cm-alive", 3)
+    );
+    assert_eq!(registry.node_sessions("cm-alive").await.unwrap().len(), 2);
+    alive.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn janitor_sweep_is_idempotent() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    janitor_removes_the_sessions_of_a_dead_node(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_janitor_leads_and_cleans_up_an_expired_node() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let registry = Arc::new(RedisRegistry::new(client.clone()));
+    let liveness = NodeLiveness::spawn(
+        client.clone(),
+        "cm-expiring".into(),
+        Duration::from_millis(600),
+    );
+    eventually("the node key is written", || {
+        NodeLiveness::is_alive(&client, "cm-expiring").map(Result::unwrap)
+    })
+    .await;
+    for conn in 0..3u64 {
+        let jid = full(&format!("user{conn}@example.com/res"));
+        registry
+            .bind(SessionRecord::new(jid, addr("cm-expiring", conn)))
+            .await
+            .unwrap();
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let callback: DeadSessionCallback = Arc::new(move |_record| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {}.boxed()
+    });
+    let janitors: Vec<Janitor> = (0..2)
+        .map(|_| {
+            Janitor::spawn(
+                client.clone(),
+                registry.clone(),
+                callback.clone(),
+                Duration::from_millis(100),
+            )
+        })
+        .collect();
+    eventually("a janitor leads", || {
+        let leaders = janitors
+            .iter()
+            .filter(|janitor| janitor.is_leader())
+            .count();
+        async move { leaders == 1 }
+    })
+    .await;
+    // The node is alive: nothing is removed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The node dies (its task stops without deleting the key): the key expires.
+    liveness.halt_as_if_crashed();
+    eventually("the node's sessions are removed", || {
+        let calls = calls.load(Ordering::SeqCst);
+        async move { calls == 3 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(registry
+        .node_sessions("cm-expiring")
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        janitors
+            .iter()
+            .filter(|janitor| janitor.is_leader())
+            .count(),
+        1
+    );
+    for janitor in janitors {
+        janitor.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_reregistered_after_a_redis_restart() {
+    let Some(mut server) = RedisServerHarness::start().await else {
+        return;
+    };
+    let client = RedisClient::connect(&server.config()).await.unwrap();
+    let registry = RedisRegistry::new(client.clone());
+    let liveness = NodeLiveness::spawn(
+        client.clone(),
+        "cm-restart".into(),
+        Duration::from_millis(300),
+    );
+    eventually("the node key is written", || {
+        NodeLiveness::is_alive(&client, "cm-restart").map(|alive| alive.unwrap_or(false))
+    })
+    .await;
+    let mut record = SessionRecord::new(full("r@example.com/a"), addr("cm-restart", 1));
+    record.available = true;
+    record.presence = Some("<presence xmlns='jabber:client'/>".into());
+    registry.bind(record.clone()).await.unwrap();
+    registry
+        .bind(SessionRecord::new(
+            full("r@example.com/b"),
+            addr("cm-restart", 2),
+        ))
+        .await
+        .unwrap();
+    let live = registry.node_sessions("cm-restart").await.unwrap();
+    assert_eq!(live.len(), 2);
+
+    server.restart().await;
+    let lost = liveness.key_lost();
+    eventually("the restart is noticed", || {
+        let lost = *lost.borrow();
+        async move { lost >= 1 }
+    })
+    .await;
+    // Meanwhile another node took one of the resources: it keeps it.
+    registry
+        .bind(SessionRecord::new(
+            full("r@example.com/b"),
+            addr("cm-other", 9),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(registry.reregister(live).await.unwrap(), 1);
+    assert_eq!(
+        registry.session(&record.jid).await.unwrap(),
+        Some(record.clone())
+    );
+    assert_eq!(
+        registry.node_sessions("cm-restart").await.unwrap(),
+        vec![record]
+    );
+    assert_eq!(
+        registry
+            .session(&full("r@example.com/b"))
+            .await
+            .unwrap()
+            .unwrap()
+            .addr,
+        addr("cm-other", 9)
+    );
+    liveness.stop().await.unwrap();
+}

@@ -1,0 +1,445 @@
+//! The storage service over gRPC (`starling.storage.v1.Storage`): the server
+//! adapter over any [`StorageApi`] and [`GrpcStorageClient`], which
+//! implements [`StorageApi`] by calling every storage replica.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use starling_api::{ApiResult, RosterItem, StorageApi, StoredCredentials};
+use starling_jid::BareJid;
+use tonic::{Request, Response, Status};
+
+use crate::balance::{ReplicaSet, RetryPolicy};
+use crate::convert::{
+    credentials_from_proto, credentials_to_proto, invalid_request, malformed_response,
+    parse_bare_jid, roster_item_from_proto, roster_item_to_proto,
+};
+use crate::error::{api_error_to_status, ProtoError};
+use crate::storage::v1 as proto;
+use crate::storage::v1::storage_client::StorageClient;
+use crate::storage::v1::storage_server::{Storage, StorageServer};
+
+/// The tonic service serving `api` as `starling.storage.v1.Storage`.
+pub fn storage_service(api: Arc<dyn StorageApi>) -> StorageServer<StorageGrpcServer> {
+    StorageServer::new(StorageGrpcServer { api })
+}
+
+/// Implements the generated `Storage` trait by calling a [`StorageApi`].
+pub struct StorageGrpcServer {
+    api: Arc<dyn StorageApi>,
+}
+
+fn bad_request(message: String) -> Status {
+    api_error_to_status(invalid_request(message))
+}
+
+fn user_field(value: &str) -> Result<BareJid, Status> {
+    parse_bare_jid("user", value).map_err(bad_request)
+}
+
+#[tonic::async_trait]
+impl Storage for StorageGrpcServer {
+    async fn create_account(
+        &self,
+        request: Request<proto::CreateAccountRequest>,
+    ) -> Result<Response<proto::CreateAccountResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let credentials = credentials_from_proto(request.credentials).map_err(bad_request)?;
+        self.api
+            .create_account(&user, &credentials)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::CreateAccountResponse {}))
+    }
+
+    async fn set_credentials(
+        &self,
+        request: Request<proto::SetCredentialsRequest>,
+    ) -> Result<Response<proto::SetCredentialsResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let credentials = credentials_from_proto(request.credentials).map_err(bad_request)?;
+        self.api
+            .set_credentials(&user, &credentials)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::SetCredentialsResponse {}))
+    }
+
+    async fn remove_account(
+        &self,
+        request: Request<proto::RemoveAccountRequest>,
+    ) -> Result<Response<proto::RemoveAccountResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        self.api
+            .remove_account(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::RemoveAccountResponse {}))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<proto::ListAccountsRequest>,
+    ) -> Result<Response<proto::ListAccountsResponse>, Status> {
+        let domain = request.into_inner().domain;
+        let accounts = self
+            .api
+            .list_accounts(&domain)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::ListAccountsResponse {
+            accounts: accounts.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn get_credentials(
+        &self,
+        request: Request<proto::GetCredentialsRequest>,
+    ) -> Result<Response<proto::GetCredentialsResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let credentials = self
+            .api
+            .credentials(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetCredentialsResponse {
+            credentials: credentials.as_ref().map(credentials_to_proto),
+        }))
+    }
+
+    async fn get_roster(
+        &self,
+        request: Request<proto::GetRosterRequest>,
+    ) -> Result<Response<proto::GetRosterResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let (version, items) = self.api.roster(&user).await.map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetRosterResponse {
+            version,
+            items: items.iter().map(roster_item_to_proto).collect(),
+        }))
+    }
+
+    async fn get_roster_item(
+        &self,
+        request: Request<proto::GetRosterItemRequest>,
+    ) -> Result<Response<proto::GetRosterItemResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let contact = parse_bare_jid("contact", &request.contact).map_err(bad_request)?;
+        let item = self
+            .api
+            .roster_item(&user, &contact)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetRosterItemResponse {
+            item: item.as_ref().map(roster_item_to_proto),
+        }))
+    }
+
+    async fn put_roster_item(
+        &self,
+        request: Request<proto::PutRosterItemRequest>,
+    ) -> Result<Response<proto::PutRosterItemResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let item = request
+            .item
+            .ok_or_else(|| "item: missing".to_string())
+            .and_then(roster_item_from_proto)
+            .map_err(bad_request)?;
+        let version = self
+            .api
+            .put_roster_item(&user, &item)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::PutRosterItemResponse { version }))
+    }
+
+    async fn remove_roster_item(
+        &self,
+        request: Request<proto::RemoveRosterItemRequest>,
+    ) -> Result<Response<proto::RemoveRosterItemResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let contact = parse_bare_jid("contact", &request.contact).map_err(bad_request)?;
+        let version = self
+            .api
+            .remove_roster_item(&user, &contact)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::RemoveRosterItemResponse { version }))
+    }
+
+    async fn store_offline(
+        &self,
+        request: Request<proto::StoreOfflineRequest>,
+    ) -> Result<Response<proto::StoreOfflineResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        self.api
+            .store_offline(&user, &request.stanza)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::StoreOfflineResponse {}))
+    }
+
+    async fn take_offline(
+        &self,
+        request: Request<proto::TakeOfflineRequest>,
+    ) -> Result<Response<proto::TakeOfflineResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let stanzas = self
+            .api
+            .take_offline(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::TakeOfflineResponse { stanzas }))
+    }
+
+    async fn count_offline(
+        &self,
+        request: Request<proto::CountOfflineRequest>,
+    ) -> Result<Response<proto::CountOfflineResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let count = self
+            .api
+            .count_offline(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::CountOfflineResponse { count }))
+    }
+}
+
+/// [`StorageApi`] over gRPC, balanced over every storage replica with
+/// failover (see `balance` for the retry policy of each call):
+/// reads and `set_credentials` are retried on every replica; `create_account`,
+/// `remove_account`, `put_roster_item`, `remove_roster_item` and
+/// `store_offline` once (at-least-once: a retried `store_offline` whose first
+/// attempt was executed stores the message twice, a retried `create_account`
+/// may answer `AlreadyExists`); `take_offline` only when the request never
+/// left, so that taken messages are never lost with a lost answer.
+#[derive(Clone, Debug)]
+pub struct GrpcStorageClient {
+    replicas: Arc<ReplicaSet>,
+}
+
+impl GrpcStorageClient {
+    /// Lazy connections to every endpoint (`host:port` or `http://host:port`).
+    pub fn connect(endpoints: Vec<String>) -> Result<Self, ProtoError> {
+        Ok(GrpcStorageClient {
+            replicas: Arc::new(ReplicaSet::connect("storage", endpoints)?),
+        })
+    }
+}
+
+#[async_trait]
+impl StorageApi for GrpcStorageClient {
+    async fn create_account(
+        &self,
+        user: &BareJid,
+        credentials: &StoredCredentials,
+    ) -> ApiResult<()> {
+        let request = proto::CreateAccountRequest {
+            user: user.to_string(),
+            credentials: Some(credentials_to_proto(credentials)),
+        };
+        self.replicas
+            .call("create_account", RetryPolicy::AtLeastOnce, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).create_account(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn set_credentials(
+        &self,
+        user: &BareJid,
+        credentials: &StoredCredentials,
+    ) -> ApiResult<()> {
+        let request = proto::SetCredentialsRequest {
+            user: user.to_string(),
+            credentials: Some(credentials_to_proto(credentials)),
+        };
+        self.replicas
+            .call("set_credentials", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).set_credentials(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_account(&self, user: &BareJid) -> ApiResult<()> {
+        let request = proto::RemoveAccountRequest {
+            user: user.to_string(),
+        };
+        self.replicas
+            .call("remove_account", RetryPolicy::AtLeastOnce, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).remove_account(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>> {
+        let request = proto::ListAccountsRequest {
+            domain: domain.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("list_accounts", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).list_accounts(request).await }
+            })
+            .await?;
+        response
+            .accounts
+            .iter()
+            .map(|account| parse_bare_jid("accounts", account).map_err(malformed_response))
+            .collect()
+    }
+
+    async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
+        let request = proto::GetCredentialsRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("credentials", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_credentials(request).await }
+            })
+            .await?;
+        match response.credentials {
+            Some(credentials) => credentials_from_proto(Some(credentials))
+                .map(Some)
+                .map_err(malformed_response),
+            None => Ok(None),
+        }
+    }
+
+    async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
+        let request = proto::GetRosterRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("roster", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_roster(request).await }
+            })
+            .await?;
+        let items = response
+            .items
+            .into_iter()
+            .map(|item| roster_item_from_proto(item).map_err(malformed_response))
+            .collect::<ApiResult<Vec<RosterItem>>>()?;
+        Ok((response.version, items))
+    }
+
+    async fn roster_item(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+    ) -> ApiResult<Option<RosterItem>> {
+        let request = proto::GetRosterItemRequest {
+            user: user.to_string(),
+            contact: contact.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("roster_item", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_roster_item(request).await }
+            })
+            .await?;
+        response
+            .item
+            .map(|item| roster_item_from_proto(item).map_err(malformed_response))
+            .transpose()
+    }
+
+    async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> ApiResult<u64> {
+        let request = proto::PutRosterItemRequest {
+            user: user.to_string(),
+            item: Some(roster_item_to_proto(item)),
+        };
+        let response = self
+            .replicas
+            .call("put_roster_item", RetryPolicy::AtLeastOnce, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).put_roster_item(request).await }
+            })
+            .await?;
+        Ok(response.version)
+    }
+
+    async fn remove_roster_item(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+    ) -> ApiResult<Option<u64>> {
+        let request = proto::RemoveRosterItemRequest {
+            user: user.to_string(),
+            contact: contact.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("remove_roster_item", RetryPolicy::AtLeastOnce, |channel| {
+                let request = request.clone();
+                async move {
+                    StorageClient::new(channel)
+                        .remove_roster_item(request)
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.version)
+    }
+
+    async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()> {
+        let request = proto::StoreOfflineRequest {
+            user: user.to_string(),
+            stanza: stanza_xml.to_string(),
+        };
+        self.replicas
+            .call("store_offline", RetryPolicy::AtLeastOnce, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).store_offline(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
+        let request = proto::TakeOfflineRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("take_offline", RetryPolicy::AtMostOnce, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).take_offline(request).await }
+            })
+            .await?;
+        Ok(response.stanzas)
+    }
+
+    async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {
+        let request = proto::CountOfflineRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("count_offline", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).count_offline(request).await }
+            })
+            .await?;
+        Ok(response.count)
+    }
+}

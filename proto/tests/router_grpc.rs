@@ -1,0 +1,509 @@
+//! `GrpcRouterClient` against real tonic servers backed by a recording
+//! `RouterApi`: unary binding, ordered route streams (RFC 6120 section 10.1),
+//! stickiness by session and failover of un-acked stanzas.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use parking_lot::Mutex;
+use starling_api::{ApiError, ApiResult, BindError, Origin, RouterApi, SessionAddr};
+use starling_jid::{BareJid, FullJid};
+use starling_proto::common::v1 as common_proto;
+use starling_proto::router::v1 as proto;
+use starling_proto::router::v1::router_client::RouterClient;
+use starling_proto::GrpcRouterClient;
+use starling_xmpp::{parse_element, Element, Limits};
+use support::{wait_until, KillableServer, TestServer};
+
+/// Records what it is asked; a stanza with id `block` hangs when blocking is
+/// on, one with id `missing` fails with NotFound.
+#[derive(Default)]
+struct RecordingRouter {
+    routed: Mutex<Vec<(Origin, String)>>,
+    unbound: Mutex<Vec<(FullJid, SessionAddr)>>,
+    undeliverable: Mutex<Vec<(String, SessionAddr)>>,
+    block_at: Mutex<Option<String>>,
+    blocking: AtomicBool,
+}
+
+impl RecordingRouter {
+    fn routed_ids(&self, session: &str) -> Vec<String> {
+        self.routed
+            .lock()
+            .iter()
+            .filter(|(origin, _)| matches!(origin, Origin::Session { jid, .. } if jid.to_string() == session))
+            .map(|(_, xml)| {
+                let stanza = parse_element(xml.as_bytes(), &Limits::default()).expect("stanza");
+                stanza.attr("id").unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl RouterApi for RecordingRouter {
+    async fn bind(
+        &self,
+        user: &BareJid,
+        requested: Option<&str>,
+        _addr: &SessionAddr,
+    ) -> Result<FullJid, BindError> {
+        match requested {
+            Some("bad") => Err(BindError::BadRequest),
+            Some("many") => Err(BindError::ResourceConstraint),
+            Some("banned") => Err(BindError::NotAllowed),
+            Some("down") => Err(BindError::Api(ApiError::Unavailable(
+                "registry down".into(),
+            ))),
+            Some(resource) => Ok(user.with_resource(resource).expect("resource")),
+            None => Ok(user.with_resource("generated-1").expect("resource")),
+        }
+    }
+
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<()> {
+        self.unbound.lock().push((jid.clone(), addr.clone()));
+        Ok(())
+    }
+
+    async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()> {
+        let id = stanza.attr("id").unwrap_or_default().to_string();
+        if id == "missing" {
+            return Err(ApiError::NotFound("no such user".into()));
+        }
+        let block = self.blocking.load(Ordering::SeqCst)
+            && self.block_at.lock().as_deref() == Some(id.as_str());
+        if block {
+            std::future::pending::<()>().await;
+        }
+        self.routed.lock().push((origin, stanza.to_xml()));
+        Ok(())
+    }
+
+    async fn undeliverable(&self, stanza: Element, failed: &SessionAddr) -> ApiResult<()> {
+        self.undeliverable
+            .lock()
+            .push((stanza.to_xml(), failed.clone()));
+        Ok(())
+    }
+}
+
+fn addr(conn: u64) -> SessionAddr {
+    SessionAddr {
+        node: "cm1".into(),
+        conn,
+    }
+}
+
+fn session(jid: &str, conn: u64) -> Origin {
+    Origin::Session {
+        jid: jid.parse().expect("full jid"),
+        addr: addr(conn),
+    }
+}
+
+fn message(from: &str, id: &str) -> Element {
+    let xml = format!(
+        "<message xmlns='jabber:client' from='{from}' to='romeo@example.org' type='chat' id='{id}'><body>{id}</body></message>"
+    );
+    parse_element(xml.as_bytes(), &Limits::default()).expect("message")
+}
+
+#[tokio::test]
+async fn bind_unbind_and_undeliverable_map_every_outcome() {
+    let router = Arc::new(RecordingRouter::default());
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let client = GrpcRouterClient::connect(vec![server.endpoint()]).expect("client");
+    let juliet: BareJid = "juliet@example.org".parse().expect("jid");
+
+    assert_eq!(
+        client
+            .bind(&juliet, Some("balcony"), &addr(1))
+            .await
+            .expect("bind")
+            .to_string(),
+        "juliet@example.org/balcony"
+    );
+    assert_eq!(
+        client
+            .bind(&juliet, None, &addr(2))
+            .await
+            .expect("bind")
+            .to_string(),
+        "juliet@example.org/generated-1"
+    );
+    assert_eq!(
+        client.bind(&juliet, Some("bad"), &addr(3)).await,
+        Err(BindError::BadRequest)
+    );
+    assert_eq!(
+        client.bind(&juliet, Some("many"), &addr(3)).await,
+        Err(BindError::ResourceConstraint)
+    );
+    assert_eq!(
+        client.bind(&juliet, Some("banned"), &addr(3)).await,
+        Err(BindError::NotAllowed)
+    );
+    assert_eq!(
+        client.bind(&juliet, Some("down"), &addr(3)).await,
+        Err(BindError::Api(ApiError::Unavailable(
+            "registry down".into()
+        )))
+    );
+
+    let full: FullJid = "juliet@example.org/balcony".parse().expect("jid");
+    client.unbind(&full, &addr(1)).await.expect("unbind");
+    assert_eq!(router.unbound.lock().clone(), vec![(full, addr(1))]);
+
+    let stanza = message("juliet@example.org/balcony", "u1");
+    client
+        .undeliverable(stanza.clone(), &addr(1))
+        .await
+        .expect("undeliverable");
+    assert_eq!(
+        router.undeliverable.lock().clone(),
+        vec![(
+            "<message xmlns='jabber:client' from='juliet@example.org/balcony' to='romeo@example.org' type='chat' id='u1'><body>u1</body></message>".to_string(),
+            addr(1)
+        )]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn route_stream_keeps_order_for_1000_stanzas_per_session() {
+    let router = Arc::new(RecordingRouter::default());
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let client = GrpcRouterClient::connect(vec![server.endpoint()]).expect("client");
+
+    // Every route future is created in order and polled together: the
+    // stream, not the caller, must keep the order.
+    let sessions = ["juliet@example.org/balcony", "romeo@example.org/garden"];
+    let futures = (1..=1000).flat_map(|number| {
+        let client = client.clone();
+        sessions.map(move |jid| {
+            let client = client.clone();
+            async move {
+                client
+                    .route(session(jid, 1), message(jid, &number.to_string()))
+                    .await
+            }
+        })
+    });
+    for result in join_all(futures).await {
+        result.expect("every stanza acked");
+    }
+    let expected: Vec<String> = (1..=1000).map(|number| number.to_string()).collect();
+    for jid in sessions {
+        assert_eq!(router.routed_ids(jid), expected, "order of {jid}");
+    }
+    // The stanza travels as literal XML and the origin with it.
+    let (origin, xml) = router.routed.lock()[0].clone();
+    assert_eq!(origin, session("juliet@example.org/balcony", 1));
+    assert_eq!(
+        xml,
+        "<message xmlns='jabber:client' from='juliet@example.org/balcony' to='romeo@example.org' type='chat' id='1'><body>1</body></message>"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn route_errors_come_back_in_the_ack() {
+    let router = Arc::new(RecordingRouter::default());
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let client = GrpcRouterClient::connect(vec![server.endpoint()]).expect("client");
+    assert_eq!(
+        client
+            .route(
+                session("juliet@example.org/balcony", 1),
+                message("juliet@example.org/balcony", "missing")
+            )
+            .await,
+        Err(ApiError::NotFound("no such user".into()))
+    );
+    client
+        .route(Origin::Server, message("example.org", "s1"))
+        .await
+        .expect("server origin");
+    assert_eq!(router.routed.lock()[0].0, Origin::Server);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_acks_malformed_route_requests_with_invalid_argument() {
+    let router = Arc::new(RecordingRouter::default());
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let mut raw = RouterClient::connect(server.endpoint())
+        .await
+        .expect("raw client");
+    let session_origin = proto::route_request::Origin::Session(proto::SessionOrigin {
+        full_jid: "juliet@example.org/balcony".into(),
+        addr: Some(common_proto::SessionAddr {
+            node: "cm1".into(),
+            conn: 1,
+        }),
+    });
+    let requests = vec![
+        proto::RouteRequest {
+            sequence: 1,
+            origin: Some(session_origin.clone()),
+            stanza: "<message xmlns='jabber:client'><body>unclosed".into(),
+            trace_context: Default::default(),
+        },
+        proto::RouteRequest {
+            sequence: 2,
+            origin: None,
+            stanza: "<message xmlns='jabber:client'/>".into(),
+            trace_context: Default::default(),
+        },
+        proto::RouteRequest {
+            sequence: 3,
+            origin: Some(proto::route_request::Origin::Session(
+                proto::SessionOrigin {
+                    full_jid: "juliet@example.org".into(),
+                    addr: None,
+                },
+            )),
+            stanza: "<message xmlns='jabber:client'/>".into(),
+            trace_context: Default::default(),
+        },
+        proto::RouteRequest {
+            sequence: 4,
+            origin: Some(session_origin),
+            stanza: "<message xmlns='jabber:client' id='ok'/>".into(),
+            trace_context: Default::default(),
+        },
+    ];
+    let mut acks = raw
+        .route_stream(futures::stream::iter(requests))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let mut received = Vec::new();
+    while let Some(ack) = acks.message().await.expect("ack") {
+        received.push((ack.sequence, tonic::Code::from_i32(ack.code)));
+    }
+    assert_eq!(
+        received,
+        vec![
+            (1, tonic::Code::InvalidArgument),
+            (2, tonic::Code::InvalidArgument),
+            (3, tonic::Code::InvalidArgument),
+            (4, tonic::Code::Ok),
+        ]
+    );
+    assert_eq!(
+        router.routed.lock()[0].1,
+        "<message xmlns='jabber:client' id='ok'/>"
+    );
+
+    let status = raw
+        .bind(proto::BindRequest {
+            user: "juliet@example.org".into(),
+            requested_resource: Some("balcony".into()),
+            addr: None,
+        })
+        .await
+        .expect_err("missing addr");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_stick_to_one_replica_and_spread_over_all() {
+    let first_router = Arc::new(RecordingRouter::default());
+    let second_router = Arc::new(RecordingRouter::default());
+    let first = TestServer::start(None, Some(first_router.clone()), None).await;
+    let second = TestServer::start(None, Some(second_router.clone()), None).await;
+    let client =
+        GrpcRouterClient::connect(vec![first.endpoint(), second.endpoint()]).expect("client");
+    let jids: Vec<String> = (0..40)
+        .map(|number| format!("user{number}@example.org/phone"))
+        .collect();
+    for round in 0..5 {
+        for jid in &jids {
+            client
+                .route(session(jid, 1), message(jid, &round.to_string()))
+                .await
+                .expect("routed");
+        }
+    }
+    let mut on_first = 0;
+    for jid in &jids {
+        let first_ids = first_router.routed_ids(jid);
+        let second_ids = second_router.routed_ids(jid);
+        assert!(
+            first_ids.is_empty() || second_ids.is_empty(),
+            "{jid} was split over replicas"
+        );
+        if !first_ids.is_empty() {
+            on_first += 1;
+        }
+    }
+    assert!(
+        on_first > 0 && on_first < jids.len(),
+        "{on_first} of 40 on the first replica"
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_stanzas_move_to_another_replica_when_a_router_dies() {
+    let routers = [
+        Arc::new(RecordingRouter::default()),
+        Arc::new(RecordingRouter::default()),
+    ];
+    for router in &routers {
+        *router.block_at.lock() = Some("11".into());
+    }
+    let mut servers = [
+        KillableServer::start_router(routers[0].clone()),
+        KillableServer::start_router(routers[1].clone()),
+    ];
+    let client = GrpcRouterClient::connect(vec![servers[0].endpoint(), servers[1].endpoint()])
+        .expect("client");
+    let jid = "juliet@example.org/balcony";
+
+    // The first stanza shows which replica the session sticks to.
+    client
+        .route(session(jid, 1), message(jid, "1"))
+        .await
+        .expect("first stanza");
+    let primary = if routers[0].routed_ids(jid).is_empty() {
+        1
+    } else {
+        0
+    };
+    let standby = 1 - primary;
+    routers[primary].blocking.store(true, Ordering::SeqCst);
+
+    // Stanzas 2..=50 in flight at once; the primary hangs on 11.
+    let sending = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let futures = (2..=50).map(|number| {
+                let client = client.clone();
+                async move {
+                    client
+                        .route(session(jid, 1), message(jid, &number.to_string()))
+                        .await
+                }
+            });
+            join_all(futures).await
+        }
+    });
+    let primary_router = routers[primary].clone();
+    wait_until("the primary routed 1..=10", || {
+        primary_router.routed_ids(jid).len() == 10
+    })
+    .await;
+    servers[primary].kill();
+
+    let results = sending.await.expect("sender task");
+    for result in results {
+        result.expect("every stanza acked after failover");
+    }
+    let expected_primary: Vec<String> = (1..=10).map(|number| number.to_string()).collect();
+    let expected_standby: Vec<String> = (11..=50).map(|number| number.to_string()).collect();
+    assert_eq!(routers[primary].routed_ids(jid), expected_primary);
+    assert_eq!(routers[standby].routed_ids(jid), expected_standby);
+
+    // New stanzas of the session keep going to the standby, in order.
+    client
+        .route(session(jid, 1), message(jid, "51"))
+        .await
+        .expect("after failover");
+    assert_eq!(
+        routers[standby].routed_ids(jid).last().map(String::as_str),
+        Some("51")
+    );
+}
+
+#[tokio::test]
+async fn draining_router_hands_its_sessions_to_another_replica() {
+    let first_router = Arc::new(RecordingRouter::default());
+    let second_router = Arc::new(RecordingRouter::default());
+    let first = TestServer::start(None, Some(first_router.clone()), None).await;
+    let second = TestServer::start(None, Some(second_router.clone()), None).await;
+    let client =
+        GrpcRouterClient::connect(vec![first.endpoint(), second.endpoint()]).expect("client");
+    let jids: Vec<String> = (0..20)
+        .map(|number| format!("user{number}@example.org/phone"))
+        .collect();
+    for jid in &jids {
+        client
+            .route(session(jid, 1), message(jid, "before"))
+            .await
+            .expect("routed");
+    }
+    // Graceful stop of the first replica while its streams are open.
+    first.stop().await;
+    for jid in &jids {
+        client
+            .route(session(jid, 1), message(jid, "after"))
+            .await
+            .expect("routed after the drain");
+        assert_eq!(
+            second_router.routed_ids(jid).last().map(String::as_str),
+            Some("after")
+        );
+    }
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn route_without_any_live_router_fails_unavailable() {
+    let client = GrpcRouterClient::connect(vec!["127.0.0.1:1".into()]).expect("client");
+    let jid = "juliet@example.org/balcony";
+    assert!(matches!(
+        client.route(session(jid, 1), message(jid, "1")).await,
+        Err(ApiError::Unavailable(_))
+    ));
+    let juliet: BareJid = "juliet@example.org".parse().expect("jid");
+    assert!(matches!(
+        client.bind(&juliet, None, &addr(1)).await,
+        Err(BindError::Api(ApiError::Unavailable(_)))
+    ));
+}
+
+#[tokio::test]
+async fn a_stuck_session_does_not_hold_up_the_others_on_its_stream() {
+    let router = Arc::new(RecordingRouter::default());
+    *router.block_at.lock() = Some("stuck".into());
+    router.blocking.store(true, Ordering::SeqCst);
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let client = GrpcRouterClient::connect(vec![server.endpoint()]).expect("client");
+
+    let stuck_jid = "juliet@example.org/balcony";
+    let stuck = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .route(session(stuck_jid, 1), message(stuck_jid, "stuck"))
+                .await
+        }
+    });
+    // Other sessions share the one stream; those on other lanes go through.
+    let mut completed = 0;
+    for number in 0..8 {
+        let jid = format!("user{number}@example.org/phone");
+        let routed = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            client.route(session(&jid, 2), message(&jid, "1")),
+        )
+        .await;
+        if let Ok(result) = routed {
+            result.expect("routed");
+            completed += 1;
+        }
+    }
+    assert!(completed >= 6, "only {completed} of 8 sessions got through");
+    assert!(!stuck.is_finished());
+    stuck.abort();
+    // The stuck call never ends; the server is dropped with the test's runtime.
+    drop(server);
+}

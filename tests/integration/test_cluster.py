@@ -1,0 +1,259 @@
+"""The cluster: the four services as separate processes (deploy/local-cluster.sh)
+over gRPC, a Redis of the test's own and PostgreSQL; real clients on two
+connection-managers."""
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import BIN, REPO, free_port, login, logout, wait_until
+
+SCRIPT = REPO / "deploy" / "local-cluster.sh"
+POSTGRES = os.environ.get("STARLING_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+
+
+class Node:
+    """What `login` needs to reach one connection-manager."""
+
+    def __init__(self, domain, c2s):
+        self.domain = domain
+        self.c2s = c2s
+
+
+class Cluster:
+    def __init__(self, tmp_path: pathlib.Path, liveness_ttl=3):
+        self.dir = tmp_path / "cluster"
+        self.redis_port = free_port()
+        # 70 ports from the base; pick a base whose range looks free.
+        self.base = 20000 + (uuid.uuid4().int % 400) * 100
+        self.env = dict(
+            os.environ,
+            STARLING_BIN=BIN,
+            STARLING_CLUSTER_DIR=str(self.dir),
+            STARLING_BASE_PORT=str(self.base),
+            STARLING_DOMAIN="localhost",
+            STARLING_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}",
+            STARLING_POSTGRES=POSTGRES,
+            STARLING_CLUSTER_LIVENESS_TTL_SECS=str(liveness_ttl),
+        )
+        self.redis = None
+
+    def start_redis(self):
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: subprocess.run(["redis-cli", "-p", str(self.redis_port), "ping"], capture_output=True).returncode == 0,
+            what="the test's redis",
+        )
+
+    def up(self):
+        self.start_redis()
+        result = subprocess.run([str(SCRIPT), "up"], env=self.env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stdout + result.stderr
+        self.table = result.stdout
+        self.info = json.loads((self.dir / "cluster.json").read_text())
+        self.processes = {p["name"]: p for p in self.info["processes"]}
+        return self
+
+    def node(self, name):
+        address = self.processes[name]["c2s"]
+        return Node("localhost", int(address.rsplit(":", 1)[1]))
+
+    def add_user(self, localpart, password="cluster-pass"):
+        jid = f"{localpart}@localhost"
+        subprocess.run(
+            [BIN, "user", "add", jid, password, "--config", str(self.dir / "starling.toml")],
+            check=True, capture_output=True, timeout=60,
+        )
+        return jid, password
+
+    def kill(self, name, sig=signal.SIGKILL):
+        os.kill(self.processes[name]["pid"], sig)
+
+    def logs(self):
+        out = []
+        for path in sorted((self.dir / "logs").glob("*.log")):
+            out.append(f"--- {path.name}\n" + path.read_text(errors="replace")[-3000:])
+        return "\n".join(out)
+
+    def down(self):
+        subprocess.run([str(SCRIPT), "down"], env=self.env, capture_output=True, timeout=120)
+        if self.redis:
+            self.redis.kill()
+            self.redis.wait()
+        database = f"starling_cluster_{self.base}"
+        subprocess.run(["psql", f"{POSTGRES}/postgres", "-qc", f"drop database if exists {database} with (force)"],
+                       capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.up()
+        yield c
+    finally:
+        if os.environ.get("STARLING_TEST_SHOW_LOGS"):
+            print(c.logs())
+        c.down()
+
+
+def test_up_writes_its_state_and_down_stops_exactly_it(tmp_path):
+    c = Cluster(tmp_path)
+    try:
+        c.up()
+        names = {p["name"]: p["target"] for p in c.info["processes"]}
+        assert names == {
+            "storage-1": "storage", "router-1": "session-router", "router-2": "session-router",
+            "presence-1": "presence", "presence-2": "presence",
+            "cm-1": "connection-manager", "cm-2": "connection-manager",
+        }
+        for process in c.info["processes"]:
+            for role in ("c2s", "c2s_tls", "http", "grpc"):
+                assert role in process
+            os.kill(process["pid"], 0)
+        assert "cm-1" in c.table and str(c.base + 50) in c.table
+        pids = [p["pid"] for p in c.info["processes"]]
+    finally:
+        c.down()
+
+    def all_gone():
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                return False
+            except ProcessLookupError:
+                pass
+        return True
+
+    wait_until(all_gone, what="every cluster process to stop")
+
+
+async def test_users_on_two_nodes_see_presence_and_chat(cluster):
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await login(cluster.node("cm-1"), alice, alice_pw, "laptop")
+    b = await login(cluster.node("cm-2"), bob, bob_pw, "phone")
+    b.auto_authorize = True
+    b.auto_subscribe = True
+    a.auto_authorize = True
+    a.send_presence(pto=bob, ptype="subscribe")
+    await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+
+    a.send_presence(pstatus="across nodes")
+    await b.next_presence(lambda p: p["from"] == f"{alice}/laptop" and p["status"] == "across nodes", timeout=20)
+
+    a.send_message(mto=bob, mbody="hello from cm-1", mtype="chat")
+    assert (await b.next_message(timeout=20))["body"] == "hello from cm-1"
+    b.send_message(mto=f"{alice}/laptop", mbody="hello from cm-2", mtype="chat")
+    assert (await a.next_message(timeout=20))["body"] == "hello from cm-2"
+
+    # A second resource of bob on the other node: both get a bare-JID message
+    # (equal priority), and roster pushes reach both.
+    b2 = await login(cluster.node("cm-1"), bob, bob_pw, "desktop")
+    await asyncio.sleep(0.5)
+    a.send_message(mto=bob, mbody="to both resources", mtype="chat")
+    assert (await b.next_message(timeout=20))["body"] == "to both resources"
+    assert (await b2.next_message(timeout=20))["body"] == "to both resources"
+    carol = "carol@localhost"
+    await b.update_roster(carol, name="Carol")
+    for client in (b, b2):
+        for _ in range(200):
+            if carol in client.client_roster and client.client_roster[carol]["name"] == "Carol":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"no roster push at {client.boundjid}")
+    await logout(a, b, b2)
+
+
+async def test_thousand_messages_across_nodes_keep_their_order(cluster):
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await login(cluster.node("cm-1"), alice, alice_pw, "sender")
+    b = await login(cluster.node("cm-2"), bob, bob_pw, "receiver")
+    for number in range(1000):
+        a.send_message(mto=f"{bob}/receiver", mbody=str(number), mtype="chat")
+    received = [int((await b.next_message(timeout=30))["body"]) for _ in range(1000)]
+    assert received == list(range(1000))
+    await logout(a, b)
+
+
+async def test_killed_connection_manager_sessions_leave_and_messages_go_offline(cluster):
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await login(cluster.node("cm-1"), alice, alice_pw, "laptop")
+    b = await login(cluster.node("cm-2"), bob, bob_pw, "phone")
+    b.auto_authorize = True
+    b.auto_subscribe = True
+    a.auto_authorize = True
+    a.send_presence(pto=bob, ptype="subscribe")
+    await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+    await asyncio.sleep(0.5)
+
+    cluster.kill("cm-2")
+    started = time.monotonic()
+    # Within the liveness time (3 s here) plus a janitor round, alice sees bob leave.
+    await a.next_presence(lambda p: p["from"] == f"{bob}/phone" and p["type"] == "unavailable", timeout=30)
+    elapsed = time.monotonic() - started
+    assert elapsed < 20, elapsed
+
+    a.send_message(mto=bob, mbody="while you were gone", mtype="chat")
+    await asyncio.sleep(1)
+    b.disconnect()
+    b2 = await login(cluster.node("cm-1"), bob, bob_pw, "phone")
+    assert (await b2.next_message(timeout=20))["body"] == "while you were gone"
+    await logout(a, b2)
+
+
+async def test_losing_a_router_and_a_presence_replica_keeps_service(cluster):
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await login(cluster.node("cm-1"), alice, alice_pw, "x")
+    b = await login(cluster.node("cm-2"), bob, bob_pw, "y")
+    cluster.kill("router-1", signal.SIGTERM)
+    cluster.kill("presence-2", signal.SIGKILL)
+    for number in range(50):
+        a.send_message(mto=f"{bob}/y", mbody=f"m{number}", mtype="chat")
+    bodies = [(await b.next_message(timeout=30))["body"] for _ in range(50)]
+    assert sorted(bodies, key=lambda body: int(body[1:])) == [f"m{n}" for n in range(50)]
+    b.send_presence(pstatus="still here")
+    a.send_presence(pto=bob, ptype="subscribe")
+    b.auto_authorize = True
+    await a.next_presence(lambda p: p["type"] == "subscribed", timeout=30)
+    await logout(a, b)
+
+
+async def test_redis_restart_routing_recovers(cluster):
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await login(cluster.node("cm-1"), alice, alice_pw, "x")
+    b = await login(cluster.node("cm-2"), bob, bob_pw, "y")
+    a.send_message(mto=f"{bob}/y", mbody="before", mtype="chat")
+    assert (await b.next_message(timeout=20))["body"] == "before"
+
+    cluster.redis.kill()
+    cluster.redis.wait()
+    cluster.start_redis()  # empty: the routing state is gone
+
+    deadline = time.monotonic() + 40
+    while True:
+        a.send_message(mto=f"{bob}/y", mbody="after", mtype="chat")
+        try:
+            msg = await b.next_message(timeout=2)
+            if msg["body"] == "after":
+                break
+        except asyncio.TimeoutError:
+            pass
+        assert time.monotonic() < deadline, "routing did not recover after the redis restart\n" + cluster.logs()
+    await logout(a, b)
