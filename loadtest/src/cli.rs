@@ -62,8 +62,16 @@ pub struct Args {
     pub scenario: Scenario,
 
     /// The server's c2s address (loopback only, by policy of this tool's users).
-    #[arg(long, default_value = "127.0.0.1:5222")]
-    pub server: String,
+    /// Repeatable or a comma list: users are spread over the addresses
+    /// round-robin (user i on address i mod k), and with several addresses the
+    /// chat pairs are chosen so that every message crosses servers.
+    #[arg(
+        long = "server",
+        value_delimiter = ',',
+        num_args = 1,
+        default_value = "127.0.0.1:5222"
+    )]
+    pub servers: Vec<String>,
     /// The XMPP domain (stream `to`, JID domain, TLS server name).
     #[arg(long, default_value = "localhost")]
     pub domain: String,
@@ -228,6 +236,7 @@ mod tests {
             "--rates",
             "1000,2000",
         ]);
+        assert_eq!(args.servers, vec!["127.0.0.1:5222".to_string()]);
         assert_eq!(args.username(7), "lt7");
         assert_eq!(args.password_of(7), "pw-7");
         assert_eq!(args.stage_rates(), vec![1000.0, 2000.0]);
@@ -237,6 +246,22 @@ mod tests {
                 3
             ),
             "starling user add lt3@localhost pw-3 --config c.toml # lt3 3"
+        );
+    }
+
+    #[test]
+    fn several_servers() {
+        let args = Args::parse_from([
+            "starling-load",
+            "chat",
+            "--server",
+            "127.0.0.1:23050,127.0.0.1:23060",
+            "--server",
+            "127.0.0.1:23070",
+        ]);
+        assert_eq!(
+            args.servers,
+            vec!["127.0.0.1:23050", "127.0.0.1:23060", "127.0.0.1:23070"]
         );
     }
 }

@@ -37,7 +37,9 @@ pub enum TlsMode {
 
 /// Where and how to connect; shared by every task.
 pub struct Target {
-    pub server: SocketAddr,
+    /// The c2s addresses; connection *i* goes to `servers[i mod k]`
+    /// ([`crate::assign::server_index`]).
+    pub servers: Vec<SocketAddr>,
     pub domain: String,
     pub tls: TlsMode,
     pub mechanisms: Vec<Mechanism>,
@@ -45,6 +47,13 @@ pub struct Target {
     pub roster_get: bool,
     pub source_addrs: Vec<IpAddr>,
     pub tls_connector: tokio_rustls::TlsConnector,
+}
+
+impl Target {
+    /// The server connection (user) `connection_index` connects to.
+    pub fn server_for(&self, connection_index: usize) -> SocketAddr {
+        self.servers[crate::assign::server_index(connection_index, self.servers.len())]
+    }
 }
 
 /// A login or registration failure, by kind.
@@ -296,7 +305,8 @@ impl Session {
 
 /// TCP connect (from a chosen source address when given), then direct TLS if asked.
 pub async fn connect(target: &Target, connection_index: usize) -> Result<Session, ConnError> {
-    let socket = if target.server.is_ipv4() {
+    let server = target.server_for(connection_index);
+    let socket = if server.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
@@ -309,7 +319,7 @@ pub async fn connect(target: &Target, connection_index: usize) -> Result<Session
         })?;
     }
     let stream = socket
-        .connect(target.server)
+        .connect(server)
         .await
         .map_err(|error| ConnError::new(ErrorKind::Connect, error.to_string()))?;
     let _ = stream.set_nodelay(true);

@@ -6,6 +6,7 @@
 //! buffers and batched writes, so one process can hold tens of thousands of
 //! sessions and push tens of thousands of messages per second.
 
+pub mod assign;
 pub mod cli;
 pub mod conn;
 pub mod procstat;

@@ -14,7 +14,13 @@ pub struct RunResult {
     pub version: &'static str,
     pub label: String,
     pub scenario: String,
+    /// The `--server` addresses, comma-separated.
     pub server: String,
+    /// Per `--server` address: how many users it was given (round-robin).
+    pub servers: Vec<ServerShare>,
+    /// chat, mixed: senders whose receiver is on another server (all of them
+    /// when several servers are given; 0 with one server).
+    pub cross_server_senders: usize,
     pub domain: String,
     pub tls: String,
     pub users: usize,
@@ -40,6 +46,12 @@ pub struct RunResult {
     pub error_samples: Vec<String>,
     pub server_process: ServerProcess,
     pub client_process: ClientProcess,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ServerShare {
+    pub address: String,
+    pub users: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -157,6 +169,19 @@ impl RunResult {
             "users {}  ramp {}/s  wall {:.1}s  workers {}",
             self.users, self.ramp_per_second, self.wall_seconds, self.workers
         );
+        if self.servers.len() > 1 {
+            let shares: Vec<String> = self
+                .servers
+                .iter()
+                .map(|share| format!("{} ({} users)", share.address, share.users))
+                .collect();
+            let _ = writeln!(
+                text,
+                "servers: {}; chat senders writing to another server: {}",
+                shares.join(", "),
+                self.cross_server_senders
+            );
+        }
         let login = &self.logins;
         let _ = writeln!(
             text,

@@ -16,12 +16,13 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{sleep, sleep_until};
 
+use crate::assign;
 use crate::cli::{AccountSource, Args, Scenario};
 use crate::conn::{self, Credentials, Session, Target};
 use crate::procstat::{self, ProcSample};
 use crate::report::{
-    self, ClientProcess, Connections, Logins, RunResult, ServerProcess, StageResult, Stanzas,
-    Subscriptions,
+    self, ClientProcess, Connections, Logins, RunResult, ServerProcess, ServerShare, StageResult,
+    Stanzas, Subscriptions,
 };
 use crate::sasl::{Mechanism, SaltedPasswordCache};
 use crate::stats::{self, ErrorKind, LatencySummary, Stats, MAX_STAGES};
@@ -67,6 +68,8 @@ struct Shared {
     /// Per user: who it sends messages to (chat, mixed).
     partner: Vec<usize>,
     senders: usize,
+    /// Chat senders whose partner is on another server.
+    cross_server_senders: usize,
     contacts_half: usize,
     /// Users whose first login succeeded or gave up.
     initial_settled: AtomicUsize,
@@ -291,7 +294,26 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
         version: env!("CARGO_PKG_VERSION"),
         label: args.label.clone(),
         scenario: args.scenario.as_str().into(),
-        server: args.server.clone(),
+        server: args.servers.join(","),
+        servers: shared
+            .target
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(server, address)| ServerShare {
+                address: address.to_string(),
+                users: (0..shared.users)
+                    .filter(|&index| {
+                        assign::server_index(index, shared.target.servers.len()) == server
+                    })
+                    .count(),
+            })
+            .collect(),
+        cross_server_senders: if matches!(args.scenario, Scenario::Chat | Scenario::Mixed) {
+            shared.cross_server_senders
+        } else {
+            0
+        },
         domain: args.domain.clone(),
         tls: format!("{:?}", args.tls).to_lowercase(),
         users: shared.users,
@@ -485,10 +507,18 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
     if args.ramp <= 0.0 {
         bail!("--ramp must be positive");
     }
-    let server: SocketAddr = args
-        .server
-        .parse()
-        .with_context(|| format!("--server {} is not an ip:port", args.server))?;
+    let mut servers: Vec<SocketAddr> = Vec::with_capacity(args.servers.len());
+    for server in &args.servers {
+        servers.push(
+            server
+                .trim()
+                .parse()
+                .with_context(|| format!("--server {server} is not an ip:port"))?,
+        );
+    }
+    if servers.is_empty() {
+        bail!("--server needs at least one address");
+    }
     let mut mechanisms = Vec::new();
     for name in &args.mechanisms {
         mechanisms.push(
@@ -497,8 +527,9 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
     }
     let mut source_addrs = args.source_addrs.clone();
     if source_addrs.is_empty()
-        && server.ip().is_loopback()
-        && server.is_ipv4()
+        && servers
+            .iter()
+            .all(|server| server.ip().is_loopback() && server.is_ipv4())
         && users > CONNECTIONS_PER_SOURCE
     {
         let count = users.div_ceil(CONNECTIONS_PER_SOURCE);
@@ -525,15 +556,26 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
         }
         Scenario::LoginStorm | Scenario::Idle => vec![false; users],
     };
-    let sender_list: Vec<usize> = (0..users).filter(|&index| is_sender[index]).collect();
-    let mut partner = vec![usize::MAX; users];
-    for (position, &index) in sender_list.iter().enumerate() {
-        partner[index] = sender_list[(position + sender_list.len() / 2) % sender_list.len()];
+    let partners = assign::chat_partners(&is_sender, servers.len());
+    if servers.len() > 1
+        && matches!(args.scenario, Scenario::Chat | Scenario::Mixed)
+        && !partners.all_cross()
+    {
+        let message = format!(
+            "only {} of {} chat senders can write to a user on another server: with {} servers no server may hold more than half of the senders (try an even --users)",
+            partners.cross_server,
+            partners.senders,
+            servers.len()
+        );
+        if args.scenario == Scenario::Chat {
+            bail!("{message}");
+        }
+        eprintln!("warning: {message}");
     }
     let (phase_tx, _) = watch::channel(Phase::Login);
     Ok(Shared {
         target: Target {
-            server,
+            servers,
             domain: args.domain.clone(),
             tls: args.tls,
             mechanisms,
@@ -545,9 +587,10 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
         stats: Stats::new(),
         phase_tx,
         users,
-        senders: sender_list.len(),
+        senders: partners.senders,
+        cross_server_senders: partners.cross_server,
         is_sender,
-        partner,
+        partner: partners.partner,
         contacts_half,
         initial_settled: AtomicUsize::new(0),
         initial_ok: AtomicU64::new(0),

@@ -28,8 +28,12 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, tmp_path: pathlib.Path, liveness_ttl=3):
+    def __init__(self, tmp_path: pathlib.Path, liveness_ttl=3, redis_cluster=False, postgres=POSTGRES):
         self.dir = tmp_path / "cluster"
+        self.tmp_path = tmp_path
+        self.redis_cluster = redis_cluster
+        self.redis_nodes = []
+        self.postgres = postgres
         self.redis_port = free_port()
         # 70 ports from the base; pick a base whose range looks free.
         self.base = 20000 + (uuid.uuid4().int % 400) * 100
@@ -40,10 +44,34 @@ class Cluster:
             STARLING_BASE_PORT=str(self.base),
             STARLING_DOMAIN="localhost",
             STARLING_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}",
-            STARLING_POSTGRES=POSTGRES,
+            STARLING_POSTGRES=postgres,
             STARLING_CLUSTER_LIVENESS_TTL_SECS=str(liveness_ttl),
         )
         self.redis = None
+
+    def start_redis_cluster(self):
+        """Three masters on loopback, made a Redis Cluster by redis-cli."""
+        ports = [free_port() for _ in range(3)]
+        for port in ports:
+            directory = self.tmp_path / f"redis-{port}"
+            directory.mkdir()
+            self.redis_nodes.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                 "--cluster-config-file", str(directory / "nodes.conf"), "--dir", str(directory),
+                 "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        for port in ports:
+            wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0,
+                       what=f"redis node {port}")
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        wait_until(lambda: all(b"cluster_state:ok" in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"],
+                                                                     capture_output=True).stdout for p in ports),
+                   what="cluster_state:ok")
+        # Environment overrides win over the script's config files.
+        self.env["STARLING_CLUSTER_REDIS"] = ",".join(f"redis://127.0.0.1:{p}" for p in ports)
+        self.env["STARLING_CLUSTER_REDIS_CLUSTER"] = "true"
 
     def start_redis(self):
         self.redis = subprocess.Popen(
@@ -57,7 +85,10 @@ class Cluster:
         )
 
     def up(self):
-        self.start_redis()
+        if self.redis_cluster:
+            self.start_redis_cluster()
+        else:
+            self.start_redis()
         result = subprocess.run([str(SCRIPT), "up"], env=self.env, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, result.stdout + result.stderr
         self.table = result.stdout
@@ -88,11 +119,12 @@ class Cluster:
 
     def down(self):
         subprocess.run([str(SCRIPT), "down"], env=self.env, capture_output=True, timeout=120)
-        if self.redis:
-            self.redis.kill()
-            self.redis.wait()
+        for process in [self.redis, *self.redis_nodes]:
+            if process:
+                process.kill()
+                process.wait()
         database = f"starling_cluster_{self.base}"
-        subprocess.run(["psql", f"{POSTGRES}/postgres", "-qc", f"drop database if exists {database} with (force)"],
+        subprocess.run(["psql", f"{self.postgres}/postgres", "-qc", f"drop database if exists {database} with (force)"],
                        capture_output=True, timeout=60)
 
 
@@ -257,3 +289,118 @@ async def test_redis_restart_routing_recovers(cluster):
             pass
         assert time.monotonic() < deadline, "routing did not recover after the redis restart\n" + cluster.logs()
     await logout(a, b)
+
+
+async def test_redis_cluster_carries_cross_node_messages(tmp_path):
+    c = Cluster(tmp_path, redis_cluster=True)
+    try:
+        c.up()
+        alice, alice_pw = c.add_user("alice")
+        bob, bob_pw = c.add_user("bob")
+        a = await login(c.node("cm-1"), alice, alice_pw, "laptop")
+        b = await login(c.node("cm-2"), bob, bob_pw, "phone")
+        b.auto_authorize = True
+        b.auto_subscribe = True
+        a.auto_authorize = True
+        a.send_presence(pto=bob, ptype="subscribe")
+        await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+        a.send_presence(pstatus="sharded")
+        await b.next_presence(lambda p: p["from"] == f"{alice}/laptop" and p["status"] == "sharded", timeout=20)
+        for number in range(200):
+            a.send_message(mto=f"{bob}/phone", mbody=str(number), mtype="chat")
+        received = [int((await b.next_message(timeout=30))["body"]) for _ in range(200)]
+        assert received == list(range(200))
+        b.send_message(mto=alice, mbody="back over the cluster", mtype="chat")
+        assert (await a.next_message(timeout=20))["body"] == "back over the cluster"
+        await logout(a, b)
+    finally:
+        if os.environ.get("STARLING_TEST_SHOW_LOGS"):
+            print(c.logs())
+        c.down()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb as the postgres user), so
+    that stopping it disturbs nothing else."""
+
+    def __init__(self):
+        import glob
+        import shutil
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        if os.geteuid() != 0 or not bins or shutil.which("su") is None:
+            pytest.skip("needs root and a Debian postgresql installation")
+        self.bin = bins[-1]
+        self.root = pathlib.Path(tempfile.mkdtemp(prefix="starling-pg-"))
+        os.chmod(self.root, 0o777)
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.as_postgres(f"{self.bin}/initdb -D {self.data} -A trust -U postgres >/dev/null")
+        self.start()
+
+    def as_postgres(self, command):
+        subprocess.run(["su", "postgres", "-s", "/bin/sh", "-c", command], check=True, timeout=120)
+
+    def start(self):
+        self.as_postgres(
+            f"{self.bin}/pg_ctl -D {self.data} -l {self.root}/log -w "
+            f"-o '-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1' start >/dev/null"
+        )
+
+    def stop(self):
+        self.as_postgres(f"{self.bin}/pg_ctl -D {self.data} -m fast -w stop >/dev/null")
+
+    def url(self):
+        return f"postgres://postgres@127.0.0.1:{self.port}"
+
+    def destroy(self):
+        import shutil
+
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def test_postgres_outage_gives_stanza_errors_and_service_resumes(tmp_path):
+    postgres = PrivatePostgres()
+    c = Cluster(tmp_path, postgres=postgres.url())
+    try:
+        c.up()
+        alice, alice_pw = c.add_user("alice")
+        bob, bob_pw = c.add_user("bob")
+        a = await login(c.node("cm-1"), alice, alice_pw, "laptop")
+
+        postgres.stop()
+        # Bob is offline: the message needs storage, which is down => an error
+        # of type wait (RFC 6120 section 8.3.2), and nothing crashes.
+        a.send_message(mto=bob, mbody="during the outage", mtype="chat")
+        error = await a.next_message(timeout=30, body=False)
+        while error["type"] != "error":
+            error = await a.next_message(timeout=30, body=False)
+        assert error["error"]["type"] == "wait", str(error)
+        assert error["error"]["condition"] in ("internal-server-error", "resource-constraint", "service-unavailable")
+        for process in c.info["processes"]:
+            os.kill(process["pid"], 0)
+
+        postgres.start()
+        deadline = time.monotonic() + 60
+        while True:
+            a.send_message(mto=bob, mbody="after the outage", mtype="chat")
+            try:
+                reply = await a.next_message(timeout=3, body=False)
+                assert reply["type"] == "error", str(reply)
+            except asyncio.TimeoutError:
+                break  # no error: stored for bob
+            assert time.monotonic() < deadline, "storage did not come back\n" + c.logs()
+            await asyncio.sleep(1)
+        b = await login(c.node("cm-2"), bob, bob_pw, "phone")
+        assert (await b.next_message(timeout=20))["body"] == "after the outage"
+        await logout(a, b)
+    finally:
+        if os.environ.get("STARLING_TEST_SHOW_LOGS"):
+            print(c.logs())
+        c.down()
+        postgres.destroy()
