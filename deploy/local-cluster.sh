@@ -14,6 +14,7 @@
 #   STARLING_BIN          the starling binary (default: target/release/starling, built when missing)
 #   STARLING_REDIS_URL    (default redis://127.0.0.1:6379)
 #   STARLING_POSTGRES     server URL without database (default postgres://postgres@127.0.0.1:5432)
+#   STARLING_STORAGE_REPLICAS  1 (default) or 2 storage processes (the second on ports +2/+3)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${STARLING_CLUSTER_DIR:-$repo/.cluster}
@@ -34,6 +35,9 @@ processes=(
   "cm-1 connection-manager - 52 50 51"
   "cm-2 connection-manager - 62 60 61"
 )
+if [ "${STARLING_STORAGE_REPLICAS:-1}" = 2 ]; then
+  processes=("${processes[0]}" "storage-2 storage 2 3 - -" "${processes[@]:1}")
+fi
 
 port() { [ "$1" = - ] && echo "" || echo $((base + $1)); }
 endpoints() { # target -> comma-free TOML list of its gRPC endpoints
