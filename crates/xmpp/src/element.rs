@@ -88,20 +88,29 @@ impl Element {
     }
 
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.attrs.iter().map(|(name, value)| (name.as_str(), value.as_str()))
+        self.attrs
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
     }
 
     pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
         let name = name.into();
         let value = value.into();
-        match self.attrs.iter_mut().find(|(attr_name, _)| *attr_name == name) {
+        match self
+            .attrs
+            .iter_mut()
+            .find(|(attr_name, _)| *attr_name == name)
+        {
             Some(slot) => slot.1 = value,
             None => self.attrs.push((name, value)),
         }
     }
 
     pub fn remove_attr(&mut self, name: &str) -> Option<String> {
-        let index = self.attrs.iter().position(|(attr_name, _)| attr_name == name)?;
+        let index = self
+            .attrs
+            .iter()
+            .position(|(attr_name, _)| attr_name == name)?;
         Some(self.attrs.remove(index).1)
     }
 
@@ -326,7 +335,10 @@ mod tests {
             .with_child(Element::new("body", ns::SERVER))
             .with_child(Element::new("x", "urn:other"));
         message.set_namespace_deep(ns::CLIENT);
-        assert_eq!(message.get_child("body", ns::CLIENT).map(Element::name), Some("body"));
+        assert_eq!(
+            message.get_child("body", ns::CLIENT).map(Element::name),
+            Some("body")
+        );
         assert!(message.has_child("x", "urn:other"));
     }
 }

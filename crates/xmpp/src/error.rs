@@ -128,11 +128,24 @@ impl StanzaErrorCondition {
     pub fn default_type(self) -> StanzaErrorType {
         use StanzaErrorCondition::*;
         match self {
-            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => StanzaErrorType::Modify,
-            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => StanzaErrorType::Auth,
-            InternalServerError | ItemNotFound | FeatureNotImplemented | Gone | NotAllowed
-            | RemoteServerNotFound | ServiceUnavailable | UndefinedCondition | Conflict => StanzaErrorType::Cancel,
-            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => StanzaErrorType::Wait,
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => {
+                StanzaErrorType::Modify
+            }
+            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => {
+                StanzaErrorType::Auth
+            }
+            InternalServerError
+            | ItemNotFound
+            | FeatureNotImplemented
+            | Gone
+            | NotAllowed
+            | RemoteServerNotFound
+            | ServiceUnavailable
+            | UndefinedCondition
+            | Conflict => StanzaErrorType::Cancel,
+            RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => {
+                StanzaErrorType::Wait
+            }
         }
     }
 }
@@ -146,11 +159,17 @@ pub struct StreamError {
 
 impl StreamError {
     pub fn new(condition: StreamErrorCondition) -> Self {
-        StreamError { condition, text: None }
+        StreamError {
+            condition,
+            text: None,
+        }
     }
 
     pub fn with_text(condition: StreamErrorCondition, text: impl Into<String>) -> Self {
-        StreamError { condition, text: Some(text.into()) }
+        StreamError {
+            condition,
+            text: Some(text.into()),
+        }
     }
 
     /// `<stream:error>` with the condition and optional text, RFC 6120 section 4.9.2.
@@ -191,7 +210,12 @@ pub struct StanzaError {
 
 impl StanzaError {
     pub fn new(condition: StanzaErrorCondition) -> Self {
-        StanzaError { error_type: condition.default_type(), condition, text: None, by: None }
+        StanzaError {
+            error_type: condition.default_type(),
+            condition,
+            text: None,
+            by: None,
+        }
     }
 
     pub fn with_type(mut self, error_type: StanzaErrorType) -> Self {
@@ -211,7 +235,8 @@ impl StanzaError {
 
     /// The `<error/>` child element.
     pub fn to_element(&self) -> Element {
-        let mut error = Element::new("error", ns::CLIENT).with_attr("type", self.error_type.as_str());
+        let mut error =
+            Element::new("error", ns::CLIENT).with_attr("type", self.error_type.as_str());
         if let Some(by) = &self.by {
             error.set_attr("by", by.clone());
         }
@@ -237,8 +262,15 @@ impl StanzaError {
             .attr("type")
             .and_then(StanzaErrorType::from_name)
             .unwrap_or_else(|| condition.default_type());
-        let text = error.get_child("text", ns::STANZAS_ERROR).map(Element::text);
-        Some(StanzaError { error_type, condition, text, by: error.attr("by").map(str::to_string) })
+        let text = error
+            .get_child("text", ns::STANZAS_ERROR)
+            .map(Element::text);
+        Some(StanzaError {
+            error_type,
+            condition,
+            text,
+            by: error.attr("by").map(str::to_string),
+        })
     }
 }
 
@@ -257,10 +289,16 @@ mod tests {
     #[test]
     fn every_condition_round_trips_by_name() {
         for condition in StreamErrorCondition::ALL {
-            assert_eq!(StreamErrorCondition::from_name(condition.as_str()), Some(*condition));
+            assert_eq!(
+                StreamErrorCondition::from_name(condition.as_str()),
+                Some(*condition)
+            );
         }
         for condition in StanzaErrorCondition::ALL {
-            assert_eq!(StanzaErrorCondition::from_name(condition.as_str()), Some(*condition));
+            assert_eq!(
+                StanzaErrorCondition::from_name(condition.as_str()),
+                Some(*condition)
+            );
         }
         assert_eq!(StreamErrorCondition::ALL.len(), 25);
         assert_eq!(StanzaErrorCondition::ALL.len(), 22);
@@ -277,8 +315,11 @@ mod tests {
 
     #[test]
     fn stanza_error_xml_round_trips() {
-        let error = StanzaError::new(StanzaErrorCondition::ServiceUnavailable).with_text("nobody home");
-        let stanza = Element::new("iq", ns::CLIENT).with_attr("type", "error").with_child(error.to_element());
+        let error =
+            StanzaError::new(StanzaErrorCondition::ServiceUnavailable).with_text("nobody home");
+        let stanza = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "error")
+            .with_child(error.to_element());
         assert_eq!(
             stanza.to_stanza_xml(),
             "<iq type='error'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>nobody home</text></error></iq>"

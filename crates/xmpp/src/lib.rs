@@ -12,6 +12,8 @@ pub mod parser;
 pub mod stanza;
 
 pub use element::{escape_attr, escape_text, Element, Node};
-pub use error::{StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError, StreamErrorCondition};
+pub use error::{
+    StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError, StreamErrorCondition,
+};
 pub use parser::{parse_element, Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
 pub use stanza::StanzaKind;

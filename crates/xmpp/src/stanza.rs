@@ -126,7 +126,11 @@ mod tests {
             .with_attr("from", "a@example.com/r")
             .with_attr("to", "example.com")
             .with_child(Element::new("query", "urn:unknown"));
-        let reply = error_reply(&iq, &StanzaError::new(StanzaErrorCondition::ServiceUnavailable)).unwrap();
+        let reply = error_reply(
+            &iq,
+            &StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+        )
+        .unwrap();
         assert_eq!(
             reply.to_stanza_xml(),
             "<iq id='q1' to='a@example.com/r' from='example.com' type='error'><query xmlns='urn:unknown'/><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
@@ -136,14 +140,25 @@ mod tests {
     #[test]
     fn errors_are_never_bounced() {
         let message = Element::new("message", ns::CLIENT).with_attr("type", "error");
-        assert!(error_reply(&message, &StanzaError::new(StanzaErrorCondition::ServiceUnavailable)).is_none());
+        assert!(error_reply(
+            &message,
+            &StanzaError::new(StanzaErrorCondition::ServiceUnavailable)
+        )
+        .is_none());
         let result = Element::new("iq", ns::CLIENT).with_attr("type", "result");
-        assert!(error_reply(&result, &StanzaError::new(StanzaErrorCondition::ServiceUnavailable)).is_none());
+        assert!(error_reply(
+            &result,
+            &StanzaError::new(StanzaErrorCondition::ServiceUnavailable)
+        )
+        .is_none());
     }
 
     #[test]
     fn kinds() {
-        assert_eq!(StanzaKind::of(&Element::new("iq", ns::CLIENT)), Some(StanzaKind::Iq));
+        assert_eq!(
+            StanzaKind::of(&Element::new("iq", ns::CLIENT)),
+            Some(StanzaKind::Iq)
+        );
         assert_eq!(StanzaKind::of(&Element::new("iq", "urn:other")), None);
         assert_eq!(StanzaKind::of(&Element::new("foo", ns::CLIENT)), None);
     }
