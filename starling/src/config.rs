@@ -136,7 +136,7 @@ pub struct LimitsConfig {
     pub max_resources_per_user: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// XEP-0077 in-band registration.
@@ -217,11 +217,6 @@ impl Default for LimitsConfig {
     }
 }
 
-impl Default for RegistrationConfig {
-    fn default() -> Self {
-        RegistrationConfig { enabled: false }
-    }
-}
 
 impl Default for LogConfig {
     fn default() -> Self {
