@@ -134,6 +134,8 @@ pub struct LimitsConfig {
     pub stanza_burst: u32,
     pub outbound_queue_stanzas: u32,
     pub max_resources_per_user: u32,
+    /// A BOSH session with no request for this long ends (XEP-0124 `inactivity`).
+    pub bosh_inactivity_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -213,6 +215,7 @@ impl Default for LimitsConfig {
             stanza_burst: 400,
             outbound_queue_stanzas: 1000,
             max_resources_per_user: 16,
+            bosh_inactivity_secs: 60,
         }
     }
 }
@@ -398,7 +401,8 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 8] = [
+        let positive: [(&'static str, u64); 9] = [
+            ("limits.bosh_inactivity_secs", limits.bosh_inactivity_secs),
             ("limits.max_stanza_bytes", limits.max_stanza_bytes),
             ("limits.max_depth", limits.max_depth.into()),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),

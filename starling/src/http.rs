@@ -1,6 +1,6 @@
 //! The HTTP listener: `/healthz` (the process runs) and `/readyz` (it can
 //! reach what it needs and is not draining), plus the routes a service adds
-//! (the connection-manager's XMPP over WebSocket and XEP-0156 host-meta).
+//! (the connection-manager's XMPP over WebSocket, BOSH and XEP-0156 host-meta).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -155,6 +155,7 @@ fn cm_config(config: &Config, node_id: &str) -> CmConfig {
             stanzas_per_second: config.limits.stanzas_per_second,
             stanza_burst: config.limits.stanza_burst,
             outbound_queue_stanzas: config.limits.outbound_queue_stanzas as usize,
+            bosh_inactivity: Duration::from_secs(config.limits.bosh_inactivity_secs),
         },
         registration_enabled: config.registration.enabled,
         require_tls: config.tls.required,

@@ -77,6 +77,9 @@ pub struct CmLimits {
     /// Stanzas waiting to be written to one connection; a client that lets its
     /// queue fill up (it stopped reading) is disconnected with `<policy-violation/>`.
     pub outbound_queue_stanzas: usize,
+    /// How long a BOSH session (XEP-0124 section 7.1, `inactivity`) may go
+    /// without a request before it ends like a lost connection.
+    pub bosh_inactivity: Duration,
 }
 
 impl Default for CmLimits {
@@ -92,6 +95,7 @@ impl Default for CmLimits {
             stanzas_per_second: 50,
             stanza_burst: 200,
             outbound_queue_stanzas: 1000,
+            bosh_inactivity: Duration::from_secs(60),
         }
     }
 }

@@ -21,6 +21,8 @@ pub(crate) enum Framing {
     /// RFC 6120 section 4: `<stream:stream>`, its children, `</stream:stream>`.
     Stream,
     /// RFC 7395 section 3.3: one complete element per WebSocket text message.
+    /// BOSH (XEP-0206) uses it too: each unit is one child of a `<body/>`,
+    /// declaring its own namespaces.
     WebSocket,
 }
 
@@ -229,6 +231,15 @@ impl Inbound {
                     }
                 }
             }
+        }
+    }
+
+    /// An event decoded elsewhere: a child of a BOSH `<body/>`, or the
+    /// stream start and end a BOSH request stands for (XEP-0206).
+    pub fn push_event(&mut self, event: StreamEvent) {
+        match self {
+            Inbound::Framed { events, .. } => events.push_back(event),
+            Inbound::Stream(_) => debug_assert!(false, "a byte stream takes bytes, not events"),
         }
     }
 

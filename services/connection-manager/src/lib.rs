@@ -8,7 +8,8 @@
 //! sessions arrive on the bus and go to each connection's bounded queue.
 //! WebSocket clients (RFC 7395) come in through the HTTP listener's
 //! [`BoundConnectionManager::websocket_router`] and take the same path with
-//! the WebSocket framing.
+//! the WebSocket framing; BOSH clients (XEP-0206) come in at
+//! [`BOSH_PATH`] as virtual connections with the same framing.
 //!
 //! ```text
 //! accept -> [negotiation: header, STARTTLS, SASL, bind]  (absolute pre-auth deadline)
@@ -18,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod bosh;
 mod config;
 mod delivery;
 mod error;
@@ -52,6 +54,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use bosh::BOSH_PATH;
 pub use config::{CmConfig, CmLimits, TlsSettings};
 pub use error::CmError;
 pub use tls::ALPN_XMPP_CLIENT;
@@ -298,13 +301,17 @@ impl BoundConnectionManager {
     }
 
     /// The HTTP routes of the connection-manager: XMPP over WebSocket at
-    /// [`WEBSOCKET_PATH`] (RFC 7395) and XEP-0156 discovery at
+    /// [`WEBSOCKET_PATH`] (RFC 7395), BOSH at [`BOSH_PATH`] (XEP-0124,
+    /// XEP-0206) and XEP-0156 discovery at
     /// `/.well-known/host-meta` and `/.well-known/host-meta.json`. Merge it
     /// into the HTTP listener's router and serve that with
     /// `into_make_service_with_connect_info::<SocketAddr>()`. Its streams end,
     /// like the TCP ones, when `run`'s shutdown signal comes.
     pub fn websocket_router(&self) -> axum::Router {
-        websocket::router(Arc::clone(&self.shared), self.connections.clone())
+        websocket::router(Arc::clone(&self.shared), self.connections.clone()).merge(bosh::router(
+            Arc::clone(&self.shared),
+            self.connections.clone(),
+        ))
     }
 
     /// A view of the sessions bound on this node, as the registry should know them.

@@ -1,7 +1,8 @@
 //! The transport under an XML stream: plain TCP until STARTTLS (RFC 6120
 //! section 5.4.3.3), TLS after it or from the start (XEP-0368), or a
-//! WebSocket (RFC 7395). Negotiation and the session read events and write
-//! [`Outgoing`] units through it without knowing which one it is.
+//! WebSocket (RFC 7395), or a BOSH virtual connection (XEP-0206). Negotiation
+//! and the session read events and write [`Outgoing`] units through it
+//! without knowing which one it is.
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Rea
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use crate::bosh::{BoshReader, BoshWriter};
 use crate::framing::{Framing, Inbound, Outgoing};
 
 /// A byte stream: TCP, or TLS over TCP.
@@ -29,6 +31,10 @@ pub(crate) enum Transport {
     /// A WebSocket on the HTTP listener (plain HTTP: never TLS here; a
     /// TLS-terminating proxy in front is the deployment's business).
     WebSocket(Box<WebSocket>),
+    /// A BOSH session (XEP-0206) on the HTTP listener: reads come from
+    /// request bodies, writes are collected for the held requests. Like a
+    /// WebSocket it is never TLS here, and it uses the message framing.
+    Bosh(BoshReader, BoshWriter),
 }
 
 /// What one read brought.
@@ -51,7 +57,7 @@ impl Transport {
     pub fn framing(&self) -> Framing {
         match self {
             Transport::Bytes(_) => Framing::Stream,
-            Transport::WebSocket(_) => Framing::WebSocket,
+            Transport::WebSocket(_) | Transport::Bosh(..) => Framing::WebSocket,
         }
     }
 
@@ -60,6 +66,7 @@ impl Transport {
         match self {
             Transport::Bytes(stream) => receive_bytes(stream, inbound, buffer).await,
             Transport::WebSocket(socket) => receive_message(socket.as_mut(), inbound).await,
+            Transport::Bosh(reader, _) => reader.receive(inbound).await,
         }
     }
 
@@ -67,6 +74,7 @@ impl Transport {
         match self {
             Transport::Bytes(stream) => send_bytes(stream, out).await,
             Transport::WebSocket(socket) => send_messages(socket.as_mut(), out).await,
+            Transport::Bosh(_, writer) => writer.send(out).await,
         }
     }
 
@@ -75,6 +83,10 @@ impl Transport {
         match self {
             Transport::Bytes(stream) => stream.shutdown().await,
             Transport::WebSocket(socket) => socket.close().await.map_err(io::Error::other),
+            Transport::Bosh(_, writer) => {
+                writer.shutdown();
+                Ok(())
+            }
         }
     }
 
@@ -95,6 +107,9 @@ impl Transport {
                     TransportWriter::WebSocket(sink),
                 )
             }
+            Transport::Bosh(reader, writer) => {
+                (TransportReader::Bosh(reader), TransportWriter::Bosh(writer))
+            }
         }
     }
 }
@@ -103,6 +118,7 @@ impl Transport {
 pub(crate) enum TransportReader {
     Bytes(ReadHalf<ByteStream>),
     WebSocket(SplitStream<WebSocket>),
+    Bosh(BoshReader),
 }
 
 impl TransportReader {
@@ -111,6 +127,7 @@ impl TransportReader {
         match self {
             TransportReader::Bytes(reader) => receive_bytes(reader, inbound, buffer).await,
             TransportReader::WebSocket(stream) => receive_message(stream, inbound).await,
+            TransportReader::Bosh(reader) => reader.receive(inbound).await,
         }
     }
 }
@@ -119,13 +136,14 @@ impl TransportReader {
 pub(crate) enum TransportWriter {
     Bytes(Box<dyn AsyncWrite + Unpin + Send>),
     WebSocket(SplitSink<WebSocket, Message>),
+    Bosh(BoshWriter),
 }
 
 impl TransportWriter {
     pub fn framing(&self) -> Framing {
         match self {
             TransportWriter::Bytes(_) => Framing::Stream,
-            TransportWriter::WebSocket(_) => Framing::WebSocket,
+            TransportWriter::WebSocket(_) | TransportWriter::Bosh(_) => Framing::WebSocket,
         }
     }
 
@@ -133,6 +151,7 @@ impl TransportWriter {
         match self {
             TransportWriter::Bytes(writer) => send_bytes(writer, out).await,
             TransportWriter::WebSocket(sink) => send_messages(sink, out).await,
+            TransportWriter::Bosh(writer) => writer.send(out).await,
         }
     }
 
@@ -140,6 +159,10 @@ impl TransportWriter {
         match self {
             TransportWriter::Bytes(writer) => writer.shutdown().await,
             TransportWriter::WebSocket(sink) => sink.close().await.map_err(io::Error::other),
+            TransportWriter::Bosh(writer) => {
+                writer.shutdown();
+                Ok(())
+            }
         }
     }
 }
