@@ -2,7 +2,7 @@
 # Runs every test of the repository. It first makes sure that what the tests
 # need is installed and running (it checks first and starts only what is not
 # running): PostgreSQL and Redis on 127.0.0.1, a Python venv with slixmpp and
-# pytest, Node with the web client packages of tests/web. Then: the Rust unit and crate tests, then the integration tests that
+# pytest, Node with the web client packages of tests/web, Chromium. Then: the Rust unit and crate tests, then the integration tests that
 # drive the real `starling` binary with real clients.
 #
 # Environment:
@@ -92,9 +92,19 @@ ensure_node_packages() {
     log "installing nodejs"
     apt_install nodejs npm
   fi
-  if [ ! -d "$repo/tests/web/node_modules/@xmpp/client" ]; then
+  local web="$repo/tests/web/node_modules"
+  if [ ! -d "$web/@xmpp/client" ] || [ ! -d "$web/converse.js/dist" ] || [ ! -d "$web/playwright-core" ]; then
     log "installing the web client test packages (tests/web)"
     npm ci --prefix "$repo/tests/web" --no-audit --no-fund >/dev/null
+  fi
+}
+
+# Headless Debian Chromium for the Converse.js test (tests/integration/test_converse.py),
+# driven by playwright-core with executablePath /usr/bin/chromium.
+ensure_chromium() {
+  if [ ! -x /usr/bin/chromium ]; then
+    log "installing chromium"
+    apt_install chromium fonts-liberation
   fi
 }
 
@@ -104,6 +114,7 @@ if [ "${STARLING_SKIP_SERVICES:-0}" != 1 ]; then
 fi
 ensure_python
 ensure_node_packages
+ensure_chromium
 
 log "building"
 cargo build --workspace --locked 2>&1 | tail -n 3

@@ -95,8 +95,10 @@ pub struct ListenConfig {
     pub c2s: String,
     /// Client-to-server with direct TLS (XEP-0368); empty disables it.
     pub c2s_tls: String,
-    /// HTTP: health, readiness (WebSocket later); empty disables it.
+    /// HTTP: health, readiness, XMPP over WebSocket, BOSH; empty disables it.
     pub http: String,
+    /// The same routes over TLS (wss://, https:// BOSH) with the c2s certificate; empty (the default) disables it.
+    pub https: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -176,6 +178,7 @@ impl Default for ListenConfig {
             c2s: "0.0.0.0:5222".into(),
             c2s_tls: "0.0.0.0:5223".into(),
             http: "0.0.0.0:5280".into(),
+            https: String::new(),
         }
     }
 }
@@ -219,7 +222,6 @@ impl Default for LimitsConfig {
         }
     }
 }
-
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -368,6 +370,7 @@ impl Config {
             ("listen.c2s", &self.listen.c2s),
             ("listen.c2s_tls", &self.listen.c2s_tls),
             ("listen.http", &self.listen.http),
+            ("listen.https", &self.listen.https),
         ] {
             parse_listen(key, value)?;
         }
@@ -507,6 +510,12 @@ impl Config {
 
     pub fn c2s_tls_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.c2s_tls", &self.listen.c2s_tls)
+            .ok()
+            .flatten()
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.https", &self.listen.https)
             .ok()
             .flatten()
     }

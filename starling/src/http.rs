@@ -93,3 +93,74 @@ pub async fn serve(
         tracing::error!(%error, "http listener failed");
     }
 }
+
+/// The same routes over TLS (wss://, https://). Each connection is handed to
+/// hyper with upgrades enabled (WebSocket) and the peer address as axum's
+/// `ConnectInfo`, like the plain listener.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    readiness: Readiness,
+    routes: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+        .merge(routes);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "https accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        connections.spawn(async move {
+            let handshake =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream))
+                    .await;
+            let tls_stream = match handshake {
+                Ok(Ok(tls_stream)) => tls_stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "https handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "https handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            );
+            if let Err(error) = Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls_stream), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "https connection ended with an error");
+            }
+        });
+    }
+    connections.close();
+    // Streams end through the connection-manager's own shutdown; give them a moment.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), connections.wait()).await;
+}

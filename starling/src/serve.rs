@@ -322,6 +322,7 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     let mut liveness = None;
     let mut connection_manager = None;
     let mut routes = axum::Router::new();
+    let mut https_acceptor = None;
 
     let state = if target == Target::Storage {
         None
@@ -449,6 +450,7 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
             }
             liveness = spawn_liveness(&config, state, &node_id, &bound);
             routes = bound.websocket_router();
+            https_acceptor = Some(bound.https_acceptor());
             connection_manager = Some(bound);
         }
     }
@@ -462,11 +464,29 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
             Some(tokio::spawn(http::serve(
                 listener,
                 readiness.clone(),
-                routes,
+                routes.clone(),
                 wait_for(shutdown_rx.clone()),
             )))
         }
         None => None,
+    };
+
+    let https_task = match (config.https_addr(), &https_acceptor) {
+        (Some(address), Some(acceptor)) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (listen.https)"))?;
+            tracing::info!(role = "https", address = %listener.local_addr()?, "listening");
+            Some(tokio::spawn(http::serve_tls(
+                listener,
+                acceptor.clone(),
+                readiness.clone(),
+                routes.clone(),
+                wait_for(shutdown_rx.clone()),
+            )))
+        }
+        (Some(_), None) => bail!("config key `listen.https` needs a connection-manager target (all or connection-manager)"),
+        (None, _) => None,
     };
 
     let signal_readiness = readiness.clone();
@@ -499,6 +519,9 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     }
     if let Some(janitor) = janitor {
         let _ = janitor.stop().await;
+    }
+    if let Some(task) = https_task {
+        let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
     }
     if let Some(task) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

@@ -44,6 +44,7 @@ class Server:
         self.c2s = free_port()
         self.c2s_tls = free_port()
         self.http = free_port()
+        self.https = free_port()
         self.config = tmp_path / "starling.toml"
         self.log_path = tmp_path / "server.log"
         self.config.write_text(
@@ -54,6 +55,7 @@ data_dir = "{tmp_path / 'data'}"
 c2s = "127.0.0.1:{self.c2s}"
 c2s_tls = "127.0.0.1:{self.c2s_tls}"
 http = "127.0.0.1:{self.http}"
+https = "127.0.0.1:{self.https}"
 [log]
 level = "info,starling=debug"
 {extra_toml}

@@ -73,7 +73,9 @@ class Cluster:
 
     def start_redis_cluster(self):
         """Three masters on loopback, made a Redis Cluster by redis-cli."""
-        ports = [free_port() for _ in range(3)]
+        # Redis Cluster needs port + 10000 for its bus: stay low (below the ephemeral range).
+        base = pick_base_port(span=3)
+        ports = [base, base + 1, base + 2]
         for port in ports:
             directory = self.tmp_path / f"redis-{port}"
             directory.mkdir()

@@ -96,3 +96,77 @@ async def test_xmpp_client_over_websocket_chats_with_slixmpp_over_tcp(server):
     assert {"event": "online", "jid": f"{juliet}/web"} in events
     assert {"event": "presence", "from": f"{romeo}/orchard", "status": "in the orchard"} in events
     assert {"event": "message", "from": f"{romeo}/orchard", "body": "pong from slixmpp"} in events
+
+
+def _ws_frame(text: str) -> bytes:
+    """One masked text frame (RFC 6455 section 5.2), as a client must send."""
+    import os
+    import struct
+
+    payload = text.encode()
+    mask = os.urandom(4)
+    header = bytes([0x81])
+    if len(payload) < 126:
+        header += bytes([0x80 | len(payload)])
+    else:
+        header += bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+    return header + mask + bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+
+
+def _ws_read_text(sock) -> str:
+    import struct
+
+    def read_exactly(count):
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    first, second = read_exactly(2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack(">H", read_exactly(2))[0]
+    elif length == 127:
+        length = struct.unpack(">Q", read_exactly(8))[0]
+    return read_exactly(length).decode()
+
+
+def test_websocket_over_tls_listener(server):
+    """wss:// on listen.https: the TLS handshake with the node's certificate,
+    the RFC 7395 upgrade with subprotocol xmpp, <open/> answered with features."""
+    import base64
+    import os
+    import socket
+    import urllib.request
+
+    from conftest import insecure_context
+
+    with urllib.request.urlopen(f"https://127.0.0.1:{server.https}/healthz", context=insecure_context(), timeout=10) as response:
+        assert response.status == 200
+
+    context = insecure_context()
+    context.set_alpn_protocols(["http/1.1"])
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.https), timeout=10), server_hostname="localhost")
+    assert sock.version() in ("TLSv1.2", "TLSv1.3")
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /xmpp-websocket HTTP/1.1\r\nHost: localhost:{server.https}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    head = response.decode().lower()
+    assert head.startswith("http/1.1 101"), head
+    assert "sec-websocket-protocol: xmpp" in head
+    sock.sendall(_ws_frame("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>"))
+    frames = [_ws_read_text(sock) for _ in range(2)]
+    assert "<open" in frames[0]
+    assert "SCRAM-SHA-256" in frames[1]
+    sock.close()

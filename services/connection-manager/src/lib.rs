@@ -97,6 +97,7 @@ pub(crate) struct Shared {
     pub storage: Arc<dyn StorageApi>,
     pub starttls: TlsAcceptor,
     pub direct_tls: TlsAcceptor,
+    pub https: TlsAcceptor,
     /// Fake salts of unknown accounts derive from it (RFC 5802 section 9).
     pub scram_secret: ServerSecret,
     /// The bound connections of this node, by connection id.
@@ -240,6 +241,7 @@ impl ConnectionManager {
             storage,
             starttls: TlsAcceptor::from(tls.starttls),
             direct_tls: TlsAcceptor::from(tls.direct_tls),
+            https: TlsAcceptor::from(tls.https),
             // Every node serving the domain holds the same key, and it outlives
             // restarts: fake salts stay stable across the cluster.
             scram_secret: ServerSecret::derive_from(&tls.key_pem),
@@ -312,6 +314,12 @@ impl BoundConnectionManager {
             Arc::clone(&self.shared),
             self.connections.clone(),
         ))
+    }
+
+    /// The TLS acceptor for an HTTPS listener serving [`Self::websocket_router`]
+    /// (the node's certificate, ALPN `http/1.1`).
+    pub fn https_acceptor(&self) -> TlsAcceptor {
+        self.shared.https.clone()
     }
 
     /// A view of the sessions bound on this node, as the registry should know them.

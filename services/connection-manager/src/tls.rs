@@ -19,6 +19,8 @@ pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 pub(crate) struct TlsMaterial {
     pub starttls: Arc<ServerConfig>,
     pub direct_tls: Arc<ServerConfig>,
+    /// HTTPS (WebSocket over TLS, BOSH over TLS): ALPN `http/1.1`.
+    pub https: Arc<ServerConfig>,
     /// The private key in PEM: shared by every node that serves the domain,
     /// and stable across restarts.
     pub key_pem: Vec<u8>,
@@ -132,10 +134,16 @@ pub(crate) fn load(settings: &TlsSettings, domain: &str) -> Result<TlsMaterial, 
     let (cert_pem, key_pem) = certificate_pems(settings, domain)?;
     let (certificates, key) = parse_pems(&cert_pem, &key_pem)?;
     let starttls = server_config(certificates.clone(), key.clone_key(), None)?;
-    let direct_tls = server_config(certificates, key, Some(ALPN_XMPP_CLIENT))?;
+    let direct_tls = server_config(
+        certificates.clone(),
+        key.clone_key(),
+        Some(ALPN_XMPP_CLIENT),
+    )?;
+    let https = server_config(certificates, key, Some(b"http/1.1"))?;
     Ok(TlsMaterial {
         starttls,
         direct_tls,
+        https,
         key_pem,
     })
 }

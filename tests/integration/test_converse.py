@@ -1,0 +1,194 @@
+"""The real Converse.js (npm converse.js) in headless Debian Chromium, driven
+by playwright-core (tests/web/converse_chat.mjs), against the real
+`starling serve`: alice logs in from the page over WebSocket (RFC 7395, so
+SCRAM, see docs/adr/0002-websocket-is-not-tls.md), opens a chat with bob, who
+is connected over TCP by slixmpp, and sends him a message; bob's reply shows
+up in the page. The screenshot of the page is saved in the test's tmp_path and
+copied to tests/out/ (git ignores it); its path is printed.
+
+Without Chromium (/usr/bin/chromium, which scripts/test.sh installs) or the
+npm packages, the test is skipped, except under CI (the CI environment
+variable is set), where it fails instead."""
+
+import asyncio
+import functools
+import http.server
+import json
+import os
+import shutil
+import threading
+
+import pytest
+
+from conftest import REPO, login, logout
+
+WEB_DIR = REPO / "tests" / "web"
+SCRIPT = WEB_DIR / "converse_chat.mjs"
+CONVERSE_DIST = WEB_DIR / "node_modules" / "converse.js" / "dist"
+CHROMIUM = os.environ.get("STARLING_CHROMIUM", "/usr/bin/chromium")
+NODE = shutil.which("node")
+OUT_DIR = REPO / "tests" / "out"
+
+INDEX_HTML = """<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Starling - Converse.js</title>
+  <link rel="stylesheet" type="text/css" media="screen" href="/dist/converse.min.css">
+  <link rel="icon" href="data:,">
+</head>
+<body class="converse-fullscreen">
+<script type="module">
+  // converse.js 14's dist is an ES module whose default export is `converse`.
+  import converse from "/dist/converse.min.js";
+  converse.initialize(__CONFIG__);
+</script>
+</body>
+</html>
+"""
+
+
+def missing_requirements():
+    missing = []
+    if not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium)")
+    if NODE is None:
+        missing.append("node")
+    if not (CONVERSE_DIST / "converse.min.js").is_file() or not (WEB_DIR / "node_modules" / "playwright-core").is_dir():
+        missing.append("the npm packages of tests/web (npm ci --prefix tests/web)")
+    return missing
+
+
+@pytest.fixture
+def requirements():
+    missing = missing_requirements()
+    if missing:
+        message = "needs " + ", ".join(missing) + " (scripts/test.sh installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; under CI this test must run")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def web_page(tmp_path):
+    """A tiny static site: index.html written by the test, /dist/ = converse's dist."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "dist").symlink_to(CONVERSE_DIST, target_is_directory=True)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=site.serve_forever, daemon=True)
+    thread.start()
+
+    def publish(config):
+        (root / "index.html").write_text(INDEX_HTML.replace("__CONFIG__", json.dumps(config, indent=2)))
+        return f"http://127.0.0.1:{site.server_address[1]}/index.html"
+
+    yield publish
+    site.shutdown()
+    site.server_close()
+
+
+async def share_roster(server, alice, alice_pw, bob):
+    """Alice and bob subscribe to each other (alice from a TCP session that then
+    ends), so Converse shows bob as a contact. Converse 14 needs that here: for
+    a JID outside the roster it awaits its XEP-0191 blocklist before opening
+    the chat, and that never resolves on a server without XEP-0191."""
+    tcp_alice = await login(server, alice, alice_pw, "setup")
+    tcp_alice.auto_authorize = True
+    try:
+        tcp_alice.send_presence(pto=bob, ptype="subscribe")
+        for _ in range(200):
+            if tcp_alice.client_roster[bob]["subscription"] == "both":
+                break
+            await asyncio.sleep(0.05)
+        assert tcp_alice.client_roster[bob]["subscription"] == "both"
+    finally:
+        await logout(tcp_alice)
+
+
+async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(requirements, server, web_page, tmp_path):
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    tcp = await login(server, bob, bob_pw, "desk")
+    tcp.auto_authorize = True
+    tcp.auto_subscribe = True
+    await share_roster(server, alice, alice_pw, bob)
+
+    page_url = web_page(
+        {
+            "websocket_url": f"ws://127.0.0.1:{server.http}/xmpp-websocket",
+            "discover_connection_methods": False,
+            "authentication": "login",
+            "auto_login": True,
+            "jid": alice,
+            "password": alice_pw,
+            "view_mode": "fullscreen",
+            "i18n": "en",
+            "assets_path": "/dist/",
+            "allow_non_roster_messaging": True,  # the contacts menu's "Start a new chat"
+            "show_controlbox_by_default": True,
+            "play_sounds": False,
+            "show_desktop_notifications": False,
+            "loglevel": "info",
+            # OMEMO would fetch a wasm file and device lists the test has no use for.
+            "blacklisted_plugins": ["converse-omemo"],
+        }
+    )
+    screenshot = tmp_path / "converse.png"
+    message = "Hello Bob, this is Alice in Converse.js"
+    reply = "Hi Alice, Bob here on slixmpp"
+
+    web = await asyncio.create_subprocess_exec(
+        NODE,
+        str(SCRIPT),
+        cwd=str(WEB_DIR),
+        env={
+            **os.environ,
+            "PAGE_URL": page_url,
+            "PEER": bob,
+            "MESSAGE": message,
+            "REPLY": reply,
+            "SCREENSHOT": str(screenshot),
+            "CHROMIUM": CHROMIUM,
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    finished = asyncio.ensure_future(web.communicate())
+    received = asyncio.ensure_future(tcp.next_message(timeout=90))
+    try:
+        # The browser logs in, opens the chat and sends: bob gets it over TCP
+        # (unless the browser gave up first, which the script reports).
+        await asyncio.wait([finished, received], return_when=asyncio.FIRST_COMPLETED)
+        if received.done():
+            msg = received.result()
+            assert str(msg["from"]).startswith(f"{alice}/"), msg
+            assert msg["body"] == message
+            tcp.send_message(mto=msg["from"], mbody=reply, mtype="chat")
+        stdout, stderr = await asyncio.wait_for(finished, 120)
+    finally:
+        received.cancel()
+        if web.returncode is None:
+            web.kill()
+            await web.wait()
+        await logout(tcp)
+
+    events = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+    browser_log = tmp_path / "browser.log"
+    browser_log.write_bytes(stderr)
+    if screenshot.exists():
+        OUT_DIR.mkdir(exist_ok=True)
+        copy = OUT_DIR / "converse.png"
+        shutil.copyfile(screenshot, copy)
+        print(f"Converse.js screenshot: {screenshot} (copied to {copy})")
+    detail = f"events: {events}\nbrowser console ({browser_log}):\n{stderr.decode(errors='replace')[-6000:]}"
+    assert web.returncode == 0, detail
+    assert {"event": "websocket", "url": f"ws://127.0.0.1:{server.http}/xmpp-websocket"} in events, detail
+    shown = next(event["messages"] for event in events if event["event"] == "reply-shown")
+    assert message in shown and reply in shown, detail
+    assert screenshot.stat().st_size > 0

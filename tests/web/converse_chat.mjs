@@ -1,0 +1,115 @@
+// Converse.js (npm converse.js) in headless Debian Chromium, driven by
+// playwright-core for tests/integration/test_converse.py. The page at
+// PAGE_URL logs in over WebSocket by itself (converse.initialize with
+// jid/password and auto_login). This script then does what a user does: opens
+// "Start a new chat" from the contacts menu, enters PEER, types MESSAGE in the
+// chat box and presses Enter; then it waits until REPLY is shown in that chat,
+// saves a screenshot to SCREENSHOT and exits 0. Every step goes to stdout as
+// one JSON line; the browser's console goes to stderr.
+//
+// Environment: PAGE_URL, PEER (a bare JID), MESSAGE, REPLY, SCREENSHOT,
+// CHROMIUM (default /usr/bin/chromium).
+
+import { chromium } from "playwright-core";
+
+const { PAGE_URL, PEER, MESSAGE, REPLY, SCREENSHOT } = process.env;
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const STEP_MS = 30_000;
+const TOTAL_MS = 90_000;
+
+function report(event) {
+  process.stdout.write(JSON.stringify(event) + "\n");
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+
+let page;
+const timer = setTimeout(async () => {
+  report({ event: "timeout" });
+  if (page) {
+    await page.screenshot({ path: SCREENSHOT }).catch(() => {});
+  }
+  process.exit(2);
+}, TOTAL_MS);
+timer.unref();
+
+async function fail(step, error) {
+  report({ event: "error", step, message: String(error) });
+  if (page) {
+    const dom = await page
+      .evaluate(() => (document.querySelector("converse-root") || document.body).outerHTML)
+      .catch(() => "");
+    process.stderr.write(`[dom] ${dom}\n`);
+    await page.screenshot({ path: SCREENSHOT, fullPage: true }).catch(() => {});
+  }
+  await browser.close().catch(() => {});
+  process.exit(1);
+}
+
+let step = "open page";
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  page = await context.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on("console", (message) => process.stderr.write(`[console.${message.type()}] ${message.text()}\n`));
+  page.on("pageerror", (error) => process.stderr.write(`[pageerror] ${error}\n`));
+  // No network beyond this machine: the page, its assets and the server are local.
+  await context.route(/^https?:\/\/(?!127\.0\.0\.1[:/])/, (route) => route.abort("blockedbyclient"));
+  page.on("requestfailed", (request) =>
+    process.stderr.write(`[requestfailed] ${request.url()} ${request.failure()?.errorText}\n`),
+  );
+  page.on("websocket", (ws) => report({ event: "websocket", url: ws.url() }));
+
+  await page.goto(PAGE_URL);
+
+  // Logged in and the roster is shown: the contacts menu is there.
+  step = "log in";
+  const menu = page.locator("converse-roster .dropdown--contacts .dropdown-toggle");
+  await menu.waitFor({ state: "visible" });
+  report({ event: "logged-in" });
+
+  step = "open chat";
+  await menu.click();
+  await page.locator("converse-roster a.new-chat").click();
+  const modal = page.locator("converse-new-chat-modal");
+  await modal.locator('input[name="jid"]').fill(PEER);
+  await modal.locator('button[type="submit"]').click();
+  const chat = page.locator(`converse-chat[jid="${PEER}"]`);
+  const textarea = chat.locator("textarea.chat-textarea");
+  await textarea.waitFor({ state: "visible" });
+  report({ event: "chat-open", peer: PEER });
+
+  step = "send";
+  await textarea.click();
+  await textarea.fill(MESSAGE);
+  await textarea.press("Enter");
+  await chat.locator(".chat-msg__text", { hasText: MESSAGE }).first().waitFor({ state: "visible" });
+  report({ event: "sent", body: MESSAGE });
+
+  step = "receive reply";
+  await chat.locator(".chat-msg__text", { hasText: REPLY }).first().waitFor({ state: "visible", timeout: 60_000 });
+  const shown = await chat.locator(".chat-msg__text").allInnerTexts();
+  report({ event: "reply-shown", messages: shown.map((text) => text.trim()) });
+
+  step = "screenshot";
+  await page.screenshot({ path: SCREENSHOT });
+  report({ event: "screenshot", path: SCREENSHOT });
+} catch (error) {
+  await fail(step, error);
+}
+
+await browser.close();
+report({ event: "done" });
+process.exit(0);
