@@ -20,9 +20,22 @@ BIN = os.environ.get("STARLING_BIN") or str(REPO / "target" / "debug" / "starlin
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list:
+    """`count` distinct free loopback ports (held open together while chosen,
+    so one call never returns the same port twice)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
@@ -41,16 +54,20 @@ class Server:
     def __init__(self, tmp_path: pathlib.Path, domain="localhost", extra_toml=""):
         self.domain = domain
         self.dir = tmp_path
-        self.c2s = free_port()
-        self.c2s_tls = free_port()
-        self.http = free_port()
-        self.https = free_port()
+        self.extra_toml = extra_toml
+        self.pick_ports()
         self.config = tmp_path / "starling.toml"
         self.log_path = tmp_path / "server.log"
+        self.process = None
+
+    def pick_ports(self):
+        self.c2s, self.c2s_tls, self.http, self.https = free_ports(4)
+
+    def write_config(self):
         self.config.write_text(
             f"""
-domain = "{domain}"
-data_dir = "{tmp_path / 'data'}"
+domain = "{self.domain}"
+data_dir = "{self.dir / 'data'}"
 [listen]
 c2s = "127.0.0.1:{self.c2s}"
 c2s_tls = "127.0.0.1:{self.c2s_tls}"
@@ -58,12 +75,23 @@ http = "127.0.0.1:{self.http}"
 https = "127.0.0.1:{self.https}"
 [log]
 level = "info,starling=debug"
-{extra_toml}
+{self.extra_toml}
 """
         )
-        self.process = None
 
-    def start(self):
+    def start(self, attempts=3):
+        """Start the server; if another process took one of its ports in the
+        meantime (address in use), pick new ports and try again."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except RuntimeError as error:
+                if "Address already in use" not in str(error) or attempt == attempts - 1:
+                    raise
+                self.pick_ports()
+
+    def _start_once(self):
+        self.write_config()
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [BIN, "serve", "--config", str(self.config)], stdout=self.log, stderr=subprocess.STDOUT

@@ -19,12 +19,26 @@ SCRIPT = REPO / "deploy" / "local-cluster.sh"
 POSTGRES = os.environ.get("STARLING_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 
 
+_held_port_locks = []
+
+
 def pick_base_port(span=70):
-    """A base below the ephemeral port range whose next `span` ports are all free now."""
+    """A base below the ephemeral port range whose next `span` ports are all
+    free now, reserved against the other test workers by an flock on a file
+    named after the base (released when the worker exits)."""
+    import fcntl
     import socket
 
-    for _ in range(200):
+    lock_dir = pathlib.Path("/tmp/starling-test-ports")
+    lock_dir.mkdir(exist_ok=True)
+    for _ in range(500):
         base = 10000 + (uuid.uuid4().int % 220) * 100
+        handle = open(lock_dir / f"{base}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
         sockets = []
         try:
             for port in range(base, base + span):
@@ -32,8 +46,10 @@ def pick_base_port(span=70):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(("127.0.0.1", port))
                 sockets.append(sock)
+            _held_port_locks.append(handle)
             return base
         except OSError:
+            handle.close()
             continue
         finally:
             for sock in sockets:
@@ -126,10 +142,11 @@ class Cluster:
 
     def add_user(self, localpart, password="cluster-pass"):
         jid = f"{localpart}@localhost"
-        subprocess.run(
+        result = subprocess.run(
             [BIN, "user", "add", jid, password, "--config", str(self.dir / "starling.toml")],
-            check=True, capture_output=True, timeout=60,
+            capture_output=True, text=True, timeout=60,
         )
+        assert result.returncode == 0, result.stdout + result.stderr
         return jid, password
 
     def kill(self, name, sig=signal.SIGKILL):
