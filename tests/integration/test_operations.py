@@ -63,7 +63,7 @@ async def test_in_band_registration_when_enabled(server_factory):
     srv = server_factory("[registration]\nenabled = true\n")
     client = Client(f"newbie@{srv.domain}", "fresh-password")
     client.register_plugin("xep_0077")
-    client["xep_0077"].force_registration = True
+    client.plugin["xep_0077"].force_registration = True
     registered = asyncio.get_event_loop().create_future()
 
     async def on_register(_event):

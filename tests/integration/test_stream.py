@@ -24,7 +24,7 @@ async def test_wrong_password_is_refused(server):
 async def test_each_sasl_mechanism_logs_in(server, mechanism):
     alice, password = server.add_user("alice")
     client = Client(alice, password)
-    client["feature_mechanisms"].use_mech = mechanism
+    client.plugin["feature_mechanisms"].use_mech = mechanism
     client.connect(host="127.0.0.1", port=server.c2s)
     await asyncio.wait_for(client.started, 15)
     assert client.boundjid.bare == alice
