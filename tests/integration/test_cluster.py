@@ -57,6 +57,16 @@ def pick_base_port(span=70):
     raise RuntimeError("no free range of ports for the cluster")
 
 
+async def befriend(a, b, bob):
+    """Mutual subscription: `a` asks `b` (bare JID `bob`), whose client
+    approves and subscribes back, which `a`'s client approves."""
+    b.auto_authorize = True
+    b.auto_subscribe = True
+    a.auto_authorize = True
+    a.send_presence(pto=bob, ptype="subscribe")
+    await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+
+
 class Node:
     """What `login` needs to reach one connection-manager."""
 
@@ -218,11 +228,7 @@ async def test_users_on_two_nodes_see_presence_and_chat(cluster):
     bob, bob_pw = cluster.add_user("bob")
     a = await login(cluster.node("cm-1"), alice, alice_pw, "laptop")
     b = await login(cluster.node("cm-2"), bob, bob_pw, "phone")
-    b.auto_authorize = True
-    b.auto_subscribe = True
-    a.auto_authorize = True
-    a.send_presence(pto=bob, ptype="subscribe")
-    await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+    await befriend(a, b, bob)
 
     a.send_presence(pstatus="across nodes")
     await b.next_presence(lambda p: p["from"] == f"{alice}/laptop" and p["status"] == "across nodes", timeout=20)
@@ -268,11 +274,7 @@ async def test_killed_connection_manager_sessions_leave_and_messages_go_offline(
     bob, bob_pw = cluster.add_user("bob")
     a = await login(cluster.node("cm-1"), alice, alice_pw, "laptop")
     b = await login(cluster.node("cm-2"), bob, bob_pw, "phone")
-    b.auto_authorize = True
-    b.auto_subscribe = True
-    a.auto_authorize = True
-    a.send_presence(pto=bob, ptype="subscribe")
-    await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+    await befriend(a, b, bob)
     await asyncio.sleep(0.5)
 
     cluster.kill("cm-2")
@@ -362,11 +364,7 @@ async def test_redis_cluster_carries_cross_node_messages(tmp_path):
         bob, bob_pw = c.add_user("bob")
         a = await login(c.node("cm-1"), alice, alice_pw, "laptop")
         b = await login(c.node("cm-2"), bob, bob_pw, "phone")
-        b.auto_authorize = True
-        b.auto_subscribe = True
-        a.auto_authorize = True
-        a.send_presence(pto=bob, ptype="subscribe")
-        await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+        await befriend(a, b, bob)
         a.send_presence(pstatus="sharded")
         await b.next_presence(lambda p: p["from"] == f"{alice}/laptop" and p["status"] == "sharded", timeout=20)
         for number in range(200):
