@@ -60,7 +60,19 @@ pub struct BindOutcome {
 #[async_trait]
 pub trait SessionRegistry: Send + Sync + 'static {
     /// Record a new session atomically, replacing any session with the same full JID.
-    async fn bind(&self, record: SessionRecord) -> ApiResult<BindOutcome>;
+    async fn bind(&self, record: SessionRecord) -> ApiResult<BindOutcome> {
+        self.bind_limited(record, 0).await
+    }
+    /// [`Self::bind`], refused with `ApiError::LimitReached` when the account
+    /// already has `max_resources` other sessions (0: no limit). The count and
+    /// the write are one atomic step, so simultaneous binds on different nodes
+    /// cannot exceed the limit (RFC 6120 section 7.6.2.1); replacing a bound
+    /// full JID does not count as a new resource.
+    async fn bind_limited(
+        &self,
+        record: SessionRecord,
+        max_resources: usize,
+    ) -> ApiResult<BindOutcome>;
     /// Remove a session if it is still the one at `addr` (a replaced session's
     /// late unbind must not remove its successor). Returns the removed record.
     async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<Option<SessionRecord>>;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use parking_lot::Mutex;
-use starling_api::{SessionAddr, SessionRecord, SessionRegistry};
+use starling_api::{ApiError, SessionAddr, SessionRecord, SessionRegistry};
 use starling_jid::{FullJid, Jid};
 use starling_redis_client::testing::{test_client, RedisClusterHarness, RedisServerHarness};
 use starling_redis_client::RedisClient;
@@ -278,6 +278,48 @@ async fn concurrent_binds_end_with_one_session(registry: Arc<dyn SessionRegistry
     assert_eq!(indexed, 1);
 }
 
+async fn the_resource_limit_holds_under_simultaneous_binds(registry: Arc<dyn SessionRegistry>) {
+    // 20 logins of one account with 20 different resources at once, limit 5:
+    // exactly 5 are bound, the others refused, nothing in between.
+    let binds = (0..20u64).map(|conn| {
+        let registry = registry.clone();
+        let record = SessionRecord::new(
+            full(&format!("busy@example.com/r{conn}")),
+            addr(&format!("cm{}", conn % 2), conn),
+        );
+        tokio::spawn(async move { registry.bind_limited(record, 5).await })
+    });
+    let outcomes = futures::future::join_all(binds).await;
+    let bound = outcomes
+        .iter()
+        .filter(|outcome| outcome.as_ref().unwrap().is_ok())
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome.as_ref().unwrap(), Err(ApiError::LimitReached(_))))
+        .count();
+    assert_eq!((bound, refused), (5, 15));
+    let sessions = registry
+        .sessions(&"busy@example.com".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 5);
+    // Rebinding a bound full JID replaces it and is not refused.
+    let again = SessionRecord::new(sessions[0].jid.clone(), addr("cm9", 99));
+    assert!(registry
+        .bind_limited(again, 5)
+        .await
+        .unwrap()
+        .replaced
+        .is_some());
+    // Refused binds left nothing in the node indexes.
+    let mut indexed = 0;
+    for node in ["cm0", "cm1", "cm9"] {
+        indexed += registry.node_sessions(node).await.unwrap().len();
+    }
+    assert_eq!(indexed, 5);
+}
+
 async fn run_contract(
     make: impl Fn() -> futures::future::BoxFuture<'static, Arc<dyn SessionRegistry>>,
 ) {
@@ -288,6 +330,7 @@ async fn run_contract(
     directed_presence_is_remembered_and_taken(&*make().await).await;
     node_sessions_follow_the_records(&*make().await).await;
     concurrent_binds_end_with_one_session(make().await).await;
+    the_resource_limit_holds_under_simultaneous_binds(make().await).await;
 }
 
 #[tokio::test]

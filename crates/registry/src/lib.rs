@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use starling_api::{ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
+use starling_api::{ApiError, ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
 use starling_jid::{BareJid, FullJid, Jid};
 
 /// The errors of the Redis registry, liveness and janitor.
@@ -85,9 +85,22 @@ fn with_session<T>(
 
 #[async_trait]
 impl SessionRegistry for MemoryRegistry {
-    async fn bind(&self, record: SessionRecord) -> ApiResult<BindOutcome> {
+    async fn bind_limited(
+        &self,
+        record: SessionRecord,
+        max_resources: usize,
+    ) -> ApiResult<BindOutcome> {
         let mut state = self.state.lock();
         let resources = state.sessions.entry(record.jid.to_bare()).or_default();
+        if max_resources > 0
+            && !resources.contains_key(record.jid.resource())
+            && resources.len() >= max_resources
+        {
+            return Err(ApiError::LimitReached(format!(
+                "{} sessions already bound",
+                resources.len()
+            )));
+        }
         let replaced = resources.insert(record.jid.resource().to_string(), record.clone());
         if replaced.is_some() {
             state.directed.remove(&record.jid);

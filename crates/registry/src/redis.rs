@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use futures::future::try_join_all;
 use redis::Script;
 use serde::{Deserialize, Serialize};
-use starling_api::{ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
+use starling_api::{ApiError, ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_redis_client::{redis, RedisClient};
 
@@ -106,6 +106,10 @@ pub(crate) fn parse_node_index_entry(entry: &str) -> Option<(u64, FullJid)> {
 /// one; a replaced session's directed presence set goes with it.
 const BIND_SCRIPT: &str = r"
 local previous = redis.call('HGET', KEYS[1], ARGV[1])
+local limit = tonumber(ARGV[3])
+if not previous and limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
+  return redis.error_reply('STARLING_RESOURCE_LIMIT')
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if previous then redis.call('DEL', KEYS[2]) end
 return previous
@@ -297,11 +301,15 @@ impl RedisRegistry {
 
 #[async_trait]
 impl SessionRegistry for RedisRegistry {
-    async fn bind(&self, record: SessionRecord) -> ApiResult<BindOutcome> {
+    async fn bind_limited(
+        &self,
+        record: SessionRecord,
+        max_resources: usize,
+    ) -> ApiResult<BindOutcome> {
         self.add_to_node_index(&record).await?;
         let bare = record.jid.bare().to_string();
         let mut connection = self.client.connection();
-        let previous: Option<String> = self
+        let previous: Result<Option<String>, redis::RedisError> = self
             .bind_script
             .key(self.client.session_key(&bare))
             .key(
@@ -310,9 +318,22 @@ impl SessionRegistry for RedisRegistry {
             )
             .arg(record.jid.resource())
             .arg(encode_record(&record))
+            .arg(max_resources)
             .invoke_async(&mut connection)
-            .await
-            .map_err(RegistryError::from)?;
+            .await;
+        let previous: Option<String> = match previous {
+            Ok(previous) => previous,
+            Err(error) if error.to_string().contains("STARLING_RESOURCE_LIMIT") => {
+                // Refused: the index entry written ahead must not linger.
+                if let Err(error) = self.remove_from_node_index(&record.jid, &record.addr).await {
+                    tracing::warn!(jid = %record.jid, error = %error, "stale node index entry left behind");
+                }
+                return Err(ApiError::LimitReached(format!(
+                    "{max_resources} sessions already bound"
+                )));
+            }
+            Err(error) => return Err(RegistryError::from(error).into()),
+        };
         let replaced = previous
             .map(|raw| decode_record(record.jid.clone(), &raw))
             .transpose()?;

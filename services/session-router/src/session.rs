@@ -7,7 +7,7 @@
 //! the old session left.
 
 use rand::Rng;
-use starling_api::{BindError, SessionAddr, SessionRecord};
+use starling_api::{ApiError, BindError, SessionAddr, SessionRecord};
 use starling_bus::Delivery;
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::StreamErrorCondition;
@@ -53,18 +53,21 @@ impl SessionRouter {
         };
 
         // RFC 6120 section 7.6.2.1: too many resources => resource-constraint.
-        // Rebinding a full JID already bound replaces it and does not count.
-        let is_rebind = existing.iter().any(|session| session.jid == jid);
+        // The registry counts and binds in one atomic step; rebinding a full
+        // JID already bound replaces it and does not count.
         let limit = self.config.max_resources_per_user;
-        if limit > 0 && !is_rebind && existing.len() >= limit {
-            tracing::info!(user = %user, sessions = existing.len(), limit, "bind refused, too many resources");
-            return Err(BindError::ResourceConstraint);
-        }
-
-        let outcome = self
+        let outcome = match self
             .registry
-            .bind(SessionRecord::new(jid.clone(), addr.clone()))
-            .await?;
+            .bind_limited(SessionRecord::new(jid.clone(), addr.clone()), limit)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(ApiError::LimitReached(reason)) => {
+                tracing::info!(user = %user, limit, %reason, "bind refused, too many resources");
+                return Err(BindError::ResourceConstraint);
+            }
+            Err(error) => return Err(error.into()),
+        };
         if let Some(replaced) = outcome.replaced {
             if &replaced.addr != addr {
                 self.close_replaced_session(&replaced).await;
