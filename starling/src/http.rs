@@ -1,5 +1,6 @@
-//! The HTTP listener: `/healthz` (the process runs) and `/readyz` (it can
-//! reach what it needs and is not draining), plus the routes a service adds
+//! The HTTP listener: `/healthz` (the process runs), `/readyz` (it can
+//! reach what it needs and is not draining) and `/metrics` (Prometheus text
+//! format, docs/operations.md), plus the routes a service adds
 //! (the connection-manager's XMPP over WebSocket, BOSH and XEP-0156 host-meta).
 
 use std::future::Future;
@@ -45,6 +46,38 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// `/metrics`: everything registered in the process's registry, in the
+/// Prometheus text exposition format (version 0.0.4).
+async fn metrics(State(registry): State<prometheus::Registry>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode_to_string(&registry.gather()) {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            text,
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the metrics: {error}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// The routes every process serves.
+fn base_routes(readiness: Readiness, registry: prometheus::Registry) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(registry),
+        )
+}
+
 async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     if readiness.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into());
@@ -70,19 +103,17 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, String) {
     (StatusCode::OK, "ready\n".into())
 }
 
-/// Serve `/healthz`, `/readyz` and `routes` until `shutdown` resolves. The
-/// peer's address reaches handlers as `ConnectInfo<SocketAddr>`.
+/// Serve `/healthz`, `/readyz`, `/metrics` (from `registry`) and `routes`
+/// until `shutdown` resolves. The peer's address reaches handlers as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     readiness: Readiness,
+    registry: prometheus::Registry,
     routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(readiness)
-        .merge(routes);
+    let app = base_routes(readiness, registry).merge(routes);
     if let Err(error) = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -101,6 +132,7 @@ pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     readiness: Readiness,
+    registry: prometheus::Registry,
     routes: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -108,11 +140,7 @@ pub async fn serve_tls(
     use hyper_util::server::conn::auto::Builder;
     use tower::ServiceExt;
 
-    let app = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(readiness)
-        .merge(routes);
+    let app = base_routes(readiness, registry).merge(routes);
     let mut shutdown = std::pin::pin!(shutdown);
     let connections = tokio_util::task::TaskTracker::new();
     loop {

@@ -16,7 +16,7 @@ use futures::FutureExt;
 use starling_api::{PresenceApi, RouterApi, SessionRegistry, StorageApi};
 use starling_bus::{Bus, InProcessBus, RedisBus};
 use starling_connection_manager::{
-    BoundConnectionManager, CmConfig, CmLimits, ConnectionManager, TlsSettings,
+    BoundConnectionManager, CmConfig, CmLimits, CmMetrics, ConnectionManager, TlsSettings,
 };
 use starling_jid::BareJid;
 use starling_presence::{PresenceConfig, PresenceService};
@@ -133,7 +133,22 @@ fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
-fn cm_config(config: &Config, node_id: &str) -> CmConfig {
+/// `starling_build_info{version,target} 1`: every process exposes at least this.
+fn register_build_info(registry: &prometheus::Registry, target: Target) -> prometheus::Result<()> {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "starling_build_info",
+            "Always 1; the labels tell the running version and the served target",
+        ),
+        &["version", "target"],
+    )?;
+    registry.register(Box::new(info.clone()))?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), target.name()])
+        .set(1);
+    Ok(())
+}
+
+fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
     CmConfig {
         node_id: node_id.to_string(),
         domain: config.domain.clone(),
@@ -159,6 +174,7 @@ fn cm_config(config: &Config, node_id: &str) -> CmConfig {
         },
         registration_enabled: config.registration.enabled,
         require_tls: config.tls.required,
+        metrics,
     }
 }
 
@@ -317,6 +333,9 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut readiness = Readiness::new();
+    // This process's metrics, served at /metrics; each service registers its own.
+    let registry = prometheus::Registry::new();
+    register_build_info(&registry, target).context("cannot register starling_build_info")?;
     let mut services: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
     let mut janitor = None;
     let mut liveness = None;
@@ -436,7 +455,12 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 )
             };
             let bound = ConnectionManager::new(
-                cm_config(&config, &node_id),
+                cm_config(
+                    &config,
+                    &node_id,
+                    CmMetrics::register(&registry)
+                        .context("cannot register the connection-manager metrics")?,
+                ),
                 router_api,
                 storage.clone(),
                 state.bus.clone(),
@@ -464,6 +488,7 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
             Some(tokio::spawn(http::serve(
                 listener,
                 readiness.clone(),
+                registry.clone(),
                 routes.clone(),
                 wait_for(shutdown_rx.clone()),
             )))
@@ -481,6 +506,7 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 listener,
                 acceptor.clone(),
                 readiness.clone(),
+                registry.clone(),
                 routes.clone(),
                 wait_for(shutdown_rx.clone()),
             )))

@@ -2,6 +2,8 @@
 in-band registration."""
 
 import asyncio
+import re
+import shutil
 import subprocess
 import urllib.request
 
@@ -57,6 +59,48 @@ def test_health_and_readiness(server):
         assert response.status == 200
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/readyz", timeout=5) as response:
         assert response.status == 200
+
+
+def scrape(server) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics", timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return response.read().decode()
+
+
+def series_sum(text: str, name: str, **labels) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        if all(found.get(key) == value for key, value in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+async def test_metrics_after_a_login(server):
+    jid, _ = server.add_user("mallory", "secret")
+    before = scrape(server)
+    assert series_sum(before, "starling_logins_total", result="success") == 0
+    client = await login(server, jid, "secret")
+    client.send_message(mto=jid, mbody="to myself")
+    text = scrape(server)
+    await logout(client)
+    assert series_sum(text, "starling_logins_total", result="success") == 1, text
+    assert series_sum(text, "starling_sessions") == 1, text
+    assert series_sum(text, "starling_connections") >= 1, text
+    assert series_sum(text, "starling_build_info", target="all") == 1, text
+    assert "# TYPE starling_logins_total counter" in text
+    assert "# TYPE starling_sessions gauge" in text
+    # Never a JID (nor any address) in a label.
+    assert not [line for line in text.splitlines() if "@" in line], text
+    promtool = shutil.which("promtool")
+    if promtool:
+        checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 async def test_in_band_registration_when_enabled(server_factory):

@@ -449,6 +449,9 @@ async fn create_session(state: &BoshState, peer: SocketAddr, rid: u64, body: &El
     }
     let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
         tracing::info!(peer = %peer, listener = "bosh", "too many connections from one address");
+        shared
+            .metrics
+            .limit_hit(crate::metrics::Limit::ConnectionsPerIp);
         return terminate_xml(Some(Condition::PolicyViolation)).into();
     };
     let wait = parse_number(body.attr("wait"))
@@ -536,6 +539,7 @@ async fn serve_bosh(
     link: Arc<Link>,
 ) {
     let conn = shared.next_conn_id();
+    let _counted = shared.metrics.connection(crate::metrics::Transport::Bosh);
     tracing::debug!(conn, peer = %peer, listener = "bosh", "connection accepted");
     if let Some(bound) =
         negotiation::negotiate_transport(Arc::clone(&shared), conn, transport, peer, deadline).await

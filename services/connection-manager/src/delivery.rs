@@ -33,6 +33,9 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                                 conn = recipient.conn,
                                 "outbound queue full, closing the stream"
                             );
+                            shared
+                                .metrics
+                                .limit_hit(crate::metrics::Limit::OutboundQueue);
                             handle.close_overflowed();
                             reroute(&shared, recipient.conn, queued.into_element());
                         }

@@ -25,6 +25,7 @@ mod delivery;
 mod error;
 mod framing;
 mod limits;
+mod metrics;
 mod negotiation;
 mod outbound;
 mod register;
@@ -57,6 +58,7 @@ use tokio_util::task::TaskTracker;
 pub use bosh::BOSH_PATH;
 pub use config::{CmConfig, CmLimits, TlsSettings};
 pub use error::CmError;
+pub use metrics::CmMetrics;
 pub use tls::ALPN_XMPP_CLIENT;
 pub use websocket::WEBSOCKET_PATH;
 
@@ -104,6 +106,7 @@ pub(crate) struct Shared {
     pub connections: RwLock<HashMap<ConnId, Arc<ConnectionHandle>>>,
     next_conn: AtomicU64,
     pub ip_limits: Arc<IpLimits>,
+    pub metrics: CmMetrics,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
 }
@@ -111,6 +114,19 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A bound (or binding) connection; `starling_sessions` follows the map.
+    pub fn add_connection(&self, conn: ConnId, handle: Arc<ConnectionHandle>) {
+        let mut connections = self.connections.write();
+        connections.insert(conn, handle);
+        self.metrics.set_sessions(connections.len());
+    }
+
+    pub fn remove_connection(&self, conn: ConnId) {
+        let mut connections = self.connections.write();
+        connections.remove(&conn);
+        self.metrics.set_sessions(connections.len());
     }
 
     pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
@@ -248,6 +264,7 @@ impl ConnectionManager {
             connections: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             ip_limits,
+            metrics: config.metrics,
             shutdown: CancellationToken::new(),
         };
         Ok(ConnectionManager {
@@ -394,6 +411,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
             tracing::info!(peer = %peer, listener = kind.name(), "too many connections from one address");
+            shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
             connections.spawn(negotiation::refuse_connection(
                 Arc::clone(&shared),
                 tcp,
@@ -419,6 +437,10 @@ async fn serve_connection(
     permit: limits::ConnectionPermit,
 ) {
     let conn = shared.next_conn_id();
+    let _counted = shared.metrics.connection(match kind {
+        ListenerKind::StartTls => metrics::Transport::Tcp,
+        ListenerKind::DirectTls => metrics::Transport::Tls,
+    });
     tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
     if let Some(bound) = negotiation::negotiate(Arc::clone(&shared), conn, tcp, peer, kind).await {
         session::run(shared, bound).await;

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::framing::{Framing, Inbound, Outgoing};
+use crate::metrics::Limit;
 use crate::outbound::{ConnectionHandle, QueuedStanza, CLOSE_WRITE_TIMEOUT};
 use crate::transport::{ByteStream, Received, Transport};
 use crate::xml::{self, FeatureSet, STARTTLS_FAILURE, STARTTLS_PROCEED, STREAM_CLOSE};
@@ -91,6 +92,8 @@ struct Negotiation {
     client_lang: Option<String>,
     reply_to: Option<String>,
     auth_attempts: u32,
+    /// The mechanism of the current or last `<auth/>` (for metrics).
+    mechanism: Option<Mechanism>,
     sasl: SaslExchange,
     /// Set by SASL success.
     user: Option<BareJid>,
@@ -108,6 +111,9 @@ enum Negotiated {
 /// direct TLS is simply closed (an error would first cost a TLS handshake).
 pub(crate) async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, kind: ListenerKind) {
     if kind == ListenerKind::StartTls {
+        shared
+            .metrics
+            .stream_error(StreamErrorCondition::PolicyViolation.as_str());
         let mut out = xml::stream_header(&random_id(), &shared.domain, None, "en");
         out.push_str(
             &StreamError::with_text(
@@ -181,6 +187,7 @@ pub(crate) async fn negotiate_transport(
         client_lang: None,
         reply_to: None,
         auth_attempts: 0,
+        mechanism: None,
         sasl: SaslExchange::Idle,
         user: None,
         read_buffer: vec![0u8; READ_BUFFER_BYTES],
@@ -191,6 +198,7 @@ pub(crate) async fn negotiate_transport(
             outcome = negotiation.run() => outcome,
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::debug!(conn, peer = %peer, "pre-authentication deadline passed");
+                shared.metrics.limit_hit(Limit::PreAuthTimeout);
                 Err(stream_error(StreamErrorCondition::ConnectionTimeout, "authentication and binding took too long"))
             }
             _ = shared.shutdown.cancelled() => Err(StreamEnd::Error(StreamError::new(StreamErrorCondition::SystemShutdown))),
@@ -315,6 +323,7 @@ impl Negotiation {
                 if needs_header {
                     out.header(&self.stream_id, &self.shared.domain, None, &self.lang);
                 }
+                self.shared.metrics.stream_error(error.condition.as_str());
                 out.stream_error(error);
                 out.close();
             }
@@ -433,6 +442,7 @@ impl Negotiation {
                 "abort" => {
                     // Section 6.4.4; an abort counts as a failed attempt (it is one).
                     self.sasl = SaslExchange::Idle;
+                    self.count_auth_failure(SaslError::Aborted.condition().as_str());
                     self.send_nonza(&xml::sasl_failure(SaslError::Aborted.condition()))
                         .await?;
                 }
@@ -508,6 +518,7 @@ impl Negotiation {
     async fn fail_auth(&mut self, error: SaslError) -> Result<(), StreamEnd> {
         self.sasl = SaslExchange::Idle;
         tracing::debug!(conn = self.conn, peer = %self.peer, %error, "sasl failure");
+        self.count_auth_failure(error.condition().as_str());
         if matches!(error, SaslError::NotAuthorized(_)) {
             self.shared
                 .ip_limits
@@ -516,10 +527,19 @@ impl Negotiation {
         self.send_nonza(&xml::sasl_failure(error.condition())).await
     }
 
+    /// `starling_logins_total{result="failure"}` and `starling_sasl_failures_total`.
+    fn count_auth_failure(&self, reason: &'static str) {
+        let mechanism = self.mechanism.map_or("none", Mechanism::as_str);
+        self.shared.metrics.login(mechanism, false);
+        self.shared.metrics.sasl_failure(mechanism, reason);
+    }
+
     async fn start_auth(&mut self, auth: &Element) -> Result<(), StreamEnd> {
         self.sasl = SaslExchange::Idle;
+        self.mechanism = None;
         self.auth_attempts += 1;
         if self.auth_attempts > self.shared.limits.max_auth_attempts {
+            self.shared.metrics.limit_hit(Limit::AuthAttempts);
             // Section 6.4.5: past a reasonable number of retries, a stream
             // error, which SHOULD be <policy-violation/>.
             return Err(stream_error(
@@ -532,6 +552,7 @@ impl Negotiation {
                 .fail_auth(SaslError::InvalidMechanism("mechanism not offered"))
                 .await;
         };
+        self.mechanism = Some(mechanism);
         if !self.is_tls() && (self.tls_required() || mechanism.requires_encryption()) {
             // Sections 5.3.1 and 6.5.3: TLS first (mandatory here, or needed
             // by a mechanism that sends the password).
@@ -545,6 +566,7 @@ impl Negotiation {
             .auth_throttled(self.peer.ip(), std::time::Instant::now())
         {
             // The password is not even looked at; the account is not locked.
+            self.shared.metrics.limit_hit(Limit::FailedAuthPerIp);
             return self
                 .fail_auth(SaslError::TemporaryAuthFailure(
                     "too many failures from this address",
@@ -712,6 +734,9 @@ impl Negotiation {
     ) -> Result<(), StreamEnd> {
         tracing::info!(conn = self.conn, peer = %self.peer, user = %user, "authenticated");
         self.sasl = SaslExchange::Idle;
+        self.shared
+            .metrics
+            .login(self.mechanism.map_or("none", Mechanism::as_str), true);
         self.user = Some(user);
         self.send_nonza(&xml::sasl_success(additional_data)).await?;
         self.parser.reset();
@@ -757,10 +782,7 @@ impl Negotiation {
         // Registered before the router knows the session, so that nothing
         // routed to it right after the bind is lost.
         let handle = ConnectionHandle::new(self.conn, self.shared.limits.outbound_queue_stanzas);
-        self.shared
-            .connections
-            .write()
-            .insert(self.conn, Arc::clone(&handle));
+        self.shared.add_connection(self.conn, Arc::clone(&handle));
         match self
             .shared
             .router
@@ -778,7 +800,7 @@ impl Negotiation {
                 // Ahead of anything routed to the session in the meantime.
                 handle.push_front(QueuedStanza::new(result));
                 let Some(transport) = self.transport.take() else {
-                    self.shared.connections.write().remove(&self.conn);
+                    self.shared.remove_connection(self.conn);
                     return Err(StreamEnd::ConnectionLost);
                 };
                 let parser = std::mem::replace(
@@ -797,7 +819,7 @@ impl Negotiation {
                 }))
             }
             Err(error) => {
-                self.shared.connections.write().remove(&self.conn);
+                self.shared.remove_connection(self.conn);
                 tracing::info!(conn = self.conn, user = %user, %error, "resource binding refused");
                 let stanza_error = match error {
                     BindError::BadRequest => StanzaError::new(StanzaErrorCondition::BadRequest),

@@ -21,7 +21,10 @@ use starling_xmpp::{Element, StreamError, StreamErrorCondition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use starling_xmpp::StanzaKind;
+
 use crate::framing::Outgoing;
+use crate::metrics::CmMetrics;
 use crate::transport::TransportWriter;
 
 /// A write that makes no progress for this long means the client is gone.
@@ -273,6 +276,7 @@ impl ConnectionHandle {
 pub(crate) async fn run_writer(
     mut writer: TransportWriter,
     handle: Arc<ConnectionHandle>,
+    metrics: CmMetrics,
 ) -> Vec<QueuedStanza> {
     let mut batch: Vec<QueuedStanza> = Vec::new();
     let mut buffer = Outgoing::new(writer.framing());
@@ -288,6 +292,7 @@ pub(crate) async fn run_writer(
             // The client does not read: what it did not get goes back to the
             // router; the error is written only if the socket takes it at once.
             if let Some(error) = error {
+                metrics.stream_error(error.condition.as_str());
                 buffer.stream_error(error);
             }
             buffer.close();
@@ -312,6 +317,9 @@ pub(crate) async fn run_writer(
             let chunk_start = next;
             while next < batch.len() && buffer.len() < MAX_WRITE_BYTES {
                 buffer.queued_stanza(&batch[next]);
+                if let Some(kind) = StanzaKind::of(&batch[next].stanza) {
+                    metrics.stanza_sent(kind);
+                }
                 next += 1;
             }
             let last_chunk = next == batch.len();
@@ -321,6 +329,7 @@ pub(crate) async fn run_writer(
                     error: Some(error), ..
                 }) = &close
                 {
+                    metrics.stream_error(error.condition.as_str());
                     buffer.stream_error(error);
                 }
                 buffer.close();
@@ -422,7 +431,7 @@ mod tests {
                 .with_attr("id", "b"),
         ));
         handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
-        let unwritten = run_writer(bytes(server), Arc::clone(&handle)).await;
+        let unwritten = run_writer(bytes(server), Arc::clone(&handle), CmMetrics::default()).await;
         assert!(unwritten.is_empty());
         let mut written = String::new();
         let mut client = client;
@@ -447,9 +456,11 @@ mod tests {
             client.read_to_string(&mut written).await.unwrap();
             written
         });
-        assert!(run_writer(bytes(server), Arc::clone(&handle))
-            .await
-            .is_empty());
+        assert!(
+            run_writer(bytes(server), Arc::clone(&handle), CmMetrics::default())
+                .await
+                .is_empty()
+        );
         let written = reader.await.unwrap();
         let bodies: Vec<char> = written
             .split("<body>")
@@ -465,7 +476,11 @@ mod tests {
         // A pipe of 16 bytes that nobody reads: the first write stalls.
         let (_client, server) = tokio::io::duplex(16);
         let handle = ConnectionHandle::new(9, 2);
-        let writer = tokio::spawn(run_writer(bytes(server), Arc::clone(&handle)));
+        let writer = tokio::spawn(run_writer(
+            bytes(server),
+            Arc::clone(&handle),
+            CmMetrics::default(),
+        ));
         handle.push(message("first")).unwrap();
         tokio::task::yield_now().await;
         handle.push(message("2")).unwrap();

@@ -54,7 +54,11 @@ pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
         client_lang,
     } = bound;
     let (mut reader, writer) = transport.split();
-    let mut writer_task = tokio::spawn(run_writer(writer, Arc::clone(&handle)));
+    let mut writer_task = tokio::spawn(run_writer(
+        writer,
+        Arc::clone(&handle),
+        shared.metrics.clone(),
+    ));
     let rate_limit = TokenBucket::new(
         shared.limits.stanzas_per_second,
         shared.limits.stanza_burst,
@@ -156,6 +160,9 @@ impl Session {
         if wait.is_zero() {
             return Flow::Continue;
         }
+        self.shared
+            .metrics
+            .limit_hit(crate::metrics::Limit::StanzaRate);
         tokio::select! {
             _ = tokio::time::sleep(wait) => Flow::Continue,
             _ = self.handle.reading_stopped() => Flow::Stop,
@@ -192,6 +199,7 @@ impl Session {
                 return Flow::Stop;
             }
         };
+        self.shared.metrics.stanza_received(kind);
         // Section 8.1.2.1: the server stamps the full JID; a forged one is overwritten.
         element.set_attr("from", self.jid_string.clone());
         match stanza::to(&element) {
@@ -309,7 +317,7 @@ impl Session {
                 }
             }
         };
-        self.shared.connections.write().remove(&self.handle.conn);
+        self.shared.remove_connection(self.handle.conn);
         let mut leftovers = unwritten;
         leftovers.extend(self.handle.take_remaining());
         for queued in leftovers {

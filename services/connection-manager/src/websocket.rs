@@ -82,6 +82,9 @@ async fn upgrade(
     }
     let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
         tracing::info!(peer = %peer, listener = "websocket", "too many connections from one address");
+        shared
+            .metrics
+            .limit_hit(crate::metrics::Limit::ConnectionsPerIp);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections from your address\n",
@@ -112,6 +115,9 @@ async fn serve_websocket(
     deadline: Instant,
 ) {
     let conn = shared.next_conn_id();
+    let _counted = shared
+        .metrics
+        .connection(crate::metrics::Transport::WebSocket);
     tracing::debug!(conn, peer = %peer, listener = "websocket", "connection accepted");
     let transport = Transport::WebSocket(Box::new(socket));
     if let Some(bound) =

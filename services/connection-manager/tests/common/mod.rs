@@ -293,6 +293,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         },
         registration_enabled: true,
         require_tls: true,
+        metrics: Default::default(),
     };
     configure(&mut config);
     config

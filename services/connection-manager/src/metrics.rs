@@ -1,0 +1,268 @@
+//! The connection-manager's Prometheus metrics (docs/operations.md lists them).
+//!
+//! Every label value is one of a small, fixed set (transport, mechanism,
+//! result, SASL condition, stream error condition, stanza kind, limit): never
+//! a JID nor an address. The handles the hot paths touch are resolved once,
+//! so counting a stanza is one atomic increment.
+
+use std::fmt;
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use starling_xmpp::StanzaKind;
+
+/// How a connection reached this node (the `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// The STARTTLS listener (5222), before and after STARTTLS.
+    Tcp,
+    /// The direct TLS listener (XEP-0368).
+    Tls,
+    WebSocket,
+    Bosh,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::WebSocket => "websocket",
+            Transport::Bosh => "bosh",
+        }
+    }
+}
+
+/// A limit that was hit (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// A session read more slowly by its token bucket.
+    StanzaRate,
+    /// A client disconnected because its outbound queue was full.
+    OutboundQueue,
+    /// A connection refused: too many from one address.
+    ConnectionsPerIp,
+    /// An authentication refused: too many failures from one address.
+    FailedAuthPerIp,
+    /// Too many `<auth/>` attempts on one stream.
+    AuthAttempts,
+    /// No bound resource before the pre-authentication deadline.
+    PreAuthTimeout,
+}
+
+impl Limit {
+    const ALL: [Limit; 6] = [
+        Limit::StanzaRate,
+        Limit::OutboundQueue,
+        Limit::ConnectionsPerIp,
+        Limit::FailedAuthPerIp,
+        Limit::AuthAttempts,
+        Limit::PreAuthTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::StanzaRate => "rate_limit",
+            Limit::OutboundQueue => "outbound_queue",
+            Limit::ConnectionsPerIp => "connections_per_ip",
+            Limit::FailedAuthPerIp => "failed_auth_per_ip",
+            Limit::AuthAttempts => "auth_attempts",
+            Limit::PreAuthTimeout => "pre_auth_timeout",
+        }
+    }
+}
+
+const TRANSPORTS: [Transport; 4] = [
+    Transport::Tcp,
+    Transport::Tls,
+    Transport::WebSocket,
+    Transport::Bosh,
+];
+const KINDS: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
+const MECHANISMS: [&str; 3] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"];
+
+fn kind_label(kind: StanzaKind) -> &'static str {
+    match kind {
+        StanzaKind::Message => "message",
+        StanzaKind::Presence => "presence",
+        StanzaKind::Iq => "iq",
+    }
+}
+
+fn kind_index(kind: StanzaKind) -> usize {
+    match kind {
+        StanzaKind::Message => 0,
+        StanzaKind::Presence => 1,
+        StanzaKind::Iq => 2,
+    }
+}
+
+fn transport_index(transport: Transport) -> usize {
+    match transport {
+        Transport::Tcp => 0,
+        Transport::Tls => 1,
+        Transport::WebSocket => 2,
+        Transport::Bosh => 3,
+    }
+}
+
+/// The connection-manager's metrics. Cheap to clone (every handle is shared).
+/// [`CmMetrics::default`] counts into a registry nobody scrapes; use
+/// [`CmMetrics::register`] to expose them.
+#[derive(Clone)]
+pub struct CmMetrics {
+    connections: [IntGauge; 4],
+    sessions: IntGauge,
+    logins: IntCounterVec,
+    sasl_failures: IntCounterVec,
+    received: [IntCounter; 3],
+    sent: [IntCounter; 3],
+    stream_errors: IntCounterVec,
+    limits: [IntCounter; 6],
+}
+
+impl fmt::Debug for CmMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CmMetrics")
+            .field("sessions", &self.sessions.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for CmMetrics {
+    fn default() -> Self {
+        Self::register(&Registry::new()).expect("a fresh registry takes every metric")
+    }
+}
+
+impl CmMetrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "starling_connections",
+                "Open client connections by transport, from accept (or the first BOSH request) to close",
+            ),
+            &["transport"],
+        )?;
+        let sessions = IntGauge::new(
+            "starling_sessions",
+            "Client sessions with a bound resource on this connection-manager",
+        )?;
+        let logins = IntCounterVec::new(
+            Opts::new(
+                "starling_logins_total",
+                "SASL authentications by mechanism and result (success or failure)",
+            ),
+            &["mechanism", "result"],
+        )?;
+        let sasl_failures = IntCounterVec::new(
+            Opts::new(
+                "starling_sasl_failures_total",
+                "SASL failures by mechanism and RFC 6120 failure condition",
+            ),
+            &["mechanism", "reason"],
+        )?;
+        let received = IntCounterVec::new(
+            Opts::new(
+                "starling_stanzas_received_total",
+                "Stanzas read from bound clients, by kind",
+            ),
+            &["kind"],
+        )?;
+        let sent = IntCounterVec::new(
+            Opts::new(
+                "starling_stanzas_sent_total",
+                "Stanzas written to bound clients, by kind",
+            ),
+            &["kind"],
+        )?;
+        let stream_errors = IntCounterVec::new(
+            Opts::new(
+                "starling_stream_errors_total",
+                "Stream errors sent to clients, by RFC 6120 condition",
+            ),
+            &["condition"],
+        )?;
+        let limits = IntCounterVec::new(
+            Opts::new(
+                "starling_limits_hit_total",
+                "Times a connection-manager limit was hit, by limit",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(logins.clone()))?;
+        registry.register(Box::new(sasl_failures.clone()))?;
+        registry.register(Box::new(received.clone()))?;
+        registry.register(Box::new(sent.clone()))?;
+        registry.register(Box::new(stream_errors.clone()))?;
+        registry.register(Box::new(limits.clone()))?;
+        // Every series of a bounded label set exists from the start, at 0.
+        for mechanism in MECHANISMS {
+            for result in ["success", "failure"] {
+                logins.with_label_values(&[mechanism, result]);
+            }
+        }
+        Ok(CmMetrics {
+            connections: TRANSPORTS.map(|t| connections.with_label_values(&[t.label()])),
+            sessions,
+            logins,
+            sasl_failures,
+            received: KINDS.map(|kind| received.with_label_values(&[kind_label(kind)])),
+            sent: KINDS.map(|kind| sent.with_label_values(&[kind_label(kind)])),
+            stream_errors,
+            limits: Limit::ALL.map(|limit| limits.with_label_values(&[limit.label()])),
+        })
+    }
+
+    /// Count an open connection until the guard drops.
+    pub(crate) fn connection(&self, transport: Transport) -> ConnectionGuard {
+        let gauge = self.connections[transport_index(transport)].clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    pub(crate) fn set_sessions(&self, sessions: usize) {
+        self.sessions
+            .set(i64::try_from(sessions).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn login(&self, mechanism: &'static str, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.logins.with_label_values(&[mechanism, result]).inc();
+    }
+
+    /// `reason` is a SASL failure condition (RFC 6120 section 6.5).
+    pub(crate) fn sasl_failure(&self, mechanism: &'static str, reason: &'static str) {
+        self.sasl_failures
+            .with_label_values(&[mechanism, reason])
+            .inc();
+    }
+
+    pub(crate) fn stanza_received(&self, kind: StanzaKind) {
+        self.received[kind_index(kind)].inc();
+    }
+
+    pub(crate) fn stanza_sent(&self, kind: StanzaKind) {
+        self.sent[kind_index(kind)].inc();
+    }
+
+    /// `condition` is a stream error condition (RFC 6120 section 4.9.3).
+    pub(crate) fn stream_error(&self, condition: &str) {
+        self.stream_errors.with_label_values(&[condition]).inc();
+    }
+
+    pub(crate) fn limit_hit(&self, limit: Limit) {
+        self.limits[Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0)].inc();
+    }
+}
+
+/// An open connection in `starling_connections`; the gauge goes down on drop.
+pub(crate) struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
