@@ -1,7 +1,7 @@
 //! `starling user ...`: account management against the configured storage.
 
 use anyhow::{bail, Context};
-use starling_api::{ApiError, ScramCredentials, StorageApi, StoredCredentials};
+use starling_api::{ApiError, StorageApi, StoredCredentials};
 use starling_jid::BareJid;
 
 use crate::config::Config;
@@ -22,17 +22,7 @@ pub fn credentials_for(password: &str) -> anyhow::Result<StoredCredentials> {
     if password.is_empty() {
         bail!("the password must not be empty");
     }
-    let (sha1, sha256) = starling_sasl::new_credentials(password);
-    let convert = |keys: starling_sasl::ScramKeys| ScramCredentials {
-        salt: keys.salt,
-        iterations: keys.iterations,
-        stored_key: keys.stored_key,
-        server_key: keys.server_key,
-    };
-    Ok(StoredCredentials {
-        sha1: convert(sha1),
-        sha256: convert(sha256),
-    })
+    Ok(StoredCredentials::for_password(password))
 }
 
 pub async fn add(config: &Config, jid: &str, password: &str) -> anyhow::Result<()> {

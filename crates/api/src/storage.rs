@@ -16,11 +16,45 @@ pub struct ScramCredentials {
     pub server_key: Vec<u8>,
 }
 
+impl From<starling_sasl::ScramKeys> for ScramCredentials {
+    fn from(keys: starling_sasl::ScramKeys) -> Self {
+        ScramCredentials {
+            salt: keys.salt,
+            iterations: keys.iterations,
+            stored_key: keys.stored_key,
+            server_key: keys.server_key,
+        }
+    }
+}
+
+impl From<&ScramCredentials> for starling_sasl::ScramKeys {
+    fn from(credentials: &ScramCredentials) -> Self {
+        starling_sasl::ScramKeys {
+            salt: credentials.salt.clone(),
+            iterations: credentials.iterations,
+            stored_key: credentials.stored_key.clone(),
+            server_key: credentials.server_key.clone(),
+        }
+    }
+}
+
 /// What the server keeps to authenticate an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCredentials {
     pub sha1: ScramCredentials,
     pub sha256: ScramCredentials,
+}
+
+impl StoredCredentials {
+    /// Fresh salted keys for both hashes (PBKDF2: CPU work, call it off the
+    /// async threads on a server); the password itself is never kept.
+    pub fn for_password(password: &str) -> Self {
+        let (sha1, sha256) = starling_sasl::new_credentials(password);
+        StoredCredentials {
+            sha1: sha1.into(),
+            sha256: sha256.into(),
+        }
+    }
 }
 
 /// The subscription state of a roster item (RFC 6121 section 2.1.2.5).

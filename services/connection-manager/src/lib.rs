@@ -43,12 +43,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use starling_api::{
-    ConnId, RouterApi, ScramCredentials, SessionRecord, StorageApi, StoredCredentials,
-};
+use starling_api::{ConnId, RouterApi, SessionRecord, StorageApi};
 use starling_bus::{Bus, DeliveryReceiver};
 use starling_jid::BareJid;
-use starling_sasl::{ScramKeys, ServerSecret};
+use starling_sasl::ServerSecret;
 use starling_xmpp::Limits;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -138,30 +136,6 @@ impl Shared {
 pub(crate) fn random_id() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// The keys of one hash as this crate's SASL code takes them.
-pub(crate) fn scram_keys(credentials: &ScramCredentials) -> ScramKeys {
-    ScramKeys {
-        salt: credentials.salt.clone(),
-        iterations: credentials.iterations,
-        stored_key: credentials.stored_key.clone(),
-        server_key: credentials.server_key.clone(),
-    }
-}
-
-/// Stored credentials from freshly derived keys.
-pub(crate) fn stored_credentials(sha1: ScramKeys, sha256: ScramKeys) -> StoredCredentials {
-    let convert = |keys: ScramKeys| ScramCredentials {
-        salt: keys.salt,
-        iterations: keys.iterations,
-        stored_key: keys.stored_key,
-        server_key: keys.server_key,
-    };
-    StoredCredentials {
-        sha1: convert(sha1),
-        sha256: convert(sha256),
-    }
 }
 
 /// The sessions bound on this node. After Redis lost the routing state (a

@@ -10,7 +10,7 @@ use starling_api::{BindError, SessionAddr};
 use starling_jid::{normalize_domainpart, normalize_resourcepart, BareJid, FullJid, Jid};
 use starling_sasl::{
     decode_xmpp_payload, verify_plain_password, Mechanism, PlainCredentials, SaslError,
-    ScramClientFirst, ScramHash, ScramServerFirst,
+    ScramClientFirst, ScramHash, ScramKeys, ScramServerFirst,
 };
 use starling_xmpp::{
     ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaErrorType, StanzaKind,
@@ -25,7 +25,7 @@ use crate::metrics::Limit;
 use crate::outbound::{ConnectionHandle, QueuedStanza, CLOSE_WRITE_TIMEOUT};
 use crate::transport::{ByteStream, Received, Transport};
 use crate::xml::{self, FeatureSet, STARTTLS_FAILURE, STARTTLS_PROCEED, STREAM_CLOSE};
-use crate::{random_id, register, scram_keys, ListenerKind, Shared};
+use crate::{random_id, register, ListenerKind, Shared};
 
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
@@ -679,8 +679,8 @@ impl Negotiation {
         }
         let keys = match self.stored_credentials(user.as_ref()).await {
             Ok(credentials) => credentials.map(|credentials| match hash {
-                ScramHash::Sha1 => scram_keys(&credentials.sha1),
-                ScramHash::Sha256 => scram_keys(&credentials.sha256),
+                ScramHash::Sha1 => ScramKeys::from(&credentials.sha1),
+                ScramHash::Sha256 => ScramKeys::from(&credentials.sha256),
             }),
             Err(error) => return self.fail_auth(error).await,
         };
@@ -704,7 +704,7 @@ impl Negotiation {
             return self.fail_auth(error).await;
         }
         let keys = match self.stored_credentials(user.as_ref()).await {
-            Ok(credentials) => credentials.map(|credentials| scram_keys(&credentials.sha256)),
+            Ok(credentials) => credentials.map(|credentials| ScramKeys::from(&credentials.sha256)),
             Err(error) => return self.fail_auth(error).await,
         };
         // PBKDF2 is CPU work: off the async threads. An unknown account runs

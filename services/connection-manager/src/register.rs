@@ -4,10 +4,10 @@
 
 use starling_api::ApiError;
 use starling_jid::BareJid;
-use starling_sasl::{new_credentials, validate_password};
+use starling_sasl::validate_password;
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
-use crate::{stored_credentials, Shared};
+use crate::Shared;
 
 const INSTRUCTIONS: &str = "Choose a username and password to register with this server.";
 
@@ -36,12 +36,9 @@ fn field(query: &Element, name: &str) -> Option<String> {
 
 /// Derive fresh SCRAM credentials (PBKDF2, CPU work) off the async threads.
 async fn derive_credentials(password: String) -> Result<starling_api::StoredCredentials, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let (sha1, sha256) = new_credentials(&password);
-        stored_credentials(sha1, sha256)
-    })
-    .await
-    .map_err(|_| ApiError::Internal("credential derivation failed".to_string()))
+    tokio::task::spawn_blocking(move || starling_api::StoredCredentials::for_password(&password))
+        .await
+        .map_err(|_| ApiError::Internal("credential derivation failed".to_string()))
 }
 
 /// A register IQ on a stream that is not authenticated (TLS only, when enabled).

@@ -18,8 +18,8 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use sha2::Digest;
 use starling_api::{
-    ApiError, ApiResult, BindError, Origin, RosterItem, RouterApi, ScramCredentials, SessionAddr,
-    SessionRecord, SessionRegistry, StorageApi, StoredCredentials,
+    ApiError, ApiResult, BindError, Origin, RosterItem, RouterApi, SessionAddr, SessionRecord,
+    SessionRegistry, StorageApi, StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, InProcessBus, Recipient};
 use starling_connection_manager::{CmConfig, CmError, CmLimits, ConnectionManager, TlsSettings};
@@ -42,17 +42,7 @@ pub struct FakeStorage {
 
 /// Credentials as `starling user add` makes them.
 pub fn credentials_for(password: &str) -> StoredCredentials {
-    let (sha1, sha256) = starling_sasl::new_credentials(password);
-    let convert = |keys: starling_sasl::ScramKeys| ScramCredentials {
-        salt: keys.salt,
-        iterations: keys.iterations,
-        stored_key: keys.stored_key,
-        server_key: keys.server_key,
-    };
-    StoredCredentials {
-        sha1: convert(sha1),
-        sha256: convert(sha256),
-    }
+    StoredCredentials::for_password(password)
 }
 
 impl FakeStorage {
