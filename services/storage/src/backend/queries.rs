@@ -95,6 +95,44 @@ async fn upsert_credentials(
     Ok(())
 }
 
+/// A counter on the account row, bumped in the same transaction as the change it numbers.
+#[derive(Clone, Copy)]
+enum AccountCounter {
+    /// RFC 6121 section 2.6: every roster change gets a new, strictly greater version.
+    RosterVersion,
+    /// The offline queue's sequence, oldest first.
+    OfflineSeq,
+}
+
+/// Lock the account's row for the rest of the transaction, increment one of
+/// its counters and return `(account id, new value)`; `None` when there is no
+/// such account.
+async fn increment_account_counter(
+    transaction: &mut sqlx::Transaction<'static, Db>,
+    account: &AccountAddress<'_>,
+    counter: AccountCounter,
+) -> Result<Option<(i64, i64)>, StorageError> {
+    let statement = match counter {
+        AccountCounter::RosterVersion => {
+            "UPDATE accounts SET roster_version = roster_version + 1 \
+             WHERE domain = $1 AND localpart = $2 RETURNING id, roster_version"
+        }
+        AccountCounter::OfflineSeq => {
+            "UPDATE accounts SET last_offline_seq = last_offline_seq + 1 \
+             WHERE domain = $1 AND localpart = $2 RETURNING id, last_offline_seq"
+        }
+    };
+    let row = sqlx::query(statement)
+        .bind(account.domain)
+        .bind(account.localpart)
+        .fetch_optional(&mut **transaction)
+        .await?;
+    match row {
+        Some(row) => Ok(Some((row.try_get(0)?, row.try_get(1)?))),
+        None => Ok(None),
+    }
+}
+
 /// Lock the account's row for the rest of the transaction and return its id;
 /// `AccountNotFound` if there is no such account.
 async fn lock_account(
@@ -270,20 +308,12 @@ pub(crate) async fn put_roster_item(
 ) -> Result<u64, StorageError> {
     let contact = item.jid.to_string();
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
-    // RFC 6121 section 2.6: every change gets a new, strictly greater version.
-    let row = sqlx::query(
-        "UPDATE accounts SET roster_version = roster_version + 1 \
-         WHERE domain = $1 AND localpart = $2 RETURNING id, roster_version",
-    )
-    .bind(account.domain)
-    .bind(account.localpart)
-    .fetch_optional(&mut *transaction)
-    .await?;
-    let Some(row) = row else {
+    let Some((account_id, version)) =
+        increment_account_counter(&mut transaction, account, AccountCounter::RosterVersion).await?
+    else {
         return Err(StorageError::AccountNotFound(account.to_string()));
     };
-    let account_id: i64 = row.try_get(0)?;
-    let version = version_from_column(row.try_get(1)?)?;
+    let version = version_from_column(version)?;
 
     let existing: i64 =
         sqlx::query("SELECT COUNT(*) FROM roster_items WHERE account_id = $1 AND contact = $2")
@@ -354,19 +384,12 @@ pub(crate) async fn remove_roster_item(
     contact: &str,
 ) -> Result<Option<u64>, StorageError> {
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
-    let row = sqlx::query(
-        "UPDATE accounts SET roster_version = roster_version + 1 \
-         WHERE domain = $1 AND localpart = $2 RETURNING id, roster_version",
-    )
-    .bind(account.domain)
-    .bind(account.localpart)
-    .fetch_optional(&mut *transaction)
-    .await?;
-    let Some(row) = row else {
+    let Some((account_id, version)) =
+        increment_account_counter(&mut transaction, account, AccountCounter::RosterVersion).await?
+    else {
         return Ok(None);
     };
-    let account_id: i64 = row.try_get(0)?;
-    let version = version_from_column(row.try_get(1)?)?;
+    let version = version_from_column(version)?;
     sqlx::query("DELETE FROM roster_groups WHERE account_id = $1 AND contact = $2")
         .bind(account_id)
         .bind(contact)
@@ -397,19 +420,11 @@ pub(crate) async fn store_offline(
     now_millis: i64,
 ) -> Result<(), StorageError> {
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
-    let row = sqlx::query(
-        "UPDATE accounts SET last_offline_seq = last_offline_seq + 1 \
-         WHERE domain = $1 AND localpart = $2 RETURNING id, last_offline_seq",
-    )
-    .bind(account.domain)
-    .bind(account.localpart)
-    .fetch_optional(&mut *transaction)
-    .await?;
-    let Some(row) = row else {
+    let Some((account_id, seq)) =
+        increment_account_counter(&mut transaction, account, AccountCounter::OfflineSeq).await?
+    else {
         return Err(StorageError::AccountNotFound(account.to_string()));
     };
-    let account_id: i64 = row.try_get(0)?;
-    let seq: i64 = row.try_get(1)?;
     let queued: i64 = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE account_id = $1")
         .bind(account_id)
         .fetch_one(&mut *transaction)
