@@ -28,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use crate::error::{status_to_api_error, ProtoError};
+use crate::metrics::GrpcClientMetrics;
 
 /// The deadline of one attempt of a unary call (and of one stanza's ack).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,6 +88,7 @@ pub(crate) struct ReplicaSet {
     pub(crate) replicas: Vec<Replica>,
     next: AtomicUsize,
     pub(crate) call_timeout: Duration,
+    pub(crate) metrics: GrpcClientMetrics,
 }
 
 /// Accept `host:port` as well as `http://host:port`.
@@ -134,7 +136,14 @@ impl ReplicaSet {
             replicas,
             next: AtomicUsize::new(0),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            metrics: GrpcClientMetrics::default(),
         })
+    }
+
+    /// Observe this client's calls in `metrics` (registered in the process's registry).
+    pub(crate) fn with_metrics(mut self, metrics: GrpcClientMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The replicas to try for one unary call: round robin from the cursor,
@@ -170,13 +179,32 @@ impl ReplicaSet {
             .unwrap_or(0)
     }
 
-    /// Run one unary call with balancing, deadline and failover.
+    /// Run one unary call with balancing, deadline and failover, and observe
+    /// its duration and final code in `starling_grpc_client_duration_seconds`.
     pub(crate) async fn call<T, F, Fut>(
         &self,
         method: &'static str,
         policy: RetryPolicy,
-        mut attempt: F,
+        attempt: F,
     ) -> ApiResult<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let (result, code) = self.call_replicas(method, policy, attempt).await;
+        self.metrics
+            .observe(self.service, method, code, started.elapsed());
+        result
+    }
+
+    /// [`ReplicaSet::call`] without the metrics; also returns the final gRPC code.
+    async fn call_replicas<T, F, Fut>(
+        &self,
+        method: &'static str,
+        policy: RetryPolicy,
+        mut attempt: F,
+    ) -> (ApiResult<T>, Code)
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -191,7 +219,7 @@ impl ReplicaSet {
                 {
                     Ok(Ok(response)) => {
                         replica.mark_healthy();
-                        return Ok(response.into_inner());
+                        return (Ok(response.into_inner()), Code::Ok);
                     }
                     Ok(Err(status)) => status,
                     Err(_elapsed) => Status::deadline_exceeded(format!(
@@ -201,7 +229,7 @@ impl ReplicaSet {
                 };
             let failure = classify_failure(&status);
             if failure == AttemptFailure::Answered {
-                return Err(status_to_api_error(&status));
+                return (Err(status_to_api_error(&status)), status.code());
             }
             replica.mark_unhealthy();
             tracing::warn!(
@@ -220,14 +248,21 @@ impl ReplicaSet {
                     RetryPolicy::AtMostOnce => false,
                 };
                 if !may_retry {
-                    return Err(unavailable(&status));
+                    return (Err(unavailable(&status)), status.code());
                 }
             }
             last_status = Some(status);
         }
-        Err(last_status
-            .map(|status| unavailable(&status))
-            .unwrap_or_else(|| ApiError::Unavailable(format!("no {} replica", self.service))))
+        match last_status {
+            Some(status) => (Err(unavailable(&status)), status.code()),
+            None => (
+                Err(ApiError::Unavailable(format!(
+                    "no {} replica",
+                    self.service
+                ))),
+                Code::Unavailable,
+            ),
+        }
     }
 }
 

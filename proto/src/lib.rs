@@ -24,6 +24,7 @@ use tokio::sync::watch;
 mod balance;
 mod convert;
 mod error;
+mod metrics;
 mod presence_adapter;
 mod router_adapter;
 mod storage_adapter;
@@ -33,6 +34,7 @@ pub use error::{
     api_error_to_status, bind_rejection_from_proto, bind_rejection_to_proto, code_to_api_error,
     status_to_api_error, ProtoError,
 };
+pub use metrics::GrpcClientMetrics;
 pub use presence_adapter::{presence_service, GrpcPresenceClient, PresenceGrpcServer};
 pub use router_adapter::{router_service, GrpcRouterClient, RouterGrpcServer};
 pub use storage_adapter::{storage_service, GrpcStorageClient, StorageGrpcServer};

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use starling_api::{ApiResult, PresenceApi, SessionAddr};
+use starling_api::{origin_time, ApiResult, PresenceApi, SessionAddr};
 use starling_jid::FullJid;
 use starling_xmpp::Element;
 use tonic::{Request, Response, Status};
@@ -17,6 +17,7 @@ use crate::convert::{
     stanza_to_wire,
 };
 use crate::error::{api_error_to_status, ProtoError};
+use crate::metrics::GrpcClientMetrics;
 use crate::presence::v1 as proto;
 use crate::presence::v1::presence_client::PresenceClient;
 use crate::presence::v1::presence_server::{Presence, PresenceServer};
@@ -45,8 +46,8 @@ impl Presence for PresenceGrpcServer {
         let from = parse_full_jid("from", &request.from).map_err(bad_request)?;
         let addr = addr_from_proto("addr", request.addr).map_err(bad_request)?;
         let stanza = stanza_from_wire("stanza", &request.stanza).map_err(bad_request)?;
-        self.api
-            .outbound_presence(&from, &addr, stanza)
+        let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
+        origin_time::scope(routed_at, self.api.outbound_presence(&from, &addr, stanza))
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::OutboundPresenceResponse {}))
@@ -58,8 +59,8 @@ impl Presence for PresenceGrpcServer {
     ) -> Result<Response<proto::InboundPresenceResponse>, Status> {
         let request = request.into_inner();
         let stanza = stanza_from_wire("stanza", &request.stanza).map_err(bad_request)?;
-        self.api
-            .inbound_presence(stanza)
+        let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
+        origin_time::scope(routed_at, self.api.inbound_presence(stanza))
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::InboundPresenceResponse {}))
@@ -73,8 +74,8 @@ impl Presence for PresenceGrpcServer {
         let from = parse_full_jid("from", &request.from).map_err(bad_request)?;
         let addr = addr_from_proto("addr", request.addr).map_err(bad_request)?;
         let stanza = stanza_from_wire("stanza", &request.stanza).map_err(bad_request)?;
-        self.api
-            .roster_iq(&from, &addr, stanza)
+        let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
+        origin_time::scope(routed_at, self.api.roster_iq(&from, &addr, stanza))
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::RosterIqResponse {}))
@@ -106,8 +107,16 @@ pub struct GrpcPresenceClient {
 impl GrpcPresenceClient {
     /// Lazy connections to every endpoint (`host:port` or `http://host:port`).
     pub fn connect(endpoints: Vec<String>) -> Result<Self, ProtoError> {
+        Self::connect_with_metrics(endpoints, GrpcClientMetrics::default())
+    }
+
+    /// [`GrpcPresenceClient::connect`], observing every call in `metrics`.
+    pub fn connect_with_metrics(
+        endpoints: Vec<String>,
+        metrics: GrpcClientMetrics,
+    ) -> Result<Self, ProtoError> {
         Ok(GrpcPresenceClient {
-            replicas: Arc::new(ReplicaSet::connect("presence", endpoints)?),
+            replicas: Arc::new(ReplicaSet::connect("presence", endpoints)?.with_metrics(metrics)),
         })
     }
 }
@@ -124,6 +133,7 @@ impl PresenceApi for GrpcPresenceClient {
             from: from.to_string(),
             addr: Some(addr_to_proto(addr)),
             stanza: stanza_to_wire(&stanza),
+            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
             trace_context: Default::default(),
         };
         self.replicas
@@ -142,6 +152,7 @@ impl PresenceApi for GrpcPresenceClient {
     async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
         let request = proto::InboundPresenceRequest {
             stanza: stanza_to_wire(&stanza),
+            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
             trace_context: Default::default(),
         };
         self.replicas
@@ -163,6 +174,7 @@ impl PresenceApi for GrpcPresenceClient {
             from: from.to_string(),
             addr: Some(addr_to_proto(addr)),
             stanza: stanza_to_wire(&stanza),
+            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
             trace_context: Default::default(),
         };
         self.replicas

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use starling_api::{ApiError, ApiResult, BindError, Origin, RouterApi, SessionAddr};
+use starling_api::{origin_time, ApiError, ApiResult, BindError, Origin, RouterApi, SessionAddr};
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::Element;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,6 +42,7 @@ use crate::error::{
     api_error_to_status, bind_rejection_from_proto, bind_rejection_to_proto, code_to_api_error,
     ProtoError,
 };
+use crate::metrics::GrpcClientMetrics;
 use crate::router::v1 as proto;
 use crate::router::v1::router_client::RouterClient;
 use crate::router::v1::router_server::{Router, RouterServer};
@@ -151,12 +152,15 @@ fn ack_result(ack: &proto::RouteAck) -> ApiResult<()> {
 struct ParsedRoute {
     sequence: u64,
     parsed: Result<(Origin, Element), String>,
+    /// When the sending connection-manager took the stanza (`routed_at_unix_micros`).
+    routed_at: Option<std::time::SystemTime>,
 }
 
 /// Parse one request; returns the key of the sender whose stanzas must stay
 /// in order (the session's full JID, or the `from` of a server stanza).
 fn parse_route_request(request: proto::RouteRequest) -> (String, ParsedRoute) {
     let sequence = request.sequence;
+    let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
     let parsed = origin_from_proto(request.origin).and_then(|origin| {
         stanza_from_wire("stanza", &request.stanza).map(|stanza| (origin, stanza))
     });
@@ -165,7 +169,14 @@ fn parse_route_request(request: proto::RouteRequest) -> (String, ParsedRoute) {
         Ok((Origin::Server, stanza)) => stanza.attr("from").unwrap_or_default().to_string(),
         Err(_) => String::new(),
     };
-    (order_key, ParsedRoute { sequence, parsed })
+    (
+        order_key,
+        ParsedRoute {
+            sequence,
+            parsed,
+            routed_at,
+        },
+    )
 }
 
 fn lane_of(order_key: &str) -> usize {
@@ -184,7 +195,9 @@ async fn run_route_lane(
 ) {
     while let Some(item) = lane_rx.recv().await {
         let result = match item.parsed {
-            Ok((origin, stanza)) => api.route(origin, stanza).await,
+            Ok((origin, stanza)) => {
+                origin_time::scope(item.routed_at, api.route(origin, stanza)).await
+            }
             Err(message) => Err(invalid_request(message)),
         };
         if let Err(error) = &result {
@@ -378,7 +391,16 @@ impl GrpcRouterClient {
     /// Lazy connections to every endpoint (`host:port` or `http://host:port`);
     /// route streams open on first use.
     pub fn connect(endpoints: Vec<String>) -> Result<Self, ProtoError> {
-        let replicas = ReplicaSet::connect("router", endpoints)?;
+        Self::connect_with_metrics(endpoints, GrpcClientMetrics::default())
+    }
+
+    /// [`GrpcRouterClient::connect`], observing every call and every
+    /// stanza's ack time in `metrics`.
+    pub fn connect_with_metrics(
+        endpoints: Vec<String>,
+        metrics: GrpcClientMetrics,
+    ) -> Result<Self, ProtoError> {
+        let replicas = ReplicaSet::connect("router", endpoints)?.with_metrics(metrics);
         let ack_timeout = replicas.call_timeout;
         let handles = replicas.replicas.iter().map(|_| None).collect();
         Ok(GrpcRouterClient {
@@ -643,8 +665,10 @@ impl RouterApi for GrpcRouterClient {
             sequence: 0,
             origin: Some(origin_to_proto(&origin)),
             stanza: stanza_to_wire(&stanza),
+            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
             trace_context: Default::default(),
         };
+        let started = std::time::Instant::now();
         let (ack_tx, ack_rx) = oneshot::channel();
         {
             let mut streams = self.shared.streams.lock();
@@ -659,16 +683,33 @@ impl RouterApi for GrpcRouterClient {
                 },
             );
         }
-        match tokio::time::timeout(self.shared.ack_timeout, ack_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(ApiError::Unavailable(
-                "route stream dropped the stanza".into(),
-            )),
-            Err(_) => Err(ApiError::Unavailable(format!(
-                "no route ack within {} ms",
-                self.shared.ack_timeout.as_millis()
-            ))),
-        }
+        let (result, code) = match tokio::time::timeout(self.shared.ack_timeout, ack_rx).await {
+            Ok(Ok(result)) => {
+                let code = match &result {
+                    Ok(()) => Code::Ok,
+                    Err(error) => api_error_to_status(error.clone()).code(),
+                };
+                (result, code)
+            }
+            Ok(Err(_)) => (
+                Err(ApiError::Unavailable(
+                    "route stream dropped the stanza".into(),
+                )),
+                Code::Unavailable,
+            ),
+            Err(_) => (
+                Err(ApiError::Unavailable(format!(
+                    "no route ack within {} ms",
+                    self.shared.ack_timeout.as_millis()
+                ))),
+                Code::DeadlineExceeded,
+            ),
+        };
+        self.shared
+            .replicas
+            .metrics
+            .observe("router", "route_stream", code, started.elapsed());
+        result
     }
 
     async fn undeliverable(&self, stanza: Element, failed: &SessionAddr) -> ApiResult<()> {

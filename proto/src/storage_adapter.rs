@@ -15,6 +15,7 @@ use crate::convert::{
     parse_bare_jid, roster_item_from_proto, roster_item_to_proto,
 };
 use crate::error::{api_error_to_status, ProtoError};
+use crate::metrics::GrpcClientMetrics;
 use crate::storage::v1 as proto;
 use crate::storage::v1::storage_client::StorageClient;
 use crate::storage::v1::storage_server::{Storage, StorageServer};
@@ -228,8 +229,16 @@ pub struct GrpcStorageClient {
 impl GrpcStorageClient {
     /// Lazy connections to every endpoint (`host:port` or `http://host:port`).
     pub fn connect(endpoints: Vec<String>) -> Result<Self, ProtoError> {
+        Self::connect_with_metrics(endpoints, GrpcClientMetrics::default())
+    }
+
+    /// [`GrpcStorageClient::connect`], observing every call in `metrics`.
+    pub fn connect_with_metrics(
+        endpoints: Vec<String>,
+        metrics: GrpcClientMetrics,
+    ) -> Result<Self, ProtoError> {
         Ok(GrpcStorageClient {
-            replicas: Arc::new(ReplicaSet::connect("storage", endpoints)?),
+            replicas: Arc::new(ReplicaSet::connect("storage", endpoints)?.with_metrics(metrics)),
         })
     }
 }

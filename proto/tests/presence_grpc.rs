@@ -143,6 +143,7 @@ async fn server_rejects_malformed_presence_requests() {
     let status = raw
         .inbound_presence(proto::InboundPresenceRequest {
             stanza: "<presence xmlns='jabber:client'><show>away</presence>".into(),
+            routed_at_unix_micros: 0,
             trace_context: Default::default(),
         })
         .await
@@ -154,6 +155,7 @@ async fn server_rejects_malformed_presence_requests() {
             from: "juliet@example.org".into(),
             addr: None,
             stanza: "<presence xmlns='jabber:client'/>".into(),
+            routed_at_unix_micros: 0,
             trace_context: Default::default(),
         })
         .await

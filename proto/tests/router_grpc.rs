@@ -251,12 +251,14 @@ async fn server_acks_malformed_route_requests_with_invalid_argument() {
             sequence: 1,
             origin: Some(session_origin.clone()),
             stanza: "<message xmlns='jabber:client'><body>unclosed".into(),
+            routed_at_unix_micros: 0,
             trace_context: Default::default(),
         },
         proto::RouteRequest {
             sequence: 2,
             origin: None,
             stanza: "<message xmlns='jabber:client'/>".into(),
+            routed_at_unix_micros: 0,
             trace_context: Default::default(),
         },
         proto::RouteRequest {
@@ -268,12 +270,14 @@ async fn server_acks_malformed_route_requests_with_invalid_argument() {
                 },
             )),
             stanza: "<message xmlns='jabber:client'/>".into(),
+            routed_at_unix_micros: 0,
             trace_context: Default::default(),
         },
         proto::RouteRequest {
             sequence: 4,
             origin: Some(session_origin),
             stanza: "<message xmlns='jabber:client' id='ok'/>".into(),
+            routed_at_unix_micros: 0,
             trace_context: Default::default(),
         },
     ];

@@ -14,17 +14,17 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::FutureExt;
 use starling_api::{PresenceApi, RouterApi, SessionRegistry, StorageApi};
-use starling_bus::{Bus, InProcessBus, RedisBus};
+use starling_bus::{Bus, BusMetrics, InProcessBus, RedisBus};
 use starling_connection_manager::{
     BoundConnectionManager, CmConfig, CmLimits, CmMetrics, ConnectionManager, TlsSettings,
 };
 use starling_jid::BareJid;
 use starling_presence::{PresenceConfig, PresenceService};
-use starling_proto::{GrpcPresenceClient, GrpcRouterClient, GrpcStorageClient};
-use starling_redis_client::{RedisClient, RedisConfig};
+use starling_proto::{GrpcClientMetrics, GrpcPresenceClient, GrpcRouterClient, GrpcStorageClient};
+use starling_redis_client::{RedisClient, RedisConfig, RedisMetrics};
 use starling_registry::{Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
-use starling_session_router::{RouterConfig, SessionRouter};
-use starling_storage::{redact_url, Storage};
+use starling_session_router::{RouterConfig, RouterMetrics, SessionRouter};
+use starling_storage::{redact_url, Storage, StorageMetrics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -186,13 +186,17 @@ struct RoutingState {
     bus: Arc<dyn Bus>,
 }
 
-async fn routing_state(config: &Config) -> anyhow::Result<RoutingState> {
+async fn routing_state(
+    config: &Config,
+    metrics: &prometheus::Registry,
+) -> anyhow::Result<RoutingState> {
+    let bus_metrics = BusMetrics::register(metrics).context("cannot register the bus metrics")?;
     if config.cluster.redis.is_empty() {
         return Ok(RoutingState {
             redis: None,
             redis_registry: None,
             registry: Arc::new(MemoryRegistry::new()),
-            bus: Arc::new(InProcessBus::new()),
+            bus: Arc::new(InProcessBus::new().with_metrics(bus_metrics)),
         });
     }
     let redis_config = RedisConfig {
@@ -202,9 +206,12 @@ async fn routing_state(config: &Config) -> anyhow::Result<RoutingState> {
     };
     let redis = RedisClient::connect(&redis_config)
         .await
-        .context("cannot connect to redis (cluster.redis)")?;
+        .context("cannot connect to redis (cluster.redis)")?
+        .with_metrics(
+            RedisMetrics::register(metrics).context("cannot register the redis metrics")?,
+        );
     let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
-    let bus = RedisBus::new(redis.clone())
+    let bus = RedisBus::with_metrics(redis.clone(), bus_metrics)
         .await
         .context("cannot start the redis bus")?;
     Ok(RoutingState {
@@ -346,19 +353,34 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     let state = if target == Target::Storage {
         None
     } else {
-        Some(routing_state(&config).await?)
+        Some(routing_state(&config, &registry).await?)
     };
     if let Some(state) = &state {
         redis_check(&mut readiness, &state.redis);
     }
+    // One set of gRPC client metrics for every client of this process.
+    let grpc_metrics = match target {
+        Target::All | Target::Storage => GrpcClientMetrics::default(),
+        _ => GrpcClientMetrics::register(&registry)
+            .context("cannot register the grpc client metrics")?,
+    };
+    let mut offline_gauge = None;
     let storage: Arc<dyn StorageApi> = match target {
         Target::All | Target::Storage => {
             tracing::info!(storage = %redact_url(&config.storage_url()), "opening storage");
-            Arc::new(connect_storage(&config).await?)
+            let storage = connect_storage(&config).await?.with_metrics(
+                StorageMetrics::register(&registry)
+                    .context("cannot register the storage metrics")?,
+            );
+            offline_gauge = Some(storage.spawn_offline_gauge(Duration::from_secs(15)));
+            Arc::new(storage)
         }
         _ => Arc::new(
-            GrpcStorageClient::connect(config.cluster.storage.clone())
-                .context("cluster.storage")?,
+            GrpcStorageClient::connect_with_metrics(
+                config.cluster.storage.clone(),
+                grpc_metrics.clone(),
+            )
+            .context("cluster.storage")?,
         ),
     };
     storage_check(&mut readiness, storage.clone());
@@ -383,11 +405,18 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                     state.bus.clone(),
                     storage.clone(),
                 )
-                .with_in_band_registration(config.registration.enabled),
+                .with_in_band_registration(config.registration.enabled)
+                .with_metrics(
+                    RouterMetrics::register(&registry)
+                        .context("cannot register the router metrics")?,
+                ),
             );
             let presence: Arc<dyn PresenceApi> = Arc::new(
-                GrpcPresenceClient::connect(config.cluster.presence.clone())
-                    .context("cluster.presence")?,
+                GrpcPresenceClient::connect_with_metrics(
+                    config.cluster.presence.clone(),
+                    grpc_metrics.clone(),
+                )
+                .context("cluster.presence")?,
             );
             router.set_presence(presence.clone());
             janitor = spawn_janitor(state, presence);
@@ -403,8 +432,11 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
         Target::Presence => {
             let state = state.as_ref().expect("routing state");
             let router: Arc<dyn RouterApi> = Arc::new(
-                GrpcRouterClient::connect(config.cluster.routers.clone())
-                    .context("cluster.routers")?,
+                GrpcRouterClient::connect_with_metrics(
+                    config.cluster.routers.clone(),
+                    grpc_metrics.clone(),
+                )
+                .context("cluster.routers")?,
             );
             let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
                 PresenceConfig {
@@ -433,7 +465,11 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                         state.bus.clone(),
                         storage.clone(),
                     )
-                    .with_in_band_registration(config.registration.enabled),
+                    .with_in_band_registration(config.registration.enabled)
+                    .with_metrics(
+                        RouterMetrics::register(&registry)
+                            .context("cannot register the router metrics")?,
+                    ),
                 );
                 let router_api: Arc<dyn RouterApi> = router.clone();
                 let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
@@ -450,8 +486,11 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 router_api
             } else {
                 Arc::new(
-                    GrpcRouterClient::connect(config.cluster.routers.clone())
-                        .context("cluster.routers")?,
+                    GrpcRouterClient::connect_with_metrics(
+                        config.cluster.routers.clone(),
+                        grpc_metrics.clone(),
+                    )
+                    .context("cluster.routers")?,
                 )
             };
             let bound = ConnectionManager::new(
@@ -537,6 +576,9 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
         }
     }
     signal_task.abort();
+    if let Some(task) = offline_gauge {
+        task.abort();
+    }
     if let Some((liveness, task)) = liveness {
         task.abort();
         if let Err(error) = liveness.stop().await {

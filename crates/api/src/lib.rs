@@ -6,6 +6,7 @@
 //! these traits alone.
 
 pub mod error;
+pub mod origin_time;
 pub mod presence;
 pub mod registry;
 pub mod router;

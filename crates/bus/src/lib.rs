@@ -8,14 +8,17 @@
 //! Redis one (cluster, `RedisBus`) carries a protobuf envelope around the
 //! re-serialised stanza.
 
+mod metrics;
 mod redis;
 #[cfg(test)]
 mod redis_tests;
 
+pub use metrics::BusMetrics;
 pub use redis::{decode_delivery, encode_delivery, BusError, RedisBus};
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
@@ -45,6 +48,9 @@ pub enum Delivery {
     Stanza {
         recipients: Vec<Recipient>,
         stanza: Arc<Element>,
+        /// When the sending connection-manager took the stanza from its
+        /// client (`starling_api::origin_time`), for the end-to-end latency.
+        routed_at: Option<SystemTime>,
     },
     /// Close a stream with a stream error (a replaced session gets `conflict`).
     Close {
@@ -71,11 +77,18 @@ pub trait Bus: Send + Sync + 'static {
 #[derive(Default, Clone)]
 pub struct InProcessBus {
     channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Delivery>>>>,
+    metrics: BusMetrics,
 }
 
 impl InProcessBus {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Count publishes and receptions in `metrics`.
+    pub fn with_metrics(mut self, metrics: BusMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -83,14 +96,19 @@ impl InProcessBus {
 impl Bus for InProcessBus {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
         let sender = self.channels.read().get(node).cloned();
-        match sender {
-            Some(sender) if sender.send(delivery).is_ok() => Ok(1),
+        let outcome = match sender {
+            Some(sender) if sender.send(delivery).is_ok() => {
+                self.metrics.received();
+                Ok(1)
+            }
             Some(_) => {
                 self.channels.write().remove(node);
                 Ok(0)
             }
             None => Ok(0),
-        }
+        };
+        self.metrics.published(&outcome);
+        outcome
     }
 
     async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
@@ -112,6 +130,7 @@ mod tests {
         let delivery = Delivery::Stanza {
             recipients: vec![Recipient::conn(7)],
             stanza: Arc::new(Element::new("message", ns::CLIENT)),
+            routed_at: None,
         };
         assert_eq!(bus.publish("cm1", delivery.clone()).await.unwrap(), 1);
         assert_eq!(bus.publish("cm2", delivery.clone()).await.unwrap(), 0);

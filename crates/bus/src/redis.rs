@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use prost::Message;
-use starling_api::{ApiError, ApiResult};
+use starling_api::{origin_time, ApiError, ApiResult};
 use starling_proto::bus::v1 as proto;
 use starling_redis_client::redis::{PushInfo, PushKind, Value};
 use starling_redis_client::{RedisClient, RedisError, RedisSubscriber};
@@ -25,7 +25,7 @@ use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::{Bus, Delivery, DeliveryReceiver, Recipient};
+use crate::{Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient};
 
 /// The errors of the Redis bus.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,14 @@ impl From<BusError> for ApiError {
 /// The protobuf envelope of a delivery. The stanza is serialised declaring
 /// its own namespace (`jabber:client`), so that it parses standalone.
 pub fn encode_delivery(delivery: &Delivery) -> Vec<u8> {
+    let mut routed_at_unix_micros = 0;
     let kind = match delivery {
-        Delivery::Stanza { recipients, stanza } => {
+        Delivery::Stanza {
+            recipients,
+            stanza,
+            routed_at,
+        } => {
+            routed_at_unix_micros = origin_time::to_unix_micros(*routed_at);
             proto::delivery::Kind::Stanza(proto::StanzaDelivery {
                 recipients: recipients
                     .iter()
@@ -77,6 +83,7 @@ pub fn encode_delivery(delivery: &Delivery) -> Vec<u8> {
     };
     proto::Delivery {
         kind: Some(kind),
+        routed_at_unix_micros,
         trace_context: HashMap::new(),
     }
     .encode_to_vec()
@@ -110,6 +117,7 @@ pub fn decode_delivery(payload: &[u8], limits: &Limits) -> Result<Delivery, BusE
             Ok(Delivery::Stanza {
                 recipients,
                 stanza: Arc::new(stanza),
+                routed_at: origin_time::from_unix_micros(envelope.routed_at_unix_micros),
             })
         }
         Some(proto::delivery::Kind::Close(close)) => {
@@ -142,6 +150,7 @@ pub struct RedisBus {
     subscriber: Arc<Mutex<RedisSubscriber>>,
     routes: Routes,
     tasks: Vec<JoinHandle<()>>,
+    metrics: BusMetrics,
 }
 
 impl RedisBus {
@@ -152,6 +161,20 @@ impl RedisBus {
 
     /// As [`RedisBus::new`], parsing received stanzas under `limits`.
     pub async fn with_limits(client: RedisClient, limits: Limits) -> Result<Self, BusError> {
+        Self::with_limits_and_metrics(client, limits, BusMetrics::default()).await
+    }
+
+    /// As [`RedisBus::new`], counting publishes and receptions in `metrics`.
+    pub async fn with_metrics(client: RedisClient, metrics: BusMetrics) -> Result<Self, BusError> {
+        Self::with_limits_and_metrics(client, Limits::default(), metrics).await
+    }
+
+    /// As [`RedisBus::with_limits`], counting publishes and receptions in `metrics`.
+    pub async fn with_limits_and_metrics(
+        client: RedisClient,
+        limits: Limits,
+        metrics: BusMetrics,
+    ) -> Result<Self, BusError> {
         let (push_tx, push_rx) = mpsc::unbounded_channel();
         let subscriber = Arc::new(Mutex::new(client.subscriber(push_tx).await?));
         let routes: Routes = Arc::default();
@@ -160,6 +183,7 @@ impl RedisBus {
             routes.clone(),
             subscriber.clone(),
             limits,
+            metrics.clone(),
         ));
         let keepalive = tokio::spawn(keep_subscription_alive(subscriber.clone()));
         Ok(RedisBus {
@@ -167,6 +191,7 @@ impl RedisBus {
             subscriber,
             routes,
             tasks: vec![dispatcher, keepalive],
+            metrics,
         })
     }
 }
@@ -183,12 +208,12 @@ impl Drop for RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
         let channel = self.client.delivery_channel(node);
-        let receivers = self
+        let outcome = self
             .client
             .publish(&channel, &encode_delivery(&delivery))
-            .await
-            .map_err(BusError::from)?;
-        Ok(receivers)
+            .await;
+        self.metrics.published(&outcome);
+        Ok(outcome.map_err(BusError::from)?)
     }
 
     async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
@@ -228,6 +253,7 @@ async fn dispatch(
     routes: Routes,
     subscriber: Arc<Mutex<RedisSubscriber>>,
     limits: Limits,
+    metrics: BusMetrics,
 ) {
     while let Some(push) = push_rx.recv().await {
         match push.kind {
@@ -248,9 +274,11 @@ async fn dispatch(
         let Some(delivery_tx) = routes.read().get(channel).cloned() else {
             continue;
         };
+        metrics.received();
         let delivery = match decode_delivery(payload, &limits) {
             Ok(delivery) => delivery,
             Err(error) => {
+                metrics.invalid();
                 tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %error, "dropping an undecodable delivery");
                 continue;
             }
@@ -301,6 +329,7 @@ mod tests {
         Delivery::Stanza {
             recipients,
             stanza: Arc::new(stanza),
+            routed_at: None,
         }
     }
 
@@ -370,6 +399,7 @@ mod tests {
                 condition: "made-up".into(),
                 text: None,
             })),
+            routed_at_unix_micros: 0,
             trace_context: HashMap::new(),
         };
         let decoded = decode_delivery(&envelope.encode_to_vec(), &limits()).unwrap();
@@ -389,6 +419,7 @@ mod tests {
                 recipients: vec![proto::Recipient { conn: 1, to: None }],
                 stanza: stanza.into(),
             })),
+            routed_at_unix_micros: 0,
             trace_context: HashMap::new(),
         }
         .encode_to_vec()
@@ -443,6 +474,7 @@ mod tests {
                 recipients: vec![],
                 stanza: "<message xmlns='jabber:client'/>".into(),
             })),
+            routed_at_unix_micros: 0,
             trace_context: HashMap::new(),
         };
         assert!(matches!(
@@ -459,6 +491,9 @@ mod tests {
         let delivery = Delivery::Stanza {
             recipients: vec![Recipient::conn(1)],
             stanza: Arc::new(stanza),
+            routed_at: Some(
+                std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_000_001),
+            ),
         };
         assert_eq!(
             decode_delivery(&encode_delivery(&delivery), &limits()).unwrap(),

@@ -25,6 +25,7 @@ fn presence_to_contacts() -> Delivery {
             },
         ],
         stanza: Arc::new(parse_element(xml.as_bytes(), &Limits::default()).unwrap()),
+        routed_at: None,
     }
 }
 

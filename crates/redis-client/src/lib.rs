@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 
 pub use redis;
 
+mod metrics;
+pub use metrics::{RedisMetrics, RedisOperation};
+
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
@@ -98,6 +101,7 @@ impl RedisError {
 pub struct RedisClient {
     connection: RedisConnection,
     config: Arc<RedisConfig>,
+    metrics: RedisMetrics,
 }
 
 /// The command connection behind a [`RedisClient`]; runs commands and scripts
@@ -188,6 +192,7 @@ impl RedisClient {
         let client = RedisClient {
             connection,
             config: Arc::new(config.clone()),
+            metrics: RedisMetrics::default(),
         };
         client.ping().await?;
         Ok(client)
@@ -200,6 +205,22 @@ impl RedisClient {
             .query_async::<()>(&mut connection)
             .await?;
         Ok(())
+    }
+
+    /// Observe this client's operations in `metrics` (clones made afterwards share them).
+    pub fn with_metrics(mut self, metrics: RedisMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Run one operation of the routing state, observing its latency in
+    /// `starling_redis_operation_duration_seconds`.
+    pub async fn timed<T, E>(
+        &self,
+        operation: RedisOperation,
+        future: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        self.metrics.time(operation, future).await
     }
 
     /// The configuration this client was made from.
@@ -268,10 +289,14 @@ impl RedisClient {
             "PUBLISH"
         };
         let mut connection = self.connection();
-        let receivers: usize = redis::cmd(command)
-            .arg(channel)
-            .arg(payload)
-            .query_async(&mut connection)
+        let receivers: usize = self
+            .timed(
+                RedisOperation::Publish,
+                redis::cmd(command)
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async(&mut connection),
+            )
             .await?;
         Ok(receivers)
     }

@@ -154,11 +154,15 @@ async fn refresh_loop(
     loop {
         ticker.tick().await;
         let mut connection = client.connection();
-        let outcome: Result<i64, _> = script
-            .key(&node_key)
-            .arg(&token)
-            .arg(ttl_ms)
-            .invoke_async(&mut connection)
+        let outcome: Result<i64, _> = client
+            .timed(
+                starling_redis_client::RedisOperation::LivenessRefresh,
+                script
+                    .key(&node_key)
+                    .arg(&token)
+                    .arg(ttl_ms)
+                    .invoke_async(&mut connection),
+            )
             .await;
         match outcome {
             Ok(1) => {}

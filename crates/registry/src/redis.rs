@@ -27,7 +27,7 @@ use redis::Script;
 use serde::{Deserialize, Serialize};
 use starling_api::{ApiError, ApiResult, BindOutcome, SessionAddr, SessionRecord, SessionRegistry};
 use starling_jid::{BareJid, FullJid, Jid};
-use starling_redis_client::{redis, RedisClient};
+use starling_redis_client::{redis, RedisClient, RedisOperation};
 
 use crate::RegistryError;
 
@@ -213,27 +213,31 @@ impl RedisRegistry {
     /// should rather close those streams: a session that is re-registered
     /// silently would have contacts believing it is offline.
     pub async fn reregister(&self, records: Vec<SessionRecord>) -> ApiResult<usize> {
-        let mut registered = 0;
-        for record in records {
-            self.add_to_node_index(&record).await?;
-            let mut connection = self.client.connection();
-            let written: i64 = self
-                .reregister_script
-                .key(self.client.session_key(&record.jid.bare().to_string()))
-                .arg(record.jid.resource())
-                .arg(&record.addr.node)
-                .arg(record.addr.conn.to_string())
-                .arg(encode_record(&record))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(RegistryError::from)?;
-            if written == 1 {
-                registered += 1;
-            } else {
-                tracing::info!(jid = %record.jid, "not re-registering a session whose resource another session holds now");
+        self.client
+            .timed(RedisOperation::Reregister, async {
+            let mut registered = 0;
+            for record in records {
+                self.add_to_node_index(&record).await?;
+                let mut connection = self.client.connection();
+                let written: i64 = self
+                    .reregister_script
+                    .key(self.client.session_key(&record.jid.bare().to_string()))
+                    .arg(record.jid.resource())
+                    .arg(&record.addr.node)
+                    .arg(record.addr.conn.to_string())
+                    .arg(encode_record(&record))
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                if written == 1 {
+                    registered += 1;
+                } else {
+                    tracing::info!(jid = %record.jid, "not re-registering a session whose resource another session holds now");
+                }
             }
-        }
-        Ok(registered)
+            Ok(registered)
+            })
+            .await
     }
 
     /// The index entries of a node step 2 of a bind writes (before the record).
@@ -306,92 +310,108 @@ impl SessionRegistry for RedisRegistry {
         record: SessionRecord,
         max_resources: usize,
     ) -> ApiResult<BindOutcome> {
-        self.add_to_node_index(&record).await?;
-        let bare = record.jid.bare().to_string();
-        let mut connection = self.client.connection();
-        let previous: Result<Option<String>, redis::RedisError> = self
-            .bind_script
-            .key(self.client.session_key(&bare))
-            .key(
-                self.client
-                    .directed_presence_key(&bare, record.jid.resource()),
-            )
-            .arg(record.jid.resource())
-            .arg(encode_record(&record))
-            .arg(max_resources)
-            .invoke_async(&mut connection)
-            .await;
-        let previous: Option<String> = match previous {
-            Ok(previous) => previous,
-            Err(error) if error.to_string().contains("STARLING_RESOURCE_LIMIT") => {
-                // Refused: the index entry written ahead must not linger.
-                if let Err(error) = self.remove_from_node_index(&record.jid, &record.addr).await {
-                    tracing::warn!(jid = %record.jid, error = %error, "stale node index entry left behind");
+        self.client
+            .timed(RedisOperation::Bind, async {
+            self.add_to_node_index(&record).await?;
+            let bare = record.jid.bare().to_string();
+            let mut connection = self.client.connection();
+            let previous: Result<Option<String>, redis::RedisError> = self
+                .bind_script
+                .key(self.client.session_key(&bare))
+                .key(
+                    self.client
+                        .directed_presence_key(&bare, record.jid.resource()),
+                )
+                .arg(record.jid.resource())
+                .arg(encode_record(&record))
+                .arg(max_resources)
+                .invoke_async(&mut connection)
+                .await;
+            let previous: Option<String> = match previous {
+                Ok(previous) => previous,
+                Err(error) if error.to_string().contains("STARLING_RESOURCE_LIMIT") => {
+                    // Refused: the index entry written ahead must not linger.
+                    if let Err(error) = self.remove_from_node_index(&record.jid, &record.addr).await {
+                        tracing::warn!(jid = %record.jid, error = %error, "stale node index entry left behind");
+                    }
+                    return Err(ApiError::LimitReached(format!(
+                        "{max_resources} sessions already bound"
+                    )));
                 }
-                return Err(ApiError::LimitReached(format!(
-                    "{max_resources} sessions already bound"
-                )));
-            }
-            Err(error) => return Err(RegistryError::from(error).into()),
-        };
-        let replaced = previous
-            .map(|raw| decode_record(record.jid.clone(), &raw))
-            .transpose()?;
-        if let Some(replaced) = &replaced {
-            // The entry names the replaced connection: removing it cannot remove a newer session's.
-            // A failure only leaves a stale entry, which every reader tolerates.
-            if replaced.addr != record.addr {
-                if let Err(error) = self
-                    .remove_from_node_index(&replaced.jid, &replaced.addr)
-                    .await
-                {
-                    tracing::warn!(jid = %replaced.jid, node = %replaced.addr.node, error = %error, "stale node index entry left behind");
+                Err(error) => return Err(RegistryError::from(error).into()),
+            };
+            let replaced = previous
+                .map(|raw| decode_record(record.jid.clone(), &raw))
+                .transpose()?;
+            if let Some(replaced) = &replaced {
+                // The entry names the replaced connection: removing it cannot remove a newer session's.
+                // A failure only leaves a stale entry, which every reader tolerates.
+                if replaced.addr != record.addr {
+                    if let Err(error) = self
+                        .remove_from_node_index(&replaced.jid, &replaced.addr)
+                        .await
+                    {
+                        tracing::warn!(jid = %replaced.jid, node = %replaced.addr.node, error = %error, "stale node index entry left behind");
+                    }
                 }
             }
-        }
-        Ok(BindOutcome { replaced })
+            Ok(BindOutcome { replaced })
+            })
+            .await
     }
 
     async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<Option<SessionRecord>> {
-        let removed = self.unbind_record(jid, addr).await?;
-        if removed.is_some() {
-            // The session is gone; a failure here only leaves a stale index entry.
-            if let Err(error) = self.remove_from_node_index(jid, addr).await {
-                tracing::warn!(jid = %jid, node = %addr.node, error = %error, "stale node index entry left behind");
+        self.client
+            .timed(RedisOperation::Unbind, async {
+            let removed = self.unbind_record(jid, addr).await?;
+            if removed.is_some() {
+                // The session is gone; a failure here only leaves a stale index entry.
+                if let Err(error) = self.remove_from_node_index(jid, addr).await {
+                    tracing::warn!(jid = %jid, node = %addr.node, error = %error, "stale node index entry left behind");
+                }
             }
-        }
-        Ok(removed)
+            Ok(removed)
+            })
+            .await
     }
 
     async fn sessions(&self, user: &BareJid) -> ApiResult<Vec<SessionRecord>> {
-        let mut connection = self.client.connection();
-        let fields: Vec<(String, String)> = redis::cmd("HGETALL")
-            .arg(self.client.session_key(&user.to_string()))
-            .query_async(&mut connection)
+        self.client
+            .timed(RedisOperation::Sessions, async {
+            let mut connection = self.client.connection();
+            let fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(self.client.session_key(&user.to_string()))
+                .query_async(&mut connection)
+                .await
+                .map_err(RegistryError::from)?;
+            let mut records = Vec::with_capacity(fields.len());
+            for (resource, raw) in fields {
+                let Ok(jid) = user.with_resource(&resource) else {
+                    tracing::warn!(user = %user, resource = %resource, "skipping a session with an invalid resource");
+                    continue;
+                };
+                records.push(decode_record(jid, &raw)?);
+            }
+            Ok(records)
+            })
             .await
-            .map_err(RegistryError::from)?;
-        let mut records = Vec::with_capacity(fields.len());
-        for (resource, raw) in fields {
-            let Ok(jid) = user.with_resource(&resource) else {
-                tracing::warn!(user = %user, resource = %resource, "skipping a session with an invalid resource");
-                continue;
-            };
-            records.push(decode_record(jid, &raw)?);
-        }
-        Ok(records)
     }
 
     async fn session(&self, jid: &FullJid) -> ApiResult<Option<SessionRecord>> {
-        let mut connection = self.client.connection();
-        let raw: Option<String> = redis::cmd("HGET")
-            .arg(self.client.session_key(&jid.bare().to_string()))
-            .arg(jid.resource())
-            .query_async(&mut connection)
+        self.client
+            .timed(RedisOperation::Session, async {
+                let mut connection = self.client.connection();
+                let raw: Option<String> = redis::cmd("HGET")
+                    .arg(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(raw
+                    .map(|raw| decode_record(jid.clone(), &raw))
+                    .transpose()?)
+            })
             .await
-            .map_err(RegistryError::from)?;
-        Ok(raw
-            .map(|raw| decode_record(jid.clone(), &raw))
-            .transpose()?)
     }
 
     async fn set_presence(
@@ -402,35 +422,43 @@ impl SessionRegistry for RedisRegistry {
         priority: i8,
         presence: Option<String>,
     ) -> ApiResult<bool> {
-        let mut connection = self.client.connection();
-        let updated: i64 = self
-            .set_presence_script
-            .key(self.client.session_key(&jid.bare().to_string()))
-            .arg(jid.resource())
-            .arg(&addr.node)
-            .arg(addr.conn.to_string())
-            .arg(if available { "1" } else { "0" })
-            .arg(priority.to_string())
-            .arg(if presence.is_some() { "1" } else { "0" })
-            .arg(presence.unwrap_or_default())
-            .invoke_async(&mut connection)
+        self.client
+            .timed(RedisOperation::SetPresence, async {
+                let mut connection = self.client.connection();
+                let updated: i64 = self
+                    .set_presence_script
+                    .key(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .arg(&addr.node)
+                    .arg(addr.conn.to_string())
+                    .arg(if available { "1" } else { "0" })
+                    .arg(priority.to_string())
+                    .arg(if presence.is_some() { "1" } else { "0" })
+                    .arg(presence.unwrap_or_default())
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(updated == 1)
+            })
             .await
-            .map_err(RegistryError::from)?;
-        Ok(updated == 1)
     }
 
     async fn set_interested(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool> {
-        let mut connection = self.client.connection();
-        let updated: i64 = self
-            .set_interested_script
-            .key(self.client.session_key(&jid.bare().to_string()))
-            .arg(jid.resource())
-            .arg(&addr.node)
-            .arg(addr.conn.to_string())
-            .invoke_async(&mut connection)
+        self.client
+            .timed(RedisOperation::SetInterested, async {
+                let mut connection = self.client.connection();
+                let updated: i64 = self
+                    .set_interested_script
+                    .key(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .arg(&addr.node)
+                    .arg(addr.conn.to_string())
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(updated == 1)
+            })
             .await
-            .map_err(RegistryError::from)?;
-        Ok(updated == 1)
     }
 
     async fn set_directed_presence(
@@ -439,56 +467,69 @@ impl SessionRegistry for RedisRegistry {
         to: &Jid,
         available: bool,
     ) -> ApiResult<()> {
-        let mut connection = self.client.connection();
-        let key = self
-            .client
-            .directed_presence_key(&jid.bare().to_string(), jid.resource());
-        let command = if available { "SADD" } else { "SREM" };
-        redis::cmd(command)
-            .arg(key)
-            .arg(to.to_string())
-            .query_async::<()>(&mut connection)
+        self.client
+            .timed(RedisOperation::SetDirectedPresence, async {
+                let mut connection = self.client.connection();
+                let key = self
+                    .client
+                    .directed_presence_key(&jid.bare().to_string(), jid.resource());
+                let command = if available { "SADD" } else { "SREM" };
+                redis::cmd(command)
+                    .arg(key)
+                    .arg(to.to_string())
+                    .query_async::<()>(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(())
+            })
             .await
-            .map_err(RegistryError::from)?;
-        Ok(())
     }
 
     async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>> {
-        let mut connection = self.client.connection();
-        let members: Vec<String> = self
-            .take_directed_script
-            .key(
-                self.client
-                    .directed_presence_key(&jid.bare().to_string(), jid.resource()),
-            )
-            .invoke_async(&mut connection)
-            .await
-            .map_err(RegistryError::from)?;
-        Ok(members
-            .into_iter()
-            .filter_map(|member| match member.parse::<Jid>() {
-                Ok(to) => Some(to),
-                Err(_) => {
-                    tracing::warn!(jid = %jid, to = %member, "dropping an invalid directed presence entry");
-                    None
-                }
+        self.client
+            .timed(RedisOperation::TakeDirectedPresence, async {
+            let mut connection = self.client.connection();
+            let members: Vec<String> = self
+                .take_directed_script
+                .key(
+                    self.client
+                        .directed_presence_key(&jid.bare().to_string(), jid.resource()),
+                )
+                .invoke_async(&mut connection)
+                .await
+                .map_err(RegistryError::from)?;
+            Ok(members
+                .into_iter()
+                .filter_map(|member| match member.parse::<Jid>() {
+                    Ok(to) => Some(to),
+                    Err(_) => {
+                        tracing::warn!(jid = %jid, to = %member, "dropping an invalid directed presence entry");
+                        None
+                    }
+                })
+                .collect())
             })
-            .collect())
+            .await
     }
 
     async fn node_sessions(&self, node: &str) -> ApiResult<Vec<SessionRecord>> {
-        let entries = self.node_index(node).await?;
-        let lookups = entries
-            .iter()
-            .filter_map(|entry| parse_node_index_entry(entry))
-            .map(|(conn, jid)| async move {
-                let record = self.session(&jid).await?;
-                // A stale entry (the resource moved, or was replaced) is not this node's session.
-                Ok::<_, starling_api::ApiError>(
-                    record.filter(|record| record.addr.node == node && record.addr.conn == conn),
-                )
-            });
-        Ok(try_join_all(lookups).await?.into_iter().flatten().collect())
+        self.client
+            .timed(RedisOperation::NodeSessions, async {
+                let entries = self.node_index(node).await?;
+                let lookups =
+                    entries
+                        .iter()
+                        .filter_map(|entry| parse_node_index_entry(entry))
+                        .map(|(conn, jid)| async move {
+                            let record = self.session(&jid).await?;
+                            // A stale entry (the resource moved, or was replaced) is not this node's session.
+                            Ok::<_, starling_api::ApiError>(record.filter(|record| {
+                                record.addr.node == node && record.addr.conn == conn
+                            }))
+                        });
+                Ok(try_join_all(lookups).await?.into_iter().flatten().collect())
+            })
+            .await
     }
 }
 

@@ -539,11 +539,12 @@ async fn serve_bosh(
     link: Arc<Link>,
 ) {
     let conn = shared.next_conn_id();
-    let _counted = shared.metrics.connection(crate::metrics::Transport::Bosh);
+    let mut counted = shared.metrics.connection(crate::metrics::Transport::Bosh);
     tracing::debug!(conn, peer = %peer, listener = "bosh", "connection accepted");
     if let Some(bound) =
         negotiation::negotiate_transport(Arc::clone(&shared), conn, transport, peer, deadline).await
     {
+        counted.bound();
         session::run(shared, bound).await;
     }
     // However the stream ended, the next request learns it.

@@ -15,7 +15,12 @@ use crate::Shared;
 pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiver) {
     while let Some(delivery) = deliveries.recv().await {
         match delivery {
-            Delivery::Stanza { recipients, stanza } => {
+            Delivery::Stanza {
+                recipients,
+                stanza,
+                routed_at,
+            } => {
+                let kind = StanzaKind::of(&stanza);
                 for recipient in recipients {
                     let queued = QueuedStanza {
                         stanza: Arc::clone(&stanza),
@@ -27,7 +32,11 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                         continue;
                     };
                     match handle.push(queued) {
-                        Ok(()) => {}
+                        Ok(()) => {
+                            if let (Some(kind), Some(routed_at)) = (kind, routed_at) {
+                                shared.metrics.delivered(kind, routed_at);
+                            }
+                        }
                         Err((PushError::Full, queued)) => {
                             tracing::info!(
                                 conn = recipient.conn,

@@ -411,12 +411,13 @@ async fn serve_connection(
     permit: limits::ConnectionPermit,
 ) {
     let conn = shared.next_conn_id();
-    let _counted = shared.metrics.connection(match kind {
+    let mut counted = shared.metrics.connection(match kind {
         ListenerKind::StartTls => metrics::Transport::Tcp,
         ListenerKind::DirectTls => metrics::Transport::Tls,
     });
     tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
     if let Some(bound) = negotiation::negotiate(Arc::clone(&shared), conn, tcp, peer, kind).await {
+        counted.bound();
         session::run(shared, bound).await;
     }
     drop(permit);

@@ -6,8 +6,12 @@
 //! so counting a stanza is one atomic increment.
 
 use std::fmt;
+use std::time::SystemTime;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use starling_xmpp::StanzaKind;
 
 /// How a connection reached this node (the `transport` label).
@@ -110,7 +114,8 @@ fn transport_index(transport: Transport) -> usize {
 /// [`CmMetrics::register`] to expose them.
 #[derive(Clone)]
 pub struct CmMetrics {
-    connections: [IntGauge; 4],
+    /// By transport, then state: negotiating, bound.
+    connections: [[IntGauge; 2]; 4],
     sessions: IntGauge,
     logins: IntCounterVec,
     sasl_failures: IntCounterVec,
@@ -118,7 +123,13 @@ pub struct CmMetrics {
     sent: [IntCounter; 3],
     stream_errors: IntCounterVec,
     limits: [IntCounter; 6],
+    delivery_latency: [Histogram; 3],
 }
+
+/// End-to-end latency buckets, from 100 microseconds to 5 seconds.
+const DELIVERY_LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 impl fmt::Debug for CmMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,9 +151,9 @@ impl CmMetrics {
         let connections = IntGaugeVec::new(
             Opts::new(
                 "starling_connections",
-                "Open client connections by transport, from accept (or the first BOSH request) to close",
+                "Open client connections by transport and state: negotiating (TLS, SASL, binding) or bound (a session), from accept (or the first BOSH request) to close",
             ),
-            &["transport"],
+            &["transport", "state"],
         )?;
         let sessions = IntGauge::new(
             "starling_sessions",
@@ -198,6 +209,15 @@ impl CmMetrics {
         registry.register(Box::new(sent.clone()))?;
         registry.register(Box::new(stream_errors.clone()))?;
         registry.register(Box::new(limits.clone()))?;
+        let delivery_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "starling_stanza_delivery_latency_seconds",
+                "End-to-end routing latency by stanza kind: from the sending connection-manager taking the stanza from its client to this connection-manager queueing it for the recipient's connection (wall clocks of two nodes: see docs/operations.md)",
+            )
+            .buckets(DELIVERY_LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        registry.register(Box::new(delivery_latency.clone()))?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
             for result in ["success", "failure"] {
@@ -205,7 +225,10 @@ impl CmMetrics {
             }
         }
         Ok(CmMetrics {
-            connections: TRANSPORTS.map(|t| connections.with_label_values(&[t.label()])),
+            connections: TRANSPORTS.map(|t| {
+                ["negotiating", "bound"]
+                    .map(|state| connections.with_label_values(&[t.label(), state]))
+            }),
             sessions,
             logins,
             sasl_failures,
@@ -213,14 +236,30 @@ impl CmMetrics {
             sent: KINDS.map(|kind| sent.with_label_values(&[kind_label(kind)])),
             stream_errors,
             limits: Limit::ALL.map(|limit| limits.with_label_values(&[limit.label()])),
+            delivery_latency: KINDS
+                .map(|kind| delivery_latency.with_label_values(&[kind_label(kind)])),
         })
     }
 
     /// Count an open connection until the guard drops.
     pub(crate) fn connection(&self, transport: Transport) -> ConnectionGuard {
-        let gauge = self.connections[transport_index(transport)].clone();
-        gauge.inc();
-        ConnectionGuard(gauge)
+        let [negotiating, bound] = self.connections[transport_index(transport)].clone();
+        negotiating.inc();
+        ConnectionGuard {
+            negotiating,
+            bound,
+            is_bound: false,
+        }
+    }
+
+    /// A stanza that entered the cluster at `routed_at` (another node's clock,
+    /// possibly) was queued for its recipient's connection now. A negative
+    /// difference (clock skew) counts as 0.
+    pub(crate) fn delivered(&self, kind: StanzaKind, routed_at: SystemTime) {
+        let latency = SystemTime::now()
+            .duration_since(routed_at)
+            .unwrap_or_default();
+        self.delivery_latency[kind_index(kind)].observe(latency.as_secs_f64());
     }
 
     pub(crate) fn set_sessions(&self, sessions: usize) {
@@ -258,11 +297,31 @@ impl CmMetrics {
     }
 }
 
-/// An open connection in `starling_connections`; the gauge goes down on drop.
-pub(crate) struct ConnectionGuard(IntGauge);
+/// An open connection in `starling_connections`, negotiating until
+/// [`ConnectionGuard::bound`]; its gauge goes down on drop.
+pub(crate) struct ConnectionGuard {
+    negotiating: IntGauge,
+    bound: IntGauge,
+    is_bound: bool,
+}
+
+impl ConnectionGuard {
+    /// The stream bound a resource: the connection now counts as `bound`.
+    pub(crate) fn bound(&mut self) {
+        if !self.is_bound {
+            self.negotiating.dec();
+            self.bound.inc();
+            self.is_bound = true;
+        }
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        if self.is_bound {
+            self.bound.dec();
+        } else {
+            self.negotiating.dec();
+        }
     }
 }

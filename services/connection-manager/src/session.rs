@@ -5,9 +5,9 @@
 //! unbinds the session.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use starling_api::{Origin, SessionAddr};
+use starling_api::{origin_time, Origin, SessionAddr};
 use starling_jid::FullJid;
 use starling_xmpp::{
     ns, stanza, Element, Node, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
@@ -245,7 +245,13 @@ impl Session {
             jid: self.jid.clone(),
             addr: self.addr.clone(),
         };
-        if let Err(error) = self.shared.router.route(origin, element).await {
+        // The stanza enters the cluster now: deliveries carry this time, and
+        // the delivering node observes the end-to-end latency from it.
+        let routed = origin_time::scope(
+            Some(SystemTime::now()),
+            self.shared.router.route(origin, element),
+        );
+        if let Err(error) = routed.await {
             tracing::debug!(jid = %self.jid, %error, "routing failed");
             self.reply_error(&reply_template, error.to_stanza_error());
         }

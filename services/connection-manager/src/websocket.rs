@@ -115,7 +115,7 @@ async fn serve_websocket(
     deadline: Instant,
 ) {
     let conn = shared.next_conn_id();
-    let _counted = shared
+    let mut counted = shared
         .metrics
         .connection(crate::metrics::Transport::WebSocket);
     tracing::debug!(conn, peer = %peer, listener = "websocket", "connection accepted");
@@ -123,6 +123,7 @@ async fn serve_websocket(
     if let Some(bound) =
         negotiation::negotiate_transport(Arc::clone(&shared), conn, transport, peer, deadline).await
     {
+        counted.bound();
         session::run(shared, bound).await;
     }
     drop(permit);

@@ -711,6 +711,7 @@ async fn rewritten_recipient_and_one_write_per_batch() {
                     to: Some(jid.clone()),
                 }],
                 stanza: std::sync::Arc::new(presence),
+                routed_at: None,
             },
         )
         .await

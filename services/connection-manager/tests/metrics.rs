@@ -77,7 +77,35 @@ async fn counters_move_with_logins_and_messages() {
         1.0
     );
     assert_eq!(value(&text, "starling_sessions"), 2.0);
-    assert_eq!(value(&text, "starling_connections{transport=\"tcp\"}"), 3.0);
+    // The intruder's connection never bound a resource.
+    assert_eq!(
+        value(
+            &text,
+            "starling_connections{state=\"bound\",transport=\"tcp\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "starling_connections{state=\"negotiating\",transport=\"tcp\"}"
+        ),
+        1.0
+    );
+    // The message carried the time balcony's node handed it to the router.
+    assert_eq!(
+        value(
+            &text,
+            "starling_stanza_delivery_latency_seconds_count{kind=\"message\"}"
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "starling_stanza_delivery_latency_seconds_bucket{kind=\"message\",le=\"5\"}"
+        ) == 1.0
+    );
     assert_eq!(
         value(&text, "starling_stanzas_received_total{kind=\"message\"}"),
         1.0
@@ -96,7 +124,10 @@ async fn counters_move_with_logins_and_messages() {
     eventually("the session gauge follows", || {
         let text = scrape(&registry);
         value(&text, "starling_sessions") == 1.0
-            && value(&text, "starling_connections{transport=\"tcp\"}") < 3.0
+            && value(
+                &text,
+                "starling_connections{state=\"bound\",transport=\"tcp\"}",
+            ) == 1.0
     })
     .await;
 }

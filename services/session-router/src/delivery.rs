@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use starling_api::SessionRecord;
+use starling_api::{origin_time, SessionRecord};
 use starling_bus::{Bus, Delivery, Recipient};
 use starling_xmpp::Element;
 
@@ -52,11 +52,14 @@ pub async fn deliver_to_sessions(
     }
 
     let mut unreached = Vec::new();
+    // The stanza being routed entered the cluster then (the connection-manager's clock).
+    let routed_at = origin_time::current();
     for envelope in envelopes {
         let recipient_count = envelope.recipients.len();
         let delivery = Delivery::Stanza {
             recipients: envelope.recipients,
             stanza: stanza.clone(),
+            routed_at,
         };
         match bus.publish(envelope.node, delivery).await {
             Ok(0) => {

@@ -123,6 +123,7 @@ impl SessionRouter {
             Some(session) => {
                 let shared = Arc::new(iq);
                 if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                    crate::metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable for an iq");

@@ -31,10 +31,12 @@ pub mod delivery;
 mod handlers;
 mod iq;
 mod message;
+mod metrics;
 mod offline;
 mod router;
 mod session;
 
+pub use metrics::RouterMetrics;
 pub use router::{RouterConfig, SessionRouter};
 
 #[cfg(test)]

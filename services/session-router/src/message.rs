@@ -9,6 +9,7 @@ use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
 use crate::address::Destination;
 use crate::delivery::{deliver_to_session, deliver_to_sessions};
+use crate::metrics::{self, Decision};
 use crate::offline::offline_stanza_xml;
 use crate::router::{bounce, failure_reply, unshare, SessionRouter};
 
@@ -95,6 +96,7 @@ impl SessionRouter {
             Some(session) => {
                 let shared = Arc::new(message);
                 if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                    metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable, treating as no resource match");
@@ -166,6 +168,12 @@ impl SessionRouter {
             let shared = Arc::new(message);
             let unreached = deliver_to_sessions(&*self.bus, shared.clone(), &pairs).await;
             if unreached.len() < pairs.len() {
+                metrics::record_delivered(
+                    targets
+                        .iter()
+                        .filter(|session| !unreached.contains(session))
+                        .map(|session| session.addr.node.as_str()),
+                );
                 return None;
             }
             tracing::debug!(to = %user, "no target session reachable, falling back to offline handling");
@@ -190,6 +198,7 @@ impl SessionRouter {
         match self.storage.store_offline(user, &stanza_xml).await {
             Ok(()) => {
                 tracing::debug!(to = %user, "message stored offline");
+                metrics::record(Decision::Offline);
                 None
             }
             // XEP-0160 section 3: the queue is full => service-unavailable.

@@ -2,7 +2,7 @@
 //! by kind (RFC 6120 section 8) to the message, presence and IQ rules.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
@@ -16,6 +16,7 @@ use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition, StanzaKi
 
 use crate::address::{classify, Destination};
 use crate::delivery::deliver_to_session;
+use crate::metrics::{self, Decision, RouteOutcome, RouterMetrics};
 
 /// What the router needs to know about the deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +44,7 @@ pub struct SessionRouter {
     pub(crate) in_band_registration: bool,
     /// Where offline delay stamps take the time from.
     pub(crate) clock: fn() -> SystemTime,
+    metrics: RouterMetrics,
 }
 
 impl SessionRouter {
@@ -67,7 +69,14 @@ impl SessionRouter {
             presence: RwLock::new(None),
             in_band_registration: false,
             clock: SystemTime::now,
+            metrics: RouterMetrics::default(),
         }
+    }
+
+    /// Count routing decisions and durations in `metrics` (docs/operations.md).
+    pub fn with_metrics(mut self, metrics: RouterMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Advertise in-band registration (`jabber:iq:register`, XEP-0077) in the
@@ -227,7 +236,13 @@ pub(crate) fn unshare(shared: Arc<Element>) -> Element {
 /// The error reply for `stanza_element` with a condition and its default type;
 /// `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
 pub(crate) fn bounce(stanza_element: &Element, condition: StanzaErrorCondition) -> Option<Element> {
-    stanza::error_reply(stanza_element, &StanzaError::new(condition))
+    let reply = stanza::error_reply(stanza_element, &StanzaError::new(condition));
+    metrics::record(if reply.is_some() {
+        Decision::Bounced
+    } else {
+        Decision::Dropped
+    });
+    reply
 }
 
 /// The error reply when a dependency failed while routing: the sender learns
@@ -240,6 +255,7 @@ pub(crate) fn failure_reply(stanza_element: &Element, error: &ApiError) -> Optio
         %error,
         "routing failed, bouncing the stanza"
     );
+    metrics::record(Decision::Error);
     stanza::error_reply(stanza_element, &error.to_stanza_error())
 }
 
@@ -260,10 +276,37 @@ impl RouterApi for SessionRouter {
 
     async fn route(&self, origin: Origin, mut stanza_element: Element) -> ApiResult<()> {
         Self::stamp_from(&origin, &mut stanza_element);
-        if let Some(reply) = self.route_once(&origin, stanza_element).await? {
-            self.send_reply(&origin, reply).await?;
+        let started = Instant::now();
+        let kind = StanzaKind::of(&stanza_element);
+        let sender_node = match &origin {
+            Origin::Session { addr, .. } => Some(addr.node.clone()),
+            Origin::Server => None,
+        };
+        let (routed, recorded) = RouteOutcome::new(sender_node)
+            .scope(self.route_once(&origin, stanza_element))
+            .await;
+        let decision = recorded.unwrap_or(match (&routed, kind) {
+            (Err(_), _) => Decision::Error,
+            (Ok(Some(reply)), _) if stanza::stanza_type(reply) == "error" => Decision::Bounced,
+            (Ok(Some(_)), _) => Decision::Server,
+            (Ok(None), Some(StanzaKind::Message)) => Decision::Dropped,
+            // Handed to the presence service, or an IQ the server consumed.
+            (Ok(None), _) => Decision::Server,
+        });
+        let result = match routed {
+            Ok(Some(reply)) => self.send_reply(&origin, reply).await,
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Some(kind) = kind {
+            let decision = if result.is_err() {
+                Decision::Error
+            } else {
+                decision
+            };
+            self.metrics.routed(kind, decision, started.elapsed());
         }
-        Ok(())
+        result
     }
 
     async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {

@@ -65,6 +65,19 @@ impl StorageError {
             _ => false,
         }
     }
+
+    /// Whether the database failed the operation (as opposed to refusing a
+    /// request: no such account, a full queue, an invalid value).
+    pub fn is_failure(&self) -> bool {
+        !matches!(
+            self,
+            StorageError::Invalid(_)
+                | StorageError::AccountNotFound(_)
+                | StorageError::AccountExists(_)
+                | StorageError::OfflineQueueFull { .. }
+                | StorageError::RosterFull { .. }
+        )
+    }
 }
 
 impl From<StorageError> for ApiError {

@@ -29,7 +29,7 @@
 //! ```
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use sqlx::{PgPool, SqlitePool};
@@ -38,9 +38,11 @@ use starling_jid::BareJid;
 
 mod backend;
 mod error;
+mod metrics;
 mod records;
 
 pub use error::{redact_url, StorageError};
+pub use metrics::StorageMetrics;
 
 use records::{check_roster_item, check_storable_text, AccountAddress};
 
@@ -74,6 +76,7 @@ pub struct Storage {
     pool: DatabasePool,
     max_offline_per_user: u32,
     max_roster_items: u32,
+    metrics: StorageMetrics,
 }
 
 #[derive(Clone)]
@@ -97,14 +100,21 @@ impl fmt::Debug for Storage {
 }
 
 /// Run one query function of `backend/queries.rs` on whichever driver the
-/// storage uses.
+/// storage uses, observing its duration in `starling_db_query_duration_seconds`.
 macro_rules! on_database {
-    ($storage:expr, $operation:ident($($argument:expr),* $(,)?)) => {
-        match &$storage.pool {
+    ($storage:expr, $operation:ident($($argument:expr),* $(,)?)) => {{
+        let started = Instant::now();
+        let result = match &$storage.pool {
             DatabasePool::Sqlite(pool) => backend::sqlite::queries::$operation(pool, $($argument),*).await,
             DatabasePool::Postgres(pool) => backend::postgres::queries::$operation(pool, $($argument),*).await,
-        }
-    };
+        };
+        $storage.metrics.query(
+            stringify!($operation),
+            started.elapsed(),
+            result.as_ref().is_err_and(|error: &StorageError| error.is_failure()),
+        );
+        result
+    }};
 }
 
 impl Storage {
@@ -130,6 +140,36 @@ impl Storage {
             pool,
             max_offline_per_user: config.max_offline_per_user,
             max_roster_items: config.max_roster_items,
+            metrics: StorageMetrics::default(),
+        })
+    }
+
+    /// Observe queries and the offline queue in `metrics` (docs/operations.md).
+    pub fn with_metrics(mut self, metrics: StorageMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Count every stored offline message into `starling_offline_messages_queued`.
+    pub async fn refresh_offline_gauge(&self) -> Result<u64, StorageError> {
+        let count = on_database!(self, count_all_offline())?;
+        self.metrics.set_offline_queued(count);
+        Ok(count)
+    }
+
+    /// Refresh `starling_offline_messages_queued` now and then every `every`
+    /// (one `COUNT(*)`), until the task is aborted.
+    pub fn spawn_offline_gauge(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let storage = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(error) = storage.refresh_offline_gauge().await {
+                    tracing::warn!(%error, "counting the offline messages failed");
+                }
+            }
         })
     }
 
@@ -309,6 +349,9 @@ impl StorageApi for Storage {
                 ),
             },
         };
+        if result.is_ok() {
+            self.metrics.offline_stored();
+        }
         result.map_err(|error| into_api_error("store_offline", user, error))
     }
 
@@ -316,8 +359,10 @@ impl StorageApi for Storage {
         let Some(account) = AccountAddress::of(user) else {
             return Ok(Vec::new());
         };
-        on_database!(self, take_offline(&account))
-            .map_err(|error| into_api_error("take_offline", user, error))
+        let taken = on_database!(self, take_offline(&account))
+            .map_err(|error| into_api_error("take_offline", user, error))?;
+        self.metrics.offline_taken(taken.len());
+        Ok(taken)
     }
 
     async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {

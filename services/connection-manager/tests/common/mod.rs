@@ -226,6 +226,8 @@ impl RouterApi for TestRouter {
                         Delivery::Stanza {
                             recipients: vec![Recipient::conn(record.addr.conn)],
                             stanza: Arc::new(stanza),
+                            // As the real router does: the time the edge handed it over.
+                            routed_at: starling_api::origin_time::current(),
                         },
                     )
                     .await?;
@@ -391,6 +393,7 @@ impl TestServer {
                 Delivery::Stanza {
                     recipients: vec![Recipient::conn(conn)],
                     stanza: Arc::new(stanza),
+                    routed_at: None,
                 },
             )
             .await

@@ -221,9 +221,9 @@ impl Harness {
         let mut envelopes = Vec::new();
         while let Ok(delivery) = receiver.try_recv() {
             match delivery {
-                Delivery::Stanza { recipients, stanza } => {
-                    envelopes.push(Envelope { recipients, stanza })
-                }
+                Delivery::Stanza {
+                    recipients, stanza, ..
+                } => envelopes.push(Envelope { recipients, stanza }),
                 Delivery::Close { .. } => panic!("the presence service closes no stream"),
             }
         }

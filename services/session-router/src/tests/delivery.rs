@@ -52,6 +52,7 @@ async fn groups_targets_by_node_with_their_to_rewrites() {
                 Recipient { conn: 3, to: None },
             ],
             stanza: stanza.clone(),
+            routed_at: None,
         })
     );
     assert_eq!(
@@ -62,6 +63,7 @@ async fn groups_targets_by_node_with_their_to_rewrites() {
                 to: Some("nurse@example.com/kitchen".into())
             }],
             stanza,
+            routed_at: None,
         })
     );
     assert!(cm_one.try_recv().is_err(), "one envelope per node");

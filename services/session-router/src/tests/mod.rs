@@ -7,6 +7,7 @@ mod bind;
 mod delivery;
 mod iq;
 mod message;
+mod metrics;
 mod presence;
 mod undeliverable;
 mod xml;
@@ -253,6 +254,8 @@ pub struct Harness {
     pub presence: Arc<RecordingPresence>,
     pub cm_test: DeliveryReceiver,
     pub cm_other: DeliveryReceiver,
+    /// The router's metrics (`crate::RouterMetrics`) are registered here.
+    pub metrics: prometheus::Registry,
 }
 
 pub struct HarnessOptions {
@@ -318,6 +321,10 @@ impl Harness {
             storage.clone(),
         )
         .with_clock(fixed_clock);
+        let metrics = prometheus::Registry::new();
+        let router = router.with_metrics(
+            crate::RouterMetrics::register(&metrics).expect("a fresh registry takes them"),
+        );
         let router = Arc::new(router);
         if options.wire_presence {
             router.set_presence(presence.clone());
@@ -330,6 +337,7 @@ impl Harness {
             presence,
             cm_test,
             cm_other,
+            metrics,
         }
     }
 
@@ -419,6 +427,7 @@ fn drain(receiver: &mut DeliveryReceiver) -> Vec<Seen> {
             Delivery::Stanza {
                 mut recipients,
                 stanza,
+                ..
             } => {
                 // The registry lists sessions in no particular order.
                 recipients.sort_by_key(|recipient| recipient.conn);

@@ -494,6 +494,16 @@ pub(crate) async fn count_offline(
         .map_err(|_| StorageError::CorruptData(format!("negative offline count {count}")))
 }
 
+/// How many stanzas wait in every offline queue together.
+pub(crate) async fn count_all_offline(pool: &Pool<Db>) -> Result<u64, StorageError> {
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM offline_messages")
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
+    u64::try_from(count)
+        .map_err(|_| StorageError::CorruptData(format!("negative offline count {count}")))
+}
+
 /// A cheap round trip for readiness probes.
 pub(crate) async fn ping(pool: &Pool<Db>) -> Result<(), StorageError> {
     sqlx::query("SELECT 1").execute(pool).await?;

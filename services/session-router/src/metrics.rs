@@ -1,0 +1,232 @@
+//! The session-router's Prometheus metrics (docs/operations.md):
+//! `starling_router_routed_total{kind,decision}`, one count per stanza that
+//! `RouterApi::route` handled, and `starling_router_route_duration_seconds{kind}`,
+//! from the router receiving the stanza until its last publish (or store) is done.
+//!
+//! The decision is recorded where it is taken, deep in the routing rules,
+//! into a task-local [`RouteOutcome`] that `route` opens around one stanza
+//! (routing never spawns a task per stanza, see the crate docs), so no rule's
+//! signature carries it. Every label value comes from a fixed set.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
+use starling_xmpp::StanzaKind;
+
+/// Buckets from 100 microseconds to 5 seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// What the router did with a stanza (the `decision` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Published to sessions that are all on the sender's own connection-manager.
+    Local,
+    /// Published to a session on another connection-manager (or the stanza
+    /// came from the server itself, which has no node).
+    Remote,
+    /// Stored in the recipient's offline queue (XEP-0160).
+    Offline,
+    /// Handled by the server: answered by a server-side handler, consumed, or
+    /// handed to the presence service.
+    Server,
+    /// Answered with a stanza error the RFCs prescribe (no such account,
+    /// remote domain, offline queue full, ...).
+    Bounced,
+    /// Silently discarded as the RFCs prescribe (an error message to a bare
+    /// JID, a headline or chat state nobody is online for, ...).
+    Dropped,
+    /// A dependency failed (Redis, storage, presence): the sender got a `wait`
+    /// or `internal-server-error` error, or the call failed.
+    Error,
+}
+
+impl Decision {
+    const ALL: [Decision; 7] = [
+        Decision::Local,
+        Decision::Remote,
+        Decision::Offline,
+        Decision::Server,
+        Decision::Bounced,
+        Decision::Dropped,
+        Decision::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Decision::Local => "local",
+            Decision::Remote => "remote",
+            Decision::Offline => "offline",
+            Decision::Server => "server",
+            Decision::Bounced => "bounced",
+            Decision::Dropped => "dropped",
+            Decision::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|d| *d == self).unwrap_or(0)
+    }
+}
+
+const KINDS: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
+
+fn kind_label(kind: StanzaKind) -> &'static str {
+    match kind {
+        StanzaKind::Message => "message",
+        StanzaKind::Presence => "presence",
+        StanzaKind::Iq => "iq",
+    }
+}
+
+fn kind_index(kind: StanzaKind) -> usize {
+    match kind {
+        StanzaKind::Message => 0,
+        StanzaKind::Presence => 1,
+        StanzaKind::Iq => 2,
+    }
+}
+
+/// The router's metrics; cheap to clone. [`RouterMetrics::default`] counts
+/// into a registry nobody scrapes.
+#[derive(Clone)]
+pub struct RouterMetrics {
+    routed: [[IntCounter; 7]; 3],
+    duration: [Histogram; 3],
+}
+
+impl std::fmt::Debug for RouterMetrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RouterMetrics")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RouterMetrics {
+    fn default() -> Self {
+        Self::register(&Registry::new()).expect("a fresh registry takes every metric")
+    }
+}
+
+impl RouterMetrics {
+    /// Create the metrics and register them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let routed = IntCounterVec::new(
+            Opts::new(
+                "starling_router_routed_total",
+                "Stanzas routed, by kind and routing decision (local, remote, offline, server, bounced, dropped, error)",
+            ),
+            &["kind", "decision"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "starling_router_route_duration_seconds",
+                "Time the router spends on one stanza, from receiving it to its last bus publish or offline store, by kind",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["kind"],
+        )?;
+        registry.register(Box::new(routed.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(RouterMetrics {
+            routed: KINDS.map(|kind| {
+                Decision::ALL
+                    .map(|decision| routed.with_label_values(&[kind_label(kind), decision.label()]))
+            }),
+            duration: KINDS.map(|kind| duration.with_label_values(&[kind_label(kind)])),
+        })
+    }
+
+    pub(crate) fn routed(&self, kind: StanzaKind, decision: Decision, elapsed: Duration) {
+        self.routed[kind_index(kind)][decision.index()].inc();
+        self.duration[kind_index(kind)].observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The decision taken for the stanza `route` is handling, and the node it came from.
+pub(crate) struct RouteOutcome {
+    sender_node: Option<String>,
+    decision: Cell<Option<Decision>>,
+}
+
+tokio::task_local! {
+    static OUTCOME: RouteOutcome;
+}
+
+impl RouteOutcome {
+    pub(crate) fn new(sender_node: Option<String>) -> Self {
+        RouteOutcome {
+            sender_node,
+            decision: Cell::new(None),
+        }
+    }
+
+    /// Run `future` recording into `self`; returns its output and the decision recorded.
+    pub(crate) async fn scope<F: std::future::Future>(
+        self,
+        future: F,
+    ) -> (F::Output, Option<Decision>) {
+        OUTCOME
+            .scope(self, async move {
+                let output = future.await;
+                let decision = OUTCOME.with(|outcome| outcome.decision.get());
+                (output, decision)
+            })
+            .await
+    }
+}
+
+/// Record the decision for the stanza being routed (a no-op outside `route`,
+/// e.g. when rerouting an undeliverable stanza). The last record wins.
+pub(crate) fn record(decision: Decision) {
+    let _ = OUTCOME.try_with(|outcome| outcome.decision.set(Some(decision)));
+}
+
+/// Record a delivery that reached sessions on `nodes`: local when every one
+/// is the sender's node, remote otherwise.
+pub(crate) fn record_delivered<'a>(mut nodes: impl Iterator<Item = &'a str>) {
+    let _ = OUTCOME.try_with(|outcome| {
+        let local = match &outcome.sender_node {
+            Some(sender) => nodes.all(|node| node == sender),
+            None => false,
+        };
+        let decision = if local {
+            Decision::Local
+        } else {
+            Decision::Remote
+        };
+        outcome.decision.set(Some(decision));
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_record_inside_the_scope_wins_and_outside_is_ignored() {
+        record(Decision::Error);
+        let ((), decision) = RouteOutcome::new(Some("cm-1".into()))
+            .scope(async {
+                record(Decision::Dropped);
+                record_delivered(["cm-1", "cm-1"].into_iter());
+            })
+            .await;
+        assert_eq!(decision, Some(Decision::Local));
+        let ((), decision) = RouteOutcome::new(Some("cm-1".into()))
+            .scope(async { record_delivered(["cm-1", "cm-2"].into_iter()) })
+            .await;
+        assert_eq!(decision, Some(Decision::Remote));
+        let ((), decision) = RouteOutcome::new(None)
+            .scope(async { record_delivered(["cm-1"].into_iter()) })
+            .await;
+        assert_eq!(decision, Some(Decision::Remote));
+        let ((), decision) = RouteOutcome::new(None).scope(async {}).await;
+        assert_eq!(decision, None);
+    }
+}
