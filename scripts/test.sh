@@ -2,7 +2,7 @@
 # Runs every test of the repository. It first makes sure that what the tests
 # need is installed and running (it checks first and starts only what is not
 # running): PostgreSQL and Redis on 127.0.0.1, a Python venv with slixmpp and
-# pytest, Node with the web client packages of tests/web, Chromium. Then: the Rust unit and crate tests, then the integration tests that
+# pytest, Node with the web client packages of tests/web, Chromium, promtool and prometheus. Then: the Rust unit and crate tests, then the integration tests that
 # drive the real `starling` binary with real clients.
 #
 # Environment:
@@ -108,6 +108,16 @@ ensure_chromium() {
   fi
 }
 
+# promtool and prometheus (Debian package prometheus) for the metrics, dashboard
+# and alert rule tests (tests/integration/test_observability.py). Only the
+# binaries are used: the package's own service is not started.
+ensure_prometheus() {
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    log "installing prometheus (promtool)"
+    apt_install prometheus
+  fi
+}
+
 if [ "${STARLING_SKIP_SERVICES:-0}" != 1 ]; then
   ensure_postgres
   ensure_redis
@@ -115,6 +125,7 @@ fi
 ensure_python
 ensure_node_packages
 ensure_chromium
+ensure_prometheus
 
 log "building"
 cargo build --workspace --locked 2>&1 | tail -n 3
