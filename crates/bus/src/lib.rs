@@ -138,6 +138,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn publishes_are_counted_by_result() {
+        let registry = prometheus::Registry::new();
+        let bus = InProcessBus::new().with_metrics(BusMetrics::register(&registry).unwrap());
+        let _receiver = bus.subscribe("cm1").await.unwrap();
+        let delivery = Delivery::Close {
+            conn: 1,
+            condition: StreamErrorCondition::Conflict,
+            text: None,
+        };
+        bus.publish("cm1", delivery.clone()).await.unwrap();
+        bus.publish("cm1", delivery.clone()).await.unwrap();
+        bus.publish("gone", delivery).await.unwrap();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        for expected in [
+            "starling_bus_messages_published_total{result=\"delivered\"} 2",
+            "starling_bus_messages_published_total{result=\"no_subscriber\"} 1",
+            "starling_bus_messages_received_total 2",
+            "starling_bus_publish_failures_total 0",
+        ] {
+            assert!(text.contains(expected), "{expected} not in:\n{text}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_dropped_subscriber_counts_as_none() {
         let bus = InProcessBus::new();
         drop(bus.subscribe("cm1").await.unwrap());

@@ -392,6 +392,95 @@ mod tests {
         );
     }
 
+    fn value(registry: &prometheus::Registry, series: &str) -> f64 {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn queries_and_the_offline_queue_are_measured() {
+        let registry = prometheus::Registry::new();
+        let config = StorageConfig {
+            url: "sqlite::memory:".into(),
+            max_offline_per_user: 2,
+            ..Default::default()
+        };
+        let storage = Storage::connect(&config)
+            .await
+            .unwrap()
+            .with_metrics(StorageMetrics::register(&registry).unwrap());
+        let juliet: BareJid = "juliet@example.com".parse().unwrap();
+        let romeo: BareJid = "romeo@example.com".parse().unwrap();
+        storage
+            .create_account(&juliet, &StoredCredentials::for_password("x"))
+            .await
+            .unwrap();
+        for body in ["one", "two"] {
+            storage
+                .store_offline(&juliet, &format!("<message><body>{body}</body></message>"))
+                .await
+                .unwrap();
+        }
+        // The queue is full: a refusal, not a database error.
+        assert!(storage.store_offline(&juliet, "<message/>").await.is_err());
+        assert_eq!(storage.refresh_offline_gauge().await.unwrap(), 2);
+        assert_eq!(value(&registry, "starling_offline_messages_queued"), 2.0);
+        assert_eq!(storage.take_offline(&juliet).await.unwrap().len(), 2);
+        // A login with an empty queue.
+        assert!(storage.take_offline(&romeo).await.unwrap().is_empty());
+
+        assert_eq!(
+            value(&registry, "starling_offline_messages_stored_total"),
+            2.0
+        );
+        assert_eq!(
+            value(&registry, "starling_offline_messages_delivered_total"),
+            2.0
+        );
+        assert_eq!(
+            value(&registry, "starling_offline_messages_per_login_count"),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "starling_offline_messages_per_login_bucket{le=\"0\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "starling_db_query_duration_seconds_count{operation=\"store_offline\"}"
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "starling_db_query_errors_total{operation=\"store_offline\"}"
+            ),
+            0.0
+        );
+
+        // The database is gone: the next query is a failure.
+        storage.close().await;
+        assert!(storage.credentials(&juliet).await.is_err());
+        assert_eq!(
+            value(
+                &registry,
+                "starling_db_query_errors_total{operation=\"credentials\"}"
+            ),
+            1.0
+        );
+    }
+
     #[test]
     fn storage_is_shareable() {
         fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
