@@ -241,6 +241,28 @@ fn storage_check(readiness: &mut Readiness, storage: Arc<dyn StorageApi>) {
     });
 }
 
+/// The routers must answer: unbinding a session that was never bound is a
+/// no-op that goes through a router and its Redis (any replica will do).
+fn router_check(readiness: &mut Readiness, router: Arc<dyn RouterApi>) {
+    let probe: starling_jid::FullJid = "readiness-probe@readiness.invalid/probe"
+        .parse()
+        .expect("a valid probe address");
+    let addr = starling_api::SessionAddr {
+        node: "readiness-probe".into(),
+        conn: 0,
+    };
+    readiness.add_check("routers", move || {
+        let (router, probe, addr) = (router.clone(), probe.clone(), addr.clone());
+        async move {
+            router
+                .unbind(&probe, &addr)
+                .await
+                .map_err(|error| error.to_string())
+        }
+        .boxed()
+    });
+}
+
 fn redis_check(readiness: &mut Readiness, redis: &Option<RedisClient>) {
     if let Some(redis) = redis.clone() {
         readiness.add_check("redis", move || {
@@ -438,6 +460,7 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 )
                 .context("cluster.routers")?,
             );
+            router_check(&mut readiness, router.clone());
             let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
                 PresenceConfig {
                     domain: config.domain.clone(),
@@ -485,13 +508,15 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 janitor = spawn_janitor(state, presence);
                 router_api
             } else {
-                Arc::new(
+                let router: Arc<dyn RouterApi> = Arc::new(
                     GrpcRouterClient::connect_with_metrics(
                         config.cluster.routers.clone(),
                         grpc_metrics.clone(),
                     )
                     .context("cluster.routers")?,
-                )
+                );
+                router_check(&mut readiness, router.clone());
+                router
             };
             let bound = ConnectionManager::new(
                 cm_config(

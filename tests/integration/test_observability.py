@@ -204,6 +204,7 @@ async def test_cluster_metrics_promtool_dashboards_and_rules_on_a_real_prometheu
         clients = await generate_traffic(cluster)
         try:
             await check_cluster(cluster, prometheus)
+            check_routers_lost(cluster, prometheus)
         finally:
             await logout(*clients)
     finally:
@@ -282,6 +283,38 @@ async def check_cluster(cluster: Cluster, prometheus: Prometheus):
     # A healthy cluster pages nobody.
     alerts = prometheus.api("alerts")["data"]["alerts"]
     assert not [alert for alert in alerts if alert["state"] == "firing"], alerts
+
+
+def readyz(address: str):
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def check_routers_lost(cluster: Cluster, prometheus: Prometheus):
+    """Both routers die: what needs them reports not-ready, and Prometheus
+    sees them down (StarlingProcessDown pending, firing after its minute)."""
+    processes = cluster.processes
+    for name in ["cm-1", "cm-2", "presence-1"]:
+        assert readyz(processes[name]["http"]) == (200, "ready\n"), name
+    cluster.kill("router-1")
+    cluster.kill("router-2")
+    for name in ["cm-1", "cm-2", "presence-1"]:
+        wait_until(lambda: readyz(processes[name]["http"])[0] == 503, timeout=30, what=f"{name} not ready")
+        assert "routers" in readyz(processes[name]["http"])[1], name
+    # Storage does not need the routers.
+    assert readyz(processes["storage-1"]["http"]) == (200, "ready\n")
+
+    def down_alerts():
+        alerts = prometheus.api("alerts")["data"]["alerts"]
+        return sorted(alert["labels"]["instance"] for alert in alerts
+                      if alert["labels"]["alertname"] == "StarlingProcessDown"
+                      and alert["labels"]["job"] == "starling-session-router")
+
+    wait_until(lambda: down_alerts() == sorted([processes["router-1"]["http"], processes["router-2"]["http"]]),
+               timeout=30, what="StarlingProcessDown for both routers")
 
 
 async def test_one_process_metrics_pass_promtool(server):
