@@ -312,7 +312,11 @@ def dependencies():
             [(f'(sum by (service) (rate(starling_grpc_client_duration_seconds_count{{{SEL}, code=~"UNAVAILABLE|DEADLINE_EXCEEDED|INTERNAL|UNKNOWN"}}[{RATE}])) '
               f"or 0 * sum by (service) (rate(starling_grpc_client_duration_seconds_count{{{SEL}}}[{RATE}]))) "
               f"/ sum by (service) (rate(starling_grpc_client_duration_seconds_count{{{SEL}}}[{RATE}]))", "{{service}}")],
-            unit="percentunit", width=24)
+            unit="percentunit", width=12)
+    d.panel("gRPC server p99 by service and method", "Unary calls as the serving process sees them (RouteStream excluded: "
+            "the router's route duration measures each stanza).",
+            [(f"histogram_quantile(0.99, sum by (le, service, method) (rate(starling_grpc_server_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
+              "{{service}}.{{method}}")], unit="s", width=12)
     return d
 
 

@@ -34,7 +34,7 @@ pub use error::{
     api_error_to_status, bind_rejection_from_proto, bind_rejection_to_proto, code_to_api_error,
     status_to_api_error, ProtoError,
 };
-pub use metrics::GrpcClientMetrics;
+pub use metrics::{GrpcClientMetrics, GrpcServerMetrics, MeteredGrpcService};
 pub use presence_adapter::{presence_service, GrpcPresenceClient, PresenceGrpcServer};
 pub use router_adapter::{router_service, GrpcRouterClient, RouterGrpcServer};
 pub use storage_adapter::{storage_service, GrpcStorageClient, StorageGrpcServer};
@@ -93,10 +93,30 @@ pub async fn serve_grpc(
     presence: Option<Arc<dyn PresenceApi>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProtoError> {
+    serve_grpc_with_metrics(
+        addr,
+        storage,
+        router,
+        presence,
+        GrpcServerMetrics::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_grpc`], observing the calls served in `metrics`.
+pub async fn serve_grpc_with_metrics(
+    addr: SocketAddr,
+    storage: Option<Arc<dyn StorageApi>>,
+    router: Option<Arc<dyn RouterApi>>,
+    presence: Option<Arc<dyn PresenceApi>>,
+    metrics: GrpcServerMetrics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProtoError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ProtoError::Listen { addr, source })?;
-    serve_grpc_on(listener, storage, router, presence, shutdown).await
+    serve_grpc_on_with_metrics(listener, storage, router, presence, metrics, shutdown).await
 }
 
 /// [`serve_grpc`] on a listener bound already (port 0 in tests).
@@ -105,6 +125,26 @@ pub async fn serve_grpc_on(
     storage: Option<Arc<dyn StorageApi>>,
     router: Option<Arc<dyn RouterApi>>,
     presence: Option<Arc<dyn PresenceApi>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProtoError> {
+    serve_grpc_on_with_metrics(
+        listener,
+        storage,
+        router,
+        presence,
+        GrpcServerMetrics::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_grpc_on`], observing the calls served in `metrics`.
+pub async fn serve_grpc_on_with_metrics(
+    listener: TcpListener,
+    storage: Option<Arc<dyn StorageApi>>,
+    router: Option<Arc<dyn RouterApi>>,
+    presence: Option<Arc<dyn PresenceApi>>,
+    metrics: GrpcServerMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProtoError> {
     let local_addr = listener.local_addr().ok();
@@ -124,6 +164,7 @@ pub async fn serve_grpc_on(
         "grpc server listening"
     );
     let serve = tonic::transport::Server::builder()
+        .layer(metrics)
         .add_optional_service(storage.map(storage_service))
         .add_optional_service(
             router.map(|router| router_adapter::router_service_with_drain(router, drain_rx)),

@@ -20,7 +20,9 @@ use starling_connection_manager::{
 };
 use starling_jid::BareJid;
 use starling_presence::{PresenceConfig, PresenceService};
-use starling_proto::{GrpcClientMetrics, GrpcPresenceClient, GrpcRouterClient, GrpcStorageClient};
+use starling_proto::{
+    GrpcClientMetrics, GrpcPresenceClient, GrpcRouterClient, GrpcServerMetrics, GrpcStorageClient,
+};
 use starling_redis_client::{RedisClient, RedisConfig, RedisMetrics};
 use starling_registry::{Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
 use starling_session_router::{RouterConfig, RouterMetrics, SessionRouter};
@@ -410,12 +412,21 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     match target {
         Target::Storage => {
             let address = config.grpc_addr().expect("checked above");
+            let grpc_server_metrics = GrpcServerMetrics::register(&registry)
+                .context("cannot register the grpc server metrics")?;
             let shutdown = crate::serve::wait_for(shutdown_rx.clone());
             let storage = storage.clone();
             services.push(tokio::spawn(async move {
-                starling_proto::serve_grpc(address, Some(storage), None, None, shutdown)
-                    .await
-                    .context("grpc server")
+                starling_proto::serve_grpc_with_metrics(
+                    address,
+                    Some(storage),
+                    None,
+                    None,
+                    grpc_server_metrics,
+                    shutdown,
+                )
+                .await
+                .context("grpc server")
             }));
         }
         Target::SessionRouter => {
@@ -443,12 +454,21 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
             router.set_presence(presence.clone());
             janitor = spawn_janitor(state, presence);
             let address = config.grpc_addr().expect("checked above");
+            let grpc_server_metrics = GrpcServerMetrics::register(&registry)
+                .context("cannot register the grpc server metrics")?;
             let shutdown = wait_for(shutdown_rx.clone());
             let router_api: Arc<dyn RouterApi> = router;
             services.push(tokio::spawn(async move {
-                starling_proto::serve_grpc(address, None, Some(router_api), None, shutdown)
-                    .await
-                    .context("grpc server")
+                starling_proto::serve_grpc_with_metrics(
+                    address,
+                    None,
+                    Some(router_api),
+                    None,
+                    grpc_server_metrics,
+                    shutdown,
+                )
+                .await
+                .context("grpc server")
             }));
         }
         Target::Presence => {
@@ -471,11 +491,20 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 router,
             ));
             let address = config.grpc_addr().expect("checked above");
+            let grpc_server_metrics = GrpcServerMetrics::register(&registry)
+                .context("cannot register the grpc server metrics")?;
             let shutdown = wait_for(shutdown_rx.clone());
             services.push(tokio::spawn(async move {
-                starling_proto::serve_grpc(address, None, None, Some(presence), shutdown)
-                    .await
-                    .context("grpc server")
+                starling_proto::serve_grpc_with_metrics(
+                    address,
+                    None,
+                    None,
+                    Some(presence),
+                    grpc_server_metrics,
+                    shutdown,
+                )
+                .await
+                .context("grpc server")
             }));
         }
         Target::ConnectionManager | Target::All => {

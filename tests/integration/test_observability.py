@@ -247,6 +247,11 @@ async def check_cluster(cluster: Cluster, prometheus: Prometheus):
     assert total(routers + presence, "starling_bus_messages_published_total", result="delivered") >= 12
     assert total(cms, "starling_bus_messages_received_total") >= 12
     assert total(storage, "starling_db_query_duration_seconds_count", operation="credentials") >= 3
+    assert total(storage, "starling_grpc_server_duration_seconds_count",
+                 service="storage", method="GetCredentials", code="OK") >= 3
+    assert total(routers, "starling_grpc_server_duration_seconds_count", service="router", method="Bind", code="OK") == 3
+    assert total(presence, "starling_grpc_server_duration_seconds_count", service="presence", code="OK") >= 3
+    assert "RouteStream" not in texts["router-1"] + texts["router-2"]
     assert total(storage, "starling_offline_messages_stored_total") == 1
     assert total(storage, "starling_offline_messages_delivered_total") == 1
     assert total(storage, "starling_offline_messages_per_login_count") >= 3
@@ -348,6 +353,10 @@ def test_alert_rules_check_and_unit_tests():
     assert "SUCCESS: 13 rules found" in checked.stdout, checked.stdout
     tested = subprocess.run([promtool, "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True, timeout=120)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+    # The example scrape configuration of the local cluster loads the same rules.
+    config = REPO / "deploy" / "prometheus" / "prometheus.yml"
+    checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_dashboards_are_generated_and_use_the_datasource_variable(tmp_path):

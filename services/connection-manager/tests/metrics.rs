@@ -106,6 +106,13 @@ async fn counters_move_with_logins_and_messages() {
             "starling_stanza_delivery_latency_seconds_bucket{kind=\"message\",le=\"5\"}"
         ) == 1.0
     );
+    // The latency SLO of deploy/prometheus/alerts.yml reads the 100 ms bucket.
+    assert!(
+        value(
+            &text,
+            "starling_stanza_delivery_latency_seconds_bucket{kind=\"message\",le=\"0.1\"}"
+        ) <= 1.0
+    );
     assert_eq!(
         value(&text, "starling_stanzas_received_total{kind=\"message\"}"),
         1.0
