@@ -40,13 +40,21 @@ pub enum DrainPhase {
     /// Not accepting; closing the streams over `window` since `since`.
     Draining { since: SystemTime, window: Duration },
     /// Every stream was asked to close; nothing is accepted.
-    Drained,
+    Drained { since: SystemTime },
 }
 
 impl DrainPhase {
     /// Draining or drained: the node is not ready.
     pub fn is_draining(&self) -> bool {
         !matches!(self, DrainPhase::Serving)
+    }
+
+    /// When the drain started, if it did.
+    pub fn draining_since(&self) -> Option<SystemTime> {
+        match self {
+            DrainPhase::Serving => None,
+            DrainPhase::Draining { since, .. } | DrainPhase::Drained { since } => Some(*since),
+        }
     }
 }
 
@@ -124,7 +132,11 @@ async fn close_streams(shared: Arc<Shared>, window: Duration) {
     // Streams that were negotiating when the drain started, and any bound
     // since, end like at shutdown (every connection task watches this token).
     shared.shutdown.cancel();
-    shared.drain.phase_tx.send_replace(DrainPhase::Drained);
+    shared.drain.phase_tx.send_modify(|phase| {
+        if let DrainPhase::Draining { since, .. } = *phase {
+            *phase = DrainPhase::Drained { since };
+        }
+    });
     tracing::info!(node = %shared.node_id, "drained: every stream was closed");
 }
 
@@ -159,7 +171,7 @@ impl DrainHandle {
     pub async fn drained(&self) {
         let mut phase_rx = self.subscribe();
         let _ = phase_rx
-            .wait_for(|phase| matches!(phase, DrainPhase::Drained))
+            .wait_for(|phase| matches!(phase, DrainPhase::Drained { .. }))
             .await;
     }
 }
