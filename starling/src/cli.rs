@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Operate a running server through its admin API (`[admin]`).
+    Admin(crate::admin::AdminArgs),
     /// Check the configuration and print it with every override applied.
     Config {
         #[command(subcommand)]
@@ -77,6 +79,7 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             UserCommand::Remove { jid } => crate::user::remove(&config, &jid).await,
             UserCommand::List { domain } => crate::user::list(&config, &domain).await,
         },
+        Command::Admin(args) => crate::admin::run(args, &config).await,
         Command::Config { command } => {
             match command {
                 ConfigCommand::Check => print!("{}", toml::to_string(&config)?),
