@@ -12,9 +12,9 @@
 //! 3. the streams open at the start are closed one by one with
 //!    `<system-shutdown/>` (RFC 6120 section 4.9.3.20), evenly spread over
 //!    the window, so their clients reconnect to other nodes without a storm;
-//! 4. at the end of the window whatever is left (streams still negotiating
-//!    at the start) is closed the same way, and the phase becomes
-//!    [`DrainPhase::Drained`].
+//! 4. at the end of the window, or as soon as no session is left, whatever
+//!    remains (streams still negotiating at the start) is closed the same
+//!    way, and the phase becomes [`DrainPhase::Drained`].
 //!
 //! XEP-0198 resumption is not implemented: a drained client logs in again.
 
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Shared;
 
 /// The window used when a drain request names none, unless configured.
-pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
 
 /// Where a node is in its drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,9 +125,14 @@ async fn close_streams(shared: Arc<Shared>, window: Duration) {
         // RFC 6120 section 4.9.3.20: the server is being shut down.
         handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
     }
-    tokio::select! {
-        _ = tokio::time::sleep_until(started + window) => {}
-        _ = shared.shutdown.cancelled() => {}
+    // The closed sessions end (unbind, unavailable presence) within moments;
+    // once none is left there is nothing to wait for.
+    let end = started + window;
+    while Instant::now() < end && !shared.connections.read().is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100).min(end - Instant::now())) => {}
+            _ = shared.shutdown.cancelled() => break,
+        }
     }
     // Streams that were negotiating when the drain started, and any bound
     // since, end like at shutdown (every connection task watches this token).
