@@ -82,7 +82,14 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Admin(args) => crate::admin::run(args, &config).await,
         Command::Config { command } => {
             match command {
-                ConfigCommand::Check => print!("{}", toml::to_string(&config)?),
+                ConfigCommand::Check => {
+                    let mut shown = config.clone();
+                    if !shown.admin.token.is_empty() {
+                        // A secret: its presence is what the check shows.
+                        shown.admin.token = "(set, not shown)".into();
+                    }
+                    print!("{}", toml::to_string(&shown)?)
+                }
                 ConfigCommand::Keys => {
                     for (key, default) in config::key_paths() {
                         println!("{key:<36} {:<44} default {default}", config::env_name(&key));
