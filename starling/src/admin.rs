@@ -260,6 +260,7 @@ pub async fn run(args: AdminArgs, config: &Config) -> anyhow::Result<()> {
     match args.command {
         AdminCommand::Sessions { command } => match command {
             SessionsCommand::List { node, user, limit } => {
+                let limit = limit.filter(|limit| *limit > 0);
                 let mut sessions = Vec::new();
                 let mut after = String::new();
                 loop {

@@ -250,7 +250,8 @@ impl RedisClient {
         self.key(&format!("nodesess:{}", hash_tag(node_id)))
     }
 
-    /// `nodes`: SET of every node that ever registered a session (what the janitor scans).
+    /// `nodes`: SET of every node that registered a session or keeps a liveness
+    /// key (what the janitor scans and the admin API lists as the cluster's nodes).
     pub fn nodes_key(&self) -> String {
         self.key("nodes")
     }
