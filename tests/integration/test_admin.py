@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import BIN, RawClient, Server, free_port, login, logout, wait_until
-from test_cluster import SCRIPT, Cluster
+from test_cluster import SCRIPT, Cluster, befriend
 
 TOKEN = "admin-test-token-0123456789"
 ADMIN_SECTION = """
@@ -154,13 +154,27 @@ async def test_one_process_sessions_kick_announce_users_and_drain(server_factory
     code, _, err = admin(endpoint, "kick", "nobody@localhost")
     assert code == 1, err
 
+    # A kicked session ends like any disconnect: its contacts see it leave
+    # (RFC 6121 section 4.5.2).
+    ok(endpoint, "users", "add", "carol@localhost", "carol-pass")
+    carol = await login(srv, "carol@localhost", "carol-pass", "tablet")
+    await befriend(bob, carol, "carol@localhost")
+    carol.send_presence(pstatus="here")
+    await bob.next_presence(lambda p: p["from"].full == "carol@localhost/tablet" and p["status"] == "here")
+    # slixmpp replaces its `disconnected` future at each disconnect: hold this one.
+    carol_gone = carol.disconnected
+    assert ok(endpoint, "kick", "carol@localhost", "--condition", "reset")["kicked"] == ["carol@localhost/tablet"]
+    await bob.next_presence(lambda p: p["from"].full == "carol@localhost/tablet" and p["type"] == "unavailable")
+    await asyncio.wait_for(carol_gone, 10)
+
     # Drain: not ready at once, no new connections, streams closed.
     assert readyz(f"127.0.0.1:{srv.http}") == 200
+    bob_gone = bob.disconnected
     ok(endpoint, "drain", node["node"], "--window", "2")
     assert readyz(f"127.0.0.1:{srv.http}") == 503
     wait_until(lambda: refused(srv.c2s), timeout=2, what="the c2s listener to close")
     wait_until(lambda: ok(endpoint, "nodes")[0]["state"] == "draining", what="the node to report draining")
-    await asyncio.wait_for(bob.disconnected, 10)
+    await asyncio.wait_for(bob_gone, 10)
     raw.close()
     assert srv.stop() == 0
 
@@ -235,6 +249,7 @@ async def test_cluster_admin_from_the_routers(admin_cluster):
     cm2 = c.processes["cm-2"]
     assert readyz(cm2["http"]) == 200
     started = time.monotonic()
+    b_gone = b.disconnected
     ok(router_2, "drain", "cm-2", "--window", "4", token=token)
     wait_until(lambda: readyz(cm2["http"]) == 503, timeout=1, what="cm-2 not ready")
     wait_until(lambda: refused(c.node("cm-2").c2s), timeout=2, what="cm-2 to refuse connections")
@@ -243,7 +258,7 @@ async def test_cluster_admin_from_the_routers(admin_cluster):
     assert nodes["cm-1"]["state"] == "ready"
     closed = dave_raw.read_until_closed(timeout=15)
     assert "<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in closed, closed
-    await asyncio.wait_for(b.disconnected, 15)
+    await asyncio.wait_for(b_gone, 15)
     assert time.monotonic() - started < 4 + 3
     wait_until(lambda: per_node().get("cm-2", 0) == 0, what="cm-2's sessions to be unbound")
     b_again = await login(c.node("cm-1"), bob, bob_pw, "phone")
