@@ -295,30 +295,6 @@ fn spawn_liveness(
     Some((liveness, task))
 }
 
-/// A drain (from SIGTERM or the admin API) makes the process not ready at
-/// once and marks the node as draining in Redis (`nodedrain:{id}`).
-fn spawn_drain_watch(
-    drain: &starling_connection_manager::DrainHandle,
-    readiness: &Readiness,
-    liveness: &Option<(NodeLiveness, JoinHandle<()>)>,
-) {
-    let mut phase_rx = drain.subscribe();
-    let readiness = readiness.clone();
-    let marker = liveness
-        .as_ref()
-        .map(|(liveness, _)| liveness.drain_marker());
-    tokio::spawn(async move {
-        let phase = match phase_rx.wait_for(|phase| phase.is_draining()).await {
-            Ok(phase) => *phase,
-            Err(_) => return,
-        };
-        readiness.set_draining();
-        if let (Some(marker), Some(since)) = (marker, phase.draining_since()) {
-            marker.mark(starling_admin::unix_ms(since));
-        }
-    });
-}
-
 pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     init_logging(&config);
     let node_id = if config.cluster.node_id.is_empty() {
@@ -515,30 +491,22 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
             liveness = spawn_liveness(&config, state, &node_id, &bound);
             let drain_handle = bound.drain_handle();
             drain_handle.set_default_window(Duration::from_secs(config.drain.window_secs));
-            spawn_drain_watch(&drain_handle, &readiness, &liveness);
+            let marker = liveness
+                .as_ref()
+                .map(|(liveness, _)| liveness.drain_marker());
+            crate::admin_server::watch_drain(&drain_handle, readiness.clone(), marker);
             if target == Target::All {
-                let membership: Arc<dyn starling_admin::Membership> = match &state.redis {
-                    Some(redis) => Arc::new(starling_admin::RedisMembership::new(redis.clone())),
-                    None => {
-                        let drain_handle = drain_handle.clone();
-                        Arc::new(starling_admin::LocalMembership::new(
-                            node_id.clone(),
-                            Arc::new(move || {
-                                drain_handle
-                                    .phase()
-                                    .draining_since()
-                                    .map(starling_admin::unix_ms)
-                            }),
-                        ))
-                    }
-                };
                 admin_task = crate::admin_server::spawn(
                     &config,
                     AdminParts {
                         registry: state.registry.clone(),
                         bus: state.bus.clone(),
                         storage: storage.clone(),
-                        membership,
+                        membership: crate::admin_server::membership(
+                            state.redis.clone(),
+                            &node_id,
+                            &drain_handle,
+                        ),
                     },
                     wait_for(shutdown_rx.clone()),
                 )
