@@ -30,6 +30,7 @@ use starling_storage::{redact_url, Storage, StorageMetrics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin_server::AdminParts;
 use crate::config::Config;
 use crate::http::{self, Readiness};
 
@@ -373,6 +374,8 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     let mut connection_manager = None;
     let mut routes = axum::Router::new();
     let mut https_acceptor = None;
+    let mut admin_task = None;
+    let mut drain = None;
 
     let state = if target == Target::Storage {
         None
@@ -453,6 +456,19 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
             );
             router.set_presence(presence.clone());
             janitor = spawn_janitor(state, presence);
+            admin_task = crate::admin_server::spawn(
+                &config,
+                AdminParts {
+                    registry: state.registry.clone(),
+                    bus: state.bus.clone(),
+                    storage: storage.clone(),
+                    membership: Arc::new(starling_admin::RedisMembership::new(
+                        state.redis.clone().expect("a session-router runs on redis"),
+                    )),
+                },
+                wait_for(shutdown_rx.clone()),
+            )
+            .await?;
             let address = config.grpc_addr().expect("checked above");
             let grpc_server_metrics = GrpcServerMetrics::register(&registry)
                 .context("cannot register the grpc server metrics")?;
@@ -566,6 +582,30 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
                 tracing::info!(role, %address, "listening");
             }
             liveness = spawn_liveness(&config, state, &node_id, &bound);
+            let drain_handle = bound.drain_handle();
+            drain_handle.set_default_window(Duration::from_secs(config.drain.window_secs));
+            let marker = liveness
+                .as_ref()
+                .map(|(liveness, _)| liveness.drain_marker());
+            crate::admin_server::watch_drain(&drain_handle, readiness.clone(), marker);
+            if target == Target::All {
+                admin_task = crate::admin_server::spawn(
+                    &config,
+                    AdminParts {
+                        registry: state.registry.clone(),
+                        bus: state.bus.clone(),
+                        storage: storage.clone(),
+                        membership: crate::admin_server::membership(
+                            state.redis.clone(),
+                            &node_id,
+                            &drain_handle,
+                        ),
+                    },
+                    wait_for(shutdown_rx.clone()),
+                )
+                .await?;
+            }
+            drain = Some(drain_handle);
             routes = bound.websocket_router();
             https_acceptor = Some(bound.https_acceptor());
             connection_manager = Some(bound);
@@ -608,11 +648,27 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
         (None, _) => None,
     };
 
+    if admin_task.is_none() && config.admin_addr().is_some() {
+        tracing::warn!(
+            target = target.name(),
+            "admin.listen is set but the admin api is served by the session-router and all targets only"
+        );
+    }
+
     let signal_readiness = readiness.clone();
     let signal_task = tokio::spawn(async move {
         termination_signal().await;
-        // Drain in order: not-ready first, then stop accepting and close streams.
+        // Drain in order: not-ready first, then stop accepting and close
+        // streams (spread over drain.window_secs on a connection-manager).
         signal_readiness.set_draining();
+        if let Some(drain) = drain {
+            drain.start(None);
+            tokio::select! {
+                _ = drain.drained() => {}
+                // A second signal does not wait for the window.
+                _ = termination_signal() => tracing::warn!("second signal: not waiting for the drain"),
+            }
+        }
         let _ = shutdown_tx.send(true);
     });
 
@@ -644,6 +700,15 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     }
     if let Some(task) = https_task {
         let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+    }
+    if let Some(task) = admin_task {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(error = %format!("{error:#}"), "admin api stopped with an error")
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("admin api did not stop in time"),
+        }
     }
     if let Some(task) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

@@ -58,6 +58,10 @@ pub enum Delivery {
         condition: StreamErrorCondition,
         text: Option<String>,
     },
+    /// Drain the node (the admin API's DrainNode): not ready, no new
+    /// connections, every stream closed with `<system-shutdown/>` (RFC 6120
+    /// section 4.9.3.20) spread over `window`; `None`: the node's configured window.
+    Drain { window: Option<std::time::Duration> },
 }
 
 /// The receiving end a connection-manager reads its deliveries from.
@@ -135,6 +139,20 @@ mod tests {
         assert_eq!(bus.publish("cm1", delivery.clone()).await.unwrap(), 1);
         assert_eq!(bus.publish("cm2", delivery.clone()).await.unwrap(), 0);
         assert_eq!(receiver.recv().await, Some(delivery));
+    }
+
+    #[test]
+    fn a_drain_round_trips_through_its_envelope() {
+        let limits = starling_xmpp::Limits::default();
+        for delivery in [
+            Delivery::Drain {
+                window: Some(std::time::Duration::from_secs(30)),
+            },
+            Delivery::Drain { window: None },
+        ] {
+            let decoded = decode_delivery(&encode_delivery(&delivery), &limits).unwrap();
+            assert_eq!(decoded, delivery);
+        }
     }
 
     #[tokio::test]

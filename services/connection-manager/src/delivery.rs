@@ -64,6 +64,9 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     handle.close(Some(StreamError { condition, text }));
                 }
             }
+            Delivery::Drain { window } => {
+                crate::drain::start(&shared, window);
+            }
         }
     }
     tracing::debug!(node = %shared.node_id, "delivery channel closed");
