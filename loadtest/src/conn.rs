@@ -255,9 +255,15 @@ fn websocket_io_error(error: tungstenite::Error) -> std::io::Error {
 
 impl Session {
     fn new(link: Link) -> Self {
+        // Over WebSocket tungstenite has the read buffer; ours only ever holds
+        // whole messages and grows to the largest one.
+        let capacity = match link {
+            Link::Stream(_) => READ_CHUNK,
+            Link::WebSocket(_) => 0,
+        };
         Session {
             link,
-            buffer: Vec::with_capacity(READ_CHUNK),
+            buffer: Vec::with_capacity(capacity),
             scanner: Scanner::new(),
             full_jid: String::new(),
             roster_both: 0,
