@@ -307,7 +307,8 @@ stop_starling-cluster() {
 
 prepare_prosody() {
     local dir="$OUT/prosody"
-    rm -rf "$dir" && mkdir -p "$dir/data"
+    # certs/ only so that Prosody's certificate directory scan finds a folder.
+    rm -rf "$dir" && mkdir -p "$dir/data" "$dir/certs"
     make_certificate "$dir"
     # STARTTLS and direct TLS with the self-signed certificate; mod_websocket on
     # Prosody's HTTP port (its own, PROSODY_PORT + 58) at /xmpp-websocket, plain
@@ -477,12 +478,53 @@ run_load() {
     cat "$OUT/$SERVER-$name.txt" >&2 || true
 }
 
+# Wait (at most 30 s) until the resident memory of the measured processes and
+# their descendants has stopped moving: a server that just opened its port may
+# still be starting (ejabberd's RSS falls by 10-20 MB in its first seconds),
+# and the idle run's baseline must not include that.
+wait_memory_settled() {
+    python3 - "${PIDS[@]}" <<'EOF'
+import os, sys, time
+roots = {int(p) for p in sys.argv[1:] if p != "--server-pid"}
+def rss_kib():
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, grew = set(roots), True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in tree} - tree
+        grew = bool(children)
+        tree |= children
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total
+history = [rss_kib()]
+for _ in range(30):
+    time.sleep(1)
+    history.append(rss_kib())
+    window = history[-4:]
+    if len(window) == 4 and max(window) - min(window) <= max(256, max(window) // 200):
+        break
+EOF
+}
+
 # An idle run on a server started for it alone: its memory baseline is the
 # empty server, not one whose allocator keeps the memory of earlier sessions.
 fresh_idle() { # NAME FLAGS...
     local name=$1
     shift
     "launch_$SERVER"
+    wait_memory_settled
     run_load "$name" idle $(( IDLE_DURATION + 10 )) --duration "$IDLE_DURATION" "$@"
     "stop_$SERVER"
 }

@@ -775,3 +775,133 @@ pub async fn register(
     session.close().await;
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+    /// The server side of RFC 7395 section 3.1: the client must offer `xmpp`,
+    /// the answer selects it. (The error type is tungstenite's callback
+    /// contract, an HTTP response.)
+    #[allow(clippy::result_large_err)]
+    fn select_xmpp(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+        let offered = request
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        assert_eq!(offered, "xmpp");
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("xmpp"));
+        Ok(response)
+    }
+
+    /// A scripted RFC 7395 server: it checks that every message is one
+    /// element declaring its namespace, and answers a PLAIN login.
+    async fn scripted_server(listener: TcpListener) -> Vec<String> {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut socket = tokio_tungstenite::accept_hdr_async(stream, select_xmpp)
+            .await
+            .expect("handshake");
+        let open = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='s' from='localhost' version='1.0'/>";
+        let mut received = Vec::new();
+        let mut streams = 0;
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let text = text.as_str().to_string();
+            let (ranges, leftover) = xml::split_elements(text.as_bytes());
+            assert!(ranges.len() == 1 && !leftover, "one element: {text}");
+            assert!(
+                xml::attribute(text.as_bytes(), "xmlns").is_some(),
+                "namespace: {text}"
+            );
+            received.push(text.clone());
+            let name = xml::name(text.as_bytes()).to_vec();
+            let replies: Vec<String> = match name.as_slice() {
+                b"open" => {
+                    streams += 1;
+                    let features = if streams == 1 {
+                        "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+                    } else {
+                        "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+                    };
+                    vec![open.into(), features.into()]
+                }
+                b"auth" => vec!["<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into()],
+                b"iq" if text.contains("id='bind1'") => vec![
+                    "<iq xmlns='jabber:client' type='result' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@localhost/load</jid></bind></iq>".into(),
+                ],
+                b"iq" => vec![
+                    "<iq xmlns='jabber:client' type='result' id='roster1'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='both'/></query></iq>".into(),
+                ],
+                b"presence" => vec![
+                    "<message xmlns='jabber:client' from='bob@localhost/x' type='chat'><body>hi</body></message>".into(),
+                    "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>".into(),
+                ],
+                _ => Vec::new(),
+            };
+            for reply in replies {
+                socket.send(Message::text(reply)).await.expect("send");
+            }
+            if name == b"close" {
+                break;
+            }
+        }
+        received
+    }
+
+    /// The whole login over WebSocket against the scripted server, then a
+    /// stanza and the server's `<close/>` read through the session.
+    #[tokio::test]
+    async fn login_over_websocket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(scripted_server(listener));
+        let target = Target {
+            servers: vec![address],
+            domain: "localhost".into(),
+            tls: TlsMode::None,
+            transport: TransportMode::Websocket,
+            ws_path: "/xmpp-websocket".into(),
+            mechanisms: vec![Mechanism::Plain],
+            resource: "load".into(),
+            roster_get: true,
+            source_addrs: Vec::new(),
+            tls_connector: insecure_tls_connector(),
+        };
+        let credentials = Credentials {
+            username: "alice",
+            password: "secret",
+        };
+        let mut session = login(&target, 0, &credentials, &mut None)
+            .await
+            .expect("login");
+        assert!(session.is_websocket());
+        assert_eq!(session.full_jid, "alice@localhost/load");
+        assert_eq!(session.roster_both, 1);
+        let message = session.next_element().await.expect("message");
+        assert_eq!(
+            xml::child_text(&session.buffer[message], "body"),
+            Some(&b"hi"[..])
+        );
+        let end = session.next_element().await.expect_err("closed");
+        assert_eq!(end.kind, ErrorKind::StreamClosed);
+        session.close().await;
+        let received = server.await.expect("server");
+        let names: Vec<String> = received
+            .iter()
+            .map(|text| String::from_utf8_lossy(xml::name(text.as_bytes())).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["open", "auth", "open", "iq", "iq", "presence", "close"]
+        );
+        assert!(received[0].contains("to='localhost'"));
+        assert!(received[5].starts_with("<presence xmlns='jabber:client'"));
+    }
+}
