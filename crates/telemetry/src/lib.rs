@@ -16,6 +16,8 @@
 //! the future through.
 
 pub mod grpc;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::future::Future;

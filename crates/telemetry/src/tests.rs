@@ -3,29 +3,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::trace::{SpanId, TracerProvider};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument;
-use tracing_subscriber::layer::SubscriberExt;
 
 use super::*;
-
-/// A subscriber exporting every span to memory, as `starling serve` does to
-/// OTLP. The provider must outlive the checks: its shutdown empties the exporter.
-fn recording() -> (
-    InMemorySpanExporter,
-    SdkTracerProvider,
-    impl tracing::Subscriber + Send + Sync,
-) {
-    enable();
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    (exporter, provider, subscriber)
-}
+use crate::testing::{recording, SpanData, SpanId};
 
 fn span_named<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
     spans
@@ -36,7 +17,7 @@ fn span_named<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
 
 #[test]
 fn a_context_handed_over_makes_the_receiver_a_child() {
-    let (exporter, _provider, subscriber) = recording();
+    let (recorded, subscriber) = recording();
     let carried = tracing::subscriber::with_default(subscriber, || {
         let sender = tracing::info_span!(target: SPAN_TARGET, "test.send");
         let carried = sender.in_scope(TraceContext::current);
@@ -48,7 +29,7 @@ fn a_context_handed_over_makes_the_receiver_a_child() {
         receiver.in_scope(|| {});
         carried
     });
-    let spans = exporter.get_finished_spans().unwrap();
+    let spans = recorded.spans();
     let (sender, receiver) = (
         span_named(&spans, "test.send"),
         span_named(&spans, "test.receive"),
@@ -72,7 +53,7 @@ fn a_context_handed_over_makes_the_receiver_a_child() {
 
 #[test]
 fn without_a_valid_parent_the_receiver_starts_a_trace() {
-    let (exporter, _provider, subscriber) = recording();
+    let (recorded, subscriber) = recording();
     tracing::subscriber::with_default(subscriber, || {
         assert!(TraceContext::current().is_empty(), "no span, no context");
         for (index, received) in [
@@ -90,7 +71,7 @@ fn without_a_valid_parent_the_receiver_starts_a_trace() {
             span.in_scope(|| {});
         }
     });
-    let spans = exporter.get_finished_spans().unwrap();
+    let spans = recorded.spans();
     assert_eq!(spans.len(), 2);
     for span in &spans {
         assert_eq!(span.parent_span_id, SpanId::INVALID, "{span:?}");
@@ -99,7 +80,7 @@ fn without_a_valid_parent_the_receiver_starts_a_trace() {
 
 #[test]
 fn the_trace_state_travels_too() {
-    let (_exporter, _provider, subscriber) = recording();
+    let (_recorded, subscriber) = recording();
     tracing::subscriber::with_default(subscriber, || {
         let upstream = TraceContext::from_map(HashMap::from([
             (
@@ -127,14 +108,14 @@ async fn callee() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_remote_parent_covers_spans_made_when_called_and_when_polled() {
-    let (exporter, _provider, subscriber) = recording();
+    let (recorded, subscriber) = recording();
     let _default = tracing::subscriber::set_default(subscriber);
     let caller = tracing::info_span!(target: SPAN_TARGET, "test.caller");
     let carried = TraceContext::of(&caller);
     with_remote_parent(&carried, callee).await;
     with_remote_parent(&carried, || async { callee().await }).await;
     drop(caller);
-    let spans = exporter.get_finished_spans().unwrap();
+    let spans = recorded.spans();
     let caller = span_named(&spans, "test.caller");
     let callees: Vec<&SpanData> = spans
         .iter()
@@ -172,7 +153,7 @@ async fn the_grpc_server_layer_parents_the_handler_on_the_metadata() {
     use tower_layer::Layer;
     use tower_service::Service;
 
-    let (exporter, _provider, subscriber) = recording();
+    let (recorded, subscriber) = recording();
     let _default = tracing::subscriber::set_default(subscriber);
     let client = tracing::info_span!(target: SPAN_TARGET, "test.client");
     let mut request = http::Request::new(());
@@ -186,7 +167,7 @@ async fn the_grpc_server_layer_parents_the_handler_on_the_metadata() {
     service.call(request).await.unwrap();
     service.call(http::Request::new(())).await.unwrap();
     drop(client);
-    let spans = exporter.get_finished_spans().unwrap();
+    let spans = recorded.spans();
     let client = span_named(&spans, "test.client");
     let parents: Vec<SpanId> = spans
         .iter()
