@@ -120,6 +120,9 @@ fn subscriber(
             logging.with(
                 tracing_opentelemetry::layer()
                     .with_tracer(provider.tracer("starling"))
+                    // No per-poll timing or thread attributes: less work per span.
+                    .with_tracked_inactivity(false)
+                    .with_threads(false)
                     .with_filter(Targets::new().with_target(SPAN_TARGET, tracing::Level::TRACE)),
             ),
         ),
