@@ -52,12 +52,13 @@ pub fn is_enabled() -> bool {
     PROPAGATION_ENABLED.load(Ordering::Acquire)
 }
 
-/// A W3C trace context as a string map (`traceparent`, and `tracestate`
+/// A W3C trace context as string pairs (`traceparent`, and `tracestate`
 /// when there is one): the carrier in gRPC metadata, route requests and bus
-/// envelopes. Empty when tracing is off or nothing was sampled upstream.
+/// envelopes. Empty when tracing is off. (A list, not a map: at most two
+/// entries, and an empty one costs nothing to make, unlike a `HashMap`.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceContext {
-    entries: HashMap<String, String>,
+    entries: Vec<(String, String)>,
 }
 
 impl TraceContext {
@@ -84,15 +85,18 @@ impl TraceContext {
     }
 
     fn of_otel(context: &Context) -> Self {
-        let mut entries = HashMap::new();
-        if context.span().span_context().is_valid() {
-            TraceContextPropagator::new().inject_context(context, &mut entries);
+        if !context.span().span_context().is_valid() {
+            return TraceContext::empty();
         }
-        TraceContext { entries }
+        let mut map = HashMap::new();
+        TraceContextPropagator::new().inject_context(context, &mut map);
+        Self::from_map(map)
     }
 
     /// From a received map (a protobuf `map<string, string>`).
-    pub fn from_map(entries: HashMap<String, String>) -> Self {
+    pub fn from_map(map: HashMap<String, String>) -> Self {
+        let mut entries: Vec<(String, String)> = map.into_iter().collect();
+        entries.sort();
         TraceContext { entries }
     }
 
@@ -101,18 +105,19 @@ impl TraceContext {
         if !is_enabled() {
             return TraceContext::empty();
         }
-        let mut entries = HashMap::new();
-        for key in [TRACEPARENT, TRACESTATE] {
-            if let Some(value) = headers.get(key).and_then(|value| value.to_str().ok()) {
-                entries.insert(key.to_string(), value.to_string());
-            }
-        }
+        let entries = [TRACEPARENT, TRACESTATE]
+            .into_iter()
+            .filter_map(|key| {
+                let value = headers.get(key)?.to_str().ok()?;
+                Some((key.to_string(), value.to_string()))
+            })
+            .collect();
         TraceContext { entries }
     }
 
     /// Into a protobuf `map<string, string>`.
     pub fn into_map(self) -> HashMap<String, String> {
-        self.entries
+        self.entries.into_iter().collect()
     }
 
     /// The entries, for a carrier such as gRPC metadata.
@@ -123,7 +128,10 @@ impl TraceContext {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.get(key).map(String::as_str)
+        self.entries
+            .iter()
+            .find(|(entry_key, _)| entry_key == key)
+            .map(|(_, value)| value.as_str())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,7 +144,8 @@ impl TraceContext {
         if self.entries.is_empty() || !is_enabled() {
             return None;
         }
-        let context = TraceContextPropagator::new().extract(&self.entries);
+        let carrier: HashMap<String, String> = self.entries.iter().cloned().collect();
+        let context = TraceContextPropagator::new().extract(&carrier);
         context.span().span_context().is_valid().then_some(context)
     }
 
