@@ -7,6 +7,10 @@
 #   deploy/local-cluster.sh down     stop exactly what `up` started
 #   deploy/local-cluster.sh status   show which of its processes run
 #
+# The session-routers serve the admin API (`starling admin ...`) on loopback,
+# with a token generated once into $STARLING_CLUSTER_DIR/admin.token:
+#   starling admin --config $STARLING_CLUSTER_DIR/admin.toml nodes
+#
 # Environment:
 #   STARLING_CLUSTER_DIR  state folder: configs, logs, pid files (default: .cluster/ in the repo, ignored by git)
 #   STARLING_BASE_PORT    every port of the cluster counts up from here (default 17000)
@@ -40,6 +44,23 @@ if [ "${STARLING_STORAGE_REPLICAS:-1}" = 2 ]; then
 fi
 
 port() { [ "$1" = - ] && echo "" || echo $((base + $1)); }
+# The admin API of the session-routers: their gRPC port + 2.
+admin_port() { # name -> admin port, or nothing
+  local line name target grpc
+  for line in "${processes[@]}"; do
+    read -r name target grpc _ <<<"$line"
+    [ "$name" = "$1" ] && [ "$target" = session-router ] && echo $((base + grpc + 2))
+  done
+  return 0
+}
+admin_endpoints() { # the admin endpoints, space-separated
+  local line name out=()
+  for line in "${processes[@]}"; do
+    read -r name _ <<<"$line"
+    [ -n "$(admin_port "$name")" ] && out+=("http://127.0.0.1:$(admin_port "$name")")
+  done
+  echo "${out[*]}"
+}
 endpoints() { # target -> comma-free TOML list of its gRPC endpoints
   local out=() line
   for line in "${processes[@]}"; do
@@ -68,6 +89,20 @@ ensure_database() {
 
 write_configs() {
   mkdir -p "$state/logs" "$state/run" "$state/data"
+  if [ ! -s "$state/admin.token" ]; then
+    (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$state/admin.token")
+  fi
+  local first_admin
+  first_admin=$(admin_endpoints | cut -d' ' -f1)
+  # For `starling admin --config admin.toml ...`: the first router's admin API.
+  cat >"$state/admin.toml" <<TOML
+# Written by deploy/local-cluster.sh: \`starling admin --config $state/admin.toml nodes\`
+domain = "$domain"
+data_dir = "$state/data"
+[admin]
+listen = "${first_admin#http://}"
+token_file = "$state/admin.token"
+TOML
   cat >"$state/starling.toml" <<TOML
 # Written by deploy/local-cluster.sh: \`starling user add USER@$domain PASSWORD --config $state/starling.toml\`
 domain = "$domain"
@@ -96,6 +131,13 @@ storage = $(endpoints storage)
 routers = $(endpoints session-router)
 presence = $(endpoints presence)
 TOML
+    if [ -n "$(admin_port "$name")" ]; then
+      cat >>"$state/$name.toml" <<TOML
+[admin]
+listen = "127.0.0.1:$(admin_port "$name")"
+token_file = "$state/admin.token"
+TOML
+    fi
   done
 }
 
@@ -142,8 +184,11 @@ up() {
     printf '%-11s %-19s %-8s %-16s %-16s %-16s %-16s\n' "$name" "$target" "$pid" "${a_c2s:--}" "${a_tls:--}" "$a_http" "${a_grpc:--}"
     json+=("{\"name\":\"$name\",\"target\":\"$target\",\"pid\":$pid,\"c2s\":$( [ -n "$a_c2s" ] && echo "\"$a_c2s\"" || echo null),\"c2s_tls\":$( [ -n "$a_tls" ] && echo "\"$a_tls\"" || echo null),\"http\":\"$a_http\",\"grpc\":$( [ -n "$a_grpc" ] && echo "\"$a_grpc\"" || echo null),\"log\":\"$state/logs/$name.log\"}")
   done
-  (IFS=,; printf '{"domain":"%s","config":"%s","processes":[%s]}\n' "$domain" "$state/starling.toml" "${json[*]}") >"$state/cluster.json"
+  local admin_json
+  admin_json=$(admin_endpoints | sed 's/[^ ][^ ]*/"&"/g; s/ /,/g')
+  (IFS=,; printf '{"domain":"%s","config":"%s","processes":[%s],"admin":{"endpoints":[%s],"token_file":"%s","config":"%s"}}\n' "$domain" "$state/starling.toml" "${json[*]}" "$admin_json" "$state/admin.token" "$state/admin.toml") >"$state/cluster.json"
   echo "state: $state (cluster.json, starling.toml, logs/)"
+  echo "admin: $(admin_endpoints) (token in $state/admin.token; starling admin --config $state/admin.toml nodes)"
 }
 
 down() {
@@ -170,6 +215,8 @@ status() {
     read -r name _ <<<"$line"
     if running "$state/run/$name.pid"; then echo "$name running (pid $(cat "$state/run/$name.pid"))"; else echo "$name stopped"; fi
   done
+  [ -s "$state/admin.token" ] && echo "admin: $(admin_endpoints) (token in $state/admin.token; starling admin --config $state/admin.toml nodes)"
+  return 0
 }
 
 case "${1:-}" in

@@ -8,6 +8,7 @@ const PROTO_FILES: &[&str] = &[
     "starling/storage/v1/storage.proto",
     "starling/router/v1/router.proto",
     "starling/presence/v1/presence.proto",
+    "starling/admin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,6 +10,7 @@
 //! - `router_service` / [`GrpcRouterClient`]: `starling.router.v1`, with the
 //!   per-stanza bidirectional `RouteStream`
 //! - `presence_service` / [`GrpcPresenceClient`]: `starling.presence.v1`
+//! - `admin::v1`: the operator's admin API (server in `starling-admin`)
 //! - `bus::v1`: the delivery envelope the routers publish to connection-managers
 //! - [`serve_grpc`]: every service a process runs, on one port
 
@@ -74,6 +75,14 @@ pub mod presence {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("starling.presence.v1");
+    }
+}
+
+/// `starling.admin.v1`: the operator's admin API (served by `starling-admin`).
+pub mod admin {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("starling.admin.v1");
     }
 }
 

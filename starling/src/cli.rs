@@ -39,6 +39,8 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Operate a running server through its admin API (`[admin]`).
+    Admin(crate::admin::AdminArgs),
     /// Check the configuration and print it with every override applied.
     Config {
         #[command(subcommand)]
@@ -77,9 +79,17 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             UserCommand::Remove { jid } => crate::user::remove(&config, &jid).await,
             UserCommand::List { domain } => crate::user::list(&config, &domain).await,
         },
+        Command::Admin(args) => crate::admin::run(args, &config).await,
         Command::Config { command } => {
             match command {
-                ConfigCommand::Check => print!("{}", toml::to_string(&config)?),
+                ConfigCommand::Check => {
+                    let mut shown = config.clone();
+                    if !shown.admin.token.is_empty() {
+                        // A secret: its presence is what the check shows.
+                        shown.admin.token = "(set, not shown)".into();
+                    }
+                    print!("{}", toml::to_string(&shown)?)
+                }
                 ConfigCommand::Keys => {
                     for (key, default) in config::key_paths() {
                         println!("{key:<36} {:<44} default {default}", config::env_name(&key));

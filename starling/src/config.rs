@@ -46,6 +46,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    pub admin: AdminConfig,
+    pub drain: DrainConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -69,6 +71,33 @@ impl Default for TelemetryConfig {
             sample_ratio: 1.0,
             service_name: String::new(),
         }
+    }
+}
+
+/// The admin API (gRPC, `starling admin ...`): served by the session-router
+/// and `--target all` processes when `listen` is set; never open by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where the admin API listens, such as 127.0.0.1:5290; empty (the default) disables it.
+    pub listen: String,
+    /// The bearer token every admin call must carry (at least 16 characters); or `token_file`.
+    pub token: String,
+    /// A file whose first line is the token (instead of `token`).
+    pub token_file: String,
+}
+
+/// Graceful drain of a connection-manager (SIGTERM, or the admin API's drain).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Seconds over which the streams are closed with <system-shutdown/> (SIGTERM, and a drain that names no window).
+    pub window_secs: u64,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig { window_secs: 5 }
     }
 }
 
@@ -192,6 +221,8 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
+            admin: AdminConfig::default(),
+            drain: DrainConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -513,6 +544,7 @@ impl Config {
                 message: "must be at least 2".into(),
             });
         }
+        self.validate_admin()?;
         self.telemetry.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
@@ -521,6 +553,59 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        parse_listen("admin.listen", &self.admin.listen)?;
+        if !self.admin.token.is_empty() && !self.admin.token_file.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "admin.token",
+                message: "set admin.token or admin.token_file, not both".into(),
+            });
+        }
+        if !self.admin.token_file.is_empty() {
+            self.admin_token()?;
+        } else if !self.admin.token.is_empty() {
+            check_admin_token("admin.token", &self.admin.token)?;
+        } else if !self.admin.listen.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "admin.token",
+                message: "must be set (or admin.token_file) when admin.listen is set: the admin API is never open".into(),
+            });
+        }
+        if self.drain.window_secs > 3600 {
+            return Err(ConfigError::Invalid {
+                key: "drain.window_secs",
+                message: "must be at most 3600".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The admin token: `admin.token`, or the first line of `admin.token_file`;
+    /// `None` when neither is set.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        if !self.admin.token.is_empty() {
+            return Ok(Some(self.admin.token.clone()));
+        }
+        if self.admin.token_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.admin.token_file).map_err(|error| {
+            ConfigError::Invalid {
+                key: "admin.token_file",
+                message: format!("cannot read {}: {error}", self.admin.token_file),
+            }
+        })?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        check_admin_token("admin.token_file", &token)?;
+        Ok(Some(token))
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        parse_listen("admin.listen", &self.admin.listen)
+            .ok()
+            .flatten()
     }
 
     /// The storage URL, defaulting to a SQLite file in the data directory.
@@ -562,6 +647,23 @@ impl Config {
             .ok()
             .flatten()
     }
+}
+
+/// The shortest admin token (`starling_admin::MIN_TOKEN_BYTES`).
+const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+fn check_admin_token(key: &'static str, token: &str) -> Result<(), ConfigError> {
+    if token.len() < MIN_ADMIN_TOKEN_BYTES
+        || token.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "the admin token must be at least {MIN_ADMIN_TOKEN_BYTES} characters without spaces"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl TelemetryConfig {
@@ -717,6 +819,54 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("cluster.routers"), "{error}");
+    }
+
+    #[test]
+    fn the_admin_api_is_never_open_without_a_token() {
+        let config = Config::from_toml_str("test", "", &env(&[])).unwrap();
+        assert_eq!(config.admin_addr(), None);
+        assert_eq!(config.admin_token().unwrap(), None);
+        let error =
+            Config::from_toml_str("test", "[admin]\nlisten = \"127.0.0.1:5290\"\n", &env(&[]))
+                .unwrap_err();
+        assert!(error.to_string().contains("`admin.token`"), "{error}");
+        let error = Config::from_toml_str(
+            "test",
+            "[admin]\nlisten = \"127.0.0.1:5290\"\ntoken = \"short\"\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("`admin.token`"), "{error}");
+        let config = Config::from_toml_str(
+            "test",
+            "[admin]\nlisten = \"127.0.0.1:5290\"\n",
+            &env(&[("STARLING_ADMIN_TOKEN", "0123456789abcdef0123")]),
+        )
+        .unwrap();
+        assert_eq!(config.admin_addr(), Some("127.0.0.1:5290".parse().unwrap()));
+        assert_eq!(
+            config.admin_token().unwrap().as_deref(),
+            Some("0123456789abcdef0123")
+        );
+    }
+
+    #[test]
+    fn the_admin_token_can_come_from_a_file() {
+        let path =
+            std::env::temp_dir().join(format!("starling-admin-token-{}", std::process::id()));
+        std::fs::write(&path, "fedcba9876543210fedcba\n").unwrap();
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:5290\"\ntoken_file = \"{}\"\n",
+            path.display()
+        );
+        let config = Config::from_toml_str("test", &text, &env(&[])).unwrap();
+        assert_eq!(
+            config.admin_token().unwrap().as_deref(),
+            Some("fedcba9876543210fedcba")
+        );
+        std::fs::remove_file(&path).unwrap();
+        let error = Config::from_toml_str("test", &text, &env(&[])).unwrap_err();
+        assert!(error.to_string().contains("`admin.token_file`"), "{error}");
     }
 
     #[test]

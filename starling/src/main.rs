@@ -1,5 +1,7 @@
 //! `starling`: runs the server and carries the operator commands.
 
+mod admin;
+mod admin_server;
 mod cli;
 mod config;
 mod http;
@@ -11,11 +13,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Exit status for a configuration that cannot be used (sysexits EX_USAGE).
+/// Exit status for a configuration or command line that cannot be used (sysexits EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // --help and --version are not errors; a bad command line is EX_USAGE.
+            return if error.use_stderr() {
+                ExitCode::from(EXIT_BAD_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let config = match config::Config::load(cli.config_path(), &config::process_environment()) {
         Ok(config) => config,
         Err(error) => {
@@ -37,7 +50,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("starling: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<admin::Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ use starling_storage::{redact_url, Storage};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin_server::AdminParts;
 use crate::config::Config;
 use crate::http::{self, Readiness};
 
@@ -335,6 +336,8 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
     let mut connection_manager = None;
     let mut routes = axum::Router::new();
     let mut https_acceptor = None;
+    let mut admin_task = None;
+    let mut drain = None;
 
     let state = if target == Target::Storage {
         None
@@ -384,6 +387,19 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
             );
             router.set_presence(presence.clone());
             janitor = spawn_janitor(state, presence);
+            admin_task = crate::admin_server::spawn(
+                &config,
+                AdminParts {
+                    registry: state.registry.clone(),
+                    bus: state.bus.clone(),
+                    storage: storage.clone(),
+                    membership: Arc::new(starling_admin::RedisMembership::new(
+                        state.redis.clone().expect("a session-router runs on redis"),
+                    )),
+                },
+                wait_for(shutdown_rx.clone()),
+            )
+            .await?;
             let address = config.grpc_addr().expect("checked above");
             let shutdown = wait_for(shutdown_rx.clone());
             let router_api: Arc<dyn RouterApi> = router;
@@ -466,6 +482,30 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
                 tracing::info!(role, %address, "listening");
             }
             liveness = spawn_liveness(&config, state, &node_id, &bound);
+            let drain_handle = bound.drain_handle();
+            drain_handle.set_default_window(Duration::from_secs(config.drain.window_secs));
+            let marker = liveness
+                .as_ref()
+                .map(|(liveness, _)| liveness.drain_marker());
+            crate::admin_server::watch_drain(&drain_handle, readiness.clone(), marker);
+            if target == Target::All {
+                admin_task = crate::admin_server::spawn(
+                    &config,
+                    AdminParts {
+                        registry: state.registry.clone(),
+                        bus: state.bus.clone(),
+                        storage: storage.clone(),
+                        membership: crate::admin_server::membership(
+                            state.redis.clone(),
+                            &node_id,
+                            &drain_handle,
+                        ),
+                    },
+                    wait_for(shutdown_rx.clone()),
+                )
+                .await?;
+            }
+            drain = Some(drain_handle);
             routes = bound.websocket_router();
             https_acceptor = Some(bound.https_acceptor());
             connection_manager = Some(bound);
@@ -508,11 +548,27 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
         (None, _) => None,
     };
 
+    if admin_task.is_none() && config.admin_addr().is_some() {
+        tracing::warn!(
+            target = target.name(),
+            "admin.listen is set but the admin api is served by the session-router and all targets only"
+        );
+    }
+
     let signal_readiness = readiness.clone();
     let signal_task = tokio::spawn(async move {
         termination_signal().await;
-        // Drain in order: not-ready first, then stop accepting and close streams.
+        // Drain in order: not-ready first, then stop accepting and close
+        // streams (spread over drain.window_secs on a connection-manager).
         signal_readiness.set_draining();
+        if let Some(drain) = drain {
+            drain.start(None);
+            tokio::select! {
+                _ = drain.drained() => {}
+                // A second signal does not wait for the window.
+                _ = termination_signal() => tracing::warn!("second signal: not waiting for the drain"),
+            }
+        }
         let _ = shutdown_tx.send(true);
     });
 
@@ -541,6 +597,15 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
     }
     if let Some(task) = https_task {
         let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+    }
+    if let Some(task) = admin_task {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(error = %format!("{error:#}"), "admin api stopped with an error")
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("admin api did not stop in time"),
+        }
     }
     if let Some(task) = http_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

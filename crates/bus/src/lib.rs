@@ -59,6 +59,10 @@ pub enum Delivery {
         condition: StreamErrorCondition,
         text: Option<String>,
     },
+    /// Drain the node (the admin API's DrainNode): not ready, no new
+    /// connections, every stream closed with `<system-shutdown/>` (RFC 6120
+    /// section 4.9.3.20) spread over `window`; `None`: the node's configured window.
+    Drain { window: Option<std::time::Duration> },
 }
 
 impl Delivery {
@@ -66,6 +70,7 @@ impl Delivery {
         match self {
             Delivery::Stanza { .. } => "stanza",
             Delivery::Close { .. } => "close",
+            Delivery::Drain { .. } => "drain",
         }
     }
 
@@ -73,6 +78,7 @@ impl Delivery {
         match self {
             Delivery::Stanza { recipients, .. } => recipients.len(),
             Delivery::Close { .. } => 1,
+            Delivery::Drain { .. } => 0,
         }
     }
 }
@@ -246,6 +252,20 @@ mod tests {
         assert_eq!(attribute("bus.node").as_deref(), Some("cm1"));
         assert_eq!(attribute("delivery.recipients").as_deref(), Some("2"));
         assert_eq!(attribute("bus.receivers").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_drain_round_trips_through_its_envelope() {
+        let limits = starling_xmpp::Limits::default();
+        for delivery in [
+            Delivery::Drain {
+                window: Some(std::time::Duration::from_secs(30)),
+            },
+            Delivery::Drain { window: None },
+        ] {
+            let decoded = decode_delivery(&encode_delivery(&delivery), &limits).unwrap();
+            assert_eq!(decoded, delivery);
+        }
     }
 
     #[tokio::test]

@@ -82,6 +82,11 @@ pub fn encode_envelope(delivery: &Delivery, trace_context: &TraceContext) -> Vec
             condition: condition.as_str().to_string(),
             text: text.clone(),
         }),
+        Delivery::Drain { window } => proto::delivery::Kind::Drain(proto::DrainNode {
+            window_seconds: window
+                .map(|window| window.as_secs().clamp(1, u64::from(u32::MAX)) as u32)
+                .unwrap_or(0),
+        }),
     };
     proto::Delivery {
         kind: Some(kind),
@@ -151,6 +156,10 @@ fn delivery_from_proto(
                 text: close.text,
             })
         }
+        Some(proto::delivery::Kind::Drain(drain)) => Ok(Delivery::Drain {
+            window: (drain.window_seconds > 0)
+                .then(|| Duration::from_secs(drain.window_seconds.into())),
+        }),
         None => Err(BusError::InvalidEnvelope(
             "envelope without a delivery".into(),
         )),

@@ -238,13 +238,20 @@ impl RedisClient {
         self.key(&format!("node:{}", hash_tag(node_id)))
     }
 
+    /// `nodedrain:{id}`: present while a connection-manager drains; holds the
+    /// Unix time in milliseconds its drain started (same slot and TTL as `node:{id}`).
+    pub fn node_drain_key(&self, node_id: &str) -> String {
+        self.key(&format!("nodedrain:{}", hash_tag(node_id)))
+    }
+
     /// `nodesess:{id}`: SET of `"<conn> <full JID>"` entries of the sessions
     /// bound on a node (same slot as `node:{id}`).
     pub fn node_sessions_key(&self, node_id: &str) -> String {
         self.key(&format!("nodesess:{}", hash_tag(node_id)))
     }
 
-    /// `nodes`: SET of every node that ever registered a session (what the janitor scans).
+    /// `nodes`: SET of every node that registered a session or keeps a liveness
+    /// key (what the janitor scans and the admin API lists as the cluster's nodes).
     pub fn nodes_key(&self) -> String {
         self.key("nodes")
     }

@@ -8,10 +8,12 @@
 mod contract_tests;
 mod janitor;
 mod liveness;
+mod membership;
 mod redis;
 
 pub use janitor::{DeadSessionCallback, Janitor};
-pub use liveness::NodeLiveness;
+pub use liveness::{DrainMarker, NodeLiveness};
+pub use membership::{cluster_nodes, NodeStatus};
 pub use redis::RedisRegistry;
 
 use std::collections::{HashMap, HashSet};

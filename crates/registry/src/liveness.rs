@@ -2,13 +2,14 @@
 //! connection-manager keeps a key with a short TTL alive; when it stops
 //! refreshing it, the key expires and the janitor declares the node dead.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use redis::Script;
 use starling_redis_client::{redis, RedisClient};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::RegistryError;
@@ -29,13 +30,35 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
-/// Keeps `node:{id}` alive while it exists; `stop()` or drop deletes the key.
+/// Keeps `node:{id}` alive while it exists, and the node in `nodes` (the
+/// cluster membership the admin API lists); while the node drains, keeps
+/// `nodedrain:{id}` with the same TTL. `stop()` or drop deletes both keys.
 pub struct NodeLiveness {
     client: RedisClient,
     node_key: String,
+    drain_key: String,
     token: String,
     refresher: Option<JoinHandle<()>>,
     key_lost_rx: watch::Receiver<u64>,
+    drain: DrainMarker,
+}
+
+/// Marks the node as draining in Redis (`nodedrain:{id}`), from any task.
+#[derive(Clone, Default)]
+pub struct DrainMarker {
+    /// Unix time in milliseconds the drain started; 0 while not draining.
+    since_unix_ms: Arc<AtomicU64>,
+    wake: Arc<Notify>,
+}
+
+impl DrainMarker {
+    /// From now on the node is draining: the marker is written at once and
+    /// refreshed with the liveness key.
+    pub fn mark(&self, since_unix_ms: u64) {
+        self.since_unix_ms
+            .store(since_unix_ms.max(1), Ordering::SeqCst);
+        self.wake.notify_one();
+    }
 }
 
 pub(crate) fn random_token() -> String {
@@ -47,8 +70,10 @@ impl NodeLiveness {
     /// from a task (the first write happens at once, from the task).
     pub fn spawn(client: RedisClient, node_id: String, ttl: Duration) -> NodeLiveness {
         let node_key = client.node_key(&node_id);
+        let drain_key = client.node_drain_key(&node_id);
         let token = random_token();
         let (key_lost_tx, key_lost_rx) = watch::channel(0u64);
+        let drain = DrainMarker::default();
         let refresher = tokio::spawn(refresh_loop(
             client.clone(),
             node_id,
@@ -56,14 +81,22 @@ impl NodeLiveness {
             token.clone(),
             ttl,
             key_lost_tx,
+            drain.clone(),
         ));
         NodeLiveness {
             client,
             node_key,
+            drain_key,
             token,
             refresher: Some(refresher),
             key_lost_rx,
+            drain,
         }
+    }
+
+    /// The handle that marks this node as draining.
+    pub fn drain_marker(&self) -> DrainMarker {
+        self.drain.clone()
     }
 
     /// Whether `node:{node_id}` exists, that is the node is alive.
@@ -92,10 +125,17 @@ impl NodeLiveness {
         }
     }
 
-    /// Stop refreshing and delete the key (the node leaves the cluster).
+    /// Stop refreshing and delete the keys (the node leaves the cluster).
     pub async fn stop(mut self) -> Result<(), RegistryError> {
         if let Some(refresher) = self.refresher.take() {
             refresher.abort();
+        }
+        if self.drain.since_unix_ms.load(Ordering::SeqCst) > 0 {
+            let mut connection = self.client.connection();
+            redis::cmd("DEL")
+                .arg(&self.drain_key)
+                .query_async::<()>(&mut connection)
+                .await?;
         }
         release(&self.client, &self.node_key, &self.token).await
     }
@@ -144,16 +184,46 @@ async fn refresh_loop(
     token: String,
     ttl: Duration,
     key_lost_tx: watch::Sender<u64>,
+    drain: DrainMarker,
 ) {
     let node_id: Arc<str> = node_id.into();
+    let drain_key = client.node_drain_key(&node_id);
+    let nodes_key = client.nodes_key();
     let script = Script::new(REFRESH_SCRIPT);
     let ttl_ms = ttl.as_millis().max(1) as u64;
     let mut ticker = tokio::time::interval((ttl / 3).max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first_write = true;
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            // A drain started: write its marker now, not at the next tick.
+            _ = drain.wake.notified() => {}
+        }
         let mut connection = client.connection();
+        let draining_since = drain.since_unix_ms.load(Ordering::SeqCst);
+        if draining_since > 0 {
+            if let Err(error) = redis::cmd("SET")
+                .arg(&drain_key)
+                .arg(draining_since)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async::<()>(&mut connection)
+                .await
+            {
+                tracing::warn!(node = %node_id, error = %error, "node drain marker refresh failed");
+            }
+        }
+        // Membership: a live node is listed even before it holds a session
+        // (the janitor forgets it once it is dead and has none).
+        if let Err(error) = redis::cmd("SADD")
+            .arg(&nodes_key)
+            .arg(&*node_id)
+            .query_async::<()>(&mut connection)
+            .await
+        {
+            tracing::warn!(node = %node_id, error = %error, "adding the node to the cluster membership failed");
+        }
         let outcome: Result<i64, _> = script
             .key(&node_key)
             .arg(&token)

@@ -768,6 +768,9 @@ fn is_xml_version(version: &[u8]) -> bool {
         .is_some_and(|minor| !minor.is_empty() && minor.iter().all(u8::is_ascii_digit))
 }
 
+/// The buffer capacity a parser keeps while it holds no bytes.
+const KEPT_BUFFER_CAPACITY: usize = 1024;
+
 /// An incremental parser for one XML stream (RFC 6120 section 4) or, with
 /// [`StreamParser::new_framed`], for a sequence of WebSocket frames (RFC 7395).
 #[derive(Debug, Clone)]
@@ -930,6 +933,11 @@ impl StreamParser {
         if drop > 0 && drop >= self.buffer.len() - drop {
             self.buffer.drain(..drop);
             self.origin = keep_from;
+        }
+        if self.buffer.is_empty() && self.buffer.capacity() > KEPT_BUFFER_CAPACITY {
+            // Between stanzas nothing is held: an idle stream keeps no buffer
+            // from the largest stanza it ever read.
+            self.buffer = Vec::new();
         }
     }
 

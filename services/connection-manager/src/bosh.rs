@@ -444,7 +444,7 @@ async fn create_session(state: &BoshState, peer: SocketAddr, rid: u64, body: &El
     if normalize_domainpart(to).ok().as_deref() != Some(shared.domain.as_str()) {
         return terminate_xml(Some(Condition::HostUnknown)).into();
     }
-    if shared.shutdown.is_cancelled() {
+    if shared.drain.stop_accepting.is_cancelled() {
         return terminate_xml(Some(Condition::SystemShutdown)).into();
     }
     let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {

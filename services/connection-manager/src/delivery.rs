@@ -83,6 +83,10 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     handle.close(Some(StreamError { condition, text }));
                 }
             }
+            Delivery::Drain { window } => {
+                span.record("delivery.kind", "drain");
+                crate::drain::start(&shared, window);
+            }
         }
     }
     tracing::debug!(node = %shared.node_id, "delivery channel closed");

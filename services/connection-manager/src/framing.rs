@@ -29,6 +29,9 @@ pub(crate) enum Framing {
 /// `<close/>`, RFC 7395 section 3.6.
 pub(crate) const FRAMED_CLOSE: &str = "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>";
 
+/// The capacity of an [`Outgoing`] buffer kept between writes.
+const KEPT_CAPACITY: usize = 1024;
+
 /// What the server writes next, as a list of units: for TCP they are written
 /// back to back in one call, over WebSocket each unit is one text message.
 #[derive(Debug)]
@@ -43,14 +46,22 @@ impl Outgoing {
     pub fn new(framing: Framing) -> Self {
         Outgoing {
             framing,
-            text: String::with_capacity(4096),
+            text: String::new(),
             ends: Vec::new(),
         }
     }
 
+    /// Empty, ready for the next write. A buffer that grew past
+    /// [`KEPT_CAPACITY`] is given back, so that a session waiting for its next
+    /// stanza holds (almost) nothing.
     pub fn clear(&mut self) {
-        self.text.clear();
-        self.ends.clear();
+        if self.text.capacity() > KEPT_CAPACITY {
+            self.text = String::new();
+            self.ends = Vec::new();
+        } else {
+            self.text.clear();
+            self.ends.clear();
+        }
     }
 
     pub fn is_empty(&self) -> bool {

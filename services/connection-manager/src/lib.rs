@@ -22,6 +22,7 @@
 mod bosh;
 mod config;
 mod delivery;
+mod drain;
 mod error;
 mod framing;
 mod limits;
@@ -55,6 +56,7 @@ use tokio_util::task::TaskTracker;
 
 pub use bosh::BOSH_PATH;
 pub use config::{CmConfig, CmLimits, TlsSettings};
+pub use drain::{DrainHandle, DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
 pub use metrics::CmMetrics;
 pub use tls::ALPN_XMPP_CLIENT;
@@ -107,6 +109,8 @@ pub(crate) struct Shared {
     pub metrics: CmMetrics,
     /// Cancelled when the node shuts down.
     pub shutdown: CancellationToken,
+    /// Graceful drain: its phase, and the token that stops accepting.
+    pub drain: drain::DrainState,
 }
 
 impl Shared {
@@ -220,6 +224,7 @@ impl ConnectionManager {
             limits.failed_auth_per_ip,
             limits.failed_auth_window,
         );
+        let shutdown = CancellationToken::new();
         let shared = Shared {
             node_id: config.node_id,
             domain,
@@ -239,7 +244,8 @@ impl ConnectionManager {
             next_conn: AtomicU64::new(1),
             ip_limits,
             metrics: config.metrics,
-            shutdown: CancellationToken::new(),
+            drain: drain::DrainState::new(&shutdown),
+            shutdown,
         };
         Ok(ConnectionManager {
             shared: Arc::new(shared),
@@ -313,6 +319,13 @@ impl BoundConnectionManager {
         self.shared.https.clone()
     }
 
+    /// Start and watch this node's graceful drain.
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// A view of the sessions bound on this node, as the registry should know them.
     pub fn local_sessions(&self) -> LocalSessions {
         LocalSessions {
@@ -370,7 +383,11 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            // Returning drops the listener: new connections are refused, not queued.
+            _ = shared.drain.stop_accepting.cancelled() => {
+                tracing::info!(listener = kind.name(), "listener closed");
+                return;
+            }
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {

@@ -27,8 +27,6 @@ use crate::transport::{ByteStream, Received, Transport};
 use crate::xml::{self, FeatureSet, STARTTLS_FAILURE, STARTTLS_PROCEED, STREAM_CLOSE};
 use crate::{random_id, register, ListenerKind, Shared};
 
-const READ_BUFFER_BYTES: usize = 16 * 1024;
-
 /// How a stream ends during negotiation.
 #[derive(Debug)]
 pub(crate) enum StreamEnd {
@@ -97,7 +95,6 @@ struct Negotiation {
     sasl: SaslExchange,
     /// Set by SASL success.
     user: Option<BareJid>,
-    read_buffer: Vec<u8>,
 }
 
 /// What the negotiation loop stopped for.
@@ -190,7 +187,6 @@ pub(crate) async fn negotiate_transport(
         mechanism: None,
         sasl: SaslExchange::Idle,
         user: None,
-        read_buffer: vec![0u8; READ_BUFFER_BYTES],
     };
 
     loop {
@@ -368,10 +364,8 @@ impl Negotiation {
     }
 
     async fn read_more(&mut self) -> Result<(), StreamEnd> {
-        let mut buffer = std::mem::take(&mut self.read_buffer);
         let transport = self.transport.as_mut().ok_or(StreamEnd::ConnectionLost)?;
-        let received = transport.receive(&mut self.parser, &mut buffer).await;
-        self.read_buffer = buffer;
+        let received = transport.receive(&mut self.parser).await;
         match received {
             Received::Fed => Ok(()),
             Received::Invalid(error) => Err(StreamEnd::Error(error.0)),

@@ -263,6 +263,9 @@ impl ConnectionHandle {
                 let mut state = self.state.lock();
                 if !state.items.is_empty() || state.close.is_some() {
                     batch.extend(state.items.drain(..));
+                    if state.items.capacity() > 16 {
+                        state.items = Default::default();
+                    }
                     return state.close.clone();
                 }
             }
@@ -281,6 +284,10 @@ pub(crate) async fn run_writer(
     let mut batch: Vec<QueuedStanza> = Vec::new();
     let mut buffer = Outgoing::new(writer.framing());
     loop {
+        if batch.capacity() > 16 {
+            // A burst is over: do not keep its slots while idle.
+            batch = Vec::new();
+        }
         batch.clear();
         buffer.clear();
         let close = handle.next_batch(&mut batch).await;

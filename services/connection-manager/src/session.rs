@@ -24,8 +24,6 @@ use crate::outbound::{run_writer, ConnectionHandle, QueuedStanza, CLOSE_WRITE_TI
 use crate::transport::Received;
 use crate::{register, Shared};
 
-const READ_BUFFER_BYTES: usize = 16 * 1024;
-
 /// Whether the reader goes on.
 enum Flow {
     Continue,
@@ -75,7 +73,6 @@ pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
         client_lang,
         rate_limit,
     };
-    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     loop {
         if let Flow::Stop = session.process_events(&mut parser).await {
             break;
@@ -86,7 +83,7 @@ pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
                 handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
                 break;
             }
-            received = reader.receive(&mut parser, &mut buffer) => match received {
+            received = reader.receive(&mut parser) => match received {
                 Received::Lost => {
                     tracing::debug!(conn, peer = %peer, "connection lost");
                     handle.close(None);

@@ -12,7 +12,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use starling_xmpp::{ParseError, StreamError, StreamErrorCondition};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -62,9 +62,9 @@ impl Transport {
     }
 
     /// Read once and feed the decoder. Cancel-safe.
-    pub async fn receive(&mut self, inbound: &mut Inbound, buffer: &mut [u8]) -> Received {
+    pub async fn receive(&mut self, inbound: &mut Inbound) -> Received {
         match self {
-            Transport::Bytes(stream) => receive_bytes(stream, inbound, buffer).await,
+            Transport::Bytes(stream) => receive_bytes(stream, inbound).await,
             Transport::WebSocket(socket) => receive_message(socket.as_mut(), inbound).await,
             Transport::Bosh(reader, _) => reader.receive(inbound).await,
         }
@@ -123,9 +123,9 @@ pub(crate) enum TransportReader {
 
 impl TransportReader {
     /// Read once and feed the decoder. Cancel-safe.
-    pub async fn receive(&mut self, inbound: &mut Inbound, buffer: &mut [u8]) -> Received {
+    pub async fn receive(&mut self, inbound: &mut Inbound) -> Received {
         match self {
-            TransportReader::Bytes(reader) => receive_bytes(reader, inbound, buffer).await,
+            TransportReader::Bytes(reader) => receive_bytes(reader, inbound).await,
             TransportReader::WebSocket(stream) => receive_message(stream, inbound).await,
             TransportReader::Bosh(reader) => reader.receive(inbound).await,
         }
@@ -167,17 +167,41 @@ impl TransportWriter {
     }
 }
 
-async fn receive_bytes<R>(reader: &mut R, inbound: &mut Inbound, buffer: &mut [u8]) -> Received
+/// Bytes one read takes at most: a TLS record's plaintext (RFC 8446 section
+/// 5.1) fits, and the parser enforces the stanza size limit, not this.
+const READ_SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// One read buffer per runtime thread, not per connection: a read fills
+    /// it and the parser copies what it needs before the poll returns, so an
+    /// idle connection holds no read buffer at all (docs/performance.md,
+    /// memory per idle session).
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice());
+}
+
+async fn receive_bytes<R>(reader: &mut R, inbound: &mut Inbound) -> Received
 where
     R: AsyncRead + Unpin + ?Sized,
 {
-    match reader.read(buffer).await {
-        Ok(0) | Err(_) => Received::Lost,
-        Ok(count) => match inbound.feed(&buffer[..count]) {
-            Ok(()) => Received::Fed,
-            Err(error) => Received::Invalid(error),
-        },
-    }
+    std::future::poll_fn(|cx| {
+        READ_SCRATCH.with(|scratch| {
+            // Never re-entered: nothing below polls another connection.
+            let mut scratch = scratch.borrow_mut();
+            let mut buffer = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut *reader).poll_read(cx, &mut buffer) {
+                // AsyncRead: a pending read has put nothing into the buffer.
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(_)) => Poll::Ready(Received::Lost),
+                Poll::Ready(Ok(())) if buffer.filled().is_empty() => Poll::Ready(Received::Lost),
+                Poll::Ready(Ok(())) => Poll::Ready(match inbound.feed(buffer.filled()) {
+                    Ok(()) => Received::Fed,
+                    Err(error) => Received::Invalid(error),
+                }),
+            }
+        })
+    })
+    .await
 }
 
 /// RFC 7395 section 3.2: XMPP travels in text messages, one element each.

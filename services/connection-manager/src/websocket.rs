@@ -77,7 +77,7 @@ async fn upgrade(
         )
             .into_response();
     }
-    if shared.shutdown.is_cancelled() {
+    if shared.drain.stop_accepting.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {

@@ -1321,3 +1321,34 @@ fn every_split_point_of_the_transcript_gives_the_same_events() {
     assert_eq!(x.text(), "<raw>");
     assert!(matches!(x.nodes().last(), Some(Node::Text(_))));
 }
+
+// Memory per idle stream (docs/performance.md): between stanzas the parser
+// gives back the buffer the largest stanza needed.
+
+#[test]
+fn buffer_is_released_between_stanzas() {
+    let mut parser = StreamParser::new(Limits::default());
+    parser.feed(HEADER.as_bytes()).expect("header");
+    assert!(matches!(
+        parser.next_event(),
+        Ok(Some(StreamEvent::Open(_)))
+    ));
+    let body = "x".repeat(60 * 1024);
+    let stanza = format!("<message><body>{body}</body></message>");
+    for chunk in stanza.as_bytes().chunks(4096) {
+        parser.feed(chunk).expect("feed");
+    }
+    assert!(
+        parser.buffer.capacity() >= stanza.len(),
+        "the stanza was buffered"
+    );
+    assert!(matches!(
+        parser.next_event(),
+        Ok(Some(StreamEvent::Element(_)))
+    ));
+    assert_eq!(parser.buffered_len(), 0);
+    assert!(parser.buffer.capacity() <= KEPT_BUFFER_CAPACITY);
+    // Half a stanza is kept, whatever its size.
+    parser.feed(b"<message><bo").expect("partial");
+    assert_eq!(parser.buffered_len(), 12);
+}
