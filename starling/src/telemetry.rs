@@ -167,10 +167,25 @@ mod tests {
         tracing::info_span!(target: SPAN_TARGET, "test.span")
     }
 
+    /// Run `check` under `subscriber` alone. Callsite interest is cached
+    /// process-wide across every live dispatcher: tests that install
+    /// different subscribers at once would see each other's interest (a
+    /// single process-wide subscriber, as `starling serve` has, never does).
+    fn with_only(subscriber: impl Into<tracing::Dispatch>, check: impl FnOnce()) {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _alone = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tracing::dispatcher::with_default(&subscriber.into(), || {
+            tracing::callsite::rebuild_interest_cache();
+            check();
+        });
+    }
+
     #[test]
     fn without_an_endpoint_export_spans_are_never_built() {
         let config = Config::default();
-        tracing::subscriber::with_default(subscriber(&config, None), || {
+        with_only(subscriber(&config, None), || {
             assert!(export_span().is_disabled());
             // Ordinary logging is untouched.
             assert!(tracing::enabled!(tracing::Level::INFO));
@@ -178,7 +193,7 @@ mod tests {
         // Not even with everything logged.
         let mut config = Config::default();
         config.log.level = "trace".into();
-        tracing::subscriber::with_default(subscriber(&config, None), || {
+        with_only(subscriber(&config, None), || {
             assert!(export_span().is_disabled());
         });
     }
@@ -187,7 +202,7 @@ mod tests {
     fn with_an_exporter_export_spans_are_built() {
         let provider = SdkTracerProvider::builder().build();
         let config = Config::default();
-        tracing::subscriber::with_default(subscriber(&config, Some(&provider)), || {
+        with_only(subscriber(&config, Some(&provider)), || {
             assert!(!export_span().is_disabled());
             // Below the log level, other spans stay off.
             assert!(tracing::debug_span!("test.log_span").is_disabled());
@@ -208,7 +223,7 @@ mod tests {
         const ROUNDS: u32 = 1_000_000;
         let per_round = |start: Instant| start.elapsed().as_nanos() as f64 / f64::from(ROUNDS);
         let config = Config::default();
-        tracing::subscriber::with_default(subscriber(&config, None), || {
+        with_only(subscriber(&config, None), || {
             let start = Instant::now();
             for round in 0..ROUNDS {
                 for hop in ["route", "router", "publish", "deliver"] {
