@@ -131,6 +131,8 @@ pub async fn serve_grpc_on(
         "grpc server listening"
     );
     let serve = tonic::transport::Server::builder()
+        // Unary handlers run under the caller's trace context (gRPC metadata).
+        .layer(starling_telemetry::grpc::RemoteParentLayer)
         .add_optional_service(storage.map(storage_service))
         .add_optional_service(
             router.map(|router| router_adapter::router_service_with_drain(router, drain_rx)),

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use starling_api::{ApiError, ApiResult, BindError, Origin, RouterApi, SessionAddr};
 use starling_jid::{BareJid, FullJid};
+use starling_telemetry::{with_remote_parent, TraceContext};
 use starling_xmpp::Element;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -151,12 +152,16 @@ fn ack_result(ack: &proto::RouteAck) -> ApiResult<()> {
 struct ParsedRoute {
     sequence: u64,
     parsed: Result<(Origin, Element), String>,
+    /// The sender's span: the parent of the router's spans for this stanza.
+    /// Per request, since one stream carries many stanzas of many traces.
+    trace_context: TraceContext,
 }
 
 /// Parse one request; returns the key of the sender whose stanzas must stay
 /// in order (the session's full JID, or the `from` of a server stanza).
 fn parse_route_request(request: proto::RouteRequest) -> (String, ParsedRoute) {
     let sequence = request.sequence;
+    let trace_context = TraceContext::from_map(request.trace_context);
     let parsed = origin_from_proto(request.origin).and_then(|origin| {
         stanza_from_wire("stanza", &request.stanza).map(|stanza| (origin, stanza))
     });
@@ -165,7 +170,14 @@ fn parse_route_request(request: proto::RouteRequest) -> (String, ParsedRoute) {
         Ok((Origin::Server, stanza)) => stanza.attr("from").unwrap_or_default().to_string(),
         Err(_) => String::new(),
     };
-    (order_key, ParsedRoute { sequence, parsed })
+    (
+        order_key,
+        ParsedRoute {
+            sequence,
+            parsed,
+            trace_context,
+        },
+    )
 }
 
 fn lane_of(order_key: &str) -> usize {
@@ -184,7 +196,9 @@ async fn run_route_lane(
 ) {
     while let Some(item) = lane_rx.recv().await {
         let result = match item.parsed {
-            Ok((origin, stanza)) => api.route(origin, stanza).await,
+            Ok((origin, stanza)) => {
+                with_remote_parent(&item.trace_context, || api.route(origin, stanza)).await
+            }
             Err(message) => Err(invalid_request(message)),
         };
         if let Err(error) = &result {
@@ -643,7 +657,8 @@ impl RouterApi for GrpcRouterClient {
             sequence: 0,
             origin: Some(origin_to_proto(&origin)),
             stanza: stanza_to_wire(&stanza),
-            trace_context: Default::default(),
+            // Each stanza carries its own context: the stream outlives any one trace.
+            trace_context: TraceContext::current().into_map(),
         };
         let (ack_tx, ack_rx) = oneshot::channel();
         {

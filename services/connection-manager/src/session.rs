@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use starling_api::{Origin, SessionAddr};
 use starling_jid::FullJid;
+use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{
     ns, stanza, Element, Node, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
     StreamErrorCondition, StreamEvent,
 };
+use tracing::Instrument;
 
 use crate::delivery::is_reroutable;
 use crate::framing::Inbound;
@@ -242,7 +244,25 @@ impl Session {
             jid: self.jid.clone(),
             addr: self.addr.clone(),
         };
-        if let Err(error) = self.shared.router.route(origin, element).await {
+        // The root of the stanza's trace; the router's spans are its children,
+        // in this process or across the route stream (RouteRequest.trace_context).
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "connection_manager.route",
+            otel.kind = "server",
+            stanza.kind = element.name(),
+            stanza.type = element.attr("type"),
+            node.id = %self.shared.node_id,
+            connection.id = self.handle.conn,
+        );
+        let routed = self
+            .shared
+            .router
+            .route(origin, element)
+            .instrument(span)
+            .await;
+        if let Err(error) = routed {
             tracing::debug!(jid = %self.jid, %error, "routing failed");
             self.reply_error(&reply_template, error.to_stanza_error());
         }

@@ -10,7 +10,7 @@ use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 use crate::address::Destination;
 use crate::delivery::{deliver_to_session, deliver_to_sessions};
 use crate::offline::offline_stanza_xml;
-use crate::router::{bounce, failure_reply, unshare, SessionRouter};
+use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
 
 /// The message types of RFC 6121 section 5.2.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,7 @@ impl SessionRouter {
             Some(session) => {
                 let shared = Arc::new(message);
                 if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                    note_decision("delivered");
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable, treating as no resource match");
@@ -166,6 +167,7 @@ impl SessionRouter {
             let shared = Arc::new(message);
             let unreached = deliver_to_sessions(&*self.bus, shared.clone(), &pairs).await;
             if unreached.len() < pairs.len() {
+                note_decision("delivered");
                 return None;
             }
             tracing::debug!(to = %user, "no target session reachable, falling back to offline handling");
@@ -190,6 +192,7 @@ impl SessionRouter {
         match self.storage.store_offline(user, &stanza_xml).await {
             Ok(()) => {
                 tracing::debug!(to = %user, "message stored offline");
+                note_decision("offline");
                 None
             }
             // XEP-0160 section 3: the queue is full => service-unavailable.

@@ -225,6 +225,7 @@ impl Harness {
                     envelopes.push(Envelope { recipients, stanza })
                 }
                 Delivery::Close { .. } => panic!("the presence service closes no stream"),
+                Delivery::Drain { .. } => panic!("the presence service drains no node"),
             }
         }
         envelopes

@@ -429,6 +429,7 @@ fn drain(receiver: &mut DeliveryReceiver) -> Vec<Seen> {
                 condition,
                 text,
             } => Seen::Close(conn, condition, text),
+            Delivery::Drain { .. } => panic!("the router drains no node"),
         });
     }
     seen
