@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-use crate::conn::TlsMode;
+use crate::conn::{TlsMode, TransportMode};
 
 /// What the simulated users do once logged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -61,7 +61,8 @@ pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The server's c2s address (loopback only, by policy of this tool's users).
+    /// The server's c2s address, or its HTTP address with `--transport
+    /// websocket` (loopback only, by policy of this tool's users).
     /// Repeatable or a comma list: users are spread over the addresses
     /// round-robin (user i on address i mod k), and with several addresses the
     /// chat pairs are chosen so that every message crosses servers.
@@ -76,8 +77,17 @@ pub struct Args {
     #[arg(long, default_value = "localhost")]
     pub domain: String,
     /// Transport security: none, starttls or direct (certificates are never verified).
+    /// With `--transport websocket`: none (`ws://`) or direct (`wss://`).
     #[arg(long, value_enum, default_value = "none")]
     pub tls: TlsMode,
+    /// What carries the stream: tcp (RFC 6120, the c2s port) or websocket
+    /// (RFC 7395, `ws://SERVER/WS_PATH` with the `xmpp` subprotocol, SERVER
+    /// being the server's HTTP port).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: TransportMode,
+    /// The WebSocket endpoint's path (`--transport websocket`).
+    #[arg(long, default_value = "/xmpp-websocket")]
+    pub ws_path: String,
     /// SASL mechanisms in order of preference (the first one the server offers is used).
     #[arg(
         long,
@@ -237,6 +247,8 @@ mod tests {
             "1000,2000",
         ]);
         assert_eq!(args.servers, vec!["127.0.0.1:5222".to_string()]);
+        assert_eq!(args.transport, TransportMode::Tcp);
+        assert_eq!(args.ws_path, "/xmpp-websocket");
         assert_eq!(args.username(7), "lt7");
         assert_eq!(args.password_of(7), "pw-7");
         assert_eq!(args.stage_rates(), vec![1000.0, 2000.0]);
@@ -247,6 +259,23 @@ mod tests {
             ),
             "starling user add lt3@localhost pw-3 --config c.toml # lt3 3"
         );
+    }
+
+    #[test]
+    fn websocket_transport() {
+        let args = Args::parse_from([
+            "starling-load",
+            "idle",
+            "--transport",
+            "websocket",
+            "--server",
+            "127.0.0.1:25280",
+            "--ws-path",
+            "/ws",
+        ]);
+        assert_eq!(args.transport, TransportMode::Websocket);
+        assert_eq!(args.ws_path, "/ws");
+        assert_eq!(args.tls, TlsMode::None);
     }
 
     #[test]

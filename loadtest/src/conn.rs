@@ -1,7 +1,15 @@
-//! One client connection: TCP (plaintext, STARTTLS or direct TLS), the
-//! stream (RFC 6120 section 4), SASL (section 6), resource binding
-//! (section 7), roster get and initial presence (RFC 6121), and XEP-0077
-//! in-band registration.
+//! One client connection: TCP (plaintext, STARTTLS or direct TLS) or XMPP
+//! over WebSocket (RFC 7395, `ws://` or `wss://`), the stream (RFC 6120
+//! section 4), SASL (section 6), resource binding (section 7), roster get and
+//! initial presence (RFC 6121), and XEP-0077 in-band registration.
+//!
+//! Over WebSocket the stream is framed (RFC 7395 section 3.3): `<open/>`
+//! instead of the stream header, one complete element per text message,
+//! `<close/>` at the end. The session turns each incoming message back into
+//! stream-shaped bytes ([`xml::append_framed_message`]) so that one scanner
+//! and one session loop serve both transports, and splits what it writes
+//! into one message per element, each declaring its namespace
+//! ([`xml::websocket_messages`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -10,12 +18,18 @@ use std::task::{Context, Poll};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
+use futures::{SinkExt, StreamExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Bytes, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::sasl::{self, Mechanism, SaltedPasswordCache, ScramClient};
 use crate::stats::ErrorKind;
@@ -35,13 +49,37 @@ pub enum TlsMode {
     Direct,
 }
 
+/// What carries the XML stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportMode {
+    /// The XML stream over TCP (RFC 6120), the c2s port.
+    Tcp,
+    /// XMPP over WebSocket (RFC 7395) on the server's HTTP port, subprotocol
+    /// `xmpp`; with `--tls direct` over TLS (`wss://`).
+    Websocket,
+}
+
+/// The WebSocket subprotocol of RFC 7395 section 3.1.
+const WS_SUBPROTOCOL: &str = "xmpp";
+/// tungstenite's read buffer per connection (its default is 128 KiB, which
+/// 20,000 idle sessions cannot afford; a larger message still fits, the
+/// buffer grows for it).
+const WS_READ_BUFFER: usize = 4096;
+/// Frames are collected up to this many bytes before a write: one batch of
+/// stanzas becomes a few writes, not one per stanza.
+const WS_WRITE_BUFFER: usize = 8192;
+
 /// Where and how to connect; shared by every task.
 pub struct Target {
-    /// The c2s addresses; connection *i* goes to `servers[i mod k]`
-    /// ([`crate::assign::server_index`]).
+    /// The server addresses (c2s, or the HTTP port for WebSocket); connection
+    /// *i* goes to `servers[i mod k]` ([`crate::assign::server_index`]).
     pub servers: Vec<SocketAddr>,
     pub domain: String,
     pub tls: TlsMode,
+    pub transport: TransportMode,
+    /// The WebSocket endpoint's path (`/xmpp-websocket`).
+    pub ws_path: String,
     pub mechanisms: Vec<Mechanism>,
     pub resource: String,
     pub roster_get: bool,
@@ -189,9 +227,15 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// An open stream: transport, read buffer, scanner.
+/// The connection under the XML stream: bytes (TCP, TLS) or WebSocket messages.
+pub enum Link {
+    Stream(Transport),
+    WebSocket(Box<WebSocketStream<Transport>>),
+}
+
+/// An open stream: link, read buffer, scanner.
 pub struct Session {
-    pub transport: Transport,
+    pub link: Link,
     pub buffer: Vec<u8>,
     pub scanner: Scanner,
     pub full_jid: String,
@@ -202,25 +246,71 @@ pub struct Session {
 /// Read buffer growth step (and the initial capacity).
 pub const READ_CHUNK: usize = 4096;
 
+fn websocket_io_error(error: tungstenite::Error) -> std::io::Error {
+    match error {
+        tungstenite::Error::Io(error) => error,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
 impl Session {
-    fn new(transport: Transport) -> Self {
+    fn new(link: Link) -> Self {
+        // Over WebSocket tungstenite has the read buffer; ours only ever holds
+        // whole messages and grows to the largest one.
+        let capacity = match link {
+            Link::Stream(_) => READ_CHUNK,
+            Link::WebSocket(_) => 0,
+        };
         Session {
-            transport,
-            buffer: Vec::with_capacity(READ_CHUNK),
+            link,
+            buffer: Vec::with_capacity(capacity),
             scanner: Scanner::new(),
             full_jid: String::new(),
             roster_both: 0,
         }
     }
 
-    /// Read more bytes; `Ok(false)` at end of stream.
+    /// Is this stream framed for WebSocket (RFC 7395)?
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.link, Link::WebSocket(_))
+    }
+
+    /// Read more bytes (over WebSocket: the next text message, in the shape
+    /// of a TCP stream); `Ok(false)` at end of stream. Cancel-safe: it is
+    /// raced against timers and phase changes.
     pub async fn fill(&mut self) -> std::io::Result<bool> {
         self.scanner.compact(&mut self.buffer);
-        if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 2 {
-            self.buffer.reserve(READ_CHUNK);
+        match &mut self.link {
+            Link::Stream(transport) => {
+                if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 2 {
+                    self.buffer.reserve(READ_CHUNK);
+                }
+                let read = transport.read_buf(&mut self.buffer).await?;
+                Ok(read > 0)
+            }
+            Link::WebSocket(socket) => loop {
+                // Pings are answered by tungstenite itself; pongs and
+                // control frames carry nothing for the stream.
+                match socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        xml::append_framed_message(&mut self.buffer, text.as_bytes());
+                        return Ok(true);
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            "binary WebSocket message (RFC 7395 uses text messages)",
+                        ))
+                    }
+                    Some(Ok(Message::Close(_))) | None => return Ok(false),
+                    Some(Ok(_)) => continue,
+                    Some(Err(
+                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                    )) => return Ok(false),
+                    Some(Err(error)) => return Err(websocket_io_error(error)),
+                }
+            },
         }
-        let read = self.transport.read_buf(&mut self.buffer).await?;
-        Ok(read > 0)
     }
 
     /// The next top-level element (its range in `buffer`), skipping the stream header.
@@ -253,16 +343,53 @@ impl Session {
         }
     }
 
+    /// Write complete elements (over WebSocket: one text message each, RFC
+    /// 7395 section 3.3.3) and flush.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), ConnError> {
-        self.transport.write_all(data).await.map_err(io_error)?;
-        self.transport.flush().await.map_err(io_error)
+        match &mut self.link {
+            Link::Stream(transport) => {
+                transport.write_all(data).await.map_err(io_error)?;
+                transport.flush().await.map_err(io_error)
+            }
+            Link::WebSocket(socket) => {
+                let Some((bytes, messages)) = xml::websocket_messages(data) else {
+                    return Err(ConnError::new(
+                        ErrorKind::Protocol,
+                        "an incomplete element cannot be sent over WebSocket",
+                    ));
+                };
+                // One buffer for the whole batch; each message is a slice of it.
+                let bytes = Bytes::from(bytes);
+                for range in messages {
+                    let text = Utf8Bytes::try_from(bytes.slice(range)).map_err(|_| {
+                        ConnError::new(ErrorKind::Protocol, "a stanza is not UTF-8")
+                    })?;
+                    socket
+                        .feed(Message::Text(text))
+                        .await
+                        .map_err(|error| io_error(websocket_io_error(error)))?;
+                }
+                socket
+                    .flush()
+                    .await
+                    .map_err(|error| io_error(websocket_io_error(error)))
+            }
+        }
     }
 
     async fn open_stream(&mut self, domain: &str) -> Result<std::ops::Range<usize>, ConnError> {
-        let header = format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
-            xml::escape(domain)
-        );
+        let header = if self.is_websocket() {
+            format!(
+                "<open xmlns='{}' to='{}' version='1.0'/>",
+                xml::NS_FRAMING,
+                xml::escape(domain)
+            )
+        } else {
+            format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
+                xml::escape(domain)
+            )
+        };
         self.send(header.as_bytes()).await?;
         let features = self.next_element().await?;
         if xml::local_name(&self.buffer[features.clone()]) != b"features" {
@@ -296,14 +423,28 @@ impl Session {
         }
     }
 
-    /// Close the stream politely; errors do not matter any more.
+    /// Close the stream politely (`</stream:stream>`, or `<close/>` and a
+    /// WebSocket close frame); errors do not matter any more.
     pub async fn close(mut self) {
-        let _ = self.send(b"</stream:stream>").await;
-        let _ = self.transport.shutdown().await;
+        if self.is_websocket() {
+            let close = format!("<close xmlns='{}'/>", xml::NS_FRAMING);
+            let _ = self.send(close.as_bytes()).await;
+        } else {
+            let _ = self.send(b"</stream:stream>").await;
+        }
+        match &mut self.link {
+            Link::Stream(transport) => {
+                let _ = transport.shutdown().await;
+            }
+            Link::WebSocket(socket) => {
+                let _ = WebSocketStream::close(socket, None).await;
+            }
+        }
     }
 }
 
-/// TCP connect (from a chosen source address when given), then direct TLS if asked.
+/// TCP connect (from a chosen source address when given), then direct TLS if
+/// asked, then the WebSocket handshake when the transport is WebSocket.
 pub async fn connect(target: &Target, connection_index: usize) -> Result<Session, ConnError> {
     let server = target.server_for(connection_index);
     let socket = if server.is_ipv4() {
@@ -323,11 +464,57 @@ pub async fn connect(target: &Target, connection_index: usize) -> Result<Session
         .await
         .map_err(|error| ConnError::new(ErrorKind::Connect, error.to_string()))?;
     let _ = stream.set_nodelay(true);
-    if target.tls == TlsMode::Direct {
-        let tls = tls_handshake(target, stream).await?;
-        return Ok(Session::new(Transport::Tls(Box::new(tls))));
+    let transport = if target.tls == TlsMode::Direct {
+        Transport::Tls(Box::new(tls_handshake(target, stream).await?))
+    } else {
+        Transport::Plain(stream)
+    };
+    if target.transport == TransportMode::Websocket {
+        let socket = websocket_handshake(target, server, transport).await?;
+        return Ok(Session::new(Link::WebSocket(Box::new(socket))));
     }
-    Ok(Session::new(Transport::Plain(stream)))
+    Ok(Session::new(Link::Stream(transport)))
+}
+
+/// The HTTP upgrade to `ws://SERVER/PATH` (`wss://` over TLS) with the
+/// `xmpp` subprotocol, which the server must select (RFC 7395 section 3.1).
+async fn websocket_handshake(
+    target: &Target,
+    server: SocketAddr,
+    transport: Transport,
+) -> Result<WebSocketStream<Transport>, ConnError> {
+    let scheme = if target.tls == TlsMode::Direct {
+        "wss"
+    } else {
+        "ws"
+    };
+    let url = format!("{scheme}://{server}{}", target.ws_path);
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|error| ConnError::new(ErrorKind::WebSocket, format!("{url}: {error}")))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static(WS_SUBPROTOCOL),
+    );
+    let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER);
+    let (socket, response) =
+        tokio_tungstenite::client_async_with_config(request, transport, Some(config))
+            .await
+            .map_err(|error| ConnError::new(ErrorKind::WebSocket, format!("{url}: {error}")))?;
+    let selected = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|value| value.to_str().ok());
+    if selected != Some(WS_SUBPROTOCOL) {
+        return Err(ConnError::new(
+            ErrorKind::WebSocket,
+            format!("{url}: the server did not select the xmpp subprotocol"),
+        ));
+    }
+    Ok(socket)
 }
 
 async fn tls_handshake(
@@ -366,11 +553,14 @@ async fn open_secured(
     if xml::name(&session.buffer[answer]) != b"proceed" {
         return Err(ConnError::new(ErrorKind::Tls, "STARTTLS refused"));
     }
-    let Transport::Plain(stream) = session.transport else {
-        return Err(ConnError::new(ErrorKind::Tls, "STARTTLS on a TLS stream"));
+    let Link::Stream(Transport::Plain(stream)) = session.link else {
+        return Err(ConnError::new(
+            ErrorKind::Tls,
+            "STARTTLS needs a plaintext TCP stream",
+        ));
     };
     let tls = tls_handshake(target, stream).await?;
-    let mut session = Session::new(Transport::Tls(Box::new(tls)));
+    let mut session = Session::new(Link::Stream(Transport::Tls(Box::new(tls))));
     let features = session.open_stream(&target.domain).await?;
     Ok((session, features))
 }
@@ -584,4 +774,134 @@ pub async fn register(
     };
     session.close().await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+
+    /// The server side of RFC 7395 section 3.1: the client must offer `xmpp`,
+    /// the answer selects it. (The error type is tungstenite's callback
+    /// contract, an HTTP response.)
+    #[allow(clippy::result_large_err)]
+    fn select_xmpp(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+        let offered = request
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        assert_eq!(offered, "xmpp");
+        response
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("xmpp"));
+        Ok(response)
+    }
+
+    /// A scripted RFC 7395 server: it checks that every message is one
+    /// element declaring its namespace, and answers a PLAIN login.
+    async fn scripted_server(listener: TcpListener) -> Vec<String> {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut socket = tokio_tungstenite::accept_hdr_async(stream, select_xmpp)
+            .await
+            .expect("handshake");
+        let open = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='s' from='localhost' version='1.0'/>";
+        let mut received = Vec::new();
+        let mut streams = 0;
+        while let Some(Ok(message)) = socket.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let text = text.as_str().to_string();
+            let (ranges, leftover) = xml::split_elements(text.as_bytes());
+            assert!(ranges.len() == 1 && !leftover, "one element: {text}");
+            assert!(
+                xml::attribute(text.as_bytes(), "xmlns").is_some(),
+                "namespace: {text}"
+            );
+            received.push(text.clone());
+            let name = xml::name(text.as_bytes()).to_vec();
+            let replies: Vec<String> = match name.as_slice() {
+                b"open" => {
+                    streams += 1;
+                    let features = if streams == 1 {
+                        "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+                    } else {
+                        "<stream:features xmlns:stream='http://etherx.jabber.org/streams'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+                    };
+                    vec![open.into(), features.into()]
+                }
+                b"auth" => vec!["<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".into()],
+                b"iq" if text.contains("id='bind1'") => vec![
+                    "<iq xmlns='jabber:client' type='result' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@localhost/load</jid></bind></iq>".into(),
+                ],
+                b"iq" => vec![
+                    "<iq xmlns='jabber:client' type='result' id='roster1'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' subscription='both'/></query></iq>".into(),
+                ],
+                b"presence" => vec![
+                    "<message xmlns='jabber:client' from='bob@localhost/x' type='chat'><body>hi</body></message>".into(),
+                    "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>".into(),
+                ],
+                _ => Vec::new(),
+            };
+            for reply in replies {
+                socket.send(Message::text(reply)).await.expect("send");
+            }
+            if name == b"close" {
+                break;
+            }
+        }
+        received
+    }
+
+    /// The whole login over WebSocket against the scripted server, then a
+    /// stanza and the server's `<close/>` read through the session.
+    #[tokio::test]
+    async fn login_over_websocket() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let server = tokio::spawn(scripted_server(listener));
+        let target = Target {
+            servers: vec![address],
+            domain: "localhost".into(),
+            tls: TlsMode::None,
+            transport: TransportMode::Websocket,
+            ws_path: "/xmpp-websocket".into(),
+            mechanisms: vec![Mechanism::Plain],
+            resource: "load".into(),
+            roster_get: true,
+            source_addrs: Vec::new(),
+            tls_connector: insecure_tls_connector(),
+        };
+        let credentials = Credentials {
+            username: "alice",
+            password: "secret",
+        };
+        let mut session = login(&target, 0, &credentials, &mut None)
+            .await
+            .expect("login");
+        assert!(session.is_websocket());
+        assert_eq!(session.full_jid, "alice@localhost/load");
+        assert_eq!(session.roster_both, 1);
+        let message = session.next_element().await.expect("message");
+        assert_eq!(
+            xml::child_text(&session.buffer[message], "body"),
+            Some(&b"hi"[..])
+        );
+        let end = session.next_element().await.expect_err("closed");
+        assert_eq!(end.kind, ErrorKind::StreamClosed);
+        session.close().await;
+        let received = server.await.expect("server");
+        let names: Vec<String> = received
+            .iter()
+            .map(|text| String::from_utf8_lossy(xml::name(text.as_bytes())).into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["open", "auth", "open", "iq", "iq", "presence", "close"]
+        );
+        assert!(received[0].contains("to='localhost'"));
+        assert!(received[5].starts_with("<presence xmlns='jabber:client'"));
+    }
 }

@@ -23,6 +23,8 @@ pub struct RunResult {
     pub cross_server_senders: usize,
     pub domain: String,
     pub tls: String,
+    /// `tcp` or `websocket`.
+    pub transport: String,
     pub users: usize,
     pub ramp_per_second: f64,
     pub stage_seconds: f64,
@@ -161,8 +163,8 @@ impl RunResult {
         let mut text = String::new();
         let _ = writeln!(
             text,
-            "== starling-load {} against {} ({} at {}, tls {}) ==",
-            self.scenario, self.label, self.domain, self.server, self.tls
+            "== starling-load {} against {} ({} at {}, {}, tls {}) ==",
+            self.scenario, self.label, self.domain, self.server, self.transport, self.tls
         );
         let _ = writeln!(
             text,

@@ -18,7 +18,7 @@ use tokio::time::{sleep, sleep_until};
 
 use crate::assign;
 use crate::cli::{AccountSource, Args, Scenario};
-use crate::conn::{self, Credentials, Session, Target};
+use crate::conn::{self, Credentials, Session, Target, TlsMode, TransportMode};
 use crate::procstat::{self, ProcSample};
 use crate::report::{
     self, ClientProcess, Connections, Logins, RunResult, ServerProcess, ServerShare, StageResult,
@@ -316,6 +316,7 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
         },
         domain: args.domain.clone(),
         tls: format!("{:?}", args.tls).to_lowercase(),
+        transport: format!("{:?}", args.transport).to_lowercase(),
         users: shared.users,
         ramp_per_second: args.ramp,
         stage_seconds: args.duration,
@@ -519,6 +520,14 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
     if servers.is_empty() {
         bail!("--server needs at least one address");
     }
+    if args.transport == TransportMode::Websocket {
+        if args.tls == TlsMode::Starttls {
+            bail!("--tls starttls does not exist over WebSocket (RFC 7395): use --tls none (ws://) or --tls direct (wss://)");
+        }
+        if !args.ws_path.starts_with('/') {
+            bail!("--ws-path must start with /");
+        }
+    }
     let mut mechanisms = Vec::new();
     for name in &args.mechanisms {
         mechanisms.push(
@@ -578,6 +587,8 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
             servers,
             domain: args.domain.clone(),
             tls: args.tls,
+            transport: args.transport,
+            ws_path: args.ws_path.clone(),
             mechanisms,
             resource: args.resource.clone(),
             roster_get: !args.no_roster,

@@ -31,6 +31,8 @@ pub fn now_micros() -> u64 {
 pub enum ErrorKind {
     Connect,
     Tls,
+    /// The WebSocket handshake (HTTP upgrade, `xmpp` subprotocol) failed.
+    WebSocket,
     StreamError,
     StreamClosed,
     NoMechanism,
@@ -46,9 +48,10 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
+        ErrorKind::WebSocket,
         ErrorKind::StreamError,
         ErrorKind::StreamClosed,
         ErrorKind::NoMechanism,
@@ -67,6 +70,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Connect => "connect",
             ErrorKind::Tls => "tls",
+            ErrorKind::WebSocket => "websocket",
             ErrorKind::StreamError => "stream_error",
             ErrorKind::StreamClosed => "stream_closed",
             ErrorKind::NoMechanism => "no_mechanism",

@@ -36,6 +36,16 @@ impl Scanner {
         Scanner::default()
     }
 
+    /// A scanner that is already inside a stream: every top-level element is
+    /// an [`Event::Element`]. It splits a sequence of complete elements (what
+    /// the generator writes) into one element per WebSocket message.
+    pub fn inside_stream() -> Self {
+        Scanner {
+            depth: 1,
+            ..Scanner::default()
+        }
+    }
+
     /// Forget everything (after STARTTLS or SASL success the stream restarts).
     pub fn reset(&mut self) {
         *self = Scanner::default();
@@ -279,6 +289,87 @@ pub fn mechanisms(features: &[u8]) -> Vec<String> {
     names
 }
 
+/// The framing namespace of XMPP over WebSocket (RFC 7395 section 3.3).
+pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+
+/// Append one WebSocket message of the server (RFC 7395: each message is one
+/// complete element) to the read buffer in the shape of a TCP stream, so that
+/// the same [`Scanner`] reads both transports: `<open .../>` becomes the
+/// stream header `<open ...>`, `<close/>` becomes `</stream:stream>`, any
+/// other element is appended as it is.
+pub fn append_framed_message(buffer: &mut Vec<u8>, message: &[u8]) {
+    let start = message
+        .iter()
+        .position(|byte| !byte.is_ascii_whitespace())
+        .unwrap_or(message.len());
+    let end = message
+        .iter()
+        .rposition(|byte| !byte.is_ascii_whitespace())
+        .map_or(start, |last| last + 1);
+    let element = &message[start..end.max(start)];
+    if element.first() != Some(&b'<') {
+        return;
+    }
+    match name(element) {
+        b"open" => {
+            let tag = start_tag(element);
+            match tag.strip_suffix(b"/>") {
+                Some(open) => {
+                    buffer.extend_from_slice(open);
+                    buffer.push(b'>');
+                }
+                None => buffer.extend_from_slice(tag),
+            }
+        }
+        b"close" => buffer.extend_from_slice(b"</stream:stream>"),
+        _ => buffer.extend_from_slice(element),
+    }
+}
+
+/// The ranges of the complete top-level elements in `data` (a sequence of
+/// elements without a stream header), and whether anything but whitespace
+/// is left over after the last one.
+pub fn split_elements(data: &[u8]) -> (Vec<std::ops::Range<usize>>, bool) {
+    let mut scanner = Scanner::inside_stream();
+    let mut ranges = Vec::new();
+    while let Some(Event::Element(range)) = scanner.next(data) {
+        ranges.push(range);
+    }
+    let end = ranges.last().map_or(0, |range| range.end);
+    let leftover = data[end..].iter().any(|byte| !byte.is_ascii_whitespace());
+    (ranges, leftover)
+}
+
+/// The elements of `data` as WebSocket messages (RFC 7395 section 3.3.3):
+/// one element each, and every element declares its namespace, so a stanza
+/// written without `xmlns` (as on TCP, where the stream declares
+/// `jabber:client`) gets `xmlns='jabber:client'`. Returns the bytes of all
+/// messages and each one's range in them; `None` when `data` ends in an
+/// incomplete element.
+pub fn websocket_messages(data: &[u8]) -> Option<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+    const DEFAULT_NS: &[u8] = b" xmlns='jabber:client'";
+    let (ranges, leftover) = split_elements(data);
+    if leftover {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() + ranges.len() * DEFAULT_NS.len());
+    let mut messages = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        let element = &data[range];
+        let start = out.len();
+        if attribute(element, "xmlns").is_some() {
+            out.extend_from_slice(element);
+        } else {
+            let name_end = 1 + name(element).len();
+            out.extend_from_slice(&element[..name_end]);
+            out.extend_from_slice(DEFAULT_NS);
+            out.extend_from_slice(&element[name_end..]);
+        }
+        messages.push(start..out.len());
+    }
+    Some((out, messages))
+}
+
 /// Escape text for an XML attribute value or text node.
 pub fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -343,6 +434,126 @@ mod tests {
         for chunk in 1..40 {
             assert_eq!(events(STREAM, chunk), whole, "chunk size {chunk}");
         }
+    }
+
+    /// What the server sends over WebSocket (RFC 7395 section 3.4 and 3.6),
+    /// one message at a time, read back as a TCP stream would be.
+    #[test]
+    fn websocket_messages_read_as_a_stream() {
+        let messages: [&[u8]; 6] = [
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='s1' from='localhost' version='1.0' xml:lang='en'/>",
+            b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism></mechanisms></stream:features>",
+            b" <message xmlns='jabber:client' from='a@b/c' type='chat'><body>LT:1</body></message>\n",
+            b"<presence xmlns='jabber:client' from='a@b/c'/>",
+            b"  ",
+            b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+        ];
+        let mut buffer = Vec::new();
+        let mut scanner = Scanner::new();
+        let mut found = Vec::new();
+        for message in messages {
+            append_framed_message(&mut buffer, message);
+            while let Some(event) = scanner.next(&buffer) {
+                found.push(match event {
+                    Event::StreamHeader(range) => {
+                        format!("header {}", String::from_utf8_lossy(&buffer[range]))
+                    }
+                    Event::Element(range) => String::from_utf8_lossy(&buffer[range]).into_owned(),
+                    Event::StreamEnd => "end".into(),
+                });
+            }
+            scanner.compact(&mut buffer);
+        }
+        assert_eq!(found.len(), 5, "{found:?}");
+        assert_eq!(
+            found[0],
+            "header <open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='s1' from='localhost' version='1.0' xml:lang='en'>"
+        );
+        assert!(found[1].starts_with("<stream:features "));
+        assert_eq!(
+            mechanisms(found[1].as_bytes()),
+            vec!["SCRAM-SHA-256".to_string()]
+        );
+        assert_eq!(local_name(found[1].as_bytes()), b"features");
+        assert_eq!(
+            found[2],
+            "<message xmlns='jabber:client' from='a@b/c' type='chat'><body>LT:1</body></message>"
+        );
+        assert_eq!(found[3], "<presence xmlns='jabber:client' from='a@b/c'/>");
+        assert_eq!(found[4], "end");
+    }
+
+    /// A stream error arrives as its own message, then `<close/>`; after a
+    /// restart (SASL success) the new `<open/>` is a header again.
+    #[test]
+    fn websocket_error_close_and_restart() {
+        let mut buffer = Vec::new();
+        let mut scanner = Scanner::new();
+        append_framed_message(
+            &mut buffer,
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='1' version='1.0'/>",
+        );
+        append_framed_message(
+            &mut buffer,
+            b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        );
+        assert!(matches!(
+            scanner.next(&buffer),
+            Some(Event::StreamHeader(_))
+        ));
+        let Some(Event::Element(range)) = scanner.next(&buffer) else {
+            panic!("no success element");
+        };
+        assert_eq!(local_name(&buffer[range]), b"success");
+        scanner.reset();
+        buffer.clear();
+        append_framed_message(
+            &mut buffer,
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' id='2' version='1.0'></open>",
+        );
+        append_framed_message(&mut buffer, b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
+        append_framed_message(
+            &mut buffer,
+            b"<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+        );
+        let Some(Event::StreamHeader(range)) = scanner.next(&buffer) else {
+            panic!("no header");
+        };
+        assert_eq!(attribute(&buffer[range], "id"), Some(&b"2"[..]));
+        let Some(Event::Element(range)) = scanner.next(&buffer) else {
+            panic!("no error");
+        };
+        assert_eq!(name(&buffer[range.clone()]), b"stream:error");
+        assert!(find_child(&buffer[range], "conflict").is_some());
+        assert_eq!(scanner.next(&buffer), Some(Event::StreamEnd));
+    }
+
+    /// What the generator writes in one batch becomes one message per
+    /// element, each with its namespace.
+    #[test]
+    fn splits_a_batch_into_namespaced_messages() {
+        let batch = b"<message to='a@b' type='chat' id='lt'><body>LT:0000000000000000:0000000000:00</body></message><presence type='subscribe' to='c@d'/><presence/>\n<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth><iq type='result' id='x' to='e@f/g'/>";
+        let (ranges, leftover) = split_elements(batch);
+        assert!(!leftover);
+        assert_eq!(ranges.len(), 5);
+        let (bytes, messages) = websocket_messages(batch).expect("complete elements");
+        let parts: Vec<&[u8]> = messages.iter().map(|range| &bytes[range.clone()]).collect();
+        assert_eq!(
+            parts,
+            vec![
+                &b"<message xmlns='jabber:client' to='a@b' type='chat' id='lt'><body>LT:0000000000000000:0000000000:00</body></message>"[..],
+                b"<presence xmlns='jabber:client' type='subscribe' to='c@d'/>",
+                b"<presence xmlns='jabber:client'/>",
+                b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+                b"<iq xmlns='jabber:client' type='result' id='x' to='e@f/g'/>",
+            ]
+        );
+        let open =
+            b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>";
+        let (bytes, messages) = websocket_messages(open).expect("complete");
+        assert_eq!(&bytes[messages[0].clone()], &open[..]);
+        assert!(websocket_messages(b"<presence/><message><body>cut").is_none());
+        assert!(websocket_messages(b"").expect("nothing").1.is_empty());
     }
 
     #[test]

@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use starling_api::{ApiError, ApiResult};
+use starling_telemetry::{TraceContext, TRACEPARENT, TRACESTATE};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Request, Status};
 
 use crate::error::{status_to_api_error, ProtoError};
 use crate::metrics::GrpcClientMetrics;
@@ -36,6 +39,26 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a replica that failed is skipped while others are healthy.
 pub const UNHEALTHY_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// A replica's channel whose unary requests carry the caller's trace context
+/// in their metadata (W3C `traceparent`/`tracestate`).
+pub(crate) type TracedChannel =
+    InterceptedService<Channel, fn(Request<()>) -> Result<Request<()>, Status>>;
+
+/// Put the current trace context in a request's metadata; nothing when
+/// tracing is off. The server side is `starling_telemetry::grpc::RemoteParentLayer`.
+fn inject_trace_context(mut request: Request<()>) -> Result<Request<()>, Status> {
+    let context = TraceContext::current();
+    for key in [TRACEPARENT, TRACESTATE] {
+        if let Some(value) = context
+            .get(key)
+            .and_then(|value| MetadataValue::try_from(value).ok())
+        {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    Ok(request)
+}
 
 /// When a failed call may be sent again to another replica (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,8 +202,9 @@ impl ReplicaSet {
             .unwrap_or(0)
     }
 
-    /// Run one unary call with balancing, deadline and failover, and observe
-    /// its duration and final code in `starling_grpc_client_duration_seconds`.
+    /// Run one unary call with balancing, deadline and failover; every
+    /// attempt carries the caller's trace context. Its duration and final code
+    /// go to `starling_grpc_client_duration_seconds`.
     pub(crate) async fn call<T, F, Fut>(
         &self,
         method: &'static str,
@@ -188,7 +212,7 @@ impl ReplicaSet {
         attempt: F,
     ) -> ApiResult<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(TracedChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -206,27 +230,28 @@ impl ReplicaSet {
         mut attempt: F,
     ) -> (ApiResult<T>, Code)
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(TracedChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut retries_after_execution = 0usize;
         let mut last_status = None;
         for index in self.unary_order() {
             let replica = &self.replicas[index];
-            let status =
-                match tokio::time::timeout(self.call_timeout, attempt(replica.channel.clone()))
-                    .await
-                {
-                    Ok(Ok(response)) => {
-                        replica.mark_healthy();
-                        return (Ok(response.into_inner()), Code::Ok);
-                    }
-                    Ok(Err(status)) => status,
-                    Err(_elapsed) => Status::deadline_exceeded(format!(
-                        "no answer within {} ms",
-                        self.call_timeout.as_millis()
-                    )),
-                };
+            let channel = InterceptedService::new(
+                replica.channel.clone(),
+                inject_trace_context as fn(Request<()>) -> Result<Request<()>, Status>,
+            );
+            let status = match tokio::time::timeout(self.call_timeout, attempt(channel)).await {
+                Ok(Ok(response)) => {
+                    replica.mark_healthy();
+                    return (Ok(response.into_inner()), Code::Ok);
+                }
+                Ok(Err(status)) => status,
+                Err(_elapsed) => Status::deadline_exceeded(format!(
+                    "no answer within {} ms",
+                    self.call_timeout.as_millis()
+                )),
+            };
             let failure = classify_failure(&status);
             if failure == AttemptFailure::Answered {
                 return (Err(status_to_api_error(&status)), status.code());

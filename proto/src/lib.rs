@@ -174,6 +174,8 @@ pub async fn serve_grpc_on_with_metrics(
     );
     let serve = tonic::transport::Server::builder()
         .layer(metrics)
+        // Unary handlers run under the caller's trace context (gRPC metadata).
+        .layer(starling_telemetry::grpc::RemoteParentLayer)
         .add_optional_service(storage.map(storage_service))
         .add_optional_service(
             router.map(|router| router_adapter::router_service_with_drain(router, drain_rx)),

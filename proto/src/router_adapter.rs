@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use starling_api::{origin_time, ApiError, ApiResult, BindError, Origin, RouterApi, SessionAddr};
 use starling_jid::{BareJid, FullJid};
+use starling_telemetry::{with_remote_parent, TraceContext};
 use starling_xmpp::Element;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -154,6 +155,9 @@ struct ParsedRoute {
     parsed: Result<(Origin, Element), String>,
     /// When the sending connection-manager took the stanza (`routed_at_unix_micros`).
     routed_at: Option<std::time::SystemTime>,
+    /// The sender's span: the parent of the router's spans for this stanza.
+    /// Per request, since one stream carries many stanzas of many traces.
+    trace_context: TraceContext,
 }
 
 /// Parse one request; returns the key of the sender whose stanzas must stay
@@ -161,6 +165,7 @@ struct ParsedRoute {
 fn parse_route_request(request: proto::RouteRequest) -> (String, ParsedRoute) {
     let sequence = request.sequence;
     let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
+    let trace_context = TraceContext::from_map(request.trace_context);
     let parsed = origin_from_proto(request.origin).and_then(|origin| {
         stanza_from_wire("stanza", &request.stanza).map(|stanza| (origin, stanza))
     });
@@ -175,6 +180,7 @@ fn parse_route_request(request: proto::RouteRequest) -> (String, ParsedRoute) {
             sequence,
             parsed,
             routed_at,
+            trace_context,
         },
     )
 }
@@ -196,7 +202,11 @@ async fn run_route_lane(
     while let Some(item) = lane_rx.recv().await {
         let result = match item.parsed {
             Ok((origin, stanza)) => {
-                origin_time::scope(item.routed_at, api.route(origin, stanza)).await
+                origin_time::scope(
+                    item.routed_at,
+                    with_remote_parent(&item.trace_context, || api.route(origin, stanza)),
+                )
+                .await
             }
             Err(message) => Err(invalid_request(message)),
         };
@@ -666,7 +676,8 @@ impl RouterApi for GrpcRouterClient {
             origin: Some(origin_to_proto(&origin)),
             stanza: stanza_to_wire(&stanza),
             routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
-            trace_context: Default::default(),
+            // Each stanza carries its own context: the stream outlives any one trace.
+            trace_context: TraceContext::current().into_map(),
         };
         let started = std::time::Instant::now();
         let (ack_tx, ack_rx) = oneshot::channel();

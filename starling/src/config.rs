@@ -48,6 +48,30 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub admin: AdminConfig,
     pub drain: DrainConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry traces (docs/operations.md "Traces"). Off unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, `http://HOST:PORT` (4317 by convention); empty: no traces.
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded, 0.0 to 1.0; a stanza whose trace began
+    /// in another process follows that process's decision (parent-based).
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute; empty: `starling-<target>`.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: String::new(),
+        }
+    }
 }
 
 /// The admin API (gRPC, `starling admin ...`): served by the session-router
@@ -199,6 +223,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -301,6 +326,11 @@ fn env_value(default: &toml::Value, raw: &str) -> Result<toml::Value, String> {
             .parse::<i64>()
             .map(toml::Value::Integer)
             .map_err(|_| format!("expected an integer, got {raw:?}")),
+        toml::Value::Float(_) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("expected a number, got {raw:?}")),
         toml::Value::Boolean(_) => match raw.trim() {
             "true" | "1" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
             "false" | "0" | "no" | "off" => Ok(toml::Value::Boolean(false)),
@@ -515,6 +545,7 @@ impl Config {
             });
         }
         self.validate_admin()?;
+        self.telemetry.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
@@ -633,6 +664,31 @@ fn check_admin_token(key: &'static str, token: &str) -> Result<(), ConfigError> 
         });
     }
     Ok(())
+}
+
+impl TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let endpoint = &self.otlp_endpoint;
+        // The exporter speaks OTLP/gRPC in clear text (a collector beside the process).
+        let has_host = endpoint
+            .strip_prefix("http://")
+            .is_some_and(|host| !host.is_empty());
+        if !endpoint.is_empty() && !has_host {
+            return Err(ConfigError::Invalid {
+                key: "telemetry.otlp_endpoint",
+                message: format!(
+                    "{endpoint:?}: expected http://HOST:PORT of an OTLP/gRPC collector (empty disables traces)"
+                ),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::Invalid {
+                key: "telemetry.sample_ratio",
+                message: format!("{} is not between 0.0 and 1.0", self.sample_ratio),
+            });
+        }
+        Ok(())
+    }
 }
 
 fn parse_listen(key: &'static str, value: &str) -> Result<Option<SocketAddr>, ConfigError> {
@@ -811,6 +867,62 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let error = Config::from_toml_str("test", &text, &env(&[])).unwrap_err();
         assert!(error.to_string().contains("`admin.token_file`"), "{error}");
+    }
+
+    #[test]
+    fn telemetry_is_off_by_default_and_validated() {
+        let config = Config::from_toml_str("test", "", &env(&[])).unwrap();
+        assert!(config.telemetry.otlp_endpoint.is_empty());
+        let config = Config::from_toml_str(
+            "test",
+            "[telemetry]\nsample_ratio = 1\n",
+            &env(&[
+                ("STARLING_TELEMETRY_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("STARLING_TELEMETRY_SAMPLE_RATIO", "0.25"),
+                ("STARLING_TELEMETRY_SERVICE_NAME", "edge"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.telemetry.otlp_endpoint, "http://127.0.0.1:4317");
+        assert_eq!(config.telemetry.sample_ratio, 0.25);
+        assert_eq!(config.telemetry.service_name, "edge");
+        for (text, key) in [
+            (
+                "[telemetry]\nsample_ratio = 1.5\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\nsample_ratio = -0.1\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\nsample_ratio = nan\n",
+                "telemetry.sample_ratio",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"127.0.0.1:4317\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"https://collector:4317\"\n",
+                "telemetry.otlp_endpoint",
+            ),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+        let error = Config::from_toml_str(
+            "test",
+            "",
+            &env(&[("STARLING_TELEMETRY_SAMPLE_RATIO", "half")]),
+        )
+        .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("STARLING_TELEMETRY_SAMPLE_RATIO"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod http;
 mod serve;
+mod telemetry;
 mod user;
 
 use std::process::ExitCode;

@@ -69,20 +69,6 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
         .with_context(|| format!("cannot open storage {}", redact_url(&storage_config.url)))
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = if config.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-    if let Err(error) = result {
-        eprintln!("starling: logging already initialised: {error}");
-    }
-}
-
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn termination_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -327,7 +313,6 @@ fn spawn_liveness(
 }
 
 pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
-    init_logging(&config);
     let node_id = if config.cluster.node_id.is_empty() {
         format!(
             "{}-{}",
@@ -337,6 +322,14 @@ pub async fn serve(config: Config, target: Target) -> anyhow::Result<()> {
     } else {
         config.cluster.node_id.clone()
     };
+    let telemetry = crate::telemetry::init(&config, target.name(), &node_id);
+    let served = serve_with_node_id(config, target, node_id).await;
+    // The last spans (the drain's) leave before the process does.
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> anyhow::Result<()> {
     tracing::info!(target = target.name(), domain = %config.domain, node = %node_id, "starting starling serve");
     if target != Target::All && target != Target::Storage {
         require(target, "cluster.redis", !config.cluster.redis.is_empty())?;

@@ -7,6 +7,10 @@
 //! node, not 500. The in-process implementation passes the parsed stanza; the
 //! Redis one (cluster, `RedisBus`) carries a protobuf envelope around the
 //! re-serialised stanza.
+//!
+//! Each envelope carries the trace context of the `bus.publish` span that
+//! sent it (in the protobuf envelope on Redis, beside the delivery in
+//! process), so that the receiving connection-manager's span joins the trace.
 
 mod metrics;
 mod redis;
@@ -14,7 +18,9 @@ mod redis;
 mod redis_tests;
 
 pub use metrics::BusMetrics;
-pub use redis::{decode_delivery, encode_delivery, BusError, RedisBus};
+pub use redis::{
+    decode_delivery, decode_envelope, encode_delivery, encode_envelope, BusError, RedisBus,
+};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use starling_api::{ApiResult, ConnId};
+use starling_telemetry::{TraceContext, SPAN_TARGET};
 use starling_xmpp::{Element, StreamErrorCondition};
 use tokio::sync::mpsc;
 
@@ -64,8 +71,79 @@ pub enum Delivery {
     Drain { window: Option<std::time::Duration> },
 }
 
+impl Delivery {
+    fn kind(&self) -> &'static str {
+        match self {
+            Delivery::Stanza { .. } => "stanza",
+            Delivery::Close { .. } => "close",
+            Delivery::Drain { .. } => "drain",
+        }
+    }
+
+    fn recipient_count(&self) -> usize {
+        match self {
+            Delivery::Stanza { recipients, .. } => recipients.len(),
+            Delivery::Close { .. } => 1,
+            Delivery::Drain { .. } => 0,
+        }
+    }
+}
+
+/// A delivery as received, with the trace context of its publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracedDelivery {
+    pub delivery: Delivery,
+    /// The `bus.publish` span's context; empty when tracing is off.
+    pub trace_context: TraceContext,
+}
+
 /// The receiving end a connection-manager reads its deliveries from.
-pub type DeliveryReceiver = mpsc::UnboundedReceiver<Delivery>;
+#[derive(Debug)]
+pub struct DeliveryReceiver {
+    receiver: mpsc::UnboundedReceiver<TracedDelivery>,
+}
+
+impl DeliveryReceiver {
+    fn new(receiver: mpsc::UnboundedReceiver<TracedDelivery>) -> Self {
+        DeliveryReceiver { receiver }
+    }
+
+    /// The next delivery with its publisher's trace context; `None` once the bus is gone.
+    pub async fn recv_traced(&mut self) -> Option<TracedDelivery> {
+        self.receiver.recv().await
+    }
+
+    /// The next delivery; `None` once the bus is gone.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        self.recv_traced().await.map(|traced| traced.delivery)
+    }
+
+    /// A delivery if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Delivery, mpsc::error::TryRecvError> {
+        self.receiver.try_recv().map(|traced| traced.delivery)
+    }
+}
+
+/// The `bus.publish` span (a producer, in OpenTelemetry terms) and the trace
+/// context the envelope carries: the receiver's span becomes its child.
+fn publish_span(
+    bus: &'static str,
+    node: &str,
+    delivery: &Delivery,
+) -> (tracing::Span, TraceContext) {
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "bus.publish",
+        otel.kind = "producer",
+        bus.system = bus,
+        bus.node = node,
+        delivery.kind = delivery.kind(),
+        delivery.recipients = delivery.recipient_count(),
+        bus.receivers = tracing::field::Empty,
+    );
+    let trace_context = TraceContext::of(&span);
+    (span, trace_context)
+}
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
@@ -80,7 +158,7 @@ pub trait Bus: Send + Sync + 'static {
 /// Bounding happens per connection, in the connection-manager's outbound queue.
 #[derive(Default, Clone)]
 pub struct InProcessBus {
-    channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Delivery>>>>,
+    channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<TracedDelivery>>>>,
     metrics: BusMetrics,
 }
 
@@ -99,18 +177,25 @@ impl InProcessBus {
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
+        let (span, trace_context) = publish_span("in_process", node, &delivery);
+        let traced = TracedDelivery {
+            delivery,
+            trace_context,
+        };
         let sender = self.channels.read().get(node).cloned();
-        let outcome = match sender {
-            Some(sender) if sender.send(delivery).is_ok() => {
+        let receivers = match sender {
+            Some(sender) if sender.send(traced).is_ok() => {
                 self.metrics.received();
-                Ok(1)
+                1
             }
             Some(_) => {
                 self.channels.write().remove(node);
-                Ok(0)
+                0
             }
-            None => Ok(0),
+            None => 0,
         };
+        span.record("bus.receivers", receivers);
+        let outcome: ApiResult<usize> = Ok(receivers);
         self.metrics.published(&outcome);
         outcome
     }
@@ -118,7 +203,7 @@ impl Bus for InProcessBus {
     async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.channels.write().insert(node.to_string(), sender);
-        Ok(receiver)
+        Ok(DeliveryReceiver::new(receiver))
     }
 }
 
@@ -126,6 +211,7 @@ impl Bus for InProcessBus {
 mod tests {
     use super::*;
     use starling_xmpp::ns;
+    use tracing::Instrument;
 
     #[tokio::test]
     async fn publishes_to_the_subscribed_node_only() {
@@ -139,6 +225,53 @@ mod tests {
         assert_eq!(bus.publish("cm1", delivery.clone()).await.unwrap(), 1);
         assert_eq!(bus.publish("cm2", delivery.clone()).await.unwrap(), 0);
         assert_eq!(receiver.recv().await, Some(delivery));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_envelope_carries_the_publish_span_as_parent_of_the_receiver() {
+        use starling_telemetry::testing::recording;
+        use starling_telemetry::TRACEPARENT;
+
+        let (recorded, subscriber) = recording();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let bus = InProcessBus::new();
+        let mut receiver = bus.subscribe("cm1").await.unwrap();
+        let delivery = Delivery::Stanza {
+            recipients: vec![Recipient::conn(7), Recipient::conn(8)],
+            stanza: Arc::new(Element::new("message", ns::CLIENT)),
+            routed_at: None,
+        };
+        let router = tracing::info_span!(target: SPAN_TARGET, "test.route");
+        bus.publish("cm1", delivery.clone())
+            .instrument(router.clone())
+            .await
+            .unwrap();
+        drop(router);
+        let traced = receiver.recv_traced().await.unwrap();
+        assert_eq!(traced.delivery, delivery);
+        let publish = recorded.span("bus.publish");
+        assert_eq!(
+            publish.parent_span_id,
+            recorded.span("test.route").span_context.span_id()
+        );
+        assert_eq!(
+            traced.trace_context.get(TRACEPARENT).unwrap(),
+            format!(
+                "00-{}-{}-01",
+                publish.span_context.trace_id(),
+                publish.span_context.span_id()
+            )
+        );
+        let attribute = |key: &str| {
+            publish
+                .attributes
+                .iter()
+                .find(|attribute| attribute.key.as_str() == key)
+                .map(|attribute| attribute.value.to_string())
+        };
+        assert_eq!(attribute("bus.node").as_deref(), Some("cm1"));
+        assert_eq!(attribute("delivery.recipients").as_deref(), Some("2"));
+        assert_eq!(attribute("bus.receivers").as_deref(), Some("1"));
     }
 
     #[test]

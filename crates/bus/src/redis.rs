@@ -21,11 +21,13 @@ use starling_api::{origin_time, ApiError, ApiResult};
 use starling_proto::bus::v1 as proto;
 use starling_redis_client::redis::{PushInfo, PushKind, Value};
 use starling_redis_client::{RedisClient, RedisError, RedisSubscriber};
+use starling_telemetry::TraceContext;
 use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
-use crate::{Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient};
+use crate::{publish_span, Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient, TracedDelivery};
 
 /// The errors of the Redis bus.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +51,15 @@ impl From<BusError> for ApiError {
     }
 }
 
-/// The protobuf envelope of a delivery. The stanza is serialised declaring
-/// its own namespace (`jabber:client`), so that it parses standalone.
+/// The protobuf envelope of a delivery, without trace context.
 pub fn encode_delivery(delivery: &Delivery) -> Vec<u8> {
+    encode_envelope(delivery, &TraceContext::empty())
+}
+
+/// The protobuf envelope of a delivery and its publisher's trace context
+/// (`Delivery.trace_context`). The stanza is serialised declaring its own
+/// namespace (`jabber:client`), so that it parses standalone.
+pub fn encode_envelope(delivery: &Delivery, trace_context: &TraceContext) -> Vec<u8> {
     let mut routed_at_unix_micros = 0;
     let kind = match delivery {
         Delivery::Stanza {
@@ -89,15 +97,36 @@ pub fn encode_delivery(delivery: &Delivery) -> Vec<u8> {
     proto::Delivery {
         kind: Some(kind),
         routed_at_unix_micros,
-        trace_context: HashMap::new(),
+        trace_context: trace_context
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect(),
     }
     .encode_to_vec()
 }
 
 /// Decode an envelope, parsing its stanza under `limits`.
 pub fn decode_delivery(payload: &[u8], limits: &Limits) -> Result<Delivery, BusError> {
+    decode_envelope(payload, limits).map(|traced| traced.delivery)
+}
+
+/// Decode an envelope with its trace context, parsing its stanza under `limits`.
+pub fn decode_envelope(payload: &[u8], limits: &Limits) -> Result<TracedDelivery, BusError> {
     let envelope = proto::Delivery::decode(payload)?;
-    match envelope.kind {
+    let routed_at = origin_time::from_unix_micros(envelope.routed_at_unix_micros);
+    let delivery = delivery_from_proto(envelope.kind, routed_at, limits)?;
+    Ok(TracedDelivery {
+        delivery,
+        trace_context: TraceContext::from_map(envelope.trace_context),
+    })
+}
+
+fn delivery_from_proto(
+    kind: Option<proto::delivery::Kind>,
+    routed_at: Option<std::time::SystemTime>,
+    limits: &Limits,
+) -> Result<Delivery, BusError> {
+    match kind {
         Some(proto::delivery::Kind::Stanza(stanza_delivery)) => {
             let stanza =
                 parse_element(stanza_delivery.stanza.as_bytes(), limits).map_err(|error| {
@@ -122,7 +151,7 @@ pub fn decode_delivery(payload: &[u8], limits: &Limits) -> Result<Delivery, BusE
             Ok(Delivery::Stanza {
                 recipients,
                 stanza: Arc::new(stanza),
-                routed_at: origin_time::from_unix_micros(envelope.routed_at_unix_micros),
+                routed_at,
             })
         }
         Some(proto::delivery::Kind::Close(close)) => {
@@ -147,7 +176,7 @@ pub fn decode_delivery(payload: &[u8], limits: &Limits) -> Result<Delivery, BusE
     }
 }
 
-type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<Delivery>>>>;
+type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<TracedDelivery>>>>;
 
 /// How often the subscription connection is pinged, so that a lost
 /// connection (a Redis restart) is noticed and resubscribed.
@@ -216,13 +245,18 @@ impl Drop for RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
+        let (span, trace_context) = publish_span("redis", node, &delivery);
         let channel = self.client.delivery_channel(node);
+        let payload = encode_envelope(&delivery, &trace_context);
         let outcome = self
             .client
-            .publish(&channel, &encode_delivery(&delivery))
+            .publish(&channel, &payload)
+            .instrument(span.clone())
             .await;
         self.metrics.published(&outcome);
-        Ok(outcome.map_err(BusError::from)?)
+        let receivers = outcome.map_err(BusError::from)?;
+        span.record("bus.receivers", receivers);
+        Ok(receivers)
     }
 
     async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
@@ -235,7 +269,7 @@ impl Bus for RedisBus {
             self.routes.write().remove(channel.as_bytes());
             return Err(BusError::from(error).into());
         }
-        Ok(delivery_rx)
+        Ok(DeliveryReceiver::new(delivery_rx))
     }
 }
 
@@ -284,7 +318,7 @@ async fn dispatch(
             continue;
         };
         metrics.received();
-        let delivery = match decode_delivery(payload, &limits) {
+        let delivery = match decode_envelope(payload, &limits) {
             Ok(delivery) => delivery,
             Err(error) => {
                 metrics.invalid();
@@ -398,6 +432,31 @@ mod tests {
             decode_delivery(&encode_delivery(&delivery), &limits()).unwrap(),
             delivery
         );
+    }
+
+    #[test]
+    fn the_trace_context_travels_in_the_envelope() {
+        let xml = "<message xmlns='jabber:client' to='b@example.org/phone' id='m1'/>";
+        let delivery = stanza_delivery(xml, vec![Recipient::conn(7)]);
+        let trace_context = TraceContext::from_map(HashMap::from([(
+            "traceparent".to_string(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+        )]));
+        let payload = encode_envelope(&delivery, &trace_context);
+        let envelope = proto::Delivery::decode(payload.as_slice()).unwrap();
+        assert_eq!(
+            envelope
+                .trace_context
+                .get("traceparent")
+                .map(String::as_str),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        let traced = decode_envelope(&payload, &limits()).unwrap();
+        assert_eq!(traced.delivery, delivery);
+        assert_eq!(traced.trace_context, trace_context);
+        // Without tracing the field stays empty on the wire.
+        let untraced = proto::Delivery::decode(encode_delivery(&delivery).as_slice()).unwrap();
+        assert!(untraced.trace_context.is_empty());
     }
 
     #[test]

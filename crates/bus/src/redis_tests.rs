@@ -70,6 +70,43 @@ async fn round_trip(publisher: &RedisBus, subscriber: &RedisBus, node: &str) {
     );
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn redis_envelopes_carry_the_publish_span_context() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let (recorded, subscriber) = starling_telemetry::testing::recording();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let publisher = RedisBus::new(client.clone()).await.unwrap();
+    let subscriber = RedisBus::new(client).await.unwrap();
+    let mut receiver = subscriber.subscribe("cm-traced").await.unwrap();
+    let delivery = presence_to_contacts();
+    assert_eq!(
+        publisher
+            .publish("cm-traced", delivery.clone())
+            .await
+            .unwrap(),
+        1
+    );
+    let traced = tokio::time::timeout(Duration::from_secs(5), receiver.recv_traced())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the delivery channel is open");
+    assert_eq!(traced.delivery, delivery);
+    let publish = recorded.span("bus.publish");
+    assert_eq!(
+        traced.trace_context.get(starling_telemetry::TRACEPARENT),
+        Some(
+            format!(
+                "00-{}-{}-01",
+                publish.span_context.trace_id(),
+                publish.span_context.span_id()
+            )
+            .as_str()
+        )
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_round_trip_between_two_buses() {
     let Some(client) = test_client().await else {

@@ -5,15 +5,36 @@
 use std::sync::Arc;
 
 use starling_api::{ConnId, SessionAddr};
-use starling_bus::{Delivery, DeliveryReceiver};
+use starling_bus::{Delivery, DeliveryReceiver, TracedDelivery};
+use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{Element, StanzaKind, StreamError};
+use tracing::Instrument;
 
 use crate::outbound::{PushError, QueuedStanza};
 use crate::Shared;
 
 /// Read the node's deliveries until the bus closes.
 pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiver) {
-    while let Some(delivery) = deliveries.recv().await {
+    while let Some(TracedDelivery {
+        delivery,
+        trace_context,
+    }) = deliveries.recv_traced().await
+    {
+        // The last hop of the stanza's trace: a child of the bus.publish span
+        // whose context the envelope carries.
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "connection_manager.deliver",
+            otel.kind = "consumer",
+            node.id = %shared.node_id,
+            delivery.kind = tracing::field::Empty,
+            delivery.recipients = tracing::field::Empty,
+            stanza.kind = tracing::field::Empty,
+            stanza.type = tracing::field::Empty,
+        );
+        trace_context.set_parent_of(&span);
+        let _entered = span.enter();
         match delivery {
             Delivery::Stanza {
                 recipients,
@@ -21,6 +42,12 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                 routed_at,
             } => {
                 let kind = StanzaKind::of(&stanza);
+                if !span.is_disabled() {
+                    span.record("delivery.kind", "stanza");
+                    span.record("delivery.recipients", recipients.len());
+                    span.record("stanza.kind", stanza.name());
+                    span.record("stanza.type", stanza.attr("type"));
+                }
                 for recipient in recipients {
                     let queued = QueuedStanza {
                         stanza: Arc::clone(&stanza),
@@ -59,12 +86,14 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                 condition,
                 text,
             } => {
+                span.record("delivery.kind", "close");
                 if let Some(handle) = shared.connection(conn) {
                     tracing::debug!(conn, condition = %condition, "closing stream on request");
                     handle.close(Some(StreamError { condition, text }));
                 }
             }
             Delivery::Drain { window } => {
+                span.record("delivery.kind", "drain");
                 crate::drain::start(&shared, window);
             }
         }
@@ -91,11 +120,15 @@ pub(crate) fn reroute(shared: &Arc<Shared>, conn: ConnId, stanza: Element) {
         node: shared.node_id.clone(),
         conn,
     };
-    tokio::spawn(async move {
-        if let Err(error) = router.undeliverable(stanza, &failed).await {
-            tracing::warn!(%error, "rerouting an undeliverable stanza failed");
+    // Still part of the delivery's trace (the current span), off its path.
+    tokio::spawn(
+        async move {
+            if let Err(error) = router.undeliverable(stanza, &failed).await {
+                tracing::warn!(%error, "rerouting an undeliverable stanza failed");
+            }
         }
-    });
+        .in_current_span(),
+    );
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@ use std::time::{Duration, SystemTime};
 
 use starling_api::{origin_time, Origin, SessionAddr};
 use starling_jid::FullJid;
+use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{
     ns, stanza, Element, Node, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
     StreamErrorCondition, StreamEvent,
 };
+use tracing::Instrument;
 
 use crate::delivery::is_reroutable;
 use crate::framing::Inbound;
@@ -242,13 +244,26 @@ impl Session {
             jid: self.jid.clone(),
             addr: self.addr.clone(),
         };
+        // The root of the stanza's trace; the router's spans are its children,
+        // in this process or across the route stream (RouteRequest.trace_context).
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            parent: None,
+            "connection_manager.route",
+            otel.kind = "server",
+            stanza.kind = element.name(),
+            stanza.type = element.attr("type"),
+            node.id = %self.shared.node_id,
+            connection.id = self.handle.conn,
+        );
         // The stanza enters the cluster now: deliveries carry this time, and
         // the delivering node observes the end-to-end latency from it.
         let routed = origin_time::scope(
             Some(SystemTime::now()),
-            self.shared.router.route(origin, element),
-        );
-        if let Err(error) = routed.await {
+            self.shared.router.route(origin, element).instrument(span),
+        )
+        .await;
+        if let Err(error) = routed {
             tracing::debug!(jid = %self.jid, %error, "routing failed");
             self.reply_error(&reply_template, error.to_stanza_error());
         }

@@ -12,7 +12,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use starling_xmpp::{ParseError, StreamError, StreamErrorCondition};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -93,10 +93,19 @@ impl Transport {
     /// Separate halves for the session's reader and writer tasks.
     pub fn split(self) -> (TransportReader, TransportWriter) {
         match self {
+            // Plain TCP splits into two owned halves without a lock between
+            // them; TLS shares one session state, so its halves take turns.
+            Transport::Bytes(ByteStream::Plain(tcp)) => {
+                let (reader, writer) = tcp.into_split();
+                (
+                    TransportReader::Bytes(Box::new(reader)),
+                    TransportWriter::Bytes(Box::new(writer)),
+                )
+            }
             Transport::Bytes(stream) => {
                 let (reader, writer) = tokio::io::split(stream);
                 (
-                    TransportReader::Bytes(reader),
+                    TransportReader::Bytes(Box::new(reader)),
                     TransportWriter::Bytes(Box::new(writer)),
                 )
             }
@@ -116,7 +125,7 @@ impl Transport {
 
 /// The reading half of a bound session's transport.
 pub(crate) enum TransportReader {
-    Bytes(ReadHalf<ByteStream>),
+    Bytes(Box<dyn AsyncRead + Unpin + Send>),
     WebSocket(SplitStream<WebSocket>),
     Bosh(BoshReader),
 }

@@ -99,7 +99,11 @@ async fn upgrade(
     let deadline = Instant::now() + shared.limits.pre_auth_timeout;
     let shared = Arc::clone(shared);
     let connections = state.connections.clone();
+    // tungstenite allocates its read buffer up front, 128 KiB by default: that
+    // was most of an idle WebSocket session's memory. A larger message still
+    // fits (the buffer grows for it).
     upgrade
+        .read_buffer_size(4096)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {

@@ -213,8 +213,10 @@ fn parse_stored_stanza(xml: &str) -> Option<Element> {
     }
 }
 
+// One span per operation, the same in one process and behind gRPC.
 #[async_trait]
 impl PresenceApi for PresenceService {
+    #[tracing::instrument(target = "starling_trace", name = "presence.outbound_presence", skip_all, fields(stanza.type = stanza.attr("type")))]
     async fn outbound_presence(
         &self,
         from: &FullJid,
@@ -224,12 +226,14 @@ impl PresenceApi for PresenceService {
         self.process_outbound_presence(from, addr, stanza).await
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "presence.inbound_presence", skip_all, fields(stanza.type = stanza.attr("type")))]
     async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
         self.process_inbound_presence(stanza).await
     }
 
     /// Every get or set is answered to the session here, with the result or
     /// the error of RFC 6121 section 2; `Err` means even that answer failed.
+    #[tracing::instrument(target = "starling_trace", name = "presence.roster_iq", skip_all, fields(stanza.type = stanza.attr("type")))]
     async fn roster_iq(
         &self,
         from: &FullJid,
@@ -239,6 +243,7 @@ impl PresenceApi for PresenceService {
         self.handle_roster_iq(from, addr, stanza).await
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "presence.session_ended", skip_all)]
     async fn session_ended(&self, jid: &FullJid, was_available: bool) -> ApiResult<()> {
         self.process_session_ended(jid, was_available).await
     }

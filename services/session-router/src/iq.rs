@@ -13,7 +13,7 @@ use crate::address::Destination;
 use crate::delivery::deliver_to_session;
 use crate::handlers::disco::{self, Identity};
 use crate::handlers::{ping, version};
-use crate::router::{bounce, failure_reply, unshare, SessionRouter};
+use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
 
 /// The IQ types of RFC 6120 section 8.2.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +86,9 @@ impl SessionRouter {
             Ok(destination) => destination,
             Err(reply) => return reply,
         };
+        if matches!(destination, Destination::Absent | Destination::Domain) {
+            note_decision("server");
+        }
         match destination {
             Destination::Absent => match origin {
                 Origin::Session { jid, addr } => self.account_iq(jid, addr, iq, iq_type).await,
@@ -123,6 +126,7 @@ impl SessionRouter {
             Some(session) => {
                 let shared = Arc::new(iq);
                 if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                    note_decision("delivered");
                     crate::metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }

@@ -11,7 +11,7 @@ use crate::address::Destination;
 use crate::delivery::{deliver_to_session, deliver_to_sessions};
 use crate::metrics::{self, Decision};
 use crate::offline::offline_stanza_xml;
-use crate::router::{bounce, failure_reply, unshare, SessionRouter};
+use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
 
 /// The message types of RFC 6121 section 5.2.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,7 @@ impl SessionRouter {
             Some(session) => {
                 let shared = Arc::new(message);
                 if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                    note_decision("delivered");
                     metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }
@@ -168,6 +169,7 @@ impl SessionRouter {
             let shared = Arc::new(message);
             let unreached = deliver_to_sessions(&*self.bus, shared.clone(), &pairs).await;
             if unreached.len() < pairs.len() {
+                note_decision("delivered");
                 metrics::record_delivered(
                     targets
                         .iter()
@@ -198,6 +200,7 @@ impl SessionRouter {
         match self.storage.store_offline(user, &stanza_xml).await {
             Ok(()) => {
                 tracing::debug!(to = %user, "message stored offline");
+                note_decision("offline");
                 metrics::record(Decision::Offline);
                 None
             }

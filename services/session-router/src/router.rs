@@ -170,6 +170,7 @@ impl SessionRouter {
             tracing::warn!("presence service not wired, presence dropped");
             return Ok(());
         };
+        note_decision("presence");
         match origin {
             Origin::Session { jid, addr } => {
                 presence.outbound_presence(jid, addr, presence_stanza).await
@@ -236,6 +237,7 @@ pub(crate) fn unshare(shared: Arc<Element>) -> Element {
 /// The error reply for `stanza_element` with a condition and its default type;
 /// `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
 pub(crate) fn bounce(stanza_element: &Element, condition: StanzaErrorCondition) -> Option<Element> {
+    note_decision("bounced");
     let reply = stanza::error_reply(stanza_element, &StanzaError::new(condition));
     metrics::record(if reply.is_some() {
         Decision::Bounced
@@ -249,6 +251,7 @@ pub(crate) fn bounce(stanza_element: &Element, condition: StanzaErrorCondition) 
 /// the stanza was not handled (DESIGN.md "Delivery guarantees": delivered,
 /// stored or bounced).
 pub(crate) fn failure_reply(stanza_element: &Element, error: &ApiError) -> Option<Element> {
+    note_decision("failed");
     tracing::warn!(
         kind = stanza_element.name(),
         to = stanza_element.attr("to").unwrap_or(""),
@@ -259,8 +262,26 @@ pub(crate) fn failure_reply(stanza_element: &Element, error: &ApiError) -> Optio
     stanza::error_reply(stanza_element, &error.to_stanza_error())
 }
 
+/// Record how the router decided on the stanza of the current `router.route`
+/// span (no addresses: attributes never carry JIDs or bodies).
+pub(crate) fn note_decision(decision: &'static str) {
+    if starling_telemetry::is_enabled() {
+        tracing::Span::current().record("route.decision", decision);
+    }
+}
+
+fn origin_name(origin: &Origin) -> &'static str {
+    match origin {
+        Origin::Session { .. } => "session",
+        Origin::Server => "server",
+    }
+}
+
+// The spans of the router's operations, the same whether the caller is in
+// this process or across gRPC (the caller's context is then the parent).
 #[async_trait]
 impl RouterApi for SessionRouter {
+    #[tracing::instrument(target = "starling_trace", name = "router.bind", skip_all)]
     async fn bind(
         &self,
         user: &BareJid,
@@ -270,10 +291,23 @@ impl RouterApi for SessionRouter {
         self.bind_resource(user, requested, addr).await
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "router.unbind", skip_all)]
     async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<()> {
         self.unbind_resource(jid, addr).await
     }
 
+    #[tracing::instrument(
+        target = "starling_trace",
+        name = "router.route",
+        skip_all,
+        fields(
+            stanza.kind = stanza_element.name(),
+            stanza.type = stanza_element.attr("type"),
+            route.origin = origin_name(&origin),
+            route.decision = tracing::field::Empty,
+            route.replied = tracing::field::Empty,
+        )
+    )]
     async fn route(&self, origin: Origin, mut stanza_element: Element) -> ApiResult<()> {
         Self::stamp_from(&origin, &mut stanza_element);
         let started = Instant::now();
@@ -294,7 +328,10 @@ impl RouterApi for SessionRouter {
             (Ok(None), _) => Decision::Server,
         });
         let result = match routed {
-            Ok(Some(reply)) => self.send_reply(&origin, reply).await,
+            Ok(Some(reply)) => {
+                tracing::Span::current().record("route.replied", true);
+                self.send_reply(&origin, reply).await
+            }
             Ok(None) => Ok(()),
             Err(error) => Err(error),
         };
@@ -309,6 +346,15 @@ impl RouterApi for SessionRouter {
         result
     }
 
+    #[tracing::instrument(
+        target = "starling_trace",
+        name = "router.undeliverable",
+        skip_all,
+        fields(
+            stanza.kind = stanza_element.name(),
+            route.decision = tracing::field::Empty,
+        )
+    )]
     async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {
         if let Some(reply) = self.reroute_undeliverable(stanza_element, failed).await {
             self.send_reply(&Origin::Server, reply).await?;

@@ -173,6 +173,14 @@ impl Storage {
         })
     }
 
+    /// The OpenTelemetry `db.system` of the driver in use.
+    fn db_system(&self) -> &'static str {
+        match &self.pool {
+            DatabasePool::Sqlite(_) => "sqlite",
+            DatabasePool::Postgres(_) => "postgresql",
+        }
+    }
+
     /// Cheap liveness probe for /readyz.
     pub async fn ping(&self) -> Result<(), StorageError> {
         on_database!(self, ping())
@@ -217,8 +225,10 @@ fn no_account(user: &BareJid) -> StorageError {
     StorageError::AccountNotFound(user.to_string())
 }
 
+// One span per operation, the same in one process and behind gRPC.
 #[async_trait]
 impl StorageApi for Storage {
+    #[tracing::instrument(target = "starling_trace", name = "storage.create_account", skip_all, fields(db.system = self.db_system()))]
     async fn create_account(
         &self,
         user: &BareJid,
@@ -235,6 +245,7 @@ impl StorageApi for Storage {
         result.map_err(|error| into_api_error("create_account", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.set_credentials", skip_all, fields(db.system = self.db_system()))]
     async fn set_credentials(
         &self,
         user: &BareJid,
@@ -247,6 +258,7 @@ impl StorageApi for Storage {
         result.map_err(|error| into_api_error("set_credentials", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.remove_account", skip_all, fields(db.system = self.db_system()))]
     async fn remove_account(&self, user: &BareJid) -> ApiResult<()> {
         let result = match AccountAddress::of(user) {
             None => Err(no_account(user)),
@@ -255,6 +267,7 @@ impl StorageApi for Storage {
         result.map_err(|error| into_api_error("remove_account", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.list_accounts", skip_all, fields(db.system = self.db_system()))]
     async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>> {
         let domain_jid = BareJid::domain_jid(domain).map_err(|error| {
             ApiError::Invalid(format!("{domain:?} is not a valid domain: {error}"))
@@ -274,6 +287,7 @@ impl StorageApi for Storage {
         Ok(accounts)
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.credentials", skip_all, fields(db.system = self.db_system()))]
     async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
         let Some(account) = AccountAddress::of(user) else {
             return Ok(None);
@@ -282,6 +296,7 @@ impl StorageApi for Storage {
             .map_err(|error| into_api_error("credentials", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.roster", skip_all, fields(db.system = self.db_system()))]
     async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
         let Some(account) = AccountAddress::of(user) else {
             return Ok((0, Vec::new()));
@@ -293,6 +308,7 @@ impl StorageApi for Storage {
         Ok((version, items))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.roster_item", skip_all, fields(db.system = self.db_system()))]
     async fn roster_item(
         &self,
         user: &BareJid,
@@ -307,6 +323,7 @@ impl StorageApi for Storage {
         Ok(roster.and_then(|(_, items)| items.into_iter().next()))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.put_roster_item", skip_all, fields(db.system = self.db_system()))]
     async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> ApiResult<u64> {
         let result = match AccountAddress::of(user) {
             None => Err(no_account(user)),
@@ -320,6 +337,7 @@ impl StorageApi for Storage {
         result.map_err(|error| into_api_error("put_roster_item", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.remove_roster_item", skip_all, fields(db.system = self.db_system()))]
     async fn remove_roster_item(
         &self,
         user: &BareJid,
@@ -333,6 +351,7 @@ impl StorageApi for Storage {
             .map_err(|error| into_api_error("remove_roster_item", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.store_offline", skip_all, fields(db.system = self.db_system()))]
     async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()> {
         let result = match AccountAddress::of(user) {
             None => Err(no_account(user)),
@@ -355,6 +374,7 @@ impl StorageApi for Storage {
         result.map_err(|error| into_api_error("store_offline", user, error))
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.take_offline", skip_all, fields(db.system = self.db_system()))]
     async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
         let Some(account) = AccountAddress::of(user) else {
             return Ok(Vec::new());
@@ -365,6 +385,7 @@ impl StorageApi for Storage {
         Ok(taken)
     }
 
+    #[tracing::instrument(target = "starling_trace", name = "storage.count_offline", skip_all, fields(db.system = self.db_system()))]
     async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {
         let Some(account) = AccountAddress::of(user) else {
             return Ok(0);
