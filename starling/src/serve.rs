@@ -122,6 +122,27 @@ fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
+/// The session router of a process that routes (targets session-router and all).
+fn session_router(
+    config: &Config,
+    state: &RoutingState,
+    storage: Arc<dyn StorageApi>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Arc<SessionRouter>> {
+    let metrics =
+        RouterMetrics::register(registry).context("cannot register the router metrics")?;
+    Ok(Arc::new(
+        SessionRouter::new(
+            router_config(config),
+            state.registry.clone(),
+            state.bus.clone(),
+            storage,
+        )
+        .with_in_band_registration(config.registration.enabled)
+        .with_metrics(metrics),
+    ))
+}
+
 /// `starling_build_info{version,target} 1`: every process exposes at least this.
 fn register_build_info(registry: &prometheus::Registry, target: Target) -> prometheus::Result<()> {
     let info = prometheus::IntGaugeVec::new(
@@ -427,19 +448,7 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
         }
         Target::SessionRouter => {
             let state = state.as_ref().expect("routing state");
-            let router = Arc::new(
-                SessionRouter::new(
-                    router_config(&config),
-                    state.registry.clone(),
-                    state.bus.clone(),
-                    storage.clone(),
-                )
-                .with_in_band_registration(config.registration.enabled)
-                .with_metrics(
-                    RouterMetrics::register(&registry)
-                        .context("cannot register the router metrics")?,
-                ),
-            );
+            let router = session_router(&config, state, storage.clone(), &registry)?;
             let presence: Arc<dyn PresenceApi> = Arc::new(
                 GrpcPresenceClient::connect_with_metrics(
                     config.cluster.presence.clone(),
@@ -519,19 +528,7 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
         Target::ConnectionManager | Target::All => {
             let state = state.as_ref().expect("routing state");
             let router_api: Arc<dyn RouterApi> = if target == Target::All {
-                let router = Arc::new(
-                    SessionRouter::new(
-                        router_config(&config),
-                        state.registry.clone(),
-                        state.bus.clone(),
-                        storage.clone(),
-                    )
-                    .with_in_band_registration(config.registration.enabled)
-                    .with_metrics(
-                        RouterMetrics::register(&registry)
-                            .context("cannot register the router metrics")?,
-                    ),
-                );
+                let router = session_router(&config, state, storage.clone(), &registry)?;
                 let router_api: Arc<dyn RouterApi> = router.clone();
                 let presence: Arc<dyn PresenceApi> = Arc::new(PresenceService::new(
                     PresenceConfig {
