@@ -100,55 +100,17 @@ pub async fn serve_grpc(
     storage: Option<Arc<dyn StorageApi>>,
     router: Option<Arc<dyn RouterApi>>,
     presence: Option<Arc<dyn PresenceApi>>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ProtoError> {
-    serve_grpc_with_metrics(
-        addr,
-        storage,
-        router,
-        presence,
-        GrpcServerMetrics::default(),
-        shutdown,
-    )
-    .await
-}
-
-/// [`serve_grpc`], observing the calls served in `metrics`.
-pub async fn serve_grpc_with_metrics(
-    addr: SocketAddr,
-    storage: Option<Arc<dyn StorageApi>>,
-    router: Option<Arc<dyn RouterApi>>,
-    presence: Option<Arc<dyn PresenceApi>>,
     metrics: GrpcServerMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProtoError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ProtoError::Listen { addr, source })?;
-    serve_grpc_on_with_metrics(listener, storage, router, presence, metrics, shutdown).await
+    serve_grpc_on(listener, storage, router, presence, metrics, shutdown).await
 }
 
 /// [`serve_grpc`] on a listener bound already (port 0 in tests).
 pub async fn serve_grpc_on(
-    listener: TcpListener,
-    storage: Option<Arc<dyn StorageApi>>,
-    router: Option<Arc<dyn RouterApi>>,
-    presence: Option<Arc<dyn PresenceApi>>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), ProtoError> {
-    serve_grpc_on_with_metrics(
-        listener,
-        storage,
-        router,
-        presence,
-        GrpcServerMetrics::default(),
-        shutdown,
-    )
-    .await
-}
-
-/// [`serve_grpc_on`], observing the calls served in `metrics`.
-pub async fn serve_grpc_on_with_metrics(
     listener: TcpListener,
     storage: Option<Arc<dyn StorageApi>>,
     router: Option<Arc<dyn RouterApi>>,

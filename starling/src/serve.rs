@@ -434,7 +434,7 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
             let shutdown = crate::serve::wait_for(shutdown_rx.clone());
             let storage = storage.clone();
             services.push(tokio::spawn(async move {
-                starling_proto::serve_grpc_with_metrics(
+                starling_proto::serve_grpc(
                     address,
                     Some(storage),
                     None,
@@ -477,7 +477,7 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
             let shutdown = wait_for(shutdown_rx.clone());
             let router_api: Arc<dyn RouterApi> = router;
             services.push(tokio::spawn(async move {
-                starling_proto::serve_grpc_with_metrics(
+                starling_proto::serve_grpc(
                     address,
                     None,
                     Some(router_api),
@@ -513,7 +513,7 @@ async fn serve_with_node_id(config: Config, target: Target, node_id: String) -> 
                 .context("cannot register the grpc server metrics")?;
             let shutdown = wait_for(shutdown_rx.clone());
             services.push(tokio::spawn(async move {
-                starling_proto::serve_grpc_with_metrics(
+                starling_proto::serve_grpc(
                     address,
                     None,
                     None,

@@ -30,9 +30,16 @@ impl TestServer {
             let shutdown = async move {
                 let _ = shutdown_rx.await;
             };
-            starling_proto::serve_grpc_on(listener, storage, router, presence, shutdown)
-                .await
-                .expect("grpc server");
+            starling_proto::serve_grpc_on(
+                listener,
+                storage,
+                router,
+                presence,
+                starling_proto::GrpcServerMetrics::default(),
+                shutdown,
+            )
+            .await
+            .expect("grpc server");
         });
         TestServer {
             addr,
@@ -85,6 +92,7 @@ impl KillableServer {
                 storage,
                 router,
                 None,
+                starling_proto::GrpcServerMetrics::default(),
                 std::future::pending::<()>(),
             )
             .await;
