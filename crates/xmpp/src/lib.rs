@@ -16,4 +16,7 @@ pub use error::{
     StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError, StreamErrorCondition,
 };
 pub use parser::{parse_element, Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
-pub use stanza::StanzaKind;
+pub use stanza::{
+    InvalidStanza, Iq, IqType, Message, MessageType, Presence, PresenceType, Priority, Show,
+    StanzaKind,
+};

@@ -1,5 +1,15 @@
-//! Stanza helpers: the three kinds (RFC 6120 section 8), addressing, and the
-//! error replies of RFC 6120 section 8.3.1.
+//! Stanzas (RFC 6120 section 8): the three kinds, addressing, the error
+//! replies of section 8.3.1, and the typed [`Message`], [`Presence`] and [`Iq`]
+//! that a parsed element becomes once its rules are checked, so that every
+//! service reads a stanza's type, show or priority through one type.
+
+mod iq;
+mod message;
+mod presence;
+
+pub use iq::{Iq, IqType};
+pub use message::{Message, MessageType};
+pub use presence::{Presence, PresenceType, Priority, Show};
 
 use starling_jid::{Jid, JidError};
 
@@ -37,6 +47,36 @@ impl StanzaKind {
         }
     }
 }
+
+/// A stanza that breaks a rule of its kind, with the error its sender gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidStanza {
+    pub stanza: Element,
+    pub error: StanzaError,
+}
+
+impl InvalidStanza {
+    pub(crate) fn bad_request(stanza: Element, text: &'static str) -> Self {
+        InvalidStanza {
+            stanza,
+            error: StanzaError::new(crate::error::StanzaErrorCondition::BadRequest).with_text(text),
+        }
+    }
+
+    /// The error reply to the sender (RFC 6120 section 8.3.1); `None` when the
+    /// stanza must not be answered (it is itself an error, or a result).
+    pub fn error_reply(&self) -> Option<Element> {
+        error_reply(&self.stanza, &self.error)
+    }
+}
+
+impl std::fmt::Display for InvalidStanza {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "invalid {}: {}", self.stanza.name(), self.error)
+    }
+}
+
+impl std::error::Error for InvalidStanza {}
 
 /// The parsed `to` address; `Ok(None)` when absent.
 pub fn to(stanza: &Element) -> Result<Option<Jid>, JidError> {
