@@ -620,6 +620,16 @@ impl Config {
         }
     }
 
+    /// The stanza parser's limits from `[limits]`: what every hop that parses a
+    /// stanza again (the bus on the receiving node included) must accept.
+    pub fn stanza_limits(&self) -> starling_xmpp::Limits {
+        starling_xmpp::Limits {
+            max_stanza_bytes: self.limits.max_stanza_bytes as usize,
+            max_depth: self.limits.max_depth as usize,
+            ..starling_xmpp::Limits::default()
+        }
+    }
+
     pub fn c2s_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.c2s", &self.listen.c2s).ok().flatten()
     }

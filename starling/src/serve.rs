@@ -221,7 +221,7 @@ async fn routing_state(
             RedisMetrics::register(metrics).context("cannot register the redis metrics")?,
         );
     let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
-    let bus = RedisBus::with_metrics(redis.clone(), bus_metrics)
+    let bus = RedisBus::new(redis.clone(), config.stanza_limits(), bus_metrics)
         .await
         .context("cannot start the redis bus")?;
     Ok(RoutingState {

@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -257,6 +258,52 @@ async def test_users_on_two_nodes_see_presence_and_chat(cluster):
     await logout(a, b, b2)
 
 
+async def test_large_stanzas_cross_nodes_or_their_sender_hears_why(tmp_path):
+    """Issue 10: with `limits.max_stanza_bytes` raised to 2 MiB, a 400 KB message
+    from cm-1 reaches its recipient on cm-2 (the bus used to parse under its
+    256 KiB default and drop it without a word). A stanza that still does not
+    decode on the receiving node (here: 600,000 '>' characters, which the edge
+    re-serialises as '&gt;', 2.4 MB) is answered with policy-violation, never
+    dropped silently."""
+    c = Cluster(tmp_path)
+    c.env["STARLING_LIMITS_MAX_STANZA_BYTES"] = str(2 * 1024 * 1024)
+    try:
+        c.up()
+        alice, alice_pw = c.add_user("alice")
+        bob, bob_pw = c.add_user("bob")
+        a = await login(c.node("cm-1"), alice, alice_pw, "laptop")
+        b = await login(c.node("cm-2"), bob, bob_pw, "phone")
+
+        body = "".join(f"{n:07d} " for n in range(50_000))  # 400,000 bytes
+        large = a.make_message(mto=f"{bob}/phone", mbody=body, mtype="chat")
+        large["id"] = "large"
+        large.send()
+        received = await b.next_message(timeout=30)
+        assert received["id"] == "large" and received["body"] == body
+
+        errors = asyncio.Queue()
+        a.add_event_handler("message_error", errors.put_nowait)
+        # Sent raw: slixmpp would escape '>' itself.
+        a.send_raw(f"<message to='{bob}/phone' type='chat' id='amplified'><body>{'>' * 600_000}</body></message>")
+        error = await asyncio.wait_for(errors.get(), 30)
+        assert error["type"] == "error" and error["id"] == "amplified", error
+        assert error["from"] == f"{bob}/phone"
+        # slixmpp predates RFC 6120's policy-violation: read the element itself.
+        condition = "{urn:ietf:params:xml:ns:xmpp-stanzas}policy-violation"
+        assert error.xml.find(f"{{jabber:client}}error/{condition}") is not None, str(error)
+
+        # Bob got nothing of it: the next message he receives is the marker.
+        a.send_message(mto=f"{bob}/phone", mbody="marker", mtype="chat")
+        assert (await b.next_message(timeout=20))["body"] == "marker"
+        metrics = urllib.request.urlopen(f"http://{c.processes['cm-2']['http']}/metrics", timeout=5).read().decode()
+        assert "starling_bus_messages_invalid_total 1" in metrics
+        await logout(a, b)
+    finally:
+        if os.environ.get("STARLING_TEST_SHOW_LOGS"):
+            print(c.logs())
+        c.down()
+
+
 async def test_thousand_messages_across_nodes_keep_their_order(cluster):
     alice, alice_pw = cluster.add_user("alice")
     bob, bob_pw = cluster.add_user("bob")
@@ -438,9 +485,9 @@ async def test_postgres_outage_gives_stanza_errors_and_service_resumes(tmp_path)
         # Bob is offline: the message needs storage, which is down => an error
         # of type wait (RFC 6120 section 8.3.2), and nothing crashes.
         a.send_message(mto=bob, mbody="during the outage", mtype="chat")
-        error = await a.next_message(timeout=30, body=False)
+        error = await asyncio.wait_for(errors.get(), 30)
         while error["type"] != "error":
-            error = await a.next_message(timeout=30, body=False)
+            error = await asyncio.wait_for(errors.get(), 30)
         assert error["error"]["type"] == "wait", str(error)
         assert error["error"]["condition"] in ("internal-server-error", "resource-constraint", "service-unavailable")
         for process in c.info["processes"]:

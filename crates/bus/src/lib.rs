@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 use starling_api::{ApiResult, ConnId};
 use starling_telemetry::{TraceContext, SPAN_TARGET};
-use starling_xmpp::{Element, StreamErrorCondition};
+use starling_xmpp::{Element, StanzaError, StreamErrorCondition};
 use tokio::sync::mpsc;
 
 /// One recipient connection of an envelope.
@@ -69,6 +69,16 @@ pub enum Delivery {
     /// connections, every stream closed with `<system-shutdown/>` (RFC 6120
     /// section 4.9.3.20) spread over `window`; `None`: the node's configured window.
     Drain { window: Option<std::time::Duration> },
+    /// A stanza delivery that arrived but did not decode on this node (its
+    /// stanza broke the receiving parser's limits, or the envelope was damaged).
+    /// Made by a receiving bus, never published: the connection-manager answers
+    /// the stanza's sender with `error` (RFC 6120 section 8.3.1) through the
+    /// router, so that nothing is dropped without a word. `stanza` is the
+    /// stanza's start tag (kind and addresses), when it could be read.
+    Undecodable {
+        stanza: Option<Element>,
+        error: StanzaError,
+    },
 }
 
 impl Delivery {
@@ -77,6 +87,7 @@ impl Delivery {
             Delivery::Stanza { .. } => "stanza",
             Delivery::Close { .. } => "close",
             Delivery::Drain { .. } => "drain",
+            Delivery::Undecodable { .. } => "undecodable",
         }
     }
 
@@ -84,7 +95,7 @@ impl Delivery {
         match self {
             Delivery::Stanza { recipients, .. } => recipients.len(),
             Delivery::Close { .. } => 1,
-            Delivery::Drain { .. } => 0,
+            Delivery::Drain { .. } | Delivery::Undecodable { .. } => 0,
         }
     }
 }

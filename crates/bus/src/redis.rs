@@ -22,7 +22,10 @@ use starling_proto::bus::v1 as proto;
 use starling_redis_client::redis::{PushInfo, PushKind, Value};
 use starling_redis_client::{RedisClient, RedisError, RedisSubscriber};
 use starling_telemetry::TraceContext;
-use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
+use starling_xmpp::{
+    parse_element, parse_start_tag, Limits, ParseError, StanzaError, StanzaErrorCondition,
+    StanzaKind, StreamErrorCondition,
+};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -93,6 +96,11 @@ pub fn encode_envelope(delivery: &Delivery, trace_context: &TraceContext) -> Vec
                 .map(|window| window.as_secs().clamp(1, u64::from(u32::MAX)) as u32)
                 .unwrap_or(0),
         }),
+        // Made by a receiver, never published (RedisBus::publish refuses it):
+        // an envelope without a delivery, which a receiver counts as invalid.
+        Delivery::Undecodable { .. } => {
+            return proto::Delivery::default().encode_to_vec();
+        }
     };
     proto::Delivery {
         kind: Some(kind),
@@ -128,18 +136,17 @@ fn delivery_from_proto(
 ) -> Result<Delivery, BusError> {
     match kind {
         Some(proto::delivery::Kind::Stanza(stanza_delivery)) => {
-            let stanza =
-                parse_element(stanza_delivery.stanza.as_bytes(), limits).map_err(|error| {
-                    BusError::InvalidEnvelope(format!(
-                        "stanza does not parse: {}",
-                        error.condition().as_str()
-                    ))
-                })?;
             if stanza_delivery.recipients.is_empty() {
                 return Err(BusError::InvalidEnvelope(
                     "stanza delivery without recipients".into(),
                 ));
             }
+            let stanza = match parse_element(stanza_delivery.stanza.as_bytes(), limits) {
+                Ok(stanza) => stanza,
+                Err(error) => {
+                    return Ok(undecodable_stanza(&stanza_delivery.stanza, &error, limits))
+                }
+            };
             let recipients = stanza_delivery
                 .recipients
                 .into_iter()
@@ -176,6 +183,25 @@ fn delivery_from_proto(
     }
 }
 
+/// A stanza delivery whose stanza does not parse under this node's limits:
+/// what its sender is to be told (RFC 6120 section 8.3.3.12 `policy-violation`
+/// for a stanza over the size or depth limits, else `internal-server-error`:
+/// a stanza the cluster re-serialised always parses).
+fn undecodable_stanza(xml: &str, error: &ParseError, limits: &Limits) -> Delivery {
+    let stanza = parse_start_tag(xml.as_bytes(), limits)
+        .ok()
+        .filter(|head| StanzaKind::of(head).is_some());
+    let error = match error.condition() {
+        StreamErrorCondition::PolicyViolation => {
+            StanzaError::new(StanzaErrorCondition::PolicyViolation)
+                .with_text("the stanza is larger than the recipient's server accepts")
+        }
+        _ => StanzaError::new(StanzaErrorCondition::InternalServerError)
+            .with_text("the stanza could not be delivered"),
+    };
+    Delivery::Undecodable { stanza, error }
+}
+
 type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<TracedDelivery>>>>;
 
 /// How often the subscription connection is pinged, so that a lost
@@ -193,22 +219,10 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Open the dedicated subscription connection and start reading it.
-    pub async fn new(client: RedisClient) -> Result<Self, BusError> {
-        Self::with_limits(client, Limits::default()).await
-    }
-
-    /// As [`RedisBus::new`], parsing received stanzas under `limits`.
-    pub async fn with_limits(client: RedisClient, limits: Limits) -> Result<Self, BusError> {
-        Self::with_limits_and_metrics(client, limits, BusMetrics::default()).await
-    }
-
-    /// As [`RedisBus::new`], counting publishes and receptions in `metrics`.
-    pub async fn with_metrics(client: RedisClient, metrics: BusMetrics) -> Result<Self, BusError> {
-        Self::with_limits_and_metrics(client, Limits::default(), metrics).await
-    }
-
-    /// As [`RedisBus::with_limits`], counting publishes and receptions in `metrics`.
-    pub async fn with_limits_and_metrics(
+    /// Received stanzas are parsed under `limits`: the cluster's configured
+    /// stanza limits (`limits.max_stanza_bytes`), never a default, or a stanza
+    /// the edge accepted would not decode on the receiving node.
+    pub async fn new(
         client: RedisClient,
         limits: Limits,
         metrics: BusMetrics,
@@ -245,6 +259,11 @@ impl Drop for RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
+        if matches!(delivery, Delivery::Undecodable { .. }) {
+            return Err(ApiError::Invalid(
+                "an undecodable delivery is made by a receiver, never published".into(),
+            ));
+        }
         let (span, trace_context) = publish_span("redis", node, &delivery);
         let channel = self.client.delivery_channel(node);
         let payload = encode_envelope(&delivery, &trace_context);
@@ -319,7 +338,19 @@ async fn dispatch(
         };
         metrics.received();
         let delivery = match decode_envelope(payload, &limits) {
-            Ok(delivery) => delivery,
+            Ok(delivery) => {
+                if let Delivery::Undecodable { stanza, error } = &delivery.delivery {
+                    // Not dropped: the connection-manager answers the sender.
+                    metrics.invalid();
+                    tracing::warn!(
+                        channel = %String::from_utf8_lossy(channel),
+                        condition = %error.condition,
+                        stanza = stanza.as_ref().map(|stanza| stanza.name()),
+                        "a delivered stanza does not parse here, answering its sender"
+                    );
+                }
+                delivery
+            }
             Err(error) => {
                 metrics.invalid();
                 tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %error, "dropping an undecodable delivery");
@@ -493,38 +524,60 @@ mod tests {
         .encode_to_vec()
     }
 
-    #[test]
-    fn rejects_a_stanza_that_does_not_parse() {
-        for stanza in [
-            "<message xmlns='jabber:client'><body>unclosed</message>",
-            "<message xmlns='jabber:client'/><message xmlns='jabber:client'/>",
-            "<!DOCTYPE x><message xmlns='jabber:client'/>",
-            "",
-        ] {
-            assert!(
-                matches!(
-                    decode_delivery(&stanza_envelope(stanza), &limits()),
-                    Err(BusError::InvalidEnvelope(_))
-                ),
-                "accepted {stanza:?}"
-            );
+    /// The undecodable delivery a stanza becomes, with its start tag as XML.
+    fn undecodable(stanza: &str, limits: &Limits) -> (Option<String>, StanzaErrorCondition) {
+        match decode_delivery(&stanza_envelope(stanza), limits) {
+            Ok(Delivery::Undecodable { stanza, error }) => {
+                (stanza.map(|stanza| stanza.to_xml()), error.condition)
+            }
+            other => panic!("{stanza:?} gave {other:?}"),
         }
     }
 
     #[test]
-    fn rejects_a_stanza_over_the_limits() {
+    fn a_stanza_that_does_not_parse_is_undecodable_not_dropped() {
+        assert_eq!(
+            undecodable(
+                "<message xmlns='jabber:client' from='a@example.com/r' id='m'><body>unclosed</message>",
+                &limits()
+            ),
+            (
+                Some("<message xmlns='jabber:client' from='a@example.com/r' id='m'/>".into()),
+                StanzaErrorCondition::InternalServerError
+            )
+        );
+        for stanza in [
+            "<message xmlns='jabber:client'/><message xmlns='jabber:client'/>",
+            "<!DOCTYPE x><message xmlns='jabber:client'/>",
+            "<foo xmlns='urn:example'><bar>",
+            "",
+        ] {
+            let (head, condition) = undecodable(stanza, &limits());
+            assert_eq!(condition, StanzaErrorCondition::InternalServerError);
+            // Only a stanza's start tag says whom to answer.
+            if !stanza.starts_with("<message") {
+                assert_eq!(head, None, "{stanza:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stanza_over_the_limits_is_undecodable_with_policy_violation() {
         let big = format!(
-            "<message xmlns='jabber:client'><body>{}</body></message>",
+            "<message xmlns='jabber:client' to='b@example.com'><body>{}</body></message>",
             "x".repeat(2048)
         );
         let small = Limits {
             max_stanza_bytes: 1024,
             ..Limits::default()
         };
-        assert!(matches!(
-            decode_delivery(&stanza_envelope(&big), &small),
-            Err(BusError::InvalidEnvelope(_))
-        ));
+        assert_eq!(
+            undecodable(&big, &small),
+            (
+                Some("<message xmlns='jabber:client' to='b@example.com'/>".into()),
+                StanzaErrorCondition::PolicyViolation
+            )
+        );
     }
 
     #[test]

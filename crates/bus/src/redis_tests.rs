@@ -8,7 +8,30 @@ use starling_redis_client::testing::{test_client, RedisClusterHarness, RedisServ
 use starling_redis_client::RedisClient;
 use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
 
-use crate::{Bus, Delivery, DeliveryReceiver, Recipient, RedisBus};
+use starling_xmpp::{Element, StanzaErrorCondition};
+
+use crate::{Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient, RedisBus};
+
+/// A bus with the parser's default limits and metrics nobody scrapes.
+async fn bus(client: RedisClient) -> Result<RedisBus, crate::BusError> {
+    RedisBus::new(client, Limits::default(), BusMetrics::default()).await
+}
+
+/// A chat message whose body makes the stanza about `bytes` long.
+fn large_message(bytes: usize) -> Element {
+    let xml = format!(
+        "<message xmlns='jabber:client' from='a@example.com/pc' to='b@example.com' id='big' type='chat'><body>{}</body></message>",
+        "x".repeat(bytes)
+    );
+    parse_element(
+        xml.as_bytes(),
+        &Limits {
+            max_stanza_bytes: 4 * 1024 * 1024,
+            ..Limits::default()
+        },
+    )
+    .unwrap()
+}
 
 fn presence_to_contacts() -> Delivery {
     let xml =
@@ -77,8 +100,8 @@ async fn redis_envelopes_carry_the_publish_span_context() {
     };
     let (recorded, subscriber) = starling_telemetry::testing::recording();
     let _default = tracing::subscriber::set_default(subscriber);
-    let publisher = RedisBus::new(client.clone()).await.unwrap();
-    let subscriber = RedisBus::new(client).await.unwrap();
+    let publisher = bus(client.clone()).await.unwrap();
+    let subscriber = bus(client).await.unwrap();
     let mut receiver = subscriber.subscribe("cm-traced").await.unwrap();
     let delivery = presence_to_contacts();
     assert_eq!(
@@ -112,8 +135,8 @@ async fn redis_round_trip_between_two_buses() {
     let Some(client) = test_client().await else {
         return;
     };
-    let publisher = RedisBus::new(client.clone()).await.unwrap();
-    let subscriber = RedisBus::new(client).await.unwrap();
+    let publisher = bus(client.clone()).await.unwrap();
+    let subscriber = bus(client).await.unwrap();
     round_trip(&publisher, &subscriber, "cm1").await;
     // Deliveries for two nodes subscribed on one bus stay apart.
     let mut second = subscriber.subscribe("cm2").await.unwrap();
@@ -131,7 +154,7 @@ async fn a_dropped_receiver_stops_counting_as_a_subscriber() {
     let Some(client) = test_client().await else {
         return;
     };
-    let bus = RedisBus::new(client).await.unwrap();
+    let bus = bus(client).await.unwrap();
     drop(bus.subscribe("cm-gone").await.unwrap());
     let mut receivers = usize::MAX;
     for _ in 0..50 {
@@ -152,7 +175,7 @@ async fn an_undecodable_payload_is_dropped_and_delivery_goes_on() {
     let Some(client) = test_client().await else {
         return;
     };
-    let bus = RedisBus::new(client.clone()).await.unwrap();
+    let bus = bus(client.clone()).await.unwrap();
     let mut receiver = bus.subscribe("cm-garbage").await.unwrap();
     let channel = client.delivery_channel("cm-garbage");
     assert_eq!(
@@ -176,7 +199,7 @@ async fn subscription_survives_a_redis_restart() {
         return;
     };
     let client = RedisClient::connect(&server.config()).await.unwrap();
-    let bus = RedisBus::new(client).await.unwrap();
+    let bus = bus(client).await.unwrap();
     let mut receiver = bus.subscribe("cm-restart").await.unwrap();
     assert_eq!(
         bus.publish("cm-restart", presence_to_contacts())
@@ -200,10 +223,10 @@ async fn redis_cluster_round_trip_with_sharded_pub_sub() {
         return;
     };
     let config = cluster.config();
-    let publisher = RedisBus::new(RedisClient::connect(&config).await.unwrap())
+    let publisher = bus(RedisClient::connect(&config).await.unwrap())
         .await
         .unwrap();
-    let subscriber = RedisBus::new(RedisClient::connect(&config).await.unwrap())
+    let subscriber = bus(RedisClient::connect(&config).await.unwrap())
         .await
         .unwrap();
     // The channels' hash tags fall in slots 5897, 10090, 14155 and 1964: with
@@ -211,4 +234,85 @@ async fn redis_cluster_round_trip_with_sharded_pub_sub() {
     for node in ["cm-a", "cm-b", "cm-c", "cm-d"] {
         round_trip(&publisher, &subscriber, node).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_up_to_the_configured_limit_crosses_the_bus() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    // `limits.max_stanza_bytes` raised to 2 MiB: a 400 KB message decodes on the
+    // receiving node (with the parser's 256 KiB default it was dropped there).
+    let limits = Limits {
+        max_stanza_bytes: 2 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let publisher = RedisBus::new(client.clone(), limits, BusMetrics::default())
+        .await
+        .unwrap();
+    let subscriber = RedisBus::new(client, limits, BusMetrics::default())
+        .await
+        .unwrap();
+    let mut receiver = subscriber.subscribe("cm-large").await.unwrap();
+    let delivery = Delivery::Stanza {
+        recipients: vec![Recipient::conn(3)],
+        stanza: Arc::new(large_message(400_000)),
+        routed_at: None,
+    };
+    assert_eq!(
+        publisher
+            .publish("cm-large", delivery.clone())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(receive(&mut receiver).await, delivery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stanza_the_receiver_cannot_parse_arrives_as_undecodable_with_its_addresses() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = BusMetrics::register(&registry).unwrap();
+    let publisher = bus(client.clone()).await.unwrap();
+    // The receiving node's limits are smaller than the stanza.
+    let subscriber = RedisBus::new(client, Limits::default(), metrics)
+        .await
+        .unwrap();
+    let mut receiver = subscriber.subscribe("cm-small").await.unwrap();
+    let delivery = Delivery::Stanza {
+        recipients: vec![Recipient::conn(3)],
+        stanza: Arc::new(large_message(400_000)),
+        routed_at: None,
+    };
+    assert_eq!(publisher.publish("cm-small", delivery).await.unwrap(), 1);
+    let Delivery::Undecodable { stanza, error } = receive(&mut receiver).await else {
+        panic!("an undecodable delivery expected");
+    };
+    assert_eq!(error.condition, StanzaErrorCondition::PolicyViolation);
+    assert_eq!(
+        stanza.expect("the start tag is read").to_xml(),
+        "<message xmlns='jabber:client' from='a@example.com/pc' to='b@example.com' id='big' type='chat'/>"
+    );
+    let invalid = registry
+        .gather()
+        .into_iter()
+        .find(|family| family.name() == "starling_bus_messages_invalid_total")
+        .expect("the invalid counter is registered");
+    assert_eq!(invalid.get_metric()[0].get_counter().get_value(), 1.0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_undecodable_delivery_is_never_published() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let publisher = bus(client).await.unwrap();
+    let undecodable = Delivery::Undecodable {
+        stanza: None,
+        error: starling_xmpp::StanzaError::new(StanzaErrorCondition::InternalServerError),
+    };
+    assert!(publisher.publish("cm-any", undecodable).await.is_err());
 }

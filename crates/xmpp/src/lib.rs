@@ -15,7 +15,9 @@ pub use element::{escape_attr, escape_text, Element, Node};
 pub use error::{
     StanzaError, StanzaErrorCondition, StanzaErrorType, StreamError, StreamErrorCondition,
 };
-pub use parser::{parse_element, Limits, ParseError, StreamEvent, StreamHeader, StreamParser};
+pub use parser::{
+    parse_element, parse_start_tag, Limits, ParseError, StreamEvent, StreamHeader, StreamParser,
+};
 pub use stanza::{
     InvalidStanza, Iq, IqType, Message, MessageType, Presence, PresenceType, Priority, Show,
     StanzaKind,

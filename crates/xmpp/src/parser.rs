@@ -1016,6 +1016,25 @@ fn xml_reader(bytes: &[u8]) -> Reader<&[u8]> {
     reader
 }
 
+/// The start tag of a serialised element, without its children or text: an
+/// element's name, namespace and attributes, read under `limits`' attribute
+/// limit however large the element is. For a stanza that cannot be taken whole
+/// (it breaks the size limit), this is what is needed to answer its sender.
+pub fn parse_start_tag(bytes: &[u8], limits: &Limits) -> Result<Element, ParseError> {
+    let mut reader = xml_reader(bytes);
+    loop {
+        match reader.read_event().map_err(quick_xml_error)? {
+            Event::Start(start) | Event::Empty(start) => {
+                let base = initial_bindings();
+                let mut tree = TreeBuilder::new(&base, limits);
+                return tree.open(&start);
+            }
+            Event::Decl(_) | Event::Comment(_) | Event::Text(_) => continue,
+            _ => return Err(not_well_formed("no start tag")),
+        }
+    }
+}
+
 fn quick_xml_error(error: quick_xml::Error) -> ParseError {
     not_well_formed(format!("malformed XML: {error}"))
 }

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use starling_api::{ConnId, SessionAddr};
+use starling_api::{ConnId, Origin, SessionAddr};
 use starling_bus::{Delivery, DeliveryReceiver, TracedDelivery};
 use starling_telemetry::SPAN_TARGET;
-use starling_xmpp::{Element, StanzaKind, StreamError};
+use starling_xmpp::{stanza, Element, StanzaError, StanzaKind, StreamError};
 use tracing::Instrument;
 
 use crate::outbound::{PushError, QueuedStanza};
@@ -96,6 +96,10 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                 span.record("delivery.kind", "drain");
                 crate::drain::start(&shared, window);
             }
+            Delivery::Undecodable { stanza, error } => {
+                span.record("delivery.kind", "undecodable");
+                answer_undecodable(&shared, stanza, error);
+            }
         }
     }
     tracing::debug!(node = %shared.node_id, "delivery channel closed");
@@ -111,6 +115,26 @@ pub(crate) fn is_reroutable(stanza: &Element) -> bool {
         Some(StanzaKind::Iq) => matches!(stanza.attr("type"), Some("get") | Some("set")),
         _ => false,
     }
+}
+
+/// A stanza delivery this node could not decode (the bus counted it): its
+/// sender gets `error` (RFC 6120 section 8.3.1) from the intended recipient,
+/// through the router, off the dispatcher's path. Errors and results are not
+/// answered; a stanza whose start tag could not be read has no known sender.
+fn answer_undecodable(shared: &Arc<Shared>, stanza: Option<Element>, error: StanzaError) {
+    let Some(reply) = stanza.and_then(|stanza| stanza::error_reply(&stanza, &error)) else {
+        tracing::warn!(condition = %error.condition, "an undecodable delivery has nobody to answer");
+        return;
+    };
+    let router = Arc::clone(&shared.router);
+    tokio::spawn(
+        async move {
+            if let Err(error) = router.route(Origin::Server, reply).await {
+                tracing::warn!(%error, "answering the sender of an undecodable delivery failed");
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 /// Hand a stanza whose connection is gone back to the router, off the dispatcher's path.

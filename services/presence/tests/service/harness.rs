@@ -226,6 +226,7 @@ impl Harness {
                 } => envelopes.push(Envelope { recipients, stanza }),
                 Delivery::Close { .. } => panic!("the presence service closes no stream"),
                 Delivery::Drain { .. } => panic!("the presence service drains no node"),
+                Delivery::Undecodable { .. } => panic!("an in-process bus decodes nothing"),
             }
         }
         envelopes

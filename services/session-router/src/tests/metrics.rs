@@ -121,7 +121,9 @@ async fn deliveries_carry_the_origin_time_of_the_routed_stanza() {
     let times: Vec<_> = std::iter::from_fn(|| harness.cm_test.try_recv().ok())
         .map(|delivery| match delivery {
             Delivery::Stanza { routed_at, .. } => routed_at,
-            Delivery::Close { .. } | Delivery::Drain { .. } => panic!("only stanzas expected"),
+            Delivery::Close { .. } | Delivery::Drain { .. } | Delivery::Undecodable { .. } => {
+                panic!("only stanzas expected")
+            }
         })
         .collect();
     assert_eq!(times, vec![Some(origin), None]);

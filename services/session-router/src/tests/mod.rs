@@ -439,6 +439,7 @@ fn drain(receiver: &mut DeliveryReceiver) -> Vec<Seen> {
                 text,
             } => Seen::Close(conn, condition, text),
             Delivery::Drain { .. } => panic!("the router drains no node"),
+            Delivery::Undecodable { .. } => panic!("an in-process bus decodes nothing"),
         });
     }
     seen
