@@ -27,7 +27,7 @@ def node_arguments():
     return ["--experimental-websocket"] if major < 22 else []
 
 
-def test_host_meta_advertises_the_websocket_endpoint(server):
+def test_host_meta_advertises_the_websocket_and_bosh_endpoints(server):
     # XEP-0156 section 3: the URL is built from the Host the client used.
     base = f"http://127.0.0.1:{server.http}"
     with urllib.request.urlopen(f"{base}/.well-known/host-meta.json", timeout=10) as response:
@@ -38,7 +38,11 @@ def test_host_meta_advertises_the_websocket_endpoint(server):
         {
             "rel": "urn:xmpp:alt-connections:websocket",
             "href": f"ws://127.0.0.1:{server.http}/xmpp-websocket",
-        }
+        },
+        {
+            "rel": "urn:xmpp:alt-connections:xbosh",
+            "href": f"http://127.0.0.1:{server.http}/http-bind",
+        },
     ]
     with urllib.request.urlopen(f"{base}/.well-known/host-meta", timeout=10) as response:
         assert response.headers["Content-Type"] == "application/xrd+xml"
@@ -47,6 +51,8 @@ def test_host_meta_advertises_the_websocket_endpoint(server):
         f"<Link rel='urn:xmpp:alt-connections:websocket' href='ws://127.0.0.1:{server.http}/xmpp-websocket'/>"
         in xrd
     )
+    bosh = f"<Link rel='urn:xmpp:alt-connections:xbosh' href='http://127.0.0.1:{server.http}/http-bind'/>"
+    assert bosh in xrd
 
 
 @pytest.mark.skipif(

@@ -28,6 +28,7 @@ use starling_xmpp::escape_attr;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::bosh::BOSH_PATH;
 use crate::limits::ConnectionPermit;
 use crate::transport::Transport;
 use crate::{negotiation, session, Shared};
@@ -38,6 +39,8 @@ pub const WEBSOCKET_PATH: &str = "/xmpp-websocket";
 const SUBPROTOCOL: &str = "xmpp";
 /// XEP-0156 section 3: the link relation of a WebSocket endpoint.
 const WEBSOCKET_REL: &str = "urn:xmpp:alt-connections:websocket";
+/// XEP-0156 section 3: the link relation of a BOSH endpoint.
+const BOSH_REL: &str = "urn:xmpp:alt-connections:xbosh";
 
 #[derive(Clone)]
 struct WebSocketState {
@@ -134,10 +137,16 @@ async fn serve_websocket(
     tracing::debug!(conn, peer = %peer, "connection closed");
 }
 
-/// The WebSocket URL as the client reached us: its `Host` header, and
-/// `wss://` when a proxy says the request came over TLS. `None` when the
-/// host is missing or not a plausible `host[:port]`.
-fn websocket_url(headers: &HeaderMap) -> Option<String> {
+/// The endpoints XEP-0156 advertises, as the client reached us: its `Host`
+/// header, and `wss://`/`https://` when a proxy says the request came over
+/// TLS. `None` when the host is missing or not a plausible `host[:port]`.
+#[derive(Debug, PartialEq, Eq)]
+struct Endpoints {
+    websocket: String,
+    bosh: String,
+}
+
+fn endpoints(headers: &HeaderMap) -> Option<Endpoints> {
     let host = headers.get("host")?.to_str().ok()?;
     let plausible = !host.is_empty()
         && host.len() <= 255
@@ -151,8 +160,15 @@ fn websocket_url(headers: &HeaderMap) -> Option<String> {
         .get("x-forwarded-proto")
         .and_then(|value| value.to_str().ok())
         .is_some_and(|proto| proto.trim().eq_ignore_ascii_case("https"));
-    let scheme = if forwarded_tls { "wss" } else { "ws" };
-    Some(format!("{scheme}://{host}{WEBSOCKET_PATH}"))
+    let (websocket_scheme, http_scheme) = if forwarded_tls {
+        ("wss", "https")
+    } else {
+        ("ws", "http")
+    };
+    Some(Endpoints {
+        websocket: format!("{websocket_scheme}://{host}{WEBSOCKET_PATH}"),
+        bosh: format!("{http_scheme}://{host}{BOSH_PATH}"),
+    })
 }
 
 /// XEP-0156 section 3.2: host-meta is public and fetched by web clients
@@ -174,30 +190,50 @@ fn bad_host() -> Response {
 
 /// XEP-0156 section 3.2, XRD form (RFC 6415).
 async fn host_meta_xrd(headers: HeaderMap) -> Response {
-    let Some(url) = websocket_url(&headers) else {
+    let Some(endpoints) = endpoints(&headers) else {
         return bad_host();
     };
-    discovery_response("application/xrd+xml", host_meta_xml(&url))
+    discovery_response("application/xrd+xml", host_meta_xml(&endpoints))
 }
 
 /// XEP-0156 section 3.2, JSON form (RFC 6415 appendix A).
 async fn host_meta_json(headers: HeaderMap) -> Response {
-    let Some(url) = websocket_url(&headers) else {
+    let Some(endpoints) = endpoints(&headers) else {
         return bad_host();
     };
-    discovery_response("application/json", host_meta_json_body(&url))
+    discovery_response("application/json", host_meta_json_body(&endpoints))
 }
 
-fn host_meta_xml(url: &str) -> String {
-    format!(
-        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  <Link rel='{WEBSOCKET_REL}' href='{}'/>\n</XRD>\n",
-        escape_attr(url)
-    )
+/// Both connection methods the HTTP listener serves: XMPP over WebSocket
+/// (RFC 7395) and BOSH (XEP-0206), each under its XEP-0156 link relation.
+fn links(endpoints: &Endpoints) -> [(&'static str, &str); 2] {
+    [
+        (WEBSOCKET_REL, endpoints.websocket.as_str()),
+        (BOSH_REL, endpoints.bosh.as_str()),
+    ]
 }
 
-fn host_meta_json_body(url: &str) -> String {
-    // The URL holds only host characters checked by `websocket_url`: no JSON escaping needed.
-    format!("{{\"links\":[{{\"rel\":\"{WEBSOCKET_REL}\",\"href\":\"{url}\"}}]}}\n")
+fn host_meta_xml(endpoints: &Endpoints) -> String {
+    let mut xml = String::from(
+        "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n",
+    );
+    for (rel, href) in links(endpoints) {
+        xml.push_str(&format!(
+            "  <Link rel='{rel}' href='{}'/>\n",
+            escape_attr(href)
+        ));
+    }
+    xml.push_str("</XRD>\n");
+    xml
+}
+
+fn host_meta_json_body(endpoints: &Endpoints) -> String {
+    // The URLs hold only host characters checked by `endpoints`: no JSON escaping needed.
+    let links: Vec<String> = links(endpoints)
+        .iter()
+        .map(|(rel, href)| format!("{{\"rel\":\"{rel}\",\"href\":\"{href}\"}}"))
+        .collect();
+    format!("{{\"links\":[{}]}}\n", links.join(","))
 }
 
 #[cfg(test)]
@@ -212,38 +248,48 @@ mod tests {
         headers
     }
 
-    #[test]
-    fn url_from_the_request() {
-        assert_eq!(
-            websocket_url(&headers(&[("host", "example.com:5280")])).as_deref(),
-            Some("ws://example.com:5280/xmpp-websocket")
-        );
-        assert_eq!(
-            websocket_url(&headers(&[
-                ("host", "chat.example.com"),
-                ("x-forwarded-proto", "https")
-            ]))
-            .as_deref(),
-            Some("wss://chat.example.com/xmpp-websocket")
-        );
-        assert_eq!(
-            websocket_url(&headers(&[("host", "[::1]:5280")])).as_deref(),
-            Some("ws://[::1]:5280/xmpp-websocket")
-        );
-        assert_eq!(websocket_url(&headers(&[])), None);
-        assert_eq!(websocket_url(&headers(&[("host", "a'b")])), None);
-        assert_eq!(websocket_url(&headers(&[("host", "a\"b")])), None);
+    fn endpoints_of(pairs: &[(&'static str, &str)]) -> Option<(String, String)> {
+        endpoints(&headers(pairs)).map(|endpoints| (endpoints.websocket, endpoints.bosh))
     }
 
     #[test]
-    fn host_meta_bodies() {
+    fn urls_from_the_request() {
         assert_eq!(
-            host_meta_xml("wss://example.com/xmpp-websocket"),
-            "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  <Link rel='urn:xmpp:alt-connections:websocket' href='wss://example.com/xmpp-websocket'/>\n</XRD>\n"
+            endpoints_of(&[("host", "example.com:5280")]),
+            Some((
+                "ws://example.com:5280/xmpp-websocket".into(),
+                "http://example.com:5280/http-bind".into()
+            ))
         );
         assert_eq!(
-            host_meta_json_body("ws://example.com:5280/xmpp-websocket"),
-            "{\"links\":[{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"ws://example.com:5280/xmpp-websocket\"}]}\n"
+            endpoints_of(&[("host", "chat.example.com"), ("x-forwarded-proto", "https")]),
+            Some((
+                "wss://chat.example.com/xmpp-websocket".into(),
+                "https://chat.example.com/http-bind".into()
+            ))
+        );
+        assert_eq!(
+            endpoints_of(&[("host", "[::1]:5280")]).map(|(websocket, _)| websocket),
+            Some("ws://[::1]:5280/xmpp-websocket".into())
+        );
+        assert_eq!(endpoints_of(&[]), None);
+        assert_eq!(endpoints_of(&[("host", "a'b")]), None);
+        assert_eq!(endpoints_of(&[("host", "a\"b")]), None);
+    }
+
+    #[test]
+    fn host_meta_bodies_advertise_websocket_and_bosh() {
+        let endpoints = Endpoints {
+            websocket: "wss://example.com/xmpp-websocket".into(),
+            bosh: "https://example.com/http-bind".into(),
+        };
+        assert_eq!(
+            host_meta_xml(&endpoints),
+            "<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='http://docs.oasis-open.org/ns/xri/xrd-1.0'>\n  <Link rel='urn:xmpp:alt-connections:websocket' href='wss://example.com/xmpp-websocket'/>\n  <Link rel='urn:xmpp:alt-connections:xbosh' href='https://example.com/http-bind'/>\n</XRD>\n"
+        );
+        assert_eq!(
+            host_meta_json_body(&endpoints),
+            "{\"links\":[{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"wss://example.com/xmpp-websocket\"},{\"rel\":\"urn:xmpp:alt-connections:xbosh\",\"href\":\"https://example.com/http-bind\"}]}\n"
         );
     }
 }

@@ -354,7 +354,7 @@ async fn http_get(server: &TestServer, path: &str, extra_headers: &str) -> Strin
 }
 
 #[tokio::test]
-async fn host_meta_advertises_the_websocket_endpoint() {
+async fn host_meta_advertises_the_websocket_and_bosh_endpoints() {
     // XEP-0156 section 3.
     let server = TestServer::start(|_| {}).await;
     let xrd = http_get(&server, "/.well-known/host-meta", "").await;
@@ -363,6 +363,10 @@ async fn host_meta_advertises_the_websocket_endpoint() {
     assert!(xrd.contains("access-control-allow-origin: *"), "{xrd}");
     assert!(
         xrd.contains("<link rel='urn:xmpp:alt-connections:websocket' href='ws://xmpp.example.com:5280/xmpp-websocket'/>"),
+        "{xrd}"
+    );
+    assert!(
+        xrd.contains("<link rel='urn:xmpp:alt-connections:xbosh' href='http://xmpp.example.com:5280/http-bind'/>"),
         "{xrd}"
     );
     let json = http_get(
@@ -375,7 +379,7 @@ async fn host_meta_advertises_the_websocket_endpoint() {
     assert!(json.contains("content-type: application/json"), "{json}");
     assert!(json.contains("access-control-allow-origin: *"), "{json}");
     assert!(
-        json.contains("{\"links\":[{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"wss://xmpp.example.com:5280/xmpp-websocket\"}]}"),
+        json.contains("{\"links\":[{\"rel\":\"urn:xmpp:alt-connections:websocket\",\"href\":\"wss://xmpp.example.com:5280/xmpp-websocket\"},{\"rel\":\"urn:xmpp:alt-connections:xbosh\",\"href\":\"https://xmpp.example.com:5280/http-bind\"}]}"),
         "{json}"
     );
 }
