@@ -85,6 +85,32 @@ def test_forged_from_is_overwritten(server):
     b.close()
 
 
+def test_presence_with_a_bad_show_or_priority_is_refused_not_relayed(server):
+    # RFC 6121 section 4.7.2.1 (show: away, chat, dnd or xa) and 4.7.2.3
+    # (priority: an integer from -128 to 127): anything else is a bad request,
+    # answered to the sender and never forwarded (an empty <show/> used to be relayed).
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    a = RawClient(server)
+    a.login(alice, alice_pw, resource="sender")
+    b = RawClient(server)
+    b.login(bob, bob_pw, resource="receiver")
+    b.send("<presence/>")
+    for index, child in enumerate(["<show/>", "<show>busy</show>", "<priority>-3000000000</priority>", "<priority>128</priority>"]):
+        a.send(f"<presence to='{bob}/receiver' id='bad{index}'>{child}</presence>")
+        answer = a.recv_until("</presence>")
+        assert f"id='bad{index}'" in answer and "type='error'" in answer, answer
+        assert "<bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>" in answer, answer
+    a.send(f"<presence to='{bob}/receiver' id='good'><show>away</show><priority>-128</priority></presence>")
+    got = b.recv_until("</presence>")
+    # The first presence bob gets from alice is the valid one.
+    while f"from='{alice}/sender'" not in got:
+        got = b.recv_until("</presence>")
+    assert "id='good'" in got and "<show>away</show>" in got, got
+    a.close()
+    b.close()
+
+
 def test_oversize_stanza_ends_stream_with_policy_violation(server):
     alice, alice_pw = server.add_user("alice")
     raw = RawClient(server)

@@ -17,7 +17,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use starling_api::{ConnId, SessionAddr, SessionRecord};
 use starling_jid::FullJid;
-use starling_xmpp::{Element, StreamError, StreamErrorCondition};
+use starling_xmpp::{Element, Presence, PresenceType, StreamError, StreamErrorCondition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -132,24 +132,21 @@ impl ConnectionHandle {
 
     /// The client broadcast presence (RFC 6121 section 4.2/4.4/4.5): keep its
     /// availability, priority and last available presence.
-    pub fn note_broadcast_presence(&self, presence: &Element) {
+    pub fn note_broadcast_presence(&self, presence: &Presence) {
         let mut view = self.registry_view.lock();
         let Some(record) = view.as_mut() else { return };
-        if presence.attr("type") == Some("unavailable") {
-            record.available = false;
-            record.presence = None;
-            return;
+        match presence.presence_type() {
+            PresenceType::Unavailable => {
+                record.available = false;
+                record.presence = None;
+            }
+            PresenceType::Available => {
+                record.available = true;
+                record.priority = presence.priority().value();
+                record.presence = Some(presence.element().to_stanza_xml());
+            }
+            _ => {}
         }
-        if presence.attr("type").is_some() {
-            return;
-        }
-        record.available = true;
-        record.priority = presence
-            .get_child("priority", presence.namespace())
-            .and_then(|priority| priority.text().trim().parse::<i32>().ok())
-            .map(|priority| priority.clamp(-128, 127) as i8)
-            .unwrap_or(0);
-        record.presence = Some(presence.to_stanza_xml());
     }
 
     /// The client requested its roster (an interested resource, RFC 6121 section 2.1.6).
@@ -520,8 +517,10 @@ mod registry_view_tests {
     use super::*;
     use starling_xmpp::parse_element;
 
-    fn presence(xml: &str) -> Element {
-        parse_element(xml.as_bytes(), &Default::default()).expect("test presence parses")
+    fn presence(xml: &str) -> Presence {
+        let element =
+            parse_element(xml.as_bytes(), &Default::default()).expect("test presence parses");
+        Presence::try_from_element(element).expect("a valid presence")
     }
 
     #[test]
@@ -536,12 +535,12 @@ mod registry_view_tests {
         handle.set_bound(jid.clone(), addr.clone());
         handle.note_roster_requested();
         handle.note_broadcast_presence(&presence(
-            "<presence xmlns='jabber:client'><priority>300</priority><show>away</show></presence>",
+            "<presence xmlns='jabber:client'><priority>-100</priority><show>away</show></presence>",
         ));
         let record = handle.registry_view().unwrap();
         assert_eq!((record.jid, record.addr), (jid, addr));
         assert!(record.available && record.interested);
-        assert_eq!(record.priority, 127);
+        assert_eq!(record.priority, -100);
         assert!(record.presence.unwrap().contains("<show>away</show>"));
         // A subscription stanza is not a broadcast; unavailable clears it.
         handle.note_broadcast_presence(&presence(

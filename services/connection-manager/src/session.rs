@@ -11,8 +11,8 @@ use starling_api::{origin_time, Origin, SessionAddr};
 use starling_jid::FullJid;
 use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{
-    ns, stanza, Element, Node, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
-    StreamErrorCondition, StreamEvent,
+    ns, stanza, Element, InvalidStanza, Iq, Node, Presence, StanzaError, StanzaErrorCondition,
+    StanzaKind, StreamError, StreamErrorCondition, StreamEvent,
 };
 use tracing::Instrument;
 
@@ -219,20 +219,32 @@ impl Session {
                 element.set_attr("xml:lang", lang.clone());
             }
         }
-        if kind == StanzaKind::Iq {
-            if let Err(error) = check_iq(&element) {
-                self.reply_error(&element, error);
-                return Flow::Continue;
-            }
-            if self.addressed_to_server(&element) {
-                if let Some(flow) = self.handle_server_iq(&element).await {
-                    return flow;
+        // The stanza's rules are checked once, here, by its typed form (RFC 6120
+        // section 8.2.3 for IQs, RFC 6121 section 4.7 for presence); a broken
+        // one is answered with bad-request and never routed.
+        let element = match kind {
+            StanzaKind::Message => element,
+            StanzaKind::Presence => match Presence::try_from_element(element) {
+                Ok(presence) => {
+                    if presence.element().attr("to").is_none() {
+                        self.handle.note_broadcast_presence(&presence);
+                    }
+                    presence.into_element()
                 }
-            }
-        }
-        if kind == StanzaKind::Presence && element.attr("to").is_none() {
-            self.handle.note_broadcast_presence(&element);
-        }
+                Err(invalid) => return self.reject(invalid),
+            },
+            StanzaKind::Iq => match Iq::try_from_element(element) {
+                Ok(iq) => {
+                    if self.addressed_to_server(iq.element()) {
+                        if let Some(flow) = self.handle_server_iq(iq.element()).await {
+                            return flow;
+                        }
+                    }
+                    iq.into_element()
+                }
+                Err(invalid) => return self.reject(invalid),
+            },
+        };
         if kind == StanzaKind::Iq
             && stanza::stanza_type(&element) == "get"
             && stanza::iq_payload(&element).is_some_and(|payload| payload.namespace() == ns::ROSTER)
@@ -267,6 +279,13 @@ impl Session {
             tracing::debug!(jid = %self.jid, %error, "routing failed");
             self.reply_error(&reply_template, error.to_stanza_error());
         }
+        Flow::Continue
+    }
+
+    /// A stanza that broke a rule of its kind: its sender gets the error.
+    fn reject(&mut self, invalid: InvalidStanza) -> Flow {
+        tracing::debug!(jid = %self.jid, error = %invalid, "stanza rejected");
+        self.reply_error(&invalid.stanza, invalid.error);
         Flow::Continue
     }
 
@@ -351,32 +370,6 @@ impl Session {
     }
 }
 
-/// RFC 6120 section 8.2.3: an IQ has an id and a type of get, set, result or
-/// error; a get or set has exactly one payload child.
-pub(crate) fn check_iq(iq: &Element) -> Result<(), StanzaError> {
-    let bad_request =
-        |text: &str| StanzaError::new(StanzaErrorCondition::BadRequest).with_text(text);
-    if iq.attr("id").is_none_or(str::is_empty) {
-        return Err(bad_request("an iq needs an id"));
-    }
-    match stanza::stanza_type(iq) {
-        "get" | "set" => {
-            if stanza::iq_payload(iq).is_none() {
-                return Err(bad_request("an iq get or set needs exactly one child"));
-            }
-            Ok(())
-        }
-        "result" => {
-            if iq.children().count() > 1 {
-                return Err(bad_request("an iq result has at most one child"));
-            }
-            Ok(())
-        }
-        "error" => Ok(()),
-        _ => Err(bad_request("an iq type is get, set, result or error")),
-    }
-}
-
 /// What an error reply needs of a stanza after it was handed to the router:
 /// its addressing and, for an IQ, its payload (section 8.3.1; a message's or
 /// presence's payload is not echoed back, to keep routing free of copies).
@@ -411,7 +404,9 @@ mod tests {
     }
 
     fn rejected(iq: &Element) -> Option<String> {
-        check_iq(iq).err().map(|error| error.to_element().to_xml())
+        Iq::try_from_element(iq.clone())
+            .err()
+            .map(|invalid| invalid.error.to_element().to_xml())
     }
 
     #[test]

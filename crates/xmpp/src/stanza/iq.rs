@@ -1,5 +1,6 @@
-//! IQ stanzas, RFC 6120 section 8.2.3: a required `type` of four values, and a
-//! get or set carries an `id` and exactly one payload child.
+//! IQ stanzas, RFC 6120 section 8.2.3: a required `id`, a required `type` of
+//! four values; a get or set carries exactly one payload child, a result at
+//! most one.
 
 use crate::element::Element;
 use crate::stanza::{stanza_type, InvalidStanza, StanzaKind};
@@ -47,33 +48,34 @@ pub struct Iq {
 }
 
 impl Iq {
-    /// Check an `<iq/>` element (RFC 6120 section 8.2.3). A missing or unknown
-    /// type, or a request without an `id` or with other than one child element,
-    /// is a `bad-request`. A result or error is taken as it comes: it cannot be
-    /// answered with an error (section 8.3.1), so it is not rejected for its shape.
+    /// Check an `<iq/>` element (RFC 6120 section 8.2.3): every rule broken is
+    /// a `bad-request` (which a result or an error, never answered with an
+    /// error per section 8.3.1, does not get: it is not routed).
     pub fn try_from_element(element: Element) -> Result<Self, InvalidStanza> {
         if StanzaKind::of(&element) != Some(StanzaKind::Iq) {
             return Err(InvalidStanza::bad_request(element, "not an iq stanza"));
         }
+        if element.attr("id").is_none_or(str::is_empty) {
+            return Err(InvalidStanza::bad_request(element, "an iq needs an id"));
+        }
         let Some(iq_type) = IqType::from_attr(stanza_type(&element)) else {
             return Err(InvalidStanza::bad_request(
                 element,
-                "an iq needs a type of get, set, result or error",
+                "an iq type is get, set, result or error",
             ));
         };
-        if iq_type.is_request() {
-            if element.attr("id").is_none() {
-                return Err(InvalidStanza::bad_request(
-                    element,
-                    "an iq request needs an id",
-                ));
-            }
-            if element.children().count() != 1 {
-                return Err(InvalidStanza::bad_request(
-                    element,
-                    "an iq request carries exactly one payload",
-                ));
-            }
+        let children = element.children().count();
+        if iq_type.is_request() && children != 1 {
+            return Err(InvalidStanza::bad_request(
+                element,
+                "an iq get or set needs exactly one child",
+            ));
+        }
+        if iq_type == IqType::Result && children > 1 {
+            return Err(InvalidStanza::bad_request(
+                element,
+                "an iq result has at most one child",
+            ));
         }
         Ok(Iq { element, iq_type })
     }
@@ -86,7 +88,7 @@ impl Iq {
         self.element.attr("id")
     }
 
-    /// The payload: the one child of a request; the first child of a result or error.
+    /// The payload: the one child of a request or result; the first child of an error.
     pub fn payload(&self) -> Option<&Element> {
         self.element.children().next()
     }
@@ -154,12 +156,27 @@ mod tests {
     }
 
     #[test]
-    fn an_error_without_id_is_taken_as_it_comes() {
+    fn an_error_with_the_original_payload_is_an_iq() {
         let iq = Iq::try_from(parse(
-            "<iq xmlns='jabber:client' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+            "<iq xmlns='jabber:client' id='e' type='error'><ping xmlns='urn:xmpp:ping'/><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
         ))
         .unwrap();
         assert_eq!(iq.iq_type(), IqType::Error);
+    }
+
+    #[test]
+    fn an_iq_without_or_with_an_empty_id_is_a_bad_request() {
+        rejected("<iq xmlns='jabber:client' type='get'><ping xmlns='urn:xmpp:ping'/></iq>");
+        rejected("<iq xmlns='jabber:client' type='result'/>");
+        rejected("<iq xmlns='jabber:client' id='' type='result'/>");
+        let invalid = rejected("<iq xmlns='jabber:client' type='error'/>");
+        // Never answered: an error is not bounced (RFC 6120 section 8.3.1).
+        assert!(invalid.error_reply().is_none());
+    }
+
+    #[test]
+    fn a_result_with_two_payloads_is_a_bad_request() {
+        rejected("<iq xmlns='jabber:client' id='r' type='result'><a xmlns='urn:a'/><b xmlns='urn:b'/></iq>");
     }
 
     #[test]
@@ -168,11 +185,6 @@ mod tests {
         rejected(
             "<iq xmlns='jabber:client' id='a' type='query'><ping xmlns='urn:xmpp:ping'/></iq>",
         );
-    }
-
-    #[test]
-    fn a_request_without_id_is_a_bad_request() {
-        rejected("<iq xmlns='jabber:client' type='get'><ping xmlns='urn:xmpp:ping'/></iq>");
     }
 
     #[test]
@@ -188,7 +200,7 @@ mod tests {
         );
         assert_eq!(
             invalid.error_reply().unwrap().to_stanza_xml(),
-            "<iq id='a' to='a@example.com/r' from='example.com' type='error'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>an iq request carries exactly one payload</text></error></iq>"
+            "<iq id='a' to='a@example.com/r' from='example.com' type='error'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>an iq get or set needs exactly one child</text></error></iq>"
         );
     }
 

@@ -368,7 +368,7 @@ async fn inbound_presence_reaches_available_resources_or_the_addressed_one() {
 }
 
 #[tokio::test]
-async fn client_probes_are_ignored_and_unknown_types_bounce() {
+async fn client_probes_are_ignored_and_unknown_types_bad_show_and_priority_bounce() {
     let mut harness = Harness::new().await;
     let alice = harness.online("alice@example.com/phone", "cm1").await;
     harness
@@ -383,6 +383,39 @@ async fn client_probes_are_ignored_and_unknown_types_bounce() {
         harness.received("cm1"),
         ["alice@example.com/phone <presence id='x1' to='alice@example.com/phone' type='error'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>unknown presence type</text></error></presence>"]
     );
+    // Section 4.7.2.3: a priority out of -128..127 is refused, not clamped (the
+    // edge and this service used to read it differently); section 4.7.2.1: an
+    // empty or unknown <show/> is refused, never relayed.
+    for (id, child, text) in [
+        (
+            "x3",
+            "<priority>1000</priority>",
+            "priority must be one integer from -128 to 127",
+        ),
+        (
+            "x4",
+            "<priority>-3000000000</priority>",
+            "priority must be one integer from -128 to 127",
+        ),
+        (
+            "x5",
+            "<show/>",
+            "show must be one of away, chat, dnd, xa, at most once",
+        ),
+        (
+            "x6",
+            "<show>busy</show>",
+            "show must be one of away, chat, dnd, xa, at most once",
+        ),
+    ] {
+        harness
+            .presence(&alice, &format!("<presence id='{id}'>{child}</presence>"))
+            .await;
+        assert_eq!(
+            harness.received("cm1"),
+            [format!("alice@example.com/phone <presence id='{id}' to='alice@example.com/phone' type='error'>{child}<error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>{text}</text></error></presence>")]
+        );
+    }
     // Directed presence to an address that is not a JID (section 4.6.2).
     harness
         .presence(&alice, "<presence to='bob@' id='x2'/>")
