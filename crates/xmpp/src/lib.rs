@@ -10,6 +10,7 @@ pub mod error;
 pub mod ns;
 pub mod parser;
 pub mod stanza;
+pub mod xep;
 
 pub use element::{escape_attr, escape_text, Element, Node};
 pub use error::{
