@@ -47,7 +47,7 @@ impl BusMetrics {
         )?;
         let invalid = IntCounter::new(
             "starling_bus_messages_invalid_total",
-            "Received delivery envelopes dropped because they did not decode or their stanza did not parse",
+            "Received delivery envelopes that did not decode or whose stanza did not parse under the configured limits (the stanza's sender is answered with an error)",
         )?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
