@@ -2,7 +2,7 @@
 # Runs every test of the repository. It first makes sure that what the tests
 # need is installed and running (it checks first and starts only what is not
 # running): PostgreSQL and Redis on 127.0.0.1, a Python venv with slixmpp and
-# pytest, Node with the web client packages of tests/web, Chromium, promtool and prometheus. Then: the Rust unit and crate tests, then the integration tests that
+# pytest, Node with the web client packages of tests/web, Chromium, promtool and prometheus. Then: clippy (any warning fails), the Rust unit and crate tests, then the integration tests that
 # drive the real `starling` binary with real clients.
 #
 # Environment:
@@ -118,6 +118,14 @@ ensure_prometheus() {
   fi
 }
 
+# Clippy ships with the rustup toolchains, except the minimal profile: add it only when missing.
+ensure_clippy() {
+  if ! cargo clippy --version >/dev/null 2>&1; then
+    log "installing clippy"
+    rustup component add clippy
+  fi
+}
+
 if [ "${STARLING_SKIP_SERVICES:-0}" != 1 ]; then
   ensure_postgres
   ensure_redis
@@ -126,11 +134,15 @@ ensure_python
 ensure_node_packages
 ensure_chromium
 ensure_prometheus
+ensure_clippy
 
 log "building"
 cargo build --workspace --locked 2>&1 | tail -n 3
 target_dir=$(cargo metadata --format-version 1 --no-deps | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 export STARLING_BIN="$target_dir/debug/starling"
+
+log "clippy (the lints of [workspace.lints] in Cargo.toml; a warning fails)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "rust tests"
 cargo test --workspace --locked

@@ -785,7 +785,7 @@ mod tests {
     /// The server side of RFC 7395 section 3.1: the client must offer `xmpp`,
     /// the answer selects it. (The error type is tungstenite's callback
     /// contract, an HTTP response.)
-    #[allow(clippy::result_large_err)]
+    #[allow(clippy::result_large_err, reason = "tungstenite's callback contract")]
     fn select_xmpp(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
         let offered = request
             .headers()

@@ -55,7 +55,7 @@ fn main() -> anyhow::Result<()> {
                     let _ = serve(stream).await;
                 });
             }
-            #[allow(unreachable_code)]
+            #[allow(unreachable_code, reason = "names the type that `?` returns")]
             Ok::<(), anyhow::Error>(())
         };
         tokio::select! {

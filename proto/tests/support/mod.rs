@@ -1,6 +1,6 @@
 //! Real tonic servers on 127.0.0.1 port 0 for the gRPC tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

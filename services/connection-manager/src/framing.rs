@@ -193,7 +193,7 @@ impl Outgoing {
 
 /// Turns what the client sends into stream events, for either framing.
 // One per connection, built once: the size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant, reason = "one per connection, built once")]
 #[derive(Debug)]
 pub(crate) enum Inbound {
     /// An incremental parser over the byte stream.

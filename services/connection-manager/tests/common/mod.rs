@@ -3,7 +3,7 @@
 //! the in-process bus), and a raw-XML client that can do STARTTLS, direct TLS
 //! and SCRAM/PLAIN.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -15,7 +15,7 @@ pub(crate) type Db = sqlx::Postgres;
 pub(crate) const BEGIN_WRITE: &str = "BEGIN";
 
 // The same query file is compiled once per driver on purpose (see backend/mod.rs).
-#[allow(clippy::duplicate_mod)]
+#[allow(clippy::duplicate_mod, reason = "compiled once per driver on purpose")]
 #[path = "queries.rs"]
 pub(crate) mod queries;
 

@@ -21,7 +21,7 @@ pub(crate) type Db = sqlx::Sqlite;
 pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 // The same query file is compiled once per driver on purpose (see backend/mod.rs).
-#[allow(clippy::duplicate_mod)]
+#[allow(clippy::duplicate_mod, reason = "compiled once per driver on purpose")]
 #[path = "queries.rs"]
 pub(crate) mod queries;
 

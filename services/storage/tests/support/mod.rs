@@ -5,7 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`); a test that cannot reach
 //! it fails, unless `STARLING_TEST_SKIP_POSTGRES=1`.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test file uses a part of the support module")]
 
 use std::future::Future;
 use std::path::PathBuf;
