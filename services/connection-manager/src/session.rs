@@ -283,9 +283,10 @@ impl Session {
     }
 
     /// A stanza that broke a rule of its kind: its sender gets the error.
-    fn reject(&mut self, invalid: InvalidStanza) -> Flow {
+    fn reject(&mut self, invalid: Box<InvalidStanza>) -> Flow {
         tracing::debug!(jid = %self.jid, error = %invalid, "stanza rejected");
-        self.reply_error(&invalid.stanza, invalid.error);
+        let InvalidStanza { stanza, error } = *invalid;
+        self.reply_error(&stanza, error);
         Flow::Continue
     }
 

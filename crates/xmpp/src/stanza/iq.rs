@@ -51,7 +51,7 @@ impl Iq {
     /// Check an `<iq/>` element (RFC 6120 section 8.2.3): every rule broken is
     /// a `bad-request` (which a result or an error, never answered with an
     /// error per section 8.3.1, does not get: it is not routed).
-    pub fn try_from_element(element: Element) -> Result<Self, InvalidStanza> {
+    pub fn try_from_element(element: Element) -> Result<Self, Box<InvalidStanza>> {
         if StanzaKind::of(&element) != Some(StanzaKind::Iq) {
             return Err(InvalidStanza::bad_request(element, "not an iq stanza"));
         }
@@ -109,9 +109,9 @@ impl Iq {
 }
 
 impl TryFrom<Element> for Iq {
-    type Error = InvalidStanza;
+    type Error = Box<InvalidStanza>;
 
-    fn try_from(element: Element) -> Result<Self, InvalidStanza> {
+    fn try_from(element: Element) -> Result<Self, Box<InvalidStanza>> {
         Iq::try_from_element(element)
     }
 }
@@ -132,7 +132,7 @@ mod tests {
         parse_element(xml.as_bytes(), &Limits::default()).unwrap()
     }
 
-    fn rejected(xml: &str) -> InvalidStanza {
+    fn rejected(xml: &str) -> Box<InvalidStanza> {
         let invalid = Iq::try_from(parse(xml)).unwrap_err();
         assert_eq!(invalid.error.condition, StanzaErrorCondition::BadRequest);
         invalid

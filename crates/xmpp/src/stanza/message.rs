@@ -47,7 +47,7 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn try_from_element(element: Element) -> Result<Self, InvalidStanza> {
+    pub fn try_from_element(element: Element) -> Result<Self, Box<InvalidStanza>> {
         if StanzaKind::of(&element) != Some(StanzaKind::Message) {
             return Err(InvalidStanza::bad_request(element, "not a message stanza"));
         }
@@ -83,9 +83,9 @@ impl Message {
 }
 
 impl TryFrom<Element> for Message {
-    type Error = InvalidStanza;
+    type Error = Box<InvalidStanza>;
 
-    fn try_from(element: Element) -> Result<Self, InvalidStanza> {
+    fn try_from(element: Element) -> Result<Self, Box<InvalidStanza>> {
         Message::try_from_element(element)
     }
 }

@@ -56,11 +56,12 @@ pub struct InvalidStanza {
 }
 
 impl InvalidStanza {
-    pub(crate) fn bad_request(stanza: Element, text: &'static str) -> Self {
-        InvalidStanza {
+    /// Boxed: a rejection is the cold path, and it keeps every `Result` small.
+    pub(crate) fn bad_request(stanza: Element, text: &'static str) -> Box<Self> {
+        Box::new(InvalidStanza {
             stanza,
             error: StanzaError::new(crate::error::StanzaErrorCondition::BadRequest).with_text(text),
-        }
+        })
     }
 
     /// The error reply to the sender (RFC 6120 section 8.3.1); `None` when the

@@ -152,7 +152,7 @@ pub struct Presence {
 impl Presence {
     /// Check a `<presence/>` element. Errors carry the element back with the
     /// `bad-request` the sender gets (RFC 6120 section 8.3.3.1).
-    pub fn try_from_element(element: Element) -> Result<Self, InvalidStanza> {
+    pub fn try_from_element(element: Element) -> Result<Self, Box<InvalidStanza>> {
         if StanzaKind::of(&element) != Some(StanzaKind::Presence) {
             return Err(InvalidStanza::bad_request(element, "not a presence stanza"));
         }
@@ -219,9 +219,9 @@ fn show_and_priority(presence: &Element) -> Result<(Option<Show>, Priority), &'s
 }
 
 impl TryFrom<Element> for Presence {
-    type Error = InvalidStanza;
+    type Error = Box<InvalidStanza>;
 
-    fn try_from(element: Element) -> Result<Self, InvalidStanza> {
+    fn try_from(element: Element) -> Result<Self, Box<InvalidStanza>> {
         Presence::try_from_element(element)
     }
 }
@@ -246,7 +246,7 @@ mod tests {
         Presence::try_from(parse(xml)).unwrap()
     }
 
-    fn rejected(xml: &str) -> InvalidStanza {
+    fn rejected(xml: &str) -> Box<InvalidStanza> {
         Presence::try_from(parse(xml)).unwrap_err()
     }
 
