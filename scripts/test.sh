@@ -136,6 +136,11 @@ ensure_chromium
 ensure_prometheus
 ensure_clippy
 
+# Needs no build: fails fast when a connection-manager module imports one
+# that imports it.
+log "module graph of the connection-manager"
+python3 scripts/module-graph.py services/connection-manager/src
+
 log "building"
 cargo build --workspace --locked 2>&1 | tail -n 3
 target_dir=$(cargo metadata --format-version 1 --no-deps | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

@@ -10,8 +10,9 @@ use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{stanza, Element, StanzaError, StanzaKind, StreamError};
 use tracing::Instrument;
 
-use crate::outbound::{PushError, QueuedStanza};
-use crate::Shared;
+use crate::outbound::PushError;
+use crate::queued::QueuedStanza;
+use crate::shared::Shared;
 
 /// Read the node's deliveries until the bus closes.
 pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiver) {

@@ -19,84 +19,22 @@
 //! XEP-0198 resumption is not implemented: a drained client logs in again.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use starling_xmpp::{StreamError, StreamErrorCondition};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
-
-/// The window used when a drain request names none, unless configured.
-pub const DEFAULT_DRAIN_WINDOW: Duration = Duration::from_secs(5);
-
-/// Where a node is in its drain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainPhase {
-    /// Accepting and serving.
-    Serving,
-    /// Not accepting; closing the streams over `window` since `since`.
-    Draining { since: SystemTime, window: Duration },
-    /// Every stream was asked to close; nothing is accepted.
-    Drained { since: SystemTime },
-}
-
-impl DrainPhase {
-    /// Draining or drained: the node is not ready.
-    pub fn is_draining(&self) -> bool {
-        !matches!(self, DrainPhase::Serving)
-    }
-
-    /// When the drain started, if it did.
-    pub fn draining_since(&self) -> Option<SystemTime> {
-        match self {
-            DrainPhase::Serving => None,
-            DrainPhase::Draining { since, .. } | DrainPhase::Drained { since } => Some(*since),
-        }
-    }
-}
-
-/// The drain state every connection task shares.
-pub(crate) struct DrainState {
-    phase_tx: watch::Sender<DrainPhase>,
-    /// Cancelled when the drain starts or the node shuts down: the listeners
-    /// close and new WebSocket and BOSH sessions are refused.
-    pub stop_accepting: CancellationToken,
-    default_window: Mutex<Duration>,
-}
-
-impl DrainState {
-    pub fn new(shutdown: &CancellationToken) -> Self {
-        DrainState {
-            phase_tx: watch::channel(DrainPhase::Serving).0,
-            stop_accepting: shutdown.child_token(),
-            default_window: Mutex::new(DEFAULT_DRAIN_WINDOW),
-        }
-    }
-}
+use crate::drain_state::DrainPhase;
+use crate::shared::Shared;
 
 /// Start draining the node; false when a drain already started (the first
 /// one's window stands).
 pub(crate) fn start(shared: &Arc<Shared>, window: Option<Duration>) -> bool {
-    let window = window.unwrap_or_else(|| *shared.drain.default_window.lock());
-    let mut started = false;
-    shared.drain.phase_tx.send_if_modified(|phase| {
-        if phase.is_draining() {
-            return false;
-        }
-        *phase = DrainPhase::Draining {
-            since: SystemTime::now(),
-            window,
-        };
-        started = true;
-        true
-    });
-    if !started {
+    let Some(window) = shared.drain.begin(window) else {
         tracing::info!(node = %shared.node_id, "drain requested while already draining");
         return false;
-    }
+    };
     tracing::info!(node = %shared.node_id, window_secs = window.as_secs_f64(), "draining: not accepting, closing streams over the window");
     shared.drain.stop_accepting.cancel();
     tokio::spawn(close_streams(Arc::clone(shared), window));
@@ -137,11 +75,7 @@ async fn close_streams(shared: Arc<Shared>, window: Duration) {
     // Streams that were negotiating when the drain started, and any bound
     // since, end like at shutdown (every connection task watches this token).
     shared.shutdown.cancel();
-    shared.drain.phase_tx.send_modify(|phase| {
-        if let DrainPhase::Draining { since, .. } = *phase {
-            *phase = DrainPhase::Drained { since };
-        }
-    });
+    shared.drain.finish();
     tracing::info!(node = %shared.node_id, "drained: every stream was closed");
 }
 
@@ -154,7 +88,7 @@ pub struct DrainHandle {
 impl DrainHandle {
     /// The window of a drain that names none (SIGTERM, DrainNode with 0).
     pub fn set_default_window(&self, window: Duration) {
-        *self.shared.drain.default_window.lock() = window;
+        self.shared.drain.set_default_window(window);
     }
 
     /// Start draining (see the module documentation); false when a drain
@@ -164,12 +98,12 @@ impl DrainHandle {
     }
 
     pub fn phase(&self) -> DrainPhase {
-        *self.shared.drain.phase_tx.borrow()
+        self.shared.drain.phase()
     }
 
     /// Changes of the phase, starting with the current one.
     pub fn subscribe(&self) -> watch::Receiver<DrainPhase> {
-        self.shared.drain.phase_tx.subscribe()
+        self.shared.drain.subscribe()
     }
 
     /// Resolves once the drain finished (every stream was asked to close).

@@ -12,8 +12,8 @@ use starling_xmpp::{
     StreamEvent, StreamHeader, StreamParser,
 };
 
-use crate::outbound::QueuedStanza;
-use crate::xml::{self, FeatureSet, STREAM_CLOSE};
+use crate::queued::QueuedStanza;
+use crate::xml::{self, STREAM_CLOSE};
 
 /// Which framing a stream uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,11 +119,10 @@ impl Outgoing {
         self.end_unit();
     }
 
-    /// `<stream:features>`; over WebSocket with the `stream` prefix declared
-    /// (RFC 7395 section 3.3.3).
-    pub fn features(&mut self, features: &FeatureSet) {
-        let xml = features.to_xml();
-        self.push_stream_prefixed(&xml);
+    /// `<stream:features>` (as `negotiation::features` writes it); over
+    /// WebSocket with the `stream` prefix declared (RFC 7395 section 3.3.3).
+    pub fn features(&mut self, features_xml: &str) {
+        self.push_stream_prefixed(features_xml);
     }
 
     /// A nonza that declares its own namespace (SASL, STARTTLS).
@@ -331,7 +330,7 @@ mod tests {
     fn websocket_units_declare_their_namespaces() {
         let mut out = Outgoing::new(Framing::WebSocket);
         out.header("s1", "example.com", Some("juliet@example.com"), "en");
-        out.features(&FeatureSet::for_stage(false, false, false, false));
+        out.features("<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>");
         out.stanza(
             &Element::new("message", ns::CLIENT)
                 .with_attr("to", "juliet@example.com")

@@ -16,131 +16,80 @@
 //!        -> [session: reader task -> router.route]        (token bucket on reads)
 //!           [writer task <- bounded queue <- bus dispatcher]
 //! ```
+//!
+//! The modules form layers; each uses only the ones below it (no module
+//! imports one that imports it: `scripts/module-graph.py
+//! services/connection-manager/src` prints the graph and fails on a cycle):
+//!
+//! ```text
+//! lib (ConnectionManager)     the public API: build, bind, run
+//! listener::{tcp, websocket, bosh}
+//!                             accept, per-address limit, negotiate, serve
+//! session, delivery, drain    a bound stream; the bus dispatcher; the drain
+//! negotiation::{header, starttls, sasl, bind, features, stream}, register
+//!                             the steps before a session, each in its module
+//! shared                      what every connection task shares (Shared)
+//! outbound                    a connection's bounded queue and its writer
+//! transport::{tcp, websocket, bosh, tls}
+//!                             the Transport trait and its implementations
+//! framing, queued, xml        stream and WebSocket framing, queued stanzas
+//! config, error, metrics, limits, drain_state
+//! ```
 
 #![forbid(unsafe_code)]
 
-mod bosh;
 mod config;
 mod delivery;
 mod drain;
+mod drain_state;
 mod error;
 mod framing;
 mod limits;
+mod listener;
 mod metrics;
 mod negotiation;
 mod outbound;
+mod queued;
 mod register;
 mod session;
-mod tls;
+mod shared;
 mod transport;
-mod websocket;
 mod xml;
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use starling_api::{ConnId, RouterApi, SessionRecord, StorageApi};
+use starling_api::{RouterApi, SessionRecord, StorageApi};
 use starling_bus::{Bus, DeliveryReceiver};
 use starling_jid::BareJid;
 use starling_sasl::ServerSecret;
 use starling_xmpp::Limits;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use bosh::BOSH_PATH;
 pub use config::{CmConfig, CmLimits, TlsSettings};
-pub use drain::{DrainHandle, DrainPhase, DEFAULT_DRAIN_WINDOW};
+pub use drain::DrainHandle;
+pub use drain_state::{DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
+pub use listener::bosh::BOSH_PATH;
+pub use listener::websocket::WEBSOCKET_PATH;
 pub use metrics::CmMetrics;
-pub use tls::ALPN_XMPP_CLIENT;
-pub use websocket::WEBSOCKET_PATH;
+pub use transport::tls::ALPN_XMPP_CLIENT;
 
+use drain_state::DrainState;
 use limits::IpLimits;
-use outbound::ConnectionHandle;
+use listener::tcp::ListenerKind;
+use shared::Shared;
 
 /// How long `run` waits for the connections to close after the shutdown signal.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Which listener a connection came in on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ListenerKind {
-    /// Plain TCP, STARTTLS offered (RFC 6120 section 5).
-    StartTls,
-    /// TLS from the first byte (XEP-0368).
-    DirectTls,
-}
-
-impl ListenerKind {
-    fn name(self) -> &'static str {
-        match self {
-            ListenerKind::StartTls => "c2s",
-            ListenerKind::DirectTls => "c2s_tls",
-        }
-    }
-}
-
-/// What every connection task of the node shares.
-pub(crate) struct Shared {
-    pub node_id: String,
-    /// The served domain, normalised.
-    pub domain: String,
-    pub limits: CmLimits,
-    pub parser_limits: Limits,
-    pub registration_enabled: bool,
-    pub require_tls: bool,
-    pub router: Arc<dyn RouterApi>,
-    pub storage: Arc<dyn StorageApi>,
-    pub starttls: TlsAcceptor,
-    pub direct_tls: TlsAcceptor,
-    pub https: TlsAcceptor,
-    /// Fake salts of unknown accounts derive from it (RFC 5802 section 9).
-    pub scram_secret: ServerSecret,
-    /// The bound connections of this node, by connection id.
-    pub connections: RwLock<HashMap<ConnId, Arc<ConnectionHandle>>>,
-    next_conn: AtomicU64,
-    pub ip_limits: Arc<IpLimits>,
-    pub metrics: CmMetrics,
-    /// Cancelled when the node shuts down.
-    pub shutdown: CancellationToken,
-    /// Graceful drain: its phase, and the token that stops accepting.
-    pub drain: drain::DrainState,
-}
-
-impl Shared {
-    pub fn next_conn_id(&self) -> ConnId {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// A bound (or binding) connection; `starling_sessions` follows the map.
-    pub fn add_connection(&self, conn: ConnId, handle: Arc<ConnectionHandle>) {
-        let mut connections = self.connections.write();
-        connections.insert(conn, handle);
-        self.metrics.set_sessions(connections.len());
-    }
-
-    pub fn remove_connection(&self, conn: ConnId) {
-        let mut connections = self.connections.write();
-        connections.remove(&conn);
-        self.metrics.set_sessions(connections.len());
-    }
-
-    pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
-        self.connections.read().get(&conn).cloned()
-    }
-}
-
-/// A random stream id (RFC 6120 section 4.7.3: unique and unpredictable).
-pub(crate) fn random_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
 
 /// The sessions bound on this node. After Redis lost the routing state (a
 /// restart without persistence), the node re-registers them from here: their
@@ -213,7 +162,7 @@ impl ConnectionManager {
             ));
         }
         let domain = domain_jid.domain().to_string();
-        let tls = tls::load(&config.tls, &domain)?;
+        let tls = transport::tls::load(&config.tls, &domain)?;
         let parser_limits = Limits {
             max_stanza_bytes: limits.max_stanza_bytes,
             max_depth: limits.max_depth,
@@ -244,7 +193,7 @@ impl ConnectionManager {
             next_conn: AtomicU64::new(1),
             ip_limits,
             metrics: config.metrics,
-            drain: drain::DrainState::new(&shutdown),
+            drain: DrainState::new(&shutdown),
             shutdown,
         };
         Ok(ConnectionManager {
@@ -307,10 +256,9 @@ impl BoundConnectionManager {
     /// `into_make_service_with_connect_info::<SocketAddr>()`. Its streams end,
     /// like the TCP ones, when `run`'s shutdown signal comes.
     pub fn websocket_router(&self) -> axum::Router {
-        websocket::router(Arc::clone(&self.shared), self.connections.clone()).merge(bosh::router(
-            Arc::clone(&self.shared),
-            self.connections.clone(),
-        ))
+        listener::websocket::router(Arc::clone(&self.shared), self.connections.clone()).merge(
+            listener::bosh::router(Arc::clone(&self.shared), self.connections.clone()),
+        )
     }
 
     /// The TLS acceptor for an HTTPS listener serving [`Self::websocket_router`]
@@ -344,7 +292,7 @@ impl BoundConnectionManager {
         let dispatcher = tokio::spawn(delivery::dispatch(Arc::clone(&shared), deliveries));
         let mut accept_loops = Vec::new();
         for (kind, _, listener) in listeners {
-            accept_loops.push(tokio::spawn(accept_loop(
+            accept_loops.push(tokio::spawn(listener::tcp::accept_loop(
                 Arc::clone(&shared),
                 kind,
                 listener,
@@ -373,70 +321,4 @@ impl BoundConnectionManager {
         let _ = dispatcher.await;
         Ok(())
     }
-}
-
-async fn accept_loop(
-    shared: Arc<Shared>,
-    kind: ListenerKind,
-    listener: TcpListener,
-    connections: TaskTracker,
-) {
-    loop {
-        let accepted = tokio::select! {
-            // Returning drops the listener: new connections are refused, not queued.
-            _ = shared.drain.stop_accepting.cancelled() => {
-                tracing::info!(listener = kind.name(), "listener closed");
-                return;
-            }
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(listener = kind.name(), %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
-            tracing::info!(peer = %peer, listener = kind.name(), "too many connections from one address");
-            shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
-            connections.spawn(negotiation::refuse_connection(
-                Arc::clone(&shared),
-                tcp,
-                kind,
-            ));
-            continue;
-        };
-        connections.spawn(serve_connection(
-            Arc::clone(&shared),
-            tcp,
-            peer,
-            kind,
-            permit,
-        ));
-    }
-}
-
-async fn serve_connection(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    kind: ListenerKind,
-    permit: limits::ConnectionPermit,
-) {
-    let conn = shared.next_conn_id();
-    let mut counted = shared.metrics.connection(match kind {
-        ListenerKind::StartTls => metrics::Transport::Tcp,
-        ListenerKind::DirectTls => metrics::Transport::Tls,
-    });
-    tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
-    if let Some(bound) = negotiation::negotiate(Arc::clone(&shared), conn, tcp, peer, kind).await {
-        counted.bound();
-        session::run(shared, bound).await;
-    }
-    drop(permit);
-    tracing::debug!(conn, peer = %peer, "connection closed");
 }

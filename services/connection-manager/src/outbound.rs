@@ -25,6 +25,7 @@ use starling_xmpp::StanzaKind;
 
 use crate::framing::Outgoing;
 use crate::metrics::CmMetrics;
+use crate::queued::QueuedStanza;
 use crate::transport::TransportWriter;
 
 /// A write that makes no progress for this long means the client is gone.
@@ -33,44 +34,6 @@ pub(crate) const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A backlog larger than this is written in several calls.
 const MAX_WRITE_BYTES: usize = 256 * 1024;
-
-/// One stanza waiting to be written.
-#[derive(Debug, Clone)]
-pub(crate) struct QueuedStanza {
-    pub stanza: Arc<Element>,
-    /// Rewrite `to` for this recipient (one envelope shared by several recipients).
-    pub to: Option<String>,
-}
-
-impl QueuedStanza {
-    pub fn new(stanza: Element) -> Self {
-        QueuedStanza {
-            stanza: Arc::new(stanza),
-            to: None,
-        }
-    }
-
-    /// The stanza as it is addressed to this recipient.
-    pub fn into_element(self) -> Element {
-        let mut stanza = Arc::unwrap_or_clone(self.stanza);
-        if let Some(to) = self.to {
-            stanza.set_attr("to", to);
-        }
-        stanza
-    }
-
-    /// Serialise where `parent_namespace` is the default namespace in force.
-    pub(crate) fn write_to(&self, out: &mut String, parent_namespace: &str) {
-        match &self.to {
-            Some(to) if self.stanza.attr("to") != Some(to.as_str()) => {
-                let mut stanza = (*self.stanza).clone();
-                stanza.set_attr("to", to.clone());
-                stanza.write_to(out, parent_namespace);
-            }
-            _ => self.stanza.write_to(out, parent_namespace),
-        }
-    }
-}
 
 /// Why a push was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,8 +236,8 @@ impl ConnectionHandle {
 
 /// Write to the client until the stream closes or breaks. Returns the stanzas
 /// that were not (or not surely) written, for rerouting.
-pub(crate) async fn run_writer(
-    mut writer: TransportWriter,
+pub(crate) async fn run_writer<W: TransportWriter>(
+    mut writer: W,
     handle: Arc<ConnectionHandle>,
     metrics: CmMetrics,
 ) -> Vec<QueuedStanza> {
@@ -376,11 +339,12 @@ pub(crate) async fn run_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::tcp::ByteWriter;
     use starling_xmpp::ns;
     use tokio::io::AsyncReadExt;
 
-    fn bytes(stream: tokio::io::DuplexStream) -> TransportWriter {
-        TransportWriter::Bytes(Box::new(stream))
+    fn bytes(stream: tokio::io::DuplexStream) -> ByteWriter {
+        ByteWriter(Box::new(stream))
     }
 
     fn message(body: &str) -> QueuedStanza {
@@ -405,22 +369,6 @@ mod tests {
         assert!(handle.is_closing());
         assert!(handle.stop_reading.is_cancelled());
         assert_eq!(handle.take_remaining().len(), 4);
-    }
-
-    #[test]
-    fn rewritten_recipient() {
-        let mut stanza = message("hi");
-        stanza.to = Some("romeo@example.net/orchard".into());
-        let mut out = String::new();
-        stanza.write_to(&mut out, ns::CLIENT);
-        assert_eq!(
-            out,
-            "<message to='romeo@example.net/orchard'><body>hi</body></message>"
-        );
-        assert_eq!(
-            stanza.into_element().attr("to"),
-            Some("romeo@example.net/orchard")
-        );
     }
 
     #[tokio::test]

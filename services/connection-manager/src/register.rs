@@ -7,7 +7,7 @@ use starling_jid::BareJid;
 use starling_sasl::validate_password;
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
-use crate::Shared;
+use crate::shared::Shared;
 
 const INSTRUCTIONS: &str = "Choose a username and password to register with this server.";
 

@@ -19,10 +19,12 @@ use tracing::Instrument;
 use crate::delivery::is_reroutable;
 use crate::framing::Inbound;
 use crate::limits::TokenBucket;
-use crate::negotiation::BoundStream;
-use crate::outbound::{run_writer, ConnectionHandle, QueuedStanza, CLOSE_WRITE_TIMEOUT};
-use crate::transport::Received;
-use crate::{register, Shared};
+use crate::negotiation::bind::BoundStream;
+use crate::outbound::{run_writer, ConnectionHandle, CLOSE_WRITE_TIMEOUT};
+use crate::queued::QueuedStanza;
+use crate::register;
+use crate::shared::Shared;
+use crate::transport::{Received, Transport, TransportReader};
 
 /// Whether the reader goes on.
 enum Flow {
@@ -42,7 +44,7 @@ struct Session {
 
 /// Serve a bound session until its stream ends, then unbind it and reroute
 /// what it did not receive.
-pub(crate) async fn run(shared: Arc<Shared>, bound: BoundStream) {
+pub(crate) async fn run<T: Transport>(shared: Arc<Shared>, bound: BoundStream<T>) {
     let BoundStream {
         conn,
         peer,

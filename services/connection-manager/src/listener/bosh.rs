@@ -5,7 +5,8 @@
 //! `<body/>` are stream events for the same negotiation and session code as
 //! a TCP or WebSocket stream (with the message framing, each element
 //! declaring its namespaces), and what that code writes is collected for the
-//! requests the server holds. To the router it is an ordinary session.
+//! requests the server holds (the transport is `transport::bosh`). To the
+//! router it is an ordinary session.
 //!
 //! This module does the HTTP part: session creation with bounded
 //! `wait`/`hold`/`requests` (XEP-0124 section 7), request ids in order and
@@ -19,7 +20,6 @@
 //! registration (docs/adr/0002).
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,10 +45,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::framing::{Inbound, Outgoing};
 use crate::limits::ConnectionPermit;
-use crate::transport::{Received, Transport};
-use crate::{negotiation, random_id, session, Shared};
+use crate::metrics;
+use crate::negotiation;
+use crate::session;
+use crate::shared::Shared;
+use crate::transport::bosh::{BoshTransport, Link};
+use crate::xml::random_id;
 
 /// Where the BOSH endpoint is served.
 pub const BOSH_PATH: &str = "/http-bind";
@@ -99,107 +102,6 @@ impl Condition {
             Condition::SystemShutdown => "system-shutdown",
             Condition::InternalServerError => "internal-server-error",
         }
-    }
-}
-
-/// What the stream code wrote and no request has taken yet.
-#[derive(Default)]
-struct Output {
-    units: VecDeque<String>,
-    bytes: usize,
-    /// The stream code shut the transport down.
-    closed: bool,
-}
-
-/// The shared state of one virtual connection.
-struct Link {
-    output: Mutex<Output>,
-    /// Output arrived or the stream closed.
-    ready: Notify,
-    /// A request took the output.
-    drained: Notify,
-    /// The client side is gone (inactivity, termination): reads end, writes fail.
-    lost: CancellationToken,
-    /// Output beyond this waits for a request to take some (a client that
-    /// stops polling slows the writer, whose stall timeout then closes it).
-    capacity: usize,
-}
-
-impl Link {
-    /// Everything written so far, when there is something or the stream closed.
-    fn take(&self) -> Option<(Vec<String>, bool)> {
-        let mut output = self.output.lock();
-        if output.units.is_empty() && !output.closed {
-            return None;
-        }
-        let units = output.units.drain(..).collect();
-        output.bytes = 0;
-        let closed = output.closed;
-        drop(output);
-        self.drained.notify_waiters();
-        Some((units, closed))
-    }
-}
-
-/// The reading half of a BOSH virtual connection: events decoded from
-/// request bodies.
-pub(crate) struct BoshReader {
-    events_rx: mpsc::Receiver<StreamEvent>,
-    link: Arc<Link>,
-}
-
-impl BoshReader {
-    /// One event into the decoder. Cancel-safe.
-    pub async fn receive(&mut self, inbound: &mut Inbound) -> Received {
-        tokio::select! {
-            biased;
-            event = self.events_rx.recv() => match event {
-                Some(event) => {
-                    inbound.push_event(event);
-                    Received::Fed
-                }
-                None => Received::Lost,
-            },
-            _ = self.link.lost.cancelled() => Received::Lost,
-        }
-    }
-}
-
-/// The writing half of a BOSH virtual connection: units collected for the
-/// held requests.
-pub(crate) struct BoshWriter {
-    link: Arc<Link>,
-}
-
-impl BoshWriter {
-    pub async fn send(&self, out: &Outgoing) -> io::Result<()> {
-        loop {
-            let drained = self.link.drained.notified();
-            {
-                if self.link.lost.is_cancelled() {
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-                let mut output = self.link.output.lock();
-                if output.bytes < self.link.capacity || output.units.is_empty() {
-                    for unit in out.units() {
-                        output.bytes += unit.len();
-                        output.units.push_back(unit.to_string());
-                    }
-                    drop(output);
-                    self.link.ready.notify_waiters();
-                    return Ok(());
-                }
-            }
-            tokio::select! {
-                _ = drained => {}
-                _ = self.link.lost.cancelled() => return Err(io::ErrorKind::BrokenPipe.into()),
-            }
-        }
-    }
-
-    pub fn shutdown(&self) {
-        self.link.output.lock().closed = true;
-        self.link.ready.notify_waiters();
     }
 }
 
@@ -449,9 +351,7 @@ async fn create_session(state: &BoshState, peer: SocketAddr, rid: u64, body: &El
     }
     let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
         tracing::info!(peer = %peer, listener = "bosh", "too many connections from one address");
-        shared
-            .metrics
-            .limit_hit(crate::metrics::Limit::ConnectionsPerIp);
+        shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
         return terminate_xml(Some(Condition::PolicyViolation)).into();
     };
     let wait = parse_number(body.attr("wait"))
@@ -462,13 +362,7 @@ async fn create_session(state: &BoshState, peer: SocketAddr, rid: u64, body: &El
     // Section 7.1: one more than hold, so that the client can always send.
     let requests = hold + 1;
     let inactivity = shared.limits.bosh_inactivity;
-    let link = Arc::new(Link {
-        output: Mutex::new(Output::default()),
-        ready: Notify::new(),
-        drained: Notify::new(),
-        lost: CancellationToken::new(),
-        capacity: max_bytes_of_output(shared),
-    });
+    let link = Link::new(max_bytes_of_output(shared));
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let session = Arc::new(BoshSession {
         sid: random_id(),
@@ -495,15 +389,7 @@ async fn create_session(state: &BoshState, peer: SocketAddr, rid: u64, body: &El
         .sessions
         .lock()
         .insert(session.sid.clone(), Arc::clone(&session));
-    let transport = Transport::Bosh(
-        BoshReader {
-            events_rx,
-            link: Arc::clone(&link),
-        },
-        BoshWriter {
-            link: Arc::clone(&link),
-        },
-    );
+    let transport = link.transport(events_rx);
     let deadline = Instant::now() + shared.limits.pre_auth_timeout;
     state.connections.spawn(serve_bosh(
         Arc::clone(shared),
@@ -532,23 +418,23 @@ fn max_bytes_of_output(shared: &Shared) -> usize {
 
 async fn serve_bosh(
     shared: Arc<Shared>,
-    transport: Transport,
+    transport: BoshTransport,
     peer: SocketAddr,
     permit: ConnectionPermit,
     deadline: Instant,
     link: Arc<Link>,
 ) {
     let conn = shared.next_conn_id();
-    let mut counted = shared.metrics.connection(crate::metrics::Transport::Bosh);
+    let mut counted = shared.metrics.connection(metrics::Transport::Bosh);
     tracing::debug!(conn, peer = %peer, listener = "bosh", "connection accepted");
     if let Some(bound) =
-        negotiation::negotiate_transport(Arc::clone(&shared), conn, transport, peer, deadline).await
+        negotiation::negotiate(Arc::clone(&shared), conn, transport, peer, deadline).await
     {
         counted.bound();
         session::run(shared, bound).await;
     }
     // However the stream ended, the next request learns it.
-    BoshWriter { link }.shutdown();
+    link.close();
     drop(permit);
     tracing::debug!(conn, peer = %peer, "connection closed");
 }
@@ -598,7 +484,7 @@ impl BoshSession {
             state.held.drain(..).collect()
         };
         sessions.lock().remove(&self.sid);
-        self.link.lost.cancel();
+        self.link.lose();
         for release in held {
             release.notify_one();
         }
@@ -781,7 +667,7 @@ impl BoshSession {
         }
         let deadline = Instant::now() + self.wait;
         let taken = loop {
-            let ready = self.link.ready.notified();
+            let ready = self.link.ready();
             let changed = self.changed.notified();
             if let Some(taken) = self.link.take() {
                 break taken;

@@ -30,8 +30,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::bosh::BOSH_PATH;
 use crate::limits::ConnectionPermit;
-use crate::transport::Transport;
-use crate::{negotiation, session, Shared};
+use crate::metrics;
+use crate::negotiation;
+use crate::session;
+use crate::shared::Shared;
 
 /// Where the WebSocket endpoint is served.
 pub const WEBSOCKET_PATH: &str = "/xmpp-websocket";
@@ -85,9 +87,7 @@ async fn upgrade(
     }
     let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
         tracing::info!(peer = %peer, listener = "websocket", "too many connections from one address");
-        shared
-            .metrics
-            .limit_hit(crate::metrics::Limit::ConnectionsPerIp);
+        shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections from your address\n",
@@ -122,13 +122,10 @@ async fn serve_websocket(
     deadline: Instant,
 ) {
     let conn = shared.next_conn_id();
-    let mut counted = shared
-        .metrics
-        .connection(crate::metrics::Transport::WebSocket);
+    let mut counted = shared.metrics.connection(metrics::Transport::WebSocket);
     tracing::debug!(conn, peer = %peer, listener = "websocket", "connection accepted");
-    let transport = Transport::WebSocket(Box::new(socket));
     if let Some(bound) =
-        negotiation::negotiate_transport(Arc::clone(&shared), conn, transport, peer, deadline).await
+        negotiation::negotiate(Arc::clone(&shared), conn, socket, peer, deadline).await
     {
         counted.bound();
         session::run(shared, bound).await;

@@ -1,0 +1,165 @@
+//! The c2s TCP listeners: STARTTLS on plain TCP (RFC 6120 section 5) and
+//! direct TLS (XEP-0368). Each accepted connection is counted against its
+//! address, then negotiated and served as a session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_xmpp::{StreamError, StreamErrorCondition};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::limits::ConnectionPermit;
+use crate::metrics;
+use crate::negotiation;
+use crate::outbound::CLOSE_WRITE_TIMEOUT;
+use crate::session;
+use crate::shared::Shared;
+use crate::transport::tcp::ByteStream;
+use crate::xml::{random_id, stream_header, STREAM_CLOSE};
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    /// Plain TCP, STARTTLS offered (RFC 6120 section 5).
+    StartTls,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+}
+
+impl ListenerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::StartTls => "c2s",
+            ListenerKind::DirectTls => "c2s_tls",
+        }
+    }
+}
+
+/// Accept connections until the drain or the shutdown stops accepting.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    kind: ListenerKind,
+    listener: TcpListener,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            // Returning drops the listener: new connections are refused, not queued.
+            _ = shared.drain.stop_accepting.cancelled() => {
+                tracing::info!(listener = kind.name(), "listener closed");
+                return;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = kind.name(), %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
+            tracing::info!(peer = %peer, listener = kind.name(), "too many connections from one address");
+            shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
+            connections.spawn(refuse_connection(Arc::clone(&shared), tcp, kind));
+            continue;
+        };
+        connections.spawn(serve_connection(
+            Arc::clone(&shared),
+            tcp,
+            peer,
+            kind,
+            permit,
+        ));
+    }
+}
+
+/// Refuse a connection over the per-IP limit: on the STARTTLS listener, our
+/// header and `<policy-violation/>` right away (RFC 6120 section 4.9.1.2);
+/// direct TLS is simply closed (an error would first cost a TLS handshake).
+async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, kind: ListenerKind) {
+    if kind == ListenerKind::StartTls {
+        shared
+            .metrics
+            .stream_error(StreamErrorCondition::PolicyViolation.as_str());
+        let mut out = stream_header(&random_id(), &shared.domain, None, "en");
+        out.push_str(
+            &StreamError::with_text(
+                StreamErrorCondition::PolicyViolation,
+                "too many connections from your address",
+            )
+            .to_xml(),
+        );
+        out.push_str(STREAM_CLOSE);
+        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+            tcp.write_all(out.as_bytes()).await?;
+            tcp.shutdown().await
+        })
+        .await;
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    permit: ConnectionPermit,
+) {
+    let conn = shared.next_conn_id();
+    let mut counted = shared.metrics.connection(match kind {
+        ListenerKind::StartTls => metrics::Transport::Tcp,
+        ListenerKind::DirectTls => metrics::Transport::Tls,
+    });
+    tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
+    // RFC 6120 section 13.12 (denial of service): one absolute deadline from
+    // accept until the resource is bound, not an idle timer.
+    let deadline = Instant::now() + shared.limits.pre_auth_timeout;
+    if let Some(stream) = accept_stream(&shared, conn, tcp, peer, kind, deadline).await {
+        if let Some(bound) =
+            negotiation::negotiate(Arc::clone(&shared), conn, stream, peer, deadline).await
+        {
+            counted.bound();
+            session::run(shared, bound).await;
+        }
+    }
+    drop(permit);
+    tracing::debug!(conn, peer = %peer, "connection closed");
+}
+
+/// The byte stream of an accepted connection: with the TLS handshake on the
+/// direct TLS listener. `None` when the handshake failed or did not finish
+/// by the deadline or the shutdown.
+async fn accept_stream(
+    shared: &Shared,
+    conn: starling_api::ConnId,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    deadline: Instant,
+) -> Option<ByteStream> {
+    match kind {
+        ListenerKind::StartTls => Some(ByteStream::Plain(tcp)),
+        ListenerKind::DirectTls => {
+            let handshake = shared.direct_tls.accept(tcp);
+            tokio::select! {
+                result = handshake => match result {
+                    Ok(tls) => Some(ByteStream::Tls(Box::new(tls))),
+                    Err(error) => {
+                        tracing::debug!(conn, peer = %peer, %error, "direct tls handshake failed");
+                        None
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => None,
+                _ = shared.shutdown.cancelled() => None,
+            }
+        }
+    }
+}

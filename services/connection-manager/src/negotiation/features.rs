@@ -1,0 +1,201 @@
+//! Stream features (RFC 6120 section 4.3.2): what a stream offers at each
+//! stage of its negotiation, assembled in this one place from the steps'
+//! elements: STARTTLS (section 5.4.1), SASL mechanisms (section 6.4.1),
+//! XEP-0077 in-band registration, resource binding (section 7.4), the legacy
+//! session (draft-cridland-xmpp-session-01) and roster versioning (RFC 6121
+//! section 2.6).
+
+use starling_sasl::Mechanism;
+use starling_xmpp::{ns, Element};
+
+/// Which features a stream offers at its current stage (RFC 6120 section 4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FeatureSet {
+    /// STARTTLS, and whether it is `<required/>` (section 5.4.1).
+    pub starttls: Option<bool>,
+    pub mechanisms: Vec<Mechanism>,
+    /// XEP-0077 in-band registration.
+    pub register: bool,
+    /// Resource binding (section 7), legacy session and roster versioning.
+    pub bind: bool,
+}
+
+/// Where a stream is in its negotiation, as far as its features go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stage {
+    /// TLS protects the stream.
+    pub tls_active: bool,
+    /// STARTTLS is possible on the transport: a plain TCP stream (a WebSocket
+    /// or BOSH leaves TLS to the HTTP layer, RFC 7395 section 3.1).
+    pub starttls_possible: bool,
+    /// TLS is mandatory before anything else (`require_tls`; it applies to
+    /// TCP streams only).
+    pub tls_required: bool,
+    /// SASL succeeded on this stream.
+    pub authenticated: bool,
+    pub registration_enabled: bool,
+}
+
+impl FeatureSet {
+    pub fn for_stage(stage: Stage) -> Self {
+        if stage.authenticated {
+            return FeatureSet {
+                starttls: None,
+                mechanisms: Vec::new(),
+                register: false,
+                bind: true,
+            };
+        }
+        if !stage.tls_active {
+            let starttls = |required: bool| stage.starttls_possible.then_some(required);
+            if stage.tls_required {
+                // RFC 6120 section 5.3.1: with TLS mandatory-to-negotiate, no
+                // other feature is advertised before it.
+                return FeatureSet {
+                    starttls: starttls(true),
+                    mechanisms: Vec::new(),
+                    register: false,
+                    bind: false,
+                };
+            }
+            // PLAIN would send the password in the clear (RFC 6120 section
+            // 13.8.3), and so would XEP-0077: neither outside TLS.
+            return FeatureSet {
+                starttls: starttls(false),
+                mechanisms: Mechanism::ALL
+                    .iter()
+                    .copied()
+                    .filter(|mechanism| !mechanism.requires_encryption())
+                    .collect(),
+                register: false,
+                bind: false,
+            };
+        }
+        FeatureSet {
+            starttls: None,
+            mechanisms: Mechanism::ALL.to_vec(),
+            register: stage.registration_enabled,
+            bind: false,
+        }
+    }
+
+    /// `<stream:features>` with every offered feature.
+    pub fn to_xml(&self) -> String {
+        let mut features: Vec<Element> = Vec::new();
+        if let Some(required) = self.starttls {
+            let mut starttls = Element::new("starttls", ns::TLS);
+            if required {
+                starttls.append_child(Element::new("required", ns::TLS));
+            }
+            features.push(starttls);
+        }
+        if !self.mechanisms.is_empty() {
+            let mut mechanisms = Element::new("mechanisms", ns::SASL);
+            for mechanism in &self.mechanisms {
+                mechanisms.append_child(
+                    Element::new("mechanism", ns::SASL).with_text(mechanism.as_str()),
+                );
+            }
+            features.push(mechanisms);
+        }
+        if self.register {
+            features.push(Element::new("register", ns::REGISTER_FEATURE));
+        }
+        if self.bind {
+            features.push(Element::new("bind", ns::BIND));
+            // RFC 6121 has no session establishment; old clients look for it
+            // (draft-cridland-xmpp-session-01: optional).
+            features.push(
+                Element::new("session", ns::SESSION)
+                    .with_child(Element::new("optional", ns::SESSION)),
+            );
+            features.push(Element::new("ver", ns::ROSTER_VER));
+        }
+        let mut out = String::from("<stream:features>");
+        for feature in &features {
+            // Inside the prefixed <stream:features>, the default namespace is still jabber:client.
+            feature.write_to(&mut out, ns::CLIENT);
+        }
+        out.push_str("</stream:features>");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A TCP stream: STARTTLS is possible until TLS is active.
+    fn tcp(
+        tls_active: bool,
+        tls_required: bool,
+        authenticated: bool,
+        registration_enabled: bool,
+    ) -> Stage {
+        Stage {
+            tls_active,
+            starttls_possible: !tls_active,
+            tls_required,
+            authenticated,
+            registration_enabled,
+        }
+    }
+
+    #[test]
+    fn starttls_required_alone_before_tls() {
+        let features = FeatureSet::for_stage(tcp(false, true, false, true));
+        assert_eq!(
+            features.to_xml(),
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
+        );
+    }
+
+    #[test]
+    fn plaintext_allowed_offers_scram_only() {
+        let features = FeatureSet::for_stage(tcp(false, false, false, true));
+        assert_eq!(
+            features.to_xml(),
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"
+        );
+    }
+
+    #[test]
+    fn inside_tls_all_mechanisms_and_registration() {
+        assert_eq!(
+            FeatureSet::for_stage(tcp(true, true, false, true)).to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms><register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
+        );
+        assert!(!FeatureSet::for_stage(tcp(true, true, false, false)).register);
+    }
+
+    #[test]
+    fn after_authentication_bind_session_and_roster_versioning() {
+        assert_eq!(
+            FeatureSet::for_stage(tcp(true, true, true, true)).to_xml(),
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn websocket_and_bosh_offer_scram_without_starttls_or_registration() {
+        let web = Stage {
+            tls_active: false,
+            starttls_possible: false,
+            tls_required: false,
+            authenticated: false,
+            registration_enabled: true,
+        };
+        assert_eq!(
+            FeatureSet::for_stage(web).to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"
+        );
+        let bound = Stage {
+            authenticated: true,
+            ..web
+        };
+        assert_eq!(
+            FeatureSet::for_stage(bound),
+            FeatureSet::for_stage(tcp(true, true, true, true))
+        );
+    }
+}

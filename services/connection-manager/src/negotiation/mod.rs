@@ -1,0 +1,175 @@
+//! Stream negotiation (RFC 6120 sections 4 to 7) on any transport: the
+//! stream header ([`header`]), STARTTLS ([`starttls`], section 5), SASL
+//! ([`sasl`], section 6), pre-authentication in-band registration
+//! (XEP-0077, `crate::register`) and resource binding ([`bind`], section 7),
+//! with the features of each stage assembled in [`features`], all under one
+//! absolute deadline from accept until the resource is bound. This module is
+//! the loop that reads the stream and hands each element to its step.
+
+pub(crate) mod bind;
+pub(crate) mod features;
+pub(crate) mod header;
+pub(crate) mod sasl;
+pub(crate) mod starttls;
+pub(crate) mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use starling_api::ConnId;
+use starling_xmpp::{
+    ns, stanza, Element, StanzaKind, StreamError, StreamErrorCondition, StreamEvent, StreamHeader,
+};
+use tokio::time::Instant;
+
+use crate::metrics::Limit;
+use crate::register;
+use crate::shared::Shared;
+use crate::transport::Transport;
+use bind::{bind_resource, BoundStream};
+use features::{FeatureSet, Stage};
+use sasl::Sasl;
+use stream::{stream_error, NegotiatingStream, StreamEnd};
+
+struct Negotiation<T> {
+    stream: NegotiatingStream<T>,
+    sasl: Sasl,
+}
+
+/// What the negotiation loop stopped for.
+enum Negotiated {
+    /// An authenticated client asked to bind a resource.
+    BindRequest(Element),
+}
+
+/// Negotiate a stream on an established transport (TCP, TLS, WebSocket or
+/// BOSH) until a resource is bound, by `deadline`. `None` when the stream
+/// ended (everything owed to the client has been written).
+pub(crate) async fn negotiate<T: Transport>(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    transport: T,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<BoundStream<T>> {
+    let mut negotiation = Negotiation {
+        stream: NegotiatingStream::new(Arc::clone(&shared), conn, peer, transport),
+        sasl: Sasl::new(),
+    };
+
+    loop {
+        let outcome = tokio::select! {
+            outcome = negotiation.run() => outcome,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::debug!(conn, peer = %peer, "pre-authentication deadline passed");
+                shared.metrics.limit_hit(Limit::PreAuthTimeout);
+                Err(stream_error(StreamErrorCondition::ConnectionTimeout, "authentication and binding took too long"))
+            }
+            _ = shared.shutdown.cancelled() => Err(StreamEnd::Error(StreamError::new(StreamErrorCondition::SystemShutdown))),
+        };
+        match outcome {
+            Ok(Negotiated::BindRequest(iq)) => {
+                // Not under the deadline's select: a bind that the router
+                // completed must not be dropped half-way.
+                let Negotiation { stream, sasl } = &mut negotiation;
+                match bind_resource(stream, sasl.user(), iq).await {
+                    Ok(Some(bound)) => return Some(bound),
+                    Ok(None) => continue,
+                    Err(end) => {
+                        negotiation.stream.finish(end).await;
+                        return None;
+                    }
+                }
+            }
+            Err(end) => {
+                negotiation.stream.finish(end).await;
+                return None;
+            }
+        }
+    }
+}
+
+impl<T: Transport> Negotiation<T> {
+    /// Process events, reading as needed, until a bind request or the end.
+    async fn run(&mut self) -> Result<Negotiated, StreamEnd> {
+        loop {
+            while let Some(event) = self.stream.next_event()? {
+                if let Some(negotiated) = self.handle_event(event).await? {
+                    return Ok(negotiated);
+                }
+            }
+            self.stream.read_more().await?;
+        }
+    }
+
+    async fn handle_event(&mut self, event: StreamEvent) -> Result<Option<Negotiated>, StreamEnd> {
+        match event {
+            StreamEvent::Open(header) => {
+                self.open_stream(header).await?;
+                Ok(None)
+            }
+            StreamEvent::Close => Err(StreamEnd::ClientClosed),
+            StreamEvent::Element(element) => self.handle_element(element).await,
+        }
+    }
+
+    /// Answer a stream header with ours and the features of this stage.
+    async fn open_stream(&mut self, header: StreamHeader) -> Result<(), StreamEnd> {
+        self.stream.open(&header)?;
+        let features = FeatureSet::for_stage(Stage {
+            tls_active: self.stream.is_tls(),
+            starttls_possible: self.stream.can_start_tls(),
+            tls_required: self.stream.tls_required(),
+            authenticated: self.sasl.user().is_some(),
+            registration_enabled: self.stream.shared.registration_enabled,
+        });
+        self.stream.send_header(&features.to_xml()).await
+    }
+
+    async fn handle_element(&mut self, element: Element) -> Result<Option<Negotiated>, StreamEnd> {
+        let authenticated = self.sasl.user().is_some();
+        if element.is("starttls", ns::TLS) {
+            starttls::start_tls(&mut self.stream, authenticated).await?;
+            return Ok(None);
+        }
+        if element.namespace() == ns::SASL {
+            if authenticated {
+                // Section 6.4.6: SASL happens once per stream negotiation.
+                return Err(stream_error(
+                    StreamErrorCondition::UnsupportedStanzaType,
+                    "already authenticated",
+                ));
+            }
+            self.sasl.handle(&mut self.stream, &element).await?;
+            return Ok(None);
+        }
+        let Some(kind) = StanzaKind::of(&element).filter(|_| element.namespace() == ns::CLIENT)
+        else {
+            return Err(stream_error(
+                StreamErrorCondition::UnsupportedStanzaType,
+                "unknown top-level element",
+            ));
+        };
+        if kind == StanzaKind::Iq {
+            let payload = stanza::iq_payload(&element);
+            if authenticated && payload.is_some_and(|payload| payload.is("bind", ns::BIND)) {
+                return Ok(Some(Negotiated::BindRequest(element)));
+            }
+            let register_payload = payload.is_some_and(|payload| payload.is("query", ns::REGISTER));
+            if !authenticated
+                && register_payload
+                && self.stream.shared.registration_enabled
+                && self.stream.is_tls()
+            {
+                let reply = register::handle_unauthenticated(&self.stream.shared, &element).await;
+                self.stream.send_stanza(&reply).await?;
+                return Ok(None);
+            }
+        }
+        // Section 4.9.3.12: no stanza before authentication and binding.
+        Err(stream_error(
+            StreamErrorCondition::NotAuthorized,
+            "authenticate and bind a resource first",
+        ))
+    }
+}

@@ -1,0 +1,389 @@
+//! SASL authentication (RFC 6120 section 6) with SCRAM-SHA-256, SCRAM-SHA-1
+//! and PLAIN (PLAIN inside TLS only): the exchange, its nonzas, the limit on
+//! attempts per stream and the per-address throttle on failures.
+
+use starling_jid::BareJid;
+use starling_sasl::{
+    decode_xmpp_payload, encode_xmpp_payload, verify_plain_password, Mechanism, PlainCredentials,
+    SaslError, SaslFailureCondition, ScramClientFirst, ScramHash, ScramKeys, ScramServerFirst,
+};
+use starling_xmpp::{Element, StreamErrorCondition};
+
+use super::stream::{stream_error, NegotiatingStream, StreamEnd};
+use crate::metrics::Limit;
+use crate::shared::Shared;
+use crate::transport::Transport;
+
+/// A SASL exchange in progress.
+enum SaslExchange {
+    Idle,
+    /// `<auth/>` came without an initial response; the empty challenge was sent.
+    AwaitingInitialResponse(Mechanism),
+    /// The server-first-message was sent; the client-final-message is next.
+    ScramFinal {
+        exchange: Box<ScramServerFirst>,
+        user: Option<BareJid>,
+    },
+}
+
+/// The SASL state of one stream negotiation.
+pub(crate) struct Sasl {
+    exchange: SaslExchange,
+    auth_attempts: u32,
+    /// The mechanism of the current or last `<auth/>` (for metrics).
+    mechanism: Option<Mechanism>,
+    /// Set by SASL success.
+    user: Option<BareJid>,
+}
+
+impl Sasl {
+    pub fn new() -> Self {
+        Sasl {
+            exchange: SaslExchange::Idle,
+            auth_attempts: 0,
+            mechanism: None,
+            user: None,
+        }
+    }
+
+    /// The account that authenticated on this stream.
+    pub fn user(&self) -> Option<&BareJid> {
+        self.user.as_ref()
+    }
+
+    /// An element in the SASL namespace, before authentication succeeded.
+    pub async fn handle<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        element: &Element,
+    ) -> Result<(), StreamEnd> {
+        match element.name() {
+            "auth" => self.start_auth(stream, element).await,
+            "response" => self.continue_auth(stream, element).await,
+            "abort" => {
+                // Section 6.4.4; an abort counts as a failed attempt (it is one).
+                self.exchange = SaslExchange::Idle;
+                self.count_auth_failure(&stream.shared, SaslError::Aborted.condition().as_str());
+                stream
+                    .send_nonza(&sasl_failure(SaslError::Aborted.condition()))
+                    .await
+            }
+            _ => Err(stream_error(
+                StreamErrorCondition::UnsupportedStanzaType,
+                "unknown sasl element",
+            )),
+        }
+    }
+
+    /// Answer a failed step with `<failure/>` (section 6.4.5), remembering
+    /// password failures against the client's address.
+    async fn fail_auth<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        error: SaslError,
+    ) -> Result<(), StreamEnd> {
+        self.exchange = SaslExchange::Idle;
+        tracing::debug!(conn = stream.conn, peer = %stream.peer, %error, "sasl failure");
+        self.count_auth_failure(&stream.shared, error.condition().as_str());
+        if matches!(error, SaslError::NotAuthorized(_)) {
+            stream
+                .shared
+                .ip_limits
+                .record_auth_failure(stream.peer.ip(), std::time::Instant::now());
+        }
+        stream.send_nonza(&sasl_failure(error.condition())).await
+    }
+
+    /// `starling_logins_total{result="failure"}` and `starling_sasl_failures_total`.
+    fn count_auth_failure(&self, shared: &Shared, reason: &'static str) {
+        let mechanism = self.mechanism.map_or("none", Mechanism::as_str);
+        shared.metrics.login(mechanism, false);
+        shared.metrics.sasl_failure(mechanism, reason);
+    }
+
+    async fn start_auth<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        auth: &Element,
+    ) -> Result<(), StreamEnd> {
+        self.exchange = SaslExchange::Idle;
+        self.mechanism = None;
+        self.auth_attempts += 1;
+        if self.auth_attempts > stream.shared.limits.max_auth_attempts {
+            stream.shared.metrics.limit_hit(Limit::AuthAttempts);
+            // Section 6.4.5: past a reasonable number of retries, a stream
+            // error, which SHOULD be <policy-violation/>.
+            return Err(stream_error(
+                StreamErrorCondition::PolicyViolation,
+                "too many authentication attempts",
+            ));
+        }
+        let Some(mechanism) = auth.attr("mechanism").and_then(Mechanism::from_name) else {
+            return self
+                .fail_auth(stream, SaslError::InvalidMechanism("mechanism not offered"))
+                .await;
+        };
+        self.mechanism = Some(mechanism);
+        if !stream.is_tls() && (stream.tls_required() || mechanism.requires_encryption()) {
+            // Sections 5.3.1 and 6.5.3: TLS first (mandatory here, or needed
+            // by a mechanism that sends the password).
+            return self
+                .fail_auth(stream, SaslError::EncryptionRequired("negotiate tls first"))
+                .await;
+        }
+        if stream
+            .shared
+            .ip_limits
+            .auth_throttled(stream.peer.ip(), std::time::Instant::now())
+        {
+            // The password is not even looked at; the account is not locked.
+            stream.shared.metrics.limit_hit(Limit::FailedAuthPerIp);
+            return self
+                .fail_auth(
+                    stream,
+                    SaslError::TemporaryAuthFailure("too many failures from this address"),
+                )
+                .await;
+        }
+        let text = auth.text();
+        if text.trim().is_empty() {
+            // Section 6.4.2: no initial response, so an empty challenge asks for it.
+            self.exchange = SaslExchange::AwaitingInitialResponse(mechanism);
+            return stream.send_nonza(&sasl_challenge(None)).await;
+        }
+        match decode_xmpp_payload(&text) {
+            Ok(payload) => self.initial_response(stream, mechanism, &payload).await,
+            Err(error) => self.fail_auth(stream, error).await,
+        }
+    }
+
+    async fn continue_auth<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        response: &Element,
+    ) -> Result<(), StreamEnd> {
+        let payload = match decode_xmpp_payload(&response.text()) {
+            Ok(payload) => payload,
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        match std::mem::replace(&mut self.exchange, SaslExchange::Idle) {
+            SaslExchange::Idle => {
+                self.fail_auth(
+                    stream,
+                    SaslError::MalformedRequest("no exchange in progress"),
+                )
+                .await
+            }
+            SaslExchange::AwaitingInitialResponse(mechanism) => {
+                self.initial_response(stream, mechanism, &payload).await
+            }
+            SaslExchange::ScramFinal { exchange, user } => {
+                match (exchange.verify_client_final(&payload), user) {
+                    (Ok(server_final), Some(user)) => {
+                        self.authenticated(stream, user, server_final.as_bytes())
+                            .await
+                    }
+                    (Ok(_), None) => {
+                        self.fail_auth(stream, SaslError::NotAuthorized("no such account"))
+                            .await
+                    }
+                    (Err(error), _) => self.fail_auth(stream, error).await,
+                }
+            }
+        }
+    }
+
+    async fn initial_response<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        mechanism: Mechanism,
+        payload: &[u8],
+    ) -> Result<(), StreamEnd> {
+        match mechanism.scram_hash() {
+            Some(hash) => self.scram_first(stream, hash, payload).await,
+            None => self.plain(stream, payload).await,
+        }
+    }
+
+    async fn scram_first<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        hash: ScramHash,
+        payload: &[u8],
+    ) -> Result<(), StreamEnd> {
+        let client_first = match ScramClientFirst::parse(hash, payload) {
+            Ok(client_first) => client_first,
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        // An invalid username is treated as an unknown account: same exchange, same failure.
+        let user = account(&stream.shared, client_first.username());
+        if let Err(error) = check_authzid(client_first.authzid(), user.as_ref()) {
+            return self.fail_auth(stream, error).await;
+        }
+        let keys = match stored_credentials(&stream.shared, user.as_ref()).await {
+            Ok(credentials) => credentials.map(|credentials| match hash {
+                ScramHash::Sha1 => ScramKeys::from(&credentials.sha1),
+                ScramHash::Sha256 => ScramKeys::from(&credentials.sha256),
+            }),
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        let user = user.filter(|_| keys.is_some());
+        let (exchange, server_first) = client_first.respond(keys, &stream.shared.scram_secret);
+        self.exchange = SaslExchange::ScramFinal {
+            exchange: Box::new(exchange),
+            user,
+        };
+        stream
+            .send_nonza(&sasl_challenge(Some(server_first.as_bytes())))
+            .await
+    }
+
+    async fn plain<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        payload: &[u8],
+    ) -> Result<(), StreamEnd> {
+        let plain = match PlainCredentials::parse(payload) {
+            Ok(plain) => plain,
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        let user = account(&stream.shared, &plain.authcid);
+        if let Err(error) = check_authzid(plain.authzid.as_deref(), user.as_ref()) {
+            return self.fail_auth(stream, error).await;
+        }
+        let keys = match stored_credentials(&stream.shared, user.as_ref()).await {
+            Ok(credentials) => credentials.map(|credentials| ScramKeys::from(&credentials.sha256)),
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        // PBKDF2 is CPU work: off the async threads. An unknown account runs
+        // the same derivation (RFC 5802 section 9's concern applies to PLAIN too).
+        let password = plain.password;
+        let valid = tokio::task::spawn_blocking(move || {
+            verify_plain_password(ScramHash::Sha256, &password, keys.as_ref())
+        })
+        .await
+        .unwrap_or(false);
+        match (valid, user) {
+            (true, Some(user)) => self.authenticated(stream, user, b"").await,
+            _ => {
+                self.fail_auth(
+                    stream,
+                    SaslError::NotAuthorized("wrong password or no such account"),
+                )
+                .await
+            }
+        }
+    }
+
+    /// `<success/>` and the stream restart of section 6.4.6.
+    async fn authenticated<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        user: BareJid,
+        additional_data: &[u8],
+    ) -> Result<(), StreamEnd> {
+        tracing::info!(conn = stream.conn, peer = %stream.peer, user = %user, "authenticated");
+        self.exchange = SaslExchange::Idle;
+        stream
+            .shared
+            .metrics
+            .login(self.mechanism.map_or("none", Mechanism::as_str), true);
+        self.user = Some(user);
+        stream.send_nonza(&sasl_success(additional_data)).await?;
+        stream.restart();
+        Ok(())
+    }
+}
+
+/// The account an authentication identity names, if it is a valid localpart.
+fn account(shared: &Shared, username: &str) -> Option<BareJid> {
+    BareJid::from_parts(Some(username), &shared.domain).ok()
+}
+
+/// Section 6.3.8: the authorization identity may only be the account's own bare JID.
+fn check_authzid(authzid: Option<&str>, user: Option<&BareJid>) -> Result<(), SaslError> {
+    let Some(authzid) = authzid else {
+        return Ok(());
+    };
+    let requested = authzid.parse::<BareJid>().ok();
+    if requested.is_some() && requested.as_ref() == user {
+        Ok(())
+    } else {
+        Err(SaslError::InvalidAuthzid(
+            "authzid is not the authenticated account",
+        ))
+    }
+}
+
+/// Look up an account's stored credentials. `Err` when storage fails: the
+/// client gets `<temporary-auth-failure/>`, which says nothing about the account.
+async fn stored_credentials(
+    shared: &Shared,
+    user: Option<&BareJid>,
+) -> Result<Option<starling_api::StoredCredentials>, SaslError> {
+    let Some(user) = user else { return Ok(None) };
+    shared.storage.credentials(user).await.map_err(|error| {
+        tracing::warn!(%error, "credential lookup failed");
+        SaslError::TemporaryAuthFailure("credentials unavailable")
+    })
+}
+
+/// A SASL `<failure/>` with its condition, RFC 6120 section 6.4.5.
+fn sasl_failure(condition: SaslFailureCondition) -> String {
+    format!(
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>",
+        condition.as_str()
+    )
+}
+
+/// A SASL `<challenge/>`, RFC 6120 section 6.4.3; `None` is the empty challenge
+/// asking for the initial response the client did not send.
+fn sasl_challenge(data: Option<&[u8]>) -> String {
+    match data {
+        Some(data) => format!(
+            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
+            encode_xmpp_payload(data)
+        ),
+        None => "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_string(),
+    }
+}
+
+/// SASL `<success/>` with additional data, RFC 6120 section 6.4.6.
+fn sasl_success(data: &[u8]) -> String {
+    if data.is_empty() {
+        return "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_string();
+    }
+    format!(
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</success>",
+        encode_xmpp_payload(data)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_nonzas() {
+        assert_eq!(
+            sasl_failure(SaslFailureCondition::NotAuthorized),
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"
+        );
+        assert_eq!(
+            sasl_challenge(None),
+            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+        );
+        assert_eq!(
+            sasl_challenge(Some(b"r=abc,s=c2FsdA==,i=4096")),
+            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>cj1hYmMscz1jMkZzZEE9PSxpPTQwOTY=</challenge>"
+        );
+        assert_eq!(
+            sasl_success(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ="),
+            "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>dj1ybUY5cHFWOFM3c3VBb1pXamE0ZEpSa0ZzS1E9</success>"
+        );
+        assert_eq!(
+            sasl_success(b""),
+            "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! What every connection task of the node shares: its identity and limits,
+//! the services it calls, the TLS acceptors, the bound connections by id, the
+//! metrics, and the shutdown and drain signals. Built by `ConnectionManager`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use starling_api::{ConnId, RouterApi, StorageApi};
+use starling_sasl::ServerSecret;
+use starling_xmpp::Limits;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CmLimits;
+use crate::drain_state::DrainState;
+use crate::limits::IpLimits;
+use crate::metrics::CmMetrics;
+use crate::outbound::ConnectionHandle;
+
+/// What every connection task of the node shares.
+pub(crate) struct Shared {
+    pub node_id: String,
+    /// The served domain, normalised.
+    pub domain: String,
+    pub limits: CmLimits,
+    pub parser_limits: Limits,
+    pub registration_enabled: bool,
+    pub require_tls: bool,
+    pub router: Arc<dyn RouterApi>,
+    pub storage: Arc<dyn StorageApi>,
+    pub starttls: TlsAcceptor,
+    pub direct_tls: TlsAcceptor,
+    pub https: TlsAcceptor,
+    /// Fake salts of unknown accounts derive from it (RFC 5802 section 9).
+    pub scram_secret: ServerSecret,
+    /// The bound connections of this node, by connection id.
+    pub connections: RwLock<HashMap<ConnId, Arc<ConnectionHandle>>>,
+    /// The id of the next connection (`next_conn_id`); starts at 1.
+    pub next_conn: AtomicU64,
+    pub ip_limits: Arc<IpLimits>,
+    pub metrics: CmMetrics,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+    /// Graceful drain: its phase, and the token that stops accepting.
+    pub drain: DrainState,
+}
+
+impl Shared {
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A bound (or binding) connection; `starling_sessions` follows the map.
+    pub fn add_connection(&self, conn: ConnId, handle: Arc<ConnectionHandle>) {
+        let mut connections = self.connections.write();
+        connections.insert(conn, handle);
+        self.metrics.set_sessions(connections.len());
+    }
+
+    pub fn remove_connection(&self, conn: ConnId) {
+        let mut connections = self.connections.write();
+        connections.remove(&conn);
+        self.metrics.set_sessions(connections.len());
+    }
+
+    pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
+        self.connections.read().get(&conn).cloned()
+    }
+}
