@@ -28,7 +28,7 @@ use starling_xmpp::escape_attr;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::bosh::BOSH_PATH;
+use crate::listener::bosh::BOSH_PATH;
 use crate::limits::ConnectionPermit;
 use crate::metrics;
 use crate::negotiation;
