@@ -17,7 +17,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use starling_api::{ConnId, SessionAddr, SessionRecord};
 use starling_jid::FullJid;
-use starling_xmpp::{Element, Presence, PresenceType, StreamError, StreamErrorCondition};
+use starling_xmpp::{Presence, PresenceType, StreamError, StreamErrorCondition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
