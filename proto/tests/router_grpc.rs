@@ -6,6 +6,7 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::join_all;
@@ -16,8 +17,9 @@ use starling_proto::common::v1 as common_proto;
 use starling_proto::router::v1 as proto;
 use starling_proto::router::v1::router_client::RouterClient;
 use starling_proto::GrpcRouterClient;
+use starling_testing::wait_until;
 use starling_xmpp::{parse_element, Element, Limits};
-use support::{wait_until, KillableServer, TestServer};
+use support::{KillableServer, TestServer};
 
 /// Records what it is asked; a stanza with id `block` hangs when blocking is
 /// on, one with id `missing` fails with NotFound.
@@ -401,9 +403,11 @@ async fn unacked_stanzas_move_to_another_replica_when_a_router_dies() {
         }
     });
     let primary_router = routers[primary].clone();
-    wait_until("the primary routed 1..=10", || {
-        primary_router.routed_ids(jid).len() == 10
-    })
+    wait_until(
+        "the primary routed 1..=10",
+        Duration::from_secs(10),
+        async || primary_router.routed_ids(jid).len() == 10,
+    )
     .await;
     servers[primary].kill();
 

@@ -15,6 +15,8 @@ import uuid
 import pytest
 import slixmpp
 
+from waiting import wait_until, wait_until_async  # noqa: F401 (shared with the tests)
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BIN = os.environ.get("STARLING_BIN") or str(REPO / "target" / "debug" / "starling")
 
@@ -36,16 +38,6 @@ def free_ports(count: int) -> list:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
-    """Bounded retry: poll until predicate() is true, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 class Server:
@@ -225,6 +217,27 @@ async def login(server, jid, password, resource=None, presence=True, roster=True
     if presence:
         client.send_presence()
     return client
+
+
+async def handled(client, timeout=30.0):
+    """Return once the server has handled every stanza `client` sent before:
+    one session's stanzas are routed one after another, each to its end, so
+    the answer to a ping comes after them (a message stored offline is stored,
+    a bounce is on its way back before the pong)."""
+    await client.plugin["xep_0199"].ping(jid=client.boundjid.domain, timeout=timeout)
+
+
+async def presence_applied(client, priority=None, timeout=10.0):
+    """Return once the server has applied the last available presence `client`
+    sent (with `priority`, when given): the server records it with the session,
+    then sends it to all of the user's resources, the sender included (RFC 6121
+    sections 4.2.2 and 4.4.2)."""
+    await client.next_presence(
+        lambda p: p["from"] == client.boundjid.full
+        and p["type"] != "unavailable"
+        and (priority is None or p["priority"] == priority),
+        timeout=timeout,
+    )
 
 
 async def logout(*clients):

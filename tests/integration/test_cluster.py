@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import BIN, REPO, free_port, login, logout, wait_until
+from conftest import BIN, REPO, free_port, handled, login, logout, presence_applied, wait_until, wait_until_async
 
 SCRIPT = REPO / "deploy" / "local-cluster.sh"
 POSTGRES = os.environ.get("STARLING_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432")
@@ -60,12 +60,20 @@ def pick_base_port(span=70):
 
 async def befriend(a, b, bob):
     """Mutual subscription: `a` asks `b` (bare JID `bob`), whose client
-    approves and subscribes back, which `a`'s client approves."""
+    approves and subscribes back, which `a`'s client approves; returns once
+    both rosters show it."""
     b.auto_authorize = True
     b.auto_subscribe = True
     a.auto_authorize = True
     a.send_presence(pto=bob, ptype="subscribe")
     await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+    alice = a.boundjid.bare
+    for client, contact in ((a, bob), (b, alice)):
+        await wait_until_async(
+            lambda: client.client_roster[contact]["subscription"] == "both",
+            timeout=20,
+            what=f"{client.boundjid} to see {contact} as a mutual contact",
+        )
 
 
 class Node:
@@ -242,19 +250,18 @@ async def test_users_on_two_nodes_see_presence_and_chat(cluster):
     # A second resource of bob on the other node: both get a bare-JID message
     # (equal priority), and roster pushes reach both.
     b2 = await login(cluster.node("cm-1"), bob, bob_pw, "desktop")
-    await asyncio.sleep(0.5)
+    await presence_applied(b2, timeout=20)
     a.send_message(mto=bob, mbody="to both resources", mtype="chat")
     assert (await b.next_message(timeout=20))["body"] == "to both resources"
     assert (await b2.next_message(timeout=20))["body"] == "to both resources"
     carol = "carol@localhost"
     await b.update_roster(carol, name="Carol")
     for client in (b, b2):
-        for _ in range(200):
-            if carol in client.client_roster and client.client_roster[carol]["name"] == "Carol":
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError(f"no roster push at {client.boundjid}")
+        await wait_until_async(
+            lambda: carol in client.client_roster and client.client_roster[carol]["name"] == "Carol",
+            timeout=10,
+            what=f"the roster push at {client.boundjid}",
+        )
     await logout(a, b, b2)
 
 
@@ -322,7 +329,6 @@ async def test_killed_connection_manager_sessions_leave_and_messages_go_offline(
     a = await login(cluster.node("cm-1"), alice, alice_pw, "laptop")
     b = await login(cluster.node("cm-2"), bob, bob_pw, "phone")
     await befriend(a, b, bob)
-    await asyncio.sleep(0.5)
 
     cluster.kill("cm-2")
     started = time.monotonic()
@@ -332,7 +338,7 @@ async def test_killed_connection_manager_sessions_leave_and_messages_go_offline(
     assert elapsed < 20, elapsed
 
     a.send_message(mto=bob, mbody="while you were gone", mtype="chat")
-    await asyncio.sleep(1)
+    await handled(a)
     b.disconnect()
     b2 = await login(cluster.node("cm-1"), bob, bob_pw, "phone")
     assert (await b2.next_message(timeout=20))["body"] == "while you were gone"
@@ -368,7 +374,7 @@ async def test_losing_one_replica_of_router_presence_and_storage_keeps_service(t
         a.send_presence(pto=bob, ptype="subscribe")
         await a.next_presence(lambda p: p["type"] == "subscribed", timeout=30)
         a.send_message(mto=carol, mbody="for later", mtype="chat")
-        await asyncio.sleep(1)
+        await handled(a)
         c3 = await login(c.node("cm-1"), carol, carol_pw, "z")
         assert (await c3.next_message(timeout=20))["body"] == "for later"
         await logout(a, b, c3)
@@ -494,16 +500,21 @@ async def test_postgres_outage_gives_stanza_errors_and_service_resumes(tmp_path)
             os.kill(process["pid"], 0)
 
         postgres.start()
-        deadline = time.monotonic() + 60
-        while True:
+
+        async def stored():
+            """Send one more; stored when no error came back before the pong."""
             a.send_message(mto=bob, mbody="after the outage", mtype="chat")
-            try:
-                reply = await a.next_message(timeout=3, body=False)
-                assert reply["type"] == "error", str(reply)
-            except asyncio.TimeoutError:
-                break  # no error: stored for bob
-            assert time.monotonic() < deadline, "storage did not come back\n" + c.logs()
-            await asyncio.sleep(1)
+            await handled(a)
+            if a.messages.empty():
+                return True
+            reply = a.messages.get_nowait()
+            assert reply["type"] == "error", str(reply)
+            return False
+
+        try:
+            await wait_until_async(stored, timeout=60, interval=1, what="storage to come back")
+        except TimeoutError:
+            raise AssertionError("storage did not come back\n" + c.logs())
         b = await login(c.node("cm-2"), bob, bob_pw, "phone")
         assert (await b.next_message(timeout=20))["body"] == "after the outage"
         await logout(a, b)

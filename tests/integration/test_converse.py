@@ -20,7 +20,7 @@ import threading
 
 import pytest
 
-from conftest import REPO, login, logout
+from conftest import REPO, login, logout, wait_until_async
 
 WEB_DIR = REPO / "tests" / "web"
 SCRIPT = WEB_DIR / "converse_chat.mjs"
@@ -102,11 +102,11 @@ async def share_roster(server, alice, alice_pw, bob):
     tcp_alice.auto_authorize = True
     try:
         tcp_alice.send_presence(pto=bob, ptype="subscribe")
-        for _ in range(200):
-            if tcp_alice.client_roster[bob]["subscription"] == "both":
-                break
-            await asyncio.sleep(0.05)
-        assert tcp_alice.client_roster[bob]["subscription"] == "both"
+        await wait_until_async(
+            lambda: tcp_alice.client_roster[bob]["subscription"] == "both",
+            timeout=10,
+            what=f"alice to see {bob} as a mutual contact",
+        )
     finally:
         await logout(tcp_alice)
 

@@ -12,7 +12,6 @@ promtool and prometheus come from the Debian `prometheus` package
 (scripts/test.sh installs it).
 """
 
-import asyncio
 import json
 import pathlib
 import re
@@ -171,7 +170,8 @@ async def generate_traffic(cluster: Cluster):
     a.send_message(mto="nobody@localhost", mbody="hello?", mtype="chat")
     error = await a.next_message(timeout=20, body=False)
     assert error["type"] == "error", error
-    await asyncio.sleep(0.5)
+    # The bounce of the later message means the earlier one is stored: one
+    # session's stanzas are routed one after another, each to its end.
     c = await login(cluster.node("cm-2"), carol, carol_pw, "tablet")
     assert (await c.next_message(timeout=20))["body"] == "while you were away"
     with pytest.raises(AssertionError):
@@ -261,19 +261,32 @@ async def check_cluster(cluster: Cluster, prometheus: Prometheus):
     wait_until(lambda: prometheus.value('sum(starling_offline_messages_delivered_total)') >= 1
                and prometheus.value('count(up{job=~"starling-.*"} == 1)') == len(cluster.info["processes"]),
                timeout=30, what="prometheus to scrape the traffic")
-    await asyncio.sleep(4)
 
-    failures = []
-    empty = []
-    checked = 0
-    for dashboard, title, ref, expr in panel_queries():
-        assert "$" not in concrete(expr), f"{dashboard} / {title}: a template variable the test does not know"
-        answer = prometheus.query(concrete(expr))
-        checked += 1
-        if answer.get("status") != "success":
-            failures.append(f"{dashboard} / {title} / {ref}: {answer.get('error')} in {expr}")
-        elif not answer["data"]["result"]:
-            empty.append(f"{dashboard} / {title} / {ref}: {expr}")
+    # Rates need two samples in their window, so panels fill in over a few
+    # scrapes: query them all until each has data, or one fails (waiting
+    # does not mend a failure). The assertions below name what is wrong.
+    answers = {}
+
+    def every_panel_answered():
+        failures = []
+        empty = []
+        checked = 0
+        for dashboard, title, ref, expr in panel_queries():
+            assert "$" not in concrete(expr), f"{dashboard} / {title}: a template variable the test does not know"
+            answer = prometheus.query(concrete(expr))
+            checked += 1
+            if answer.get("status") != "success":
+                failures.append(f"{dashboard} / {title} / {ref}: {answer.get('error')} in {expr}")
+            elif not answer["data"]["result"]:
+                empty.append(f"{dashboard} / {title} / {ref}: {expr}")
+        answers.update(failures=failures, empty=empty, checked=checked)
+        return bool(failures) or not empty
+
+    try:
+        wait_until(every_panel_answered, timeout=30, interval=1, what="data in every dashboard panel")
+    except TimeoutError:
+        pass
+    failures, empty, checked = answers["failures"], answers["empty"], answers["checked"]
     assert checked >= 50, checked
     assert not failures, "\n".join(failures)
     assert not empty, "no data for:\n" + "\n".join(empty)

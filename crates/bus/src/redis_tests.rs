@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use starling_redis_client::testing::{test_client, RedisClusterHarness, RedisServerHarness};
 use starling_redis_client::RedisClient;
+use starling_testing::{wait_for, wait_until};
 use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
 
 use starling_xmpp::{Element, StanzaErrorCondition};
@@ -62,14 +63,15 @@ async fn receive(receiver: &mut DeliveryReceiver) -> Delivery {
 /// Publish until a subscriber counts it (subscriptions propagate
 /// asynchronously after a reconnect), bounded.
 async fn publish_until_received(bus: &RedisBus, node: &str, delivery: Delivery) -> usize {
-    for _ in 0..100 {
-        let receivers = bus.publish(node, delivery.clone()).await.unwrap_or(0);
-        if receivers > 0 {
-            return receivers;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no subscriber received the delivery on {node}");
+    wait_for(
+        &format!("a subscriber to receive the delivery on {node}"),
+        Duration::from_secs(10),
+        async || {
+            let receivers = bus.publish(node, delivery.clone()).await.unwrap_or(0);
+            (receivers > 0).then_some(receivers)
+        },
+    )
+    .await
 }
 
 async fn round_trip(publisher: &RedisBus, subscriber: &RedisBus, node: &str) {
@@ -156,18 +158,17 @@ async fn a_dropped_receiver_stops_counting_as_a_subscriber() {
     };
     let bus = bus(client).await.unwrap();
     drop(bus.subscribe("cm-gone").await.unwrap());
-    let mut receivers = usize::MAX;
-    for _ in 0..50 {
-        receivers = bus
-            .publish("cm-gone", presence_to_contacts())
-            .await
-            .unwrap();
-        if receivers == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(receivers, 0);
+    wait_until(
+        "a publish to the dropped receiver's node to reach nobody",
+        Duration::from_secs(5),
+        async || {
+            bus.publish("cm-gone", presence_to_contacts())
+                .await
+                .unwrap()
+                == 0
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

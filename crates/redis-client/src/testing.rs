@@ -8,11 +8,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rand::Rng;
+use starling_testing::wait_until;
 
 use crate::{RedisClient, RedisConfig};
 
 /// The variable that turns "Redis unreachable" from a failure into a skipped test.
 pub const SKIP_VARIABLE: &str = "STARLING_TEST_SKIP_REDIS";
+
+/// How long a throw-away `redis-server` may take to answer, or a cluster to form.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Redis the tests use: `STARLING_TEST_REDIS_URL`, by default the local one.
 pub fn test_redis_url() -> String {
@@ -114,17 +118,6 @@ fn redis_cli(port: u16, arguments: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Wait (bounded) until `ready` holds.
-async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn redis_available() -> bool {
     Command::new("redis-server")
         .arg("--version")
@@ -164,7 +157,7 @@ impl RedisServerHarness {
     async fn start_process(&mut self) {
         self.child = Some(start_server(&self.dir, self.port, false));
         let port = self.port;
-        wait_until("redis-server to answer", || {
+        wait_until("redis-server to answer", START_TIMEOUT, async || {
             redis_cli(port, &["ping"]).is_some_and(|out| out.contains("PONG"))
         })
         .await;
@@ -243,7 +236,7 @@ impl RedisClusterHarness {
                 .push(start_server(&harness.dir, port, true));
         }
         for port in harness.ports.clone() {
-            wait_until("cluster node to answer", || {
+            wait_until("cluster node to answer", START_TIMEOUT, async || {
                 redis_cli(port, &["ping"]).is_some_and(|out| out.contains("PONG"))
             })
             .await;
@@ -257,7 +250,7 @@ impl RedisClusterHarness {
             "redis-cli --cluster create failed"
         );
         for port in harness.ports.clone() {
-            wait_until("cluster_state:ok", || {
+            wait_until("cluster_state:ok", START_TIMEOUT, async || {
                 redis_cli(port, &["cluster", "info"])
                     .is_some_and(|out| out.contains("cluster_state:ok"))
             })

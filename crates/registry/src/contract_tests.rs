@@ -3,7 +3,6 @@
 //! 3-master Redis Cluster; plus the Redis-only parts (liveness, janitor,
 //! re-registration after a Redis restart).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use starling_api::{ApiError, SessionAddr, SessionRecord, SessionRegistry};
 use starling_jid::{FullJid, Jid};
 use starling_redis_client::testing::{test_client, RedisClusterHarness, RedisServerHarness};
 use starling_redis_client::RedisClient;
+use starling_testing::wait_until;
 
 use crate::{DeadSessionCallback, Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
 
@@ -27,20 +27,8 @@ fn full(jid: &str) -> FullJid {
     jid.parse().unwrap()
 }
 
-/// Wait (bounded) until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+/// How long a test waits for Redis and the background tasks to converge.
+const WAIT: Duration = Duration::from_secs(10);
 
 async fn newest_bind_replaces_and_stale_unbind_is_ignored(registry: &dyn SessionRegistry) {
     let jid = full("a@example.com/phone");
@@ -382,12 +370,29 @@ async fn liveness_key_lives_while_refreshed_and_expires_after() {
     };
     let liveness =
         NodeLiveness::spawn(client.clone(), "cm-live".into(), Duration::from_millis(600));
-    eventually("the node key is written", || {
-        NodeLiveness::is_alive(&client, "cm-live").map(Result::unwrap)
+    wait_until("the node key is written", WAIT, async || {
+        NodeLiveness::is_alive(&client, "cm-live").await.unwrap()
     })
     .await;
-    // Several TTLs later it is still alive: the task refreshes it.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // Several TTLs later it is still alive: the task refreshes it. Watched all
+    // along: the key never expires, and its TTL goes back up at each refresh
+    // (every 200 ms), nine times over three TTLs.
+    let mut refreshes = 0;
+    let mut last_ttl_ms = i64::MAX;
+    wait_until("nine refreshes of the node key", WAIT, async || {
+        let ttl_ms: i64 = starling_redis_client::redis::cmd("PTTL")
+            .arg(client.node_key("cm-live"))
+            .query_async(&mut client.connection())
+            .await
+            .unwrap();
+        assert!(ttl_ms > 0, "the node key of a live node expired: {ttl_ms}");
+        if ttl_ms > last_ttl_ms {
+            refreshes += 1;
+        }
+        last_ttl_ms = ttl_ms;
+        refreshes >= 9
+    })
+    .await;
     assert!(NodeLiveness::is_alive(&client, "cm-live").await.unwrap());
     assert_eq!(*liveness.key_lost().borrow(), 0);
     liveness.stop().await.unwrap();
@@ -396,13 +401,13 @@ async fn liveness_key_lives_while_refreshed_and_expires_after() {
     // Dropped without stop(): the key goes too.
     let liveness =
         NodeLiveness::spawn(client.clone(), "cm-dropped".into(), Duration::from_secs(30));
-    eventually("the node key is written", || {
-        NodeLiveness::is_alive(&client, "cm-dropped").map(Result::unwrap)
+    wait_until("the node key is written", WAIT, async || {
+        NodeLiveness::is_alive(&client, "cm-dropped").await.unwrap()
     })
     .await;
     drop(liveness);
-    eventually("the dropped node key is deleted", || {
-        NodeLiveness::is_alive(&client, "cm-dropped").map(|alive| !alive.unwrap())
+    wait_until("the dropped node key is deleted", WAIT, async || {
+        !NodeLiveness::is_alive(&client, "cm-dropped").await.unwrap()
     })
     .await;
 }
@@ -414,8 +419,8 @@ async fn liveness_notices_a_lost_key() {
     };
     let liveness =
         NodeLiveness::spawn(client.clone(), "cm-lost".into(), Duration::from_millis(300));
-    eventually("the node key is written", || {
-        NodeLiveness::is_alive(&client, "cm-lost").map(Result::unwrap)
+    wait_until("the node key is written", WAIT, async || {
+        NodeLiveness::is_alive(&client, "cm-lost").await.unwrap()
     })
     .await;
     let mut connection = client.connection();
@@ -425,9 +430,8 @@ async fn liveness_notices_a_lost_key() {
         .await
         .unwrap();
     let lost = liveness.key_lost();
-    eventually("the lost key is reported", || {
-        let lost = *lost.borrow();
-        async move { lost >= 1 }
+    wait_until("the lost key is reported", WAIT, async || {
+        *lost.borrow() >= 1
     })
     .await;
     assert!(NodeLiveness::is_alive(&client, "cm-lost").await.unwrap());
@@ -447,8 +451,8 @@ fn recording_callback() -> (DeadSessionCallback, Arc<Mutex<Vec<SessionRecord>>>)
 async fn janitor_removes_the_sessions_of_a_dead_node(client: RedisClient) {
     let registry = Arc::new(RedisRegistry::new(client.clone()));
     let alive = NodeLiveness::spawn(client.clone(), "cm-alive".into(), Duration::from_secs(30));
-    eventually("the live node key is written", || {
-        NodeLiveness::is_alive(&client, "cm-alive").map(Result::unwrap)
+    wait_until("the live node key is written", WAIT, async || {
+        NodeLiveness::is_alive(&client, "cm-alive").await.unwrap()
     })
     .await;
     // cm-dead never had (or lost) its key.
@@ -533,6 +537,34 @@ async fn janitor_sweep_is_idempotent() {
     janitor_removes_the_sessions_of_a_dead_node(client).await;
 }
 
+/// Returns once the janitors have run at least one whole sweep that started
+/// after the call. Sweeps run one after another: a session of a node that
+/// never lived is removed by a sweep that started after it was bound, and a
+/// second one, bound once the first is gone, by a sweep that started after the
+/// first one's sweep ended.
+async fn wait_for_a_whole_sweep(
+    registry: &RedisRegistry,
+    removed: &Mutex<Vec<SessionRecord>>,
+    round: &str,
+) {
+    for (conn, marker) in [(1, "first"), (2, "second")] {
+        let jid = full(&format!("{marker}-{round}@example.com/marker"));
+        registry
+            .bind(SessionRecord::new(
+                jid.clone(),
+                addr("cm-never-lived", conn),
+            ))
+            .await
+            .unwrap();
+        wait_until(
+            &format!("a sweep to remove the {marker} marker session"),
+            WAIT,
+            async || removed.lock().iter().any(|record| record.jid == jid),
+        )
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_janitor_leads_and_cleans_up_an_expired_node() {
     let Some(client) = test_client().await else {
@@ -544,8 +576,10 @@ async fn one_janitor_leads_and_cleans_up_an_expired_node() {
         "cm-expiring".into(),
         Duration::from_millis(600),
     );
-    eventually("the node key is written", || {
-        NodeLiveness::is_alive(&client, "cm-expiring").map(Result::unwrap)
+    wait_until("the node key is written", WAIT, async || {
+        NodeLiveness::is_alive(&client, "cm-expiring")
+            .await
+            .unwrap()
     })
     .await;
     for conn in 0..3u64 {
@@ -555,12 +589,14 @@ async fn one_janitor_leads_and_cleans_up_an_expired_node() {
             .await
             .unwrap();
     }
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let callback: DeadSessionCallback = Arc::new(move |_record| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        async {}.boxed()
-    });
+    let (callback, removed) = recording_callback();
+    let calls = || {
+        removed
+            .lock()
+            .iter()
+            .filter(|record| record.addr.node == "cm-expiring")
+            .count()
+    };
     let janitors: Vec<Janitor> = (0..2)
         .map(|_| {
             Janitor::spawn(
@@ -571,26 +607,26 @@ async fn one_janitor_leads_and_cleans_up_an_expired_node() {
             )
         })
         .collect();
-    eventually("a janitor leads", || {
-        let leaders = janitors
+    wait_until("a janitor leads", WAIT, async || {
+        janitors
             .iter()
             .filter(|janitor| janitor.is_leader())
-            .count();
-        async move { leaders == 1 }
+            .count()
+            == 1
     })
     .await;
-    // The node is alive: nothing is removed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The node is alive: a whole sweep removes nothing.
+    wait_for_a_whole_sweep(&registry, &removed, "alive").await;
+    assert_eq!(calls(), 0);
     // The node dies (its task stops without deleting the key): the key expires.
     liveness.halt_as_if_crashed();
-    eventually("the node's sessions are removed", || {
-        let calls = calls.load(Ordering::SeqCst);
-        async move { calls == 3 }
+    wait_until("the node's sessions are removed", WAIT, async || {
+        calls() == 3
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // The sweeps go on, and remove each session once.
+    wait_for_a_whole_sweep(&registry, &removed, "dead").await;
+    assert_eq!(calls(), 3);
     assert!(registry
         .node_sessions("cm-expiring")
         .await
@@ -620,8 +656,10 @@ async fn sessions_are_reregistered_after_a_redis_restart() {
         "cm-restart".into(),
         Duration::from_millis(300),
     );
-    eventually("the node key is written", || {
-        NodeLiveness::is_alive(&client, "cm-restart").map(|alive| alive.unwrap_or(false))
+    wait_until("the node key is written", WAIT, async || {
+        NodeLiveness::is_alive(&client, "cm-restart")
+            .await
+            .unwrap_or(false)
     })
     .await;
     let mut record = SessionRecord::new(full("r@example.com/a"), addr("cm-restart", 1));
@@ -640,11 +678,7 @@ async fn sessions_are_reregistered_after_a_redis_restart() {
 
     server.restart().await;
     let lost = liveness.key_lost();
-    eventually("the restart is noticed", || {
-        let lost = *lost.borrow();
-        async move { lost >= 1 }
-    })
-    .await;
+    wait_until("the restart is noticed", WAIT, async || *lost.borrow() >= 1).await;
     // Meanwhile another node took one of the resources: it keeps it.
     registry
         .bind(SessionRecord::new(

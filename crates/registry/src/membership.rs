@@ -56,18 +56,11 @@ mod tests {
         what: &str,
         predicate: impl Fn(&[NodeStatus]) -> bool,
     ) -> Vec<NodeStatus> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
+        starling_testing::wait_for(what, Duration::from_secs(5), async || {
             let nodes = cluster_nodes(client).await.unwrap();
-            if predicate(&nodes) {
-                return nodes;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: last seen {nodes:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            predicate(&nodes).then_some(nodes)
+        })
+        .await
     }
 
     #[tokio::test]

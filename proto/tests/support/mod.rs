@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use starling_api::{PresenceApi, RouterApi, StorageApi};
 use tokio::net::TcpListener;
@@ -118,14 +118,5 @@ impl KillableServer {
 impl Drop for KillableServer {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// Wait, with a bound, until `condition` holds.
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -40,6 +40,24 @@ async fn http(addr: SocketAddr, method: &str, body: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// A stanza for a request that is to be held: the test router records it and
+/// delivers it nowhere, so the request still has nothing to answer with.
+const HELD_MARKER: &str = "<message xmlns='jabber:client' to='nobody@example.com' id='held'/>";
+
+/// Wait until the server has taken the request carrying [`HELD_MARKER`]: it
+/// routed the marker, and holds the request from then on.
+async fn wait_until_request_is_held(server: &TestServer) {
+    wait_until("the held request's marker to be routed", WAIT, async || {
+        server
+            .router
+            .routed
+            .lock()
+            .iter()
+            .any(|stanza| stanza.attr("id") == Some("held"))
+    })
+    .await;
+}
+
 async fn post(addr: SocketAddr, body: &str) -> String {
     let (head, body) = http(addr, "POST", body).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -229,14 +247,19 @@ async fn bosh_session_chats_with_a_tcp_session() {
         started.elapsed()
     );
 
-    // Long polling: a held request returns the stanza pushed meanwhile.
-    let held_body = web.next_body("", "");
+    // Long polling: a held request returns the stanza pushed meanwhile. The
+    // request carries a stanza: once it is routed, the server has the request.
+    let held_body = web.next_body("", HELD_MARKER);
     let addr = web.addr;
     let held = tokio::spawn(async move {
         let started = Instant::now();
         (post(addr, &held_body).await, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_request_is_held(&server).await;
+    assert!(
+        !held.is_finished(),
+        "the request was answered before anything was pushed"
+    );
     tcp.send(&format!(
         "<message to='{web_jid}' id='m2'><body>hello from tcp</body></message>"
     ))
@@ -246,7 +269,7 @@ async fn bosh_session_chats_with_a_tcp_session() {
         pushed,
         "<body xmlns='http://jabber.org/protocol/httpbind' xmlns:stream='http://etherx.jabber.org/streams'><message xmlns='jabber:client' to='juliet@example.com/bosh' id='m2' from='romeo@example.com/orchard' xml:lang='en'><body>hello from tcp</body></message></body>"
     );
-    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    // Answered when the stanza came, not when `wait` (2 s) ran out.
     assert!(elapsed < Duration::from_millis(1900), "{elapsed:?}");
 
     // Section 14.3: a repeated rid gets the same response again.
@@ -276,7 +299,7 @@ async fn bosh_session_chats_with_a_tcp_session() {
         .await
         .contains("<body>bye</body>"));
     let unbound = server.router.clone();
-    eventually("the bosh session is unbound", || {
+    wait_until("the bosh session is unbound", WAIT, async || {
         unbound
             .unbound
             .lock()
@@ -345,7 +368,7 @@ async fn inactivity_ends_the_session() {
     let (mut client, jid) = BoshClient::login(&server, 2, "juliet", "secret").await;
     // No request for longer than `inactivity`: unbound like a lost connection.
     let router = server.router.clone();
-    eventually("the idle bosh session is unbound", || {
+    wait_until("the idle bosh session is unbound", WAIT, async || {
         router
             .unbound
             .lock()
@@ -382,11 +405,10 @@ async fn shutdown_answers_the_held_request() {
     let mut server = TestServer::start(|_| {}).await;
     server.add_user("juliet", "secret").await;
     let (mut client, _) = BoshClient::login(&server, 30, "juliet", "secret").await;
-    let held_body = client.next_body("", "");
+    let held_body = client.next_body("", HELD_MARKER);
     let addr = client.addr;
     let held = tokio::spawn(async move { post(addr, &held_body).await });
-    // Give the request time to be held (nothing observable says so).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until_request_is_held(&server).await;
     // The shutdown closes the stream: the held request carries its error.
     server.shutdown().await;
     assert_eq!(

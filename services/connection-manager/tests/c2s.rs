@@ -142,7 +142,7 @@ async fn starttls_then_scram_sha256_bind_and_route() {
     client
         .send("<message from='romeo@example.net/forged' to='Romeo@Example.NET' type='chat' id='m1'><body>hi</body></message>")
         .await;
-    eventually("the message is routed", || {
+    wait_until("the message is routed", WAIT, async || {
         !server.router.routed.lock().is_empty()
     })
     .await;
@@ -524,7 +524,7 @@ async fn non_stanza_element_is_unsupported_stanza_type() {
         "{rest}"
     );
     assert!(rest.ends_with("</stream:stream>"), "{rest}");
-    eventually("the session is unbound", || {
+    wait_until("the session is unbound", WAIT, async || {
         server
             .router
             .unbound
@@ -558,7 +558,7 @@ async fn client_stream_close_unbinds() {
     let (mut client, jid) = Client::login(&server, "juliet", "pencil", None).await;
     client.send("<presence/></stream:stream>").await;
     assert_eq!(client.read_to_close().await, "</stream:stream>");
-    eventually("the session is unbound", || {
+    wait_until("the session is unbound", WAIT, async || {
         server
             .router
             .unbound
@@ -586,7 +586,7 @@ async fn connection_loss_unbinds() {
     server.add_user("juliet", "pencil").await;
     let (client, jid) = Client::login(&server, "juliet", "pencil", None).await;
     drop(client);
-    eventually("the session is unbound", || {
+    wait_until("the session is unbound", WAIT, async || {
         server
             .router
             .unbound
@@ -612,7 +612,7 @@ async fn reading_is_throttled_not_disconnected() {
         burst.push_str(&format!("<message to='romeo@example.net' id='{index}'/>"));
     }
     client.send(&burst).await;
-    eventually("all stanzas are routed", || {
+    wait_until("all stanzas are routed", WAIT, async || {
         server.router.routed.lock().len() == 11
     })
     .await;
@@ -663,21 +663,14 @@ async fn connections_per_address_are_capped() {
     first.send("</stream:stream>").await;
     first.read_to_close().await;
     // The slot is free again once the server has released it.
-    let deadline = Instant::now() + WAIT;
-    loop {
+    wait_until("the server to release the slot", WAIT, async || {
         let mut fourth = Client::connect(&server).await;
         fourth.send(HEADER).await;
-        let answer = fourth.read_until(">").await;
-        let answer = answer + &fourth.read_until(">").await;
-        if fourth.read_until(">").await.starts_with("<stream:features") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slot was not released: {answer}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        fourth.read_until(">").await;
+        fourth.read_until(">").await;
+        fourth.read_until(">").await.starts_with("<stream:features")
+    })
+    .await;
 }
 
 // ------------------------------------------------------------ delivery
@@ -687,7 +680,7 @@ async fn deliveries_to_gone_connections_are_rerouted() {
     let server = TestServer::start(|_| {}).await;
     let message = Element::new("message", ns::CLIENT).with_attr("to", "juliet@example.com/gone");
     server.deliver(4242, message).await;
-    eventually("the stanza is rerouted", || {
+    wait_until("the stanza is rerouted", WAIT, async || {
         server.router.undeliverable.lock().len() == 1
     })
     .await;
@@ -750,16 +743,20 @@ async fn a_stopped_reader_is_closed_without_blocking_others() {
         }
         tokio::task::yield_now().await;
     }
-    eventually("the stalled session is closed and unbound", || {
-        server
-            .router
-            .unbound
-            .lock()
-            .iter()
-            .any(|unbound| unbound.to_string() == stalled_jid)
-    })
+    wait_until(
+        "the stalled session is closed and unbound",
+        WAIT,
+        async || {
+            server
+                .router
+                .unbound
+                .lock()
+                .iter()
+                .any(|unbound| unbound.to_string() == stalled_jid)
+        },
+    )
     .await;
-    eventually("its messages go back to the router", || {
+    wait_until("its messages go back to the router", WAIT, async || {
         !server.router.undeliverable.lock().is_empty()
     })
     .await;

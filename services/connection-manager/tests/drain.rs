@@ -34,14 +34,12 @@ async fn drain_refuses_new_connections_and_spreads_the_closes_over_the_window() 
     assert_eq!(receivers, 1);
 
     // The listeners close at once: the kernel refuses new connections.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while tokio::net::TcpStream::connect(server.c2s).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "still accepting after the drain started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the listeners to refuse connections once the drain started",
+        Duration::from_secs(1),
+        async || tokio::net::TcpStream::connect(server.c2s).await.is_err(),
+    )
+    .await;
 
     // Two streams over a 2 s window: the first at once, the second half-way.
     assert!(first.read_to_close().await.ends_with(SYSTEM_SHUTDOWN));
@@ -58,7 +56,7 @@ async fn drain_refuses_new_connections_and_spreads_the_closes_over_the_window() 
         "{second_closed:?}"
     );
     // The sessions ended as a normal disconnect: the router was told.
-    eventually("both sessions unbound", || {
+    wait_until("both sessions unbound", WAIT, async || {
         let unbound = server.router.unbound.lock();
         [&first_jid, &second_jid]
             .iter()

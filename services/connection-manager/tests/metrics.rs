@@ -128,7 +128,7 @@ async fn counters_move_with_logins_and_messages() {
     // Closing a stream ends its session and its connection in the gauges.
     balcony.send("</stream:stream>").await;
     balcony.read_to_close().await;
-    eventually("the session gauge follows", || {
+    wait_until("the session gauge follows", WAIT, async || {
         let text = scrape(&registry);
         value(&text, "starling_sessions") == 1.0
             && value(

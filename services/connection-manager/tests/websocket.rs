@@ -199,7 +199,7 @@ async fn websocket_session_chats_with_a_tcp_session() {
     // Section 3.6: <close/> is answered with <close/>, then the WebSocket closes.
     web.send(CLOSE).await;
     assert_eq!(web.recv_to_close().await, vec![CLOSE.to_string()]);
-    eventually("the websocket session is unbound", || {
+    wait_until("the websocket session is unbound", WAIT, async || {
         server
             .router
             .unbound

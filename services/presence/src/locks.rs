@@ -43,6 +43,8 @@ impl UserLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::{Context, Waker};
     use std::time::Duration;
 
     #[tokio::test]
@@ -50,10 +52,16 @@ mod tests {
         let locks = UserLocks::default();
         let alice: BareJid = "alice@example.com".parse().unwrap();
         let guard = locks.lock(&alice).await;
-        let waited = tokio::time::timeout(Duration::from_millis(20), locks.lock(&alice)).await;
-        assert!(waited.is_err(), "a second lock on the same user must wait");
+        // Polled once, a second lock on the held mutex is pending: no timer
+        // decides it, and the same attempt gets the lock once it is free.
+        let mut second = std::pin::pin!(locks.lock(&alice));
+        let mut context = Context::from_waker(Waker::noop());
+        assert!(
+            second.as_mut().poll(&mut context).is_pending(),
+            "a second lock on the same user must wait"
+        );
         drop(guard);
-        let relocked = tokio::time::timeout(Duration::from_secs(5), locks.lock(&alice)).await;
+        let relocked = tokio::time::timeout(Duration::from_secs(5), second).await;
         assert!(relocked.is_ok());
     }
 }

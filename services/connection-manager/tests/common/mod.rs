@@ -32,6 +32,10 @@ use tokio::net::TcpStream;
 pub const DOMAIN: &str = "example.com";
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The bounded wait every test uses instead of a fixed sleep.
+#[allow(unused_imports)] // not every test binary waits
+pub use starling_testing::wait_until;
+
 // ---------------------------------------------------------------- storage
 
 #[derive(Default)]
@@ -404,18 +408,6 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
-}
-
-/// Poll until `condition` holds (bounded retry, no fixed sleeps).
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
