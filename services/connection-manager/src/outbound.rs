@@ -340,7 +340,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
 mod tests {
     use super::*;
     use crate::transport::tcp::ByteWriter;
-    use starling_xmpp::ns;
+    use starling_xmpp::{ns, Element};
     use tokio::io::AsyncReadExt;
 
     fn bytes(stream: tokio::io::DuplexStream) -> ByteWriter {
