@@ -331,7 +331,12 @@ mod tests {
     fn websocket_units_declare_their_namespaces() {
         let mut out = Outgoing::new(Framing::WebSocket);
         out.header("s1", "example.com", Some("juliet@example.com"), "en");
-        out.features(&FeatureSet::for_stage(false, false, false, false));
+        out.features(&FeatureSet::for_stage(
+            false,
+            false,
+            false,
+            &crate::features::stream_features(false),
+        ));
         out.stanza(
             &Element::new("message", ns::CLIENT)
                 .with_attr("to", "juliet@example.com")

@@ -24,6 +24,7 @@ mod config;
 mod delivery;
 mod drain;
 mod error;
+mod features;
 mod framing;
 mod limits;
 mod metrics;
@@ -44,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use starling_api::{ConnId, RouterApi, SessionRecord, StorageApi};
+use starling_api::{ConnId, Features, RouterApi, SessionRecord, StorageApi};
 use starling_bus::{Bus, DeliveryReceiver};
 use starling_jid::BareJid;
 use starling_sasl::ServerSecret;
@@ -58,10 +59,12 @@ pub use bosh::BOSH_PATH;
 pub use config::{CmConfig, CmLimits, TlsSettings};
 pub use drain::{DrainHandle, DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
+pub use features::edge_features;
 pub use metrics::CmMetrics;
 pub use tls::ALPN_XMPP_CLIENT;
 pub use websocket::WEBSOCKET_PATH;
 
+use features::stream_features;
 use limits::IpLimits;
 use outbound::ConnectionHandle;
 
@@ -94,6 +97,8 @@ pub(crate) struct Shared {
     pub limits: CmLimits,
     pub parser_limits: Limits,
     pub registration_enabled: bool,
+    /// The stream features offered, from the declarations of [`stream_features`].
+    pub stream_features: Features,
     pub require_tls: bool,
     pub router: Arc<dyn RouterApi>,
     pub storage: Arc<dyn StorageApi>,
@@ -231,6 +236,7 @@ impl ConnectionManager {
             limits,
             parser_limits,
             registration_enabled: config.registration_enabled,
+            stream_features: stream_features(config.registration_enabled),
             require_tls: config.require_tls,
             router,
             storage,

@@ -400,7 +400,7 @@ impl Negotiation {
             self.is_tls(),
             self.tls_required(),
             self.user.is_some(),
-            self.shared.registration_enabled,
+            &self.shared.stream_features,
         );
         if self.framing == Framing::WebSocket {
             features.starttls = None;

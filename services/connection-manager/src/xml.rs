@@ -2,6 +2,7 @@
 //! 6120 section 4.7), stream features (section 4.3.2), and the STARTTLS
 //! (section 5.4) and SASL (section 6.4) nonzas.
 
+use starling_api::{Features, StreamFeature, StreamStage};
 use starling_sasl::{encode_xmpp_payload, Mechanism, SaslFailureCondition};
 use starling_xmpp::{escape_attr, ns, Element};
 
@@ -35,10 +36,11 @@ pub(crate) struct FeatureSet {
     /// STARTTLS, and whether it is `<required/>` (section 5.4.1).
     pub starttls: Option<bool>,
     pub mechanisms: Vec<Mechanism>,
-    /// XEP-0077 in-band registration.
-    pub register: bool,
-    /// Resource binding (section 7), legacy session and roster versioning.
+    /// Resource binding (section 7) and legacy session.
     pub bind: bool,
+    /// The stream features the server's features declare for this stage
+    /// (in-band registration, roster versioning).
+    pub offered: Vec<&'static StreamFeature>,
 }
 
 impl FeatureSet {
@@ -46,14 +48,16 @@ impl FeatureSet {
         tls_active: bool,
         require_tls: bool,
         authenticated: bool,
-        registration_enabled: bool,
+        features: &Features,
     ) -> Self {
         if authenticated {
             return FeatureSet {
                 starttls: None,
                 mechanisms: Vec::new(),
-                register: false,
                 bind: true,
+                offered: features
+                    .stream_features(StreamStage::AfterAuthentication)
+                    .collect(),
             };
         }
         if !tls_active {
@@ -63,8 +67,8 @@ impl FeatureSet {
                 return FeatureSet {
                     starttls: Some(true),
                     mechanisms: Vec::new(),
-                    register: false,
                     bind: false,
+                    offered: Vec::new(),
                 };
             }
             // PLAIN would send the password in the clear (RFC 6120 section
@@ -76,15 +80,17 @@ impl FeatureSet {
                     .copied()
                     .filter(|mechanism| !mechanism.requires_encryption())
                     .collect(),
-                register: false,
                 bind: false,
+                offered: Vec::new(),
             };
         }
         FeatureSet {
             starttls: None,
             mechanisms: Mechanism::ALL.to_vec(),
-            register: registration_enabled,
             bind: false,
+            offered: features
+                .stream_features(StreamStage::BeforeAuthenticationInsideTls)
+                .collect(),
         }
     }
 
@@ -107,9 +113,6 @@ impl FeatureSet {
             }
             features.push(mechanisms);
         }
-        if self.register {
-            features.push(Element::new("register", ns::REGISTER_FEATURE));
-        }
         if self.bind {
             features.push(Element::new("bind", ns::BIND));
             // RFC 6121 has no session establishment; old clients look for it
@@ -118,7 +121,9 @@ impl FeatureSet {
                 Element::new("session", ns::SESSION)
                     .with_child(Element::new("optional", ns::SESSION)),
             );
-            features.push(Element::new("ver", ns::ROSTER_VER));
+        }
+        for feature in &self.offered {
+            features.push(Element::new(feature.name, feature.namespace));
         }
         let mut out = String::from("<stream:features>");
         for feature in &features {
@@ -170,6 +175,11 @@ pub(crate) fn sasl_success(data: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// The stream features of a server with registration on or off.
+    fn server_features(registration_enabled: bool) -> Features {
+        crate::features::stream_features(registration_enabled)
+    }
+
     #[test]
     fn response_header() {
         assert_eq!(
@@ -184,7 +194,7 @@ mod tests {
 
     #[test]
     fn starttls_required_alone_before_tls() {
-        let features = FeatureSet::for_stage(false, true, false, true);
+        let features = FeatureSet::for_stage(false, true, false, &server_features(true));
         assert_eq!(
             features.to_xml(),
             "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
@@ -193,7 +203,7 @@ mod tests {
 
     #[test]
     fn plaintext_allowed_offers_scram_only() {
-        let features = FeatureSet::for_stage(false, false, false, true);
+        let features = FeatureSet::for_stage(false, false, false, &server_features(true));
         assert_eq!(
             features.to_xml(),
             "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"
@@ -203,16 +213,19 @@ mod tests {
     #[test]
     fn inside_tls_all_mechanisms_and_registration() {
         assert_eq!(
-            FeatureSet::for_stage(true, true, false, true).to_xml(),
+            FeatureSet::for_stage(true, true, false, &server_features(true)).to_xml(),
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms><register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
         );
-        assert!(!FeatureSet::for_stage(true, true, false, false).register);
+        assert_eq!(
+            FeatureSet::for_stage(true, true, false, &server_features(false)).to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+        );
     }
 
     #[test]
     fn after_authentication_bind_session_and_roster_versioning() {
         assert_eq!(
-            FeatureSet::for_stage(true, true, true, true).to_xml(),
+            FeatureSet::for_stage(true, true, true, &server_features(true)).to_xml(),
             "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>"
         );
     }
