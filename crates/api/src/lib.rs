@@ -18,4 +18,7 @@ pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
 pub use presence::PresenceApi;
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
 pub use router::{BindError, Origin, RouterApi};
-pub use storage::{RosterItem, ScramCredentials, StorageApi, StoredCredentials, Subscription};
+pub use storage::{
+    AccountStore, OfflineStore, RosterItem, RosterStore, ScramCredentials, StorageApi,
+    StoredCredentials, Subscription,
+};

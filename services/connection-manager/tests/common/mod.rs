@@ -18,8 +18,8 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use sha2::Digest;
 use starling_api::{
-    ApiError, ApiResult, BindError, Origin, RosterItem, RouterApi, SessionAddr, SessionRecord,
-    SessionRegistry, StorageApi, StoredCredentials,
+    AccountStore, ApiError, ApiResult, BindError, OfflineStore, Origin, RosterItem, RosterStore,
+    RouterApi, SessionAddr, SessionRecord, SessionRegistry, StorageApi, StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, InProcessBus, Recipient};
 use starling_connection_manager::{CmConfig, CmError, CmLimits, ConnectionManager, TlsSettings};
@@ -55,7 +55,7 @@ impl FakeStorage {
 }
 
 #[async_trait]
-impl StorageApi for FakeStorage {
+impl AccountStore for FakeStorage {
     async fn create_account(
         &self,
         user: &BareJid,
@@ -69,6 +69,7 @@ impl StorageApi for FakeStorage {
         accounts.insert(user.clone(), credentials.clone());
         Ok(())
     }
+
     async fn set_credentials(
         &self,
         user: &BareJid,
@@ -83,6 +84,7 @@ impl StorageApi for FakeStorage {
             None => Err(ApiError::NotFound(user.to_string())),
         }
     }
+
     async fn remove_account(&self, user: &BareJid) -> ApiResult<()> {
         self.check_available()?;
         self.accounts
@@ -91,6 +93,7 @@ impl StorageApi for FakeStorage {
             .map(|_| ())
             .ok_or_else(|| ApiError::NotFound(user.to_string()))
     }
+
     async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>> {
         let mut accounts: Vec<BareJid> = self
             .accounts
@@ -102,13 +105,19 @@ impl StorageApi for FakeStorage {
         accounts.sort();
         Ok(accounts)
     }
+
     async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
         self.check_available()?;
         Ok(self.accounts.lock().get(user).cloned())
     }
+}
+
+#[async_trait]
+impl RosterStore for FakeStorage {
     async fn roster(&self, _user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
         Ok((0, Vec::new()))
     }
+
     async fn roster_item(
         &self,
         _user: &BareJid,
@@ -116,9 +125,11 @@ impl StorageApi for FakeStorage {
     ) -> ApiResult<Option<RosterItem>> {
         Ok(None)
     }
+
     async fn put_roster_item(&self, _user: &BareJid, _item: &RosterItem) -> ApiResult<u64> {
         Err(ApiError::Internal("not in this fake".into()))
     }
+
     async fn remove_roster_item(
         &self,
         _user: &BareJid,
@@ -126,12 +137,18 @@ impl StorageApi for FakeStorage {
     ) -> ApiResult<Option<u64>> {
         Ok(None)
     }
+}
+
+#[async_trait]
+impl OfflineStore for FakeStorage {
     async fn store_offline(&self, _user: &BareJid, _stanza_xml: &str) -> ApiResult<()> {
         Ok(())
     }
+
     async fn take_offline(&self, _user: &BareJid) -> ApiResult<Vec<String>> {
         Ok(Vec::new())
     }
+
     async fn count_offline(&self, _user: &BareJid) -> ApiResult<u64> {
         Ok(0)
     }
