@@ -66,7 +66,7 @@ impl Features {
     }
 
     pub fn contains(&self, spec: &FeatureSpec) -> bool {
-        self.specs.iter().any(|known| *known == spec)
+        self.specs.contains(&spec)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &'static FeatureSpec> + '_ {

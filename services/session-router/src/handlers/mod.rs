@@ -22,4 +22,4 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
 ];
 
 /// The router's features that answer no IQ.
-pub(crate) const WITHOUT_IQ_HANDLER: &[&'static FeatureSpec] = &[&crate::offline::FEATURE];
+pub(crate) const WITHOUT_IQ_HANDLER: &[&FeatureSpec] = &[&crate::offline::FEATURE];
