@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use starling_api::{ApiResult, RosterItem, StorageApi, StoredCredentials};
+use starling_api::{
+    AccountStore, ApiResult, OfflineStore, RosterItem, RosterStore, StorageApi, StoredCredentials,
+};
 use starling_jid::BareJid;
 use tonic::{Request, Response, Status};
 
@@ -244,7 +246,7 @@ impl GrpcStorageClient {
 }
 
 #[async_trait]
-impl StorageApi for GrpcStorageClient {
+impl AccountStore for GrpcStorageClient {
     async fn create_account(
         &self,
         user: &BareJid,
@@ -330,7 +332,10 @@ impl StorageApi for GrpcStorageClient {
             None => Ok(None),
         }
     }
+}
 
+#[async_trait]
+impl RosterStore for GrpcStorageClient {
     async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
         let request = proto::GetRosterRequest {
             user: user.to_string(),
@@ -409,7 +414,10 @@ impl StorageApi for GrpcStorageClient {
             .await?;
         Ok(response.version)
     }
+}
 
+#[async_trait]
+impl OfflineStore for GrpcStorageClient {
     async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()> {
         let request = proto::StoreOfflineRequest {
             user: user.to_string(),

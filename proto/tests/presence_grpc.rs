@@ -189,7 +189,7 @@ async fn services_share_one_port_and_a_missing_one_is_an_error() {
     let presence_client = GrpcPresenceClient::connect(vec![server.endpoint()]).expect("client");
     let juliet = "juliet@example.org".parse().expect("jid");
     assert_eq!(
-        starling_api::StorageApi::count_offline(&storage_client, &juliet)
+        starling_api::OfflineStore::count_offline(&storage_client, &juliet)
             .await
             .expect("storage on the shared port"),
         0

@@ -6,7 +6,8 @@ mod support;
 use std::sync::Arc;
 
 use starling_api::{
-    ApiError, RosterItem, ScramCredentials, StorageApi, StoredCredentials, Subscription,
+    AccountStore, ApiError, OfflineStore, RosterItem, RosterStore, ScramCredentials,
+    StoredCredentials, Subscription,
 };
 use starling_jid::BareJid;
 use starling_proto::storage::v1 as proto;

@@ -8,7 +8,9 @@ mod support;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use starling_api::{ApiResult, BindError, Origin, RouterApi, SessionAddr, StorageApi};
+use starling_api::{
+    AccountStore, ApiResult, BindError, Origin, RosterStore, RouterApi, SessionAddr, StorageApi,
+};
 use starling_jid::{BareJid, FullJid};
 use starling_proto::{GrpcRouterClient, GrpcStorageClient};
 use starling_storage::{Storage, StorageConfig};

@@ -138,7 +138,9 @@ fn session_router(
             state.bus.clone(),
             storage,
         )
-        .with_in_band_registration(config.registration.enabled)
+        .with_advertised_features(&starling_connection_manager::edge_features(
+            config.registration.enabled,
+        ))
         .with_metrics(metrics),
     ))
 }

@@ -168,6 +168,8 @@ async def test_server_iqs_disco_ping_version(server):
     features = info["disco_info"]["features"]
     for feature in ("http://jabber.org/protocol/disco#info", "urn:xmpp:ping", "jabber:iq:version"):
         assert feature in features
+    # Registration is off by default, so it is not advertised.
+    assert "jabber:iq:register" not in features
     identities = info["disco_info"]["identities"]
     assert any(category == "server" and kind == "im" for category, kind, *_ in identities)
     await a.plugin["xep_0030"].get_items(jid=server.domain)

@@ -122,6 +122,9 @@ async def test_in_band_registration_when_enabled(server_factory):
     client.connect(host="127.0.0.1", port=srv.c2s)
     await asyncio.wait_for(registered, 15)
     await asyncio.wait_for(client.started, 15)
+    # Enabled, it is advertised (XEP-0077 section 7; off: test_im.py's disco test).
+    info = await client.plugin["xep_0030"].get_info(jid=srv.domain)
+    assert "jabber:iq:register" in info["disco_info"]["features"]
     await logout(client)
     assert "newbie@localhost" in srv.cli("user", "list", "localhost").stdout.split()
 

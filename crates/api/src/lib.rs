@@ -6,6 +6,7 @@
 //! these traits alone.
 
 pub mod error;
+pub mod feature;
 pub mod origin_time;
 pub mod presence;
 pub mod registry;
@@ -13,7 +14,11 @@ pub mod router;
 pub mod storage;
 
 pub use error::{ApiError, ApiResult};
+pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
 pub use presence::PresenceApi;
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
 pub use router::{BindError, Origin, RouterApi};
-pub use storage::{RosterItem, ScramCredentials, StorageApi, StoredCredentials, Subscription};
+pub use storage::{
+    AccountStore, OfflineStore, RosterItem, RosterStore, ScramCredentials, StorageApi,
+    StoredCredentials, Subscription,
+};

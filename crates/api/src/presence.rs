@@ -4,10 +4,28 @@
 
 use async_trait::async_trait;
 use starling_jid::FullJid;
-use starling_xmpp::Element;
+use starling_xmpp::{ns, Element};
 
 use crate::error::ApiResult;
+use crate::feature::{FeatureSpec, StreamFeature, StreamStage};
 use crate::registry::SessionAddr;
+
+/// Rosters, RFC 6121 section 2, with versioning (section 2.6): the presence
+/// service answers `jabber:iq:roster` requests through
+/// [`PresenceApi::roster_iq`]. Declared with the contract because two other
+/// services act on it: the router forwards its IQs here, and the
+/// connection-manager offers its stream feature.
+pub const ROSTER_FEATURE: FeatureSpec = FeatureSpec {
+    name: "roster",
+    specification: "RFC 6121 section 2",
+    disco_features: &[ns::ROSTER],
+    iq_namespaces: &[ns::ROSTER],
+    stream_features: &[StreamFeature {
+        name: "ver",
+        namespace: ns::ROSTER_VER,
+        stage: StreamStage::AfterAuthentication,
+    }],
+};
 
 #[async_trait]
 pub trait PresenceApi: Send + Sync + 'static {

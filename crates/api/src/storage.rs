@@ -134,9 +134,17 @@ impl RosterItem {
     }
 }
 
-/// The storage service.
+/// The storage service: the stores of every feature that keeps data, each
+/// a trait of its own implemented by `starling_storage::Storage` (SQLite and
+/// PostgreSQL) and by the gRPC client. Code that needs one feature's data
+/// imports that feature's trait.
+pub trait StorageApi: AccountStore + RosterStore + OfflineStore {}
+
+impl<T: AccountStore + RosterStore + OfflineStore + ?Sized> StorageApi for T {}
+
+/// Accounts and their SCRAM credentials (RFC 5802; in-band registration, XEP-0077).
 #[async_trait]
-pub trait StorageApi: Send + Sync + 'static {
+pub trait AccountStore: Send + Sync + 'static {
     /// Create an account; `AlreadyExists` if it does.
     async fn create_account(
         &self,
@@ -155,7 +163,11 @@ pub trait StorageApi: Send + Sync + 'static {
     async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>>;
     /// The credentials of an account, `None` when it does not exist.
     async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>>;
+}
 
+/// Rosters with versioning (RFC 6121 sections 2 and 2.6).
+#[async_trait]
+pub trait RosterStore: Send + Sync + 'static {
     /// The whole roster (visible and placeholder items) and its current version (RFC 6121 section 2.6).
     async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)>;
     /// One roster item.
@@ -166,7 +178,11 @@ pub trait StorageApi: Send + Sync + 'static {
     /// Remove an item; returns the new version, `None` if there was no such item.
     async fn remove_roster_item(&self, user: &BareJid, contact: &BareJid)
         -> ApiResult<Option<u64>>;
+}
 
+/// The offline message queue (XEP-0160).
+#[async_trait]
+pub trait OfflineStore: Send + Sync + 'static {
     /// Append a message (serialised stanza) to the user's offline queue;
     /// `LimitReached` when the queue is full.
     async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()>;

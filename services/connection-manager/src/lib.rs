@@ -43,6 +43,7 @@ mod delivery;
 mod drain;
 mod drain_state;
 mod error;
+mod features;
 mod framing;
 mod limits;
 mod listener;
@@ -78,12 +79,14 @@ pub use config::{CmConfig, CmLimits, TlsSettings};
 pub use drain::DrainHandle;
 pub use drain_state::{DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
+pub use features::edge_features;
 pub use listener::bosh::BOSH_PATH;
 pub use listener::websocket::WEBSOCKET_PATH;
 pub use metrics::CmMetrics;
 pub use transport::tls::ALPN_XMPP_CLIENT;
 
 use drain_state::DrainState;
+use features::stream_features;
 use limits::IpLimits;
 use listener::tcp::ListenerKind;
 use shared::Shared;
@@ -180,6 +183,7 @@ impl ConnectionManager {
             limits,
             parser_limits,
             registration_enabled: config.registration_enabled,
+            stream_features: stream_features(config.registration_enabled),
             require_tls: config.require_tls,
             router,
             storage,

@@ -2,12 +2,26 @@
 //! (section 3.1), and after it, password change (section 3.3) and
 //! cancellation (section 3.2).
 
-use starling_api::ApiError;
+use starling_api::{ApiError, FeatureSpec, StreamFeature, StreamStage};
 use starling_jid::BareJid;
 use starling_sasl::validate_password;
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
 use crate::shared::Shared;
+
+/// XEP-0077 version 2.4, answered here at the edge (before authentication
+/// in `negotiation.rs`, after it in `session.rs`); the router only advertises it.
+pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
+    name: "registration",
+    specification: "XEP-0077",
+    disco_features: &[ns::REGISTER],
+    iq_namespaces: &[ns::REGISTER],
+    stream_features: &[StreamFeature {
+        name: "register",
+        namespace: ns::REGISTER_FEATURE,
+        stage: StreamStage::BeforeAuthenticationInsideTls,
+    }],
+};
 
 const INSTRUCTIONS: &str = "Choose a username and password to register with this server.";
 

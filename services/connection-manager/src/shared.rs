@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use starling_api::{ConnId, RouterApi, StorageApi};
+use starling_api::{ConnId, Features, RouterApi, StorageApi};
 use starling_sasl::ServerSecret;
 use starling_xmpp::Limits;
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub limits: CmLimits,
     pub parser_limits: Limits,
     pub registration_enabled: bool,
+    /// The stream features offered, from the features' declarations (`crate::features`).
+    pub stream_features: Features,
     pub require_tls: bool,
     pub router: Arc<dyn RouterApi>,
     pub storage: Arc<dyn StorageApi>,

@@ -1,6 +1,8 @@
 //! Roster management, RFC 6121 section 2: roster get with versioning (2.2,
 //! 2.6), roster set (2.3, 2.4), roster remove (2.5) and roster pushes to
-//! every interested resource (2.1.6).
+//! every interested resource (2.1.6). The feature is declared with the
+//! presence contract ([`starling_api::presence::ROSTER_FEATURE`]): the router
+//! forwards its IQs here and the connection-manager offers its stream feature.
 
 use starling_api::{ApiResult, RosterItem, SessionAddr};
 use starling_jid::{BareJid, FullJid, Jid};

@@ -1,18 +1,17 @@
 //! IQ routing (RFC 6120 sections 8.2.3 and 10, RFC 6121 section 8.5) and the
 //! dispatch of the requests the server answers itself: on behalf of an
 //! account (RFC 6120 section 10.3.3, RFC 6121 section 8.5.2.1.3) or as the
-//! server (XEP-0030, XEP-0092, XEP-0199).
+//! server, by the handler registered for the payload's namespace (`features.rs`).
 
 use std::sync::Arc;
 
 use starling_api::{Origin, SessionAddr};
 use starling_jid::{BareJid, FullJid};
-use starling_xmpp::{ns, stanza, Element, StanzaErrorCondition};
+use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
 use crate::address::Destination;
 use crate::delivery::deliver_to_session;
-use crate::handlers::disco::{self, Identity};
-use crate::handlers::{ping, version};
+use crate::features::{Addressee, IqRequest};
 use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
 
 /// The IQ types of RFC 6120 section 8.2.3.
@@ -38,28 +37,6 @@ impl IqType {
     /// A get or set expects an answer; a result or error ends an exchange.
     pub(crate) fn is_request(self) -> bool {
         matches!(self, IqType::Get | IqType::Set)
-    }
-}
-
-/// The payload of a request: its type and its one child, by name and namespace.
-struct Request<'a> {
-    iq_type: IqType,
-    name: &'a str,
-    namespace: &'a str,
-}
-
-impl<'a> Request<'a> {
-    fn of(iq: &'a Element, iq_type: IqType) -> Option<Self> {
-        let payload = stanza::iq_payload(iq)?;
-        Some(Request {
-            iq_type,
-            name: payload.name(),
-            namespace: payload.namespace(),
-        })
-    }
-
-    fn is(&self, iq_type: IqType, name: &str, namespace: &str) -> bool {
-        self.iq_type == iq_type && self.name == name && self.namespace == namespace
     }
 }
 
@@ -92,7 +69,7 @@ impl SessionRouter {
         match destination {
             Destination::Absent => match origin {
                 Origin::Session { jid, addr } => self.account_iq(jid, addr, iq, iq_type).await,
-                Origin::Server => self.server_iq(&iq, iq_type),
+                Origin::Server => self.server_iq(iq, iq_type).await,
             },
             Destination::LocalBare(user) => match origin {
                 // RFC 6120 section 10.3.3: `to` the sender's own bare JID is
@@ -102,7 +79,7 @@ impl SessionRouter {
                 }
                 _ => self.other_account_iq(&user, iq, iq_type).await,
             },
-            Destination::Domain => self.server_iq(&iq, iq_type),
+            Destination::Domain => self.server_iq(iq, iq_type).await,
             // RFC 6120 section 10.5.2: no resource of the server takes IQs.
             Destination::DomainResource => bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
             // RFC 6120 section 10.4: no server-to-server connections yet.
@@ -151,36 +128,13 @@ impl SessionRouter {
         if !iq_type.is_request() {
             return None;
         }
-        let request = Request::of(&iq, iq_type)?;
-        if request.namespace == ns::ROSTER && request.name == "query" {
-            // RFC 6121 section 2: the presence service owns the roster and answers itself.
-            let Some(presence) = self.presence() else {
-                tracing::warn!(jid = %jid, "presence service not wired, roster request refused");
-                return bounce(&iq, StanzaErrorCondition::ServiceUnavailable);
-            };
-            let request_copy = iq.clone();
-            return match presence.roster_iq(jid, addr, iq).await {
-                Ok(()) => None,
-                Err(error) => failure_reply(&request_copy, &error),
-            };
-        }
-        if request.is(IqType::Get, "query", ns::DISCO_INFO) {
-            return account_disco_info(&iq);
-        }
-        if request.is(IqType::Get, "query", ns::DISCO_ITEMS) {
-            return account_disco_items(&iq);
-        }
-        // XEP-0199 section 4.2: a client-to-server ping sent without `to`.
-        if request.is(IqType::Get, "ping", ns::PING) {
-            return Some(ping::pong(&iq));
-        }
-        bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+        self.answer_request(Addressee::OwnAccount { jid, addr }, iq, iq_type)
+            .await
     }
 
     /// RFC 6121 section 8.5.2.1.3: an IQ to another account's bare JID is
     /// answered by the server on the account's behalf and never delivered to
-    /// its resources. Only service discovery is answered; an unknown account
-    /// gets `service-unavailable` (section 8.5.1).
+    /// its resources; an unknown account gets `service-unavailable` (section 8.5.1).
     async fn other_account_iq(
         &self,
         user: &BareJid,
@@ -190,7 +144,6 @@ impl SessionRouter {
         if !iq_type.is_request() {
             return None;
         }
-        let request = Request::of(&iq, iq_type)?;
         let sessions = match self.registry.sessions(user).await {
             Ok(sessions) => sessions,
             Err(error) => return failure_reply(&iq, &error),
@@ -200,94 +153,41 @@ impl SessionRouter {
             Ok(false) => return bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
             Err(error) => return failure_reply(&iq, &error),
         }
-        if request.is(IqType::Get, "query", ns::DISCO_INFO) {
-            return account_disco_info(&iq);
-        }
-        if request.is(IqType::Get, "query", ns::DISCO_ITEMS) {
-            return account_disco_items(&iq);
-        }
-        // RFC 6121 section 2.3.3: only the account itself may change its roster.
-        if request.is(IqType::Set, "query", ns::ROSTER) {
-            return bounce(&iq, StanzaErrorCondition::Forbidden);
-        }
-        bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+        self.answer_request(Addressee::OtherAccount, iq, iq_type)
+            .await
     }
 
     /// An IQ to the server itself (RFC 6120 section 10.5.1). Results and
     /// errors addressed to the server are consumed silently.
-    fn server_iq(&self, iq: &Element, iq_type: IqType) -> Option<Element> {
+    async fn server_iq(&self, iq: Element, iq_type: IqType) -> Option<Element> {
         if !iq_type.is_request() {
             return None;
         }
-        let request = Request::of(iq, iq_type)?;
-        if request.is(IqType::Get, "query", ns::DISCO_INFO) {
-            if disco::queried_node(iq).is_some() {
-                return disco::unknown_node(iq);
-            }
-            let identity = Identity {
-                category: "server",
-                kind: "im",
-                name: Some(&self.config.server_name),
-            };
-            return Some(disco::info_result(iq, &identity, &self.server_features()));
-        }
-        if request.is(IqType::Get, "query", ns::DISCO_ITEMS) {
-            if disco::queried_node(iq).is_some() {
-                return disco::unknown_node(iq);
-            }
-            return Some(disco::empty_items_result(iq));
-        }
-        if request.is(IqType::Get, "ping", ns::PING) {
-            return Some(ping::pong(iq));
-        }
-        if request.is(IqType::Get, "query", ns::VERSION) {
-            return Some(version::version_result(
-                iq,
-                &self.config.server_name,
-                &self.config.server_version,
-            ));
-        }
-        // RFC 6121 section 2.3.3: the server has no roster a client may change.
-        if request.is(IqType::Set, "query", ns::ROSTER) {
-            return bounce(iq, StanzaErrorCondition::Forbidden);
-        }
-        bounce(iq, StanzaErrorCondition::ServiceUnavailable)
+        self.answer_request(Addressee::Server, iq, iq_type).await
     }
 
-    /// What the server really implements today (XEP-0030 section 3.1).
-    pub(crate) fn server_features(&self) -> Vec<&'static str> {
-        let mut features = vec![
-            ns::DISCO_INFO,
-            ns::DISCO_ITEMS,
-            ns::PING,
-            ns::VERSION,
-            ns::ROSTER,
-            MSGOFFLINE,
-        ];
-        if self.in_band_registration {
-            features.push(ns::REGISTER);
-        }
-        features
+    /// A request the server answers: the handler registered for its payload's
+    /// namespace decides, and a namespace nobody registered is
+    /// `service-unavailable` (RFC 6120 section 8.3.3.19).
+    async fn answer_request(
+        &self,
+        addressee: Addressee<'_>,
+        iq: Element,
+        iq_type: IqType,
+    ) -> Option<Element> {
+        let namespace = stanza::iq_payload(&iq).map_or("", Element::namespace);
+        let Some(handler) = self.features.handler(namespace) else {
+            return bounce(&iq, StanzaErrorCondition::ServiceUnavailable);
+        };
+        handler
+            .handle(
+                self,
+                IqRequest {
+                    iq,
+                    iq_type,
+                    addressee,
+                },
+            )
+            .await
     }
-}
-
-/// The XEP-0160 feature: messages to an offline account are stored (section 5).
-pub(crate) const MSGOFFLINE: &str = "msgoffline";
-
-fn account_disco_info(iq: &Element) -> Option<Element> {
-    if disco::queried_node(iq).is_some() {
-        return disco::unknown_node(iq);
-    }
-    Some(disco::info_result(
-        iq,
-        &disco::REGISTERED_ACCOUNT,
-        disco::ACCOUNT_FEATURES,
-    ))
-}
-
-fn account_disco_items(iq: &Element) -> Option<Element> {
-    if disco::queried_node(iq).is_some() {
-        return disco::unknown_node(iq);
-    }
-    Some(disco::empty_items_result(iq))
 }

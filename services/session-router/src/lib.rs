@@ -1,7 +1,9 @@
 //! The session-router service: resource binding (RFC 6120 section 7), where
 //! every stanza goes (RFC 6120 section 10, RFC 6121 section 8), offline
 //! storage (XEP-0160 with XEP-0203 delay stamps) and the server's own IQ
-//! handlers (XEP-0030 service discovery, XEP-0092 software version, XEP-0199 ping).
+//! handlers (XEP-0030 service discovery, XEP-0092 software version, XEP-0199
+//! ping), each a feature registered once in `features.rs` (docs/architecture.md
+//! "Adding a feature").
 //!
 //! # Conflict policy (RFC 6120 section 7.7.2.2)
 //!
@@ -28,6 +30,7 @@
 
 mod address;
 pub mod delivery;
+mod features;
 mod handlers;
 mod iq;
 mod message;

@@ -5,7 +5,21 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use starling_api::FeatureSpec;
 use starling_xmpp::{ns, Element};
+
+/// XEP-0160 (offline storage, section 5: the `msgoffline` feature): the
+/// router stores, the presence service delivers at login. No IQ, no stream feature.
+pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
+    name: "offline",
+    specification: "XEP-0160",
+    disco_features: &[MSGOFFLINE],
+    iq_namespaces: &[],
+    stream_features: &[],
+};
+
+/// The XEP-0160 disco feature: messages to an offline account are stored.
+const MSGOFFLINE: &str = "msgoffline";
 
 /// `<delay xmlns='urn:xmpp:delay' from='{domain}' stamp='{stored_at}'/>` (XEP-0203 section 4).
 pub(crate) fn delay_element(domain: &str, stored_at: SystemTime) -> Element {

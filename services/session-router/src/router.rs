@@ -7,8 +7,8 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use parking_lot::RwLock;
 use starling_api::{
-    ApiError, ApiResult, BindError, Origin, PresenceApi, RouterApi, SessionAddr, SessionRecord,
-    SessionRegistry, StorageApi,
+    ApiError, ApiResult, BindError, FeatureSpec, Origin, PresenceApi, RouterApi, SessionAddr,
+    SessionRecord, SessionRegistry, StorageApi,
 };
 use starling_bus::Bus;
 use starling_jid::{normalize_domainpart, BareJid, FullJid, Jid};
@@ -16,6 +16,8 @@ use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition, StanzaKi
 
 use crate::address::{classify, Destination};
 use crate::delivery::deliver_to_session;
+use crate::features::FeatureRegistry;
+use crate::handlers::{IQ_HANDLERS, WITHOUT_IQ_HANDLER};
 use crate::metrics::{self, Decision, RouteOutcome, RouterMetrics};
 
 /// What the router needs to know about the deployment.
@@ -39,9 +41,8 @@ pub struct SessionRouter {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) storage: Arc<dyn StorageApi>,
     presence: RwLock<Option<Arc<dyn PresenceApi>>>,
-    /// Advertise `jabber:iq:register` in the server's disco#info (the
-    /// connection-manager offers in-band registration, XEP-0077).
-    pub(crate) in_band_registration: bool,
+    /// The features the server answers IQs for and advertises in disco#info.
+    pub(crate) features: FeatureRegistry,
     /// Where offline delay stamps take the time from.
     pub(crate) clock: fn() -> SystemTime,
     metrics: RouterMetrics,
@@ -67,7 +68,7 @@ impl SessionRouter {
             bus,
             storage,
             presence: RwLock::new(None),
-            in_band_registration: false,
+            features: FeatureRegistry::new(IQ_HANDLERS, WITHOUT_IQ_HANDLER),
             clock: SystemTime::now,
             metrics: RouterMetrics::default(),
         }
@@ -79,10 +80,11 @@ impl SessionRouter {
         self
     }
 
-    /// Advertise in-band registration (`jabber:iq:register`, XEP-0077) in the
-    /// server's disco#info; set it when the connection-manager offers it.
-    pub fn with_in_band_registration(mut self, advertised: bool) -> Self {
-        self.in_band_registration = advertised;
+    /// Advertise, in the server's disco#info, features whose IQs another
+    /// service answers before they reach the router: the connection-manager's
+    /// in-band registration (XEP-0077) when it is enabled.
+    pub fn with_advertised_features(mut self, features: &[&'static FeatureSpec]) -> Self {
+        self.features.advertise(features);
         self
     }
 

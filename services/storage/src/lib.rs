@@ -31,9 +31,8 @@
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
 use sqlx::{PgPool, SqlitePool};
-use starling_api::{ApiError, ApiResult, RosterItem, StorageApi, StoredCredentials};
+use starling_api::ApiError;
 use starling_jid::BareJid;
 
 mod backend;
@@ -43,8 +42,6 @@ mod records;
 
 pub use error::{redact_url, StorageError};
 pub use metrics::StorageMetrics;
-
-use records::{check_roster_item, check_storable_text, AccountAddress};
 
 /// How to reach the database, and the per-user quotas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +96,7 @@ impl fmt::Debug for Storage {
     }
 }
 
-/// Run one query function of `backend/queries.rs` on whichever driver the
+/// Run one query function of `backend/queries/` on whichever driver the
 /// storage uses, observing its duration in `starling_db_query_duration_seconds`.
 macro_rules! on_database {
     ($storage:expr, $operation:ident($($argument:expr),* $(,)?)) => {{
@@ -116,6 +113,13 @@ macro_rules! on_database {
         result
     }};
 }
+
+// One module per feature that keeps data: its store trait implemented for
+// `Storage`, with one span per operation, the same in one process and behind
+// gRPC. Declared after `on_database!` so that they can use it.
+mod accounts;
+mod offline;
+mod roster;
 
 impl Storage {
     /// Connect, create the SQLite file and its parent folder when missing, run migrations.
@@ -225,179 +229,10 @@ fn no_account(user: &BareJid) -> StorageError {
     StorageError::AccountNotFound(user.to_string())
 }
 
-// One span per operation, the same in one process and behind gRPC.
-#[async_trait]
-impl StorageApi for Storage {
-    #[tracing::instrument(target = "starling_trace", name = "storage.create_account", skip_all, fields(db.system = self.db_system()))]
-    async fn create_account(
-        &self,
-        user: &BareJid,
-        credentials: &StoredCredentials,
-    ) -> ApiResult<()> {
-        let result = match AccountAddress::of(user) {
-            None => Err(StorageError::Invalid(format!(
-                "{user} has no localpart and cannot be an account"
-            ))),
-            Some(account) => {
-                on_database!(self, create_account(&account, credentials, now_millis()))
-            }
-        };
-        result.map_err(|error| into_api_error("create_account", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.set_credentials", skip_all, fields(db.system = self.db_system()))]
-    async fn set_credentials(
-        &self,
-        user: &BareJid,
-        credentials: &StoredCredentials,
-    ) -> ApiResult<()> {
-        let result = match AccountAddress::of(user) {
-            None => Err(no_account(user)),
-            Some(account) => on_database!(self, set_credentials(&account, credentials)),
-        };
-        result.map_err(|error| into_api_error("set_credentials", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.remove_account", skip_all, fields(db.system = self.db_system()))]
-    async fn remove_account(&self, user: &BareJid) -> ApiResult<()> {
-        let result = match AccountAddress::of(user) {
-            None => Err(no_account(user)),
-            Some(account) => on_database!(self, remove_account(&account)),
-        };
-        result.map_err(|error| into_api_error("remove_account", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.list_accounts", skip_all, fields(db.system = self.db_system()))]
-    async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>> {
-        let domain_jid = BareJid::domain_jid(domain).map_err(|error| {
-            ApiError::Invalid(format!("{domain:?} is not a valid domain: {error}"))
-        })?;
-        let localparts = on_database!(self, account_localparts(domain_jid.domain()))
-            .map_err(|error| into_api_error("list_accounts", &domain_jid, error))?;
-        let mut accounts = Vec::with_capacity(localparts.len());
-        for localpart in localparts {
-            match BareJid::from_parts(Some(&localpart), domain_jid.domain()) {
-                Ok(account) => accounts.push(account),
-                Err(error) => {
-                    tracing::warn!(domain = %domain_jid, localpart = %localpart, %error, "skipping stored account with an invalid localpart");
-                }
-            }
-        }
-        accounts.sort();
-        Ok(accounts)
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.credentials", skip_all, fields(db.system = self.db_system()))]
-    async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
-        let Some(account) = AccountAddress::of(user) else {
-            return Ok(None);
-        };
-        on_database!(self, credentials(&account))
-            .map_err(|error| into_api_error("credentials", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.roster", skip_all, fields(db.system = self.db_system()))]
-    async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
-        let Some(account) = AccountAddress::of(user) else {
-            return Ok((0, Vec::new()));
-        };
-        let roster = on_database!(self, roster(&account, None))
-            .map_err(|error| into_api_error("roster", user, error))?;
-        let (version, mut items) = roster.unwrap_or_default();
-        items.sort_by(|left, right| left.jid.cmp(&right.jid));
-        Ok((version, items))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.roster_item", skip_all, fields(db.system = self.db_system()))]
-    async fn roster_item(
-        &self,
-        user: &BareJid,
-        contact: &BareJid,
-    ) -> ApiResult<Option<RosterItem>> {
-        let Some(account) = AccountAddress::of(user) else {
-            return Ok(None);
-        };
-        let contact_text = contact.to_string();
-        let roster = on_database!(self, roster(&account, Some(contact_text.as_str())))
-            .map_err(|error| into_api_error("roster_item", user, error))?;
-        Ok(roster.and_then(|(_, items)| items.into_iter().next()))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.put_roster_item", skip_all, fields(db.system = self.db_system()))]
-    async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> ApiResult<u64> {
-        let result = match AccountAddress::of(user) {
-            None => Err(no_account(user)),
-            Some(account) => match check_roster_item(item) {
-                Err(error) => Err(error),
-                Ok(()) => {
-                    on_database!(self, put_roster_item(&account, item, self.max_roster_items))
-                }
-            },
-        };
-        result.map_err(|error| into_api_error("put_roster_item", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.remove_roster_item", skip_all, fields(db.system = self.db_system()))]
-    async fn remove_roster_item(
-        &self,
-        user: &BareJid,
-        contact: &BareJid,
-    ) -> ApiResult<Option<u64>> {
-        let Some(account) = AccountAddress::of(user) else {
-            return Ok(None);
-        };
-        let contact_text = contact.to_string();
-        on_database!(self, remove_roster_item(&account, &contact_text))
-            .map_err(|error| into_api_error("remove_roster_item", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.store_offline", skip_all, fields(db.system = self.db_system()))]
-    async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()> {
-        let result = match AccountAddress::of(user) {
-            None => Err(no_account(user)),
-            Some(account) => match check_storable_text("offline stanza", stanza_xml) {
-                Err(error) => Err(error),
-                Ok(()) => on_database!(
-                    self,
-                    store_offline(
-                        &account,
-                        stanza_xml,
-                        self.max_offline_per_user,
-                        now_millis()
-                    )
-                ),
-            },
-        };
-        if result.is_ok() {
-            self.metrics.offline_stored();
-        }
-        result.map_err(|error| into_api_error("store_offline", user, error))
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.take_offline", skip_all, fields(db.system = self.db_system()))]
-    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
-        let Some(account) = AccountAddress::of(user) else {
-            return Ok(Vec::new());
-        };
-        let taken = on_database!(self, take_offline(&account))
-            .map_err(|error| into_api_error("take_offline", user, error))?;
-        self.metrics.offline_taken(taken.len());
-        Ok(taken)
-    }
-
-    #[tracing::instrument(target = "starling_trace", name = "storage.count_offline", skip_all, fields(db.system = self.db_system()))]
-    async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {
-        let Some(account) = AccountAddress::of(user) else {
-            return Ok(0);
-        };
-        on_database!(self, count_offline(&account))
-            .map_err(|error| into_api_error("count_offline", user, error))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use starling_api::{AccountStore, OfflineStore, StoredCredentials};
 
     #[test]
     fn default_config_is_the_embedded_one() {

@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Row};
-use starling_api::{ApiError, ScramCredentials, StorageApi, StoredCredentials};
+use starling_api::{
+    AccountStore, ApiError, OfflineStore, RosterStore, ScramCredentials, StoredCredentials,
+};
 use starling_jid::BareJid;
 use starling_storage::{Storage, StorageConfig, StorageError};
 use support::{suite_config, FreshPostgres, TempFolder};

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use starling_api::{
-    ApiError, RosterItem, ScramCredentials, StorageApi, StoredCredentials, Subscription,
+    AccountStore, ApiError, OfflineStore, RosterItem, RosterStore, ScramCredentials,
+    StoredCredentials, Subscription,
 };
 use starling_jid::BareJid;
 use starling_storage::Storage;

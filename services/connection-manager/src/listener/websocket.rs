@@ -28,8 +28,8 @@ use starling_xmpp::escape_attr;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::bosh::BOSH_PATH;
 use crate::limits::ConnectionPermit;
+use crate::listener::bosh::BOSH_PATH;
 use crate::metrics;
 use crate::negotiation;
 use crate::session;

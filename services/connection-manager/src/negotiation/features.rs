@@ -1,10 +1,12 @@
 //! Stream features (RFC 6120 section 4.3.2): what a stream offers at each
 //! stage of its negotiation, assembled in this one place from the steps'
 //! elements: STARTTLS (section 5.4.1), SASL mechanisms (section 6.4.1),
-//! XEP-0077 in-band registration, resource binding (section 7.4), the legacy
-//! session (draft-cridland-xmpp-session-01) and roster versioning (RFC 6121
-//! section 2.6).
+//! resource binding (section 7.4), the legacy session
+//! (draft-cridland-xmpp-session-01), and the stream features the server's
+//! features declare for the stage (`crate::features`: XEP-0077 in-band
+//! registration, RFC 6121 section 2.6 roster versioning).
 
+use starling_api::{Features, StreamFeature, StreamStage};
 use starling_sasl::Mechanism;
 use starling_xmpp::{ns, Element};
 
@@ -14,10 +16,10 @@ pub(crate) struct FeatureSet {
     /// STARTTLS, and whether it is `<required/>` (section 5.4.1).
     pub starttls: Option<bool>,
     pub mechanisms: Vec<Mechanism>,
-    /// XEP-0077 in-band registration.
-    pub register: bool,
-    /// Resource binding (section 7), legacy session and roster versioning.
+    /// Resource binding (section 7) and legacy session.
     pub bind: bool,
+    /// The stream features the server's features declare for this stage.
+    pub offered: Vec<&'static StreamFeature>,
 }
 
 /// Where a stream is in its negotiation, as far as its features go.
@@ -33,17 +35,19 @@ pub(crate) struct Stage {
     pub tls_required: bool,
     /// SASL succeeded on this stream.
     pub authenticated: bool,
-    pub registration_enabled: bool,
 }
 
 impl FeatureSet {
-    pub fn for_stage(stage: Stage) -> Self {
+    /// The features of `stage`, with those that `declared` offers at it.
+    pub fn for_stage(stage: Stage, declared: &Features) -> Self {
         if stage.authenticated {
             return FeatureSet {
                 starttls: None,
                 mechanisms: Vec::new(),
-                register: false,
                 bind: true,
+                offered: declared
+                    .stream_features(StreamStage::AfterAuthentication)
+                    .collect(),
             };
         }
         if !stage.tls_active {
@@ -54,8 +58,8 @@ impl FeatureSet {
                 return FeatureSet {
                     starttls: starttls(true),
                     mechanisms: Vec::new(),
-                    register: false,
                     bind: false,
+                    offered: Vec::new(),
                 };
             }
             // PLAIN would send the password in the clear (RFC 6120 section
@@ -67,15 +71,17 @@ impl FeatureSet {
                     .copied()
                     .filter(|mechanism| !mechanism.requires_encryption())
                     .collect(),
-                register: false,
                 bind: false,
+                offered: Vec::new(),
             };
         }
         FeatureSet {
             starttls: None,
             mechanisms: Mechanism::ALL.to_vec(),
-            register: stage.registration_enabled,
             bind: false,
+            offered: declared
+                .stream_features(StreamStage::BeforeAuthenticationInsideTls)
+                .collect(),
         }
     }
 
@@ -98,9 +104,6 @@ impl FeatureSet {
             }
             features.push(mechanisms);
         }
-        if self.register {
-            features.push(Element::new("register", ns::REGISTER_FEATURE));
-        }
         if self.bind {
             features.push(Element::new("bind", ns::BIND));
             // RFC 6121 has no session establishment; old clients look for it
@@ -109,7 +112,9 @@ impl FeatureSet {
                 Element::new("session", ns::SESSION)
                     .with_child(Element::new("optional", ns::SESSION)),
             );
-            features.push(Element::new("ver", ns::ROSTER_VER));
+        }
+        for feature in &self.offered {
+            features.push(Element::new(feature.name, feature.namespace));
         }
         let mut out = String::from("<stream:features>");
         for feature in &features {
@@ -125,25 +130,29 @@ impl FeatureSet {
 mod tests {
     use super::*;
 
-    /// A TCP stream: STARTTLS is possible until TLS is active.
+    /// The features of a TCP stream (STARTTLS is possible until TLS is
+    /// active) on a server with registration on or off.
     fn tcp(
         tls_active: bool,
         tls_required: bool,
         authenticated: bool,
         registration_enabled: bool,
-    ) -> Stage {
-        Stage {
+    ) -> FeatureSet {
+        let stage = Stage {
             tls_active,
             starttls_possible: !tls_active,
             tls_required,
             authenticated,
-            registration_enabled,
-        }
+        };
+        FeatureSet::for_stage(
+            stage,
+            &crate::features::stream_features(registration_enabled),
+        )
     }
 
     #[test]
     fn starttls_required_alone_before_tls() {
-        let features = FeatureSet::for_stage(tcp(false, true, false, true));
+        let features = tcp(false, true, false, true);
         assert_eq!(
             features.to_xml(),
             "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"
@@ -152,7 +161,7 @@ mod tests {
 
     #[test]
     fn plaintext_allowed_offers_scram_only() {
-        let features = FeatureSet::for_stage(tcp(false, false, false, true));
+        let features = tcp(false, false, false, true);
         assert_eq!(
             features.to_xml(),
             "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"
@@ -162,16 +171,19 @@ mod tests {
     #[test]
     fn inside_tls_all_mechanisms_and_registration() {
         assert_eq!(
-            FeatureSet::for_stage(tcp(true, true, false, true)).to_xml(),
+            tcp(true, true, false, true).to_xml(),
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms><register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
         );
-        assert!(!FeatureSet::for_stage(tcp(true, true, false, false)).register);
+        assert_eq!(
+            tcp(true, true, false, false).to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms></stream:features>"
+        );
     }
 
     #[test]
     fn after_authentication_bind_session_and_roster_versioning() {
         assert_eq!(
-            FeatureSet::for_stage(tcp(true, true, true, true)).to_xml(),
+            tcp(true, true, true, true).to_xml(),
             "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>"
         );
     }
@@ -183,10 +195,10 @@ mod tests {
             starttls_possible: false,
             tls_required: false,
             authenticated: false,
-            registration_enabled: true,
         };
+        let declared = crate::features::stream_features(true);
         assert_eq!(
-            FeatureSet::for_stage(web).to_xml(),
+            FeatureSet::for_stage(web, &declared).to_xml(),
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"
         );
         let bound = Stage {
@@ -194,8 +206,8 @@ mod tests {
             ..web
         };
         assert_eq!(
-            FeatureSet::for_stage(bound),
-            FeatureSet::for_stage(tcp(true, true, true, true))
+            FeatureSet::for_stage(bound, &declared),
+            tcp(true, true, true, true)
         );
     }
 }

@@ -116,13 +116,15 @@ impl<T: Transport> Negotiation<T> {
     /// Answer a stream header with ours and the features of this stage.
     async fn open_stream(&mut self, header: StreamHeader) -> Result<(), StreamEnd> {
         self.stream.open(&header)?;
-        let features = FeatureSet::for_stage(Stage {
-            tls_active: self.stream.is_tls(),
-            starttls_possible: self.stream.can_start_tls(),
-            tls_required: self.stream.tls_required(),
-            authenticated: self.sasl.user().is_some(),
-            registration_enabled: self.stream.shared.registration_enabled,
-        });
+        let features = FeatureSet::for_stage(
+            Stage {
+                tls_active: self.stream.is_tls(),
+                starttls_possible: self.stream.can_start_tls(),
+                tls_required: self.stream.tls_required(),
+                authenticated: self.sasl.user().is_some(),
+            },
+            &self.stream.shared.stream_features,
+        );
         self.stream.send_header(&features.to_xml()).await
     }
 

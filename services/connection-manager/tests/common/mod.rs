@@ -18,8 +18,8 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use sha2::Digest;
 use starling_api::{
-    ApiError, ApiResult, BindError, Origin, RosterItem, RouterApi, SessionAddr, SessionRecord,
-    SessionRegistry, StorageApi, StoredCredentials,
+    AccountStore, ApiError, ApiResult, BindError, OfflineStore, Origin, RosterItem, RosterStore,
+    RouterApi, SessionAddr, SessionRecord, SessionRegistry, StorageApi, StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, InProcessBus, Recipient};
 use starling_connection_manager::{CmConfig, CmError, CmLimits, ConnectionManager, TlsSettings};
@@ -33,7 +33,7 @@ pub const DOMAIN: &str = "example.com";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The bounded wait every test uses instead of a fixed sleep.
-#[allow(unused_imports)] // not every test binary waits
+#[allow(unused_imports, reason = "not every test binary waits")]
 pub use starling_testing::wait_until;
 
 // ---------------------------------------------------------------- storage
@@ -59,7 +59,7 @@ impl FakeStorage {
 }
 
 #[async_trait]
-impl StorageApi for FakeStorage {
+impl AccountStore for FakeStorage {
     async fn create_account(
         &self,
         user: &BareJid,
@@ -73,6 +73,7 @@ impl StorageApi for FakeStorage {
         accounts.insert(user.clone(), credentials.clone());
         Ok(())
     }
+
     async fn set_credentials(
         &self,
         user: &BareJid,
@@ -87,6 +88,7 @@ impl StorageApi for FakeStorage {
             None => Err(ApiError::NotFound(user.to_string())),
         }
     }
+
     async fn remove_account(&self, user: &BareJid) -> ApiResult<()> {
         self.check_available()?;
         self.accounts
@@ -95,6 +97,7 @@ impl StorageApi for FakeStorage {
             .map(|_| ())
             .ok_or_else(|| ApiError::NotFound(user.to_string()))
     }
+
     async fn list_accounts(&self, domain: &str) -> ApiResult<Vec<BareJid>> {
         let mut accounts: Vec<BareJid> = self
             .accounts
@@ -106,13 +109,19 @@ impl StorageApi for FakeStorage {
         accounts.sort();
         Ok(accounts)
     }
+
     async fn credentials(&self, user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
         self.check_available()?;
         Ok(self.accounts.lock().get(user).cloned())
     }
+}
+
+#[async_trait]
+impl RosterStore for FakeStorage {
     async fn roster(&self, _user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
         Ok((0, Vec::new()))
     }
+
     async fn roster_item(
         &self,
         _user: &BareJid,
@@ -120,9 +129,11 @@ impl StorageApi for FakeStorage {
     ) -> ApiResult<Option<RosterItem>> {
         Ok(None)
     }
+
     async fn put_roster_item(&self, _user: &BareJid, _item: &RosterItem) -> ApiResult<u64> {
         Err(ApiError::Internal("not in this fake".into()))
     }
+
     async fn remove_roster_item(
         &self,
         _user: &BareJid,
@@ -130,12 +141,18 @@ impl StorageApi for FakeStorage {
     ) -> ApiResult<Option<u64>> {
         Ok(None)
     }
+}
+
+#[async_trait]
+impl OfflineStore for FakeStorage {
     async fn store_offline(&self, _user: &BareJid, _stanza_xml: &str) -> ApiResult<()> {
         Ok(())
     }
+
     async fn take_offline(&self, _user: &BareJid) -> ApiResult<Vec<String>> {
         Ok(Vec::new())
     }
+
     async fn count_offline(&self, _user: &BareJid) -> ApiResult<u64> {
         Ok(0)
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use starling_api::{
-    ApiResult, BindError, Origin, PresenceApi, RouterApi, ScramCredentials, SessionAddr,
-    SessionRecord, SessionRegistry, StorageApi, StoredCredentials,
+    AccountStore, ApiResult, BindError, Origin, PresenceApi, RosterStore, RouterApi,
+    ScramCredentials, SessionAddr, SessionRecord, SessionRegistry, StorageApi, StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, DeliveryReceiver, InProcessBus, Recipient};
 use starling_jid::{BareJid, FullJid};

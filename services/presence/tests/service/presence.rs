@@ -1,6 +1,8 @@
 //! Presence, RFC 6121 section 4, and offline messages at login (XEP-0160).
 
-use starling_api::{PresenceApi, RosterItem, SessionRegistry, StorageApi, Subscription};
+use starling_api::{
+    OfflineStore, PresenceApi, RosterItem, RosterStore, SessionRegistry, Subscription,
+};
 use starling_jid::{BareJid, FullJid};
 
 use crate::harness::{xml, Harness};

@@ -1,6 +1,6 @@
 //! Subscriptions, RFC 6121 section 3, both ends on this server.
 
-use starling_api::{PresenceApi, RosterItem, StorageApi, Subscription};
+use starling_api::{PresenceApi, RosterItem, RosterStore, Subscription};
 use starling_jid::BareJid;
 
 use crate::harness::{xml, Harness};

@@ -1,7 +1,59 @@
 //! Service discovery, XEP-0030: `disco#info` (section 3) and `disco#items`
 //! (section 4) for the server itself and for accounts.
 
+use async_trait::async_trait;
+use starling_api::FeatureSpec;
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
+
+use crate::features::{Addressee, IqHandler, IqRequest};
+use crate::iq::IqType;
+use crate::router::SessionRouter;
+
+/// XEP-0030 version 2.5rc3.
+pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
+    name: "disco",
+    specification: "XEP-0030",
+    disco_features: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
+    iq_namespaces: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
+    stream_features: &[],
+};
+
+/// Answers disco#info and disco#items gets for the server (its identity and
+/// the features of the router's registry) and for accounts.
+pub(crate) struct Disco;
+
+#[async_trait]
+impl IqHandler for Disco {
+    fn feature(&self) -> &'static FeatureSpec {
+        &FEATURE
+    }
+
+    async fn handle(&self, router: &SessionRouter, request: IqRequest<'_>) -> Option<Element> {
+        if !request.is(IqType::Get, "query") {
+            return request.unsupported();
+        }
+        let iq = &request.iq;
+        if queried_node(iq).is_some() {
+            return unknown_node(iq);
+        }
+        if request.namespace() == ns::DISCO_ITEMS {
+            return Some(empty_items_result(iq));
+        }
+        Some(match request.addressee {
+            Addressee::Server => {
+                let identity = Identity {
+                    category: "server",
+                    kind: "im",
+                    name: Some(&router.config.server_name),
+                };
+                info_result(iq, &identity, &router.features.disco_features())
+            }
+            Addressee::OwnAccount { .. } | Addressee::OtherAccount => {
+                info_result(iq, &REGISTERED_ACCOUNT, ACCOUNT_FEATURES)
+            }
+        })
+    }
+}
 
 /// An identity of a disco#info answer (XEP-0030 section 3.1).
 pub(crate) struct Identity<'a> {

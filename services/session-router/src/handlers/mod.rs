@@ -1,7 +1,25 @@
 //! The IQ payloads the server answers itself, one module per specification.
-//! Each handler builds the reply to a request it was given; choosing which
-//! requests reach it is the router's business (`iq.rs`).
+//! Each module declares its feature ([`starling_api::FeatureSpec`]) and
+//! implements [`IqHandler`] for it; the router dispatches to it by payload
+//! namespace (`iq.rs`) and advertises it in disco#info.
+
+use starling_api::FeatureSpec;
+
+use crate::features::IqHandler;
 
 pub(crate) mod disco;
 pub(crate) mod ping;
+pub(crate) mod roster;
 pub(crate) mod version;
+
+/// The router's IQ handlers: adding a feature that answers IQs here means
+/// adding its module and one line to this list.
+pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
+    &disco::Disco,
+    &ping::Ping,
+    &version::Version,
+    &roster::Roster,
+];
+
+/// The router's features that answer no IQ.
+pub(crate) const WITHOUT_IQ_HANDLER: &[&FeatureSpec] = &[&crate::offline::FEATURE];

@@ -2,7 +2,44 @@
 //! The operating system (`<os/>`) is optional and withheld by default, as
 //! section 6 advises for security.
 
+use async_trait::async_trait;
+use starling_api::FeatureSpec;
 use starling_xmpp::{ns, stanza, Element};
+
+use crate::features::{Addressee, IqHandler, IqRequest};
+use crate::iq::IqType;
+use crate::router::SessionRouter;
+
+/// XEP-0092 version 1.1.
+pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
+    name: "version",
+    specification: "XEP-0092",
+    disco_features: &[ns::VERSION],
+    iq_namespaces: &[ns::VERSION],
+    stream_features: &[],
+};
+
+/// Answers a version query addressed to the server; an account's bare JID
+/// does not answer it on the account's behalf.
+pub(crate) struct Version;
+
+#[async_trait]
+impl IqHandler for Version {
+    fn feature(&self) -> &'static FeatureSpec {
+        &FEATURE
+    }
+
+    async fn handle(&self, router: &SessionRouter, request: IqRequest<'_>) -> Option<Element> {
+        match request.addressee {
+            Addressee::Server if request.is(IqType::Get, "query") => Some(version_result(
+                &request.iq,
+                &router.config.server_name,
+                &router.config.server_version,
+            )),
+            _ => request.unsupported(),
+        }
+    }
+}
 
 /// The `jabber:iq:version` result naming the server software.
 pub(crate) fn version_result(request: &Element, name: &str, version: &str) -> Element {

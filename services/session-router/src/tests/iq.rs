@@ -1,7 +1,7 @@
 //! IQ routing and the server's own handlers (RFC 6120 section 10, RFC 6121
 //! section 8.5, XEP-0030, XEP-0092, XEP-0199).
 
-use starling_api::ApiError;
+use starling_api::{ApiError, FeatureSpec};
 
 use super::*;
 
@@ -140,21 +140,76 @@ async fn the_server_answers_disco_info_with_what_it_implements() {
     );
 }
 
+/// In-band registration as the connection-manager declares it: the router
+/// advertises it and never answers its IQs (they are answered at the edge).
+const EDGE_REGISTRATION: FeatureSpec = FeatureSpec {
+    name: "registration",
+    specification: "XEP-0077",
+    disco_features: &["jabber:iq:register"],
+    iq_namespaces: &["jabber:iq:register"],
+    stream_features: &[],
+};
+
 #[tokio::test]
 async fn in_band_registration_is_advertised_when_enabled() {
-    let harness = Harness::new().await;
+    let mut harness = Harness::new().await;
     let router = SessionRouter::new(
         harness.router.config().clone(),
         harness.registry.clone(),
         harness.bus.clone(),
         harness.storage.clone(),
     )
-    .with_in_band_registration(true);
-    assert!(router.server_features().contains(&"jabber:iq:register"));
+    .with_advertised_features(&[&EDGE_REGISTRATION]);
+    assert_eq!(
+        router.features.disco_features(),
+        vec![
+            "http://jabber.org/protocol/disco#info",
+            "http://jabber.org/protocol/disco#items",
+            "jabber:iq:register",
+            "jabber:iq:roster",
+            "jabber:iq:version",
+            "msgoffline",
+            "urn:xmpp:ping",
+        ]
+    );
+    // Off: the harness's router was given no registration.
     assert!(!harness
         .router
-        .server_features()
+        .features
+        .disco_features()
         .contains(&"jabber:iq:register"));
+    // Advertised or not, a register IQ that reaches the router is not its to answer.
+    let register = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='reg1' type='get'><query xmlns='jabber:iq:register'/></iq>").await;
+    assert_eq!(
+        register,
+        vec![to_conn(1, &format!("<iq id='reg1' to='juliet@example.com/balcony' from='example.com' type='error'><query xmlns='jabber:iq:register'/>{SERVICE_UNAVAILABLE}</iq>"))]
+    );
+}
+
+#[tokio::test]
+async fn disco_info_lists_the_features_of_every_registered_handler() {
+    let harness = Harness::new().await;
+    let advertised = harness.router.features.disco_features();
+    let mut expected: Vec<&str> = crate::handlers::IQ_HANDLERS
+        .iter()
+        .map(|handler| handler.feature())
+        .chain(crate::handlers::WITHOUT_IQ_HANDLER.iter().copied())
+        .flat_map(|feature| feature.disco_features.iter().copied())
+        .collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(advertised, expected);
+    // Every namespace a handler declares is dispatched to that handler alone.
+    for handler in crate::handlers::IQ_HANDLERS {
+        for namespace in handler.feature().iq_namespaces {
+            let registered = harness.router.features.handler(namespace);
+            assert_eq!(
+                registered.map(|registered| registered.feature().name),
+                Some(handler.feature().name),
+                "namespace {namespace}"
+            );
+        }
+    }
 }
 
 #[tokio::test]

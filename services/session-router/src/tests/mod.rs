@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use starling_api::{
-    ApiError, ApiResult, Origin, PresenceApi, RosterItem, RouterApi, ScramCredentials, SessionAddr,
-    SessionRegistry, StorageApi, StoredCredentials,
+    AccountStore, ApiError, ApiResult, OfflineStore, Origin, PresenceApi, RosterItem, RosterStore,
+    RouterApi, ScramCredentials, SessionAddr, SessionRegistry, StorageApi, StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, DeliveryReceiver, InProcessBus, Recipient};
 use starling_jid::{BareJid, FullJid};
@@ -76,7 +76,7 @@ fn test_credentials() -> StoredCredentials {
 pub struct UnavailableStorage;
 
 #[async_trait]
-impl StorageApi for UnavailableStorage {
+impl AccountStore for UnavailableStorage {
     async fn create_account(
         &self,
         _user: &BareJid,
@@ -104,7 +104,10 @@ impl StorageApi for UnavailableStorage {
     async fn credentials(&self, _user: &BareJid) -> ApiResult<Option<StoredCredentials>> {
         Err(database_down())
     }
+}
 
+#[async_trait]
+impl RosterStore for UnavailableStorage {
     async fn roster(&self, _user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)> {
         Err(database_down())
     }
@@ -128,7 +131,10 @@ impl StorageApi for UnavailableStorage {
     ) -> ApiResult<Option<u64>> {
         Err(database_down())
     }
+}
 
+#[async_trait]
+impl OfflineStore for UnavailableStorage {
     async fn store_offline(&self, _user: &BareJid, _stanza_xml: &str) -> ApiResult<()> {
         Err(database_down())
     }

@@ -1,6 +1,6 @@
 //! The two drivers behind [`crate::Storage`]: SQLite for the embedded
 //! single-process default and PostgreSQL for the cluster (DESIGN.md "Durable
-//! storage"). Each compiles the shared `queries.rs` against its own sqlx
+//! storage"). Each compiles the shared `queries/` against its own sqlx
 //! driver type, so every query is written once and type-checked twice.
 
 use std::time::Duration;

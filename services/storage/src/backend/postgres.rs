@@ -16,7 +16,7 @@ pub(crate) const BEGIN_WRITE: &str = "BEGIN";
 
 // The same query file is compiled once per driver on purpose (see backend/mod.rs).
 #[allow(clippy::duplicate_mod, reason = "compiled once per driver on purpose")]
-#[path = "queries.rs"]
+#[path = "queries/mod.rs"]
 pub(crate) mod queries;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");

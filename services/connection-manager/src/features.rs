@@ -1,0 +1,27 @@
+//! The features this connection-manager answers itself and the stream
+//! features it offers, both computed from the features' declarations
+//! ([`starling_api::FeatureSpec`]).
+
+use starling_api::presence::ROSTER_FEATURE;
+use starling_api::{FeatureSpec, Features};
+
+use crate::register;
+
+/// The features answered at the edge, as the configuration switches them:
+/// in-band registration (XEP-0077) when `registration_enabled`. The router
+/// advertises them in the server's disco#info.
+pub fn edge_features(registration_enabled: bool) -> Vec<&'static FeatureSpec> {
+    if registration_enabled {
+        vec![&register::FEATURE]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The features whose stream features a stream offers: the edge's own and
+/// roster versioning (RFC 6121 section 2.6, answered by the presence service).
+pub(crate) fn stream_features(registration_enabled: bool) -> Features {
+    let mut features = Features::new([&ROSTER_FEATURE]);
+    features.extend(edge_features(registration_enabled));
+    features
+}

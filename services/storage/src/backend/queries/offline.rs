@@ -1,0 +1,102 @@
+//! The offline message queue (XEP-0160).
+
+use sqlx::{Pool, Row};
+
+use super::{increment_account_counter, AccountCounter, Db, BEGIN_WRITE};
+use crate::error::StorageError;
+use crate::records::AccountAddress;
+
+/// Append a stanza to the offline queue (XEP-0160), refusing past the cap.
+/// The count runs after the account row is locked, so the cap holds under
+/// concurrent stores.
+pub(crate) async fn store_offline(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+    stanza_xml: &str,
+    max_offline_per_user: u32,
+    now_millis: i64,
+) -> Result<(), StorageError> {
+    let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
+    let Some((account_id, seq)) =
+        increment_account_counter(&mut transaction, account, AccountCounter::OfflineSeq).await?
+    else {
+        return Err(StorageError::AccountNotFound(account.to_string()));
+    };
+    let queued: i64 = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_one(&mut *transaction)
+        .await?
+        .try_get(0)?;
+    if queued >= i64::from(max_offline_per_user) {
+        transaction.rollback().await?;
+        return Err(StorageError::OfflineQueueFull {
+            user: account.to_string(),
+            limit: max_offline_per_user,
+        });
+    }
+    sqlx::query("INSERT INTO offline_messages (account_id, seq, stanza_xml, stored_at) VALUES ($1, $2, $3, $4)")
+        .bind(account_id)
+        .bind(seq)
+        .bind(stanza_xml)
+        .bind(now_millis)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Remove and return the queued stanzas, oldest first. One `DELETE ...
+/// RETURNING` statement: the rows are gone exactly when they are returned,
+/// and a crash before the commit leaves them all in place.
+pub(crate) async fn take_offline(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+) -> Result<Vec<String>, StorageError> {
+    let rows = sqlx::query(
+        "DELETE FROM offline_messages \
+         WHERE account_id = (SELECT id FROM accounts WHERE domain = $1 AND localpart = $2) \
+         RETURNING seq, stanza_xml",
+    )
+    .bind(account.domain)
+    .bind(account.localpart)
+    .fetch_all(pool)
+    .await?;
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in &rows {
+        messages.push((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?));
+    }
+    // RETURNING gives no order guarantee.
+    messages.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(messages
+        .into_iter()
+        .map(|(_, stanza_xml)| stanza_xml)
+        .collect())
+}
+
+/// How many stanzas wait in the offline queue.
+pub(crate) async fn count_offline(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+) -> Result<u64, StorageError> {
+    let count: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM offline_messages o JOIN accounts a ON a.id = o.account_id \
+         WHERE a.domain = $1 AND a.localpart = $2",
+    )
+    .bind(account.domain)
+    .bind(account.localpart)
+    .fetch_one(pool)
+    .await?
+    .try_get(0)?;
+    u64::try_from(count)
+        .map_err(|_| StorageError::CorruptData(format!("negative offline count {count}")))
+}
+
+/// How many stanzas wait in every offline queue together.
+pub(crate) async fn count_all_offline(pool: &Pool<Db>) -> Result<u64, StorageError> {
+    let count: i64 = sqlx::query("SELECT COUNT(*) FROM offline_messages")
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
+    u64::try_from(count)
+        .map_err(|_| StorageError::CorruptData(format!("negative offline count {count}")))
+}

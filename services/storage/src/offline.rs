@@ -1,0 +1,58 @@
+//! The offline queue: [`OfflineStore`] for [`Storage`] (queries in
+//! `backend/queries/offline.rs`, XEP-0160).
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use starling_api::{ApiResult, OfflineStore};
+use starling_jid::BareJid;
+
+use crate::backend;
+use crate::records::{check_storable_text, AccountAddress};
+use crate::{into_api_error, no_account, now_millis, DatabasePool, Storage, StorageError};
+
+#[async_trait]
+impl OfflineStore for Storage {
+    #[tracing::instrument(target = "starling_trace", name = "storage.store_offline", skip_all, fields(db.system = self.db_system()))]
+    async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()> {
+        let result = match AccountAddress::of(user) {
+            None => Err(no_account(user)),
+            Some(account) => match check_storable_text("offline stanza", stanza_xml) {
+                Err(error) => Err(error),
+                Ok(()) => on_database!(
+                    self,
+                    store_offline(
+                        &account,
+                        stanza_xml,
+                        self.max_offline_per_user,
+                        now_millis()
+                    )
+                ),
+            },
+        };
+        if result.is_ok() {
+            self.metrics.offline_stored();
+        }
+        result.map_err(|error| into_api_error("store_offline", user, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.take_offline", skip_all, fields(db.system = self.db_system()))]
+    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(Vec::new());
+        };
+        let taken = on_database!(self, take_offline(&account))
+            .map_err(|error| into_api_error("take_offline", user, error))?;
+        self.metrics.offline_taken(taken.len());
+        Ok(taken)
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.count_offline", skip_all, fields(db.system = self.db_system()))]
+    async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(0);
+        };
+        on_database!(self, count_offline(&account))
+            .map_err(|error| into_api_error("count_offline", user, error))
+    }
+}
