@@ -11,8 +11,8 @@ use starling_api::{FeatureSpec, Features, SessionAddr};
 use starling_jid::FullJid;
 use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
-use crate::iq::IqType;
 use crate::router::{bounce, SessionRouter};
+use starling_xmpp::IqType;
 
 /// Who an IQ request the server answers is addressed to.
 #[derive(Debug, Clone, Copy)]

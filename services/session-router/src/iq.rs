@@ -7,58 +7,29 @@ use std::sync::Arc;
 
 use starling_api::{Origin, SessionAddr};
 use starling_jid::{BareJid, FullJid};
-use starling_xmpp::{stanza, Element, StanzaErrorCondition};
+use starling_xmpp::{stanza, Element, Iq, IqType, StanzaErrorCondition};
 
 use crate::address::Destination;
 use crate::delivery::deliver_to_session;
 use crate::features::{Addressee, IqRequest};
 use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
 
-/// The IQ types of RFC 6120 section 8.2.3.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IqType {
-    Get,
-    Set,
-    Result,
-    Error,
-}
-
-impl IqType {
-    pub(crate) fn of(iq: &Element) -> Option<Self> {
-        match stanza::stanza_type(iq) {
-            "get" => Some(IqType::Get),
-            "set" => Some(IqType::Set),
-            "result" => Some(IqType::Result),
-            "error" => Some(IqType::Error),
-            _ => None,
-        }
-    }
-
-    /// A get or set expects an answer; a result or error ends an exchange.
-    pub(crate) fn is_request(self) -> bool {
-        matches!(self, IqType::Get | IqType::Set)
-    }
-}
-
 impl SessionRouter {
     /// Route an IQ; returns the reply for its sender, if any.
     pub(crate) async fn route_iq(&self, origin: &Origin, iq: Element) -> Option<Element> {
-        // RFC 6120 section 8.2.3: `type` is required and is one of four values;
-        // a get or set has an `id` and exactly one payload child.
-        let Some(iq_type) = IqType::of(&iq) else {
-            tracing::debug!(
-                iq_type = stanza::stanza_type(&iq),
-                "iq with a missing or unknown type"
-            );
-            return bounce(&iq, StanzaErrorCondition::BadRequest);
+        // RFC 6120 section 8.2.3, checked once by the typed IQ: an `id`, a
+        // `type` of four values, one payload in a get or set (the edge has
+        // checked a client's already; server-generated IQs come this way too).
+        let (iq, iq_type) = match Iq::try_from_element(iq) {
+            Ok(iq) => {
+                let iq_type = iq.iq_type();
+                (iq.into_element(), iq_type)
+            }
+            Err(invalid) => {
+                tracing::debug!(error = %invalid, "iq refused");
+                return invalid.error_reply();
+            }
         };
-        if iq_type.is_request() && (iq.attr("id").is_none() || stanza::iq_payload(&iq).is_none()) {
-            tracing::debug!(
-                id = iq.attr("id").unwrap_or(""),
-                "iq request without an id or with other than one child"
-            );
-            return bounce(&iq, StanzaErrorCondition::BadRequest);
-        }
         let destination = match self.destination(&iq) {
             Ok(destination) => destination,
             Err(reply) => return reply,

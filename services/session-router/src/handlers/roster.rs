@@ -9,8 +9,8 @@ use starling_api::FeatureSpec;
 use starling_xmpp::{Element, StanzaErrorCondition};
 
 use crate::features::{Addressee, IqHandler, IqRequest};
-use crate::iq::IqType;
 use crate::router::{bounce, failure_reply, SessionRouter};
+use starling_xmpp::IqType;
 
 /// Forwards an account's roster requests to the presence service.
 pub(crate) struct Roster;

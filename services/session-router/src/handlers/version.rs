@@ -7,8 +7,8 @@ use starling_api::FeatureSpec;
 use starling_xmpp::{ns, stanza, Element};
 
 use crate::features::{Addressee, IqHandler, IqRequest};
-use crate::iq::IqType;
 use crate::router::SessionRouter;
+use starling_xmpp::IqType;
 
 /// XEP-0092 version 1.1.
 pub(crate) const FEATURE: FeatureSpec = FeatureSpec {

@@ -9,8 +9,15 @@ const JULIET: &str = "juliet@example.com/balcony";
 
 const SERVICE_UNAVAILABLE: &str =
     "<error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>";
-const BAD_REQUEST: &str =
-    "<error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>";
+/// RFC 6120 section 8.2.3 rules, as the typed `Iq` words them.
+const ONE_CHILD: &str = "an iq get or set needs exactly one child";
+const NO_ID: &str = "an iq needs an id";
+const BAD_TYPE: &str = "an iq type is get, set, result or error";
+
+fn bad_request(text: &str) -> String {
+    format!("<error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>{text}</text></error>")
+}
+
 const FORBIDDEN: &str =
     "<error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>";
 
@@ -374,22 +381,22 @@ async fn iq_requests_need_one_child_an_id_and_a_type() {
     .await;
     assert_eq!(
         empty,
-        vec![to_conn(1, &format!("<iq id='b1' to='juliet@example.com/balcony' from='example.com' type='error'>{BAD_REQUEST}</iq>"))]
+        vec![to_conn(1, &format!("<iq id='b1' to='juliet@example.com/balcony' from='example.com' type='error'>{}</iq>", bad_request(ONE_CHILD)))]
     );
     let two = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='b2' type='get'><ping xmlns='urn:xmpp:ping'/><query xmlns='jabber:iq:version'/></iq>").await;
     assert_eq!(
         two,
-        vec![to_conn(1, &format!("<iq id='b2' to='juliet@example.com/balcony' from='example.com' type='error'><ping xmlns='urn:xmpp:ping'/><query xmlns='jabber:iq:version'/>{BAD_REQUEST}</iq>"))]
+        vec![to_conn(1, &format!("<iq id='b2' to='juliet@example.com/balcony' from='example.com' type='error'><ping xmlns='urn:xmpp:ping'/><query xmlns='jabber:iq:version'/>{}</iq>", bad_request(ONE_CHILD)))]
     );
     let no_id = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' type='get'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     assert_eq!(
         no_id,
-        vec![to_conn(1, &format!("<iq to='juliet@example.com/balcony' from='example.com' type='error'><ping xmlns='urn:xmpp:ping'/>{BAD_REQUEST}</iq>"))]
+        vec![to_conn(1, &format!("<iq to='juliet@example.com/balcony' from='example.com' type='error'><ping xmlns='urn:xmpp:ping'/>{}</iq>", bad_request(NO_ID)))]
     );
     let bad_type = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='b3' type='fetch'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     assert_eq!(
         bad_type,
-        vec![to_conn(1, &format!("<iq id='b3' to='juliet@example.com/balcony' from='example.com' type='error'><ping xmlns='urn:xmpp:ping'/>{BAD_REQUEST}</iq>"))]
+        vec![to_conn(1, &format!("<iq id='b3' to='juliet@example.com/balcony' from='example.com' type='error'><ping xmlns='urn:xmpp:ping'/>{}</iq>", bad_request(BAD_TYPE)))]
     );
     let to_full = ask(
         &mut harness,
@@ -398,7 +405,7 @@ async fn iq_requests_need_one_child_an_id_and_a_type() {
     .await;
     assert_eq!(
         to_full,
-        vec![to_conn(1, &format!("<iq id='b4' to='juliet@example.com/balcony' from='romeo@example.com/orchard' type='error'>{BAD_REQUEST}</iq>"))]
+        vec![to_conn(1, &format!("<iq id='b4' to='juliet@example.com/balcony' from='romeo@example.com/orchard' type='error'>{}</iq>", bad_request(ONE_CHILD)))]
     );
 }
 
