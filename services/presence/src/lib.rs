@@ -8,7 +8,7 @@
 //!   `subscription_flow` the outbound and inbound processing of section 3;
 //! - `presence_broadcast`: initial, subsequent, unavailable and directed presence,
 //!   probes and offline delivery at login (RFC 6121 section 4, XEP-0160);
-//! - delivery to sessions goes through `starling_session_router::delivery`:
+//! - delivery to sessions goes through `starling_bus::deliver_to_sessions`:
 //!   one bus envelope per node (DESIGN.md "Fan-out cost").
 //!
 //! Every stanza for a local session goes out through the bus; the router is
@@ -34,9 +34,8 @@ use starling_api::{
     ApiResult, Origin, PresenceApi, RosterItem, RouterApi, SessionAddr, SessionRecord,
     SessionRegistry, StorageApi,
 };
-use starling_bus::Bus;
+use starling_bus::{deliver_to_sessions, Bus};
 use starling_jid::{BareJid, FullJid, Jid};
-use starling_session_router::delivery::deliver_to_sessions;
 use starling_xmpp::{ns, parse_element, Element, Limits};
 
 use crate::locks::UserLocks;
@@ -101,7 +100,13 @@ impl PresenceService {
         if targets.is_empty() {
             return Vec::new();
         }
-        deliver_to_sessions(self.bus.as_ref(), Arc::new(stanza), targets).await
+        deliver_to_sessions(
+            self.bus.as_ref(),
+            Arc::new(stanza),
+            targets,
+            starling_api::origin_time::current(),
+        )
+        .await
     }
 
     /// Answer the session that sent a request.

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use starling_api::{Origin, SessionAddr};
+use starling_bus::deliver_to_session;
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::{ns, stanza, Element, StanzaErrorCondition};
 
 use crate::address::Destination;
-use crate::delivery::deliver_to_session;
 use crate::handlers::disco::{self, Identity};
 use crate::handlers::{ping, version};
 use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
@@ -125,7 +125,14 @@ impl SessionRouter {
         let iq = match session {
             Some(session) => {
                 let shared = Arc::new(iq);
-                if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                if deliver_to_session(
+                    &*self.bus,
+                    shared.clone(),
+                    &session,
+                    starling_api::origin_time::current(),
+                )
+                .await
+                {
                     note_decision("delivered");
                     crate::metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;

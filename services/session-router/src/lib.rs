@@ -22,12 +22,11 @@
 //!
 //! # Delivery
 //!
-//! [`delivery::deliver_to_sessions`] is the one way a stanza reaches
+//! [`starling_bus::deliver_to_sessions`] is the one way a stanza reaches
 //! connection-managers: one bus envelope per destination node (DESIGN.md
 //! "Fan-out cost"). The presence service uses it too.
 
 mod address;
-pub mod delivery;
 mod handlers;
 mod iq;
 mod message;

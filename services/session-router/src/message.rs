@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use starling_api::{ApiError, Origin, SessionAddr, SessionRecord};
+use starling_bus::{deliver_to_session, deliver_to_sessions};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
 use crate::address::Destination;
-use crate::delivery::{deliver_to_session, deliver_to_sessions};
 use crate::metrics::{self, Decision};
 use crate::offline::offline_stanza_xml;
 use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
@@ -95,7 +95,14 @@ impl SessionRouter {
             // 8.5.3.1: the resource matches, deliver whatever its priority.
             Some(session) => {
                 let shared = Arc::new(message);
-                if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                if deliver_to_session(
+                    &*self.bus,
+                    shared.clone(),
+                    &session,
+                    starling_api::origin_time::current(),
+                )
+                .await
+                {
                     note_decision("delivered");
                     metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
@@ -167,7 +174,13 @@ impl SessionRouter {
                 .map(|session| (session.clone(), None))
                 .collect();
             let shared = Arc::new(message);
-            let unreached = deliver_to_sessions(&*self.bus, shared.clone(), &pairs).await;
+            let unreached = deliver_to_sessions(
+                &*self.bus,
+                shared.clone(),
+                &pairs,
+                starling_api::origin_time::current(),
+            )
+            .await;
             if unreached.len() < pairs.len() {
                 note_decision("delivered");
                 metrics::record_delivered(

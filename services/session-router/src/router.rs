@@ -6,16 +6,16 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
+use starling_api::origin_time;
 use starling_api::{
     ApiError, ApiResult, BindError, Origin, PresenceApi, RouterApi, SessionAddr, SessionRecord,
     SessionRegistry, StorageApi,
 };
-use starling_bus::Bus;
+use starling_bus::{deliver_to_session, Bus};
 use starling_jid::{normalize_domainpart, BareJid, FullJid, Jid};
 use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind};
 
 use crate::address::{classify, Destination};
-use crate::delivery::deliver_to_session;
 use crate::metrics::{self, Decision, RouteOutcome, RouterMetrics};
 
 /// What the router needs to know about the deployment.
@@ -198,7 +198,14 @@ impl SessionRouter {
         if let Origin::Session { jid, addr } = origin {
             if reply.attr("to").is_some_and(|to| is_same_full_jid(to, jid)) {
                 let session = SessionRecord::new(jid.clone(), addr.clone());
-                if !deliver_to_session(&*self.bus, Arc::new(reply), &session).await {
+                if !deliver_to_session(
+                    &*self.bus,
+                    Arc::new(reply),
+                    &session,
+                    origin_time::current(),
+                )
+                .await
+                {
                     tracing::debug!(jid = %jid, "sender's session is gone, reply dropped");
                 }
                 return Ok(());

@@ -4,7 +4,6 @@
 //! Every rule is exercised with literal XML.
 
 mod bind;
-mod delivery;
 mod iq;
 mod message;
 mod metrics;
