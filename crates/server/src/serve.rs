@@ -102,25 +102,28 @@ fn router_config(config: &Config) -> RouterConfig {
     }
 }
 
-/// The session router of a process that routes (targets session-router and all).
+/// The session router of a process that routes (targets session-router and
+/// all), with the presence service it hands presence to.
 fn session_router(
     config: &Config,
     state: &RoutingState,
     storage: Arc<dyn StorageApi>,
-    registry: &prometheus::Registry,
-) -> anyhow::Result<Arc<SessionRouter>> {
-    let metrics =
-        RouterMetrics::register(registry).context("cannot register the router metrics")?;
-    Ok(Arc::new(
-        SessionRouter::new(
-            router_config(config),
-            state.registry.clone(),
-            state.bus.clone(),
-            storage,
-        )
-        .with_in_band_registration(config.registration.enabled)
-        .with_metrics(metrics),
-    ))
+    presence: Arc<dyn PresenceApi>,
+    metrics: RouterMetrics,
+) -> SessionRouter {
+    SessionRouter::new(
+        router_config(config),
+        state.registry.clone(),
+        state.bus.clone(),
+        storage,
+        presence,
+    )
+    .with_in_band_registration(config.registration.enabled)
+    .with_metrics(metrics)
+}
+
+fn router_metrics(registry: &prometheus::Registry) -> anyhow::Result<RouterMetrics> {
+    RouterMetrics::register(registry).context("cannot register the router metrics")
 }
 
 /// The presence service of a process that runs it (targets presence and all).
@@ -182,6 +185,7 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
         },
         registration_enabled: config.registration.enabled,
         require_tls: config.tls.required,
+        drain_window: Duration::from_secs(config.drain.window_secs),
         metrics,
     }
 }
@@ -479,7 +483,6 @@ impl Server {
             }
             Target::SessionRouter => {
                 let state = state.as_ref().expect("routing state");
-                let router = session_router(&config, state, storage.clone(), &registry)?;
                 let presence: Arc<dyn PresenceApi> = Arc::new(
                     GrpcPresenceClient::connect_with_metrics(
                         config.cluster.presence.clone(),
@@ -487,7 +490,13 @@ impl Server {
                     )
                     .context("cluster.presence")?,
                 );
-                router.set_presence(presence.clone());
+                let router: Arc<dyn RouterApi> = Arc::new(session_router(
+                    &config,
+                    state,
+                    storage.clone(),
+                    presence.clone(),
+                    router_metrics(&registry)?,
+                ));
                 server.janitor = spawn_janitor(state, presence);
                 let admin = AdminParts {
                     registry: state.registry.clone(),
@@ -527,13 +536,16 @@ impl Server {
             Target::ConnectionManager | Target::All => {
                 let state = state.as_ref().expect("routing state");
                 let router_api: Arc<dyn RouterApi> = if target == Target::All {
-                    let router = session_router(&config, state, storage.clone(), &registry)?;
-                    let router_api: Arc<dyn RouterApi> = router.clone();
-                    let presence =
-                        presence_service(&config, state, storage.clone(), router_api.clone());
-                    router.set_presence(presence.clone());
-                    server.janitor = spawn_janitor(state, presence);
-                    router_api
+                    let metrics = router_metrics(&registry)?;
+                    // Presence routes to remote domains and reroutes what a
+                    // session could not take through the router it serves.
+                    let router = SessionRouter::new_cyclic(|router_handle| {
+                        let presence =
+                            presence_service(&config, state, storage.clone(), router_handle);
+                        session_router(&config, state, storage.clone(), presence, metrics)
+                    });
+                    server.janitor = spawn_janitor(state, router.presence().clone());
+                    router
                 } else {
                     remote_routers(&config, &grpc_metrics, &mut readiness)?
                 };
@@ -558,7 +570,6 @@ impl Server {
                 }
                 server.liveness = spawn_liveness(&config, state, &server.node_id, &bound);
                 let drain_handle = bound.drain_handle();
-                drain_handle.set_default_window(Duration::from_secs(config.drain.window_secs));
                 let marker = server
                     .liveness
                     .as_ref()

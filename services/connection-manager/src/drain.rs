@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
 use starling_xmpp::{StreamError, StreamErrorCondition};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -64,15 +63,15 @@ pub(crate) struct DrainState {
     /// Cancelled when the drain starts or the node shuts down: the listeners
     /// close and new WebSocket and BOSH sessions are refused.
     pub stop_accepting: CancellationToken,
-    default_window: Mutex<Duration>,
+    default_window: Duration,
 }
 
 impl DrainState {
-    pub fn new(shutdown: &CancellationToken) -> Self {
+    pub fn new(shutdown: &CancellationToken, default_window: Duration) -> Self {
         DrainState {
             phase_tx: watch::channel(DrainPhase::Serving).0,
             stop_accepting: shutdown.child_token(),
-            default_window: Mutex::new(DEFAULT_DRAIN_WINDOW),
+            default_window,
         }
     }
 }
@@ -80,7 +79,7 @@ impl DrainState {
 /// Start draining the node; false when a drain already started (the first
 /// one's window stands).
 pub(crate) fn start(shared: &Arc<Shared>, window: Option<Duration>) -> bool {
-    let window = window.unwrap_or_else(|| *shared.drain.default_window.lock());
+    let window = window.unwrap_or(shared.drain.default_window);
     let mut started = false;
     shared.drain.phase_tx.send_if_modified(|phase| {
         if phase.is_draining() {
@@ -152,11 +151,6 @@ pub struct DrainHandle {
 }
 
 impl DrainHandle {
-    /// The window of a drain that names none (SIGTERM, DrainNode with 0).
-    pub fn set_default_window(&self, window: Duration) {
-        *self.shared.drain.default_window.lock() = window;
-    }
-
     /// Start draining (see the module documentation); false when a drain
     /// already started.
     pub fn start(&self, window: Option<Duration>) -> bool {

@@ -244,7 +244,7 @@ impl ConnectionManager {
             next_conn: AtomicU64::new(1),
             ip_limits,
             metrics: config.metrics,
-            drain: drain::DrainState::new(&shutdown),
+            drain: drain::DrainState::new(&shutdown, config.drain_window),
             shutdown,
         };
         Ok(ConnectionManager {

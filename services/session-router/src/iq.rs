@@ -161,12 +161,8 @@ impl SessionRouter {
         let request = Request::of(&iq, iq_type)?;
         if request.namespace == ns::ROSTER && request.name == "query" {
             // RFC 6121 section 2: the presence service owns the roster and answers itself.
-            let Some(presence) = self.presence() else {
-                tracing::warn!(jid = %jid, "presence service not wired, roster request refused");
-                return bounce(&iq, StanzaErrorCondition::ServiceUnavailable);
-            };
             let request_copy = iq.clone();
-            return match presence.roster_iq(jid, addr, iq).await {
+            return match self.presence.roster_iq(jid, addr, iq).await {
                 Ok(()) => None,
                 Err(error) => failure_reply(&request_copy, &error),
             };

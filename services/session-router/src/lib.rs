@@ -36,7 +36,7 @@ mod router;
 mod session;
 
 pub use metrics::RouterMetrics;
-pub use router::{RouterConfig, SessionRouter};
+pub use router::{RouterConfig, RouterHandle, SessionRouter};
 
 #[cfg(test)]
 mod tests;

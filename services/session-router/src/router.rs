@@ -1,11 +1,10 @@
 //! The router itself: configuration, wiring, and the dispatch of each stanza
 //! by kind (RFC 6120 section 8) to the message, presence and IQ rules.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use parking_lot::RwLock;
 use starling_api::origin_time;
 use starling_api::{
     ApiError, ApiResult, BindError, Origin, PresenceApi, RouterApi, SessionAddr, SessionRecord,
@@ -38,7 +37,9 @@ pub struct SessionRouter {
     pub(crate) registry: Arc<dyn SessionRegistry>,
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) storage: Arc<dyn StorageApi>,
-    presence: RwLock<Option<Arc<dyn PresenceApi>>>,
+    /// Rosters and presence (RFC 6121 sections 2-4) belong to the presence
+    /// service: the router hands it presence stanzas, roster IQs and ended sessions.
+    pub(crate) presence: Arc<dyn PresenceApi>,
     /// Advertise `jabber:iq:register` in the server's disco#info (the
     /// connection-manager offers in-band registration, XEP-0077).
     pub(crate) in_band_registration: bool,
@@ -53,6 +54,7 @@ impl SessionRouter {
         registry: Arc<dyn SessionRegistry>,
         bus: Arc<dyn Bus>,
         storage: Arc<dyn StorageApi>,
+        presence: Arc<dyn PresenceApi>,
     ) -> Self {
         let mut config = config;
         match normalize_domainpart(&config.domain) {
@@ -66,7 +68,7 @@ impl SessionRouter {
             registry,
             bus,
             storage,
-            presence: RwLock::new(None),
+            presence,
             in_band_registration: false,
             clock: SystemTime::now,
             metrics: RouterMetrics::default(),
@@ -86,13 +88,20 @@ impl SessionRouter {
         self
     }
 
-    /// Late wiring (the presence service itself needs an `Arc<dyn RouterApi>`).
-    /// Called once before serving; a later call replaces the earlier service.
-    pub fn set_presence(&self, presence: Arc<dyn PresenceApi>) {
-        let previous = self.presence.write().replace(presence);
-        if previous.is_some() {
-            tracing::warn!("presence service wired twice, the newest one is used");
-        }
+    /// Build a router whose presence service calls it back, both in one
+    /// process: `build` gets a [`RouterHandle`] on the router being built (for
+    /// the presence service it makes first) and returns the router.
+    pub fn new_cyclic(build: impl FnOnce(Arc<dyn RouterApi>) -> SessionRouter) -> Arc<Self> {
+        Arc::new_cyclic(|router| {
+            build(Arc::new(RouterHandle {
+                router: router.clone(),
+            }))
+        })
+    }
+
+    /// The presence service this router hands presence to.
+    pub fn presence(&self) -> &Arc<dyn PresenceApi> {
+        &self.presence
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -103,10 +112,6 @@ impl SessionRouter {
     pub(crate) fn with_clock(mut self, clock: fn() -> SystemTime) -> Self {
         self.clock = clock;
         self
-    }
-
-    pub(crate) fn presence(&self) -> Option<Arc<dyn PresenceApi>> {
-        self.presence.read().clone()
     }
 
     /// The destination of a stanza, or the error reply for a `to` that is not
@@ -166,10 +171,7 @@ impl SessionRouter {
     /// presence addressed to a local entity. No s2s yet: presence to a remote
     /// domain is dropped silently.
     async fn route_presence(&self, origin: &Origin, presence_stanza: Element) -> ApiResult<()> {
-        let Some(presence) = self.presence() else {
-            tracing::warn!("presence service not wired, presence dropped");
-            return Ok(());
-        };
+        let presence = &self.presence;
         note_decision("presence");
         match origin {
             Origin::Session { jid, addr } => {
@@ -367,5 +369,44 @@ impl RouterApi for SessionRouter {
             self.send_reply(&Origin::Server, reply).await?;
         }
         Ok(())
+    }
+}
+
+/// A router as seen by the presence service of the same process
+/// ([`SessionRouter::new_cyclic`]): it does not keep the router alive, and
+/// once the router is gone every call fails as unavailable.
+pub struct RouterHandle {
+    router: Weak<SessionRouter>,
+}
+
+impl RouterHandle {
+    fn router(&self) -> ApiResult<Arc<SessionRouter>> {
+        self.router
+            .upgrade()
+            .ok_or_else(|| ApiError::Unavailable("the session router has stopped".into()))
+    }
+}
+
+#[async_trait]
+impl RouterApi for RouterHandle {
+    async fn bind(
+        &self,
+        user: &BareJid,
+        requested: Option<&str>,
+        addr: &SessionAddr,
+    ) -> Result<FullJid, BindError> {
+        self.router()?.bind(user, requested, addr).await
+    }
+
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<()> {
+        self.router()?.unbind(jid, addr).await
+    }
+
+    async fn route(&self, origin: Origin, stanza_element: Element) -> ApiResult<()> {
+        self.router()?.route(origin, stanza_element).await
+    }
+
+    async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {
+        self.router()?.undeliverable(stanza_element, failed).await
     }
 }

@@ -285,6 +285,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         },
         registration_enabled: true,
         require_tls: true,
+        drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
         metrics: Default::default(),
     };
     configure(&mut config);

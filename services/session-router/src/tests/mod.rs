@@ -260,7 +260,6 @@ pub struct Harness {
 pub struct HarnessOptions {
     pub max_resources_per_user: usize,
     pub offline_limit: u32,
-    pub wire_presence: bool,
     /// Route against a storage service whose every call fails.
     pub storage_down: bool,
 }
@@ -270,7 +269,6 @@ impl Default for HarnessOptions {
         HarnessOptions {
             max_resources_per_user: 16,
             offline_limit: 100,
-            wire_presence: true,
             storage_down: false,
         }
     }
@@ -318,6 +316,7 @@ impl Harness {
             registry.clone(),
             bus.clone(),
             storage.clone(),
+            presence.clone(),
         )
         .with_clock(fixed_clock);
         let metrics = prometheus::Registry::new();
@@ -325,9 +324,6 @@ impl Harness {
             crate::RouterMetrics::register(&metrics).expect("a fresh registry takes them"),
         );
         let router = Arc::new(router);
-        if options.wire_presence {
-            router.set_presence(presence.clone());
-        }
         Harness {
             router,
             registry,
