@@ -13,7 +13,7 @@ use starling_xmpp::{ns, stanza, Element, StanzaErrorCondition};
 use crate::address::Destination;
 use crate::handlers::disco::{self, Identity};
 use crate::handlers::{ping, version};
-use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
+use crate::router::{note_decision, unshare, Routing, SessionRouter};
 
 /// The IQ types of RFC 6120 section 8.2.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl<'a> Request<'a> {
 
 impl SessionRouter {
     /// Route an IQ; returns the reply for its sender, if any.
-    pub(crate) async fn route_iq(&self, origin: &Origin, iq: Element) -> Option<Element> {
+    pub(crate) async fn route_iq(&self, routing: &Routing<'_>, iq: Element) -> Option<Element> {
         // RFC 6120 section 8.2.3: `type` is required and is one of four values;
         // a get or set has an `id` and exactly one payload child.
         let Some(iq_type) = IqType::of(&iq) else {
@@ -73,16 +73,16 @@ impl SessionRouter {
                 iq_type = stanza::stanza_type(&iq),
                 "iq with a missing or unknown type"
             );
-            return bounce(&iq, StanzaErrorCondition::BadRequest);
+            return routing.bounce(&iq, StanzaErrorCondition::BadRequest);
         };
         if iq_type.is_request() && (iq.attr("id").is_none() || stanza::iq_payload(&iq).is_none()) {
             tracing::debug!(
                 id = iq.attr("id").unwrap_or(""),
                 "iq request without an id or with other than one child"
             );
-            return bounce(&iq, StanzaErrorCondition::BadRequest);
+            return routing.bounce(&iq, StanzaErrorCondition::BadRequest);
         }
-        let destination = match self.destination(&iq) {
+        let destination = match self.destination(routing, &iq) {
             Ok(destination) => destination,
             Err(reply) => return reply,
         };
@@ -90,51 +90,56 @@ impl SessionRouter {
             note_decision("server");
         }
         match destination {
-            Destination::Absent => match origin {
-                Origin::Session { jid, addr } => self.account_iq(jid, addr, iq, iq_type).await,
-                Origin::Server => self.server_iq(&iq, iq_type),
+            Destination::Absent => match routing.origin {
+                Origin::Session { jid, addr } => {
+                    self.account_iq(routing, jid, addr, iq, iq_type).await
+                }
+                Origin::Server => self.server_iq(routing, &iq, iq_type),
             },
-            Destination::LocalBare(user) => match origin {
+            Destination::LocalBare(user) => match routing.origin {
                 // RFC 6120 section 10.3.3: `to` the sender's own bare JID is
                 // handled like no `to` at all, on behalf of the account.
                 Origin::Session { jid, addr } if jid.bare() == &user => {
-                    self.account_iq(jid, addr, iq, iq_type).await
+                    self.account_iq(routing, jid, addr, iq, iq_type).await
                 }
-                _ => self.other_account_iq(&user, iq, iq_type).await,
+                _ => self.other_account_iq(routing, &user, iq, iq_type).await,
             },
-            Destination::Domain => self.server_iq(&iq, iq_type),
+            Destination::Domain => self.server_iq(routing, &iq, iq_type),
             // RFC 6120 section 10.5.2: no resource of the server takes IQs.
-            Destination::DomainResource => bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
+            Destination::DomainResource => {
+                routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+            }
             // RFC 6120 section 10.4: no server-to-server connections yet.
             Destination::Remote(remote) => {
                 tracing::debug!(to = %remote, "iq to a remote domain, no s2s");
-                bounce(&iq, StanzaErrorCondition::RemoteServerNotFound)
+                routing.bounce(&iq, StanzaErrorCondition::RemoteServerNotFound)
             }
-            Destination::LocalFull(jid) => self.iq_to_full(iq, &jid).await,
+            Destination::LocalFull(jid) => self.iq_to_full(routing, iq, &jid).await,
         }
     }
 
     /// RFC 6121 section 8.5.3: an IQ to a full JID goes to that session only;
     /// with no such session a request gets `service-unavailable`
     /// (section 8.5.3.2.3) and a result or error is dropped.
-    async fn iq_to_full(&self, iq: Element, jid: &FullJid) -> Option<Element> {
+    async fn iq_to_full(
+        &self,
+        routing: &Routing<'_>,
+        iq: Element,
+        jid: &FullJid,
+    ) -> Option<Element> {
         let session = match self.registry.session(jid).await {
             Ok(session) => session,
-            Err(error) => return failure_reply(&iq, &error),
+            Err(error) => return routing.failure_reply(&iq, &error),
         };
         let iq = match session {
             Some(session) => {
                 let shared = Arc::new(iq);
-                if deliver_to_session(
-                    &*self.bus,
-                    shared.clone(),
-                    &session,
-                    starling_api::origin_time::current(),
-                )
-                .await
+                if deliver_to_session(&*self.bus, shared.clone(), &session, routing.routed_at).await
                 {
                     note_decision("delivered");
-                    crate::metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
+                    routing
+                        .outcome
+                        .record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable for an iq");
@@ -142,7 +147,7 @@ impl SessionRouter {
             }
             None => iq,
         };
-        bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+        routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
     }
 
     /// An IQ from a session with no `to`, or to its own bare JID: the server
@@ -150,6 +155,7 @@ impl SessionRouter {
     /// an error addressed this way ends an exchange with the server: consumed.
     async fn account_iq(
         &self,
+        routing: &Routing<'_>,
         jid: &FullJid,
         addr: &SessionAddr,
         iq: Element,
@@ -164,7 +170,7 @@ impl SessionRouter {
             let request_copy = iq.clone();
             return match self.presence.roster_iq(jid, addr, iq).await {
                 Ok(()) => None,
-                Err(error) => failure_reply(&request_copy, &error),
+                Err(error) => routing.failure_reply(&request_copy, &error),
             };
         }
         if request.is(IqType::Get, "query", ns::DISCO_INFO) {
@@ -177,7 +183,7 @@ impl SessionRouter {
         if request.is(IqType::Get, "ping", ns::PING) {
             return Some(ping::pong(&iq));
         }
-        bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+        routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
     }
 
     /// RFC 6121 section 8.5.2.1.3: an IQ to another account's bare JID is
@@ -186,6 +192,7 @@ impl SessionRouter {
     /// gets `service-unavailable` (section 8.5.1).
     async fn other_account_iq(
         &self,
+        routing: &Routing<'_>,
         user: &BareJid,
         iq: Element,
         iq_type: IqType,
@@ -196,12 +203,12 @@ impl SessionRouter {
         let request = Request::of(&iq, iq_type)?;
         let sessions = match self.registry.sessions(user).await {
             Ok(sessions) => sessions,
-            Err(error) => return failure_reply(&iq, &error),
+            Err(error) => return routing.failure_reply(&iq, &error),
         };
         match self.account_exists(user, &sessions).await {
             Ok(true) => {}
-            Ok(false) => return bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
-            Err(error) => return failure_reply(&iq, &error),
+            Ok(false) => return routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
+            Err(error) => return routing.failure_reply(&iq, &error),
         }
         if request.is(IqType::Get, "query", ns::DISCO_INFO) {
             return account_disco_info(&iq);
@@ -211,14 +218,14 @@ impl SessionRouter {
         }
         // RFC 6121 section 2.3.3: only the account itself may change its roster.
         if request.is(IqType::Set, "query", ns::ROSTER) {
-            return bounce(&iq, StanzaErrorCondition::Forbidden);
+            return routing.bounce(&iq, StanzaErrorCondition::Forbidden);
         }
-        bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+        routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
     }
 
     /// An IQ to the server itself (RFC 6120 section 10.5.1). Results and
     /// errors addressed to the server are consumed silently.
-    fn server_iq(&self, iq: &Element, iq_type: IqType) -> Option<Element> {
+    fn server_iq(&self, routing: &Routing<'_>, iq: &Element, iq_type: IqType) -> Option<Element> {
         if !iq_type.is_request() {
             return None;
         }
@@ -252,9 +259,9 @@ impl SessionRouter {
         }
         // RFC 6121 section 2.3.3: the server has no roster a client may change.
         if request.is(IqType::Set, "query", ns::ROSTER) {
-            return bounce(iq, StanzaErrorCondition::Forbidden);
+            return routing.bounce(iq, StanzaErrorCondition::Forbidden);
         }
-        bounce(iq, StanzaErrorCondition::ServiceUnavailable)
+        routing.bounce(iq, StanzaErrorCondition::ServiceUnavailable)
     }
 
     /// What the server really implements today (XEP-0030 section 3.1).

@@ -15,7 +15,7 @@ use starling_jid::{normalize_domainpart, BareJid, FullJid, Jid};
 use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind};
 
 use crate::address::{classify, Destination};
-use crate::metrics::{self, Decision, RouteOutcome, RouterMetrics};
+use crate::metrics::{Decision, RouteOutcome, RouterMetrics};
 
 /// What the router needs to know about the deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,65 @@ pub struct RouterConfig {
     pub server_name: String,
     /// The software version answered to XEP-0092 queries.
     pub server_version: String,
+}
+
+/// One stanza being routed: who sent it, when it entered the cluster (the
+/// sending connection-manager's clock, for the delivery latency; `None` for
+/// what no client sent just now), and the decision taken for it (metrics).
+pub(crate) struct Routing<'a> {
+    pub(crate) origin: &'a Origin,
+    pub(crate) routed_at: Option<SystemTime>,
+    pub(crate) outcome: RouteOutcome,
+}
+
+impl<'a> Routing<'a> {
+    pub(crate) fn new(origin: &'a Origin, routed_at: Option<SystemTime>) -> Self {
+        let sender_node = match origin {
+            Origin::Session { addr, .. } => Some(addr.node.clone()),
+            Origin::Server => None,
+        };
+        Routing {
+            origin,
+            routed_at,
+            outcome: RouteOutcome::new(sender_node),
+        }
+    }
+
+    /// The error reply for `stanza_element` with a condition and its default
+    /// type; `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
+    pub(crate) fn bounce(
+        &self,
+        stanza_element: &Element,
+        condition: StanzaErrorCondition,
+    ) -> Option<Element> {
+        note_decision("bounced");
+        let reply = stanza::error_reply(stanza_element, &StanzaError::new(condition));
+        self.outcome.record(if reply.is_some() {
+            Decision::Bounced
+        } else {
+            Decision::Dropped
+        });
+        reply
+    }
+
+    /// The error reply when a dependency failed while routing: the sender
+    /// learns the stanza was not handled (DESIGN.md "Delivery guarantees":
+    /// delivered, stored or bounced).
+    pub(crate) fn failure_reply(
+        &self,
+        stanza_element: &Element,
+        error: &ApiError,
+    ) -> Option<Element> {
+        note_decision("failed");
+        tracing::warn!(
+            kind = stanza_element.name(),
+            to = stanza_element.attr("to").unwrap_or(""),
+            %error,
+            "routing failed, bouncing the stanza"
+        );
+        self.outcome.record(Decision::Error);
+        stanza::error_reply(stanza_element, &error.to_stanza_error())
+    }
 }
 
 /// The session-router: binds resources and routes every stanza.
@@ -118,13 +177,14 @@ impl SessionRouter {
     /// a valid JID (`jid-malformed`, RFC 6120 section 8.3.3.8).
     pub(crate) fn destination(
         &self,
+        routing: &Routing<'_>,
         stanza_element: &Element,
     ) -> Result<Destination, Option<Element>> {
         match stanza::to(stanza_element) {
             Ok(to) => Ok(classify(to, &self.config.domain)),
             Err(error) => {
                 tracing::debug!(to = stanza_element.attr("to").unwrap_or(""), %error, "stanza addressed to a malformed jid");
-                Err(bounce(stanza_element, StanzaErrorCondition::JidMalformed))
+                Err(routing.bounce(stanza_element, StanzaErrorCondition::JidMalformed))
             }
         }
     }
@@ -145,14 +205,14 @@ impl SessionRouter {
     /// sender, if any (an error, or the answer of a server-side handler).
     async fn route_once(
         &self,
-        origin: &Origin,
+        routing: &Routing<'_>,
         stanza_element: Element,
     ) -> ApiResult<Option<Element>> {
         match StanzaKind::of(&stanza_element) {
-            Some(StanzaKind::Message) => Ok(self.route_message(origin, stanza_element).await),
-            Some(StanzaKind::Iq) => Ok(self.route_iq(origin, stanza_element).await),
+            Some(StanzaKind::Message) => Ok(self.route_message(routing, stanza_element).await),
+            Some(StanzaKind::Iq) => Ok(self.route_iq(routing, stanza_element).await),
             Some(StanzaKind::Presence) => self
-                .route_presence(origin, stanza_element)
+                .route_presence(routing, stanza_element)
                 .await
                 .map(|()| None),
             None => {
@@ -170,14 +230,18 @@ impl SessionRouter {
     /// local session's presence (RFC 6121 sections 3 and 4), inbound for
     /// presence addressed to a local entity. No s2s yet: presence to a remote
     /// domain is dropped silently.
-    async fn route_presence(&self, origin: &Origin, presence_stanza: Element) -> ApiResult<()> {
+    async fn route_presence(
+        &self,
+        routing: &Routing<'_>,
+        presence_stanza: Element,
+    ) -> ApiResult<()> {
         let presence = &self.presence;
         note_decision("presence");
-        match origin {
+        match routing.origin {
             Origin::Session { jid, addr } => {
                 presence.outbound_presence(jid, addr, presence_stanza).await
             }
-            Origin::Server => match self.destination(&presence_stanza) {
+            Origin::Server => match self.destination(routing, &presence_stanza) {
                 Ok(Destination::Absent) => {
                     tracing::debug!("server presence without a to address, dropped");
                     Ok(())
@@ -196,24 +260,24 @@ impl SessionRouter {
     /// straight back to its connection; any other goes through the routing
     /// rules as a server stanza. Replies are results or errors, which are never
     /// answered again (RFC 6120 section 8.3.1), so this ends here.
-    pub(crate) async fn send_reply(&self, origin: &Origin, reply: Element) -> ApiResult<()> {
+    /// The reply's routing decision is not counted: the stanza it answers was.
+    pub(crate) async fn send_reply(
+        &self,
+        origin: &Origin,
+        reply: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         if let Origin::Session { jid, addr } = origin {
             if reply.attr("to").is_some_and(|to| is_same_full_jid(to, jid)) {
                 let session = SessionRecord::new(jid.clone(), addr.clone());
-                if !deliver_to_session(
-                    &*self.bus,
-                    Arc::new(reply),
-                    &session,
-                    origin_time::current(),
-                )
-                .await
-                {
+                if !deliver_to_session(&*self.bus, Arc::new(reply), &session, routed_at).await {
                     tracing::debug!(jid = %jid, "sender's session is gone, reply dropped");
                 }
                 return Ok(());
             }
         }
-        if let Some(unexpected) = self.route_once(&Origin::Server, reply).await? {
+        let reply_routing = Routing::new(&Origin::Server, routed_at);
+        if let Some(unexpected) = self.route_once(&reply_routing, reply).await? {
             tracing::warn!(
                 to = unexpected.attr("to").unwrap_or(""),
                 "reply to a reply dropped"
@@ -241,34 +305,6 @@ fn is_same_full_jid(to: &str, jid: &FullJid) -> bool {
 /// not reach its target (cloning only if the bus still holds a reference).
 pub(crate) fn unshare(shared: Arc<Element>) -> Element {
     Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone())
-}
-
-/// The error reply for `stanza_element` with a condition and its default type;
-/// `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
-pub(crate) fn bounce(stanza_element: &Element, condition: StanzaErrorCondition) -> Option<Element> {
-    note_decision("bounced");
-    let reply = stanza::error_reply(stanza_element, &StanzaError::new(condition));
-    metrics::record(if reply.is_some() {
-        Decision::Bounced
-    } else {
-        Decision::Dropped
-    });
-    reply
-}
-
-/// The error reply when a dependency failed while routing: the sender learns
-/// the stanza was not handled (DESIGN.md "Delivery guarantees": delivered,
-/// stored or bounced).
-pub(crate) fn failure_reply(stanza_element: &Element, error: &ApiError) -> Option<Element> {
-    note_decision("failed");
-    tracing::warn!(
-        kind = stanza_element.name(),
-        to = stanza_element.attr("to").unwrap_or(""),
-        %error,
-        "routing failed, bouncing the stanza"
-    );
-    metrics::record(Decision::Error);
-    stanza::error_reply(stanza_element, &error.to_stanza_error())
 }
 
 /// Record how the router decided on the stanza of the current `router.route`
@@ -321,14 +357,10 @@ impl RouterApi for SessionRouter {
         Self::stamp_from(&origin, &mut stanza_element);
         let started = Instant::now();
         let kind = StanzaKind::of(&stanza_element);
-        let sender_node = match &origin {
-            Origin::Session { addr, .. } => Some(addr.node.clone()),
-            Origin::Server => None,
-        };
-        let (routed, recorded) = RouteOutcome::new(sender_node)
-            .scope(self.route_once(&origin, stanza_element))
-            .await;
-        let decision = recorded.unwrap_or(match (&routed, kind) {
+        let routed_at = origin_time::current();
+        let routing = Routing::new(&origin, routed_at);
+        let routed = self.route_once(&routing, stanza_element).await;
+        let decision = routing.outcome.decision().unwrap_or(match (&routed, kind) {
             (Err(_), _) => Decision::Error,
             (Ok(Some(reply)), _) if stanza::stanza_type(reply) == "error" => Decision::Bounced,
             (Ok(Some(_)), _) => Decision::Server,
@@ -339,7 +371,7 @@ impl RouterApi for SessionRouter {
         let result = match routed {
             Ok(Some(reply)) => {
                 tracing::Span::current().record("route.replied", true);
-                self.send_reply(&origin, reply).await
+                self.send_reply(&origin, reply, routed_at).await
             }
             Ok(None) => Ok(()),
             Err(error) => Err(error),
@@ -366,7 +398,7 @@ impl RouterApi for SessionRouter {
     )]
     async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {
         if let Some(reply) = self.reroute_undeliverable(stanza_element, failed).await {
-            self.send_reply(&Origin::Server, reply).await?;
+            self.send_reply(&Origin::Server, reply, None).await?;
         }
         Ok(())
     }
