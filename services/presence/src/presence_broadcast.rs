@@ -9,7 +9,7 @@ use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
 use crate::roster::subscription_presence;
 use crate::subscription::SubscriptionStanza;
-use crate::{parse_stored_stanza, PresenceService};
+use crate::{parse_stored_stanza, Call};
 
 /// The priority of an available presence (RFC 6121 section 4.7.2.3): an
 /// integer from -128 to +127, clamped; absent or not a number means 0.
@@ -27,7 +27,7 @@ fn unavailable_presence(from: &FullJid) -> Element {
         .with_attr("type", "unavailable")
 }
 
-impl PresenceService {
+impl Call<'_> {
     /// A presence stanza from a local session, `from` stamped.
     pub(crate) async fn process_outbound_presence(
         &self,

@@ -168,7 +168,11 @@ impl SessionRouter {
         if request.namespace == ns::ROSTER && request.name == "query" {
             // RFC 6121 section 2: the presence service owns the roster and answers itself.
             let request_copy = iq.clone();
-            return match self.presence.roster_iq(jid, addr, iq).await {
+            return match self
+                .presence
+                .roster_iq(jid, addr, iq, routing.routed_at)
+                .await
+            {
                 Ok(()) => None,
                 Err(error) => routing.failure_reply(&request_copy, &error),
             };

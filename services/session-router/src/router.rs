@@ -5,7 +5,6 @@ use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use starling_api::origin_time;
 use starling_api::{
     ApiError, ApiResult, BindError, Origin, PresenceApi, RouterApi, SessionAddr, SessionRecord,
     SessionRegistry, StorageApi,
@@ -239,7 +238,9 @@ impl SessionRouter {
         note_decision("presence");
         match routing.origin {
             Origin::Session { jid, addr } => {
-                presence.outbound_presence(jid, addr, presence_stanza).await
+                presence
+                    .outbound_presence(jid, addr, presence_stanza, routing.routed_at)
+                    .await
             }
             Origin::Server => match self.destination(routing, &presence_stanza) {
                 Ok(Destination::Absent) => {
@@ -250,7 +251,11 @@ impl SessionRouter {
                     tracing::debug!(to = %remote, "presence to a remote domain dropped, no s2s");
                     Ok(())
                 }
-                Ok(_) => presence.inbound_presence(presence_stanza).await,
+                Ok(_) => {
+                    presence
+                        .inbound_presence(presence_stanza, routing.routed_at)
+                        .await
+                }
                 Err(_) => Ok(()),
             },
         }
@@ -353,11 +358,15 @@ impl RouterApi for SessionRouter {
             route.replied = tracing::field::Empty,
         )
     )]
-    async fn route(&self, origin: Origin, mut stanza_element: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        origin: Origin,
+        mut stanza_element: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         Self::stamp_from(&origin, &mut stanza_element);
         let started = Instant::now();
         let kind = StanzaKind::of(&stanza_element);
-        let routed_at = origin_time::current();
         let routing = Routing::new(&origin, routed_at);
         let routed = self.route_once(&routing, stanza_element).await;
         let decision = routing.outcome.decision().unwrap_or(match (&routed, kind) {
@@ -434,8 +443,15 @@ impl RouterApi for RouterHandle {
         self.router()?.unbind(jid, addr).await
     }
 
-    async fn route(&self, origin: Origin, stanza_element: Element) -> ApiResult<()> {
-        self.router()?.route(origin, stanza_element).await
+    async fn route(
+        &self,
+        origin: Origin,
+        stanza_element: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
+        self.router()?
+            .route(origin, stanza_element, routed_at)
+            .await
     }
 
     async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {

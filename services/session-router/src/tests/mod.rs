@@ -193,6 +193,7 @@ impl PresenceApi for RecordingPresence {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        _routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         self.calls.lock().push(PresenceCall::Outbound {
             from: from.to_string(),
@@ -202,7 +203,11 @@ impl PresenceApi for RecordingPresence {
         Ok(())
     }
 
-    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
+    async fn inbound_presence(
+        &self,
+        stanza: Element,
+        _routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         self.calls.lock().push(PresenceCall::Inbound {
             stanza: stanza.to_stanza_xml(),
         });
@@ -214,6 +219,7 @@ impl PresenceApi for RecordingPresence {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        _routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         self.calls.lock().push(PresenceCall::Roster {
             from: from.to_string(),
@@ -375,17 +381,32 @@ impl Harness {
 
     /// Route a literal stanza as sent by the session `jid` at `node`/`conn`.
     pub async fn send(&self, jid: &str, node: &str, conn: u64, stanza: &str) {
+        self.send_at(jid, node, conn, stanza, None).await;
+    }
+
+    /// [`Harness::send`] for a stanza that entered the cluster at `routed_at`.
+    pub async fn send_at(
+        &self,
+        jid: &str,
+        node: &str,
+        conn: u64,
+        stanza: &str,
+        routed_at: Option<SystemTime>,
+    ) {
         let origin = Origin::Session {
             jid: full(jid),
             addr: addr(node, conn),
         };
-        self.router.route(origin, xml(stanza)).await.expect("route");
+        self.router
+            .route(origin, xml(stanza), routed_at)
+            .await
+            .expect("route");
     }
 
     /// Route a literal stanza from the server itself.
     pub async fn send_from_server(&self, stanza: &str) {
         self.router
-            .route(Origin::Server, xml(stanza))
+            .route(Origin::Server, xml(stanza), None)
             .await
             .expect("route");
     }

@@ -107,13 +107,18 @@ async fn a_router_built_with_its_presence_is_reached_through_the_handle_it_gave_
                 addr: addr(CM_TEST, 1),
             },
             xml("<presence/>"),
+            None,
         )
         .await
         .expect("the handle routes through the router");
     assert_eq!(harness.presence.take_calls().len(), 1);
     drop(router);
     let error = handle
-        .route(Origin::Server, xml("<message to='romeo@example.com'/>"))
+        .route(
+            Origin::Server,
+            xml("<message to='romeo@example.com'/>"),
+            None,
+        )
         .await
         .expect_err("the router is gone");
     assert!(matches!(error, ApiError::Unavailable(_)), "{error:?}");
