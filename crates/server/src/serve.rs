@@ -400,6 +400,9 @@ pub struct Server {
     http_task: Option<JoinHandle<()>>,
     https_task: Option<JoinHandle<()>>,
     admin_task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Held while serving: the Redis bus's subscription tasks (the
+    /// connection-manager's deliveries) end when the last handle on it goes.
+    routing_state: Option<RoutingState>,
 }
 
 impl Server {
@@ -430,6 +433,7 @@ impl Server {
             http_task: None,
             https_task: None,
             admin_task: None,
+            routing_state: None,
         };
         let mut routes = axum::Router::new();
         let mut https_acceptor = None;
@@ -595,6 +599,7 @@ impl Server {
             }
         }
         server.readiness = readiness;
+        server.routing_state = state;
 
         if let Some(address) = config.http_addr() {
             let listener = tokio::net::TcpListener::bind(address)
@@ -736,6 +741,7 @@ impl Server {
             http_task,
             https_task,
             admin_task,
+            routing_state,
         } = self;
         let signal_task = tokio::spawn(async move {
             shutdown.await;
@@ -791,6 +797,7 @@ impl Server {
         if let Some(task) = http_task {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+        drop(routing_state);
         match failure {
             Some(error) => Err(error),
             None => {
