@@ -4,6 +4,7 @@
 //! presence replica.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use starling_api::{origin_time, ApiResult, PresenceApi, SessionAddr};
@@ -47,7 +48,8 @@ impl Presence for PresenceGrpcServer {
         let addr = addr_from_proto("addr", request.addr).map_err(bad_request)?;
         let stanza = stanza_from_wire("stanza", &request.stanza).map_err(bad_request)?;
         let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
-        origin_time::scope(routed_at, self.api.outbound_presence(&from, &addr, stanza))
+        self.api
+            .outbound_presence(&from, &addr, stanza, routed_at)
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::OutboundPresenceResponse {}))
@@ -60,7 +62,8 @@ impl Presence for PresenceGrpcServer {
         let request = request.into_inner();
         let stanza = stanza_from_wire("stanza", &request.stanza).map_err(bad_request)?;
         let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
-        origin_time::scope(routed_at, self.api.inbound_presence(stanza))
+        self.api
+            .inbound_presence(stanza, routed_at)
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::InboundPresenceResponse {}))
@@ -75,7 +78,8 @@ impl Presence for PresenceGrpcServer {
         let addr = addr_from_proto("addr", request.addr).map_err(bad_request)?;
         let stanza = stanza_from_wire("stanza", &request.stanza).map_err(bad_request)?;
         let routed_at = origin_time::from_unix_micros(request.routed_at_unix_micros);
-        origin_time::scope(routed_at, self.api.roster_iq(&from, &addr, stanza))
+        self.api
+            .roster_iq(&from, &addr, stanza, routed_at)
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::RosterIqResponse {}))
@@ -128,12 +132,13 @@ impl PresenceApi for GrpcPresenceClient {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         let request = proto::OutboundPresenceRequest {
             from: from.to_string(),
             addr: Some(addr_to_proto(addr)),
             stanza: stanza_to_wire(&stanza),
-            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
+            routed_at_unix_micros: origin_time::to_unix_micros(routed_at),
             trace_context: Default::default(),
         };
         self.replicas
@@ -149,10 +154,14 @@ impl PresenceApi for GrpcPresenceClient {
         Ok(())
     }
 
-    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
+    async fn inbound_presence(
+        &self,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         let request = proto::InboundPresenceRequest {
             stanza: stanza_to_wire(&stanza),
-            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
+            routed_at_unix_micros: origin_time::to_unix_micros(routed_at),
             trace_context: Default::default(),
         };
         self.replicas
@@ -169,12 +178,13 @@ impl PresenceApi for GrpcPresenceClient {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         let request = proto::RosterIqRequest {
             from: from.to_string(),
             addr: Some(addr_to_proto(addr)),
             stanza: stanza_to_wire(&stanza),
-            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
+            routed_at_unix_micros: origin_time::to_unix_micros(routed_at),
             trace_context: Default::default(),
         };
         self.replicas

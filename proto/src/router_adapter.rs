@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -202,10 +202,9 @@ async fn run_route_lane(
     while let Some(item) = lane_rx.recv().await {
         let result = match item.parsed {
             Ok((origin, stanza)) => {
-                origin_time::scope(
-                    item.routed_at,
-                    with_remote_parent(&item.trace_context, || api.route(origin, stanza)),
-                )
+                with_remote_parent(&item.trace_context, || {
+                    api.route(origin, stanza, item.routed_at)
+                })
                 .await
             }
             Err(message) => Err(invalid_request(message)),
@@ -664,7 +663,12 @@ impl RouterApi for GrpcRouterClient {
         Ok(())
     }
 
-    async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        origin: Origin,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         // Stanzas of one session stay on one stream; server-originated ones
         // are kept in order per sender.
         let sticky_key = match &origin {
@@ -675,7 +679,7 @@ impl RouterApi for GrpcRouterClient {
             sequence: 0,
             origin: Some(origin_to_proto(&origin)),
             stanza: stanza_to_wire(&stanza),
-            routed_at_unix_micros: origin_time::to_unix_micros(origin_time::current()),
+            routed_at_unix_micros: origin_time::to_unix_micros(routed_at),
             // Each stanza carries its own context: the stream outlives any one trace.
             trace_context: TraceContext::current().into_map(),
         };

@@ -4,6 +4,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -27,6 +28,8 @@ enum Call {
 #[derive(Default)]
 struct RecordingPresence {
     calls: Mutex<Vec<Call>>,
+    /// The origin time of each outbound, inbound and roster call, in order.
+    routed_at: Mutex<Vec<Option<SystemTime>>>,
 }
 
 fn refuse(stanza: &Element) -> ApiResult<()> {
@@ -43,16 +46,23 @@ impl PresenceApi for RecordingPresence {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         refuse(&stanza)?;
+        self.routed_at.lock().push(routed_at);
         self.calls
             .lock()
             .push(Call::Outbound(from.clone(), addr.clone(), stanza.to_xml()));
         Ok(())
     }
 
-    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
+    async fn inbound_presence(
+        &self,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         refuse(&stanza)?;
+        self.routed_at.lock().push(routed_at);
         self.calls.lock().push(Call::Inbound(stanza.to_xml()));
         Ok(())
     }
@@ -62,8 +72,10 @@ impl PresenceApi for RecordingPresence {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         refuse(&stanza)?;
+        self.routed_at.lock().push(routed_at);
         self.calls
             .lock()
             .push(Call::RosterIq(from.clone(), addr.clone(), stanza.to_xml()));
@@ -97,16 +109,17 @@ async fn every_presence_call_travels_with_its_literal_xml() {
     let subscribed = "<presence xmlns='jabber:client' from='romeo@example.org' to='juliet@example.org' type='subscribed'/>";
     let roster_get = "<iq xmlns='jabber:client' type='get' id='r1' from='juliet@example.org/balcony'><query xmlns='jabber:iq:roster'/></iq>";
 
+    let routed_at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
     client
-        .outbound_presence(&juliet, &addr, element(initial))
+        .outbound_presence(&juliet, &addr, element(initial), Some(routed_at))
         .await
         .expect("outbound");
     client
-        .inbound_presence(element(subscribed))
+        .inbound_presence(element(subscribed), None)
         .await
         .expect("inbound");
     client
-        .roster_iq(&juliet, &addr, element(roster_get))
+        .roster_iq(&juliet, &addr, element(roster_get), Some(routed_at))
         .await
         .expect("roster iq");
     client
@@ -123,10 +136,17 @@ async fn every_presence_call_travels_with_its_literal_xml() {
             Call::SessionEnded(juliet.clone(), true),
         ]
     );
+    // The origin time crosses gRPC with each call.
+    assert_eq!(
+        presence.routed_at.lock().clone(),
+        vec![Some(routed_at), None, Some(routed_at)]
+    );
 
     let refused = "<iq xmlns='jabber:client' type='set' id='full'><query xmlns='jabber:iq:roster'><item jid='nurse@example.org'/></query></iq>";
     assert_eq!(
-        client.roster_iq(&juliet, &addr, element(refused)).await,
+        client
+            .roster_iq(&juliet, &addr, element(refused), None)
+            .await,
         Err(ApiError::LimitReached("roster full".into()))
     );
     server.stop().await;

@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use futures::future::join_all;
@@ -26,6 +26,8 @@ use support::{KillableServer, TestServer};
 #[derive(Default)]
 struct RecordingRouter {
     routed: Mutex<Vec<(Origin, String)>>,
+    /// The origin time each routed stanza came with, in order.
+    routed_at: Mutex<Vec<Option<SystemTime>>>,
     unbound: Mutex<Vec<(FullJid, SessionAddr)>>,
     undeliverable: Mutex<Vec<(String, SessionAddr)>>,
     block_at: Mutex<Option<String>>,
@@ -71,7 +73,12 @@ impl RouterApi for RecordingRouter {
         Ok(())
     }
 
-    async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        origin: Origin,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         let id = stanza.attr("id").unwrap_or_default().to_string();
         if id == "missing" {
             return Err(ApiError::NotFound("no such user".into()));
@@ -82,6 +89,7 @@ impl RouterApi for RecordingRouter {
             std::future::pending::<()>().await;
         }
         self.routed.lock().push((origin, stanza.to_xml()));
+        self.routed_at.lock().push(routed_at);
         Ok(())
     }
 
@@ -190,7 +198,7 @@ async fn route_stream_keeps_order_for_1000_stanzas_per_session() {
             let client = client.clone();
             async move {
                 client
-                    .route(session(jid, 1), message(jid, &number.to_string()))
+                    .route(session(jid, 1), message(jid, &number.to_string()), None)
                     .await
             }
         })
@@ -213,6 +221,25 @@ async fn route_stream_keeps_order_for_1000_stanzas_per_session() {
 }
 
 #[tokio::test]
+async fn the_origin_time_crosses_the_route_stream() {
+    let router = Arc::new(RecordingRouter::default());
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let client = GrpcRouterClient::connect(vec![server.endpoint()]).expect("client");
+    let jid = "juliet@example.org/balcony";
+    let routed_at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+    client
+        .route(session(jid, 1), message(jid, "timed"), Some(routed_at))
+        .await
+        .expect("routed");
+    client
+        .route(session(jid, 1), message(jid, "untimed"), None)
+        .await
+        .expect("routed");
+    assert_eq!(*router.routed_at.lock(), vec![Some(routed_at), None]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn route_errors_come_back_in_the_ack() {
     let router = Arc::new(RecordingRouter::default());
     let server = TestServer::start(None, Some(router.clone()), None).await;
@@ -221,13 +248,14 @@ async fn route_errors_come_back_in_the_ack() {
         client
             .route(
                 session("juliet@example.org/balcony", 1),
-                message("juliet@example.org/balcony", "missing")
+                message("juliet@example.org/balcony", "missing"),
+                None
             )
             .await,
         Err(ApiError::NotFound("no such user".into()))
     );
     client
-        .route(Origin::Server, message("example.org", "s1"))
+        .route(Origin::Server, message("example.org", "s1"), None)
         .await
         .expect("server origin");
     assert_eq!(router.routed.lock()[0].0, Origin::Server);
@@ -332,7 +360,7 @@ async fn sessions_stick_to_one_replica_and_spread_over_all() {
     for round in 0..5 {
         for jid in &jids {
             client
-                .route(session(jid, 1), message(jid, &round.to_string()))
+                .route(session(jid, 1), message(jid, &round.to_string()), None)
                 .await
                 .expect("routed");
         }
@@ -376,7 +404,7 @@ async fn unacked_stanzas_move_to_another_replica_when_a_router_dies() {
 
     // The first stanza shows which replica the session sticks to.
     client
-        .route(session(jid, 1), message(jid, "1"))
+        .route(session(jid, 1), message(jid, "1"), None)
         .await
         .expect("first stanza");
     let primary = if routers[0].routed_ids(jid).is_empty() {
@@ -395,7 +423,7 @@ async fn unacked_stanzas_move_to_another_replica_when_a_router_dies() {
                 let client = client.clone();
                 async move {
                     client
-                        .route(session(jid, 1), message(jid, &number.to_string()))
+                        .route(session(jid, 1), message(jid, &number.to_string()), None)
                         .await
                 }
             });
@@ -422,7 +450,7 @@ async fn unacked_stanzas_move_to_another_replica_when_a_router_dies() {
 
     // New stanzas of the session keep going to the standby, in order.
     client
-        .route(session(jid, 1), message(jid, "51"))
+        .route(session(jid, 1), message(jid, "51"), None)
         .await
         .expect("after failover");
     assert_eq!(
@@ -444,7 +472,7 @@ async fn draining_router_hands_its_sessions_to_another_replica() {
         .collect();
     for jid in &jids {
         client
-            .route(session(jid, 1), message(jid, "before"))
+            .route(session(jid, 1), message(jid, "before"), None)
             .await
             .expect("routed");
     }
@@ -452,7 +480,7 @@ async fn draining_router_hands_its_sessions_to_another_replica() {
     first.stop().await;
     for jid in &jids {
         client
-            .route(session(jid, 1), message(jid, "after"))
+            .route(session(jid, 1), message(jid, "after"), None)
             .await
             .expect("routed after the drain");
         assert_eq!(
@@ -468,7 +496,7 @@ async fn route_without_any_live_router_fails_unavailable() {
     let client = GrpcRouterClient::connect(vec!["127.0.0.1:1".into()]).expect("client");
     let jid = "juliet@example.org/balcony";
     assert!(matches!(
-        client.route(session(jid, 1), message(jid, "1")).await,
+        client.route(session(jid, 1), message(jid, "1"), None).await,
         Err(ApiError::Unavailable(_))
     ));
     let juliet: BareJid = "juliet@example.org".parse().expect("jid");
@@ -491,7 +519,7 @@ async fn a_stuck_session_does_not_hold_up_the_others_on_its_stream() {
         let client = client.clone();
         async move {
             client
-                .route(session(stuck_jid, 1), message(stuck_jid, "stuck"))
+                .route(session(stuck_jid, 1), message(stuck_jid, "stuck"), None)
                 .await
         }
     });
@@ -501,7 +529,7 @@ async fn a_stuck_session_does_not_hold_up_the_others_on_its_stream() {
         let jid = format!("user{number}@example.org/phone");
         let routed = tokio::time::timeout(
             std::time::Duration::from_secs(2),
-            client.route(session(&jid, 2), message(&jid, "1")),
+            client.route(session(&jid, 2), message(&jid, "1"), None),
         )
         .await;
         if let Ok(result) = routed {

@@ -39,7 +39,12 @@ impl RouterApi for SpanningRouter {
         Ok(())
     }
 
-    async fn route(&self, _origin: Origin, stanza: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        _origin: Origin,
+        stanza: Element,
+        _routed_at: Option<std::time::SystemTime>,
+    ) -> ApiResult<()> {
         let id = stanza.attr("id").unwrap_or_default().to_string();
         async {}
             .instrument(tracing::info_span!(target: SPAN_TARGET, "test.routed", id = %id))
@@ -123,7 +128,7 @@ async fn each_stanza_on_the_route_stream_carries_its_own_context() {
     for id in ["first", "second"] {
         let sender = tracing::info_span!(target: SPAN_TARGET, "test.sender", id);
         client
-            .route(origin.clone(), message(id))
+            .route(origin.clone(), message(id), None)
             .instrument(sender)
             .await
             .expect("routed");

@@ -17,7 +17,7 @@ use starling_proto::admin::v1::admin_client::AdminClient;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use crate::config::Config;
+use starling_server::Config;
 
 /// EX_USAGE.
 pub const EXIT_USAGE: u8 = 64;

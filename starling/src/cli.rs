@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, Config};
+use starling_server::config::{self, Config};
+use starling_server::Target;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +33,7 @@ enum Command {
     Serve {
         /// Which service this process runs.
         #[arg(long, value_enum, default_value = "all")]
-        target: crate::serve::Target,
+        target: Target,
     },
     /// Manage accounts in the configured storage.
     User {
@@ -70,7 +71,7 @@ enum ConfigCommand {
 
 pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { target } => crate::serve::serve(config, target).await,
+        Command::Serve { target } => crate::serve(config, target).await,
         Command::User { command } => match command {
             UserCommand::Add { jid, password } => crate::user::add(&config, &jid, &password).await,
             UserCommand::Passwd { jid, password } => {

@@ -3,8 +3,7 @@
 
 use starling_admin::users;
 
-use crate::config::Config;
-use crate::serve::connect_storage;
+use starling_server::{connect_storage, Config};
 
 pub async fn add(config: &Config, jid: &str, password: &str) -> anyhow::Result<()> {
     users::parse_account(jid)?;

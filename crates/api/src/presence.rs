@@ -1,6 +1,11 @@
 //! The presence service contract: rosters and the subscription state machine
 //! (RFC 6121 sections 2 and 3), presence broadcast, probes and directed
 //! presence (section 4).
+//!
+//! The `routed_at` of a call is when the stanza that caused it entered the
+//! cluster ([`crate::origin_time`]); every delivery the call makes carries it.
+
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use starling_jid::FullJid;
@@ -37,15 +42,25 @@ pub trait PresenceApi: Send + Sync + 'static {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()>;
 
     /// A presence stanza addressed to a local user from another entity
     /// (inbound processing, RFC 6121 sections 3.1.3, 3.2.3, 3.3.3, 3.4.3, 4.3.2).
-    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()>;
+    async fn inbound_presence(
+        &self,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()>;
 
     /// A `jabber:iq:roster` IQ from a local session (RFC 6121 section 2).
-    async fn roster_iq(&self, from: &FullJid, addr: &SessionAddr, stanza: Element)
-        -> ApiResult<()>;
+    async fn roster_iq(
+        &self,
+        from: &FullJid,
+        addr: &SessionAddr,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()>;
 
     /// A session ended without sending unavailable presence: broadcast it for
     /// the session, and to entities that received directed presence (RFC 6121 section 4.5.2).

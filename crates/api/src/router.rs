@@ -2,6 +2,8 @@
 //! (RFC 6121 section 8), as called by connection-managers and by the
 //! presence service.
 
+use std::time::SystemTime;
+
 use async_trait::async_trait;
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::Element;
@@ -50,7 +52,16 @@ pub trait RouterApi: Send + Sync + 'static {
 
     /// Route one stanza. For `Origin::Session` the connection-manager has already
     /// stamped `from`; the router answers errors to the sender itself.
-    async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()>;
+    /// `routed_at` is when the stanza entered the cluster (the sending
+    /// connection-manager's clock, [`crate::origin_time`]): every delivery it
+    /// causes carries it, for the end-to-end latency; `None` when no client
+    /// sent it just now.
+    async fn route(
+        &self,
+        origin: Origin,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()>;
 
     /// A stanza that could not be written to the session at `failed` (the
     /// connection ended, its queue overflowed, its node is gone): route it

@@ -11,12 +11,18 @@
 //! Each envelope carries the trace context of the `bus.publish` span that
 //! sent it (in the protobuf envelope on Redis, beside the delivery in
 //! process), so that the receiving connection-manager's span joins the trace.
+//!
+//! [`deliver_to_sessions`] is the one way a stanza reaches connection-managers
+//! from the router and the presence service: it groups the target sessions by
+//! node and publishes one envelope per node.
 
+mod delivery;
 mod metrics;
 mod redis;
 #[cfg(test)]
 mod redis_tests;
 
+pub use delivery::{deliver_to_session, deliver_to_sessions};
 pub use metrics::BusMetrics;
 pub use redis::{
     decode_delivery, decode_envelope, encode_delivery, encode_envelope, BusError, RedisBus,

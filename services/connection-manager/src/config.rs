@@ -24,6 +24,9 @@ pub struct CmConfig {
     /// True by default: no SASL before STARTTLS. False allows SCRAM on a
     /// plaintext stream (load tests); PLAIN is never offered nor accepted there.
     pub require_tls: bool,
+    /// The window of a drain that names none (SIGTERM, the admin API's
+    /// DrainNode with 0): the streams are closed over it ([`crate::DEFAULT_DRAIN_WINDOW`]).
+    pub drain_window: Duration,
     /// Where the connection-manager counts (`CmMetrics::register` exposes
     /// them on a registry; the default counts into an unscraped one).
     pub metrics: crate::metrics::CmMetrics,

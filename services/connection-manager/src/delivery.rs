@@ -130,7 +130,7 @@ fn answer_undecodable(shared: &Arc<Shared>, stanza: Option<Element>, error: Stan
     let router = Arc::clone(&shared.router);
     tokio::spawn(
         async move {
-            if let Err(error) = router.route(Origin::Server, reply).await {
+            if let Err(error) = router.route(Origin::Server, reply, None).await {
                 tracing::warn!(%error, "answering the sender of an undecodable delivery failed");
             }
         }

@@ -86,11 +86,6 @@ pub struct DrainHandle {
 }
 
 impl DrainHandle {
-    /// The window of a drain that names none (SIGTERM, DrainNode with 0).
-    pub fn set_default_window(&self, window: Duration) {
-        self.shared.drain.set_default_window(window);
-    }
-
     /// Start draining (see the module documentation); false when a drain
     /// already started.
     pub fn start(&self, window: Option<Duration>) -> bool {

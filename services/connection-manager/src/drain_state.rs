@@ -3,7 +3,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -42,15 +41,16 @@ pub(crate) struct DrainState {
     /// Cancelled when the drain starts or the node shuts down: the listeners
     /// close and new WebSocket and BOSH sessions are refused.
     pub stop_accepting: CancellationToken,
-    default_window: Mutex<Duration>,
+    /// The window of a drain that names none (SIGTERM, DrainNode with 0): `CmConfig::drain_window`.
+    default_window: Duration,
 }
 
 impl DrainState {
-    pub fn new(shutdown: &CancellationToken) -> Self {
+    pub fn new(shutdown: &CancellationToken, default_window: Duration) -> Self {
         DrainState {
             phase_tx: watch::channel(DrainPhase::Serving).0,
             stop_accepting: shutdown.child_token(),
-            default_window: Mutex::new(DEFAULT_DRAIN_WINDOW),
+            default_window,
         }
     }
 
@@ -58,7 +58,7 @@ impl DrainState {
     /// window, or `None` when a drain already started (the first one's
     /// window stands).
     pub fn begin(&self, window: Option<Duration>) -> Option<Duration> {
-        let window = window.unwrap_or_else(|| *self.default_window.lock());
+        let window = window.unwrap_or(self.default_window);
         let mut started = false;
         self.phase_tx.send_if_modified(|phase| {
             if phase.is_draining() {
@@ -81,11 +81,6 @@ impl DrainState {
                 *phase = DrainPhase::Drained { since };
             }
         });
-    }
-
-    /// The window of a drain that names none.
-    pub fn set_default_window(&self, window: Duration) {
-        *self.default_window.lock() = window;
     }
 
     pub fn phase(&self) -> DrainPhase {

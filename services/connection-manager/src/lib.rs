@@ -197,7 +197,7 @@ impl ConnectionManager {
             next_conn: AtomicU64::new(1),
             ip_limits,
             metrics: config.metrics,
-            drain: DrainState::new(&shutdown),
+            drain: DrainState::new(&shutdown, config.drain_window),
             shutdown,
         };
         Ok(ConnectionManager {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use starling_api::{origin_time, Origin, SessionAddr};
+use starling_api::{Origin, SessionAddr};
 use starling_jid::FullJid;
 use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{
@@ -272,11 +272,12 @@ impl Session {
         );
         // The stanza enters the cluster now: deliveries carry this time, and
         // the delivering node observes the end-to-end latency from it.
-        let routed = origin_time::scope(
-            Some(SystemTime::now()),
-            self.shared.router.route(origin, element).instrument(span),
-        )
-        .await;
+        let routed = self
+            .shared
+            .router
+            .route(origin, element, Some(SystemTime::now()))
+            .instrument(span)
+            .await;
         if let Err(error) = routed {
             tracing::debug!(jid = %self.jid, %error, "routing failed");
             self.reply_error(&reply_template, error.to_stanza_error());

@@ -8,7 +8,7 @@
 //!   `subscription_flow` the outbound and inbound processing of section 3;
 //! - `presence_broadcast`: initial, subsequent, unavailable and directed presence,
 //!   probes and offline delivery at login (RFC 6121 section 4, XEP-0160);
-//! - delivery to sessions goes through `starling_session_router::delivery`:
+//! - delivery to sessions goes through `starling_bus::deliver_to_sessions`:
 //!   one bus envelope per node (DESIGN.md "Fan-out cost").
 //!
 //! Every stanza for a local session goes out through the bus; the router is
@@ -28,15 +28,15 @@ mod subscription_flow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use starling_api::{
     ApiResult, Origin, PresenceApi, RosterItem, RouterApi, SessionAddr, SessionRecord,
     SessionRegistry, StorageApi,
 };
-use starling_bus::Bus;
+use starling_bus::{deliver_to_sessions, Bus};
 use starling_jid::{BareJid, FullJid, Jid};
-use starling_session_router::delivery::deliver_to_sessions;
 use starling_xmpp::{ns, parse_element, Element, Limits};
 
 use crate::locks::UserLocks;
@@ -90,6 +90,36 @@ impl PresenceService {
         }
     }
 
+    /// One call into the service, for a stanza that entered the cluster at `routed_at`.
+    fn call(&self, routed_at: Option<SystemTime>) -> Call<'_> {
+        Call {
+            domain: &self.domain,
+            registry: self.registry.as_ref(),
+            bus: self.bus.as_ref(),
+            storage: self.storage.as_ref(),
+            router: self.router.as_ref(),
+            user_locks: &self.user_locks,
+            routed_at,
+        }
+    }
+}
+
+/// One call into the presence service: what it works with, and when the
+/// stanza that caused it entered the cluster (the sending connection-manager's
+/// clock, `starling_api::origin_time`), which every delivery of the call
+/// carries for the end-to-end latency; `None` when no client stanza caused it
+/// (a session that ended). The rules of RFC 6121 sections 2-4 are its methods.
+pub(crate) struct Call<'a> {
+    domain: &'a str,
+    registry: &'a dyn SessionRegistry,
+    bus: &'a dyn Bus,
+    storage: &'a dyn StorageApi,
+    router: &'a dyn RouterApi,
+    user_locks: &'a UserLocks,
+    routed_at: Option<SystemTime>,
+}
+
+impl Call<'_> {
     fn is_local_domain(&self, domain: &str) -> bool {
         domain == self.domain
     }
@@ -101,7 +131,7 @@ impl PresenceService {
         if targets.is_empty() {
             return Vec::new();
         }
-        deliver_to_sessions(self.bus.as_ref(), Arc::new(stanza), targets).await
+        deliver_to_sessions(self.bus, Arc::new(stanza), targets, self.routed_at).await
     }
 
     /// Answer the session that sent a request.
@@ -138,7 +168,11 @@ impl PresenceService {
     /// is logged, not returned, so that one unreachable domain does not stop a broadcast.
     async fn route_remote(&self, stanza: Element) {
         let to = stanza.attr("to").unwrap_or_default().to_string();
-        if let Err(error) = self.router.route(Origin::Server, stanza).await {
+        if let Err(error) = self
+            .router
+            .route(Origin::Server, stanza, self.routed_at)
+            .await
+        {
             tracing::warn!(to = %to, error = %error, "routing presence to a remote domain failed");
         }
     }
@@ -222,13 +256,20 @@ impl PresenceApi for PresenceService {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
-        self.process_outbound_presence(from, addr, stanza).await
+        self.call(routed_at)
+            .process_outbound_presence(from, addr, stanza)
+            .await
     }
 
     #[tracing::instrument(target = "starling_trace", name = "presence.inbound_presence", skip_all, fields(stanza.type = stanza.attr("type")))]
-    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
-        self.process_inbound_presence(stanza).await
+    async fn inbound_presence(
+        &self,
+        stanza: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
+        self.call(routed_at).process_inbound_presence(stanza).await
     }
 
     /// Every get or set is answered to the session here, with the result or
@@ -239,12 +280,17 @@ impl PresenceApi for PresenceService {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
-        self.handle_roster_iq(from, addr, stanza).await
+        self.call(routed_at)
+            .handle_roster_iq(from, addr, stanza)
+            .await
     }
 
     #[tracing::instrument(target = "starling_trace", name = "presence.session_ended", skip_all)]
     async fn session_ended(&self, jid: &FullJid, was_available: bool) -> ApiResult<()> {
-        self.process_session_ended(jid, was_available).await
+        self.call(None)
+            .process_session_ended(jid, was_available)
+            .await
     }
 }

@@ -11,7 +11,7 @@ use starling_xmpp::{
 
 use crate::roster::subscription_presence;
 use crate::subscription::SubscriptionStanza;
-use crate::{parse_stored_stanza, PresenceService};
+use crate::{parse_stored_stanza, Call};
 
 fn unavailable_presence(from: &FullJid) -> Element {
     Element::new("presence", ns::CLIENT)
@@ -19,7 +19,7 @@ fn unavailable_presence(from: &FullJid) -> Element {
         .with_attr("type", "unavailable")
 }
 
-impl PresenceService {
+impl Call<'_> {
     /// A presence stanza from a local session, `from` stamped. Its type, show
     /// and priority are checked by [`Presence`] (RFC 6121 section 4.7): a broken
     /// one goes back to the session as `bad-request` and is never forwarded.

@@ -10,7 +10,7 @@ use starling_xmpp::{ns, stanza, Element};
 
 use crate::error::PresenceError;
 use crate::subscription::{SubscriptionStanza, SubscriptionState};
-use crate::PresenceService;
+use crate::Call;
 
 /// The longest roster item name accepted (RFC 6121 section 2.3.3: a
 /// server-configured limit, `not-acceptable` beyond it).
@@ -137,7 +137,7 @@ pub fn parse_roster_set(query: &Element) -> Result<RosterSetRequest, PresenceErr
     Ok(RosterSetRequest::Update { jid, name, groups })
 }
 
-impl PresenceService {
+impl Call<'_> {
     /// A `jabber:iq:roster` IQ from a local session. Every request is answered
     /// (result or error) to the session here.
     pub(crate) async fn handle_roster_iq(

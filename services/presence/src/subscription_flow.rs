@@ -14,7 +14,7 @@ use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition};
 
 use crate::roster::subscription_presence;
 use crate::subscription::{InboundAction, SubscriptionStanza, SubscriptionState};
-use crate::{parse_stored_stanza, PresenceService};
+use crate::{parse_stored_stanza, Call};
 
 /// A roster item that exists only in storage, to remember subscription state
 /// for a contact the user never added (RFC 6121 section 3.1.3).
@@ -24,7 +24,7 @@ fn placeholder_item(contact: &BareJid) -> RosterItem {
     item
 }
 
-impl PresenceService {
+impl Call<'_> {
     /// A local user sends a subscription stanza (RFC 6121 sections 3.1.2,
     /// 3.1.5, 3.2.2, 3.3.2): update the user's item, push it, route the stanza
     /// stamped with the user's bare JID.

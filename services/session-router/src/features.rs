@@ -11,7 +11,7 @@ use starling_api::{FeatureSpec, Features, SessionAddr};
 use starling_jid::FullJid;
 use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
-use crate::router::{bounce, SessionRouter};
+use crate::router::{Routing, SessionRouter};
 use starling_xmpp::IqType;
 
 /// Who an IQ request the server answers is addressed to.
@@ -36,6 +36,8 @@ pub(crate) struct IqRequest<'a> {
     pub iq: Element,
     pub iq_type: IqType,
     pub addressee: Addressee<'a>,
+    /// The stanza being routed: its origin time and the decision taken for it.
+    pub routing: &'a Routing<'a>,
 }
 
 impl IqRequest<'_> {
@@ -57,7 +59,8 @@ impl IqRequest<'_> {
     /// `service-unavailable`: what the server answers a request it does not
     /// implement (RFC 6120 section 8.3.3.19, RFC 6121 section 8.5).
     pub fn unsupported(&self) -> Option<Element> {
-        bounce(&self.iq, StanzaErrorCondition::ServiceUnavailable)
+        self.routing
+            .bounce(&self.iq, StanzaErrorCondition::ServiceUnavailable)
     }
 }
 

@@ -6,17 +6,17 @@
 use std::sync::Arc;
 
 use starling_api::{Origin, SessionAddr};
+use starling_bus::deliver_to_session;
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::{stanza, Element, Iq, IqType, StanzaErrorCondition};
 
 use crate::address::Destination;
-use crate::delivery::deliver_to_session;
 use crate::features::{Addressee, IqRequest};
-use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
+use crate::router::{note_decision, unshare, Routing, SessionRouter};
 
 impl SessionRouter {
     /// Route an IQ; returns the reply for its sender, if any.
-    pub(crate) async fn route_iq(&self, origin: &Origin, iq: Element) -> Option<Element> {
+    pub(crate) async fn route_iq(&self, routing: &Routing<'_>, iq: Element) -> Option<Element> {
         // RFC 6120 section 8.2.3, checked once by the typed IQ: an `id`, a
         // `type` of four values, one payload in a get or set (the edge has
         // checked a client's already; server-generated IQs come this way too).
@@ -27,10 +27,10 @@ impl SessionRouter {
             }
             Err(invalid) => {
                 tracing::debug!(error = %invalid, "iq refused");
-                return invalid.error_reply();
+                return routing.reject(&invalid);
             }
         };
-        let destination = match self.destination(&iq) {
+        let destination = match self.destination(routing, &iq) {
             Ok(destination) => destination,
             Err(reply) => return reply,
         };
@@ -38,44 +38,56 @@ impl SessionRouter {
             note_decision("server");
         }
         match destination {
-            Destination::Absent => match origin {
-                Origin::Session { jid, addr } => self.account_iq(jid, addr, iq, iq_type).await,
-                Origin::Server => self.server_iq(iq, iq_type).await,
+            Destination::Absent => match routing.origin {
+                Origin::Session { jid, addr } => {
+                    self.account_iq(routing, jid, addr, iq, iq_type).await
+                }
+                Origin::Server => self.server_iq(routing, iq, iq_type).await,
             },
-            Destination::LocalBare(user) => match origin {
+            Destination::LocalBare(user) => match routing.origin {
                 // RFC 6120 section 10.3.3: `to` the sender's own bare JID is
                 // handled like no `to` at all, on behalf of the account.
                 Origin::Session { jid, addr } if jid.bare() == &user => {
-                    self.account_iq(jid, addr, iq, iq_type).await
+                    self.account_iq(routing, jid, addr, iq, iq_type).await
                 }
-                _ => self.other_account_iq(&user, iq, iq_type).await,
+                _ => self.other_account_iq(routing, &user, iq, iq_type).await,
             },
-            Destination::Domain => self.server_iq(iq, iq_type).await,
+            Destination::Domain => self.server_iq(routing, iq, iq_type).await,
             // RFC 6120 section 10.5.2: no resource of the server takes IQs.
-            Destination::DomainResource => bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
+            Destination::DomainResource => {
+                routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+            }
             // RFC 6120 section 10.4: no server-to-server connections yet.
             Destination::Remote(remote) => {
                 tracing::debug!(to = %remote, "iq to a remote domain, no s2s");
-                bounce(&iq, StanzaErrorCondition::RemoteServerNotFound)
+                routing.bounce(&iq, StanzaErrorCondition::RemoteServerNotFound)
             }
-            Destination::LocalFull(jid) => self.iq_to_full(iq, &jid).await,
+            Destination::LocalFull(jid) => self.iq_to_full(routing, iq, &jid).await,
         }
     }
 
     /// RFC 6121 section 8.5.3: an IQ to a full JID goes to that session only;
     /// with no such session a request gets `service-unavailable`
     /// (section 8.5.3.2.3) and a result or error is dropped.
-    async fn iq_to_full(&self, iq: Element, jid: &FullJid) -> Option<Element> {
+    async fn iq_to_full(
+        &self,
+        routing: &Routing<'_>,
+        iq: Element,
+        jid: &FullJid,
+    ) -> Option<Element> {
         let session = match self.registry.session(jid).await {
             Ok(session) => session,
-            Err(error) => return failure_reply(&iq, &error),
+            Err(error) => return routing.failure_reply(&iq, &error),
         };
         let iq = match session {
             Some(session) => {
                 let shared = Arc::new(iq);
-                if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                if deliver_to_session(&*self.bus, shared.clone(), &session, routing.routed_at).await
+                {
                     note_decision("delivered");
-                    crate::metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
+                    routing
+                        .outcome
+                        .record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable for an iq");
@@ -83,7 +95,7 @@ impl SessionRouter {
             }
             None => iq,
         };
-        bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
+        routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
     }
 
     /// An IQ from a session with no `to`, or to its own bare JID: the server
@@ -91,6 +103,7 @@ impl SessionRouter {
     /// an error addressed this way ends an exchange with the server: consumed.
     async fn account_iq(
         &self,
+        routing: &Routing<'_>,
         jid: &FullJid,
         addr: &SessionAddr,
         iq: Element,
@@ -99,7 +112,7 @@ impl SessionRouter {
         if !iq_type.is_request() {
             return None;
         }
-        self.answer_request(Addressee::OwnAccount { jid, addr }, iq, iq_type)
+        self.answer_request(routing, Addressee::OwnAccount { jid, addr }, iq, iq_type)
             .await
     }
 
@@ -108,6 +121,7 @@ impl SessionRouter {
     /// its resources; an unknown account gets `service-unavailable` (section 8.5.1).
     async fn other_account_iq(
         &self,
+        routing: &Routing<'_>,
         user: &BareJid,
         iq: Element,
         iq_type: IqType,
@@ -117,24 +131,30 @@ impl SessionRouter {
         }
         let sessions = match self.registry.sessions(user).await {
             Ok(sessions) => sessions,
-            Err(error) => return failure_reply(&iq, &error),
+            Err(error) => return routing.failure_reply(&iq, &error),
         };
         match self.account_exists(user, &sessions).await {
             Ok(true) => {}
-            Ok(false) => return bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
-            Err(error) => return failure_reply(&iq, &error),
+            Ok(false) => return routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable),
+            Err(error) => return routing.failure_reply(&iq, &error),
         }
-        self.answer_request(Addressee::OtherAccount, iq, iq_type)
+        self.answer_request(routing, Addressee::OtherAccount, iq, iq_type)
             .await
     }
 
     /// An IQ to the server itself (RFC 6120 section 10.5.1). Results and
     /// errors addressed to the server are consumed silently.
-    async fn server_iq(&self, iq: Element, iq_type: IqType) -> Option<Element> {
+    async fn server_iq(
+        &self,
+        routing: &Routing<'_>,
+        iq: Element,
+        iq_type: IqType,
+    ) -> Option<Element> {
         if !iq_type.is_request() {
             return None;
         }
-        self.answer_request(Addressee::Server, iq, iq_type).await
+        self.answer_request(routing, Addressee::Server, iq, iq_type)
+            .await
     }
 
     /// A request the server answers: the handler registered for its payload's
@@ -142,13 +162,14 @@ impl SessionRouter {
     /// `service-unavailable` (RFC 6120 section 8.3.3.19).
     async fn answer_request(
         &self,
+        routing: &Routing<'_>,
         addressee: Addressee<'_>,
         iq: Element,
         iq_type: IqType,
     ) -> Option<Element> {
         let namespace = stanza::iq_payload(&iq).map_or("", Element::namespace);
         let Some(handler) = self.features.handler(namespace) else {
-            return bounce(&iq, StanzaErrorCondition::ServiceUnavailable);
+            return routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable);
         };
         handler
             .handle(
@@ -157,6 +178,7 @@ impl SessionRouter {
                     iq,
                     iq_type,
                     addressee,
+                    routing,
                 },
             )
             .await

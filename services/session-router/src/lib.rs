@@ -24,12 +24,11 @@
 //!
 //! # Delivery
 //!
-//! [`delivery::deliver_to_sessions`] is the one way a stanza reaches
+//! [`starling_bus::deliver_to_sessions`] is the one way a stanza reaches
 //! connection-managers: one bus envelope per destination node (DESIGN.md
 //! "Fan-out cost"). The presence service uses it too.
 
 mod address;
-pub mod delivery;
 mod features;
 mod handlers;
 mod iq;
@@ -40,7 +39,7 @@ mod router;
 mod session;
 
 pub use metrics::RouterMetrics;
-pub use router::{RouterConfig, SessionRouter};
+pub use router::{RouterConfig, RouterHandle, SessionRouter};
 
 #[cfg(test)]
 mod tests;

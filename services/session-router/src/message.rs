@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use starling_api::{ApiError, Origin, SessionAddr, SessionRecord};
+use starling_bus::{deliver_to_session, deliver_to_sessions};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{stanza, Element, StanzaErrorCondition};
 
 use crate::address::Destination;
-use crate::delivery::{deliver_to_session, deliver_to_sessions};
-use crate::metrics::{self, Decision};
+use crate::metrics::Decision;
 use crate::offline::offline_stanza_xml;
-use crate::router::{bounce, failure_reply, note_decision, unshare, SessionRouter};
+use crate::router::{note_decision, unshare, Routing, SessionRouter};
 
 /// The message types of RFC 6121 section 5.2.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +38,10 @@ impl MessageType {
 
 /// Evaluate a fallible lookup, or return the error reply for the stanza.
 macro_rules! or_bounce {
-    ($result:expr, $stanza:expr) => {
+    ($routing:expr, $result:expr, $stanza:expr) => {
         match $result {
             Ok(value) => value,
-            Err(error) => return failure_reply(&$stanza, &error),
+            Err(error) => return $routing.failure_reply(&$stanza, &error),
         }
     };
 }
@@ -50,21 +50,21 @@ impl SessionRouter {
     /// Route a message; returns the reply for its sender, if any.
     pub(crate) async fn route_message(
         &self,
-        origin: &Origin,
+        routing: &Routing<'_>,
         mut message: Element,
     ) -> Option<Element> {
-        let destination = match self.destination(&message) {
+        let destination = match self.destination(routing, &message) {
             Ok(destination) => destination,
             Err(reply) => return reply,
         };
         match destination {
-            Destination::Absent => match origin {
+            Destination::Absent => match routing.origin {
                 // RFC 6120 section 10.3.1: a message with no `to` is treated as
                 // addressed to the sender's bare JID.
                 Origin::Session { jid, .. } => {
                     let own_account = jid.to_bare();
                     message.set_attr("to", own_account.to_string());
-                    self.message_to_bare(message, &own_account, None, None)
+                    self.message_to_bare(routing, message, &own_account, None, None)
                         .await
                 }
                 Origin::Server => {
@@ -76,28 +76,39 @@ impl SessionRouter {
             // to itself; it offers no message service, so service-unavailable.
             // An error message is never answered (RFC 6120 section 8.3.1).
             Destination::Domain | Destination::DomainResource => {
-                bounce(&message, StanzaErrorCondition::ServiceUnavailable)
+                routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
             // RFC 6120 section 10.4: no server-to-server connections yet.
             Destination::Remote(remote) => {
                 tracing::debug!(to = %remote, "message to a remote domain, no s2s");
-                bounce(&message, StanzaErrorCondition::RemoteServerNotFound)
+                routing.bounce(&message, StanzaErrorCondition::RemoteServerNotFound)
             }
-            Destination::LocalBare(user) => self.message_to_bare(message, &user, None, None).await,
-            Destination::LocalFull(jid) => self.message_to_full(message, &jid).await,
+            Destination::LocalBare(user) => {
+                self.message_to_bare(routing, message, &user, None, None)
+                    .await
+            }
+            Destination::LocalFull(jid) => self.message_to_full(routing, message, &jid).await,
         }
     }
 
     /// RFC 6121 section 8.5.3: a message to a full JID of a local account.
-    async fn message_to_full(&self, message: Element, jid: &FullJid) -> Option<Element> {
-        let session = or_bounce!(self.registry.session(jid).await, message);
+    async fn message_to_full(
+        &self,
+        routing: &Routing<'_>,
+        message: Element,
+        jid: &FullJid,
+    ) -> Option<Element> {
+        let session = or_bounce!(routing, self.registry.session(jid).await, message);
         let message = match session {
             // 8.5.3.1: the resource matches, deliver whatever its priority.
             Some(session) => {
                 let shared = Arc::new(message);
-                if deliver_to_session(&*self.bus, shared.clone(), &session).await {
+                if deliver_to_session(&*self.bus, shared.clone(), &session, routing.routed_at).await
+                {
                     note_decision("delivered");
-                    metrics::record_delivered(std::iter::once(session.addr.node.as_str()));
+                    routing
+                        .outcome
+                        .record_delivered(std::iter::once(session.addr.node.as_str()));
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable, treating as no resource match");
@@ -107,10 +118,12 @@ impl SessionRouter {
         };
         // 8.5.3.2.1: no resource matches.
         match MessageType::of(&message) {
-            MessageType::Groupchat => bounce(&message, StanzaErrorCondition::ServiceUnavailable),
+            MessageType::Groupchat => {
+                routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
+            }
             MessageType::Error => None,
             MessageType::Normal | MessageType::Chat | MessageType::Headline => {
-                self.message_to_bare(message, jid.bare(), Some(jid), None)
+                self.message_to_bare(routing, message, jid.bare(), Some(jid), None)
                     .await
             }
         }
@@ -123,6 +136,7 @@ impl SessionRouter {
     /// a stale registry entry cannot make a message bounce back and forth).
     pub(crate) async fn message_to_bare(
         &self,
+        routing: &Routing<'_>,
         message: Element,
         user: &BareJid,
         excluded: Option<&FullJid>,
@@ -133,15 +147,15 @@ impl SessionRouter {
         if message_type == MessageType::Error {
             return None;
         }
-        let sessions = or_bounce!(self.registry.sessions(user).await, message);
+        let sessions = or_bounce!(routing, self.registry.sessions(user).await, message);
         // 8.5.1: no such account => service-unavailable.
-        if !or_bounce!(self.account_exists(user, &sessions).await, message) {
+        if !or_bounce!(routing, self.account_exists(user, &sessions).await, message) {
             tracing::debug!(to = %user, "message to an account that does not exist");
-            return bounce(&message, StanzaErrorCondition::ServiceUnavailable);
+            return routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable);
         }
         // 8.5.2.1.1 and 8.5.2.2.1: groupchat to a bare JID is never delivered.
         if message_type == MessageType::Groupchat {
-            return bounce(&message, StanzaErrorCondition::ServiceUnavailable);
+            return routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable);
         }
 
         // Only available resources with non-negative priority receive
@@ -167,10 +181,11 @@ impl SessionRouter {
                 .map(|session| (session.clone(), None))
                 .collect();
             let shared = Arc::new(message);
-            let unreached = deliver_to_sessions(&*self.bus, shared.clone(), &pairs).await;
+            let unreached =
+                deliver_to_sessions(&*self.bus, shared.clone(), &pairs, routing.routed_at).await;
             if unreached.len() < pairs.len() {
                 note_decision("delivered");
-                metrics::record_delivered(
+                routing.outcome.record_delivered(
                     targets
                         .iter()
                         .filter(|session| !unreached.contains(session))
@@ -185,7 +200,7 @@ impl SessionRouter {
         // 8.5.2.2.1: no available resource.
         match message_type {
             MessageType::Normal | MessageType::Chat if worth_storing_offline(&message) => {
-                self.store_offline(user, message).await
+                self.store_offline(routing, user, message).await
             }
             // A bare chat state notification or a no-store hint: nobody needs it later.
             MessageType::Normal | MessageType::Chat => None,
@@ -195,41 +210,49 @@ impl SessionRouter {
     }
 
     /// XEP-0160: keep the message for the account's next available session.
-    async fn store_offline(&self, user: &BareJid, message: Element) -> Option<Element> {
+    async fn store_offline(
+        &self,
+        routing: &Routing<'_>,
+        user: &BareJid,
+        message: Element,
+    ) -> Option<Element> {
         let stanza_xml = offline_stanza_xml(&message, &self.config.domain, (self.clock)());
         match self.storage.store_offline(user, &stanza_xml).await {
             Ok(()) => {
                 tracing::debug!(to = %user, "message stored offline");
                 note_decision("offline");
-                metrics::record(Decision::Offline);
+                routing.outcome.record(Decision::Offline);
                 None
             }
             // XEP-0160 section 3: the queue is full => service-unavailable.
             Err(ApiError::LimitReached(reason)) => {
                 tracing::info!(to = %user, %reason, "offline queue full, message bounced");
-                bounce(&message, StanzaErrorCondition::ServiceUnavailable)
+                routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
-            Err(error) => failure_reply(&message, &error),
+            Err(error) => routing.failure_reply(&message, &error),
         }
     }
 
     /// A message that reached a connection which no longer exists: try the
     /// account's other resources, then offline storage. IQ requests are
-    /// answered `service-unavailable` (RFC 6121 section 8.5.3.2.3), the rest dropped.
+    /// answered `service-unavailable` (RFC 6121 section 8.5.3.2.3), the rest
+    /// dropped. No client sent it just now: it has no origin time, and its
+    /// routing decision is not counted.
     pub(crate) async fn reroute_undeliverable(
         &self,
         stanza_element: Element,
         failed: &SessionAddr,
     ) -> Option<Element> {
+        let routing = &Routing::new(&Origin::Server, None);
         match stanza_element.name() {
             "message" => match stanza::to(&stanza_element) {
                 Ok(Some(Jid::Full(jid))) if self.is_local_account(jid.bare()) => {
                     let user = jid.to_bare();
-                    self.message_to_bare(stanza_element, &user, Some(&jid), Some(failed))
+                    self.message_to_bare(routing, stanza_element, &user, Some(&jid), Some(failed))
                         .await
                 }
                 Ok(Some(Jid::Bare(user))) if self.is_local_account(&user) => {
-                    self.message_to_bare(stanza_element, &user, None, Some(failed))
+                    self.message_to_bare(routing, stanza_element, &user, None, Some(failed))
                         .await
                 }
                 _ => {
@@ -240,7 +263,7 @@ impl SessionRouter {
                     None
                 }
             },
-            "iq" => bounce(&stanza_element, StanzaErrorCondition::ServiceUnavailable),
+            "iq" => routing.bounce(&stanza_element, StanzaErrorCondition::ServiceUnavailable),
             _ => None,
         }
     }

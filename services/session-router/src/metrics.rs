@@ -4,11 +4,10 @@
 //! from the router receiving the stanza until its last publish (or store) is done.
 //!
 //! The decision is recorded where it is taken, deep in the routing rules,
-//! into a task-local [`RouteOutcome`] that `route` opens around one stanza
-//! (routing never spawns a task per stanza, see the crate docs), so no rule's
-//! signature carries it. Every label value comes from a fixed set.
+//! into the [`RouteOutcome`] of the stanza, which each rule is given with the
+//! stanza (`Routing`). Every label value comes from a fixed set.
 
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use prometheus::{
@@ -148,85 +147,80 @@ impl RouterMetrics {
     }
 }
 
-/// The decision taken for the stanza `route` is handling, and the node it came from.
+/// The decision taken for the stanza `route` is handling, and the node it
+/// came from. Each routing rule that decides records into the outcome it is
+/// given (routing never spawns a task per stanza, see the crate docs); the
+/// last record wins.
 pub(crate) struct RouteOutcome {
     sender_node: Option<String>,
-    decision: Cell<Option<Decision>>,
-}
-
-tokio::task_local! {
-    static OUTCOME: RouteOutcome;
+    /// 0 while nothing is recorded, else the decision's index plus one.
+    decision: AtomicU8,
 }
 
 impl RouteOutcome {
     pub(crate) fn new(sender_node: Option<String>) -> Self {
         RouteOutcome {
             sender_node,
-            decision: Cell::new(None),
+            decision: AtomicU8::new(0),
         }
     }
 
-    /// Run `future` recording into `self`; returns its output and the decision recorded.
-    pub(crate) async fn scope<F: std::future::Future>(
-        self,
-        future: F,
-    ) -> (F::Output, Option<Decision>) {
-        OUTCOME
-            .scope(self, async move {
-                let output = future.await;
-                let decision = OUTCOME.with(|outcome| outcome.decision.get());
-                (output, decision)
-            })
-            .await
+    /// The decision recorded last, if any.
+    pub(crate) fn decision(&self) -> Option<Decision> {
+        match self.decision.load(Ordering::Relaxed) {
+            0 => None,
+            recorded => Decision::ALL.get(usize::from(recorded) - 1).copied(),
+        }
     }
-}
 
-/// Record the decision for the stanza being routed (a no-op outside `route`,
-/// e.g. when rerouting an undeliverable stanza). The last record wins.
-pub(crate) fn record(decision: Decision) {
-    let _ = OUTCOME.try_with(|outcome| outcome.decision.set(Some(decision)));
-}
+    /// Record the decision for the stanza.
+    pub(crate) fn record(&self, decision: Decision) {
+        // The index of one of seven decisions always fits.
+        let recorded = u8::try_from(decision.index() + 1).unwrap_or(u8::MAX);
+        self.decision.store(recorded, Ordering::Relaxed);
+    }
 
-/// Record a delivery that reached sessions on `nodes`: local when every one
-/// is the sender's node, remote otherwise.
-pub(crate) fn record_delivered<'a>(mut nodes: impl Iterator<Item = &'a str>) {
-    let _ = OUTCOME.try_with(|outcome| {
-        let local = match &outcome.sender_node {
+    /// Record a delivery that reached sessions on `nodes`: local when every
+    /// one is the sender's node, remote otherwise.
+    pub(crate) fn record_delivered<'a>(&self, mut nodes: impl Iterator<Item = &'a str>) {
+        let local = match &self.sender_node {
             Some(sender) => nodes.all(|node| node == sender),
             None => false,
         };
-        let decision = if local {
+        self.record(if local {
             Decision::Local
         } else {
             Decision::Remote
-        };
-        outcome.decision.set(Some(decision));
-    });
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_last_record_inside_the_scope_wins_and_outside_is_ignored() {
-        record(Decision::Error);
-        let ((), decision) = RouteOutcome::new(Some("cm-1".into()))
-            .scope(async {
-                record(Decision::Dropped);
-                record_delivered(["cm-1", "cm-1"].into_iter());
-            })
-            .await;
-        assert_eq!(decision, Some(Decision::Local));
-        let ((), decision) = RouteOutcome::new(Some("cm-1".into()))
-            .scope(async { record_delivered(["cm-1", "cm-2"].into_iter()) })
-            .await;
-        assert_eq!(decision, Some(Decision::Remote));
-        let ((), decision) = RouteOutcome::new(None)
-            .scope(async { record_delivered(["cm-1"].into_iter()) })
-            .await;
-        assert_eq!(decision, Some(Decision::Remote));
-        let ((), decision) = RouteOutcome::new(None).scope(async {}).await;
-        assert_eq!(decision, None);
+    #[test]
+    fn the_last_record_wins() {
+        let outcome = RouteOutcome::new(Some("cm-1".into()));
+        assert_eq!(outcome.decision(), None);
+        outcome.record(Decision::Dropped);
+        assert_eq!(outcome.decision(), Some(Decision::Dropped));
+        outcome.record_delivered(["cm-1", "cm-1"].into_iter());
+        assert_eq!(outcome.decision(), Some(Decision::Local));
+        let outcome = RouteOutcome::new(Some("cm-1".into()));
+        outcome.record_delivered(["cm-1", "cm-2"].into_iter());
+        assert_eq!(outcome.decision(), Some(Decision::Remote));
+        let outcome = RouteOutcome::new(None);
+        outcome.record_delivered(["cm-1"].into_iter());
+        assert_eq!(outcome.decision(), Some(Decision::Remote));
+    }
+
+    #[test]
+    fn every_decision_is_read_back_as_recorded() {
+        let outcome = RouteOutcome::new(None);
+        for decision in Decision::ALL {
+            outcome.record(decision);
+            assert_eq!(outcome.decision(), Some(decision));
+        }
     }
 }

@@ -1,24 +1,24 @@
 //! The router itself: configuration, wiring, and the dispatch of each stanza
 //! by kind (RFC 6120 section 8) to the message, presence and IQ rules.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
-use parking_lot::RwLock;
 use starling_api::{
     ApiError, ApiResult, BindError, FeatureSpec, Origin, PresenceApi, RouterApi, SessionAddr,
     SessionRecord, SessionRegistry, StorageApi,
 };
-use starling_bus::Bus;
+use starling_bus::{deliver_to_session, Bus};
 use starling_jid::{normalize_domainpart, BareJid, FullJid, Jid};
-use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind};
+use starling_xmpp::{
+    stanza, Element, InvalidStanza, StanzaError, StanzaErrorCondition, StanzaKind,
+};
 
 use crate::address::{classify, Destination};
-use crate::delivery::deliver_to_session;
 use crate::features::FeatureRegistry;
 use crate::handlers::{IQ_HANDLERS, WITHOUT_IQ_HANDLER};
-use crate::metrics::{self, Decision, RouteOutcome, RouterMetrics};
+use crate::metrics::{Decision, RouteOutcome, RouterMetrics};
 
 /// What the router needs to know about the deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,13 +34,88 @@ pub struct RouterConfig {
     pub server_version: String,
 }
 
+/// One stanza being routed: who sent it, when it entered the cluster (the
+/// sending connection-manager's clock, for the delivery latency; `None` for
+/// what no client sent just now), and the decision taken for it (metrics).
+pub(crate) struct Routing<'a> {
+    pub(crate) origin: &'a Origin,
+    pub(crate) routed_at: Option<SystemTime>,
+    pub(crate) outcome: RouteOutcome,
+}
+
+impl<'a> Routing<'a> {
+    pub(crate) fn new(origin: &'a Origin, routed_at: Option<SystemTime>) -> Self {
+        let sender_node = match origin {
+            Origin::Session { addr, .. } => Some(addr.node.clone()),
+            Origin::Server => None,
+        };
+        Routing {
+            origin,
+            routed_at,
+            outcome: RouteOutcome::new(sender_node),
+        }
+    }
+
+    /// The error reply for `stanza_element` with a condition and its default
+    /// type; `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
+    pub(crate) fn bounce(
+        &self,
+        stanza_element: &Element,
+        condition: StanzaErrorCondition,
+    ) -> Option<Element> {
+        self.bounced(stanza::error_reply(
+            stanza_element,
+            &StanzaError::new(condition),
+        ))
+    }
+
+    /// The error reply to a stanza that broke a rule of its kind (the typed
+    /// stanza's check, e.g. RFC 6120 section 8.2.3): bounced with its reason.
+    pub(crate) fn reject(&self, invalid: &InvalidStanza) -> Option<Element> {
+        self.bounced(invalid.error_reply())
+    }
+
+    /// Record a bounce: an error reply, or a drop for a stanza that must not
+    /// be answered (RFC 6120 section 8.3.1).
+    fn bounced(&self, reply: Option<Element>) -> Option<Element> {
+        note_decision("bounced");
+        self.outcome.record(if reply.is_some() {
+            Decision::Bounced
+        } else {
+            Decision::Dropped
+        });
+        reply
+    }
+
+    /// The error reply when a dependency failed while routing: the sender
+    /// learns the stanza was not handled (DESIGN.md "Delivery guarantees":
+    /// delivered, stored or bounced).
+    pub(crate) fn failure_reply(
+        &self,
+        stanza_element: &Element,
+        error: &ApiError,
+    ) -> Option<Element> {
+        note_decision("failed");
+        tracing::warn!(
+            kind = stanza_element.name(),
+            to = stanza_element.attr("to").unwrap_or(""),
+            %error,
+            "routing failed, bouncing the stanza"
+        );
+        self.outcome.record(Decision::Error);
+        stanza::error_reply(stanza_element, &error.to_stanza_error())
+    }
+}
+
 /// The session-router: binds resources and routes every stanza.
 pub struct SessionRouter {
     pub(crate) config: RouterConfig,
     pub(crate) registry: Arc<dyn SessionRegistry>,
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) storage: Arc<dyn StorageApi>,
-    presence: RwLock<Option<Arc<dyn PresenceApi>>>,
+    /// Rosters and presence (RFC 6121 sections 2-4) belong to the presence
+    /// service: the router hands it presence stanzas, roster IQs and ended sessions.
+    pub(crate) presence: Arc<dyn PresenceApi>,
     /// The features the server answers IQs for and advertises in disco#info.
     pub(crate) features: FeatureRegistry,
     /// Where offline delay stamps take the time from.
@@ -54,6 +129,7 @@ impl SessionRouter {
         registry: Arc<dyn SessionRegistry>,
         bus: Arc<dyn Bus>,
         storage: Arc<dyn StorageApi>,
+        presence: Arc<dyn PresenceApi>,
     ) -> Self {
         let mut config = config;
         match normalize_domainpart(&config.domain) {
@@ -67,7 +143,7 @@ impl SessionRouter {
             registry,
             bus,
             storage,
-            presence: RwLock::new(None),
+            presence,
             features: FeatureRegistry::new(IQ_HANDLERS, WITHOUT_IQ_HANDLER),
             clock: SystemTime::now,
             metrics: RouterMetrics::default(),
@@ -88,13 +164,20 @@ impl SessionRouter {
         self
     }
 
-    /// Late wiring (the presence service itself needs an `Arc<dyn RouterApi>`).
-    /// Called once before serving; a later call replaces the earlier service.
-    pub fn set_presence(&self, presence: Arc<dyn PresenceApi>) {
-        let previous = self.presence.write().replace(presence);
-        if previous.is_some() {
-            tracing::warn!("presence service wired twice, the newest one is used");
-        }
+    /// Build a router whose presence service calls it back, both in one
+    /// process: `build` gets a [`RouterHandle`] on the router being built (for
+    /// the presence service it makes first) and returns the router.
+    pub fn new_cyclic(build: impl FnOnce(Arc<dyn RouterApi>) -> SessionRouter) -> Arc<Self> {
+        Arc::new_cyclic(|router| {
+            build(Arc::new(RouterHandle {
+                router: router.clone(),
+            }))
+        })
+    }
+
+    /// The presence service this router hands presence to.
+    pub fn presence(&self) -> &Arc<dyn PresenceApi> {
+        &self.presence
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -107,21 +190,18 @@ impl SessionRouter {
         self
     }
 
-    pub(crate) fn presence(&self) -> Option<Arc<dyn PresenceApi>> {
-        self.presence.read().clone()
-    }
-
     /// The destination of a stanza, or the error reply for a `to` that is not
     /// a valid JID (`jid-malformed`, RFC 6120 section 8.3.3.8).
     pub(crate) fn destination(
         &self,
+        routing: &Routing<'_>,
         stanza_element: &Element,
     ) -> Result<Destination, Option<Element>> {
         match stanza::to(stanza_element) {
             Ok(to) => Ok(classify(to, &self.config.domain)),
             Err(error) => {
                 tracing::debug!(to = stanza_element.attr("to").unwrap_or(""), %error, "stanza addressed to a malformed jid");
-                Err(bounce(stanza_element, StanzaErrorCondition::JidMalformed))
+                Err(routing.bounce(stanza_element, StanzaErrorCondition::JidMalformed))
             }
         }
     }
@@ -142,14 +222,14 @@ impl SessionRouter {
     /// sender, if any (an error, or the answer of a server-side handler).
     async fn route_once(
         &self,
-        origin: &Origin,
+        routing: &Routing<'_>,
         stanza_element: Element,
     ) -> ApiResult<Option<Element>> {
         match StanzaKind::of(&stanza_element) {
-            Some(StanzaKind::Message) => Ok(self.route_message(origin, stanza_element).await),
-            Some(StanzaKind::Iq) => Ok(self.route_iq(origin, stanza_element).await),
+            Some(StanzaKind::Message) => Ok(self.route_message(routing, stanza_element).await),
+            Some(StanzaKind::Iq) => Ok(self.route_iq(routing, stanza_element).await),
             Some(StanzaKind::Presence) => self
-                .route_presence(origin, stanza_element)
+                .route_presence(routing, stanza_element)
                 .await
                 .map(|()| None),
             None => {
@@ -167,17 +247,20 @@ impl SessionRouter {
     /// local session's presence (RFC 6121 sections 3 and 4), inbound for
     /// presence addressed to a local entity. No s2s yet: presence to a remote
     /// domain is dropped silently.
-    async fn route_presence(&self, origin: &Origin, presence_stanza: Element) -> ApiResult<()> {
-        let Some(presence) = self.presence() else {
-            tracing::warn!("presence service not wired, presence dropped");
-            return Ok(());
-        };
+    async fn route_presence(
+        &self,
+        routing: &Routing<'_>,
+        presence_stanza: Element,
+    ) -> ApiResult<()> {
+        let presence = &self.presence;
         note_decision("presence");
-        match origin {
+        match routing.origin {
             Origin::Session { jid, addr } => {
-                presence.outbound_presence(jid, addr, presence_stanza).await
+                presence
+                    .outbound_presence(jid, addr, presence_stanza, routing.routed_at)
+                    .await
             }
-            Origin::Server => match self.destination(&presence_stanza) {
+            Origin::Server => match self.destination(routing, &presence_stanza) {
                 Ok(Destination::Absent) => {
                     tracing::debug!("server presence without a to address, dropped");
                     Ok(())
@@ -186,7 +269,11 @@ impl SessionRouter {
                     tracing::debug!(to = %remote, "presence to a remote domain dropped, no s2s");
                     Ok(())
                 }
-                Ok(_) => presence.inbound_presence(presence_stanza).await,
+                Ok(_) => {
+                    presence
+                        .inbound_presence(presence_stanza, routing.routed_at)
+                        .await
+                }
                 Err(_) => Ok(()),
             },
         }
@@ -196,17 +283,24 @@ impl SessionRouter {
     /// straight back to its connection; any other goes through the routing
     /// rules as a server stanza. Replies are results or errors, which are never
     /// answered again (RFC 6120 section 8.3.1), so this ends here.
-    pub(crate) async fn send_reply(&self, origin: &Origin, reply: Element) -> ApiResult<()> {
+    /// The reply's routing decision is not counted: the stanza it answers was.
+    pub(crate) async fn send_reply(
+        &self,
+        origin: &Origin,
+        reply: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         if let Origin::Session { jid, addr } = origin {
             if reply.attr("to").is_some_and(|to| is_same_full_jid(to, jid)) {
                 let session = SessionRecord::new(jid.clone(), addr.clone());
-                if !deliver_to_session(&*self.bus, Arc::new(reply), &session).await {
+                if !deliver_to_session(&*self.bus, Arc::new(reply), &session, routed_at).await {
                     tracing::debug!(jid = %jid, "sender's session is gone, reply dropped");
                 }
                 return Ok(());
             }
         }
-        if let Some(unexpected) = self.route_once(&Origin::Server, reply).await? {
+        let reply_routing = Routing::new(&Origin::Server, routed_at);
+        if let Some(unexpected) = self.route_once(&reply_routing, reply).await? {
             tracing::warn!(
                 to = unexpected.attr("to").unwrap_or(""),
                 "reply to a reply dropped"
@@ -234,34 +328,6 @@ fn is_same_full_jid(to: &str, jid: &FullJid) -> bool {
 /// not reach its target (cloning only if the bus still holds a reference).
 pub(crate) fn unshare(shared: Arc<Element>) -> Element {
     Arc::try_unwrap(shared).unwrap_or_else(|still_shared| (*still_shared).clone())
-}
-
-/// The error reply for `stanza_element` with a condition and its default type;
-/// `None` for a stanza that must not be answered (RFC 6120 section 8.3.1).
-pub(crate) fn bounce(stanza_element: &Element, condition: StanzaErrorCondition) -> Option<Element> {
-    note_decision("bounced");
-    let reply = stanza::error_reply(stanza_element, &StanzaError::new(condition));
-    metrics::record(if reply.is_some() {
-        Decision::Bounced
-    } else {
-        Decision::Dropped
-    });
-    reply
-}
-
-/// The error reply when a dependency failed while routing: the sender learns
-/// the stanza was not handled (DESIGN.md "Delivery guarantees": delivered,
-/// stored or bounced).
-pub(crate) fn failure_reply(stanza_element: &Element, error: &ApiError) -> Option<Element> {
-    note_decision("failed");
-    tracing::warn!(
-        kind = stanza_element.name(),
-        to = stanza_element.attr("to").unwrap_or(""),
-        %error,
-        "routing failed, bouncing the stanza"
-    );
-    metrics::record(Decision::Error);
-    stanza::error_reply(stanza_element, &error.to_stanza_error())
 }
 
 /// Record how the router decided on the stanza of the current `router.route`
@@ -310,18 +376,18 @@ impl RouterApi for SessionRouter {
             route.replied = tracing::field::Empty,
         )
     )]
-    async fn route(&self, origin: Origin, mut stanza_element: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        origin: Origin,
+        mut stanza_element: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         Self::stamp_from(&origin, &mut stanza_element);
         let started = Instant::now();
         let kind = StanzaKind::of(&stanza_element);
-        let sender_node = match &origin {
-            Origin::Session { addr, .. } => Some(addr.node.clone()),
-            Origin::Server => None,
-        };
-        let (routed, recorded) = RouteOutcome::new(sender_node)
-            .scope(self.route_once(&origin, stanza_element))
-            .await;
-        let decision = recorded.unwrap_or(match (&routed, kind) {
+        let routing = Routing::new(&origin, routed_at);
+        let routed = self.route_once(&routing, stanza_element).await;
+        let decision = routing.outcome.decision().unwrap_or(match (&routed, kind) {
             (Err(_), _) => Decision::Error,
             (Ok(Some(reply)), _) if stanza::stanza_type(reply) == "error" => Decision::Bounced,
             (Ok(Some(_)), _) => Decision::Server,
@@ -332,7 +398,7 @@ impl RouterApi for SessionRouter {
         let result = match routed {
             Ok(Some(reply)) => {
                 tracing::Span::current().record("route.replied", true);
-                self.send_reply(&origin, reply).await
+                self.send_reply(&origin, reply, routed_at).await
             }
             Ok(None) => Ok(()),
             Err(error) => Err(error),
@@ -359,8 +425,54 @@ impl RouterApi for SessionRouter {
     )]
     async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {
         if let Some(reply) = self.reroute_undeliverable(stanza_element, failed).await {
-            self.send_reply(&Origin::Server, reply).await?;
+            self.send_reply(&Origin::Server, reply, None).await?;
         }
         Ok(())
+    }
+}
+
+/// A router as seen by the presence service of the same process
+/// ([`SessionRouter::new_cyclic`]): it does not keep the router alive, and
+/// once the router is gone every call fails as unavailable.
+pub struct RouterHandle {
+    router: Weak<SessionRouter>,
+}
+
+impl RouterHandle {
+    fn router(&self) -> ApiResult<Arc<SessionRouter>> {
+        self.router
+            .upgrade()
+            .ok_or_else(|| ApiError::Unavailable("the session router has stopped".into()))
+    }
+}
+
+#[async_trait]
+impl RouterApi for RouterHandle {
+    async fn bind(
+        &self,
+        user: &BareJid,
+        requested: Option<&str>,
+        addr: &SessionAddr,
+    ) -> Result<FullJid, BindError> {
+        self.router()?.bind(user, requested, addr).await
+    }
+
+    async fn unbind(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<()> {
+        self.router()?.unbind(jid, addr).await
+    }
+
+    async fn route(
+        &self,
+        origin: Origin,
+        stanza_element: Element,
+        routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
+        self.router()?
+            .route(origin, stanza_element, routed_at)
+            .await
+    }
+
+    async fn undeliverable(&self, stanza_element: Element, failed: &SessionAddr) -> ApiResult<()> {
+        self.router()?.undeliverable(stanza_element, failed).await
     }
 }

@@ -140,11 +140,7 @@ impl SessionRouter {
     /// RFC 6121 section 4.5.2: the server broadcasts unavailable presence for
     /// a session that ended without sending it.
     async fn announce_session_end(&self, jid: &FullJid, was_available: bool) {
-        let Some(presence) = self.presence() else {
-            tracing::warn!(jid = %jid, "presence service not wired, session end not announced");
-            return;
-        };
-        if let Err(error) = presence.session_ended(jid, was_available).await {
+        if let Err(error) = self.presence.session_ended(jid, was_available).await {
             tracing::warn!(jid = %jid, %error, "presence service failed to announce a session end");
         }
     }

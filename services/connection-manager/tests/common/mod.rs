@@ -234,7 +234,12 @@ impl RouterApi for TestRouter {
         Ok(())
     }
 
-    async fn route(&self, _origin: Origin, stanza: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        _origin: Origin,
+        stanza: Element,
+        routed_at: Option<std::time::SystemTime>,
+    ) -> ApiResult<()> {
         self.routed.lock().push(stanza.clone());
         if stanza.attr("to") == Some("fail@example.com") {
             return Err(ApiError::Unavailable("the test router refuses".into()));
@@ -248,7 +253,7 @@ impl RouterApi for TestRouter {
                             recipients: vec![Recipient::conn(record.addr.conn)],
                             stanza: Arc::new(stanza),
                             // As the real router does: the time the edge handed it over.
-                            routed_at: starling_api::origin_time::current(),
+                            routed_at,
                         },
                     )
                     .await?;
@@ -306,6 +311,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         },
         registration_enabled: true,
         require_tls: true,
+        drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
         metrics: Default::default(),
     };
     configure(&mut config);

@@ -52,7 +52,12 @@ impl RouterApi for RecordingRouter {
         Ok(())
     }
 
-    async fn route(&self, origin: Origin, stanza: Element) -> ApiResult<()> {
+    async fn route(
+        &self,
+        origin: Origin,
+        stanza: Element,
+        _routed_at: Option<std::time::SystemTime>,
+    ) -> ApiResult<()> {
         assert_eq!(
             origin,
             Origin::Server,
@@ -80,6 +85,8 @@ pub struct Session {
 pub struct Envelope {
     pub recipients: Vec<Recipient>,
     pub stanza: Arc<Element>,
+    /// When the stanza that caused it entered the cluster.
+    pub routed_at: Option<std::time::SystemTime>,
 }
 
 pub struct Harness {
@@ -188,7 +195,7 @@ impl Harness {
         let mut stanza = xml(text);
         stanza.set_attr("from", session.jid.to_string());
         self.service
-            .outbound_presence(&session.jid, &session.addr, stanza)
+            .outbound_presence(&session.jid, &session.addr, stanza, None)
             .await
             .unwrap();
     }
@@ -197,7 +204,7 @@ impl Harness {
         let mut stanza = xml(text);
         stanza.set_attr("from", session.jid.to_string());
         self.service
-            .roster_iq(&session.jid, &session.addr, stanza)
+            .roster_iq(&session.jid, &session.addr, stanza, None)
             .await
             .unwrap();
     }
@@ -222,8 +229,14 @@ impl Harness {
         while let Ok(delivery) = receiver.try_recv() {
             match delivery {
                 Delivery::Stanza {
-                    recipients, stanza, ..
-                } => envelopes.push(Envelope { recipients, stanza }),
+                    recipients,
+                    stanza,
+                    routed_at,
+                } => envelopes.push(Envelope {
+                    recipients,
+                    stanza,
+                    routed_at,
+                }),
                 Delivery::Close { .. } => panic!("the presence service closes no stream"),
                 Delivery::Drain { .. } => panic!("the presence service drains no node"),
                 Delivery::Undecodable { .. } => panic!("an in-process bus decodes nothing"),

@@ -333,9 +333,10 @@ async fn inbound_presence_reaches_available_resources_or_the_addressed_one() {
     let _idle = harness.bind("alice@example.com/idle", "cm2").await;
     harness
         .service
-        .inbound_presence(xml(
-            "<presence from='romeo@remote.net/garden' to='alice@example.com'/>",
-        ))
+        .inbound_presence(
+            xml("<presence from='romeo@remote.net/garden' to='alice@example.com'/>"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -347,7 +348,7 @@ async fn inbound_presence_reaches_available_resources_or_the_addressed_one() {
     );
     harness
         .service
-        .inbound_presence(xml("<presence from='romeo@remote.net/garden' to='alice@example.com/laptop' type='unavailable'/>"))
+        .inbound_presence(xml("<presence from='romeo@remote.net/garden' to='alice@example.com/laptop' type='unavailable'/>"), None)
         .await
         .unwrap();
     assert_eq!(
@@ -362,7 +363,7 @@ async fn inbound_presence_reaches_available_resources_or_the_addressed_one() {
     ] {
         harness
             .service
-            .inbound_presence(xml(dropped))
+            .inbound_presence(xml(dropped), None)
             .await
             .unwrap();
     }
@@ -434,8 +435,41 @@ async fn client_probes_are_ignored_and_unknown_types_bad_show_and_priority_bounc
     };
     harness
         .service
-        .outbound_presence(&ghost_jid, &ghost_addr, xml("<presence/>"))
+        .outbound_presence(&ghost_jid, &ghost_addr, xml("<presence/>"), None)
         .await
         .unwrap();
     assert!(harness.received_all().is_empty());
+}
+
+#[tokio::test]
+async fn deliveries_carry_the_origin_time_of_the_call() {
+    let mut harness = Harness::new().await;
+    let alice = harness.online("alice@example.com/laptop", "cm1").await;
+    let bob = harness.online("bob@example.com/phone", "cm2").await;
+    harness.befriend(&alice, &bob).await;
+    harness.drain_all();
+    let routed_at = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+    let mut away = xml("<presence><show>away</show></presence>");
+    away.set_attr("from", alice.jid.to_string());
+    harness
+        .service
+        .outbound_presence(&alice.jid, &alice.addr, away, Some(routed_at))
+        .await
+        .unwrap();
+    let envelopes = harness.envelopes("cm2");
+    assert!(!envelopes.is_empty(), "bob is told");
+    assert!(envelopes
+        .iter()
+        .all(|envelope| envelope.routed_at == Some(routed_at)));
+    // A session that ended was no client's stanza: no time.
+    harness
+        .service
+        .session_ended(&alice.jid, true)
+        .await
+        .unwrap();
+    let envelopes = harness.envelopes("cm2");
+    assert!(!envelopes.is_empty(), "bob is told");
+    assert!(envelopes
+        .iter()
+        .all(|envelope| envelope.routed_at.is_none()));
 }

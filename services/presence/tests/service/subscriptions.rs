@@ -355,7 +355,7 @@ async fn remote_contacts_go_through_the_router_both_ways() {
         .service
         .inbound_presence(xml(
             "<presence from='romeo@remote.net/garden' to='alice@example.com' type='subscribed'/>",
-        ))
+        ), None)
         .await
         .unwrap();
     assert_eq!(
@@ -369,9 +369,12 @@ async fn remote_contacts_go_through_the_router_both_ways() {
     // Romeo asks in turn; alice approves: the approval and her presence are routed.
     harness
         .service
-        .inbound_presence(xml(
-            "<presence from='romeo@remote.net' to='alice@example.com/phone' type='subscribe'/>",
-        ))
+        .inbound_presence(
+            xml(
+                "<presence from='romeo@remote.net' to='alice@example.com/phone' type='subscribe'/>",
+            ),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -397,9 +400,10 @@ async fn remote_contacts_go_through_the_router_both_ways() {
     // one from anyone else with `unsubscribed`.
     harness
         .service
-        .inbound_presence(xml(
-            "<presence from='romeo@remote.net' to='alice@example.com' type='probe'/>",
-        ))
+        .inbound_presence(
+            xml("<presence from='romeo@remote.net' to='alice@example.com' type='probe'/>"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -408,9 +412,10 @@ async fn remote_contacts_go_through_the_router_both_ways() {
     );
     harness
         .service
-        .inbound_presence(xml(
-            "<presence from='mallory@remote.net' to='alice@example.com' type='probe'/>",
-        ))
+        .inbound_presence(
+            xml("<presence from='mallory@remote.net' to='alice@example.com' type='probe'/>"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -433,9 +438,10 @@ async fn a_probe_for_an_offline_subscriber_target_is_answered_unavailable() {
         .unwrap();
     harness
         .service
-        .inbound_presence(xml(
-            "<presence from='romeo@remote.net/garden' to='alice@example.com' type='probe'/>",
-        ))
+        .inbound_presence(
+            xml("<presence from='romeo@remote.net/garden' to='alice@example.com' type='probe'/>"),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(

@@ -9,7 +9,7 @@ use starling_api::FeatureSpec;
 use starling_xmpp::{Element, StanzaErrorCondition};
 
 use crate::features::{Addressee, IqHandler, IqRequest};
-use crate::router::{bounce, failure_reply, SessionRouter};
+use crate::router::SessionRouter;
 use starling_xmpp::IqType;
 
 /// Forwards an account's roster requests to the presence service.
@@ -27,20 +27,23 @@ impl IqHandler for Roster {
         }
         match request.addressee {
             Addressee::OwnAccount { jid, addr } => {
-                let Some(presence) = router.presence() else {
-                    tracing::warn!(jid = %jid, "presence service not wired, roster request refused");
-                    return request.unsupported();
-                };
                 let request_copy = request.iq.clone();
-                match presence.roster_iq(jid, addr, request.iq).await {
+                let routing = request.routing;
+                match router
+                    .presence()
+                    .roster_iq(jid, addr, request.iq, routing.routed_at)
+                    .await
+                {
                     Ok(()) => None,
-                    Err(error) => failure_reply(&request_copy, &error),
+                    Err(error) => routing.failure_reply(&request_copy, &error),
                 }
             }
             // RFC 6121 section 2.3.3: only the account itself may change its
             // roster, and the server has none a client may change.
             Addressee::Server | Addressee::OtherAccount if request.iq_type == IqType::Set => {
-                bounce(&request.iq, StanzaErrorCondition::Forbidden)
+                request
+                    .routing
+                    .bounce(&request.iq, StanzaErrorCondition::Forbidden)
             }
             Addressee::Server | Addressee::OtherAccount => request.unsupported(),
         }

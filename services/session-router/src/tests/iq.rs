@@ -79,20 +79,6 @@ async fn a_failed_roster_request_is_answered_with_its_error() {
 }
 
 #[tokio::test]
-async fn roster_requests_without_a_presence_service_are_service_unavailable() {
-    let mut harness = Harness::with_options(HarnessOptions {
-        wire_presence: false,
-        ..Default::default()
-    })
-    .await;
-    let reply = ask(&mut harness, "<iq from='juliet@example.com/balcony' id='r4' type='get'><query xmlns='jabber:iq:roster'/></iq>").await;
-    assert_eq!(
-        reply,
-        vec![to_conn(1, &format!("<iq id='r4' to='juliet@example.com/balcony' type='error'><query xmlns='jabber:iq:roster'/>{SERVICE_UNAVAILABLE}</iq>"))]
-    );
-}
-
-#[tokio::test]
 async fn the_account_answers_disco_on_its_own_behalf() {
     let mut harness = Harness::new().await;
     let info = ask(&mut harness, "<iq from='juliet@example.com/balcony' id='a1' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
@@ -165,6 +151,7 @@ async fn in_band_registration_is_advertised_when_enabled() {
         harness.registry.clone(),
         harness.bus.clone(),
         harness.storage.clone(),
+        harness.presence.clone(),
     )
     .with_advertised_features(&[&EDGE_REGISTRATION]);
     assert_eq!(

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use starling_api::origin_time;
-
 use super::*;
 
 const ROMEO: &str = "romeo@example.com/orchard";
@@ -110,11 +108,9 @@ async fn deliveries_carry_the_origin_time_of_the_routed_stanza() {
         .online("juliet@example.com/balcony", CM_TEST, 1, 0)
         .await;
     let origin = UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_123);
-    origin_time::scope(
-        Some(origin),
-        harness.send(ROMEO, CM_OTHER, 10, "<message from='romeo@example.com/orchard' to='juliet@example.com' type='chat'><body>timed</body></message>"),
-    )
-    .await;
+    harness
+        .send_at(ROMEO, CM_OTHER, 10, "<message from='romeo@example.com/orchard' to='juliet@example.com' type='chat'><body>timed</body></message>", Some(origin))
+        .await;
     harness
         .send(ROMEO, CM_OTHER, 10, "<message from='romeo@example.com/orchard' to='juliet@example.com' type='chat'><body>untimed</body></message>")
         .await;

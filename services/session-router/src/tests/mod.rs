@@ -4,7 +4,6 @@
 //! Every rule is exercised with literal XML.
 
 mod bind;
-mod delivery;
 mod iq;
 mod message;
 mod metrics;
@@ -200,6 +199,7 @@ impl PresenceApi for RecordingPresence {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        _routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         self.calls.lock().push(PresenceCall::Outbound {
             from: from.to_string(),
@@ -209,7 +209,11 @@ impl PresenceApi for RecordingPresence {
         Ok(())
     }
 
-    async fn inbound_presence(&self, stanza: Element) -> ApiResult<()> {
+    async fn inbound_presence(
+        &self,
+        stanza: Element,
+        _routed_at: Option<SystemTime>,
+    ) -> ApiResult<()> {
         self.calls.lock().push(PresenceCall::Inbound {
             stanza: stanza.to_stanza_xml(),
         });
@@ -221,6 +225,7 @@ impl PresenceApi for RecordingPresence {
         from: &FullJid,
         addr: &SessionAddr,
         stanza: Element,
+        _routed_at: Option<SystemTime>,
     ) -> ApiResult<()> {
         self.calls.lock().push(PresenceCall::Roster {
             from: from.to_string(),
@@ -267,7 +272,6 @@ pub struct Harness {
 pub struct HarnessOptions {
     pub max_resources_per_user: usize,
     pub offline_limit: u32,
-    pub wire_presence: bool,
     /// Route against a storage service whose every call fails.
     pub storage_down: bool,
 }
@@ -277,7 +281,6 @@ impl Default for HarnessOptions {
         HarnessOptions {
             max_resources_per_user: 16,
             offline_limit: 100,
-            wire_presence: true,
             storage_down: false,
         }
     }
@@ -325,6 +328,7 @@ impl Harness {
             registry.clone(),
             bus.clone(),
             storage.clone(),
+            presence.clone(),
         )
         .with_clock(fixed_clock);
         let metrics = prometheus::Registry::new();
@@ -332,9 +336,6 @@ impl Harness {
             crate::RouterMetrics::register(&metrics).expect("a fresh registry takes them"),
         );
         let router = Arc::new(router);
-        if options.wire_presence {
-            router.set_presence(presence.clone());
-        }
         Harness {
             router,
             registry,
@@ -386,17 +387,32 @@ impl Harness {
 
     /// Route a literal stanza as sent by the session `jid` at `node`/`conn`.
     pub async fn send(&self, jid: &str, node: &str, conn: u64, stanza: &str) {
+        self.send_at(jid, node, conn, stanza, None).await;
+    }
+
+    /// [`Harness::send`] for a stanza that entered the cluster at `routed_at`.
+    pub async fn send_at(
+        &self,
+        jid: &str,
+        node: &str,
+        conn: u64,
+        stanza: &str,
+        routed_at: Option<SystemTime>,
+    ) {
         let origin = Origin::Session {
             jid: full(jid),
             addr: addr(node, conn),
         };
-        self.router.route(origin, xml(stanza)).await.expect("route");
+        self.router
+            .route(origin, xml(stanza), routed_at)
+            .await
+            .expect("route");
     }
 
     /// Route a literal stanza from the server itself.
     pub async fn send_from_server(&self, stanza: &str) {
         self.router
-            .route(Origin::Server, xml(stanza))
+            .route(Origin::Server, xml(stanza), None)
             .await
             .expect("route");
     }

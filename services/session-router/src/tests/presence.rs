@@ -71,20 +71,6 @@ async fn server_presence_to_a_remote_domain_or_nowhere_is_dropped() {
 }
 
 #[tokio::test]
-async fn presence_without_a_presence_service_is_dropped() {
-    let mut harness = Harness::with_options(HarnessOptions {
-        wire_presence: false,
-        ..Default::default()
-    })
-    .await;
-    harness
-        .send("juliet@example.com/balcony", CM_TEST, 1, "<presence/>")
-        .await;
-    assert_eq!(harness.presence.take_calls(), Vec::new());
-    harness.assert_nothing_delivered();
-}
-
-#[tokio::test]
 async fn non_stanzas_are_dropped() {
     let mut harness = Harness::new().await;
     harness
@@ -97,4 +83,43 @@ async fn non_stanzas_are_dropped() {
         .await;
     assert_eq!(harness.presence.take_calls(), Vec::new());
     harness.assert_nothing_delivered();
+}
+
+#[tokio::test]
+async fn a_router_built_with_its_presence_is_reached_through_the_handle_it_gave_it() {
+    let harness = Harness::new().await;
+    let handed: Arc<Mutex<Option<Arc<dyn RouterApi>>>> = Arc::default();
+    let router = SessionRouter::new_cyclic(|handle| {
+        *handed.lock() = Some(handle);
+        SessionRouter::new(
+            harness.router.config().clone(),
+            harness.registry.clone(),
+            harness.bus.clone(),
+            harness.storage.clone(),
+            harness.presence.clone(),
+        )
+    });
+    let handle = handed.lock().take().expect("the handle was handed over");
+    handle
+        .route(
+            Origin::Session {
+                jid: full("juliet@example.com/balcony"),
+                addr: addr(CM_TEST, 1),
+            },
+            xml("<presence/>"),
+            None,
+        )
+        .await
+        .expect("the handle routes through the router");
+    assert_eq!(harness.presence.take_calls().len(), 1);
+    drop(router);
+    let error = handle
+        .route(
+            Origin::Server,
+            xml("<message to='romeo@example.com'/>"),
+            None,
+        )
+        .await
+        .expect_err("the router is gone");
+    assert!(matches!(error, ApiError::Unavailable(_)), "{error:?}");
 }

@@ -4,6 +4,7 @@
 //! Also how a connection-manager's drain shows: `/readyz` and `nodedrain:{id}`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -61,12 +62,13 @@ pub struct AdminParts {
     pub membership: Arc<dyn Membership>,
 }
 
-/// Bind `admin.listen` (when set) and serve until `shutdown`.
+/// Bind `admin.listen` (when set) and serve until `shutdown`; the bound
+/// address and the serving task.
 pub async fn spawn(
     config: &Config,
     parts: AdminParts,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<Option<JoinHandle<anyhow::Result<()>>>> {
+) -> anyhow::Result<Option<(SocketAddr, JoinHandle<anyhow::Result<()>>)>> {
     let Some(address) = config.admin_addr() else {
         return Ok(None);
     };
@@ -85,10 +87,12 @@ pub async fn spawn(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} (admin.listen)"))?;
-    tracing::info!(role = "admin", address = %listener.local_addr()?, "listening");
-    Ok(Some(tokio::spawn(async move {
+    let local_addr = listener.local_addr()?;
+    tracing::info!(role = "admin", address = %local_addr, "listening");
+    let task = tokio::spawn(async move {
         starling_admin::serve_admin(listener, service, BearerAuth::new(&token), shutdown)
             .await
             .context("admin api")
-    })))
+    });
+    Ok(Some((local_addr, task)))
 }

@@ -213,7 +213,7 @@ mod tests {
     /// stanza meets (connection-manager, router, bus, delivery) and four
     /// context captures, next to four `trace!` events that the log filter
     /// disables (what any disabled `tracing` call costs). Prints; run with
-    /// `cargo test -p starling hot_path -- --ignored --nocapture`.
+    /// `cargo test -p starling-server hot_path -- --ignored --nocapture`.
     #[test]
     #[ignore = "a measurement, not a check"]
     fn hot_path_cost_when_off() {

@@ -1,0 +1,848 @@
+//! `starling serve [--target T]`: the four services in one process (`all`,
+//! the default), or one of them per process in a cluster.
+//!
+//! Every target runs the same service libraries; only the implementations of
+//! the contracts change: in one process the router, presence and storage are
+//! called directly and the bus and registry are in-process (or Redis when
+//! `cluster.redis` is set); in a cluster the other services are gRPC clients
+//! and the bus and registry are Redis.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::FutureExt;
+use starling_api::{PresenceApi, RouterApi, SessionRegistry, StorageApi};
+use starling_bus::{Bus, BusMetrics, InProcessBus, RedisBus};
+use starling_connection_manager::{
+    BoundConnectionManager, CmConfig, CmLimits, CmMetrics, ConnectionManager, DrainHandle,
+    TlsSettings,
+};
+use starling_jid::BareJid;
+use starling_presence::{PresenceConfig, PresenceService};
+use starling_proto::{
+    GrpcClientMetrics, GrpcPresenceClient, GrpcRouterClient, GrpcServerMetrics, GrpcStorageClient,
+    ProtoError,
+};
+use starling_redis_client::{RedisClient, RedisConfig, RedisMetrics};
+use starling_registry::{Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
+use starling_session_router::{RouterConfig, RouterMetrics, SessionRouter};
+use starling_storage::{redact_url, Storage, StorageMetrics};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin_server::AdminParts;
+use crate::config::Config;
+use crate::http::{self, Readiness};
+
+/// Which service(s) this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Every service in one process.
+    All,
+    ConnectionManager,
+    SessionRouter,
+    Presence,
+    Storage,
+}
+
+impl Target {
+    /// The name on the command line (`--target`) and in `starling_build_info`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::All => "all",
+            Target::ConnectionManager => "connection-manager",
+            Target::SessionRouter => "session-router",
+            Target::Presence => "presence",
+            Target::Storage => "storage",
+        }
+    }
+}
+
+pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
+    let storage_config = starling_storage::StorageConfig {
+        url: config.storage_url(),
+        max_offline_per_user: config.storage.max_offline_per_user,
+        max_roster_items: config.storage.max_roster_items,
+        max_connections: config.storage.max_connections,
+    };
+    Storage::connect(&storage_config)
+        .await
+        .with_context(|| format!("cannot open storage {}", redact_url(&storage_config.url)))
+}
+
+/// A future that resolves once the shutdown flag is set.
+async fn wait_for(mut shutdown_rx: watch::Receiver<bool>) {
+    while !*shutdown_rx.borrow() {
+        if shutdown_rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn require(target: Target, key: &str, present: bool) -> anyhow::Result<()> {
+    if !present {
+        bail!(
+            "config key `{key}` must be set for --target {}",
+            target.name()
+        );
+    }
+    Ok(())
+}
+
+fn router_config(config: &Config) -> RouterConfig {
+    RouterConfig {
+        domain: config.domain.clone(),
+        max_resources_per_user: config.limits.max_resources_per_user as usize,
+        server_name: "Starling".into(),
+        server_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// The session router of a process that routes (targets session-router and
+/// all), with the presence service it hands presence to.
+fn session_router(
+    config: &Config,
+    state: &RoutingState,
+    storage: Arc<dyn StorageApi>,
+    presence: Arc<dyn PresenceApi>,
+    metrics: RouterMetrics,
+) -> SessionRouter {
+    SessionRouter::new(
+        router_config(config),
+        state.registry.clone(),
+        state.bus.clone(),
+        storage,
+        presence,
+    )
+    .with_advertised_features(&starling_connection_manager::edge_features(
+        config.registration.enabled,
+    ))
+    .with_metrics(metrics)
+}
+
+fn router_metrics(registry: &prometheus::Registry) -> anyhow::Result<RouterMetrics> {
+    RouterMetrics::register(registry).context("cannot register the router metrics")
+}
+
+/// The presence service of a process that runs it (targets presence and all).
+fn presence_service(
+    config: &Config,
+    state: &RoutingState,
+    storage: Arc<dyn StorageApi>,
+    router: Arc<dyn RouterApi>,
+) -> Arc<dyn PresenceApi> {
+    Arc::new(PresenceService::new(
+        PresenceConfig {
+            domain: config.domain.clone(),
+        },
+        state.registry.clone(),
+        state.bus.clone(),
+        storage,
+        router,
+    ))
+}
+
+/// `starling_build_info{version,target} 1`: every process exposes at least this.
+fn register_build_info(registry: &prometheus::Registry, target: Target) -> prometheus::Result<()> {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "starling_build_info",
+            "Always 1; the labels tell the running version and the served target",
+        ),
+        &["version", "target"],
+    )?;
+    registry.register(Box::new(info.clone()))?;
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), target.name()])
+        .set(1);
+    Ok(())
+}
+
+fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
+    CmConfig {
+        node_id: node_id.to_string(),
+        domain: config.domain.clone(),
+        c2s_addr: config.c2s_addr(),
+        c2s_tls_addr: config.c2s_tls_addr(),
+        tls: TlsSettings {
+            cert_path: (!config.tls.cert.is_empty()).then(|| PathBuf::from(&config.tls.cert)),
+            key_path: (!config.tls.key.is_empty()).then(|| PathBuf::from(&config.tls.key)),
+            data_dir: PathBuf::from(&config.data_dir),
+        },
+        limits: CmLimits {
+            max_stanza_bytes: config.limits.max_stanza_bytes as usize,
+            max_depth: config.limits.max_depth as usize,
+            pre_auth_timeout: Duration::from_secs(config.limits.pre_auth_timeout_secs),
+            max_auth_attempts: config.limits.max_auth_attempts,
+            max_connections_per_ip: config.limits.max_connections_per_ip,
+            failed_auth_per_ip: config.limits.failed_auth_per_ip,
+            failed_auth_window: Duration::from_secs(config.limits.failed_auth_window_secs),
+            stanzas_per_second: config.limits.stanzas_per_second,
+            stanza_burst: config.limits.stanza_burst,
+            outbound_queue_stanzas: config.limits.outbound_queue_stanzas as usize,
+            bosh_inactivity: Duration::from_secs(config.limits.bosh_inactivity_secs),
+        },
+        registration_enabled: config.registration.enabled,
+        require_tls: config.tls.required,
+        drain_window: Duration::from_secs(config.drain.window_secs),
+        metrics,
+    }
+}
+
+/// The routing state: Redis when configured, in-process otherwise.
+struct RoutingState {
+    redis: Option<RedisClient>,
+    redis_registry: Option<Arc<RedisRegistry>>,
+    registry: Arc<dyn SessionRegistry>,
+    bus: Arc<dyn Bus>,
+}
+
+async fn routing_state(
+    config: &Config,
+    metrics: &prometheus::Registry,
+) -> anyhow::Result<RoutingState> {
+    let bus_metrics = BusMetrics::register(metrics).context("cannot register the bus metrics")?;
+    if config.cluster.redis.is_empty() {
+        return Ok(RoutingState {
+            redis: None,
+            redis_registry: None,
+            registry: Arc::new(MemoryRegistry::new()),
+            bus: Arc::new(InProcessBus::new().with_metrics(bus_metrics)),
+        });
+    }
+    let redis_config = RedisConfig {
+        urls: config.cluster.redis.clone(),
+        cluster: config.cluster.redis_cluster,
+        key_prefix: config.cluster.redis_key_prefix.clone(),
+    };
+    let redis = RedisClient::connect(&redis_config)
+        .await
+        .context("cannot connect to redis (cluster.redis)")?
+        .with_metrics(
+            RedisMetrics::register(metrics).context("cannot register the redis metrics")?,
+        );
+    let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
+    let bus = RedisBus::new(redis.clone(), config.stanza_limits(), bus_metrics)
+        .await
+        .context("cannot start the redis bus")?;
+    Ok(RoutingState {
+        redis: Some(redis),
+        registry: redis_registry.clone(),
+        redis_registry: Some(redis_registry),
+        bus: Arc::new(bus),
+    })
+}
+
+/// Checks `/readyz` runs.
+fn storage_check(readiness: &mut Readiness, storage: Arc<dyn StorageApi>) {
+    // Any answer from storage (even "no such account") proves it is reachable.
+    let probe = BareJid::from_parts(Some("readiness-probe"), "readiness.invalid")
+        .expect("a valid probe address");
+    readiness.add_check("storage", move || {
+        let storage = storage.clone();
+        let probe = probe.clone();
+        async move {
+            storage
+                .credentials(&probe)
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        }
+        .boxed()
+    });
+}
+
+/// The routers must answer: unbinding a session that was never bound is a
+/// no-op that goes through a router and its Redis (any replica will do).
+fn router_check(readiness: &mut Readiness, router: Arc<dyn RouterApi>) {
+    let probe: starling_jid::FullJid = "readiness-probe@readiness.invalid/probe"
+        .parse()
+        .expect("a valid probe address");
+    let addr = starling_api::SessionAddr {
+        node: "readiness-probe".into(),
+        conn: 0,
+    };
+    readiness.add_check("routers", move || {
+        let (router, probe, addr) = (router.clone(), probe.clone(), addr.clone());
+        async move {
+            router
+                .unbind(&probe, &addr)
+                .await
+                .map_err(|error| error.to_string())
+        }
+        .boxed()
+    });
+}
+
+/// The session-router replicas of `cluster.routers`, which `/readyz` checks.
+fn remote_routers(
+    config: &Config,
+    grpc_metrics: &GrpcClientMetrics,
+    readiness: &mut Readiness,
+) -> anyhow::Result<Arc<dyn RouterApi>> {
+    let router: Arc<dyn RouterApi> = Arc::new(
+        GrpcRouterClient::connect_with_metrics(
+            config.cluster.routers.clone(),
+            grpc_metrics.clone(),
+        )
+        .context("cluster.routers")?,
+    );
+    router_check(readiness, router.clone());
+    Ok(router)
+}
+
+fn redis_check(readiness: &mut Readiness, redis: &Option<RedisClient>) {
+    if let Some(redis) = redis.clone() {
+        readiness.add_check("redis", move || {
+            let redis = redis.clone();
+            async move { redis.ping().await.map_err(|error| error.to_string()) }.boxed()
+        });
+    }
+}
+
+/// The janitor removes the sessions of connection-managers whose liveness
+/// key expired and tells presence so that contacts see them leave.
+fn spawn_janitor(state: &RoutingState, presence: Arc<dyn PresenceApi>) -> Option<Janitor> {
+    let (redis, registry) = (state.redis.clone()?, state.redis_registry.clone()?);
+    let on_dead_session: starling_registry::DeadSessionCallback = Arc::new(move |record| {
+        let presence = presence.clone();
+        async move {
+            if let Err(error) = presence.session_ended(&record.jid, record.available).await {
+                tracing::warn!(jid = %record.jid, %error, "unavailable presence for a dead session failed");
+            }
+        }
+        .boxed()
+    });
+    Some(Janitor::spawn(
+        redis,
+        registry,
+        on_dead_session,
+        Duration::from_secs(2),
+    ))
+}
+
+/// Keep this node alive in Redis, and put its sessions back if Redis lost them.
+fn spawn_liveness(
+    config: &Config,
+    state: &RoutingState,
+    node_id: &str,
+    connection_manager: &BoundConnectionManager,
+) -> Option<(NodeLiveness, JoinHandle<()>)> {
+    let (redis, registry) = (state.redis.clone()?, state.redis_registry.clone()?);
+    let liveness = NodeLiveness::spawn(
+        redis,
+        node_id.to_string(),
+        Duration::from_secs(config.cluster.liveness_ttl_secs),
+    );
+    let mut key_lost = liveness.key_lost();
+    let sessions = connection_manager.local_sessions();
+    let task = tokio::spawn(async move {
+        while key_lost.changed().await.is_ok() {
+            let records = sessions.records();
+            match registry.reregister(records).await {
+                Ok(count) => tracing::warn!(
+                    sessions = count,
+                    "redis lost this node's state: sessions re-registered"
+                ),
+                Err(error) => tracing::error!(%error, "re-registering sessions failed"),
+            }
+        }
+    });
+    Some((liveness, task))
+}
+
+/// This process's identity in the cluster: `cluster.node_id`, or
+/// `<target>-<random>` when it is not set. Call once and put it in the
+/// configuration ([`Config::cluster`]) when something else (the telemetry)
+/// must know it before [`Server::bind`].
+pub fn node_id(config: &Config, target: Target) -> String {
+    if config.cluster.node_id.is_empty() {
+        format!(
+            "{}-{}",
+            target.name(),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    } else {
+        config.cluster.node_id.clone()
+    }
+}
+
+/// Run `target` until `shutdown` resolves, then drain and stop: the whole of
+/// `starling serve` for a caller that has no second signal to offer (tests).
+/// Its listeners are the configured ones; port 0 works, but only
+/// [`Server::bind`] tells which ports were chosen.
+pub async fn serve(
+    config: Config,
+    target: Target,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    Server::bind(config, target)
+        .await?
+        .run(shutdown, std::future::pending())
+        .await
+}
+
+/// One process's services, configured, connected and listening, not yet
+/// serving ([`Server::run`]). Dropping it stops everything it started.
+pub struct Server {
+    node_id: String,
+    local_addrs: Vec<(&'static str, SocketAddr)>,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown_rx: watch::Receiver<bool>,
+    readiness: Readiness,
+    services: Vec<JoinHandle<anyhow::Result<()>>>,
+    janitor: Option<Janitor>,
+    liveness: Option<(NodeLiveness, JoinHandle<()>)>,
+    connection_manager: Option<BoundConnectionManager>,
+    drain: Option<DrainHandle>,
+    offline_gauge: Option<JoinHandle<()>>,
+    http_task: Option<JoinHandle<()>>,
+    https_task: Option<JoinHandle<()>>,
+    admin_task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Held while serving: the Redis bus's subscription tasks (the
+    /// connection-manager's deliveries) end when the last handle on it goes.
+    routing_state: Option<RoutingState>,
+}
+
+impl Server {
+    /// Check that `config` has what `target` needs, connect to the routing
+    /// state and storage, build the services and bind every listener.
+    pub async fn bind(config: Config, target: Target) -> anyhow::Result<Server> {
+        let node_id = node_id(&config, target);
+        tracing::info!(target = target.name(), domain = %config.domain, node = %node_id, "starting starling serve");
+        check_target_config(&config, target)?;
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut readiness = Readiness::new();
+        // This process's metrics, served at /metrics; each service registers its own.
+        let registry = prometheus::Registry::new();
+        register_build_info(&registry, target).context("cannot register starling_build_info")?;
+        let mut server = Server {
+            node_id,
+            local_addrs: Vec::new(),
+            shutdown_tx,
+            shutdown_rx,
+            readiness: Readiness::new(),
+            services: Vec::new(),
+            janitor: None,
+            liveness: None,
+            connection_manager: None,
+            drain: None,
+            offline_gauge: None,
+            http_task: None,
+            https_task: None,
+            admin_task: None,
+            routing_state: None,
+        };
+        let mut routes = axum::Router::new();
+        let mut https_acceptor = None;
+
+        let state = if target == Target::Storage {
+            None
+        } else {
+            Some(routing_state(&config, &registry).await?)
+        };
+        if let Some(state) = &state {
+            redis_check(&mut readiness, &state.redis);
+        }
+        // One set of gRPC client metrics for every client of this process.
+        let grpc_metrics = match target {
+            Target::All | Target::Storage => GrpcClientMetrics::default(),
+            _ => GrpcClientMetrics::register(&registry)
+                .context("cannot register the grpc client metrics")?,
+        };
+        let storage: Arc<dyn StorageApi> = match target {
+            Target::All | Target::Storage => {
+                tracing::info!(storage = %redact_url(&config.storage_url()), "opening storage");
+                let storage = connect_storage(&config).await?.with_metrics(
+                    StorageMetrics::register(&registry)
+                        .context("cannot register the storage metrics")?,
+                );
+                server.offline_gauge = Some(storage.spawn_offline_gauge(Duration::from_secs(15)));
+                Arc::new(storage)
+            }
+            _ => Arc::new(
+                GrpcStorageClient::connect_with_metrics(
+                    config.cluster.storage.clone(),
+                    grpc_metrics.clone(),
+                )
+                .context("cluster.storage")?,
+            ),
+        };
+        storage_check(&mut readiness, storage.clone());
+
+        match target {
+            Target::Storage => {
+                server
+                    .spawn_grpc(
+                        &config,
+                        &registry,
+                        GrpcServices {
+                            storage: Some(storage.clone()),
+                            ..GrpcServices::default()
+                        },
+                    )
+                    .await?;
+            }
+            Target::SessionRouter => {
+                let state = state.as_ref().expect("routing state");
+                let presence: Arc<dyn PresenceApi> = Arc::new(
+                    GrpcPresenceClient::connect_with_metrics(
+                        config.cluster.presence.clone(),
+                        grpc_metrics.clone(),
+                    )
+                    .context("cluster.presence")?,
+                );
+                let router: Arc<dyn RouterApi> = Arc::new(session_router(
+                    &config,
+                    state,
+                    storage.clone(),
+                    presence.clone(),
+                    router_metrics(&registry)?,
+                ));
+                server.janitor = spawn_janitor(state, presence);
+                let admin = AdminParts {
+                    registry: state.registry.clone(),
+                    bus: state.bus.clone(),
+                    storage: storage.clone(),
+                    membership: Arc::new(starling_admin::RedisMembership::new(
+                        state.redis.clone().expect("a session-router runs on redis"),
+                    )),
+                };
+                server.spawn_admin(&config, admin).await?;
+                server
+                    .spawn_grpc(
+                        &config,
+                        &registry,
+                        GrpcServices {
+                            router: Some(router),
+                            ..GrpcServices::default()
+                        },
+                    )
+                    .await?;
+            }
+            Target::Presence => {
+                let state = state.as_ref().expect("routing state");
+                let router = remote_routers(&config, &grpc_metrics, &mut readiness)?;
+                let presence = presence_service(&config, state, storage.clone(), router);
+                server
+                    .spawn_grpc(
+                        &config,
+                        &registry,
+                        GrpcServices {
+                            presence: Some(presence),
+                            ..GrpcServices::default()
+                        },
+                    )
+                    .await?;
+            }
+            Target::ConnectionManager | Target::All => {
+                let state = state.as_ref().expect("routing state");
+                let router_api: Arc<dyn RouterApi> = if target == Target::All {
+                    let metrics = router_metrics(&registry)?;
+                    // Presence routes to remote domains and reroutes what a
+                    // session could not take through the router it serves.
+                    let router = SessionRouter::new_cyclic(|router_handle| {
+                        let presence =
+                            presence_service(&config, state, storage.clone(), router_handle);
+                        session_router(&config, state, storage.clone(), presence, metrics)
+                    });
+                    server.janitor = spawn_janitor(state, router.presence().clone());
+                    router
+                } else {
+                    remote_routers(&config, &grpc_metrics, &mut readiness)?
+                };
+                let bound = ConnectionManager::new(
+                    cm_config(
+                        &config,
+                        &server.node_id,
+                        CmMetrics::register(&registry)
+                            .context("cannot register the connection-manager metrics")?,
+                    ),
+                    router_api,
+                    storage.clone(),
+                    state.bus.clone(),
+                )
+                .context("cannot configure the connection-manager")?
+                .bind()
+                .await
+                .context("cannot start the connection-manager listeners")?;
+                for (role, address) in bound.local_addrs() {
+                    tracing::info!(role, %address, "listening");
+                    server.local_addrs.push((role, address));
+                }
+                server.liveness = spawn_liveness(&config, state, &server.node_id, &bound);
+                let drain_handle = bound.drain_handle();
+                let marker = server
+                    .liveness
+                    .as_ref()
+                    .map(|(liveness, _)| liveness.drain_marker());
+                crate::admin_server::watch_drain(&drain_handle, readiness.clone(), marker);
+                if target == Target::All {
+                    let admin = AdminParts {
+                        registry: state.registry.clone(),
+                        bus: state.bus.clone(),
+                        storage: storage.clone(),
+                        membership: crate::admin_server::membership(
+                            state.redis.clone(),
+                            &server.node_id,
+                            &drain_handle,
+                        ),
+                    };
+                    server.spawn_admin(&config, admin).await?;
+                }
+                server.drain = Some(drain_handle);
+                routes = bound.websocket_router();
+                https_acceptor = Some(bound.https_acceptor());
+                server.connection_manager = Some(bound);
+            }
+        }
+        server.readiness = readiness;
+        server.routing_state = state;
+
+        if let Some(address) = config.http_addr() {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (listen.http)"))?;
+            let local_addr = listener.local_addr()?;
+            tracing::info!(role = "http", address = %local_addr, "listening");
+            server.local_addrs.push(("http", local_addr));
+            server.http_task = Some(tokio::spawn(http::serve(
+                listener,
+                server.readiness.clone(),
+                registry.clone(),
+                routes.clone(),
+                server.shutdown_signal(),
+            )));
+        }
+
+        match (config.https_addr(), &https_acceptor) {
+            (Some(address), Some(acceptor)) => {
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (listen.https)"))?;
+                let local_addr = listener.local_addr()?;
+                tracing::info!(role = "https", address = %local_addr, "listening");
+                server.local_addrs.push(("https", local_addr));
+                server.https_task = Some(tokio::spawn(http::serve_tls(
+                    listener,
+                    acceptor.clone(),
+                    server.readiness.clone(),
+                    registry.clone(),
+                    routes.clone(),
+                    server.shutdown_signal(),
+                )));
+            }
+            (Some(_), None) => bail!("config key `listen.https` needs a connection-manager target (all or connection-manager)"),
+            (None, _) => {}
+        }
+
+        if server.admin_task.is_none() && config.admin_addr().is_some() {
+            tracing::warn!(
+                target = target.name(),
+                "admin.listen is set but the admin api is served by the session-router and all targets only"
+            );
+        }
+        Ok(server)
+    }
+
+    /// This process's identity in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Every bound listener by role (`c2s`, `c2s_tls`, `http`, `https`,
+    /// `admin`, `grpc`), with the port the system chose for port 0.
+    pub fn local_addrs(&self) -> &[(&'static str, SocketAddr)] {
+        &self.local_addrs
+    }
+
+    /// The address of the listener of `role`, if it is bound.
+    pub fn local_addr(&self, role: &str) -> Option<SocketAddr> {
+        self.local_addrs
+            .iter()
+            .find(|(bound_role, _)| *bound_role == role)
+            .map(|(_, address)| *address)
+    }
+
+    /// A future that resolves once this server stops.
+    fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        wait_for(self.shutdown_rx.clone())
+    }
+
+    /// The gRPC server of a session-router, presence or storage process, on `cluster.grpc`.
+    async fn spawn_grpc(
+        &mut self,
+        config: &Config,
+        registry: &prometheus::Registry,
+        grpc: GrpcServices,
+    ) -> anyhow::Result<()> {
+        let address = config.grpc_addr().expect("checked by check_target_config");
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ProtoError::Listen {
+                addr: address,
+                source,
+            })
+            .context("grpc server")?;
+        self.local_addrs.push(("grpc", listener.local_addr()?));
+        let metrics = GrpcServerMetrics::register(registry)
+            .context("cannot register the grpc server metrics")?;
+        let shutdown = self.shutdown_signal();
+        self.services.push(tokio::spawn(async move {
+            starling_proto::serve_grpc_on(
+                listener,
+                grpc.storage,
+                grpc.router,
+                grpc.presence,
+                metrics,
+                shutdown,
+            )
+            .await
+            .context("grpc server")
+        }));
+        Ok(())
+    }
+
+    /// The admin API when `admin.listen` is set.
+    async fn spawn_admin(&mut self, config: &Config, parts: AdminParts) -> anyhow::Result<()> {
+        if let Some((address, task)) =
+            crate::admin_server::spawn(config, parts, self.shutdown_signal()).await?
+        {
+            self.local_addrs.push(("admin", address));
+            self.admin_task = Some(task);
+        }
+        Ok(())
+    }
+
+    /// Serve until `shutdown` resolves, then drain in order: not ready first,
+    /// then (on a connection-manager) stop accepting and close the streams
+    /// over `drain.window_secs`, then stop every service. `cut_drain_short`
+    /// is polled once the drain has begun: when it resolves (a second
+    /// SIGTERM), the drain's window is not waited for.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        cut_drain_short: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Server {
+            node_id: _,
+            local_addrs: _,
+            shutdown_tx,
+            shutdown_rx,
+            readiness,
+            services,
+            janitor,
+            liveness,
+            connection_manager,
+            drain,
+            offline_gauge,
+            http_task,
+            https_task,
+            admin_task,
+            routing_state,
+        } = self;
+        let signal_task = tokio::spawn(async move {
+            shutdown.await;
+            readiness.set_draining();
+            if let Some(drain) = drain {
+                drain.start(None);
+                tokio::select! {
+                    _ = drain.drained() => {}
+                    _ = cut_drain_short => tracing::warn!("second signal: not waiting for the drain"),
+                }
+            }
+            let _ = shutdown_tx.send(true);
+        });
+
+        let mut failure = None;
+        if let Some(bound) = connection_manager {
+            if let Err(error) = bound.run(wait_for(shutdown_rx.clone())).await {
+                failure = Some(anyhow::Error::new(error).context("connection-manager failed"));
+            }
+        }
+        for service in services {
+            match service.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => failure = Some(error),
+                Err(error) => failure = Some(anyhow::anyhow!("service task failed: {error}")),
+            }
+        }
+        signal_task.abort();
+        if let Some(task) = offline_gauge {
+            task.abort();
+        }
+        if let Some((liveness, task)) = liveness {
+            task.abort();
+            if let Err(error) = liveness.stop().await {
+                tracing::warn!(%error, "removing the liveness key failed");
+            }
+        }
+        if let Some(janitor) = janitor {
+            let _ = janitor.stop().await;
+        }
+        if let Some(task) = https_task {
+            let _ = tokio::time::timeout(Duration::from_secs(6), task).await;
+        }
+        if let Some(task) = admin_task {
+            match tokio::time::timeout(Duration::from_secs(5), task).await {
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(error = %format!("{error:#}"), "admin api stopped with an error")
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!("admin api did not stop in time"),
+            }
+        }
+        if let Some(task) = http_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        drop(routing_state);
+        match failure {
+            Some(error) => Err(error),
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The services one gRPC server carries.
+#[derive(Default)]
+struct GrpcServices {
+    storage: Option<Arc<dyn StorageApi>>,
+    router: Option<Arc<dyn RouterApi>>,
+    presence: Option<Arc<dyn PresenceApi>>,
+}
+
+/// What each target needs from the configuration beyond the defaults.
+fn check_target_config(config: &Config, target: Target) -> anyhow::Result<()> {
+    if target != Target::All && target != Target::Storage {
+        require(target, "cluster.redis", !config.cluster.redis.is_empty())?;
+        require(
+            target,
+            "cluster.storage",
+            !config.cluster.storage.is_empty(),
+        )?;
+    }
+    match target {
+        Target::SessionRouter => require(
+            target,
+            "cluster.presence",
+            !config.cluster.presence.is_empty(),
+        )?,
+        Target::Presence | Target::ConnectionManager => require(
+            target,
+            "cluster.routers",
+            !config.cluster.routers.is_empty(),
+        )?,
+        _ => {}
+    }
+    if target != Target::All && target != Target::ConnectionManager {
+        require(target, "cluster.grpc", config.grpc_addr().is_some())?;
+    }
+    Ok(())
+}
