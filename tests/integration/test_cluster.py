@@ -491,9 +491,9 @@ async def test_postgres_outage_gives_stanza_errors_and_service_resumes(tmp_path)
         # Bob is offline: the message needs storage, which is down => an error
         # of type wait (RFC 6120 section 8.3.2), and nothing crashes.
         a.send_message(mto=bob, mbody="during the outage", mtype="chat")
-        error = await asyncio.wait_for(errors.get(), 30)
+        error = await a.next_message(timeout=30, body=False)
         while error["type"] != "error":
-            error = await asyncio.wait_for(errors.get(), 30)
+            error = await a.next_message(timeout=30, body=False)
         assert error["error"]["type"] == "wait", str(error)
         assert error["error"]["condition"] in ("internal-server-error", "resource-constraint", "service-unavailable")
         for process in c.info["processes"]:
