@@ -6,35 +6,12 @@ use std::sync::Arc;
 use starling_api::{ApiError, Origin, SessionAddr, SessionRecord};
 use starling_bus::{deliver_to_session, deliver_to_sessions};
 use starling_jid::{BareJid, FullJid, Jid};
-use starling_xmpp::{stanza, Element, StanzaErrorCondition};
+use starling_xmpp::{stanza, Element, MessageType, StanzaErrorCondition};
 
 use crate::address::Destination;
 use crate::metrics::Decision;
 use crate::offline::offline_stanza_xml;
 use crate::router::{note_decision, unshare, Routing, SessionRouter};
-
-/// The message types of RFC 6121 section 5.2.2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MessageType {
-    Normal,
-    Chat,
-    Groupchat,
-    Headline,
-    Error,
-}
-
-impl MessageType {
-    /// A missing or unknown `type` means `normal` (RFC 6121 section 5.2.2).
-    pub(crate) fn of(message: &Element) -> Self {
-        match stanza::stanza_type(message) {
-            "chat" => MessageType::Chat,
-            "groupchat" => MessageType::Groupchat,
-            "headline" => MessageType::Headline,
-            "error" => MessageType::Error,
-            _ => MessageType::Normal,
-        }
-    }
-}
 
 /// Evaluate a fallible lookup, or return the error reply for the stanza.
 macro_rules! or_bounce {
@@ -117,7 +94,7 @@ impl SessionRouter {
             None => message,
         };
         // 8.5.3.2.1: no resource matches.
-        match MessageType::of(&message) {
+        match MessageType::from_attr(stanza::stanza_type(&message)) {
             MessageType::Groupchat => {
                 routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
@@ -142,7 +119,7 @@ impl SessionRouter {
         excluded: Option<&FullJid>,
         failed: Option<&SessionAddr>,
     ) -> Option<Element> {
-        let message_type = MessageType::of(&message);
+        let message_type = MessageType::from_attr(stanza::stanza_type(&message));
         // 8.5.2.1.1 and 8.5.2.2.1: an error message to a bare JID is silently ignored.
         if message_type == MessageType::Error {
             return None;

@@ -117,15 +117,6 @@ impl Priority {
     pub fn parse(text: &str) -> Option<Self> {
         text.trim().parse::<i8>().ok().map(Priority)
     }
-
-    /// The priority of a presence stanza that was accepted as a [`Presence`]
-    /// (zero when absent or, for a stanza that never was, when invalid).
-    pub fn of(presence: &Element) -> Self {
-        presence
-            .get_child("priority", presence.namespace())
-            .and_then(|priority| Priority::parse(&priority.text()))
-            .unwrap_or_default()
-    }
 }
 
 impl From<Priority> for i8 {
@@ -365,19 +356,5 @@ mod tests {
     #[test]
     fn a_message_is_not_a_presence() {
         rejected("<message xmlns='jabber:client'/>");
-    }
-
-    #[test]
-    fn priority_of_reads_an_accepted_presence() {
-        assert_eq!(
-            Priority::of(&parse(
-                "<presence xmlns='jabber:client'><priority>-5</priority></presence>"
-            )),
-            Priority::new(-5)
-        );
-        assert_eq!(
-            Priority::of(&parse("<presence xmlns='jabber:client'/>")),
-            Priority::ZERO
-        );
     }
 }
