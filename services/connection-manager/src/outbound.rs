@@ -119,6 +119,13 @@ impl ConnectionHandle {
         }
     }
 
+    /// The client enabled or disabled Message Carbons (XEP-0280 sections 4 and 5).
+    pub fn note_carbons(&self, enabled: bool) {
+        if let Some(record) = self.registry_view.lock().as_mut() {
+            record.carbons = enabled;
+        }
+    }
+
     pub fn registry_view(&self) -> Option<SessionRecord> {
         self.registry_view.lock().clone()
     }
@@ -482,12 +489,13 @@ mod registry_view_tests {
         assert!(handle.registry_view().is_none());
         handle.set_bound(jid.clone(), addr.clone());
         handle.note_roster_requested();
+        handle.note_carbons(true);
         handle.note_broadcast_presence(&presence(
             "<presence xmlns='jabber:client'><priority>-100</priority><show>away</show></presence>",
         ));
         let record = handle.registry_view().unwrap();
         assert_eq!((record.jid, record.addr), (jid, addr));
-        assert!(record.available && record.interested);
+        assert!(record.available && record.interested && record.carbons);
         assert_eq!(record.priority, -100);
         assert!(record.presence.unwrap().contains("<show>away</show>"));
         // A subscription stanza is not a broadcast; unavailable clears it.
@@ -500,5 +508,7 @@ mod registry_view_tests {
         ));
         let record = handle.registry_view().unwrap();
         assert!(!record.available && record.presence.is_none());
+        handle.note_carbons(false);
+        assert!(!handle.registry_view().unwrap().carbons);
     }
 }

@@ -253,6 +253,23 @@ impl Session {
         {
             self.handle.note_roster_requested();
         }
+        // XEP-0280 sections 4 and 5: the session's carbons switch, which the
+        // router records in the registry; the edge's copy follows it.
+        if kind == StanzaKind::Iq
+            && stanza::stanza_type(&element) == "set"
+            && (self.addressed_to_server(&element)
+                || element.attr("to") == Some(self.jid.bare().to_string().as_str()))
+        {
+            match stanza::iq_payload(&element) {
+                Some(payload) if payload.is("enable", ns::CARBONS) => {
+                    self.handle.note_carbons(true)
+                }
+                Some(payload) if payload.is("disable", ns::CARBONS) => {
+                    self.handle.note_carbons(false)
+                }
+                _ => {}
+            }
+        }
         let reply_template = error_reply_template(&element, kind);
         let origin = Origin::Session {
             jid: self.jid.clone(),
