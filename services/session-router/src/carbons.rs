@@ -162,27 +162,28 @@ impl SessionRouter {
         self.copies_possible(routing).is_some() && eligible(message, Direction::Received)
     }
 
-    /// The sender's other carbons-enabled resources, which get a `<sent/>`
-    /// copy of `message` (section 7; the sending resource never does, whether
-    /// or not it enabled carbons). None for a message to the sender's own
-    /// account: the resources that do not receive it get a `<received/>` copy
-    /// instead, so each resource sees the message once.
-    pub(crate) async fn sent_copy_targets(
+    /// The sender of a message that may get `<sent/>` copies (section 7):
+    /// eligible, and not to the sender's own account (there the resources
+    /// that do not receive it get a `<received/>` copy instead, so each
+    /// resource sees the message once).
+    pub(crate) fn sent_copies_possible<'a>(
         &self,
-        routing: &Routing<'_>,
+        routing: &'a Routing<'_>,
         message: &Element,
-    ) -> Vec<SessionRecord> {
-        let Some(sender) = self.copies_possible(routing) else {
-            return Vec::new();
-        };
+    ) -> Option<&'a FullJid> {
+        let sender = self.copies_possible(routing)?;
         let to_own_account = match stanza::to(message) {
             Ok(None) => true,
             Ok(Some(to)) => to.bare() == sender.bare(),
-            Err(_) => return Vec::new(),
+            Err(_) => return None,
         };
-        if to_own_account || !eligible(message, Direction::Sent) {
-            return Vec::new();
-        }
+        (!to_own_account && eligible(message, Direction::Sent)).then_some(sender)
+    }
+
+    /// The sender's other carbons-enabled resources, which get the `<sent/>`
+    /// copy (the sending resource never does, whether or not it enabled
+    /// carbons).
+    pub(crate) async fn sent_copy_targets(&self, sender: &FullJid) -> Vec<SessionRecord> {
         match self.registry.sessions(sender.bare()).await {
             Ok(sessions) => sessions
                 .into_iter()

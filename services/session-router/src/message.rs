@@ -28,20 +28,30 @@ macro_rules! or_bounce {
 impl SessionRouter {
     /// Route a message; returns the reply for its sender, if any. A message a
     /// client sent is then copied to the sender's other carbons-enabled
-    /// resources (XEP-0280 section 7), unless it bounced.
+    /// resources (XEP-0280 section 7), unless it bounced. Those resources are
+    /// read while the message itself is routed (no added round trip).
     pub(crate) async fn route_message(
         &self,
         routing: &Routing<'_>,
         message: Element,
     ) -> Option<Element> {
-        let sent_copies = self.sent_copy_targets(routing, &message).await;
-        let original = (!sent_copies.is_empty()).then(|| message.clone());
-        let reply = self.route_original_message(routing, message).await;
-        if let (Some(original), None, Origin::Session { jid, .. }) =
-            (original, &reply, routing.origin)
-        {
-            self.deliver_carbons(routing, Direction::Sent, jid.bare(), original, &sent_copies)
-                .await;
+        let Some(sender) = self.sent_copies_possible(routing, &message) else {
+            return self.route_original_message(routing, message).await;
+        };
+        let original = message.clone();
+        let (sent_copies, reply) = tokio::join!(
+            self.sent_copy_targets(sender),
+            self.route_original_message(routing, message),
+        );
+        if reply.is_none() {
+            self.deliver_carbons(
+                routing,
+                Direction::Sent,
+                sender.bare(),
+                original,
+                &sent_copies,
+            )
+            .await;
         }
         reply
     }
