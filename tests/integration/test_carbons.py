@@ -4,6 +4,7 @@ two resources of one account and a contact, in `starling serve` and across
 two connection-managers of the local cluster (Redis registry and bus)."""
 
 import asyncio
+import time
 import xml.etree.ElementTree as ET
 
 from conftest import handled, login, logout, presence_applied
@@ -112,3 +113,38 @@ async def test_carbons_across_two_connection_managers(cluster):  # noqa: F811 (t
     await carbons_scenario(
         cluster.node("cm-1"), cluster.node("cm-2"), cluster.node("cm-1"), alice, alice_pw, bob, bob_pw
     )
+
+
+async def test_carbons_survive_the_loss_of_the_routing_state(cluster):  # noqa: F811 (the fixture)
+    """The switch lives in the session record: when Redis loses every record,
+    the connection-managers re-register their sessions from their own copy,
+    carbons included (a resource that enabled them keeps getting copies)."""
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await login(cluster.node("cm-1"), alice, alice_pw, "a")
+    b = await login(cluster.node("cm-2"), alice, alice_pw, "b")
+    c = await login(cluster.node("cm-1"), bob, bob_pw, "c")
+    for client in (a, b):
+        collect_carbons(client)
+        await client.plugin["xep_0280"].enable(timeout=20)
+    c.send_message(mto=a.boundjid.full, mbody="before", mtype="chat")
+    direction, copy = await next_carbon(b)
+    assert (direction, copy["carbon_received"]["body"]) == ("received", "before")
+
+    cluster.redis.kill()
+    cluster.redis.wait()
+    cluster.start_redis()  # empty: every session record is gone
+
+    deadline = time.monotonic() + 40
+    attempt = 0
+    while True:
+        attempt += 1
+        c.send_message(mto=a.boundjid.full, mbody=f"after {attempt}", mtype="chat")
+        try:
+            direction, copy = await next_carbon(b, timeout=2)
+            if direction == "received" and copy["carbon_received"]["body"].startswith("after"):
+                break
+        except asyncio.TimeoutError:
+            pass
+        assert time.monotonic() < deadline, "no carbon after the redis restart\n" + cluster.logs()
+    await logout(a, b, c)
