@@ -7,8 +7,11 @@ import asyncio
 import time
 import xml.etree.ElementTree as ET
 
+import pytest
+from slixmpp.exceptions import IqError
+
 from conftest import handled, login, logout, presence_applied
-from test_cluster import Cluster, cluster  # noqa: F401 (the cluster fixture)
+from test_cluster import cluster  # noqa: F401 (the cluster fixture)
 
 CARBONS = "urn:xmpp:carbons:2"
 
@@ -148,3 +151,16 @@ async def test_carbons_survive_the_loss_of_the_routing_state(cluster):  # noqa: 
             pass
         assert time.monotonic() < deadline, "no carbon after the redis restart\n" + cluster.logs()
     await logout(a, b, c)
+
+
+async def test_switched_off_carbons_are_not_advertised_and_enable_is_refused(server_factory):
+    server = server_factory(extra_toml="[carbons]\nenabled = false\n")
+    alice, alice_pw = server.add_user("alice")
+    a = await login(server, alice, alice_pw, "a")
+    collect_carbons(a)
+    info = await a.plugin["xep_0030"].get_info(jid="localhost", timeout=20)
+    assert CARBONS not in info["disco_info"]["features"]
+    with pytest.raises(IqError) as refused:
+        await a.plugin["xep_0280"].enable(timeout=20)
+    assert refused.value.condition == "service-unavailable"
+    await logout(a)
