@@ -242,7 +242,7 @@ impl SessionRouter {
         if !unreached.is_empty() {
             tracing::debug!(jid = %account, unreached = unreached.len(), "carbon copies reached no node, dropped");
         }
-        self.metrics.carbons_sent(
+        self.metrics.count_carbons(
             direction,
             recipients.len() - unreached.len(),
             unreached.len(),

@@ -325,7 +325,7 @@ impl SessionRouter {
                     } else {
                         Direction::Received
                     };
-                    self.metrics.carbons_sent(direction, 0, 1);
+                    self.metrics.count_carbons(direction, 0, 1);
                     None
                 }
                 Ok(Some(Jid::Full(jid))) if self.is_local_account(jid.bare()) => {

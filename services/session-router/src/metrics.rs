@@ -177,7 +177,7 @@ impl RouterMetrics {
 
     /// Copies published to `delivered` resources; `unreached` more whose node
     /// had no subscriber (dropped: the original was delivered or stored).
-    pub(crate) fn carbons_sent(&self, direction: Direction, delivered: usize, unreached: usize) {
+    pub(crate) fn count_carbons(&self, direction: Direction, delivered: usize, unreached: usize) {
         let counters = &self.carbons[direction_index(direction)];
         counters[0].inc_by(delivered as u64);
         counters[1].inc_by(unreached as u64);
