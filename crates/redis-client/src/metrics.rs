@@ -45,10 +45,15 @@ pub enum RedisOperation {
     Publish,
     /// A node's liveness refresh (script on `node:{id}`).
     LivenessRefresh,
+    /// Mark a session resumable, or move it (detach, resume) (scripts).
+    Relocate,
+    /// Stream resumption state (XEP-0198): enable, journal, park, detach,
+    /// resume, end, expiry (scripts on `smres:{id}` and `smq:{id}`).
+    Resumption,
 }
 
 impl RedisOperation {
-    const ALL: [RedisOperation; 12] = [
+    const ALL: [RedisOperation; 14] = [
         RedisOperation::Bind,
         RedisOperation::Unbind,
         RedisOperation::Sessions,
@@ -61,6 +66,8 @@ impl RedisOperation {
         RedisOperation::Reregister,
         RedisOperation::Publish,
         RedisOperation::LivenessRefresh,
+        RedisOperation::Relocate,
+        RedisOperation::Resumption,
     ];
 
     /// The label value.
@@ -78,6 +85,8 @@ impl RedisOperation {
             RedisOperation::Reregister => "reregister",
             RedisOperation::Publish => "publish",
             RedisOperation::LivenessRefresh => "liveness_refresh",
+            RedisOperation::Relocate => "relocate",
+            RedisOperation::Resumption => "resumption",
         }
     }
 
@@ -93,8 +102,8 @@ impl RedisOperation {
 /// a registry nobody scrapes.
 #[derive(Clone)]
 pub struct RedisMetrics {
-    durations: [Histogram; 12],
-    errors: [IntCounter; 12],
+    durations: [Histogram; 14],
+    errors: [IntCounter; 14],
 }
 
 impl std::fmt::Debug for RedisMetrics {

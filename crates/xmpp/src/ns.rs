@@ -21,3 +21,4 @@ pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+pub const SM: &str = "urn:xmpp:sm:3";
