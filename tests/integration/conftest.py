@@ -315,8 +315,8 @@ class RawClient:
         self.buffer = b""
         return self.open_stream()
 
-    def login(self, jid, password, resource="raw"):
-        """STARTTLS, SASL PLAIN, bind; returns the bound full JID."""
+    def authenticate(self, jid, password):
+        """STARTTLS and SASL PLAIN; returns the features of the restarted stream."""
         self.starttls()
         localpart = jid.split("@")[0]
         token = base64.b64encode(f"\0{localpart}\0{password}".encode()).decode()
@@ -324,7 +324,11 @@ class RawClient:
         answer = self.recv_until("success")
         assert "success" in answer, answer
         self.recv_until(">")
-        self.open_stream()
+        return self.open_stream()
+
+    def login(self, jid, password, resource="raw"):
+        """STARTTLS, SASL PLAIN, bind; returns the bound full JID."""
+        self.authenticate(jid, password)
         self.send(
             "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
             f"<resource>{resource}</resource></bind></iq>"

@@ -10,6 +10,7 @@ pub mod feature;
 pub mod origin_time;
 pub mod presence;
 pub mod registry;
+pub mod resumption;
 pub mod router;
 pub mod storage;
 
@@ -17,6 +18,7 @@ pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
 pub use presence::PresenceApi;
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
+pub use resumption::{ResumptionStore, DETACHED_NODE};
 pub use router::{BindError, Origin, RouterApi};
 pub use storage::{
     AccountStore, OfflineStore, RosterItem, RosterStore, ScramCredentials, StorageApi,

@@ -37,6 +37,9 @@ pub struct SessionRecord {
     /// Enabled Message Carbons (XEP-0280 section 4): receives copies of the
     /// account's messages sent and received by its other resources.
     pub carbons: bool,
+    /// The XEP-0198 resumption id when the stream is resumable: while the
+    /// stream is detached, stanzas for it are parked under this id.
+    pub resumption: Option<String>,
 }
 
 impl SessionRecord {
@@ -49,6 +52,7 @@ impl SessionRecord {
             interested: false,
             presence: None,
             carbons: false,
+            resumption: None,
         }
     }
 }
@@ -114,6 +118,18 @@ pub trait SessionRegistry: Send + Sync + 'static {
     ) -> ApiResult<()>;
     /// The entities the session sent directed presence to; the set is cleared.
     async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>>;
+    /// Mark a session's stream as resumable under `id` (XEP-0198), only if
+    /// still at `addr`. Returns whether the session exists.
+    async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool>;
+    /// Move a session to another address (its stream was detached, or resumed
+    /// on another connection), only if still at `from`; everything else of the
+    /// record is kept, so contacts see no change. Returns whether it moved.
+    async fn relocate(
+        &self,
+        jid: &FullJid,
+        from: &SessionAddr,
+        to: &SessionAddr,
+    ) -> ApiResult<bool>;
     /// Every session on one node (for the janitor and for re-registration).
     async fn node_sessions(&self, node: &str) -> ApiResult<Vec<SessionRecord>>;
 }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use starling_api::resumption::{is_detached, Parked};
 use starling_api::SessionRecord;
 use starling_xmpp::Element;
 
@@ -39,7 +40,16 @@ pub async fn deliver_to_sessions(
 ) -> Vec<SessionRecord> {
     let mut node_index: HashMap<&str, usize> = HashMap::new();
     let mut envelopes: Vec<NodeEnvelope<'_>> = Vec::new();
+    let mut unreached = Vec::new();
     for (session, to) in targets {
+        if is_detached(&session.addr) {
+            // No connection holds the stream: the stanza waits in its
+            // resumption queue (XEP-0198), not on the bus.
+            if !park(bus, &stanza, session, to.as_deref()).await {
+                unreached.push(session.clone());
+            }
+            continue;
+        }
         let node = session.addr.node.as_str();
         let index = *node_index.entry(node).or_insert_with(|| {
             envelopes.push(NodeEnvelope {
@@ -54,10 +64,9 @@ pub async fn deliver_to_sessions(
             conn: session.addr.conn,
             to: to.clone(),
         });
-        envelope.sessions.push(session);
+        envelope.sessions.push((session, to.as_deref()));
     }
 
-    let mut unreached = Vec::new();
     for envelope in envelopes {
         let recipient_count = envelope.recipients.len();
         let delivery = Delivery::Stanza {
@@ -65,19 +74,52 @@ pub async fn deliver_to_sessions(
             stanza: stanza.clone(),
             routed_at,
         };
-        match bus.publish(envelope.node, delivery).await {
+        let missed = match bus.publish(envelope.node, delivery).await {
             Ok(0) => {
                 tracing::debug!(node = %envelope.node, recipients = recipient_count, "no subscriber on the delivery channel");
-                unreached.extend(envelope.sessions.into_iter().cloned());
+                envelope.sessions
             }
-            Ok(_) => {}
+            Ok(_) => Vec::new(),
             Err(error) => {
                 tracing::warn!(node = %envelope.node, recipients = recipient_count, %error, "delivery publish failed");
-                unreached.extend(envelope.sessions.into_iter().cloned());
+                envelope.sessions
+            }
+        };
+        for (session, to) in missed {
+            // A resumable stream whose node is gone (killed, before the
+            // janitor detached it): its stanzas wait for the resumption too.
+            if session.resumption.is_none() || !park(bus, &stanza, session, to).await {
+                unreached.push(session.clone());
             }
         }
     }
     unreached
+}
+
+/// Park `stanza` (readdressed to `to`) for a resumable session; whether it was queued.
+async fn park(bus: &dyn Bus, stanza: &Element, session: &SessionRecord, to: Option<&str>) -> bool {
+    let (Some(store), Some(id)) = (bus.resumption(), session.resumption.as_deref()) else {
+        return false;
+    };
+    let serialised = match to {
+        Some(to) if stanza.attr("to") != Some(to) => {
+            let mut readdressed = stanza.clone();
+            readdressed.set_attr("to", to.to_string());
+            readdressed.to_xml()
+        }
+        _ => stanza.to_xml(),
+    };
+    match store.park(id, &serialised).await {
+        Ok(Parked::Queued) => true,
+        Ok(outcome) => {
+            tracing::debug!(jid = %session.jid, ?outcome, "not parked for a detached stream");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(jid = %session.jid, %error, "parking for a detached stream failed");
+            false
+        }
+    }
 }
 
 /// Publish `stanza` to one session, keeping its `to`; whether it was reached.
@@ -96,7 +138,7 @@ pub async fn deliver_to_session(
 struct NodeEnvelope<'a> {
     node: &'a str,
     recipients: Vec<Recipient>,
-    sessions: Vec<&'a SessionRecord>,
+    sessions: Vec<(&'a SessionRecord, Option<&'a str>)>,
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use parking_lot::RwLock;
-use starling_api::{ApiResult, ConnId};
+use starling_api::{ApiResult, ConnId, ResumptionStore};
 use starling_telemetry::{TraceContext, SPAN_TARGET};
 use starling_xmpp::{Element, StanzaError, StreamErrorCondition};
 use tokio::sync::mpsc;
@@ -169,6 +169,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize>;
     /// Subscribe to a node's delivery channel. One subscriber per node.
     async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver>;
+    /// Where stanzas for detached resumable streams (XEP-0198) are parked;
+    /// `None` when stream resumption is off.
+    fn resumption(&self) -> Option<&dyn ResumptionStore> {
+        None
+    }
 }
 
 /// The bus of `starling serve`: an unbounded channel per node inside one process.
@@ -177,6 +182,7 @@ pub trait Bus: Send + Sync + 'static {
 pub struct InProcessBus {
     channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<TracedDelivery>>>>,
     metrics: BusMetrics,
+    resumption: Option<Arc<dyn ResumptionStore>>,
 }
 
 impl InProcessBus {
@@ -187,6 +193,12 @@ impl InProcessBus {
     /// Count publishes and receptions in `metrics`.
     pub fn with_metrics(mut self, metrics: BusMetrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Park stanzas for detached resumable streams in `store`.
+    pub fn with_resumption(mut self, store: Arc<dyn ResumptionStore>) -> Self {
+        self.resumption = Some(store);
         self
     }
 }
@@ -221,6 +233,10 @@ impl Bus for InProcessBus {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.channels.write().insert(node.to_string(), sender);
         Ok(DeliveryReceiver::new(receiver))
+    }
+
+    fn resumption(&self) -> Option<&dyn ResumptionStore> {
+        self.resumption.as_deref()
     }
 }
 

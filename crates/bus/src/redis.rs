@@ -215,6 +215,7 @@ pub struct RedisBus {
     routes: Routes,
     tasks: Vec<JoinHandle<()>>,
     metrics: BusMetrics,
+    resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
 }
 
 impl RedisBus {
@@ -244,7 +245,14 @@ impl RedisBus {
             routes,
             tasks: vec![dispatcher, keepalive],
             metrics,
+            resumption: None,
         })
+    }
+
+    /// Park stanzas for detached resumable streams (XEP-0198) in `store`.
+    pub fn with_resumption(mut self, store: Arc<dyn starling_api::ResumptionStore>) -> Self {
+        self.resumption = Some(store);
+        self
     }
 }
 
@@ -258,6 +266,10 @@ impl Drop for RedisBus {
 
 #[async_trait]
 impl Bus for RedisBus {
+    fn resumption(&self) -> Option<&dyn starling_api::ResumptionStore> {
+        self.resumption.as_deref()
+    }
+
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
         if matches!(delivery, Delivery::Undecodable { .. }) {
             return Err(ApiError::Invalid(

@@ -277,6 +277,21 @@ impl RedisClient {
         self.key("nodes")
     }
 
+    /// `smres:{id}`: HASH of a resumable stream's state (XEP-0198).
+    pub fn resumption_key(&self, id: &str) -> String {
+        self.key(&format!("smres:{}", hash_tag(id)))
+    }
+
+    /// `smq:{id}`: LIST of a resumable stream's unacked stanzas (same slot as `smres:{id}`).
+    pub fn resumption_queue_key(&self, id: &str) -> String {
+        self.key(&format!("smq:{}", hash_tag(id)))
+    }
+
+    /// `smexp`: ZSET of detached streams by the Unix time (ms) their resumption timeout passes.
+    pub fn resumption_expiry_key(&self) -> String {
+        self.key("smexp")
+    }
+
     /// `janitor:lock`: the janitor's leader lock.
     pub fn janitor_lock_key(&self) -> String {
         self.key("janitor:lock")

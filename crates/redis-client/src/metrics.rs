@@ -47,10 +47,15 @@ pub enum RedisOperation {
     Publish,
     /// A node's liveness refresh (script on `node:{id}`).
     LivenessRefresh,
+    /// Mark a session resumable, or move it (detach, resume) (scripts).
+    Relocate,
+    /// Stream resumption state (XEP-0198): enable, journal, park, detach,
+    /// resume, end, expiry (scripts on `smres:{id}` and `smq:{id}`).
+    Resumption,
 }
 
 impl RedisOperation {
-    const ALL: [RedisOperation; 13] = [
+    const ALL: [RedisOperation; 15] = [
         RedisOperation::Bind,
         RedisOperation::Unbind,
         RedisOperation::Sessions,
@@ -64,6 +69,8 @@ impl RedisOperation {
         RedisOperation::Reregister,
         RedisOperation::Publish,
         RedisOperation::LivenessRefresh,
+        RedisOperation::Relocate,
+        RedisOperation::Resumption,
     ];
 
     /// The label value.
@@ -82,6 +89,8 @@ impl RedisOperation {
             RedisOperation::Reregister => "reregister",
             RedisOperation::Publish => "publish",
             RedisOperation::LivenessRefresh => "liveness_refresh",
+            RedisOperation::Relocate => "relocate",
+            RedisOperation::Resumption => "resumption",
         }
     }
 
@@ -97,8 +106,8 @@ impl RedisOperation {
 /// a registry nobody scrapes.
 #[derive(Clone)]
 pub struct RedisMetrics {
-    durations: [Histogram; 13],
-    errors: [IntCounter; 13],
+    durations: [Histogram; 15],
+    errors: [IntCounter; 15],
 }
 
 impl std::fmt::Debug for RedisMetrics {

@@ -120,6 +120,11 @@ impl Janitor {
                         node: node.clone(),
                         conn,
                     };
+                    if detach_resumable(registry, &jid, &addr).await? {
+                        // Its stream waits for a resumption on another node
+                        // (XEP-0198): the session stays, nobody sees it leave.
+                        continue;
+                    }
                     if let Some(record) = registry.unbind_record(&jid, &addr).await? {
                         removed_count += 1;
                         on_dead_session(record).await;
@@ -135,6 +140,34 @@ impl Janitor {
         }
         Ok(removed_count)
     }
+}
+
+/// A dead node's session whose stream is resumable is detached instead of
+/// removed: its resumption state is marked detached (its timeout starts now)
+/// and its record moves to the detached pseudo-node, where stanzas for it are
+/// parked. True when it was detached.
+async fn detach_resumable(
+    registry: &RedisRegistry,
+    jid: &starling_jid::FullJid,
+    addr: &starling_api::SessionAddr,
+) -> Result<bool, RegistryError> {
+    use starling_api::{ResumptionStore, SessionRegistry};
+    let record = match registry.session(jid).await {
+        Ok(Some(record)) if &record.addr == addr => record,
+        _ => return Ok(false),
+    };
+    let Some(id) = record.resumption.as_deref() else {
+        return Ok(false);
+    };
+    let store = crate::RedisResumption::new(registry.client().clone());
+    let detached = store.detach(id, addr).await.unwrap_or(false);
+    if !detached {
+        return Ok(false);
+    }
+    let to = starling_api::resumption::detached_addr(addr.conn);
+    let moved = registry.relocate(jid, addr, &to).await.unwrap_or(false);
+    tracing::info!(jid = %jid, node = %addr.node, moved, "a dead node's resumable stream detached");
+    Ok(moved)
 }
 
 /// Remove a dead node from `nodes` when it has no indexed session left. A

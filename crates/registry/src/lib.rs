@@ -10,11 +10,15 @@ mod janitor;
 mod liveness;
 mod membership;
 mod redis;
+mod resumption;
+#[cfg(test)]
+mod resumption_tests;
 
 pub use janitor::{DeadSessionCallback, Janitor};
 pub use liveness::{DrainMarker, NodeLiveness};
 pub use membership::{cluster_nodes, NodeStatus};
 pub use redis::RedisRegistry;
+pub use resumption::{MemoryResumption, RedisResumption};
 
 use std::collections::{HashMap, HashSet};
 
@@ -172,6 +176,24 @@ impl SessionRegistry for MemoryRegistry {
     ) -> ApiResult<bool> {
         let mut state = self.state.lock();
         Ok(with_session(&mut state, jid, addr, |record| record.carbons = enabled).is_some())
+    }
+
+    async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool> {
+        let mut state = self.state.lock();
+        Ok(with_session(&mut state, jid, addr, |record| {
+            record.resumption = Some(id.to_string())
+        })
+        .is_some())
+    }
+
+    async fn relocate(
+        &self,
+        jid: &FullJid,
+        from: &SessionAddr,
+        to: &SessionAddr,
+    ) -> ApiResult<bool> {
+        let mut state = self.state.lock();
+        Ok(with_session(&mut state, jid, from, |record| record.addr = to.clone()).is_some())
     }
 
     async fn set_directed_presence(

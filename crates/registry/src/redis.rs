@@ -41,6 +41,9 @@ pub(crate) struct StoredSession {
     interested: bool,
     #[serde(default)]
     presence: Option<String>,
+    /// The XEP-0198 resumption id of a resumable stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resumption: Option<String>,
     /// Absent from records written before Message Carbons existed: off.
     #[serde(default)]
     carbons: bool,
@@ -55,6 +58,7 @@ impl StoredSession {
             available: record.available,
             interested: record.interested,
             presence: record.presence.clone(),
+            resumption: record.resumption.clone(),
             carbons: record.carbons,
         }
     }
@@ -77,6 +81,7 @@ impl StoredSession {
             available: self.available,
             interested: self.interested,
             presence: self.presence,
+            resumption: self.resumption,
             carbons: self.carbons,
         })
     }
@@ -165,6 +170,30 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
 return 1
 ";
 
+/// KEYS: sess. ARGV: resource, node, conn, resumption id.
+const SET_RESUMPTION_SCRIPT: &str = r"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local record = cjson.decode(raw)
+if record.node ~= ARGV[2] or record.conn ~= ARGV[3] then return 0 end
+record.resumption = ARGV[4]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+return 1
+";
+
+/// KEYS: sess. ARGV: resource, from node, from conn, to node, to conn. Move
+/// the record if it is still at `from`, keeping everything else.
+const RELOCATE_SCRIPT: &str = r"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local record = cjson.decode(raw)
+if record.node ~= ARGV[2] or record.conn ~= ARGV[3] then return 0 end
+record.node = ARGV[4]
+record.conn = ARGV[5]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+return 1
+";
+
 /// KEYS: sess. ARGV: resource, node, conn, record. Write the record unless
 /// another session (another address) holds the resource now.
 const REREGISTER_SCRIPT: &str = r"
@@ -194,6 +223,8 @@ pub struct RedisRegistry {
     set_carbons_script: Script,
     reregister_script: Script,
     take_directed_script: Script,
+    set_resumption_script: Script,
+    relocate_script: Script,
 }
 
 impl RedisRegistry {
@@ -207,6 +238,8 @@ impl RedisRegistry {
             set_carbons_script: Script::new(SET_CARBONS_SCRIPT),
             reregister_script: Script::new(REREGISTER_SCRIPT),
             take_directed_script: Script::new(TAKE_DIRECTED_SCRIPT),
+            set_resumption_script: Script::new(SET_RESUMPTION_SCRIPT),
+            relocate_script: Script::new(RELOCATE_SCRIPT),
         }
     }
 
@@ -499,6 +532,64 @@ impl SessionRegistry for RedisRegistry {
                     .await
                     .map_err(RegistryError::from)?;
                 Ok(updated == 1)
+            })
+            .await
+    }
+
+    async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool> {
+        self.client
+            .timed(RedisOperation::Relocate, async {
+                let mut connection = self.client.connection();
+                let updated: i64 = self
+                    .set_resumption_script
+                    .key(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .arg(&addr.node)
+                    .arg(addr.conn.to_string())
+                    .arg(id)
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(updated == 1)
+            })
+            .await
+    }
+
+    async fn relocate(
+        &self,
+        jid: &FullJid,
+        from: &SessionAddr,
+        to: &SessionAddr,
+    ) -> ApiResult<bool> {
+        self.client
+            .timed(RedisOperation::Relocate, async {
+                // The new node's index entry first (as a bind writes it), the
+                // old one's removed after: a crash leaves a stale entry, never
+                // an unindexed session. A detached session is in no node's index.
+                if !starling_api::resumption::is_detached(to) {
+                    self.add_to_node_index(&SessionRecord::new(jid.clone(), to.clone()))
+                        .await?;
+                }
+                let mut connection = self.client.connection();
+                let moved: i64 = self
+                    .relocate_script
+                    .key(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .arg(&from.node)
+                    .arg(from.conn.to_string())
+                    .arg(&to.node)
+                    .arg(to.conn.to_string())
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                // The entry of the address that does not hold the session now.
+                let stale = if moved == 1 { from } else { to };
+                if !starling_api::resumption::is_detached(stale) {
+                    if let Err(error) = self.remove_from_node_index(jid, stale).await {
+                        tracing::warn!(jid = %jid, node = %stale.node, error = %error, "stale node index entry left behind");
+                    }
+                }
+                Ok(moved == 1)
             })
             .await
     }

@@ -50,6 +50,31 @@ pub struct Config {
     pub admin: AdminConfig,
     pub drain: DrainConfig,
     pub telemetry: TelemetryConfig,
+    pub sm: SmConfig,
+}
+
+/// Stream management (XEP-0198): acks, and resumption on any connection-manager.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmConfig {
+    /// Offer stream management (the `<sm/>` stream feature).
+    pub enabled: bool,
+    /// How long a stream whose connection was lost stays resumable (the `max`
+    /// of `<enabled/>`); 0 offers stream management without resumption.
+    pub resume_timeout_secs: u64,
+    /// Stanzas a client may leave unacknowledged; past it the stream ends with
+    /// `<policy-violation/>` and what it did not acknowledge is rerouted.
+    pub max_unacked_stanzas: u64,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            enabled: true,
+            resume_timeout_secs: 300,
+            max_unacked_stanzas: 1000,
+        }
+    }
 }
 
 /// OpenTelemetry traces (docs/operations.md "Traces"). Off unless `otlp_endpoint` is set.
@@ -240,6 +265,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             drain: DrainConfig::default(),
             telemetry: TelemetryConfig::default(),
+            sm: SmConfig::default(),
         }
     }
 }
@@ -593,6 +619,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "drain.window_secs",
                 message: "must be at most 3600".into(),
+            });
+        }
+        if self.sm.resume_timeout_secs > 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "sm.resume_timeout_secs",
+                message: "must be at most 86400 (a day)".into(),
+            });
+        }
+        if !(1..=100_000).contains(&self.sm.max_unacked_stanzas) {
+            return Err(ConfigError::Invalid {
+                key: "sm.max_unacked_stanzas",
+                message: "must be between 1 and 100000".into(),
             });
         }
         Ok(())

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::FutureExt;
-use starling_api::{PresenceApi, RouterApi, SessionRegistry, StorageApi};
+use starling_api::{PresenceApi, ResumptionStore, RouterApi, SessionRegistry, StorageApi};
 use starling_bus::{Bus, BusMetrics, InProcessBus, RedisBus};
 use starling_connection_manager::{
     BoundConnectionManager, CmConfig, CmLimits, CmMetrics, ConnectionManager, DrainHandle,
-    TlsSettings,
+    SmSettings, StreamResumption, TlsSettings,
 };
 use starling_jid::BareJid;
 use starling_presence::{PresenceConfig, PresenceService};
@@ -28,8 +28,12 @@ use starling_proto::{
     ProtoError,
 };
 use starling_redis_client::{RedisClient, RedisConfig, RedisMetrics};
-use starling_registry::{Janitor, MemoryRegistry, NodeLiveness, RedisRegistry};
-use starling_session_router::{RouterConfig, RouterMetrics, SessionRouter};
+use starling_registry::{
+    Janitor, MemoryRegistry, MemoryResumption, NodeLiveness, RedisRegistry, RedisResumption,
+};
+use starling_session_router::{
+    spawn_resumption_expiry, RouterConfig, RouterMetrics, SessionRouter,
+};
 use starling_storage::{redact_url, Storage, StorageMetrics};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -121,7 +125,9 @@ fn session_router(
     )
     .with_advertised_features(&starling_connection_manager::edge_features(
         config.registration.enabled,
+        config.sm.enabled,
     ))
+    .with_resumption(state.resumption.clone())
     .with_metrics(metrics)
 }
 
@@ -189,6 +195,11 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
         registration_enabled: config.registration.enabled,
         require_tls: config.tls.required,
         drain_window: Duration::from_secs(config.drain.window_secs),
+        sm: SmSettings {
+            enabled: config.sm.enabled,
+            resume_timeout_secs: config.sm.resume_timeout_secs,
+            max_unacked_stanzas: config.sm.max_unacked_stanzas as usize,
+        },
         metrics,
     }
 }
@@ -199,6 +210,8 @@ struct RoutingState {
     redis_registry: Option<Arc<RedisRegistry>>,
     registry: Arc<dyn SessionRegistry>,
     bus: Arc<dyn Bus>,
+    /// Stream resumption state (XEP-0198): in Redis in the cluster.
+    resumption: Arc<dyn ResumptionStore>,
 }
 
 async fn routing_state(
@@ -207,11 +220,17 @@ async fn routing_state(
 ) -> anyhow::Result<RoutingState> {
     let bus_metrics = BusMetrics::register(metrics).context("cannot register the bus metrics")?;
     if config.cluster.redis.is_empty() {
+        let resumption: Arc<dyn ResumptionStore> = Arc::new(MemoryResumption::new());
         return Ok(RoutingState {
             redis: None,
             redis_registry: None,
             registry: Arc::new(MemoryRegistry::new()),
-            bus: Arc::new(InProcessBus::new().with_metrics(bus_metrics)),
+            bus: Arc::new(
+                InProcessBus::new()
+                    .with_metrics(bus_metrics)
+                    .with_resumption(resumption.clone()),
+            ),
+            resumption,
         });
     }
     let redis_config = RedisConfig {
@@ -226,14 +245,17 @@ async fn routing_state(
             RedisMetrics::register(metrics).context("cannot register the redis metrics")?,
         );
     let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
+    let resumption: Arc<dyn ResumptionStore> = Arc::new(RedisResumption::new(redis.clone()));
     let bus = RedisBus::new(redis.clone(), config.stanza_limits(), bus_metrics)
         .await
-        .context("cannot start the redis bus")?;
+        .context("cannot start the redis bus")?
+        .with_resumption(resumption.clone());
     Ok(RoutingState {
         redis: Some(redis),
         registry: redis_registry.clone(),
         redis_registry: Some(redis_registry),
         bus: Arc::new(bus),
+        resumption,
     })
 }
 
@@ -396,6 +418,8 @@ pub struct Server {
     readiness: Readiness,
     services: Vec<JoinHandle<anyhow::Result<()>>>,
     janitor: Option<Janitor>,
+    /// The router's sweep of expired detached streams (XEP-0198).
+    resumption_expiry: Option<JoinHandle<()>>,
     liveness: Option<(NodeLiveness, JoinHandle<()>)>,
     connection_manager: Option<BoundConnectionManager>,
     drain: Option<DrainHandle>,
@@ -429,6 +453,7 @@ impl Server {
             readiness: Readiness::new(),
             services: Vec::new(),
             janitor: None,
+            resumption_expiry: None,
             liveness: None,
             connection_manager: None,
             drain: None,
@@ -497,13 +522,15 @@ impl Server {
                     )
                     .context("cluster.presence")?,
                 );
-                let router: Arc<dyn RouterApi> = Arc::new(session_router(
+                let session_router = Arc::new(session_router(
                     &config,
                     state,
                     storage.clone(),
                     presence.clone(),
                     router_metrics(&registry)?,
                 ));
+                server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
+                let router: Arc<dyn RouterApi> = session_router;
                 server.janitor = spawn_janitor(state, presence);
                 let admin = AdminParts {
                     registry: state.registry.clone(),
@@ -552,6 +579,7 @@ impl Server {
                         session_router(&config, state, storage.clone(), presence, metrics)
                     });
                     server.janitor = spawn_janitor(state, router.presence().clone());
+                    server.resumption_expiry = Some(spawn_resumption_expiry(router.clone()));
                     router
                 } else {
                     remote_routers(&config, &grpc_metrics, &mut readiness)?
@@ -566,6 +594,10 @@ impl Server {
                     router_api,
                     storage.clone(),
                     state.bus.clone(),
+                    Some(StreamResumption {
+                        store: state.resumption.clone(),
+                        registry: state.registry.clone(),
+                    }),
                 )
                 .context("cannot configure the connection-manager")?
                 .bind()
@@ -737,6 +769,7 @@ impl Server {
             readiness,
             services,
             janitor,
+            resumption_expiry,
             liveness,
             connection_manager,
             drain,
@@ -784,6 +817,9 @@ impl Server {
         }
         if let Some(janitor) = janitor {
             let _ = janitor.stop().await;
+        }
+        if let Some(task) = resumption_expiry {
+            task.abort();
         }
         if let Some(task) = https_task {
             let _ = tokio::time::timeout(Duration::from_secs(6), task).await;

@@ -155,6 +155,9 @@ impl StanzaErrorCondition {
 pub struct StreamError {
     pub condition: StreamErrorCondition,
     pub text: Option<String>,
+    /// An application-specific condition (RFC 6120 section 4.9.4), serialised,
+    /// e.g. XEP-0198's `<handled-count-too-high/>`.
+    pub application: Option<String>,
 }
 
 impl StreamError {
@@ -162,13 +165,21 @@ impl StreamError {
         StreamError {
             condition,
             text: None,
+            application: None,
         }
+    }
+
+    /// With an application-specific condition element (section 4.9.4).
+    pub fn with_application(mut self, condition: &crate::Element) -> Self {
+        self.application = Some(condition.to_xml());
+        self
     }
 
     pub fn with_text(condition: StreamErrorCondition, text: impl Into<String>) -> Self {
         StreamError {
             condition,
             text: Some(text.into()),
+            application: None,
         }
     }
 
@@ -181,6 +192,9 @@ impl StreamError {
             out.push_str("<text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>");
             out.push_str(&crate::escape_text(text));
             out.push_str("</text>");
+        }
+        if let Some(application) = &self.application {
+            out.push_str(application);
         }
         out.push_str("</stream:error>");
         out

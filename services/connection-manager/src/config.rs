@@ -27,6 +27,8 @@ pub struct CmConfig {
     /// The window of a drain that names none (SIGTERM, the admin API's
     /// DrainNode with 0): the streams are closed over it ([`crate::DEFAULT_DRAIN_WINDOW`]).
     pub drain_window: Duration,
+    /// Stream management (XEP-0198).
+    pub sm: crate::sm::SmSettings,
     /// Where the connection-manager counts (`CmMetrics::register` exposes
     /// them on a registry; the default counts into an unscraped one).
     pub metrics: crate::metrics::CmMetrics,

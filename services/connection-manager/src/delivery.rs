@@ -53,6 +53,7 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     let queued = QueuedStanza {
                         stanza: Arc::clone(&stanza),
                         to: recipient.to,
+                        marker: crate::queued::Marker::Stanza,
                     };
                     let Some(handle) = shared.connection(recipient.conn) else {
                         // The connection ended since the router looked (a race with disconnect).
@@ -90,7 +91,11 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                 span.record("delivery.kind", "close");
                 if let Some(handle) = shared.connection(conn) {
                     tracing::debug!(conn, condition = %condition, "closing stream on request");
-                    handle.close(Some(StreamError { condition, text }));
+                    handle.close(Some(StreamError {
+                        condition,
+                        text,
+                        application: None,
+                    }));
                 }
             }
             Delivery::Drain { window } => {

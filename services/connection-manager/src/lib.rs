@@ -54,6 +54,8 @@ mod queued;
 mod register;
 mod session;
 mod shared;
+mod sm;
+mod sm_session;
 mod transport;
 mod xml;
 
@@ -83,6 +85,7 @@ pub use features::edge_features;
 pub use listener::bosh::BOSH_PATH;
 pub use listener::websocket::WEBSOCKET_PATH;
 pub use metrics::CmMetrics;
+pub use sm::{SmSettings, StreamResumption};
 pub use transport::tls::ALPN_XMPP_CLIENT;
 
 use drain_state::DrainState;
@@ -128,6 +131,7 @@ impl ConnectionManager {
         router: Arc<dyn RouterApi>,
         storage: Arc<dyn StorageApi>,
         bus: Arc<dyn Bus>,
+        resumption: Option<sm::StreamResumption>,
     ) -> Result<Self, CmError> {
         if config.node_id.is_empty() {
             return Err(CmError::Config("node_id must not be empty".to_string()));
@@ -177,13 +181,25 @@ impl ConnectionManager {
             limits.failed_auth_window,
         );
         let shutdown = CancellationToken::new();
+        if config.sm.enabled && config.sm.max_unacked_stanzas == 0 {
+            return Err(CmError::Config(
+                "sm.max_unacked_stanzas must be at least 1".to_string(),
+            ));
+        }
+        let journal = resumption.as_ref().map(|resumption| {
+            sm::spawn_journal(
+                Arc::clone(&resumption.store),
+                Arc::clone(&router),
+                config.metrics.clone(),
+            )
+        });
         let shared = Shared {
             node_id: config.node_id,
             domain,
             limits,
             parser_limits,
             registration_enabled: config.registration_enabled,
-            stream_features: stream_features(config.registration_enabled),
+            stream_features: stream_features(config.registration_enabled, config.sm.enabled),
             require_tls: config.require_tls,
             router,
             storage,
@@ -199,6 +215,10 @@ impl ConnectionManager {
             metrics: config.metrics,
             drain: DrainState::new(&shutdown, config.drain_window),
             shutdown,
+            bus: Arc::clone(&bus),
+            sm: config.sm,
+            resumption,
+            journal,
         };
         Ok(ConnectionManager {
             shared: Arc::new(shared),

@@ -124,6 +124,9 @@ pub struct CmMetrics {
     stream_errors: IntCounterVec,
     limits: [IntCounter; 6],
     delivery_latency: [Histogram; 3],
+    /// XEP-0198: streams enabled, resumed, failed resumptions, detached.
+    sm_events: IntCounterVec,
+    sm_journal_entries: IntCounter,
 }
 
 /// End-to-end latency buckets, from 100 microseconds to 5 seconds.
@@ -218,6 +221,19 @@ impl CmMetrics {
             &["kind"],
         )?;
         registry.register(Box::new(delivery_latency.clone()))?;
+        let sm_events = IntCounterVec::new(
+            Opts::new(
+                "starling_sm_events_total",
+                "Stream management (XEP-0198) events: enabled, enabled_resumable, resumed, resume_failed, detached, ended",
+            ),
+            &["event"],
+        )?;
+        let sm_journal_entries = IntCounter::new(
+            "starling_sm_journal_entries_total",
+            "Stream management journal entries (stanzas queued, acks) written to the resumption store",
+        )?;
+        registry.register(Box::new(sm_events.clone()))?;
+        registry.register(Box::new(sm_journal_entries.clone()))?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
             for result in ["success", "failure"] {
@@ -238,7 +254,19 @@ impl CmMetrics {
             limits: Limit::ALL.map(|limit| limits.with_label_values(&[limit.label()])),
             delivery_latency: KINDS
                 .map(|kind| delivery_latency.with_label_values(&[kind_label(kind)])),
+            sm_events,
+            sm_journal_entries,
         })
+    }
+
+    /// A stream management event (see `starling_sm_events_total`).
+    pub(crate) fn sm_event(&self, event: &str) {
+        self.sm_events.with_label_values(&[event]).inc();
+    }
+
+    /// Journal entries written to the resumption store.
+    pub(crate) fn sm_journaled(&self, entries: usize) {
+        self.sm_journal_entries.inc_by(entries as u64);
     }
 
     /// Count an open connection until the guard drops.

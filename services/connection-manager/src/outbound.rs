@@ -26,6 +26,7 @@ use starling_xmpp::StanzaKind;
 use crate::framing::Outgoing;
 use crate::metrics::CmMetrics;
 use crate::queued::QueuedStanza;
+use crate::sm::SmState;
 use crate::transport::TransportWriter;
 
 /// A write that makes no progress for this long means the client is gone.
@@ -58,6 +59,9 @@ struct QueueState {
     /// Delivered after the close was decided: held back until the session is
     /// unbound, then rerouted (rerouting earlier could route them right back here).
     late: Vec<QueuedStanza>,
+    /// Stream management (XEP-0198), under the queue's lock so that what is
+    /// counted follows what is written.
+    sm: SmState,
 }
 
 /// What the rest of the node holds of one bound connection.
@@ -133,23 +137,106 @@ impl ConnectionHandle {
     /// Queue a stanza for the client. Once the stream is closing, the stanza
     /// is kept for rerouting after the unbind (up to the queue's bound).
     /// On error the stanza comes back to the caller.
+    ///
+    /// With stream management on, the bound counts the stanzas the client has
+    /// not acknowledged too (`sm.max_unacked_stanzas`), and on a resumable
+    /// stream every stanza is journaled as it enters the queue: from then on
+    /// the resumption state holds it, and the stream's end reroutes nothing
+    /// from memory (see [`SmState`]).
     pub fn push(&self, stanza: QueuedStanza) -> Result<(), (PushError, QueuedStanza)> {
         {
             let mut state = self.state.lock();
-            if state.close.is_some() {
+            if let Some(held) = state.sm.held.as_mut() {
+                // A resumption in progress: after the replay, in order.
+                if held.len() >= self.capacity {
+                    return Err((PushError::Full, stanza));
+                }
+                held.push(stanza);
+                return Ok(());
+            }
+            let closing = state.close.is_some();
+            if closing {
                 if state.late.len() >= self.capacity {
                     return Err((PushError::Closed, stanza));
                 }
+            } else if state.items.len() >= self.capacity
+                || (state.sm.enabled
+                    && state.items.len() + state.sm.unacked.len() >= state.sm.max_unacked)
+            {
+                return Err((PushError::Full, stanza));
+            }
+            if stanza.is_stanza() {
+                state.sm.journal_append(&stanza);
+            }
+            if closing {
                 state.late.push(stanza);
                 return Ok(());
-            }
-            if state.items.len() >= self.capacity {
-                return Err((PushError::Full, stanza));
             }
             state.items.push_back(stanza);
         }
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// Queue a nonza (or a reply that must not wait behind a full queue).
+    pub fn push_nonza(&self, nonza: QueuedStanza) {
+        {
+            let mut state = self.state.lock();
+            if state.close.is_some() {
+                return;
+            }
+            state.items.push_back(nonza);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Stream management is on from here (XEP-0198 section 3): `<enabled/>`
+    /// enters the queue in the same step, so that exactly the stanzas after
+    /// it are counted and journaled.
+    pub fn enable_sm(
+        &self,
+        journal: Option<crate::sm::JournalSink>,
+        max_unacked: usize,
+        enabled: QueuedStanza,
+    ) {
+        {
+            let mut state = self.state.lock();
+            state.sm.enabled = true;
+            state.sm.max_unacked = max_unacked;
+            state.sm.journal = journal;
+            state.items.push_back(enabled);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Run `change` on the stream management state (under the queue's lock).
+    pub fn with_sm<R>(&self, change: impl FnOnce(&mut SmState) -> R) -> R {
+        change(&mut self.state.lock().sm)
+    }
+
+    /// The resumption is done: queue `<resumed/>`, then the stanzas the client
+    /// did not acknowledge (already journaled), then what was delivered
+    /// meanwhile (journaled now), in that order.
+    pub fn finish_resume(&self, resumed: QueuedStanza, replay: Vec<QueuedStanza>) {
+        {
+            let mut state = self.state.lock();
+            state.items.push_back(resumed);
+            state.items.extend(replay);
+            let held = state.sm.held.take().unwrap_or_default();
+            for stanza in held {
+                if stanza.is_stanza() {
+                    state.sm.journal_append(&stanza);
+                }
+                state.items.push_back(stanza);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Everything the client was sent but did not acknowledge (stream
+    /// management without resumption), for rerouting when the stream ends.
+    pub fn take_unacked(&self) -> Vec<QueuedStanza> {
+        self.state.lock().sm.unacked.drain(..).collect()
     }
 
     /// Queue a stanza ahead of everything else, over the bound (the result of
@@ -199,6 +286,15 @@ impl ConnectionHandle {
         closed_now
     }
 
+    /// The stream error the stream was closed with, if any.
+    pub fn close_condition(&self) -> Option<StreamErrorCondition> {
+        self.state
+            .lock()
+            .close
+            .as_ref()
+            .and_then(|close| close.error.as_ref().map(|error| error.condition))
+    }
+
     pub fn is_closing(&self) -> bool {
         self.state.lock().close.is_some()
     }
@@ -214,12 +310,43 @@ impl ConnectionHandle {
     }
 
     /// Everything still queued and everything delivered after the close (once
-    /// the writer ended), in order.
+    /// the writer ended), in order; nonzas are left out.
     pub fn take_remaining(&self) -> Vec<QueuedStanza> {
         let mut state = self.state.lock();
         let mut remaining: Vec<QueuedStanza> = state.items.drain(..).collect();
         remaining.append(&mut state.late);
+        if let Some(held) = state.sm.held.take() {
+            remaining.extend(held);
+        }
+        remaining.retain(QueuedStanza::is_stanza);
         remaining
+    }
+
+    /// A chunk is about to be written: stream management counts its stanzas
+    /// (after `<enabled/>`/`<resumed/>`) and keeps them until acknowledged.
+    /// Counted before the write, so that an ack that comes back faster than
+    /// the writer task resumes finds them. Returns how many were counted.
+    fn note_written(&self, written: &[QueuedStanza]) -> usize {
+        let mut state = self.state.lock();
+        written
+            .iter()
+            .filter(|item| state.sm.note_written(item))
+            .count()
+    }
+
+    /// The write of a chunk failed: its stanzas were not sent after all.
+    fn unnote_written(&self, count: usize) {
+        let mut state = self.state.lock();
+        for _ in 0..count {
+            if state.sm.unacked.pop_back().is_some() {
+                state.sm.sent = state.sm.sent.wrapping_sub(1);
+            }
+        }
+    }
+
+    /// Whether to ask the client for an ack after writing `stanzas` more.
+    fn wants_ack_request(&self, stanzas: &[QueuedStanza], closing: bool) -> bool {
+        self.state.lock().sm.wants_ack_request(stanzas, closing)
     }
 
     /// Wait until there is something to write or the stream is to close.
@@ -291,13 +418,20 @@ pub(crate) async fn run_writer<W: TransportWriter>(
             let chunk_start = next;
             while next < batch.len() && buffer.len() < MAX_WRITE_BYTES {
                 buffer.queued_stanza(&batch[next]);
-                if let Some(kind) = StanzaKind::of(&batch[next].stanza) {
+                if let Some(kind) =
+                    StanzaKind::of(&batch[next].stanza).filter(|_| batch[next].is_stanza())
+                {
                     metrics.stanza_sent(kind);
                 }
                 next += 1;
             }
             let last_chunk = next == batch.len();
             let finishing = last_chunk && closing;
+            if handle.wants_ack_request(&batch[chunk_start..next], finishing) {
+                // XEP-0198 section 4: the server asks as its unacked queue
+                // grows, and before it closes the stream.
+                buffer.queued_stanza(&QueuedStanza::nonza(crate::sm::request(), false));
+            }
             if finishing {
                 if let Some(CloseRequest {
                     error: Some(error), ..
@@ -308,6 +442,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
                 }
                 buffer.close();
             }
+            let counted = handle.note_written(&batch[chunk_start..next]);
             let write = async {
                 writer.send(&buffer).await?;
                 if finishing {
@@ -320,6 +455,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
                 _ = handle.abort_write.cancelled() => false,
             };
             if !written {
+                handle.unnote_written(counted);
                 tracing::debug!(
                     conn = handle.conn,
                     stanzas = batch.len() - chunk_start,

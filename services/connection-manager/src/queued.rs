@@ -5,12 +5,24 @@ use std::sync::Arc;
 
 use starling_xmpp::Element;
 
+/// What an item of the outbound queue is to stream management (XEP-0198).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Marker {
+    /// A stanza: counted by `h` once stream management is on.
+    Stanza,
+    /// A nonza (`<a/>`, `<r/>`, `<failed/>`): never counted.
+    Nonza,
+    /// `<enabled/>` or `<resumed/>`: a nonza after which stanzas are counted.
+    CountingStarts,
+}
+
 /// One stanza waiting to be written.
 #[derive(Debug, Clone)]
 pub(crate) struct QueuedStanza {
     pub stanza: Arc<Element>,
     /// Rewrite `to` for this recipient (one envelope shared by several recipients).
     pub to: Option<String>,
+    pub marker: Marker,
 }
 
 impl QueuedStanza {
@@ -18,6 +30,37 @@ impl QueuedStanza {
         QueuedStanza {
             stanza: Arc::new(stanza),
             to: None,
+            marker: Marker::Stanza,
+        }
+    }
+
+    /// A nonza; `counting_starts` for `<enabled/>` and `<resumed/>`.
+    pub fn nonza(element: Element, counting_starts: bool) -> Self {
+        QueuedStanza {
+            stanza: Arc::new(element),
+            to: None,
+            marker: if counting_starts {
+                Marker::CountingStarts
+            } else {
+                Marker::Nonza
+            },
+        }
+    }
+
+    pub fn is_stanza(&self) -> bool {
+        self.marker == Marker::Stanza
+    }
+
+    /// The stanza as its recipient gets it, serialised with its namespace
+    /// declared (for the resumption journal: it is parsed again on its own).
+    pub fn to_xml(&self) -> String {
+        match &self.to {
+            Some(to) if self.stanza.attr("to") != Some(to.as_str()) => {
+                let mut stanza = (*self.stanza).clone();
+                stanza.set_attr("to", to.clone());
+                stanza.to_xml()
+            }
+            _ => self.stanza.to_xml(),
         }
     }
 

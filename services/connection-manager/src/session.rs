@@ -41,6 +41,8 @@ struct Session {
     handle: Arc<ConnectionHandle>,
     client_lang: Option<String>,
     rate_limit: Option<TokenBucket>,
+    /// The client closed the stream (`</stream:stream>`): no resumption.
+    clean_close: bool,
 }
 
 /// Serve a bound session until its stream ends, then unbind it and reroute
@@ -75,6 +77,7 @@ pub(crate) async fn run<T: Transport>(shared: Arc<Shared>, bound: BoundStream<T>
         handle: Arc::clone(&handle),
         client_lang,
         rate_limit,
+        clean_close: false,
     };
     loop {
         if let Flow::Stop = session.process_events(&mut parser).await {
@@ -138,6 +141,7 @@ impl Session {
                 }
                 StreamEvent::Close => {
                     // Section 4.4: answer with our closing tag.
+                    self.clean_close = true;
                     self.handle.close(None);
                     return Flow::Stop;
                 }
@@ -190,6 +194,9 @@ impl Session {
     }
 
     async fn handle_stanza(&mut self, mut element: Element) -> Flow {
+        if element.namespace() == ns::SM && self.shared.sm.enabled {
+            return self.handle_sm(element).await;
+        }
         // Section 4.9.3.25: only message, presence and iq in jabber:client.
         let kind = match StanzaKind::of(&element) {
             Some(kind) if element.namespace() == ns::CLIENT => kind,
@@ -202,6 +209,9 @@ impl Session {
             }
         };
         self.shared.metrics.stanza_received(kind);
+        // XEP-0198 section 4: every stanza read is handled here (routed, or
+        // answered with an error), so `h` counts it now.
+        self.handle.with_sm(|sm| sm.stanza_handled());
         // Section 8.1.2.1: the server stamps the full JID; a forged one is overwritten.
         element.set_attr("from", self.jid_string.clone());
         match stanza::to(&element) {
@@ -304,6 +314,25 @@ impl Session {
         Flow::Continue
     }
 
+    /// A stream management nonza (XEP-0198).
+    async fn handle_sm(&mut self, element: Element) -> Flow {
+        match crate::sm_session::handle_nonza(
+            &self.shared,
+            &self.handle,
+            &self.jid,
+            &self.addr,
+            element,
+        )
+        .await
+        {
+            Ok(()) => Flow::Continue,
+            Err(error) => {
+                self.close_with(error);
+                Flow::Stop
+            }
+        }
+    }
+
     /// A stanza that broke a rule of its kind: its sender gets the error.
     fn reject(&mut self, invalid: Box<InvalidStanza>) -> Flow {
         tracing::debug!(jid = %self.jid, error = %invalid, "stanza rejected");
@@ -353,9 +382,23 @@ impl Session {
     }
 
     /// Unbind first (so nothing more is routed here), let the writer finish,
-    /// then reroute what the client never received.
+    /// then reroute what the client never received. A resumable stream that
+    /// lost its connection is detached instead (XEP-0198 section 5).
     async fn teardown(self, writer_task: &mut tokio::task::JoinHandle<Vec<QueuedStanza>>) {
         self.handle.close(None);
+        let journal = self.handle.with_sm(|sm| sm.journal.clone());
+        if let Some(sink) = journal {
+            crate::sm_session::end_resumable(
+                &self.shared,
+                &self.jid,
+                &self.handle,
+                &sink,
+                self.clean_close,
+                writer_task,
+            )
+            .await;
+            return;
+        }
         if let Err(error) = self.shared.router.unbind(&self.jid, &self.addr).await {
             tracing::warn!(jid = %self.jid, %error, "unbind failed");
         }
@@ -378,7 +421,9 @@ impl Session {
             }
         };
         self.shared.remove_connection(self.handle.conn);
-        let mut leftovers = unwritten;
+        // Sent but not acknowledged (XEP-0198 section 4): as if never sent.
+        let mut leftovers = self.handle.take_unacked();
+        leftovers.extend(unwritten);
         leftovers.extend(self.handle.take_remaining());
         for queued in leftovers {
             let stanza = queued.into_element();

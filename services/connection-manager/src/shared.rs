@@ -47,6 +47,14 @@ pub(crate) struct Shared {
     pub shutdown: CancellationToken,
     /// Graceful drain: its phase, and the token that stops accepting.
     pub drain: DrainState,
+    /// Where streams taken over by a resumption are closed (`Delivery::Close`).
+    pub bus: Arc<dyn starling_bus::Bus>,
+    /// Stream management (XEP-0198).
+    pub sm: crate::sm::SmSettings,
+    /// Resumption state and the registry, when resumption is on.
+    pub resumption: Option<crate::sm::StreamResumption>,
+    /// The node's journal task (with `resumption`).
+    pub journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
 }
 
 impl Shared {
@@ -69,5 +77,10 @@ impl Shared {
 
     pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
         self.connections.read().get(&conn).cloned()
+    }
+
+    /// Stream resumption is offered: on, with a timeout, and a store.
+    pub fn resumption_offered(&self) -> bool {
+        self.sm.enabled && self.sm.resume_timeout_secs > 0 && self.resumption.is_some()
     }
 }

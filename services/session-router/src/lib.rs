@@ -36,10 +36,12 @@ mod iq;
 mod message;
 mod metrics;
 mod offline;
+mod resumption;
 mod router;
 mod session;
 
 pub use metrics::RouterMetrics;
+pub use resumption::spawn_resumption_expiry;
 pub use router::{RouterConfig, RouterHandle, SessionRouter};
 
 #[cfg(test)]

@@ -313,6 +313,12 @@ impl SessionRouter {
         failed: &SessionAddr,
     ) -> Option<Element> {
         let routing = &Routing::new(&Origin::Server, None);
+        // The session it was for moved (its stream was resumed on another
+        // connection, or detached): it follows the session (XEP-0198).
+        let stanza_element = match self.follow_moved_session(stanza_element, failed).await {
+            Some(stanza_element) => stanza_element,
+            None => return None,
+        };
         match stanza_element.name() {
             "message" => match stanza::to(&stanza_element) {
                 // XEP-0280 section 10.3: a copy that did not reach its
@@ -348,6 +354,26 @@ impl SessionRouter {
             "iq" => routing.bounce(&stanza_element, StanzaErrorCondition::ServiceUnavailable),
             _ => None,
         }
+    }
+
+    /// Deliver a stanza for a full JID whose session is now at another address
+    /// than `failed`; gives it back when there is no such session or it was not reached.
+    async fn follow_moved_session(&self, stanza: Element, failed: &SessionAddr) -> Option<Element> {
+        let Ok(Some(Jid::Full(jid))) = stanza::to(&stanza) else {
+            return Some(stanza);
+        };
+        if !self.is_local_account(jid.bare()) {
+            return Some(stanza);
+        }
+        let session = match self.registry.session(&jid).await {
+            Ok(Some(session)) if &session.addr != failed => session,
+            _ => return Some(stanza),
+        };
+        let shared = Arc::new(stanza);
+        if deliver_to_session(&*self.bus, shared.clone(), &session, None).await {
+            return None;
+        }
+        Some(unshare(shared))
     }
 
     pub(crate) fn is_local_account(&self, user: &BareJid) -> bool {

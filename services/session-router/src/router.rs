@@ -123,6 +123,9 @@ pub struct SessionRouter {
     /// Where offline delay stamps take the time from.
     pub(crate) clock: fn() -> SystemTime,
     pub(crate) metrics: RouterMetrics,
+    /// Stream resumption state (XEP-0198), whose expired streams this router
+    /// ends ([`SessionRouter::expire_detached_streams`]).
+    pub(crate) resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
 }
 
 impl SessionRouter {
@@ -150,7 +153,15 @@ impl SessionRouter {
             presence,
             clock: SystemTime::now,
             metrics: RouterMetrics::default(),
+            resumption: None,
         }
+    }
+
+    /// End the detached streams of `store` whose resumption timeout passed
+    /// (see [`SessionRouter::expire_detached_streams`]).
+    pub fn with_resumption(mut self, store: Arc<dyn starling_api::ResumptionStore>) -> Self {
+        self.resumption = Some(store);
+        self
     }
 
     /// Count routing decisions and durations in `metrics` (docs/operations.md).

@@ -30,6 +30,29 @@ pub(crate) struct BoundStream<T> {
     pub client_lang: Option<String>,
 }
 
+impl<T: Transport> BoundStream<T> {
+    /// The bound stream of `stream` for `jid` at `addr`; `None` when its
+    /// connection is gone (the caller then undoes what it registered).
+    pub(crate) fn take(
+        stream: &mut NegotiatingStream<T>,
+        jid: FullJid,
+        addr: SessionAddr,
+        handle: Arc<ConnectionHandle>,
+    ) -> Option<Self> {
+        let (transport, parser) = stream.take_bound()?;
+        Some(BoundStream {
+            conn: stream.conn,
+            peer: stream.peer,
+            transport,
+            parser,
+            jid,
+            addr,
+            handle,
+            client_lang: stream.client_lang.clone(),
+        })
+    }
+}
+
 /// Resource binding (section 7.6) for the authenticated `user`. `Ok(None)`:
 /// the client got an error reply and may try again.
 pub(crate) async fn bind_resource<T: Transport>(
@@ -87,20 +110,13 @@ pub(crate) async fn bind_resource<T: Transport>(
             );
             // Ahead of anything routed to the session in the meantime.
             handle.push_front(QueuedStanza::new(result));
-            let Some((transport, parser)) = stream.take_bound() else {
-                shared.remove_connection(conn);
-                return Err(StreamEnd::ConnectionLost);
-            };
-            Ok(Some(BoundStream {
-                conn,
-                peer: stream.peer,
-                transport,
-                parser,
-                jid,
-                addr,
-                handle,
-                client_lang: stream.client_lang.clone(),
-            }))
+            match BoundStream::take(stream, jid, addr, handle) {
+                Some(bound) => Ok(Some(bound)),
+                None => {
+                    shared.remove_connection(conn);
+                    Err(StreamEnd::ConnectionLost)
+                }
+            }
         }
         Err(error) => {
             shared.remove_connection(conn);

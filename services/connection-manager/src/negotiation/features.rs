@@ -146,7 +146,7 @@ mod tests {
         };
         FeatureSet::for_stage(
             stage,
-            &crate::features::stream_features(registration_enabled),
+            &crate::features::stream_features(registration_enabled, false),
         )
     }
 
@@ -196,7 +196,7 @@ mod tests {
             tls_required: false,
             authenticated: false,
         };
-        let declared = crate::features::stream_features(true);
+        let declared = crate::features::stream_features(true, false);
         assert_eq!(
             FeatureSet::for_stage(web, &declared).to_xml(),
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"

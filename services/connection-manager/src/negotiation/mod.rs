@@ -9,6 +9,7 @@
 pub(crate) mod bind;
 pub(crate) mod features;
 pub(crate) mod header;
+pub(crate) mod resume;
 pub(crate) mod sasl;
 pub(crate) mod starttls;
 pub(crate) mod stream;
@@ -40,6 +41,8 @@ struct Negotiation<T> {
 enum Negotiated {
     /// An authenticated client asked to bind a resource.
     BindRequest(Element),
+    /// An authenticated client asked to resume a stream (XEP-0198 section 5).
+    Resume(Element),
 }
 
 /// Negotiate a stream on an established transport (TCP, TLS, WebSocket or
@@ -73,6 +76,17 @@ pub(crate) async fn negotiate<T: Transport>(
                 // completed must not be dropped half-way.
                 let Negotiation { stream, sasl } = &mut negotiation;
                 match bind_resource(stream, sasl.user(), iq).await {
+                    Ok(Some(bound)) => return Some(bound),
+                    Ok(None) => continue,
+                    Err(end) => {
+                        negotiation.stream.finish(end).await;
+                        return None;
+                    }
+                }
+            }
+            Ok(Negotiated::Resume(element)) => {
+                let Negotiation { stream, sasl } = &mut negotiation;
+                match resume::resume_stream(stream, sasl.user(), element).await {
                     Ok(Some(bound)) => return Some(bound),
                     Ok(None) => continue,
                     Err(end) => {
@@ -144,6 +158,17 @@ impl<T: Transport> Negotiation<T> {
             }
             self.sasl.handle(&mut self.stream, &element).await?;
             return Ok(None);
+        }
+        if element.namespace() == ns::SM && authenticated && self.stream.shared.sm.enabled {
+            match element.name() {
+                "resume" => return Ok(Some(Negotiated::Resume(element))),
+                // XEP-0198 section 3: enable after binding (the server may enforce it).
+                _ => {
+                    let failed = crate::sm::failed("unexpected-request", None);
+                    self.stream.send_nonza(&failed.to_xml()).await?;
+                    return Ok(None);
+                }
+            }
         }
         let Some(kind) = StanzaKind::of(&element).filter(|_| element.namespace() == ns::CLIENT)
         else {

@@ -312,6 +312,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         registration_enabled: true,
         require_tls: true,
         drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
+        sm: Default::default(),
         metrics: Default::default(),
     };
     configure(&mut config);
@@ -337,7 +338,8 @@ impl TestServer {
         let bus = Arc::new(InProcessBus::new());
         let router = Arc::new(TestRouter::new(Arc::clone(&bus)));
         let manager =
-            ConnectionManager::new(config, router.clone(), storage.clone(), bus.clone()).unwrap();
+            ConnectionManager::new(config, router.clone(), storage.clone(), bus.clone(), None)
+                .unwrap();
         let bound = manager.bind().await.unwrap();
         let addrs: HashMap<&str, SocketAddr> = bound.local_addrs().into_iter().collect();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
