@@ -164,3 +164,53 @@ async def test_switched_off_carbons_are_not_advertised_and_enable_is_refused(ser
         await a.plugin["xep_0280"].enable(timeout=20)
     assert refused.value.condition == "service-unavailable"
     await logout(a)
+
+
+async def test_a_resumed_stream_keeps_its_carbons_through_the_loss_of_the_routing_state(cluster):  # noqa: F811
+    """XEP-0198 meets XEP-0280: a stream that enabled carbons on cm-1 is
+    resumed on cm-2; the record moved with its switch, and cm-2's own copy of
+    it (what it re-registers after Redis lost everything) carries it too."""
+    from sm_raw import SM, SmClient, sm_id
+
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    desk = await login(cluster.node("cm-2"), alice, alice_pw, "desk")
+    contact = await login(cluster.node("cm-1"), bob, bob_pw, "c")
+    phone = SmClient(cluster.node("cm-1"), timeout=20)
+    phone.authenticate(alice, alice_pw)
+    phone.bind("phone")
+    phone.send(f"<iq type='set' id='carbons1'><enable xmlns='{CARBONS}'/></iq>")
+    assert "type='result'" in phone.recv_until("id='carbons1'") + phone.recv_until(">")
+    previd = sm_id(phone.enable())
+
+    desk.send_message(mto=bob, mbody="one", mtype="chat")
+    await handled(desk)
+    assert phone.read_bodies(1) == ["one"]  # the body inside the sent copy
+
+    phone.drop()
+    await asyncio.sleep(0.5)
+    resumed = SmClient(cluster.node("cm-2"), timeout=20)
+    resumed.authenticate(alice, alice_pw)
+    resumed.send(f"<resume xmlns='{SM}' previd='{previd}' h='1'/>")
+    assert "<resumed" in resumed.recv_until("<resumed") + resumed.recv_until(">")
+
+    cluster.redis.kill()
+    cluster.redis.wait()
+    cluster.start_redis()  # empty: the moved record is gone, cm-2 re-registers it
+
+    deadline = time.monotonic() + 40
+    attempt = 0
+    while True:
+        attempt += 1
+        desk.send_message(mto=bob, mbody=f"after {attempt}", mtype="chat")
+        # Let the client write it (the raw read below blocks the loop); no
+        # ping: an answer in flight while Redis restarts may be lost.
+        await asyncio.sleep(0.2)
+        try:
+            if any(body.startswith("after") for body in resumed.read_bodies(1, timeout=2)):
+                break
+        except TimeoutError:
+            pass
+        assert time.monotonic() < deadline, "no carbon on the resumed stream after the redis restart\n" + cluster.logs()
+    resumed.close()
+    await logout(desk, contact)

@@ -97,6 +97,12 @@ impl ConnectionHandle {
         *self.registry_view.lock() = Some(SessionRecord::new(jid, addr));
     }
 
+    /// The session was resumed here (XEP-0198): its record as the registry
+    /// keeps it (presence, roster interest, carbons), now at this connection.
+    pub fn set_resumed(&self, record: SessionRecord) {
+        *self.registry_view.lock() = Some(record);
+    }
+
     /// The client broadcast presence (RFC 6121 section 4.2/4.4/4.5): keep its
     /// availability, priority and last available presence.
     pub fn note_broadcast_presence(&self, presence: &Presence) {
