@@ -44,6 +44,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
+    pub csi: CsiConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub admin: AdminConfig,
@@ -225,6 +226,22 @@ pub struct RegistrationConfig {
     pub enabled: bool,
 }
 
+/// XEP-0352 client state indication (connection-manager targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    /// Offer `<csi/>` after authentication; an inactive client's presence
+    /// updates and chat states wait (the latest per contact) until it is
+    /// active or something important comes.
+    pub enabled: bool,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { enabled: true }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -244,6 +261,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
+            csi: CsiConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             admin: AdminConfig::default(),
