@@ -219,6 +219,18 @@ impl ConnectionHandle {
         self.notify.notify_one();
     }
 
+    /// The journal of a resumable stream, if this is one.
+    pub fn journal_sender(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>> {
+        self.state
+            .lock()
+            .sm
+            .journal
+            .as_ref()
+            .map(|sink| sink.tx.clone())
+    }
+
     /// Run `change` on the stream management state (under the queue's lock).
     pub fn with_sm<R>(&self, change: impl FnOnce(&mut SmState) -> R) -> R {
         change(&mut self.state.lock().sm)
@@ -434,6 +446,17 @@ pub(crate) async fn run_writer<W: TransportWriter>(
         batch.clear();
         buffer.clear();
         let close = handle.next_batch(&mut batch).await;
+        // A resumable stream (XEP-0198): what is written must be in the
+        // resumption store first, or a node killed right after the write
+        // would leave the client holding stanzas the store never had (and
+        // its `h` would not match on resumption). Each stanza was journaled
+        // as it entered the queue; this waits until the journal task applied
+        // them (one in-process wait per batch, no extra Redis command).
+        if let Some(tx) = handle.journal_sender() {
+            if batch.iter().any(QueuedStanza::is_stanza) {
+                crate::sm::journal_barrier(&tx).await;
+            }
+        }
         if let Some(CloseRequest {
             error,
             discard_pending: true,
