@@ -53,3 +53,72 @@ def sm_id(enabled):
     match = re.search(r"id='([^']+)'", enabled)
     assert match, enabled
     return match.group(1)
+
+
+class StreamReader:
+    """Reads an SmClient's stream on a thread, as a real client would: counts
+    the stanzas it handles (XEP-0198 `h`), answers the server's `<r/>`, and
+    records message bodies in arrival order, until the connection ends."""
+
+    def __init__(self, client, h=0):
+        import threading
+        import xml.etree.ElementTree as ET
+
+        self.client = client
+        self.h = h
+        self.bodies = []
+        self.nonzas = []
+        self.closed = threading.Event()
+        self.parser = ET.XMLPullParser(events=("start", "end"))
+        self.parser.feed(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+        )
+        self.depth = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, pending=b""):
+        self.pending = pending
+        self.thread.start()
+        return self
+
+    def _handle(self, element):
+        tag = element.tag
+        if tag in ("{jabber:client}message", "{jabber:client}presence", "{jabber:client}iq"):
+            self.h = (self.h + 1) % 2**32
+            body = element.find("{jabber:client}body")
+            if body is not None:
+                self.bodies.append(body.text or "")
+        elif tag == f"{{{SM}}}r":
+            try:
+                self.client.send(f"<a xmlns='{SM}' h='{self.h}'/>")
+            except OSError:
+                pass
+        else:
+            self.nonzas.append(tag)
+
+    def _feed(self, data):
+        self.parser.feed(data)
+        for event, element in self.parser.read_events():
+            if event == "start":
+                self.depth += 1
+            else:
+                self.depth -= 1
+                if self.depth == 1:
+                    self._handle(element)
+                    element.clear()
+
+    def _run(self):
+        try:
+            if self.pending:
+                self._feed(self.pending)
+            self.client.sock.settimeout(None)
+            while True:
+                try:
+                    chunk = self.client.sock.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                self._feed(chunk)
+        finally:
+            self.closed.set()

@@ -45,6 +45,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
     pub carbons: CarbonsConfig,
+    pub csi: CsiConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub admin: AdminConfig,
@@ -240,6 +241,22 @@ impl Default for CarbonsConfig {
     }
 }
 
+/// XEP-0352 client state indication (connection-manager targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsiConfig {
+    /// Offer `<csi/>` after authentication; an inactive client's presence
+    /// updates and chat states wait (the latest per contact) until it is
+    /// active or something important comes.
+    pub enabled: bool,
+}
+
+impl Default for CsiConfig {
+    fn default() -> Self {
+        CsiConfig { enabled: true }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -260,6 +277,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
             carbons: CarbonsConfig::default(),
+            csi: CsiConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             admin: AdminConfig::default(),

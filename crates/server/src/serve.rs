@@ -193,6 +193,7 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
             bosh_inactivity: Duration::from_secs(config.limits.bosh_inactivity_secs),
         },
         registration_enabled: config.registration.enabled,
+        csi_enabled: config.csi.enabled,
         require_tls: config.tls.required,
         drain_window: Duration::from_secs(config.drain.window_secs),
         sm: SmSettings {

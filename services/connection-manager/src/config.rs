@@ -21,6 +21,9 @@ pub struct CmConfig {
     pub limits: CmLimits,
     /// XEP-0077 in-band registration (offered inside TLS only: it carries a password).
     pub registration_enabled: bool,
+    /// XEP-0352 client state indication: offered after authentication; an
+    /// inactive client's presence updates and chat states wait.
+    pub csi_enabled: bool,
     /// True by default: no SASL before STARTTLS. False allows SCRAM on a
     /// plaintext stream (load tests); PLAIN is never offered nor accepted there.
     pub require_tls: bool,

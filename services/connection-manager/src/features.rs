@@ -5,7 +5,7 @@
 use starling_api::presence::ROSTER_FEATURE;
 use starling_api::{FeatureSpec, Features};
 
-use crate::register;
+use crate::{csi, register};
 
 /// The features answered at the edge, as the configuration switches them:
 /// in-band registration (XEP-0077) when `registration_enabled`, stream
@@ -22,10 +22,19 @@ pub fn edge_features(registration_enabled: bool, sm_enabled: bool) -> Vec<&'stat
     features
 }
 
-/// The features whose stream features a stream offers: the edge's own and
-/// roster versioning (RFC 6121 section 2.6, answered by the presence service).
-pub(crate) fn stream_features(registration_enabled: bool, sm_enabled: bool) -> Features {
+/// The features whose stream features a stream offers: the edge's own,
+/// client state indication (XEP-0352, no disco feature) when `csi_enabled`,
+/// and roster versioning (RFC 6121 section 2.6, answered by the presence
+/// service).
+pub(crate) fn stream_features(
+    registration_enabled: bool,
+    sm_enabled: bool,
+    csi_enabled: bool,
+) -> Features {
     let mut features = Features::new([&ROSTER_FEATURE]);
     features.extend(edge_features(registration_enabled, sm_enabled));
+    if csi_enabled {
+        features.extend([&csi::FEATURE]);
+    }
     features
 }

@@ -30,6 +30,7 @@
 //!                             the steps before a session, each in its module
 //! shared                      what every connection task shares (Shared)
 //! outbound                    a connection's bounded queue and its writer
+//! csi                         what an inactive client is not sent yet (XEP-0352)
 //! transport::{tcp, websocket, bosh, tls}
 //!                             the Transport trait and its implementations
 //! framing, queued, xml        stream and WebSocket framing, queued stanzas
@@ -39,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod csi;
 mod delivery;
 mod drain;
 mod drain_state;
@@ -199,7 +201,12 @@ impl ConnectionManager {
             limits,
             parser_limits,
             registration_enabled: config.registration_enabled,
-            stream_features: stream_features(config.registration_enabled, config.sm.enabled),
+            csi_enabled: config.csi_enabled,
+            stream_features: stream_features(
+                config.registration_enabled,
+                config.sm.enabled,
+                config.csi_enabled,
+            ),
             require_tls: config.require_tls,
             router,
             storage,

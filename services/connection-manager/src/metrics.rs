@@ -127,6 +127,7 @@ pub struct CmMetrics {
     /// XEP-0198: streams enabled, resumed, failed resumptions, detached.
     sm_events: IntCounterVec,
     sm_journal_entries: IntCounter,
+    csi: CsiMetrics,
 }
 
 /// End-to-end latency buckets, from 100 microseconds to 5 seconds.
@@ -234,6 +235,7 @@ impl CmMetrics {
         )?;
         registry.register(Box::new(sm_events.clone()))?;
         registry.register(Box::new(sm_journal_entries.clone()))?;
+        let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
             for result in ["success", "failure"] {
@@ -256,6 +258,7 @@ impl CmMetrics {
                 .map(|kind| delivery_latency.with_label_values(&[kind_label(kind)])),
             sm_events,
             sm_journal_entries,
+            csi,
         })
     }
 
@@ -267,6 +270,11 @@ impl CmMetrics {
     /// Journal entries written to the resumption store.
     pub(crate) fn sm_journaled(&self, entries: usize) {
         self.sm_journal_entries.inc_by(entries as u64);
+    }
+
+    /// XEP-0352 client state indication.
+    pub(crate) fn csi(&self) -> &CsiMetrics {
+        &self.csi
     }
 
     /// Count an open connection until the guard drops.
@@ -322,6 +330,98 @@ impl CmMetrics {
 
     pub(crate) fn limit_hit(&self, limit: Limit) {
         self.limits[Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0)].inc();
+    }
+}
+
+/// Why stanzas held for an inactive client (XEP-0352, `crate::csi`) were
+/// released (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CsiFlush {
+    /// The client sent `<active/>`.
+    Active,
+    /// A stanza that is not held arrived: the held ones go before it.
+    Important,
+    /// The buffer reached its bound (one stanza per contact).
+    Limit,
+    /// The stream ended: they went back with the queue, for rerouting.
+    StreamEnd,
+}
+
+impl CsiFlush {
+    const ALL: [CsiFlush; 4] = [
+        CsiFlush::Active,
+        CsiFlush::Important,
+        CsiFlush::Limit,
+        CsiFlush::StreamEnd,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            CsiFlush::Active => "active",
+            CsiFlush::Important => "important",
+            CsiFlush::Limit => "limit",
+            CsiFlush::StreamEnd => "stream_end",
+        }
+    }
+}
+
+/// The XEP-0352 metrics: what inactive clients were spared.
+#[derive(Clone)]
+pub(crate) struct CsiMetrics {
+    pub held: IntCounter,
+    pub superseded: IntCounter,
+    flushed: [IntCounter; 4],
+    pub inactive_sessions: IntGauge,
+}
+
+impl Default for CsiMetrics {
+    fn default() -> Self {
+        Self::register(&Registry::new()).expect("a fresh registry takes every metric")
+    }
+}
+
+impl CsiMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let held = IntCounter::new(
+            "starling_csi_stanzas_held_total",
+            "Presence updates and chat-state-only messages held for inactive clients (XEP-0352)",
+        )?;
+        let superseded = IntCounter::new(
+            "starling_csi_stanzas_superseded_total",
+            "Held stanzas never sent because a newer one of the same contact (presence) or conversation (chat state) replaced them",
+        )?;
+        let flushed = IntCounterVec::new(
+            Opts::new(
+                "starling_csi_stanzas_flushed_total",
+                "Held stanzas released, by reason: active (the client said so), important (a stanza that is not held came), limit (one per contact, half the outbound queue), stream_end (back with the queue for rerouting)",
+            ),
+            &["reason"],
+        )?;
+        let inactive_sessions = IntGauge::new(
+            "starling_csi_inactive_sessions",
+            "Sessions on this connection-manager whose client said it is inactive (XEP-0352)",
+        )?;
+        registry.register(Box::new(held.clone()))?;
+        registry.register(Box::new(superseded.clone()))?;
+        registry.register(Box::new(flushed.clone()))?;
+        registry.register(Box::new(inactive_sessions.clone()))?;
+        Ok(CsiMetrics {
+            held,
+            superseded,
+            flushed: CsiFlush::ALL.map(|reason| flushed.with_label_values(&[reason.label()])),
+            inactive_sessions,
+        })
+    }
+
+    pub(crate) fn flushed(&self, reason: CsiFlush, stanzas: usize) {
+        let index = CsiFlush::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.flushed[index].inc_by(u64::try_from(stanzas).unwrap_or(u64::MAX));
+    }
+
+    #[cfg(test)]
+    pub(crate) fn flushed_count(&self, reason: CsiFlush) -> u64 {
+        let index = CsiFlush::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.flushed[index].get()
     }
 }
 

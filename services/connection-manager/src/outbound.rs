@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use starling_xmpp::StanzaKind;
 
+use crate::csi::{ClientState, CsiBuffer};
 use crate::framing::Outgoing;
-use crate::metrics::CmMetrics;
+use crate::metrics::{CmMetrics, CsiMetrics};
 use crate::queued::QueuedStanza;
 use crate::sm::SmState;
 use crate::transport::TransportWriter;
@@ -62,6 +63,8 @@ struct QueueState {
     /// Stream management (XEP-0198), under the queue's lock so that what is
     /// counted follows what is written.
     sm: SmState,
+    /// XEP-0352: what an inactive client is not sent yet; in front of `items`.
+    csi: CsiBuffer,
 }
 
 /// What the rest of the node holds of one bound connection.
@@ -160,25 +163,39 @@ impl ConnectionHandle {
                 held.push(stanza);
                 return Ok(());
             }
-            let closing = state.close.is_some();
-            if closing {
+            if state.close.is_some() {
                 if state.late.len() >= self.capacity {
                     return Err((PushError::Closed, stanza));
                 }
-            } else if state.items.len() >= self.capacity
-                || (state.sm.enabled
-                    && state.items.len() + state.sm.unacked.len() >= state.sm.max_unacked)
-            {
-                return Err((PushError::Full, stanza));
-            }
-            if stanza.is_stanza() {
-                state.sm.journal_append(&stanza);
-            }
-            if closing {
+                if stanza.is_stanza() {
+                    state.sm.journal_append(&stanza);
+                }
                 state.late.push(stanza);
                 return Ok(());
             }
-            state.items.push_back(stanza);
+            // Held stanzas (XEP-0352) count against the bound as if they were
+            // queued; with stream management, so do the unacknowledged ones.
+            let pending = state.items.len() + state.csi.len();
+            if pending >= self.capacity
+                || (state.sm.enabled && pending + state.sm.unacked.len() >= state.sm.max_unacked)
+            {
+                return Err((PushError::Full, stanza));
+            }
+            // While the client is inactive (XEP-0352) the stanza may be held
+            // in front of the queue; what enters the queue comes out in order,
+            // and is journaled as it enters (XEP-0198).
+            let state = &mut *state;
+            let queued_before = state.items.len();
+            for stanza in state.csi.admit(stanza) {
+                if stanza.is_stanza() {
+                    state.sm.journal_append(&stanza);
+                }
+                state.items.push_back(stanza);
+            }
+            if state.items.len() == queued_before {
+                // Held: nothing to write.
+                return Ok(());
+            }
         }
         self.notify.notify_one();
         Ok(())
@@ -215,6 +232,18 @@ impl ConnectionHandle {
         self.notify.notify_one();
     }
 
+    /// The journal of a resumable stream, if this is one.
+    pub fn journal_sender(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>> {
+        self.state
+            .lock()
+            .sm
+            .journal
+            .as_ref()
+            .map(|sink| sink.tx.clone())
+    }
+
     /// Run `change` on the stream management state (under the queue's lock).
     pub fn with_sm<R>(&self, change: impl FnOnce(&mut SmState) -> R) -> R {
         change(&mut self.state.lock().sm)
@@ -237,6 +266,43 @@ impl ConnectionHandle {
             }
         }
         self.notify.notify_one();
+    }
+
+    /// XEP-0352: the client said it is active or inactive. Becoming active
+    /// queues what was held, before anything the client asks next is
+    /// answered (section 5.1, in-order processing).
+    pub fn set_client_state(&self, client_state: ClientState, metrics: &CsiMetrics) {
+        {
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            match client_state {
+                // Half the queue's bound: as many contacts as that changed
+                // presence, and the held ones go out rather than fill it.
+                ClientState::Inactive => state.csi.become_inactive(self.capacity / 2, metrics),
+                ClientState::Active => {
+                    for stanza in state.csi.become_active() {
+                        if stanza.is_stanza() {
+                            state.sm.journal_append(&stanza);
+                        }
+                        state.items.push_back(stanza);
+                    }
+                }
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// A resumable stream is ending: what an inactive client was not sent yet
+    /// (XEP-0352) goes to the resumption journal too, so that a resumption
+    /// gets it.
+    pub fn journal_held(&self) {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        for stanza in state.csi.take() {
+            if stanza.is_stanza() {
+                state.sm.journal_append(&stanza);
+            }
+        }
     }
 
     /// Everything the client was sent but did not acknowledge (stream
@@ -315,11 +381,13 @@ impl ConnectionHandle {
         self.abort_write.cancel();
     }
 
-    /// Everything still queued and everything delivered after the close (once
-    /// the writer ended), in order; nonzas are left out.
+    /// Everything still queued or held and everything delivered after the
+    /// close (once the writer ended), in order; nonzas are left out.
     pub fn take_remaining(&self) -> Vec<QueuedStanza> {
         let mut state = self.state.lock();
         let mut remaining: Vec<QueuedStanza> = state.items.drain(..).collect();
+        // Held for an inactive client: after everything queued, before the close.
+        remaining.extend(state.csi.take());
         remaining.append(&mut state.late);
         if let Some(held) = state.sm.held.take() {
             remaining.extend(held);
@@ -391,6 +459,17 @@ pub(crate) async fn run_writer<W: TransportWriter>(
         batch.clear();
         buffer.clear();
         let close = handle.next_batch(&mut batch).await;
+        // A resumable stream (XEP-0198): what is written must be in the
+        // resumption store first, or a node killed right after the write
+        // would leave the client holding stanzas the store never had (and
+        // its `h` would not match on resumption). Each stanza was journaled
+        // as it entered the queue; this waits until the journal task applied
+        // them (one in-process wait per batch, no extra Redis command).
+        if let Some(tx) = handle.journal_sender() {
+            if batch.iter().any(QueuedStanza::is_stanza) {
+                crate::sm::journal_barrier(&tx).await;
+            }
+        }
         if let Some(CloseRequest {
             error,
             discard_pending: true,
@@ -652,5 +731,93 @@ mod registry_view_tests {
         assert!(!record.available && record.presence.is_none());
         handle.note_carbons(false);
         assert!(!handle.registry_view().unwrap().carbons);
+    }
+}
+
+#[cfg(test)]
+mod csi_tests {
+    use super::*;
+    use starling_xmpp::{ns, Element};
+
+    fn presence(from: &str, show: &str) -> QueuedStanza {
+        QueuedStanza::new(
+            Element::new("presence", ns::CLIENT)
+                .with_attr("from", from)
+                .with_child(Element::new("show", ns::CLIENT).with_text(show)),
+        )
+    }
+
+    fn message(body: &str) -> QueuedStanza {
+        QueuedStanza::new(
+            Element::new("message", ns::CLIENT)
+                .with_attr("from", "romeo@example.net/orchard")
+                .with_child(Element::new("body", ns::CLIENT).with_text(body)),
+        )
+    }
+
+    fn queued(handle: &ConnectionHandle) -> Vec<String> {
+        handle
+            .state
+            .lock()
+            .items
+            .iter()
+            .map(|stanza| stanza.stanza.to_stanza_xml())
+            .collect()
+    }
+
+    #[test]
+    fn held_stanzas_stay_out_of_the_queue_until_released_in_order() {
+        let handle = ConnectionHandle::new(1, 10);
+        let metrics = CsiMetrics::default();
+        handle.push(message("before")).unwrap();
+        handle.set_client_state(ClientState::Inactive, &metrics);
+        handle
+            .push(presence("romeo@example.net/a", "away"))
+            .unwrap();
+        handle.push(presence("romeo@example.net/a", "xa")).unwrap();
+        handle
+            .push(presence("mercutio@example.net/b", "dnd"))
+            .unwrap();
+        assert_eq!(queued(&handle).len(), 1);
+        handle.push(message("wake up")).unwrap();
+        assert_eq!(
+            queued(&handle),
+            vec![
+                "<message from='romeo@example.net/orchard'><body>before</body></message>",
+                "<presence from='romeo@example.net/a'><show>xa</show></presence>",
+                "<presence from='mercutio@example.net/b'><show>dnd</show></presence>",
+                "<message from='romeo@example.net/orchard'><body>wake up</body></message>",
+            ]
+        );
+        handle
+            .push(presence("romeo@example.net/a", "chat"))
+            .unwrap();
+        assert_eq!(queued(&handle).len(), 4);
+        handle.set_client_state(ClientState::Active, &metrics);
+        assert_eq!(queued(&handle).len(), 5);
+        assert_eq!(metrics.superseded.get(), 1);
+    }
+
+    #[test]
+    fn held_stanzas_count_against_the_bound_and_go_back_with_the_queue() {
+        let handle = ConnectionHandle::new(2, 4);
+        let metrics = CsiMetrics::default();
+        handle.set_client_state(ClientState::Inactive, &metrics);
+        handle.push(message("1")).unwrap();
+        handle.push(message("2")).unwrap();
+        handle.push(presence("a@example.net/1", "away")).unwrap();
+        handle.push(presence("b@example.net/1", "away")).unwrap();
+        // Two queued and two held: the queue is full.
+        assert_eq!(handle.push(message("3")).unwrap_err().0, PushError::Full);
+        handle.close(None);
+        handle.push(message("late")).unwrap();
+        let remaining: Vec<String> = handle
+            .take_remaining()
+            .into_iter()
+            .map(|stanza| stanza.stanza.to_stanza_xml())
+            .collect();
+        assert_eq!(remaining.len(), 5);
+        assert!(remaining[2].contains("a@example.net") && remaining[3].contains("b@example.net"));
+        assert!(remaining[4].contains("late"));
     }
 }

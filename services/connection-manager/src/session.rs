@@ -17,6 +17,7 @@ use starling_xmpp::{
 };
 use tracing::Instrument;
 
+use crate::csi::ClientState;
 use crate::delivery::is_reroutable;
 use crate::framing::Inbound;
 use crate::limits::TokenBucket;
@@ -194,6 +195,12 @@ impl Session {
     }
 
     async fn handle_stanza(&mut self, mut element: Element) -> Flow {
+        // XEP-0352 section 3.2: <active/> and <inactive/>, no reply.
+        if let Some(state) = ClientState::of(&element).filter(|_| self.shared.csi_enabled) {
+            self.handle
+                .set_client_state(state, self.shared.metrics.csi());
+            return Flow::Continue;
+        }
         if element.namespace() == ns::SM && self.shared.sm.enabled {
             return self.handle_sm(element).await;
         }

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub limits: CmLimits,
     pub parser_limits: Limits,
     pub registration_enabled: bool,
+    /// XEP-0352 client state indication (`crate::csi`).
+    pub csi_enabled: bool,
     /// The stream features offered, from the features' declarations (`crate::features`).
     pub stream_features: Features,
     pub require_tls: bool,

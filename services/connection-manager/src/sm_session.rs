@@ -244,7 +244,9 @@ pub(crate) async fn end_resumable(
     let Some(resumption) = shared.resumption.as_ref() else {
         return;
     };
-    // Everything that entered the queue is in the store before we decide.
+    // Everything that entered the queue (or was held for an inactive
+    // client) is in the store before we decide.
+    handle.journal_held();
     sm::journal_barrier(&sink.tx).await;
     let resumable = !clean_close
         && matches!(

@@ -4,7 +4,8 @@
 //! resource binding (section 7.4), the legacy session
 //! (draft-cridland-xmpp-session-01), and the stream features the server's
 //! features declare for the stage (`crate::features`: XEP-0077 in-band
-//! registration, RFC 6121 section 2.6 roster versioning).
+//! registration, RFC 6121 section 2.6 roster versioning, XEP-0352 client
+//! state indication).
 
 use starling_api::{Features, StreamFeature, StreamStage};
 use starling_sasl::Mechanism;
@@ -146,7 +147,7 @@ mod tests {
         };
         FeatureSet::for_stage(
             stage,
-            &crate::features::stream_features(registration_enabled, false),
+            &crate::features::stream_features(registration_enabled, false, true),
         )
     }
 
@@ -181,9 +182,20 @@ mod tests {
     }
 
     #[test]
-    fn after_authentication_bind_session_and_roster_versioning() {
+    fn after_authentication_bind_session_roster_versioning_and_csi() {
         assert_eq!(
             tcp(true, true, true, true).to_xml(),
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/></stream:features>"
+        );
+        // XEP-0352 switched off: not offered.
+        let authenticated = Stage {
+            tls_active: true,
+            starttls_possible: false,
+            tls_required: true,
+            authenticated: true,
+        };
+        assert_eq!(
+            FeatureSet::for_stage(authenticated, &crate::features::stream_features(true, false, false)).to_xml(),
             "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>"
         );
     }
@@ -196,7 +208,7 @@ mod tests {
             tls_required: false,
             authenticated: false,
         };
-        let declared = crate::features::stream_features(true, false);
+        let declared = crate::features::stream_features(true, false, true);
         assert_eq!(
             FeatureSet::for_stage(web, &declared).to_xml(),
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>"

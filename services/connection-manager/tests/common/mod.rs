@@ -310,6 +310,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
             ..CmLimits::default()
         },
         registration_enabled: true,
+        csi_enabled: true,
         require_tls: true,
         drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
         sm: Default::default(),
