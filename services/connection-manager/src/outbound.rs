@@ -179,6 +179,9 @@ impl ConnectionHandle {
                 }
                 state.items.push_back(stanza);
             }
+            for superseded in state.csi.take_superseded() {
+                state.sm.journal_consumed(&superseded);
+            }
             if state.items.len() == queued_before {
                 // Held: nothing to write.
                 return Ok(());

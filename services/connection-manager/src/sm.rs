@@ -117,6 +117,30 @@ impl SmState {
         }
     }
 
+    /// A stanza in flight to this stream will not enter its queue (superseded
+    /// for an inactive client): no longer in flight.
+    pub fn journal_consumed(&self, stanza: &QueuedStanza) {
+        if let Some(sink) = &self.journal {
+            Self::consume_in_flight(sink, stanza);
+        }
+    }
+
+    /// Mark `stanza` as no longer in flight to the stream of `sink` (it will
+    /// not enter the stream's queue); only the in-flight record changes.
+    pub fn consume_in_flight(sink: &JournalSink, stanza: &QueuedStanza) {
+        let entry = JournalEntry {
+            id: sink.id.clone(),
+            // No stream is at this address: the entry changes nothing else.
+            addr: starling_api::resumption::detached_addr(u64::MAX),
+            newly_acked: 0,
+            acked: 0,
+            h_in: 0,
+            appended: Vec::new(),
+            consumed: vec![stanza.to_xml()],
+        };
+        let _ = sink.tx.send(JournalOp::Entry(entry, Vec::new()));
+    }
+
     /// Journal the counters alone (after acks, or before answering `<r/>`).
     pub fn journal_counters(&self, newly_acked: u32) {
         if let Some(sink) = &self.journal {
@@ -133,6 +157,7 @@ impl SmState {
             acked: self.acked,
             h_in: self.h_in,
             appended,
+            consumed: Vec::new(),
         }
     }
 
