@@ -4,6 +4,7 @@ resumption timeout, and every bad input the XEP names an error for."""
 import asyncio
 import re
 import socket
+import ssl
 import time
 
 from conftest import login, logout, handled
@@ -207,7 +208,10 @@ async def test_ack_and_request_floods_hurt_nobody_else(server_factory):
     # queue, and past its bound the stream ends (policy-violation, written
     # only if the full socket takes it): the server does not hold 200,000.
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    raw.send(f"<r xmlns='{SM}'/>" * 200000)
+    try:
+        raw.send(f"<r xmlns='{SM}'/>" * 200000)
+    except (OSError, ssl.SSLError):
+        pass  # the server closed the stream while the flood was still being sent
     closing = raw.read_until_closed(timeout=60)
     assert closing.count("<a ") < 200000, "every request was answered: nothing bounded them"
     # Nobody else noticed.
