@@ -289,14 +289,27 @@ pub(crate) fn spawn_journal(
                     Err(_) => break,
                 }
             }
-            let mut entries = Vec::with_capacity(ops.len());
-            let mut stanzas = Vec::with_capacity(ops.len());
+            let mut entries: Vec<JournalEntry> = Vec::with_capacity(ops.len());
+            let mut stanzas: Vec<Vec<QueuedStanza>> = Vec::with_capacity(ops.len());
             let mut barriers = Vec::new();
+            let mut index_of: std::collections::HashMap<(String, SessionAddr), usize> =
+                std::collections::HashMap::new();
             for op in ops.drain(..) {
                 match op {
                     JournalOp::Entry(entry, queued) => {
-                        entries.push(entry);
-                        stanzas.push(queued);
+                        // One entry per stream per batch: see `coalesce`.
+                        let key = (entry.id.clone(), entry.addr.clone());
+                        match index_of.get(&key) {
+                            Some(&index) => {
+                                coalesce(&mut entries[index], entry);
+                                stanzas[index].extend(queued);
+                            }
+                            None => {
+                                index_of.insert(key, entries.len());
+                                entries.push(entry);
+                                stanzas.push(queued);
+                            }
+                        }
                     }
                     JournalOp::Barrier(done) => barriers.push(done),
                 }
@@ -332,10 +345,79 @@ pub(crate) fn spawn_journal(
     tx
 }
 
+/// Fold `later` into `earlier`, two entries of one stream in one batch: the
+/// acks add up, the stanzas follow each other, the counters are the later
+/// ones. Applying the fold (trim, then append) equals applying both in order
+/// because an ack never covers a stanza appended in the same batch: the
+/// writer writes a stanza only once the batch that journaled it was applied
+/// (`run_writer`), and the client acks only what it was written.
+fn coalesce(earlier: &mut JournalEntry, later: JournalEntry) {
+    earlier.newly_acked = earlier.newly_acked.wrapping_add(later.newly_acked);
+    earlier.acked = later.acked;
+    earlier.h_in = later.h_in;
+    earlier.appended.extend(later.appended);
+    earlier.consumed.extend(later.consumed);
+}
+
 /// Wait until everything journaled so far was applied.
 pub(crate) async fn journal_barrier(tx: &mpsc::UnboundedSender<JournalOp>) {
     let (done, applied) = oneshot::channel();
     if tx.send(JournalOp::Barrier(done)).is_ok() {
         let _ = applied.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(newly_acked: u32, acked: u32, h_in: u32, appended: &[&str]) -> JournalEntry {
+        JournalEntry {
+            id: "s".into(),
+            addr: SessionAddr {
+                node: "cm-1".into(),
+                conn: 1,
+            },
+            newly_acked,
+            acked,
+            h_in,
+            appended: appended.iter().map(|s| s.to_string()).collect(),
+            consumed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entries_of_one_stream_fold_into_one() {
+        let mut first = entry(2, u32::MAX, 4, &["<a/>"]);
+        coalesce(&mut first, entry(0, u32::MAX, 5, &[]));
+        coalesce(&mut first, entry(3, 2, 5, &["<b/>", "<c/>"]));
+        assert_eq!(first, entry(5, 2, 5, &["<a/>", "<b/>", "<c/>"]));
+    }
+
+    #[test]
+    fn acks_too_high_are_refused_and_counters_wrap() {
+        let mut state = SmState {
+            enabled: true,
+            acked: u32::MAX,
+            ..SmState::default()
+        };
+        state
+            .unacked
+            .push_back(QueuedStanza::new(Element::new("message", ns::CLIENT)));
+        state
+            .unacked
+            .push_back(QueuedStanza::new(Element::new("message", ns::CLIENT)));
+        state.sent = 1;
+        assert_eq!(state.acknowledge(2), Err((2, 1)));
+        assert_eq!(state.acknowledge(0), Ok(()));
+        assert_eq!((state.acked, state.unacked.len()), (0, 1));
+        assert_eq!(
+            parse_h(&Element::new("a", ns::SM).with_attr("h", "4294967296")),
+            Err(())
+        );
+        assert_eq!(
+            parse_h(&Element::new("a", ns::SM).with_attr("h", "4294967295")),
+            Ok(Some(u32::MAX))
+        );
     }
 }
