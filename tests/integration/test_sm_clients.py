@@ -1,0 +1,384 @@
+"""XEP-0198 stream management with real client libraries: slixmpp's xep_0198
+plugin over TCP and @xmpp/client's stream management over WebSocket lose
+their connection (no stream close, as a phone changing networks does) and
+resume, on the same node in `starling serve` and on the other
+connection-manager of the cluster. What a contact sent meanwhile arrives
+once, what the client sent just before the loss is not sent twice, and the
+contact never sees the session go away."""
+
+import asyncio
+import json
+import os
+import re
+import socket
+import struct
+import urllib.request
+
+import pytest
+
+from conftest import Client, handled, login, logout, wait_until_async
+from test_cluster import Node, befriend, cluster  # noqa: F401 (the cluster fixture)
+from test_websocket import NODE, WEB_DIR, node_arguments
+
+needs_node = pytest.mark.skipif(
+    NODE is None or not (WEB_DIR / "node_modules" / "@xmpp" / "client").is_dir(),
+    reason="needs node and `npm ci --prefix tests/web` (scripts/test.sh installs them)",
+)
+
+
+def sm_events(http, event):
+    """`starling_sm_events_total{event=...}` of the node whose HTTP listener is `http` (host:port)."""
+    text = urllib.request.urlopen(f"http://{http}/metrics", timeout=5).read().decode()
+    match = re.search(rf'^starling_sm_events_total\{{event="{event}"\}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+class ResumingClient(Client):
+    """A slixmpp client with its XEP-0198 plugin, recording what the plugin
+    and the binding tell: `<enabled/>`, `<resumed/>`, `<failed/>`, binds."""
+
+    def __init__(self, jid, password):
+        super().__init__(jid, password)
+        self.register_plugin("xep_0198")
+        loop = asyncio.get_event_loop()
+        self.enabled = loop.create_future()
+        self.resumed: asyncio.Queue = asyncio.Queue()
+        self.sm_failures = []
+        self.binds = []
+        self.add_event_handler("sm_enabled", lambda s: self.enabled.done() or self.enabled.set_result(s))
+        self.add_event_handler("session_resumed", lambda s: self.resumed.put_nowait(s))
+        self.add_event_handler("sm_failed", lambda s: self.sm_failures.append(str(s)))
+        self.add_event_handler("session_bind", lambda jid: self.binds.append(str(jid)))
+
+    @property
+    def sm(self):
+        return self.plugin["xep_0198"]
+
+    async def acked_everything(self, timeout=10.0):
+        """Ask the server for an ack; return once it acknowledged every stanza
+        this client sent (its `h` equals the client's own count)."""
+        self.sm.request_ack()
+        await wait_until_async(
+            lambda: self.sm.last_ack == self.sm.seq and not self.sm.unacked_queue,
+            timeout=timeout,
+            what=f"the server to ack all {self.sm.seq} stanzas (it acked {self.sm.last_ack})",
+        )
+
+
+async def resuming_login(node, jid, password, resource):
+    client = ResumingClient(f"{jid}/{resource}", password)
+    client.connect(host="127.0.0.1", port=node.c2s)
+    done, _ = await asyncio.wait([client.started, client.failed], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+    assert client.started in done, f"login of {jid}/{resource} failed"
+    enabled = await asyncio.wait_for(client.enabled, 10)
+    assert enabled["id"] and enabled["resume"], str(enabled)
+    await client.get_roster()
+    client.send_presence()
+    return client
+
+
+async def bodies_until(client, last, timeout=15.0):
+    """The bodies `client` receives, up to and including `last`."""
+    bodies = []
+    while not bodies or bodies[-1] != last:
+        bodies.append((await client.next_message(timeout=timeout))["body"])
+    return bodies
+
+
+async def slixmpp_resumes(first, second, contact_node, add_user, first_http, silent=False, meanwhile=True):
+    """Alice (slixmpp, xep_0198) on `first` loses her connection and resumes
+    on `second`; Bob, her contact on `contact_node`, writes to her meanwhile.
+    `silent`: the server does not notice the loss before she resumes (her
+    old connection still open there, what Bob sends written into the void).
+    `meanwhile`: Bob writes while she is away (without it, nothing goes
+    through her old connection after her last stanza: the count of what the
+    server handled from her must be right all the same)."""
+    alice, alice_pw = add_user("alice")
+    bob, bob_pw = add_user("bob")
+    proxy = await DroppingProxy(first.c2s).start()
+    a = await resuming_login(Node("localhost", proxy.port), alice, alice_pw, "phone")
+    b = await login(contact_node, bob, bob_pw, "desk")
+    b.auto_authorize = a.auto_authorize = True
+    await befriend(b, a, alice)
+    sm_id = a.sm.sm_id
+    bound = a.boundjid.full
+    assert a.binds == [bound]
+
+    for number in range(3):
+        b.send_message(mto=bound, mbody=f"before-{number}", mtype="chat")
+    assert await bodies_until(a, "before-2") == ["before-0", "before-1", "before-2"]
+    # The server handled this one (Bob has it), the client has no ack for it yet.
+    a.send_message(mto=bob, mbody="sent-before-the-loss", mtype="chat")
+    assert (await b.next_message())["body"] == "sent-before-the-loss"
+
+    detached_before = sm_events(first_http, "detached")
+    heard = []
+    b.add_event_handler("presence", heard.append)
+    gone = a.disconnected
+    if silent:
+        proxy.vanish()
+    else:
+        proxy.drop()
+    await asyncio.wait_for(gone, 10)
+    if not silent:
+        await wait_until_async(
+            lambda: sm_events(first_http, "detached") > detached_before, what="the server to detach the lost stream"
+        )
+    # Still available, so a message to the full JID and one to the bare JID
+    # both wait for the session (neither bounced nor stored offline).
+    away = ["while-away-0", "while-away-1", "while-away-bare"] if meanwhile else []
+    for body in away:
+        b.send_message(mto=alice if body.endswith("bare") else bound, mbody=body, mtype="chat")
+    await handled(b)
+    # slixmpp holds what is sent while disconnected and sends it once resumed.
+    a.send_message(mto=bob, mbody="written-while-offline", mtype="chat")
+
+    a.connect(host="127.0.0.1", port=second.c2s)
+    resumed = await asyncio.wait_for(a.resumed.get(), 20)
+    assert resumed["previd"] == sm_id, str(resumed)
+    assert a.sm_failures == []
+    assert a.binds == [bound], "resumption does not bind again"
+    assert a.boundjid.full == bound
+    if silent:
+        # Section 5: the old stream, still open at the server, is terminated.
+        await asyncio.wait_for(proxy.upstream_closed.wait(), 10)
+
+    b.send_message(mto=bound, mbody="after-resume", mtype="chat")
+    assert await bodies_until(a, "after-resume") == [*away, "after-resume"]
+    a.send_message(mto=bob, mbody="alice-after-resume", mtype="chat")
+    assert await bodies_until(b, "alice-after-resume") == ["written-while-offline", "alice-after-resume"]
+    # The server's count of Alice's stanzas survived the move: every one is
+    # acknowledged, none was counted twice or lost.
+    await a.acked_everything()
+
+    # Bob never saw Alice's session go away: nothing unavailable from her
+    # before her next presence.
+    a.send_presence(pstatus="back")
+    await b.next_presence(lambda p: p["from"] == bound and p["status"] == "back", timeout=15)
+    gone = [str(p) for p in heard if p["from"] == bound and p["type"] == "unavailable"]
+    assert gone == [], gone
+    await logout(a, b)
+    proxy.close()
+
+
+async def test_slixmpp_resumes_on_the_same_node(server):
+    node = f"127.0.0.1:{server.http}"
+    await slixmpp_resumes(server, server, server, lambda name: server.add_user(name), node)
+
+
+async def test_slixmpp_resumes_before_the_server_noticed_the_loss(server):
+    node = f"127.0.0.1:{server.http}"
+    await slixmpp_resumes(server, server, server, lambda name: server.add_user(name), node, silent=True)
+
+
+async def test_slixmpp_resumes_on_the_other_node(cluster):  # noqa: F811
+    await slixmpp_resumes(
+        cluster.node("cm-1"), cluster.node("cm-2"), cluster.node("cm-1"), cluster.add_user,
+        cluster.processes["cm-1"]["http"],
+    )
+
+
+async def test_slixmpp_resumes_on_the_other_node_at_once_after_sending(cluster):  # noqa: F811
+    await slixmpp_resumes(
+        cluster.node("cm-1"), cluster.node("cm-2"), cluster.node("cm-1"), cluster.add_user,
+        cluster.processes["cm-1"]["http"], silent=True, meanwhile=False,
+    )
+
+
+class DroppingProxy:
+    """A TCP relay in front of a node's listener, to lose a connection as a
+    network change does. `drop()` resets both sides at once (no stream close,
+    no WebSocket close frame): the server notices at once. `vanish()` resets
+    the client's side only and swallows whatever the server still writes: the
+    server does not notice, as with a phone that left a network."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.pairs = []
+        self.vanished = False
+        self.upstream_closed = asyncio.Event()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _relay(self, reader, writer):
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.pairs.append((writer, up_writer))
+
+        async def pipe(source, sink, to_server):
+            try:
+                while data := await source.read(65536):
+                    if not self.vanished:
+                        sink.write(data)
+                        await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                if not to_server:
+                    self.upstream_closed.set()
+                if not self.vanished:
+                    sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    @staticmethod
+    def _reset(writer):
+        try:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        writer.transport.abort()
+
+    def drop(self):
+        for client_side, server_side in self.pairs:
+            self._reset(client_side)
+            self._reset(server_side)
+
+    def vanish(self):
+        self.vanished = True
+        for client_side, _ in self.pairs:
+            self._reset(client_side)
+
+    def close(self):
+        self.vanished = False
+        self.drop()
+        self.server.close()
+
+
+class WebClient:
+    """tests/web/xmpp_client_sm.mjs: @xmpp/client over WebSocket, its events
+    collected as they come."""
+
+    def __init__(self, process):
+        self.process = process
+        self.events = []
+        self.stderr = b""
+        self.readers = asyncio.gather(self._read(), self._read_stderr())
+
+    @classmethod
+    async def start(cls, url, domain, username, password, resource="web"):
+        process = await asyncio.create_subprocess_exec(
+            NODE, *node_arguments(), str(WEB_DIR / "xmpp_client_sm.mjs"), cwd=str(WEB_DIR),
+            env={**os.environ, "WS_URL": url, "DOMAIN": domain, "USERNAME": username,
+                 "PASSWORD": password, "RESOURCE": resource},
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def _read(self):
+        while line := await self.process.stdout.readline():
+            self.events.append(json.loads(line))
+
+    async def _read_stderr(self):
+        while chunk := await self.process.stderr.read(65536):
+            self.stderr += chunk
+
+    def command(self, **cmd):
+        self.process.stdin.write((json.dumps(cmd) + "\n").encode())
+
+    def of(self, kind):
+        return [event for event in self.events if event["event"] == kind]
+
+    async def expect(self, predicate, what, timeout=20.0):
+        """The first event matching `predicate`, waiting for it."""
+        async def seen():
+            if self.process.returncode is not None:
+                raise AssertionError(
+                    f"the web client exited ({self.process.returncode}) before {what}: {self.events} {self.stderr!r}"
+                )
+            return any(predicate(event) for event in self.events)
+
+        await wait_until_async(seen, timeout=timeout, what=f"{what}; events {self.events}")
+        return next(event for event in self.events if predicate(event))
+
+    def bodies(self):
+        return [event["body"] for event in self.of("message")]
+
+    async def stop(self):
+        if self.process.returncode is None:
+            self.command(cmd="stop")
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except asyncio.TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        await self.readers
+
+
+async def web_client_resumes(first_port, second_url, contact_node, add_user, first_http):
+    """Juliet (@xmpp/client over WebSocket through a relay to the node
+    listening on HTTP port `first_port`) loses her connection and resumes at
+    `second_url` (None: through the relay again, on the same node); Romeo
+    (slixmpp on `contact_node`) writes to her meanwhile."""
+    juliet, juliet_pw = add_user("juliet")
+    romeo, romeo_pw = add_user("romeo")
+    r = await login(contact_node, romeo, romeo_pw, "orchard")
+    proxy = await DroppingProxy(first_port).start()
+    web = await WebClient.start(
+        f"ws://127.0.0.1:{proxy.port}/xmpp-websocket", "localhost", juliet.split("@")[0], juliet_pw
+    )
+    try:
+        enabled = await web.expect(lambda e: e["event"] == "enabled", "<enabled/>")
+        assert enabled["resume"] == "true" and enabled["id"], enabled
+        await web.expect(lambda e: e["event"] == "ready", "the web client online")
+        bound = f"{juliet}/web"
+        for number in range(3):
+            r.send_message(mto=bound, mbody=f"before-{number}", mtype="chat")
+        await web.expect(lambda e: e.get("body") == "before-2", "the first messages")
+        web.command(cmd="send", to=romeo, body="sent-before-the-loss")
+        assert (await r.next_message())["body"] == "sent-before-the-loss"
+
+        detached_before = sm_events(first_http, "detached")
+        proxy.drop()
+        await web.expect(lambda e: e["event"] == "disconnect", "the client to notice the loss")
+        await wait_until_async(
+            lambda: sm_events(first_http, "detached") > detached_before, what="the server to detach the lost stream"
+        )
+        r.send_message(mto=bound, mbody="while-away-0", mtype="chat")
+        r.send_message(mto=bound, mbody="while-away-1", mtype="chat")
+        r.send_message(mto=juliet, mbody="while-away-bare", mtype="chat")
+        await handled(r)
+
+        if second_url:
+            web.command(cmd="reconnect", url=second_url)
+        else:
+            web.command(cmd="reconnect")
+        resumed = await web.expect(lambda e: e["event"] in ("resumed", "failed"), "<resumed/> or <failed/>")
+        assert resumed["event"] == "resumed" and resumed["previd"] == enabled["id"], resumed
+        await web.expect(lambda e: e["event"] == "sm-resumed", "the library to finish the resumption")
+        reconnected = await web.expect(lambda e: e["event"] == "reconnected", "the reconnection")
+        assert reconnected["service"] == (second_url or f"ws://127.0.0.1:{proxy.port}/xmpp-websocket"), reconnected
+
+        r.send_message(mto=bound, mbody="after-resume", mtype="chat")
+        await web.expect(lambda e: e.get("body") == "after-resume", "a message after the resumption")
+        assert web.bodies() == [
+            "before-0", "before-1", "before-2", "while-away-0", "while-away-1", "while-away-bare", "after-resume",
+        ]
+        web.command(cmd="send", to=romeo, body="juliet-after-resume")
+        assert await bodies_until(r, "juliet-after-resume") == ["juliet-after-resume"]
+        web.command(cmd="acked")
+        acked = await web.expect(lambda e: e["event"] == "acked", "the server's ack")
+        assert acked["unacked"] == 0, acked
+        assert web.of("online") == [{"event": "online", "jid": bound}], "resumption does not bind again"
+        assert web.of("failed") == [] and web.of("sm-fail") == [] and web.of("error") == [], web.events
+    finally:
+        await web.stop()
+        proxy.close()
+        await logout(r)
+    assert web.process.returncode == 0, web.events
+
+
+@needs_node
+async def test_xmpp_client_resumes_over_websocket_on_the_same_node(server):
+    await web_client_resumes(server.http, None, server, lambda name: server.add_user(name), f"127.0.0.1:{server.http}")
+
+
+@needs_node
+async def test_xmpp_client_resumes_over_websocket_on_the_other_node(cluster):  # noqa: F811
+    second_http = cluster.processes["cm-2"]["http"]
+    await web_client_resumes(
+        int(cluster.processes["cm-1"]["http"].rsplit(":", 1)[1]), f"ws://{second_http}/xmpp-websocket",
+        cluster.node("cm-1"), cluster.add_user, cluster.processes["cm-1"]["http"],
+    )
