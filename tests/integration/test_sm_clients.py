@@ -18,6 +18,7 @@ import pytest
 
 from conftest import Client, handled, login, logout, wait_until_async
 from test_cluster import Node, befriend, cluster  # noqa: F401 (the cluster fixture)
+from sm_raw import SM, SmClient, sm_id
 from test_websocket import NODE, WEB_DIR, node_arguments
 
 needs_node = pytest.mark.skipif(
@@ -382,3 +383,27 @@ async def test_xmpp_client_resumes_over_websocket_on_the_other_node(cluster):  #
         int(cluster.processes["cm-1"]["http"].rsplit(":", 1)[1]), f"ws://{second_http}/xmpp-websocket",
         cluster.node("cm-1"), cluster.add_user, cluster.processes["cm-1"]["http"],
     )
+
+
+async def test_resumed_counts_the_stanzas_handled_just_before_the_loss(server):
+    """The bytes behind the duplicates the clients above would see: the server
+    handled the client's last stanza (its recipient has it), nothing was
+    written to the client since, and the connection is lost; `<resumed h/>`
+    must count that stanza, or the client sends it again (section 5)."""
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    b = await login(server, bob, bob_pw, "desk")
+    raw = SmClient(server)
+    raw.authenticate(alice, alice_pw)
+    raw.bind("phone")
+    previd = sm_id(raw.enable())
+    raw.send(f"<message to='{bob}/desk' type='chat' id='last'><body>last words</body></message>")
+    assert (await b.next_message())["body"] == "last words"
+    raw.drop()
+    again = SmClient(server)
+    again.authenticate(alice, alice_pw)
+    again.send(f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+    resumed = again.recv_until("/>")
+    assert f"<resumed xmlns='{SM}' previd='{previd}' h='1'/>" in resumed, resumed
+    again.close()
+    await logout(b)
