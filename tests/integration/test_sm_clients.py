@@ -2,9 +2,15 @@
 plugin over TCP and @xmpp/client's stream management over WebSocket lose
 their connection (no stream close, as a phone changing networks does) and
 resume, on the same node in `starling serve` and on the other
-connection-manager of the cluster. What a contact sent meanwhile arrives
-once, what the client sent just before the loss is not sent twice, and the
-contact never sees the session go away."""
+connection-manager of the cluster, also after the first one drained or was
+killed. What a contact sent meanwhile arrives once, what the client sent
+just before the loss is not sent twice, no new resource is bound, and the
+contact never sees the session go away; past the resumption timeout the
+client binds anew and gets what waited from offline storage.
+
+A relay (`DroppingProxy`) cuts the connection with a reset, or lets it
+vanish without the server noticing (the old stream is still open when the
+client resumes)."""
 
 import asyncio
 import json
@@ -88,6 +94,16 @@ async def bodies_until(client, last, timeout=15.0):
     return bodies
 
 
+async def stayed_available(a, b, heard):
+    """Contact `b` never saw `a`'s session go away: nothing unavailable from
+    it among the presences `heard` before `a`'s next presence."""
+    a.send_presence(pstatus="back")
+    bound = a.boundjid.full
+    await b.next_presence(lambda p: p["from"] == bound and p["status"] == "back", timeout=15)
+    gone = [str(p) for p in heard if p["from"] == bound and p["type"] == "unavailable"]
+    assert gone == [], gone
+
+
 async def slixmpp_resumes(first, second, contact_node, add_user, first_http, silent=False, meanwhile=True):
     """Alice (slixmpp, xep_0198) on `first` loses her connection and resumes
     on `second`; Bob, her contact on `contact_node`, writes to her meanwhile.
@@ -154,12 +170,7 @@ async def slixmpp_resumes(first, second, contact_node, add_user, first_http, sil
     # acknowledged, none was counted twice or lost.
     await a.acked_everything()
 
-    # Bob never saw Alice's session go away: nothing unavailable from her
-    # before her next presence.
-    a.send_presence(pstatus="back")
-    await b.next_presence(lambda p: p["from"] == bound and p["status"] == "back", timeout=15)
-    gone = [str(p) for p in heard if p["from"] == bound and p["type"] == "unavailable"]
-    assert gone == [], gone
+    await stayed_available(a, b, heard)
     await logout(a, b)
     proxy.close()
 
@@ -248,10 +259,7 @@ async def slixmpp_resumes_after_its_node_went(cluster, sig):  # noqa: F811
     a.send_message(mto=bob, mbody="alice-after-resume", mtype="chat")
     assert await bodies_until(b, "alice-after-resume") == ["alice-after-resume"]
     await a.acked_everything()
-    a.send_presence(pstatus="back")
-    await b.next_presence(lambda p: p["from"] == bound and p["status"] == "back", timeout=15)
-    left = [str(p) for p in heard if p["from"] == bound and p["type"] == "unavailable"]
-    assert left == [], left
+    await stayed_available(a, b, heard)
     await logout(a, b)
 
 
@@ -261,6 +269,46 @@ async def test_slixmpp_resumes_on_the_other_node_when_its_node_drains(cluster): 
 
 async def test_slixmpp_resumes_on_the_other_node_when_its_node_was_killed(cluster):  # noqa: F811
     await slixmpp_resumes_after_its_node_went(cluster, signal.SIGKILL)
+
+
+async def test_slixmpp_after_the_timeout_binds_anew_and_gets_what_waited(server_factory):
+    """Past `sm.resume_timeout_secs` the session ends (the contact sees it
+    go); slixmpp's `<resume/>` gets `<failed/>`, it binds a new session and
+    receives, from offline storage, what was sent to the detached one: once."""
+    server = server_factory(extra_toml="[sm]\nresume_timeout_secs = 1\n")
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    proxy = await DroppingProxy(server.c2s).start()
+    a = await resuming_login(Node("localhost", proxy.port), alice, alice_pw, "phone")
+    b = await login(server, bob, bob_pw, "desk")
+    b.auto_authorize = a.auto_authorize = True
+    await befriend(b, a, alice)
+    bound = a.boundjid.full
+    b.send_message(mto=bound, mbody="read-and-acked", mtype="chat")
+    assert await bodies_until(a, "read-and-acked") == ["read-and-acked"]
+    a.sm.send_ack()
+    await a.acked_everything()  # its <r/> is answered after the <a/> was taken
+    detached_before = sm_events(f"127.0.0.1:{server.http}", "detached")
+    gone = a.disconnected
+    proxy.drop()
+    await asyncio.wait_for(gone, 10)
+    await wait_until_async(
+        lambda: sm_events(f"127.0.0.1:{server.http}", "detached") > detached_before, what="the detach"
+    )
+    b.send_message(mto=bound, mbody="while-away", mtype="chat")
+    await handled(b)
+    await b.next_presence(lambda p: p["from"] == bound and p["type"] == "unavailable", timeout=15)
+
+    a.connect(host="127.0.0.1", port=server.c2s)
+    await wait_until_async(lambda: len(a.binds) == 2, what="slixmpp to bind a new session")
+    assert len(a.sm_failures) == 1 and "item-not-found" in a.sm_failures[0], a.sm_failures
+    assert a.resumed.empty()
+    a.send_presence()
+    assert await bodies_until(a, "while-away") == ["while-away"]
+    b.send_message(mto=a.boundjid.full, mbody="after", mtype="chat")
+    assert await bodies_until(a, "after") == ["after"]
+    await logout(a, b)
+    proxy.close()
 
 
 class DroppingProxy:
@@ -336,11 +384,11 @@ class WebClient:
         self.readers = asyncio.gather(self._read(), self._read_stderr())
 
     @classmethod
-    async def start(cls, url, domain, username, password, resource="web"):
+    async def start(cls, url, domain, username, password, resource="web", auto_reconnect=False):
         process = await asyncio.create_subprocess_exec(
             NODE, *node_arguments(), str(WEB_DIR / "xmpp_client_sm.mjs"), cwd=str(WEB_DIR),
             env={**os.environ, "WS_URL": url, "DOMAIN": domain, "USERNAME": username,
-                 "PASSWORD": password, "RESOURCE": resource},
+                 "PASSWORD": password, "RESOURCE": resource, "AUTO_RECONNECT": "1" if auto_reconnect else "0"},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         return cls(process)
@@ -388,14 +436,16 @@ class WebClient:
 async def web_client_resumes(first_port, second_url, contact_node, add_user, first_http):
     """Juliet (@xmpp/client over WebSocket through a relay to the node
     listening on HTTP port `first_port`) loses her connection and resumes at
-    `second_url` (None: through the relay again, on the same node); Romeo
-    (slixmpp on `contact_node`) writes to her meanwhile."""
+    `second_url`, or (None) by the library's own reconnect, through the relay
+    again to the same node; Romeo (slixmpp on `contact_node`) writes to her
+    meanwhile."""
     juliet, juliet_pw = add_user("juliet")
     romeo, romeo_pw = add_user("romeo")
     r = await login(contact_node, romeo, romeo_pw, "orchard")
     proxy = await DroppingProxy(first_port).start()
     web = await WebClient.start(
-        f"ws://127.0.0.1:{proxy.port}/xmpp-websocket", "localhost", juliet.split("@")[0], juliet_pw
+        f"ws://127.0.0.1:{proxy.port}/xmpp-websocket", "localhost", juliet.split("@")[0], juliet_pw,
+        auto_reconnect=second_url is None,
     )
     try:
         enabled = await web.expect(lambda e: e["event"] == "enabled", "<enabled/>")
@@ -421,8 +471,6 @@ async def web_client_resumes(first_port, second_url, contact_node, add_user, fir
 
         if second_url:
             web.command(cmd="reconnect", url=second_url)
-        else:
-            web.command(cmd="reconnect")
         resumed = await web.expect(lambda e: e["event"] in ("resumed", "failed"), "<resumed/> or <failed/>")
         assert resumed["event"] == "resumed" and resumed["previd"] == enabled["id"], resumed
         await web.expect(lambda e: e["event"] == "sm-resumed", "the library to finish the resumption")

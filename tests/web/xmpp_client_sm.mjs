@@ -12,17 +12,18 @@
 //       server acknowledged everything sent ("acked" with the counts)
 //   {"cmd": "stop"}                             close the stream and exit 0
 //
-// The automatic reconnect is stopped so that the test decides when the
-// client comes back (after its contact wrote to it meanwhile).
+// With AUTO_RECONNECT=1 the library reconnects by itself (@xmpp/reconnect,
+// one second after the loss) and resumes; otherwise the test decides when
+// the client comes back, and where.
 //
-// Environment: WS_URL, DOMAIN, USERNAME, PASSWORD, RESOURCE.
+// Environment: WS_URL, DOMAIN, USERNAME, PASSWORD, RESOURCE, AUTO_RECONNECT.
 // Node 20 needs --experimental-websocket (the WebSocket global).
 
 import readline from "node:readline";
 
 import { client, xml } from "@xmpp/client";
 
-const { WS_URL, DOMAIN, USERNAME, PASSWORD, RESOURCE } = process.env;
+const { WS_URL, DOMAIN, USERNAME, PASSWORD, RESOURCE, AUTO_RECONNECT } = process.env;
 const SM = "urn:xmpp:sm:3";
 
 function report(event) {
@@ -36,7 +37,12 @@ const xmpp = client({
   password: PASSWORD,
   resource: RESOURCE,
 });
-xmpp.reconnect.stop();
+if (AUTO_RECONNECT !== "1") {
+  xmpp.reconnect.stop();
+}
+xmpp.reconnect.on("reconnected", () =>
+  report({ event: "reconnected", status: xmpp.status, service: xmpp.options.service }),
+);
 const sm = xmpp.streamManagement;
 
 xmpp.on("error", (error) => report({ event: "error", message: String(error) }));
@@ -81,7 +87,6 @@ async function command(line) {
       xmpp.options.service = cmd.url;
     }
     await xmpp.reconnect.reconnect();
-    report({ event: "reconnected", status: xmpp.status, service: xmpp.options.service });
   } else if (cmd.cmd === "acked") {
     await untilAcked(10_000);
   } else if (cmd.cmd === "stop") {
