@@ -86,6 +86,18 @@ async def resuming_login(node, jid, password, resource):
     return client
 
 
+async def alice_and_bob(add_user, alice_node, bob_node):
+    """Alice (slixmpp with stream management) on `alice_node` and Bob on
+    `bob_node`, mutual contacts: (alice, bob, their clients)."""
+    alice, alice_pw = add_user("alice")
+    bob, bob_pw = add_user("bob")
+    a = await resuming_login(alice_node, alice, alice_pw, "phone")
+    b = await login(bob_node, bob, bob_pw, "desk")
+    b.auto_authorize = a.auto_authorize = True
+    await befriend(b, a, alice)
+    return alice, bob, a, b
+
+
 async def bodies_until(client, last, timeout=15.0):
     """The bodies `client` receives, up to and including `last`."""
     bodies = []
@@ -112,13 +124,8 @@ async def slixmpp_resumes(first, second, contact_node, add_user, first_http, sil
     `meanwhile`: Bob writes while she is away (without it, nothing goes
     through her old connection after her last stanza: the count of what the
     server handled from her must be right all the same)."""
-    alice, alice_pw = add_user("alice")
-    bob, bob_pw = add_user("bob")
     proxy = await DroppingProxy(first.c2s).start()
-    a = await resuming_login(Node("localhost", proxy.port), alice, alice_pw, "phone")
-    b = await login(contact_node, bob, bob_pw, "desk")
-    b.auto_authorize = a.auto_authorize = True
-    await befriend(b, a, alice)
+    alice, bob, a, b = await alice_and_bob(add_user, Node("localhost", proxy.port), contact_node)
     sm_id = a.sm.sm_id
     bound = a.boundjid.full
     assert a.binds == [bound]
@@ -218,12 +225,7 @@ async def slixmpp_resumes_after_its_node_went(cluster, sig):  # noqa: F811
     it, its streams closed with `<system-shutdown/>`; SIGKILL crashes it and
     the janitor detaches its streams); Alice resumes on cm-2 and gets what
     Bob sent meanwhile, once."""
-    alice, alice_pw = cluster.add_user("alice")
-    bob, bob_pw = cluster.add_user("bob")
-    a = await resuming_login(cluster.node("cm-1"), alice, alice_pw, "phone")
-    b = await login(cluster.node("cm-2"), bob, bob_pw, "desk")
-    b.auto_authorize = a.auto_authorize = True
-    await befriend(b, a, alice)
+    alice, bob, a, b = await alice_and_bob(cluster.add_user, cluster.node("cm-1"), cluster.node("cm-2"))
     bound = a.boundjid.full
     b.send_message(mto=bound, mbody="before", mtype="chat")
     assert await bodies_until(a, "before") == ["before"]
@@ -276,13 +278,8 @@ async def test_slixmpp_after_the_timeout_binds_anew_and_gets_what_waited(server_
     go); slixmpp's `<resume/>` gets `<failed/>`, it binds a new session and
     receives, from offline storage, what was sent to the detached one: once."""
     server = server_factory(extra_toml="[sm]\nresume_timeout_secs = 1\n")
-    alice, alice_pw = server.add_user("alice")
-    bob, bob_pw = server.add_user("bob")
     proxy = await DroppingProxy(server.c2s).start()
-    a = await resuming_login(Node("localhost", proxy.port), alice, alice_pw, "phone")
-    b = await login(server, bob, bob_pw, "desk")
-    b.auto_authorize = a.auto_authorize = True
-    await befriend(b, a, alice)
+    alice, bob, a, b = await alice_and_bob(server.add_user, Node("localhost", proxy.port), server)
     bound = a.boundjid.full
     b.send_message(mto=bound, mbody="read-and-acked", mtype="chat")
     assert await bodies_until(a, "read-and-acked") == ["read-and-acked"]
