@@ -168,6 +168,18 @@ impl SmState {
         }
     }
 
+    /// Journal `h` once a stanza from the client was handled (routed, or
+    /// answered), when it counted one: a resumption elsewhere answers
+    /// `<resumed h/>` from the store, even before this connection noticed its
+    /// loss, and a stanza it does not count the client sends again (section
+    /// 5), delivered twice. After handling, not before: should this process
+    /// die in between, the stanza comes again rather than never.
+    pub fn journal_handled(&self, h_before: u32) {
+        if self.h_in != h_before {
+            self.journal_counters(0);
+        }
+    }
+
     /// An item is written; true when it is a counted stanza.
     pub(crate) fn note_written(&mut self, item: &QueuedStanza) -> bool {
         match item.marker {
