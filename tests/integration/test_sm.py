@@ -3,6 +3,8 @@ resumption timeout, and every bad input the XEP names an error for."""
 
 import asyncio
 import re
+import socket
+import ssl
 import time
 
 from conftest import login, logout, handled
@@ -185,3 +187,34 @@ async def test_timeout_without_resumption_sends_the_queue_offline(server_factory
     bodies = {(await a.next_message(timeout=10))["body"] for _ in range(2)}
     assert bodies == {"read-not-acked", "while-detached"}
     await logout(a, b)
+
+
+async def test_ack_and_request_floods_hurt_nobody_else(server_factory):
+    # No stanza rate limit (by default it slows a flood of nonzas too).
+    server = server_factory(extra_toml="[limits]\nstanzas_per_second = 0\n")
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    b = await login(server, bob, bob_pw, "desk")
+    raw = SmClient(server)
+    raw.authenticate(alice, alice_pw)
+    raw.bind("phone")
+    raw.enable()
+    # Acks of nothing new, by the thousand: no answer, no harm.
+    raw.send(f"<a xmlns='{SM}' h='0'/>" * 5000)
+    raw.send(f"<r xmlns='{SM}'/>")
+    assert "h='0'" in recv_nonza(raw, "a")
+    # Requests by the hundred thousand, answers not read meanwhile: once the
+    # socket buffers are full the answers wait in the connection's bounded
+    # queue, and past its bound the stream ends (policy-violation, written
+    # only if the full socket takes it): the server does not hold 200,000.
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        raw.send(f"<r xmlns='{SM}'/>" * 200000)
+    except (OSError, ssl.SSLError):
+        pass  # the server closed the stream while the flood was still being sent
+    closing = raw.read_until_closed(timeout=60)
+    assert closing.count("<a ") < 200000, "every request was answered: nothing bounded them"
+    # Nobody else noticed.
+    b.send_message(mto=bob, mbody="still here", mtype="chat")
+    assert (await b.next_message())["body"] == "still here"
+    await logout(b)

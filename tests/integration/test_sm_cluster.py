@@ -78,9 +78,12 @@ async def test_resume_on_the_other_node_after_the_first_is_lost(tmp_path, how):
         await sender
         await handled(b)
         raw2, reader2 = await resume_on_cm2(cluster, alice, alice_pw, previd, reader.h)
-        await wait_until_async(
-            lambda: len(before) + len(reader2.bodies) >= COUNT, timeout=30, what="every message after resuming"
-        )
+        try:
+            await wait_until_async(
+                lambda: len(before) + len(reader2.bodies) >= COUNT, timeout=30, what="every message after resuming"
+            )
+        except TimeoutError:
+            pass  # the comparison below says which are missing
         await asyncio.sleep(0.5)
         received = before + reader2.bodies
         assert received == [f"n{number}" for number in range(COUNT)], received
@@ -108,10 +111,8 @@ async def test_timeout_after_a_killed_node_sends_the_queue_offline(tmp_path):
         await wait_until_async(lambda: len(reader.bodies) >= 10, timeout=20, what="the first messages")
         cluster.kill("cm-1")
         killed = time.monotonic()
-        # A stanza published in the instant the node dies, before Redis sees
-        # its subscription go, is lost with the node (pub/sub is at-most-once;
-        # docs/cluster.md "Stream resumption" says so): wait that instant out.
-        await asyncio.sleep(0.5)
+        # Sent at once: what is published to cm-1 while it dies is recorded
+        # as in flight and not lost.
         await send_numbered(b, alice, 10, 20)
         await handled(b)
         # Contacts see alice leave only once the timeout passed.

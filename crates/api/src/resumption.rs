@@ -12,6 +12,15 @@
 //! ([`ResumptionStore::park`]). Every write by a connection-manager names the
 //! address it holds the stream at and is refused once another one resumed it.
 //! The counters are modulo 2^32 as the XEP says.
+//!
+//! In flight: a stanza published to the node of a resumable stream is also
+//! recorded as in flight for that stream (in the cluster, by the publish
+//! itself: see `starling_bus`), until that node journals it (or says it will
+//! not). What is still in flight when the node is found dead (it was killed
+//! before its bus subscription read it) joins the unacked queue on
+//! resumption (or when the janitor detaches it, or at expiry), after what the
+//! node journaled and before what was parked meanwhile: pub/sub alone would
+//! have lost it. A live node marks what it will not journal as consumed.
 
 use async_trait::async_trait;
 use starling_jid::{BareJid, FullJid};
@@ -63,6 +72,9 @@ pub struct JournalEntry {
     pub h_in: u32,
     /// Stanzas that entered the outbound queue, serialised, in order.
     pub appended: Vec<String>,
+    /// Stanzas that were in flight to this stream and will not enter its
+    /// queue (superseded for an inactive client, or rerouted): no longer in flight.
+    pub consumed: Vec<String>,
 }
 
 /// What became of a stanza parked for a detached stream.
@@ -125,17 +137,22 @@ pub trait ResumptionStore: Send + Sync + 'static {
     async fn park(&self, id: &str, stanza: &str) -> ApiResult<Parked>;
     /// The stream lost its connection at `addr`: it is detached and expires
     /// `timeout` from now unless resumed. False when `addr` no longer holds it.
-    async fn detach(&self, id: &str, addr: &SessionAddr) -> ApiResult<bool>;
+    /// `node_dead`: its node is gone (the janitor detaches it), so what was in
+    /// flight to it joins the queue now.
+    async fn detach(&self, id: &str, addr: &SessionAddr, node_dead: bool) -> ApiResult<bool>;
     /// Resume a stream for `owner` (after SASL) at `addr`, the client having
     /// handled `h` stanzas (`None`: it does not say, nothing more is acked):
     /// atomically takes it over, drops what `h` acknowledges and returns the
     /// rest to send again.
+    /// `previous_node_dead`: the node that held the stream is gone (its bus
+    /// subscription is), so what was in flight to it joins the queue.
     async fn resume(
         &self,
         id: &str,
         owner: &BareJid,
         h: Option<u32>,
         addr: &SessionAddr,
+        previous_node_dead: bool,
     ) -> ApiResult<Result<Resumed, ResumeRefused>>;
     /// Read a stream's owner-visible state without changing it: where it is,
     /// whose it is, and whether `h` is acceptable. `NotFound` for another

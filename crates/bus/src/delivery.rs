@@ -74,7 +74,24 @@ pub async fn deliver_to_sessions(
             stanza: stanza.clone(),
             routed_at,
         };
-        let missed = match bus.publish(envelope.node, delivery).await {
+        // Resumable recipients (XEP-0198): the stanza is recorded as in
+        // flight to them with the publish, as each gets it.
+        let in_flight: Vec<(&str, String)> = if bus.resumption().is_some() {
+            envelope
+                .sessions
+                .iter()
+                .filter_map(|(session, to)| {
+                    let id = session.resumption.as_deref()?;
+                    Some((id, addressed_xml(&stanza, *to)))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let missed = match bus
+            .publish_in_flight(envelope.node, delivery, &in_flight)
+            .await
+        {
             Ok(0) => {
                 tracing::debug!(node = %envelope.node, recipients = recipient_count, "no subscriber on the delivery channel");
                 envelope.sessions
@@ -101,15 +118,7 @@ async fn park(bus: &dyn Bus, stanza: &Element, session: &SessionRecord, to: Opti
     let (Some(store), Some(id)) = (bus.resumption(), session.resumption.as_deref()) else {
         return false;
     };
-    let serialised = match to {
-        Some(to) if stanza.attr("to") != Some(to) => {
-            let mut readdressed = stanza.clone();
-            readdressed.set_attr("to", to.to_string());
-            readdressed.to_xml()
-        }
-        _ => stanza.to_xml(),
-    };
-    match store.park(id, &serialised).await {
+    match store.park(id, &addressed_xml(stanza, to)).await {
         Ok(Parked::Queued) => true,
         Ok(outcome) => {
             tracing::debug!(jid = %session.jid, ?outcome, "not parked for a detached stream");
@@ -132,6 +141,19 @@ pub async fn deliver_to_session(
     deliver_to_sessions(bus, stanza, &[(session.clone(), None)], routed_at)
         .await
         .is_empty()
+}
+
+/// `stanza` readdressed to `to` and serialised with its namespace, as the
+/// recipient's connection-manager journals it (`QueuedStanza::to_xml`).
+fn addressed_xml(stanza: &Element, to: Option<&str>) -> String {
+    match to {
+        Some(to) if stanza.attr("to") != Some(to) => {
+            let mut readdressed = stanza.clone();
+            readdressed.set_attr("to", to.to_string());
+            readdressed.to_xml()
+        }
+        _ => stanza.to_xml(),
+    }
 }
 
 /// The recipients one node receives in its envelope.

@@ -271,6 +271,25 @@ impl Bus for RedisBus {
     }
 
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
+        self.publish_in_flight(node, delivery, &[]).await
+    }
+
+    async fn is_listening(&self, node: &str) -> ApiResult<bool> {
+        let channel = self.client.delivery_channel(node);
+        Ok(self
+            .client
+            .channel_subscribers(&channel)
+            .await
+            .map_err(BusError::from)?
+            > 0)
+    }
+
+    async fn publish_in_flight(
+        &self,
+        node: &str,
+        delivery: Delivery,
+        in_flight: &[(&str, String)],
+    ) -> ApiResult<usize> {
         if matches!(delivery, Delivery::Undecodable { .. }) {
             return Err(ApiError::Invalid(
                 "an undecodable delivery is made by a receiver, never published".into(),
@@ -279,9 +298,13 @@ impl Bus for RedisBus {
         let (span, trace_context) = publish_span("redis", node, &delivery);
         let channel = self.client.delivery_channel(node);
         let payload = encode_envelope(&delivery, &trace_context);
+        let in_flight: Vec<(String, String)> = in_flight
+            .iter()
+            .map(|(id, stanza)| (self.client.resumption_inflight_key(id), stanza.clone()))
+            .collect();
         let outcome = self
             .client
-            .publish(&channel, &payload)
+            .publish_in_flight(&channel, &payload, &in_flight)
             .instrument(span.clone())
             .await;
         self.metrics.published(&outcome);

@@ -287,6 +287,12 @@ impl RedisClient {
         self.key(&format!("smq:{}", hash_tag(id)))
     }
 
+    /// `smfly:{id}`: LIST of stanzas published to a resumable stream's node
+    /// and not yet journaled by it (same slot as `smres:{id}`).
+    pub fn resumption_inflight_key(&self, id: &str) -> String {
+        self.key(&format!("smfly:{}", hash_tag(id)))
+    }
+
     /// `smexp`: ZSET of detached streams by the Unix time (ms) their resumption timeout passes.
     pub fn resumption_expiry_key(&self) -> String {
         self.key("smexp")
@@ -300,6 +306,55 @@ impl RedisClient {
     /// `deliver:{node}`: a node's delivery channel.
     pub fn delivery_channel(&self, node_id: &str) -> String {
         self.key(&format!("deliver:{}", hash_tag(node_id)))
+    }
+
+    /// How many subscribers `channel` (already prefixed) has now
+    /// (`PUBSUB SHARDNUMSUB` in a cluster, `PUBSUB NUMSUB` otherwise).
+    pub async fn channel_subscribers(&self, channel: &str) -> Result<usize, RedisError> {
+        let subcommand = if self.config.cluster {
+            "SHARDNUMSUB"
+        } else {
+            "NUMSUB"
+        };
+        let mut connection = self.connection();
+        let (_, count): (String, usize) = redis::cmd("PUBSUB")
+            .arg(subcommand)
+            .arg(channel)
+            .query_async(&mut connection)
+            .await?;
+        Ok(count)
+    }
+
+    /// Publish `payload` on `channel` and, in the same step, record each
+    /// `(list key, stanza)` of `in_flight` (the resumable streams it carries a
+    /// stanza for, XEP-0198) when a subscriber took it: one script, so that a
+    /// stanza in flight to a node that dies before reading it is not lost. On
+    /// a Redis Cluster the keys and the channel live in different slots: a
+    /// plain publish, with no record (docs/cluster.md says so).
+    pub async fn publish_in_flight(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        in_flight: &[(String, String)],
+    ) -> Result<usize, RedisError> {
+        if self.config.cluster || in_flight.is_empty() {
+            return self.publish(channel, payload).await;
+        }
+        static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| redis::Script::new(PUBLISH_IN_FLIGHT_SCRIPT));
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(channel).arg(payload);
+        for (key, stanza) in in_flight {
+            invocation.key(key).arg(stanza);
+        }
+        let mut connection = self.connection();
+        let receivers: usize = self
+            .timed(
+                RedisOperation::Publish,
+                invocation.invoke_async(&mut connection),
+            )
+            .await?;
+        Ok(receivers)
     }
 
     /// Publish `payload` on `channel` (already prefixed): SPUBLISH in a
@@ -383,6 +438,18 @@ impl RedisSubscriber {
 /// A Redis Cluster hash tag for `value`: `{value}` with `%`, `{` and `}`
 /// percent-encoded, so that the tag always ends where `value` ends (a JID may
 /// contain braces) and two different values never share a tag by accident.
+/// KEYS: the in-flight lists. ARGV: channel, payload, one stanza per key.
+/// In flight only when a subscriber took it (else the caller parks it).
+const PUBLISH_IN_FLIGHT_SCRIPT: &str = r"
+local receivers = redis.call('PUBLISH', ARGV[1], ARGV[2])
+if receivers > 0 then
+  for i, key in ipairs(KEYS) do
+    if redis.call('RPUSH', key, ARGV[i + 2]) == 1 then redis.call('PEXPIRE', key, 86400000) end
+  end
+end
+return receivers
+";
+
 pub fn hash_tag(value: &str) -> String {
     let mut tag = String::with_capacity(value.len() + 2);
     tag.push('{');

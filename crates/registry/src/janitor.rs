@@ -160,7 +160,7 @@ async fn detach_resumable(
         return Ok(false);
     };
     let store = crate::RedisResumption::new(registry.client().clone());
-    let detached = store.detach(id, addr).await.unwrap_or(false);
+    let detached = store.detach(id, addr, true).await.unwrap_or(false);
     if !detached {
         return Ok(false);
     }

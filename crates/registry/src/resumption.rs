@@ -4,9 +4,16 @@
 //! Redis keys (behind the configured prefix; `smres` and `smq` of one stream
 //! share a slot):
 //! - `smres:{id}`: HASH owner (bare JID), jid (full JID), node, conn, h_in,
-//!   acked, timeout (s), max (the queue's bound);
+//!   acked, timeout (s), max (the queue's bound), parked (how many of `smq`'s
+//!   last entries were parked);
 //! - `smq:{id}`: LIST of the serialised stanzas after `acked`, in order (sent
 //!   but unacknowledged first, then parked ones);
+//! - `smfly:{id}`: LIST of stanzas published to the stream's node and not yet
+//!   journaled by it (written by the bus's publish script, removed by the
+//!   journal); what is left when that node died joins `smq` when the stream
+//!   is resumed from it or detached by the janitor, or at expiry, after the
+//!   journaled stanzas and before the parked ones (`smres` counts those in
+//!   `parked`);
 //! - `smexp`: ZSET of detached ids by the Unix time (ms) their timeout passes.
 //!
 //! Every change is one Lua script; every write by a connection-manager names
@@ -108,7 +115,7 @@ impl ResumptionStore for MemoryResumption {
         Ok(Parked::Queued)
     }
 
-    async fn detach(&self, id: &str, addr: &SessionAddr) -> ApiResult<bool> {
+    async fn detach(&self, id: &str, addr: &SessionAddr, _node_dead: bool) -> ApiResult<bool> {
         let mut streams = self.streams.lock();
         let Some(stream) = streams.get_mut(id).filter(|s| &s.addr == addr) else {
             return Ok(false);
@@ -140,6 +147,7 @@ impl ResumptionStore for MemoryResumption {
         owner: &BareJid,
         h: Option<u32>,
         addr: &SessionAddr,
+        _previous_node_dead: bool,
     ) -> ApiResult<Result<Resumed, ResumeRefused>> {
         let mut streams = self.streams.lock();
         let Some(stream) = streams.get_mut(id).filter(|s| &s.owner == owner) else {
@@ -214,51 +222,80 @@ fn check_h(acked: u32, queued: usize, h_in: u32, h: Option<u32>) -> Result<usize
     Ok(newly_acked)
 }
 
-/// KEYS: smres, smq. ARGV: owner, jid, node, conn, timeout, max.
+/// The in-flight merge shared by the resume and expiry scripts.
+const MERGE_IN_FLIGHT: &str = r"
+-- What was in flight to a dead node joins the queue after the journaled
+-- stanzas and before the parked ones (KEYS[1] smres, KEYS[2] smq, KEYS[3] smfly).
+local function merge_in_flight()
+  local fly = redis.call('LRANGE', KEYS[3], 0, -1)
+  redis.call('DEL', KEYS[3])
+  if #fly == 0 then return end
+  local parked = tonumber(redis.call('HGET', KEYS[1], 'parked') or '0')
+  local parked_items = {}
+  if parked > 0 then
+    parked_items = redis.call('LRANGE', KEYS[2], -parked, -1)
+    redis.call('LTRIM', KEYS[2], 0, -parked - 1)
+  end
+  for _, stanza in ipairs(fly) do redis.call('RPUSH', KEYS[2], stanza) end
+  for _, stanza in ipairs(parked_items) do redis.call('RPUSH', KEYS[2], stanza) end
+  redis.call('HSET', KEYS[1], 'parked', '0')
+end
+";
+
+/// KEYS: smres, smq, smfly. ARGV: owner, jid, node, conn, timeout, max.
 const ENABLE_SCRIPT: &str = r"
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'jid', ARGV[2], 'node', ARGV[3], 'conn', ARGV[4],
-  'h_in', '0', 'acked', '0', 'timeout', ARGV[5], 'max', ARGV[6])
+  'h_in', '0', 'acked', '0', 'timeout', ARGV[5], 'max', ARGV[6], 'parked', '0')
 return 1
 ";
 
-/// KEYS: smres, smq. ARGV: node, conn, newly acked, acked, h_in, stanzas...
+/// KEYS: smres, smq, smfly. ARGV: node, conn, newly acked, acked, h_in,
+/// count of appended, appended..., consumed... Every stanza named is no
+/// longer in flight, even when the writer no longer holds the stream (it
+/// reroutes those itself).
 const JOURNAL_SCRIPT: &str = r"
+for i = 7, #ARGV do redis.call('LREM', KEYS[3], 1, ARGV[i]) end
 local at = redis.call('HMGET', KEYS[1], 'node', 'conn')
 if at[1] ~= ARGV[1] or at[2] ~= ARGV[2] then return 0 end
 local trim = tonumber(ARGV[3])
 if trim > 0 then redis.call('LTRIM', KEYS[2], trim, -1) end
 redis.call('HSET', KEYS[1], 'acked', ARGV[4], 'h_in', ARGV[5])
-for i = 6, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local appended = tonumber(ARGV[6])
+for i = 7, 6 + appended do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 return 1
 ";
 
-/// KEYS: smres, smq. ARGV: stanza. 1 queued, -1 full, 0 gone.
+/// KEYS: smres, smq, smfly. ARGV: stanza. 1 queued, -1 full, 0 gone.
 const PARK_SCRIPT: &str = r"
 local max = redis.call('HGET', KEYS[1], 'max')
 if not max then return 0 end
-if redis.call('LLEN', KEYS[2]) >= tonumber(max) then return -1 end
+if redis.call('LLEN', KEYS[2]) + redis.call('LLEN', KEYS[3]) >= tonumber(max) then return -1 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'parked', 1)
 return 1
 ";
 
-/// KEYS: smres, smq, smexp. ARGV: node, conn, id, detached node, safety ms.
-const DETACH_SCRIPT: &str = r"
+/// KEYS: smres, smq, smfly, smexp. ARGV: node, conn, id, detached node,
+/// safety ms, '1' when the node is dead (what was in flight to it joins the queue).
+const DETACH_BODY: &str = r"
 local at = redis.call('HMGET', KEYS[1], 'node', 'conn', 'timeout')
 if at[1] ~= ARGV[1] or at[2] ~= ARGV[2] then return 0 end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local timeout_ms = tonumber(at[3]) * 1000
+if ARGV[6] == '1' then merge_in_flight() end
 redis.call('HSET', KEYS[1], 'node', ARGV[4])
-redis.call('ZADD', KEYS[3], now_ms + timeout_ms, ARGV[3])
+redis.call('ZADD', KEYS[4], now_ms + timeout_ms, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], timeout_ms + tonumber(ARGV[5]))
 redis.call('PEXPIRE', KEYS[2], timeout_ms + tonumber(ARGV[5]))
 return 1
 ";
 
-/// KEYS: smres, smq, smexp. ARGV: owner, h ('' when the client gave none), node, conn, id.
-/// {'missing'} | {'too-high', h_in, sent} | {'ok', jid, node, conn, h_in, timeout, max, stanzas...}
-const RESUME_SCRIPT: &str = r"
+/// KEYS: smres, smq, smfly, smexp. ARGV: owner, h ('' when the client gave
+/// none), node, conn, id, '1' when the node that held it is dead.
+/// {'missing'} | {'too-high', h_in, sent} | {'ok', jid, node, conn, h_in, timeout, max, acked, stanzas...}
+const RESUME_BODY: &str = r"
 local f = redis.call('HMGET', KEYS[1], 'owner', 'jid', 'node', 'conn', 'h_in', 'acked', 'timeout', 'max')
 if not f[1] or f[1] ~= ARGV[1] then return {'missing'} end
 local acked = tonumber(f[6])
@@ -268,8 +305,10 @@ local len = redis.call('LLEN', KEYS[2])
 local delta = (h - acked) % 4294967296
 if delta > len then return {'too-high', f[5], tostring((acked + len) % 4294967296)} end
 if delta > 0 then redis.call('LTRIM', KEYS[2], delta, -1) end
-redis.call('HSET', KEYS[1], 'node', ARGV[3], 'conn', ARGV[4], 'acked', tostring(h))
-redis.call('ZREM', KEYS[3], ARGV[5])
+-- The node that held it is dead: what was in flight to it is not lost.
+if ARGV[6] == '1' then merge_in_flight() end
+redis.call('HSET', KEYS[1], 'node', ARGV[3], 'conn', ARGV[4], 'acked', tostring(h), 'parked', '0')
+redis.call('ZREM', KEYS[4], ARGV[5])
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[2])
 local out = {'ok', f[2], f[3], f[4], f[5], f[7], f[8], tostring(h)}
@@ -277,14 +316,16 @@ for _, stanza in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do out[#out + 1] =
 return out
 ";
 
-/// KEYS: smres, smq, smexp. ARGV: node, conn, id. {'missing'} or {'ok', stanzas...}
+/// KEYS: smres, smq, smfly, smexp. ARGV: node, conn, id. {'missing'} or
+/// {'ok', stanzas...}. What is still in flight reaches the live node that
+/// ends the stream, which reroutes it itself.
 const END_SCRIPT: &str = r"
 local at = redis.call('HMGET', KEYS[1], 'node', 'conn')
 if at[1] ~= ARGV[1] or at[2] ~= ARGV[2] then return {'missing'} end
 local out = {'ok'}
 for _, stanza in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do out[#out + 1] = stanza end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
 return out
 ";
 
@@ -295,20 +336,21 @@ if not f[1] or f[1] ~= ARGV[1] then return {'missing'} end
 return {'ok', f[2], f[3], f[4], f[5], f[6], tostring(redis.call('LLEN', KEYS[2]))}
 ";
 
-/// KEYS: smres, smq, smexp. ARGV: id. Take a stream whose deadline passed:
-/// {} when it was resumed or taken meanwhile, else {jid, node, conn, stanzas...}.
-const TAKE_EXPIRED_SCRIPT: &str = r"
-local deadline = redis.call('ZSCORE', KEYS[3], ARGV[1])
+/// KEYS: smres, smq, smfly, smexp. ARGV: id. Take a stream whose deadline
+/// passed: {} when it was resumed or taken meanwhile, else {jid, node, conn, stanzas...}.
+const TAKE_EXPIRED_BODY: &str = r"
+local deadline = redis.call('ZSCORE', KEYS[4], ARGV[1])
 if not deadline then return {} end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if tonumber(deadline) > now_ms then return {} end
-redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'jid', 'node', 'conn')
 if not f[1] then return {} end
+merge_in_flight()
 local out = {f[1], f[2], f[3]}
 for _, stanza in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do out[#out + 1] = stanza end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 return out
 ";
 
@@ -336,11 +378,11 @@ impl RedisResumption {
             enable: Script::new(ENABLE_SCRIPT),
             journal: Script::new(JOURNAL_SCRIPT),
             park: Script::new(PARK_SCRIPT),
-            detach: Script::new(DETACH_SCRIPT),
-            resume: Script::new(RESUME_SCRIPT),
+            detach: Script::new(&format!("{MERGE_IN_FLIGHT}{DETACH_BODY}")),
+            resume: Script::new(&format!("{MERGE_IN_FLIGHT}{RESUME_BODY}")),
             end: Script::new(END_SCRIPT),
             peek: Script::new(PEEK_SCRIPT),
-            take_expired: Script::new(TAKE_EXPIRED_SCRIPT),
+            take_expired: Script::new(&format!("{MERGE_IN_FLIGHT}{TAKE_EXPIRED_BODY}")),
         }
     }
 
@@ -351,8 +393,8 @@ impl RedisResumption {
         )
     }
 
-    /// `script` on the keys of stream `id` (`smres`, `smq`, and `smexp` when
-    /// `with_expiry`); the caller adds the arguments.
+    /// `script` on the keys of stream `id` (`smres`, `smq`, `smfly`, and
+    /// `smexp` when `with_expiry`); the caller adds the arguments.
     fn invocation<'a>(
         &self,
         script: &'a Script,
@@ -361,7 +403,10 @@ impl RedisResumption {
     ) -> redis::ScriptInvocation<'a> {
         let (state, queue) = self.keys(id);
         let mut invocation = script.prepare_invoke();
-        invocation.key(state).key(queue);
+        invocation
+            .key(state)
+            .key(queue)
+            .key(self.client.resumption_inflight_key(id));
         if with_expiry {
             invocation.key(self.client.resumption_expiry_key());
         }
@@ -385,15 +430,17 @@ impl RedisResumption {
             let command = pipe
                 .cmd("EVALSHA")
                 .arg(self.journal.get_hash())
-                .arg(2)
+                .arg(3)
                 .arg(state)
                 .arg(queue)
+                .arg(self.client.resumption_inflight_key(&entry.id))
                 .arg(&entry.addr.node)
                 .arg(entry.addr.conn.to_string())
                 .arg(entry.newly_acked)
                 .arg(entry.acked)
-                .arg(entry.h_in);
-            for stanza in &entry.appended {
+                .arg(entry.h_in)
+                .arg(entry.appended.len());
+            for stanza in entry.appended.iter().chain(&entry.consumed) {
                 command.arg(stanza);
             }
         }
@@ -462,7 +509,7 @@ impl ResumptionStore for RedisResumption {
             .await
     }
 
-    async fn detach(&self, id: &str, addr: &SessionAddr) -> ApiResult<bool> {
+    async fn detach(&self, id: &str, addr: &SessionAddr, node_dead: bool) -> ApiResult<bool> {
         self.client
             .timed(RedisOperation::Resumption, async {
                 let mut invocation = self.invocation(&self.detach, id, true);
@@ -471,7 +518,8 @@ impl ResumptionStore for RedisResumption {
                     .arg(addr.conn.to_string())
                     .arg(id)
                     .arg(DETACHED_NODE)
-                    .arg(SAFETY_TTL_MS);
+                    .arg(SAFETY_TTL_MS)
+                    .arg(if node_dead { "1" } else { "0" });
                 let detached: i64 = self.invoke(&invocation).await?;
                 Ok(detached == 1)
             })
@@ -518,6 +566,7 @@ impl ResumptionStore for RedisResumption {
         owner: &BareJid,
         h: Option<u32>,
         addr: &SessionAddr,
+        previous_node_dead: bool,
     ) -> ApiResult<Result<Resumed, ResumeRefused>> {
         self.client
             .timed(RedisOperation::Resumption, async {
@@ -527,7 +576,8 @@ impl ResumptionStore for RedisResumption {
                     .arg(h.map(|h| h.to_string()).unwrap_or_default())
                     .arg(&addr.node)
                     .arg(addr.conn.to_string())
-                    .arg(id);
+                    .arg(id)
+                    .arg(if previous_node_dead { "1" } else { "0" });
                 let reply: Vec<String> = self.invoke(&invocation).await?;
                 let number = |index: usize| -> ApiResult<u64> {
                     reply

@@ -51,6 +51,7 @@ fn entry(
         acked,
         h_in,
         appended: appended.iter().map(|s| s.to_string()).collect(),
+        consumed: Vec::new(),
     }
 }
 
@@ -67,7 +68,7 @@ async fn journal_detach_park_and_resume(store: &dyn ResumptionStore) {
         .await
         .unwrap();
     assert_eq!(held, vec![true, true, false]);
-    assert!(store.detach("s1", &at).await.unwrap());
+    assert!(store.detach("s1", &at, false).await.unwrap());
     // Detached: only the owner finds it, and only a plausible h is taken.
     assert_eq!(
         store
@@ -95,7 +96,7 @@ async fn journal_detach_park_and_resume(store: &dyn ResumptionStore) {
     assert_eq!(store.park("nope", "<m6/>").await.unwrap(), Parked::Gone);
     let here = addr("cm2", 9);
     let resumed = store
-        .resume("s1", &owner(), Some(2), &here)
+        .resume("s1", &owner(), Some(2), &here, false)
         .await
         .unwrap()
         .unwrap();
@@ -112,7 +113,7 @@ async fn journal_detach_park_and_resume(store: &dyn ResumptionStore) {
     );
     assert_eq!(resumed.unacked, vec!["<m3/>", "<m4/>", "<m5/>"]);
     // The old address can write no more; the new one can.
-    assert!(!store.detach("s1", &at).await.unwrap());
+    assert!(!store.detach("s1", &at, false).await.unwrap());
     assert_eq!(
         store
             .journal(&[entry("s1", &at, 0, 2, 2, &["<x/>"])])
@@ -150,7 +151,7 @@ async fn resume_without_h_and_counters_wrap(store: &dyn ResumptionStore) {
         .await
         .unwrap();
     let resumed = store
-        .resume("s2", &owner(), Some(0), &addr("cm2", 1))
+        .resume("s2", &owner(), Some(0), &addr("cm2", 1), false)
         .await
         .unwrap()
         .unwrap();
@@ -158,7 +159,7 @@ async fn resume_without_h_and_counters_wrap(store: &dyn ResumptionStore) {
     assert_eq!(resumed.acked, 0);
     // Without h nothing more is acknowledged.
     let again = store
-        .resume("s2", &owner(), None, &addr("cm3", 1))
+        .resume("s2", &owner(), None, &addr("cm3", 1), false)
         .await
         .unwrap()
         .unwrap();
@@ -182,8 +183,8 @@ async fn expiry_hands_each_stream_out_once(store: &dyn ResumptionStore) {
         .unwrap()
         .iter()
         .all(|e| e.id != "s3"));
-    assert!(store.detach("s3", &at).await.unwrap());
-    assert!(store.detach("s4", &at).await.unwrap());
+    assert!(store.detach("s3", &at, false).await.unwrap());
+    assert!(store.detach("s4", &at, false).await.unwrap());
     assert_eq!(store.park("s3", "<p/>").await.unwrap(), Parked::Queued);
     let expired = store.take_expired(10).await.unwrap();
     let mine: Vec<_> = expired
@@ -201,7 +202,10 @@ async fn expiry_hands_each_stream_out_once(store: &dyn ResumptionStore) {
         .iter()
         .all(|e| e.id != "s3"));
     assert_eq!(store.park("s3", "<late/>").await.unwrap(), Parked::Gone);
-    let resumed = store.resume("s4", &owner(), Some(0), &at).await.unwrap();
+    let resumed = store
+        .resume("s4", &owner(), Some(0), &at, false)
+        .await
+        .unwrap();
     assert!(resumed.is_ok());
     store.end("s4", &at).await.unwrap();
 }

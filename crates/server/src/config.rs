@@ -812,6 +812,31 @@ mod tests {
     }
 
     #[test]
+    fn stream_management_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[sm]\nresume_timeout_secs = 0\nmax_unacked_stanzas = 50\n",
+            &env(&[("STARLING_SM_ENABLED", "false")]),
+        )
+        .unwrap();
+        assert!(!config.sm.enabled);
+        assert_eq!(
+            (config.sm.resume_timeout_secs, config.sm.max_unacked_stanzas),
+            (0, 50)
+        );
+        for (text, key) in [
+            (
+                "[sm]\nresume_timeout_secs = 86401\n",
+                "sm.resume_timeout_secs",
+            ),
+            ("[sm]\nmax_unacked_stanzas = 0\n", "sm.max_unacked_stanzas"),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
     fn reads_every_documented_section() {
         let text = r#"
             domain = "example.org"

@@ -187,6 +187,9 @@ pub(crate) struct CsiBuffer {
     limit: usize,
     /// Set when the client first becomes inactive.
     metrics: Option<CsiMetrics>,
+    /// Replaced by a newer stanza of the same key and never to be sent:
+    /// collected for the stream management journal (they were in flight).
+    superseded: Vec<QueuedStanza>,
 }
 
 impl CsiBuffer {
@@ -248,6 +251,11 @@ impl CsiBuffer {
         self.release(CsiFlush::StreamEnd, None)
     }
 
+    /// The stanzas superseded since the last call.
+    pub fn take_superseded(&mut self) -> Vec<QueuedStanza> {
+        std::mem::take(&mut self.superseded)
+    }
+
     fn hold(&mut self, key: HoldKey, stanza: QueuedStanza) {
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -262,6 +270,7 @@ impl CsiBuffer {
                 metrics.superseded.inc();
             }
         }
+        self.superseded.extend(superseded);
     }
 
     fn release(&mut self, reason: CsiFlush, then: Option<QueuedStanza>) -> Admitted {

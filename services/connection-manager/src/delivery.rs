@@ -57,7 +57,8 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     };
                     let Some(handle) = shared.connection(recipient.conn) else {
                         // The connection ended since the router looked (a race with disconnect).
-                        reroute(&shared, recipient.conn, queued.into_element());
+                        let journal = shared.ended_stream_journal(recipient.conn);
+                        reroute_in_flight(&shared, recipient.conn, queued, journal);
                         continue;
                     };
                     match handle.push(queued) {
@@ -75,10 +76,12 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                                 .metrics
                                 .limit_hit(crate::metrics::Limit::OutboundQueue);
                             handle.close_overflowed();
-                            reroute(&shared, recipient.conn, queued.into_element());
+                            let journal = handle.with_sm(|sm| sm.journal.clone());
+                            reroute_in_flight(&shared, recipient.conn, queued, journal);
                         }
                         Err((PushError::Closed, queued)) => {
-                            reroute(&shared, recipient.conn, queued.into_element())
+                            let journal = handle.with_sm(|sm| sm.journal.clone());
+                            reroute_in_flight(&shared, recipient.conn, queued, journal);
                         }
                     }
                 }
@@ -138,6 +141,30 @@ fn answer_undecodable(shared: &Arc<Shared>, stanza: Option<Element>, error: Stan
             if let Err(error) = router.route(Origin::Server, reply, None).await {
                 tracing::warn!(%error, "answering the sender of an undecodable delivery failed");
             }
+        }
+        .in_current_span(),
+    );
+}
+
+/// [`reroute`] a stanza that did not enter a resumable stream's queue
+/// (XEP-0198): it is first marked as no longer in flight to the stream, so
+/// that a resumption or expiry does not also send it.
+fn reroute_in_flight(
+    shared: &Arc<Shared>,
+    conn: ConnId,
+    queued: QueuedStanza,
+    journal: Option<crate::sm::JournalSink>,
+) {
+    let Some(sink) = journal else {
+        reroute(shared, conn, queued.into_element());
+        return;
+    };
+    crate::sm::SmState::consume_in_flight(&sink, &queued);
+    let shared = Arc::clone(shared);
+    tokio::spawn(
+        async move {
+            crate::sm::journal_barrier(&sink.tx).await;
+            reroute(&shared, conn, queued.into_element());
         }
         .in_current_span(),
     );

@@ -226,6 +226,7 @@ impl ConnectionManager {
             sm: config.sm,
             resumption,
             journal,
+            ended_streams: Default::default(),
         };
         Ok(ConnectionManager {
             shared: Arc::new(shared),

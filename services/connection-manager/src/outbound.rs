@@ -192,6 +192,9 @@ impl ConnectionHandle {
                 }
                 state.items.push_back(stanza);
             }
+            for superseded in state.csi.take_superseded() {
+                state.sm.journal_consumed(&superseded);
+            }
             if state.items.len() == queued_before {
                 // Held: nothing to write.
                 return Ok(());
@@ -201,11 +204,18 @@ impl ConnectionHandle {
         Ok(())
     }
 
-    /// Queue a nonza (or a reply that must not wait behind a full queue).
+    /// Queue a nonza (`<a/>`, `<failed/>`), under the queue's bound: a client
+    /// that asks (`<r/>` after `<r/>`) without reading the answers is closed
+    /// with `<policy-violation/>` like one that does not read its stanzas.
     pub fn push_nonza(&self, nonza: QueuedStanza) {
         {
             let mut state = self.state.lock();
             if state.close.is_some() {
+                return;
+            }
+            if state.items.len() >= self.capacity {
+                drop(state);
+                self.close_overflowed();
                 return;
             }
             state.items.push_back(nonza);

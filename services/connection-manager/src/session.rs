@@ -136,7 +136,10 @@ impl Session {
                     if let Flow::Stop = self.throttle().await {
                         return Flow::Stop;
                     }
-                    if let Flow::Stop = self.handle_stanza(element).await {
+                    let h_before = self.handle.with_sm(|sm| sm.h_in);
+                    let flow = self.handle_stanza(element).await;
+                    self.handle.with_sm(|sm| sm.journal_handled(h_before));
+                    if let Flow::Stop = flow {
                         return Flow::Stop;
                     }
                 }

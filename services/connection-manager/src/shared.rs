@@ -57,6 +57,10 @@ pub(crate) struct Shared {
     pub resumption: Option<crate::sm::StreamResumption>,
     /// The node's journal task (with `resumption`).
     pub journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
+    /// Resumable streams that ended here lately, by connection: a delivery
+    /// still in flight to one is marked consumed before it is rerouted.
+    pub ended_streams:
+        parking_lot::Mutex<HashMap<ConnId, (crate::sm::JournalSink, std::time::Instant)>>,
 }
 
 impl Shared {
@@ -79,6 +83,23 @@ impl Shared {
 
     pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
         self.connections.read().get(&conn).cloned()
+    }
+
+    /// A resumable stream's connection is gone from this node.
+    pub fn note_ended_stream(&self, conn: ConnId, sink: crate::sm::JournalSink) {
+        let now = std::time::Instant::now();
+        let mut ended = self.ended_streams.lock();
+        // What is still in flight arrives within moments; a minute is plenty.
+        ended.retain(|_, (_, at)| now.duration_since(*at) < std::time::Duration::from_secs(60));
+        ended.insert(conn, (sink, now));
+    }
+
+    /// The journal of a resumable stream that ended here lately on `conn`.
+    pub fn ended_stream_journal(&self, conn: ConnId) -> Option<crate::sm::JournalSink> {
+        self.ended_streams
+            .lock()
+            .get(&conn)
+            .map(|(sink, _)| sink.clone())
     }
 
     /// Stream resumption is offered: on, with a timeout, and a store.

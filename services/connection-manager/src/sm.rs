@@ -117,6 +117,30 @@ impl SmState {
         }
     }
 
+    /// A stanza in flight to this stream will not enter its queue (superseded
+    /// for an inactive client): no longer in flight.
+    pub fn journal_consumed(&self, stanza: &QueuedStanza) {
+        if let Some(sink) = &self.journal {
+            Self::consume_in_flight(sink, stanza);
+        }
+    }
+
+    /// Mark `stanza` as no longer in flight to the stream of `sink` (it will
+    /// not enter the stream's queue); only the in-flight record changes.
+    pub fn consume_in_flight(sink: &JournalSink, stanza: &QueuedStanza) {
+        let entry = JournalEntry {
+            id: sink.id.clone(),
+            // No stream is at this address: the entry changes nothing else.
+            addr: starling_api::resumption::detached_addr(u64::MAX),
+            newly_acked: 0,
+            acked: 0,
+            h_in: 0,
+            appended: Vec::new(),
+            consumed: vec![stanza.to_xml()],
+        };
+        let _ = sink.tx.send(JournalOp::Entry(entry, Vec::new()));
+    }
+
     /// Journal the counters alone (after acks, or before answering `<r/>`).
     pub fn journal_counters(&self, newly_acked: u32) {
         if let Some(sink) = &self.journal {
@@ -133,6 +157,7 @@ impl SmState {
             acked: self.acked,
             h_in: self.h_in,
             appended,
+            consumed: Vec::new(),
         }
     }
 
@@ -140,6 +165,18 @@ impl SmState {
     pub fn stanza_handled(&mut self) {
         if self.enabled {
             self.h_in = self.h_in.wrapping_add(1);
+        }
+    }
+
+    /// Journal `h` once a stanza from the client was handled (routed, or
+    /// answered), when it counted one: a resumption elsewhere answers
+    /// `<resumed h/>` from the store, even before this connection noticed its
+    /// loss, and a stanza it does not count the client sends again (section
+    /// 5), delivered twice. After handling, not before: should this process
+    /// die in between, the stanza comes again rather than never.
+    pub fn journal_handled(&self, h_before: u32) {
+        if self.h_in != h_before {
+            self.journal_counters(0);
         }
     }
 
@@ -264,14 +301,27 @@ pub(crate) fn spawn_journal(
                     Err(_) => break,
                 }
             }
-            let mut entries = Vec::with_capacity(ops.len());
-            let mut stanzas = Vec::with_capacity(ops.len());
+            let mut entries: Vec<JournalEntry> = Vec::with_capacity(ops.len());
+            let mut stanzas: Vec<Vec<QueuedStanza>> = Vec::with_capacity(ops.len());
             let mut barriers = Vec::new();
+            let mut index_of: std::collections::HashMap<(String, SessionAddr), usize> =
+                std::collections::HashMap::new();
             for op in ops.drain(..) {
                 match op {
                     JournalOp::Entry(entry, queued) => {
-                        entries.push(entry);
-                        stanzas.push(queued);
+                        // One entry per stream per batch: see `coalesce`.
+                        let key = (entry.id.clone(), entry.addr.clone());
+                        match index_of.get(&key) {
+                            Some(&index) => {
+                                coalesce(&mut entries[index], entry);
+                                stanzas[index].extend(queued);
+                            }
+                            None => {
+                                index_of.insert(key, entries.len());
+                                entries.push(entry);
+                                stanzas.push(queued);
+                            }
+                        }
                     }
                     JournalOp::Barrier(done) => barriers.push(done),
                 }
@@ -307,10 +357,79 @@ pub(crate) fn spawn_journal(
     tx
 }
 
+/// Fold `later` into `earlier`, two entries of one stream in one batch: the
+/// acks add up, the stanzas follow each other, the counters are the later
+/// ones. Applying the fold (trim, then append) equals applying both in order
+/// because an ack never covers a stanza appended in the same batch: the
+/// writer writes a stanza only once the batch that journaled it was applied
+/// (`run_writer`), and the client acks only what it was written.
+fn coalesce(earlier: &mut JournalEntry, later: JournalEntry) {
+    earlier.newly_acked = earlier.newly_acked.wrapping_add(later.newly_acked);
+    earlier.acked = later.acked;
+    earlier.h_in = later.h_in;
+    earlier.appended.extend(later.appended);
+    earlier.consumed.extend(later.consumed);
+}
+
 /// Wait until everything journaled so far was applied.
 pub(crate) async fn journal_barrier(tx: &mpsc::UnboundedSender<JournalOp>) {
     let (done, applied) = oneshot::channel();
     if tx.send(JournalOp::Barrier(done)).is_ok() {
         let _ = applied.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(newly_acked: u32, acked: u32, h_in: u32, appended: &[&str]) -> JournalEntry {
+        JournalEntry {
+            id: "s".into(),
+            addr: SessionAddr {
+                node: "cm-1".into(),
+                conn: 1,
+            },
+            newly_acked,
+            acked,
+            h_in,
+            appended: appended.iter().map(|s| s.to_string()).collect(),
+            consumed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn entries_of_one_stream_fold_into_one() {
+        let mut first = entry(2, u32::MAX, 4, &["<a/>"]);
+        coalesce(&mut first, entry(0, u32::MAX, 5, &[]));
+        coalesce(&mut first, entry(3, 2, 5, &["<b/>", "<c/>"]));
+        assert_eq!(first, entry(5, 2, 5, &["<a/>", "<b/>", "<c/>"]));
+    }
+
+    #[test]
+    fn acks_too_high_are_refused_and_counters_wrap() {
+        let mut state = SmState {
+            enabled: true,
+            acked: u32::MAX,
+            ..SmState::default()
+        };
+        state
+            .unacked
+            .push_back(QueuedStanza::new(Element::new("message", ns::CLIENT)));
+        state
+            .unacked
+            .push_back(QueuedStanza::new(Element::new("message", ns::CLIENT)));
+        state.sent = 1;
+        assert_eq!(state.acknowledge(2), Err((2, 1)));
+        assert_eq!(state.acknowledge(0), Ok(()));
+        assert_eq!((state.acked, state.unacked.len()), (0, 1));
+        assert_eq!(
+            parse_h(&Element::new("a", ns::SM).with_attr("h", "4294967296")),
+            Err(())
+        );
+        assert_eq!(
+            parse_h(&Element::new("a", ns::SM).with_attr("h", "4294967295")),
+            Ok(Some(u32::MAX))
+        );
     }
 }

@@ -197,7 +197,7 @@ pub(crate) async fn detach(
     let Some(resumption) = shared.resumption.as_ref() else {
         return false;
     };
-    match resumption.store.detach(&sink.id, &sink.addr).await {
+    match resumption.store.detach(&sink.id, &sink.addr, false).await {
         Ok(true) => {
             let detached = detached_addr(sink.addr.conn);
             match resumption
@@ -211,6 +211,7 @@ pub(crate) async fn detach(
                 }
             }
             shared.remove_connection(handle.conn);
+            shared.note_ended_stream(handle.conn, sink.clone());
             shared.metrics.sm_event("detached");
             tracing::info!(conn = handle.conn, jid = %jid, "stream detached, resumable");
             true
@@ -218,6 +219,7 @@ pub(crate) async fn detach(
         Ok(false) => {
             // Resumed on another connection already: nothing here is ours.
             shared.remove_connection(handle.conn);
+            shared.note_ended_stream(handle.conn, sink.clone());
             tracing::info!(conn = handle.conn, jid = %jid, "stream ended, resumed elsewhere");
             true
         }
@@ -264,6 +266,7 @@ pub(crate) async fn end_resumable(
             .collect(),
         Ok(None) => {
             shared.remove_connection(handle.conn);
+            shared.note_ended_stream(handle.conn, sink.clone());
             tracing::info!(conn = handle.conn, jid = %jid, "stream ended, resumed elsewhere");
             return;
         }
@@ -280,6 +283,7 @@ pub(crate) async fn end_resumable(
         tracing::warn!(jid = %jid, %error, "unbind failed");
     }
     shared.remove_connection(handle.conn);
+    shared.note_ended_stream(handle.conn, sink.clone());
     for stanza in leftovers {
         if !is_reroutable(&stanza) {
             continue;

@@ -35,10 +35,6 @@ impl SessionRouter {
         let count = expired.len();
         for stream in expired {
             tracing::info!(jid = %stream.jid, stanzas = stream.stanzas.len(), "resumption timeout passed, session ends");
-            // Unbound first, so that what is rerouted does not come back to it.
-            if let Err(error) = self.unbind_resource(&stream.jid, &stream.addr).await {
-                tracing::warn!(jid = %stream.jid, %error, "unbinding an expired stream's session failed");
-            }
             let limits = Limits {
                 max_stanza_bytes: usize::MAX / 2,
                 ..Limits::default()

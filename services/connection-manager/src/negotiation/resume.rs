@@ -87,7 +87,20 @@ pub(crate) async fn resume_stream<T: Transport>(
         let failure = refused(stream, ResumeRefused::NotFound);
         return fail(stream, failure).await;
     }
-    let resumed = match resumption.store.resume(&id, &user, h, &addr).await {
+    // A stream still attached to another node that is not listening to its
+    // bus any more (killed): what was in flight to it is taken over too.
+    let previous_node_dead = !is_detached(&previous)
+        && previous.node != shared.node_id
+        && !shared
+            .bus
+            .is_listening(&previous.node)
+            .await
+            .unwrap_or(true);
+    let resumed = match resumption
+        .store
+        .resume(&id, &user, h, &addr, previous_node_dead)
+        .await
+    {
         Ok(Ok(resumed)) if resumed.previous == previous => resumed,
         outcome => {
             // Changed between the look and the take: put the session back.
