@@ -435,6 +435,15 @@ impl Session {
     /// Close the stream politely (`</stream:stream>`, or `<close/>` and a
     /// WebSocket close frame); errors do not matter any more.
     pub async fn close(mut self) {
+        if let Some(sm) = self.sm.as_mut() {
+            // XEP-0198 section 4 allows an unrequested <a/>: without it the
+            // server treats what we got since the last <r/> as undelivered on
+            // the close (RFC 6121 section 8.5: offline storage), and the next
+            // run would receive it again.
+            let mut ack = Vec::with_capacity(48);
+            sm.answer(&mut ack);
+            let _ = self.send(&ack).await;
+        }
         if self.is_websocket() {
             let close = format!("<close xmlns='{}'/>", xml::NS_FRAMING);
             let _ = self.send(close.as_bytes()).await;

@@ -101,6 +101,13 @@ impl SmStream {
         self.sent = self.sent.wrapping_add(count as u32);
     }
 
+    /// Append `<a h/>` with what was received so far.
+    pub fn answer(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"<a xmlns='urn:xmpp:sm:3' h='");
+        push_u32(out, self.received);
+        out.extend_from_slice(b"'/>");
+    }
+
     /// With `every` > 0: append `<r/>` once `every` stanzas were sent since the last one.
     pub fn maybe_request(&mut self, every: u32, out: &mut Vec<u8>) -> bool {
         if every == 0 || self.sent.wrapping_sub(self.requested_at) < every {
@@ -122,9 +129,7 @@ impl SmStream {
     ) -> Result<SmEvent, SmError> {
         match name {
             b"r" => {
-                out.extend_from_slice(b"<a xmlns='urn:xmpp:sm:3' h='");
-                push_u32(out, self.received);
-                out.extend_from_slice(b"'/>");
+                self.answer(out);
                 Ok(SmEvent::Answered)
             }
             b"a" => {
