@@ -101,6 +101,17 @@ pub struct Args {
     /// Skip the roster get during login.
     #[arg(long)]
     pub no_roster: bool,
+    /// XEP-0198 stream management: off, ack (`<enable/>`) or resume
+    /// (`<enable resume='true'/>`), sent after bind and the roster get,
+    /// before the initial presence; the server's `<r/>` is answered with
+    /// `<a h/>`. A server that does not offer it, `<failed/>`, or an `<a/>`
+    /// acking more than was sent count as errors (kind `sm`).
+    #[arg(long, value_enum, default_value = "off")]
+    pub sm: crate::sm::SmMode,
+    /// With `--sm`: also ask the server for an ack (`<r/>`) every N stanzas
+    /// sent (0: never, only answer the server's requests).
+    #[arg(long, default_value_t = 0)]
+    pub sm_request_every: u32,
 
     /// Number of simulated users (one session each).
     #[arg(long, short = 'n', default_value_t = 100)]

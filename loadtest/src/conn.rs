@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::sasl::{self, Mechanism, SaltedPasswordCache, ScramClient};
+use crate::sm::{SmMode, SmStream, NS_SM};
 use crate::stats::ErrorKind;
 use crate::xml::{self, Event, Scanner};
 
@@ -83,6 +84,8 @@ pub struct Target {
     pub mechanisms: Vec<Mechanism>,
     pub resource: String,
     pub roster_get: bool,
+    /// XEP-0198 stream management to enable after bind (`--sm`).
+    pub sm: SmMode,
     pub source_addrs: Vec<IpAddr>,
     pub tls_connector: tokio_rustls::TlsConnector,
 }
@@ -241,6 +244,10 @@ pub struct Session {
     pub full_jid: String,
     /// Roster items with `subscription='both'` in the login's roster result.
     pub roster_both: usize,
+    /// XEP-0198 counters once `<enabled/>` was received.
+    pub sm: Option<SmStream>,
+    /// The resumption id of `<enabled id/>` (`--sm resume`).
+    pub sm_id: Option<String>,
 }
 
 /// Read buffer growth step (and the initial capacity).
@@ -267,6 +274,8 @@ impl Session {
             scanner: Scanner::new(),
             full_jid: String::new(),
             roster_both: 0,
+            sm: None,
+            sm_id: None,
         }
     }
 
@@ -426,6 +435,15 @@ impl Session {
     /// Close the stream politely (`</stream:stream>`, or `<close/>` and a
     /// WebSocket close frame); errors do not matter any more.
     pub async fn close(mut self) {
+        if let Some(sm) = self.sm.as_mut() {
+            // XEP-0198 section 4 allows an unrequested <a/>: without it the
+            // server treats what we got since the last <r/> as undelivered on
+            // the close (RFC 6121 section 8.5: offline storage), and the next
+            // run would receive it again.
+            let mut ack = Vec::with_capacity(48);
+            sm.answer(&mut ack);
+            let _ = self.send(&ack).await;
+        }
         if self.is_websocket() {
             let close = format!("<close xmlns='{}'/>", xml::NS_FRAMING);
             let _ = self.send(close.as_bytes()).await;
@@ -599,7 +617,7 @@ pub async fn login(
     session.buffer.clear();
     let features = session.open_stream(&target.domain).await?;
     let needs_session = {
-        let features = &session.buffer[features];
+        let features = &session.buffer[features.clone()];
         match xml::find_child(features, "session") {
             Some(at) => {
                 let rest = &features[at..];
@@ -610,6 +628,12 @@ pub async fn login(
             }
             None => false,
         }
+    };
+    // XEP-0198 section 3: the server offers <sm/> after authentication.
+    let sm_offered = {
+        let features = &session.buffer[features];
+        xml::find_child(features, "sm")
+            .is_some_and(|at| xml::attribute(&features[at..], "xmlns") == Some(NS_SM.as_bytes()))
     };
 
     let bind = format!(
@@ -635,8 +659,60 @@ pub async fn login(
         session.roster_both = memchr::memmem::find_iter(roster, b"subscription='both'").count()
             + memchr::memmem::find_iter(roster, b"subscription=\"both\"").count();
     }
+    if let Some(enable) = target.sm.enable_element() {
+        if !sm_offered {
+            return Err(ConnError::new(
+                ErrorKind::Sm,
+                "the server does not offer stream management (urn:xmpp:sm:3)",
+            ));
+        }
+        enable_sm(&mut session, enable, target.sm).await?;
+    }
     session.send(b"<presence/>").await?;
+    if let Some(sm) = session.sm.as_mut() {
+        sm.stanzas_sent(1);
+    }
     Ok(session)
+}
+
+/// XEP-0198 section 3: `<enable/>`, then `<enabled/>` (with `id` and
+/// `resume='true'` when resumption was asked for) or `<failed/>`. Nothing is
+/// sent meanwhile, so the server counts from zero in both directions; a
+/// stanza read before `<enabled/>` was written before counting started.
+async fn enable_sm(session: &mut Session, enable: &[u8], mode: SmMode) -> Result<(), ConnError> {
+    session.send(enable).await?;
+    loop {
+        let range = session.next_element().await?;
+        let element = &session.buffer[range];
+        match xml::name(element) {
+            b"enabled" => {
+                let resumable = matches!(
+                    xml::attribute(element, "resume"),
+                    Some(b"true") | Some(b"1")
+                );
+                let id = xml::attribute(element, "id");
+                if mode == SmMode::Resume && !(resumable && id.is_some()) {
+                    return Err(ConnError::new(
+                        ErrorKind::Sm,
+                        format!(
+                            "resumption not granted: {}",
+                            String::from_utf8_lossy(element)
+                        ),
+                    ));
+                }
+                session.sm_id = id.map(|id| String::from_utf8_lossy(id).into_owned());
+                session.sm = Some(SmStream::default());
+                return Ok(());
+            }
+            b"failed" => {
+                return Err(ConnError::new(
+                    ErrorKind::Sm,
+                    String::from_utf8_lossy(element).into_owned(),
+                ))
+            }
+            _ => continue,
+        }
+    }
 }
 
 async fn authenticate(
@@ -871,6 +947,7 @@ mod tests {
             mechanisms: vec![Mechanism::Plain],
             resource: "load".into(),
             roster_get: true,
+            sm: SmMode::Off,
             source_addrs: Vec::new(),
             tls_connector: insecure_tls_connector(),
         };

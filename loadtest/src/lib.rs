@@ -13,5 +13,6 @@ pub mod procstat;
 pub mod report;
 pub mod run;
 pub mod sasl;
+pub mod sm;
 pub mod stats;
 pub mod xml;

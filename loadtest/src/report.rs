@@ -44,6 +44,8 @@ pub struct RunResult {
     pub max_sustained_rate: Option<f64>,
     pub sustained_p99_limit_ms: f64,
     pub subscriptions: Option<Subscriptions>,
+    /// XEP-0198 (`--sm ack|resume`); absent with `--sm off`.
+    pub sm: Option<SmReport>,
     pub errors: BTreeMap<&'static str, u64>,
     pub error_samples: Vec<String>,
     pub server_process: ServerProcess,
@@ -155,6 +157,22 @@ pub struct ClientProcess {
 
 fn millis(micros: u64) -> String {
     format!("{:.2}", micros as f64 / 1000.0)
+}
+
+/// What stream management did on the client side.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SmReport {
+    /// `ack` or `resume`.
+    pub mode: String,
+    /// `--sm-request-every` (0: the generator never asks for acks).
+    pub request_every: u32,
+    /// Logins that got `<enabled/>` (reconnects included).
+    pub enabled_sessions: u64,
+    /// The server's `<r/>` answered with `<a h/>`.
+    pub requests_answered: u64,
+    /// Our `<r/>` written, and the server's `<a h/>` received (and checked).
+    pub requests_sent: u64,
+    pub acks_received: u64,
 }
 
 impl RunResult {
@@ -270,6 +288,13 @@ impl RunResult {
             "generator: cpu {:.2}s ({:.0}% of one core), rss {} KiB (peak {} KiB)",
             client.cpu_seconds, client.cpu_percent, client.rss_kib, client.peak_rss_kib
         );
+        if let Some(sm) = &self.sm {
+            let _ = writeln!(
+                text,
+                "stream management: {} ({} sessions enabled); server <r/> answered {}; <r/> sent {} (every {}), <a/> received {}",
+                sm.mode, sm.enabled_sessions, sm.requests_answered, sm.requests_sent, sm.request_every, sm.acks_received
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(text, "errors: none");
         } else {

@@ -25,6 +25,7 @@ use crate::report::{
     Stanzas, Subscriptions,
 };
 use crate::sasl::{Mechanism, SaltedPasswordCache};
+use crate::sm::{self, SmEvent};
 use crate::stats::{self, ErrorKind, LatencySummary, Stats, MAX_STAGES};
 use crate::xml::{self, Event};
 
@@ -382,6 +383,14 @@ pub async fn run(args: Args) -> anyhow::Result<RunResult> {
         sustained_p99_limit_ms: p99_limit_ms,
         stages: stage_results,
         subscriptions,
+        sm: (args.sm != sm::SmMode::Off).then(|| report::SmReport {
+            mode: format!("{:?}", args.sm).to_lowercase(),
+            request_every: args.sm_request_every,
+            enabled_sessions: stats.sm_enabled.load(Relaxed),
+            requests_answered: stats.sm_requests_answered.load(Relaxed),
+            requests_sent: stats.sm_requests_sent.load(Relaxed),
+            acks_received: stats.sm_acks_received.load(Relaxed),
+        }),
         errors: stats.errors_by_kind(),
         error_samples,
         server_process: ServerProcess {
@@ -592,6 +601,7 @@ fn build_shared(args: Args) -> anyhow::Result<Shared> {
             mechanisms,
             resource: args.resource.clone(),
             roster_get: !args.no_roster,
+            sm: args.sm,
             source_addrs,
             tls_connector: conn::insecure_tls_connector(),
         },
@@ -810,6 +820,9 @@ async fn user_task(shared: Arc<Shared>, index: usize) {
                     shared.initial_settled.fetch_add(1, Relaxed);
                 }
                 failures = 0;
+                if session.sm.is_some() {
+                    shared.stats.sm_enabled.fetch_add(1, Relaxed);
+                }
                 shared.stats.sessions_online.fetch_add(1, Relaxed);
                 let end = session_loop(&shared, session, &mut state).await;
                 shared.stats.sessions_online.fetch_sub(1, Relaxed);
@@ -965,6 +978,9 @@ async fn session_loop(
                 out.extend_from_slice(b"<presence type='subscribe' to='");
                 out.extend_from_slice(xml::escape(&shared.jid(contact)).as_bytes());
                 out.extend_from_slice(b"'/>");
+                if let Some(sm) = session.sm.as_mut() {
+                    sm.stanzas_sent(1);
+                }
             }
         }
         // When is the next batch due?
@@ -986,6 +1002,12 @@ async fn session_loop(
                 if due > 0 && last_batch.elapsed() >= MIN_SEND_GAP {
                     let count = due.min(MAX_BATCH);
                     append_stanzas(state, &mut out, count, stage);
+                    if let Some(sm) = session.sm.as_mut() {
+                        sm.stanzas_sent(count);
+                        if sm.maybe_request(args.sm_request_every, &mut out) {
+                            shared.stats.sm_requests_sent.fetch_add(1, Relaxed);
+                        }
+                    }
                     state.stage_sent += count;
                     shared.stats.sent.fetch_add(count, Relaxed);
                     shared.stats.stages[stage].sent.fetch_add(count, Relaxed);
@@ -1019,7 +1041,10 @@ async fn session_loop(
                 match read {
                     Ok(true) => {
                         if let Err(kind) = process_incoming(shared, &mut session, state, &mut out) {
-                            shared.stats.error(kind, || format!("{}: stream ended", session.full_jid));
+                            if kind != ErrorKind::Sm {
+                                // (stream management failures were reported with their element)
+                                shared.stats.error(kind, || format!("{}: stream ended", session.full_jid));
+                            }
                             return SessionEnd::Lost;
                         }
                     }
@@ -1061,6 +1086,29 @@ fn process_incoming(
         };
         let element = &session.buffer[range];
         let name = xml::name(element);
+        if let Some(stream) = session.sm.as_mut() {
+            if sm::is_stanza(name) {
+                stream.stanza_received();
+            } else {
+                match stream.nonza(name, element, out) {
+                    Ok(SmEvent::Answered) => {
+                        stats.sm_requests_answered.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Ok(SmEvent::Acked) => {
+                        stats.sm_acks_received.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Ok(SmEvent::Other) => {}
+                    Err(error) => {
+                        stats.error(ErrorKind::Sm, || {
+                            format!("{}: {}", session.full_jid, error.0)
+                        });
+                        return Err(ErrorKind::Sm);
+                    }
+                }
+            }
+        }
         let kind = xml::attribute(element, "type");
         match name {
             b"message" | b"presence" if kind == Some(b"error") => {
@@ -1086,6 +1134,9 @@ fn process_incoming(
                         out.extend_from_slice(b"<presence type='subscribed' to='");
                         out.extend_from_slice(bare);
                         out.extend_from_slice(b"'/>");
+                        if let Some(stream) = session.sm.as_mut() {
+                            stream.stanzas_sent(1);
+                        }
                     }
                 }
                 Some(b"subscribed") => {
@@ -1118,6 +1169,9 @@ fn process_incoming(
                     out.push(b'\'');
                 }
                 out.extend_from_slice(b"/>");
+                if let Some(stream) = session.sm.as_mut() {
+                    stream.stanzas_sent(1);
+                }
                 stats.iq_answered.fetch_add(1, Relaxed);
             }
             b"stream:error" => return Err(ErrorKind::StreamError),
@@ -1176,8 +1230,18 @@ async fn progress_loop(shared: Arc<Shared>) {
                     server.rss_kib / 1024
                 )
             };
+            // Cumulative, so that a window's acks can be read off two lines.
+            let sm_part = if shared.args.sm == sm::SmMode::Off {
+                String::new()
+            } else {
+                format!(
+                    " | sm acks sent {} recv {}",
+                    stats.sm_requests_answered.load(Relaxed),
+                    stats.sm_acks_received.load(Relaxed)
+                )
+            };
             eprintln!(
-                "[{:>4}s] {phase} | online {} logins {} (+{}/s) | sent {} (+{}/s) recv {} (+{}/s) | errors {}{server_part} | self cpu {:.0}%",
+                "[{:>4}s] {phase} | online {} logins {} (+{}/s) | sent {} (+{}/s) recv {} (+{}/s) | errors {}{server_part}{sm_part} | self cpu {:.0}%",
                 start.elapsed().as_secs(),
                 stats.sessions_online.load(Relaxed),
                 logins,

@@ -45,10 +45,12 @@ pub enum ErrorKind {
     AccountCommand,
     StanzaError,
     SubscriptionSetup,
+    /// XEP-0198: not offered, `<failed/>`, or a bad `<a/>`.
+    Sm,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Connect,
         ErrorKind::Tls,
         ErrorKind::WebSocket,
@@ -64,6 +66,7 @@ impl ErrorKind {
         ErrorKind::AccountCommand,
         ErrorKind::StanzaError,
         ErrorKind::SubscriptionSetup,
+        ErrorKind::Sm,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +86,7 @@ impl ErrorKind {
             ErrorKind::AccountCommand => "account_command",
             ErrorKind::StanzaError => "stanza_error",
             ErrorKind::SubscriptionSetup => "subscription_setup",
+            ErrorKind::Sm => "sm",
         }
     }
 }
@@ -189,6 +193,11 @@ pub struct Stats {
     pub presence_received: AtomicU64,
     pub iq_answered: AtomicU64,
     pub subscriptions_done: AtomicU64,
+    /// XEP-0198: sessions with `<enabled/>`, server `<r/>` answered, server `<a/>` checked, our `<r/>` sent.
+    pub sm_enabled: AtomicU64,
+    pub sm_requests_answered: AtomicU64,
+    pub sm_acks_received: AtomicU64,
+    pub sm_requests_sent: AtomicU64,
     pub errors: [AtomicU64; ErrorKind::ALL.len()],
     pub error_samples: Mutex<Vec<String>>,
     pub login_latency: ShardedHistogram,
@@ -217,6 +226,10 @@ impl Stats {
             presence_received: AtomicU64::new(0),
             iq_answered: AtomicU64::new(0),
             subscriptions_done: AtomicU64::new(0),
+            sm_enabled: AtomicU64::new(0),
+            sm_requests_answered: AtomicU64::new(0),
+            sm_acks_received: AtomicU64::new(0),
+            sm_requests_sent: AtomicU64::new(0),
             errors: Default::default(),
             error_samples: Mutex::new(Vec::new()),
             login_latency: ShardedHistogram::new(),

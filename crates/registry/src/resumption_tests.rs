@@ -274,3 +274,62 @@ async fn redis_resumption_contract() {
     expiry_hands_each_stream_out_once(&store).await;
     registry_relocates_and_marks_resumable(&RedisRegistry::new(client)).await;
 }
+
+/// Redis only: what was in flight to a node that died joins the queue after
+/// what the node journaled and before what was parked meanwhile; what a live
+/// node consumed does not.
+#[tokio::test]
+async fn in_flight_stanzas_of_a_dead_node_are_taken_over_in_order() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let store = RedisResumption::new(client.clone());
+    let at = addr("cm1", 7);
+    store.enable(stream("f1", 300)).await.unwrap();
+    let in_flight = |stanza: &str| {
+        let client = client.clone();
+        let stanza = stanza.to_string();
+        async move {
+            let mut connection = client.connection();
+            starling_redis_client::redis::cmd("RPUSH")
+                .arg(client.resumption_inflight_key("f1"))
+                .arg(stanza)
+                .query_async::<()>(&mut connection)
+                .await
+                .unwrap();
+        }
+    };
+    // Published to cm1: two journaled by it (one of them consumed from the
+    // in-flight record by the journal), one superseded (consumed), one lost
+    // with the node.
+    for stanza in ["<j1/>", "<j2/>", "<gone/>", "<lost/>"] {
+        in_flight(stanza).await;
+    }
+    let mut journaled = entry("f1", &at, 0, 0, 0, &["<j1/>", "<j2/>"]);
+    journaled.consumed.push("<gone/>".into());
+    assert_eq!(store.journal(&[journaled]).await.unwrap(), vec![true]);
+    // The node died; the router parks what comes next.
+    assert_eq!(store.park("f1", "<p1/>").await.unwrap(), Parked::Queued);
+    let resumed = store
+        .resume("f1", &owner(), Some(1), &addr("cm2", 1), true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.unacked, vec!["<j2/>", "<lost/>", "<p1/>"]);
+    // A resumption from a live node leaves the in-flight record to that node.
+    in_flight("<late/>").await;
+    let again = store
+        .resume("f1", &owner(), None, &addr("cm3", 1), false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.unacked, vec!["<j2/>", "<lost/>", "<p1/>"]);
+    assert_eq!(
+        store
+            .end("f1", &addr("cm3", 1))
+            .await
+            .unwrap()
+            .map(|s| s.len()),
+        Some(3)
+    );
+}

@@ -155,37 +155,65 @@ fn reroute_in_flight(
     queued: QueuedStanza,
     journal: Option<crate::sm::JournalSink>,
 ) {
-    let Some(sink) = journal else {
-        reroute(shared, conn, queued.into_element());
-        return;
-    };
-    crate::sm::SmState::consume_in_flight(&sink, &queued);
-    let shared = Arc::clone(shared);
-    tokio::spawn(
-        async move {
-            crate::sm::journal_barrier(&sink.tx).await;
-            reroute(&shared, conn, queued.into_element());
-        }
-        .in_current_span(),
-    );
+    let journal = journal.map(|sink| {
+        crate::sm::SmState::consume_in_flight(&sink, &queued);
+        sink.tx
+    });
+    shared.reroute(conn, queued.into_element(), journal);
 }
 
-/// Hand a stanza whose connection is gone back to the router, off the dispatcher's path.
+/// Hand a stanza whose connection is gone back to the router, off the
+/// dispatcher's path; one connection's stanzas keep their order.
 pub(crate) fn reroute(shared: &Arc<Shared>, conn: ConnId, stanza: Element) {
-    let router = Arc::clone(&shared.router);
-    let failed = SessionAddr {
-        node: shared.node_id.clone(),
-        conn,
-    };
-    // Still part of the delivery's trace (the current span), off its path.
-    tokio::spawn(
-        async move {
-            if let Err(error) = router.undeliverable(stanza, &failed).await {
-                tracing::warn!(%error, "rerouting an undeliverable stanza failed");
-            }
-        }
-        .in_current_span(),
-    );
+    shared.reroute(conn, stanza, None);
+}
+
+/// One stanza to hand back to the router.
+pub(crate) struct Reroute {
+    pub stanza: Element,
+    pub failed: SessionAddr,
+    /// Wait until this journal applied what was submitted before (the stanza
+    /// was marked as no longer in flight there).
+    pub journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
+    pub span: tracing::Span,
+}
+
+/// How many tasks reroute; a connection's stanzas always go to the same one.
+pub(crate) const REROUTE_TASKS: usize = 8;
+
+/// The tasks that hand stanzas back to the router, each in the order it got
+/// them (RFC 6120 section 10.1: what went to one connection is rerouted in
+/// order, across a drain or a resumption too).
+pub(crate) fn spawn_rerouters(
+    router: Arc<dyn starling_api::RouterApi>,
+) -> Vec<tokio::sync::mpsc::UnboundedSender<Reroute>> {
+    (0..REROUTE_TASKS)
+        .map(|_| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reroute>();
+            let router = Arc::clone(&router);
+            tokio::spawn(async move {
+                while let Some(reroute) = rx.recv().await {
+                    let Reroute {
+                        stanza,
+                        failed,
+                        journal,
+                        span,
+                    } = reroute;
+                    async {
+                        if let Some(journal) = journal {
+                            crate::sm::journal_barrier(&journal).await;
+                        }
+                        if let Err(error) = router.undeliverable(stanza, &failed).await {
+                            tracing::warn!(%error, "rerouting an undeliverable stanza failed");
+                        }
+                    }
+                    .instrument(span)
+                    .await;
+                }
+            });
+            tx
+        })
+        .collect()
 }
 
 #[cfg(test)]

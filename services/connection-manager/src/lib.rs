@@ -188,6 +188,7 @@ impl ConnectionManager {
                 "sm.max_unacked_stanzas must be at least 1".to_string(),
             ));
         }
+        let router_for_reroute = Arc::clone(&router);
         let journal = resumption.as_ref().map(|resumption| {
             sm::spawn_journal(
                 Arc::clone(&resumption.store),
@@ -227,6 +228,7 @@ impl ConnectionManager {
             resumption,
             journal,
             ended_streams: Default::default(),
+            rerouters: delivery::spawn_rerouters(Arc::clone(&router_for_reroute)),
         };
         Ok(ConnectionManager {
             shared: Arc::new(shared),

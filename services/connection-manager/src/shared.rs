@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub resumption: Option<crate::sm::StreamResumption>,
     /// The node's journal task (with `resumption`).
     pub journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
+    /// The rerouting tasks (`crate::delivery::spawn_rerouters`).
+    pub rerouters: Vec<tokio::sync::mpsc::UnboundedSender<crate::delivery::Reroute>>,
     /// Resumable streams that ended here lately, by connection: a delivery
     /// still in flight to one is marked consumed before it is rerouted.
     pub ended_streams:
@@ -83,6 +85,32 @@ impl Shared {
 
     pub fn connection(&self, conn: ConnId) -> Option<Arc<ConnectionHandle>> {
         self.connections.read().get(&conn).cloned()
+    }
+
+    /// Hand `stanza`, which connection `conn` did not take, back to the
+    /// router, after the stanzas that connection handed back before.
+    pub fn reroute(
+        &self,
+        conn: ConnId,
+        stanza: starling_xmpp::Element,
+        journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
+    ) {
+        let reroute = crate::delivery::Reroute {
+            stanza,
+            failed: starling_api::SessionAddr {
+                node: self.node_id.clone(),
+                conn,
+            },
+            journal,
+            // Still part of the delivery's trace (the current span), off its path.
+            span: tracing::Span::current(),
+        };
+        let index = (conn as usize) % self.rerouters.len().max(1);
+        if let Some(tx) = self.rerouters.get(index) {
+            if tx.send(reroute).is_err() {
+                tracing::warn!(conn, "rerouting task gone, a stanza was not rerouted");
+            }
+        }
     }
 
     /// A resumable stream's connection is gone from this node.

@@ -56,6 +56,12 @@ impl SessionRouter {
                     }
                 }
             }
+            // Unbound once its stanzas found their place (its own address is
+            // `failed` for them, never picked again): when its contacts see it
+            // leave, every message it left is stored or delivered.
+            if let Err(error) = self.unbind_resource(&stream.jid, &stream.addr).await {
+                tracing::warn!(jid = %stream.jid, %error, "unbinding an expired stream's session failed");
+            }
         }
         count
     }
