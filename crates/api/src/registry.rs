@@ -34,6 +34,9 @@ pub struct SessionRecord {
     pub interested: bool,
     /// Last available presence broadcast by the session, serialised (`pres:{full}`).
     pub presence: Option<String>,
+    /// Enabled Message Carbons (XEP-0280 section 4): receives copies of the
+    /// account's messages sent and received by its other resources.
+    pub carbons: bool,
     /// The XEP-0198 resumption id when the stream is resumable: while the
     /// stream is detached, stanzas for it are parked under this id.
     pub resumption: Option<String>,
@@ -48,6 +51,7 @@ impl SessionRecord {
             available: false,
             interested: false,
             presence: None,
+            carbons: false,
             resumption: None,
         }
     }
@@ -96,6 +100,14 @@ pub trait SessionRegistry: Send + Sync + 'static {
     ) -> ApiResult<bool>;
     /// Mark a session as interested in roster pushes.
     async fn set_interested(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool>;
+    /// Enable or disable Message Carbons for a session (XEP-0280 sections 4
+    /// and 5), only if it is still at `addr`. Returns whether the session exists.
+    async fn set_carbons(
+        &self,
+        jid: &FullJid,
+        addr: &SessionAddr,
+        enabled: bool,
+    ) -> ApiResult<bool>;
     /// Remember that the session sent directed presence to `to` (RFC 6121 section 4.6),
     /// or forget it when `available` is false.
     async fn set_directed_presence(

@@ -33,6 +33,8 @@ pub enum RedisOperation {
     SetPresence,
     /// Mark a session interested in roster pushes (script).
     SetInterested,
+    /// Enable or disable Message Carbons for a session (script).
+    SetCarbons,
     /// Record or forget directed presence (`SADD`/`SREM`).
     SetDirectedPresence,
     /// Take the directed presence set (script).
@@ -53,13 +55,14 @@ pub enum RedisOperation {
 }
 
 impl RedisOperation {
-    const ALL: [RedisOperation; 14] = [
+    const ALL: [RedisOperation; 15] = [
         RedisOperation::Bind,
         RedisOperation::Unbind,
         RedisOperation::Sessions,
         RedisOperation::Session,
         RedisOperation::SetPresence,
         RedisOperation::SetInterested,
+        RedisOperation::SetCarbons,
         RedisOperation::SetDirectedPresence,
         RedisOperation::TakeDirectedPresence,
         RedisOperation::NodeSessions,
@@ -79,6 +82,7 @@ impl RedisOperation {
             RedisOperation::Session => "session",
             RedisOperation::SetPresence => "set_presence",
             RedisOperation::SetInterested => "set_interested",
+            RedisOperation::SetCarbons => "set_carbons",
             RedisOperation::SetDirectedPresence => "set_directed_presence",
             RedisOperation::TakeDirectedPresence => "take_directed_presence",
             RedisOperation::NodeSessions => "node_sessions",
@@ -102,8 +106,8 @@ impl RedisOperation {
 /// a registry nobody scrapes.
 #[derive(Clone)]
 pub struct RedisMetrics {
-    durations: [Histogram; 14],
-    errors: [IntCounter; 14],
+    durations: [Histogram; 15],
+    errors: [IntCounter; 15],
 }
 
 impl std::fmt::Debug for RedisMetrics {

@@ -114,6 +114,46 @@ async fn interest_is_recorded_for_the_current_session_only(registry: &dyn Sessio
     assert!(record.interested && record.available);
 }
 
+async fn carbons_are_switched_for_the_current_session_only(registry: &dyn SessionRegistry) {
+    let jid = full("g@example.com/phone");
+    registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 1)))
+        .await
+        .unwrap();
+    assert!(!registry.session(&jid).await.unwrap().unwrap().carbons);
+    // A replaced session's late request does not switch its successor.
+    assert!(!registry
+        .set_carbons(&jid, &addr("cm2", 1), true)
+        .await
+        .unwrap());
+    assert!(!registry.session(&jid).await.unwrap().unwrap().carbons);
+    assert!(registry
+        .set_carbons(&jid, &addr("cm1", 1), true)
+        .await
+        .unwrap());
+    // The other fields are kept, and a presence update keeps carbons.
+    assert!(registry
+        .set_presence(&jid, &addr("cm1", 1), true, 2, None)
+        .await
+        .unwrap());
+    assert!(registry
+        .set_interested(&jid, &addr("cm1", 1))
+        .await
+        .unwrap());
+    let record = registry.session(&jid).await.unwrap().unwrap();
+    assert!(record.carbons && record.available && record.interested);
+    assert_eq!(record.priority, 2);
+    assert!(registry
+        .set_carbons(&jid, &addr("cm1", 1), false)
+        .await
+        .unwrap());
+    assert!(!registry.session(&jid).await.unwrap().unwrap().carbons);
+    assert!(!registry
+        .set_carbons(&full("g@example.com/gone"), &addr("cm1", 1), true)
+        .await
+        .unwrap());
+}
+
 async fn sessions_lists_every_resource_of_one_account(registry: &dyn SessionRegistry) {
     for (jid, conn) in [
         ("d@example.com/one", 1),
@@ -314,6 +354,7 @@ async fn run_contract(
     newest_bind_replaces_and_stale_unbind_is_ignored(&*make().await).await;
     presence_updates_only_the_current_session(&*make().await).await;
     interest_is_recorded_for_the_current_session_only(&*make().await).await;
+    carbons_are_switched_for_the_current_session_only(&*make().await).await;
     sessions_lists_every_resource_of_one_account(&*make().await).await;
     directed_presence_is_remembered_and_taken(&*make().await).await;
     node_sessions_follow_the_records(&*make().await).await;

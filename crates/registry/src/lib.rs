@@ -168,6 +168,16 @@ impl SessionRegistry for MemoryRegistry {
         Ok(with_session(&mut state, jid, addr, |record| record.interested = true).is_some())
     }
 
+    async fn set_carbons(
+        &self,
+        jid: &FullJid,
+        addr: &SessionAddr,
+        enabled: bool,
+    ) -> ApiResult<bool> {
+        let mut state = self.state.lock();
+        Ok(with_session(&mut state, jid, addr, |record| record.carbons = enabled).is_some())
+    }
+
     async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool> {
         let mut state = self.state.lock();
         Ok(with_session(&mut state, jid, addr, |record| {

@@ -11,7 +11,7 @@
 //!
 //! Every update of a session record is ONE Lua script on the keys of one slot
 //! (bind-and-return-the-replaced, unbind-if-at-addr, set-presence-if-at-addr,
-//! set-interested-if-at-addr), never a read followed by a write. The per-node
+//! set-interested-if-at-addr, set-carbons-if-at-addr), never a read followed by a write. The per-node
 //! index lives in another slot and is written in a second step: it is written
 //! BEFORE the record (so a crash leaves a stale index entry, never an unindexed
 //! session), its entries name the connection, and every reader checks an entry
@@ -44,6 +44,9 @@ pub(crate) struct StoredSession {
     /// The XEP-0198 resumption id of a resumable stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     resumption: Option<String>,
+    /// Absent from records written before Message Carbons existed: off.
+    #[serde(default)]
+    carbons: bool,
 }
 
 impl StoredSession {
@@ -56,6 +59,7 @@ impl StoredSession {
             interested: record.interested,
             presence: record.presence.clone(),
             resumption: record.resumption.clone(),
+            carbons: record.carbons,
         }
     }
 
@@ -78,6 +82,7 @@ impl StoredSession {
             interested: self.interested,
             presence: self.presence,
             resumption: self.resumption,
+            carbons: self.carbons,
         })
     }
 }
@@ -154,6 +159,17 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
 return 1
 ";
 
+/// KEYS: sess. ARGV: resource, node, conn, enabled (1/0).
+const SET_CARBONS_SCRIPT: &str = r"
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local record = cjson.decode(raw)
+if record.node ~= ARGV[2] or record.conn ~= ARGV[3] then return 0 end
+record.carbons = (ARGV[4] == '1')
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+return 1
+";
+
 /// KEYS: sess. ARGV: resource, node, conn, resumption id.
 const SET_RESUMPTION_SCRIPT: &str = r"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -204,6 +220,7 @@ pub struct RedisRegistry {
     unbind_script: Script,
     set_presence_script: Script,
     set_interested_script: Script,
+    set_carbons_script: Script,
     reregister_script: Script,
     take_directed_script: Script,
     set_resumption_script: Script,
@@ -218,6 +235,7 @@ impl RedisRegistry {
             unbind_script: Script::new(UNBIND_SCRIPT),
             set_presence_script: Script::new(SET_PRESENCE_SCRIPT),
             set_interested_script: Script::new(SET_INTERESTED_SCRIPT),
+            set_carbons_script: Script::new(SET_CARBONS_SCRIPT),
             reregister_script: Script::new(REREGISTER_SCRIPT),
             take_directed_script: Script::new(TAKE_DIRECTED_SCRIPT),
             set_resumption_script: Script::new(SET_RESUMPTION_SCRIPT),
@@ -494,6 +512,30 @@ impl SessionRegistry for RedisRegistry {
             .await
     }
 
+    async fn set_carbons(
+        &self,
+        jid: &FullJid,
+        addr: &SessionAddr,
+        enabled: bool,
+    ) -> ApiResult<bool> {
+        self.client
+            .timed(RedisOperation::SetCarbons, async {
+                let mut connection = self.client.connection();
+                let updated: i64 = self
+                    .set_carbons_script
+                    .key(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .arg(&addr.node)
+                    .arg(addr.conn.to_string())
+                    .arg(if enabled { "1" } else { "0" })
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(updated == 1)
+            })
+            .await
+    }
+
     async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool> {
         self.client
             .timed(RedisOperation::Relocate, async {
@@ -643,6 +685,7 @@ mod tests {
         );
         record.priority = -5;
         record.available = true;
+        record.carbons = true;
         record.presence =
             Some("<presence xmlns='jabber:client'><show>away</show></presence>".into());
         let raw = encode_record(&record);
@@ -662,6 +705,8 @@ mod tests {
             }
         );
         assert_eq!(record.presence, None);
+        // Written before Message Carbons existed: off.
+        assert!(!record.carbons);
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
+    pub carbons: CarbonsConfig,
     pub csi: CsiConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
@@ -226,6 +227,20 @@ pub struct RegistrationConfig {
     pub enabled: bool,
 }
 
+/// XEP-0280 Message Carbons, read by the session-router.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CarbonsConfig {
+    /// Answer `<enable/>`/`<disable/>`, advertise `urn:xmpp:carbons:2` and copy messages.
+    pub enabled: bool,
+}
+
+impl Default for CarbonsConfig {
+    fn default() -> Self {
+        CarbonsConfig { enabled: true }
+    }
+}
+
 /// XEP-0352 client state indication (connection-manager targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -261,6 +276,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
+            carbons: CarbonsConfig::default(),
             csi: CsiConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),

@@ -103,6 +103,7 @@ fn router_config(config: &Config) -> RouterConfig {
         max_resources_per_user: config.limits.max_resources_per_user as usize,
         server_name: "Starling".into(),
         server_version: env!("CARGO_PKG_VERSION").into(),
+        carbons: config.carbons.enabled,
     }
 }
 

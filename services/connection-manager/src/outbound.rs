@@ -100,6 +100,12 @@ impl ConnectionHandle {
         *self.registry_view.lock() = Some(SessionRecord::new(jid, addr));
     }
 
+    /// The session was resumed here (XEP-0198): its record as the registry
+    /// keeps it (presence, roster interest, carbons), now at this connection.
+    pub fn set_resumed(&self, record: SessionRecord) {
+        *self.registry_view.lock() = Some(record);
+    }
+
     /// The client broadcast presence (RFC 6121 section 4.2/4.4/4.5): keep its
     /// availability, priority and last available presence.
     pub fn note_broadcast_presence(&self, presence: &Presence) {
@@ -123,6 +129,13 @@ impl ConnectionHandle {
     pub fn note_roster_requested(&self) {
         if let Some(record) = self.registry_view.lock().as_mut() {
             record.interested = true;
+        }
+    }
+
+    /// The client enabled or disabled Message Carbons (XEP-0280 sections 4 and 5).
+    pub fn note_carbons(&self, enabled: bool) {
+        if let Some(record) = self.registry_view.lock().as_mut() {
+            record.carbons = enabled;
         }
     }
 
@@ -707,12 +720,13 @@ mod registry_view_tests {
         assert!(handle.registry_view().is_none());
         handle.set_bound(jid.clone(), addr.clone());
         handle.note_roster_requested();
+        handle.note_carbons(true);
         handle.note_broadcast_presence(&presence(
             "<presence xmlns='jabber:client'><priority>-100</priority><show>away</show></presence>",
         ));
         let record = handle.registry_view().unwrap();
         assert_eq!((record.jid, record.addr), (jid, addr));
-        assert!(record.available && record.interested);
+        assert!(record.available && record.interested && record.carbons);
         assert_eq!(record.priority, -100);
         assert!(record.presence.unwrap().contains("<show>away</show>"));
         // A subscription stanza is not a broadcast; unavailable clears it.
@@ -725,6 +739,8 @@ mod registry_view_tests {
         ));
         let record = handle.registry_view().unwrap();
         assert!(!record.available && record.presence.is_none());
+        handle.note_carbons(false);
+        assert!(!handle.registry_view().unwrap().carbons);
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use starling_api::{Origin, SessionAddr};
 use starling_jid::FullJid;
 use starling_telemetry::SPAN_TARGET;
+use starling_xmpp::xep::{carbons, Payload};
 use starling_xmpp::{
     ns, stanza, Element, InvalidStanza, Iq, Node, Presence, StanzaError, StanzaErrorCondition,
     StanzaKind, StreamError, StreamErrorCondition, StreamEvent,
@@ -272,6 +273,24 @@ impl Session {
             && stanza::iq_payload(&element).is_some_and(|payload| payload.namespace() == ns::ROSTER)
         {
             self.handle.note_roster_requested();
+        }
+        // XEP-0280 sections 4 and 5: the session's carbons switch, which the
+        // router records in the registry (for the same requests: a set of the
+        // typed payload, from the session for itself); the edge's copy follows it.
+        if kind == StanzaKind::Iq
+            && stanza::stanza_type(&element) == "set"
+            && (self.addressed_to_server(&element)
+                || element.attr("to") == Some(self.jid.bare().to_string().as_str()))
+        {
+            match stanza::iq_payload(&element) {
+                Some(payload) if carbons::Enable::from_element(payload).is_ok() => {
+                    self.handle.note_carbons(true)
+                }
+                Some(payload) if carbons::Disable::from_element(payload).is_ok() => {
+                    self.handle.note_carbons(false)
+                }
+                _ => {}
+            }
         }
         let reply_template = error_reply_template(&element, kind);
         let origin = Origin::Session {

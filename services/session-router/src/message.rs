@@ -6,9 +6,11 @@ use std::sync::Arc;
 use starling_api::{ApiError, Origin, SessionAddr, SessionRecord};
 use starling_bus::{deliver_to_session, deliver_to_sessions};
 use starling_jid::{BareJid, FullJid, Jid};
-use starling_xmpp::{stanza, Element, MessageType, StanzaErrorCondition};
+use starling_xmpp::xep::carbons::Direction;
+use starling_xmpp::{ns, stanza, Element, MessageType, StanzaErrorCondition};
 
 use crate::address::Destination;
+use crate::carbons::is_server_carbon;
 use crate::metrics::Decision;
 use crate::offline::offline_stanza_xml;
 use crate::router::{note_decision, unshare, Routing, SessionRouter};
@@ -24,8 +26,37 @@ macro_rules! or_bounce {
 }
 
 impl SessionRouter {
-    /// Route a message; returns the reply for its sender, if any.
+    /// Route a message; returns the reply for its sender, if any. A message a
+    /// client sent is then copied to the sender's other carbons-enabled
+    /// resources (XEP-0280 section 7), unless it bounced. Those resources are
+    /// read while the message itself is routed (no added round trip).
     pub(crate) async fn route_message(
+        &self,
+        routing: &Routing<'_>,
+        message: Element,
+    ) -> Option<Element> {
+        let Some(sender) = self.sent_copies_possible(routing, &message) else {
+            return self.route_original_message(routing, message).await;
+        };
+        let original = message.clone();
+        let (sent_copies, reply) = tokio::join!(
+            self.sent_copy_targets(sender),
+            self.route_original_message(routing, message),
+        );
+        if reply.is_none() {
+            self.deliver_carbons(
+                routing,
+                Direction::Sent,
+                sender.bare(),
+                original,
+                &sent_copies,
+            )
+            .await;
+        }
+        reply
+    }
+
+    async fn route_original_message(
         &self,
         routing: &Routing<'_>,
         mut message: Element,
@@ -75,7 +106,17 @@ impl SessionRouter {
         message: Element,
         jid: &FullJid,
     ) -> Option<Element> {
-        let session = or_bounce!(routing, self.registry.session(jid).await, message);
+        // With received carbons possible, every session of the account is read
+        // (one lookup, as for the one session): the others may get a copy.
+        let copies = self.wants_received_copies(routing, &message);
+        let (session, account_sessions) = if copies {
+            let sessions = or_bounce!(routing, self.registry.sessions(jid.bare()).await, message);
+            let session = sessions.iter().find(|session| &session.jid == jid).cloned();
+            (session, sessions)
+        } else {
+            let session = or_bounce!(routing, self.registry.session(jid).await, message);
+            (session, Vec::new())
+        };
         let message = match session {
             // 8.5.3.1: the resource matches, deliver whatever its priority.
             Some(session) => {
@@ -86,6 +127,23 @@ impl SessionRouter {
                     routing
                         .outcome
                         .record_delivered(std::iter::once(session.addr.node.as_str()));
+                    // XEP-0280 section 6: the account's other carbons-enabled
+                    // resources get a copy.
+                    let targets = self.received_copy_targets(
+                        routing,
+                        &account_sessions,
+                        std::slice::from_ref(&session),
+                    );
+                    if !targets.is_empty() {
+                        self.deliver_carbons(
+                            routing,
+                            Direction::Received,
+                            jid.bare(),
+                            (*shared).clone(),
+                            &targets,
+                        )
+                        .await;
+                    }
                     return None;
                 }
                 tracing::debug!(jid = %jid, "full jid session unreachable, treating as no resource match");
@@ -135,6 +193,14 @@ impl SessionRouter {
             return routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable);
         }
 
+        // XEP-0280 section 6: the carbons-enabled resources that do not get
+        // the message itself may get a copy.
+        let copy_candidates: Vec<SessionRecord> = if self.wants_received_copies(routing, &message) {
+            self.received_copy_targets(routing, &sessions, &[])
+        } else {
+            Vec::new()
+        };
+
         // Only available resources with non-negative priority receive
         // messages to the bare JID (8.5.2.1.1); the rest count as absent.
         let eligible: Vec<SessionRecord> = sessions
@@ -168,14 +234,35 @@ impl SessionRouter {
                         .filter(|session| !unreached.contains(session))
                         .map(|session| session.addr.node.as_str()),
                 );
+                let copies = self.received_copy_targets(routing, &copy_candidates, &targets);
+                if !copies.is_empty() {
+                    self.deliver_carbons(
+                        routing,
+                        Direction::Received,
+                        user,
+                        unshare(shared),
+                        &copies,
+                    )
+                    .await;
+                }
                 return None;
             }
             tracing::debug!(to = %user, "no target session reachable, falling back to offline handling");
             unshare(shared)
         };
 
+        // XEP-0280 section 6 with no resource receiving the message: the
+        // available carbons-enabled resources (negative priority, or
+        // unreachable) see it now. One not yet available gets no copy: it
+        // receives the stored message with its initial presence (XEP-0160).
+        let copies: Vec<SessionRecord> = copy_candidates
+            .into_iter()
+            .filter(|session| session.available)
+            .collect();
+        let original = (!copies.is_empty()).then(|| message.clone());
+
         // 8.5.2.2.1: no available resource.
-        match message_type {
+        let reply = match message_type {
             MessageType::Normal | MessageType::Chat if worth_storing_offline(&message) => {
                 self.store_offline(routing, user, message).await
             }
@@ -183,7 +270,12 @@ impl SessionRouter {
             MessageType::Normal | MessageType::Chat => None,
             // Headlines are not worth keeping: silently ignored.
             MessageType::Headline | MessageType::Groupchat | MessageType::Error => None,
+        };
+        if let (Some(original), None) = (original, &reply) {
+            self.deliver_carbons(routing, Direction::Received, user, original, &copies)
+                .await;
         }
+        reply
     }
 
     /// XEP-0160: keep the message for the account's next available session.
@@ -229,6 +321,19 @@ impl SessionRouter {
         };
         match stanza_element.name() {
             "message" => match stanza::to(&stanza_element) {
+                // XEP-0280 section 10.3: a copy that did not reach its
+                // resource is dropped, never sent to another or stored (the
+                // original was delivered or stored).
+                Ok(Some(Jid::Full(jid))) if is_server_carbon(&stanza_element, jid.bare()) => {
+                    tracing::debug!(jid = %jid, "undeliverable carbon copy dropped");
+                    let direction = if stanza_element.has_child("sent", ns::CARBONS) {
+                        Direction::Sent
+                    } else {
+                        Direction::Received
+                    };
+                    self.metrics.count_carbons(direction, 0, 1);
+                    None
+                }
                 Ok(Some(Jid::Full(jid))) if self.is_local_account(jid.bare()) => {
                     let user = jid.to_bare();
                     self.message_to_bare(routing, stanza_element, &user, Some(&jid), Some(failed))

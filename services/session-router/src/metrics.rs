@@ -1,7 +1,11 @@
 //! The session-router's Prometheus metrics (docs/operations.md):
 //! `starling_router_routed_total{kind,decision}`, one count per stanza that
 //! `RouterApi::route` handled, and `starling_router_route_duration_seconds{kind}`,
-//! from the router receiving the stanza until its last publish (or store) is done.
+//! from the router receiving the stanza until its last publish (or store) is done;
+//! `starling_router_carbons_total{direction,outcome}`, one count per XEP-0280
+//! copy made for one resource (`sent`/`received`; `delivered`, `unreached` when
+//! its node had no subscriber, `failed` once per message whose copies could not
+//! be computed).
 //!
 //! The decision is recorded where it is taken, deep in the routing rules,
 //! into the [`RouteOutcome`] of the stanza, which each rule is given with the
@@ -13,6 +17,7 @@ use std::time::Duration;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
 };
+use starling_xmpp::xep::carbons::Direction;
 use starling_xmpp::StanzaKind;
 
 /// Buckets from 100 microseconds to 5 seconds.
@@ -96,6 +101,18 @@ fn kind_index(kind: StanzaKind) -> usize {
 pub struct RouterMetrics {
     routed: [[IntCounter; 7]; 3],
     duration: [Histogram; 3],
+    /// Per direction (sent, received): delivered, unreached, failed.
+    carbons: [[IntCounter; 3]; 2],
+}
+
+const CARBON_DIRECTIONS: [Direction; 2] = [Direction::Sent, Direction::Received];
+const CARBON_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
+
+fn direction_index(direction: Direction) -> usize {
+    match direction {
+        Direction::Sent => 0,
+        Direction::Received => 1,
+    }
 }
 
 impl std::fmt::Debug for RouterMetrics {
@@ -130,20 +147,45 @@ impl RouterMetrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["kind"],
         )?;
+        let carbons = IntCounterVec::new(
+            Opts::new(
+                "starling_router_carbons_total",
+                "XEP-0280 carbon copies, one per resource, by direction (sent, received) and outcome (delivered, unreached, failed)",
+            ),
+            &["direction", "outcome"],
+        )?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(carbons.clone()))?;
         Ok(RouterMetrics {
             routed: KINDS.map(|kind| {
                 Decision::ALL
                     .map(|decision| routed.with_label_values(&[kind_label(kind), decision.label()]))
             }),
             duration: KINDS.map(|kind| duration.with_label_values(&[kind_label(kind)])),
+            carbons: CARBON_DIRECTIONS.map(|direction| {
+                CARBON_OUTCOMES
+                    .map(|outcome| carbons.with_label_values(&[direction.element_name(), outcome]))
+            }),
         })
     }
 
     pub(crate) fn routed(&self, kind: StanzaKind, decision: Decision, elapsed: Duration) {
         self.routed[kind_index(kind)][decision.index()].inc();
         self.duration[kind_index(kind)].observe(elapsed.as_secs_f64());
+    }
+
+    /// Copies published to `delivered` resources; `unreached` more whose node
+    /// had no subscriber (dropped: the original was delivered or stored).
+    pub(crate) fn count_carbons(&self, direction: Direction, delivered: usize, unreached: usize) {
+        let counters = &self.carbons[direction_index(direction)];
+        counters[0].inc_by(delivered as u64);
+        counters[1].inc_by(unreached as u64);
+    }
+
+    /// The copies of one message could not be computed (the registry failed).
+    pub(crate) fn carbons_failed(&self, direction: Direction) {
+        self.carbons[direction_index(direction)][2].inc();
     }
 }
 

@@ -17,7 +17,7 @@ use starling_xmpp::{
 
 use crate::address::{classify, Destination};
 use crate::features::FeatureRegistry;
-use crate::handlers::{IQ_HANDLERS, WITHOUT_IQ_HANDLER};
+use crate::handlers::{iq_handlers, WITHOUT_IQ_HANDLER};
 use crate::metrics::{Decision, RouteOutcome, RouterMetrics};
 
 /// What the router needs to know about the deployment.
@@ -32,6 +32,8 @@ pub struct RouterConfig {
     pub server_name: String,
     /// The software version answered to XEP-0092 queries.
     pub server_version: String,
+    /// Message Carbons (XEP-0280): answered, advertised and copied when on.
+    pub carbons: bool,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -120,7 +122,7 @@ pub struct SessionRouter {
     pub(crate) features: FeatureRegistry,
     /// Where offline delay stamps take the time from.
     pub(crate) clock: fn() -> SystemTime,
-    metrics: RouterMetrics,
+    pub(crate) metrics: RouterMetrics,
     /// Stream resumption state (XEP-0198), whose expired streams this router
     /// ends ([`SessionRouter::expire_detached_streams`]).
     pub(crate) resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
@@ -141,13 +143,14 @@ impl SessionRouter {
                 tracing::warn!(domain = %config.domain, %error, "served domain does not normalise, using it as given")
             }
         }
+        // A feature that is off is not registered: neither answered nor advertised.
         SessionRouter {
+            features: FeatureRegistry::new(&iq_handlers(&config), WITHOUT_IQ_HANDLER),
             config,
             registry,
             bus,
             storage,
             presence,
-            features: FeatureRegistry::new(IQ_HANDLERS, WITHOUT_IQ_HANDLER),
             clock: SystemTime::now,
             metrics: RouterMetrics::default(),
             resumption: None,

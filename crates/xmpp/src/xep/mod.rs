@@ -4,8 +4,10 @@
 //! [`PayloadError`], which its sender gets as `bad-request`) and writes itself
 //! back; every module round-trips literal XML in its tests.
 
+pub mod carbons;
 pub mod delay;
 pub mod disco;
+pub mod forward;
 pub mod ping;
 pub mod version;
 

@@ -126,6 +126,15 @@ pub(crate) async fn resume_stream<T: Transport>(
         }
     }
     handle.set_bound(jid.clone(), addr.clone());
+    // The edge's copy of the record follows the registry's (carbons included),
+    // so that a re-registration after a Redis loss keeps them.
+    match resumption.registry.session(&jid).await {
+        Ok(Some(record)) if record.addr == addr => handle.set_resumed(record),
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(jid = %jid, %error, "resumed session's record unreadable, the edge keeps a fresh one")
+        }
+    }
     let replay: Vec<QueuedStanza> = resumed
         .unacked
         .iter()

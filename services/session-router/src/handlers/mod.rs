@@ -6,6 +6,7 @@
 use starling_api::FeatureSpec;
 
 use crate::features::IqHandler;
+use crate::router::RouterConfig;
 
 pub(crate) mod disco;
 pub(crate) mod ping;
@@ -20,6 +21,14 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
     &version::Version,
     &roster::Roster,
 ];
+
+/// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the
+/// features switched on in the configuration (Message Carbons, XEP-0280).
+pub(crate) fn iq_handlers(config: &RouterConfig) -> Vec<&'static dyn IqHandler> {
+    let carbons: Option<&'static dyn IqHandler> =
+        config.carbons.then_some(&crate::carbons::Carbons);
+    IQ_HANDLERS.iter().copied().chain(carbons).collect()
+}
 
 /// The router's features that answer no IQ.
 pub(crate) const WITHOUT_IQ_HANDLER: &[&FeatureSpec] = &[&crate::offline::FEATURE];

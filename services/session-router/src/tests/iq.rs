@@ -129,7 +129,7 @@ async fn the_server_answers_disco_info_with_what_it_implements() {
     let reply = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='s1' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert_eq!(
         reply,
-        vec![to_conn(1, "<iq type='result' id='s1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='jabber:iq:roster'/><feature var='jabber:iq:version'/><feature var='msgoffline'/><feature var='urn:xmpp:ping'/></query></iq>")]
+        vec![to_conn(1, "<iq type='result' id='s1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='jabber:iq:roster'/><feature var='jabber:iq:version'/><feature var='msgoffline'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/></query></iq>")]
     );
 }
 
@@ -163,6 +163,7 @@ async fn in_band_registration_is_advertised_when_enabled() {
             "jabber:iq:roster",
             "jabber:iq:version",
             "msgoffline",
+            "urn:xmpp:carbons:2",
             "urn:xmpp:ping",
         ]
     );
@@ -184,7 +185,8 @@ async fn in_band_registration_is_advertised_when_enabled() {
 async fn disco_info_lists_the_features_of_every_registered_handler() {
     let harness = Harness::new().await;
     let advertised = harness.router.features.disco_features();
-    let mut expected: Vec<&str> = crate::handlers::IQ_HANDLERS
+    let handlers = crate::handlers::iq_handlers(harness.router.config());
+    let mut expected: Vec<&str> = handlers
         .iter()
         .map(|handler| handler.feature())
         .chain(crate::handlers::WITHOUT_IQ_HANDLER.iter().copied())
@@ -194,7 +196,7 @@ async fn disco_info_lists_the_features_of_every_registered_handler() {
     expected.dedup();
     assert_eq!(advertised, expected);
     // Every namespace a handler declares is dispatched to that handler alone.
-    for handler in crate::handlers::IQ_HANDLERS {
+    for handler in &handlers {
         for namespace in handler.feature().iq_namespaces {
             let registered = harness.router.features.handler(namespace);
             assert_eq!(

@@ -8,16 +8,9 @@ use super::*;
 const ROMEO: &str = "romeo@example.com/orchard";
 
 fn routed(harness: &Harness, kind: &str, decision: &str) -> f64 {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&harness.metrics.gather())
-        .unwrap();
-    let series =
-        format!("starling_router_routed_total{{decision=\"{decision}\",kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-        .parse()
-        .unwrap()
+    harness.metric(&format!(
+        "starling_router_routed_total{{decision=\"{decision}\",kind=\"{kind}\"}}"
+    ))
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //! Every rule is exercised with literal XML.
 
 mod bind;
+mod carbons;
 mod iq;
 mod message;
 mod metrics;
@@ -274,6 +275,8 @@ pub struct HarnessOptions {
     pub offline_limit: u32,
     /// Route against a storage service whose every call fails.
     pub storage_down: bool,
+    /// Message Carbons (XEP-0280) switched on.
+    pub carbons: bool,
 }
 
 impl Default for HarnessOptions {
@@ -282,6 +285,7 @@ impl Default for HarnessOptions {
             max_resources_per_user: 16,
             offline_limit: 100,
             storage_down: false,
+            carbons: true,
         }
     }
 }
@@ -324,6 +328,7 @@ impl Harness {
                 max_resources_per_user: options.max_resources_per_user,
                 server_name: "Starling".into(),
                 server_version: "0.1.0".into(),
+                carbons: options.carbons,
             },
             registry.clone(),
             bus.clone(),
@@ -425,6 +430,20 @@ impl Harness {
     /// Everything the node `cm-other` has received so far.
     pub fn seen_on_other(&mut self) -> Vec<Seen> {
         drain(&mut self.cm_other)
+    }
+
+    /// The value of one series of the router's metrics, such as
+    /// `starling_router_routed_total{decision="local",kind="message"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&self.metrics.gather())
+            .unwrap();
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+            .parse()
+            .unwrap()
     }
 
     /// Assert that neither node received anything.
