@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use starling_api::{ConnId, Origin, SessionAddr};
+use starling_api::{ConnId, Origin};
 use starling_bus::{Delivery, DeliveryReceiver, TracedDelivery};
 use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::{stanza, Element, StanzaError, StanzaKind, StreamError};
@@ -166,54 +166,6 @@ fn reroute_in_flight(
 /// dispatcher's path; one connection's stanzas keep their order.
 pub(crate) fn reroute(shared: &Arc<Shared>, conn: ConnId, stanza: Element) {
     shared.reroute(conn, stanza, None);
-}
-
-/// One stanza to hand back to the router.
-pub(crate) struct Reroute {
-    pub stanza: Element,
-    pub failed: SessionAddr,
-    /// Wait until this journal applied what was submitted before (the stanza
-    /// was marked as no longer in flight there).
-    pub journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
-    pub span: tracing::Span,
-}
-
-/// How many tasks reroute; a connection's stanzas always go to the same one.
-pub(crate) const REROUTE_TASKS: usize = 8;
-
-/// The tasks that hand stanzas back to the router, each in the order it got
-/// them (RFC 6120 section 10.1: what went to one connection is rerouted in
-/// order, across a drain or a resumption too).
-pub(crate) fn spawn_rerouters(
-    router: Arc<dyn starling_api::RouterApi>,
-) -> Vec<tokio::sync::mpsc::UnboundedSender<Reroute>> {
-    (0..REROUTE_TASKS)
-        .map(|_| {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reroute>();
-            let router = Arc::clone(&router);
-            tokio::spawn(async move {
-                while let Some(reroute) = rx.recv().await {
-                    let Reroute {
-                        stanza,
-                        failed,
-                        journal,
-                        span,
-                    } = reroute;
-                    async {
-                        if let Some(journal) = journal {
-                            crate::sm::journal_barrier(&journal).await;
-                        }
-                        if let Err(error) = router.undeliverable(stanza, &failed).await {
-                            tracing::warn!(%error, "rerouting an undeliverable stanza failed");
-                        }
-                    }
-                    .instrument(span)
-                    .await;
-                }
-            });
-            tx
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -54,6 +54,7 @@ mod negotiation;
 mod outbound;
 mod queued;
 mod register;
+mod reroute;
 mod session;
 mod shared;
 mod sm;
@@ -228,7 +229,7 @@ impl ConnectionManager {
             resumption,
             journal,
             ended_streams: Default::default(),
-            rerouters: delivery::spawn_rerouters(Arc::clone(&router_for_reroute)),
+            rerouters: reroute::spawn_rerouters(Arc::clone(&router_for_reroute)),
         };
         Ok(ConnectionManager {
             shared: Arc::new(shared),

@@ -57,8 +57,8 @@ pub(crate) struct Shared {
     pub resumption: Option<crate::sm::StreamResumption>,
     /// The node's journal task (with `resumption`).
     pub journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
-    /// The rerouting tasks (`crate::delivery::spawn_rerouters`).
-    pub rerouters: Vec<tokio::sync::mpsc::UnboundedSender<crate::delivery::Reroute>>,
+    /// The rerouting tasks (`crate::reroute::spawn_rerouters`).
+    pub rerouters: Vec<tokio::sync::mpsc::UnboundedSender<crate::reroute::Reroute>>,
     /// Resumable streams that ended here lately, by connection: a delivery
     /// still in flight to one is marked consumed before it is rerouted.
     pub ended_streams:
@@ -95,7 +95,7 @@ impl Shared {
         stanza: starling_xmpp::Element,
         journal: Option<tokio::sync::mpsc::UnboundedSender<crate::sm::JournalOp>>,
     ) {
-        let reroute = crate::delivery::Reroute {
+        let reroute = crate::reroute::Reroute {
             stanza,
             failed: starling_api::SessionAddr {
                 node: self.node_id.clone(),
