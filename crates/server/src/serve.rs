@@ -598,6 +598,7 @@ impl Server {
                     Some(StreamResumption {
                         store: state.resumption.clone(),
                         registry: state.registry.clone(),
+                        outlives_process: state.redis.is_some(),
                     }),
                 )
                 .context("cannot configure the connection-manager")?

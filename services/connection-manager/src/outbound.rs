@@ -458,6 +458,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
     mut writer: W,
     handle: Arc<ConnectionHandle>,
     metrics: CmMetrics,
+    wait_for_journal: bool,
 ) -> Vec<QueuedStanza> {
     let mut batch: Vec<QueuedStanza> = Vec::new();
     let mut buffer = Outgoing::new(writer.framing());
@@ -475,7 +476,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
         // its `h` would not match on resumption). Each stanza was journaled
         // as it entered the queue; this waits until the journal task applied
         // them (one in-process wait per batch, no extra Redis command).
-        if let Some(tx) = handle.journal_sender() {
+        if let Some(tx) = handle.journal_sender().filter(|_| wait_for_journal) {
             if batch.iter().any(QueuedStanza::is_stanza) {
                 crate::sm::journal_barrier(&tx).await;
             }
@@ -621,7 +622,13 @@ mod tests {
                 .with_attr("id", "b"),
         ));
         handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
-        let unwritten = run_writer(bytes(server), Arc::clone(&handle), CmMetrics::default()).await;
+        let unwritten = run_writer(
+            bytes(server),
+            Arc::clone(&handle),
+            CmMetrics::default(),
+            true,
+        )
+        .await;
         assert!(unwritten.is_empty());
         let mut written = String::new();
         let mut client = client;
@@ -646,11 +653,14 @@ mod tests {
             client.read_to_string(&mut written).await.unwrap();
             written
         });
-        assert!(
-            run_writer(bytes(server), Arc::clone(&handle), CmMetrics::default())
-                .await
-                .is_empty()
-        );
+        assert!(run_writer(
+            bytes(server),
+            Arc::clone(&handle),
+            CmMetrics::default(),
+            true
+        )
+        .await
+        .is_empty());
         let written = reader.await.unwrap();
         let bodies: Vec<char> = written
             .split("<body>")
@@ -670,6 +680,7 @@ mod tests {
             bytes(server),
             Arc::clone(&handle),
             CmMetrics::default(),
+            true,
         ));
         handle.push(message("first")).unwrap();
         tokio::task::yield_now().await;

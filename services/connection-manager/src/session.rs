@@ -64,6 +64,10 @@ pub(crate) async fn run<T: Transport>(shared: Arc<Shared>, bound: BoundStream<T>
         writer,
         Arc::clone(&handle),
         shared.metrics.clone(),
+        shared
+            .resumption
+            .as_ref()
+            .is_some_and(|resumption| resumption.outlives_process),
     ));
     let rate_limit = TokenBucket::new(
         shared.limits.stanzas_per_second,

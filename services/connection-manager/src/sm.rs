@@ -72,6 +72,11 @@ impl Default for SmSettings {
 pub struct StreamResumption {
     pub store: Arc<dyn ResumptionStore>,
     pub registry: Arc<dyn SessionRegistry>,
+    /// The store outlives this process (Redis): a stanza is written to a
+    /// client only once the store has it, so that a killed node never leaves
+    /// a client ahead of the store. In one process (memory) the store dies
+    /// with the streams, and the writer does not wait.
+    pub outlives_process: bool,
 }
 
 /// Where a resumable stream's journal goes.
