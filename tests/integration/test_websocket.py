@@ -176,3 +176,51 @@ def test_websocket_over_tls_listener(server):
     assert "<open" in frames[0]
     assert "SCRAM-SHA-256" in frames[1]
     sock.close()
+
+
+def test_a_client_that_pings_without_reading_grows_no_memory(server):
+    """Issue 18: every WebSocket ping is answered with a pong by the WebSocket
+    layer; a client that floods pings and reads nothing must not grow the
+    server's memory (the pending pong is replaced, and the write buffer is
+    bounded: past it the connection ends)."""
+    import base64 as b64
+    import os as _os
+    import socket as _socket
+    import struct
+
+    def rss_kib():
+        for line in open(f"/proc/{server.process.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    sock = _socket.create_connection(("127.0.0.1", server.http), timeout=10)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
+    key = b64.b64encode(_os.urandom(16)).decode()
+    sock.sendall(
+        (
+            "GET /xmpp-websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
+        ).encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(1)
+    assert b" 101 " in answer, answer
+    payload = b"p" * 125
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    frame = struct.pack("!BB", 0x89, 0x80 | len(payload)) + mask + masked
+    burst = frame * 1000
+    before = rss_kib()
+    try:
+        for _ in range(300):  # 300,000 pings, 40 MB of pongs if they were kept
+            sock.sendall(burst)
+    except OSError:
+        pass  # cut off: the write buffer's bound
+    grown = rss_kib() - before
+    sock.close()
+    print(f"RSS grew by {grown} KiB")
+    assert grown < 16 * 1024, f"RSS grew by {grown} KiB"
+    assert server.process.poll() is None

@@ -105,14 +105,23 @@ async fn upgrade(
     // tungstenite allocates its read buffer up front, 128 KiB by default: that
     // was most of an idle WebSocket session's memory. A larger message still
     // fits (the buffer grows for it).
+    // The write buffer is bounded too: tungstenite answers every ping with a
+    // pong on its own, and a client that pings without reading would grow
+    // it without end (issue 18). Past the bound the write fails and the
+    // connection ends, like a client that does not read its stanzas.
     upgrade
         .read_buffer_size(4096)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + 4 * max_message)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
             connections.track_future(serve_websocket(shared, socket, peer, permit, deadline))
         })
 }
+
+/// Written in one go once this much is buffered (tungstenite's default is 128 KiB).
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 async fn serve_websocket(
     shared: Arc<Shared>,
