@@ -11,7 +11,7 @@
 //!
 //! Every update of a session record is ONE Lua script on the keys of one slot
 //! (bind-and-return-the-replaced, unbind-if-at-addr, set-presence-if-at-addr,
-//! set-interested-if-at-addr, set-carbons-if-at-addr), never a read followed by a write. The per-node
+//! set-a-field-if-at-addr for roster interest, carbons and the resumption id), never a read followed by a write. The per-node
 //! index lives in another slot and is written in a second step: it is written
 //! BEFORE the record (so a crash leaves a stale index entry, never an unindexed
 //! session), its entries name the connection, and every reader checks an entry
@@ -148,35 +148,15 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
 return 1
 ";
 
-/// KEYS: sess. ARGV: resource, node, conn.
-const SET_INTERESTED_SCRIPT: &str = r"
+/// KEYS: sess. ARGV: resource, node, conn, field, value (JSON). Set one
+/// field of the record (roster interest, carbons, resumption id) if the record
+/// is still at that address.
+const SET_FIELD_SCRIPT: &str = r"
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then return 0 end
 local record = cjson.decode(raw)
 if record.node ~= ARGV[2] or record.conn ~= ARGV[3] then return 0 end
-record.interested = true
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
-return 1
-";
-
-/// KEYS: sess. ARGV: resource, node, conn, enabled (1/0).
-const SET_CARBONS_SCRIPT: &str = r"
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local record = cjson.decode(raw)
-if record.node ~= ARGV[2] or record.conn ~= ARGV[3] then return 0 end
-record.carbons = (ARGV[4] == '1')
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
-return 1
-";
-
-/// KEYS: sess. ARGV: resource, node, conn, resumption id.
-const SET_RESUMPTION_SCRIPT: &str = r"
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 0 end
-local record = cjson.decode(raw)
-if record.node ~= ARGV[2] or record.conn ~= ARGV[3] then return 0 end
-record.resumption = ARGV[4]
+record[ARGV[4]] = cjson.decode(ARGV[5])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
 return 1
 ";
@@ -219,11 +199,9 @@ pub struct RedisRegistry {
     bind_script: Script,
     unbind_script: Script,
     set_presence_script: Script,
-    set_interested_script: Script,
-    set_carbons_script: Script,
+    set_field_script: Script,
     reregister_script: Script,
     take_directed_script: Script,
-    set_resumption_script: Script,
     relocate_script: Script,
 }
 
@@ -234,11 +212,9 @@ impl RedisRegistry {
             bind_script: Script::new(BIND_SCRIPT),
             unbind_script: Script::new(UNBIND_SCRIPT),
             set_presence_script: Script::new(SET_PRESENCE_SCRIPT),
-            set_interested_script: Script::new(SET_INTERESTED_SCRIPT),
-            set_carbons_script: Script::new(SET_CARBONS_SCRIPT),
+            set_field_script: Script::new(SET_FIELD_SCRIPT),
             reregister_script: Script::new(REREGISTER_SCRIPT),
             take_directed_script: Script::new(TAKE_DIRECTED_SCRIPT),
-            set_resumption_script: Script::new(SET_RESUMPTION_SCRIPT),
             relocate_script: Script::new(RELOCATE_SCRIPT),
         }
     }
@@ -342,6 +318,35 @@ impl RedisRegistry {
         removed
             .map(|raw| decode_record(jid.clone(), &raw))
             .transpose()
+    }
+
+    /// One field of a session record, set if the session is still at `addr`
+    /// (the set-field script); `value` is JSON. Whether it was.
+    async fn set_field(
+        &self,
+        operation: RedisOperation,
+        jid: &FullJid,
+        addr: &SessionAddr,
+        field: &str,
+        value: String,
+    ) -> ApiResult<bool> {
+        self.client
+            .timed(operation, async {
+                let mut connection = self.client.connection();
+                let updated: i64 = self
+                    .set_field_script
+                    .key(self.client.session_key(&jid.bare().to_string()))
+                    .arg(jid.resource())
+                    .arg(&addr.node)
+                    .arg(addr.conn.to_string())
+                    .arg(field)
+                    .arg(value)
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(RegistryError::from)?;
+                Ok(updated == 1)
+            })
+            .await
     }
 
     /// The raw entries of a node's index.
@@ -495,21 +500,14 @@ impl SessionRegistry for RedisRegistry {
     }
 
     async fn set_interested(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool> {
-        self.client
-            .timed(RedisOperation::SetInterested, async {
-                let mut connection = self.client.connection();
-                let updated: i64 = self
-                    .set_interested_script
-                    .key(self.client.session_key(&jid.bare().to_string()))
-                    .arg(jid.resource())
-                    .arg(&addr.node)
-                    .arg(addr.conn.to_string())
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(RegistryError::from)?;
-                Ok(updated == 1)
-            })
-            .await
+        self.set_field(
+            RedisOperation::SetInterested,
+            jid,
+            addr,
+            "interested",
+            "true".to_string(),
+        )
+        .await
     }
 
     async fn set_carbons(
@@ -518,41 +516,25 @@ impl SessionRegistry for RedisRegistry {
         addr: &SessionAddr,
         enabled: bool,
     ) -> ApiResult<bool> {
-        self.client
-            .timed(RedisOperation::SetCarbons, async {
-                let mut connection = self.client.connection();
-                let updated: i64 = self
-                    .set_carbons_script
-                    .key(self.client.session_key(&jid.bare().to_string()))
-                    .arg(jid.resource())
-                    .arg(&addr.node)
-                    .arg(addr.conn.to_string())
-                    .arg(if enabled { "1" } else { "0" })
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(RegistryError::from)?;
-                Ok(updated == 1)
-            })
-            .await
+        self.set_field(
+            RedisOperation::SetCarbons,
+            jid,
+            addr,
+            "carbons",
+            enabled.to_string(),
+        )
+        .await
     }
 
     async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool> {
-        self.client
-            .timed(RedisOperation::Relocate, async {
-                let mut connection = self.client.connection();
-                let updated: i64 = self
-                    .set_resumption_script
-                    .key(self.client.session_key(&jid.bare().to_string()))
-                    .arg(jid.resource())
-                    .arg(&addr.node)
-                    .arg(addr.conn.to_string())
-                    .arg(id)
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(RegistryError::from)?;
-                Ok(updated == 1)
-            })
-            .await
+        self.set_field(
+            RedisOperation::Relocate,
+            jid,
+            addr,
+            "resumption",
+            serde_json::Value::from(id).to_string(),
+        )
+        .await
     }
 
     async fn relocate(
