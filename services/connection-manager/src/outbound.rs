@@ -452,6 +452,31 @@ impl ConnectionHandle {
     }
 }
 
+/// Wait for the writer to finish what it was writing; what it did not write.
+pub(crate) async fn join_writer(
+    handle: &ConnectionHandle,
+    writer_task: &mut tokio::task::JoinHandle<Vec<QueuedStanza>>,
+) -> Vec<QueuedStanza> {
+    match tokio::time::timeout(
+        CLOSE_WRITE_TIMEOUT + Duration::from_secs(1),
+        &mut *writer_task,
+    )
+    .await
+    {
+        Ok(joined) => joined.unwrap_or_default(),
+        Err(_) => {
+            handle.abandon_write();
+            match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
+                Ok(joined) => joined.unwrap_or_default(),
+                Err(_) => {
+                    writer_task.abort();
+                    Vec::new()
+                }
+            }
+        }
+    }
+}
+
 /// Write to the client until the stream closes or breaks. Returns the stanzas
 /// that were not (or not surely) written, for rerouting.
 pub(crate) async fn run_writer<W: TransportWriter>(

@@ -5,7 +5,7 @@
 //! unbinds the session.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use starling_api::{Origin, SessionAddr};
 use starling_jid::FullJid;
@@ -22,7 +22,7 @@ use crate::delivery::is_reroutable;
 use crate::framing::Inbound;
 use crate::limits::TokenBucket;
 use crate::negotiation::bind::BoundStream;
-use crate::outbound::{run_writer, ConnectionHandle, CLOSE_WRITE_TIMEOUT};
+use crate::outbound::{join_writer, run_writer, ConnectionHandle};
 use crate::queued::QueuedStanza;
 use crate::register;
 use crate::shared::Shared;
@@ -416,24 +416,7 @@ impl Session {
         if let Err(error) = self.shared.router.unbind(&self.jid, &self.addr).await {
             tracing::warn!(jid = %self.jid, %error, "unbind failed");
         }
-        let unwritten = match tokio::time::timeout(
-            CLOSE_WRITE_TIMEOUT + Duration::from_secs(1),
-            &mut *writer_task,
-        )
-        .await
-        {
-            Ok(joined) => joined.unwrap_or_default(),
-            Err(_) => {
-                self.handle.abandon_write();
-                match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
-                    Ok(joined) => joined.unwrap_or_default(),
-                    Err(_) => {
-                        writer_task.abort();
-                        Vec::new()
-                    }
-                }
-            }
-        };
+        let unwritten = join_writer(&self.handle, writer_task).await;
         self.shared.remove_connection(self.handle.conn);
         // Sent but not acknowledged (XEP-0198 section 4): as if never sent.
         let mut leftovers = self.handle.take_unacked();

@@ -4,7 +4,6 @@
 //! acknowledge rerouted (section 4: as if sent to an unavailable resource).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use starling_api::resumption::{detached_addr, ResumableStream};
 use starling_api::SessionAddr;
@@ -13,7 +12,7 @@ use starling_jid::FullJid;
 use starling_xmpp::{ns, Element, StreamError, StreamErrorCondition};
 
 use crate::delivery::is_reroutable;
-use crate::outbound::{ConnectionHandle, CLOSE_WRITE_TIMEOUT};
+use crate::outbound::{join_writer, ConnectionHandle};
 use crate::queued::QueuedStanza;
 use crate::shared::Shared;
 use crate::sm::{self, JournalSink};
@@ -157,31 +156,6 @@ async fn start_resumable(
             tracing::warn!(jid = %jid, ?outcome, "session not marked resumable: stream management without resumption");
             let _ = resumption.store.end(&id, addr).await;
             None
-        }
-    }
-}
-
-/// Wait for the writer to finish what it was writing; what it did not write.
-pub(crate) async fn join_writer(
-    handle: &ConnectionHandle,
-    writer_task: &mut tokio::task::JoinHandle<Vec<QueuedStanza>>,
-) -> Vec<QueuedStanza> {
-    match tokio::time::timeout(
-        CLOSE_WRITE_TIMEOUT + Duration::from_secs(1),
-        &mut *writer_task,
-    )
-    .await
-    {
-        Ok(joined) => joined.unwrap_or_default(),
-        Err(_) => {
-            handle.abandon_write();
-            match tokio::time::timeout(Duration::from_secs(1), &mut *writer_task).await {
-                Ok(joined) => joined.unwrap_or_default(),
-                Err(_) => {
-                    writer_task.abort();
-                    Vec::new()
-                }
-            }
         }
     }
 }
