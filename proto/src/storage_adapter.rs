@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use starling_api::{
-    AccountStore, ApiResult, OfflineStore, RosterItem, RosterStore, StorageApi, StoredCredentials,
+    AccountDataStore, AccountStore, ApiResult, OfflineStore, RosterItem, RosterStore, StorageApi,
+    StoredCredentials,
 };
 use starling_jid::BareJid;
 use tonic::{Request, Response, Status};
@@ -212,6 +213,33 @@ impl Storage for StorageGrpcServer {
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::CountOfflineResponse { count }))
+    }
+
+    async fn get_account_data(
+        &self,
+        request: Request<proto::GetAccountDataRequest>,
+    ) -> Result<Response<proto::GetAccountDataResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let xml = self
+            .api
+            .account_data(&user, &request.key)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetAccountDataResponse { xml }))
+    }
+
+    async fn put_account_data(
+        &self,
+        request: Request<proto::PutAccountDataRequest>,
+    ) -> Result<Response<proto::PutAccountDataResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        self.api
+            .put_account_data(&user, &request.key, request.xml.as_deref())
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::PutAccountDataResponse {}))
     }
 }
 
@@ -458,5 +486,44 @@ impl OfflineStore for GrpcStorageClient {
             })
             .await?;
         Ok(response.count)
+    }
+}
+
+#[async_trait]
+impl AccountDataStore for GrpcStorageClient {
+    async fn account_data(&self, user: &BareJid, key: &str) -> ApiResult<Option<String>> {
+        let request = proto::GetAccountDataRequest {
+            user: user.to_string(),
+            key: key.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("get_account_data", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_account_data(request).await }
+            })
+            .await?;
+        Ok(response.xml)
+    }
+
+    /// Idempotent: storing the same document twice leaves one.
+    async fn put_account_data(
+        &self,
+        user: &BareJid,
+        key: &str,
+        xml: Option<&str>,
+    ) -> ApiResult<()> {
+        let request = proto::PutAccountDataRequest {
+            user: user.to_string(),
+            key: key.to_string(),
+            xml: xml.map(str::to_string),
+        };
+        self.replicas
+            .call("put_account_data", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).put_account_data(request).await }
+            })
+            .await?;
+        Ok(())
     }
 }

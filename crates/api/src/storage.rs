@@ -138,9 +138,9 @@ impl RosterItem {
 /// a trait of its own implemented by `starling_storage::Storage` (SQLite and
 /// PostgreSQL) and by the gRPC client. Code that needs one feature's data
 /// imports that feature's trait.
-pub trait StorageApi: AccountStore + RosterStore + OfflineStore {}
+pub trait StorageApi: AccountStore + RosterStore + OfflineStore + AccountDataStore {}
 
-impl<T: AccountStore + RosterStore + OfflineStore + ?Sized> StorageApi for T {}
+impl<T: AccountStore + RosterStore + OfflineStore + AccountDataStore + ?Sized> StorageApi for T {}
 
 /// Accounts and their SCRAM credentials (RFC 5802; in-band registration, XEP-0077).
 #[async_trait]
@@ -190,4 +190,20 @@ pub trait OfflineStore: Send + Sync + 'static {
     async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>>;
     /// How many messages wait for the user.
     async fn count_offline(&self, user: &BareJid) -> ApiResult<u64>;
+}
+
+/// XML documents kept on an account's behalf, one per key: private XML
+/// storage (XEP-0049, keyed by the fragment's namespace and name; bookmarks
+/// of XEP-0048 and roster notes of XEP-0145 live there) and the vCard
+/// (XEP-0054). The account's documents together are bounded in bytes
+/// (`storage.max_account_data_bytes`).
+#[async_trait]
+pub trait AccountDataStore: Send + Sync + 'static {
+    /// The document stored under `key`, `None` when there is none.
+    async fn account_data(&self, user: &BareJid, key: &str) -> ApiResult<Option<String>>;
+    /// Store (`Some`) or remove (`None`) the document under `key`;
+    /// `LimitReached` when the account's documents would then exceed their
+    /// bound in bytes, `NotFound` when there is no such account.
+    async fn put_account_data(&self, user: &BareJid, key: &str, xml: Option<&str>)
+        -> ApiResult<()>;
 }

@@ -200,6 +200,8 @@ pub struct StorageConfig {
     pub max_offline_per_user: u32,
     pub max_roster_items: u32,
     pub max_connections: u32,
+    /// Bytes of private XML (XEP-0049) and vCard (XEP-0054) kept per account.
+    pub max_account_data_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -316,6 +318,7 @@ impl Default for StorageConfig {
             max_offline_per_user: 1000,
             max_roster_items: 1000,
             max_connections: 8,
+            max_account_data_bytes: starling_storage::DEFAULT_MAX_ACCOUNT_DATA_BYTES,
         }
     }
 }
@@ -525,7 +528,7 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
             ("limits.bosh_inactivity_secs", limits.bosh_inactivity_secs),
             ("limits.max_stanza_bytes", limits.max_stanza_bytes),
             ("limits.max_depth", limits.max_depth.into()),
@@ -546,6 +549,10 @@ impl Config {
             (
                 "storage.max_connections",
                 self.storage.max_connections.into(),
+            ),
+            (
+                "storage.max_account_data_bytes",
+                self.storage.max_account_data_bytes,
             ),
         ];
         for (key, value) in positive {

@@ -54,6 +54,9 @@ pub struct StorageConfig {
     pub max_roster_items: u32,
     /// The size of the connection pool (SQLite in memory always uses one connection).
     pub max_connections: u32,
+    /// Bytes of XML documents (private XML storage, vCard) kept per account;
+    /// put_account_data returns LimitReached past it.
+    pub max_account_data_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -63,9 +66,14 @@ impl Default for StorageConfig {
             max_offline_per_user: 1000,
             max_roster_items: 1000,
             max_connections: 8,
+            max_account_data_bytes: DEFAULT_MAX_ACCOUNT_DATA_BYTES,
         }
     }
 }
+
+/// The default of `storage.max_account_data_bytes`: room for a vCard with
+/// an avatar at the stanza size limit, and bookmarks and notes beside it.
+pub const DEFAULT_MAX_ACCOUNT_DATA_BYTES: u64 = 1024 * 1024;
 
 /// The storage service over a connection pool; cloning shares the pool.
 #[derive(Clone)]
@@ -73,6 +81,7 @@ pub struct Storage {
     pool: DatabasePool,
     max_offline_per_user: u32,
     max_roster_items: u32,
+    max_account_data_bytes: u64,
     metrics: StorageMetrics,
 }
 
@@ -117,6 +126,7 @@ macro_rules! on_database {
 // One module per feature that keeps data: its store trait implemented for
 // `Storage`, with one span per operation, the same in one process and behind
 // gRPC. Declared after `on_database!` so that they can use it.
+mod account_data;
 mod accounts;
 mod offline;
 mod roster;
@@ -144,6 +154,7 @@ impl Storage {
             pool,
             max_offline_per_user: config.max_offline_per_user,
             max_roster_items: config.max_roster_items,
+            max_account_data_bytes: config.max_account_data_bytes,
             metrics: StorageMetrics::default(),
         })
     }

@@ -299,6 +299,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
     assert_eq!(
         tables,
         BTreeSet::from([
+            "account_documents",
             "accounts",
             "offline_messages",
             "roster_groups",

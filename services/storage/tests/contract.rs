@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use starling_api::{
-    AccountStore, ApiError, OfflineStore, RosterItem, RosterStore, ScramCredentials,
-    StoredCredentials, Subscription,
+    AccountDataStore, AccountStore, ApiError, OfflineStore, RosterItem, RosterStore,
+    ScramCredentials, StoredCredentials, Subscription,
 };
 use starling_jid::BareJid;
 use starling_storage::Storage;
-use support::{MAX_OFFLINE_PER_USER, MAX_ROSTER_ITEMS};
+use support::{MAX_ACCOUNT_DATA_BYTES, MAX_OFFLINE_PER_USER, MAX_ROSTER_ITEMS};
 
 fn jid(text: &str) -> BareJid {
     text.parse()
@@ -513,6 +513,87 @@ pub mod cases {
         assert_eq!(storage.count_offline(&alice).await.unwrap(), 1);
     }
 
+    pub async fn account_documents_round_trip_and_are_bounded_in_bytes(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        let bookmarks =
+            "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>";
+        assert_eq!(
+            storage
+                .account_data(&alice, "private storage:bookmarks")
+                .await
+                .unwrap(),
+            None
+        );
+        storage
+            .put_account_data(&alice, "private storage:bookmarks", Some(bookmarks))
+            .await
+            .unwrap();
+        assert_eq!(
+            storage
+                .account_data(&alice, "private storage:bookmarks")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some(bookmarks)
+        );
+        // Another account's documents are its own.
+        assert_eq!(
+            storage
+                .account_data(&bob, "private storage:bookmarks")
+                .await
+                .unwrap(),
+            None
+        );
+        // Replacing a document counts its new size, not both.
+        let half = "x".repeat(MAX_ACCOUNT_DATA_BYTES as usize / 2);
+        storage
+            .put_account_data(&alice, "vcard", Some(&half))
+            .await
+            .unwrap();
+        storage
+            .put_account_data(&alice, "vcard", Some(&half))
+            .await
+            .unwrap();
+        // Past the bound in total: refused, the old document kept.
+        let refused = storage
+            .put_account_data(&alice, "private other", Some(&half))
+            .await;
+        assert!(
+            matches!(refused, Err(ApiError::LimitReached(_))),
+            "{refused:?}"
+        );
+        assert_eq!(
+            storage.account_data(&alice, "private other").await.unwrap(),
+            None
+        );
+        // Removing makes room again.
+        storage
+            .put_account_data(&alice, "vcard", None)
+            .await
+            .unwrap();
+        assert_eq!(storage.account_data(&alice, "vcard").await.unwrap(), None);
+        storage
+            .put_account_data(&alice, "private other", Some(&half))
+            .await
+            .unwrap();
+        // No account, no documents.
+        let ghost = jid("ghost@example.org");
+        assert!(is_not_found(
+            &storage
+                .put_account_data(&ghost, "vcard", Some("<vCard xmlns='vcard-temp'/>"))
+                .await
+        ));
+        assert_eq!(storage.account_data(&ghost, "vcard").await.unwrap(), None);
+        // They go with the account.
+        storage.remove_account(&alice).await.unwrap();
+        let alice = account(&storage, "alice@example.org").await;
+        assert_eq!(
+            storage.account_data(&alice, "private other").await.unwrap(),
+            None
+        );
+    }
+
     pub async fn offline_rejections(storage: Storage) {
         let ghost = jid("ghost@example.org");
         let stored = storage
@@ -734,6 +815,7 @@ contract_suite!(
     offline_messages_are_taken_oldest_first,
     offline_queue_is_capped,
     offline_rejections,
+    account_documents_round_trip_and_are_bounded_in_bytes,
     remove_account_removes_everything,
     concurrent_roster_puts_get_distinct_versions,
     concurrent_offline_stores_respect_the_cap,

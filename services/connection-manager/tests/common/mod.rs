@@ -158,6 +158,23 @@ impl OfflineStore for FakeStorage {
     }
 }
 
+/// The connection-manager never reads an account's documents.
+#[async_trait]
+impl starling_api::AccountDataStore for FakeStorage {
+    async fn account_data(&self, _user: &BareJid, _key: &str) -> ApiResult<Option<String>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn put_account_data(
+        &self,
+        _user: &BareJid,
+        _key: &str,
+        _xml: Option<&str>,
+    ) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
 // ---------------------------------------------------------------- router
 
 /// Records what the connection-manager hands it; binds through the

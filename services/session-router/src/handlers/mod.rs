@@ -9,8 +9,11 @@ use crate::features::IqHandler;
 use crate::router::RouterConfig;
 
 pub(crate) mod disco;
+mod documents;
 pub(crate) mod ping;
+pub(crate) mod private;
 pub(crate) mod roster;
+pub(crate) mod vcard;
 pub(crate) mod version;
 
 /// The router's IQ handlers: adding a feature that answers IQs here means
@@ -20,6 +23,8 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
     &ping::Ping,
     &version::Version,
     &roster::Roster,
+    &private::PrivateStorage,
+    &vcard::VCard,
 ];
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the

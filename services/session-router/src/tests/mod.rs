@@ -148,6 +148,22 @@ impl OfflineStore for UnavailableStorage {
     }
 }
 
+#[async_trait]
+impl starling_api::AccountDataStore for UnavailableStorage {
+    async fn account_data(&self, _user: &BareJid, _key: &str) -> ApiResult<Option<String>> {
+        Err(database_down())
+    }
+
+    async fn put_account_data(
+        &self,
+        _user: &BareJid,
+        _key: &str,
+        _xml: Option<&str>,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+}
+
 fn database_down() -> ApiError {
     ApiError::Unavailable("database down".into())
 }

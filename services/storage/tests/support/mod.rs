@@ -17,6 +17,9 @@ use starling_storage::{Storage, StorageConfig};
 pub const MAX_OFFLINE_PER_USER: u32 = 5;
 pub const MAX_ROSTER_ITEMS: u32 = 25;
 
+/// The suite's bound on an account's stored documents.
+pub const MAX_ACCOUNT_DATA_BYTES: u64 = 1000;
+
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +35,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         max_offline_per_user: MAX_OFFLINE_PER_USER,
         max_roster_items: MAX_ROSTER_ITEMS,
         max_connections: 8,
+        max_account_data_bytes: MAX_ACCOUNT_DATA_BYTES,
     }
 }
 

@@ -17,10 +17,12 @@ use super::{Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::AccountAddress;
 
+mod account_data;
 mod accounts;
 mod offline;
 mod roster;
 
+pub(crate) use account_data::*;
 pub(crate) use accounts::*;
 pub(crate) use offline::*;
 pub(crate) use roster::*;
