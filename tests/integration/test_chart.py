@@ -331,3 +331,17 @@ def test_an_operator_secret_replaces_the_in_chart_redis_and_postgresql(chart):
     assert rendered_toml(default)["cluster"]["redis"] == ["redis://starling-redis:6379"]
     (secret,) = find(default, "Secret", "starling-postgresql")
     assert secret["stringData"]["url"] == f"postgres://starling:{secret['stringData']['password']}@starling-postgresql:5432/starling"
+
+
+def test_the_packaged_chart_carries_the_linked_files_and_renders_the_same(chart, tmp_path):
+    """`helm package` puts the contents of files/ (links to deploy/) in the archive."""
+    archive = helm.package(CHART, destination=tmp_path)
+    with helm.Chart.load(archive) as packaged:
+        from_archive = render(packaged, PRODUCTION)
+    from_directory = render(chart, PRODUCTION)
+    # Generated Secrets differ from one rendering to the next: compare the rest.
+    def comparable(objects):
+        return [o for o in objects if o["kind"] != "Secret"]
+
+    assert comparable(from_archive) == comparable(from_directory)
+    assert find(from_archive, "PrometheusRule")[0]["spec"]["groups"]
