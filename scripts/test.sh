@@ -2,7 +2,7 @@
 # Runs every test of the repository. It first makes sure that what the tests
 # need is installed and running (it checks first and starts only what is not
 # running): PostgreSQL and Redis on 127.0.0.1, a Python venv with slixmpp and
-# pytest, Node with the web client packages of tests/web, Chromium, promtool and prometheus. Then: clippy (any warning fails), the Rust unit and crate tests, then the integration tests that
+# pytest, Node with the web client packages of tests/web, Chromium, promtool and prometheus, buildah. Then: clippy (any warning fails), the Rust unit and crate tests, then the integration tests that
 # drive the real `starling` binary with real clients.
 #
 # Environment:
@@ -118,6 +118,15 @@ ensure_prometheus() {
   fi
 }
 
+# buildah (Debian) for the image test (tests/integration/test_image.py): it builds
+# the image from `scratch` with scripts/build-image.sh, no registry needed.
+ensure_buildah() {
+  if ! command -v buildah >/dev/null 2>&1; then
+    log "installing buildah"
+    apt_install buildah
+  fi
+}
+
 # Clippy ships with the rustup toolchains, except the minimal profile: add it only when missing.
 ensure_clippy() {
   if ! cargo clippy --version >/dev/null 2>&1; then
@@ -134,6 +143,7 @@ ensure_python
 ensure_node_packages
 ensure_chromium
 ensure_prometheus
+ensure_buildah
 ensure_clippy
 
 # Needs no build: fails fast when a connection-manager module imports one

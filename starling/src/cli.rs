@@ -64,7 +64,12 @@ enum UserCommand {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate and print the effective configuration as TOML.
-    Check,
+    Check {
+        /// Also check that the configuration has what this target needs to
+        /// serve (`starling serve --target T` would refuse it otherwise).
+        #[arg(long, value_enum)]
+        target: Option<Target>,
+    },
     /// List every key with its environment variable and default.
     Keys,
 }
@@ -83,7 +88,12 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Admin(args) => crate::admin::run(args, &config).await,
         Command::Config { command } => {
             match command {
-                ConfigCommand::Check => {
+                ConfigCommand::Check { target } => {
+                    if let Some(target) = target {
+                        starling_server::check_target_config(&config, target).map_err(|error| {
+                            crate::admin::exit(crate::admin::EXIT_USAGE, format!("{error:#}"))
+                        })?;
+                    }
                     let mut shown = config.clone();
                     if !shown.admin.token.is_empty() {
                         // A secret: its presence is what the check shows.

@@ -15,4 +15,4 @@ mod http;
 mod serve;
 
 pub use config::{Config, ConfigError};
-pub use serve::{connect_storage, node_id, serve, Server, Target};
+pub use serve::{check_target_config, connect_storage, node_id, serve, Server, Target};

@@ -858,8 +858,9 @@ struct GrpcServices {
     presence: Option<Arc<dyn PresenceApi>>,
 }
 
-/// What each target needs from the configuration beyond the defaults.
-fn check_target_config(config: &Config, target: Target) -> anyhow::Result<()> {
+/// What each target needs from the configuration beyond the defaults: the
+/// first check of [`Server::bind`], and of `starling config check --target`.
+pub fn check_target_config(config: &Config, target: Target) -> anyhow::Result<()> {
     if target != Target::All && target != Target::Storage {
         require(target, "cluster.redis", !config.cluster.redis.is_empty())?;
         require(
