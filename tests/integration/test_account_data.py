@@ -140,3 +140,64 @@ async def test_an_account_s_documents_are_bounded_in_bytes(server_factory):
     await private_iq(a, "set", "<one xmlns='urn:example:one'/>").send(timeout=20)
     await private_iq(a, "set", f"<two xmlns='urn:example:two'>{big}</two>").send(timeout=20)
     await logout(a)
+
+
+def last_query(client, to):
+    iq = client.make_iq_get(ito=to)
+    iq.append(ET.fromstring("<query xmlns='jabber:iq:last'/>"))
+    return iq
+
+
+def seconds_and_status(result):
+    query = result.xml.find("{jabber:iq:last}query")
+    return int(query.get("seconds")), (query.text or "")
+
+
+async def last_activity_scenario(node_a, node_b, alice, alice_pw, bob, bob_pw, carol, carol_pw):
+    """XEP-0012: the server's uptime; an account's last logout, with the
+    status it left with, to a contact with a presence subscription; 0 while
+    available; forbidden to anyone else. (An account that never logged out
+    answers `item-not-found`: Rust test `tests/iq.rs`.)"""
+    a = await login(node_a, alice, alice_pw, "a")
+    b = await login(node_b, bob, bob_pw, "b", presence=False)
+    c = await login(node_b, carol, carol_pw, "c", presence=False)
+    b.auto_authorize = True
+    b.auto_subscribe = True
+    a.auto_authorize = True
+    info = await a.plugin["xep_0030"].get_info(jid=a.boundjid.domain, timeout=20)
+    assert "jabber:iq:last" in info["disco_info"]["features"]
+    uptime, text = seconds_and_status(await last_query(a, a.boundjid.domain).send(timeout=20))
+    assert 0 <= uptime < 3600 and text == ""
+
+    # No subscription to bob yet: forbidden.
+    assert await iq_error(last_query(a, bob)) == "forbidden"
+    # Bob's client approves (and subscribes back) once available.
+    a.send_presence(pto=bob, ptype="subscribe")
+    b.send_presence(pstatus="here")
+    await a.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == bob, timeout=20)
+    await b.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == alice, timeout=20)
+    # Available: active now.
+    await a.next_presence(lambda p: p["from"].bare == bob and p["status"] == "here", timeout=20)
+    assert seconds_and_status(await last_query(a, bob).send(timeout=20)) == (0, "")
+
+    # Bob leaves with a status; alice (subscribed, on the other node) learns
+    # when and with what, carol (no subscription) is refused.
+    b.send_presence(ptype="unavailable", pstatus="Heading Home")
+    await a.next_presence(lambda p: p["from"].bare == bob and p["type"] == "unavailable", timeout=20)
+    seconds, status = seconds_and_status(await last_query(a, bob).send(timeout=20))
+    assert 0 <= seconds < 60 and status == "Heading Home"
+    assert await iq_error(last_query(c, bob)) == "forbidden"
+    # The account itself may ask.
+    seconds, status = seconds_and_status(await last_query(b, bob).send(timeout=20))
+    assert status == "Heading Home"
+    await logout(a, b, c)
+
+
+async def test_last_activity_in_one_process(server):
+    users = [server.add_user(name) for name in ("alice", "bob", "carol")]
+    await last_activity_scenario(server, server, *users[0], *users[1], *users[2])
+
+
+async def test_last_activity_across_two_connection_managers(cluster):  # noqa: F811 (the fixture)
+    users = [cluster.add_user(name) for name in ("alice", "bob", "carol")]
+    await last_activity_scenario(cluster.node("cm-1"), cluster.node("cm-2"), *users[0], *users[1], *users[2])

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod feature;
+pub mod last_activity;
 pub mod origin_time;
 pub mod presence;
 pub mod registry;

@@ -19,6 +19,7 @@ pub const PING: &str = "urn:xmpp:ping";
 pub const VERSION: &str = "jabber:iq:version";
 pub const PRIVATE: &str = "jabber:iq:private";
 pub const VCARD: &str = "vcard-temp";
+pub const LAST: &str = "jabber:iq:last";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const DELAY: &str = "urn:xmpp:delay";

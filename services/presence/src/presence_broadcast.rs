@@ -3,6 +3,8 @@
 //! (4.6), inbound presence and probes for local users (4.2.3, 4.3.2, 4.4.3,
 //! 4.5.3), and the offline messages of XEP-0160 delivered at login.
 
+use std::time::SystemTime;
+
 use starling_api::{ApiResult, RosterItem, SessionAddr, SessionRecord};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{
@@ -137,6 +139,13 @@ impl Call<'_> {
         self.registry
             .set_presence(from, addr, false, record.priority, None)
             .await?;
+        if record.available {
+            let status = presence
+                .get_child("status", ns::CLIENT)
+                .map(Element::text)
+                .unwrap_or_default();
+            self.note_last_activity(&user, &status).await;
+        }
         let roster = if record.available {
             let (_, roster) = self.storage.roster(&user).await?;
             self.broadcast_to_subscribers_and_own_resources(
@@ -162,6 +171,9 @@ impl Call<'_> {
     ) -> ApiResult<()> {
         let user = jid.to_bare();
         let presence = unavailable_presence(jid);
+        if was_available {
+            self.note_last_activity(&user, "").await;
+        }
         let roster = if was_available {
             let (_, roster) = self.storage.roster(&user).await?;
             self.broadcast_to_subscribers_and_own_resources(
@@ -177,6 +189,33 @@ impl Call<'_> {
         };
         self.send_unavailable_to_directed(jid, presence, &roster)
             .await
+    }
+
+    /// An available resource of `user` went away: when it was the last one,
+    /// the account's last activity is now, with `status` (XEP-0012 section 3,
+    /// answered by the router). A failure is logged: the account then shows
+    /// its previous logout.
+    async fn note_last_activity(&self, user: &BareJid, status: &str) {
+        match self.available_sessions(user).await {
+            Ok(sessions) if sessions.is_empty() => {}
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(user = %user, %error, "sessions unreadable, last activity not recorded");
+                return;
+            }
+        }
+        let document = starling_api::last_activity::document(SystemTime::now(), status);
+        if let Err(error) = self
+            .storage
+            .put_account_data(
+                user,
+                starling_api::last_activity::KEY,
+                Some(&document.to_xml()),
+            )
+            .await
+        {
+            tracing::warn!(user = %user, %error, "last activity not recorded");
+        }
     }
 
     /// Directed presence (section 4.6): deliver to the addressee, and remember

@@ -122,6 +122,8 @@ pub struct SessionRouter {
     pub(crate) features: FeatureRegistry,
     /// Where offline delay stamps take the time from.
     pub(crate) clock: fn() -> SystemTime,
+    /// When this router started: the server's uptime (XEP-0012 section 5).
+    pub(crate) started_at: SystemTime,
     pub(crate) metrics: RouterMetrics,
     /// Stream resumption state (XEP-0198), whose expired streams this router
     /// ends ([`SessionRouter::expire_detached_streams`]).
@@ -152,6 +154,7 @@ impl SessionRouter {
             storage,
             presence,
             clock: SystemTime::now,
+            started_at: SystemTime::now(),
             metrics: RouterMetrics::default(),
             resumption: None,
         }

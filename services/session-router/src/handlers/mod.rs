@@ -10,6 +10,7 @@ use crate::router::RouterConfig;
 
 pub(crate) mod disco;
 mod documents;
+pub(crate) mod last;
 pub(crate) mod ping;
 pub(crate) mod private;
 pub(crate) mod roster;
@@ -25,6 +26,7 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
     &roster::Roster,
     &private::PrivateStorage,
     &vcard::VCard,
+    &last::LastActivity,
 ];
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the

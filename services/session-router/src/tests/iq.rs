@@ -104,10 +104,10 @@ async fn the_account_answers_disco_on_its_own_behalf() {
 #[tokio::test]
 async fn unknown_account_requests_are_service_unavailable_and_results_consumed() {
     let mut harness = Harness::new().await;
-    let reply = ask(&mut harness, "<iq from='juliet@example.com/balcony' id='a4' type='get'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query></iq>").await;
+    let reply = ask(&mut harness, "<iq from='juliet@example.com/balcony' id='a4' type='get'><query xmlns='jabber:iq:search'/></iq>").await;
     assert_eq!(
         reply,
-        vec![to_conn(1, &format!("<iq id='a4' to='juliet@example.com/balcony' type='error'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>{SERVICE_UNAVAILABLE}</iq>"))]
+        vec![to_conn(1, &format!("<iq id='a4' to='juliet@example.com/balcony' type='error'><query xmlns='jabber:iq:search'/>{SERVICE_UNAVAILABLE}</iq>"))]
     );
     assert_eq!(
         ask(
@@ -129,7 +129,7 @@ async fn the_server_answers_disco_info_with_what_it_implements() {
     let reply = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='s1' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert_eq!(
         reply,
-        vec![to_conn(1, "<iq type='result' id='s1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='jabber:iq:roster'/><feature var='jabber:iq:version'/><feature var='msgoffline'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/></query></iq>")]
+        vec![to_conn(1, "<iq type='result' id='s1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='jabber:iq:last'/><feature var='jabber:iq:private'/><feature var='jabber:iq:roster'/><feature var='jabber:iq:version'/><feature var='msgoffline'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/><feature var='vcard-temp'/></query></iq>")]
     );
 }
 
@@ -159,12 +159,15 @@ async fn in_band_registration_is_advertised_when_enabled() {
         vec![
             "http://jabber.org/protocol/disco#info",
             "http://jabber.org/protocol/disco#items",
+            "jabber:iq:last",
+            "jabber:iq:private",
             "jabber:iq:register",
             "jabber:iq:roster",
             "jabber:iq:version",
             "msgoffline",
             "urn:xmpp:carbons:2",
             "urn:xmpp:ping",
+            "vcard-temp",
         ]
     );
     // Off: the harness's router was given no registration.
@@ -440,5 +443,55 @@ async fn server_iq_errors_go_back_through_the_routing_rules() {
             7,
             "<iq type='result' id='t1' to='romeo@example.com/orchard' from='example.com'/>"
         )]
+    );
+}
+
+/// XEP-0012 section 3: an account's last logout, to a contact with a
+/// presence subscription only; nothing recorded is `item-not-found`; an
+/// available account is active now.
+#[tokio::test]
+async fn last_activity_needs_a_subscription_and_tells_the_last_logout() {
+    use starling_api::{last_activity, RosterItem, Subscription};
+
+    let mut harness = Harness::new().await;
+    let query = "<iq from='juliet@example.com/balcony' to='romeo@example.com' id='l1' type='get'><query xmlns='jabber:iq:last'/></iq>";
+    let error = |condition: &str, kind: &str| {
+        vec![to_conn(1, &format!("<iq id='l1' to='juliet@example.com/balcony' from='romeo@example.com' type='error'><query xmlns='jabber:iq:last'/><error type='{kind}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"))]
+    };
+    assert_eq!(ask(&mut harness, query).await, error("forbidden", "auth"));
+
+    let mut item = RosterItem::new(bare("juliet@example.com"));
+    item.subscription = Subscription::From;
+    harness
+        .storage
+        .put_roster_item(&bare("romeo@example.com"), &item)
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(&mut harness, query).await,
+        error("item-not-found", "cancel")
+    );
+
+    let logged_out = fixed_clock() - std::time::Duration::from_secs(903);
+    harness
+        .storage
+        .put_account_data(
+            &bare("romeo@example.com"),
+            last_activity::KEY,
+            Some(&last_activity::document(logged_out, "Heading Home").to_xml()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ask(&mut harness, query).await,
+        vec![to_conn(1, "<iq type='result' id='l1' to='juliet@example.com/balcony' from='romeo@example.com'><query xmlns='jabber:iq:last' seconds='903'>Heading Home</query></iq>")]
+    );
+
+    harness
+        .online("romeo@example.com/orchard", CM_OTHER, 7, 0)
+        .await;
+    assert_eq!(
+        ask(&mut harness, query).await,
+        vec![to_conn(1, "<iq type='result' id='l1' to='juliet@example.com/balcony' from='romeo@example.com'><query xmlns='jabber:iq:last' seconds='0'/></iq>")]
     );
 }
