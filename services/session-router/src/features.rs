@@ -56,6 +56,12 @@ impl IqRequest<'_> {
         self.iq_type == iq_type && self.payload_name() == payload_name
     }
 
+    /// The account a request to [`Addressee::OtherAccount`] is addressed to
+    /// (its `to`, a bare JID the router found to be a local account).
+    pub fn other_account(&self) -> Option<starling_jid::BareJid> {
+        self.iq.attr("to")?.parse().ok()
+    }
+
     /// `service-unavailable`: what the server answers a request it does not
     /// implement (RFC 6120 section 8.3.3.19, RFC 6121 section 8.5).
     pub fn unsupported(&self) -> Option<Element> {

@@ -5,7 +5,6 @@
 
 use async_trait::async_trait;
 use starling_api::{last_activity, FeatureSpec, Origin, Subscription};
-use starling_jid::BareJid;
 use starling_xmpp::{ns, stanza, Element, IqType, StanzaErrorCondition};
 
 use super::documents;
@@ -43,11 +42,7 @@ impl IqHandler for LastActivity {
             }
             Addressee::OwnAccount { jid, .. } => jid.to_bare(),
             Addressee::OtherAccount => {
-                let Some(account) = request
-                    .iq
-                    .attr("to")
-                    .and_then(|to| to.parse::<BareJid>().ok())
-                else {
+                let Some(account) = request.other_account() else {
                     return request
                         .routing
                         .bounce(&request.iq, StanzaErrorCondition::JidMalformed);

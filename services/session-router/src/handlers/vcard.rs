@@ -43,11 +43,7 @@ impl IqHandler for VCard {
             }
             (Addressee::OtherAccount, IqType::Get) => {
                 // The router classified `to` as an existing local account.
-                let Some(owner) = request
-                    .iq
-                    .attr("to")
-                    .and_then(|to| to.parse::<BareJid>().ok())
-                else {
+                let Some(owner) = request.other_account() else {
                     return request
                         .routing
                         .bounce(&request.iq, StanzaErrorCondition::JidMalformed);
