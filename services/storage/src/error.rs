@@ -50,6 +50,9 @@ pub enum StorageError {
     /// The roster of the user is full.
     #[error("roster of {user} is full ({limit} items)")]
     RosterFull { user: String, limit: u32 },
+    /// The block list of the user is full (XEP-0191, `blocking.max_items`).
+    #[error("block list of {user} is full ({limit} items)")]
+    BlocklistFull { user: String, limit: u32 },
     /// A stored row cannot be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     CorruptData(String),
@@ -76,6 +79,7 @@ impl StorageError {
                 | StorageError::AccountExists(_)
                 | StorageError::OfflineQueueFull { .. }
                 | StorageError::RosterFull { .. }
+                | StorageError::BlocklistFull { .. }
         )
     }
 }
@@ -87,9 +91,9 @@ impl From<StorageError> for ApiError {
             StorageError::Invalid(_) => ApiError::Invalid(text),
             StorageError::AccountNotFound(_) => ApiError::NotFound(text),
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
-            StorageError::OfflineQueueFull { .. } | StorageError::RosterFull { .. } => {
-                ApiError::LimitReached(text)
-            }
+            StorageError::OfflineQueueFull { .. }
+            | StorageError::RosterFull { .. }
+            | StorageError::BlocklistFull { .. } => ApiError::LimitReached(text),
             StorageError::Connect { .. } => ApiError::Unavailable(text),
             StorageError::Database(ref database_error) => match database_error {
                 sqlx::Error::RowNotFound => ApiError::NotFound(text),

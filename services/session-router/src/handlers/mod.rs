@@ -8,6 +8,7 @@ use starling_api::FeatureSpec;
 use crate::features::IqHandler;
 use crate::router::RouterConfig;
 
+pub(crate) mod blocking;
 pub(crate) mod disco;
 pub(crate) mod ping;
 pub(crate) mod roster;
@@ -20,6 +21,7 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
     &ping::Ping,
     &version::Version,
     &roster::Roster,
+    &blocking::Blocking,
 ];
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the

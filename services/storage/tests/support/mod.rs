@@ -16,6 +16,7 @@ use starling_storage::{Storage, StorageConfig};
 /// The limits every suite storage runs with, small enough to reach in a test.
 pub const MAX_OFFLINE_PER_USER: u32 = 5;
 pub const MAX_ROSTER_ITEMS: u32 = 25;
+pub const MAX_BLOCKLIST_ITEMS: u32 = 4;
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -31,6 +32,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         url,
         max_offline_per_user: MAX_OFFLINE_PER_USER,
         max_roster_items: MAX_ROSTER_ITEMS,
+        max_blocklist_items: MAX_BLOCKLIST_ITEMS,
         max_connections: 8,
     }
 }

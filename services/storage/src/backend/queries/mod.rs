@@ -18,10 +18,12 @@ use crate::error::StorageError;
 use crate::records::AccountAddress;
 
 mod accounts;
+mod blocking;
 mod offline;
 mod roster;
 
 pub(crate) use accounts::*;
+pub(crate) use blocking::*;
 pub(crate) use offline::*;
 pub(crate) use roster::*;
 
