@@ -26,7 +26,8 @@ use starling_bus::{deliver_to_sessions, BlockDirection};
 use starling_jid::{BareJid, Jid};
 use starling_xmpp::xep::blocking::add_blocked_condition;
 use starling_xmpp::{
-    ns, parse_element, stanza, Element, Limits, StanzaError, StanzaErrorCondition, StanzaKind,
+    ns, parse_element, stanza, Element, Limits, StanzaError, StanzaErrorCondition, StanzaErrorType,
+    StanzaKind,
 };
 
 use crate::router::{note_decision, Routing, SessionRouter};
@@ -95,9 +96,11 @@ impl SessionRouter {
         let (direction, reply) = match verdict {
             Verdict::Pass => return None,
             Verdict::Outbound => {
+                // The XEP's example: type `cancel` (retrying will not help).
                 let reply = stanza::error_reply(
                     stanza_element,
-                    &StanzaError::new(StanzaErrorCondition::NotAcceptable),
+                    &StanzaError::new(StanzaErrorCondition::NotAcceptable)
+                        .with_type(StanzaErrorType::Cancel),
                 )
                 .map(|mut reply| {
                     add_blocked_condition(&mut reply);

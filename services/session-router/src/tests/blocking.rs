@@ -35,7 +35,7 @@ async fn juliet_blocks(harness: &mut Harness, items: &str) {
     let seen = stanzas(harness.seen_on_test());
     assert!(
         seen.iter()
-            .any(|xml| xml.starts_with("<iq id='b' to='juliet@example.com/balcony' type='result'")),
+            .any(|xml| xml.starts_with("<iq type='result' id='b' to='juliet@example.com/balcony'")),
         "{seen:?}"
     );
     harness.seen_on_other();
@@ -68,7 +68,7 @@ async fn get_block_push_and_unblock() {
     }
     assert_eq!(
         harness.seen_on_test(),
-        vec![to_conn(1, "<iq id='l' to='juliet@example.com/balcony' type='result'><blocklist xmlns='urn:xmpp:blocking'/></iq>")]
+        vec![to_conn(1, "<iq type='result' id='l' to='juliet@example.com/balcony'><blocklist xmlns='urn:xmpp:blocking'/></iq>")]
     );
     harness.seen_on_other();
 
@@ -87,7 +87,7 @@ async fn get_block_push_and_unblock() {
     );
     assert_eq!(
         on_test[1],
-        "<iq id='b' to='juliet@example.com/balcony' type='result'/>"
+        "<iq type='result' id='b' to='juliet@example.com/balcony'/>"
     );
     let on_other = harness.seen_on_other();
     assert_eq!(on_other.len(), 1, "{on_other:?}");
@@ -125,7 +125,7 @@ async fn get_block_push_and_unblock() {
         .await;
     assert_eq!(
         harness.seen_on_test(),
-        vec![to_conn(1, "<iq id='l2' to='juliet@example.com/balcony' type='result'><blocklist xmlns='urn:xmpp:blocking'><item jid='romeo@example.com'/></blocklist></iq>")]
+        vec![to_conn(1, "<iq type='result' id='l2' to='juliet@example.com/balcony'><blocklist xmlns='urn:xmpp:blocking'><item jid='romeo@example.com'/></blocklist></iq>")]
     );
 
     // Section 3.5: unblock everything, pushed as an empty unblock.
@@ -144,7 +144,7 @@ async fn get_block_push_and_unblock() {
     );
     assert_eq!(
         on_test[1],
-        "<iq id='u' to='juliet@example.com/balcony' type='result'/>"
+        "<iq type='result' id='u' to='juliet@example.com/balcony'/>"
     );
     assert_eq!(stanzas(harness.seen_on_other()).len(), 1);
     assert!(harness
@@ -182,7 +182,7 @@ async fn inbound_messages_and_iqs_are_refused_presence_is_left_to_presence() {
             ROMEO,
             CM_TEST,
             10,
-            "<iq id='r' to='juliet@example.com/balcony' type='result'/>",
+            "<iq type='result' id='r' to='juliet@example.com/balcony'/>",
         )
         .await;
     assert_eq!(
@@ -263,7 +263,7 @@ async fn outbound_stanzas_of_every_kind_get_not_acceptable_with_blocked() {
         harness.seen_on_test(),
         vec![to_conn(
             1,
-            "<iq id='own' to='juliet@example.com/balcony' from='example.com' type='result'/>"
+            "<iq type='result' id='own' to='juliet@example.com/balcony' from='example.com'/>"
         )]
     );
 }

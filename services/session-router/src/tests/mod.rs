@@ -321,6 +321,7 @@ impl Harness {
             let config = StorageConfig {
                 url: "sqlite::memory:".into(),
                 max_offline_per_user: options.offline_limit,
+                max_blocklist_items: 5,
                 ..Default::default()
             };
             let storage = Storage::connect(&config).await.expect("in-memory storage");
