@@ -300,6 +300,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
         tables,
         BTreeSet::from([
             "accounts",
+            "blocklist_items",
             "offline_messages",
             "roster_groups",
             "roster_items",
