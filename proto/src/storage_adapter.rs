@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use starling_api::{
-    AccountDataStore, AccountStore, ApiResult, OfflineStore, RosterItem, RosterStore, StorageApi,
-    StoredCredentials,
+    AbuseReport, AccountDataStore, AccountStore, ApiResult, BlockedItem, BlockingStore,
+    OfflineStore, RosterItem, RosterStore, StorageApi, StoredCredentials,
 };
-use starling_jid::BareJid;
+use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
 
 use crate::balance::{ReplicaSet, RetryPolicy};
@@ -39,6 +39,31 @@ fn bad_request(message: String) -> Status {
 
 fn user_field(value: &str) -> Result<BareJid, Status> {
     parse_bare_jid("user", value).map_err(bad_request)
+}
+
+fn block_item_to_proto(item: &BlockedItem) -> proto::BlockItem {
+    proto::BlockItem {
+        jid: item.jid.to_string(),
+        report_reason: item.report.as_ref().map(|report| report.reason.clone()),
+        report_text: item.report.as_ref().and_then(|report| report.text.clone()),
+    }
+}
+
+fn block_item_from_proto(item: proto::BlockItem) -> Result<BlockedItem, String> {
+    let jid = parse_jid("jid", &item.jid)?;
+    Ok(BlockedItem {
+        jid,
+        report: item.report_reason.map(|reason| AbuseReport {
+            reason,
+            text: item.report_text,
+        }),
+    })
+}
+
+fn parse_jid(field: &str, value: &str) -> Result<Jid, String> {
+    value
+        .parse::<Jid>()
+        .map_err(|error| format!("{field}: {error}"))
 }
 
 #[tonic::async_trait]
@@ -174,6 +199,62 @@ impl Storage for StorageGrpcServer {
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::RemoveRosterItemResponse { version }))
+    }
+
+    async fn get_blocklist(
+        &self,
+        request: Request<proto::GetBlocklistRequest>,
+    ) -> Result<Response<proto::GetBlocklistResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let items = self
+            .api
+            .blocklist(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetBlocklistResponse {
+            items: items.iter().map(block_item_to_proto).collect(),
+        }))
+    }
+
+    async fn block(
+        &self,
+        request: Request<proto::BlockRequest>,
+    ) -> Result<Response<proto::BlockResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let items = request
+            .items
+            .into_iter()
+            .map(block_item_from_proto)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad_request)?;
+        self.api
+            .block(&user, &items)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::BlockResponse {}))
+    }
+
+    async fn unblock(
+        &self,
+        request: Request<proto::UnblockRequest>,
+    ) -> Result<Response<proto::UnblockResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let jids = request
+            .jids
+            .iter()
+            .map(|jid| parse_jid("jids", jid))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad_request)?;
+        let removed = self
+            .api
+            .unblock(&user, &jids)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::UnblockResponse {
+            removed: removed.iter().map(ToString::to_string).collect(),
+        }))
     }
 
     async fn store_offline(
@@ -525,5 +606,60 @@ impl AccountDataStore for GrpcStorageClient {
             })
             .await?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl BlockingStore for GrpcStorageClient {
+    async fn blocklist(&self, user: &BareJid) -> ApiResult<Vec<BlockedItem>> {
+        let request = proto::GetBlocklistRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("blocklist", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_blocklist(request).await }
+            })
+            .await?;
+        response
+            .items
+            .into_iter()
+            .map(|item| block_item_from_proto(item).map_err(malformed_response))
+            .collect()
+    }
+
+    async fn block(&self, user: &BareJid, items: &[BlockedItem]) -> ApiResult<()> {
+        let request = proto::BlockRequest {
+            user: user.to_string(),
+            items: items.iter().map(block_item_to_proto).collect(),
+        };
+        // Blocking an address twice leaves one item: safe to retry.
+        self.replicas
+            .call("block", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).block(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn unblock(&self, user: &BareJid, jids: &[Jid]) -> ApiResult<Vec<Jid>> {
+        let request = proto::UnblockRequest {
+            user: user.to_string(),
+            jids: jids.iter().map(ToString::to_string).collect(),
+        };
+        let response = self
+            .replicas
+            .call("unblock", RetryPolicy::AtLeastOnce, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).unblock(request).await }
+            })
+            .await?;
+        response
+            .removed
+            .iter()
+            .map(|jid| parse_jid("removed", jid).map_err(malformed_response))
+            .collect()
     }
 }

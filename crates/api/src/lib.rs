@@ -5,6 +5,7 @@
 //! No feature may exist only behind one of them: services are written against
 //! these traits alone.
 
+pub mod blocking;
 pub mod error;
 pub mod feature;
 pub mod last_activity;
@@ -15,6 +16,7 @@ pub mod resumption;
 pub mod router;
 pub mod storage;
 
+pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
 pub use presence::PresenceApi;

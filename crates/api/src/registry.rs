@@ -37,6 +37,9 @@ pub struct SessionRecord {
     /// Enabled Message Carbons (XEP-0280 section 4): receives copies of the
     /// account's messages sent and received by its other resources.
     pub carbons: bool,
+    /// Requested the block list: an "interested" resource for block and
+    /// unblock pushes (XEP-0191 sections 3.3 and 3.4).
+    pub blocklist_interest: bool,
     /// The XEP-0198 resumption id when the stream is resumable: while the
     /// stream is detached, stanzas for it are parked under this id.
     pub resumption: Option<String>,
@@ -52,6 +55,7 @@ impl SessionRecord {
             interested: false,
             presence: None,
             carbons: false,
+            blocklist_interest: false,
             resumption: None,
         }
     }
@@ -108,6 +112,10 @@ pub trait SessionRegistry: Send + Sync + 'static {
         addr: &SessionAddr,
         enabled: bool,
     ) -> ApiResult<bool>;
+    /// Mark a session as interested in block list pushes (XEP-0191: it
+    /// requested the block list), only if still at `addr`. Returns whether
+    /// the session exists.
+    async fn set_blocklist_interest(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool>;
     /// Remember that the session sent directed presence to `to` (RFC 6121 section 4.6),
     /// or forget it when `available` is false.
     async fn set_directed_presence(

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use starling_jid::BareJid;
 
+use crate::blocking::BlockingStore;
 use crate::error::ApiResult;
 
 /// Salted SCRAM keys for one hash function (RFC 5802 section 3). The password
@@ -138,9 +139,15 @@ impl RosterItem {
 /// a trait of its own implemented by `starling_storage::Storage` (SQLite and
 /// PostgreSQL) and by the gRPC client. Code that needs one feature's data
 /// imports that feature's trait.
-pub trait StorageApi: AccountStore + RosterStore + OfflineStore + AccountDataStore {}
+pub trait StorageApi:
+    AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore
+{
+}
 
-impl<T: AccountStore + RosterStore + OfflineStore + AccountDataStore + ?Sized> StorageApi for T {}
+impl<T: AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore + ?Sized>
+    StorageApi for T
+{
+}
 
 /// Accounts and their SCRAM credentials (RFC 5802; in-band registration, XEP-0077).
 #[async_trait]

@@ -16,12 +16,14 @@
 //! from the router and the presence service: it groups the target sessions by
 //! node and publishes one envelope per node.
 
+pub mod blocklists;
 mod delivery;
 mod metrics;
 mod redis;
 #[cfg(test)]
 mod redis_tests;
 
+pub use blocklists::{BlockDirection, BlockingMetrics, Blocklists};
 pub use delivery::{deliver_to_session, deliver_to_sessions};
 pub use metrics::BusMetrics;
 pub use redis::{

@@ -154,6 +154,43 @@ async fn carbons_are_switched_for_the_current_session_only(registry: &dyn Sessio
         .unwrap());
 }
 
+async fn blocklist_interest_is_recorded_for_the_current_session_only(
+    registry: &dyn SessionRegistry,
+) {
+    let jid = full("k@example.com/phone");
+    registry
+        .bind(SessionRecord::new(jid.clone(), addr("cm1", 1)))
+        .await
+        .unwrap();
+    assert!(!registry
+        .set_blocklist_interest(&jid, &addr("cm2", 1))
+        .await
+        .unwrap());
+    assert!(
+        !registry
+            .session(&jid)
+            .await
+            .unwrap()
+            .unwrap()
+            .blocklist_interest
+    );
+    assert!(registry
+        .set_blocklist_interest(&jid, &addr("cm1", 1))
+        .await
+        .unwrap());
+    // A presence update and the other flags keep it.
+    assert!(registry
+        .set_presence(&jid, &addr("cm1", 1), true, 1, None)
+        .await
+        .unwrap());
+    assert!(registry
+        .set_carbons(&jid, &addr("cm1", 1), true)
+        .await
+        .unwrap());
+    let record = registry.session(&jid).await.unwrap().unwrap();
+    assert!(record.blocklist_interest && record.carbons && !record.interested);
+}
+
 async fn sessions_lists_every_resource_of_one_account(registry: &dyn SessionRegistry) {
     for (jid, conn) in [
         ("d@example.com/one", 1),
@@ -355,6 +392,7 @@ async fn run_contract(
     presence_updates_only_the_current_session(&*make().await).await;
     interest_is_recorded_for_the_current_session_only(&*make().await).await;
     carbons_are_switched_for_the_current_session_only(&*make().await).await;
+    blocklist_interest_is_recorded_for_the_current_session_only(&*make().await).await;
     sessions_lists_every_resource_of_one_account(&*make().await).await;
     directed_presence_is_remembered_and_taken(&*make().await).await;
     node_sessions_follow_the_records(&*make().await).await;

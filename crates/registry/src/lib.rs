@@ -178,6 +178,14 @@ impl SessionRegistry for MemoryRegistry {
         Ok(with_session(&mut state, jid, addr, |record| record.carbons = enabled).is_some())
     }
 
+    async fn set_blocklist_interest(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool> {
+        let mut state = self.state.lock();
+        Ok(with_session(&mut state, jid, addr, |record| {
+            record.blocklist_interest = true
+        })
+        .is_some())
+    }
+
     async fn set_resumption(&self, jid: &FullJid, addr: &SessionAddr, id: &str) -> ApiResult<bool> {
         let mut state = self.state.lock();
         Ok(with_session(&mut state, jid, addr, |record| {

@@ -11,7 +11,7 @@
 //!
 //! Every update of a session record is ONE Lua script on the keys of one slot
 //! (bind-and-return-the-replaced, unbind-if-at-addr, set-presence-if-at-addr,
-//! set-a-field-if-at-addr for roster interest, carbons and the resumption id), never a read followed by a write. The per-node
+//! set-a-field-if-at-addr for roster interest, block list interest, carbons and the resumption id), never a read followed by a write. The per-node
 //! index lives in another slot and is written in a second step: it is written
 //! BEFORE the record (so a crash leaves a stale index entry, never an unindexed
 //! session), its entries name the connection, and every reader checks an entry
@@ -47,6 +47,9 @@ pub(crate) struct StoredSession {
     /// Absent from records written before Message Carbons existed: off.
     #[serde(default)]
     carbons: bool,
+    /// Absent from records written before blocking existed: not interested.
+    #[serde(default)]
+    blocklist_interest: bool,
 }
 
 impl StoredSession {
@@ -60,6 +63,7 @@ impl StoredSession {
             presence: record.presence.clone(),
             resumption: record.resumption.clone(),
             carbons: record.carbons,
+            blocklist_interest: record.blocklist_interest,
         }
     }
 
@@ -83,6 +87,7 @@ impl StoredSession {
             presence: self.presence,
             resumption: self.resumption,
             carbons: self.carbons,
+            blocklist_interest: self.blocklist_interest,
         })
     }
 }
@@ -522,6 +527,17 @@ impl SessionRegistry for RedisRegistry {
             addr,
             "carbons",
             enabled.to_string(),
+        )
+        .await
+    }
+
+    async fn set_blocklist_interest(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool> {
+        self.set_field(
+            RedisOperation::SetInterested,
+            jid,
+            addr,
+            "blocklist_interest",
+            "true".to_string(),
         )
         .await
     }

@@ -45,6 +45,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
     pub carbons: CarbonsConfig,
+    pub blocking: BlockingConfig,
     pub csi: CsiConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
@@ -243,6 +244,27 @@ impl Default for CarbonsConfig {
     }
 }
 
+/// XEP-0191 Blocking Command (session-router and storage targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockingConfig {
+    /// The most items one account's block list holds; a block request past
+    /// it gets `policy-violation` and adds nothing. 1 to 100000.
+    pub max_items: u32,
+}
+
+/// The default `blocking.max_items`, and its upper bound.
+pub const DEFAULT_BLOCKING_MAX_ITEMS: u32 = 1000;
+pub const MAX_BLOCKING_MAX_ITEMS: u32 = 100_000;
+
+impl Default for BlockingConfig {
+    fn default() -> Self {
+        BlockingConfig {
+            max_items: DEFAULT_BLOCKING_MAX_ITEMS,
+        }
+    }
+}
+
 /// XEP-0352 client state indication (connection-manager targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -279,6 +301,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
             carbons: CarbonsConfig::default(),
+            blocking: BlockingConfig::default(),
             csi: CsiConfig::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
@@ -562,6 +585,12 @@ impl Config {
                     message: "must be greater than 0".into(),
                 });
             }
+        }
+        if !(1..=MAX_BLOCKING_MAX_ITEMS).contains(&self.blocking.max_items) {
+            return Err(ConfigError::Invalid {
+                key: "blocking.max_items",
+                message: format!("must be between 1 and {MAX_BLOCKING_MAX_ITEMS}"),
+            });
         }
         if limits.max_stanza_bytes < 10_000 {
             return Err(ConfigError::Invalid {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::FutureExt;
 use starling_api::{PresenceApi, ResumptionStore, RouterApi, SessionRegistry, StorageApi};
-use starling_bus::{Bus, BusMetrics, InProcessBus, RedisBus};
+use starling_bus::{BlockingMetrics, Blocklists, Bus, BusMetrics, InProcessBus, RedisBus};
 use starling_connection_manager::{
     BoundConnectionManager, CmConfig, CmLimits, CmMetrics, ConnectionManager, DrainHandle,
     SmSettings, StreamResumption, TlsSettings,
@@ -71,6 +71,7 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
         url: config.storage_url(),
         max_offline_per_user: config.storage.max_offline_per_user,
         max_roster_items: config.storage.max_roster_items,
+        max_blocklist_items: config.blocking.max_items,
         max_connections: config.storage.max_connections,
         max_account_data_bytes: config.storage.max_account_data_bytes,
     };
@@ -105,6 +106,7 @@ fn router_config(config: &Config) -> RouterConfig {
         server_name: "Starling".into(),
         server_version: env!("CARGO_PKG_VERSION").into(),
         carbons: config.carbons.enabled,
+        blocking_max_items: config.blocking.max_items as usize,
     }
 }
 
@@ -116,6 +118,7 @@ fn session_router(
     storage: Arc<dyn StorageApi>,
     presence: Arc<dyn PresenceApi>,
     metrics: RouterMetrics,
+    blocklists: Arc<Blocklists>,
 ) -> SessionRouter {
     SessionRouter::new(
         router_config(config),
@@ -130,6 +133,25 @@ fn session_router(
     ))
     .with_resumption(state.resumption.clone())
     .with_metrics(metrics)
+    .with_blocklists(blocklists)
+}
+
+/// The block lists (XEP-0191) of a process that routes or runs presence:
+/// one cache shared by both services of the process, invalidated over
+/// Redis in the cluster (`starling_bus::blocklists`).
+async fn blocklists(
+    state: &RoutingState,
+    storage: Arc<dyn StorageApi>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Arc<Blocklists>> {
+    let metrics =
+        BlockingMetrics::register(registry).context("cannot register the blocking metrics")?;
+    match &state.redis {
+        None => Ok(Blocklists::in_process(storage, metrics)),
+        Some(redis) => Blocklists::on_redis(storage, redis.clone(), metrics)
+            .await
+            .context("cannot subscribe to block list invalidations (cluster.redis)"),
+    }
 }
 
 fn router_metrics(registry: &prometheus::Registry) -> anyhow::Result<RouterMetrics> {
@@ -142,16 +164,20 @@ fn presence_service(
     state: &RoutingState,
     storage: Arc<dyn StorageApi>,
     router: Arc<dyn RouterApi>,
+    blocklists: Arc<Blocklists>,
 ) -> Arc<dyn PresenceApi> {
-    Arc::new(PresenceService::new(
-        PresenceConfig {
-            domain: config.domain.clone(),
-        },
-        state.registry.clone(),
-        state.bus.clone(),
-        storage,
-        router,
-    ))
+    Arc::new(
+        PresenceService::new(
+            PresenceConfig {
+                domain: config.domain.clone(),
+            },
+            state.registry.clone(),
+            state.bus.clone(),
+            storage,
+            router,
+        )
+        .with_blocklists(blocklists),
+    )
 }
 
 /// `starling_build_info{version,target} 1`: every process exposes at least this.
@@ -530,6 +556,7 @@ impl Server {
                     storage.clone(),
                     presence.clone(),
                     router_metrics(&registry)?,
+                    blocklists(state, storage.clone(), &registry).await?,
                 ));
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
                 let router: Arc<dyn RouterApi> = session_router;
@@ -557,7 +584,9 @@ impl Server {
             Target::Presence => {
                 let state = state.as_ref().expect("routing state");
                 let router = remote_routers(&config, &grpc_metrics, &mut readiness)?;
-                let presence = presence_service(&config, state, storage.clone(), router);
+                let blocklists = blocklists(state, storage.clone(), &registry).await?;
+                let presence =
+                    presence_service(&config, state, storage.clone(), router, blocklists);
                 server
                     .spawn_grpc(
                         &config,
@@ -573,12 +602,25 @@ impl Server {
                 let state = state.as_ref().expect("routing state");
                 let router_api: Arc<dyn RouterApi> = if target == Target::All {
                     let metrics = router_metrics(&registry)?;
+                    let blocklists = blocklists(state, storage.clone(), &registry).await?;
                     // Presence routes to remote domains and reroutes what a
                     // session could not take through the router it serves.
                     let router = SessionRouter::new_cyclic(|router_handle| {
-                        let presence =
-                            presence_service(&config, state, storage.clone(), router_handle);
-                        session_router(&config, state, storage.clone(), presence, metrics)
+                        let presence = presence_service(
+                            &config,
+                            state,
+                            storage.clone(),
+                            router_handle,
+                            blocklists.clone(),
+                        );
+                        session_router(
+                            &config,
+                            state,
+                            storage.clone(),
+                            presence,
+                            metrics,
+                            blocklists,
+                        )
                     });
                     server.janitor = spawn_janitor(state, router.presence().clone());
                     server.resumption_expiry = Some(spawn_resumption_expiry(router.clone()));

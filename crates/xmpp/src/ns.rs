@@ -33,3 +33,6 @@ pub const RECEIPTS: &str = "urn:xmpp:receipts";
 pub const CHAT_MARKERS: &str = "urn:xmpp:chat-markers:0";
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const DIRECT_MUC_INVITATION: &str = "jabber:x:conference";
+pub const BLOCKING: &str = "urn:xmpp:blocking";
+pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+pub const REPORTING: &str = "urn:xmpp:reporting:1";

@@ -35,7 +35,7 @@ use starling_api::{
     ApiResult, Origin, PresenceApi, RosterItem, RouterApi, SessionAddr, SessionRecord,
     SessionRegistry, StorageApi,
 };
-use starling_bus::{deliver_to_sessions, Bus};
+use starling_bus::{deliver_to_sessions, BlockDirection, BlockingMetrics, Blocklists, Bus};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{ns, parse_element, Element, Limits};
 
@@ -59,6 +59,8 @@ pub struct PresenceService {
     storage: Arc<dyn StorageApi>,
     router: Arc<dyn RouterApi>,
     user_locks: UserLocks,
+    /// The block lists (XEP-0191) presence is checked against.
+    blocklists: Arc<Blocklists>,
 }
 
 /// A session to deliver to, with the `to` its recipient sees.
@@ -80,6 +82,7 @@ impl PresenceService {
         let domain = BareJid::domain_jid(&config.domain)
             .map(|jid| jid.domain().to_string())
             .unwrap_or_else(|_| config.domain.to_lowercase());
+        let blocklists = Blocklists::in_process(storage.clone(), BlockingMetrics::default());
         PresenceService {
             domain,
             registry,
@@ -87,7 +90,16 @@ impl PresenceService {
             storage,
             router,
             user_locks: UserLocks::default(),
+            blocklists,
         }
+    }
+
+    /// Check presence against `blocklists` (XEP-0191), the cache shared with
+    /// the router of the process (invalidated over Redis in the cluster); by
+    /// default a cache of this service's own.
+    pub fn with_blocklists(mut self, blocklists: Arc<Blocklists>) -> Self {
+        self.blocklists = blocklists;
+        self
     }
 
     /// One call into the service, for a stanza that entered the cluster at `routed_at`.
@@ -99,6 +111,7 @@ impl PresenceService {
             storage: self.storage.as_ref(),
             router: self.router.as_ref(),
             user_locks: &self.user_locks,
+            blocklists: &self.blocklists,
             routed_at,
         }
     }
@@ -116,12 +129,45 @@ pub(crate) struct Call<'a> {
     storage: &'a dyn StorageApi,
     router: &'a dyn RouterApi,
     user_locks: &'a UserLocks,
+    blocklists: &'a Blocklists,
     routed_at: Option<SystemTime>,
 }
 
 impl Call<'_> {
     fn is_local_domain(&self, domain: &str) -> bool {
         domain == self.domain
+    }
+
+    /// Whether the block lists (XEP-0191 section 3.3) stop presence from
+    /// `from` to `to`: `to`'s account blocked `from` (inbound: "the server
+    /// MUST NOT respond and MUST NOT return an error"), or `from`'s account
+    /// blocked `to` (the server sends nothing to a blocked entity on the
+    /// user's behalf). A stopped stanza is counted. A list that cannot be
+    /// read stops nothing (logged): presence is never answered with an error.
+    async fn presence_blocked(&self, from: &Jid, to: &Jid) -> bool {
+        if from.bare() == to.bare() {
+            return false;
+        }
+        for (account, other, direction) in [
+            (to, from, BlockDirection::Inbound),
+            (from, to, BlockDirection::Outbound),
+        ] {
+            if account.node().is_none() || !self.is_local_domain(account.domain()) {
+                continue;
+            }
+            match self.blocklists.blocks(account.bare(), other).await {
+                Ok(true) => {
+                    self.blocklists.count_stopped(direction, "presence", false);
+                    tracing::debug!(from = %from, to = %to, ?direction, "presence stopped by a block list");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(account = %account, %error, "block list not read, presence not checked");
+                }
+            }
+        }
+        false
     }
 
     /// Publish one stanza to sessions, one envelope per node; each target

@@ -268,6 +268,9 @@ impl Call<'_> {
                 return Ok(());
             }
         };
+        if self.presence_blocked(&from, &to).await {
+            return Ok(());
+        }
         if !self.is_local_domain(to.domain()) {
             self.route_remote(presence).await;
             return Ok(());
@@ -345,15 +348,30 @@ impl Call<'_> {
         exclude: Option<&FullJid>,
     ) -> ApiResult<()> {
         let mut targets = Vec::new();
+        // XEP-0191 section 3.3: no presence to a contact the user blocked,
+        // nor to one who blocked the user.
+        let sender = presence
+            .attr("from")
+            .and_then(|from| from.parse::<Jid>().ok())
+            .unwrap_or_else(|| Jid::Bare(user.clone()));
         for item in roster
             .iter()
             .filter(|item| item.subscription.has_from() && &item.jid != user)
         {
             if self.is_local_domain(item.jid.domain()) {
                 for record in self.available_sessions(&item.jid).await? {
+                    if self
+                        .presence_blocked(&sender, &Jid::Full(record.jid.clone()))
+                        .await
+                    {
+                        continue;
+                    }
                     targets.push((record, Some(item.jid.to_string())));
                 }
-            } else {
+            } else if !self
+                .presence_blocked(&sender, &Jid::Bare(item.jid.clone()))
+                .await
+            {
                 let mut copy = presence.clone();
                 copy.set_attr("to", item.jid.to_string());
                 self.route_remote(copy).await;
@@ -401,7 +419,16 @@ impl Call<'_> {
                 .into_iter()
                 .filter(|record| &record.jid != from),
         );
+        let new_session = Jid::Full(from.clone());
         for record in answers {
+            // XEP-0191 section 3.3: a blocked contact's presence (or one from
+            // a contact who blocked the user) is not delivered.
+            if self
+                .presence_blocked(&Jid::Full(record.jid.clone()), &new_session)
+                .await
+            {
+                continue;
+            }
             if let Some(presence) = record.presence.as_deref().and_then(parse_stored_stanza) {
                 self.deliver(presence, &target).await;
             }

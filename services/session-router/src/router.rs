@@ -9,7 +9,7 @@ use starling_api::{
     ApiError, ApiResult, BindError, FeatureSpec, Origin, PresenceApi, RouterApi, SessionAddr,
     SessionRecord, SessionRegistry, StorageApi,
 };
-use starling_bus::{deliver_to_session, Bus};
+use starling_bus::{deliver_to_session, BlockingMetrics, Blocklists, Bus};
 use starling_jid::{normalize_domainpart, BareJid, FullJid, Jid};
 use starling_xmpp::{
     stanza, Element, InvalidStanza, StanzaError, StanzaErrorCondition, StanzaKind,
@@ -34,6 +34,9 @@ pub struct RouterConfig {
     pub server_version: String,
     /// Message Carbons (XEP-0280): answered, advertised and copied when on.
     pub carbons: bool,
+    /// The most items one account's block list may hold (XEP-0191,
+    /// `blocking.max_items`); a block request past it gets `policy-violation`.
+    pub blocking_max_items: usize,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -79,7 +82,7 @@ impl<'a> Routing<'a> {
 
     /// Record a bounce: an error reply, or a drop for a stanza that must not
     /// be answered (RFC 6120 section 8.3.1).
-    fn bounced(&self, reply: Option<Element>) -> Option<Element> {
+    pub(crate) fn bounced(&self, reply: Option<Element>) -> Option<Element> {
         note_decision("bounced");
         self.outcome.record(if reply.is_some() {
             Decision::Bounced
@@ -128,6 +131,8 @@ pub struct SessionRouter {
     /// Stream resumption state (XEP-0198), whose expired streams this router
     /// ends ([`SessionRouter::expire_detached_streams`]).
     pub(crate) resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
+    /// The block lists (XEP-0191) every stanza is checked against, cached.
+    pub(crate) blocklists: Arc<Blocklists>,
 }
 
 impl SessionRouter {
@@ -146,12 +151,14 @@ impl SessionRouter {
             }
         }
         // A feature that is off is not registered: neither answered nor advertised.
+        let blocklists = Blocklists::in_process(storage.clone(), BlockingMetrics::default());
         SessionRouter {
             features: FeatureRegistry::new(&iq_handlers(&config), WITHOUT_IQ_HANDLER),
             config,
             registry,
             bus,
             storage,
+            blocklists,
             presence,
             clock: SystemTime::now,
             started_at: SystemTime::now(),
@@ -164,6 +171,14 @@ impl SessionRouter {
     /// (see [`SessionRouter::expire_detached_streams`]).
     pub fn with_resumption(mut self, store: Arc<dyn starling_api::ResumptionStore>) -> Self {
         self.resumption = Some(store);
+        self
+    }
+
+    /// Check stanzas against `blocklists` (XEP-0191), shared with the
+    /// presence service of the process and, in the cluster, invalidated
+    /// over Redis; by default a cache of this router's own.
+    pub fn with_blocklists(mut self, blocklists: Arc<Blocklists>) -> Self {
+        self.blocklists = blocklists;
         self
     }
 
@@ -242,7 +257,13 @@ impl SessionRouter {
         routing: &Routing<'_>,
         stanza_element: Element,
     ) -> ApiResult<Option<Element>> {
-        match StanzaKind::of(&stanza_element) {
+        let kind = StanzaKind::of(&stanza_element);
+        if let Some(kind) = kind {
+            if let Some(reply) = self.enforce_blocking(routing, &stanza_element, kind).await {
+                return Ok(reply);
+            }
+        }
+        match kind {
             Some(StanzaKind::Message) => Ok(self.route_message(routing, stanza_element).await),
             Some(StanzaKind::Iq) => Ok(self.route_iq(routing, stanza_element).await),
             Some(StanzaKind::Presence) => self

@@ -53,6 +53,9 @@ pub enum StorageError {
     /// The roster of the user is full.
     #[error("roster of {user} is full ({limit} items)")]
     RosterFull { user: String, limit: u32 },
+    /// The block list of the user is full (XEP-0191, `blocking.max_items`).
+    #[error("block list of {user} is full ({limit} items)")]
+    BlocklistFull { user: String, limit: u32 },
     /// A stored row cannot be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     CorruptData(String),
@@ -80,6 +83,7 @@ impl StorageError {
                 | StorageError::OfflineQueueFull { .. }
                 | StorageError::RosterFull { .. }
                 | StorageError::AccountDataFull { .. }
+                | StorageError::BlocklistFull { .. }
         )
     }
 }
@@ -94,6 +98,7 @@ impl From<StorageError> for ApiError {
             StorageError::OfflineQueueFull { .. }
             | StorageError::RosterFull { .. }
             | StorageError::AccountDataFull { .. } => ApiError::LimitReached(text),
+            StorageError::BlocklistFull { .. } => ApiError::LimitReached(text),
             StorageError::Connect { .. } => ApiError::Unavailable(text),
             StorageError::Database(ref database_error) => match database_error {
                 sqlx::Error::RowNotFound => ApiError::NotFound(text),

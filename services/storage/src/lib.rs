@@ -52,6 +52,9 @@ pub struct StorageConfig {
     pub max_offline_per_user: u32,
     /// Roster size cap per user; put_roster_item returns LimitReached past it (for a new item).
     pub max_roster_items: u32,
+    /// Block list cap per user (XEP-0191, `blocking.max_items`); `block`
+    /// returns LimitReached when a request would pass it.
+    pub max_blocklist_items: u32,
     /// The size of the connection pool (SQLite in memory always uses one connection).
     pub max_connections: u32,
     /// Bytes of XML documents (private XML storage, vCard) kept per account;
@@ -65,6 +68,7 @@ impl Default for StorageConfig {
             url: "sqlite://./data/starling.db".into(),
             max_offline_per_user: 1000,
             max_roster_items: 1000,
+            max_blocklist_items: 1000,
             max_connections: 8,
             max_account_data_bytes: DEFAULT_MAX_ACCOUNT_DATA_BYTES,
         }
@@ -82,6 +86,7 @@ pub struct Storage {
     max_offline_per_user: u32,
     max_roster_items: u32,
     max_account_data_bytes: u64,
+    max_blocklist_items: u32,
     metrics: StorageMetrics,
 }
 
@@ -101,6 +106,7 @@ impl fmt::Debug for Storage {
             .field("driver", &driver)
             .field("max_offline_per_user", &self.max_offline_per_user)
             .field("max_roster_items", &self.max_roster_items)
+            .field("max_blocklist_items", &self.max_blocklist_items)
             .finish()
     }
 }
@@ -128,6 +134,7 @@ macro_rules! on_database {
 // gRPC. Declared after `on_database!` so that they can use it.
 mod account_data;
 mod accounts;
+mod blocking;
 mod offline;
 mod roster;
 
@@ -155,6 +162,7 @@ impl Storage {
             max_offline_per_user: config.max_offline_per_user,
             max_roster_items: config.max_roster_items,
             max_account_data_bytes: config.max_account_data_bytes,
+            max_blocklist_items: config.max_blocklist_items,
             metrics: StorageMetrics::default(),
         })
     }

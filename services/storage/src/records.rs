@@ -167,6 +167,14 @@ pub(crate) fn check_roster_item(item: &RosterItem) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// One row of `blocklist_items`: the normalised address and the XEP-0377
+/// report, if any.
+pub(crate) struct BlockRow {
+    pub(crate) jid: String,
+    pub(crate) report_reason: Option<String>,
+    pub(crate) report_text: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

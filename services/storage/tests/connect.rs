@@ -301,6 +301,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
         BTreeSet::from([
             "account_documents",
             "accounts",
+            "blocklist_items",
             "offline_messages",
             "roster_groups",
             "roster_items",

@@ -8,12 +8,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use starling_api::{
-    AccountDataStore, AccountStore, ApiError, OfflineStore, RosterItem, RosterStore,
-    ScramCredentials, StoredCredentials, Subscription,
+    AbuseReport, AccountDataStore, AccountStore, ApiError, BlockedItem, BlockingStore,
+    OfflineStore, RosterItem, RosterStore, ScramCredentials, StoredCredentials, Subscription,
 };
-use starling_jid::BareJid;
+use starling_jid::{BareJid, Jid};
 use starling_storage::Storage;
-use support::{MAX_ACCOUNT_DATA_BYTES, MAX_OFFLINE_PER_USER, MAX_ROSTER_ITEMS};
+use support::{
+    MAX_ACCOUNT_DATA_BYTES, MAX_BLOCKLIST_ITEMS, MAX_OFFLINE_PER_USER, MAX_ROSTER_ITEMS,
+};
 
 fn jid(text: &str) -> BareJid {
     text.parse()
@@ -51,6 +53,7 @@ fn is_not_found<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
 }
 
 pub mod cases {
+    pub use super::blocking_cases::*;
     use super::*;
 
     pub async fn accounts_create_duplicate_list_remove(storage: Storage) {
@@ -773,6 +776,168 @@ pub mod cases {
     }
 }
 
+pub mod blocking_cases {
+    use super::*;
+
+    fn address(text: &str) -> Jid {
+        text.parse().expect("a valid jid")
+    }
+
+    fn addresses(items: &[BlockedItem]) -> Vec<String> {
+        items.iter().map(|item| item.jid.to_string()).collect()
+    }
+
+    pub async fn blocklist_block_unblock_and_reports(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        assert_eq!(storage.blocklist(&alice).await.unwrap(), Vec::new());
+        let spam = AbuseReport {
+            reason: "urn:xmpp:reporting:spam".into(),
+            text: Some("buy now".into()),
+        };
+        storage
+            .block(
+                &alice,
+                &[
+                    BlockedItem {
+                        jid: address("spammer@example.net"),
+                        report: Some(spam.clone()),
+                    },
+                    BlockedItem::new(address("example.com")),
+                    BlockedItem::new(address("Romeo@Example.net/Orchard")),
+                ],
+            )
+            .await
+            .unwrap();
+        let list = storage.blocklist(&alice).await.unwrap();
+        // Sorted by address, normalised, each with its report.
+        assert_eq!(
+            addresses(&list),
+            vec![
+                "example.com",
+                "romeo@example.net/Orchard",
+                "spammer@example.net"
+            ]
+        );
+        assert_eq!(list[2].report, Some(spam.clone()));
+        assert_eq!(list[0].report, None);
+
+        // Blocking again keeps one item, and a plain block keeps the report.
+        storage
+            .block(&alice, &[BlockedItem::new(address("spammer@example.net"))])
+            .await
+            .unwrap();
+        let list = storage.blocklist(&alice).await.unwrap();
+        assert_eq!(list.len(), 3);
+        assert_eq!(list[2].report, Some(spam));
+
+        // Unblock one (and one never blocked): only the blocked one is removed.
+        let removed = storage
+            .unblock(
+                &alice,
+                &[address("example.com"), address("nobody@example.org")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(removed, vec![address("example.com")]);
+        assert_eq!(storage.blocklist(&alice).await.unwrap().len(), 2);
+
+        // Another account's list is its own.
+        let bob = account(&storage, "bob@example.org").await;
+        assert!(storage.blocklist(&bob).await.unwrap().is_empty());
+
+        // Unblock all (XEP-0191 section 3.5).
+        let removed = storage.unblock(&alice, &[]).await.unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(storage.blocklist(&alice).await.unwrap().is_empty());
+    }
+
+    pub async fn blocklist_cap_refuses_the_whole_request(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let items: Vec<BlockedItem> = (0..MAX_BLOCKLIST_ITEMS)
+            .map(|index| BlockedItem::new(address(&format!("user{index}@example.net"))))
+            .collect();
+        storage.block(&alice, &items[..2]).await.unwrap();
+        // Two more new ones and one already there: exactly at the cap.
+        storage.block(&alice, &items[1..]).await.unwrap();
+        let full = storage
+            .block(
+                &alice,
+                &[
+                    BlockedItem::new(address("extra@example.net")),
+                    BlockedItem::new(address("user0@example.net")),
+                ],
+            )
+            .await;
+        assert!(matches!(full, Err(ApiError::LimitReached(_))), "{full:?}");
+        let list = storage.blocklist(&alice).await.unwrap();
+        assert_eq!(list.len(), MAX_BLOCKLIST_ITEMS as usize);
+        assert!(!addresses(&list).contains(&"extra@example.net".to_string()));
+        // Re-blocking what is there is not a new item.
+        storage.block(&alice, &items[..1]).await.unwrap();
+    }
+
+    pub async fn blocklist_needs_an_account_and_goes_with_it(storage: Storage) {
+        let ghost = jid("ghost@example.org");
+        let refused = storage
+            .block(&ghost, &[BlockedItem::new(address("a@example.net"))])
+            .await;
+        assert!(is_not_found(&refused), "{refused:?}");
+        assert!(storage.blocklist(&ghost).await.unwrap().is_empty());
+        assert!(storage.unblock(&ghost, &[]).await.unwrap().is_empty());
+
+        let alice = account(&storage, "alice@example.org").await;
+        storage
+            .block(&alice, &[BlockedItem::new(address("a@example.net"))])
+            .await
+            .unwrap();
+        storage.remove_account(&alice).await.unwrap();
+        let alice = account(&storage, "alice@example.org").await;
+        assert!(storage.blocklist(&alice).await.unwrap().is_empty());
+
+        // A report text past the bound is refused, nothing stored.
+        let long = BlockedItem {
+            jid: address("b@example.net"),
+            report: Some(AbuseReport {
+                reason: "urn:xmpp:reporting:abuse".into(),
+                text: Some("x".repeat(5000)),
+            }),
+        };
+        let refused = storage.block(&alice, &[long]).await;
+        assert!(matches!(refused, Err(ApiError::Invalid(_))), "{refused:?}");
+        assert!(storage.blocklist(&alice).await.unwrap().is_empty());
+    }
+
+    pub async fn concurrent_blocks_respect_the_cap(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let storage = Arc::new(storage);
+        let tasks: Vec<_> = (0..(MAX_BLOCKLIST_ITEMS * 3))
+            .map(|index| {
+                let storage = storage.clone();
+                let alice = alice.clone();
+                tokio::spawn(async move {
+                    storage
+                        .block(
+                            &alice,
+                            &[BlockedItem::new(address(&format!("c{index}@example.net")))],
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut accepted = 0;
+        for task in tasks {
+            if task.await.unwrap().is_ok() {
+                accepted += 1;
+            }
+        }
+        assert_eq!(accepted, MAX_BLOCKLIST_ITEMS);
+        assert_eq!(
+            storage.blocklist(&alice).await.unwrap().len(),
+            MAX_BLOCKLIST_ITEMS as usize
+        );
+    }
+}
+
 /// One test per case and backend.
 macro_rules! contract_suite {
     ($($case:ident),* $(,)?) => {
@@ -804,6 +969,10 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(
+    blocklist_block_unblock_and_reports,
+    blocklist_cap_refuses_the_whole_request,
+    blocklist_needs_an_account_and_goes_with_it,
+    concurrent_blocks_respect_the_cap,
     accounts_create_duplicate_list_remove,
     domain_jid_is_never_an_account,
     credentials_round_trip,

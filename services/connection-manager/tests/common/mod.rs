@@ -18,12 +18,13 @@ use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use sha2::Digest;
 use starling_api::{
-    AccountStore, ApiError, ApiResult, BindError, OfflineStore, Origin, RosterItem, RosterStore,
-    RouterApi, SessionAddr, SessionRecord, SessionRegistry, StorageApi, StoredCredentials,
+    AccountStore, ApiError, ApiResult, BindError, BlockedItem, BlockingStore, OfflineStore, Origin,
+    RosterItem, RosterStore, RouterApi, SessionAddr, SessionRecord, SessionRegistry, StorageApi,
+    StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, InProcessBus, Recipient};
 use starling_connection_manager::{CmConfig, CmError, CmLimits, ConnectionManager, TlsSettings};
-use starling_jid::{BareJid, FullJid};
+use starling_jid::{BareJid, FullJid, Jid};
 use starling_registry::MemoryRegistry;
 use starling_xmpp::{Element, StreamErrorCondition};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -172,6 +173,21 @@ impl starling_api::AccountDataStore for FakeStorage {
         _xml: Option<&str>,
     ) -> ApiResult<()> {
         Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
+#[async_trait]
+impl BlockingStore for FakeStorage {
+    async fn blocklist(&self, _user: &BareJid) -> ApiResult<Vec<BlockedItem>> {
+        Ok(Vec::new())
+    }
+
+    async fn block(&self, _user: &BareJid, _items: &[BlockedItem]) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn unblock(&self, _user: &BareJid, _jids: &[Jid]) -> ApiResult<Vec<Jid>> {
+        Ok(Vec::new())
     }
 }
 

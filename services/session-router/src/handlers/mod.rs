@@ -8,6 +8,7 @@ use starling_api::FeatureSpec;
 use crate::features::IqHandler;
 use crate::router::RouterConfig;
 
+pub(crate) mod blocking;
 pub(crate) mod disco;
 mod documents;
 pub(crate) mod last;
@@ -27,6 +28,7 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
     &private::PrivateStorage,
     &vcard::VCard,
     &last::LastActivity,
+    &blocking::Blocking,
 ];
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the

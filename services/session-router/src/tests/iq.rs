@@ -129,7 +129,7 @@ async fn the_server_answers_disco_info_with_what_it_implements() {
     let reply = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='s1' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert_eq!(
         reply,
-        vec![to_conn(1, "<iq type='result' id='s1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='jabber:iq:last'/><feature var='jabber:iq:private'/><feature var='jabber:iq:roster'/><feature var='jabber:iq:version'/><feature var='msgoffline'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/><feature var='vcard-temp'/></query></iq>")]
+        vec![to_conn(1, "<iq type='result' id='s1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Starling'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/><feature var='jabber:iq:last'/><feature var='jabber:iq:private'/><feature var='jabber:iq:roster'/><feature var='jabber:iq:version'/><feature var='msgoffline'/><feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/><feature var='urn:xmpp:reporting:1'/><feature var='vcard-temp'/></query></iq>")]
     );
 }
 
@@ -165,8 +165,10 @@ async fn in_band_registration_is_advertised_when_enabled() {
             "jabber:iq:roster",
             "jabber:iq:version",
             "msgoffline",
+            "urn:xmpp:blocking",
             "urn:xmpp:carbons:2",
             "urn:xmpp:ping",
+            "urn:xmpp:reporting:1",
             "vcard-temp",
         ]
     );

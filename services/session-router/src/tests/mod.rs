@@ -4,6 +4,7 @@
 //! Every rule is exercised with literal XML.
 
 mod bind;
+mod blocking;
 mod carbons;
 mod iq;
 mod message;
@@ -18,11 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use starling_api::{
-    AccountStore, ApiError, ApiResult, OfflineStore, Origin, PresenceApi, RosterItem, RosterStore,
-    RouterApi, ScramCredentials, SessionAddr, SessionRegistry, StorageApi, StoredCredentials,
+    AccountStore, ApiError, ApiResult, BlockedItem, BlockingStore, OfflineStore, Origin,
+    PresenceApi, RosterItem, RosterStore, RouterApi, ScramCredentials, SessionAddr,
+    SessionRegistry, StorageApi, StoredCredentials,
 };
 use starling_bus::{Bus, Delivery, DeliveryReceiver, InProcessBus, Recipient};
-use starling_jid::{BareJid, FullJid};
+use starling_jid::{BareJid, FullJid, Jid};
 use starling_registry::MemoryRegistry;
 use starling_storage::{Storage, StorageConfig};
 use starling_xmpp::{Element, StreamErrorCondition};
@@ -160,6 +162,21 @@ impl starling_api::AccountDataStore for UnavailableStorage {
         _key: &str,
         _xml: Option<&str>,
     ) -> ApiResult<()> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
+impl BlockingStore for UnavailableStorage {
+    async fn blocklist(&self, _user: &BareJid) -> ApiResult<Vec<BlockedItem>> {
+        Err(database_down())
+    }
+
+    async fn block(&self, _user: &BareJid, _items: &[BlockedItem]) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn unblock(&self, _user: &BareJid, _jids: &[Jid]) -> ApiResult<Vec<Jid>> {
         Err(database_down())
     }
 }
@@ -320,6 +337,7 @@ impl Harness {
             let config = StorageConfig {
                 url: "sqlite::memory:".into(),
                 max_offline_per_user: options.offline_limit,
+                max_blocklist_items: 5,
                 ..Default::default()
             };
             let storage = Storage::connect(&config).await.expect("in-memory storage");
@@ -345,6 +363,7 @@ impl Harness {
                 server_name: "Starling".into(),
                 server_version: "0.1.0".into(),
                 carbons: options.carbons,
+                blocking_max_items: 5,
             },
             registry.clone(),
             bus.clone(),

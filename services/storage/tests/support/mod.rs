@@ -16,6 +16,7 @@ use starling_storage::{Storage, StorageConfig};
 /// The limits every suite storage runs with, small enough to reach in a test.
 pub const MAX_OFFLINE_PER_USER: u32 = 5;
 pub const MAX_ROSTER_ITEMS: u32 = 25;
+pub const MAX_BLOCKLIST_ITEMS: u32 = 4;
 
 /// The suite's bound on an account's stored documents.
 pub const MAX_ACCOUNT_DATA_BYTES: u64 = 1000;
@@ -34,6 +35,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         url,
         max_offline_per_user: MAX_OFFLINE_PER_USER,
         max_roster_items: MAX_ROSTER_ITEMS,
+        max_blocklist_items: MAX_BLOCKLIST_ITEMS,
         max_connections: 8,
         max_account_data_bytes: MAX_ACCOUNT_DATA_BYTES,
     }

@@ -19,11 +19,13 @@ use crate::records::AccountAddress;
 
 mod account_data;
 mod accounts;
+mod blocking;
 mod offline;
 mod roster;
 
 pub(crate) use account_data::*;
 pub(crate) use accounts::*;
+pub(crate) use blocking::*;
 pub(crate) use offline::*;
 pub(crate) use roster::*;
 
