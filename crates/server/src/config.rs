@@ -692,14 +692,17 @@ impl Config {
         }
     }
 
-    /// The stanza parser's limits from `[limits]`: what every hop that parses a
-    /// stanza again (the bus on the receiving node included) must accept.
-    pub fn stanza_limits(&self) -> starling_xmpp::Limits {
+    /// The limits every hop after the edge parses a stanza again under (the
+    /// bus on the receiving node, the offline store): `[limits]` sized for
+    /// what the server adds (`Limits::for_server_copies`), so that a stanza
+    /// the edge accepted always parses again.
+    pub fn stored_stanza_limits(&self) -> starling_xmpp::Limits {
         starling_xmpp::Limits {
             max_stanza_bytes: self.limits.max_stanza_bytes as usize,
             max_depth: self.limits.max_depth as usize,
             ..starling_xmpp::Limits::default()
         }
+        .for_server_copies()
     }
 
     pub fn c2s_addr(&self) -> Option<SocketAddr> {

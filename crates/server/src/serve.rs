@@ -145,6 +145,7 @@ fn presence_service(
     Arc::new(PresenceService::new(
         PresenceConfig {
             domain: config.domain.clone(),
+            stored_stanza_limits: config.stored_stanza_limits(),
         },
         state.registry.clone(),
         state.bus.clone(),
@@ -247,7 +248,7 @@ async fn routing_state(
         );
     let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
     let resumption: Arc<dyn ResumptionStore> = Arc::new(RedisResumption::new(redis.clone()));
-    let bus = RedisBus::new(redis.clone(), config.stanza_limits(), bus_metrics)
+    let bus = RedisBus::new(redis.clone(), config.stored_stanza_limits(), bus_metrics)
         .await
         .context("cannot start the redis bus")?
         .with_resumption(resumption.clone());

@@ -51,16 +51,20 @@ pub(crate) enum Limit {
     AuthAttempts,
     /// No bound resource before the pre-authentication deadline.
     PreAuthTimeout,
+    /// A stanza refused with `<policy-violation/>`: under `max_stanza_bytes`
+    /// on the wire, over it as re-serialised with the stamped `from`.
+    StanzaGrowth,
 }
 
 impl Limit {
-    const ALL: [Limit; 6] = [
+    const ALL: [Limit; 7] = [
         Limit::StanzaRate,
         Limit::OutboundQueue,
         Limit::ConnectionsPerIp,
         Limit::FailedAuthPerIp,
         Limit::AuthAttempts,
         Limit::PreAuthTimeout,
+        Limit::StanzaGrowth,
     ];
 
     fn label(self) -> &'static str {
@@ -71,6 +75,7 @@ impl Limit {
             Limit::FailedAuthPerIp => "failed_auth_per_ip",
             Limit::AuthAttempts => "auth_attempts",
             Limit::PreAuthTimeout => "pre_auth_timeout",
+            Limit::StanzaGrowth => "stanza_growth",
         }
     }
 }
@@ -122,7 +127,7 @@ pub struct CmMetrics {
     received: [IntCounter; 3],
     sent: [IntCounter; 3],
     stream_errors: IntCounterVec,
-    limits: [IntCounter; 6],
+    limits: [IntCounter; 7],
     delivery_latency: [Histogram; 3],
     /// XEP-0198: streams enabled, resumed, failed resumptions, detached.
     sm_events: IntCounterVec,

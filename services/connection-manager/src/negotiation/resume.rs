@@ -138,7 +138,7 @@ pub(crate) async fn resume_stream<T: Transport>(
     let replay: Vec<QueuedStanza> = resumed
         .unacked
         .iter()
-        .filter_map(|xml| sm::parse_journaled(xml, &shared.parser_limits))
+        .filter_map(|xml| sm::parse_journaled(xml, &shared.parser_limits.for_server_copies()))
         .map(QueuedStanza::new)
         .collect();
     let replayed = replay.len();
