@@ -1,6 +1,7 @@
 """Issue 18, "bounded by bytes, everywhere": each row of the issue's table as
 an attack, with the bound it must meet and another user's round trip during it."""
 
+import re
 import time
 
 import pytest
@@ -158,3 +159,157 @@ def metric(text, name):
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def websocket_login(server, jid, password, resource="web"):
+    """Log in over XMPP over WebSocket (RFC 7395) with SCRAM-SHA-256 (RFC 5802,
+    RFC 7677), by hand; returns the socket and the bound full JID."""
+    import base64
+    import hashlib
+    import hmac
+    import os
+    import socket
+
+    from test_websocket import _ws_frame, _ws_read_text
+
+    sock = socket.create_connection(("127.0.0.1", server.http), timeout=20)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /xmpp-websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    assert b" 101 " in head, head
+
+    def open_stream():
+        sock.sendall(_ws_frame(f"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{server.domain}' version='1.0'/>"))
+        assert "<open" in _ws_read_text(sock)
+        return _ws_read_text(sock)
+
+    assert "SCRAM-SHA-256" in open_stream()
+    user = jid.split("@")[0]
+    client_nonce = base64.b64encode(os.urandom(18)).decode()
+    first_bare = f"n={user},r={client_nonce}"
+    sock.sendall(
+        _ws_frame(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>"
+            + base64.b64encode(f"n,,{first_bare}".encode()).decode()
+            + "</auth>"
+        )
+    )
+    challenge = _ws_read_text(sock)
+    server_first = base64.b64decode(re.search(r">([^<]+)</challenge>", challenge).group(1)).decode()
+    fields = dict(part.split("=", 1) for part in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    final_without_proof = f"c=biws,r={fields['r']}"
+    auth_message = f"{first_bare},{server_first},{final_without_proof}".encode()
+    signature = hmac.new(stored_key, auth_message, hashlib.sha256).digest()
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature))).decode()
+    sock.sendall(
+        _ws_frame(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+            + base64.b64encode(f"{final_without_proof},p={proof}".encode()).decode()
+            + "</response>"
+        )
+    )
+    assert "<success" in _ws_read_text(sock)
+    open_stream()
+    sock.sendall(
+        _ws_frame(
+            "<iq xmlns='jabber:client' type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+            f"<resource>{resource}</resource></bind></iq>"
+        )
+    )
+    bound = _ws_read_text(sock)
+    return sock, re.search(r"<jid>([^<]+)</jid>", bound).group(1)
+
+
+def test_slow_and_silent_http_connections_are_closed_and_capped(server_factory):
+    """Issue 18: 300 HTTP connections from one address sending nothing, or
+    their headers or body one byte at a time, were all still open after 60 s
+    (no timeout, no per-address cap: the HTTP server ran without a timer).
+    Now those over `limits.http_connections_per_ip` are closed at accept and
+    the others within the header or body timeout, while a client from another
+    address logs in over WebSocket and chats over c2s."""
+    import select
+    import socket
+
+    srv = server_factory(
+        "[limits]\nhttp_header_timeout_secs = 2\nhttp_body_timeout_secs = 2\nhttp_connections_per_ip = 100\n"
+    )
+    started = time.monotonic()
+    attackers = {}
+    for index in range(300):
+        sock = socket.socket()
+        sock.bind(("127.0.0.2", 0))  # the attacker's address; the legitimate client is 127.0.0.1
+        sock.connect(("127.0.0.1", srv.http))
+        sock.setblocking(False)
+        mode = ("silent", "header", "body")[index % 3]
+        pending = b""
+        if mode == "header":
+            pending = b"GET /.well-known/host-meta HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 10_000
+        elif mode == "body":
+            sock.sendall(
+                b"POST /http-bind HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nContent-Length: 100000\r\n\r\n"
+            )
+            pending = b"<" + b" " * 99_999
+        attackers[sock] = pending
+    closed_after = {}
+
+    def tick():
+        """Send every open attacker one more byte; note the ones the server closed."""
+        readable, _, _ = select.select(list(attackers), [], [], 0)
+        for sock in readable:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                closed_after[sock] = time.monotonic() - started
+                del attackers[sock]
+                sock.close()
+        for sock, pending in list(attackers.items()):
+            if pending:
+                try:
+                    sock.send(pending[:1])
+                    attackers[sock] = pending[1:]
+                except OSError:
+                    pass
+
+    # During the attack: a WebSocket login and a c2s round trip from 127.0.0.1.
+    alice, alice_password = srv.add_user()
+    bob, bob_password = srv.add_user()
+    tick()
+    web, web_jid = websocket_login(srv, alice, alice_password)
+    tick()
+    sender = raw_login(srv, bob, bob_password)
+    receiver = raw_login(srv, alice, alice_password, resource="tcp", presence=True)
+    assert round_trip(srv, sender, receiver, "during the attack") < 5
+    web.close()
+
+    while attackers and time.monotonic() - started < 20:
+        tick()
+        time.sleep(0.1)
+    assert not attackers, f"{len(attackers)} of 300 connections still open after 20 s"
+    assert len(closed_after) == 300
+    refused = sorted(closed_after.values())[:200]
+    print(f"closed: first 200 within {refused[-1]:.2f} s, all within {max(closed_after.values()):.2f} s")
+    # Over the cap: closed at once, whatever they send.
+    assert refused[-1] < 5
+    # The others: within the timeouts (2 s) and the time to notice.
+    assert max(closed_after.values()) < 12
+
+    metrics = scrape(srv)
+    assert metric(metrics, 'starling_http_refused_total{reason="connections_per_ip"}') >= 200
+    assert metric(metrics, 'starling_http_timeouts_total{phase="header"}') >= 60
+    assert metric(metrics, 'starling_http_timeouts_total{phase="body"}') >= 30
+    assert srv.process.poll() is None

@@ -218,6 +218,15 @@ pub struct LimitsConfig {
     pub max_resources_per_user: u32,
     /// A BOSH session with no request for this long ends (XEP-0124 `inactivity`).
     pub bosh_inactivity_secs: u64,
+    /// HTTP listeners: from accept, or from the end of the previous response,
+    /// until a request's head is whole (the keep-alive idle timeout too).
+    pub http_header_timeout_secs: u64,
+    /// HTTP listeners: from a request's head until its body is whole.
+    pub http_body_timeout_secs: u64,
+    /// HTTP listeners: open connections from one address (HTTP and HTTPS together).
+    pub http_connections_per_ip: u32,
+    /// HTTP listeners: requests handled at once; more are answered 503.
+    pub http_max_requests: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -335,6 +344,10 @@ impl Default for LimitsConfig {
             outbound_queue_stanzas: 1000,
             max_resources_per_user: 16,
             bosh_inactivity_secs: 60,
+            http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
+            http_connections_per_ip: 256,
+            http_max_requests: 4096,
         }
     }
 }
@@ -525,8 +538,21 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 13] = [
             ("limits.bosh_inactivity_secs", limits.bosh_inactivity_secs),
+            (
+                "limits.http_header_timeout_secs",
+                limits.http_header_timeout_secs,
+            ),
+            (
+                "limits.http_body_timeout_secs",
+                limits.http_body_timeout_secs,
+            ),
+            (
+                "limits.http_connections_per_ip",
+                limits.http_connections_per_ip.into(),
+            ),
+            ("limits.http_max_requests", limits.http_max_requests.into()),
             ("limits.max_stanza_bytes", limits.max_stanza_bytes),
             ("limits.max_depth", limits.max_depth.into()),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
@@ -703,6 +729,16 @@ impl Config {
             ..starling_xmpp::Limits::default()
         }
         .for_server_copies()
+    }
+
+    /// The limits of the HTTP listeners, from `limits.http_*`.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_timeout: std::time::Duration::from_secs(self.limits.http_header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.limits.http_body_timeout_secs),
+            connections_per_ip: self.limits.http_connections_per_ip,
+            max_requests: self.limits.http_max_requests,
+        }
     }
 
     pub fn c2s_addr(&self) -> Option<SocketAddr> {

@@ -639,6 +639,8 @@ impl Server {
         server.readiness = readiness;
         server.routing_state = state;
 
+        let http_guard = http::HttpGuard::new(config.http_limits(), &registry)
+            .context("cannot register the http metrics")?;
         if let Some(address) = config.http_addr() {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -648,6 +650,7 @@ impl Server {
             server.local_addrs.push(("http", local_addr));
             server.http_task = Some(tokio::spawn(http::serve(
                 listener,
+                http_guard.clone(),
                 server.readiness.clone(),
                 registry.clone(),
                 routes.clone(),
@@ -666,6 +669,7 @@ impl Server {
                 server.https_task = Some(tokio::spawn(http::serve_tls(
                     listener,
                     acceptor.clone(),
+                    http_guard.clone(),
                     server.readiness.clone(),
                     registry.clone(),
                     routes.clone(),
