@@ -313,3 +313,66 @@ def test_slow_and_silent_http_connections_are_closed_and_capped(server_factory):
     assert metric(metrics, 'starling_http_timeouts_total{phase="header"}') >= 60
     assert metric(metrics, 'starling_http_timeouts_total{phase="body"}') >= 30
     assert srv.process.poll() is None
+
+
+def test_clients_that_stop_reading_large_messages_hold_bounded_bytes(server_factory):
+    """Issue 18: 4 sessions that stop reading, each sent large messages, made
+    RSS grow by up to 450 MB: the outbound queue was bounded at 1,000
+    stanzas, not in bytes. Now each connection holds at most
+    `limits.outbound_queue_bytes` (here 2 MiB) before its stream ends with
+    `<policy-violation/>`; what it was not sent goes to offline storage, and
+    another user's round trip stays fast during the attack."""
+    import socket
+
+    srv = server_factory("[limits]\noutbound_queue_bytes = 2097152\nstanzas_per_second = 0\n")
+    body = "x" * 250_000
+    per_victim = 60  # 15 MB per victim, 60 MB in all if it were kept
+    victims = []
+    for index in range(4):
+        jid, password = srv.add_user()
+        raw = RawClient(srv, timeout=20)
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.login(jid, password, "slow")
+        raw.send("<presence/><iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>")
+        raw.recv_until("id='sync'")
+        victims.append((jid, password, raw))
+    senders = [raw_login(srv, *srv.add_user()) for _ in range(4)]
+    carol, carol_password = srv.add_user()
+    dave, dave_password = srv.add_user()
+    watcher = (raw_login(srv, carol, carol_password), raw_login(srv, dave, dave_password, presence=True))
+
+    before = rss_kib(srv)
+    peak = before
+    slowest = 0.0
+    for number in range(per_victim):
+        for (victim, _, _), (sender, _) in zip(victims, senders):
+            sender.send(f"<message to='{victim}' type='chat' id='m{number}'><body>{number} {body}</body></message>")
+        if number % 10 == 0:
+            peak = max(peak, rss_kib(srv))
+            slowest = max(slowest, round_trip(srv, *watcher, f"rt{number}"))
+    for sender, _ in senders:
+        sender.send("<iq type='get' id='done'><ping xmlns='urn:xmpp:ping'/></iq>")
+        sender.recv_until("id='done'", timeout=60)
+    peak = max(peak, rss_kib(srv))
+    grown_mib = (peak - before) / 1024
+    print(f"RSS grew by {grown_mib:.1f} MiB at the peak; slowest round trip {slowest * 1000:.0f} ms")
+
+    # Each slow stream ended with policy-violation (written if its socket took
+    # it; the victims read nothing, so the metrics tell).
+    metrics = scrape(srv)
+    assert metric(metrics, 'starling_limits_hit_total{limit="outbound_queue_bytes"}') >= 4
+    assert metric(metrics, 'starling_limits_hit_total{limit="outbound_queue"}') >= 4
+    assert metric(metrics, "starling_outbound_queue_bytes") == 0
+    # Nothing dropped: what the server had not written when the streams
+    # ended went to offline storage (those before it went into the victims'
+    # sockets, at most a few MB each: TCP's to deliver, or stream
+    # management's to recover).
+    stored = metric(metrics, "starling_offline_messages_stored_total")
+    print(f"stored offline: {stored:.0f} of {4 * per_victim}")
+    assert stored >= 4 * (per_victim - 40), stored
+    # The bound: 4 x 2 MiB queued, plus what is being written, plus the
+    # senders' side; 60 MB if the queues had kept everything.
+    assert grown_mib < 40, f"RSS grew by {grown_mib:.1f} MiB"
+    # A debug build parsing 60 MB of XML on a shared machine; the point is
+    # that the other users are served during the attack, not stalled by it.
+    assert slowest < 2.5

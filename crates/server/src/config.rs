@@ -215,6 +215,10 @@ pub struct LimitsConfig {
     pub stanzas_per_second: u32,
     pub stanza_burst: u32,
     pub outbound_queue_stanzas: u32,
+    /// Bytes waiting to be written to one client; past it the stream ends like a full queue.
+    pub outbound_queue_bytes: u64,
+    /// Bytes waiting in all the outbound queues of one connection-manager.
+    pub outbound_queue_bytes_total: u64,
     pub max_resources_per_user: u32,
     /// A BOSH session with no request for this long ends (XEP-0124 `inactivity`).
     pub bosh_inactivity_secs: u64,
@@ -342,6 +346,8 @@ impl Default for LimitsConfig {
             stanzas_per_second: 200,
             stanza_burst: 400,
             outbound_queue_stanzas: 1000,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            outbound_queue_bytes_total: 256 * 1024 * 1024,
             max_resources_per_user: 16,
             bosh_inactivity_secs: 60,
             http_header_timeout_secs: 10,
@@ -538,7 +544,12 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 15] = [
+            ("limits.outbound_queue_bytes", limits.outbound_queue_bytes),
+            (
+                "limits.outbound_queue_bytes_total",
+                limits.outbound_queue_bytes_total,
+            ),
             ("limits.bosh_inactivity_secs", limits.bosh_inactivity_secs),
             (
                 "limits.http_header_timeout_secs",
@@ -586,6 +597,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
                 message: "must be at least 10000 (RFC 6120 section 13.12 requires accepting 10000-byte stanzas)".into(),
+            });
+        }
+        if limits.outbound_queue_bytes_total < limits.outbound_queue_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.outbound_queue_bytes_total",
+                message: "must be at least limits.outbound_queue_bytes".into(),
             });
         }
         if limits.max_auth_attempts > 5 || limits.max_auth_attempts < 2 {

@@ -191,6 +191,8 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
             stanzas_per_second: config.limits.stanzas_per_second,
             stanza_burst: config.limits.stanza_burst,
             outbound_queue_stanzas: config.limits.outbound_queue_stanzas as usize,
+            outbound_queue_bytes: config.limits.outbound_queue_bytes as usize,
+            outbound_queue_bytes_total: config.limits.outbound_queue_bytes_total as usize,
             bosh_inactivity: Duration::from_secs(config.limits.bosh_inactivity_secs),
         },
         registration_enabled: config.registration.enabled,
