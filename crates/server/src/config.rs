@@ -198,6 +198,8 @@ pub struct StorageConfig {
     /// `sqlite://FILE` or `postgres://USER@HOST:PORT/DB`; empty: `sqlite://<data_dir>/starling.db`.
     pub url: String,
     pub max_offline_per_user: u32,
+    /// Bytes of stored messages per account; what a login's flush holds at most.
+    pub max_offline_bytes_per_user: u64,
     pub max_roster_items: u32,
     pub max_connections: u32,
 }
@@ -327,6 +329,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: String::new(),
             max_offline_per_user: 1000,
+            max_offline_bytes_per_user: 2 * 1024 * 1024,
             max_roster_items: 1000,
             max_connections: 8,
         }
@@ -597,6 +600,19 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
                 message: "must be at least 10000 (RFC 6120 section 13.12 requires accepting 10000-byte stanzas)".into(),
+            });
+        }
+        // The whole offline queue is flushed to the session that logs in: it
+        // must fit in half its outbound queue, the other half for live traffic.
+        if self.storage.max_offline_bytes_per_user == 0
+            || self.storage.max_offline_bytes_per_user > limits.outbound_queue_bytes / 2
+        {
+            return Err(ConfigError::Invalid {
+                key: "storage.max_offline_bytes_per_user",
+                message: format!(
+                    "must be between 1 and half of limits.outbound_queue_bytes ({})",
+                    limits.outbound_queue_bytes / 2
+                ),
             });
         }
         if limits.outbound_queue_bytes_total < limits.outbound_queue_bytes {

@@ -70,6 +70,7 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
     let storage_config = starling_storage::StorageConfig {
         url: config.storage_url(),
         max_offline_per_user: config.storage.max_offline_per_user,
+        max_offline_bytes_per_user: config.storage.max_offline_bytes_per_user,
         max_roster_items: config.storage.max_roster_items,
         max_connections: config.storage.max_connections,
     };

@@ -47,6 +47,9 @@ pub enum StorageError {
     /// The offline queue of the user is full (XEP-0160).
     #[error("offline queue of {user} is full ({limit} messages)")]
     OfflineQueueFull { user: String, limit: u32 },
+    /// The offline queue of the user holds as many bytes as it may.
+    #[error("offline queue of {user} is full ({limit} bytes)")]
+    OfflineQueueBytesFull { user: String, limit: u64 },
     /// The roster of the user is full.
     #[error("roster of {user} is full ({limit} items)")]
     RosterFull { user: String, limit: u32 },
@@ -75,6 +78,7 @@ impl StorageError {
                 | StorageError::AccountNotFound(_)
                 | StorageError::AccountExists(_)
                 | StorageError::OfflineQueueFull { .. }
+                | StorageError::OfflineQueueBytesFull { .. }
                 | StorageError::RosterFull { .. }
         )
     }
@@ -87,9 +91,9 @@ impl From<StorageError> for ApiError {
             StorageError::Invalid(_) => ApiError::Invalid(text),
             StorageError::AccountNotFound(_) => ApiError::NotFound(text),
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
-            StorageError::OfflineQueueFull { .. } | StorageError::RosterFull { .. } => {
-                ApiError::LimitReached(text)
-            }
+            StorageError::OfflineQueueFull { .. }
+            | StorageError::OfflineQueueBytesFull { .. }
+            | StorageError::RosterFull { .. } => ApiError::LimitReached(text),
             StorageError::Connect { .. } => ApiError::Unavailable(text),
             StorageError::Database(ref database_error) => match database_error {
                 sqlx::Error::RowNotFound => ApiError::NotFound(text),
