@@ -906,4 +906,31 @@ mod csi_tests {
         assert!(remaining[2].contains("a@example.net") && remaining[3].contains("b@example.net"));
         assert!(remaining[4].contains("late"));
     }
+
+    #[test]
+    fn a_queue_refuses_past_its_bytes_and_gives_them_back_when_dropped() {
+        use crate::outbound_bytes::OutboundBytes;
+        use prometheus::{IntCounter, IntGauge};
+
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let bytes = OutboundBytes::new(
+            1000,
+            10_000,
+            gauge.clone(),
+            IntCounter::new("c", "c").unwrap(),
+        );
+        let handle = ConnectionHandle::with_bytes(1, 100, bytes);
+        let message = || {
+            QueuedStanza::new(
+                Element::new("message", ns::CLIENT)
+                    .with_child(Element::new("body", ns::CLIENT).with_text("x".repeat(580))),
+            )
+        };
+        let size = message().wire_len();
+        handle.push(message()).unwrap();
+        assert_eq!(handle.push(message()).unwrap_err().0, PushError::Full);
+        assert_eq!(gauge.get(), size as i64);
+        drop(handle);
+        assert_eq!(gauge.get(), 0);
+    }
 }

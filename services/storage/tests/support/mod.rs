@@ -32,6 +32,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         max_offline_per_user: MAX_OFFLINE_PER_USER,
         max_roster_items: MAX_ROSTER_ITEMS,
         max_connections: 8,
+        ..StorageConfig::default()
     }
 }
 
