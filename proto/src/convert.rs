@@ -16,13 +16,15 @@ use crate::common::v1 as common_proto;
 use crate::storage::v1 as storage_proto;
 
 /// The largest stanza accepted from a peer service: the gRPC message limit
-/// (4 MiB); the connection-manager has enforced the client-facing limit already.
+/// (4 MiB); the connection-manager has enforced the client-facing limit already,
+/// and depth and attributes have the room `Limits::for_server_copies` gives
+/// for what the server wraps around a stanza.
 const MAX_WIRE_STANZA_BYTES: usize = 4 * 1024 * 1024;
 
 pub(crate) fn wire_stanza_limits() -> Limits {
     Limits {
         max_stanza_bytes: MAX_WIRE_STANZA_BYTES,
-        ..Limits::default()
+        ..Limits::default().for_server_copies()
     }
 }
 

@@ -199,6 +199,8 @@ pub struct StorageConfig {
     /// `sqlite://FILE` or `postgres://USER@HOST:PORT/DB`; empty: `sqlite://<data_dir>/starling.db`.
     pub url: String,
     pub max_offline_per_user: u32,
+    /// Bytes of stored messages per account; what a login's flush holds at most.
+    pub max_offline_bytes_per_user: u64,
     pub max_roster_items: u32,
     pub max_connections: u32,
     /// Bytes of private XML (XEP-0049) and vCard (XEP-0054) kept per account.
@@ -218,9 +220,22 @@ pub struct LimitsConfig {
     pub stanzas_per_second: u32,
     pub stanza_burst: u32,
     pub outbound_queue_stanzas: u32,
+    /// Bytes waiting to be written to one client; past it the stream ends like a full queue.
+    pub outbound_queue_bytes: u64,
+    /// Bytes waiting in all the outbound queues of one connection-manager.
+    pub outbound_queue_bytes_total: u64,
     pub max_resources_per_user: u32,
     /// A BOSH session with no request for this long ends (XEP-0124 `inactivity`).
     pub bosh_inactivity_secs: u64,
+    /// HTTP listeners: from accept, or from the end of the previous response,
+    /// until a request's head is whole (the keep-alive idle timeout too).
+    pub http_header_timeout_secs: u64,
+    /// HTTP listeners: from a request's head until its body is whole.
+    pub http_body_timeout_secs: u64,
+    /// HTTP listeners: open connections from one address (HTTP and HTTPS together).
+    pub http_connections_per_ip: u32,
+    /// HTTP listeners: requests handled at once; more are answered 503.
+    pub http_max_requests: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -339,6 +354,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: String::new(),
             max_offline_per_user: 1000,
+            max_offline_bytes_per_user: 2 * 1024 * 1024,
             max_roster_items: 1000,
             max_connections: 8,
             max_account_data_bytes: starling_storage::DEFAULT_MAX_ACCOUNT_DATA_BYTES,
@@ -359,8 +375,14 @@ impl Default for LimitsConfig {
             stanzas_per_second: 200,
             stanza_burst: 400,
             outbound_queue_stanzas: 1000,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            outbound_queue_bytes_total: 256 * 1024 * 1024,
             max_resources_per_user: 16,
             bosh_inactivity_secs: 60,
+            http_header_timeout_secs: 10,
+            http_body_timeout_secs: 30,
+            http_connections_per_ip: 256,
+            http_max_requests: 4096,
         }
     }
 }
@@ -551,8 +573,26 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 16] = [
+            ("limits.outbound_queue_bytes", limits.outbound_queue_bytes),
+            (
+                "limits.outbound_queue_bytes_total",
+                limits.outbound_queue_bytes_total,
+            ),
             ("limits.bosh_inactivity_secs", limits.bosh_inactivity_secs),
+            (
+                "limits.http_header_timeout_secs",
+                limits.http_header_timeout_secs,
+            ),
+            (
+                "limits.http_body_timeout_secs",
+                limits.http_body_timeout_secs,
+            ),
+            (
+                "limits.http_connections_per_ip",
+                limits.http_connections_per_ip.into(),
+            ),
+            ("limits.http_max_requests", limits.http_max_requests.into()),
             ("limits.max_stanza_bytes", limits.max_stanza_bytes),
             ("limits.max_depth", limits.max_depth.into()),
             ("limits.pre_auth_timeout_secs", limits.pre_auth_timeout_secs),
@@ -596,6 +636,25 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
                 message: "must be at least 10000 (RFC 6120 section 13.12 requires accepting 10000-byte stanzas)".into(),
+            });
+        }
+        // The whole offline queue is flushed to the session that logs in: it
+        // must fit in half its outbound queue, the other half for live traffic.
+        if self.storage.max_offline_bytes_per_user == 0
+            || self.storage.max_offline_bytes_per_user > limits.outbound_queue_bytes / 2
+        {
+            return Err(ConfigError::Invalid {
+                key: "storage.max_offline_bytes_per_user",
+                message: format!(
+                    "must be between 1 and half of limits.outbound_queue_bytes ({})",
+                    limits.outbound_queue_bytes / 2
+                ),
+            });
+        }
+        if limits.outbound_queue_bytes_total < limits.outbound_queue_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.outbound_queue_bytes_total",
+                message: "must be at least limits.outbound_queue_bytes".into(),
             });
         }
         if limits.max_auth_attempts > 5 || limits.max_auth_attempts < 2 {
@@ -728,13 +787,26 @@ impl Config {
         }
     }
 
-    /// The stanza parser's limits from `[limits]`: what every hop that parses a
-    /// stanza again (the bus on the receiving node included) must accept.
-    pub fn stanza_limits(&self) -> starling_xmpp::Limits {
+    /// The limits every hop after the edge parses a stanza again under (the
+    /// bus on the receiving node, the offline store): `[limits]` sized for
+    /// what the server adds (`Limits::for_server_copies`), so that a stanza
+    /// the edge accepted always parses again.
+    pub fn stored_stanza_limits(&self) -> starling_xmpp::Limits {
         starling_xmpp::Limits {
             max_stanza_bytes: self.limits.max_stanza_bytes as usize,
             max_depth: self.limits.max_depth as usize,
             ..starling_xmpp::Limits::default()
+        }
+        .for_server_copies()
+    }
+
+    /// The limits of the HTTP listeners, from `limits.http_*`.
+    pub fn http_limits(&self) -> crate::http::HttpLimits {
+        crate::http::HttpLimits {
+            header_timeout: std::time::Duration::from_secs(self.limits.http_header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.limits.http_body_timeout_secs),
+            connections_per_ip: self.limits.http_connections_per_ip,
+            max_requests: self.limits.http_max_requests,
         }
     }
 

@@ -70,6 +70,7 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
     let storage_config = starling_storage::StorageConfig {
         url: config.storage_url(),
         max_offline_per_user: config.storage.max_offline_per_user,
+        max_offline_bytes_per_user: config.storage.max_offline_bytes_per_user,
         max_roster_items: config.storage.max_roster_items,
         max_blocklist_items: config.blocking.max_items,
         max_connections: config.storage.max_connections,
@@ -170,6 +171,7 @@ fn presence_service(
         PresenceService::new(
             PresenceConfig {
                 domain: config.domain.clone(),
+                stored_stanza_limits: config.stored_stanza_limits(),
             },
             state.registry.clone(),
             state.bus.clone(),
@@ -217,6 +219,8 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
             stanzas_per_second: config.limits.stanzas_per_second,
             stanza_burst: config.limits.stanza_burst,
             outbound_queue_stanzas: config.limits.outbound_queue_stanzas as usize,
+            outbound_queue_bytes: config.limits.outbound_queue_bytes as usize,
+            outbound_queue_bytes_total: config.limits.outbound_queue_bytes_total as usize,
             bosh_inactivity: Duration::from_secs(config.limits.bosh_inactivity_secs),
         },
         registration_enabled: config.registration.enabled,
@@ -274,7 +278,7 @@ async fn routing_state(
         );
     let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
     let resumption: Arc<dyn ResumptionStore> = Arc::new(RedisResumption::new(redis.clone()));
-    let bus = RedisBus::new(redis.clone(), config.stanza_limits(), bus_metrics)
+    let bus = RedisBus::new(redis.clone(), config.stored_stanza_limits(), bus_metrics)
         .await
         .context("cannot start the redis bus")?
         .with_resumption(resumption.clone());
@@ -681,6 +685,8 @@ impl Server {
         server.readiness = readiness;
         server.routing_state = state;
 
+        let http_guard = http::HttpGuard::new(config.http_limits(), &registry)
+            .context("cannot register the http metrics")?;
         if let Some(address) = config.http_addr() {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
@@ -690,6 +696,7 @@ impl Server {
             server.local_addrs.push(("http", local_addr));
             server.http_task = Some(tokio::spawn(http::serve(
                 listener,
+                http_guard.clone(),
                 server.readiness.clone(),
                 registry.clone(),
                 routes.clone(),
@@ -708,6 +715,7 @@ impl Server {
                 server.https_task = Some(tokio::spawn(http::serve_tls(
                     listener,
                     acceptor.clone(),
+                    http_guard.clone(),
                     server.readiness.clone(),
                     registry.clone(),
                     routes.clone(),

@@ -81,6 +81,36 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// How many times `max_stanza_bytes` a stanza the server serialised itself
+    /// may be when it is parsed again (from the bus, the offline store, a
+    /// resumption journal). The edge refuses a stanza whose re-serialised form
+    /// (with the `from` it stamps) is over `max_stanza_bytes`, so what comes
+    /// back is one accepted stanza plus what the server wrapped around it: a
+    /// delay stamp, a carbons or MAM wrapper, whose client-chosen parts (a
+    /// query id) come from another accepted stanza. Three times covers both
+    /// with room to spare.
+    pub const SERVER_COPY_FACTOR: usize = 3;
+    /// Wrappers (carbons, XEP-0297 forwarding, MAM results) add at most this
+    /// many levels above a stanza, and stamping adds at most this many attributes.
+    const SERVER_ADDED_LEVELS: usize = 8;
+
+    /// The limits for stanzas the server itself serialised, for a stream whose
+    /// limits are `self`: see [`Limits::SERVER_COPY_FACTOR`]. A stanza the edge
+    /// accepted always parses again under these, wrapped or stamped.
+    pub fn for_server_copies(&self) -> Limits {
+        Limits {
+            max_stanza_bytes: self
+                .max_stanza_bytes
+                .saturating_mul(Self::SERVER_COPY_FACTOR),
+            max_depth: self.max_depth.saturating_add(Self::SERVER_ADDED_LEVELS),
+            max_attributes: self
+                .max_attributes
+                .saturating_add(Self::SERVER_ADDED_LEVELS),
+        }
+    }
+}
+
 /// The attributes of the opening `<stream:stream>` tag (RFC 6120 section 4.7).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamHeader {

@@ -88,6 +88,12 @@ pub struct CmLimits {
     /// Stanzas waiting to be written to one connection; a client that lets its
     /// queue fill up (it stopped reading) is disconnected with `<policy-violation/>`.
     pub outbound_queue_stanzas: usize,
+    /// Bytes (re-serialised) waiting to be written to one connection; past it
+    /// the same as a full queue. A connection holding nothing always takes one stanza.
+    pub outbound_queue_bytes: usize,
+    /// Bytes waiting in all the outbound queues of the node together; past
+    /// it, a connection that holds anything already is treated as full.
+    pub outbound_queue_bytes_total: usize,
     /// How long a BOSH session (XEP-0124 section 7.1, `inactivity`) may go
     /// without a request before it ends like a lost connection.
     pub bosh_inactivity: Duration,
@@ -106,6 +112,8 @@ impl Default for CmLimits {
             stanzas_per_second: 50,
             stanza_burst: 200,
             outbound_queue_stanzas: 1000,
+            outbound_queue_bytes: 4 * 1024 * 1024,
+            outbound_queue_bytes_total: 256 * 1024 * 1024,
             bosh_inactivity: Duration::from_secs(60),
         }
     }

@@ -52,6 +52,7 @@ mod listener;
 mod metrics;
 mod negotiation;
 mod outbound;
+mod outbound_bytes;
 mod queued;
 mod register;
 mod reroute;
@@ -197,7 +198,12 @@ impl ConnectionManager {
                 config.metrics.clone(),
             )
         });
+        let outbound_bytes = config.metrics.outbound_bytes(
+            limits.outbound_queue_bytes,
+            limits.outbound_queue_bytes_total,
+        );
         let shared = Shared {
+            outbound_bytes,
             node_id: config.node_id,
             domain,
             limits,

@@ -51,16 +51,24 @@ pub(crate) enum Limit {
     AuthAttempts,
     /// No bound resource before the pre-authentication deadline.
     PreAuthTimeout,
+    /// A client's outbound queue reached its byte bound (or the node's):
+    /// counted with `OutboundQueue`, which closes the stream.
+    OutboundQueueBytes,
+    /// A stanza refused with `<policy-violation/>`: under `max_stanza_bytes`
+    /// on the wire, over it as re-serialised with the stamped `from`.
+    StanzaGrowth,
 }
 
 impl Limit {
-    const ALL: [Limit; 6] = [
+    const ALL: [Limit; 8] = [
         Limit::StanzaRate,
         Limit::OutboundQueue,
         Limit::ConnectionsPerIp,
         Limit::FailedAuthPerIp,
         Limit::AuthAttempts,
         Limit::PreAuthTimeout,
+        Limit::StanzaGrowth,
+        Limit::OutboundQueueBytes,
     ];
 
     fn label(self) -> &'static str {
@@ -71,6 +79,8 @@ impl Limit {
             Limit::FailedAuthPerIp => "failed_auth_per_ip",
             Limit::AuthAttempts => "auth_attempts",
             Limit::PreAuthTimeout => "pre_auth_timeout",
+            Limit::StanzaGrowth => "stanza_growth",
+            Limit::OutboundQueueBytes => "outbound_queue_bytes",
         }
     }
 }
@@ -122,7 +132,9 @@ pub struct CmMetrics {
     received: [IntCounter; 3],
     sent: [IntCounter; 3],
     stream_errors: IntCounterVec,
-    limits: [IntCounter; 6],
+    limits: [IntCounter; 8],
+    /// Bytes held by the outbound queues of the node (`crate::outbound_bytes`).
+    outbound_queue_bytes: IntGauge,
     delivery_latency: [Histogram; 3],
     /// XEP-0198: streams enabled, resumed, failed resumptions, detached.
     sm_events: IntCounterVec,
@@ -235,6 +247,11 @@ impl CmMetrics {
         )?;
         registry.register(Box::new(sm_events.clone()))?;
         registry.register(Box::new(sm_journal_entries.clone()))?;
+        let outbound_queue_bytes = IntGauge::new(
+            "starling_outbound_queue_bytes",
+            "Bytes of stanzas waiting in (or being written from) the outbound queues of this connection-manager",
+        )?;
+        registry.register(Box::new(outbound_queue_bytes.clone()))?;
         let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
@@ -259,6 +276,7 @@ impl CmMetrics {
             sm_events,
             sm_journal_entries,
             csi,
+            outbound_queue_bytes,
         })
     }
 
@@ -326,6 +344,24 @@ impl CmMetrics {
     /// `condition` is a stream error condition (RFC 6120 section 4.9.3).
     pub(crate) fn stream_error(&self, condition: &str) {
         self.stream_errors.with_label_values(&[condition]).inc();
+    }
+
+    /// The byte bound of the outbound queues, counting into these metrics.
+    pub(crate) fn outbound_bytes(
+        &self,
+        per_connection: usize,
+        node_total: usize,
+    ) -> crate::outbound_bytes::OutboundBytes {
+        crate::outbound_bytes::OutboundBytes::new(
+            per_connection,
+            node_total,
+            self.outbound_queue_bytes.clone(),
+            self.limits[Limit::ALL
+                .iter()
+                .position(|l| *l == Limit::OutboundQueueBytes)
+                .unwrap_or(0)]
+            .clone(),
+        )
     }
 
     pub(crate) fn limit_hit(&self, limit: Limit) {

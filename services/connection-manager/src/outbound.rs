@@ -26,6 +26,7 @@ use starling_xmpp::StanzaKind;
 use crate::csi::{ClientState, CsiBuffer};
 use crate::framing::Outgoing;
 use crate::metrics::{CmMetrics, CsiMetrics};
+use crate::outbound_bytes::OutboundBytes;
 use crate::queued::QueuedStanza;
 use crate::sm::SmState;
 use crate::transport::TransportWriter;
@@ -65,12 +66,17 @@ struct QueueState {
     sm: SmState,
     /// XEP-0352: what an inactive client is not sent yet; in front of `items`.
     csi: CsiBuffer,
+    /// Bytes of the stanzas `push` put in `items`, and of those the writer
+    /// took and has not finished writing (`crate::outbound_bytes`).
+    items_bytes: usize,
+    batch_bytes: usize,
 }
 
 /// What the rest of the node holds of one bound connection.
 pub(crate) struct ConnectionHandle {
     pub conn: ConnId,
     capacity: usize,
+    bytes: OutboundBytes,
     state: Mutex<QueueState>,
     notify: Notify,
     /// Cancelled when the stream is to end: the reader stops.
@@ -83,10 +89,17 @@ pub(crate) struct ConnectionHandle {
 }
 
 impl ConnectionHandle {
+    #[cfg(test)]
     pub fn new(conn: ConnId, capacity: usize) -> Arc<Self> {
+        Self::with_bytes(conn, capacity, OutboundBytes::unbounded())
+    }
+
+    /// A queue bounded in bytes too.
+    pub fn with_bytes(conn: ConnId, capacity: usize, bytes: OutboundBytes) -> Arc<Self> {
         Arc::new(ConnectionHandle {
             conn,
             capacity: capacity.max(1),
+            bytes,
             state: Mutex::new(QueueState::default()),
             notify: Notify::new(),
             stop_reading: CancellationToken::new(),
@@ -181,6 +194,14 @@ impl ConnectionHandle {
             {
                 return Err((PushError::Full, stanza));
             }
+            let size = stanza.wire_len();
+            if !self
+                .bytes
+                .admits(state.items_bytes + state.batch_bytes, size)
+            {
+                return Err((PushError::Full, stanza));
+            }
+            let incoming = Arc::clone(&stanza.stanza);
             // While the client is inactive (XEP-0352) the stanza may be held
             // in front of the queue; what enters the queue comes out in order,
             // and is journaled as it enters (XEP-0198).
@@ -189,6 +210,10 @@ impl ConnectionHandle {
             for stanza in state.csi.admit(stanza) {
                 if stanza.is_stanza() {
                     state.sm.journal_append(&stanza);
+                }
+                if Arc::ptr_eq(&stanza.stanza, &incoming) {
+                    state.items_bytes += size;
+                    self.bytes.hold(size);
                 }
                 state.items.push_back(stanza);
             }
@@ -433,6 +458,12 @@ impl ConnectionHandle {
         self.state.lock().sm.wants_ack_request(stanzas, closing)
     }
 
+    /// The writer wrote its whole batch: its bytes are no longer held.
+    fn batch_written(&self) {
+        let written = std::mem::take(&mut self.state.lock().batch_bytes);
+        self.bytes.release(written);
+    }
+
     /// Wait until there is something to write or the stream is to close.
     async fn next_batch(&self, batch: &mut Vec<QueuedStanza>) -> Option<CloseRequest> {
         loop {
@@ -441,6 +472,7 @@ impl ConnectionHandle {
                 let mut state = self.state.lock();
                 if !state.items.is_empty() || state.close.is_some() {
                     batch.extend(state.items.drain(..));
+                    state.batch_bytes += std::mem::take(&mut state.items_bytes);
                     if state.items.capacity() > 16 {
                         state.items = Default::default();
                     }
@@ -449,6 +481,13 @@ impl ConnectionHandle {
             }
             notified.await;
         }
+    }
+}
+
+impl Drop for ConnectionHandle {
+    fn drop(&mut self) {
+        let state = self.state.get_mut();
+        self.bytes.release(state.items_bytes + state.batch_bytes);
     }
 }
 
@@ -494,6 +533,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
         }
         batch.clear();
         buffer.clear();
+        handle.batch_written();
         let close = handle.next_batch(&mut batch).await;
         // A resumable stream (XEP-0198): what is written must be in the
         // resumption store first, or a node killed right after the write
@@ -865,5 +905,32 @@ mod csi_tests {
         assert_eq!(remaining.len(), 5);
         assert!(remaining[2].contains("a@example.net") && remaining[3].contains("b@example.net"));
         assert!(remaining[4].contains("late"));
+    }
+
+    #[test]
+    fn a_queue_refuses_past_its_bytes_and_gives_them_back_when_dropped() {
+        use crate::outbound_bytes::OutboundBytes;
+        use prometheus::{IntCounter, IntGauge};
+
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let bytes = OutboundBytes::new(
+            1000,
+            10_000,
+            gauge.clone(),
+            IntCounter::new("c", "c").unwrap(),
+        );
+        let handle = ConnectionHandle::with_bytes(1, 100, bytes);
+        let message = || {
+            QueuedStanza::new(
+                Element::new("message", ns::CLIENT)
+                    .with_child(Element::new("body", ns::CLIENT).with_text("x".repeat(580))),
+            )
+        };
+        let size = message().wire_len();
+        handle.push(message()).unwrap();
+        assert_eq!(handle.push(message()).unwrap_err().0, PushError::Full);
+        assert_eq!(gauge.get(), size as i64);
+        drop(handle);
+        assert_eq!(gauge.get(), 0);
     }
 }

@@ -47,6 +47,11 @@ impl QueuedStanza {
         }
     }
 
+    /// The stanza's size as it is written (its recipient's `to` aside).
+    pub fn wire_len(&self) -> usize {
+        self.stanza.stanza_xml_len()
+    }
+
     pub fn is_stanza(&self) -> bool {
         self.marker == Marker::Stanza
     }

@@ -246,6 +246,30 @@ impl Session {
                 element.set_attr("xml:lang", lang.clone());
             }
         }
+        // What the edge accepts, it delivers or bounces (issue 18): every hop
+        // after this one carries the stanza as re-serialised text (escaping
+        // can make it up to six times what the client sent) with the stamped
+        // `from`, parsed again under `Limits::for_server_copies`. Held to
+        // `max_stanza_bytes` here, it parses wherever it goes, wrapped or stored;
+        // over it, the sender is told now (RFC 6120 section 8.3.3.12).
+        let stanza_bytes = element.stanza_xml_len();
+        if stanza_bytes > self.shared.limits.max_stanza_bytes {
+            self.shared
+                .metrics
+                .limit_hit(crate::metrics::Limit::StanzaGrowth);
+            let mut refused = Element::new(element.name(), element.namespace());
+            for (name, value) in element.attrs() {
+                refused.set_attr(name, value);
+            }
+            self.reply_error(
+                &refused,
+                StanzaError::new(StanzaErrorCondition::PolicyViolation).with_text(format!(
+                    "the stanza is {stanza_bytes} bytes as the server sends it on; the limit is {}",
+                    self.shared.limits.max_stanza_bytes
+                )),
+            );
+            return Flow::Continue;
+        }
         // The stanza's rules are checked once, here, by its typed form (RFC 6120
         // section 8.2.3 for IQs, RFC 6121 section 4.7 for presence); a broken
         // one is answered with bad-request and never routed.

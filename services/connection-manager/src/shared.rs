@@ -18,6 +18,7 @@ use crate::drain_state::DrainState;
 use crate::limits::IpLimits;
 use crate::metrics::CmMetrics;
 use crate::outbound::ConnectionHandle;
+use crate::outbound_bytes::OutboundBytes;
 
 /// What every connection task of the node shares.
 pub(crate) struct Shared {
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     /// The served domain, normalised.
     pub domain: String,
     pub limits: CmLimits,
+    /// The byte bound of every outbound queue of the node (`limits.outbound_queue_bytes*`).
+    pub outbound_bytes: OutboundBytes,
     pub parser_limits: Limits,
     pub registration_enabled: bool,
     /// XEP-0352 client state indication (`crate::csi`).

@@ -236,7 +236,7 @@ pub(crate) async fn end_resumable(
     let leftovers: Vec<Element> = match resumption.store.end(&sink.id, &sink.addr).await {
         Ok(Some(stanzas)) => stanzas
             .iter()
-            .filter_map(|xml| sm::parse_journaled(xml, &shared.parser_limits))
+            .filter_map(|xml| sm::parse_journaled(xml, &shared.parser_limits.for_server_copies()))
             .collect(),
         Ok(None) => {
             shared.remove_connection(handle.conn);

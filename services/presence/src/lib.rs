@@ -37,7 +37,7 @@ use starling_api::{
 };
 use starling_bus::{deliver_to_sessions, BlockDirection, BlockingMetrics, Blocklists, Bus};
 use starling_jid::{BareJid, FullJid, Jid};
-use starling_xmpp::{ns, parse_element, Element, Limits};
+use starling_xmpp::{ns, parse_element, Element, Limits, ParseError};
 
 use crate::locks::UserLocks;
 use crate::roster::roster_item_element;
@@ -49,6 +49,11 @@ pub use crate::error::PresenceError;
 pub struct PresenceConfig {
     /// The domain whose users this server hosts; contacts on any other domain are remote.
     pub domain: String,
+    /// The limits a stanza the server kept as text (the offline queue, a
+    /// session's last presence, a pending subscription request) is parsed
+    /// under: the stream limits' `Limits::for_server_copies`, so that what
+    /// the edge accepted always parses again.
+    pub stored_stanza_limits: Limits,
 }
 
 /// Rosters, subscriptions and presence for the users of one domain.
@@ -61,6 +66,7 @@ pub struct PresenceService {
     user_locks: UserLocks,
     /// The block lists (XEP-0191) presence is checked against.
     blocklists: Arc<Blocklists>,
+    stored_stanza_limits: Limits,
 }
 
 /// A session to deliver to, with the `to` its recipient sees.
@@ -91,6 +97,7 @@ impl PresenceService {
             router,
             user_locks: UserLocks::default(),
             blocklists,
+            stored_stanza_limits: config.stored_stanza_limits,
         }
     }
 
@@ -112,6 +119,7 @@ impl PresenceService {
             router: self.router.as_ref(),
             user_locks: &self.user_locks,
             blocklists: &self.blocklists,
+            stored_stanza_limits: &self.stored_stanza_limits,
             routed_at,
         }
     }
@@ -130,6 +138,7 @@ pub(crate) struct Call<'a> {
     router: &'a dyn RouterApi,
     user_locks: &'a UserLocks,
     blocklists: &'a Blocklists,
+    stored_stanza_limits: &'a Limits,
     routed_at: Option<SystemTime>,
 }
 
@@ -168,6 +177,14 @@ impl Call<'_> {
             }
         }
         false
+    }
+
+    /// A stored stanza, parsed; one that does not parse is logged and skipped
+    /// (its sender is answered where there is one: the offline queue).
+    fn parse_stored(&self, xml: &str) -> Option<Element> {
+        parse_stored_stanza(xml, self.stored_stanza_limits)
+            .inspect_err(|error| tracing::warn!(error = %error, "stored stanza does not parse"))
+            .ok()
     }
 
     /// Publish one stanza to sessions, one envelope per node; each target
@@ -276,21 +293,14 @@ impl Call<'_> {
 }
 
 /// Parse a stanza kept as text (`pres:{full}`, the offline queue, a pending
-/// subscription request); stanzas serialised without a namespace declaration
-/// are put back in `jabber:client`.
-fn parse_stored_stanza(xml: &str) -> Option<Element> {
-    match parse_element(xml.as_bytes(), &Limits::default()) {
-        Ok(mut element) => {
-            if element.namespace().is_empty() {
-                element.set_namespace_deep(ns::CLIENT);
-            }
-            Some(element)
-        }
-        Err(error) => {
-            tracing::warn!(error = %error, "stored stanza does not parse");
-            None
-        }
+/// subscription request) under `limits`; stanzas serialised without a
+/// namespace declaration are put back in `jabber:client`.
+fn parse_stored_stanza(xml: &str, limits: &Limits) -> Result<Element, ParseError> {
+    let mut element = parse_element(xml.as_bytes(), limits)?;
+    if element.namespace().is_empty() {
+        element.set_namespace_deep(ns::CLIENT);
     }
+    Ok(element)
 }
 
 // One span per operation, the same in one process and behind gRPC.

@@ -5,10 +5,12 @@
 
 use std::time::SystemTime;
 
+use starling_api::Origin;
 use starling_api::{ApiResult, RosterItem, SessionAddr, SessionRecord};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{
-    ns, stanza, Element, Presence, PresenceType, Priority, StanzaError, StanzaErrorCondition,
+    ns, parse_start_tag, stanza, Element, ParseError, Presence, PresenceType, Priority,
+    StanzaError, StanzaErrorCondition,
 };
 
 use crate::roster::subscription_presence;
@@ -429,7 +431,11 @@ impl Call<'_> {
             {
                 continue;
             }
-            if let Some(presence) = record.presence.as_deref().and_then(parse_stored_stanza) {
+            if let Some(presence) = record
+                .presence
+                .as_deref()
+                .and_then(|xml| self.parse_stored(xml))
+            {
                 self.deliver(presence, &target).await;
             }
         }
@@ -446,8 +452,12 @@ impl Call<'_> {
         let queued = self.storage.take_offline(user).await?;
         let session = [(session.clone(), None)];
         for xml in queued {
-            let Some(message) = parse_stored_stanza(&xml) else {
-                continue;
+            let message = match parse_stored_stanza(&xml, self.stored_stanza_limits) {
+                Ok(message) => message,
+                Err(error) => {
+                    self.bounce_unparsable_offline(&xml, &error).await;
+                    continue;
+                }
             };
             let unreached = self.deliver(message.clone(), &session).await;
             if !unreached.is_empty() {
@@ -457,6 +467,33 @@ impl Call<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A stored offline message that does not parse again (it cannot happen
+    /// to one the edge accepted, see `Limits::for_server_copies`, but a store
+    /// written by an older version may hold one): its sender gets
+    /// `internal-server-error`, read from the start tag, rather than silence.
+    async fn bounce_unparsable_offline(&self, xml: &str, error: &ParseError) {
+        tracing::warn!(error = %error, "stored offline message does not parse; bounced");
+        let Ok(start) = parse_start_tag(xml.as_bytes(), self.stored_stanza_limits) else {
+            return;
+        };
+        let condition = StanzaError::new(StanzaErrorCondition::InternalServerError)
+            .with_text("the stored message could not be read back");
+        let Some(mut bounce) = stanza::error_reply(&start, &condition) else {
+            return;
+        };
+        if bounce.attr("to").is_none() {
+            return;
+        }
+        bounce.set_namespace_deep(ns::CLIENT);
+        if let Err(error) = self
+            .router
+            .route(Origin::Server, bounce, self.routed_at)
+            .await
+        {
+            tracing::warn!(error = %error, "bounce of an unreadable offline message failed");
+        }
     }
 
     /// Unavailable presence to every entity that got directed presence from
@@ -485,7 +522,11 @@ impl Call<'_> {
     /// (sections 3.1.5 and 4.3.2).
     pub(crate) async fn send_current_presence_to(&self, user: &BareJid, to: &Jid) -> ApiResult<()> {
         for record in self.available_sessions(user).await? {
-            if let Some(mut presence) = record.presence.as_deref().and_then(parse_stored_stanza) {
+            if let Some(mut presence) = record
+                .presence
+                .as_deref()
+                .and_then(|xml| self.parse_stored(xml))
+            {
                 presence.set_attr("from", record.jid.to_string());
                 presence.set_attr("to", to.to_string());
                 self.send_presence(presence).await?;

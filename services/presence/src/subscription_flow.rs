@@ -14,7 +14,7 @@ use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition};
 
 use crate::roster::subscription_presence;
 use crate::subscription::{InboundAction, SubscriptionStanza, SubscriptionState};
-use crate::{parse_stored_stanza, Call};
+use crate::Call;
 
 /// A roster item that exists only in storage, to remember subscription state
 /// for a contact the user never added (RFC 6121 section 3.1.3).
@@ -199,7 +199,7 @@ impl Call<'_> {
             let request = item
                 .pending_in_stanza
                 .as_deref()
-                .and_then(parse_stored_stanza)
+                .and_then(|xml| self.parse_stored(xml))
                 .unwrap_or_else(|| {
                     subscription_presence(&item.jid, user, SubscriptionStanza::Subscribe)
                 });

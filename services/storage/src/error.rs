@@ -50,6 +50,9 @@ pub enum StorageError {
     /// The account's documents (private XML, vCard) would exceed their bound.
     #[error("stored documents of {user} would exceed {limit} bytes")]
     AccountDataFull { user: String, limit: u64 },
+    /// The offline queue of the user holds as many bytes as it may.
+    #[error("offline queue of {user} is full ({limit} bytes)")]
+    OfflineQueueBytesFull { user: String, limit: u64 },
     /// The roster of the user is full.
     #[error("roster of {user} is full ({limit} items)")]
     RosterFull { user: String, limit: u32 },
@@ -81,6 +84,7 @@ impl StorageError {
                 | StorageError::AccountNotFound(_)
                 | StorageError::AccountExists(_)
                 | StorageError::OfflineQueueFull { .. }
+                | StorageError::OfflineQueueBytesFull { .. }
                 | StorageError::RosterFull { .. }
                 | StorageError::AccountDataFull { .. }
                 | StorageError::BlocklistFull { .. }
@@ -97,6 +101,7 @@ impl From<StorageError> for ApiError {
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
             StorageError::OfflineQueueFull { .. }
             | StorageError::RosterFull { .. }
+            | StorageError::OfflineQueueBytesFull { .. }
             | StorageError::AccountDataFull { .. } => ApiError::LimitReached(text),
             StorageError::BlocklistFull { .. } => ApiError::LimitReached(text),
             StorageError::Connect { .. } => ApiError::Unavailable(text),

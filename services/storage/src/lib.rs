@@ -50,6 +50,9 @@ pub struct StorageConfig {
     pub url: String,
     /// Offline queue cap per user (XEP-0160); store_offline returns ApiError::LimitReached past it.
     pub max_offline_per_user: u32,
+    /// Offline queue cap per user in bytes (the stored stanzas' size); past
+    /// it store_offline returns ApiError::LimitReached too.
+    pub max_offline_bytes_per_user: u64,
     /// Roster size cap per user; put_roster_item returns LimitReached past it (for a new item).
     pub max_roster_items: u32,
     /// Block list cap per user (XEP-0191, `blocking.max_items`); `block`
@@ -67,6 +70,7 @@ impl Default for StorageConfig {
         StorageConfig {
             url: "sqlite://./data/starling.db".into(),
             max_offline_per_user: 1000,
+            max_offline_bytes_per_user: 2 * 1024 * 1024,
             max_roster_items: 1000,
             max_blocklist_items: 1000,
             max_connections: 8,
@@ -84,6 +88,7 @@ pub const DEFAULT_MAX_ACCOUNT_DATA_BYTES: u64 = 1024 * 1024;
 pub struct Storage {
     pool: DatabasePool,
     max_offline_per_user: u32,
+    max_offline_bytes_per_user: u64,
     max_roster_items: u32,
     max_account_data_bytes: u64,
     max_blocklist_items: u32,
@@ -160,6 +165,7 @@ impl Storage {
         Ok(Storage {
             pool,
             max_offline_per_user: config.max_offline_per_user,
+            max_offline_bytes_per_user: config.max_offline_bytes_per_user,
             max_roster_items: config.max_roster_items,
             max_account_data_bytes: config.max_account_data_bytes,
             max_blocklist_items: config.max_blocklist_items,
@@ -276,6 +282,34 @@ mod tests {
             .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
             .parse()
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_offline_queue_is_bounded_in_bytes() {
+        let config = StorageConfig {
+            url: "sqlite::memory:".into(),
+            max_offline_bytes_per_user: 110,
+            ..Default::default()
+        };
+        let storage = Storage::connect(&config).await.unwrap();
+        let juliet: BareJid = "juliet@example.com".parse().unwrap();
+        storage
+            .create_account(&juliet, &StoredCredentials::for_password("x"))
+            .await
+            .unwrap();
+        // 46 bytes, counted in bytes (é is two): two fit, a third does not.
+        let message = format!("<message><body>{}</body></message>", "é".repeat(7));
+        assert_eq!(message.len(), 46);
+        storage.store_offline(&juliet, &message).await.unwrap();
+        storage.store_offline(&juliet, &message).await.unwrap();
+        let refused = storage.store_offline(&juliet, &message).await.unwrap_err();
+        assert!(
+            matches!(refused, starling_api::ApiError::LimitReached(_)),
+            "{refused:?}"
+        );
+        // A small one still fits.
+        storage.store_offline(&juliet, "<message/>").await.unwrap();
+        assert_eq!(storage.take_offline(&juliet).await.unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use starling_api::{ApiResult, OfflineStore};
 use starling_jid::BareJid;
 
 use crate::backend;
-use crate::records::{check_storable_text, AccountAddress};
+use crate::records::{check_storable_text, AccountAddress, OfflineQuota};
 use crate::{into_api_error, no_account, now_millis, DatabasePool, Storage, StorageError};
 
 #[async_trait]
@@ -24,7 +24,10 @@ impl OfflineStore for Storage {
                     store_offline(
                         &account,
                         stanza_xml,
-                        self.max_offline_per_user,
+                        OfflineQuota {
+                            messages: self.max_offline_per_user,
+                            bytes: self.max_offline_bytes_per_user,
+                        },
                         now_millis()
                     )
                 ),

@@ -286,3 +286,11 @@ mod tests {
         );
     }
 }
+
+/// How much one account's offline queue may hold (`storage.max_offline_per_user`,
+/// `storage.max_offline_bytes_per_user`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OfflineQuota {
+    pub messages: u32,
+    pub bytes: u64,
+}

@@ -97,7 +97,11 @@ pub(crate) async fn bind_resource<T: Transport>(
     };
     // Registered before the router knows the session, so that nothing
     // routed to it right after the bind is lost.
-    let handle = ConnectionHandle::new(conn, shared.limits.outbound_queue_stanzas);
+    let handle = ConnectionHandle::with_bytes(
+        conn,
+        shared.limits.outbound_queue_stanzas,
+        shared.outbound_bytes.clone(),
+    );
     shared.add_connection(conn, Arc::clone(&handle));
     match shared.router.bind(&user, requested.as_deref(), &addr).await {
         Ok(jid) => {

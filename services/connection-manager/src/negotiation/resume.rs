@@ -77,7 +77,11 @@ pub(crate) async fn resume_stream<T: Transport>(
         node: shared.node_id.clone(),
         conn,
     };
-    let handle = ConnectionHandle::new(conn, shared.limits.outbound_queue_stanzas);
+    let handle = ConnectionHandle::with_bytes(
+        conn,
+        shared.limits.outbound_queue_stanzas,
+        shared.outbound_bytes.clone(),
+    );
     handle.with_sm(|state| state.held = Some(Vec::new()));
     shared.add_connection(conn, Arc::clone(&handle));
     let moved = resumption.registry.relocate(&jid, &previous, &addr).await;
@@ -138,7 +142,7 @@ pub(crate) async fn resume_stream<T: Transport>(
     let replay: Vec<QueuedStanza> = resumed
         .unacked
         .iter()
-        .filter_map(|xml| sm::parse_journaled(xml, &shared.parser_limits))
+        .filter_map(|xml| sm::parse_journaled(xml, &shared.parser_limits.for_server_copies()))
         .map(QueuedStanza::new)
         .collect();
     let replayed = replay.len();

@@ -149,6 +149,7 @@ impl Harness {
         let service = PresenceService::new(
             PresenceConfig {
                 domain: DOMAIN.into(),
+                stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
             },
             Arc::clone(&registry) as Arc<dyn SessionRegistry>,
             bus as Arc<dyn Bus>,

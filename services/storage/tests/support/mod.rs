@@ -38,6 +38,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         max_blocklist_items: MAX_BLOCKLIST_ITEMS,
         max_connections: 8,
         max_account_data_bytes: MAX_ACCOUNT_DATA_BYTES,
+        ..StorageConfig::default()
     }
 }
 

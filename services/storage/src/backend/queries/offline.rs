@@ -4,16 +4,16 @@ use sqlx::{Pool, Row};
 
 use super::{increment_account_counter, AccountCounter, Db, BEGIN_WRITE};
 use crate::error::StorageError;
-use crate::records::AccountAddress;
+use crate::records::{AccountAddress, OfflineQuota};
 
-/// Append a stanza to the offline queue (XEP-0160), refusing past the cap.
-/// The count runs after the account row is locked, so the cap holds under
-/// concurrent stores.
+/// Append a stanza to the offline queue (XEP-0160), refusing past the caps
+/// (messages, and bytes: what a login's flush holds at most). The count runs
+/// after the account row is locked, so the caps hold under concurrent stores.
 pub(crate) async fn store_offline(
     pool: &Pool<Db>,
     account: &AccountAddress<'_>,
     stanza_xml: &str,
-    max_offline_per_user: u32,
+    quota: OfflineQuota,
     now_millis: i64,
 ) -> Result<(), StorageError> {
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
@@ -22,16 +22,28 @@ pub(crate) async fn store_offline(
     else {
         return Err(StorageError::AccountNotFound(account.to_string()));
     };
-    let queued: i64 = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE account_id = $1")
-        .bind(account_id)
-        .fetch_one(&mut *transaction)
-        .await?
-        .try_get(0)?;
-    if queued >= i64::from(max_offline_per_user) {
+    let row = sqlx::query(
+        "SELECT COUNT(*), COALESCE(SUM(OCTET_LENGTH(stanza_xml)), 0) \
+         FROM offline_messages WHERE account_id = $1",
+    )
+    .bind(account_id)
+    .fetch_one(&mut *transaction)
+    .await?;
+    let queued: i64 = row.try_get(0)?;
+    let queued_bytes: i64 = row.try_get(1)?;
+    if queued >= i64::from(quota.messages) {
         transaction.rollback().await?;
         return Err(StorageError::OfflineQueueFull {
             user: account.to_string(),
-            limit: max_offline_per_user,
+            limit: quota.messages,
+        });
+    }
+    let stanza_bytes = i64::try_from(stanza_xml.len()).unwrap_or(i64::MAX);
+    if queued_bytes.saturating_add(stanza_bytes) > i64::try_from(quota.bytes).unwrap_or(i64::MAX) {
+        transaction.rollback().await?;
+        return Err(StorageError::OfflineQueueBytesFull {
+            user: account.to_string(),
+            limit: quota.bytes,
         });
     }
     sqlx::query("INSERT INTO offline_messages (account_id, seq, stanza_xml, stored_at) VALUES ($1, $2, $3, $4)")
