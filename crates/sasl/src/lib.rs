@@ -104,6 +104,22 @@ pub fn decode_xmpp_payload(text: &str) -> Result<Vec<u8>, SaslError> {
         .map_err(|_| SaslError::IncorrectEncoding("sasl payload is not valid base64"))
 }
 
+/// Decode the base64 character data of a SASL2 `<initial-response/>` or
+/// `<response/>` (XEP-0388 section "SASL Data Encoding"): an empty element is
+/// an empty string (no `=` special case); anything that is not canonical
+/// base64 is `incorrect-encoding`.
+pub fn decode_sasl2_payload(text: &str) -> Result<Vec<u8>, SaslError> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| SaslError::IncorrectEncoding("sasl2 payload is not valid base64"))
+}
+
+/// Plain base64 (SASL2 payloads, XEP-0388: an empty payload is an empty element).
+pub fn encode_base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
 /// Encode a challenge or success payload for the stream (RFC 6120 section
 /// 6.4.3): an empty payload is written as `=`.
 pub fn encode_xmpp_payload(data: &[u8]) -> String {
@@ -143,6 +159,12 @@ mod tests {
             SaslFailureCondition::IncorrectEncoding
         );
         assert_eq!(encode_xmpp_payload(b""), "=");
+        assert_eq!(decode_sasl2_payload("").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode_sasl2_payload(" biws\n").unwrap(), b"n,,".to_vec());
+        assert_eq!(
+            decode_sasl2_payload("=").unwrap_err().condition(),
+            SaslFailureCondition::IncorrectEncoding
+        );
         assert_eq!(encode_xmpp_payload(b"n,,"), "biws");
     }
 }

@@ -46,6 +46,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub carbons: CarbonsConfig,
     pub csi: CsiConfig,
+    pub sasl2: Sasl2Config,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub admin: AdminConfig,
@@ -257,6 +258,17 @@ impl Default for CsiConfig {
     }
 }
 
+/// XEP-0388 SASL2 with XEP-0386 Bind 2 (connection-manager targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sasl2Config {
+    /// Offer `<authentication xmlns='urn:xmpp:sasl:2'/>` beside the RFC 6120
+    /// mechanisms, with Bind 2 and inline stream management (enable and
+    /// resume), carbons and client state. Off by default: clients that
+    /// prefer SASL2 (xmpp.js, Conversations) then bind with Bind 2.
+    pub enabled: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -278,6 +290,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             carbons: CarbonsConfig::default(),
             csi: CsiConfig::default(),
+            sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             admin: AdminConfig::default(),

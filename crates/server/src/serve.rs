@@ -194,6 +194,8 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
         },
         registration_enabled: config.registration.enabled,
         csi_enabled: config.csi.enabled,
+        sasl2_enabled: config.sasl2.enabled,
+        carbons_enabled: config.carbons.enabled,
         require_tls: config.tls.required,
         drain_window: Duration::from_secs(config.drain.window_secs),
         sm: SmSettings {

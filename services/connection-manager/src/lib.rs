@@ -204,6 +204,8 @@ impl ConnectionManager {
             parser_limits,
             registration_enabled: config.registration_enabled,
             csi_enabled: config.csi_enabled,
+            sasl2_enabled: config.sasl2_enabled,
+            carbons_enabled: config.carbons_enabled,
             stream_features: stream_features(
                 config.registration_enabled,
                 config.sm.enabled,

@@ -127,6 +127,8 @@ pub struct CmMetrics {
     /// XEP-0198: streams enabled, resumed, failed resumptions, detached.
     sm_events: IntCounterVec,
     sm_journal_entries: IntCounter,
+    /// XEP-0388/XEP-0386: SASL2 successes by what they completed.
+    sasl2_events: IntCounterVec,
     csi: CsiMetrics,
 }
 
@@ -235,6 +237,14 @@ impl CmMetrics {
         )?;
         registry.register(Box::new(sm_events.clone()))?;
         registry.register(Box::new(sm_journal_entries.clone()))?;
+        let sasl2_events = IntCounterVec::new(
+            Opts::new(
+                "starling_sasl2_events_total",
+                "SASL2 (XEP-0388) events: authenticated (no bind), bound (Bind 2), resumed (XEP-0198 inline), bind_failed, inline_ignored (a Bind 2 request for a feature not offered inline)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(sasl2_events.clone()))?;
         let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
@@ -258,6 +268,7 @@ impl CmMetrics {
                 .map(|kind| delivery_latency.with_label_values(&[kind_label(kind)])),
             sm_events,
             sm_journal_entries,
+            sasl2_events,
             csi,
         })
     }
@@ -265,6 +276,11 @@ impl CmMetrics {
     /// A stream management event (see `starling_sm_events_total`).
     pub(crate) fn sm_event(&self, event: &str) {
         self.sm_events.with_label_values(&[event]).inc();
+    }
+
+    /// A SASL2 event (see `starling_sasl2_events_total`).
+    pub(crate) fn sasl2_event(&self, event: &'static str) {
+        self.sasl2_events.with_label_values(&[event]).inc();
     }
 
     /// Journal entries written to the resumption store.

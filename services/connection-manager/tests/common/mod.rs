@@ -311,6 +311,8 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         },
         registration_enabled: true,
         csi_enabled: true,
+        sasl2_enabled: false,
+        carbons_enabled: true,
         require_tls: true,
         drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
         sm: Default::default(),

@@ -1,0 +1,361 @@
+"""SASL2 (XEP-0388) with Bind 2 (XEP-0386) and XEP-0198 inline, in
+`starling serve` and across two connection-managers: raw-socket clients that
+check every element, and @xmpp/client 0.14 (its @xmpp/sasl2 and bind2) as a
+real client."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+
+import pytest
+
+from conftest import RawClient, login, logout, handled
+
+SASL2 = "urn:xmpp:sasl:2"
+BIND2 = "urn:xmpp:bind:0"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+SM = "urn:xmpp:sm:3"
+CARBONS = "urn:xmpp:carbons:2"
+CSI = "urn:xmpp:csi:0"
+USER_AGENT = (
+    "<user-agent id='d4565fa7-4d72-4749-b3d3-740edbf87770'>"
+    "<software>AwesomeXMPP</software><device>Kiva's Phone</device></user-agent>"
+)
+SASL2_TOML = "[sasl2]\nenabled = true\n"
+
+
+@pytest.fixture
+def sasl2_server(server_factory):
+    return server_factory(SASL2_TOML)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class Scram:
+    """The client side of SCRAM-SHA-256 (RFC 5802, RFC 7677), to check the
+    server's signature in the SASL2 additional data."""
+
+    def __init__(self, username, password, hash_name="sha256"):
+        self.username = username
+        self.password = password
+        self.hash_name = hash_name
+        self.nonce = secrets.token_urlsafe(18)
+        self.bare = f"n={username},r={self.nonce}"
+
+    def client_first(self) -> str:
+        return b64(f"n,,{self.bare}".encode())
+
+    def client_final(self, server_first_b64: str, password=None) -> str:
+        server_first = base64.b64decode(server_first_b64).decode()
+        attrs = dict(part.split("=", 1) for part in server_first.split(","))
+        assert attrs["r"].startswith(self.nonce)
+        salted = hashlib.pbkdf2_hmac(
+            self.hash_name, (password or self.password).encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
+        )
+        client_key = hmac.new(salted, b"Client Key", self.hash_name).digest()
+        stored_key = hashlib.new(self.hash_name, client_key).digest()
+        without_proof = f"c={b64(b'n,,')},r={attrs['r']}"
+        auth_message = f"{self.bare},{server_first},{without_proof}".encode()
+        signature = hmac.new(stored_key, auth_message, self.hash_name).digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        server_key = hmac.new(salted, b"Server Key", self.hash_name).digest()
+        self.server_signature = b64(hmac.new(server_key, auth_message, self.hash_name).digest())
+        return b64(f"{without_proof},p={b64(proof)}".encode())
+
+
+class Sasl2Client(RawClient):
+    """A raw client speaking SASL2 inside STARTTLS."""
+
+    def __init__(self, server, port=None, timeout=10.0):
+        self.server = server
+        self.timeout = timeout
+        self.sock = socket.create_connection(("127.0.0.1", port or server.c2s), timeout=timeout)
+        self.buffer = b""
+
+    def recv_element(self, names, timeout=None):
+        """Read up to the end of the next top-level element among `names`
+        (`<name .../>` or `</name>`), a tag at a time; return (name, text)."""
+        text = ""
+        while True:
+            for name in names:
+                if _element_end(text, name) is not None:
+                    return name, text
+            text += self.recv_until(">", timeout)
+
+    def authenticate_plain(self, jid, password, inline=""):
+        localpart = jid.split("@")[0]
+        token = b64(f"\0{localpart}\0{password}".encode())
+        self.send(
+            f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'>"
+            f"<initial-response>{token}</initial-response>{USER_AGENT}{inline}</authenticate>"
+        )
+        return self.recv_element(["success", "failure"])
+
+    def authenticate_scram(self, jid, password, inline="", wrong_password=None):
+        scram = Scram(jid.split("@")[0], password)
+        self.send(
+            f"<authenticate xmlns='{SASL2}' mechanism='SCRAM-SHA-256'>"
+            f"<initial-response>{scram.client_first()}</initial-response>{USER_AGENT}{inline}</authenticate>"
+        )
+        name, challenge = self.recv_element(["challenge", "failure"])
+        assert name == "challenge", challenge
+        assert f"<challenge xmlns='{SASL2}'>" in challenge, challenge
+        server_first = re.search(r">([^<]+)</challenge>", challenge).group(1)
+        self.send(f"<response xmlns='{SASL2}'>{scram.client_final(server_first, wrong_password)}</response>")
+        name, outcome = self.recv_element(["success", "failure"])
+        return name, outcome, scram
+
+
+def _element_end(text, name):
+    """The end of the first complete `<name>` element in `text` (nested
+    elements of the same name, like a carbon's forwarded message, included)."""
+    depth = 0
+    for token in re.finditer(rf"<(/?){name}(?=[\s>/])[^>]*?(/?)>", text):
+        closing, selfclosing = token.group(1), token.group(2)
+        if closing:
+            depth -= 1
+        elif not selfclosing:
+            depth += 1
+        if depth == 0:
+            return token.end()
+    return None
+
+
+def bind2(tag="AwesomeXMPP", features=""):
+    return f"<bind xmlns='{BIND2}'><tag>{tag}</tag>{features}</bind>"
+
+
+def identifier(success):
+    return re.search(r"<authorization-identifier>([^<]+)</authorization-identifier>", success).group(1)
+
+
+def sm_enabled_id(success):
+    match = re.search(r"<enabled xmlns='urn:xmpp:sm:3' id='([^']+)'", success)
+    assert match, success
+    return match.group(1)
+
+
+async def test_features_offer_sasl2_with_bind2_inline_and_plain_login_then_legacy_bind(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    raw = Sasl2Client(sasl2_server)
+    features = raw.starttls()
+    assert f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism>" in features, features
+    assert (
+        f"<inline><bind xmlns='{BIND2}'><inline><feature var='{CARBONS}'/><feature var='{CSI}'/>"
+        f"<feature var='{SM}'/></inline></bind><sm xmlns='{SM}'/></inline></authentication>"
+    ) in features, features
+    # The RFC 6120 mechanisms stay.
+    assert f"<mechanisms xmlns='{SASL}'>" in features
+    name, success = raw.authenticate_plain(alice, alice_pw)
+    assert name == "success", success
+    assert identifier(success) == alice
+    # No restart: the features of the authenticated stream follow at once.
+    features = raw.recv_until("</stream:features>")
+    assert "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>" in features, features
+    assert "authentication" not in features
+    raw.send(
+        "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+        "<resource>legacy</resource></bind></iq>"
+    )
+    assert f"<jid>{alice}/legacy</jid>" in raw.recv_until("</iq>")
+    raw.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+    name, result = raw.recv_element(["iq"])
+    assert "type='result'" in result and "id='p1'" in result, result
+    raw.close()
+
+
+async def test_scram_bind2_with_inline_sm_carbons_and_csi(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    bob, bob_pw = sasl2_server.add_user("bob")
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    name, success, scram = raw.authenticate_scram(
+        alice,
+        alice_pw,
+        bind2(features=f"<enable xmlns='{SM}' resume='true'/><enable xmlns='{CARBONS}'/><inactive xmlns='{CSI}'/>"),
+    )
+    assert name == "success", success
+    # The SCRAM server-final-message, checked like RFC 5802 says.
+    data = re.search(r"<additional-data>([^<]+)</additional-data>", success).group(1)
+    assert base64.b64decode(data).decode() == f"v={scram.server_signature}"
+    full = identifier(success)
+    assert re.fullmatch(rf"{re.escape(alice)}/AwesomeXMPP/[0-9a-f]{{12}}", full), full
+    assert f"<bound xmlns='{BIND2}'><enabled xmlns='{SM}' id=" in success, success
+    assert "resume='true'" in success
+    sm_enabled_id(success)
+    features = raw.recv_until("</features>")
+    assert "<bind" not in features and f"<sm xmlns='{SM}'/>" not in features, features
+    # Stream management counts from the success on.
+    raw.send(f"<r xmlns='{SM}'/>")
+    name, answer = raw.recv_element(["a"])
+    assert "h='0'" in answer, answer
+    # Carbons are on: a message another resource of alice sends comes as <sent/>.
+    other = await login(sasl2_server, alice, alice_pw, "desk")
+    b = await login(sasl2_server, bob, bob_pw, "desk")
+    other.send_message(mto=f"{bob}/desk", mbody="carbon me", mtype="chat")
+    await handled(other)
+    name, carbon = raw.recv_element(["message"], timeout=15)
+    assert f"<sent xmlns='{CARBONS}'>" in carbon and "carbon me" in carbon, carbon
+    # The session began inactive (XEP-0352): a chat state alone waits.
+    b.send_raw(f"<message to='{full}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    await handled(b)
+    raw.send(f"<r xmlns='{SM}'/>")
+    name, answer = raw.recv_element(["a", "message"])
+    assert name == "a", answer
+    # Active again: what waited comes now.
+    raw.send(f"<active xmlns='{CSI}'/>")
+    name, held = raw.recv_element(["message"])
+    assert "<composing" in held, held
+    raw.close()
+    await logout(other, b)
+
+
+async def test_resume_inline_after_a_dropped_connection(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    bob, bob_pw = sasl2_server.add_user("bob")
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    name, success = raw.authenticate_plain(alice, alice_pw, bind2(features=f"<enable xmlns='{SM}' resume='true'/>"))
+    assert name == "success", success
+    full = identifier(success)
+    previd = sm_enabled_id(success)
+    raw.recv_until("</features>")
+    b = await login(sasl2_server, bob, bob_pw, "desk")
+    b.send_message(mto=full, mbody="while you were away", mtype="chat")
+    await handled(b)
+    raw.recv_element(["message"])
+    # Lost without closing the stream, nothing acknowledged.
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    raw.close()
+
+    again = Sasl2Client(sasl2_server)
+    again.starttls()
+    name, success = again.authenticate_plain(
+        alice, alice_pw, f"<resume xmlns='{SM}' previd='{previd}' h='0'/>" + bind2()
+    )
+    assert name == "success", success
+    # Resumed: the full JID of the old session, and no bind.
+    assert identifier(success) == full
+    assert f"<resumed xmlns='{SM}' previd='{previd}' h='0'/>" in success, success
+    assert "<bound" not in success
+    name, replayed = again.recv_element(["message"])
+    assert "while you were away" in replayed
+    again.close()
+    await logout(b)
+
+
+async def test_failed_inline_resumption_binds_instead(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    name, success = raw.authenticate_plain(
+        alice, alice_pw, f"<resume xmlns='{SM}' previd='nosuchstream' h='0'/>" + bind2()
+    )
+    assert name == "success", success
+    # XEP-0386: the XEP-0198 failure in the success, then a new session.
+    assert (
+        f"<failed xmlns='{SM}'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>"
+    ) in success, success
+    assert f"<bound xmlns='{BIND2}'/>" in success
+    assert identifier(success).startswith(f"{alice}/AwesomeXMPP/")
+    raw.close()
+
+
+async def test_unknown_inline_feature_is_ignored(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    name, success = raw.authenticate_plain(alice, alice_pw, bind2(features="<enable xmlns='urn:example:megafeature'/>"))
+    assert name == "success", success
+    assert f"<bound xmlns='{BIND2}'/>" in success, success
+    assert "megafeature" not in success
+    raw.close()
+    metrics = await asyncio.to_thread(_metrics, sasl2_server)
+    assert 'starling_sasl2_events_total{event="inline_ignored"} 1' in metrics
+    assert 'starling_sasl2_events_total{event="bound"} 1' in metrics
+
+
+def _metrics(server):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256"])
+async def test_wrong_password_is_not_authorized_and_the_stream_stays_open(sasl2_server, mechanism):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    if mechanism == "PLAIN":
+        name, failure = raw.authenticate_plain(alice, "wrong", bind2())
+    else:
+        name, failure, _ = raw.authenticate_scram(alice, alice_pw, bind2(), wrong_password="wrong")
+    assert name == "failure"
+    assert f"<failure xmlns='{SASL2}'><not-authorized xmlns='{SASL}'/></failure>" in failure, failure
+    # The stream is unchanged (XEP-0388 section "Failure"): try again.
+    name, success = raw.authenticate_plain(alice, alice_pw, bind2())
+    assert name == "success", success
+    raw.close()
+
+
+async def test_unknown_mechanism_abort_and_encoding_errors(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    raw.send(f"<authenticate xmlns='{SASL2}' mechanism='DIGEST-MD5'/>")
+    name, failure = raw.recv_element(["failure"])
+    assert f"<invalid-mechanism xmlns='{SASL}'/>" in failure, failure
+    raw.send(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>bi*s</initial-response></authenticate>")
+    name, failure = raw.recv_element(["failure"])
+    assert f"<incorrect-encoding xmlns='{SASL}'/>" in failure, failure
+    raw.send(f"<authenticate xmlns='{SASL2}' mechanism='SCRAM-SHA-256'/>")
+    name, challenge = raw.recv_element(["challenge"])
+    assert challenge == f"<challenge xmlns='{SASL2}'/>", challenge
+    raw.send(f"<abort xmlns='{SASL2}'/>")
+    name, failure = raw.recv_element(["failure"])
+    assert f"<failure xmlns='{SASL2}'><aborted xmlns='{SASL}'/></failure>" == failure, failure
+    raw.close()
+
+
+async def test_sasl2_after_success_and_after_bind_is_a_stream_error(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    # After a success without bind.
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    name, success = raw.authenticate_plain(alice, alice_pw)
+    assert name == "success"
+    raw.recv_until("</stream:features>")
+    token = b64(f"\0alice\0{alice_pw}".encode())
+    raw.send(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{token}</initial-response></authenticate>")
+    closed = raw.read_until_closed()
+    assert "<unsupported-stanza-type xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in closed, closed
+    # After Bind 2.
+    raw = Sasl2Client(sasl2_server)
+    raw.starttls()
+    name, success = raw.authenticate_plain(alice, alice_pw, bind2())
+    assert name == "success"
+    raw.send(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{token}</initial-response></authenticate>")
+    closed = raw.read_until_closed()
+    assert "<unsupported-stanza-type xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>" in closed, closed
+
+
+async def test_not_offered_when_off(server):
+    raw = Sasl2Client(server)
+    features = raw.starttls()
+    assert "urn:xmpp:sasl:2" not in features
+    alice, alice_pw = server.add_user("alice")
+    token = b64(f"\0alice\0{alice_pw}".encode())
+    raw.send(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{token}</initial-response></authenticate>")
+    closed = raw.read_until_closed()
+    assert "<unsupported-stanza-type" in closed, closed
