@@ -359,3 +359,48 @@ async def test_not_offered_when_off(server):
     raw.send(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{token}</initial-response></authenticate>")
     closed = raw.read_until_closed()
     assert "<unsupported-stanza-type" in closed, closed
+
+
+from test_websocket import NODE, WEB_DIR, node_arguments  # noqa: E402 (the node helpers)
+
+
+@pytest.mark.skipif(
+    NODE is None or not (WEB_DIR / "node_modules" / "@xmpp" / "sasl2").is_dir(),
+    reason="needs node and `npm ci --prefix tests/web` (scripts/test.sh installs them)",
+)
+async def test_xmpp_client_logs_in_with_sasl2_and_bind2(sasl2_server):
+    """@xmpp/client 0.14 over WebSocket picks SASL2 when offered, binds with
+    Bind 2 and enables resumable stream management inline."""
+    juliet, juliet_pw = sasl2_server.add_user("juliet")
+    web = await asyncio.create_subprocess_exec(
+        NODE,
+        *node_arguments(),
+        str(WEB_DIR / "xmpp_client_sasl2.mjs"),
+        cwd=str(WEB_DIR),
+        env={
+            **os.environ,
+            "WS_URL": f"ws://127.0.0.1:{sasl2_server.http}/xmpp-websocket",
+            "DOMAIN": sasl2_server.domain,
+            "USERNAME": "juliet",
+            "PASSWORD": juliet_pw,
+            "RESOURCE": "web",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(web.communicate(), 40)
+    events = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]
+    assert web.returncode == 0, (events, stderr.decode(errors="replace"), sasl2_server.log_text()[-4000:])
+    by_name = {event["event"]: event for event in events}
+    assert "legacy-auth" not in by_name
+    authenticate = by_name["authenticate"]
+    # Over plain WebSocket (no TLS) SCRAM; the user agent, Bind 2 with its tag and SM inline.
+    assert authenticate["mechanism"] == "SCRAM-SHA-1", authenticate
+    assert f"bind {BIND2}" in authenticate["children"], authenticate
+    assert "<tag>web</tag>" in authenticate["xml"] and f"<enable xmlns=\"{SM}\"" in authenticate["xml"], authenticate
+    assert f"<bound xmlns=\"{BIND2}\"><enabled xmlns=\"{SM}\"" in by_name["success"]["xml"], by_name["success"]
+    online = by_name["online"]
+    assert online["jid"].startswith(f"{juliet}/web/"), online
+    pong = by_name["pong"]
+    assert pong["type"] == "result" and pong["sm_enabled"] is True and pong["sm_id"], pong
+    assert "stopped" in by_name
