@@ -372,21 +372,13 @@ async def test_xmpp_client_logs_in_with_sasl2_and_bind2(sasl2_server):
     """@xmpp/client 0.14 over WebSocket picks SASL2 when offered, binds with
     Bind 2 and enables resumable stream management inline."""
     juliet, juliet_pw = sasl2_server.add_user("juliet")
+    url = f"ws://127.0.0.1:{sasl2_server.http}/xmpp-websocket"
+    settings = {"WS_URL": url, "DOMAIN": sasl2_server.domain, "USERNAME": "juliet", "PASSWORD": juliet_pw}
+    script = str(WEB_DIR / "xmpp_client_sasl2.mjs")
+    pipe = asyncio.subprocess.PIPE
     web = await asyncio.create_subprocess_exec(
-        NODE,
-        *node_arguments(),
-        str(WEB_DIR / "xmpp_client_sasl2.mjs"),
-        cwd=str(WEB_DIR),
-        env={
-            **os.environ,
-            "WS_URL": f"ws://127.0.0.1:{sasl2_server.http}/xmpp-websocket",
-            "DOMAIN": sasl2_server.domain,
-            "USERNAME": "juliet",
-            "PASSWORD": juliet_pw,
-            "RESOURCE": "web",
-        },
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        NODE, *node_arguments(), script, cwd=str(WEB_DIR), env={**os.environ, **settings, "RESOURCE": "web"},
+        stdout=pipe, stderr=pipe,
     )
     stdout, stderr = await asyncio.wait_for(web.communicate(), 40)
     events = [json.loads(line) for line in stdout.decode().splitlines() if line.strip()]

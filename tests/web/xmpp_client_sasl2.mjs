@@ -24,13 +24,8 @@ const timer = setTimeout(() => {
 }, TIMEOUT_MS);
 timer.unref();
 
-const xmpp = client({
-  service: WS_URL,
-  domain: DOMAIN,
-  username: USERNAME,
-  password: PASSWORD,
-  resource: RESOURCE,
-});
+const credentials = { username: USERNAME, password: PASSWORD };
+const xmpp = client({ service: WS_URL, domain: DOMAIN, resource: RESOURCE, ...credentials });
 xmpp.reconnect.stop();
 
 xmpp.on("error", (error) => {
