@@ -12,12 +12,14 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import socket
 import time
 
 import pytest
 
-from conftest import RawClient, login, logout, handled
+from conftest import BIN, RawClient, login, logout, handled
+from test_cluster import cluster  # noqa: F401 (the fixture)
 
 SASL2 = "urn:xmpp:sasl:2"
 BIND2 = "urn:xmpp:bind:0"
@@ -152,7 +154,8 @@ async def test_features_offer_sasl2_with_bind2_inline_and_plain_login_then_legac
     assert f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism>" in features, features
     assert (
         f"<inline><bind xmlns='{BIND2}'><inline><feature var='{CARBONS}'/><feature var='{CSI}'/>"
-        f"<feature var='{SM}'/></inline></bind><sm xmlns='{SM}'/></inline></authentication>"
+        f"<feature var='{SM}'/></inline></bind><sm xmlns='{SM}'/>"
+        f"<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline></authentication>"
     ) in features, features
     # The RFC 6120 mechanisms stay.
     assert f"<mechanisms xmlns='{SASL}'>" in features
@@ -359,6 +362,155 @@ async def test_not_offered_when_off(server):
     raw.send(f"<authenticate xmlns='{SASL2}' mechanism='PLAIN'><initial-response>{token}</initial-response></authenticate>")
     closed = raw.read_until_closed()
     assert "<unsupported-stanza-type" in closed, closed
+
+
+# ------------------------------------------------------------------ FAST (XEP-0484)
+
+FAST = "urn:xmpp:fast:0"
+HT = "HT-SHA-256-NONE"
+OTHER_AGENT = (
+    "<user-agent id='0f8e2a54-5d1c-4bb1-9b57-2f2b51b5a1c3'><software>OtherXMPP</software></user-agent>"
+)
+
+
+def issued_token(success):
+    match = re.search(rf"<token xmlns='{FAST}' expiry='([^']+)' token='([^']+)'/>", success)
+    assert match, success
+    return match.group(2), match.group(1)
+
+
+def ht_response(localpart, token):
+    initiator = hmac.new(token.encode(), b"Initiator", "sha256").digest()
+    return b64(localpart.encode() + b"\0" + initiator)
+
+
+def authenticate_fast(client, jid, token, inline="", user_agent=USER_AGENT, fast="<fast xmlns='urn:xmpp:fast:0'/>"):
+    """Log in with a FAST token; on success the server's HMAC is checked."""
+    client.send(
+        f"<authenticate xmlns='{SASL2}' mechanism='{HT}'>"
+        f"<initial-response>{ht_response(jid.split('@')[0], token)}</initial-response>"
+        f"{user_agent}{fast}{inline}</authenticate>"
+    )
+    name, outcome = client.recv_element(["success", "failure"])
+    if name == "success":
+        data = re.search(r"<additional-data>([^<]+)</additional-data>", outcome).group(1)
+        assert base64.b64decode(data) == hmac.new(token.encode(), b"Responder", "sha256").digest()
+    return name, outcome
+
+
+def first_token(node, jid, password):
+    """A password login that asks for a token (and binds)."""
+    raw = Sasl2Client(node)
+    features = raw.starttls()
+    assert f"<fast xmlns='{FAST}'><mechanism>{HT}</mechanism></fast>" in features, features
+    name, success, _ = raw.authenticate_scram(jid, password, f"<request-token xmlns='{FAST}' mechanism='{HT}'/>" + bind2())
+    assert name == "success", success
+    raw.close()
+    return issued_token(success)
+
+
+def fast_login(node, jid, token, **options):
+    raw = Sasl2Client(node)
+    raw.starttls()
+    try:
+        return authenticate_fast(raw, jid, token, **options)
+    finally:
+        raw.close()
+
+
+def not_authorized(outcome, condition="not-authorized"):
+    return f"<failure xmlns='{SASL2}'><{condition} xmlns='{SASL}'/></failure>" in outcome
+
+
+async def test_fast_token_issued_used_and_rotated(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    token1, expiry = first_token(sasl2_server, alice, alice_pw)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", expiry), expiry
+    # A reconnect with the token: bound in the same round trip, and a new token (rotation).
+    name, success = fast_login(sasl2_server, alice, token1, inline=bind2(features=f"<enable xmlns='{SM}'/>"))
+    assert name == "success", success
+    assert identifier(success).startswith(f"{alice}/AwesomeXMPP/")
+    assert f"<bound xmlns='{BIND2}'><enabled xmlns='{SM}'" in success
+    token2, _ = issued_token(success)
+    assert token2 != token1
+    # The token in use stays valid until the new one is used...
+    name, success = fast_login(sasl2_server, alice, token1)
+    assert name == "success", success
+    token3, _ = issued_token(success)
+    name, success = fast_login(sasl2_server, alice, token3)
+    assert name == "success", success
+    # ...which removes the older ones.
+    name, failure = fast_login(sasl2_server, alice, token1)
+    assert not_authorized(failure), failure
+    # Tokens are stored hashed: neither appears in the database.
+    database = (sasl2_server.dir / "data" / "starling.db").read_bytes()
+    for token in (token1, token2, token3):
+        assert token.encode() not in database
+
+
+async def test_fast_wrong_token_other_device_expired_and_revoked(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    bob, bob_pw = sasl2_server.add_user("bob")
+    token, _ = first_token(sasl2_server, alice, alice_pw)
+    # A wrong token, another account, another device (user agent), no user agent.
+    name, failure = fast_login(sasl2_server, alice, token[:-4] + "AAA=")
+    assert not_authorized(failure), failure
+    name, failure = fast_login(sasl2_server, bob, token)
+    assert not_authorized(failure), failure
+    name, failure = fast_login(sasl2_server, alice, token, user_agent=OTHER_AGENT)
+    assert not_authorized(failure), failure
+    name, failure = fast_login(sasl2_server, alice, token, user_agent="")
+    assert not_authorized(failure), failure
+    # Expired (its expiry moved into the past in the database).
+    import sqlite3
+
+    connection = sqlite3.connect(sasl2_server.dir / "data" / "starling.db")
+    with connection:
+        assert connection.execute("UPDATE fast_tokens SET expires_at = 0").rowcount == 1
+    connection.close()
+    name, failure = fast_login(sasl2_server, alice, token)
+    assert not_authorized(failure, "credentials-expired"), failure
+    # Revoked by the operator: every token of the account.
+    token, _ = first_token(sasl2_server, alice, alice_pw)
+    assert fast_login(sasl2_server, alice, token)[0] == "success"
+    revoked = sasl2_server.cli("user", "fast-revoke", alice)
+    assert "revoked 2 fast tokens of alice@localhost" in revoked.stdout, revoked
+    name, failure = fast_login(sasl2_server, alice, token)
+    assert not_authorized(failure), failure
+
+
+async def test_fast_invalidate_logs_the_device_out_of_its_tokens(sasl2_server):
+    alice, alice_pw = sasl2_server.add_user("alice")
+    token, _ = first_token(sasl2_server, alice, alice_pw)
+    name, success = fast_login(sasl2_server, alice, token, fast=f"<fast xmlns='{FAST}' invalidate='true'/>")
+    assert name == "success", success
+    assert "<token" not in success
+    name, failure = fast_login(sasl2_server, alice, token)
+    assert not_authorized(failure), failure
+
+
+@pytest.fixture
+def sasl2_everywhere(monkeypatch):
+    """SASL2 on in every process started from here on (the cluster's too)."""
+    monkeypatch.setenv("STARLING_SASL2_ENABLED", "true")
+
+
+async def test_fast_token_of_cm1_works_on_cm2_and_revocation_everywhere(sasl2_everywhere, cluster):
+    alice, alice_pw = cluster.add_user("alice")
+    token, _ = first_token(cluster.node("cm-1"), alice, alice_pw)
+    name, success = fast_login(cluster.node("cm-2"), alice, token, inline=bind2())
+    assert name == "success", (success, cluster.logs())
+    rotated, _ = issued_token(success)
+    name, success = fast_login(cluster.node("cm-1"), alice, rotated)
+    assert name == "success", success
+    agent = "d4565fa7-4d72-4749-b3d3-740edbf87770"
+    config = str(cluster.dir / "starling.toml")
+    revoked = subprocess.run([BIN, "user", "fast-revoke", alice, "--agent", agent, "--config", config],
+                             capture_output=True, text=True, timeout=60)
+    assert revoked.returncode == 0 and "revoked 2 fast tokens" in revoked.stdout, revoked
+    for node in ("cm-1", "cm-2"):
+        name, failure = fast_login(cluster.node(node), alice, rotated)
+        assert not_authorized(failure), failure
 
 
 from test_websocket import NODE, WEB_DIR, node_arguments  # noqa: E402 (the node helpers)

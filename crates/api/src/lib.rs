@@ -21,6 +21,6 @@ pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, Sess
 pub use resumption::{ResumptionStore, DETACHED_NODE};
 pub use router::{BindError, Origin, RouterApi};
 pub use storage::{
-    AccountStore, OfflineStore, RosterItem, RosterStore, ScramCredentials, StorageApi,
-    StoredCredentials, Subscription,
+    AccountStore, FastTokenRecord, FastTokenStore, OfflineStore, RosterItem, RosterStore,
+    ScramCredentials, StorageApi, StoredCredentials, Subscription,
 };

@@ -20,6 +20,7 @@
 
 mod credentials;
 mod error;
+mod ht;
 mod plain;
 mod saslname;
 mod scram;
@@ -29,6 +30,7 @@ pub use credentials::{
     ScramKeys, DEFAULT_ITERATIONS, SALT_BYTES,
 };
 pub use error::{SaslError, SaslFailureCondition};
+pub use ht::{HtInitial, HT_SHA_256_NONE};
 pub use plain::{verify_plain_password, PlainCredentials};
 pub use saslname::decode_saslname;
 pub use scram::{ScramClientFirst, ScramServerFirst, ServerSecret, SERVER_NONCE_BYTES};
@@ -42,6 +44,9 @@ pub enum Mechanism {
     ScramSha256,
     ScramSha1,
     Plain,
+    /// HT-SHA-256-NONE (FAST tokens, XEP-0484): offered in SASL2's `<fast/>`
+    /// only, never in the mechanism lists (not in [`Mechanism::ALL`]).
+    HtSha256None,
 }
 
 impl Mechanism {
@@ -58,6 +63,7 @@ impl Mechanism {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::Plain => "PLAIN",
+            Mechanism::HtSha256None => HT_SHA_256_NONE,
         }
     }
 
@@ -74,7 +80,7 @@ impl Mechanism {
         match self {
             Mechanism::ScramSha256 => Some(ScramHash::Sha256),
             Mechanism::ScramSha1 => Some(ScramHash::Sha1),
-            Mechanism::Plain => None,
+            Mechanism::Plain | Mechanism::HtSha256None => None,
         }
     }
 

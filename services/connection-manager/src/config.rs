@@ -30,6 +30,9 @@ pub struct CmConfig {
     /// Message Carbons (XEP-0280) are on in the routers (`carbons.enabled`):
     /// Bind 2 offers to enable them inline.
     pub carbons_enabled: bool,
+    /// FAST (XEP-0484) inside SASL2: how long an issued token is valid; 0
+    /// offers no FAST.
+    pub fast_token_ttl_secs: u64,
     /// True by default: no SASL before STARTTLS. False allows SCRAM on a
     /// plaintext stream (load tests); PLAIN is never offered nor accepted there.
     pub require_tls: bool,

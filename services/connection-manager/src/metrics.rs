@@ -82,7 +82,7 @@ const TRANSPORTS: [Transport; 4] = [
     Transport::Bosh,
 ];
 const KINDS: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
-const MECHANISMS: [&str; 3] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"];
+const MECHANISMS: [&str; 4] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "HT-SHA-256-NONE"];
 
 fn kind_label(kind: StanzaKind) -> &'static str {
     match kind {
@@ -240,7 +240,7 @@ impl CmMetrics {
         let sasl2_events = IntCounterVec::new(
             Opts::new(
                 "starling_sasl2_events_total",
-                "SASL2 (XEP-0388) events: authenticated (no bind), bound (Bind 2), resumed (XEP-0198 inline), bind_failed, inline_ignored (a Bind 2 request for a feature not offered inline)",
+                "SASL2 (XEP-0388) events: authenticated (no bind), bound (Bind 2), resumed (XEP-0198 inline), bind_failed, inline_ignored (a Bind 2 request for a feature not offered inline), fast_token_issued, fast_invalidated (XEP-0484)",
             ),
             &["event"],
         )?;

@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub sasl2_enabled: bool,
     /// The routers answer XEP-0280 carbons: Bind 2 may enable them inline.
     pub carbons_enabled: bool,
+    /// FAST tokens' lifetime (XEP-0484); 0: FAST is not offered.
+    pub fast_token_ttl_secs: u64,
     /// The stream features offered, from the features' declarations (`crate::features`).
     pub stream_features: Features,
     pub require_tls: bool,

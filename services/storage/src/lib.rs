@@ -118,6 +118,7 @@ macro_rules! on_database {
 // `Storage`, with one span per operation, the same in one process and behind
 // gRPC. Declared after `on_database!` so that they can use it.
 mod accounts;
+mod fast;
 mod offline;
 mod roster;
 

@@ -34,6 +34,8 @@ pub(crate) struct Sasl2Offer {
     pub bind_inline: Vec<&'static str>,
     /// Stream resumption inside `<authenticate/>` (XEP-0198 section 5).
     pub sm_resume: bool,
+    /// FAST (XEP-0484): its `<fast/>` with the token mechanisms.
+    pub fast: Option<Element>,
 }
 
 /// Where a stream is in its negotiation, as far as its features go.
@@ -205,6 +207,9 @@ impl FeatureSet {
         if offer.sm_resume {
             inline.append_child(Element::new("sm", ns::SM));
         }
+        if let Some(fast) = &offer.fast {
+            inline.append_child(fast.clone());
+        }
         authentication.append_child(inline);
         authentication
     }
@@ -288,12 +293,13 @@ mod tests {
         let offer = Sasl2Offer {
             bind_inline: vec![ns::CARBONS, ns::CSI, ns::SM],
             sm_resume: true,
+            fast: Some(Element::new("fast", ns::FAST)),
         };
         assert_eq!(
             tcp(true, true, false, false).with_sasl2(Some(offer.clone())).to_xml(),
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
 <authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
-<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind><sm xmlns='urn:xmpp:sm:3'/></inline></authentication></stream:features>"
+<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind><sm xmlns='urn:xmpp:sm:3'/><fast xmlns='urn:xmpp:fast:0'/></inline></authentication></stream:features>"
         );
         // Never without a mechanism: not before a mandatory STARTTLS, not once authenticated.
         assert_eq!(

@@ -8,6 +8,7 @@
 //! the loop that reads the stream and hands each element to its step.
 
 pub(crate) mod bind;
+pub(crate) mod fast;
 pub(crate) mod features;
 pub(crate) mod header;
 pub(crate) mod resume;
@@ -50,7 +51,8 @@ enum Negotiated {
     Resume(Element),
     /// A SASL2 exchange succeeded (XEP-0388): its additional data and what
     /// the `<authenticate/>` asked for inline.
-    Sasl2Success(Vec<u8>, Sasl2Request),
+    /// With the issue instant of the FAST token used, if one was.
+    Sasl2Success(Vec<u8>, Sasl2Request, Option<i64>),
 }
 
 /// Negotiate a stream on an established transport (TCP, TLS, WebSocket or
@@ -107,12 +109,12 @@ pub(crate) async fn negotiate<T: Transport>(
                     return None;
                 }
             }
-            Ok(Negotiated::Sasl2Success(additional_data, request)) => {
+            Ok(Negotiated::Sasl2Success(additional_data, request, used_token)) => {
                 let Negotiation { stream, sasl, .. } = &mut negotiation;
                 let Some(user) = sasl.user().cloned() else {
                     continue;
                 };
-                match sasl2::complete(stream, &user, request, additional_data).await {
+                match sasl2::complete(stream, &user, request, additional_data, used_token).await {
                     Ok(Completed::Session(bound)) => return Some(bound),
                     Ok(Completed::Authenticated) => continue,
                     Ok(Completed::Failed) => sasl.revoke(),
@@ -197,9 +199,13 @@ impl<T: Transport> Negotiation<T> {
             self.sasl
                 .handle(&mut self.stream, profile, &element)
                 .await?;
-            if let Some(additional_data) = self.sasl.take_sasl2_success() {
+            if let Some((additional_data, used_token)) = self.sasl.take_sasl2_success() {
                 let request = self.sasl2_request.take().unwrap_or_default();
-                return Ok(Some(Negotiated::Sasl2Success(additional_data, request)));
+                return Ok(Some(Negotiated::Sasl2Success(
+                    additional_data,
+                    request,
+                    used_token,
+                )));
             }
             return Ok(None);
         }

@@ -8,11 +8,12 @@
 use starling_jid::BareJid;
 use starling_sasl::{
     decode_sasl2_payload, decode_xmpp_payload, encode_xmpp_payload, verify_plain_password,
-    Mechanism, PlainCredentials, SaslError, SaslFailureCondition, ScramClientFirst, ScramHash,
-    ScramKeys, ScramServerFirst,
+    HtInitial, Mechanism, PlainCredentials, SaslError, SaslFailureCondition, ScramClientFirst,
+    ScramHash, ScramKeys, ScramServerFirst,
 };
 use starling_xmpp::{ns, Element, StreamErrorCondition};
 
+use super::fast;
 use super::stream::{stream_error, NegotiatingStream, StreamEnd};
 use crate::metrics::Limit;
 use crate::shared::Shared;
@@ -63,6 +64,10 @@ pub(crate) struct Sasl {
     /// A SASL2 exchange succeeded: its additional data (the SCRAM
     /// server-final-message), until `super::sasl2` sends the `<success/>`.
     sasl2_success: Option<Vec<u8>>,
+    /// The SASL2 `<user-agent id/>` of the current exchange (FAST tokens are bound to it).
+    agent_id: Option<String>,
+    /// The issue instant of the FAST token the exchange authenticated with.
+    fast_used: Option<i64>,
     auth_attempts: u32,
     /// The mechanism of the current or last `<auth/>` (for metrics).
     mechanism: Option<Mechanism>,
@@ -76,6 +81,8 @@ impl Sasl {
             exchange: SaslExchange::Idle,
             profile: Profile::Rfc6120,
             sasl2_success: None,
+            agent_id: None,
+            fast_used: None,
             auth_attempts: 0,
             mechanism: None,
             user: None,
@@ -89,8 +96,10 @@ impl Sasl {
 
     /// A SASL2 exchange succeeded: its additional data, once (the caller
     /// sends the `<success/>`).
-    pub fn take_sasl2_success(&mut self) -> Option<Vec<u8>> {
-        self.sasl2_success.take()
+    /// With the issue instant of the FAST token used, if one was.
+    pub fn take_sasl2_success(&mut self) -> Option<(Vec<u8>, Option<i64>)> {
+        let additional_data = self.sasl2_success.take()?;
+        Some((additional_data, self.fast_used.take()))
     }
 
     /// What completing a SASL2 success could not do (Bind 2 refused the
@@ -121,6 +130,10 @@ impl Sasl {
                 let initial = element
                     .get_child("initial-response", ns::SASL2)
                     .map(Element::text);
+                self.agent_id = element
+                    .get_child("user-agent", ns::SASL2)
+                    .and_then(|agent| agent.attr("id"))
+                    .map(str::to_string);
                 self.start_auth(stream, profile, element.attr("mechanism"), initial)
                     .await
             }
@@ -179,6 +192,7 @@ impl Sasl {
         self.exchange = SaslExchange::Idle;
         self.profile = profile;
         self.mechanism = None;
+        self.fast_used = None;
         self.auth_attempts += 1;
         if self.auth_attempts > stream.shared.limits.max_auth_attempts {
             stream.shared.metrics.limit_hit(Limit::AuthAttempts);
@@ -189,7 +203,18 @@ impl Sasl {
                 "too many authentication attempts",
             ));
         }
-        let Some(mechanism) = mechanism_name.and_then(Mechanism::from_name) else {
+        let mechanism = match mechanism_name {
+            // XEP-0484: offered in SASL2's <fast/> only.
+            Some(name)
+                if name == Mechanism::HtSha256None.as_str()
+                    && profile == Profile::Sasl2
+                    && stream.shared.fast_token_ttl_secs > 0 =>
+            {
+                Some(Mechanism::HtSha256None)
+            }
+            name => name.and_then(Mechanism::from_name),
+        };
+        let Some(mechanism) = mechanism else {
             return self
                 .fail_auth(stream, SaslError::InvalidMechanism("mechanism not offered"))
                 .await;
@@ -281,9 +306,10 @@ impl Sasl {
         mechanism: Mechanism,
         payload: &[u8],
     ) -> Result<(), StreamEnd> {
-        match mechanism.scram_hash() {
-            Some(hash) => self.scram_first(stream, hash, payload).await,
-            None => self.plain(stream, payload).await,
+        match (mechanism, mechanism.scram_hash()) {
+            (_, Some(hash)) => self.scram_first(stream, hash, payload).await,
+            (Mechanism::HtSha256None, None) => self.fast_token(stream, payload).await,
+            _ => self.plain(stream, payload).await,
         }
     }
 
@@ -318,6 +344,27 @@ impl Sasl {
         stream
             .send_nonza(&sasl_challenge(self.profile, Some(server_first.as_bytes())))
             .await
+    }
+
+    /// HT-SHA-256-NONE with a FAST token (XEP-0484).
+    async fn fast_token<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        payload: &[u8],
+    ) -> Result<(), StreamEnd> {
+        let initial = match HtInitial::parse(payload) {
+            Ok(initial) => initial,
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        let user = account(&stream.shared, &initial.username);
+        let agent_id = self.agent_id.clone();
+        match fast::authenticate(&stream.shared, user, agent_id.as_deref(), &initial).await {
+            Ok((user, responder, issued_at)) => {
+                self.fast_used = Some(issued_at);
+                self.authenticated(stream, user, &responder).await
+            }
+            Err(error) => self.fail_auth(stream, error).await,
+        }
     }
 
     async fn plain<T: Transport>(

@@ -20,6 +20,7 @@ use starling_sasl::SaslFailureCondition;
 use starling_xmpp::{ns, Element};
 
 use super::bind::{bind_session, BoundStream};
+use super::fast::{self, FastRequest};
 use super::features::{FeatureSet, Sasl2Offer, Stage};
 use super::resume;
 use super::sasl::{sasl_failure, Profile};
@@ -54,6 +55,7 @@ pub(crate) fn offer(shared: &Shared) -> Option<Sasl2Offer> {
     Some(Sasl2Offer {
         bind_inline,
         sm_resume: shared.resumption_offered(),
+        fast: (shared.fast_token_ttl_secs > 0).then(fast::feature),
     })
 }
 
@@ -73,6 +75,8 @@ pub(crate) struct Sasl2Request {
     pub bind: Option<Element>,
     /// `<resume xmlns='urn:xmpp:sm:3'/>` (XEP-0198 section 5).
     pub resume: Option<Element>,
+    /// FAST token requests (XEP-0484).
+    pub fast: FastRequest,
 }
 
 fn bounded(text: String) -> Option<String> {
@@ -103,6 +107,7 @@ impl Sasl2Request {
             user_agent,
             bind: authenticate.get_child("bind", ns::BIND2).cloned(),
             resume: authenticate.get_child("resume", ns::SM).cloned(),
+            fast: FastRequest::parse(authenticate),
         }
     }
 }
@@ -140,6 +145,7 @@ pub(crate) async fn complete<T: Transport>(
     user: &BareJid,
     request: Sasl2Request,
     additional_data: Vec<u8>,
+    used_token: Option<i64>,
 ) -> Result<Completed<T>, StreamEnd> {
     tracing::info!(
         conn = stream.conn,
@@ -150,13 +156,28 @@ pub(crate) async fn complete<T: Transport>(
         resume = request.resume.is_some(),
         "sasl2 authenticated"
     );
+    // XEP-0484: a token issued (asked for, or rotated) rides in the success.
+    let token = fast::after_success(
+        &stream.shared,
+        user,
+        request.user_agent.id.as_deref(),
+        &request.fast,
+        used_token,
+    )
+    .await;
+    let success = |identifier: Jid| {
+        let mut success = success(&additional_data, &identifier);
+        if let Some(token) = &token {
+            success.append_child(token.clone());
+        }
+        success
+    };
     let mut resume_failed = None;
     if let Some(resume) = request.resume.filter(|_| stream.shared.sm.enabled) {
         // XEP-0386 section "Performing the bind": the resumption first; if it
         // succeeds, the bind request is ignored.
-        let answer = |resumed: Element, jid: &FullJid| {
-            success(&additional_data, &Jid::from(jid.clone())).with_child(resumed)
-        };
+        let answer =
+            |resumed: Element, jid: &FullJid| success(Jid::from(jid.clone())).with_child(resumed);
         match resume::resume_stream(stream, Some(user), resume, answer).await? {
             Ok(bound) => {
                 stream.shared.metrics.sasl2_event("resumed");
@@ -166,7 +187,7 @@ pub(crate) async fn complete<T: Transport>(
         }
     }
     let Some(bind) = request.bind else {
-        let mut answer = success(&additional_data, &Jid::from(user.clone()));
+        let mut answer = success(Jid::from(user.clone()));
         if let Some(failed) = resume_failed {
             answer.append_child(failed);
         }
@@ -186,7 +207,7 @@ pub(crate) async fn complete<T: Transport>(
         stream.shared.metrics.sasl2_event("authenticated");
         return Ok(Completed::Authenticated);
     };
-    bind2(stream, user, &bind, &additional_data, resume_failed).await
+    bind2(stream, user, &bind, success, resume_failed).await
 }
 
 /// The resource of a Bind 2 request: `tag/random` (XEP-0386 section
@@ -206,7 +227,7 @@ async fn bind2<T: Transport>(
     stream: &mut NegotiatingStream<T>,
     user: &BareJid,
     bind: &Element,
-    additional_data: &[u8],
+    success: impl FnOnce(Jid) -> Element,
     resume_failed: Option<Element>,
 ) -> Result<Completed<T>, StreamEnd> {
     let shared = Arc::clone(&stream.shared);
@@ -273,7 +294,7 @@ async fn bind2<T: Transport>(
             }
         }
     }
-    let mut answer = success(additional_data, &Jid::from(jid.clone()));
+    let mut answer = success(Jid::from(jid.clone()));
     if let Some(failed) = resume_failed {
         answer.append_child(failed);
     }

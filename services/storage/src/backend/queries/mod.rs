@@ -18,10 +18,12 @@ use crate::error::StorageError;
 use crate::records::AccountAddress;
 
 mod accounts;
+mod fast;
 mod offline;
 mod roster;
 
 pub(crate) use accounts::*;
+pub(crate) use fast::*;
 pub(crate) use offline::*;
 pub(crate) use roster::*;
 
