@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import BIN, RawClient, login, logout, handled
+from conftest import BIN, RawClient, login, logout, handled, wait_until_async
 from test_cluster import cluster  # noqa: F401 (the fixture)
 
 SASL2 = "urn:xmpp:sasl:2"
@@ -548,3 +548,47 @@ async def test_xmpp_client_logs_in_with_sasl2_and_bind2(sasl2_server):
     pong = by_name["pong"]
     assert pong["type"] == "result" and pong["sm_enabled"] is True and pong["sm_id"], pong
     assert "stopped" in by_name
+
+
+@pytest.mark.skipif(
+    NODE is None or not (WEB_DIR / "node_modules" / "@xmpp" / "sasl2").is_dir(),
+    reason="needs node and `npm ci --prefix tests/web` (scripts/test.sh installs them)",
+)
+async def test_xmpp_client_reconnects_on_cm2_with_its_fast_token_and_resumes(sasl2_everywhere, cluster):
+    """@xmpp/client 0.14 logs in on cm-1 with a password (and gets a FAST
+    token), loses its connection, and comes back on cm-2 with the token and
+    an inline resumption of its stream: one round trip."""
+    from test_sm_clients import DroppingProxy, WebClient, sm_events
+
+    cluster.add_user("juliet")
+    first_http = cluster.processes["cm-1"]["http"]
+    proxy = await DroppingProxy(int(first_http.rsplit(":", 1)[1])).start()
+    settings = {"WS_URL": f"ws://127.0.0.1:{proxy.port}/xmpp-websocket", "DOMAIN": "localhost",
+                "RECONNECT_URL": f"ws://{cluster.processes['cm-2']['http']}/xmpp-websocket",
+                "USERNAME": "juliet", "PASSWORD": "cluster-pass", "RESOURCE": "web"}
+    pipe = asyncio.subprocess.PIPE
+    web = WebClient(await asyncio.create_subprocess_exec(
+        NODE, *node_arguments(), str(WEB_DIR / "xmpp_client_sasl2.mjs"), cwd=str(WEB_DIR),
+        env={**os.environ, **settings}, stdin=pipe, stdout=pipe, stderr=pipe,
+    ))
+    first_pong = await web.expect(lambda event: event["event"] == "pong", "the first login")
+    detached_before = sm_events(first_http, "detached")
+    proxy.drop()
+    await web.expect(lambda event: event["event"] == "disconnect", "the client to notice the loss")
+    await wait_until_async(lambda: sm_events(first_http, "detached") > detached_before, what="cm-1 to detach")
+    web.process.stdin.write(b"reconnect\n")
+    await web.expect(lambda event: event["event"] == "stopped", "the second login", timeout=30)
+    await web.readers
+    events = web.events
+    logins = [event for event in events if event["event"] == "authenticate"]
+    assert [login["mechanism"] for login in logins] == ["SCRAM-SHA-1", "HT-SHA-256-NONE"], events
+    assert f"<request-token xmlns=\"{FAST}\" mechanism=\"{HT}\"/>" in logins[0]["xml"]
+    assert f"<resume xmlns=\"{SM}\"" in logins[1]["xml"], logins[1]
+    successes = [event["xml"] for event in events if event["event"] == "success"]
+    assert len(successes) == 2 and f"<resumed xmlns=\"{SM}\"" in successes[1], successes
+    assert "<bound" not in successes[1]
+    tokens = [event for event in events if event["event"] == "token"]
+    assert len(tokens) == 2 and all(token["mechanism"] == HT for token in tokens), tokens
+    resumed = next(event for event in events if event["event"] == "resumed")
+    assert resumed["sm_id"] == first_pong["sm_id"]
+    assert [event["type"] for event in events if event["event"] == "pong"] == ["result", "result"]
