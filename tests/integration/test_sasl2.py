@@ -503,9 +503,10 @@ async def test_fast_token_of_cm1_works_on_cm2_and_revocation_everywhere(sasl2_ev
     rotated, _ = issued_token(success)
     name, success = fast_login(cluster.node("cm-1"), alice, rotated)
     assert name == "success", success
+    # Revoked through the admin API (`starling admin`), for this device.
     agent = "d4565fa7-4d72-4749-b3d3-740edbf87770"
-    config = str(cluster.dir / "starling.toml")
-    revoked = subprocess.run([BIN, "user", "fast-revoke", alice, "--agent", agent, "--config", config],
+    config = str(cluster.dir / "admin.toml")
+    revoked = subprocess.run([BIN, "admin", "--config", config, "users", "fast-revoke", alice, "--agent", agent],
                              capture_output=True, text=True, timeout=60)
     assert revoked.returncode == 0 and "revoked 2 fast tokens" in revoked.stdout, revoked
     for node in ("cm-1", "cm-2"):
