@@ -52,7 +52,7 @@ enum Negotiated {
     /// A SASL2 exchange succeeded (XEP-0388): its additional data and what
     /// the `<authenticate/>` asked for inline.
     /// With the issue instant of the FAST token used, if one was.
-    Sasl2Success(Vec<u8>, Sasl2Request, Option<i64>),
+    Sasl2Success(Box<(Vec<u8>, Sasl2Request, Option<i64>)>),
 }
 
 /// Negotiate a stream on an established transport (TCP, TLS, WebSocket or
@@ -109,13 +109,14 @@ pub(crate) async fn negotiate<T: Transport>(
                     return None;
                 }
             }
-            Ok(Negotiated::Sasl2Success(additional_data, request, used_token)) => {
+            Ok(Negotiated::Sasl2Success(success)) => {
+                let (additional_data, request, used_token) = *success;
                 let Negotiation { stream, sasl, .. } = &mut negotiation;
                 let Some(user) = sasl.user().cloned() else {
                     continue;
                 };
                 match sasl2::complete(stream, &user, request, additional_data, used_token).await {
-                    Ok(Completed::Session(bound)) => return Some(bound),
+                    Ok(Completed::Session(bound)) => return Some(*bound),
                     Ok(Completed::Authenticated) => continue,
                     Ok(Completed::Failed) => sasl.revoke(),
                     Err(end) => {
@@ -201,11 +202,11 @@ impl<T: Transport> Negotiation<T> {
                 .await?;
             if let Some((additional_data, used_token)) = self.sasl.take_sasl2_success() {
                 let request = self.sasl2_request.take().unwrap_or_default();
-                return Ok(Some(Negotiated::Sasl2Success(
+                return Ok(Some(Negotiated::Sasl2Success(Box::new((
                     additional_data,
                     request,
                     used_token,
-                )));
+                )))));
             }
             return Ok(None);
         }

@@ -115,7 +115,7 @@ impl Sasl2Request {
 /// How a SASL2 success was completed.
 pub(crate) enum Completed<T> {
     /// Bound (Bind 2) or resumed: the session takes the stream.
-    Session(BoundStream<T>),
+    Session(Box<BoundStream<T>>),
     /// Authenticated; the client binds next (RFC 6120 section 7).
     Authenticated,
     /// Bind 2 could not bind: the client got a `<failure/>`, and the stream
@@ -181,7 +181,7 @@ pub(crate) async fn complete<T: Transport>(
         match resume::resume_stream(stream, Some(user), resume, answer).await? {
             Ok(bound) => {
                 stream.shared.metrics.sasl2_event("resumed");
-                return Ok(Completed::Session(bound));
+                return Ok(Completed::Session(Box::new(bound)));
             }
             Err(failed) => resume_failed = Some(failed),
         }
@@ -307,7 +307,7 @@ async fn bind2<T: Transport>(
     }
     shared.metrics.sasl2_event("bound");
     match BoundStream::take(stream, jid, addr, handle) {
-        Some(bound) => Ok(Completed::Session(bound)),
+        Some(bound) => Ok(Completed::Session(Box::new(bound))),
         None => {
             shared.remove_connection(stream.conn);
             Err(StreamEnd::ConnectionLost)
