@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use starling_api::{
     AbuseReport, AccountDataStore, AccountStore, ApiResult, BlockedItem, BlockingStore,
-    OfflineStore, RosterItem, RosterStore, StorageApi, StoredCredentials,
+    FastTokenRecord, FastTokenStore, OfflineStore, RosterItem, RosterStore, StorageApi,
+    StoredCredentials,
 };
 use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
@@ -321,6 +322,77 @@ impl Storage for StorageGrpcServer {
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::PutAccountDataResponse {}))
+    }
+
+    async fn put_fast_token(
+        &self,
+        request: Request<proto::PutFastTokenRequest>,
+    ) -> Result<Response<proto::PutFastTokenResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let token = request
+            .token
+            .map(fast_token_from_proto)
+            .ok_or_else(|| bad_request("token is missing".to_string()))?;
+        self.api
+            .put_fast_token(&user, &token)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::PutFastTokenResponse {}))
+    }
+
+    async fn get_fast_tokens(
+        &self,
+        request: Request<proto::GetFastTokensRequest>,
+    ) -> Result<Response<proto::GetFastTokensResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let tokens = self
+            .api
+            .fast_tokens(&user, &request.agent_id)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetFastTokensResponse {
+            tokens: tokens.into_iter().map(fast_token_to_proto).collect(),
+        }))
+    }
+
+    async fn remove_fast_tokens(
+        &self,
+        request: Request<proto::RemoveFastTokensRequest>,
+    ) -> Result<Response<proto::RemoveFastTokensResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let removed = self
+            .api
+            .remove_fast_tokens(
+                &user,
+                request.agent_id.as_deref(),
+                request.issued_before_millis,
+            )
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::RemoveFastTokensResponse { removed }))
+    }
+}
+
+fn fast_token_from_proto(token: proto::FastToken) -> FastTokenRecord {
+    FastTokenRecord {
+        agent_id: token.agent_id,
+        mechanism: token.mechanism,
+        issued_at_millis: token.issued_at_millis,
+        expires_at_millis: token.expires_at_millis,
+        token_hash: token.token_hash,
+    }
+}
+
+fn fast_token_to_proto(token: FastTokenRecord) -> proto::FastToken {
+    proto::FastToken {
+        agent_id: token.agent_id,
+        mechanism: token.mechanism,
+        issued_at_millis: token.issued_at_millis,
+        expires_at_millis: token.expires_at_millis,
+        token_hash: token.token_hash,
     }
 }
 
@@ -661,5 +733,66 @@ impl BlockingStore for GrpcStorageClient {
             .iter()
             .map(|jid| parse_jid("removed", jid).map_err(malformed_response))
             .collect()
+    }
+}
+
+#[async_trait]
+impl FastTokenStore for GrpcStorageClient {
+    async fn put_fast_token(&self, user: &BareJid, token: &FastTokenRecord) -> ApiResult<()> {
+        let request = proto::PutFastTokenRequest {
+            user: user.to_string(),
+            token: Some(fast_token_to_proto(token.clone())),
+        };
+        self.replicas
+            .call("put_fast_token", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).put_fast_token(request).await }
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn fast_tokens(&self, user: &BareJid, agent_id: &str) -> ApiResult<Vec<FastTokenRecord>> {
+        let request = proto::GetFastTokensRequest {
+            user: user.to_string(),
+            agent_id: agent_id.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("fast_tokens", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_fast_tokens(request).await }
+            })
+            .await?;
+        Ok(response
+            .tokens
+            .into_iter()
+            .map(fast_token_from_proto)
+            .collect())
+    }
+
+    async fn remove_fast_tokens(
+        &self,
+        user: &BareJid,
+        agent_id: Option<&str>,
+        issued_before_millis: Option<i64>,
+    ) -> ApiResult<u64> {
+        let request = proto::RemoveFastTokensRequest {
+            user: user.to_string(),
+            agent_id: agent_id.map(str::to_string),
+            issued_before_millis,
+        };
+        let response = self
+            .replicas
+            .call("remove_fast_tokens", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move {
+                    StorageClient::new(channel)
+                        .remove_fast_tokens(request)
+                        .await
+                }
+            })
+            .await?;
+        Ok(response.removed)
     }
 }

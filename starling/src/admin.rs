@@ -152,6 +152,13 @@ enum UsersCommand {
     Remove {
         jid: String,
     },
+    /// Revoke an account's FAST tokens (XEP-0484): of one client (its SASL2
+    /// user agent id) with --agent, else of every client.
+    FastRevoke {
+        jid: String,
+        #[arg(long)]
+        agent: Option<String>,
+    },
     /// The accounts of a domain (default: the server's).
     List {
         domain: Option<String>,
@@ -492,6 +499,20 @@ async fn users(
                 .await
                 .map_err(from_status)?;
             done(format!("removed {jid}"), &jid);
+        }
+        UsersCommand::FastRevoke { jid, agent } => {
+            let request = connection.request(proto::RevokeFastTokensRequest {
+                jid: jid.clone(),
+                agent_id: agent.unwrap_or_default(),
+            });
+            let revoked = connection
+                .client
+                .revoke_fast_tokens(request)
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .revoked;
+            done(format!("revoked {revoked} fast tokens of {jid}"), &jid);
         }
         UsersCommand::List { domain } => {
             let request = connection.request(proto::ListUsersRequest {

@@ -59,6 +59,13 @@ enum UserCommand {
     Remove { jid: String },
     /// List the accounts of a domain.
     List { domain: String },
+    /// Revoke an account's FAST tokens (XEP-0484): of one client (its SASL2
+    /// user agent id) with --agent, else of every client.
+    FastRevoke {
+        jid: String,
+        #[arg(long)]
+        agent: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +91,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             }
             UserCommand::Remove { jid } => crate::user::remove(&config, &jid).await,
             UserCommand::List { domain } => crate::user::list(&config, &domain).await,
+            UserCommand::FastRevoke { jid, agent } => {
+                crate::user::fast_revoke(&config, &jid, agent.as_deref()).await
+            }
         },
         Command::Admin(args) => crate::admin::run(args, &config).await,
         Command::Config { command } => {

@@ -31,6 +31,14 @@ pub async fn remove(config: &Config, jid: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn fast_revoke(config: &Config, jid: &str, agent: Option<&str>) -> anyhow::Result<()> {
+    users::parse_account(jid)?;
+    let storage = connect_storage(config).await?;
+    let (account, removed) = users::revoke_fast_tokens(&storage, jid, agent).await?;
+    println!("revoked {removed} fast tokens of {account}");
+    Ok(())
+}
+
 pub async fn list(config: &Config, domain: &str) -> anyhow::Result<()> {
     let storage = connect_storage(config).await?;
     for account in users::list(&storage, domain).await? {

@@ -1,5 +1,6 @@
 //! The storage service contract: accounts and SCRAM credentials, rosters
-//! (RFC 6121 section 2) and the offline message queue (XEP-0160).
+//! (RFC 6121 section 2), the offline message queue (XEP-0160) and FAST
+//! tokens (XEP-0484).
 
 use async_trait::async_trait;
 use starling_jid::BareJid;
@@ -140,12 +141,19 @@ impl RosterItem {
 /// PostgreSQL) and by the gRPC client. Code that needs one feature's data
 /// imports that feature's trait.
 pub trait StorageApi:
-    AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore
+    AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore + FastTokenStore
 {
 }
 
-impl<T: AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore + ?Sized>
-    StorageApi for T
+impl<
+        T: AccountStore
+            + RosterStore
+            + OfflineStore
+            + AccountDataStore
+            + BlockingStore
+            + FastTokenStore
+            + ?Sized,
+    > StorageApi for T
 {
 }
 
@@ -213,4 +221,39 @@ pub trait AccountDataStore: Send + Sync + 'static {
     /// bound in bytes, `NotFound` when there is no such account.
     async fn put_account_data(&self, user: &BareJid, key: &str, xml: Option<&str>)
         -> ApiResult<()>;
+}
+
+/// A FAST token (XEP-0484) as stored: never the token itself, its SHA-256,
+/// with what the connection-manager derives the token from again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FastTokenRecord {
+    /// The client's SASL2 `<user-agent id/>` the token is bound to.
+    pub agent_id: String,
+    /// The mechanism it was issued for (`HT-SHA-256-NONE`).
+    pub mechanism: String,
+    /// Milliseconds since the Unix epoch.
+    pub issued_at_millis: i64,
+    pub expires_at_millis: i64,
+    /// SHA-256 of the token.
+    pub token_hash: Vec<u8>,
+}
+
+/// FAST tokens (XEP-0484), per account and client (user agent).
+#[async_trait]
+pub trait FastTokenStore: Send + Sync + 'static {
+    /// Record a token issued to `user`'s client `token.agent_id`; the
+    /// client keeps its two newest tokens (XEP-0484 rotation: the one in
+    /// use until the new one is used). `NotFound` without the account.
+    async fn put_fast_token(&self, user: &BareJid, token: &FastTokenRecord) -> ApiResult<()>;
+    /// The tokens of `user`'s client `agent_id`, newest first.
+    async fn fast_tokens(&self, user: &BareJid, agent_id: &str) -> ApiResult<Vec<FastTokenRecord>>;
+    /// Remove `user`'s tokens: of the client `agent_id` (every client's
+    /// when `None`), issued before `issued_before_millis` (all when `None`).
+    /// Returns how many were removed.
+    async fn remove_fast_tokens(
+        &self,
+        user: &BareJid,
+        agent_id: Option<&str>,
+        issued_before_millis: Option<i64>,
+    ) -> ApiResult<u64>;
 }

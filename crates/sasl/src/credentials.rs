@@ -52,7 +52,7 @@ impl ScramHash {
     }
 
     /// H(str), RFC 5802 section 2.2.
-    pub(crate) fn hash(self, data: &[u8]) -> Vec<u8> {
+    pub fn hash(self, data: &[u8]) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => Sha1::digest(data).to_vec(),
             ScramHash::Sha256 => Sha256::digest(data).to_vec(),
@@ -60,7 +60,7 @@ impl ScramHash {
     }
 
     /// HMAC(key, str), RFC 5802 section 2.2.
-    pub(crate) fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+    pub fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
         match self {
             ScramHash::Sha1 => {
                 let mut mac =

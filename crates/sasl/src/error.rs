@@ -90,6 +90,9 @@ pub enum SaslError {
     /// A temporary error on the server's side, or a throttled client (RFC 6120 section 6.5.11).
     #[error("temporary auth failure: {0}")]
     TemporaryAuthFailure(&'static str),
+    /// The credentials (a FAST token, XEP-0484) have expired (RFC 6120 section 6.5.2).
+    #[error("credentials expired: {0}")]
+    CredentialsExpired(&'static str),
     /// The client sent `<abort/>` (RFC 6120 section 6.5.1).
     #[error("aborted by the client")]
     Aborted,
@@ -106,6 +109,7 @@ impl SaslError {
             SaslError::InvalidMechanism(_) => SaslFailureCondition::InvalidMechanism,
             SaslError::EncryptionRequired(_) => SaslFailureCondition::EncryptionRequired,
             SaslError::TemporaryAuthFailure(_) => SaslFailureCondition::TemporaryAuthFailure,
+            SaslError::CredentialsExpired(_) => SaslFailureCondition::CredentialsExpired,
             SaslError::Aborted => SaslFailureCondition::Aborted,
         }
     }

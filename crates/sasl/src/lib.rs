@@ -20,6 +20,7 @@
 
 mod credentials;
 mod error;
+mod ht;
 mod plain;
 mod saslname;
 mod scram;
@@ -29,6 +30,7 @@ pub use credentials::{
     ScramKeys, DEFAULT_ITERATIONS, SALT_BYTES,
 };
 pub use error::{SaslError, SaslFailureCondition};
+pub use ht::{HtInitial, HT_SHA_256_NONE};
 pub use plain::{verify_plain_password, PlainCredentials};
 pub use saslname::decode_saslname;
 pub use scram::{ScramClientFirst, ScramServerFirst, ServerSecret, SERVER_NONCE_BYTES};
@@ -42,6 +44,9 @@ pub enum Mechanism {
     ScramSha256,
     ScramSha1,
     Plain,
+    /// HT-SHA-256-NONE (FAST tokens, XEP-0484): offered in SASL2's `<fast/>`
+    /// only, never in the mechanism lists (not in [`Mechanism::ALL`]).
+    HtSha256None,
 }
 
 impl Mechanism {
@@ -58,6 +63,7 @@ impl Mechanism {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::Plain => "PLAIN",
+            Mechanism::HtSha256None => HT_SHA_256_NONE,
         }
     }
 
@@ -74,7 +80,7 @@ impl Mechanism {
         match self {
             Mechanism::ScramSha256 => Some(ScramHash::Sha256),
             Mechanism::ScramSha1 => Some(ScramHash::Sha1),
-            Mechanism::Plain => None,
+            Mechanism::Plain | Mechanism::HtSha256None => None,
         }
     }
 
@@ -102,6 +108,22 @@ pub fn decode_xmpp_payload(text: &str) -> Result<Vec<u8>, SaslError> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|_| SaslError::IncorrectEncoding("sasl payload is not valid base64"))
+}
+
+/// Decode the base64 character data of a SASL2 `<initial-response/>` or
+/// `<response/>` (XEP-0388 section "SASL Data Encoding"): an empty element is
+/// an empty string (no `=` special case); anything that is not canonical
+/// base64 is `incorrect-encoding`.
+pub fn decode_sasl2_payload(text: &str) -> Result<Vec<u8>, SaslError> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| SaslError::IncorrectEncoding("sasl2 payload is not valid base64"))
+}
+
+/// Plain base64 (SASL2 payloads, XEP-0388: an empty payload is an empty element).
+pub fn encode_base64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// Encode a challenge or success payload for the stream (RFC 6120 section
@@ -143,6 +165,12 @@ mod tests {
             SaslFailureCondition::IncorrectEncoding
         );
         assert_eq!(encode_xmpp_payload(b""), "=");
+        assert_eq!(decode_sasl2_payload("").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode_sasl2_payload(" biws\n").unwrap(), b"n,,".to_vec());
+        assert_eq!(
+            decode_sasl2_payload("=").unwrap_err().condition(),
+            SaslFailureCondition::IncorrectEncoding
+        );
         assert_eq!(encode_xmpp_payload(b"n,,"), "biws");
     }
 }

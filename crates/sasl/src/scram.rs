@@ -52,6 +52,13 @@ impl ServerSecret {
         ServerSecret(secret)
     }
 
+    /// A value only holders of the secret can compute: HMAC-SHA-256 of
+    /// `input` under a key derived for `purpose` (FAST tokens, XEP-0484).
+    pub fn derive(&self, purpose: &[u8], input: &[u8]) -> Vec<u8> {
+        let key = ScramHash::Sha256.hmac(&self.0, purpose);
+        ScramHash::Sha256.hmac(&key, input)
+    }
+
     /// The salt an unknown account shows: deterministic per (hash, username).
     fn fake_salt(&self, hash: ScramHash, username: &str) -> Vec<u8> {
         let mut input = Vec::with_capacity(username.len() + 16);

@@ -47,6 +47,7 @@ pub struct Config {
     pub carbons: CarbonsConfig,
     pub blocking: BlockingConfig,
     pub csi: CsiConfig,
+    pub sasl2: Sasl2Config,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub admin: AdminConfig,
@@ -296,6 +297,31 @@ impl Default for CsiConfig {
     }
 }
 
+/// XEP-0388 SASL2 with XEP-0386 Bind 2 and XEP-0484 FAST (connection-manager targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sasl2Config {
+    /// Offer `<authentication xmlns='urn:xmpp:sasl:2'/>` beside the RFC 6120
+    /// mechanisms, with Bind 2 and inline stream management (enable and
+    /// resume), carbons and client state. Off by default: clients that
+    /// prefer SASL2 (xmpp.js, Conversations) then bind with Bind 2.
+    pub enabled: bool,
+    /// Offer FAST tokens (XEP-0484, HT-SHA-256-NONE) inside SASL2.
+    pub fast: bool,
+    /// How long a FAST token is valid, in seconds (60 to 31536000).
+    pub fast_token_ttl_secs: u64,
+}
+
+impl Default for Sasl2Config {
+    fn default() -> Self {
+        Sasl2Config {
+            enabled: false,
+            fast: true,
+            fast_token_ttl_secs: 14 * 86_400,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -318,6 +344,7 @@ impl Default for Config {
             carbons: CarbonsConfig::default(),
             blocking: BlockingConfig::default(),
             csi: CsiConfig::default(),
+            sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
             admin: AdminConfig::default(),
@@ -740,6 +767,12 @@ impl Config {
                 message: "must be at most 86400 (a day)".into(),
             });
         }
+        if !(60..=31_536_000).contains(&self.sasl2.fast_token_ttl_secs) {
+            return Err(ConfigError::Invalid {
+                key: "sasl2.fast_token_ttl_secs",
+                message: "must be between 60 (a minute) and 31536000 (a year)".into(),
+            });
+        }
         if !(1..=100_000).contains(&self.sm.max_unacked_stanzas) {
             return Err(ConfigError::Invalid {
                 key: "sm.max_unacked_stanzas",
@@ -941,6 +974,29 @@ mod tests {
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn sasl2_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[sasl2]\nenabled = true\nfast_token_ttl_secs = 3600\n",
+            &env(&[("STARLING_SASL2_FAST", "false")]),
+        )
+        .unwrap();
+        assert!(config.sasl2.enabled && !config.sasl2.fast);
+        assert_eq!(config.sasl2.fast_token_ttl_secs, 3600);
+        assert_eq!(Config::default().sasl2.fast_token_ttl_secs, 1_209_600);
+        for text in [
+            "[sasl2]\nfast_token_ttl_secs = 59\n",
+            "[sasl2]\nfast_token_ttl_secs = 31536001\n",
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(
+                error.to_string().contains("sasl2.fast_token_ttl_secs"),
+                "{error}"
+            );
         }
     }
 

@@ -225,6 +225,13 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
         },
         registration_enabled: config.registration.enabled,
         csi_enabled: config.csi.enabled,
+        sasl2_enabled: config.sasl2.enabled,
+        carbons_enabled: config.carbons.enabled,
+        fast_token_ttl_secs: if config.sasl2.fast {
+            config.sasl2.fast_token_ttl_secs
+        } else {
+            0
+        },
         require_tls: config.tls.required,
         drain_window: Duration::from_secs(config.drain.window_secs),
         sm: SmSettings {

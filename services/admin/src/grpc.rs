@@ -171,6 +171,19 @@ impl Admin for AdminGrpc {
         Ok(Response::new(proto::RemoveUserResponse {}))
     }
 
+    async fn revoke_fast_tokens(
+        &self,
+        request: Request<proto::RevokeFastTokensRequest>,
+    ) -> Result<Response<proto::RevokeFastTokensResponse>, Status> {
+        let request = request.into_inner();
+        let revoked = self
+            .service
+            .revoke_fast_tokens(&request.jid, non_empty(&request.agent_id))
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::RevokeFastTokensResponse { revoked }))
+    }
+
     async fn list_users(
         &self,
         request: Request<proto::ListUsersRequest>,

@@ -293,6 +293,14 @@ impl AdminService {
         Ok(account)
     }
 
+    /// RevokeFastTokens: an account's FAST tokens, of one client or all.
+    pub async fn revoke_fast_tokens(&self, jid: &str, agent_id: Option<&str>) -> ApiResult<u64> {
+        let (account, revoked) =
+            users::revoke_fast_tokens(self.storage.as_ref(), jid, agent_id).await?;
+        tracing::info!(jid = %account, revoked, "admin: fast tokens revoked");
+        Ok(revoked)
+    }
+
     /// The accounts of `domain`, or of the server's domain when `None`.
     pub async fn list_users(&self, domain: Option<&str>) -> ApiResult<Vec<BareJid>> {
         let domain = domain.unwrap_or(self.domain.domain());

@@ -111,6 +111,24 @@ pub async fn remove(storage: &dyn StorageApi, jid: &str) -> Result<BareJid, User
     }
 }
 
+/// Revoke an account's FAST tokens (XEP-0484): of one client (its SASL2
+/// user agent id) or of all; how many were removed. The client's next
+/// token login fails with `<not-authorized/>`, on every node.
+pub async fn revoke_fast_tokens(
+    storage: &dyn StorageApi,
+    jid: &str,
+    agent_id: Option<&str>,
+) -> Result<(BareJid, u64), UserError> {
+    let account = parse_account(jid)?;
+    match storage.remove_fast_tokens(&account, agent_id, None).await {
+        Ok(removed) => Ok((account, removed)),
+        Err(source) => Err(UserError::Storage {
+            action: "cannot revoke the fast tokens",
+            source,
+        }),
+    }
+}
+
 /// The accounts of a domain, sorted.
 pub async fn list(storage: &dyn StorageApi, domain: &str) -> Result<Vec<BareJid>, UserError> {
     let domain = BareJid::domain_jid(domain.trim())

@@ -24,6 +24,15 @@ pub struct CmConfig {
     /// XEP-0352 client state indication: offered after authentication; an
     /// inactive client's presence updates and chat states wait.
     pub csi_enabled: bool,
+    /// Offer SASL2 (XEP-0388) with Bind 2 (XEP-0386) and inline stream
+    /// management, carbons and client state beside RFC 6120 SASL.
+    pub sasl2_enabled: bool,
+    /// Message Carbons (XEP-0280) are on in the routers (`carbons.enabled`):
+    /// Bind 2 offers to enable them inline.
+    pub carbons_enabled: bool,
+    /// FAST (XEP-0484) inside SASL2: how long an issued token is valid; 0
+    /// offers no FAST.
+    pub fast_token_ttl_secs: u64,
     /// True by default: no SASL before STARTTLS. False allows SCRAM on a
     /// plaintext stream (load tests); PLAIN is never offered nor accepted there.
     pub require_tls: bool,

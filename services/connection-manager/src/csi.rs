@@ -25,7 +25,7 @@ use crate::metrics::{CsiFlush, CsiMetrics};
 use crate::queued::QueuedStanza;
 
 /// The XEP-0352 namespace.
-pub(crate) const NS: &str = "urn:xmpp:csi:0";
+pub(crate) const NS: &str = ns::CSI;
 /// XEP-0085 chat state notifications.
 const CHAT_STATES: &str = "http://jabber.org/protocol/chatstates";
 /// XEP-0334 message processing hints (`<no-store/>` often rides on a chat state).

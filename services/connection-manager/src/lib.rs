@@ -210,6 +210,9 @@ impl ConnectionManager {
             parser_limits,
             registration_enabled: config.registration_enabled,
             csi_enabled: config.csi_enabled,
+            sasl2_enabled: config.sasl2_enabled,
+            carbons_enabled: config.carbons_enabled,
+            fast_token_ttl_secs: config.fast_token_ttl_secs,
             stream_features: stream_features(
                 config.registration_enabled,
                 config.sm.enabled,

@@ -92,7 +92,7 @@ const TRANSPORTS: [Transport; 4] = [
     Transport::Bosh,
 ];
 const KINDS: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
-const MECHANISMS: [&str; 3] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"];
+const MECHANISMS: [&str; 4] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "HT-SHA-256-NONE"];
 
 fn kind_label(kind: StanzaKind) -> &'static str {
     match kind {
@@ -139,6 +139,8 @@ pub struct CmMetrics {
     /// XEP-0198: streams enabled, resumed, failed resumptions, detached.
     sm_events: IntCounterVec,
     sm_journal_entries: IntCounter,
+    /// XEP-0388/XEP-0386: SASL2 successes by what they completed.
+    sasl2_events: IntCounterVec,
     csi: CsiMetrics,
 }
 
@@ -252,6 +254,14 @@ impl CmMetrics {
             "Bytes of stanzas waiting in (or being written from) the outbound queues of this connection-manager",
         )?;
         registry.register(Box::new(outbound_queue_bytes.clone()))?;
+        let sasl2_events = IntCounterVec::new(
+            Opts::new(
+                "starling_sasl2_events_total",
+                "SASL2 (XEP-0388) events: authenticated (no bind), bound (Bind 2), resumed (XEP-0198 inline), bind_failed, inline_ignored (a Bind 2 request for a feature not offered inline), fast_token_issued, fast_invalidated (XEP-0484)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(sasl2_events.clone()))?;
         let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
@@ -275,6 +285,7 @@ impl CmMetrics {
                 .map(|kind| delivery_latency.with_label_values(&[kind_label(kind)])),
             sm_events,
             sm_journal_entries,
+            sasl2_events,
             csi,
             outbound_queue_bytes,
         })
@@ -283,6 +294,11 @@ impl CmMetrics {
     /// A stream management event (see `starling_sm_events_total`).
     pub(crate) fn sm_event(&self, event: &str) {
         self.sm_events.with_label_values(&[event]).inc();
+    }
+
+    /// A SASL2 event (see `starling_sasl2_events_total`).
+    pub(crate) fn sasl2_event(&self, event: &'static str) {
+        self.sasl2_events.with_label_values(&[event]).inc();
     }
 
     /// Journal entries written to the resumption store.

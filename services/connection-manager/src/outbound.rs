@@ -17,7 +17,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use starling_api::{ConnId, SessionAddr, SessionRecord};
 use starling_jid::FullJid;
-use starling_xmpp::{Presence, PresenceType, StreamError, StreamErrorCondition};
+use starling_xmpp::{Element, Presence, PresenceType, StreamError, StreamErrorCondition};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -263,6 +263,37 @@ impl ConnectionHandle {
             state.sm.max_unacked = max_unacked;
             state.sm.journal = journal;
             state.items.push_back(enabled);
+        }
+        self.notify.notify_one();
+    }
+
+    /// A session bound with Bind 2 (XEP-0386): `success` (the SASL2
+    /// `<success/>`) and `features` go ahead of everything delivered since the
+    /// bind, and, when `sm` is given (XEP-0198 enabled inline), stream
+    /// management is on from `success`: what was queued meanwhile is counted
+    /// and journaled like what comes next.
+    pub fn start_bound(
+        &self,
+        success: Element,
+        features: Element,
+        sm: Option<(Option<crate::sm::JournalSink>, usize)>,
+    ) {
+        {
+            let mut state = self.state.lock();
+            let state = &mut *state;
+            let counting_starts = sm.is_some();
+            if let Some((journal, max_unacked)) = sm {
+                state.sm.enabled = true;
+                state.sm.max_unacked = max_unacked;
+                state.sm.journal = journal;
+                for queued in state.items.iter().filter(|queued| queued.is_stanza()) {
+                    state.sm.journal_append(queued);
+                }
+            }
+            state.items.push_front(QueuedStanza::nonza(features, false));
+            state
+                .items
+                .push_front(QueuedStanza::nonza(success, counting_starts));
         }
         self.notify.notify_one();
     }

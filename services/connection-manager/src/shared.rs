@@ -32,6 +32,12 @@ pub(crate) struct Shared {
     pub registration_enabled: bool,
     /// XEP-0352 client state indication (`crate::csi`).
     pub csi_enabled: bool,
+    /// SASL2 (XEP-0388) with Bind 2 (XEP-0386) offered beside RFC 6120 SASL.
+    pub sasl2_enabled: bool,
+    /// The routers answer XEP-0280 carbons: Bind 2 may enable them inline.
+    pub carbons_enabled: bool,
+    /// FAST tokens' lifetime (XEP-0484); 0: FAST is not offered.
+    pub fast_token_ttl_secs: u64,
     /// The stream features offered, from the features' declarations (`crate::features`).
     pub stream_features: Features,
     pub require_tls: bool,

@@ -94,6 +94,24 @@ async fn enable(
         unexpected(handle);
         return;
     }
+    let (journal, enabled) = negotiate_enable(shared, jid, addr, element).await;
+    handle.enable_sm(
+        journal,
+        shared.sm.max_unacked_stanzas,
+        QueuedStanza::nonza(enabled, true),
+    );
+}
+
+/// What `<enable/>` (section 3) turns on for a bound session: the
+/// `<enabled/>` answer, and the journal when the stream is resumable (asked
+/// for and offered). The caller turns it on in the connection's queue, with
+/// the answer where counting starts (alone, or inside a Bind 2 `<bound/>`).
+pub(crate) async fn negotiate_enable(
+    shared: &Arc<Shared>,
+    jid: &FullJid,
+    addr: &SessionAddr,
+    element: &Element,
+) -> (Option<JournalSink>, Element) {
     let wants_resume = matches!(element.attr("resume"), Some("true") | Some("1"));
     // The client's preferred maximum, when lower than ours (section 5).
     let timeout = element
@@ -118,11 +136,7 @@ async fn enable(
     } else {
         "enabled"
     });
-    handle.enable_sm(
-        journal,
-        shared.sm.max_unacked_stanzas,
-        QueuedStanza::nonza(enabled, true),
-    );
+    (journal, enabled)
 }
 
 /// Record a resumable stream in the store and mark its session resumable.

@@ -140,6 +140,7 @@ macro_rules! on_database {
 mod account_data;
 mod accounts;
 mod blocking;
+mod fast;
 mod offline;
 mod roster;
 

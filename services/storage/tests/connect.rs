@@ -302,6 +302,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "account_documents",
             "accounts",
             "blocklist_items",
+            "fast_tokens",
             "offline_messages",
             "roster_groups",
             "roster_items",

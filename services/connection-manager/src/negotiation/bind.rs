@@ -15,6 +15,7 @@ use super::stream::{stream_error, NegotiatingStream, StreamEnd};
 use crate::framing::Inbound;
 use crate::outbound::ConnectionHandle;
 use crate::queued::QueuedStanza;
+use crate::shared::Shared;
 use crate::transport::Transport;
 
 /// Everything the session needs from a negotiated, bound stream.
@@ -50,6 +51,39 @@ impl<T: Transport> BoundStream<T> {
             handle,
             client_lang: stream.client_lang.clone(),
         })
+    }
+}
+
+/// Bind `requested` (or a resource the router picks) for `user` on this
+/// stream's connection, whose queue is registered first so that nothing
+/// routed to the session right after the bind is lost.
+pub(crate) async fn bind_session(
+    shared: &Shared,
+    conn: ConnId,
+    user: &BareJid,
+    requested: Option<&str>,
+) -> Result<(FullJid, SessionAddr, Arc<ConnectionHandle>), BindError> {
+    let addr = SessionAddr {
+        node: shared.node_id.clone(),
+        conn,
+    };
+    let handle = ConnectionHandle::with_bytes(
+        conn,
+        shared.limits.outbound_queue_stanzas,
+        shared.outbound_bytes.clone(),
+    );
+    shared.add_connection(conn, Arc::clone(&handle));
+    match shared.router.bind(user, requested, &addr).await {
+        Ok(jid) => {
+            tracing::info!(conn, jid = %jid, "resource bound");
+            handle.set_bound(jid.clone(), addr.clone());
+            Ok((jid, addr, handle))
+        }
+        Err(error) => {
+            shared.remove_connection(conn);
+            tracing::info!(conn, user = %user, %error, "resource binding refused");
+            Err(error)
+        }
     }
 }
 
@@ -91,22 +125,8 @@ pub(crate) async fn bind_resource<T: Transport>(
     };
     let shared = Arc::clone(&stream.shared);
     let conn = stream.conn;
-    let addr = SessionAddr {
-        node: shared.node_id.clone(),
-        conn,
-    };
-    // Registered before the router knows the session, so that nothing
-    // routed to it right after the bind is lost.
-    let handle = ConnectionHandle::with_bytes(
-        conn,
-        shared.limits.outbound_queue_stanzas,
-        shared.outbound_bytes.clone(),
-    );
-    shared.add_connection(conn, Arc::clone(&handle));
-    match shared.router.bind(&user, requested.as_deref(), &addr).await {
-        Ok(jid) => {
-            tracing::info!(conn, jid = %jid, "resource bound");
-            handle.set_bound(jid.clone(), addr.clone());
+    match bind_session(&shared, conn, &user, requested.as_deref()).await {
+        Ok((jid, addr, handle)) => {
             let mut result = stanza::iq_result(&iq);
             result.append_child(
                 Element::new("bind", ns::BIND)
@@ -123,8 +143,6 @@ pub(crate) async fn bind_resource<T: Transport>(
             }
         }
         Err(error) => {
-            shared.remove_connection(conn);
-            tracing::info!(conn, user = %user, %error, "resource binding refused");
             let stanza_error = match error {
                 BindError::BadRequest => StanzaError::new(StanzaErrorCondition::BadRequest),
                 // Section 7.6.2.1: too many resources, type wait.

@@ -1,6 +1,7 @@
 //! Stream features (RFC 6120 section 4.3.2): what a stream offers at each
 //! stage of its negotiation, assembled in this one place from the steps'
-//! elements: STARTTLS (section 5.4.1), SASL mechanisms (section 6.4.1),
+//! elements: STARTTLS (section 5.4.1), SASL mechanisms (section 6.4.1) and
+//! SASL2 with what it negotiates inline (XEP-0388, XEP-0386 Bind 2, XEP-0198),
 //! resource binding (section 7.4), the legacy session
 //! (draft-cridland-xmpp-session-01), and the stream features the server's
 //! features declare for the stage (`crate::features`: XEP-0077 in-band
@@ -21,6 +22,20 @@ pub(crate) struct FeatureSet {
     pub bind: bool,
     /// The stream features the server's features declare for this stage.
     pub offered: Vec<&'static StreamFeature>,
+    /// SASL2 (XEP-0388), offered with the same mechanisms.
+    pub sasl2: Option<Sasl2Offer>,
+}
+
+/// What SASL2 offers inline (XEP-0388 `<inline/>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sasl2Offer {
+    /// Bind 2 (XEP-0386) and the session features it enables inline, by
+    /// namespace (XEP-0386 section "Discovering support").
+    pub bind_inline: Vec<&'static str>,
+    /// Stream resumption inside `<authenticate/>` (XEP-0198 section 5).
+    pub sm_resume: bool,
+    /// FAST (XEP-0484): its `<fast/>` with the token mechanisms.
+    pub fast: Option<Element>,
 }
 
 /// Where a stream is in its negotiation, as far as its features go.
@@ -49,6 +64,7 @@ impl FeatureSet {
                 offered: declared
                     .stream_features(StreamStage::AfterAuthentication)
                     .collect(),
+                sasl2: None,
             };
         }
         if !stage.tls_active {
@@ -61,6 +77,7 @@ impl FeatureSet {
                     mechanisms: Vec::new(),
                     bind: false,
                     offered: Vec::new(),
+                    sasl2: None,
                 };
             }
             // PLAIN would send the password in the clear (RFC 6120 section
@@ -74,6 +91,7 @@ impl FeatureSet {
                     .collect(),
                 bind: false,
                 offered: Vec::new(),
+                sasl2: None,
             };
         }
         FeatureSet {
@@ -83,11 +101,58 @@ impl FeatureSet {
             offered: declared
                 .stream_features(StreamStage::BeforeAuthenticationInsideTls)
                 .collect(),
+            sasl2: None,
+        }
+    }
+
+    /// Offer SASL2 too, with the SASL mechanisms of this stage (XEP-0388
+    /// section "Discovering Support": never without a mechanism).
+    pub fn with_sasl2(mut self, offer: Option<Sasl2Offer>) -> Self {
+        if !self.mechanisms.is_empty() {
+            self.sasl2 = offer;
+        }
+        self
+    }
+
+    /// The features of a stream bound by Bind 2, sent right after the SASL2
+    /// `<success/>` (XEP-0388 section "Success": no stream restart): those
+    /// declared for after authentication, without stream management when it
+    /// is on already.
+    pub fn after_bind2(declared: &Features, sm_enabled: bool) -> Self {
+        FeatureSet {
+            starttls: None,
+            mechanisms: Vec::new(),
+            bind: false,
+            offered: declared
+                .stream_features(StreamStage::AfterAuthentication)
+                .filter(|feature| !(sm_enabled && feature.namespace == ns::SM))
+                .collect(),
+            sasl2: None,
         }
     }
 
     /// `<stream:features>` with every offered feature.
     pub fn to_xml(&self) -> String {
+        let mut out = String::from("<stream:features>");
+        for feature in &self.elements() {
+            // Inside the prefixed <stream:features>, the default namespace is still jabber:client.
+            feature.write_to(&mut out, ns::CLIENT);
+        }
+        out.push_str("</stream:features>");
+        out
+    }
+
+    /// `<features xmlns='http://etherx.jabber.org/streams'>` as an element
+    /// (for a connection's queue).
+    pub fn to_element(&self) -> Element {
+        let mut features = Element::new("features", ns::STREAM);
+        for feature in self.elements() {
+            features.append_child(feature);
+        }
+        features
+    }
+
+    fn elements(&self) -> Vec<Element> {
         let mut features: Vec<Element> = Vec::new();
         if let Some(required) = self.starttls {
             let mut starttls = Element::new("starttls", ns::TLS);
@@ -105,6 +170,9 @@ impl FeatureSet {
             }
             features.push(mechanisms);
         }
+        if let Some(offer) = &self.sasl2 {
+            features.push(self.sasl2_feature(offer));
+        }
         if self.bind {
             features.push(Element::new("bind", ns::BIND));
             // RFC 6121 has no session establishment; old clients look for it
@@ -117,13 +185,33 @@ impl FeatureSet {
         for feature in &self.offered {
             features.push(Element::new(feature.name, feature.namespace));
         }
-        let mut out = String::from("<stream:features>");
-        for feature in &features {
-            // Inside the prefixed <stream:features>, the default namespace is still jabber:client.
-            feature.write_to(&mut out, ns::CLIENT);
+        features
+    }
+
+    /// `<authentication xmlns='urn:xmpp:sasl:2'>` (XEP-0388 section
+    /// "Discovering Support"), with Bind 2 and stream resumption `<inline/>`
+    /// (XEP-0386 section "Discovering support", XEP-0198 section 5).
+    fn sasl2_feature(&self, offer: &Sasl2Offer) -> Element {
+        let mut authentication = Element::new("authentication", ns::SASL2);
+        for mechanism in &self.mechanisms {
+            authentication
+                .append_child(Element::new("mechanism", ns::SASL2).with_text(mechanism.as_str()));
         }
-        out.push_str("</stream:features>");
-        out
+        let mut bind_features = Element::new("inline", ns::BIND2);
+        for namespace in &offer.bind_inline {
+            bind_features
+                .append_child(Element::new("feature", ns::BIND2).with_attr("var", *namespace));
+        }
+        let mut inline = Element::new("inline", ns::SASL2)
+            .with_child(Element::new("bind", ns::BIND2).with_child(bind_features));
+        if offer.sm_resume {
+            inline.append_child(Element::new("sm", ns::SM));
+        }
+        if let Some(fast) = &offer.fast {
+            inline.append_child(fast.clone());
+        }
+        authentication.append_child(inline);
+        authentication
     }
 }
 
@@ -197,6 +285,41 @@ mod tests {
         assert_eq!(
             FeatureSet::for_stage(authenticated, &crate::features::stream_features(true, false, false)).to_xml(),
             "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session><ver xmlns='urn:xmpp:features:rosterver'/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn sasl2_with_bind2_and_resumption_inline() {
+        let offer = Sasl2Offer {
+            bind_inline: vec![ns::CARBONS, ns::CSI, ns::SM],
+            sm_resume: true,
+            fast: Some(Element::new("fast", ns::FAST)),
+        };
+        assert_eq!(
+            tcp(true, true, false, false).with_sasl2(Some(offer.clone())).to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+<authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
+<inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:csi:0'/><feature var='urn:xmpp:sm:3'/></inline></bind><sm xmlns='urn:xmpp:sm:3'/><fast xmlns='urn:xmpp:fast:0'/></inline></authentication></stream:features>"
+        );
+        // Never without a mechanism: not before a mandatory STARTTLS, not once authenticated.
+        assert_eq!(
+            tcp(false, true, false, false)
+                .with_sasl2(Some(offer.clone()))
+                .sasl2,
+            None
+        );
+        assert_eq!(
+            tcp(true, true, true, false).with_sasl2(Some(offer)).sasl2,
+            None
+        );
+        let declared = crate::features::stream_features(false, true, true);
+        assert_eq!(
+            FeatureSet::after_bind2(&declared, true).to_element().to_xml(),
+            "<features xmlns='http://etherx.jabber.org/streams'><ver xmlns='urn:xmpp:features:rosterver'/><csi xmlns='urn:xmpp:csi:0'/></features>"
+        );
+        assert_eq!(
+            FeatureSet::after_bind2(&declared, false).to_element().to_xml(),
+            "<features xmlns='http://etherx.jabber.org/streams'><ver xmlns='urn:xmpp:features:rosterver'/><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></features>"
         );
     }
 

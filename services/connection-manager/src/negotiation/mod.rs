@@ -1,16 +1,19 @@
 //! Stream negotiation (RFC 6120 sections 4 to 7) on any transport: the
 //! stream header ([`header`]), STARTTLS ([`starttls`], section 5), SASL
-//! ([`sasl`], section 6), pre-authentication in-band registration
+//! ([`sasl`], section 6, or SASL2 with Bind 2 and inline resumption,
+//! [`sasl2`]), pre-authentication in-band registration
 //! (XEP-0077, `crate::register`) and resource binding ([`bind`], section 7),
 //! with the features of each stage assembled in [`features`], all under one
 //! absolute deadline from accept until the resource is bound. This module is
 //! the loop that reads the stream and hands each element to its step.
 
 pub(crate) mod bind;
+pub(crate) mod fast;
 pub(crate) mod features;
 pub(crate) mod header;
 pub(crate) mod resume;
 pub(crate) mod sasl;
+pub(crate) mod sasl2;
 pub(crate) mod starttls;
 pub(crate) mod stream;
 
@@ -29,12 +32,15 @@ use crate::shared::Shared;
 use crate::transport::Transport;
 use bind::{bind_resource, BoundStream};
 use features::{FeatureSet, Stage};
-use sasl::Sasl;
+use sasl::{Profile, Sasl};
+use sasl2::{Completed, Sasl2Request};
 use stream::{stream_error, NegotiatingStream, StreamEnd};
 
 struct Negotiation<T> {
     stream: NegotiatingStream<T>,
     sasl: Sasl,
+    /// What the SASL2 `<authenticate/>` in progress asked for besides authentication.
+    sasl2_request: Option<Sasl2Request>,
 }
 
 /// What the negotiation loop stopped for.
@@ -43,6 +49,10 @@ enum Negotiated {
     BindRequest(Element),
     /// An authenticated client asked to resume a stream (XEP-0198 section 5).
     Resume(Element),
+    /// A SASL2 exchange succeeded (XEP-0388): its additional data and what
+    /// the `<authenticate/>` asked for inline.
+    /// With the issue instant of the FAST token used, if one was.
+    Sasl2Success(Box<(Vec<u8>, Sasl2Request, Option<i64>)>),
 }
 
 /// Negotiate a stream on an established transport (TCP, TLS, WebSocket or
@@ -58,6 +68,7 @@ pub(crate) async fn negotiate<T: Transport>(
     let mut negotiation = Negotiation {
         stream: NegotiatingStream::new(Arc::clone(&shared), conn, peer, transport),
         sasl: Sasl::new(),
+        sasl2_request: None,
     };
 
     loop {
@@ -74,7 +85,7 @@ pub(crate) async fn negotiate<T: Transport>(
             Ok(Negotiated::BindRequest(iq)) => {
                 // Not under the deadline's select: a bind that the router
                 // completed must not be dropped half-way.
-                let Negotiation { stream, sasl } = &mut negotiation;
+                let Negotiation { stream, sasl, .. } = &mut negotiation;
                 match bind_resource(stream, sasl.user(), iq).await {
                     Ok(Some(bound)) => return Some(bound),
                     Ok(None) => continue,
@@ -85,10 +96,29 @@ pub(crate) async fn negotiate<T: Transport>(
                 }
             }
             Ok(Negotiated::Resume(element)) => {
-                let Negotiation { stream, sasl } = &mut negotiation;
-                match resume::resume_stream(stream, sasl.user(), element).await {
-                    Ok(Some(bound)) => return Some(bound),
-                    Ok(None) => continue,
+                let Negotiation { stream, sasl, .. } = &mut negotiation;
+                let resumed =
+                    resume::resume_stream(stream, sasl.user(), element, |resumed, _| resumed).await;
+                let sent = match resumed {
+                    Ok(Ok(bound)) => return Some(bound),
+                    Ok(Err(failed)) => stream.send_nonza(&failed.to_xml()).await,
+                    Err(end) => Err(end),
+                };
+                if let Err(end) = sent {
+                    negotiation.stream.finish(end).await;
+                    return None;
+                }
+            }
+            Ok(Negotiated::Sasl2Success(success)) => {
+                let (additional_data, request, used_token) = *success;
+                let Negotiation { stream, sasl, .. } = &mut negotiation;
+                let Some(user) = sasl.user().cloned() else {
+                    continue;
+                };
+                match sasl2::complete(stream, &user, request, additional_data, used_token).await {
+                    Ok(Completed::Session(bound)) => return Some(*bound),
+                    Ok(Completed::Authenticated) => continue,
+                    Ok(Completed::Failed) => sasl.revoke(),
                     Err(end) => {
                         negotiation.stream.finish(end).await;
                         return None;
@@ -138,7 +168,8 @@ impl<T: Transport> Negotiation<T> {
                 authenticated: self.sasl.user().is_some(),
             },
             &self.stream.shared.stream_features,
-        );
+        )
+        .with_sasl2(sasl2::offer(&self.stream.shared));
         self.stream.send_header(&features.to_xml()).await
     }
 
@@ -148,15 +179,35 @@ impl<T: Transport> Negotiation<T> {
             starttls::start_tls(&mut self.stream, authenticated).await?;
             return Ok(None);
         }
-        if element.namespace() == ns::SASL {
+        let profile = match element.namespace() {
+            ns::SASL => Some(Profile::Rfc6120),
+            ns::SASL2 if self.stream.shared.sasl2_enabled => Some(Profile::Sasl2),
+            _ => None,
+        };
+        if let Some(profile) = profile {
             if authenticated {
-                // Section 6.4.6: SASL happens once per stream negotiation.
+                // Section 6.4.6: SASL happens once per stream negotiation;
+                // XEP-0388 section "Multiple Authentication": an
+                // <authenticate/> after <success/> is a stream error.
                 return Err(stream_error(
                     StreamErrorCondition::UnsupportedStanzaType,
                     "already authenticated",
                 ));
             }
-            self.sasl.handle(&mut self.stream, &element).await?;
+            if element.is("authenticate", ns::SASL2) {
+                self.sasl2_request = Some(Sasl2Request::parse(&element));
+            }
+            self.sasl
+                .handle(&mut self.stream, profile, &element)
+                .await?;
+            if let Some((additional_data, used_token)) = self.sasl.take_sasl2_success() {
+                let request = self.sasl2_request.take().unwrap_or_default();
+                return Ok(Some(Negotiated::Sasl2Success(Box::new((
+                    additional_data,
+                    request,
+                    used_token,
+                )))));
+            }
             return Ok(None);
         }
         if element.namespace() == ns::SM && authenticated && self.stream.shared.sm.enabled {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use starling_api::resumption::{is_detached, ResumeRefused};
 use starling_api::SessionAddr;
 use starling_bus::Delivery;
-use starling_jid::BareJid;
+use starling_jid::{BareJid, FullJid};
 use starling_xmpp::{ns, Element, StreamErrorCondition};
 
 use super::bind::BoundStream;
@@ -23,12 +23,19 @@ use crate::queued::QueuedStanza;
 use crate::sm::{self, JournalSink};
 use crate::transport::Transport;
 
-/// Answer `<resume/>`; `Ok(None)` when it failed (the client may bind instead).
+/// What a `<resume/>` came to: the resumed stream, or the `<failed/>` the
+/// client gets (it may bind instead).
+pub(crate) type Resumption<T> = Result<BoundStream<T>, Element>;
+
+/// Answer `<resume/>`. `answer` makes what the client gets from the
+/// `<resumed/>` and the session's full JID: the `<resumed/>` itself, or a
+/// SASL2 `<success/>` carrying it (XEP-0198 section 5 with XEP-0388).
 pub(crate) async fn resume_stream<T: Transport>(
     stream: &mut NegotiatingStream<T>,
     user: Option<&BareJid>,
     element: Element,
-) -> Result<Option<BoundStream<T>>, StreamEnd> {
+    answer: impl FnOnce(Element, &FullJid) -> Element,
+) -> Result<Resumption<T>, StreamEnd> {
     let Some(user) = user.cloned() else {
         return Err(stream_error(
             StreamErrorCondition::NotAuthorized,
@@ -37,18 +44,18 @@ pub(crate) async fn resume_stream<T: Transport>(
     };
     let shared = Arc::clone(&stream.shared);
     let (Some(resumption), Some(tx)) = (shared.resumption.clone(), shared.journal.clone()) else {
-        return fail(stream, sm::failed("feature-not-implemented", None)).await;
+        return Ok(Err(sm::failed("feature-not-implemented", None)));
     };
     if !shared.resumption_offered() {
-        return fail(stream, sm::failed("feature-not-implemented", None)).await;
+        return Ok(Err(sm::failed("feature-not-implemented", None)));
     }
     let Ok(h) = sm::parse_h(&element) else {
-        return fail(stream, sm::failed("bad-request", None)).await;
+        return Ok(Err(sm::failed("bad-request", None)));
     };
     let Some(id) = element.attr("previd").map(str::to_string) else {
-        return fail(stream, sm::failed("item-not-found", None)).await;
+        return Ok(Err(sm::failed("item-not-found", None)));
     };
-    let refused = |stream: &mut NegotiatingStream<T>, refused: ResumeRefused| {
+    let refused = |stream: &NegotiatingStream<T>, refused: ResumeRefused| {
         shared.metrics.sm_event("resume_failed");
         let failure = match refused {
             ResumeRefused::NotFound => sm::failed("item-not-found", None),
@@ -64,12 +71,11 @@ pub(crate) async fn resume_stream<T: Transport>(
     let (jid, previous) = match resumption.store.peek(&id, &user, h).await {
         Ok(Ok(found)) => found,
         Ok(Err(refusal)) => {
-            let failure = refused(stream, refusal);
-            return fail(stream, failure).await;
+            return Ok(Err(refused(stream, refusal)));
         }
         Err(error) => {
             tracing::warn!(%error, "resumption state unreadable");
-            return fail(stream, sm::failed("internal-server-error", None)).await;
+            return Ok(Err(sm::failed("internal-server-error", None)));
         }
     };
     let conn = stream.conn;
@@ -88,8 +94,7 @@ pub(crate) async fn resume_stream<T: Transport>(
     if !matches!(moved, Ok(true)) {
         // Resumed by another connection meanwhile, or expired, or replaced.
         shared.remove_connection(conn);
-        let failure = refused(stream, ResumeRefused::NotFound);
-        return fail(stream, failure).await;
+        return Ok(Err(refused(stream, ResumeRefused::NotFound)));
     }
     // A stream still attached to another node that is not listening to its
     // bus any more (killed): what was in flight to it is taken over too.
@@ -114,8 +119,7 @@ pub(crate) async fn resume_stream<T: Transport>(
             for held in handle.take_remaining() {
                 crate::delivery::reroute(&shared, conn, held.into_element());
             }
-            let failure = refused(stream, ResumeRefused::NotFound);
-            return fail(stream, failure).await;
+            return Ok(Err(refused(stream, ResumeRefused::NotFound)));
         }
     };
     if !is_detached(&previous) && previous != addr {
@@ -161,11 +165,14 @@ pub(crate) async fn resume_stream<T: Transport>(
     let resumed_nonza = Element::new("resumed", ns::SM)
         .with_attr("previd", id.clone())
         .with_attr("h", resumed.h_in.to_string());
-    handle.finish_resume(QueuedStanza::nonza(resumed_nonza, true), replay);
+    handle.finish_resume(
+        QueuedStanza::nonza(answer(resumed_nonza, &jid), true),
+        replay,
+    );
     shared.metrics.sm_event("resumed");
     tracing::info!(conn, jid = %jid, replayed, from = %previous.node, "stream resumed");
     match BoundStream::take(stream, jid.clone(), addr.clone(), Arc::clone(&handle)) {
-        Some(bound) => Ok(Some(bound)),
+        Some(bound) => Ok(Ok(bound)),
         None => {
             // The new connection is gone too: the stream is detached again.
             handle.close(None);
@@ -178,12 +185,4 @@ pub(crate) async fn resume_stream<T: Transport>(
             Err(StreamEnd::ConnectionLost)
         }
     }
-}
-
-async fn fail<T: Transport>(
-    stream: &mut NegotiatingStream<T>,
-    failure: Element,
-) -> Result<Option<BoundStream<T>>, StreamEnd> {
-    stream.send_nonza(&failure.to_xml()).await?;
-    Ok(None)
 }

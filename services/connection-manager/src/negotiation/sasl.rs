@@ -1,14 +1,19 @@
-//! SASL authentication (RFC 6120 section 6) with SCRAM-SHA-256, SCRAM-SHA-1
-//! and PLAIN (PLAIN inside TLS only): the exchange, its nonzas, the limit on
-//! attempts per stream and the per-address throttle on failures.
+//! SASL authentication with SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN (PLAIN
+//! inside TLS only): the exchange, its nonzas, the limit on attempts per
+//! stream and the per-address throttle on failures, in either profile: RFC
+//! 6120 section 6 (`<auth/>`, success then a stream restart) or XEP-0388
+//! SASL2 (`<authenticate/>`, no restart; `super::sasl2` completes its
+//! success with what the client asked inline).
 
 use starling_jid::BareJid;
 use starling_sasl::{
-    decode_xmpp_payload, encode_xmpp_payload, verify_plain_password, Mechanism, PlainCredentials,
-    SaslError, SaslFailureCondition, ScramClientFirst, ScramHash, ScramKeys, ScramServerFirst,
+    decode_sasl2_payload, decode_xmpp_payload, encode_xmpp_payload, verify_plain_password,
+    HtInitial, Mechanism, PlainCredentials, SaslError, SaslFailureCondition, ScramClientFirst,
+    ScramHash, ScramKeys, ScramServerFirst,
 };
-use starling_xmpp::{Element, StreamErrorCondition};
+use starling_xmpp::{ns, Element, StreamErrorCondition};
 
+use super::fast;
 use super::stream::{stream_error, NegotiatingStream, StreamEnd};
 use crate::metrics::Limit;
 use crate::shared::Shared;
@@ -26,9 +31,43 @@ enum SaslExchange {
     },
 }
 
+/// The SASL profile an exchange runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// RFC 6120 section 6, `urn:ietf:params:xml:ns:xmpp-sasl`.
+    Rfc6120,
+    /// XEP-0388, `urn:xmpp:sasl:2`.
+    Sasl2,
+}
+
+impl Profile {
+    fn namespace(self) -> &'static str {
+        match self {
+            Profile::Rfc6120 => ns::SASL,
+            Profile::Sasl2 => ns::SASL2,
+        }
+    }
+
+    fn decode(self, text: &str) -> Result<Vec<u8>, SaslError> {
+        match self {
+            Profile::Rfc6120 => decode_xmpp_payload(text),
+            Profile::Sasl2 => decode_sasl2_payload(text),
+        }
+    }
+}
+
 /// The SASL state of one stream negotiation.
 pub(crate) struct Sasl {
     exchange: SaslExchange,
+    /// The profile of the current or last exchange.
+    profile: Profile,
+    /// A SASL2 exchange succeeded: its additional data (the SCRAM
+    /// server-final-message), until `super::sasl2` sends the `<success/>`.
+    sasl2_success: Option<Vec<u8>>,
+    /// The SASL2 `<user-agent id/>` of the current exchange (FAST tokens are bound to it).
+    agent_id: Option<String>,
+    /// The issue instant of the FAST token the exchange authenticated with.
+    fast_used: Option<i64>,
     auth_attempts: u32,
     /// The mechanism of the current or last `<auth/>` (for metrics).
     mechanism: Option<Mechanism>,
@@ -40,6 +79,10 @@ impl Sasl {
     pub fn new() -> Self {
         Sasl {
             exchange: SaslExchange::Idle,
+            profile: Profile::Rfc6120,
+            sasl2_success: None,
+            agent_id: None,
+            fast_used: None,
             auth_attempts: 0,
             mechanism: None,
             user: None,
@@ -51,21 +94,57 @@ impl Sasl {
         self.user.as_ref()
     }
 
-    /// An element in the SASL namespace, before authentication succeeded.
+    /// A SASL2 exchange succeeded: its additional data, once (the caller
+    /// sends the `<success/>`).
+    /// With the issue instant of the FAST token used, if one was.
+    pub fn take_sasl2_success(&mut self) -> Option<(Vec<u8>, Option<i64>)> {
+        let additional_data = self.sasl2_success.take()?;
+        Some((additional_data, self.fast_used.take()))
+    }
+
+    /// What completing a SASL2 success could not do (Bind 2 refused the
+    /// resource): the stream is not authenticated after all (XEP-0388
+    /// section "Failure": the stream state remains unchanged).
+    pub fn revoke(&mut self) {
+        self.user = None;
+    }
+
+    /// An element in the namespace of `profile`, before authentication succeeded.
     pub async fn handle<T: Transport>(
         &mut self,
         stream: &mut NegotiatingStream<T>,
+        profile: Profile,
         element: &Element,
     ) -> Result<(), StreamEnd> {
-        match element.name() {
-            "auth" => self.start_auth(stream, element).await,
-            "response" => self.continue_auth(stream, element).await,
-            "abort" => {
+        match (profile, element.name()) {
+            (Profile::Rfc6120, "auth") => {
+                // Section 6.4.2: no character data is no initial response.
+                let text = element.text();
+                let initial = (!text.trim().is_empty()).then_some(text);
+                self.start_auth(stream, profile, element.attr("mechanism"), initial)
+                    .await
+            }
+            (Profile::Sasl2, "authenticate") => {
+                // XEP-0388 section "Initiation": an absent <initial-response/>
+                // is no initial response, an empty one is an empty string.
+                let initial = element
+                    .get_child("initial-response", ns::SASL2)
+                    .map(Element::text);
+                self.agent_id = element
+                    .get_child("user-agent", ns::SASL2)
+                    .and_then(|agent| agent.attr("id"))
+                    .map(str::to_string);
+                self.start_auth(stream, profile, element.attr("mechanism"), initial)
+                    .await
+            }
+            (_, "response") => self.continue_auth(stream, profile, element).await,
+            (_, "abort") => {
                 // Section 6.4.4; an abort counts as a failed attempt (it is one).
                 self.exchange = SaslExchange::Idle;
+                self.profile = profile;
                 self.count_auth_failure(&stream.shared, SaslError::Aborted.condition().as_str());
                 stream
-                    .send_nonza(&sasl_failure(SaslError::Aborted.condition()))
+                    .send_nonza(&sasl_failure(profile, SaslError::Aborted.condition()))
                     .await
             }
             _ => Err(stream_error(
@@ -91,7 +170,9 @@ impl Sasl {
                 .ip_limits
                 .record_auth_failure(stream.peer.ip(), std::time::Instant::now());
         }
-        stream.send_nonza(&sasl_failure(error.condition())).await
+        stream
+            .send_nonza(&sasl_failure(self.profile, error.condition()))
+            .await
     }
 
     /// `starling_logins_total{result="failure"}` and `starling_sasl_failures_total`.
@@ -104,10 +185,14 @@ impl Sasl {
     async fn start_auth<T: Transport>(
         &mut self,
         stream: &mut NegotiatingStream<T>,
-        auth: &Element,
+        profile: Profile,
+        mechanism_name: Option<&str>,
+        initial_response: Option<String>,
     ) -> Result<(), StreamEnd> {
         self.exchange = SaslExchange::Idle;
+        self.profile = profile;
         self.mechanism = None;
+        self.fast_used = None;
         self.auth_attempts += 1;
         if self.auth_attempts > stream.shared.limits.max_auth_attempts {
             stream.shared.metrics.limit_hit(Limit::AuthAttempts);
@@ -118,7 +203,18 @@ impl Sasl {
                 "too many authentication attempts",
             ));
         }
-        let Some(mechanism) = auth.attr("mechanism").and_then(Mechanism::from_name) else {
+        let mechanism = match mechanism_name {
+            // XEP-0484: offered in SASL2's <fast/> only.
+            Some(name)
+                if name == Mechanism::HtSha256None.as_str()
+                    && profile == Profile::Sasl2
+                    && stream.shared.fast_token_ttl_secs > 0 =>
+            {
+                Some(Mechanism::HtSha256None)
+            }
+            name => name.and_then(Mechanism::from_name),
+        };
+        let Some(mechanism) = mechanism else {
             return self
                 .fail_auth(stream, SaslError::InvalidMechanism("mechanism not offered"))
                 .await;
@@ -145,13 +241,12 @@ impl Sasl {
                 )
                 .await;
         }
-        let text = auth.text();
-        if text.trim().is_empty() {
+        let Some(text) = initial_response else {
             // Section 6.4.2: no initial response, so an empty challenge asks for it.
             self.exchange = SaslExchange::AwaitingInitialResponse(mechanism);
-            return stream.send_nonza(&sasl_challenge(None)).await;
-        }
-        match decode_xmpp_payload(&text) {
+            return stream.send_nonza(&sasl_challenge(profile, None)).await;
+        };
+        match profile.decode(&text) {
             Ok(payload) => self.initial_response(stream, mechanism, &payload).await,
             Err(error) => self.fail_auth(stream, error).await,
         }
@@ -160,9 +255,21 @@ impl Sasl {
     async fn continue_auth<T: Transport>(
         &mut self,
         stream: &mut NegotiatingStream<T>,
+        profile: Profile,
         response: &Element,
     ) -> Result<(), StreamEnd> {
-        let payload = match decode_xmpp_payload(&response.text()) {
+        if profile != self.profile {
+            // A response in the other profile's namespace answers no
+            // challenge of this exchange.
+            self.profile = profile;
+            return self
+                .fail_auth(
+                    stream,
+                    SaslError::MalformedRequest("response in another sasl profile"),
+                )
+                .await;
+        }
+        let payload = match profile.decode(&response.text()) {
             Ok(payload) => payload,
             Err(error) => return self.fail_auth(stream, error).await,
         };
@@ -199,9 +306,10 @@ impl Sasl {
         mechanism: Mechanism,
         payload: &[u8],
     ) -> Result<(), StreamEnd> {
-        match mechanism.scram_hash() {
-            Some(hash) => self.scram_first(stream, hash, payload).await,
-            None => self.plain(stream, payload).await,
+        match (mechanism, mechanism.scram_hash()) {
+            (_, Some(hash)) => self.scram_first(stream, hash, payload).await,
+            (Mechanism::HtSha256None, None) => self.fast_token(stream, payload).await,
+            _ => self.plain(stream, payload).await,
         }
     }
 
@@ -234,8 +342,29 @@ impl Sasl {
             user,
         };
         stream
-            .send_nonza(&sasl_challenge(Some(server_first.as_bytes())))
+            .send_nonza(&sasl_challenge(self.profile, Some(server_first.as_bytes())))
             .await
+    }
+
+    /// HT-SHA-256-NONE with a FAST token (XEP-0484).
+    async fn fast_token<T: Transport>(
+        &mut self,
+        stream: &mut NegotiatingStream<T>,
+        payload: &[u8],
+    ) -> Result<(), StreamEnd> {
+        let initial = match HtInitial::parse(payload) {
+            Ok(initial) => initial,
+            Err(error) => return self.fail_auth(stream, error).await,
+        };
+        let user = account(&stream.shared, &initial.username);
+        let agent_id = self.agent_id.clone();
+        match fast::authenticate(&stream.shared, user, agent_id.as_deref(), &initial).await {
+            Ok((user, responder, issued_at)) => {
+                self.fast_used = Some(issued_at);
+                self.authenticated(stream, user, &responder).await
+            }
+            Err(error) => self.fail_auth(stream, error).await,
+        }
     }
 
     async fn plain<T: Transport>(
@@ -275,7 +404,9 @@ impl Sasl {
         }
     }
 
-    /// `<success/>` and the stream restart of section 6.4.6.
+    /// `<success/>` and the stream restart of section 6.4.6; in SASL2 the
+    /// success waits for `super::sasl2`, and there is no restart (XEP-0388
+    /// section "Success").
     async fn authenticated<T: Transport>(
         &mut self,
         stream: &mut NegotiatingStream<T>,
@@ -289,8 +420,13 @@ impl Sasl {
             .metrics
             .login(self.mechanism.map_or("none", Mechanism::as_str), true);
         self.user = Some(user);
-        stream.send_nonza(&sasl_success(additional_data)).await?;
-        stream.restart();
+        match self.profile {
+            Profile::Rfc6120 => {
+                stream.send_nonza(&sasl_success(additional_data)).await?;
+                stream.restart();
+            }
+            Profile::Sasl2 => self.sasl2_success = Some(additional_data.to_vec()),
+        }
         Ok(())
     }
 }
@@ -328,23 +464,35 @@ async fn stored_credentials(
     })
 }
 
-/// A SASL `<failure/>` with its condition, RFC 6120 section 6.4.5.
-fn sasl_failure(condition: SaslFailureCondition) -> String {
-    format!(
-        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>",
-        condition.as_str()
-    )
+/// A SASL `<failure/>` with its condition, RFC 6120 section 6.4.5; in SASL2
+/// the condition keeps its RFC 6120 namespace (XEP-0388 section "Failure").
+pub(crate) fn sasl_failure(profile: Profile, condition: SaslFailureCondition) -> String {
+    match profile {
+        Profile::Rfc6120 => format!(
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{}/></failure>",
+            condition.as_str()
+        ),
+        Profile::Sasl2 => format!(
+            "<failure xmlns='urn:xmpp:sasl:2'><{} xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>",
+            condition.as_str()
+        ),
+    }
 }
 
-/// A SASL `<challenge/>`, RFC 6120 section 6.4.3; `None` is the empty challenge
-/// asking for the initial response the client did not send.
-fn sasl_challenge(data: Option<&[u8]>) -> String {
+/// A SASL `<challenge/>`, RFC 6120 section 6.4.3 (XEP-0388 section
+/// "Challenges and Responses"); `None` is the empty challenge asking for the
+/// initial response the client did not send.
+fn sasl_challenge(profile: Profile, data: Option<&[u8]>) -> String {
+    let namespace = profile.namespace();
     match data {
         Some(data) => format!(
-            "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</challenge>",
-            encode_xmpp_payload(data)
+            "<challenge xmlns='{namespace}'>{}</challenge>",
+            match profile {
+                Profile::Rfc6120 => encode_xmpp_payload(data),
+                Profile::Sasl2 => starling_sasl::encode_base64(data),
+            }
         ),
-        None => "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_string(),
+        None => format!("<challenge xmlns='{namespace}'/>"),
     }
 }
 
@@ -366,15 +514,27 @@ mod tests {
     #[test]
     fn sasl_nonzas() {
         assert_eq!(
-            sasl_failure(SaslFailureCondition::NotAuthorized),
+            sasl_failure(Profile::Rfc6120, SaslFailureCondition::NotAuthorized),
             "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"
         );
         assert_eq!(
-            sasl_challenge(None),
+            sasl_failure(Profile::Sasl2, SaslFailureCondition::Aborted),
+            "<failure xmlns='urn:xmpp:sasl:2'><aborted xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>"
+        );
+        assert_eq!(
+            sasl_challenge(Profile::Rfc6120, None),
             "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>"
         );
         assert_eq!(
-            sasl_challenge(Some(b"r=abc,s=c2FsdA==,i=4096")),
+            sasl_challenge(Profile::Sasl2, None),
+            "<challenge xmlns='urn:xmpp:sasl:2'/>"
+        );
+        assert_eq!(
+            sasl_challenge(Profile::Sasl2, Some(b"")),
+            "<challenge xmlns='urn:xmpp:sasl:2'></challenge>"
+        );
+        assert_eq!(
+            sasl_challenge(Profile::Rfc6120, Some(b"r=abc,s=c2FsdA==,i=4096")),
             "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>cj1hYmMscz1jMkZzZEE9PSxpPTQwOTY=</challenge>"
         );
         assert_eq!(

@@ -124,6 +124,14 @@ impl<T: Transport> NegotiatingStream<T> {
         self.send(&out).await
     }
 
+    /// New `<stream:features>` without a new header: after a SASL2 success
+    /// (XEP-0388 section "Success", no stream restart).
+    pub async fn send_features(&mut self, features_xml: &str) -> Result<(), StreamEnd> {
+        let mut out = Outgoing::new(self.framing);
+        out.features(features_xml);
+        self.send(&out).await
+    }
+
     /// The stream restarts (after STARTTLS, section 5.4.3.3, and SASL success,
     /// section 6.4.6): the client sends a new header, and what it sent before
     /// it is discarded with the parser.

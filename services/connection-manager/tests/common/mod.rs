@@ -191,6 +191,34 @@ impl BlockingStore for FakeStorage {
     }
 }
 
+#[async_trait]
+impl starling_api::FastTokenStore for FakeStorage {
+    async fn put_fast_token(
+        &self,
+        _user: &BareJid,
+        _token: &starling_api::FastTokenRecord,
+    ) -> ApiResult<()> {
+        Ok(())
+    }
+
+    async fn fast_tokens(
+        &self,
+        _user: &BareJid,
+        _agent_id: &str,
+    ) -> ApiResult<Vec<starling_api::FastTokenRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn remove_fast_tokens(
+        &self,
+        _user: &BareJid,
+        _agent_id: Option<&str>,
+        _issued_before_millis: Option<i64>,
+    ) -> ApiResult<u64> {
+        Ok(0)
+    }
+}
+
 // ---------------------------------------------------------------- router
 
 /// Records what the connection-manager hands it; binds through the
@@ -344,6 +372,9 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         },
         registration_enabled: true,
         csi_enabled: true,
+        sasl2_enabled: false,
+        carbons_enabled: true,
+        fast_token_ttl_secs: 0,
         require_tls: true,
         drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
         sm: Default::default(),

@@ -181,6 +181,34 @@ impl BlockingStore for UnavailableStorage {
     }
 }
 
+#[async_trait]
+impl starling_api::FastTokenStore for UnavailableStorage {
+    async fn put_fast_token(
+        &self,
+        _user: &BareJid,
+        _token: &starling_api::FastTokenRecord,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn fast_tokens(
+        &self,
+        _user: &BareJid,
+        _agent_id: &str,
+    ) -> ApiResult<Vec<starling_api::FastTokenRecord>> {
+        Err(database_down())
+    }
+
+    async fn remove_fast_tokens(
+        &self,
+        _user: &BareJid,
+        _agent_id: Option<&str>,
+        _issued_before_millis: Option<i64>,
+    ) -> ApiResult<u64> {
+        Err(database_down())
+    }
+}
+
 fn database_down() -> ApiError {
     ApiError::Unavailable("database down".into())
 }

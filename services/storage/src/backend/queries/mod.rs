@@ -20,12 +20,14 @@ use crate::records::AccountAddress;
 mod account_data;
 mod accounts;
 mod blocking;
+mod fast;
 mod offline;
 mod roster;
 
 pub(crate) use account_data::*;
 pub(crate) use accounts::*;
 pub(crate) use blocking::*;
+pub(crate) use fast::*;
 pub(crate) use offline::*;
 pub(crate) use roster::*;
 
