@@ -407,7 +407,14 @@ class WebClient:
     async def expect(self, predicate, what, timeout=20.0):
         """The first event matching `predicate`, waiting for it."""
         async def seen():
+            # The event first: a client that reports it and then exits (as
+            # "stopped" does) has done what was expected of it.
+            if any(predicate(event) for event in self.events):
+                return True
             if self.process.returncode is not None:
+                await self.readers  # whatever it wrote before exiting is read
+                if any(predicate(event) for event in self.events):
+                    return True
                 raise AssertionError(
                     f"the web client exited ({self.process.returncode}) before {what}: {self.events} {self.stderr!r}"
                 )
