@@ -54,6 +54,19 @@ pub struct Config {
     pub drain: DrainConfig,
     pub telemetry: TelemetryConfig,
     pub sm: SmConfig,
+    pub proxy: ProxyConfig,
+}
+
+/// Client addresses behind a load balancer: whose word on them is believed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Addresses or networks (`10.0.0.0/8`) of the load balancers and reverse proxies in front.
+    pub trusted: Vec<String>,
+    /// The c2s listeners expect a PROXY protocol header (v1 or v2) from a trusted address.
+    pub protocol: bool,
+    /// The HTTP listeners take the client from `X-Forwarded-For` when the request comes from a trusted address.
+    pub forwarded_for: bool,
 }
 
 /// Stream management (XEP-0198): acks, and resumption on any connection-manager.
@@ -340,6 +353,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
+            proxy: ProxyConfig::default(),
             registration: RegistrationConfig::default(),
             carbons: CarbonsConfig::default(),
             blocking: BlockingConfig::default(),
@@ -697,6 +711,7 @@ impl Config {
                 message: "must be at least limits.stanzas_per_second".into(),
             });
         }
+        self.trusted_proxies()?;
         parse_listen("cluster.grpc", &self.cluster.grpc)?;
         for (key, endpoints) in [
             ("cluster.storage", &self.cluster.storage),
@@ -831,6 +846,34 @@ impl Config {
             ..starling_xmpp::Limits::default()
         }
         .for_server_copies()
+    }
+
+    /// The load balancers whose word on a client's address is believed (`proxy.*`).
+    pub fn trusted_proxies(
+        &self,
+    ) -> Result<starling_connection_manager::TrustedProxies, ConfigError> {
+        let proxy = &self.proxy;
+        let proxies = starling_connection_manager::TrustedProxies::new(
+            &proxy.trusted,
+            proxy.protocol,
+            proxy.forwarded_for,
+        )
+        .map_err(|error| ConfigError::Invalid {
+            key: "proxy.trusted",
+            message: error.to_string(),
+        })?;
+        for (key, on) in [
+            ("proxy.protocol", proxy.protocol),
+            ("proxy.forwarded_for", proxy.forwarded_for),
+        ] {
+            if on && proxy.trusted.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "is on, but proxy.trusted names no load balancer to believe".into(),
+                });
+            }
+        }
+        Ok(proxies)
     }
 
     /// The limits of the HTTP listeners, from `limits.http_*`.

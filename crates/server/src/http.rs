@@ -299,6 +299,10 @@ impl HttpTimeout {
 /// The limits shared by a process's HTTP listeners, with their counts and metrics.
 pub struct HttpGuard {
     limits: HttpLimits,
+    /// A trusted balancer's requests name their client in `X-Forwarded-For`:
+    /// its connections carry many clients and are not held to
+    /// `connections_per_ip`; each request's client is its `ConnectInfo`.
+    proxies: starling_connection_manager::TrustedProxies,
     per_address: Mutex<HashMap<IpAddr, u32>>,
     requests: Arc<tokio::sync::Semaphore>,
     refused_per_address: prometheus::IntCounter,
@@ -311,6 +315,7 @@ impl HttpGuard {
     /// The guard of `limits`, its metrics registered in `registry`.
     pub fn new(
         limits: HttpLimits,
+        proxies: starling_connection_manager::TrustedProxies,
         registry: &prometheus::Registry,
     ) -> prometheus::Result<Arc<Self>> {
         let refused = prometheus::IntCounterVec::new(
@@ -339,6 +344,7 @@ impl HttpGuard {
         }
         Ok(Arc::new(HttpGuard {
             limits,
+            proxies,
             per_address: Mutex::default(),
             requests: Arc::new(tokio::sync::Semaphore::new(limits.max_requests as usize)),
             refused_per_address: refused.with_label_values(&["connections_per_ip"]),
@@ -349,8 +355,17 @@ impl HttpGuard {
     }
 
     /// A slot for a new connection from `address`, or `None` when the address
-    /// has `connections_per_ip` open already.
+    /// has `connections_per_ip` open already. A trusted balancer that
+    /// forwards its clients' addresses is not counted: the per-address limits
+    /// of the sessions behind it (WebSocket, BOSH) count its clients.
     fn admit(self: &Arc<Self>, address: IpAddr) -> Option<ConnectionSlot> {
+        if self.proxies.forwarded_for && self.proxies.trusts(address) {
+            self.open.inc();
+            return Some(ConnectionSlot {
+                guard: Arc::clone(self),
+                address: None,
+            });
+        }
         let mut per_address = self
             .per_address
             .lock()
@@ -366,7 +381,7 @@ impl HttpGuard {
         self.open.inc();
         Some(ConnectionSlot {
             guard: Arc::clone(self),
-            address,
+            address: Some(address),
         })
     }
 
@@ -390,9 +405,11 @@ impl HttpGuard {
             *busy.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             return Ok(busy);
         };
+        // The client, as a trusted balancer names it (`proxy.forwarded_for`).
+        let client = self.proxies.http_client(peer, request.headers());
         request
             .extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+            .insert(axum::extract::ConnectInfo(client));
         let guard = Arc::clone(&self);
         let request = request.map(move |body| {
             axum::body::Body::new(DeadlineBody {
@@ -408,21 +425,25 @@ impl HttpGuard {
 /// A connection counted against its address until it ends.
 struct ConnectionSlot {
     guard: Arc<HttpGuard>,
-    address: IpAddr,
+    /// `None` for a trusted balancer's connection (not counted per address).
+    address: Option<IpAddr>,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.guard.open.dec();
+        let Some(address) = self.address else {
+            return;
+        };
         let mut per_address = self
             .guard
             .per_address
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(open) = per_address.get_mut(&self.address) {
+        if let Some(open) = per_address.get_mut(&address) {
             *open -= 1;
             if *open == 0 {
-                per_address.remove(&self.address);
+                per_address.remove(&address);
             }
         }
     }

@@ -197,8 +197,13 @@ fn register_build_info(registry: &prometheus::Registry, target: Target) -> prome
     Ok(())
 }
 
-fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
-    CmConfig {
+fn cm_config(
+    config: &Config,
+    node_id: &str,
+    metrics: CmMetrics,
+) -> Result<CmConfig, crate::config::ConfigError> {
+    let proxies = config.trusted_proxies()?;
+    Ok(CmConfig {
         node_id: node_id.to_string(),
         domain: config.domain.clone(),
         c2s_addr: config.c2s_addr(),
@@ -233,6 +238,7 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
             0
         },
         require_tls: config.tls.required,
+        proxies,
         drain_window: Duration::from_secs(config.drain.window_secs),
         sm: SmSettings {
             enabled: config.sm.enabled,
@@ -240,7 +246,7 @@ fn cm_config(config: &Config, node_id: &str, metrics: CmMetrics) -> CmConfig {
             max_unacked_stanzas: config.sm.max_unacked_stanzas as usize,
         },
         metrics,
-    }
+    })
 }
 
 /// The routing state: Redis when configured, in-process otherwise.
@@ -645,7 +651,7 @@ impl Server {
                         &server.node_id,
                         CmMetrics::register(&registry)
                             .context("cannot register the connection-manager metrics")?,
-                    ),
+                    )?,
                     router_api,
                     storage.clone(),
                     state.bus.clone(),
@@ -692,7 +698,8 @@ impl Server {
         server.readiness = readiness;
         server.routing_state = state;
 
-        let http_guard = http::HttpGuard::new(config.http_limits(), &registry)
+        let proxies = config.trusted_proxies()?;
+        let http_guard = http::HttpGuard::new(config.http_limits(), proxies, &registry)
             .context("cannot register the http metrics")?;
         if let Some(address) = config.http_addr() {
             let listener = tokio::net::TcpListener::bind(address)

@@ -36,6 +36,9 @@ pub struct CmConfig {
     /// True by default: no SASL before STARTTLS. False allows SCRAM on a
     /// plaintext stream (load tests); PLAIN is never offered nor accepted there.
     pub require_tls: bool,
+    /// Load balancers whose word on the client's address is believed: the
+    /// PROXY protocol on the stream listeners, `X-Forwarded-For` on HTTP.
+    pub proxies: crate::proxy::TrustedProxies,
     /// The window of a drain that names none (SIGTERM, the admin API's
     /// DrainNode with 0): the streams are closed over it ([`crate::DEFAULT_DRAIN_WINDOW`]).
     pub drain_window: Duration,

@@ -53,6 +53,7 @@ mod metrics;
 mod negotiation;
 mod outbound;
 mod outbound_bytes;
+mod proxy;
 mod queued;
 mod register;
 mod reroute;
@@ -89,6 +90,7 @@ pub use features::edge_features;
 pub use listener::bosh::BOSH_PATH;
 pub use listener::websocket::WEBSOCKET_PATH;
 pub use metrics::CmMetrics;
+pub use proxy::{BadNetwork, TrustedProxies};
 pub use sm::{SmSettings, StreamResumption};
 pub use transport::tls::ALPN_XMPP_CLIENT;
 
@@ -219,6 +221,7 @@ impl ConnectionManager {
                 config.csi_enabled,
             ),
             require_tls: config.require_tls,
+            proxies: config.proxies,
             router,
             storage,
             starttls: TlsAcceptor::from(tls.starttls),

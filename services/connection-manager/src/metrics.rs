@@ -141,6 +141,8 @@ pub struct CmMetrics {
     sm_journal_entries: IntCounter,
     /// XEP-0388/XEP-0386: SASL2 successes by what they completed.
     sasl2_events: IntCounterVec,
+    /// PROXY protocol headers read from trusted balancers, by outcome.
+    proxy_headers: IntCounterVec,
     csi: CsiMetrics,
 }
 
@@ -262,6 +264,17 @@ impl CmMetrics {
             &["event"],
         )?;
         registry.register(Box::new(sasl2_events.clone()))?;
+        let proxy_headers = IntCounterVec::new(
+            Opts::new(
+                "starling_proxy_headers_total",
+                "PROXY protocol headers expected from trusted load balancers, by outcome: client (a client's address), local (the balancer's own connection), invalid, closed and timeout (the connection was dropped)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(proxy_headers.clone()))?;
+        for outcome in ["client", "local", "invalid", "closed", "timeout"] {
+            proxy_headers.with_label_values(&[outcome]);
+        }
         let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
@@ -286,6 +299,7 @@ impl CmMetrics {
             sm_events,
             sm_journal_entries,
             sasl2_events,
+            proxy_headers,
             csi,
             outbound_queue_bytes,
         })
@@ -378,6 +392,12 @@ impl CmMetrics {
                 .unwrap_or(0)]
             .clone(),
         )
+    }
+
+    /// A PROXY header read, or the connection that did not send one (see
+    /// `starling_proxy_headers_total`).
+    pub(crate) fn proxy_header(&self, outcome: &'static str) {
+        self.proxy_headers.with_label_values(&[outcome]).inc();
     }
 
     pub(crate) fn limit_hit(&self, limit: Limit) {

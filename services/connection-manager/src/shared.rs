@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     /// The stream features offered, from the features' declarations (`crate::features`).
     pub stream_features: Features,
     pub require_tls: bool,
+    /// Whose PROXY header (stream listeners) is read (`crate::proxy`).
+    pub proxies: crate::proxy::TrustedProxies,
     pub router: Arc<dyn RouterApi>,
     pub storage: Arc<dyn StorageApi>,
     pub starttls: TlsAcceptor,

@@ -1,6 +1,7 @@
 //! The c2s TCP listeners: STARTTLS on plain TCP (RFC 6120 section 5) and
 //! direct TLS (XEP-0368). Each accepted connection is counted against its
-//! address, then negotiated and served as a session.
+//! client's address (read from the PROXY header a trusted load balancer
+//! sends first, `crate::proxy`), then negotiated and served as a session.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::limits::ConnectionPermit;
 use crate::metrics;
 use crate::negotiation;
 use crate::outbound::CLOSE_WRITE_TIMEOUT;
+use crate::proxy::{self, ProxiedPeer};
 use crate::session;
 use crate::shared::Shared;
 use crate::transport::tcp::ByteStream;
@@ -65,20 +67,61 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let Some(permit) = shared.ip_limits.try_connect(peer.ip()) else {
-            tracing::info!(peer = %peer, listener = kind.name(), "too many connections from one address");
-            shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
-            connections.spawn(refuse_connection(Arc::clone(&shared), tcp, kind));
-            continue;
-        };
-        connections.spawn(serve_connection(
-            Arc::clone(&shared),
-            tcp,
-            peer,
-            kind,
-            permit,
-        ));
+        connections.spawn(admit_connection(Arc::clone(&shared), tcp, peer, kind));
     }
+}
+
+/// The client's address (the peer's, or the one its trusted balancer's
+/// PROXY header names), counted against the per-address limit; then the
+/// connection is served, or refused over the limit.
+async fn admit_connection(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+) {
+    // RFC 6120 section 13.12 (denial of service): one absolute deadline from
+    // accept until the resource is bound, not an idle timer; the PROXY
+    // header is read within it too.
+    let deadline = Instant::now() + shared.limits.pre_auth_timeout;
+    let client = if shared.proxies.expects_header(peer.ip()) {
+        let header = tokio::select! {
+            header = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => header,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        match header {
+            Ok(Ok(ProxiedPeer::Client(client))) => {
+                shared.metrics.proxy_header("client");
+                client
+            }
+            Ok(Ok(ProxiedPeer::Local)) => {
+                shared.metrics.proxy_header("local");
+                peer
+            }
+            Ok(Err(error)) => {
+                // The header is the balancer's promise: without it nothing
+                // says whose connection this is (proxy-protocol.txt section 2:
+                // the receiver must not guess, it drops the connection).
+                shared.metrics.proxy_header(error.label());
+                tracing::info!(peer = %peer, listener = kind.name(), %error, "no valid PROXY header from a trusted proxy");
+                return;
+            }
+            Err(_) => {
+                shared.metrics.proxy_header("timeout");
+                tracing::info!(peer = %peer, listener = kind.name(), "no PROXY header before the deadline");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let Some(permit) = shared.ip_limits.try_connect(client.ip()) else {
+        tracing::info!(peer = %client, listener = kind.name(), "too many connections from one address");
+        shared.metrics.limit_hit(metrics::Limit::ConnectionsPerIp);
+        refuse_connection(shared, tcp, kind).await;
+        return;
+    };
+    serve_connection(shared, tcp, client, kind, permit, deadline).await;
 }
 
 /// Refuse a connection over the per-IP limit: on the STARTTLS listener, our
@@ -112,6 +155,7 @@ async fn serve_connection(
     peer: SocketAddr,
     kind: ListenerKind,
     permit: ConnectionPermit,
+    deadline: Instant,
 ) {
     let conn = shared.next_conn_id();
     let mut counted = shared.metrics.connection(match kind {
@@ -119,9 +163,6 @@ async fn serve_connection(
         ListenerKind::DirectTls => metrics::Transport::Tls,
     });
     tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
-    // RFC 6120 section 13.12 (denial of service): one absolute deadline from
-    // accept until the resource is bound, not an idle timer.
-    let deadline = Instant::now() + shared.limits.pre_auth_timeout;
     if let Some(stream) = accept_stream(&shared, conn, tcp, peer, kind, deadline).await {
         if let Some(bound) =
             negotiation::negotiate(Arc::clone(&shared), conn, stream, peer, deadline).await

@@ -376,6 +376,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         carbons_enabled: true,
         fast_token_ttl_secs: 0,
         require_tls: true,
+        proxies: Default::default(),
         drain_window: starling_connection_manager::DEFAULT_DRAIN_WINDOW,
         sm: Default::default(),
         metrics: Default::default(),
