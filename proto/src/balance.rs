@@ -15,6 +15,14 @@
 //! - [`RetryPolicy::AtMostOnce`] (writes whose repetition loses data: taking
 //!   the offline queue, binding a resource): retried only when the request
 //!   provably never left (the connection was refused).
+//!
+//! Discovery (issue 15): an endpoint written `dns:///NAME:PORT` (or
+//! `dns:NAME:PORT`) stands for every address the name resolves to, re-resolved
+//! every [`DISCOVERY_INTERVAL`]: behind a Kubernetes headless Service, each
+//! ready pod is a replica, so one the autoscaler adds gets calls within
+//! seconds and one that goes stops getting new ones. A replica that stays
+//! keeps its channel and its health; a failed lookup keeps the last answer
+//! (a DNS hiccup does not empty the set).
 
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -22,7 +30,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
 use starling_api::{ApiError, ApiResult};
 use starling_telemetry::{TraceContext, TRACEPARENT, TRACESTATE};
 use tonic::metadata::MetadataValue;
@@ -39,6 +49,8 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a replica that failed is skipped while others are healthy.
 pub const UNHEALTHY_COOLDOWN: Duration = Duration::from_secs(2);
+/// How often the names of `dns:///` endpoints are resolved again.
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A replica's channel whose unary requests carry the caller's trace context
 /// in their metadata (W3C `traceparent`/`tracestate`).
@@ -104,14 +116,179 @@ impl Replica {
     }
 }
 
+/// The replicas of one service at one moment; a call works on one snapshot.
+pub(crate) type Replicas = Arc<Vec<Arc<Replica>>>;
+
 /// Every replica of one service, with the round-robin cursor.
 #[derive(Debug)]
 pub(crate) struct ReplicaSet {
     pub(crate) service: &'static str,
-    pub(crate) replicas: Vec<Replica>,
+    membership: Arc<Membership>,
     next: AtomicUsize,
     pub(crate) call_timeout: Duration,
     pub(crate) metrics: GrpcClientMetrics,
+}
+
+/// The replicas as last resolved; the discovery task writes it.
+#[derive(Debug)]
+struct Membership {
+    replicas: RwLock<Replicas>,
+    /// Turns true once every `dns:///` name was looked up once.
+    resolved: tokio::sync::watch::Sender<bool>,
+}
+
+/// One entry of an endpoint list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// `http://host:port`: one replica, dialled by name (tonic resolves it on connect).
+    Fixed(String),
+    /// `dns:///name:port`: one replica per address of the name.
+    Dns { name: String, port: u16 },
+}
+
+/// Whether `endpoint` can be an entry of an endpoint list: `http://HOST:PORT`,
+/// `https://HOST:PORT` or `dns:///NAME:PORT`; the reason when not.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let endpoint = endpoint.trim();
+    if !(endpoint.starts_with("http://")
+        || endpoint.starts_with("https://")
+        || endpoint.starts_with("dns:"))
+    {
+        return Err(format!(
+            "{endpoint:?}: expected http://HOST:PORT or dns:///NAME:PORT"
+        ));
+    }
+    parse_source("config", endpoint)
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+}
+
+fn parse_source(service: &'static str, endpoint: &str) -> Result<Source, ProtoError> {
+    let endpoint = endpoint.trim();
+    let Some(rest) = endpoint.strip_prefix("dns:") else {
+        return Ok(Source::Fixed(endpoint_uri(endpoint)));
+    };
+    let invalid = |reason: &str| ProtoError::InvalidEndpoint {
+        service,
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    let target = rest.strip_prefix("///").unwrap_or(rest);
+    let (name, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected dns:///NAME:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| invalid("the port is not a number from 1 to 65535"))?;
+    if name.is_empty() || port == 0 || name.contains('/') {
+        return Err(invalid("expected dns:///NAME:PORT"));
+    }
+    Ok(Source::Dns {
+        name: name.to_string(),
+        port,
+    })
+}
+
+/// A lazily connected replica at `uri`.
+fn new_replica(service: &'static str, uri: String) -> Result<Arc<Replica>, ProtoError> {
+    let channel = Endpoint::from_shared(uri.clone())
+        .map_err(|error| ProtoError::InvalidEndpoint {
+            service,
+            endpoint: uri.clone(),
+            reason: error.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect_lazy();
+    Ok(Arc::new(Replica {
+        address: uri,
+        channel,
+        unhealthy_until: Mutex::new(None),
+    }))
+}
+
+impl Membership {
+    /// Make the replicas those of `uris` (sorted, distinct), keeping the
+    /// replicas that stay (their channels and health).
+    fn update(&self, service: &'static str, uris: &[String]) {
+        let current = self.replicas.read().clone();
+        if current.iter().map(|r| &r.address).eq(uris.iter()) {
+            return;
+        }
+        let mut next = Vec::with_capacity(uris.len());
+        for uri in uris {
+            match current.iter().find(|replica| &replica.address == uri) {
+                Some(replica) => next.push(Arc::clone(replica)),
+                None => match new_replica(service, uri.clone()) {
+                    Ok(replica) => next.push(replica),
+                    Err(error) => tracing::warn!(service, %error, "discovered replica skipped"),
+                },
+            }
+        }
+        let added: Vec<&str> = uris
+            .iter()
+            .filter(|uri| !current.iter().any(|r| &r.address == *uri))
+            .map(String::as_str)
+            .collect();
+        let removed: Vec<&str> = current
+            .iter()
+            .filter(|r| !uris.contains(&r.address))
+            .map(|r| r.address.as_str())
+            .collect();
+        tracing::info!(
+            service,
+            ?added,
+            ?removed,
+            replicas = next.len(),
+            "replicas changed"
+        );
+        *self.replicas.write() = Arc::new(next);
+    }
+}
+
+/// Resolve every source: fixed ones as they are, names to their addresses.
+/// `None` when a lookup failed (the caller keeps what it had).
+async fn resolve(sources: &[Source]) -> Option<Vec<String>> {
+    let mut uris = Vec::new();
+    for source in sources {
+        match source {
+            Source::Fixed(uri) => uris.push(uri.clone()),
+            Source::Dns { name, port } => {
+                match tokio::net::lookup_host((name.as_str(), *port)).await {
+                    Ok(addresses) => {
+                        uris.extend(addresses.map(|address| format!("http://{address}")))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%name, %error, "replica discovery: lookup failed, keeping the last answer");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    uris.sort();
+    uris.dedup();
+    Some(uris)
+}
+
+/// Re-resolve `sources` until the replica set is dropped.
+async fn discover(service: &'static str, sources: Vec<Source>, membership: Weak<Membership>) {
+    let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let resolved = resolve(&sources).await;
+        let Some(membership) = membership.upgrade() else {
+            return;
+        };
+        if let Some(uris) = resolved {
+            membership.update(service, &uris);
+        }
+        membership.resolved.send_replace(true);
+    }
 }
 
 /// Accept `host:port` as well as `http://host:port`.
@@ -125,7 +302,9 @@ fn endpoint_uri(endpoint: &str) -> String {
 }
 
 impl ReplicaSet {
-    /// Lazy channels to every endpoint: nothing is dialled until the first call.
+    /// Lazy channels to every endpoint: nothing is dialled until the first
+    /// call. With `dns:///` endpoints, a task (on the current Tokio runtime)
+    /// resolves them now and every [`DISCOVERY_INTERVAL`].
     pub(crate) fn connect(
         service: &'static str,
         endpoints: Vec<String>,
@@ -133,34 +312,59 @@ impl ReplicaSet {
         if endpoints.is_empty() {
             return Err(ProtoError::NoEndpoints { service });
         }
-        let mut replicas = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            let uri = endpoint_uri(&endpoint);
-            let channel = Endpoint::from_shared(uri.clone())
-                .map_err(|error| ProtoError::InvalidEndpoint {
+        let sources = endpoints
+            .iter()
+            .map(|endpoint| parse_source(service, endpoint))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut fixed = Vec::new();
+        for source in &sources {
+            if let Source::Fixed(uri) = source {
+                if !fixed
+                    .iter()
+                    .any(|replica: &Arc<Replica>| &replica.address == uri)
+                {
+                    fixed.push(new_replica(service, uri.clone())?);
+                }
+            }
+        }
+        let discovering = sources
+            .iter()
+            .any(|source| matches!(source, Source::Dns { .. }));
+        let membership = Arc::new(Membership {
+            replicas: RwLock::new(Arc::new(fixed)),
+            resolved: tokio::sync::watch::Sender::new(!discovering),
+        });
+        if discovering {
+            let runtime =
+                tokio::runtime::Handle::try_current().map_err(|_| ProtoError::InvalidEndpoint {
                     service,
-                    endpoint: endpoint.clone(),
-                    reason: error.to_string(),
-                })?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
-            replicas.push(Replica {
-                address: uri,
-                channel,
-                unhealthy_until: Mutex::new(None),
-            });
+                    endpoint: endpoints.join(","),
+                    reason: "dns:/// endpoints need a Tokio runtime to be resolved".into(),
+                })?;
+            runtime.spawn(discover(service, sources, Arc::downgrade(&membership)));
         }
         Ok(ReplicaSet {
             service,
-            replicas,
+            membership,
             next: AtomicUsize::new(0),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             metrics: GrpcClientMetrics::default(),
         })
+    }
+
+    /// The replicas now.
+    pub(crate) fn snapshot(&self) -> Replicas {
+        self.membership.replicas.read().clone()
+    }
+
+    /// The replicas now; before the first lookup of a `dns:///` name has
+    /// answered, waits for it (at most a call's deadline).
+    pub(crate) async fn current(&self) -> Replicas {
+        if !*self.membership.resolved.borrow() {
+            let mut resolved = self.membership.resolved.subscribe();
+            let _ = tokio::time::timeout(self.call_timeout, resolved.wait_for(|done| *done)).await;
+        }
+        self.snapshot()
     }
 
     /// Observe this client's calls in `metrics` (registered in the process's registry).
@@ -171,12 +375,15 @@ impl ReplicaSet {
 
     /// The replicas to try for one unary call: round robin from the cursor,
     /// healthy ones first, the others after them as a last resort.
-    fn unary_order(&self) -> Vec<usize> {
-        let count = self.replicas.len();
+    fn unary_order(&self, replicas: &[Arc<Replica>]) -> Vec<usize> {
+        let count = replicas.len();
+        if count == 0 {
+            return Vec::new();
+        }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
         let rotation = (0..count).map(|offset| (start + offset) % count);
         let (mut healthy, unhealthy): (Vec<usize>, Vec<usize>) =
-            rotation.partition(|&index| self.replicas[index].is_healthy());
+            rotation.partition(|&index| replicas[index].is_healthy());
         healthy.extend(unhealthy);
         healthy
     }
@@ -184,22 +391,25 @@ impl ReplicaSet {
     /// The replica a sticky key (a session's full JID) goes to among the
     /// `eligible` ones: rendezvous hashing, so that losing one replica moves
     /// only the keys that were on it. Falls back to every replica when none is eligible.
-    pub(crate) fn sticky_index(&self, key: &str, eligible: impl Fn(usize) -> bool) -> usize {
+    /// `None` when there is no replica at all.
+    pub(crate) fn sticky_index(
+        replicas: &[Arc<Replica>],
+        key: &str,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let score = |index: usize| {
             let mut hasher = DefaultHasher::new();
             key.hash(&mut hasher);
-            self.replicas[index].address.hash(&mut hasher);
+            replicas[index].address.hash(&mut hasher);
             hasher.finish()
         };
-        let candidates: Vec<usize> = (0..self.replicas.len())
+        let candidates: Vec<usize> = (0..replicas.len())
             .filter(|&index| eligible(index))
             .collect();
         let pick = |indices: &mut dyn Iterator<Item = usize>| {
             indices.max_by_key(|&index| (score(index), index))
         };
-        pick(&mut candidates.into_iter())
-            .or_else(|| pick(&mut (0..self.replicas.len())))
-            .unwrap_or(0)
+        pick(&mut candidates.into_iter()).or_else(|| pick(&mut (0..replicas.len())))
     }
 
     /// Run one unary call with balancing, deadline and failover; every
@@ -235,8 +445,9 @@ impl ReplicaSet {
     {
         let mut retries_after_execution = 0usize;
         let mut last_status = None;
-        for index in self.unary_order() {
-            let replica = &self.replicas[index];
+        let replicas = self.current().await;
+        for index in self.unary_order(&replicas) {
+            let replica = &replicas[index];
             let channel = InterceptedService::new(
                 replica.channel.clone(),
                 inject_trace_context as fn(Request<()>) -> Result<Request<()>, Status>,
@@ -368,10 +579,11 @@ mod tests {
             ],
         )
         .expect("valid endpoints");
-        let firsts: Vec<usize> = (0..3).map(|_| set.unary_order()[0]).collect();
+        let replicas = set.snapshot();
+        let firsts: Vec<usize> = (0..3).map(|_| set.unary_order(&replicas)[0]).collect();
         assert_eq!(firsts, vec![0, 1, 2]);
-        set.replicas[1].mark_unhealthy();
-        assert_eq!(set.unary_order(), vec![0, 2, 1]);
+        replicas[1].mark_unhealthy();
+        assert_eq!(set.unary_order(&replicas), vec![0, 2, 1]);
     }
 
     #[tokio::test]
@@ -385,16 +597,85 @@ mod tests {
             ],
         )
         .expect("valid endpoints");
+        let replicas = set.snapshot();
+        let sticky = |key: &str, eligible: &dyn Fn(usize) -> bool| {
+            ReplicaSet::sticky_index(&replicas, key, eligible).unwrap()
+        };
         for number in 0..200 {
             let key = format!("user{number}@example.org/phone");
-            let everywhere = set.sticky_index(&key, |_| true);
-            assert_eq!(everywhere, set.sticky_index(&key, |_| true));
-            let without_first = set.sticky_index(&key, |index| index != 0);
+            let everywhere = sticky(&key, &|_| true);
+            assert_eq!(everywhere, sticky(&key, &|_| true));
+            let without_first = sticky(&key, &|index| index != 0);
             assert_ne!(without_first, 0);
             if everywhere != 0 {
                 assert_eq!(everywhere, without_first);
             }
-            assert_eq!(set.sticky_index(&key, |_| false), everywhere);
+            assert_eq!(sticky(&key, &|_| false), everywhere);
         }
+        assert_eq!(ReplicaSet::sticky_index(&[], "k", |_| true), None);
+    }
+
+    #[test]
+    fn endpoints_are_fixed_or_dns_names() {
+        assert_eq!(
+            parse_source("router", "127.0.0.1:5").unwrap(),
+            Source::Fixed("http://127.0.0.1:5".into())
+        );
+        for written in [
+            "dns:///starling-router.ns.svc:50051",
+            "dns:starling-router.ns.svc:50051",
+        ] {
+            assert_eq!(
+                parse_source("router", written).unwrap(),
+                Source::Dns {
+                    name: "starling-router.ns.svc".into(),
+                    port: 50051
+                }
+            );
+        }
+        for bad in [
+            "dns:///noport",
+            "dns:///name:0",
+            "dns:///name:x",
+            "dns:///:5",
+            "dns://a/b:5",
+        ] {
+            assert!(parse_source("router", bad).is_err(), "{bad}");
+        }
+        assert!(
+            ReplicaSet::connect("router", vec!["dns:///localhost:1".into()]).is_err(),
+            "no runtime, no discovery"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_name_stands_for_each_of_its_addresses_and_replicas_that_stay_are_kept() {
+        let set = ReplicaSet::connect(
+            "storage",
+            vec!["dns:///localhost:7".into(), "127.0.0.9:7".into()],
+        )
+        .expect("valid endpoints");
+        let first = set.current().await;
+        let addresses: Vec<&str> = first.iter().map(|r| r.address.as_str()).collect();
+        assert!(addresses.contains(&"http://127.0.0.1:7"), "{addresses:?}");
+        assert!(addresses.contains(&"http://127.0.0.9:7"), "{addresses:?}");
+
+        // The next answer names another address; the one that stays is the same replica.
+        first[0].mark_unhealthy();
+        let mut uris: Vec<String> = first.iter().map(|r| r.address.clone()).collect();
+        uris.push("http://127.0.0.10:7".into());
+        uris.sort();
+        set.membership.update("storage", &uris);
+        let second = set.snapshot();
+        assert_eq!(second.len(), first.len() + 1);
+        let kept = second
+            .iter()
+            .find(|r| r.address == first[0].address)
+            .unwrap();
+        assert!(Arc::ptr_eq(kept, &first[0]) && !kept.is_healthy());
+        // And one that goes is gone from the next snapshot, not from calls in progress.
+        set.membership.update("storage", &uris[1..]);
+        assert_eq!(set.snapshot().len(), second.len() - 1);
+        assert_eq!(second.len(), first.len() + 1);
     }
 }

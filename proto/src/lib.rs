@@ -30,7 +30,10 @@ mod presence_adapter;
 mod router_adapter;
 mod storage_adapter;
 
-pub use balance::{RetryPolicy, CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT, UNHEALTHY_COOLDOWN};
+pub use balance::{
+    check_endpoint, RetryPolicy, CONNECT_TIMEOUT, DEFAULT_CALL_TIMEOUT, DISCOVERY_INTERVAL,
+    UNHEALTHY_COOLDOWN,
+};
 pub use error::{
     api_error_to_status, bind_rejection_from_proto, bind_rejection_to_proto, code_to_api_error,
     status_to_api_error, ProtoError,

@@ -10,6 +10,11 @@
 //! stream (rendezvous hashing of the session's full JID over the live
 //! replicas, so losing a replica moves only the sessions that were on it).
 //!
+//! A session whose stanzas are in flight on a stream keeps sending on it
+//! until they are acknowledged, even when the replicas change (discovery, see
+//! [`crate::balance`]): a replica added or gone moves a session only between
+//! two of its stanzas, never past one still in flight.
+//!
 //! Failover: when a stream breaks (the replica died, the connection dropped,
 //! the replica drained for shutdown), every request not yet acknowledged is
 //! sent again, in its original order, to the replica its session now maps to.
@@ -17,7 +22,7 @@
 //! replica had routed but not yet acknowledged is routed twice.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -34,7 +39,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::balance::{ReplicaSet, RetryPolicy};
+use crate::balance::{Replica, ReplicaSet, Replicas, RetryPolicy};
 use crate::convert::{
     addr_from_proto, addr_to_proto, invalid_request, malformed_response, parse_bare_jid,
     parse_full_jid, stanza_from_wire, stanza_to_wire,
@@ -358,19 +363,49 @@ struct QueuedRoute {
 struct RouteStreamHandle {
     queue_tx: mpsc::UnboundedSender<QueuedRoute>,
     generation: u64,
+    replica: Arc<Replica>,
 }
 
 struct RouterClientShared {
     replicas: ReplicaSet,
-    /// One slot per replica; also the lock that keeps a session's stanzas in
-    /// order while they move between streams.
+    /// The streams, by replica address; also the lock that keeps a session's
+    /// stanzas in order while they move between streams.
     streams: Mutex<RouteStreams>,
     ack_timeout: Duration,
 }
 
 struct RouteStreams {
-    handles: Vec<Option<RouteStreamHandle>>,
+    handles: HashMap<String, RouteStreamHandle>,
     next_generation: u64,
+    /// Sticky keys with stanzas not yet acknowledged: where they went, how many.
+    in_flight: HashMap<String, InFlight>,
+    /// The replicas every stream's replica was last found among.
+    checked: Option<Replicas>,
+}
+
+/// The stanzas of one sticky key in flight, all on the stream of `address`.
+struct InFlight {
+    address: String,
+    stanzas: usize,
+}
+
+/// One stanza of a sticky key counted in flight until `route` is done with
+/// it (answered, failed, timed out or cancelled).
+struct InFlightGuard<'a> {
+    shared: &'a RouterClientShared,
+    key: String,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut streams = self.shared.streams.lock();
+        if let Some(in_flight) = streams.in_flight.get_mut(&self.key) {
+            in_flight.stanzas -= 1;
+            if in_flight.stanzas == 0 {
+                streams.in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// [`RouterApi`] over gRPC, balanced over every router replica.
@@ -411,13 +446,14 @@ impl GrpcRouterClient {
     ) -> Result<Self, ProtoError> {
         let replicas = ReplicaSet::connect("router", endpoints)?.with_metrics(metrics);
         let ack_timeout = replicas.call_timeout;
-        let handles = replicas.replicas.iter().map(|_| None).collect();
         Ok(GrpcRouterClient {
             shared: Arc::new(RouterClientShared {
                 replicas,
                 streams: Mutex::new(RouteStreams {
-                    handles,
+                    handles: HashMap::new(),
                     next_generation: 0,
+                    in_flight: HashMap::new(),
+                    checked: None,
                 }),
                 ack_timeout,
             }),
@@ -429,43 +465,73 @@ impl GrpcRouterClient {
 /// the stream when there is none. Called with the streams lock held, so that
 /// the order of a session's stanzas is the order of these calls.
 fn dispatch(shared: &Arc<RouterClientShared>, streams: &mut RouteStreams, mut item: QueuedRoute) {
+    let replicas = shared.replicas.snapshot();
     loop {
-        if item.failovers > shared.replicas.replicas.len() {
+        if item.failovers > replicas.len() {
             let _ = item.ack_tx.send(Err(ApiError::Unavailable(
                 "no router replica acknowledged the stanza".into(),
             )));
             return;
         }
-        // A replica is eligible while its stream lives, or when it has not
-        // failed recently: a session stays on its stream as long as it works.
-        let index = shared.replicas.sticky_index(&item.sticky_key, |index| {
-            streams.handles[index].is_some() || shared.replicas.replicas[index].is_healthy()
-        });
-        if streams.handles[index].is_none() {
-            let (queue_tx, queue_rx) = mpsc::unbounded_channel();
-            let generation = streams.next_generation;
-            streams.next_generation += 1;
-            tokio::spawn(run_route_stream(
-                Arc::downgrade(shared),
-                index,
-                generation,
-                shared.replicas.replicas[index].channel.clone(),
-                queue_rx,
-            ));
-            streams.handles[index] = Some(RouteStreamHandle {
-                queue_tx,
-                generation,
-            });
-        }
-        let Some(handle) = &streams.handles[index] else {
+        // The key's stanzas in flight went to a stream that still lives: this
+        // one follows them, whatever the replicas are now.
+        let pinned = streams
+            .in_flight
+            .get(&item.sticky_key)
+            .map(|in_flight| in_flight.address.clone())
+            .filter(|address| streams.handles.contains_key(address));
+        let address = match pinned {
+            Some(address) => address,
+            None => {
+                forget_retired_streams(streams, &replicas);
+                // A replica is eligible while its stream lives, or when it has
+                // not failed recently: a session stays on its stream as long as it works.
+                let Some(index) = ReplicaSet::sticky_index(&replicas, &item.sticky_key, |index| {
+                    replicas[index].is_healthy()
+                        || streams.handles.contains_key(&replicas[index].address)
+                }) else {
+                    let _ = item.ack_tx.send(Err(ApiError::Unavailable(
+                        "no router replica is known".into(),
+                    )));
+                    return;
+                };
+                let replica = &replicas[index];
+                if !streams.handles.contains_key(&replica.address) {
+                    let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+                    let generation = streams.next_generation;
+                    streams.next_generation += 1;
+                    tokio::spawn(run_route_stream(
+                        Arc::downgrade(shared),
+                        replica.address.clone(),
+                        generation,
+                        replica.channel.clone(),
+                        queue_rx,
+                    ));
+                    streams.handles.insert(
+                        replica.address.clone(),
+                        RouteStreamHandle {
+                            queue_tx,
+                            generation,
+                            replica: Arc::clone(replica),
+                        },
+                    );
+                }
+                replica.address.clone()
+            }
+        };
+        let Some(handle) = streams.handles.get(&address) else {
             return;
         };
+        if let Some(in_flight) = streams.in_flight.get_mut(&item.sticky_key) {
+            in_flight.address.clone_from(&address);
+        }
         match handle.queue_tx.send(item) {
             Ok(()) => return,
             Err(mpsc::error::SendError(returned)) => {
                 // The stream task is gone without cleaning up: forget it.
-                streams.handles[index] = None;
-                shared.replicas.replicas[index].mark_unhealthy();
+                if let Some(handle) = streams.handles.remove(&address) {
+                    handle.replica.mark_unhealthy();
+                }
                 item = returned;
                 item.failovers += 1;
             }
@@ -473,11 +539,33 @@ fn dispatch(shared: &Arc<RouterClientShared>, streams: &mut RouteStreams, mut it
     }
 }
 
+/// Close the streams of replicas no longer listed once no stanza in flight
+/// needs them: dropping the handle ends the stream after its last ack.
+fn forget_retired_streams(streams: &mut RouteStreams, replicas: &Replicas) {
+    if streams
+        .checked
+        .as_ref()
+        .is_some_and(|checked| Arc::ptr_eq(checked, replicas))
+    {
+        return;
+    }
+    let listed = |address: &String| replicas.iter().any(|replica| &replica.address == address);
+    let RouteStreams {
+        handles, in_flight, ..
+    } = streams;
+    handles.retain(|address, _| {
+        listed(address) || in_flight.values().any(|pin| &pin.address == address)
+    });
+    if handles.keys().all(listed) {
+        streams.checked = Some(Arc::clone(replicas));
+    }
+}
+
 /// A replica's stream broke: forget it and re-dispatch, in order, everything
 /// it had not acknowledged.
 fn fail_over(
     shared: &Weak<RouterClientShared>,
-    index: usize,
+    address: &str,
     generation: u64,
     unacknowledged: Vec<QueuedRoute>,
     mut queue_rx: mpsc::UnboundedReceiver<QueuedRoute>,
@@ -491,13 +579,22 @@ fn fail_over(
         return;
     };
     let mut streams = shared.streams.lock();
-    let replica = &shared.replicas.replicas[index];
-    replica.mark_unhealthy();
-    if streams.handles[index]
-        .as_ref()
+    if let Some(replica) = shared
+        .replicas
+        .snapshot()
+        .iter()
+        .find(|replica| replica.address == address)
+    {
+        replica.mark_unhealthy();
+    }
+    if streams
+        .handles
+        .get(address)
         .is_some_and(|handle| handle.generation == generation)
     {
-        streams.handles[index] = None;
+        if let Some(handle) = streams.handles.remove(address) {
+            handle.replica.mark_unhealthy();
+        }
     }
     // No sender is left once the handle is gone: what is queued is all there is.
     queue_rx.close();
@@ -511,7 +608,7 @@ fn fail_over(
         .collect();
     if !resend.is_empty() {
         tracing::warn!(
-            replica = %replica.address,
+            replica = %address,
             stanzas = resend.len(),
             "route stream broke, re-sending unacknowledged stanzas to another replica"
         );
@@ -533,7 +630,7 @@ enum StreamEnd {
 /// The client task of one replica's route stream.
 async fn run_route_stream(
     shared: Weak<RouterClientShared>,
-    index: usize,
+    address: String,
     generation: u64,
     channel: Channel,
     mut queue_rx: mpsc::UnboundedReceiver<QueuedRoute>,
@@ -547,10 +644,10 @@ async fn run_route_stream(
     match end {
         StreamEnd::Finished => {}
         StreamEnd::Broken(reason) => {
-            tracing::warn!(replica_index = index, %reason, "route stream ended");
+            tracing::warn!(replica = %address, %reason, "route stream ended");
             fail_over(
                 &shared,
-                index,
+                &address,
                 generation,
                 pending.into_values().collect(),
                 queue_rx,
@@ -685,8 +782,22 @@ impl RouterApi for GrpcRouterClient {
         };
         let started = std::time::Instant::now();
         let (ack_tx, ack_rx) = oneshot::channel();
+        // Before the first answer of a `dns:///` name there is nobody to send to.
+        self.shared.replicas.current().await;
+        let _in_flight = InFlightGuard {
+            shared: &self.shared,
+            key: sticky_key.clone(),
+        };
         {
             let mut streams = self.shared.streams.lock();
+            streams
+                .in_flight
+                .entry(sticky_key.clone())
+                .or_insert_with(|| InFlight {
+                    address: String::new(),
+                    stanzas: 0,
+                })
+                .stanzas += 1;
             dispatch(
                 &self.shared,
                 &mut streams,

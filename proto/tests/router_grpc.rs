@@ -543,3 +543,23 @@ async fn a_stuck_session_does_not_hold_up_the_others_on_its_stream() {
     // The stuck call never ends; the server is dropped with the test's runtime.
     drop(server);
 }
+
+#[tokio::test]
+async fn replicas_found_by_name_take_stanzas() {
+    // `dns:///NAME:PORT` (issue 15): every address of the name is a replica;
+    // here `localhost`, resolved by the system like a headless Service's name.
+    let router = Arc::new(RecordingRouter::default());
+    let server = TestServer::start(None, Some(router.clone()), None).await;
+    let port = server.endpoint().rsplit(':').next().unwrap().to_string();
+    let client =
+        GrpcRouterClient::connect(vec![format!("dns:///localhost:{port}")]).expect("client");
+    let jid = "juliet@example.org/balcony";
+    for id in ["1", "2", "3"] {
+        client
+            .route(session(jid, 1), message(jid, id), None)
+            .await
+            .expect("routed through the resolved replica");
+    }
+    assert_eq!(router.routed_ids(jid), vec!["1", "2", "3"]);
+    server.stop().await;
+}

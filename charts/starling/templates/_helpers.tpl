@@ -65,9 +65,9 @@ starling.im/server: "true"
 {{- if .Values.tls.existingSecret -}}{{ .Values.tls.existingSecret }}{{- else if .Values.tls.certManager.enabled -}}{{ printf "%s-tls" (include "starling.fullname" .) }}{{- end -}}
 {{- end -}}
 
-{{/* A gRPC endpoint list of one target's Service. */}}
+{{/* A gRPC endpoint list of one target: every ready pod behind its headless Service, re-resolved. */}}
 {{- define "starling.grpcEndpoints" -}}
-{{- list (printf "http://%s-%s:%d" (include "starling.fullname" .root) .component (int .root.Values.ports.grpc)) | toJson -}}
+{{- list (printf "dns:///%s-%s:%d" (include "starling.fullname" .root) .component (int .root.Values.ports.grpc)) | toJson -}}
 {{- end -}}
 
 {{/*

@@ -157,7 +157,8 @@ pub struct ClusterConfig {
     pub node_id: String,
     /// Where this process serves gRPC (session-router, presence, storage targets).
     pub grpc: String,
-    /// gRPC endpoints (`http://HOST:PORT`) of the storage replicas.
+    /// gRPC endpoints (`http://HOST:PORT`) of the storage replicas, or
+    /// `dns:///NAME:PORT`: every address of the name, re-resolved (a headless Service).
     pub storage: Vec<String>,
     /// gRPC endpoints of the session-router replicas.
     pub routers: Vec<String>,
@@ -719,12 +720,8 @@ impl Config {
             ("cluster.presence", &self.cluster.presence),
         ] {
             for endpoint in endpoints {
-                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                    return Err(ConfigError::Invalid {
-                        key,
-                        message: format!("{endpoint:?}: expected http://HOST:PORT"),
-                    });
-                }
+                starling_proto::check_endpoint(endpoint)
+                    .map_err(|message| ConfigError::Invalid { key, message })?;
             }
         }
         for url in &self.cluster.redis {
