@@ -462,3 +462,39 @@ def test_an_offline_store_is_bounded_in_bytes_and_its_flush_fits(server):
     assert numbers == list(range(stored))
     assert grown_mib < 32
     assert slowest < 2.5
+
+
+def test_directed_presence_state_per_session_is_bounded(server_factory):
+    """Issue 18, the last row: 128,000 directed presences from 64 sessions
+    held 2.4 kB each without bound. Now a session has directed presence out
+    to at most `limits.max_directed_presences` entities (RFC 6121 section
+    4.6); one more new addressee is refused with policy-violation (not sent
+    unremembered: it would never learn of the session's end), while ones it
+    already has, and every other user, are unaffected; an `unavailable` frees
+    a place."""
+    server = server_factory(extra_toml="[limits]\nmax_directed_presences = 20\n")
+    alice, alice_password = server.add_user()
+    bob, bob_password = server.add_user()
+    carol, carol_password = server.add_user()
+    sender = raw_login(server, alice, alice_password, presence=True)
+    receiver = raw_login(server, bob, bob_password, presence=True)
+    other = raw_login(server, carol, carol_password, presence=True)
+
+    peers = [f"peer{n}@elsewhere.example" for n in range(20)]
+    for peer in peers:
+        sender[0].send(f"<presence to='{peer}'/>")
+    # Bob is addressee number 21: refused, and he sees nothing of it.
+    sender[0].send(f"<presence to='{bob}' id='over'><status>hi</status></presence>")
+    refused = sender[0].recv_until("</presence>", timeout=20)
+    assert "id='over'" in refused and "type='error'" in refused and "<policy-violation" in refused, refused
+    # One already held is not refused; an unavailable frees its place.
+    sender[0].send(f"<presence to='{peers[0]}'/><presence to='{peers[1]}' type='unavailable'/>")
+    sender[0].send(f"<presence to='{bob}' id='fits'><status>now</status></presence>")
+    delivered = receiver[0].recv_until("</presence>", timeout=20)
+    assert "id='fits'" in delivered and "now" in delivered and "hi" not in delivered, delivered
+    # Another user's traffic flows as ever.
+    round_trip(server, other, receiver, "still-here")
+    # When Alice's session ends, Bob learns of it (section 4.6.3).
+    sender[0].close()
+    gone = receiver[0].recv_until("type='unavailable'", timeout=20)
+    assert alice in gone[gone.rindex("<presence") :], gone

@@ -117,13 +117,16 @@ pub trait SessionRegistry: Send + Sync + 'static {
     /// the session exists.
     async fn set_blocklist_interest(&self, jid: &FullJid, addr: &SessionAddr) -> ApiResult<bool>;
     /// Remember that the session sent directed presence to `to` (RFC 6121 section 4.6),
-    /// or forget it when `available` is false.
+    /// or forget it when `available` is false. The session remembers at most
+    /// `max_entries` addressees (issue 18: bounded per session): `false`
+    /// when `to` is new and that many are remembered already (nothing added).
     async fn set_directed_presence(
         &self,
         jid: &FullJid,
         to: &Jid,
         available: bool,
-    ) -> ApiResult<()>;
+        max_entries: usize,
+    ) -> ApiResult<bool>;
     /// The entities the session sent directed presence to; the set is cleared.
     async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>>;
     /// Mark a session's stream as resumable under `id` (XEP-0198), only if

@@ -222,21 +222,48 @@ async fn directed_presence_is_remembered_and_taken(registry: &dyn SessionRegistr
     let room: Jid = "room@muc.example.com/f".parse().unwrap();
     let peer: Jid = "peer@example.org".parse().unwrap();
     registry
-        .set_directed_presence(&jid, &room, true)
+        .set_directed_presence(&jid, &room, true, 2)
         .await
         .unwrap();
     registry
-        .set_directed_presence(&jid, &peer, true)
+        .set_directed_presence(&jid, &peer, true, 2)
         .await
         .unwrap();
     registry
-        .set_directed_presence(&jid, &peer, false)
+        .set_directed_presence(&jid, &peer, false, 2)
         .await
         .unwrap();
     assert_eq!(
         registry.take_directed_presence(&jid).await.unwrap(),
         vec![room.clone()]
     );
+    // Bounded per session: a third addressee is refused, one already held is not.
+    let third: Jid = "third@example.org".parse().unwrap();
+    for to in [&room, &peer] {
+        assert!(registry
+            .set_directed_presence(&jid, to, true, 2)
+            .await
+            .unwrap());
+    }
+    assert!(!registry
+        .set_directed_presence(&jid, &third, true, 2)
+        .await
+        .unwrap());
+    assert!(registry
+        .set_directed_presence(&jid, &peer, true, 2)
+        .await
+        .unwrap());
+    assert!(registry
+        .set_directed_presence(&jid, &peer, false, 2)
+        .await
+        .unwrap());
+    assert!(registry
+        .set_directed_presence(&jid, &third, true, 2)
+        .await
+        .unwrap());
+    let mut held = registry.take_directed_presence(&jid).await.unwrap();
+    held.sort_by_key(|to| to.to_string());
+    assert_eq!(held, vec![room.clone(), third]);
     assert!(registry
         .take_directed_presence(&jid)
         .await
@@ -244,7 +271,7 @@ async fn directed_presence_is_remembered_and_taken(registry: &dyn SessionRegistr
         .is_empty());
     // A replaced session's directed presence goes with it.
     registry
-        .set_directed_presence(&jid, &room, true)
+        .set_directed_presence(&jid, &room, true, 2)
         .await
         .unwrap();
     registry

@@ -209,18 +209,19 @@ impl SessionRegistry for MemoryRegistry {
         jid: &FullJid,
         to: &Jid,
         available: bool,
-    ) -> ApiResult<()> {
+        max_entries: usize,
+    ) -> ApiResult<bool> {
         let mut state = self.state.lock();
         if available {
-            state
-                .directed
-                .entry(jid.clone())
-                .or_default()
-                .insert(to.clone());
+            let set = state.directed.entry(jid.clone()).or_default();
+            if !set.contains(to) && set.len() >= max_entries {
+                return Ok(false);
+            }
+            set.insert(to.clone());
         } else if let Some(set) = state.directed.get_mut(jid) {
             set.remove(to);
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn take_directed_presence(&self, jid: &FullJid) -> ApiResult<Vec<Jid>> {

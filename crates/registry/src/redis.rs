@@ -192,6 +192,15 @@ return 1
 ";
 
 /// KEYS: dir. Return the members and delete the set.
+/// SADD unless the set already holds ARGV[2] other members: 1 when `to` is
+/// (now) a member, 0 when the session's bound was reached.
+const ADD_DIRECTED_SCRIPT: &str = r"
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+";
+
 const TAKE_DIRECTED_SCRIPT: &str = r"
 local members = redis.call('SMEMBERS', KEYS[1])
 redis.call('DEL', KEYS[1])
@@ -207,6 +216,7 @@ pub struct RedisRegistry {
     set_field_script: Script,
     reregister_script: Script,
     take_directed_script: Script,
+    add_directed_script: Script,
     relocate_script: Script,
 }
 
@@ -220,6 +230,7 @@ impl RedisRegistry {
             set_field_script: Script::new(SET_FIELD_SCRIPT),
             reregister_script: Script::new(REREGISTER_SCRIPT),
             take_directed_script: Script::new(TAKE_DIRECTED_SCRIPT),
+            add_directed_script: Script::new(ADD_DIRECTED_SCRIPT),
             relocate_script: Script::new(RELOCATE_SCRIPT),
         }
     }
@@ -597,21 +608,32 @@ impl SessionRegistry for RedisRegistry {
         jid: &FullJid,
         to: &Jid,
         available: bool,
-    ) -> ApiResult<()> {
+        max_entries: usize,
+    ) -> ApiResult<bool> {
         self.client
             .timed(RedisOperation::SetDirectedPresence, async {
                 let mut connection = self.client.connection();
                 let key = self
                     .client
                     .directed_presence_key(&jid.bare().to_string(), jid.resource());
-                let command = if available { "SADD" } else { "SREM" };
-                redis::cmd(command)
-                    .arg(key)
+                if !available {
+                    redis::cmd("SREM")
+                        .arg(key)
+                        .arg(to.to_string())
+                        .query_async::<()>(&mut connection)
+                        .await
+                        .map_err(RegistryError::from)?;
+                    return Ok(true);
+                }
+                let added: i64 = self
+                    .add_directed_script
+                    .key(key)
                     .arg(to.to_string())
-                    .query_async::<()>(&mut connection)
+                    .arg(max_entries)
+                    .invoke_async(&mut connection)
                     .await
                     .map_err(RegistryError::from)?;
-                Ok(())
+                Ok(added == 1)
             })
             .await
     }

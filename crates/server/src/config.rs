@@ -240,6 +240,8 @@ pub struct LimitsConfig {
     /// Bytes waiting in all the outbound queues of one connection-manager.
     pub outbound_queue_bytes_total: u64,
     pub max_resources_per_user: u32,
+    /// Entities one session may have sent directed presence to (RFC 6121 section 4.6) at once.
+    pub max_directed_presences: u32,
     /// A BOSH session with no request for this long ends (XEP-0124 `inactivity`).
     pub bosh_inactivity_secs: u64,
     /// HTTP listeners: from accept, or from the end of the previous response,
@@ -420,6 +422,7 @@ impl Default for LimitsConfig {
             outbound_queue_bytes: 4 * 1024 * 1024,
             outbound_queue_bytes_total: 256 * 1024 * 1024,
             max_resources_per_user: 16,
+            max_directed_presences: 1000,
             bosh_inactivity_secs: 60,
             http_header_timeout_secs: 10,
             http_body_timeout_secs: 30,
@@ -615,7 +618,7 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 16] = [
+        let positive: [(&'static str, u64); 17] = [
             ("limits.outbound_queue_bytes", limits.outbound_queue_bytes),
             (
                 "limits.outbound_queue_bytes_total",
@@ -650,6 +653,10 @@ impl Config {
             (
                 "limits.max_resources_per_user",
                 limits.max_resources_per_user.into(),
+            ),
+            (
+                "limits.max_directed_presences",
+                limits.max_directed_presences.into(),
             ),
             (
                 "storage.max_connections",

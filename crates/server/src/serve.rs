@@ -172,6 +172,7 @@ fn presence_service(
             PresenceConfig {
                 domain: config.domain.clone(),
                 stored_stanza_limits: config.stored_stanza_limits(),
+                max_directed_presences: config.limits.max_directed_presences as usize,
             },
             state.registry.clone(),
             state.bus.clone(),

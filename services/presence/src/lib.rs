@@ -54,6 +54,10 @@ pub struct PresenceConfig {
     /// under: the stream limits' `Limits::for_server_copies`, so that what
     /// the edge accepted always parses again.
     pub stored_stanza_limits: Limits,
+    /// Addressees of directed presence (RFC 6121 section 4.6) one session
+    /// may have outstanding (`limits.max_directed_presences`); past it a
+    /// directed presence to a new addressee is refused with `policy-violation`.
+    pub max_directed_presences: usize,
 }
 
 /// Rosters, subscriptions and presence for the users of one domain.
@@ -67,6 +71,7 @@ pub struct PresenceService {
     /// The block lists (XEP-0191) presence is checked against.
     blocklists: Arc<Blocklists>,
     stored_stanza_limits: Limits,
+    max_directed_presences: usize,
 }
 
 /// A session to deliver to, with the `to` its recipient sees.
@@ -98,6 +103,7 @@ impl PresenceService {
             user_locks: UserLocks::default(),
             blocklists,
             stored_stanza_limits: config.stored_stanza_limits,
+            max_directed_presences: config.max_directed_presences,
         }
     }
 
@@ -120,6 +126,7 @@ impl PresenceService {
             user_locks: &self.user_locks,
             blocklists: &self.blocklists,
             stored_stanza_limits: &self.stored_stanza_limits,
+            max_directed_presences: self.max_directed_presences,
             routed_at,
         }
     }
@@ -139,6 +146,7 @@ pub(crate) struct Call<'a> {
     user_locks: &'a UserLocks,
     blocklists: &'a Blocklists,
     stored_stanza_limits: &'a Limits,
+    max_directed_presences: usize,
     routed_at: Option<SystemTime>,
 }
 

@@ -245,9 +245,23 @@ impl Call<'_> {
                 .is_some_and(|item| item.subscription.has_from());
             if !subscriber {
                 let available = stanza::stanza_type(&presence) != "unavailable";
-                self.registry
-                    .set_directed_presence(from, &target, available)
+                let remembered = self
+                    .registry
+                    .set_directed_presence(from, &target, available, self.max_directed_presences)
                     .await?;
+                if !remembered {
+                    // Issue 18: what a session makes the server remember is
+                    // bounded. Sent without being remembered, the addressee
+                    // would never learn of the session's end (section 4.6.3):
+                    // refused instead (RFC 6120 section 8.3.3.12).
+                    tracing::info!(%from, limit = self.max_directed_presences, "directed presence refused: too many addressees");
+                    let error =
+                        StanzaError::new(StanzaErrorCondition::PolicyViolation).with_text(format!(
+                            "a session may have directed presence out to at most {} entities",
+                            self.max_directed_presences
+                        ));
+                    return self.bounce_to_session(from, addr, &presence, &error).await;
+                }
             }
         }
         self.send_presence(presence).await

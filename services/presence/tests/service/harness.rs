@@ -150,6 +150,7 @@ impl Harness {
             PresenceConfig {
                 domain: DOMAIN.into(),
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
+                max_directed_presences: 1000,
             },
             Arc::clone(&registry) as Arc<dyn SessionRegistry>,
             bus as Arc<dyn Bus>,
