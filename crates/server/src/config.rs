@@ -46,6 +46,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub carbons: CarbonsConfig,
     pub blocking: BlockingConfig,
+    pub pep: PepConfig,
     pub csi: CsiConfig,
     pub sasl2: Sasl2Config,
     pub log: LogConfig,
@@ -281,6 +282,34 @@ impl Default for BlockingConfig {
     }
 }
 
+/// XEP-0163 Personal Eventing Protocol (session-router targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// The largest item payload, serialised, in bytes; a larger publish gets
+    /// `not-acceptable` + `payload-too-big`. 1 to `limits.max_stanza_bytes`.
+    pub max_item_bytes: u64,
+    /// The most items one node keeps (what `pubsub#max_items = max` means);
+    /// a configuration asking for more gets `not-acceptable`. 1 to 10000.
+    pub max_items_per_node: u32,
+    /// The most nodes one account owns; a publish or create past it gets
+    /// `policy-violation` + `max-nodes-exceeded`. 1 to 10000.
+    pub max_nodes_per_account: u32,
+    /// The most members on one node's whitelist; past it `policy-violation`. 1 to 100000.
+    pub max_whitelist_per_node: u32,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            max_item_bytes: 65_536,
+            max_items_per_node: 256,
+            max_nodes_per_account: 256,
+            max_whitelist_per_node: 1000,
+        }
+    }
+}
+
 /// XEP-0352 client state indication (connection-manager targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +372,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             carbons: CarbonsConfig::default(),
             blocking: BlockingConfig::default(),
+            pep: PepConfig::default(),
             csi: CsiConfig::default(),
             sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
@@ -658,6 +688,40 @@ impl Config {
                 key: "blocking.max_items",
                 message: format!("must be between 1 and {MAX_BLOCKING_MAX_ITEMS}"),
             });
+        }
+        if !(1..=limits.max_stanza_bytes).contains(&self.pep.max_item_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "pep.max_item_bytes",
+                message: format!(
+                    "must be between 1 and limits.max_stanza_bytes ({})",
+                    limits.max_stanza_bytes
+                ),
+            });
+        }
+        let pep_bounds = [
+            (
+                "pep.max_items_per_node",
+                self.pep.max_items_per_node,
+                10_000,
+            ),
+            (
+                "pep.max_nodes_per_account",
+                self.pep.max_nodes_per_account,
+                10_000,
+            ),
+            (
+                "pep.max_whitelist_per_node",
+                self.pep.max_whitelist_per_node,
+                100_000,
+            ),
+        ];
+        for (key, value, upper) in pep_bounds {
+            if !(1..=upper).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be between 1 and {upper}"),
+                });
+            }
         }
         if limits.max_stanza_bytes < 10_000 {
             return Err(ConfigError::Invalid {
