@@ -225,15 +225,15 @@ async def test_items_access_models_and_errors(server):
     assert [item["id"] for item in items["pubsub"]["items"]] == ["room@conference.localhost"]
 
     # disco on the account: the PEP identity and features; the nodes dave may see (none).
-    info = await b["xep_0030"].get_info(jid=alice, timeout=20)
+    info = await b.plugin["xep_0030"].get_info(jid=alice, timeout=20)
     assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
     features = info["disco_info"]["features"]
     for feature in ("publish", "publish-options", "auto-create", "retrieve-items", "access-whitelist"):
         assert f"http://jabber.org/protocol/pubsub#{feature}" in features
-    nodes = await b["xep_0030"].get_items(jid=alice, timeout=20)
+    nodes = await b.plugin["xep_0030"].get_items(jid=alice, timeout=20)
     assert sorted(item[1] for item in nodes["disco_items"]["items"]) == sorted([TUNE, "urn:xmpp:bookmarks:1"])
-    nodes = await d["xep_0030"].get_items(jid=alice, timeout=20)
-    assert nodes["disco_items"]["items"] == []
+    nodes = await d.plugin["xep_0030"].get_items(jid=alice, timeout=20)
+    assert not nodes["disco_items"]["items"]
     await logout(a, b, d)
 
 
