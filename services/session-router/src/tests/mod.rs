@@ -9,6 +9,7 @@ mod carbons;
 mod iq;
 mod message;
 mod metrics;
+mod pep;
 mod presence;
 mod undeliverable;
 mod xml;
