@@ -3,7 +3,7 @@
 //! XEP-0060 names; and the XEP-0115 query the router sends for an unknown
 //! `ver`, whose answer is verified before storage learns it.
 
-use starling_api::{CapsRecord, PepStore, RosterItem, Subscription};
+use starling_api::{CapsRecord, RosterItem, Subscription};
 use starling_bus::Recipient;
 
 use super::*;
