@@ -18,7 +18,7 @@ use starling_api::{
     AccessModel, ApiResult, PepItem, PepLimits, PepNode, SendLastPublished, SessionRecord,
 };
 use starling_bus::deliver_to_sessions;
-use starling_jid::{BareJid, FullJid};
+use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{ns, parse_element, Element, Limits};
 
 use crate::router::SessionRouter;
@@ -144,8 +144,22 @@ impl SessionRouter {
             accounts.push(item.jid);
         }
         let mut recipients = Vec::new();
+        let owner_address = Jid::from(owner.clone());
         for account in &accounts {
+            // XEP-0191 section 3.3: nothing goes from a user to an address
+            // it blocked, nor to a user who blocked it.
+            if account != owner && self.blocklists.blocks(account, &owner_address).await? {
+                continue;
+            }
             for session in self.registry.sessions(account).await? {
+                if account != owner
+                    && self
+                        .blocklists
+                        .blocks(owner, &Jid::from(session.jid.clone()))
+                        .await?
+                {
+                    continue;
+                }
                 if session.available && self.session_wants(&session, &interest).await {
                     recipients.push(session);
                 }
@@ -251,7 +265,17 @@ impl SessionRouter {
                 .map(|item| item.jid),
         );
         let recipient = [session.clone()];
+        let subscriber_address = Jid::from(session.jid.clone());
         for owner in &owners {
+            if owner != &subscriber
+                && (self.blocklists.blocks(owner, &subscriber_address).await?
+                    || self
+                        .blocklists
+                        .blocks(&subscriber, &Jid::from(owner.clone()))
+                        .await?)
+            {
+                continue;
+            }
             for (node, item) in self.storage.pep_last_items(owner, &interests).await? {
                 if node.config.send_last_published_item != SendLastPublished::OnSubAndPresence {
                     continue;

@@ -305,3 +305,23 @@ async fn an_unknown_ver_is_asked_for_and_learnt_only_when_it_verifies() {
         .await;
     harness.assert_nothing_delivered();
 }
+
+#[tokio::test]
+async fn a_blocked_contact_gets_no_notification() {
+    let mut harness = Harness::new().await;
+    juliet_and_her_contacts(&mut harness).await;
+    harness
+        .send(JULIET, CM_TEST, 1, "<iq id='b' type='set'><block xmlns='urn:xmpp:blocking'><item jid='romeo@example.com'/></block></iq>")
+        .await;
+    harness.seen_on_test();
+    harness.seen_on_other();
+    harness
+        .send(JULIET, CM_TEST, 1, &format!("<iq id='p' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{MOOD}'><item id='1'><mood xmlns='{MOOD}'/></item></publish></pubsub></iq>"))
+        .await;
+    let seen = stanzas(harness.seen_on_test());
+    assert!(
+        seen[0].1.starts_with("<iq type='result' id='p'"),
+        "{seen:?}"
+    );
+    assert_eq!(harness.seen_on_other(), Vec::new());
+}
