@@ -372,6 +372,20 @@ fn config_form(config: &PepNodeConfig) -> Element {
         ))
 }
 
+/// The node `node_name` of `owner`; `item-not-found` when there is none.
+async fn existing_node(
+    router: &SessionRouter,
+    owner: &BareJid,
+    node_name: &str,
+) -> Result<PepNode, PubsubError> {
+    router
+        .storage
+        .pep_node(owner, node_name)
+        .await
+        .map_err(|error| PubsubError::from_api(&error))?
+        .ok_or_else(no_node)
+}
+
 fn result_with(iq: &Element, payload: Element) -> Element {
     stanza::iq_result(iq).with_child(payload)
 }
@@ -541,13 +555,7 @@ impl Pep {
             ));
         };
         let storage = &router.storage;
-        let Some(node) = storage
-            .pep_node(&parties.owner, node_name)
-            .await
-            .map_err(|error| PubsubError::from_api(&error))?
-        else {
-            return Err(no_node());
-        };
+        let node = existing_node(router, &parties.owner, node_name).await?;
         let removed = storage
             .retract_pep_item(&parties.owner, node_name, item_id)
             .await
@@ -579,13 +587,7 @@ impl Pep {
     ) -> Answer {
         let node_name = node_attribute(items)?;
         let storage = &router.storage;
-        let Some(node) = storage
-            .pep_node(&parties.owner, node_name)
-            .await
-            .map_err(|error| PubsubError::from_api(&error))?
-        else {
-            return Err(no_node());
-        };
+        let node = existing_node(router, &parties.owner, node_name).await?;
         router
             .pep_access(&parties.owner, &node, &parties.requester)
             .await
@@ -698,11 +700,7 @@ impl Pep {
             )),
             (IqType::Get, "configure") => {
                 let node_name = node_attribute(request)?;
-                let node = storage
-                    .pep_node(owner, node_name)
-                    .await
-                    .map_err(api)?
-                    .ok_or_else(no_node)?;
+                let node = existing_node(router, owner, node_name).await?;
                 Ok(result_with(
                     iq,
                     Element::new("pubsub", ns::PUBSUB_OWNER).with_child(
@@ -714,11 +712,7 @@ impl Pep {
             }
             (IqType::Set, "configure") => {
                 let node_name = node_attribute(request)?;
-                let node = storage
-                    .pep_node(owner, node_name)
-                    .await
-                    .map_err(api)?
-                    .ok_or_else(no_node)?;
+                let node = existing_node(router, owner, node_name).await?;
                 let Some(form) = request.children().next() else {
                     return Err(PubsubError::new(StanzaErrorCondition::BadRequest)
                         .text("a configure set carries a form"));
@@ -741,11 +735,7 @@ impl Pep {
             }
             (IqType::Set, "delete") => {
                 let node_name = node_attribute(request)?;
-                let node = storage
-                    .pep_node(owner, node_name)
-                    .await
-                    .map_err(api)?
-                    .ok_or_else(no_node)?;
+                let node = existing_node(router, owner, node_name).await?;
                 // The subscribers are computed before the node (and its
                 // whitelist) goes, then told (section 8.4.2).
                 let recipients = router.pep_recipients(owner, &node).await;
@@ -771,11 +761,7 @@ impl Pep {
             }
             (IqType::Get, "affiliations") => {
                 let node_name = node_attribute(request)?;
-                storage
-                    .pep_node(owner, node_name)
-                    .await
-                    .map_err(api)?
-                    .ok_or_else(no_node)?;
+                existing_node(router, owner, node_name).await?;
                 let members = storage.pep_whitelist(owner, node_name).await.map_err(api)?;
                 let mut affiliations =
                     Element::new("affiliations", ns::PUBSUB_OWNER).with_attr("node", node_name);

@@ -218,13 +218,28 @@ pub(crate) async fn delete_pep_node(
     account: &AccountAddress<'_>,
     node: &str,
 ) -> Result<bool, StorageError> {
+    delete_under_lock(pool, account, node, None).await
+}
+
+/// Delete a node (`item_id` `None`) or one of its items, under the
+/// account's lock; whether it existed.
+async fn delete_under_lock(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+    node: &str,
+    item_id: Option<&str>,
+) -> Result<bool, StorageError> {
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
     let account_id = lock_account(&mut transaction, account).await?;
-    let deleted = sqlx::query("DELETE FROM pep_nodes WHERE account_id = $1 AND node = $2")
-        .bind(account_id)
-        .bind(node)
-        .execute(&mut *transaction)
-        .await?;
+    let statement = match item_id {
+        None => "DELETE FROM pep_nodes WHERE account_id = $1 AND node = $2",
+        Some(_) => "DELETE FROM pep_items WHERE account_id = $1 AND node = $2 AND item_id = $3",
+    };
+    let mut query = sqlx::query(statement).bind(account_id).bind(node);
+    if let Some(item_id) = item_id {
+        query = query.bind(item_id);
+    }
+    let deleted = query.execute(&mut *transaction).await?;
     transaction.commit().await?;
     Ok(deleted.rows_affected() > 0)
 }
@@ -382,17 +397,7 @@ pub(crate) async fn retract_pep_item(
     node: &str,
     item_id: &str,
 ) -> Result<bool, StorageError> {
-    let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
-    let account_id = lock_account(&mut transaction, account).await?;
-    let deleted =
-        sqlx::query("DELETE FROM pep_items WHERE account_id = $1 AND node = $2 AND item_id = $3")
-            .bind(account_id)
-            .bind(node)
-            .bind(item_id)
-            .execute(&mut *transaction)
-            .await?;
-    transaction.commit().await?;
-    Ok(deleted.rows_affected() > 0)
+    delete_under_lock(pool, account, node, Some(item_id)).await
 }
 
 /// A node's whitelist, sorted.
