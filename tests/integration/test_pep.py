@@ -288,3 +288,45 @@ async def test_notification_across_connection_managers(cluster):  # noqa: F811
     kind, msg = await next_event(b, timeout=30)
     assert event_items(msg) == (MOOD, [("item", "across", "from cm-1")])
     await logout(a, b)
+
+
+BOOKMARKS = "urn:xmpp:bookmarks:1"
+
+
+async def test_bookmarks_2_on_a_whitelist_node(server):
+    """XEP-0402: bookmarks as items of `urn:xmpp:bookmarks:1`, published with
+    the publish-options of section 3.2 (whitelist, max, never); the owner's
+    other resources are notified, a subscribed contact neither is nor may read
+    them, and a new session gets no last item (send_last_published_item never)."""
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    a1 = await pep_login(server, alice, alice_pw, "phone", notify=[BOOKMARKS])
+    a2 = await pep_login(server, alice, alice_pw, "laptop", notify=[BOOKMARKS])
+    b = await pep_login(server, bob, bob_pw, "desk", notify=[BOOKMARKS])
+    await befriend(a1, b, bob)
+    options = publish_options(
+        a1, persist_items="true", max_items="max", send_last_published_item="never", access_model="whitelist"
+    )
+    conference = ET.fromstring(f"<conference xmlns='{BOOKMARKS}' name='The Orchard' autojoin='true'><nick>alice</nick></conference>")
+    await publish(a1, BOOKMARKS, "orchard@conference.localhost", conference, options)
+    kind, msg = await next_event(a2)
+    items = msg.xml.find(f"{{{EVENT}}}event/{{{EVENT}}}items")
+    assert items.get("node") == BOOKMARKS
+    assert items.find(f"{{{EVENT}}}item").get("id") == "orchard@conference.localhost"
+    assert items.find(f"{{{EVENT}}}item/{{{BOOKMARKS}}}conference").get("name") == "The Orchard"
+    await handled(b)
+    assert no_event(b)
+    assert await iq_error(b.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=20)) == ("not-allowed", "closed-node")
+    # Section 3.4: a retraction with notify='true' reaches the other resource.
+    await a1.plugin["xep_0060"].retract(alice, BOOKMARKS, "orchard@conference.localhost", notify=True, timeout=20)
+    kind, msg = await next_event(a2)
+    assert kind == "retract"
+    await publish(a1, BOOKMARKS, "garden@conference.localhost", conference, options)
+    await next_event(a2)
+    # A new session: no last item (never), but the items on request.
+    a3 = await pep_login(server, alice, alice_pw, "tablet", notify=[BOOKMARKS])
+    await handled(a3)
+    assert no_event(a3)
+    items = await a3.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=20)
+    assert [item["id"] for item in items["pubsub"]["items"]] == ["garden@conference.localhost"]
+    await logout(a1, a2, a3, b)
