@@ -30,6 +30,12 @@ pub(crate) const CAPS_QUERY_ID_PREFIX: &str = "caps-";
 /// How many verified records a router keeps in memory.
 const LOCAL_RECORDS: usize = 4096;
 
+/// The largest feature set remembered (count, and bytes together): a
+/// client's answer is what it says, so its size is bounded before storage
+/// keeps it.
+const MAX_CAPS_FEATURES: usize = 1024;
+const MAX_CAPS_BYTES: usize = 64 * 1024;
+
 /// A verified record's key: the hash function and the ver.
 type CapsKey = (String, String);
 
@@ -245,6 +251,12 @@ impl SessionRouter {
                 .filter(|feature| !feature.contains('\n') && !feature.contains('\0'))
                 .collect(),
         };
+        let bytes: usize = record.features.iter().map(String::len).sum();
+        if record.features.len() > MAX_CAPS_FEATURES || bytes > MAX_CAPS_BYTES {
+            tracing::info!(jid = %from, features = record.features.len(), bytes, "caps answer too large, ignored");
+            self.metrics.count_caps_query(CapsOutcome::Refused);
+            return;
+        }
         if let Err(error) = self.storage.put_caps(&record).await {
             tracing::warn!(jid = %from, %error, "storing a caps record failed");
             return;
