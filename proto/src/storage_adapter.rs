@@ -24,6 +24,8 @@ use crate::storage::v1 as proto;
 use crate::storage::v1::storage_client::StorageClient;
 use crate::storage::v1::storage_server::{Storage, StorageServer};
 
+mod pep;
+
 /// The tonic service serving `api` as `starling.storage.v1.Storage`.
 pub fn storage_service(api: Arc<dyn StorageApi>) -> StorageServer<StorageGrpcServer> {
     StorageServer::new(StorageGrpcServer { api })
@@ -69,6 +71,97 @@ fn parse_jid(field: &str, value: &str) -> Result<Jid, String> {
 
 #[tonic::async_trait]
 impl Storage for StorageGrpcServer {
+    async fn get_pep_nodes(
+        &self,
+        request: Request<proto::GetPepNodesRequest>,
+    ) -> Result<Response<proto::GetPepNodesResponse>, Status> {
+        pep::get_pep_nodes(&self.api, request).await
+    }
+
+    async fn get_pep_node(
+        &self,
+        request: Request<proto::GetPepNodeRequest>,
+    ) -> Result<Response<proto::GetPepNodeResponse>, Status> {
+        pep::get_pep_node(&self.api, request).await
+    }
+
+    async fn create_pep_node(
+        &self,
+        request: Request<proto::CreatePepNodeRequest>,
+    ) -> Result<Response<proto::CreatePepNodeResponse>, Status> {
+        pep::create_pep_node(&self.api, request).await
+    }
+
+    async fn configure_pep_node(
+        &self,
+        request: Request<proto::ConfigurePepNodeRequest>,
+    ) -> Result<Response<proto::ConfigurePepNodeResponse>, Status> {
+        pep::configure_pep_node(&self.api, request).await
+    }
+
+    async fn delete_pep_node(
+        &self,
+        request: Request<proto::DeletePepNodeRequest>,
+    ) -> Result<Response<proto::DeletePepNodeResponse>, Status> {
+        pep::delete_pep_node(&self.api, request).await
+    }
+
+    async fn publish_pep_item(
+        &self,
+        request: Request<proto::PublishPepItemRequest>,
+    ) -> Result<Response<proto::PublishPepItemResponse>, Status> {
+        pep::publish_pep_item(&self.api, request).await
+    }
+
+    async fn get_pep_items(
+        &self,
+        request: Request<proto::GetPepItemsRequest>,
+    ) -> Result<Response<proto::GetPepItemsResponse>, Status> {
+        pep::get_pep_items(&self.api, request).await
+    }
+
+    async fn get_pep_last_items(
+        &self,
+        request: Request<proto::GetPepLastItemsRequest>,
+    ) -> Result<Response<proto::GetPepLastItemsResponse>, Status> {
+        pep::get_pep_last_items(&self.api, request).await
+    }
+
+    async fn retract_pep_item(
+        &self,
+        request: Request<proto::RetractPepItemRequest>,
+    ) -> Result<Response<proto::RetractPepItemResponse>, Status> {
+        pep::retract_pep_item(&self.api, request).await
+    }
+
+    async fn get_pep_whitelist(
+        &self,
+        request: Request<proto::GetPepWhitelistRequest>,
+    ) -> Result<Response<proto::GetPepWhitelistResponse>, Status> {
+        pep::get_pep_whitelist(&self.api, request).await
+    }
+
+    async fn update_pep_whitelist(
+        &self,
+        request: Request<proto::UpdatePepWhitelistRequest>,
+    ) -> Result<Response<proto::UpdatePepWhitelistResponse>, Status> {
+        pep::update_pep_whitelist(&self.api, request).await
+    }
+
+    async fn get_caps_features(
+        &self,
+        request: Request<proto::GetCapsFeaturesRequest>,
+    ) -> Result<Response<proto::GetCapsFeaturesResponse>, Status> {
+        pep::get_caps_features(&self.api, request).await
+    }
+
+    async fn put_caps(
+        &self,
+        request: Request<proto::PutCapsRequest>,
+    ) -> Result<Response<proto::PutCapsResponse>, Status> {
+        pep::put_caps(&self.api, request).await
+    }
+
     async fn create_account(
         &self,
         request: Request<proto::CreateAccountRequest>,

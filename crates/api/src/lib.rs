@@ -10,6 +10,7 @@ pub mod error;
 pub mod feature;
 pub mod last_activity;
 pub mod origin_time;
+pub mod pep;
 pub mod presence;
 pub mod registry;
 pub mod resumption;
@@ -19,6 +20,10 @@ pub mod storage;
 pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
+pub use pep::{
+    AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode, PepNodeConfig,
+    PepPublish, PepPublishOutcome, PepStore, SendLastPublished,
+};
 pub use presence::PresenceApi;
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
 pub use resumption::{ResumptionStore, DETACHED_NODE};

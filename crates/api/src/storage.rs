@@ -7,6 +7,7 @@ use starling_jid::BareJid;
 
 use crate::blocking::BlockingStore;
 use crate::error::ApiResult;
+use crate::pep::PepStore;
 
 /// Salted SCRAM keys for one hash function (RFC 5802 section 3). The password
 /// itself is never stored.
@@ -141,7 +142,13 @@ impl RosterItem {
 /// PostgreSQL) and by the gRPC client. Code that needs one feature's data
 /// imports that feature's trait.
 pub trait StorageApi:
-    AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore + FastTokenStore
+    AccountStore
+    + RosterStore
+    + OfflineStore
+    + AccountDataStore
+    + BlockingStore
+    + FastTokenStore
+    + PepStore
 {
 }
 
@@ -152,6 +159,7 @@ impl<
             + AccountDataStore
             + BlockingStore
             + FastTokenStore
+            + PepStore
             + ?Sized,
     > StorageApi for T
 {

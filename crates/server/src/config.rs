@@ -46,6 +46,7 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub carbons: CarbonsConfig,
     pub blocking: BlockingConfig,
+    pub pep: PepConfig,
     pub csi: CsiConfig,
     pub sasl2: Sasl2Config,
     pub log: LogConfig,
@@ -297,6 +298,38 @@ impl Default for BlockingConfig {
     }
 }
 
+/// XEP-0163 Personal Eventing Protocol (session-router targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    /// The largest item payload, serialised, in bytes; a larger publish gets
+    /// `not-acceptable` + `payload-too-big`. 1 to 16 MiB; the stanza size
+    /// limit (`limits.max_stanza_bytes`) applies first.
+    pub max_item_bytes: u64,
+    /// The most items one node keeps (what `pubsub#max_items = max` means);
+    /// a configuration asking for more gets `not-acceptable`. 1 to 10000.
+    pub max_items_per_node: u32,
+    /// The most nodes one account owns; a publish or create past it gets
+    /// `policy-violation` + `max-nodes-exceeded`. 1 to 10000.
+    pub max_nodes_per_account: u32,
+    /// The most members on one node's whitelist; past it `policy-violation`. 1 to 100000.
+    pub max_whitelist_per_node: u32,
+}
+
+/// The upper bound of `pep.max_item_bytes`.
+pub const MAX_PEP_ITEM_BYTES: u64 = 16 * 1024 * 1024;
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        PepConfig {
+            max_item_bytes: 65_536,
+            max_items_per_node: 256,
+            max_nodes_per_account: 256,
+            max_whitelist_per_node: 1000,
+        }
+    }
+}
+
 /// XEP-0352 client state indication (connection-manager targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -360,6 +393,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             carbons: CarbonsConfig::default(),
             blocking: BlockingConfig::default(),
+            pep: PepConfig::default(),
             csi: CsiConfig::default(),
             sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
@@ -680,6 +714,39 @@ impl Config {
                 key: "blocking.max_items",
                 message: format!("must be between 1 and {MAX_BLOCKING_MAX_ITEMS}"),
             });
+        }
+        // The stanza size limit applies first: an item larger than it never
+        // arrives whole, whatever this says.
+        if !(1..=MAX_PEP_ITEM_BYTES).contains(&self.pep.max_item_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "pep.max_item_bytes",
+                message: format!("must be between 1 and {MAX_PEP_ITEM_BYTES}"),
+            });
+        }
+        let pep_bounds = [
+            (
+                "pep.max_items_per_node",
+                self.pep.max_items_per_node,
+                10_000,
+            ),
+            (
+                "pep.max_nodes_per_account",
+                self.pep.max_nodes_per_account,
+                10_000,
+            ),
+            (
+                "pep.max_whitelist_per_node",
+                self.pep.max_whitelist_per_node,
+                100_000,
+            ),
+        ];
+        for (key, value, upper) in pep_bounds {
+            if !(1..=upper).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be between 1 and {upper}"),
+                });
+            }
         }
         if limits.max_stanza_bytes < 10_000 {
             return Err(ConfigError::Invalid {
@@ -1064,6 +1131,33 @@ mod tests {
         assert_eq!(config.domain, "example.org");
         assert_eq!(config.c2s_tls_addr(), None);
         assert_eq!(config.limits.max_stanza_bytes, 65536);
+    }
+
+    #[test]
+    fn pep_limits_are_validated_by_key() {
+        let config = Config::from_toml_str("test", "", &env(&[])).unwrap();
+        assert_eq!(config.pep, PepConfig::default());
+        for (text, key) in [
+            ("[pep]\nmax_item_bytes = 0\n", "pep.max_item_bytes"),
+            ("[pep]\nmax_items_per_node = 0\n", "pep.max_items_per_node"),
+            (
+                "[pep]\nmax_nodes_per_account = 20000\n",
+                "pep.max_nodes_per_account",
+            ),
+            (
+                "[pep]\nmax_whitelist_per_node = 0\n",
+                "pep.max_whitelist_per_node",
+            ),
+        ] {
+            match Config::from_toml_str("test", text, &env(&[])) {
+                Err(ConfigError::Invalid { key: invalid, .. }) => assert_eq!(invalid, key),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let config =
+            Config::from_toml_str("test", "", &env(&[("STARLING_PEP_MAX_ITEM_BYTES", "1000")]))
+                .unwrap();
+        assert_eq!(config.pep.max_item_bytes, 1000);
     }
 
     #[test]

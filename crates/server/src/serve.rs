@@ -108,6 +108,12 @@ fn router_config(config: &Config) -> RouterConfig {
         server_version: env!("CARGO_PKG_VERSION").into(),
         carbons: config.carbons.enabled,
         blocking_max_items: config.blocking.max_items as usize,
+        pep: starling_session_router::PepSettings {
+            max_item_bytes: usize::try_from(config.pep.max_item_bytes).unwrap_or(usize::MAX),
+            max_items_per_node: config.pep.max_items_per_node,
+            max_nodes_per_account: config.pep.max_nodes_per_account,
+            max_whitelist_per_node: config.pep.max_whitelist_per_node,
+        },
     }
 }
 

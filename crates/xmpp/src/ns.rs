@@ -44,3 +44,14 @@ pub const DIRECT_MUC_INVITATION: &str = "jabber:x:conference";
 pub const BLOCKING: &str = "urn:xmpp:blocking";
 pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 pub const REPORTING: &str = "urn:xmpp:reporting:1";
+/// XEP-0115 Entity Capabilities.
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
+/// XEP-0060 Publish-Subscribe, and its owner, event and error namespaces.
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// XEP-0004 Data Forms.
+pub const DATA_FORMS: &str = "jabber:x:data";

@@ -151,6 +151,10 @@ impl SessionRouter {
         iq_type: IqType,
     ) -> Option<Element> {
         if !iq_type.is_request() {
+            // The answer to a XEP-0115 query the PEP service sent.
+            if crate::pep::caps::is_caps_answer(&iq) {
+                self.caps_answer(&iq).await;
+            }
             return None;
         }
         self.answer_request(routing, Addressee::Server, iq, iq_type)

@@ -37,11 +37,13 @@ mod iq;
 mod message;
 mod metrics;
 mod offline;
+mod pep;
 mod resumption;
 mod router;
 mod session;
 
 pub use metrics::RouterMetrics;
+pub use pep::PepSettings;
 pub use resumption::spawn_resumption_expiry;
 pub use router::{RouterConfig, RouterHandle, SessionRouter};
 

@@ -103,6 +103,21 @@ pub struct RouterMetrics {
     duration: [Histogram; 3],
     /// Per direction (sent, received): delivered, unreached, failed.
     carbons: [[IntCounter; 3]; 2],
+    /// PEP notifications (XEP-0163), one per resource: delivered, unreached, failed.
+    pep_notifications: [IntCounter; 3],
+    /// XEP-0115 disco#info queries: sent, verified, refused (hash mismatch or invalid).
+    caps_queries: [IntCounter; 3],
+}
+
+const PEP_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
+const CAPS_OUTCOMES: [&str; 3] = ["sent", "verified", "refused"];
+
+/// What became of one XEP-0115 disco#info query (the `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CapsOutcome {
+    Sent,
+    Verified,
+    Refused,
 }
 
 const CARBON_DIRECTIONS: [Direction; 2] = [Direction::Sent, Direction::Received];
@@ -156,8 +171,27 @@ impl RouterMetrics {
         )?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let pep_notifications = IntCounterVec::new(
+            Opts::new(
+                "starling_router_pep_notifications_total",
+                "PEP (XEP-0163) event notifications, one per resource, by outcome (delivered, unreached, failed)",
+            ),
+            &["outcome"],
+        )?;
+        let caps_queries = IntCounterVec::new(
+            Opts::new(
+                "starling_router_caps_queries_total",
+                "XEP-0115 disco#info queries for unknown capabilities, by outcome (sent, verified, refused)",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(carbons.clone()))?;
+        registry.register(Box::new(pep_notifications.clone()))?;
+        registry.register(Box::new(caps_queries.clone()))?;
         Ok(RouterMetrics {
+            pep_notifications: PEP_OUTCOMES
+                .map(|outcome| pep_notifications.with_label_values(&[outcome])),
+            caps_queries: CAPS_OUTCOMES.map(|outcome| caps_queries.with_label_values(&[outcome])),
             routed: KINDS.map(|kind| {
                 Decision::ALL
                     .map(|decision| routed.with_label_values(&[kind_label(kind), decision.label()]))
@@ -181,6 +215,28 @@ impl RouterMetrics {
         let counters = &self.carbons[direction_index(direction)];
         counters[0].inc_by(delivered as u64);
         counters[1].inc_by(unreached as u64);
+    }
+
+    /// PEP notifications published to `delivered` resources; `unreached`
+    /// more whose node had no subscriber (a notification is not stored:
+    /// the item is, and is sent again on the next available presence).
+    pub(crate) fn count_pep_notifications(&self, delivered: usize, unreached: usize) {
+        self.pep_notifications[0].inc_by(delivered as u64);
+        self.pep_notifications[1].inc_by(unreached as u64);
+    }
+
+    /// The notifications of one publish could not be computed (a dependency failed).
+    pub(crate) fn pep_notifications_failed(&self) {
+        self.pep_notifications[2].inc();
+    }
+
+    pub(crate) fn count_caps_query(&self, outcome: CapsOutcome) {
+        let index = match outcome {
+            CapsOutcome::Sent => 0,
+            CapsOutcome::Verified => 1,
+            CapsOutcome::Refused => 2,
+        };
+        self.caps_queries[index].inc();
     }
 
     /// The copies of one message could not be computed (the registry failed).

@@ -37,6 +37,8 @@ pub struct RouterConfig {
     /// The most items one account's block list may hold (XEP-0191,
     /// `blocking.max_items`); a block request past it gets `policy-violation`.
     pub blocking_max_items: usize,
+    /// The PEP limits (XEP-0163, `pep.*`).
+    pub pep: crate::pep::PepSettings,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -133,6 +135,9 @@ pub struct SessionRouter {
     pub(crate) resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
     /// The block lists (XEP-0191) every stanza is checked against, cached.
     pub(crate) blocklists: Arc<Blocklists>,
+    /// Verified entity capabilities (XEP-0115) this router used, in front
+    /// of the records storage shares with the whole cluster.
+    pub(crate) caps: crate::pep::caps::CapsCache,
 }
 
 impl SessionRouter {
@@ -164,6 +169,7 @@ impl SessionRouter {
             started_at: SystemTime::now(),
             metrics: RouterMetrics::default(),
             resumption: None,
+            caps: crate::pep::caps::CapsCache::default(),
         }
     }
 
@@ -294,9 +300,22 @@ impl SessionRouter {
         note_decision("presence");
         match routing.origin {
             Origin::Session { jid, addr } => {
+                // XEP-0115 for PEP (XEP-0163 section 4.3): the capabilities
+                // of an available presence are read once the presence
+                // service has recorded it (the session's `+notify` interests
+                // are then those of its stored presence).
+                let previous = self
+                    .session_before_caps_presence(jid, &presence_stanza)
+                    .await;
+                let caps_presence = previous.is_some().then(|| presence_stanza.clone());
                 presence
                     .outbound_presence(jid, addr, presence_stanza, routing.routed_at)
-                    .await
+                    .await?;
+                if let Some(caps_presence) = caps_presence {
+                    self.caps_on_presence(jid, addr, &caps_presence, previous)
+                        .await;
+                }
+                Ok(())
             }
             Origin::Server => match self.destination(routing, &presence_stanza) {
                 Ok(Destination::Absent) => {

@@ -59,6 +59,12 @@ pub enum StorageError {
     /// The block list of the user is full (XEP-0191, `blocking.max_items`).
     #[error("block list of {user} is full ({limit} items)")]
     BlocklistFull { user: String, limit: u32 },
+    /// The PEP node (XEP-0163) does not exist.
+    #[error("no such pep node: {0}")]
+    PepNodeNotFound(String),
+    /// A PEP bound (`pep.max_nodes_per_account`, whitelist members) was reached.
+    #[error("pep {what} limit reached ({limit})")]
+    PepLimit { what: &'static str, limit: u32 },
     /// A stored row cannot be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     CorruptData(String),
@@ -88,6 +94,8 @@ impl StorageError {
                 | StorageError::RosterFull { .. }
                 | StorageError::AccountDataFull { .. }
                 | StorageError::BlocklistFull { .. }
+                | StorageError::PepNodeNotFound(_)
+                | StorageError::PepLimit { .. }
         )
     }
 }
@@ -97,7 +105,10 @@ impl From<StorageError> for ApiError {
         let text = error.to_string();
         match error {
             StorageError::Invalid(_) => ApiError::Invalid(text),
-            StorageError::AccountNotFound(_) => ApiError::NotFound(text),
+            StorageError::AccountNotFound(_) | StorageError::PepNodeNotFound(_) => {
+                ApiError::NotFound(text)
+            }
+            StorageError::PepLimit { .. } => ApiError::LimitReached(text),
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
             StorageError::OfflineQueueFull { .. }
             | StorageError::RosterFull { .. }

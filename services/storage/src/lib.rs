@@ -142,6 +142,7 @@ mod accounts;
 mod blocking;
 mod fast;
 mod offline;
+mod pep;
 mod roster;
 
 impl Storage {

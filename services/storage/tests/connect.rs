@@ -304,6 +304,10 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "blocklist_items",
             "fast_tokens",
             "offline_messages",
+            "caps_features",
+            "pep_items",
+            "pep_nodes",
+            "pep_whitelist",
             "roster_groups",
             "roster_items",
             "scram_credentials"
@@ -334,7 +338,10 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
     assert_eq!(sqlite_indexes, postgres_indexes);
     assert_eq!(
         sqlite_indexes,
-        BTreeSet::from(["accounts_by_address".to_string()])
+        BTreeSet::from([
+            "accounts_by_address".to_string(),
+            "pep_items_by_seq".to_string()
+        ])
     );
 }
 

@@ -54,6 +54,7 @@ fn is_not_found<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
 
 pub mod cases {
     pub use super::blocking_cases::*;
+    pub use super::pep_cases::*;
     use super::*;
 
     pub async fn accounts_create_duplicate_list_remove(storage: Storage) {
@@ -938,6 +939,404 @@ pub mod blocking_cases {
     }
 }
 
+pub mod pep_cases {
+    use super::*;
+    use starling_api::{
+        AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode,
+        PepNodeConfig, PepPublish, PepPublishOutcome, PepStore,
+    };
+
+    const LIMITS: PepLimits = PepLimits {
+        max_items_per_node: 3,
+        max_nodes_per_account: 2,
+    };
+
+    fn item(id: &str) -> PepItem {
+        PepItem {
+            id: id.into(),
+            publisher: "alice@example.org/phone".into(),
+            payload_xml: format!(
+                "<mood xmlns='http://jabber.org/protocol/mood'><text>{id}</text></mood>"
+            ),
+        }
+    }
+
+    fn publish(node: &str, id: &str, options: PepConfigPatch) -> PepPublish {
+        PepPublish {
+            node: node.into(),
+            item: Some(item(id)),
+            options,
+        }
+    }
+
+    fn ids(items: &[PepItem]) -> Vec<&str> {
+        items.iter().map(|item| item.id.as_str()).collect()
+    }
+
+    async fn published(storage: &Storage, owner: &BareJid, publish: &PepPublish) -> PepNode {
+        match storage
+            .publish_pep_item(owner, publish, LIMITS)
+            .await
+            .unwrap()
+        {
+            PepPublishOutcome::Published { node, .. } => node,
+            other => panic!("not published: {other:?}"),
+        }
+    }
+
+    pub async fn pep_publish_auto_creates_and_keeps_max_items(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let many = PepConfigPatch {
+            max_items: Some(MaxItems::Count(2)),
+            ..PepConfigPatch::default()
+        };
+        let outcome = storage
+            .publish_pep_item(&alice, &publish("urn:mood", "a", many), LIMITS)
+            .await
+            .unwrap();
+        let PepPublishOutcome::Published { node, created } = outcome else {
+            panic!("not published: {outcome:?}");
+        };
+        assert!(created);
+        assert_eq!(node.config.max_items, MaxItems::Count(2));
+        assert_eq!(node.config.access_model, AccessModel::Presence);
+        published(
+            &storage,
+            &alice,
+            &publish("urn:mood", "b", PepConfigPatch::default()),
+        )
+        .await;
+        published(
+            &storage,
+            &alice,
+            &publish("urn:mood", "c", PepConfigPatch::default()),
+        )
+        .await;
+        // Two kept, newest first; the oldest went.
+        let all = storage
+            .pep_items(&alice, "urn:mood", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&all), vec!["c", "b"]);
+        assert_eq!(all[0], item("c"));
+        let newest = storage
+            .pep_items(&alice, "urn:mood", &[], Some(1))
+            .await
+            .unwrap();
+        assert_eq!(ids(&newest), vec!["c"]);
+        let by_id = storage
+            .pep_items(
+                &alice,
+                "urn:mood",
+                &["b".into(), "a".into(), "b".into()],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(ids(&by_id), vec!["b"]);
+        // Publishing an existing id replaces it and makes it the newest.
+        published(
+            &storage,
+            &alice,
+            &publish("urn:mood", "b", PepConfigPatch::default()),
+        )
+        .await;
+        let all = storage
+            .pep_items(&alice, "urn:mood", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&all), vec!["b", "c"]);
+        let last = storage
+            .pep_last_items(&alice, &["urn:mood".into(), "urn:none".into()])
+            .await
+            .unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(
+            (last[0].0.name.as_str(), last[0].1.id.as_str()),
+            ("urn:mood", "b")
+        );
+        // `max` means the server's limit.
+        let max = PepConfigPatch {
+            max_items: Some(MaxItems::Max),
+            ..PepConfigPatch::default()
+        };
+        for id in ["1", "2", "3", "4", "5"] {
+            published(&storage, &alice, &publish("urn:many", id, max)).await;
+        }
+        let all = storage
+            .pep_items(&alice, "urn:many", &[], None)
+            .await
+            .unwrap();
+        assert_eq!(ids(&all), vec!["5", "4", "3"]);
+        assert_eq!(
+            storage
+                .pep_node(&alice, "urn:many")
+                .await
+                .unwrap()
+                .unwrap()
+                .config
+                .max_items,
+            MaxItems::Max
+        );
+        // Another account's node of the same name is another node.
+        let bob = account(&storage, "bob@example.org").await;
+        assert!(storage
+            .pep_items(&bob, "urn:mood", &[], None)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(storage.pep_node(&bob, "urn:mood").await.unwrap(), None);
+    }
+
+    pub async fn pep_preconditions_and_node_limit(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let whitelist = PepConfigPatch {
+            access_model: Some(AccessModel::Whitelist),
+            ..PepConfigPatch::default()
+        };
+        let node = published(&storage, &alice, &publish("urn:bookmarks", "x", whitelist)).await;
+        assert_eq!(node.config.access_model, AccessModel::Whitelist);
+        // The same options again: met.
+        published(&storage, &alice, &publish("urn:bookmarks", "y", whitelist)).await;
+        let presence = PepConfigPatch {
+            access_model: Some(AccessModel::Presence),
+            ..PepConfigPatch::default()
+        };
+        assert_eq!(
+            storage
+                .publish_pep_item(&alice, &publish("urn:bookmarks", "z", presence), LIMITS)
+                .await
+                .unwrap(),
+            PepPublishOutcome::PreconditionNotMet
+        );
+        assert_eq!(
+            ids(&storage
+                .pep_items(&alice, "urn:bookmarks", &[], None)
+                .await
+                .unwrap()),
+            vec!["y"]
+        );
+        published(
+            &storage,
+            &alice,
+            &publish("urn:second", "x", PepConfigPatch::default()),
+        )
+        .await;
+        assert_eq!(
+            storage
+                .publish_pep_item(
+                    &alice,
+                    &publish("urn:third", "x", PepConfigPatch::default()),
+                    LIMITS
+                )
+                .await
+                .unwrap(),
+            PepPublishOutcome::NodeLimitReached
+        );
+        assert_eq!(storage.pep_nodes(&alice).await.unwrap().len(), 2);
+        let third = PepNode {
+            name: "urn:third".into(),
+            config: PepNodeConfig::default(),
+        };
+        assert!(matches!(
+            storage.create_pep_node(&alice, &third, LIMITS).await,
+            Err(ApiError::LimitReached(_))
+        ));
+        // Creating a node that exists changes nothing.
+        let existing = PepNode {
+            name: "urn:second".into(),
+            config: PepNodeConfig::default(),
+        };
+        assert!(!storage
+            .create_pep_node(&alice, &existing, LIMITS)
+            .await
+            .unwrap());
+        let nobody = jid("nobody@example.org");
+        assert!(is_not_found(
+            &storage
+                .publish_pep_item(
+                    &nobody,
+                    &publish("urn:x", "x", PepConfigPatch::default()),
+                    LIMITS
+                )
+                .await
+        ));
+    }
+
+    pub async fn pep_configure_retract_whitelist_delete(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = jid("bob@example.org");
+        let carol = jid("carol@example.org");
+        let keep_three = PepConfigPatch {
+            max_items: Some(MaxItems::Count(3)),
+            ..PepConfigPatch::default()
+        };
+        for id in ["1", "2", "3"] {
+            published(&storage, &alice, &publish("urn:tune", id, keep_three)).await;
+        }
+        assert!(storage
+            .retract_pep_item(&alice, "urn:tune", "2")
+            .await
+            .unwrap());
+        assert!(!storage
+            .retract_pep_item(&alice, "urn:tune", "2")
+            .await
+            .unwrap());
+        let mut node = storage.pep_node(&alice, "urn:tune").await.unwrap().unwrap();
+        node.config.max_items = MaxItems::Count(1);
+        node.config.access_model = AccessModel::Whitelist;
+        node.config.notify_retract = false;
+        storage
+            .configure_pep_node(&alice, &node, LIMITS)
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.pep_node(&alice, "urn:tune").await.unwrap(),
+            Some(node.clone())
+        );
+        assert_eq!(
+            ids(&storage
+                .pep_items(&alice, "urn:tune", &[], None)
+                .await
+                .unwrap()),
+            vec!["3"]
+        );
+        let missing = PepNode {
+            name: "urn:missing".into(),
+            config: PepNodeConfig::default(),
+        };
+        assert!(is_not_found(
+            &storage.configure_pep_node(&alice, &missing, LIMITS).await
+        ));
+
+        storage
+            .update_pep_whitelist(&alice, "urn:tune", &[bob.clone(), carol.clone()], &[], 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.pep_whitelist(&alice, "urn:tune").await.unwrap(),
+            vec![bob.clone(), carol.clone()]
+        );
+        let dave = jid("dave@example.org");
+        assert!(matches!(
+            storage
+                .update_pep_whitelist(&alice, "urn:tune", std::slice::from_ref(&dave), &[], 2)
+                .await,
+            Err(ApiError::LimitReached(_))
+        ));
+        storage
+            .update_pep_whitelist(
+                &alice,
+                "urn:tune",
+                std::slice::from_ref(&dave),
+                std::slice::from_ref(&bob),
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.pep_whitelist(&alice, "urn:tune").await.unwrap(),
+            vec![carol.clone(), dave.clone()]
+        );
+        assert!(is_not_found(
+            &storage
+                .update_pep_whitelist(&alice, "urn:missing", std::slice::from_ref(&bob), &[], 2)
+                .await
+        ));
+
+        // A deleted node takes its items and whitelist; recreated, it is empty.
+        assert!(storage.delete_pep_node(&alice, "urn:tune").await.unwrap());
+        assert!(!storage.delete_pep_node(&alice, "urn:tune").await.unwrap());
+        published(
+            &storage,
+            &alice,
+            &publish("urn:tune", "new", PepConfigPatch::default()),
+        )
+        .await;
+        assert!(storage
+            .pep_whitelist(&alice, "urn:tune")
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            ids(&storage
+                .pep_items(&alice, "urn:tune", &[], None)
+                .await
+                .unwrap()),
+            vec!["new"]
+        );
+        // Removing the account removes its nodes.
+        storage.remove_account(&alice).await.unwrap();
+        storage
+            .create_account(&alice, &credentials(2))
+            .await
+            .unwrap();
+        assert!(storage.pep_nodes(&alice).await.unwrap().is_empty());
+        assert!(storage
+            .pep_items(&alice, "urn:tune", &[], None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    pub async fn pep_refuses_oversized_names_and_nul(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let long = "n".repeat(2000);
+        assert!(matches!(
+            storage
+                .publish_pep_item(
+                    &alice,
+                    &publish(&long, "x", PepConfigPatch::default()),
+                    LIMITS
+                )
+                .await,
+            Err(ApiError::Invalid(_))
+        ));
+        let mut nul = publish("urn:x", "x", PepConfigPatch::default());
+        nul.item = Some(PepItem {
+            payload_xml: "<a>\0</a>".into(),
+            ..item("x")
+        });
+        assert!(matches!(
+            storage.publish_pep_item(&alice, &nul, LIMITS).await,
+            Err(ApiError::Invalid(_))
+        ));
+        assert!(storage.pep_nodes(&alice).await.unwrap().is_empty());
+    }
+
+    pub async fn caps_records_are_shared_and_kept_once(storage: Storage) {
+        assert_eq!(storage.caps_features("sha-1", "ver=").await.unwrap(), None);
+        let record = CapsRecord {
+            hash: "sha-1".into(),
+            ver: "ver=".into(),
+            features: vec!["urn:xmpp:ping".into(), "urn:mood+notify".into()],
+        };
+        storage.put_caps(&record).await.unwrap();
+        let other = CapsRecord {
+            features: vec!["urn:other".into()],
+            ..record.clone()
+        };
+        storage.put_caps(&other).await.unwrap();
+        assert_eq!(
+            storage.caps_features("sha-1", "ver=").await.unwrap(),
+            Some(record.features.clone())
+        );
+        assert_eq!(
+            storage.caps_features("sha-256", "ver=").await.unwrap(),
+            None
+        );
+        let broken = CapsRecord {
+            features: vec!["a\nb".into()],
+            ver: "other=".into(),
+            ..record
+        };
+        assert!(matches!(
+            storage.put_caps(&broken).await,
+            Err(ApiError::Invalid(_))
+        ));
+    }
+}
+
 /// One test per case and backend.
 macro_rules! contract_suite {
     ($($case:ident),* $(,)?) => {
@@ -969,6 +1368,11 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(
+    pep_publish_auto_creates_and_keeps_max_items,
+    pep_preconditions_and_node_limit,
+    pep_configure_retract_whitelist_delete,
+    pep_refuses_oversized_names_and_nul,
+    caps_records_are_shared_and_kept_once,
     blocklist_block_unblock_and_reports,
     blocklist_cap_refuses_the_whole_request,
     blocklist_needs_an_account_and_goes_with_it,

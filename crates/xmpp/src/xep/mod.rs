@@ -5,6 +5,7 @@
 //! back; every module round-trips literal XML in its tests.
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod delay;
 pub mod disco;

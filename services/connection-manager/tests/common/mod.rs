@@ -192,6 +192,102 @@ impl BlockingStore for FakeStorage {
 }
 
 #[async_trait]
+impl starling_api::PepStore for FakeStorage {
+    async fn pep_nodes(&self, _owner: &BareJid) -> ApiResult<Vec<starling_api::PepNode>> {
+        Ok(Vec::new())
+    }
+
+    async fn pep_node(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+    ) -> ApiResult<Option<starling_api::PepNode>> {
+        Ok(None)
+    }
+
+    async fn create_pep_node(
+        &self,
+        _owner: &BareJid,
+        _node: &starling_api::PepNode,
+        _limits: starling_api::PepLimits,
+    ) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn configure_pep_node(
+        &self,
+        _owner: &BareJid,
+        _node: &starling_api::PepNode,
+        _limits: starling_api::PepLimits,
+    ) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn delete_pep_node(&self, _owner: &BareJid, _node: &str) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn publish_pep_item(
+        &self,
+        _owner: &BareJid,
+        _publish: &starling_api::PepPublish,
+        _limits: starling_api::PepLimits,
+    ) -> ApiResult<starling_api::PepPublishOutcome> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn pep_items(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _ids: &[String],
+        _max: Option<u32>,
+    ) -> ApiResult<Vec<starling_api::PepItem>> {
+        Ok(Vec::new())
+    }
+
+    async fn pep_last_items(
+        &self,
+        _owner: &BareJid,
+        _nodes: &[String],
+    ) -> ApiResult<Vec<(starling_api::PepNode, starling_api::PepItem)>> {
+        Ok(Vec::new())
+    }
+
+    async fn retract_pep_item(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _item_id: &str,
+    ) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn pep_whitelist(&self, _owner: &BareJid, _node: &str) -> ApiResult<Vec<BareJid>> {
+        Ok(Vec::new())
+    }
+
+    async fn update_pep_whitelist(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _add: &[BareJid],
+        _remove: &[BareJid],
+        _max_members: u32,
+    ) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn caps_features(&self, _hash: &str, _ver: &str) -> ApiResult<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    async fn put_caps(&self, _record: &starling_api::CapsRecord) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
+#[async_trait]
 impl starling_api::FastTokenStore for FakeStorage {
     async fn put_fast_token(
         &self,

@@ -6,6 +6,7 @@ use starling_api::FeatureSpec;
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
 use crate::features::{Addressee, IqHandler, IqRequest};
+use crate::handlers::pep;
 use crate::router::SessionRouter;
 use starling_xmpp::IqType;
 
@@ -33,27 +34,104 @@ impl IqHandler for Disco {
             return request.unsupported();
         }
         let iq = &request.iq;
+        if let Addressee::OwnAccount { jid, .. } = request.addressee {
+            return account_disco(router, &request, &jid.to_bare()).await;
+        }
+        if let (Addressee::OtherAccount, Some(owner)) = (request.addressee, request.other_account())
+        {
+            return account_disco(router, &request, &owner).await;
+        }
         if queried_node(iq).is_some() {
             return unknown_node(iq);
         }
         if request.namespace() == ns::DISCO_ITEMS {
             return Some(empty_items_result(iq));
         }
-        Some(match request.addressee {
-            Addressee::Server => {
-                let identity = Identity {
-                    category: "server",
-                    kind: "im",
-                    name: Some(&router.config.server_name),
-                };
-                info_result(iq, &identity, &router.features.disco_features())
-            }
-            Addressee::OwnAccount { .. } | Addressee::OtherAccount => {
-                info_result(iq, &REGISTERED_ACCOUNT, ACCOUNT_FEATURES)
-            }
-        })
+        let identity = Identity {
+            category: "server",
+            kind: "im",
+            name: Some(&router.config.server_name),
+        };
+        Some(info_result(
+            iq,
+            &identity,
+            &router.features.disco_features(),
+        ))
     }
 }
+
+/// disco#info and disco#items on an account's bare JID: the account and
+/// its PEP service (XEP-0163 section 6: identity pubsub/pep with the
+/// features of `pep::ACCOUNT_PEP_FEATURES`), the nodes the requester may
+/// see as items, and a visible node's own info (XEP-0060 section 5.3).
+async fn account_disco(
+    router: &SessionRouter,
+    request: &IqRequest<'_>,
+    owner: &starling_jid::BareJid,
+) -> Option<Element> {
+    let iq = &request.iq;
+    let Some(requester) = crate::pep::requester_of(iq) else {
+        return request.unsupported();
+    };
+    let routing = request.routing;
+    if let Some(node) = queried_node(iq) {
+        return match pep::visible_node(router, owner, node, &requester).await {
+            Ok(true) if request.namespace() == ns::DISCO_INFO => {
+                let mut reply = info_results(iq, &[PEP_LEAF], &[ns::PUBSUB]);
+                if let Some(query) = reply.get_child_mut("query", ns::DISCO_INFO) {
+                    query.set_attr("node", node);
+                }
+                Some(reply)
+            }
+            // A leaf node has no items of its own in disco (XEP-0060 section 5.5).
+            Ok(true) => {
+                let mut reply = empty_items_result(iq);
+                if let Some(query) = reply.get_child_mut("query", ns::DISCO_ITEMS) {
+                    query.set_attr("node", node);
+                }
+                Some(reply)
+            }
+            Ok(false) => unknown_node(iq),
+            Err(error) => routing.failure_reply(iq, &error),
+        };
+    }
+    if request.namespace() == ns::DISCO_ITEMS {
+        return match pep::account_items(router, owner, &requester).await {
+            Ok(items) => {
+                let mut query = Element::new("query", ns::DISCO_ITEMS);
+                for item in items {
+                    query.append_child(item);
+                }
+                Some(stanza::iq_result(iq).with_child(query))
+            }
+            Err(error) => routing.failure_reply(iq, &error),
+        };
+    }
+    let features: Vec<&str> = ACCOUNT_FEATURES
+        .iter()
+        .chain(pep::ACCOUNT_PEP_FEATURES)
+        .copied()
+        .collect();
+    Some(info_results(
+        iq,
+        &[REGISTERED_ACCOUNT, PEP_SERVICE],
+        &features,
+    ))
+}
+
+/// The identity of an account's PEP service (XEP-0163 section 6).
+const PEP_SERVICE: Identity<'static> = Identity {
+    category: "pubsub",
+    kind: "pep",
+    name: None,
+};
+
+/// The identity of a PEP node (XEP-0060 section 5.3).
+const PEP_LEAF: Identity<'static> = Identity {
+    category: "pubsub",
+    kind: "leaf",
+    name: None,
+};
 
 /// An identity of a disco#info answer (XEP-0030 section 3.1).
 pub(crate) struct Identity<'a> {
@@ -73,8 +151,9 @@ pub(crate) const REGISTERED_ACCOUNT: Identity<'static> = Identity {
 /// The features of an account's bare JID: what the server answers on its behalf.
 pub(crate) const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS];
 
-/// The `node` a disco query asks about, if any. The router publishes no
-/// nodes, so a query naming one gets `item-not-found` (XEP-0030 section 3.2).
+/// The `node` a disco query asks about, if any. The server publishes no
+/// nodes of its own, so a query naming one on the server gets
+/// `item-not-found` (XEP-0030 section 3.2); an account's nodes are its PEP nodes.
 pub(crate) fn queried_node(request: &Element) -> Option<&str> {
     stanza::iq_payload(request).and_then(|query| query.attr("node"))
 }
@@ -86,13 +165,25 @@ pub(crate) fn info_result(
     identity: &Identity<'_>,
     features: &[&str],
 ) -> Element {
-    let mut identity_element = Element::new("identity", ns::DISCO_INFO)
-        .with_attr("category", identity.category)
-        .with_attr("type", identity.kind);
-    if let Some(name) = identity.name {
-        identity_element.set_attr("name", name);
+    info_results(request, std::slice::from_ref(identity), features)
+}
+
+/// The disco#info result of several identities.
+pub(crate) fn info_results(
+    request: &Element,
+    identities: &[Identity<'_>],
+    features: &[&str],
+) -> Element {
+    let mut query = Element::new("query", ns::DISCO_INFO);
+    for identity in identities {
+        let mut identity_element = Element::new("identity", ns::DISCO_INFO)
+            .with_attr("category", identity.category)
+            .with_attr("type", identity.kind);
+        if let Some(name) = identity.name {
+            identity_element.set_attr("name", name);
+        }
+        query.append_child(identity_element);
     }
-    let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity_element);
     let mut sorted_features: Vec<&str> = features.to_vec();
     sorted_features.sort_unstable();
     sorted_features.dedup();

@@ -12,6 +12,7 @@ pub(crate) mod blocking;
 pub(crate) mod disco;
 mod documents;
 pub(crate) mod last;
+pub(crate) mod pep;
 pub(crate) mod ping;
 pub(crate) mod private;
 pub(crate) mod roster;
@@ -29,6 +30,7 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
     &vcard::VCard,
     &last::LastActivity,
     &blocking::Blocking,
+    &pep::Pep,
 ];
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the

@@ -78,13 +78,42 @@ async fn a_failed_roster_request_is_answered_with_its_error() {
     );
 }
 
+/// The disco#info of an account's bare JID: the account, and its PEP
+/// service (XEP-0163 section 6) with the pubsub features it implements.
+const ACCOUNT_INFO: &str = concat!(
+    "<identity category='account' type='registered'/><identity category='pubsub' type='pep'/>",
+    "<feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>",
+    "<feature var='http://jabber.org/protocol/pubsub'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#access-open'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#access-presence'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#access-whitelist'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#auto-create'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#auto-subscribe'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#config-node'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#create-and-configure'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#create-nodes'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#delete-items'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#delete-nodes'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#filtered-notifications'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#item-ids'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#last-published'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#member-affiliation'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#modify-affiliations'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#persistent-items'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#publish'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#publish-options'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#retract-items'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#retrieve-default'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#retrieve-items'/>",
+);
+
 #[tokio::test]
 async fn the_account_answers_disco_on_its_own_behalf() {
     let mut harness = Harness::new().await;
     let info = ask(&mut harness, "<iq from='juliet@example.com/balcony' id='a1' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert_eq!(
         info,
-        vec![to_conn(1, "<iq type='result' id='a1' to='juliet@example.com/balcony'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/></query></iq>")]
+        vec![to_conn(1, &format!("<iq type='result' id='a1' to='juliet@example.com/balcony'><query xmlns='http://jabber.org/protocol/disco#info'>{ACCOUNT_INFO}</query></iq>"))]
     );
     let items = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='juliet@example.com' id='a2' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
     assert_eq!(
@@ -303,7 +332,7 @@ async fn another_accounts_bare_jid_answers_disco_only() {
     let info = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='romeo@example.com' id='o1' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert_eq!(
         info,
-        vec![to_conn(1, "<iq type='result' id='o1' to='juliet@example.com/balcony' from='romeo@example.com'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/></query></iq>")]
+        vec![to_conn(1, &format!("<iq type='result' id='o1' to='juliet@example.com/balcony' from='romeo@example.com'><query xmlns='http://jabber.org/protocol/disco#info'>{ACCOUNT_INFO}</query></iq>"))]
     );
     // Never delivered to the account's resources (RFC 6121 section 8.5.2.1.3).
     let version = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='romeo@example.com' id='o2' type='get'><query xmlns='jabber:iq:version'/></iq>").await;

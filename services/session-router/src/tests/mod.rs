@@ -9,6 +9,7 @@ mod carbons;
 mod iq;
 mod message;
 mod metrics;
+mod pep;
 mod presence;
 mod undeliverable;
 mod xml;
@@ -177,6 +178,102 @@ impl BlockingStore for UnavailableStorage {
     }
 
     async fn unblock(&self, _user: &BareJid, _jids: &[Jid]) -> ApiResult<Vec<Jid>> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
+impl starling_api::PepStore for UnavailableStorage {
+    async fn pep_nodes(&self, _owner: &BareJid) -> ApiResult<Vec<starling_api::PepNode>> {
+        Err(database_down())
+    }
+
+    async fn pep_node(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+    ) -> ApiResult<Option<starling_api::PepNode>> {
+        Err(database_down())
+    }
+
+    async fn create_pep_node(
+        &self,
+        _owner: &BareJid,
+        _node: &starling_api::PepNode,
+        _limits: starling_api::PepLimits,
+    ) -> ApiResult<bool> {
+        Err(database_down())
+    }
+
+    async fn configure_pep_node(
+        &self,
+        _owner: &BareJid,
+        _node: &starling_api::PepNode,
+        _limits: starling_api::PepLimits,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn delete_pep_node(&self, _owner: &BareJid, _node: &str) -> ApiResult<bool> {
+        Err(database_down())
+    }
+
+    async fn publish_pep_item(
+        &self,
+        _owner: &BareJid,
+        _publish: &starling_api::PepPublish,
+        _limits: starling_api::PepLimits,
+    ) -> ApiResult<starling_api::PepPublishOutcome> {
+        Err(database_down())
+    }
+
+    async fn pep_items(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _ids: &[String],
+        _max: Option<u32>,
+    ) -> ApiResult<Vec<starling_api::PepItem>> {
+        Err(database_down())
+    }
+
+    async fn pep_last_items(
+        &self,
+        _owner: &BareJid,
+        _nodes: &[String],
+    ) -> ApiResult<Vec<(starling_api::PepNode, starling_api::PepItem)>> {
+        Err(database_down())
+    }
+
+    async fn retract_pep_item(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _item_id: &str,
+    ) -> ApiResult<bool> {
+        Err(database_down())
+    }
+
+    async fn pep_whitelist(&self, _owner: &BareJid, _node: &str) -> ApiResult<Vec<BareJid>> {
+        Err(database_down())
+    }
+
+    async fn update_pep_whitelist(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _add: &[BareJid],
+        _remove: &[BareJid],
+        _max_members: u32,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn caps_features(&self, _hash: &str, _ver: &str) -> ApiResult<Option<Vec<String>>> {
+        Err(database_down())
+    }
+
+    async fn put_caps(&self, _record: &starling_api::CapsRecord) -> ApiResult<()> {
         Err(database_down())
     }
 }
@@ -392,6 +489,7 @@ impl Harness {
                 server_version: "0.1.0".into(),
                 carbons: options.carbons,
                 blocking_max_items: 5,
+                pep: crate::pep::PepSettings::default(),
             },
             registry.clone(),
             bus.clone(),

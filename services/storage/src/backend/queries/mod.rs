@@ -22,6 +22,7 @@ mod accounts;
 mod blocking;
 mod fast;
 mod offline;
+mod pep;
 mod roster;
 
 pub(crate) use account_data::*;
@@ -29,6 +30,7 @@ pub(crate) use accounts::*;
 pub(crate) use blocking::*;
 pub(crate) use fast::*;
 pub(crate) use offline::*;
+pub(crate) use pep::*;
 pub(crate) use roster::*;
 
 /// A counter on the account row, bumped in the same transaction as the change it numbers.

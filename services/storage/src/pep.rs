@@ -1,0 +1,233 @@
+//! PEP (XEP-0163): [`PepStore`] for [`Storage`] (queries in
+//! `backend/queries/pep.rs`): nodes, items, whitelists, and the verified
+//! XEP-0115 capabilities every router of the cluster shares.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use starling_api::{
+    ApiResult, CapsRecord, PepItem, PepLimits, PepNode, PepPublish, PepPublishOutcome, PepStore,
+};
+use starling_jid::BareJid;
+
+use crate::backend;
+use crate::records::{check_storable_text, AccountAddress};
+use crate::{into_api_error, no_account, now_millis, DatabasePool, Storage, StorageError};
+
+/// The longest node name or item id kept, in bytes (XEP-0060 leaves them
+/// open; a bound keeps keys and indexes small).
+pub const MAX_PEP_NAME_BYTES: usize = 1024;
+
+fn check_name(what: &str, name: &str) -> Result<(), StorageError> {
+    check_storable_text(what, name)?;
+    if name.is_empty() || name.len() > MAX_PEP_NAME_BYTES {
+        return Err(StorageError::Invalid(format!(
+            "a {what} has 1 to {MAX_PEP_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_item(item: &PepItem) -> Result<(), StorageError> {
+    check_name("pep item id", &item.id)?;
+    check_storable_text("pep publisher", &item.publisher)?;
+    check_storable_text("pep payload", &item.payload_xml)
+}
+
+/// The contract's error for a failed caps operation (not about one account).
+fn caps_error(operation: &'static str, error: StorageError) -> starling_api::ApiError {
+    if error.is_failure() {
+        tracing::warn!(operation, %error, "caps storage operation failed");
+    }
+    starling_api::ApiError::from(error)
+}
+
+#[async_trait]
+impl PepStore for Storage {
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_nodes", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_nodes(&self, owner: &BareJid) -> ApiResult<Vec<PepNode>> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(Vec::new());
+        };
+        on_database!(self, pep_nodes(&account))
+            .map_err(|error| into_api_error("pep_nodes", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_node", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_node(&self, owner: &BareJid, node: &str) -> ApiResult<Option<PepNode>> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(None);
+        };
+        on_database!(self, pep_node(&account, node))
+            .map_err(|error| into_api_error("pep_node", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.create_pep_node", skip_all, fields(db.system = self.db_system()))]
+    async fn create_pep_node(
+        &self,
+        owner: &BareJid,
+        node: &PepNode,
+        limits: PepLimits,
+    ) -> ApiResult<bool> {
+        let result = match AccountAddress::of(owner) {
+            None => Err(no_account(owner)),
+            Some(account) => match check_name("pep node name", &node.name) {
+                Err(error) => Err(error),
+                Ok(()) => on_database!(self, create_pep_node(&account, node, limits)),
+            },
+        };
+        result.map_err(|error| into_api_error("create_pep_node", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.configure_pep_node", skip_all, fields(db.system = self.db_system()))]
+    async fn configure_pep_node(
+        &self,
+        owner: &BareJid,
+        node: &PepNode,
+        limits: PepLimits,
+    ) -> ApiResult<()> {
+        let result = match AccountAddress::of(owner) {
+            None => Err(no_account(owner)),
+            Some(account) => on_database!(self, configure_pep_node(&account, node, limits)),
+        };
+        result.map_err(|error| into_api_error("configure_pep_node", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.delete_pep_node", skip_all, fields(db.system = self.db_system()))]
+    async fn delete_pep_node(&self, owner: &BareJid, node: &str) -> ApiResult<bool> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(false);
+        };
+        on_database!(self, delete_pep_node(&account, node))
+            .map_err(|error| into_api_error("delete_pep_node", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.publish_pep_item", skip_all, fields(db.system = self.db_system()))]
+    async fn publish_pep_item(
+        &self,
+        owner: &BareJid,
+        publish: &PepPublish,
+        limits: PepLimits,
+    ) -> ApiResult<PepPublishOutcome> {
+        let checked = check_name("pep node name", &publish.node)
+            .and_then(|()| publish.item.as_ref().map_or(Ok(()), check_item));
+        let result = match (AccountAddress::of(owner), checked) {
+            (None, _) => Err(no_account(owner)),
+            (_, Err(error)) => Err(error),
+            (Some(account), Ok(())) => {
+                on_database!(self, publish_pep_item(&account, publish, limits))
+            }
+        };
+        result.map_err(|error| into_api_error("publish_pep_item", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_items", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        ids: &[String],
+        max: Option<u32>,
+    ) -> ApiResult<Vec<PepItem>> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(Vec::new());
+        };
+        on_database!(self, pep_items(&account, node, ids, max))
+            .map_err(|error| into_api_error("pep_items", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_last_items", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_last_items(
+        &self,
+        owner: &BareJid,
+        nodes: &[String],
+    ) -> ApiResult<Vec<(PepNode, PepItem)>> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(Vec::new());
+        };
+        on_database!(self, pep_last_items(&account, nodes))
+            .map_err(|error| into_api_error("pep_last_items", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.retract_pep_item", skip_all, fields(db.system = self.db_system()))]
+    async fn retract_pep_item(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        item_id: &str,
+    ) -> ApiResult<bool> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(false);
+        };
+        on_database!(self, retract_pep_item(&account, node, item_id))
+            .map_err(|error| into_api_error("retract_pep_item", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_whitelist", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_whitelist(&self, owner: &BareJid, node: &str) -> ApiResult<Vec<BareJid>> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(Vec::new());
+        };
+        let stored = on_database!(self, pep_whitelist(&account, node))
+            .map_err(|error| into_api_error("pep_whitelist", owner, error))?;
+        Ok(stored
+            .iter()
+            .filter_map(|jid| match jid.parse::<BareJid>() {
+                Ok(jid) => Some(jid),
+                Err(error) => {
+                    tracing::warn!(owner = %owner, jid, %error, "stored whitelist member does not parse, skipped");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.update_pep_whitelist", skip_all, fields(db.system = self.db_system()))]
+    async fn update_pep_whitelist(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        add: &[BareJid],
+        remove: &[BareJid],
+        max_members: u32,
+    ) -> ApiResult<()> {
+        let add: Vec<String> = add.iter().map(ToString::to_string).collect();
+        let remove: Vec<String> = remove.iter().map(ToString::to_string).collect();
+        let result = match AccountAddress::of(owner) {
+            None => Err(no_account(owner)),
+            Some(account) => on_database!(
+                self,
+                update_pep_whitelist(&account, node, &add, &remove, max_members)
+            ),
+        };
+        result.map_err(|error| into_api_error("update_pep_whitelist", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.caps_features", skip_all, fields(db.system = self.db_system()))]
+    async fn caps_features(&self, hash: &str, ver: &str) -> ApiResult<Option<Vec<String>>> {
+        on_database!(self, caps_features(hash, ver))
+            .map_err(|error| caps_error("caps_features", error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.put_caps", skip_all, fields(db.system = self.db_system()))]
+    async fn put_caps(&self, record: &CapsRecord) -> ApiResult<()> {
+        let checked = check_storable_text("caps ver", &record.ver)
+            .and_then(|()| check_storable_text("caps hash", &record.hash))
+            .and_then(|()| {
+                record.features.iter().try_for_each(|feature| {
+                    check_storable_text("caps feature", feature)?;
+                    if feature.contains('\n') {
+                        return Err(StorageError::Invalid(
+                            "a caps feature contains a line break".into(),
+                        ));
+                    }
+                    Ok(())
+                })
+            });
+        let result = match checked {
+            Err(error) => Err(error),
+            Ok(()) => on_database!(self, put_caps(record, now_millis())),
+        };
+        result.map_err(|error| caps_error("put_caps", error))
+    }
+}
