@@ -498,3 +498,33 @@ def test_directed_presence_state_per_session_is_bounded(server_factory):
     sender[0].close()
     gone = receiver[0].recv_until("type='unavailable'", timeout=20)
     assert alice in gone[gone.rindex("<presence") :], gone
+
+
+def test_a_roster_is_bounded_in_bytes_not_only_in_items(server):
+    """Issue 18, the roster row: 1,000 items of 128 groups of 1,000 bytes (each
+    item under the per-item limits) made a 131 MB roster. Now the roster is
+    bounded in bytes (`storage.max_roster_bytes`, 1 MiB): items of 128 KB fit
+    eight times, the ninth is refused with an error and stored nowhere, and the
+    user's presence still reaches a contact."""
+    alice, alice_password = server.add_user()
+    bob, bob_password = server.add_user()
+    owner = raw_login(server, alice, alice_password, presence=True)
+    watcher = raw_login(server, bob, bob_password, presence=True)
+    groups = "".join(f"<group>{n:03d}{'g' * 997}</group>" for n in range(128))
+    answers = []
+    for n in range(9):
+        owner[0].send(
+            f"<iq type='set' id='big{n}'><query xmlns='jabber:iq:roster'>"
+            f"<item jid='contact{n}@elsewhere.example' name='{'n' * 1000}'>{groups}</item></query></iq>"
+        )
+        answers.append(owner[0].recv_until(f"id='big{n}'", timeout=30) + owner[0].recv_until(">", timeout=30))
+    assert all("type='result'" in answer for answer in answers[:8]), answers[:8]
+    assert "type='error'" in answers[8], answers[8][-500:]
+    refusal = owner[0].recv_until("</iq>", timeout=30)  # the error echoes the request
+    assert "<error" in refusal, refusal[-500:]
+    owner[0].send("<iq type='get' id='whole'><query xmlns='jabber:iq:roster'/></iq>")
+    roster = owner[0].recv_until("id='whole'", timeout=30) + owner[0].recv_until("</iq>", timeout=30)
+    assert "contact7@elsewhere.example" in roster and "contact8@elsewhere.example" not in roster
+    # Directed presence from Alice still reaches Bob.
+    owner[0].send(f"<presence to='{bob}'><status>still here</status></presence>")
+    assert "still here" in watcher[0].recv_until("still here", timeout=20)

@@ -218,6 +218,8 @@ pub struct StorageConfig {
     /// Bytes of stored messages per account; what a login's flush holds at most.
     pub max_offline_bytes_per_user: u64,
     pub max_roster_items: u32,
+    /// Bytes of one account's roster: contact JIDs, names, groups, kept subscription requests.
+    pub max_roster_bytes: u64,
     pub max_connections: u32,
     /// Bytes of private XML (XEP-0049) and vCard (XEP-0054) kept per account.
     pub max_account_data_bytes: u64,
@@ -434,6 +436,7 @@ impl Default for StorageConfig {
             max_offline_per_user: 1000,
             max_offline_bytes_per_user: 2 * 1024 * 1024,
             max_roster_items: 1000,
+            max_roster_bytes: starling_storage::DEFAULT_MAX_ROSTER_BYTES,
             max_connections: 8,
             max_account_data_bytes: starling_storage::DEFAULT_MAX_ACCOUNT_DATA_BYTES,
         }
@@ -652,7 +655,7 @@ impl Config {
             });
         }
         let limits = &self.limits;
-        let positive: [(&'static str, u64); 17] = [
+        let positive: [(&'static str, u64); 18] = [
             ("limits.outbound_queue_bytes", limits.outbound_queue_bytes),
             (
                 "limits.outbound_queue_bytes_total",
@@ -700,6 +703,7 @@ impl Config {
                 "storage.max_account_data_bytes",
                 self.storage.max_account_data_bytes,
             ),
+            ("storage.max_roster_bytes", self.storage.max_roster_bytes),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -72,6 +72,7 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
         max_offline_per_user: config.storage.max_offline_per_user,
         max_offline_bytes_per_user: config.storage.max_offline_bytes_per_user,
         max_roster_items: config.storage.max_roster_items,
+        max_roster_bytes: config.storage.max_roster_bytes,
         max_blocklist_items: config.blocking.max_items,
         max_connections: config.storage.max_connections,
         max_account_data_bytes: config.storage.max_account_data_bytes,

@@ -56,6 +56,9 @@ pub enum StorageError {
     /// The roster of the user is full.
     #[error("roster of {user} is full ({limit} items)")]
     RosterFull { user: String, limit: u32 },
+    /// The roster of the user would exceed its bound in bytes (`storage.max_roster_bytes`).
+    #[error("roster of {user} would exceed {limit} bytes")]
+    RosterBytesFull { user: String, limit: u64 },
     /// The block list of the user is full (XEP-0191, `blocking.max_items`).
     #[error("block list of {user} is full ({limit} items)")]
     BlocklistFull { user: String, limit: u32 },
@@ -92,6 +95,7 @@ impl StorageError {
                 | StorageError::OfflineQueueFull { .. }
                 | StorageError::OfflineQueueBytesFull { .. }
                 | StorageError::RosterFull { .. }
+                | StorageError::RosterBytesFull { .. }
                 | StorageError::AccountDataFull { .. }
                 | StorageError::BlocklistFull { .. }
                 | StorageError::PepNodeNotFound(_)
@@ -112,6 +116,7 @@ impl From<StorageError> for ApiError {
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
             StorageError::OfflineQueueFull { .. }
             | StorageError::RosterFull { .. }
+            | StorageError::RosterBytesFull { .. }
             | StorageError::OfflineQueueBytesFull { .. }
             | StorageError::AccountDataFull { .. } => ApiError::LimitReached(text),
             StorageError::BlocklistFull { .. } => ApiError::LimitReached(text),

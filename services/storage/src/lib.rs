@@ -55,6 +55,9 @@ pub struct StorageConfig {
     pub max_offline_bytes_per_user: u64,
     /// Roster size cap per user; put_roster_item returns LimitReached past it (for a new item).
     pub max_roster_items: u32,
+    /// Roster size cap per user in bytes (contact JIDs, names, groups, kept
+    /// subscription requests); put_roster_item returns LimitReached past it.
+    pub max_roster_bytes: u64,
     /// Block list cap per user (XEP-0191, `blocking.max_items`); `block`
     /// returns LimitReached when a request would pass it.
     pub max_blocklist_items: u32,
@@ -72,6 +75,7 @@ impl Default for StorageConfig {
             max_offline_per_user: 1000,
             max_offline_bytes_per_user: 2 * 1024 * 1024,
             max_roster_items: 1000,
+            max_roster_bytes: DEFAULT_MAX_ROSTER_BYTES,
             max_blocklist_items: 1000,
             max_connections: 8,
             max_account_data_bytes: DEFAULT_MAX_ACCOUNT_DATA_BYTES,
@@ -82,6 +86,9 @@ impl Default for StorageConfig {
 /// The default of `storage.max_account_data_bytes`: room for a vCard with
 /// an avatar at the stanza size limit, and bookmarks and notes beside it.
 pub const DEFAULT_MAX_ACCOUNT_DATA_BYTES: u64 = 1024 * 1024;
+/// `storage.max_roster_bytes` by default: a thousand contacts with names and
+/// groups take about 100 KB.
+pub const DEFAULT_MAX_ROSTER_BYTES: u64 = 1024 * 1024;
 
 /// The storage service over a connection pool; cloning shares the pool.
 #[derive(Clone)]
@@ -90,6 +97,7 @@ pub struct Storage {
     max_offline_per_user: u32,
     max_offline_bytes_per_user: u64,
     max_roster_items: u32,
+    max_roster_bytes: u64,
     max_account_data_bytes: u64,
     max_blocklist_items: u32,
     metrics: StorageMetrics,
@@ -169,6 +177,7 @@ impl Storage {
             max_offline_per_user: config.max_offline_per_user,
             max_offline_bytes_per_user: config.max_offline_bytes_per_user,
             max_roster_items: config.max_roster_items,
+            max_roster_bytes: config.max_roster_bytes,
             max_account_data_bytes: config.max_account_data_bytes,
             max_blocklist_items: config.max_blocklist_items,
             metrics: StorageMetrics::default(),

@@ -287,6 +287,24 @@ mod tests {
     }
 }
 
+/// How much one account's roster may hold (`storage.max_roster_items`,
+/// `storage.max_roster_bytes`): items, and bytes of contact JIDs, names,
+/// groups and the kept subscription requests together.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RosterQuota {
+    pub items: u32,
+    pub bytes: u64,
+}
+
+/// The bytes an item holds in the roster's quota.
+pub(crate) fn roster_item_bytes(contact: &str, item: &starling_api::RosterItem) -> u64 {
+    let text = contact.len()
+        + item.name.as_deref().map_or(0, str::len)
+        + item.pending_in_stanza.as_deref().map_or(0, str::len)
+        + item.groups.iter().map(|group| group.len()).sum::<usize>();
+    text as u64
+}
+
 /// How much one account's offline queue may hold (`storage.max_offline_per_user`,
 /// `storage.max_offline_bytes_per_user`).
 #[derive(Debug, Clone, Copy)]

@@ -8,7 +8,7 @@ use starling_api::{ApiResult, RosterItem, RosterStore};
 use starling_jid::BareJid;
 
 use crate::backend;
-use crate::records::{check_roster_item, AccountAddress};
+use crate::records::{check_roster_item, AccountAddress, RosterQuota};
 use crate::{into_api_error, no_account, DatabasePool, Storage, StorageError};
 
 #[async_trait]
@@ -47,7 +47,11 @@ impl RosterStore for Storage {
             Some(account) => match check_roster_item(item) {
                 Err(error) => Err(error),
                 Ok(()) => {
-                    on_database!(self, put_roster_item(&account, item, self.max_roster_items))
+                    let quota = RosterQuota {
+                        items: self.max_roster_items,
+                        bytes: self.max_roster_bytes,
+                    };
+                    on_database!(self, put_roster_item(&account, item, quota))
                 }
             },
         };

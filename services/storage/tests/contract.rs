@@ -379,6 +379,47 @@ pub mod cases {
         );
     }
 
+    pub async fn roster_is_bounded_in_bytes(storage: Storage) {
+        // Issue 18: each item under the per-item limits, the roster over its bytes.
+        let alice = account(&storage, "alice@example.org").await;
+        let grouped = |index: usize| {
+            let mut item = RosterItem::new(jid(&format!("c{index}@example.net")));
+            item.name = Some("n".repeat(200));
+            item.groups = (0..3)
+                .map(|group| format!("{group}{}", "g".repeat(299)))
+                .collect();
+            item
+        };
+        // 1,114 bytes each (14 of JID, 200 of name, 900 of groups): three fit in 4,096, four do not.
+        for index in 0..3 {
+            storage
+                .put_roster_item(&alice, &grouped(index))
+                .await
+                .unwrap();
+        }
+        let version = storage.roster(&alice).await.unwrap().0;
+        let refused = storage.put_roster_item(&alice, &grouped(3)).await;
+        assert!(
+            matches!(refused, Err(ApiError::LimitReached(_))),
+            "{refused:?}"
+        );
+        assert_eq!(storage.roster(&alice).await.unwrap().0, version);
+        assert_eq!(storage.roster(&alice).await.unwrap().1.len(), 3);
+        // Replacing an item counts its new size, not both.
+        let mut renamed = grouped(0);
+        renamed.name = Some("m".repeat(700));
+        storage.put_roster_item(&alice, &renamed).await.unwrap();
+        renamed.name = Some("m".repeat(1000));
+        let refused = storage.put_roster_item(&alice, &renamed).await;
+        assert!(
+            matches!(refused, Err(ApiError::LimitReached(_))),
+            "{refused:?}"
+        );
+        // A small item still fits in what is left.
+        let small = RosterItem::new(jid("small@example.net"));
+        storage.put_roster_item(&alice, &small).await.unwrap();
+    }
+
     pub async fn roster_cap_refuses_new_items_only(storage: Storage) {
         let alice = account(&storage, "alice@example.org").await;
         for index in 0..MAX_ROSTER_ITEMS {
@@ -1385,6 +1426,7 @@ contract_suite!(
     roster_groups_keep_their_order,
     roster_writes_need_an_account,
     roster_cap_refuses_new_items_only,
+    roster_is_bounded_in_bytes,
     offline_messages_are_taken_oldest_first,
     offline_queue_is_capped,
     offline_rejections,

@@ -16,6 +16,8 @@ use starling_storage::{Storage, StorageConfig};
 /// The limits every suite storage runs with, small enough to reach in a test.
 pub const MAX_OFFLINE_PER_USER: u32 = 5;
 pub const MAX_ROSTER_ITEMS: u32 = 25;
+/// Enough for the item cap's test (25 short items), not for long groups.
+pub const MAX_ROSTER_BYTES: u64 = 4096;
 pub const MAX_BLOCKLIST_ITEMS: u32 = 4;
 
 /// The suite's bound on an account's stored documents.
@@ -35,6 +37,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         url,
         max_offline_per_user: MAX_OFFLINE_PER_USER,
         max_roster_items: MAX_ROSTER_ITEMS,
+        max_roster_bytes: MAX_ROSTER_BYTES,
         max_blocklist_items: MAX_BLOCKLIST_ITEMS,
         max_connections: 8,
         max_account_data_bytes: MAX_ACCOUNT_DATA_BYTES,

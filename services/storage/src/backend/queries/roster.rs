@@ -6,7 +6,8 @@ use starling_api::RosterItem;
 use super::{increment_account_counter, AccountCounter, Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::{
-    roster_item_from_columns, version_from_column, AccountAddress, RosterItemColumns,
+    roster_item_bytes, roster_item_from_columns, version_from_column, AccountAddress,
+    RosterItemColumns, RosterQuota,
 };
 
 /// The roster version with every item and its groups, in one statement so
@@ -95,7 +96,7 @@ pub(crate) async fn put_roster_item(
     pool: &Pool<Db>,
     account: &AccountAddress<'_>,
     item: &RosterItem,
-    max_roster_items: u32,
+    quota: RosterQuota,
 ) -> Result<u64, StorageError> {
     let contact = item.jid.to_string();
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
@@ -120,13 +121,34 @@ pub(crate) async fn put_roster_item(
                 .fetch_one(&mut *transaction)
                 .await?
                 .try_get(0)?;
-        if item_count >= i64::from(max_roster_items) {
+        if item_count >= i64::from(quota.items) {
             transaction.rollback().await?;
             return Err(StorageError::RosterFull {
                 user: account.to_string(),
-                limit: max_roster_items,
+                limit: quota.items,
             });
         }
+    }
+    // Issue 18: the roster is bounded in bytes too (1,000 items of 128
+    // 1,000-byte groups were 131 MB, and every presence update read them).
+    // The item being replaced does not count against its replacement.
+    let others: i64 = sqlx::query(
+        "SELECT COALESCE(SUM(OCTET_LENGTH(contact) + COALESCE(OCTET_LENGTH(name), 0)          + COALESCE(OCTET_LENGTH(pending_in_stanza), 0)), 0)          + (SELECT COALESCE(SUM(OCTET_LENGTH(group_name)), 0) FROM roster_groups             WHERE account_id = $1 AND contact <> $2)          FROM roster_items WHERE account_id = $1 AND contact <> $2",
+    )
+    .bind(account_id)
+    .bind(&contact)
+    .fetch_one(&mut *transaction)
+    .await?
+    .try_get(0)?;
+    let total = u64::try_from(others)
+        .unwrap_or(0)
+        .saturating_add(roster_item_bytes(&contact, item));
+    if total > quota.bytes {
+        transaction.rollback().await?;
+        return Err(StorageError::RosterBytesFull {
+            user: account.to_string(),
+            limit: quota.bytes,
+        });
     }
 
     sqlx::query(
