@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use starling_jid::BareJid;
 
+use crate::archive::ArchiveStore;
 use crate::blocking::BlockingStore;
 use crate::error::ApiResult;
 
@@ -141,7 +142,13 @@ impl RosterItem {
 /// PostgreSQL) and by the gRPC client. Code that needs one feature's data
 /// imports that feature's trait.
 pub trait StorageApi:
-    AccountStore + RosterStore + OfflineStore + AccountDataStore + BlockingStore + FastTokenStore
+    AccountStore
+    + RosterStore
+    + OfflineStore
+    + AccountDataStore
+    + BlockingStore
+    + FastTokenStore
+    + ArchiveStore
 {
 }
 
@@ -152,6 +159,7 @@ impl<
             + AccountDataStore
             + BlockingStore
             + FastTokenStore
+            + ArchiveStore
             + ?Sized,
     > StorageApi for T
 {

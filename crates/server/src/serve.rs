@@ -75,6 +75,7 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
         max_blocklist_items: config.blocking.max_items,
         max_connections: config.storage.max_connections,
         max_account_data_bytes: config.storage.max_account_data_bytes,
+        max_archive_messages_per_account: config.mam.max_messages_per_account,
     };
     Storage::connect(&storage_config)
         .await
@@ -108,6 +109,9 @@ fn router_config(config: &Config) -> RouterConfig {
         server_version: env!("CARGO_PKG_VERSION").into(),
         carbons: config.carbons.enabled,
         blocking_max_items: config.blocking.max_items as usize,
+        mam: config.mam.enabled,
+        mam_max_page_size: config.mam.max_page_size,
+        stored_stanza_limits: config.stored_stanza_limits(),
     }
 }
 
@@ -463,6 +467,8 @@ pub struct Server {
     connection_manager: Option<BoundConnectionManager>,
     drain: Option<DrainHandle>,
     offline_gauge: Option<JoinHandle<()>>,
+    /// The storage service's archive retention purge (`mam.retention_days`).
+    archive_purge: Option<JoinHandle<()>>,
     http_task: Option<JoinHandle<()>>,
     https_task: Option<JoinHandle<()>>,
     admin_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -497,6 +503,7 @@ impl Server {
             connection_manager: None,
             drain: None,
             offline_gauge: None,
+            archive_purge: None,
             http_task: None,
             https_task: None,
             admin_task: None,
@@ -527,6 +534,12 @@ impl Server {
                         .context("cannot register the storage metrics")?,
                 );
                 server.offline_gauge = Some(storage.spawn_offline_gauge(Duration::from_secs(15)));
+                if config.mam.retention_days > 0 {
+                    server.archive_purge = Some(storage.spawn_archive_purge(
+                        Duration::from_secs(u64::from(config.mam.retention_days) * 86_400),
+                        Duration::from_secs(config.mam.purge_interval_secs),
+                    ));
+                }
                 Arc::new(storage)
             }
             _ => Arc::new(
@@ -834,6 +847,7 @@ impl Server {
             connection_manager,
             drain,
             offline_gauge,
+            archive_purge,
             http_task,
             https_task,
             admin_task,
@@ -867,6 +881,9 @@ impl Server {
         }
         signal_task.abort();
         if let Some(task) = offline_gauge {
+            task.abort();
+        }
+        if let Some(task) = archive_purge {
             task.abort();
         }
         if let Some((liveness, task)) = liveness {

@@ -103,7 +103,14 @@ pub struct RouterMetrics {
     duration: [Histogram; 3],
     /// Per direction (sent, received): delivered, unreached, failed.
     carbons: [[IntCounter; 3]; 2],
+    /// Archive entries (XEP-0313) by outcome, in [`ARCHIVE_OUTCOMES`] order.
+    archive: [IntCounter; 4],
 }
+
+/// What became of a message's archive entries: queued for the batched
+/// writer, written by storage, lost because the write failed, or not
+/// archived because the preferences could not be read.
+pub(crate) const ARCHIVE_OUTCOMES: [&str; 4] = ["queued", "written", "failed", "undecided"];
 
 const CARBON_DIRECTIONS: [Direction; 2] = [Direction::Sent, Direction::Received];
 const CARBON_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
@@ -156,8 +163,17 @@ impl RouterMetrics {
         )?;
         registry.register(Box::new(routed.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        let archive = IntCounterVec::new(
+            Opts::new(
+                "starling_router_archive_total",
+                "XEP-0313 archive entries (one per archive a message goes to), by outcome: queued for the batched writer, written, failed (the write failed after retries, entries lost), undecided (the preferences could not be read: not archived)",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(carbons.clone()))?;
+        registry.register(Box::new(archive.clone()))?;
         Ok(RouterMetrics {
+            archive: ARCHIVE_OUTCOMES.map(|outcome| archive.with_label_values(&[outcome])),
             routed: KINDS.map(|kind| {
                 Decision::ALL
                     .map(|decision| routed.with_label_values(&[kind_label(kind), decision.label()]))
@@ -181,6 +197,13 @@ impl RouterMetrics {
         let counters = &self.carbons[direction_index(direction)];
         counters[0].inc_by(delivered as u64);
         counters[1].inc_by(unreached as u64);
+    }
+
+    /// `count` archive entries had `outcome` (one of [`ARCHIVE_OUTCOMES`]).
+    pub(crate) fn count_archive(&self, outcome: &str, count: usize) {
+        if let Some(index) = ARCHIVE_OUTCOMES.iter().position(|known| *known == outcome) {
+            self.archive[index].inc_by(count as u64);
+        }
     }
 
     /// The copies of one message could not be computed (the registry failed).

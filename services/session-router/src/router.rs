@@ -37,6 +37,15 @@ pub struct RouterConfig {
     /// The most items one account's block list may hold (XEP-0191,
     /// `blocking.max_items`); a block request past it gets `policy-violation`.
     pub blocking_max_items: usize,
+    /// Message Archive Management (XEP-0313, `mam.enabled`): one-to-one
+    /// messages archived and stamped with a XEP-0359 stanza id, archive
+    /// queries and preferences answered.
+    pub mam: bool,
+    /// The most messages one archive query returns (`mam.max_page_size`).
+    pub mam_max_page_size: u32,
+    /// The limits archived messages are parsed under when a query returns
+    /// them (`Limits::for_server_copies` of the configured limits).
+    pub stored_stanza_limits: starling_xmpp::Limits,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -133,6 +142,8 @@ pub struct SessionRouter {
     pub(crate) resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
     /// The block lists (XEP-0191) every stanza is checked against, cached.
     pub(crate) blocklists: Arc<Blocklists>,
+    /// Archive ids (XEP-0313) and the batched archive writes.
+    pub(crate) archive: crate::archive::Archiver,
 }
 
 impl SessionRouter {
@@ -164,6 +175,7 @@ impl SessionRouter {
             started_at: SystemTime::now(),
             metrics: RouterMetrics::default(),
             resumption: None,
+            archive: crate::archive::Archiver::new(),
         }
     }
 

@@ -59,6 +59,10 @@ pub enum StorageError {
     /// The block list of the user is full (XEP-0191, `blocking.max_items`).
     #[error("block list of {user} is full ({limit} items)")]
     BlocklistFull { user: String, limit: u32 },
+    /// An archive query named a message id that is not in the archive
+    /// (XEP-0313: `item-not-found`).
+    #[error("no message {0} in the archive")]
+    ArchiveItemNotFound(String),
     /// A stored row cannot be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     CorruptData(String),
@@ -88,6 +92,7 @@ impl StorageError {
                 | StorageError::RosterFull { .. }
                 | StorageError::AccountDataFull { .. }
                 | StorageError::BlocklistFull { .. }
+                | StorageError::ArchiveItemNotFound(_)
         )
     }
 }
@@ -97,7 +102,9 @@ impl From<StorageError> for ApiError {
         let text = error.to_string();
         match error {
             StorageError::Invalid(_) => ApiError::Invalid(text),
-            StorageError::AccountNotFound(_) => ApiError::NotFound(text),
+            StorageError::AccountNotFound(_) | StorageError::ArchiveItemNotFound(_) => {
+                ApiError::NotFound(text)
+            }
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
             StorageError::OfflineQueueFull { .. }
             | StorageError::RosterFull { .. }

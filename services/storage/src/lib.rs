@@ -63,6 +63,9 @@ pub struct StorageConfig {
     /// Bytes of XML documents (private XML storage, vCard) kept per account;
     /// put_account_data returns LimitReached past it.
     pub max_account_data_bytes: u64,
+    /// Messages kept per account archive (XEP-0313, `mam.max_messages_per_account`);
+    /// past it the oldest are removed as new ones come. 0: no bound.
+    pub max_archive_messages_per_account: u64,
 }
 
 impl Default for StorageConfig {
@@ -75,6 +78,7 @@ impl Default for StorageConfig {
             max_blocklist_items: 1000,
             max_connections: 8,
             max_account_data_bytes: DEFAULT_MAX_ACCOUNT_DATA_BYTES,
+            max_archive_messages_per_account: DEFAULT_MAX_ARCHIVE_MESSAGES_PER_ACCOUNT,
         }
     }
 }
@@ -82,6 +86,9 @@ impl Default for StorageConfig {
 /// The default of `storage.max_account_data_bytes`: room for a vCard with
 /// an avatar at the stanza size limit, and bookmarks and notes beside it.
 pub const DEFAULT_MAX_ACCOUNT_DATA_BYTES: u64 = 1024 * 1024;
+
+/// The default of `mam.max_messages_per_account`.
+pub const DEFAULT_MAX_ARCHIVE_MESSAGES_PER_ACCOUNT: u64 = 1_000_000;
 
 /// The storage service over a connection pool; cloning shares the pool.
 #[derive(Clone)]
@@ -92,6 +99,7 @@ pub struct Storage {
     max_roster_items: u32,
     max_account_data_bytes: u64,
     max_blocklist_items: u32,
+    max_archive_messages_per_account: u64,
     metrics: StorageMetrics,
 }
 
@@ -139,6 +147,7 @@ macro_rules! on_database {
 // gRPC. Declared after `on_database!` so that they can use it.
 mod account_data;
 mod accounts;
+mod archive;
 mod blocking;
 mod fast;
 mod offline;
@@ -170,6 +179,7 @@ impl Storage {
             max_roster_items: config.max_roster_items,
             max_account_data_bytes: config.max_account_data_bytes,
             max_blocklist_items: config.max_blocklist_items,
+            max_archive_messages_per_account: config.max_archive_messages_per_account,
             metrics: StorageMetrics::default(),
         })
     }

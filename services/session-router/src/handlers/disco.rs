@@ -49,7 +49,12 @@ impl IqHandler for Disco {
                 info_result(iq, &identity, &router.features.disco_features())
             }
             Addressee::OwnAccount { .. } | Addressee::OtherAccount => {
-                info_result(iq, &REGISTERED_ACCOUNT, ACCOUNT_FEATURES)
+                let mut features = ACCOUNT_FEATURES.to_vec();
+                // XEP-0313 section 7: the archive is the account's.
+                if router.config.mam {
+                    features.extend_from_slice(super::mam::ACCOUNT_FEATURES);
+                }
+                info_result(iq, &REGISTERED_ACCOUNT, &features)
             }
         })
     }

@@ -19,6 +19,7 @@ use crate::records::AccountAddress;
 
 mod account_data;
 mod accounts;
+mod archive;
 mod blocking;
 mod fast;
 mod offline;
@@ -26,6 +27,7 @@ mod roster;
 
 pub(crate) use account_data::*;
 pub(crate) use accounts::*;
+pub(crate) use archive::*;
 pub(crate) use blocking::*;
 pub(crate) use fast::*;
 pub(crate) use offline::*;
