@@ -319,7 +319,10 @@ async def test_errors_and_the_page_bound(server_factory):
 
         # Form discovery (section 4.1.5): every supported field, none required.
         form = await b.plugin["xep_0313"].get_fields(timeout=20)
-        assert {"FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids"} <= set(form["fields"])
+        fields = {field["var"]: field for field in form["fields"]}
+        assert {"FORM_TYPE", "with", "start", "end", "before-id", "after-id", "ids"} <= set(fields)
+        assert not any(field["required"] for field in fields.values())
+        assert fields["with"]["type"] == "jid-single"
     finally:
         await logout(a, b)
 

@@ -169,7 +169,7 @@ async fn a_query_sends_results_then_fin_to_the_asking_resource() {
     assert_eq!(
         stanza_xml(&seen[2]),
         format!(
-            "<iq to='juliet@example.com/balcony' id='q1' type='result'><fin xmlns='urn:xmpp:mam:2' complete='false'><set xmlns='http://jabber.org/protocol/rsm'><first>{}</first><last>{}</last></set></fin></iq>",
+            "<iq type='result' id='q1' to='juliet@example.com/balcony'><fin xmlns='urn:xmpp:mam:2' complete='false'><set xmlns='http://jabber.org/protocol/rsm'><first>{}</first><last>{}</last></set></fin></iq>",
             archive[1].0 .0, archive[2].0 .0
         )
     );
@@ -191,7 +191,7 @@ async fn another_accounts_archive_is_forbidden() {
         harness.seen_on_test(),
         vec![to_conn(
             1,
-            "<iq from='romeo@example.com' to='juliet@example.com/balcony' id='q2' type='error'><query xmlns='urn:xmpp:mam:2'/><error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+            "<iq id='q2' to='juliet@example.com/balcony' from='romeo@example.com' type='error'><query xmlns='urn:xmpp:mam:2'/><error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
         )]
     );
 }
@@ -212,7 +212,7 @@ async fn prefs_never_keeps_the_message_out_and_unstamped() {
         harness.seen_on_test(),
         vec![to_conn(
             1,
-            "<iq to='juliet@example.com/balcony' id='p1' type='result'><prefs xmlns='urn:xmpp:mam:2' default='always'><always/><never><jid>romeo@example.com</jid></never></prefs></iq>"
+            "<iq type='result' id='p1' to='juliet@example.com/balcony'><prefs xmlns='urn:xmpp:mam:2' default='always'><always/><never><jid>romeo@example.com</jid></never></prefs></iq>"
         )]
     );
     let message = "<message from='romeo@example.com/orchard' to='juliet@example.com' type='chat'><body>unkept</body></message>";
