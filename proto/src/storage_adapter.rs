@@ -7,9 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use starling_api::{
     AbuseReport, AccountDataStore, AccountStore, ApiResult, ArchiveDefault, ArchiveEntry,
-    ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage,
-    BlockedItem, BlockingStore, FastTokenRecord, FastTokenStore, OfflineStore, PageStart,
-    RosterItem, RosterStore, StorageApi, StoredCredentials,
+    ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, BlockedItem,
+    BlockingStore, FastTokenRecord, FastTokenStore, OfflineStore, PageStart, RosterItem,
+    RosterStore, StorageApi, StoredCredentials,
 };
 use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
@@ -455,8 +455,7 @@ impl Storage for StorageGrpcServer {
         &self,
         request: Request<proto::GetArchiveBoundsRequest>,
     ) -> Result<Response<proto::GetArchiveBoundsResponse>, Status> {
-        let owner =
-            parse_bare_jid("owner", &request.into_inner().owner).map_err(bad_request)?;
+        let owner = parse_bare_jid("owner", &request.into_inner().owner).map_err(bad_request)?;
         let bounds = self
             .api
             .archive_bounds(&owner)
@@ -472,8 +471,7 @@ impl Storage for StorageGrpcServer {
         &self,
         request: Request<proto::GetArchivePrefsRequest>,
     ) -> Result<Response<proto::GetArchivePrefsResponse>, Status> {
-        let owner =
-            parse_bare_jid("owner", &request.into_inner().owner).map_err(bad_request)?;
+        let owner = parse_bare_jid("owner", &request.into_inner().owner).map_err(bad_request)?;
         let prefs = self
             .api
             .archive_prefs(&owner)
@@ -942,7 +940,12 @@ fn prefs_from_proto(prefs: Option<proto::ArchivePrefs>) -> Result<ArchivePrefs, 
         Ok(proto::ArchiveDefaultRule::ArchiveDefaultAlways) => ArchiveDefault::Always,
         Ok(proto::ArchiveDefaultRule::ArchiveDefaultNever) => ArchiveDefault::Never,
         Ok(proto::ArchiveDefaultRule::ArchiveDefaultRoster) => ArchiveDefault::Roster,
-        Err(_) => return Err(format!("prefs: unknown default rule {}", prefs.default_rule)),
+        Err(_) => {
+            return Err(format!(
+                "prefs: unknown default rule {}",
+                prefs.default_rule
+            ))
+        }
     };
     let read = |jids: &[String], field: &str| -> Result<Vec<Jid>, String> {
         jids.iter().map(|jid| parse_jid(field, jid)).collect()
@@ -998,7 +1001,6 @@ fn archive_query_from_proto(request: &proto::QueryArchiveRequest) -> Result<Arch
         max: request.max,
     })
 }
-
 
 #[async_trait]
 impl ArchiveStore for GrpcStorageClient {
@@ -1082,7 +1084,11 @@ impl ArchiveStore for GrpcStorageClient {
             .replicas
             .call("archive_bounds", RetryPolicy::Idempotent, |channel| {
                 let request = request.clone();
-                async move { StorageClient::new(channel).get_archive_bounds(request).await }
+                async move {
+                    StorageClient::new(channel)
+                        .get_archive_bounds(request)
+                        .await
+                }
             })
             .await?;
         Ok(match (response.first, response.last) {

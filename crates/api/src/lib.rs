@@ -18,9 +18,8 @@ pub mod router;
 pub mod storage;
 
 pub use archive::{
-    ARCHIVE_ID_NODE_BITS,
     ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore,
-    ArchivedMessage, PageStart,
+    ArchivedMessage, PageStart, ARCHIVE_ID_NODE_BITS,
 };
 pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};

@@ -707,7 +707,9 @@ impl Config {
         if self.mam.retention_days > MAX_MAM_RETENTION_DAYS {
             return Err(ConfigError::Invalid {
                 key: "mam.retention_days",
-                message: format!("must be at most {MAX_MAM_RETENTION_DAYS} (0 keeps messages forever)"),
+                message: format!(
+                    "must be at most {MAX_MAM_RETENTION_DAYS} (0 keeps messages forever)"
+                ),
             });
         }
         if !(1..=86_400).contains(&self.mam.purge_interval_secs) {

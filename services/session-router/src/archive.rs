@@ -30,9 +30,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use starling_api::{
-    ApiError, ArchiveEntry, ArchiveId, StorageApi, ARCHIVE_ID_NODE_BITS,
-};
+use starling_api::{ApiError, ArchiveEntry, ArchiveId, StorageApi, ARCHIVE_ID_NODE_BITS};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{ns, stanza, Element, MessageType};
 use tokio::sync::{mpsc, oneshot};
@@ -77,9 +75,9 @@ impl Archiver {
     /// assign the same id in the same microsecond (unless their random
     /// bytes collide, when the second write of that id is skipped).
     pub(crate) fn next_id(&self, now: SystemTime) -> ArchiveId {
-        let now_micros = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX >> 9));
+        let now_micros = now.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX >> 9)
+        });
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let micros = now_micros.max((last >> ARCHIVE_ID_NODE_BITS) + 1);
@@ -200,13 +198,15 @@ pub(crate) fn is_archivable(message: &Element) -> bool {
     ) {
         return false;
     }
-    if message.has_child("no-store", ns::HINTS) || message.has_child("no-permanent-store", ns::HINTS)
+    if message.has_child("no-store", ns::HINTS)
+        || message.has_child("no-permanent-store", ns::HINTS)
     {
         return false;
     }
-    if message.children().any(|child| {
-        child.namespace() == ns::CARBONS || child.is("result", ns::MAM)
-    }) {
+    if message
+        .children()
+        .any(|child| child.namespace() == ns::CARBONS || child.is("result", ns::MAM))
+    {
         return false;
     }
     message.has_child("store", ns::HINTS) || message.has_child("body", ns::CLIENT)

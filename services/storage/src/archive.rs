@@ -148,7 +148,11 @@ impl ArchiveStore for Storage {
     #[tracing::instrument(target = "starling_trace", name = "storage.set_archive_prefs", skip_all, fields(db.system = self.db_system()))]
     async fn set_archive_prefs(&self, owner: &BareJid, prefs: &ArchivePrefs) -> ApiResult<()> {
         let Some(account) = AccountAddress::of(owner) else {
-            return Err(into_api_error("set_archive_prefs", owner, no_account(owner)));
+            return Err(into_api_error(
+                "set_archive_prefs",
+                owner,
+                no_account(owner),
+            ));
         };
         // Never wins over always (XEP-0441): an address in both is kept as never.
         let mut listed: Vec<(String, &'static str)> = Vec::new();
@@ -176,7 +180,9 @@ impl Storage {
     pub async fn purge_archive(&self, retention: Duration) -> Result<u64, StorageError> {
         let now_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX));
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX)
+            });
         let retention_micros = i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
         let cutoff = ArchiveId::first_at(now_micros.saturating_sub(retention_micros));
         let purged = on_database!(self, purge_archive(cutoff.0))?;

@@ -159,7 +159,9 @@ impl StorageMetrics {
     /// Archive rows `added`, `evicted` (quota) or `purged` (retention).
     pub(crate) fn archive(&self, event: &'static str, count: u64) {
         if count > 0 {
-            self.archive_messages.with_label_values(&[event]).inc_by(count);
+            self.archive_messages
+                .with_label_values(&[event])
+                .inc_by(count);
         }
     }
 

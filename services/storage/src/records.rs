@@ -320,4 +320,3 @@ pub(crate) fn default_rule_name(rule: ArchiveDefault) -> &'static str {
         ArchiveDefault::Roster => "roster",
     }
 }
-

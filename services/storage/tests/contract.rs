@@ -1052,7 +1052,12 @@ pub mod archive_cases {
         for index in 0..10 {
             let id = id_at(index, 7);
             entries.push(entry(&alice, id, "bob@example.org", &format!("m{index}")));
-            entries.push(entry(&bob, id, "alice@example.org/phone", &format!("m{index}")));
+            entries.push(entry(
+                &bob,
+                id,
+                "alice@example.org/phone",
+                &format!("m{index}"),
+            ));
             // An owner without an account is skipped, not an error.
             entries.push(entry(&nobody, id, "alice@example.org", "lost"));
         }
@@ -1060,7 +1065,10 @@ pub mod archive_cases {
         // Written again (a retried batch): nothing twice.
         assert_eq!(storage.archive_messages(&entries).await.unwrap(), 0);
 
-        let first = storage.query_archive(&alice, &query(4, PageStart::First)).await.unwrap();
+        let first = storage
+            .query_archive(&alice, &query(4, PageStart::First))
+            .await
+            .unwrap();
         assert_eq!(bodies(&first), ["m0", "m1", "m2", "m3"]);
         assert!(!first.complete);
         let next = storage
@@ -1076,7 +1084,10 @@ pub mod archive_cases {
         assert!(last_forward.complete);
 
         // Backwards: the last page, then the one before it, oldest first within.
-        let last = storage.query_archive(&bob, &query(3, PageStart::Last)).await.unwrap();
+        let last = storage
+            .query_archive(&bob, &query(3, PageStart::Last))
+            .await
+            .unwrap();
         assert_eq!(bodies(&last), ["m7", "m8", "m9"]);
         assert!(!last.complete);
         let before = storage
@@ -1087,10 +1098,16 @@ pub mod archive_cases {
         assert!(before.complete);
 
         // Exactly max left: complete, without a further page.
-        let exact = storage.query_archive(&alice, &query(10, PageStart::First)).await.unwrap();
+        let exact = storage
+            .query_archive(&alice, &query(10, PageStart::First))
+            .await
+            .unwrap();
         assert_eq!(exact.messages.len(), 10);
         assert!(exact.complete);
-        let empty = storage.query_archive(&alice, &query(0, PageStart::First)).await.unwrap();
+        let empty = storage
+            .query_archive(&alice, &query(0, PageStart::First))
+            .await
+            .unwrap();
         assert!(empty.messages.is_empty() && !empty.complete);
         let nothing = storage
             .query_archive(&alice, &query(5, PageStart::After(exact.messages[9].id)))
@@ -1102,7 +1119,13 @@ pub mod archive_cases {
             storage.archive_bounds(&alice).await.unwrap(),
             Some((id_at(0, 7), id_at(9, 7)))
         );
-        assert_eq!(storage.archive_bounds(&jid("carol@example.org")).await.unwrap(), None);
+        assert_eq!(
+            storage
+                .archive_bounds(&jid("carol@example.org"))
+                .await
+                .unwrap(),
+            None
+        );
 
         // The archive goes with the account.
         storage.remove_account(&alice).await.unwrap();
@@ -1125,12 +1148,21 @@ pub mod archive_cases {
             max: 10,
             ..ArchiveQuery::default()
         };
-        let page = storage.query_archive(&alice, &with("bob@example.org")).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &with("bob@example.org"))
+            .await
+            .unwrap();
         assert_eq!(bodies(&page), ["b-phone", "b-laptop", "b-bare"]);
-        let page = storage.query_archive(&alice, &with("bob@example.org/laptop")).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &with("bob@example.org/laptop"))
+            .await
+            .unwrap();
         assert_eq!(bodies(&page), ["b-laptop"]);
         // Section 4.1.1: `with` the account itself matches messages to itself only.
-        let page = storage.query_archive(&alice, &with("alice@example.org")).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &with("alice@example.org"))
+            .await
+            .unwrap();
         assert_eq!(bodies(&page), ["self"]);
 
         let window = ArchiveQuery {
@@ -1178,15 +1210,30 @@ pub mod archive_cases {
         for asked in [
             query(5, PageStart::After(unknown)),
             query(5, PageStart::Before(unknown)),
-            ArchiveQuery { after_id: Some(unknown), max: 5, ..ArchiveQuery::default() },
-            ArchiveQuery { before_id: Some(unknown), max: 5, ..ArchiveQuery::default() },
-            ArchiveQuery { ids: vec![id_at(1, 1), unknown], max: 5, ..ArchiveQuery::default() },
+            ArchiveQuery {
+                after_id: Some(unknown),
+                max: 5,
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                before_id: Some(unknown),
+                max: 5,
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                ids: vec![id_at(1, 1), unknown],
+                max: 5,
+                ..ArchiveQuery::default()
+            },
         ] {
             let result = storage.query_archive(&alice, &asked).await;
             assert!(is_not_found(&result), "{asked:?}: {result:?}");
         }
         let nobody = storage
-            .query_archive(&jid("nobody@example.org"), &query(5, PageStart::After(unknown)))
+            .query_archive(
+                &jid("nobody@example.org"),
+                &query(5, PageStart::After(unknown)),
+            )
             .await;
         assert!(is_not_found(&nobody), "{nobody:?}");
     }
@@ -1197,11 +1244,21 @@ pub mod archive_cases {
         // In several batches, one of them past the bound at once.
         for batch in [0..3, 3..10, 10..total] {
             let entries: Vec<_> = batch
-                .map(|index| entry(&alice, id_at(index, 0), "bob@example.org", &format!("m{index}")))
+                .map(|index| {
+                    entry(
+                        &alice,
+                        id_at(index, 0),
+                        "bob@example.org",
+                        &format!("m{index}"),
+                    )
+                })
                 .collect();
             storage.archive_messages(&entries).await.unwrap();
         }
-        let page = storage.query_archive(&alice, &query(100, PageStart::First)).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &query(100, PageStart::First))
+            .await
+            .unwrap();
         let expected: Vec<String> = (5..total).map(|index| format!("m{index}")).collect();
         assert_eq!(bodies(&page), expected);
         assert_eq!(
@@ -1218,7 +1275,10 @@ pub mod archive_cases {
             async move { storage.archive_decisions(&pairs).await.unwrap() }
         };
         // Never set: the default keeps everything.
-        assert_eq!(storage.archive_prefs(&alice).await.unwrap(), ArchivePrefs::default());
+        assert_eq!(
+            storage.archive_prefs(&alice).await.unwrap(),
+            ArchivePrefs::default()
+        );
         assert_eq!(
             decide(vec![
                 (alice.clone(), full("bob@example.org/x")),
@@ -1239,7 +1299,10 @@ pub mod archive_cases {
         assert_eq!(stored.always, [full("carol@example.org")]);
         let mut never = stored.never.clone();
         never.sort_by_key(ToString::to_string);
-        assert_eq!(never, [full("carol@example.org/spam"), full("dave@example.org")]);
+        assert_eq!(
+            never,
+            [full("carol@example.org/spam"), full("dave@example.org")]
+        );
         let mut item = RosterItem::new(bob.clone());
         item.subscription = Subscription::Both;
         storage.put_roster_item(&alice, &item).await.unwrap();
@@ -1255,20 +1318,37 @@ pub mod archive_cases {
             [true, false, true, false, false]
         );
         storage
-            .set_archive_prefs(&alice, &ArchivePrefs { default: ArchiveDefault::Never, ..ArchivePrefs::default() })
+            .set_archive_prefs(
+                &alice,
+                &ArchivePrefs {
+                    default: ArchiveDefault::Never,
+                    ..ArchivePrefs::default()
+                },
+            )
             .await
             .unwrap();
-        assert_eq!(decide(vec![(alice.clone(), full("bob@example.org"))]).await, [false]);
+        assert_eq!(
+            decide(vec![(alice.clone(), full("bob@example.org"))]).await,
+            [false]
+        );
         assert!(is_not_found(
-            &storage.set_archive_prefs(&jid("nobody@example.org"), &ArchivePrefs::default()).await
+            &storage
+                .set_archive_prefs(&jid("nobody@example.org"), &ArchivePrefs::default())
+                .await
         ));
         // Preferences keep the archive's count: the quota still holds after.
         let entries: Vec<_> = (0..MAX_ARCHIVE_MESSAGES as i64 + 1)
             .map(|index| entry(&alice, id_at(index, 0), "bob@example.org", "x"))
             .collect();
         storage.archive_messages(&entries).await.unwrap();
-        storage.set_archive_prefs(&alice, &ArchivePrefs::default()).await.unwrap();
-        let page = storage.query_archive(&alice, &query(100, PageStart::First)).await.unwrap();
+        storage
+            .set_archive_prefs(&alice, &ArchivePrefs::default())
+            .await
+            .unwrap();
+        let page = storage
+            .query_archive(&alice, &query(100, PageStart::First))
+            .await
+            .unwrap();
         assert_eq!(page.messages.len() as u64, MAX_ARCHIVE_MESSAGES);
     }
 
@@ -1281,9 +1361,24 @@ pub mod archive_cases {
             .as_micros() as i64;
         let day = 86_400_000_000i64;
         let entries = vec![
-            entry(&alice, ArchiveId::first_at(now - 3 * day), "bob@example.org", "old"),
-            entry(&alice, ArchiveId::first_at(now - day / 2), "bob@example.org", "recent"),
-            entry(&bob, ArchiveId::first_at(now - 5 * day), "alice@example.org", "older"),
+            entry(
+                &alice,
+                ArchiveId::first_at(now - 3 * day),
+                "bob@example.org",
+                "old",
+            ),
+            entry(
+                &alice,
+                ArchiveId::first_at(now - day / 2),
+                "bob@example.org",
+                "recent",
+            ),
+            entry(
+                &bob,
+                ArchiveId::first_at(now - 5 * day),
+                "alice@example.org",
+                "older",
+            ),
         ];
         storage.archive_messages(&entries).await.unwrap();
         let purged = storage
@@ -1291,15 +1386,28 @@ pub mod archive_cases {
             .await
             .unwrap();
         assert_eq!(purged, 2);
-        let page = storage.query_archive(&alice, &query(10, PageStart::First)).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &query(10, PageStart::First))
+            .await
+            .unwrap();
         assert_eq!(bodies(&page), ["recent"]);
         assert_eq!(storage.archive_bounds(&bob).await.unwrap(), None);
         // The count followed: the quota counts what is left.
         let more: Vec<_> = (0..MAX_ARCHIVE_MESSAGES as i64)
-            .map(|index| entry(&alice, ArchiveId::first_at(now + index), "bob@example.org", "new"))
+            .map(|index| {
+                entry(
+                    &alice,
+                    ArchiveId::first_at(now + index),
+                    "bob@example.org",
+                    "new",
+                )
+            })
             .collect();
         storage.archive_messages(&more).await.unwrap();
-        let page = storage.query_archive(&alice, &query(100, PageStart::First)).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &query(100, PageStart::First))
+            .await
+            .unwrap();
         assert_eq!(page.messages.len() as u64, MAX_ARCHIVE_MESSAGES);
         assert_eq!(bodies(&page)[0], "new");
     }

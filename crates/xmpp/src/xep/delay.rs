@@ -157,7 +157,8 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
     let era = year.div_euclid(400);
     let year_of_era = year.rem_euclid(400);
     let month = i64::from(month);
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
     let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
     era * 146_097 + day_of_era - 719_468
 }
@@ -247,8 +248,14 @@ mod tests {
             parse_datetime_micros("2002-09-10T20:38:25-02:30"),
             Some(1_031_699_305_000_000)
         );
-        assert_eq!(parse_datetime_micros("2000-02-29T00:00:00Z"), Some(951_782_400_000_000));
-        assert_eq!(parse_datetime_micros("1969-12-31T23:59:59Z"), Some(-1_000_000));
+        assert_eq!(
+            parse_datetime_micros("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000_000)
+        );
+        assert_eq!(
+            parse_datetime_micros("1969-12-31T23:59:59Z"),
+            Some(-1_000_000)
+        );
         for seconds in [0u64, 951_782_400, 1_735_689_599, 4_107_542_400] {
             assert_eq!(
                 parse_datetime_micros(&rfc3339_utc(at(seconds))),

@@ -67,14 +67,16 @@ impl Query {
         if !matches!(form.attr("type"), Some("submit") | None) {
             return Err(PayloadError("the query form must be of type 'submit'"));
         }
-        for field in form.children().filter(|child| child.is("field", ns::DATA_FORMS)) {
+        for field in form
+            .children()
+            .filter(|child| child.is("field", ns::DATA_FORMS))
+        {
             let Some(var) = field.attr("var") else {
                 return Err(PayloadError("a form field needs a var"));
             };
             match var {
                 "FORM_TYPE" => {
-                    if single_value(field, "one FORM_TYPE value only")?.as_deref()
-                        != Some(ns::MAM)
+                    if single_value(field, "one FORM_TYPE value only")?.as_deref() != Some(ns::MAM)
                     {
                         return Err(PayloadError("the FORM_TYPE must be urn:xmpp:mam:2"));
                     }
@@ -82,9 +84,7 @@ impl Query {
                 "with" => self.with = single_value(field, "one 'with' value only")?,
                 "start" => self.start = single_value(field, "one 'start' value only")?,
                 "end" => self.end = single_value(field, "one 'end' value only")?,
-                "before-id" => {
-                    self.before_id = single_value(field, "one 'before-id' value only")?
-                }
+                "before-id" => self.before_id = single_value(field, "one 'before-id' value only")?,
                 "after-id" => self.after_id = single_value(field, "one 'after-id' value only")?,
                 "ids" => self.ids = field_values(field),
                 other => self.unknown_fields.push(other.to_string()),
@@ -130,7 +130,11 @@ impl Payload for Query {
             query.set_attr("queryid", queryid.clone());
         }
         let mut form = Element::new("x", ns::DATA_FORMS).with_attr("type", "submit");
-        form.append_child(text_field("FORM_TYPE", Some("hidden"), &[ns::MAM.to_string()]));
+        form.append_child(text_field(
+            "FORM_TYPE",
+            Some("hidden"),
+            &[ns::MAM.to_string()],
+        ));
         let singles = [
             ("with", &self.with),
             ("start", &self.start),
@@ -173,7 +177,11 @@ fn text_field(var: &str, field_type: Option<&str>, values: &[String]) -> Element
 /// an open XEP-0122 validation (its values are never listed).
 pub fn query_form() -> Element {
     let mut form = Element::new("x", ns::DATA_FORMS).with_attr("type", "form");
-    form.append_child(text_field("FORM_TYPE", Some("hidden"), &[ns::MAM.to_string()]));
+    form.append_child(text_field(
+        "FORM_TYPE",
+        Some("hidden"),
+        &[ns::MAM.to_string()],
+    ));
     for (var, field_type) in QUERY_FIELDS {
         let mut field = Element::new("field", ns::DATA_FORMS)
             .with_attr("type", *field_type)
@@ -257,7 +265,9 @@ fn read_jids(list: &Element) -> Result<Vec<String>, PayloadError> {
             if child.is("jid", ns::MAM) {
                 Ok(child.text().trim().to_string())
             } else {
-                Err(PayloadError("<always/> and <never/> hold <jid/> elements only"))
+                Err(PayloadError(
+                    "<always/> and <never/> hold <jid/> elements only",
+                ))
             }
         })
         .collect()

@@ -142,11 +142,15 @@ mod tests {
     #[test]
     fn broken_pages_are_rejected() {
         assert_eq!(
-            rejected::<PageRequest>("<set xmlns='http://jabber.org/protocol/rsm'><max>-1</max></set>"),
+            rejected::<PageRequest>(
+                "<set xmlns='http://jabber.org/protocol/rsm'><max>-1</max></set>"
+            ),
             "<max/> is not a non-negative integer"
         );
         assert_eq!(
-            rejected::<PageRequest>("<set xmlns='http://jabber.org/protocol/rsm'><max>ten</max></set>"),
+            rejected::<PageRequest>(
+                "<set xmlns='http://jabber.org/protocol/rsm'><max>ten</max></set>"
+            ),
             "<max/> is not a non-negative integer"
         );
         assert_eq!(

@@ -125,9 +125,9 @@ fn archive_query(query: &Query, max_page_size: u32) -> Result<ArchiveQuery, Stan
         (None, Some(before)) => PageStart::Before(read_id(before)?),
         (None, None) => PageStart::First,
     };
-    let max = page
-        .max
-        .map_or(max_page_size, |max| max.min(u64::from(max_page_size)) as u32);
+    let max = page.max.map_or(max_page_size, |max| {
+        max.min(u64::from(max_page_size)) as u32
+    });
     Ok(ArchiveQuery {
         with,
         start,
@@ -185,7 +185,8 @@ impl Archive {
             sent.reverse();
         }
         for archived in sent {
-            let Some(original) = parse_archived(&archived.stanza_xml, &router.config.stored_stanza_limits)
+            let Some(original) =
+                parse_archived(&archived.stanza_xml, &router.config.stored_stanza_limits)
             else {
                 tracing::warn!(user = %owner, id = archived.id.0, "archived message does not parse, skipped");
                 continue;
@@ -203,7 +204,11 @@ impl Archive {
                 .with_attr("from", owner_text.clone())
                 .with_attr("to", jid.to_string())
                 .with_attr("id", format!("mam-{id_text}"))
-                .with_child(result_element(query.queryid.as_deref(), &id_text, &forwarded));
+                .with_child(result_element(
+                    query.queryid.as_deref(),
+                    &id_text,
+                    &forwarded,
+                ));
             if !deliver_to_session(&*router.bus, Arc::new(result), &session, None).await {
                 // The querying session is gone: nobody reads the rest.
                 return Err(StanzaError::new(StanzaErrorCondition::RecipientUnavailable));
@@ -220,7 +225,12 @@ impl Archive {
         Ok(stanza::iq_result(&request.iq).with_child(fin_element(page.complete, &result_set)))
     }
 
-    async fn metadata(&self, router: &SessionRouter, request: &IqRequest<'_>, owner: &BareJid) -> Result<Element, StanzaError> {
+    async fn metadata(
+        &self,
+        router: &SessionRouter,
+        request: &IqRequest<'_>,
+        owner: &BareJid,
+    ) -> Result<Element, StanzaError> {
         let bounds = router
             .storage
             .archive_bounds(owner)
@@ -248,7 +258,8 @@ impl Archive {
         if request.iq_type == IqType::Set {
             let payload = stanza::iq_payload(&request.iq)
                 .ok_or_else(|| StanzaError::new(StanzaErrorCondition::BadRequest))?;
-            let asked = Prefs::from_element(payload).map_err(|invalid| invalid.to_stanza_error())?;
+            let asked =
+                Prefs::from_element(payload).map_err(|invalid| invalid.to_stanza_error())?;
             let Some(default) = asked.default else {
                 return Err(error(
                     StanzaErrorCondition::BadRequest,
@@ -369,23 +380,38 @@ mod tests {
     fn broken_values_get_their_errors() {
         let condition = |query: Query| archive_query(&query, 10).unwrap_err().condition;
         assert_eq!(
-            condition(Query { start: Some("yesterday".into()), ..Query::default() }),
+            condition(Query {
+                start: Some("yesterday".into()),
+                ..Query::default()
+            }),
             StanzaErrorCondition::BadRequest
         );
         assert_eq!(
-            condition(Query { with: Some("@@".into()), ..Query::default() }),
+            condition(Query {
+                with: Some("@@".into()),
+                ..Query::default()
+            }),
             StanzaErrorCondition::JidMalformed
         );
         assert_eq!(
-            condition(Query { after_id: Some("not-ours".into()), ..Query::default() }),
+            condition(Query {
+                after_id: Some("not-ours".into()),
+                ..Query::default()
+            }),
             StanzaErrorCondition::ItemNotFound
         );
         assert_eq!(
-            condition(Query { unknown_fields: vec!["include-groupchat".into()], ..Query::default() }),
+            condition(Query {
+                unknown_fields: vec!["include-groupchat".into()],
+                ..Query::default()
+            }),
             StanzaErrorCondition::FeatureNotImplemented
         );
         assert_eq!(
-            condition(Query { ids: vec!["1".into(); 11], ..Query::default() }),
+            condition(Query {
+                ids: vec!["1".into(); 11],
+                ..Query::default()
+            }),
             StanzaErrorCondition::PolicyViolation
         );
     }

@@ -3,7 +3,7 @@
 //! what is delivered, queries answered to the querying resource before
 //! their `<fin/>`, and the preferences deciding (XEP-0441).
 
-use starling_api::{ArchiveId, ArchiveQuery, ArchiveStore, PageStart};
+use starling_api::{ArchiveId, ArchiveQuery, PageStart};
 
 use super::*;
 
@@ -27,8 +27,8 @@ fn stanza_xml(seen: &Seen) -> &str {
 
 /// The `id` of the `<stanza-id by='{by}'/>` in `xml`.
 fn stanza_id_by(xml: &str, by: &str) -> Option<String> {
-    let marker = format!("<stanza-id xmlns='urn:xmpp:sid:0' id='");
-    let start = xml.find(&marker)? + marker.len();
+    let marker = "<stanza-id xmlns='urn:xmpp:sid:0' id='";
+    let start = xml.find(marker)? + marker.len();
     let rest = &xml[start..];
     let end = rest.find('\'')?;
     rest[end..]
@@ -238,6 +238,9 @@ async fn switched_off_nothing_is_stamped_archived_or_answered() {
         )
         .await;
     let seen = harness.seen_on_test();
-    assert!(stanza_xml(&seen[0]).contains("<service-unavailable"), "{seen:?}");
+    assert!(
+        stanza_xml(&seen[0]).contains("<service-unavailable"),
+        "{seen:?}"
+    );
     assert!(archive_of(&harness, "juliet@example.com").await.is_empty());
 }

@@ -229,7 +229,10 @@ pub(crate) async fn query_archive(
         values: vec![Bound::Integer(account)],
     };
     if let Some(with) = &query.with {
-        filters.push("with_bare = ?", Bound::Text(with_bare.as_deref().unwrap_or("")));
+        filters.push(
+            "with_bare = ?",
+            Bound::Text(with_bare.as_deref().unwrap_or("")),
+        );
         if let Some(resource) = with.resource() {
             filters.push("with_resource = ?", Bound::Text(resource));
         }
@@ -328,19 +331,19 @@ pub(crate) async fn archive_prefs(
     let Some(account) = account_id(pool, owner).await? else {
         return Ok(("always".into(), Vec::new()));
     };
-    let default_rule = sqlx::query("SELECT default_rule FROM archive_accounts WHERE account_id = $1")
-        .bind(account)
-        .fetch_optional(pool)
-        .await?
-        .map(|row| row.try_get::<String, _>(0))
-        .transpose()?
-        .unwrap_or_else(|| "always".into());
-    let rows = sqlx::query(
-        "SELECT jid, rule FROM archive_pref_jids WHERE account_id = $1 ORDER BY jid",
-    )
-    .bind(account)
-    .fetch_all(pool)
-    .await?;
+    let default_rule =
+        sqlx::query("SELECT default_rule FROM archive_accounts WHERE account_id = $1")
+            .bind(account)
+            .fetch_optional(pool)
+            .await?
+            .map(|row| row.try_get::<String, _>(0))
+            .transpose()?
+            .unwrap_or_else(|| "always".into());
+    let rows =
+        sqlx::query("SELECT jid, rule FROM archive_pref_jids WHERE account_id = $1 ORDER BY jid")
+            .bind(account)
+            .fetch_all(pool)
+            .await?;
     let mut listed = Vec::with_capacity(rows.len());
     for row in &rows {
         listed.push((row.try_get(0)?, row.try_get(1)?));
