@@ -469,6 +469,9 @@ pub struct Server {
     offline_gauge: Option<JoinHandle<()>>,
     /// The storage service's archive retention purge (`mam.retention_days`).
     archive_purge: Option<JoinHandle<()>>,
+    /// The router of this process, whose queued archive writes (XEP-0313)
+    /// are flushed when the process stops.
+    archiving_router: Option<Arc<SessionRouter>>,
     http_task: Option<JoinHandle<()>>,
     https_task: Option<JoinHandle<()>>,
     admin_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -504,6 +507,7 @@ impl Server {
             drain: None,
             offline_gauge: None,
             archive_purge: None,
+            archiving_router: None,
             http_task: None,
             https_task: None,
             admin_task: None,
@@ -583,6 +587,7 @@ impl Server {
                     blocklists(state, storage.clone(), &registry).await?,
                 ));
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
+                server.archiving_router = Some(session_router.clone());
                 let router: Arc<dyn RouterApi> = session_router;
                 server.janitor = spawn_janitor(state, presence);
                 let admin = AdminParts {
@@ -648,6 +653,7 @@ impl Server {
                     });
                     server.janitor = spawn_janitor(state, router.presence().clone());
                     server.resumption_expiry = Some(spawn_resumption_expiry(router.clone()));
+                    server.archiving_router = Some(router.clone());
                     router
                 } else {
                     remote_routers(&config, &grpc_metrics, &mut readiness)?
@@ -848,6 +854,7 @@ impl Server {
             drain,
             offline_gauge,
             archive_purge,
+            archiving_router,
             http_task,
             https_task,
             admin_task,
@@ -880,6 +887,16 @@ impl Server {
             }
         }
         signal_task.abort();
+        // Archive entries queued after delivery (XEP-0313): written before
+        // the process goes, within a bound.
+        if let Some(router) = archiving_router {
+            if tokio::time::timeout(Duration::from_secs(5), router.flush_archive())
+                .await
+                .is_err()
+            {
+                tracing::warn!("archive writes still queued at exit were not all written");
+            }
+        }
         if let Some(task) = offline_gauge {
             task.abort();
         }

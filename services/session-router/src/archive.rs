@@ -6,8 +6,14 @@
 //!
 //! 1. The router decides which archives keep it: the sender's (its outgoing
 //!    copy, `with` = the recipient) and the recipient's (`with` = the
-//!    sender's full JID), each by its owner's preferences, read from storage
-//!    in one round trip ([`ArchiveStore::archive_decisions`]).
+//!    sender's full JID), each by its owner's preferences (XEP-0441), read
+//!    from storage once and then cached in the process ([`PrefsCache`]):
+//!    a change made through any router invalidates the entry in every
+//!    process at once, over the same channel as the block lists
+//!    (`starling_bus::Blocklists::on_invalidation`; entries are trusted
+//!    [`PREFS_TTL`] at most). Only a `roster` default whose lists do not
+//!    decide asks storage for the message ([`ArchiveStore::archive_decisions`]:
+//!    roster membership is not cached).
 //! 2. It assigns one archive id ([`Archiver::next_id`], monotonic in this
 //!    process, time-ordered across processes) and stamps
 //!    `<stanza-id id by='recipient'/>` on the message before it is delivered
@@ -26,11 +32,16 @@
 //! A message that goes to offline storage carries the stamp, so the copy the
 //! account receives at login and the archived one share one id.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use starling_api::{ApiError, ArchiveEntry, ArchiveId, StorageApi, ARCHIVE_ID_NODE_BITS};
+use parking_lot::Mutex;
+use starling_api::{
+    ApiError, ApiResult, ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePrefs, StorageApi,
+    ARCHIVE_ID_NODE_BITS,
+};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{ns, stanza, Element, MessageType};
 use tokio::sync::{mpsc, oneshot};
@@ -51,6 +62,98 @@ enum Job {
     Flush(oneshot::Sender<()>),
 }
 
+/// How long cached preferences are trusted without an invalidation.
+pub(crate) const PREFS_TTL: Duration = Duration::from_secs(60);
+/// The most accounts whose preferences are cached; past it the cache starts over.
+const PREFS_CACHE_ENTRIES: usize = 100_000;
+
+#[derive(Default)]
+struct PrefsState {
+    entries: HashMap<BareJid, (Arc<ArchivePrefs>, Instant)>,
+    /// Bumped by every invalidation: preferences read under an older epoch
+    /// are used but not cached (they may predate the change).
+    epoch: u64,
+}
+
+/// The archiving preferences (XEP-0441) of accounts, cached per process.
+#[derive(Default)]
+pub(crate) struct PrefsCache {
+    state: Mutex<PrefsState>,
+}
+
+impl PrefsCache {
+    /// Forget one account's preferences, or everyone's.
+    pub(crate) fn invalidate(&self, user: Option<&BareJid>) {
+        let mut state = self.state.lock();
+        state.epoch += 1;
+        match user {
+            Some(user) => {
+                state.entries.remove(user);
+            }
+            None => state.entries.clear(),
+        }
+    }
+
+    async fn prefs(&self, storage: &dyn StorageApi, user: &BareJid) -> ApiResult<Arc<ArchivePrefs>> {
+        let epoch = {
+            let state = self.state.lock();
+            if let Some((prefs, loaded)) = state.entries.get(user) {
+                if loaded.elapsed() < PREFS_TTL {
+                    return Ok(prefs.clone());
+                }
+            }
+            state.epoch
+        };
+        let prefs = Arc::new(storage.archive_prefs(user).await?);
+        let mut state = self.state.lock();
+        if state.epoch == epoch {
+            if state.entries.len() >= PREFS_CACHE_ENTRIES {
+                state.entries.clear();
+            }
+            state
+                .entries
+                .insert(user.clone(), (prefs.clone(), Instant::now()));
+        }
+        Ok(prefs)
+    }
+
+    /// Whether each `(owner, with)` is archived: from the cached preferences,
+    /// and from storage only where a `roster` default has to decide.
+    pub(crate) async fn decisions(
+        &self,
+        storage: &dyn StorageApi,
+        pairs: &[(BareJid, Jid)],
+    ) -> ApiResult<Vec<bool>> {
+        let mut decisions = Vec::with_capacity(pairs.len());
+        for (owner, with) in pairs {
+            let prefs = self.prefs(storage, owner).await?;
+            let listed = |jids: &[Jid]| {
+                jids.iter().any(|listed| match listed {
+                    Jid::Bare(bare) => bare == with.bare(),
+                    full @ Jid::Full(_) => full == with,
+                })
+            };
+            let decision = if listed(&prefs.never) {
+                false
+            } else if listed(&prefs.always) {
+                true
+            } else {
+                match prefs.default {
+                    ArchiveDefault::Always => true,
+                    ArchiveDefault::Never => false,
+                    ArchiveDefault::Roster => {
+                        let asked = [(owner.clone(), with.clone())];
+                        let answer = storage.archive_decisions(&asked).await?;
+                        answer.first().copied().unwrap_or(false)
+                    }
+                }
+            };
+            decisions.push(decision);
+        }
+        Ok(decisions)
+    }
+}
+
 /// The archive ids this router assigns and its batched writer.
 pub(crate) struct Archiver {
     /// The low byte of every id: this process's, chosen at random.
@@ -58,6 +161,7 @@ pub(crate) struct Archiver {
     /// The last id assigned.
     last: AtomicI64,
     writer: OnceLock<mpsc::Sender<Job>>,
+    pub(crate) prefs: Arc<PrefsCache>,
 }
 
 impl Archiver {
@@ -66,6 +170,7 @@ impl Archiver {
             node: i64::from(rand::random::<u8>()),
             last: AtomicI64::new(0),
             writer: OnceLock::new(),
+            prefs: Arc::default(),
         }
     }
 
@@ -283,7 +388,7 @@ impl SessionRouter {
         if !to_self {
             pairs.push((recipient.clone(), Jid::Full(sender.clone())));
         }
-        let decisions = match self.storage.archive_decisions(&pairs).await {
+        let decisions = match self.archive.prefs.decisions(&*self.storage, &pairs).await {
             Ok(decisions) if decisions.len() == pairs.len() => decisions,
             Ok(_) | Err(_) => {
                 self.metrics.count_archive("undecided", pairs.len());

@@ -121,6 +121,18 @@ impl<'a> Routing<'a> {
     }
 }
 
+/// Cached archiving preferences (XEP-0441) follow the invalidations of the
+/// process's block lists: one channel for what the cluster learns about an
+/// account's routing rules.
+fn follow_prefs_invalidations(blocklists: &Blocklists, prefs: &Arc<crate::archive::PrefsCache>) {
+    let prefs = Arc::downgrade(prefs);
+    blocklists.on_invalidation(move |user| {
+        if let Some(prefs) = prefs.upgrade() {
+            prefs.invalidate(user);
+        }
+    });
+}
+
 /// The session-router: binds resources and routes every stanza.
 pub struct SessionRouter {
     pub(crate) config: RouterConfig,
@@ -163,6 +175,8 @@ impl SessionRouter {
         }
         // A feature that is off is not registered: neither answered nor advertised.
         let blocklists = Blocklists::in_process(storage.clone(), BlockingMetrics::default());
+        let archive = crate::archive::Archiver::new();
+        follow_prefs_invalidations(&blocklists, &archive.prefs);
         SessionRouter {
             features: FeatureRegistry::new(&iq_handlers(&config), WITHOUT_IQ_HANDLER),
             config,
@@ -175,7 +189,7 @@ impl SessionRouter {
             started_at: SystemTime::now(),
             metrics: RouterMetrics::default(),
             resumption: None,
-            archive: crate::archive::Archiver::new(),
+            archive,
         }
     }
 
@@ -190,6 +204,7 @@ impl SessionRouter {
     /// presence service of the process and, in the cluster, invalidated
     /// over Redis; by default a cache of this router's own.
     pub fn with_blocklists(mut self, blocklists: Arc<Blocklists>) -> Self {
+        follow_prefs_invalidations(&blocklists, &self.archive.prefs);
         self.blocklists = blocklists;
         self
     }

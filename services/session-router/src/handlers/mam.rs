@@ -300,6 +300,9 @@ impl Archive {
                 .set_archive_prefs(owner, &prefs)
                 .await
                 .map_err(|failure| failure.to_stanza_error())?;
+            // Every router's cached preferences of the account go, at once
+            // (in the cluster over the block lists' invalidation channel).
+            router.blocklists.changed(owner).await;
         }
         // A get, and the answer to a set: the preferences as stored.
         let stored = router
