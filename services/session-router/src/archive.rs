@@ -277,8 +277,11 @@ async fn write_batch(storage: &dyn StorageApi, batch: &[ArchiveEntry], metrics: 
                 metrics.count_archive("written", batch.len());
                 return;
             }
-            Err(ApiError::Unavailable(reason)) if attempt < WRITE_ATTEMPTS => {
-                tracing::warn!(%reason, attempt, "archive write failed, retrying");
+            // Writes are idempotent (an id archived twice is skipped): a
+            // failure that is not a refusal (unavailable, a deadlock or a
+            // removed account's foreign key on PostgreSQL) is tried again.
+            Err(error) if attempt < WRITE_ATTEMPTS && !matches!(error, ApiError::Invalid(_)) => {
+                tracing::warn!(%error, attempt, "archive write failed, retrying");
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
                 attempt += 1;
             }
