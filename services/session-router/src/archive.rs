@@ -23,7 +23,8 @@
 //! 3. Once the message was delivered or stored offline (not bounced: XEP-0313
 //!    section 5.1, a rejected message is not archived), the entries go to a
 //!    bounded queue that one task per router drains into
-//!    [`ArchiveStore::archive_messages`] calls of up to [`MAX_BATCH`] entries:
+//!    [`ArchiveStore::archive_messages`] calls of what came in [`LINGER`]
+//!    (at most [`MAX_BATCH`] entries):
 //!    the archive write is off the delivery path, and many messages share one
 //!    transaction (one gRPC call in the cluster). A full queue makes routing
 //!    wait (never a drop); a failed write is retried, then counted
@@ -239,7 +240,14 @@ impl Archiver {
     }
 }
 
-/// The writer task: every entry waiting (up to [`MAX_BATCH`]) in one call.
+/// How long the writer waits for more entries after the first of a batch:
+/// archive writes are then one transaction per [`LINGER`] (or per
+/// [`MAX_BATCH`] entries) under load, instead of one per message, and an
+/// archived message is visible to queries at most this much later.
+pub(crate) const LINGER: Duration = Duration::from_millis(10);
+
+/// The writer task: the entries of up to [`LINGER`] (at most [`MAX_BATCH`])
+/// in one call; a flush request ends the wait at once.
 async fn write_batches(
     mut job_rx: mpsc::Receiver<Job>,
     storage: Arc<dyn StorageApi>,
@@ -248,16 +256,20 @@ async fn write_batches(
     let mut batch: Vec<ArchiveEntry> = Vec::with_capacity(MAX_BATCH);
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(job) = job_rx.recv().await {
+        let deadline = tokio::time::Instant::now() + LINGER;
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
                 Job::Entry(entry) => batch.push(entry),
                 Job::Flush(done_tx) => flushes.push(done_tx),
             }
-            if batch.len() >= MAX_BATCH {
+            if batch.len() >= MAX_BATCH || !flushes.is_empty() {
                 break;
             }
-            next = job_rx.try_recv().ok();
+            next = match tokio::time::timeout_at(deadline, job_rx.recv()).await {
+                Ok(job) => job,
+                Err(_elapsed) => None,
+            };
         }
         if !batch.is_empty() {
             write_batch(&*storage, &batch, &metrics).await;
