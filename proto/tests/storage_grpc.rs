@@ -397,7 +397,10 @@ async fn the_message_archive_round_trips_through_grpc() {
         .await
         .unwrap();
     assert_eq!(
-        page.messages.iter().map(|message| message.id).collect::<Vec<_>>(),
+        page.messages
+            .iter()
+            .map(|message| message.id)
+            .collect::<Vec<_>>(),
         [entries[2].id, entries[3].id]
     );
     assert!(!page.complete);

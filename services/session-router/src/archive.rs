@@ -95,7 +95,11 @@ impl PrefsCache {
         }
     }
 
-    async fn prefs(&self, storage: &dyn StorageApi, user: &BareJid) -> ApiResult<Arc<ArchivePrefs>> {
+    async fn prefs(
+        &self,
+        storage: &dyn StorageApi,
+        user: &BareJid,
+    ) -> ApiResult<Arc<ArchivePrefs>> {
         let epoch = {
             let state = self.state.lock();
             if let Some((prefs, loaded)) = state.entries.get(user) {
@@ -266,10 +270,11 @@ async fn write_batches(
             if batch.len() >= MAX_BATCH || !flushes.is_empty() {
                 break;
             }
-            next = match tokio::time::timeout_at(deadline, job_rx.recv()).await {
-                Ok(job) => job,
-                Err(_elapsed) => None,
-            };
+            // Past the deadline (an elapsed timeout), the batch is written.
+            next = tokio::time::timeout_at(deadline, job_rx.recv())
+                .await
+                .ok()
+                .flatten();
         }
         if !batch.is_empty() {
             write_batch(&*storage, &batch, &metrics).await;

@@ -139,7 +139,11 @@ pub(crate) async fn archive_messages(
         if index > 0 {
             statement.push_str(", ");
         }
-        statement.push_str(&format!("(${}, 'always', ${})", index * 2 + 1, index * 2 + 2));
+        statement.push_str(&format!(
+            "(${}, 'always', ${})",
+            index * 2 + 1,
+            index * 2 + 2
+        ));
     }
     statement.push_str(
         " ON CONFLICT (account_id) DO UPDATE SET message_count = archive_accounts.message_count + excluded.message_count \
