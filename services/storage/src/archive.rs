@@ -197,17 +197,11 @@ impl Storage {
         retention: Duration,
         every: Duration,
     ) -> tokio::task::JoinHandle<()> {
-        let storage = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                match storage.purge_archive(retention).await {
-                    Ok(0) => {}
-                    Ok(purged) => tracing::info!(purged, "archive retention purge"),
-                    Err(error) => tracing::warn!(%error, "archive retention purge failed"),
-                }
+        crate::spawn_every(self, every, move |storage| async move {
+            match storage.purge_archive(retention).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "archive retention purge"),
+                Err(error) => tracing::warn!(%error, "archive retention purge failed"),
             }
         })
     }

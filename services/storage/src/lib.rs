@@ -200,15 +200,9 @@ impl Storage {
     /// Refresh `starling_offline_messages_queued` now and then every `every`
     /// (one `COUNT(*)`), until the task is aborted.
     pub fn spawn_offline_gauge(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let storage = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if let Err(error) = storage.refresh_offline_gauge().await {
-                    tracing::warn!(%error, "counting the offline messages failed");
-                }
+        spawn_every(self, every, |storage| async move {
+            if let Err(error) = storage.refresh_offline_gauge().await {
+                tracing::warn!(%error, "counting the offline messages failed");
             }
         })
     }
@@ -234,6 +228,28 @@ impl Storage {
             DatabasePool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Run `work` on a clone of `storage` now and then every `every` (a late
+/// tick waits, ticks are never bunched), until the task is aborted.
+fn spawn_every<Work, Done>(
+    storage: &Storage,
+    every: Duration,
+    work: Work,
+) -> tokio::task::JoinHandle<()>
+where
+    Work: Fn(Storage) -> Done + Send + 'static,
+    Done: std::future::Future<Output = ()> + Send,
+{
+    let storage = storage.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            work(storage.clone()).await;
+        }
+    })
 }
 
 /// Milliseconds since the Unix epoch, for `created_at` and `stored_at`.

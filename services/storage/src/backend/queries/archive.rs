@@ -8,7 +8,7 @@
 use sqlx::{Pool, Row};
 use starling_api::{ArchiveId, ArchiveQuery, ArchivedMessage, PageStart};
 
-use super::{Db, BEGIN_WRITE};
+use super::{lock_account_if_any, Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::{AccountAddress, ArchiveRow, DecisionRow};
 
@@ -43,26 +43,6 @@ pub(crate) async fn archive_decision(
         listed_rule: row.try_get(1)?,
         in_roster: row.try_get::<i64, _>(2)? > 0,
     }))
-}
-
-/// Lock the account's row (the lock order of `mod.rs`) and return its id;
-/// `None` when there is no such account.
-async fn lock_account_if_any(
-    transaction: &mut sqlx::Transaction<'static, Db>,
-    owner: &AccountAddress<'_>,
-) -> Result<Option<i64>, StorageError> {
-    let row = sqlx::query(
-        "UPDATE accounts SET last_offline_seq = last_offline_seq \
-         WHERE domain = $1 AND localpart = $2 RETURNING id",
-    )
-    .bind(owner.domain)
-    .bind(owner.localpart)
-    .fetch_optional(&mut **transaction)
-    .await?;
-    Ok(match row {
-        Some(row) => Some(row.try_get(0)?),
-        None => None,
-    })
 }
 
 /// Rows per INSERT statement (6 placeholders each: far below the 32,766

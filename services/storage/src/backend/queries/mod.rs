@@ -92,6 +92,19 @@ pub(super) async fn lock_account(
     }
 }
 
+/// Lock the account's row for the rest of the transaction and return its id;
+/// `None` when there is no such account.
+pub(super) async fn lock_account_if_any(
+    transaction: &mut sqlx::Transaction<'static, Db>,
+    account: &AccountAddress<'_>,
+) -> Result<Option<i64>, StorageError> {
+    match lock_account(transaction, account).await {
+        Ok(account_id) => Ok(Some(account_id)),
+        Err(StorageError::AccountNotFound(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// A cheap round trip for readiness probes.
 pub(crate) async fn ping(pool: &Pool<Db>) -> Result<(), StorageError> {
     sqlx::query("SELECT 1").execute(pool).await?;
