@@ -485,6 +485,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn listeners_follow_every_invalidation() {
+        let store = Arc::new(CountingStore::default());
+        let blocklists = Blocklists::in_process(store, BlockingMetrics::default());
+        let told: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let record = told.clone();
+        blocklists.on_invalidation(move |user| record.lock().push(user.map(ToString::to_string)));
+        blocklists.changed(&bare("juliet@example.com")).await;
+        blocklists.invalidate_remote(&bare("romeo@example.com"));
+        blocklists.reset();
+        assert_eq!(
+            *told.lock(),
+            [
+                Some("juliet@example.com".to_string()),
+                Some("romeo@example.com".to_string()),
+                None
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn lists_are_read_once_until_they_change() {
         let store = Arc::new(CountingStore::default());
         let blocklists = Blocklists::in_process(store.clone(), BlockingMetrics::default());

@@ -1037,6 +1037,38 @@ mod tests {
     }
 
     #[test]
+    fn archive_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[mam]\nmax_page_size = 50\nretention_days = 30\n",
+            &env(&[("STARLING_MAM_MAX_MESSAGES_PER_ACCOUNT", "0")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.mam.enabled,
+                config.mam.max_page_size,
+                config.mam.retention_days,
+                config.mam.max_messages_per_account
+            ),
+            (true, 50, 30, 0)
+        );
+        for (text, key) in [
+            ("[mam]\nmax_page_size = 0\n", "mam.max_page_size"),
+            ("[mam]\nmax_page_size = 10001\n", "mam.max_page_size"),
+            ("[mam]\nretention_days = 36501\n", "mam.retention_days"),
+            (
+                "[mam]\npurge_interval_secs = 0\n",
+                "mam.purge_interval_secs",
+            ),
+            ("[mam]\nmax_pages = 1\n", "max_pages"),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
     fn sasl2_keys_are_checked_by_name() {
         let config = Config::from_toml_str(
             "test",
