@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use starling_api::{
-    AbuseReport, AccountDataStore, AccountStore, ApiResult, BlockedItem, BlockingStore,
-    FastTokenRecord, FastTokenStore, OfflineStore, RosterItem, RosterStore, StorageApi,
-    StoredCredentials,
+    AbuseReport, AccountDataStore, AccountStore, ApiResult, ArchiveDefault, ArchiveEntry,
+    ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, BlockedItem,
+    BlockingStore, FastTokenRecord, FastTokenStore, OfflineStore, PageStart, RosterItem,
+    RosterStore, StorageApi, StoredCredentials,
 };
 use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
@@ -467,6 +468,126 @@ impl Storage for StorageGrpcServer {
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::RemoveFastTokensResponse { removed }))
     }
+
+    async fn archive_decisions(
+        &self,
+        request: Request<proto::ArchiveDecisionsRequest>,
+    ) -> Result<Response<proto::ArchiveDecisionsResponse>, Status> {
+        let pairs = request
+            .into_inner()
+            .pairs
+            .iter()
+            .map(|pair| {
+                Ok((
+                    parse_bare_jid("owner", &pair.owner)?,
+                    parse_jid("with", &pair.with)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(bad_request)?;
+        let archived = self
+            .api
+            .archive_decisions(&pairs)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::ArchiveDecisionsResponse { archived }))
+    }
+
+    async fn archive_messages(
+        &self,
+        request: Request<proto::ArchiveMessagesRequest>,
+    ) -> Result<Response<proto::ArchiveMessagesResponse>, Status> {
+        let entries = request
+            .into_inner()
+            .entries
+            .into_iter()
+            .map(|entry| {
+                Ok(ArchiveEntry {
+                    owner: parse_bare_jid("owner", &entry.owner)?,
+                    id: ArchiveId(entry.id),
+                    with: parse_jid("with", &entry.with)?,
+                    stanza_xml: entry.stanza,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(bad_request)?;
+        let added = self
+            .api
+            .archive_messages(&entries)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::ArchiveMessagesResponse { added }))
+    }
+
+    async fn query_archive(
+        &self,
+        request: Request<proto::QueryArchiveRequest>,
+    ) -> Result<Response<proto::QueryArchiveResponse>, Status> {
+        let request = request.into_inner();
+        let owner = parse_bare_jid("owner", &request.owner).map_err(bad_request)?;
+        let query = archive_query_from_proto(&request).map_err(bad_request)?;
+        let page = self
+            .api
+            .query_archive(&owner, &query)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::QueryArchiveResponse {
+            messages: page
+                .messages
+                .into_iter()
+                .map(|message| proto::ArchivedMessage {
+                    id: message.id.0,
+                    stanza: message.stanza_xml,
+                })
+                .collect(),
+            complete: page.complete,
+        }))
+    }
+
+    async fn get_archive_bounds(
+        &self,
+        request: Request<proto::GetArchiveBoundsRequest>,
+    ) -> Result<Response<proto::GetArchiveBoundsResponse>, Status> {
+        let owner = parse_bare_jid("owner", &request.into_inner().owner).map_err(bad_request)?;
+        let bounds = self
+            .api
+            .archive_bounds(&owner)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetArchiveBoundsResponse {
+            first: bounds.map(|(first, _)| first.0),
+            last: bounds.map(|(_, last)| last.0),
+        }))
+    }
+
+    async fn get_archive_prefs(
+        &self,
+        request: Request<proto::GetArchivePrefsRequest>,
+    ) -> Result<Response<proto::GetArchivePrefsResponse>, Status> {
+        let owner = parse_bare_jid("owner", &request.into_inner().owner).map_err(bad_request)?;
+        let prefs = self
+            .api
+            .archive_prefs(&owner)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetArchivePrefsResponse {
+            prefs: Some(prefs_to_proto(&prefs)),
+        }))
+    }
+
+    async fn set_archive_prefs(
+        &self,
+        request: Request<proto::SetArchivePrefsRequest>,
+    ) -> Result<Response<proto::SetArchivePrefsResponse>, Status> {
+        let request = request.into_inner();
+        let owner = parse_bare_jid("owner", &request.owner).map_err(bad_request)?;
+        let prefs = prefs_from_proto(request.prefs).map_err(bad_request)?;
+        self.api
+            .set_archive_prefs(&owner, &prefs)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::SetArchivePrefsResponse {}))
+    }
 }
 
 fn fast_token_from_proto(token: proto::FastToken) -> FastTokenRecord {
@@ -887,5 +1008,214 @@ impl FastTokenStore for GrpcStorageClient {
             })
             .await?;
         Ok(response.removed)
+    }
+}
+
+fn default_rule_to_proto(rule: ArchiveDefault) -> proto::ArchiveDefaultRule {
+    match rule {
+        ArchiveDefault::Always => proto::ArchiveDefaultRule::ArchiveDefaultAlways,
+        ArchiveDefault::Never => proto::ArchiveDefaultRule::ArchiveDefaultNever,
+        ArchiveDefault::Roster => proto::ArchiveDefaultRule::ArchiveDefaultRoster,
+    }
+}
+
+fn prefs_to_proto(prefs: &ArchivePrefs) -> proto::ArchivePrefs {
+    proto::ArchivePrefs {
+        default_rule: default_rule_to_proto(prefs.default) as i32,
+        always: prefs.always.iter().map(ToString::to_string).collect(),
+        never: prefs.never.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn prefs_from_proto(prefs: Option<proto::ArchivePrefs>) -> Result<ArchivePrefs, String> {
+    let prefs = prefs.ok_or_else(|| "prefs: missing".to_string())?;
+    let default = match proto::ArchiveDefaultRule::try_from(prefs.default_rule) {
+        Ok(proto::ArchiveDefaultRule::ArchiveDefaultAlways) => ArchiveDefault::Always,
+        Ok(proto::ArchiveDefaultRule::ArchiveDefaultNever) => ArchiveDefault::Never,
+        Ok(proto::ArchiveDefaultRule::ArchiveDefaultRoster) => ArchiveDefault::Roster,
+        Err(_) => {
+            return Err(format!(
+                "prefs: unknown default rule {}",
+                prefs.default_rule
+            ))
+        }
+    };
+    let read = |jids: &[String], field: &str| -> Result<Vec<Jid>, String> {
+        jids.iter().map(|jid| parse_jid(field, jid)).collect()
+    };
+    Ok(ArchivePrefs {
+        default,
+        always: read(&prefs.always, "always")?,
+        never: read(&prefs.never, "never")?,
+    })
+}
+
+fn archive_query_to_proto(owner: &BareJid, query: &ArchiveQuery) -> proto::QueryArchiveRequest {
+    let (page, page_id) = match query.page {
+        PageStart::First => (proto::PageStartKind::PageStartFirst, 0),
+        PageStart::Last => (proto::PageStartKind::PageStartLast, 0),
+        PageStart::After(id) => (proto::PageStartKind::PageStartAfter, id.0),
+        PageStart::Before(id) => (proto::PageStartKind::PageStartBefore, id.0),
+    };
+    proto::QueryArchiveRequest {
+        owner: owner.to_string(),
+        with: query.with.as_ref().map(ToString::to_string),
+        start: query.start.map(|id| id.0),
+        end: query.end.map(|id| id.0),
+        after_id: query.after_id.map(|id| id.0),
+        before_id: query.before_id.map(|id| id.0),
+        ids: query.ids.iter().map(|id| id.0).collect(),
+        page: page as i32,
+        page_id,
+        max: query.max,
+    }
+}
+
+fn archive_query_from_proto(request: &proto::QueryArchiveRequest) -> Result<ArchiveQuery, String> {
+    let page = match proto::PageStartKind::try_from(request.page) {
+        Ok(proto::PageStartKind::PageStartFirst) => PageStart::First,
+        Ok(proto::PageStartKind::PageStartLast) => PageStart::Last,
+        Ok(proto::PageStartKind::PageStartAfter) => PageStart::After(ArchiveId(request.page_id)),
+        Ok(proto::PageStartKind::PageStartBefore) => PageStart::Before(ArchiveId(request.page_id)),
+        Err(_) => return Err(format!("page: unknown kind {}", request.page)),
+    };
+    Ok(ArchiveQuery {
+        with: request
+            .with
+            .as_deref()
+            .map(|with| parse_jid("with", with))
+            .transpose()?,
+        start: request.start.map(ArchiveId),
+        end: request.end.map(ArchiveId),
+        after_id: request.after_id.map(ArchiveId),
+        before_id: request.before_id.map(ArchiveId),
+        ids: request.ids.iter().copied().map(ArchiveId).collect(),
+        page,
+        max: request.max,
+    })
+}
+
+#[async_trait]
+impl ArchiveStore for GrpcStorageClient {
+    async fn archive_decisions(&self, pairs: &[(BareJid, Jid)]) -> ApiResult<Vec<bool>> {
+        let request = proto::ArchiveDecisionsRequest {
+            pairs: pairs
+                .iter()
+                .map(|(owner, with)| proto::ArchiveDecisionPair {
+                    owner: owner.to_string(),
+                    with: with.to_string(),
+                })
+                .collect(),
+        };
+        let response = self
+            .replicas
+            .call("archive_decisions", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).archive_decisions(request).await }
+            })
+            .await?;
+        if response.archived.len() != pairs.len() {
+            return Err(malformed_response(format!(
+                "{} decisions for {} pairs",
+                response.archived.len(),
+                pairs.len()
+            )));
+        }
+        Ok(response.archived)
+    }
+
+    /// Idempotent: an id already archived for its owner is skipped.
+    async fn archive_messages(&self, entries: &[ArchiveEntry]) -> ApiResult<u64> {
+        let request = proto::ArchiveMessagesRequest {
+            entries: entries
+                .iter()
+                .map(|entry| proto::ArchiveEntry {
+                    owner: entry.owner.to_string(),
+                    id: entry.id.0,
+                    with: entry.with.to_string(),
+                    stanza: entry.stanza_xml.clone(),
+                })
+                .collect(),
+        };
+        let response = self
+            .replicas
+            .call("archive_messages", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).archive_messages(request).await }
+            })
+            .await?;
+        Ok(response.added)
+    }
+
+    async fn query_archive(&self, owner: &BareJid, query: &ArchiveQuery) -> ApiResult<ArchivePage> {
+        let request = archive_query_to_proto(owner, query);
+        let response = self
+            .replicas
+            .call("query_archive", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).query_archive(request).await }
+            })
+            .await?;
+        Ok(ArchivePage {
+            messages: response
+                .messages
+                .into_iter()
+                .map(|message| ArchivedMessage {
+                    id: ArchiveId(message.id),
+                    stanza_xml: message.stanza,
+                })
+                .collect(),
+            complete: response.complete,
+        })
+    }
+
+    async fn archive_bounds(&self, owner: &BareJid) -> ApiResult<Option<(ArchiveId, ArchiveId)>> {
+        let request = proto::GetArchiveBoundsRequest {
+            owner: owner.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("archive_bounds", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move {
+                    StorageClient::new(channel)
+                        .get_archive_bounds(request)
+                        .await
+                }
+            })
+            .await?;
+        Ok(match (response.first, response.last) {
+            (Some(first), Some(last)) => Some((ArchiveId(first), ArchiveId(last))),
+            _ => None,
+        })
+    }
+
+    async fn archive_prefs(&self, owner: &BareJid) -> ApiResult<ArchivePrefs> {
+        let request = proto::GetArchivePrefsRequest {
+            owner: owner.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("archive_prefs", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_archive_prefs(request).await }
+            })
+            .await?;
+        prefs_from_proto(response.prefs).map_err(malformed_response)
+    }
+
+    /// Idempotent: setting the same preferences twice leaves them.
+    async fn set_archive_prefs(&self, owner: &BareJid, prefs: &ArchivePrefs) -> ApiResult<()> {
+        let request = proto::SetArchivePrefsRequest {
+            owner: owner.to_string(),
+            prefs: Some(prefs_to_proto(prefs)),
+        };
+        self.replicas
+            .call("set_archive_prefs", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).set_archive_prefs(request).await }
+            })
+            .await?;
+        Ok(())
     }
 }

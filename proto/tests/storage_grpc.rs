@@ -356,3 +356,86 @@ async fn at_most_once_calls_move_on_when_the_connection_is_refused() {
     );
     live.stop().await;
 }
+
+#[tokio::test]
+async fn the_message_archive_round_trips_through_grpc() {
+    use starling_api::{
+        ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePrefs, ArchiveQuery, ArchiveStore,
+        PageStart,
+    };
+    use starling_jid::Jid;
+
+    let storage = memory_storage().await;
+    let server = TestServer::start(Some(storage), None, None).await;
+    let client = GrpcStorageClient::connect(vec![server.endpoint()]).expect("client");
+    let juliet = jid("juliet@example.org");
+    client
+        .create_account(&juliet, &credentials(1))
+        .await
+        .expect("create juliet");
+    let romeo: Jid = "romeo@example.org/orchard".parse().unwrap();
+    let entries: Vec<ArchiveEntry> = (1..=5)
+        .map(|index| ArchiveEntry {
+            owner: juliet.clone(),
+            id: ArchiveId::first_at(1_000_000 * index),
+            with: romeo.clone(),
+            stanza_xml: format!("<message><body>{index}</body></message>"),
+        })
+        .collect();
+    assert_eq!(client.archive_messages(&entries).await.unwrap(), 5);
+    let page = client
+        .query_archive(
+            &juliet,
+            &ArchiveQuery {
+                with: Some(romeo.clone()),
+                start: Some(ArchiveId::first_at(2_000_000)),
+                page: PageStart::Before(entries[4].id),
+                max: 2,
+                ..ArchiveQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages
+            .iter()
+            .map(|message| message.id)
+            .collect::<Vec<_>>(),
+        [entries[2].id, entries[3].id]
+    );
+    assert!(!page.complete);
+    assert!(matches!(
+        client
+            .query_archive(
+                &juliet,
+                &ArchiveQuery {
+                    page: PageStart::After(ArchiveId(42)),
+                    max: 2,
+                    ..ArchiveQuery::default()
+                },
+            )
+            .await,
+        Err(ApiError::NotFound(_))
+    ));
+    assert_eq!(
+        client.archive_bounds(&juliet).await.unwrap(),
+        Some((entries[0].id, entries[4].id))
+    );
+    let prefs = ArchivePrefs {
+        default: ArchiveDefault::Roster,
+        always: vec!["nurse@example.org".parse().unwrap()],
+        never: vec![romeo.clone()],
+    };
+    client.set_archive_prefs(&juliet, &prefs).await.unwrap();
+    assert_eq!(client.archive_prefs(&juliet).await.unwrap(), prefs);
+    assert_eq!(
+        client
+            .archive_decisions(&[
+                (juliet.clone(), romeo.clone()),
+                (juliet.clone(), "nurse@example.org/x".parse().unwrap()),
+            ])
+            .await
+            .unwrap(),
+        [false, true]
+    );
+}

@@ -5,6 +5,7 @@
 //! No feature may exist only behind one of them: services are written against
 //! these traits alone.
 
+pub mod archive;
 pub mod blocking;
 pub mod error;
 pub mod feature;
@@ -17,6 +18,10 @@ pub mod resumption;
 pub mod router;
 pub mod storage;
 
+pub use archive::{
+    ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore,
+    ArchivedMessage, PageStart, ARCHIVE_ID_NODE_BITS,
+};
 pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};

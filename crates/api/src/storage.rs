@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use starling_jid::BareJid;
 
+use crate::archive::ArchiveStore;
 use crate::blocking::BlockingStore;
 use crate::error::ApiResult;
 use crate::pep::PepStore;
@@ -149,6 +150,7 @@ pub trait StorageApi:
     + BlockingStore
     + FastTokenStore
     + PepStore
+    + ArchiveStore
 {
 }
 
@@ -160,6 +162,7 @@ impl<
             + BlockingStore
             + FastTokenStore
             + PepStore
+            + ArchiveStore
             + ?Sized,
     > StorageApi for T
 {

@@ -189,10 +189,17 @@ impl CacheState {
     }
 }
 
+/// Told when an account's entry is invalidated (`Some`), or every entry
+/// (`None`: the subscription was lost or remade).
+type InvalidationListener = Box<dyn Fn(Option<&BareJid>) + Send + Sync>;
+
 /// The block lists of every account, cached (see the module documentation).
 pub struct Blocklists {
     store: Arc<dyn BlockingStore>,
     state: Mutex<CacheState>,
+    /// Other per-account caches of this process that follow the same
+    /// invalidations (the router's archiving preferences, XEP-0441).
+    listeners: Mutex<Vec<InvalidationListener>>,
     /// Where changes are announced to the other processes (the cluster).
     redis: Option<RedisClient>,
     metrics: BlockingMetrics,
@@ -223,6 +230,7 @@ impl Blocklists {
         Arc::new(Blocklists {
             store,
             state: Mutex::default(),
+            listeners: Mutex::default(),
             redis: None,
             metrics,
             tasks: Mutex::default(),
@@ -243,6 +251,7 @@ impl Blocklists {
         let blocklists = Arc::new(Blocklists {
             store,
             state: Mutex::default(),
+            listeners: Mutex::default(),
             redis: Some(client),
             metrics,
             tasks: Mutex::default(),
@@ -264,6 +273,20 @@ impl Blocklists {
         });
         blocklists.tasks.lock().extend([follower, keepalive]);
         Ok(blocklists)
+    }
+
+    /// Have `listener` told of every invalidation this cache follows (an
+    /// account's, by [`Blocklists::changed`] here or in another process, or
+    /// all of them), so that another per-account cache of the process stays
+    /// as true across the cluster as this one.
+    pub fn on_invalidation(&self, listener: impl Fn(Option<&BareJid>) + Send + Sync + 'static) {
+        self.listeners.lock().push(Box::new(listener));
+    }
+
+    fn tell_listeners(&self, user: Option<&BareJid>) {
+        for listener in self.listeners.lock().iter() {
+            listener(user);
+        }
     }
 
     /// The metrics this cache counts into.
@@ -318,6 +341,7 @@ impl Blocklists {
     /// entries then expire within [`ENTRY_TTL`].
     pub async fn changed(&self, user: &BareJid) {
         self.state.lock().remove(user);
+        self.tell_listeners(Some(user));
         self.metrics
             .invalidations
             .with_label_values(&["local"])
@@ -344,6 +368,7 @@ impl Blocklists {
 
     fn invalidate_remote(&self, user: &BareJid) {
         self.state.lock().remove(user);
+        self.tell_listeners(Some(user));
         self.metrics
             .invalidations
             .with_label_values(&["remote"])
@@ -352,6 +377,7 @@ impl Blocklists {
 
     fn reset(&self) {
         self.state.lock().clear();
+        self.tell_listeners(None);
         self.metrics
             .invalidations
             .with_label_values(&["reset"])
@@ -456,6 +482,26 @@ mod tests {
 
     fn jid(text: &str) -> Jid {
         text.parse().expect("jid")
+    }
+
+    #[tokio::test]
+    async fn listeners_follow_every_invalidation() {
+        let store = Arc::new(CountingStore::default());
+        let blocklists = Blocklists::in_process(store, BlockingMetrics::default());
+        let told: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let record = told.clone();
+        blocklists.on_invalidation(move |user| record.lock().push(user.map(ToString::to_string)));
+        blocklists.changed(&bare("juliet@example.com")).await;
+        blocklists.invalidate_remote(&bare("romeo@example.com"));
+        blocklists.reset();
+        assert_eq!(
+            *told.lock(),
+            [
+                Some("juliet@example.com".to_string()),
+                Some("romeo@example.com".to_string()),
+                None
+            ]
+        );
     }
 
     #[tokio::test]

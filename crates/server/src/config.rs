@@ -47,6 +47,7 @@ pub struct Config {
     pub carbons: CarbonsConfig,
     pub blocking: BlockingConfig,
     pub pep: PepConfig,
+    pub mam: MamConfig,
     pub csi: CsiConfig,
     pub sasl2: Sasl2Config,
     pub log: LogConfig,
@@ -332,6 +333,43 @@ impl Default for PepConfig {
     }
 }
 
+/// XEP-0313 Message Archive Management with XEP-0441 preferences and
+/// XEP-0359 stanza ids (session-router and storage targets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamConfig {
+    /// Archive one-to-one messages, stamp `<stanza-id/>` and answer archive
+    /// queries (session-router); off: neither, and `urn:xmpp:mam:2` is not advertised.
+    pub enabled: bool,
+    /// The most messages one query page returns; a client's larger `<max/>`
+    /// is clamped to it (XEP-0313 section 4.3.1). 1 to 10000.
+    pub max_page_size: u32,
+    /// Days an archived message is kept (storage); older ones are purged
+    /// every `purge_interval_secs`. 0 keeps them forever.
+    pub retention_days: u32,
+    /// Messages kept per account archive (storage); past it the oldest are
+    /// removed as new ones are archived. 0: no bound.
+    pub max_messages_per_account: u64,
+    /// How often the storage service purges messages past `retention_days`.
+    pub purge_interval_secs: u64,
+}
+
+/// The bounds of `mam.max_page_size` and `mam.retention_days`.
+pub const MAX_MAM_PAGE_SIZE: u32 = 10_000;
+pub const MAX_MAM_RETENTION_DAYS: u32 = 36_500;
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            enabled: true,
+            max_page_size: 250,
+            retention_days: 0,
+            max_messages_per_account: starling_storage::DEFAULT_MAX_ARCHIVE_MESSAGES_PER_ACCOUNT,
+            purge_interval_secs: 3600,
+        }
+    }
+}
+
 /// XEP-0352 client state indication (connection-manager targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -396,6 +434,7 @@ impl Default for Config {
             carbons: CarbonsConfig::default(),
             blocking: BlockingConfig::default(),
             pep: PepConfig::default(),
+            mam: MamConfig::default(),
             csi: CsiConfig::default(),
             sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
@@ -752,6 +791,26 @@ impl Config {
                 });
             }
         }
+        if !(1..=MAX_MAM_PAGE_SIZE).contains(&self.mam.max_page_size) {
+            return Err(ConfigError::Invalid {
+                key: "mam.max_page_size",
+                message: format!("must be between 1 and {MAX_MAM_PAGE_SIZE}"),
+            });
+        }
+        if self.mam.retention_days > MAX_MAM_RETENTION_DAYS {
+            return Err(ConfigError::Invalid {
+                key: "mam.retention_days",
+                message: format!(
+                    "must be at most {MAX_MAM_RETENTION_DAYS} (0 keeps messages forever)"
+                ),
+            });
+        }
+        if !(1..=86_400).contains(&self.mam.purge_interval_secs) {
+            return Err(ConfigError::Invalid {
+                key: "mam.purge_interval_secs",
+                message: "must be between 1 and 86400".into(),
+            });
+        }
         if limits.max_stanza_bytes < 10_000 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
@@ -1089,6 +1148,38 @@ mod tests {
                 "sm.resume_timeout_secs",
             ),
             ("[sm]\nmax_unacked_stanzas = 0\n", "sm.max_unacked_stanzas"),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn archive_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[mam]\nmax_page_size = 50\nretention_days = 30\n",
+            &env(&[("STARLING_MAM_MAX_MESSAGES_PER_ACCOUNT", "0")]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                config.mam.enabled,
+                config.mam.max_page_size,
+                config.mam.retention_days,
+                config.mam.max_messages_per_account
+            ),
+            (true, 50, 30, 0)
+        );
+        for (text, key) in [
+            ("[mam]\nmax_page_size = 0\n", "mam.max_page_size"),
+            ("[mam]\nmax_page_size = 10001\n", "mam.max_page_size"),
+            ("[mam]\nretention_days = 36501\n", "mam.retention_days"),
+            (
+                "[mam]\npurge_interval_secs = 0\n",
+                "mam.purge_interval_secs",
+            ),
+            ("[mam]\nmax_pages = 1\n", "max_pages"),
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{error}");

@@ -76,6 +76,7 @@ pub async fn connect_storage(config: &Config) -> anyhow::Result<Storage> {
         max_blocklist_items: config.blocking.max_items,
         max_connections: config.storage.max_connections,
         max_account_data_bytes: config.storage.max_account_data_bytes,
+        max_archive_messages_per_account: config.mam.max_messages_per_account,
     };
     Storage::connect(&storage_config)
         .await
@@ -115,6 +116,9 @@ fn router_config(config: &Config) -> RouterConfig {
             max_nodes_per_account: config.pep.max_nodes_per_account,
             max_whitelist_per_node: config.pep.max_whitelist_per_node,
         },
+        mam: config.mam.enabled,
+        mam_max_page_size: config.mam.max_page_size,
+        stored_stanza_limits: config.stored_stanza_limits(),
     }
 }
 
@@ -477,6 +481,11 @@ pub struct Server {
     connection_manager: Option<BoundConnectionManager>,
     drain: Option<DrainHandle>,
     offline_gauge: Option<JoinHandle<()>>,
+    /// The storage service's archive retention purge (`mam.retention_days`).
+    archive_purge: Option<JoinHandle<()>>,
+    /// The router of this process, whose queued archive writes (XEP-0313)
+    /// are flushed when the process stops.
+    archiving_router: Option<Arc<SessionRouter>>,
     http_task: Option<JoinHandle<()>>,
     https_task: Option<JoinHandle<()>>,
     admin_task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -511,6 +520,8 @@ impl Server {
             connection_manager: None,
             drain: None,
             offline_gauge: None,
+            archive_purge: None,
+            archiving_router: None,
             http_task: None,
             https_task: None,
             admin_task: None,
@@ -541,6 +552,12 @@ impl Server {
                         .context("cannot register the storage metrics")?,
                 );
                 server.offline_gauge = Some(storage.spawn_offline_gauge(Duration::from_secs(15)));
+                if config.mam.retention_days > 0 {
+                    server.archive_purge = Some(storage.spawn_archive_purge(
+                        Duration::from_secs(u64::from(config.mam.retention_days) * 86_400),
+                        Duration::from_secs(config.mam.purge_interval_secs),
+                    ));
+                }
                 Arc::new(storage)
             }
             _ => Arc::new(
@@ -584,6 +601,7 @@ impl Server {
                     blocklists(state, storage.clone(), &registry).await?,
                 ));
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
+                server.archiving_router = Some(session_router.clone());
                 let router: Arc<dyn RouterApi> = session_router;
                 server.janitor = spawn_janitor(state, presence);
                 let admin = AdminParts {
@@ -649,6 +667,7 @@ impl Server {
                     });
                     server.janitor = spawn_janitor(state, router.presence().clone());
                     server.resumption_expiry = Some(spawn_resumption_expiry(router.clone()));
+                    server.archiving_router = Some(router.clone());
                     router
                 } else {
                     remote_routers(&config, &grpc_metrics, &mut readiness)?
@@ -849,6 +868,8 @@ impl Server {
             connection_manager,
             drain,
             offline_gauge,
+            archive_purge,
+            archiving_router,
             http_task,
             https_task,
             admin_task,
@@ -881,7 +902,20 @@ impl Server {
             }
         }
         signal_task.abort();
+        // Archive entries queued after delivery (XEP-0313): written before
+        // the process goes, within a bound.
+        if let Some(router) = archiving_router {
+            if tokio::time::timeout(Duration::from_secs(5), router.flush_archive())
+                .await
+                .is_err()
+            {
+                tracing::warn!("archive writes still queued at exit were not all written");
+            }
+        }
         if let Some(task) = offline_gauge {
+            task.abort();
+        }
+        if let Some(task) = archive_purge {
             task.abort();
         }
         if let Some((liveness, task)) = liveness {

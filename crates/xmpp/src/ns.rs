@@ -55,3 +55,13 @@ pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_con
 pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 /// XEP-0004 Data Forms.
 pub const DATA_FORMS: &str = "jabber:x:data";
+/// XEP-0313 Message Archive Management (and XEP-0441 preferences in the same namespace).
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0313 section 4.1.1: the `before-id`/`after-id`/`ids` fields, `<flip-page/>` and metadata.
+pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+/// XEP-0359 Unique and Stable Stanza IDs.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0059 Result Set Management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0122 Data Forms Validation.
+pub const DATA_FORMS_VALIDATE: &str = "http://jabber.org/protocol/xdata-validate";

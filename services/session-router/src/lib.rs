@@ -29,6 +29,7 @@
 //! "Fan-out cost"). The presence service uses it too.
 
 mod address;
+mod archive;
 mod blocking;
 mod carbons;
 mod features;

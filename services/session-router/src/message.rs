@@ -10,6 +10,7 @@ use starling_xmpp::xep::carbons::Direction;
 use starling_xmpp::{ns, stanza, Element, MessageType, StanzaErrorCondition};
 
 use crate::address::Destination;
+use crate::archive::stanza_id_element;
 use crate::carbons::is_server_carbon;
 use crate::metrics::Decision;
 use crate::offline::offline_stanza_xml;
@@ -33,27 +34,73 @@ impl SessionRouter {
     pub(crate) async fn route_message(
         &self,
         routing: &Routing<'_>,
-        message: Element,
+        mut message: Element,
     ) -> Option<Element> {
-        let Some(sender) = self.sent_copies_possible(routing, &message) else {
-            return self.route_original_message(routing, message).await;
+        // XEP-0313: decide the archiving and stamp the stanza id first, so
+        // that the delivered (or stored) message carries it.
+        let plan = match (routing.origin, self.config.mam) {
+            (Origin::Session { jid, .. }, true) => match self.archive_target(jid, &message) {
+                Some(to) => self.plan_archive(jid, &to, &mut message).await,
+                None => None,
+            },
+            _ => None,
         };
-        let original = message.clone();
-        let (sent_copies, reply) = tokio::join!(
-            self.sent_copy_targets(sender),
-            self.route_original_message(routing, message),
-        );
-        if reply.is_none() {
-            self.deliver_carbons(
-                routing,
-                Direction::Sent,
-                sender.bare(),
-                original,
-                &sent_copies,
-            )
-            .await;
+        let reply = match self.sent_copies_possible(routing, &message) {
+            None => self.route_original_message(routing, message).await,
+            Some(sender) => {
+                let mut original = message.clone();
+                if let Some(plan) = plan.as_ref().filter(|plan| plan.sender_archives()) {
+                    // The sender's carbons name the id in its own archive
+                    // (a message to oneself carries it already).
+                    let owner = plan.sender().to_string();
+                    let stamped = original.children().any(|child| {
+                        child.is("stanza-id", ns::SID) && child.attr("by") == Some(owner.as_str())
+                    });
+                    if !stamped {
+                        original.append_child(stanza_id_element(plan.id, plan.sender()));
+                    }
+                }
+                let (sent_copies, reply) = tokio::join!(
+                    self.sent_copy_targets(sender),
+                    self.route_original_message(routing, message),
+                );
+                if reply.is_none() {
+                    self.deliver_carbons(
+                        routing,
+                        Direction::Sent,
+                        sender.bare(),
+                        original,
+                        &sent_copies,
+                    )
+                    .await;
+                }
+                reply
+            }
+        };
+        // XEP-0313 section 5.1: only what was accepted (delivered or stored
+        // offline) is archived, never a message that bounced.
+        if let Some(plan) = plan {
+            if reply.is_none()
+                && matches!(
+                    routing.outcome.decision(),
+                    Some(Decision::Local | Decision::Remote | Decision::Offline)
+                )
+            {
+                self.archive_routed(plan).await;
+            }
         }
         reply
+    }
+
+    /// The local account a client's message goes to, as addressed (no `to`:
+    /// the sender's own bare JID, RFC 6120 section 10.3.1); `None` for
+    /// anything else (the server, a remote domain, a malformed address).
+    fn archive_target(&self, sender: &FullJid, message: &Element) -> Option<Jid> {
+        match stanza::to(message) {
+            Ok(None) => Some(Jid::Bare(sender.to_bare())),
+            Ok(Some(to)) if self.is_local_account(to.bare()) => Some(to),
+            _ => None,
+        }
     }
 
     async fn route_original_message(

@@ -107,6 +107,8 @@ pub struct RouterMetrics {
     pep_notifications: [IntCounter; 3],
     /// XEP-0115 disco#info queries: sent, verified, refused (hash mismatch or invalid).
     caps_queries: [IntCounter; 3],
+    /// Archive entries (XEP-0313) by outcome, in [`ARCHIVE_OUTCOMES`] order.
+    archive: [IntCounter; 4],
 }
 
 const PEP_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
@@ -119,6 +121,11 @@ pub(crate) enum CapsOutcome {
     Verified,
     Refused,
 }
+
+/// What became of a message's archive entries: queued for the batched
+/// writer, written by storage, lost because the write failed, or not
+/// archived because the preferences could not be read.
+pub(crate) const ARCHIVE_OUTCOMES: [&str; 4] = ["queued", "written", "failed", "undecided"];
 
 const CARBON_DIRECTIONS: [Direction; 2] = [Direction::Sent, Direction::Received];
 const CARBON_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
@@ -185,13 +192,22 @@ impl RouterMetrics {
             ),
             &["outcome"],
         )?;
+        let archive = IntCounterVec::new(
+            Opts::new(
+                "starling_router_archive_total",
+                "XEP-0313 archive entries (one per archive a message goes to), by outcome: queued for the batched writer, written, failed (the write failed after retries, entries lost), undecided (the preferences could not be read: not archived)",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(carbons.clone()))?;
         registry.register(Box::new(pep_notifications.clone()))?;
         registry.register(Box::new(caps_queries.clone()))?;
+        registry.register(Box::new(archive.clone()))?;
         Ok(RouterMetrics {
             pep_notifications: PEP_OUTCOMES
                 .map(|outcome| pep_notifications.with_label_values(&[outcome])),
             caps_queries: CAPS_OUTCOMES.map(|outcome| caps_queries.with_label_values(&[outcome])),
+            archive: ARCHIVE_OUTCOMES.map(|outcome| archive.with_label_values(&[outcome])),
             routed: KINDS.map(|kind| {
                 Decision::ALL
                     .map(|decision| routed.with_label_values(&[kind_label(kind), decision.label()]))
@@ -237,6 +253,13 @@ impl RouterMetrics {
             CapsOutcome::Refused => 2,
         };
         self.caps_queries[index].inc();
+    }
+
+    /// `count` archive entries had `outcome` (one of [`ARCHIVE_OUTCOMES`]).
+    pub(crate) fn count_archive(&self, outcome: &str, count: usize) {
+        if let Some(index) = ARCHIVE_OUTCOMES.iter().position(|known| *known == outcome) {
+            self.archive[index].inc_by(count as u64);
+        }
     }
 
     /// The copies of one message could not be computed (the registry failed).

@@ -39,6 +39,15 @@ pub struct RouterConfig {
     pub blocking_max_items: usize,
     /// The PEP limits (XEP-0163, `pep.*`).
     pub pep: crate::pep::PepSettings,
+    /// Message Archive Management (XEP-0313, `mam.enabled`): one-to-one
+    /// messages archived and stamped with a XEP-0359 stanza id, archive
+    /// queries and preferences answered.
+    pub mam: bool,
+    /// The most messages one archive query returns (`mam.max_page_size`).
+    pub mam_max_page_size: u32,
+    /// The limits archived messages are parsed under when a query returns
+    /// them (`Limits::for_server_copies` of the configured limits).
+    pub stored_stanza_limits: starling_xmpp::Limits,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -114,6 +123,18 @@ impl<'a> Routing<'a> {
     }
 }
 
+/// Cached archiving preferences (XEP-0441) follow the invalidations of the
+/// process's block lists: one channel for what the cluster learns about an
+/// account's routing rules.
+fn follow_prefs_invalidations(blocklists: &Blocklists, prefs: &Arc<crate::archive::PrefsCache>) {
+    let prefs = Arc::downgrade(prefs);
+    blocklists.on_invalidation(move |user| {
+        if let Some(prefs) = prefs.upgrade() {
+            prefs.invalidate(user);
+        }
+    });
+}
+
 /// The session-router: binds resources and routes every stanza.
 pub struct SessionRouter {
     pub(crate) config: RouterConfig,
@@ -138,6 +159,8 @@ pub struct SessionRouter {
     /// Verified entity capabilities (XEP-0115) this router used, in front
     /// of the records storage shares with the whole cluster.
     pub(crate) caps: crate::pep::caps::CapsCache,
+    /// Archive ids (XEP-0313) and the batched archive writes.
+    pub(crate) archive: crate::archive::Archiver,
 }
 
 impl SessionRouter {
@@ -157,6 +180,8 @@ impl SessionRouter {
         }
         // A feature that is off is not registered: neither answered nor advertised.
         let blocklists = Blocklists::in_process(storage.clone(), BlockingMetrics::default());
+        let archive = crate::archive::Archiver::new();
+        follow_prefs_invalidations(&blocklists, &archive.prefs);
         SessionRouter {
             features: FeatureRegistry::new(&iq_handlers(&config), WITHOUT_IQ_HANDLER),
             config,
@@ -170,6 +195,7 @@ impl SessionRouter {
             metrics: RouterMetrics::default(),
             resumption: None,
             caps: crate::pep::caps::CapsCache::default(),
+            archive,
         }
     }
 
@@ -184,6 +210,7 @@ impl SessionRouter {
     /// presence service of the process and, in the cluster, invalidated
     /// over Redis; by default a cache of this router's own.
     pub fn with_blocklists(mut self, blocklists: Arc<Blocklists>) -> Self {
+        follow_prefs_invalidations(&blocklists, &self.archive.prefs);
         self.blocklists = blocklists;
         self
     }

@@ -68,6 +68,10 @@ pub enum StorageError {
     /// A PEP bound (`pep.max_nodes_per_account`, whitelist members) was reached.
     #[error("pep {what} limit reached ({limit})")]
     PepLimit { what: &'static str, limit: u32 },
+    /// An archive query named a message id that is not in the archive
+    /// (XEP-0313: `item-not-found`).
+    #[error("no message {0} in the archive")]
+    ArchiveItemNotFound(String),
     /// A stored row cannot be read back (a bug or a hand-edited database).
     #[error("corrupt stored data: {0}")]
     CorruptData(String),
@@ -100,6 +104,7 @@ impl StorageError {
                 | StorageError::BlocklistFull { .. }
                 | StorageError::PepNodeNotFound(_)
                 | StorageError::PepLimit { .. }
+                | StorageError::ArchiveItemNotFound(_)
         )
     }
 }
@@ -109,9 +114,9 @@ impl From<StorageError> for ApiError {
         let text = error.to_string();
         match error {
             StorageError::Invalid(_) => ApiError::Invalid(text),
-            StorageError::AccountNotFound(_) | StorageError::PepNodeNotFound(_) => {
-                ApiError::NotFound(text)
-            }
+            StorageError::AccountNotFound(_)
+            | StorageError::PepNodeNotFound(_)
+            | StorageError::ArchiveItemNotFound(_) => ApiError::NotFound(text),
             StorageError::PepLimit { .. } => ApiError::LimitReached(text),
             StorageError::AccountExists(_) => ApiError::AlreadyExists(text),
             StorageError::OfflineQueueFull { .. }

@@ -66,6 +66,9 @@ pub struct StorageConfig {
     /// Bytes of XML documents (private XML storage, vCard) kept per account;
     /// put_account_data returns LimitReached past it.
     pub max_account_data_bytes: u64,
+    /// Messages kept per account archive (XEP-0313, `mam.max_messages_per_account`);
+    /// past it the oldest are removed as new ones come. 0: no bound.
+    pub max_archive_messages_per_account: u64,
 }
 
 impl Default for StorageConfig {
@@ -79,6 +82,7 @@ impl Default for StorageConfig {
             max_blocklist_items: 1000,
             max_connections: 8,
             max_account_data_bytes: DEFAULT_MAX_ACCOUNT_DATA_BYTES,
+            max_archive_messages_per_account: DEFAULT_MAX_ARCHIVE_MESSAGES_PER_ACCOUNT,
         }
     }
 }
@@ -90,6 +94,9 @@ pub const DEFAULT_MAX_ACCOUNT_DATA_BYTES: u64 = 1024 * 1024;
 /// groups take about 100 KB.
 pub const DEFAULT_MAX_ROSTER_BYTES: u64 = 1024 * 1024;
 
+/// The default of `mam.max_messages_per_account`.
+pub const DEFAULT_MAX_ARCHIVE_MESSAGES_PER_ACCOUNT: u64 = 1_000_000;
+
 /// The storage service over a connection pool; cloning shares the pool.
 #[derive(Clone)]
 pub struct Storage {
@@ -100,6 +107,7 @@ pub struct Storage {
     max_roster_bytes: u64,
     max_account_data_bytes: u64,
     max_blocklist_items: u32,
+    max_archive_messages_per_account: u64,
     metrics: StorageMetrics,
 }
 
@@ -147,6 +155,7 @@ macro_rules! on_database {
 // gRPC. Declared after `on_database!` so that they can use it.
 mod account_data;
 mod accounts;
+mod archive;
 mod blocking;
 mod fast;
 mod offline;
@@ -180,6 +189,7 @@ impl Storage {
             max_roster_bytes: config.max_roster_bytes,
             max_account_data_bytes: config.max_account_data_bytes,
             max_blocklist_items: config.max_blocklist_items,
+            max_archive_messages_per_account: config.max_archive_messages_per_account,
             metrics: StorageMetrics::default(),
         })
     }
@@ -200,15 +210,9 @@ impl Storage {
     /// Refresh `starling_offline_messages_queued` now and then every `every`
     /// (one `COUNT(*)`), until the task is aborted.
     pub fn spawn_offline_gauge(&self, every: Duration) -> tokio::task::JoinHandle<()> {
-        let storage = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if let Err(error) = storage.refresh_offline_gauge().await {
-                    tracing::warn!(%error, "counting the offline messages failed");
-                }
+        spawn_every(self, every, |storage| async move {
+            if let Err(error) = storage.refresh_offline_gauge().await {
+                tracing::warn!(%error, "counting the offline messages failed");
             }
         })
     }
@@ -234,6 +238,28 @@ impl Storage {
             DatabasePool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Run `work` on a clone of `storage` now and then every `every` (a late
+/// tick waits, ticks are never bunched), until the task is aborted.
+fn spawn_every<Work, Done>(
+    storage: &Storage,
+    every: Duration,
+    work: Work,
+) -> tokio::task::JoinHandle<()>
+where
+    Work: Fn(Storage) -> Done + Send + 'static,
+    Done: std::future::Future<Output = ()> + Send,
+{
+    let storage = storage.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            work(storage.clone()).await;
+        }
+    })
 }
 
 /// Milliseconds since the Unix epoch, for `created_at` and `stored_at`.

@@ -49,6 +49,7 @@ pub struct StorageMetrics {
     offline_delivered: IntCounter,
     offline_per_login: Histogram,
     offline_queued: IntGauge,
+    archive_messages: IntCounterVec,
 }
 
 impl std::fmt::Debug for StorageMetrics {
@@ -107,7 +108,18 @@ impl StorageMetrics {
         registry.register(Box::new(offline_stored.clone()))?;
         registry.register(Box::new(offline_delivered.clone()))?;
         registry.register(Box::new(offline_per_login.clone()))?;
+        let archive_messages = IntCounterVec::new(
+            Opts::new(
+                "starling_archive_messages_total",
+                "Messages added to archives (XEP-0313, event=\"added\"), removed as the oldest past mam.max_messages_per_account (\"evicted\") or past mam.retention_days (\"purged\")",
+            ),
+            &["event"],
+        )?;
         registry.register(Box::new(offline_queued.clone()))?;
+        registry.register(Box::new(archive_messages.clone()))?;
+        for event in ["added", "evicted", "purged"] {
+            archive_messages.with_label_values(&[event]);
+        }
         for operation in OPERATIONS {
             query_duration.with_label_values(&[operation]);
             query_errors.with_label_values(&[operation]);
@@ -119,6 +131,7 @@ impl StorageMetrics {
             offline_delivered,
             offline_per_login,
             offline_queued,
+            archive_messages,
         })
     }
 
@@ -141,6 +154,15 @@ impl StorageMetrics {
         self.offline_delivered
             .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
         self.offline_per_login.observe(count as f64);
+    }
+
+    /// Archive rows `added`, `evicted` (quota) or `purged` (retention).
+    pub(crate) fn archive(&self, event: &'static str, count: u64) {
+        if count > 0 {
+            self.archive_messages
+                .with_label_values(&[event])
+                .inc_by(count);
+        }
     }
 
     pub(crate) fn set_offline_queued(&self, count: u64) {

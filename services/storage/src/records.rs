@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use starling_api::{RosterItem, ScramCredentials, StoredCredentials, Subscription};
+use starling_api::{ArchiveDefault, RosterItem, ScramCredentials, StoredCredentials, Subscription};
 use starling_jid::BareJid;
 
 use crate::error::StorageError;
@@ -311,4 +311,30 @@ pub(crate) fn roster_item_bytes(contact: &str, item: &starling_api::RosterItem) 
 pub(crate) struct OfflineQuota {
     pub messages: u32,
     pub bytes: u64,
+}
+
+/// One message to write, its owner's address already split.
+pub(crate) struct ArchiveRow<'a> {
+    pub(crate) owner: AccountAddress<'a>,
+    pub(crate) id: i64,
+    pub(crate) with_bare: String,
+    pub(crate) with_resource: String,
+    pub(crate) stanza_xml: &'a str,
+}
+
+/// What one owner's preferences say about one address: the default rule,
+/// the rule naming the address (bare or full, `never` first) if any, and
+/// whether the address's bare JID is in the owner's roster.
+pub(crate) struct DecisionRow {
+    pub(crate) default_rule: String,
+    pub(crate) listed_rule: Option<String>,
+    pub(crate) in_roster: bool,
+}
+
+pub(crate) fn default_rule_name(rule: ArchiveDefault) -> &'static str {
+    match rule {
+        ArchiveDefault::Always => "always",
+        ArchiveDefault::Never => "never",
+        ArchiveDefault::Roster => "roster",
+    }
 }

@@ -301,6 +301,9 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
         BTreeSet::from([
             "account_documents",
             "accounts",
+            "archive_accounts",
+            "archive_messages",
+            "archive_pref_jids",
             "blocklist_items",
             "fast_tokens",
             "offline_messages",
@@ -340,7 +343,8 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
         sqlite_indexes,
         BTreeSet::from([
             "accounts_by_address".to_string(),
-            "pep_items_by_seq".to_string()
+            "archive_messages_by_with".to_string(),
+            "pep_items_by_seq".to_string(),
         ])
     );
 }

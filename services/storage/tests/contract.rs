@@ -53,6 +53,7 @@ fn is_not_found<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
 }
 
 pub mod cases {
+    pub use super::archive_cases::*;
     pub use super::blocking_cases::*;
     pub use super::pep_cases::*;
     use super::*;
@@ -1414,6 +1415,12 @@ contract_suite!(
     pep_configure_retract_whitelist_delete,
     pep_refuses_oversized_names_and_nul,
     caps_records_are_shared_and_kept_once,
+    archive_writes_both_directions_and_pages_both_ways,
+    archive_filters_by_with_time_and_ids,
+    archive_names_unknown_ids_not_found,
+    archive_quota_removes_the_oldest,
+    archive_preferences_decide_and_round_trip,
+    archive_retention_purges_old_messages,
     blocklist_block_unblock_and_reports,
     blocklist_cap_refuses_the_whole_request,
     blocklist_needs_an_account_and_goes_with_it,
@@ -1436,3 +1443,418 @@ contract_suite!(
     concurrent_offline_stores_respect_the_cap,
     concurrent_takes_never_return_a_message_twice,
 );
+
+/// The message archive (XEP-0313) and its preferences (XEP-0441).
+pub mod archive_cases {
+    use super::*;
+    use starling_api::{
+        ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePrefs, ArchiveQuery, ArchiveStore,
+        PageStart,
+    };
+    use support::MAX_ARCHIVE_MESSAGES;
+
+    fn full(text: &str) -> Jid {
+        text.parse().unwrap()
+    }
+
+    /// An id at `second` seconds (plus a sub-microsecond byte).
+    fn id_at(second: i64, byte: i64) -> ArchiveId {
+        ArchiveId((1_700_000_000_000_000 + second * 1_000_000) << 8 | byte)
+    }
+
+    fn entry(owner: &BareJid, id: ArchiveId, with: &str, body: &str) -> ArchiveEntry {
+        ArchiveEntry {
+            owner: owner.clone(),
+            id,
+            with: full(with),
+            stanza_xml: format!("<message type='chat'><body>{body}</body></message>"),
+        }
+    }
+
+    fn bodies(page: &starling_api::ArchivePage) -> Vec<String> {
+        page.messages
+            .iter()
+            .map(|message| {
+                let start = message.stanza_xml.find("<body>").unwrap() + 6;
+                let end = message.stanza_xml.find("</body>").unwrap();
+                message.stanza_xml[start..end].to_string()
+            })
+            .collect()
+    }
+
+    fn query(max: u32, page: PageStart) -> ArchiveQuery {
+        ArchiveQuery {
+            max,
+            page,
+            ..ArchiveQuery::default()
+        }
+    }
+
+    pub async fn archive_writes_both_directions_and_pages_both_ways(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        let nobody = jid("nobody@example.org");
+        let mut entries = Vec::new();
+        for index in 0..10 {
+            let id = id_at(index, 7);
+            entries.push(entry(&alice, id, "bob@example.org", &format!("m{index}")));
+            entries.push(entry(
+                &bob,
+                id,
+                "alice@example.org/phone",
+                &format!("m{index}"),
+            ));
+            // An owner without an account is skipped, not an error.
+            entries.push(entry(&nobody, id, "alice@example.org", "lost"));
+        }
+        assert_eq!(storage.archive_messages(&entries).await.unwrap(), 20);
+        // Written again (a retried batch): nothing twice.
+        assert_eq!(storage.archive_messages(&entries).await.unwrap(), 0);
+
+        let first = storage
+            .query_archive(&alice, &query(4, PageStart::First))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&first), ["m0", "m1", "m2", "m3"]);
+        assert!(!first.complete);
+        let next = storage
+            .query_archive(&alice, &query(4, PageStart::After(first.messages[3].id)))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&next), ["m4", "m5", "m6", "m7"]);
+        let last_forward = storage
+            .query_archive(&alice, &query(4, PageStart::After(next.messages[3].id)))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&last_forward), ["m8", "m9"]);
+        assert!(last_forward.complete);
+
+        // Backwards: the last page, then the one before it, oldest first within.
+        let last = storage
+            .query_archive(&bob, &query(3, PageStart::Last))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&last), ["m7", "m8", "m9"]);
+        assert!(!last.complete);
+        let before = storage
+            .query_archive(&bob, &query(7, PageStart::Before(last.messages[0].id)))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&before), ["m0", "m1", "m2", "m3", "m4", "m5", "m6"]);
+        assert!(before.complete);
+
+        // Exactly max left: complete, without a further page.
+        let exact = storage
+            .query_archive(&alice, &query(10, PageStart::First))
+            .await
+            .unwrap();
+        assert_eq!(exact.messages.len(), 10);
+        assert!(exact.complete);
+        let empty = storage
+            .query_archive(&alice, &query(0, PageStart::First))
+            .await
+            .unwrap();
+        assert!(empty.messages.is_empty() && !empty.complete);
+        let nothing = storage
+            .query_archive(&alice, &query(5, PageStart::After(exact.messages[9].id)))
+            .await
+            .unwrap();
+        assert!(nothing.messages.is_empty() && nothing.complete);
+
+        assert_eq!(
+            storage.archive_bounds(&alice).await.unwrap(),
+            Some((id_at(0, 7), id_at(9, 7)))
+        );
+        assert_eq!(
+            storage
+                .archive_bounds(&jid("carol@example.org"))
+                .await
+                .unwrap(),
+            None
+        );
+
+        // The archive goes with the account.
+        storage.remove_account(&alice).await.unwrap();
+        let alice = account(&storage, "alice@example.org").await;
+        assert_eq!(storage.archive_bounds(&alice).await.unwrap(), None);
+    }
+
+    pub async fn archive_filters_by_with_time_and_ids(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let entries = vec![
+            entry(&alice, id_at(0, 1), "bob@example.org/phone", "b-phone"),
+            entry(&alice, id_at(1, 1), "carol@example.org", "carol"),
+            entry(&alice, id_at(2, 1), "bob@example.org/laptop", "b-laptop"),
+            entry(&alice, id_at(3, 1), "bob@example.org", "b-bare"),
+            entry(&alice, id_at(4, 1), "alice@example.org", "self"),
+        ];
+        storage.archive_messages(&entries).await.unwrap();
+        let with = |text: &str| ArchiveQuery {
+            with: Some(full(text)),
+            max: 10,
+            ..ArchiveQuery::default()
+        };
+        let page = storage
+            .query_archive(&alice, &with("bob@example.org"))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&page), ["b-phone", "b-laptop", "b-bare"]);
+        let page = storage
+            .query_archive(&alice, &with("bob@example.org/laptop"))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&page), ["b-laptop"]);
+        // Section 4.1.1: `with` the account itself matches messages to itself only.
+        let page = storage
+            .query_archive(&alice, &with("alice@example.org"))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&page), ["self"]);
+
+        let window = ArchiveQuery {
+            start: Some(ArchiveId::first_at(id_at(1, 0).micros())),
+            end: Some(ArchiveId::last_at(id_at(3, 0).micros())),
+            max: 10,
+            ..ArchiveQuery::default()
+        };
+        let page = storage.query_archive(&alice, &window).await.unwrap();
+        assert_eq!(bodies(&page), ["carol", "b-laptop", "b-bare"]);
+        assert!(page.complete);
+
+        let between = ArchiveQuery {
+            after_id: Some(id_at(0, 1)),
+            before_id: Some(id_at(4, 1)),
+            with: Some(full("bob@example.org")),
+            max: 10,
+            ..ArchiveQuery::default()
+        };
+        let page = storage.query_archive(&alice, &between).await.unwrap();
+        assert_eq!(bodies(&page), ["b-laptop", "b-bare"]);
+
+        let some = ArchiveQuery {
+            ids: vec![id_at(4, 1), id_at(1, 1)],
+            max: 10,
+            ..ArchiveQuery::default()
+        };
+        let page = storage.query_archive(&alice, &some).await.unwrap();
+        assert_eq!(bodies(&page), ["carol", "self"]);
+    }
+
+    pub async fn archive_names_unknown_ids_not_found(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        storage
+            .archive_messages(&[entry(&bob, id_at(0, 1), "alice@example.org", "bob's")])
+            .await
+            .unwrap();
+        storage
+            .archive_messages(&[entry(&alice, id_at(1, 1), "bob@example.org", "alice's")])
+            .await
+            .unwrap();
+        // Bob's id is not in Alice's archive, whichever way it is named.
+        let unknown = id_at(0, 1);
+        for asked in [
+            query(5, PageStart::After(unknown)),
+            query(5, PageStart::Before(unknown)),
+            ArchiveQuery {
+                after_id: Some(unknown),
+                max: 5,
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                before_id: Some(unknown),
+                max: 5,
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                ids: vec![id_at(1, 1), unknown],
+                max: 5,
+                ..ArchiveQuery::default()
+            },
+        ] {
+            let result = storage.query_archive(&alice, &asked).await;
+            assert!(is_not_found(&result), "{asked:?}: {result:?}");
+        }
+        let nobody = storage
+            .query_archive(
+                &jid("nobody@example.org"),
+                &query(5, PageStart::After(unknown)),
+            )
+            .await;
+        assert!(is_not_found(&nobody), "{nobody:?}");
+    }
+
+    pub async fn archive_quota_removes_the_oldest(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let total = MAX_ARCHIVE_MESSAGES as i64 + 5;
+        // In several batches, one of them past the bound at once.
+        for batch in [0..3, 3..10, 10..total] {
+            let entries: Vec<_> = batch
+                .map(|index| {
+                    entry(
+                        &alice,
+                        id_at(index, 0),
+                        "bob@example.org",
+                        &format!("m{index}"),
+                    )
+                })
+                .collect();
+            storage.archive_messages(&entries).await.unwrap();
+        }
+        let page = storage
+            .query_archive(&alice, &query(100, PageStart::First))
+            .await
+            .unwrap();
+        let expected: Vec<String> = (5..total).map(|index| format!("m{index}")).collect();
+        assert_eq!(bodies(&page), expected);
+        assert_eq!(
+            storage.archive_bounds(&alice).await.unwrap(),
+            Some((id_at(5, 0), id_at(total - 1, 0)))
+        );
+    }
+
+    pub async fn archive_preferences_decide_and_round_trip(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = jid("bob@example.org");
+        let decide = |pairs: Vec<(BareJid, Jid)>| {
+            let storage = storage.clone();
+            async move { storage.archive_decisions(&pairs).await.unwrap() }
+        };
+        // Never set: the default keeps everything.
+        assert_eq!(
+            storage.archive_prefs(&alice).await.unwrap(),
+            ArchivePrefs::default()
+        );
+        assert_eq!(
+            decide(vec![
+                (alice.clone(), full("bob@example.org/x")),
+                (jid("nobody@example.org"), full("bob@example.org")),
+            ])
+            .await,
+            [true, false]
+        );
+        let prefs = ArchivePrefs {
+            default: ArchiveDefault::Roster,
+            always: vec![full("carol@example.org"), full("dave@example.org")],
+            never: vec![full("dave@example.org"), full("carol@example.org/spam")],
+        };
+        storage.set_archive_prefs(&alice, &prefs).await.unwrap();
+        let stored = storage.archive_prefs(&alice).await.unwrap();
+        assert_eq!(stored.default, ArchiveDefault::Roster);
+        // An address in both lists is never archived.
+        assert_eq!(stored.always, [full("carol@example.org")]);
+        let mut never = stored.never.clone();
+        never.sort_by_key(ToString::to_string);
+        assert_eq!(
+            never,
+            [full("carol@example.org/spam"), full("dave@example.org")]
+        );
+        let mut item = RosterItem::new(bob.clone());
+        item.subscription = Subscription::Both;
+        storage.put_roster_item(&alice, &item).await.unwrap();
+        assert_eq!(
+            decide(vec![
+                (alice.clone(), full("bob@example.org/phone")),
+                (alice.clone(), full("eve@example.org")),
+                (alice.clone(), full("carol@example.org/home")),
+                (alice.clone(), full("carol@example.org/spam")),
+                (alice.clone(), full("dave@example.org")),
+            ])
+            .await,
+            [true, false, true, false, false]
+        );
+        storage
+            .set_archive_prefs(
+                &alice,
+                &ArchivePrefs {
+                    default: ArchiveDefault::Never,
+                    ..ArchivePrefs::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            decide(vec![(alice.clone(), full("bob@example.org"))]).await,
+            [false]
+        );
+        assert!(is_not_found(
+            &storage
+                .set_archive_prefs(&jid("nobody@example.org"), &ArchivePrefs::default())
+                .await
+        ));
+        // Preferences keep the archive's count: the quota still holds after.
+        let entries: Vec<_> = (0..MAX_ARCHIVE_MESSAGES as i64 + 1)
+            .map(|index| entry(&alice, id_at(index, 0), "bob@example.org", "x"))
+            .collect();
+        storage.archive_messages(&entries).await.unwrap();
+        storage
+            .set_archive_prefs(&alice, &ArchivePrefs::default())
+            .await
+            .unwrap();
+        let page = storage
+            .query_archive(&alice, &query(100, PageStart::First))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len() as u64, MAX_ARCHIVE_MESSAGES);
+    }
+
+    pub async fn archive_retention_purges_old_messages(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        let day = 86_400_000_000i64;
+        let entries = vec![
+            entry(
+                &alice,
+                ArchiveId::first_at(now - 3 * day),
+                "bob@example.org",
+                "old",
+            ),
+            entry(
+                &alice,
+                ArchiveId::first_at(now - day / 2),
+                "bob@example.org",
+                "recent",
+            ),
+            entry(
+                &bob,
+                ArchiveId::first_at(now - 5 * day),
+                "alice@example.org",
+                "older",
+            ),
+        ];
+        storage.archive_messages(&entries).await.unwrap();
+        let purged = storage
+            .purge_archive(std::time::Duration::from_secs(86_400))
+            .await
+            .unwrap();
+        assert_eq!(purged, 2);
+        let page = storage
+            .query_archive(&alice, &query(10, PageStart::First))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&page), ["recent"]);
+        assert_eq!(storage.archive_bounds(&bob).await.unwrap(), None);
+        // The count followed: the quota counts what is left.
+        let more: Vec<_> = (0..MAX_ARCHIVE_MESSAGES as i64)
+            .map(|index| {
+                entry(
+                    &alice,
+                    ArchiveId::first_at(now + index),
+                    "bob@example.org",
+                    "new",
+                )
+            })
+            .collect();
+        storage.archive_messages(&more).await.unwrap();
+        let page = storage
+            .query_archive(&alice, &query(100, PageStart::First))
+            .await
+            .unwrap();
+        assert_eq!(page.messages.len() as u64, MAX_ARCHIVE_MESSAGES);
+        assert_eq!(bodies(&page)[0], "new");
+    }
+}

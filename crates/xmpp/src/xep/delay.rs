@@ -90,6 +90,79 @@ fn is_datetime(text: &str) -> bool {
     }
 }
 
+/// Read an XEP-0082 section 3.2 DateTime (`CCYY-MM-DDThh:mm:ss[.sss]TZD`)
+/// as microseconds since the Unix epoch (negative before it); digits past
+/// the microsecond are dropped. `None` for anything else, or for a date or
+/// time out of range (month 13, 25:00, February 30th, a year before 1 or an
+/// offset of 24 hours or more).
+pub fn parse_datetime_micros(text: &str) -> Option<i64> {
+    if !is_datetime(text) {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> i64 {
+        text[range]
+            .bytes()
+            .fold(0, |value, digit| value * 10 + i64::from(digit - b'0'))
+    };
+    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
+    let (hour, minute, second) = (number(11..13), number(14..16), number(17..19));
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    // XEP-0082 allows no leap second beyond :59 in practice; 60 is refused.
+    if year == 0 || day == 0 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut micros = 0i64;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let length = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        for (position, digit) in fraction.bytes().take(length).enumerate() {
+            if position < 6 {
+                micros += i64::from(digit - b'0') * 10i64.pow(5 - position as u32);
+            }
+        }
+        rest = &fraction[length..];
+    }
+    let offset_seconds = match rest.as_bytes() {
+        [sign @ (b'+' | b'-'), ..] => {
+            let hours = number(text.len() - 5..text.len() - 3);
+            let minutes = number(text.len() - 2..text.len());
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let magnitude = hours * 3600 + minutes * 60;
+            if *sign == b'+' {
+                magnitude
+            } else {
+                -magnitude
+            }
+        }
+        _ => 0,
+    };
+    let days = days_from_civil(year, month as u32, day as u32);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
+    seconds.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+/// The day count since 1970-01-01 of a proleptic Gregorian date (Howard
+/// Hinnant's `days_from_civil`, the inverse of [`civil_from_days`]).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month = i64::from(month);
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 /// `YYYY-MM-DDThh:mm:ssZ` for an instant (XEP-0082 DateTime profile, seconds
 /// precision). Instants before 1970 are clamped to the epoch.
 pub fn rfc3339_utc(instant: SystemTime) -> String {
@@ -149,6 +222,66 @@ mod tests {
             rfc3339_utc(UNIX_EPOCH - Duration::from_secs(5)),
             "1970-01-01T00:00:00Z"
         );
+    }
+
+    #[test]
+    fn parses_datetimes_to_microseconds() {
+        assert_eq!(parse_datetime_micros("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_datetime_micros("2002-09-10T23:08:25Z"),
+            Some(1_031_699_305_000_000)
+        );
+        assert_eq!(
+            parse_datetime_micros("2002-09-10T23:08:25.123456789Z"),
+            Some(1_031_699_305_123_456)
+        );
+        assert_eq!(
+            parse_datetime_micros("2002-09-10T23:08:25.5Z"),
+            Some(1_031_699_305_500_000)
+        );
+        // The same instant with an offset.
+        assert_eq!(
+            parse_datetime_micros("2002-09-11T01:08:25+02:00"),
+            Some(1_031_699_305_000_000)
+        );
+        assert_eq!(
+            parse_datetime_micros("2002-09-10T20:38:25-02:30"),
+            Some(1_031_699_305_000_000)
+        );
+        assert_eq!(
+            parse_datetime_micros("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000_000)
+        );
+        assert_eq!(
+            parse_datetime_micros("1969-12-31T23:59:59Z"),
+            Some(-1_000_000)
+        );
+        for seconds in [0u64, 951_782_400, 1_735_689_599, 4_107_542_400] {
+            assert_eq!(
+                parse_datetime_micros(&rfc3339_utc(at(seconds))),
+                Some(seconds as i64 * 1_000_000)
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_datetimes_out_of_range() {
+        for text in [
+            "2002-13-10T23:08:25Z",
+            "2002-00-10T23:08:25Z",
+            "2001-02-29T00:00:00Z",
+            "2002-09-31T00:00:00Z",
+            "2002-09-10T24:00:00Z",
+            "2002-09-10T23:60:00Z",
+            "2002-09-10T23:08:60Z",
+            "0000-01-01T00:00:00Z",
+            "2002-09-10T23:08:25+24:00",
+            "2002-09-10",
+            "yesterday",
+            "",
+        ] {
+            assert_eq!(parse_datetime_micros(text), None, "{text}");
+        }
     }
 
     use crate::xep::testing::{rejected, round_trip};

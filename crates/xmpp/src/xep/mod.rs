@@ -10,7 +10,9 @@ pub mod carbons;
 pub mod delay;
 pub mod disco;
 pub mod forward;
+pub mod mam;
 pub mod ping;
+pub mod rsm;
 pub mod version;
 
 use crate::element::Element;

@@ -191,6 +191,45 @@ impl BlockingStore for FakeStorage {
     }
 }
 
+/// The connection-manager never reads the message archive.
+#[async_trait]
+impl starling_api::ArchiveStore for FakeStorage {
+    async fn archive_decisions(&self, pairs: &[(BareJid, Jid)]) -> ApiResult<Vec<bool>> {
+        Ok(vec![false; pairs.len()])
+    }
+
+    async fn archive_messages(&self, _entries: &[starling_api::ArchiveEntry]) -> ApiResult<u64> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn query_archive(
+        &self,
+        _owner: &BareJid,
+        _query: &starling_api::ArchiveQuery,
+    ) -> ApiResult<starling_api::ArchivePage> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn archive_bounds(
+        &self,
+        _owner: &BareJid,
+    ) -> ApiResult<Option<(starling_api::ArchiveId, starling_api::ArchiveId)>> {
+        Ok(None)
+    }
+
+    async fn archive_prefs(&self, _owner: &BareJid) -> ApiResult<starling_api::ArchivePrefs> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn set_archive_prefs(
+        &self,
+        _owner: &BareJid,
+        _prefs: &starling_api::ArchivePrefs,
+    ) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
 #[async_trait]
 impl starling_api::PepStore for FakeStorage {
     async fn pep_nodes(&self, _owner: &BareJid) -> ApiResult<Vec<starling_api::PepNode>> {

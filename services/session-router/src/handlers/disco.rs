@@ -107,11 +107,15 @@ async fn account_disco(
             Err(error) => routing.failure_reply(iq, &error),
         };
     }
-    let features: Vec<&str> = ACCOUNT_FEATURES
+    let mut features: Vec<&str> = ACCOUNT_FEATURES
         .iter()
         .chain(pep::ACCOUNT_PEP_FEATURES)
         .copied()
         .collect();
+    // XEP-0313 section 7: the archive is the account's.
+    if router.config.mam {
+        features.extend_from_slice(super::mam::ACCOUNT_FEATURES);
+    }
     Some(info_results(
         iq,
         &[REGISTERED_ACCOUNT, PEP_SERVICE],

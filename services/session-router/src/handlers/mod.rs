@@ -12,6 +12,7 @@ pub(crate) mod blocking;
 pub(crate) mod disco;
 mod documents;
 pub(crate) mod last;
+pub(crate) mod mam;
 pub(crate) mod pep;
 pub(crate) mod ping;
 pub(crate) mod private;
@@ -34,11 +35,18 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
 ];
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the
-/// features switched on in the configuration (Message Carbons, XEP-0280).
+/// features switched on in the configuration (Message Carbons, XEP-0280;
+/// Message Archive Management, XEP-0313).
 pub(crate) fn iq_handlers(config: &RouterConfig) -> Vec<&'static dyn IqHandler> {
     let carbons: Option<&'static dyn IqHandler> =
         config.carbons.then_some(&crate::carbons::Carbons);
-    IQ_HANDLERS.iter().copied().chain(carbons).collect()
+    let archive: Option<&'static dyn IqHandler> = config.mam.then_some(&mam::Archive);
+    IQ_HANDLERS
+        .iter()
+        .copied()
+        .chain(carbons)
+        .chain(archive)
+        .collect()
 }
 
 /// The router's features that answer no IQ.

@@ -7,6 +7,7 @@ mod bind;
 mod blocking;
 mod carbons;
 mod iq;
+mod mam;
 mod message;
 mod metrics;
 mod pep;
@@ -279,6 +280,44 @@ impl starling_api::PepStore for UnavailableStorage {
 }
 
 #[async_trait]
+impl starling_api::ArchiveStore for UnavailableStorage {
+    async fn archive_decisions(&self, _pairs: &[(BareJid, Jid)]) -> ApiResult<Vec<bool>> {
+        Err(database_down())
+    }
+
+    async fn archive_messages(&self, _entries: &[starling_api::ArchiveEntry]) -> ApiResult<u64> {
+        Err(database_down())
+    }
+
+    async fn query_archive(
+        &self,
+        _owner: &BareJid,
+        _query: &starling_api::ArchiveQuery,
+    ) -> ApiResult<starling_api::ArchivePage> {
+        Err(database_down())
+    }
+
+    async fn archive_bounds(
+        &self,
+        _owner: &BareJid,
+    ) -> ApiResult<Option<(starling_api::ArchiveId, starling_api::ArchiveId)>> {
+        Err(database_down())
+    }
+
+    async fn archive_prefs(&self, _owner: &BareJid) -> ApiResult<starling_api::ArchivePrefs> {
+        Err(database_down())
+    }
+
+    async fn set_archive_prefs(
+        &self,
+        _owner: &BareJid,
+        _prefs: &starling_api::ArchivePrefs,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
 impl starling_api::FastTokenStore for UnavailableStorage {
     async fn put_fast_token(
         &self,
@@ -435,6 +474,8 @@ pub struct HarnessOptions {
     pub storage_down: bool,
     /// Message Carbons (XEP-0280) switched on.
     pub carbons: bool,
+    /// Message Archive Management (XEP-0313).
+    pub mam: bool,
 }
 
 impl Default for HarnessOptions {
@@ -444,6 +485,7 @@ impl Default for HarnessOptions {
             offline_limit: 100,
             storage_down: false,
             carbons: true,
+            mam: false,
         }
     }
 }
@@ -490,6 +532,9 @@ impl Harness {
                 carbons: options.carbons,
                 blocking_max_items: 5,
                 pep: crate::pep::PepSettings::default(),
+                mam: options.mam,
+                mam_max_page_size: 5,
+                stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
             },
             registry.clone(),
             bus.clone(),

@@ -22,6 +22,8 @@ pub const MAX_BLOCKLIST_ITEMS: u32 = 4;
 
 /// The suite's bound on an account's stored documents.
 pub const MAX_ACCOUNT_DATA_BYTES: u64 = 1000;
+/// Messages kept per archive in the suite (XEP-0313 quota).
+pub const MAX_ARCHIVE_MESSAGES: u64 = 12;
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -41,6 +43,7 @@ pub fn suite_config(url: String) -> StorageConfig {
         max_blocklist_items: MAX_BLOCKLIST_ITEMS,
         max_connections: 8,
         max_account_data_bytes: MAX_ACCOUNT_DATA_BYTES,
+        max_archive_messages_per_account: MAX_ARCHIVE_MESSAGES,
         ..StorageConfig::default()
     }
 }

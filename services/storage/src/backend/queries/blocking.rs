@@ -2,7 +2,7 @@
 
 use sqlx::{Pool, Row};
 
-use super::{Db, BEGIN_WRITE};
+use super::{lock_account_if_any, Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::{AccountAddress, BlockRow};
 
@@ -31,26 +31,6 @@ pub(crate) async fn blocklist(
         .collect()
 }
 
-/// Lock the account's row for the rest of the transaction (the lock order
-/// of `mod.rs`) and return its id; `None` when there is no such account.
-async fn lock_account(
-    transaction: &mut sqlx::Transaction<'static, Db>,
-    account: &AccountAddress<'_>,
-) -> Result<Option<i64>, StorageError> {
-    let row = sqlx::query(
-        "UPDATE accounts SET roster_version = roster_version \
-         WHERE domain = $1 AND localpart = $2 RETURNING id",
-    )
-    .bind(account.domain)
-    .bind(account.localpart)
-    .fetch_optional(&mut **transaction)
-    .await?;
-    Ok(match row {
-        Some(row) => Some(row.try_get(0)?),
-        None => None,
-    })
-}
-
 /// Add block items in one transaction under the account's lock: the count
 /// and the insert cannot race with another block of the same account, so
 /// the list never holds more than `max_items`. An address already blocked
@@ -63,7 +43,7 @@ pub(crate) async fn block(
     now_millis: i64,
 ) -> Result<(), StorageError> {
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
-    let Some(account_id) = lock_account(&mut transaction, account).await? else {
+    let Some(account_id) = lock_account_if_any(&mut transaction, account).await? else {
         return Err(StorageError::AccountNotFound(account.to_string()));
     };
     let existing: Vec<String> =
@@ -117,7 +97,7 @@ pub(crate) async fn unblock(
     jids: &[String],
 ) -> Result<Vec<String>, StorageError> {
     let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
-    let Some(account_id) = lock_account(&mut transaction, account).await? else {
+    let Some(account_id) = lock_account_if_any(&mut transaction, account).await? else {
         return Ok(Vec::new());
     };
     let mut removed = Vec::new();

@@ -19,6 +19,7 @@ use crate::records::AccountAddress;
 
 mod account_data;
 mod accounts;
+mod archive;
 mod blocking;
 mod fast;
 mod offline;
@@ -27,6 +28,7 @@ mod roster;
 
 pub(crate) use account_data::*;
 pub(crate) use accounts::*;
+pub(crate) use archive::*;
 pub(crate) use blocking::*;
 pub(crate) use fast::*;
 pub(crate) use offline::*;
@@ -89,6 +91,19 @@ pub(super) async fn lock_account(
     match row {
         Some(row) => Ok(row.try_get(0)?),
         None => Err(StorageError::AccountNotFound(account.to_string())),
+    }
+}
+
+/// Lock the account's row for the rest of the transaction and return its id;
+/// `None` when there is no such account.
+pub(super) async fn lock_account_if_any(
+    transaction: &mut sqlx::Transaction<'static, Db>,
+    account: &AccountAddress<'_>,
+) -> Result<Option<i64>, StorageError> {
+    match lock_account(transaction, account).await {
+        Ok(account_id) => Ok(Some(account_id)),
+        Err(StorageError::AccountNotFound(_)) => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
