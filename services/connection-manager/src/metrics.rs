@@ -92,7 +92,16 @@ const TRANSPORTS: [Transport; 4] = [
     Transport::Bosh,
 ];
 const KINDS: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
-const MECHANISMS: [&str; 4] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "HT-SHA-256-NONE"];
+const MECHANISMS: [&str; 8] = [
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "PLAIN",
+    "HT-SHA-256-EXPR",
+    "HT-SHA-256-ENDP",
+    "HT-SHA-256-NONE",
+];
 
 fn kind_label(kind: StanzaKind) -> &'static str {
     match kind {
