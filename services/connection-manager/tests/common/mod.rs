@@ -878,7 +878,13 @@ impl ScramTestHash {
     ) -> (String, Vec<u8>) {
         let nonce = text_between(server_first, "r=", ",").unwrap();
         let salt = unb64(text_between(server_first, ",s=", ",").unwrap());
-        let iterations: u32 = server_first.rsplit_once(",i=").unwrap().1.parse().unwrap();
+        // Optional extensions may follow (RFC 5802 section 7; XEP-0474's h=).
+        let iterations: u32 = server_first
+            .split(',')
+            .find_map(|attribute| attribute.strip_prefix("i="))
+            .unwrap()
+            .parse()
+            .unwrap();
         let salted = self.salted_password(password, &salt, iterations);
         let client_key = self.hmac(&salted, b"Client Key");
         let stored_key = self.hash(&client_key);
