@@ -786,12 +786,8 @@ mod tests {
                 .map(|first| first.channel_binding())
                 .map_err(|error| error.condition())
         };
-        let cases: Vec<(
-            bool,
-            &ChannelBindings,
-            &str,
-            Result<Option<ChannelBindingType>, SaslFailureCondition>,
-        )> = vec![
+        type Outcome = Result<Option<ChannelBindingType>, SaslFailureCondition>;
+        let cases: Vec<(bool, &ChannelBindings, &str, Outcome)> = vec![
             (
                 true,
                 &both,
