@@ -22,8 +22,8 @@ import pytest
 
 from conftest import insecure_context
 from test_cluster import cluster  # noqa: F401 (the fixture)
-from test_sasl2 import USER_AGENT, Sasl2Client, bind2, identifier, issued_token
-from test_websocket import _ws_frame, _ws_read_text
+from test_sasl2 import USER_AGENT, Sasl2Client, Scram, authenticate_fast, bind2, identifier, issued_token
+from test_websocket import _ws_frame, _ws_read_text, ws_upgrade
 
 SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
 SASL2 = "urn:xmpp:sasl:2"
@@ -64,42 +64,19 @@ def ssdp_hash(hash_name, mechanisms, types):
     return b64(hashlib.new(hash_name, text.encode()).digest())
 
 
-class ScramPlus:
-    """The client side of SCRAM(-PLUS): any gs2 header, any channel binding
-    data; checks the server's XEP-0474 hash against the features it saw, and
-    the server signature."""
+class ScramPlus(Scram):
+    """test_sasl2's SCRAM client that also checks the server's XEP-0474 hash
+    against the features it saw (section "Client Verifies The Downgrade
+    Protection Hash")."""
 
     def __init__(self, username, password, hash_name="sha256", gs2_header="n,,", cb_data=b"", expected_ssdp=None):
-        self.username = username
-        self.password = password
-        self.hash_name = hash_name
-        self.gs2_header = gs2_header
-        self.cb_data = cb_data
+        super().__init__(username, password, hash_name, gs2_header, cb_data)
         self.expected_ssdp = expected_ssdp
-        self.nonce = secrets.token_urlsafe(18)
-        self.bare = f"n={username},r={self.nonce}"
 
-    def client_first(self) -> str:
-        return b64(f"{self.gs2_header}{self.bare}".encode())
-
-    def client_final(self, server_first_b64: str) -> str:
-        server_first = base64.b64decode(server_first_b64).decode()
-        attrs = dict(part.split("=", 1) for part in server_first.split(","))
-        assert attrs["r"].startswith(self.nonce)
+    def check_server_first(self, attrs):
         self.server_ssdp = attrs.get("h")
         if self.expected_ssdp is not None:
-            # XEP-0474 section "Client Verifies The Downgrade Protection Hash".
-            assert self.server_ssdp == self.expected_ssdp, (server_first, self.expected_ssdp)
-        salted = hashlib.pbkdf2_hmac(self.hash_name, self.password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
-        client_key = hmac.new(salted, b"Client Key", self.hash_name).digest()
-        stored_key = hashlib.new(self.hash_name, client_key).digest()
-        without_proof = f"c={b64(self.gs2_header.encode() + self.cb_data)},r={attrs['r']}"
-        auth_message = f"{self.bare},{server_first},{without_proof}".encode()
-        signature = hmac.new(stored_key, auth_message, self.hash_name).digest()
-        proof = bytes(a ^ b for a, b in zip(client_key, signature))
-        server_key = hmac.new(salted, b"Server Key", self.hash_name).digest()
-        self.server_signature = b64(hmac.new(server_key, auth_message, self.hash_name).digest())
-        return b64(f"{without_proof},p={b64(proof)}".encode())
+            assert self.server_ssdp == self.expected_ssdp, (attrs, self.expected_ssdp)
 
 
 def end_point_hash(certificate_der: bytes) -> bytes:
@@ -177,32 +154,28 @@ class CbClient(Sasl2Client):
 
     def sasl1(self, mechanism, scram):
         """An RFC 6120 SCRAM exchange; (outcome element name, its text)."""
-        self.send(f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{scram.client_first()}</auth>")
-        name, answer = self.recv_element(["challenge", "failure"])
-        if name == "failure":
-            return name, answer
-        server_first = re.search(r">([^<]+)</challenge>", answer).group(1)
-        self.send(f"<response xmlns='{SASL}'>{scram.client_final(server_first)}</response>")
-        name, outcome = self.recv_element(["success", "failure"])
-        if name == "success":
-            data = re.search(r">([^<]+)</success>", outcome).group(1)
-            assert base64.b64decode(data).decode() == f"v={scram.server_signature}", outcome
-        return name, outcome
+        return self.exchange(SASL, f"<auth xmlns='{SASL}' mechanism='{mechanism}'>{scram.client_first()}</auth>", scram)
 
     def sasl2(self, mechanism, scram, inline=""):
         """A SASL2 SCRAM exchange; (outcome element name, its text)."""
-        self.send(
+        authenticate = (
             f"<authenticate xmlns='{SASL2}' mechanism='{mechanism}'>"
             f"<initial-response>{scram.client_first()}</initial-response>{USER_AGENT}{inline}</authenticate>"
         )
+        return self.exchange(SASL2, authenticate, scram)
+
+    def exchange(self, namespace, first, scram):
+        """Send `first`, answer the challenge, check the server signature of a success."""
+        self.send(first)
         name, answer = self.recv_element(["challenge", "failure"])
         if name == "failure":
             return name, answer
         server_first = re.search(r">([^<]+)</challenge>", answer).group(1)
-        self.send(f"<response xmlns='{SASL2}'>{scram.client_final(server_first)}</response>")
+        self.send(f"<response xmlns='{namespace}'>{scram.client_final(server_first)}</response>")
         name, outcome = self.recv_element(["success", "failure"])
         if name == "success":
-            data = re.search(r"<additional-data>([^<]+)</additional-data>", outcome).group(1)
+            # The server-final-message: <success/>'s text in SASL1, <additional-data/> in SASL2.
+            data = re.search(r">([^<>]+)</(?:success|additional-data)>", outcome).group(1)
             assert base64.b64decode(data).decode() == f"v={scram.server_signature}", outcome
         return name, outcome
 
@@ -411,18 +384,8 @@ class WssClient(CbClient):
         context = insecure_context()
         context.set_alpn_protocols(["http/1.1"])
         sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.https), timeout=10), server_hostname="localhost")
-        key = b64(secrets.token_bytes(16))
-        sock.sendall(
-            (
-                f"GET /xmpp-websocket HTTP/1.1\r\nHost: localhost:{server.https}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
-            ).encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
-        assert head.lower().startswith(b"http/1.1 101"), head
+        head = ws_upgrade(sock, f"localhost:{server.https}")
+        assert head.startswith("http/1.1 101"), head
         client = cls.__new__(cls)
         client.server = server
         client.timeout = 10.0
@@ -469,23 +432,8 @@ def test_wss_offers_plus_bound_to_its_tls_session_and_ws_does_not(server):
 # ------------------------------------------------------------------ FAST with channel binding
 
 
-def ht_initial(localpart, token, cb_data):
-    initiator = hmac.new(token.encode(), b"Initiator" + cb_data, "sha256").digest()
-    return b64(localpart.encode() + b"\0" + initiator)
-
-
 def fast_login(client, jid, mechanism, token, cb_data):
-    client.send(
-        f"<authenticate xmlns='{SASL2}' mechanism='{mechanism}'>"
-        f"<initial-response>{ht_initial(jid.split('@')[0], token, cb_data)}</initial-response>"
-        f"{USER_AGENT}<fast xmlns='{FAST}'/></authenticate>"
-    )
-    name, outcome = client.recv_element(["success", "failure"])
-    if name == "success":
-        data = re.search(r"<additional-data>([^<]+)</additional-data>", outcome).group(1)
-        # The server's answer is bound to the same data (mutual authentication).
-        assert base64.b64decode(data) == hmac.new(token.encode(), b"Responder" + cb_data, "sha256").digest()
-    return name, outcome
+    return authenticate_fast(client, jid, token, mechanism=mechanism, cb_data=cb_data)
 
 
 def fast_mechanisms(features):
