@@ -17,6 +17,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -180,6 +181,15 @@ class CbClient(Sasl2Client):
         return name, outcome
 
 
+def channel_binding_failures(server, reason):
+    """`starling_sasl_channel_binding_failures_total{reason}` of a `starling serve`."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf'^starling_sasl_channel_binding_failures_total{{reason="{reason}"}} (\d+)', text, re.M)
+    assert match, text[-2000:]
+    return int(match.group(1))
+
+
 def condition(failure):
     match = re.search(r"<([a-z-]+)(?: xmlns='urn:ietf:params:xml:ns:xmpp-sasl')?/></failure>", failure)
     assert match, failure
@@ -300,6 +310,8 @@ def test_channel_binding_data_of_another_tls_session_is_not_authorized(server):
         scram = client.scram(alice, alice_pw, gs2_header="p=tls-exporter,,", cb_data=other.exporter)
         name, failure = client.sasl1("SCRAM-SHA-256-PLUS", scram)
         assert name == "failure" and condition(failure) == "not-authorized", failure
+        # The operator sees it (the client only sees not-authorized).
+        assert channel_binding_failures(server, "mismatch") == 1
         # A made-up certificate hash is no better.
         scram = client.scram(alice, alice_pw, gs2_header="p=tls-server-end-point,,", cb_data=hashlib.sha256(b"another certificate").digest())
         name, failure = client.sasl1("SCRAM-SHA-256-PLUS", scram)
@@ -339,6 +351,9 @@ def test_gs2_flag_rules_on_a_tls_stream(server):
             assert name == "failure" and condition(failure) == expected, (mechanism, header, failure)
         finally:
             client.close()
+    # The two 'y' cases are counted as downgrades.
+    assert channel_binding_failures(server, "downgrade") == 2
+    assert channel_binding_failures(server, "mismatch") == 0
     # 'n' (the client cannot bind) is still accepted.
     client = CbClient.starttls_client(server)
     try:

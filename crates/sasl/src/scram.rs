@@ -90,6 +90,8 @@ pub struct ScramClientFirst {
     /// `gs2-header` verbatim, then the channel binding data of `p=`: what
     /// the client must send base64-encoded in `c=` (RFC 5802 section 7).
     channel_binding_input: Vec<u8>,
+    /// Where the gs2 header ends in `channel_binding_input`.
+    gs2_header_length: usize,
     /// The XEP-0474 `h` attribute of the server-first-message.
     downgrade_protection: Option<String>,
     authzid: Option<String>,
@@ -137,9 +139,7 @@ fn gs2_channel_binding(
             // "y": the client can bind but thinks we cannot. We advertised
             // -PLUS on this stream, so somebody removed it on the way:
             // "the server MUST fail authentication" (RFC 5802 section 6).
-            Err(SaslError::NotAuthorized(
-                "gs2 flag 'y' although -PLUS was offered (a downgrade)",
-            ))
+            Err(SaslError::ChannelBindingDowngrade)
         }
         "y" => Ok(None),
         _ => {
@@ -237,6 +237,7 @@ impl ScramClientFirst {
         Ok(ScramClientFirst {
             hash,
             channel_binding,
+            gs2_header_length: gs2_header.len(),
             channel_binding_input,
             downgrade_protection: None,
             authzid,
@@ -325,6 +326,7 @@ impl ScramClientFirst {
         let state = ScramServerFirst {
             hash: self.hash,
             channel_binding_input: self.channel_binding_input,
+            gs2_header_length: self.gs2_header_length,
             authzid: self.authzid,
             username: self.username,
             client_first_bare: self.client_first_bare,
@@ -341,6 +343,7 @@ impl ScramClientFirst {
 pub struct ScramServerFirst {
     hash: ScramHash,
     channel_binding_input: Vec<u8>,
+    gs2_header_length: usize,
     authzid: Option<String>,
     username: String,
     client_first_bare: String,
@@ -402,9 +405,15 @@ impl ScramServerFirst {
         // after it (RFC 5802 section 7). Other data: the client's TLS
         // session is not the one we terminated, a man in the middle.
         if !bool::from(channel_binding.ct_eq(&self.channel_binding_input)) {
-            return Err(SaslError::NotAuthorized(
-                "channel binding does not match the gs2 header and this tls session",
-            ));
+            // The gs2 header part differs (a 'y' echoed as 'n'...): a plain
+            // not-authorized; the data part differs: another TLS session.
+            let header = &self.channel_binding_input[..self.gs2_header_length];
+            let bound = self.channel_binding_input.len() > self.gs2_header_length;
+            return Err(if bound && channel_binding.starts_with(header) {
+                SaslError::ChannelBindingMismatch
+            } else {
+                SaslError::NotAuthorized("channel binding does not match the gs2 header")
+            });
         }
         if nonce != self.nonce {
             return Err(SaslError::NotAuthorized("nonce does not match"));
@@ -880,11 +889,15 @@ mod tests {
             ("p=tls-exporter,,", &[][..]),
             ("p=tls-server-end-point,,", &[7u8; 32][..]),
         ] {
+            let error = plus_exchange(&bindings, header, data).unwrap_err();
             assert_eq!(
-                plus_exchange(&bindings, header, data)
-                    .unwrap_err()
-                    .condition(),
+                error.condition(),
                 SaslFailureCondition::NotAuthorized,
+                "{header} {data:?}"
+            );
+            assert_eq!(
+                error,
+                SaslError::ChannelBindingMismatch,
                 "{header} {data:?}"
             );
         }

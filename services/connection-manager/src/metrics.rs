@@ -150,6 +150,8 @@ pub struct CmMetrics {
     sm_journal_entries: IntCounter,
     /// XEP-0388/XEP-0386: SASL2 successes by what they completed.
     sasl2_events: IntCounterVec,
+    /// SCRAM -PLUS failures that tell of a man in the middle.
+    channel_binding_failures: IntCounterVec,
     csi: CsiMetrics,
 }
 
@@ -271,6 +273,17 @@ impl CmMetrics {
             &["event"],
         )?;
         registry.register(Box::new(sasl2_events.clone()))?;
+        let channel_binding_failures = IntCounterVec::new(
+            Opts::new(
+                "starling_sasl_channel_binding_failures_total",
+                "SCRAM logins refused for channel binding (RFC 5802 section 6): mismatch (the client's channel binding data is another TLS session's), downgrade (gs2 flag 'y' where -PLUS was offered)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(channel_binding_failures.clone()))?;
+        for reason in ["mismatch", "downgrade"] {
+            channel_binding_failures.with_label_values(&[reason]);
+        }
         let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
@@ -295,6 +308,7 @@ impl CmMetrics {
             sm_events,
             sm_journal_entries,
             sasl2_events,
+            channel_binding_failures,
             csi,
             outbound_queue_bytes,
         })
@@ -303,6 +317,13 @@ impl CmMetrics {
     /// A stream management event (see `starling_sm_events_total`).
     pub(crate) fn sm_event(&self, event: &str) {
         self.sm_events.with_label_values(&[event]).inc();
+    }
+
+    /// A channel binding failure (see `starling_sasl_channel_binding_failures_total`).
+    pub(crate) fn channel_binding_failure(&self, reason: &'static str) {
+        self.channel_binding_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// A SASL2 event (see `starling_sasl2_events_total`).

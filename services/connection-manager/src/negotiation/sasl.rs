@@ -200,7 +200,17 @@ impl Sasl {
         self.exchange = SaslExchange::Idle;
         tracing::debug!(conn = stream.conn, peer = %stream.peer, %error, "sasl failure");
         self.count_auth_failure(&stream.shared, error.condition().as_str());
-        if matches!(error, SaslError::NotAuthorized(_)) {
+        if error.is_channel_binding_alarm() {
+            // A man in the middle, or a client that cannot tell: the client
+            // only sees <not-authorized/>; the operator sees this.
+            tracing::warn!(conn = stream.conn, peer = %stream.peer, %error, "channel binding failed");
+            let reason = match error {
+                SaslError::ChannelBindingDowngrade => "downgrade",
+                _ => "mismatch",
+            };
+            stream.shared.metrics.channel_binding_failure(reason);
+        }
+        if error.condition() == SaslFailureCondition::NotAuthorized {
             stream
                 .shared
                 .ip_limits
