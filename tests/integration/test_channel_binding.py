@@ -550,14 +550,24 @@ def sasl2_everywhere(monkeypatch):
     monkeypatch.setenv("STARLING_SASL2_ENABLED", "true")
 
 
-def test_plus_login_on_both_connection_managers(sasl2_everywhere, cluster):
+def test_plus_login_on_both_connection_managers_and_a_bound_token_across_them(sasl2_everywhere, cluster):
+    """The TLS sessions end at each connection-manager; a channel-bound FAST
+    token issued by cm-1 works on cm-2 with cm-2's session data."""
     alice, alice_pw = cluster.add_user("alice")
+    token = None
     for node in ("cm-1", "cm-2"):
         client = CbClient.starttls_client(cluster.node(node))
         try:
             assert advertised(client.features, "sasl1")[1] == ["tls-exporter", "tls-server-end-point"]
-            scram = client.scram(alice, alice_pw, "sha256", "p=tls-server-end-point,,", client.cb_data("tls-server-end-point"), profile="sasl2")
-            name, success = client.sasl2("SCRAM-SHA-256-PLUS", scram, bind2())
-            assert name == "success", (node, success, cluster.logs())
+            end_point = client.cb_data("tls-server-end-point")
+            if token is None:
+                scram = client.scram(alice, alice_pw, "sha256", "p=tls-server-end-point,,", end_point, profile="sasl2")
+                request = f"<request-token xmlns='{FAST}' mechanism='HT-SHA-256-ENDP'/>"
+                name, success = client.sasl2("SCRAM-SHA-256-PLUS", scram, request + bind2())
+                assert name == "success", (node, success, cluster.logs())
+                token, _ = issued_token(success)
+            else:
+                name, success = fast_login(client, alice, "HT-SHA-256-ENDP", token, end_point)
+                assert name == "success", (node, success, cluster.logs())
         finally:
             client.close()
