@@ -111,6 +111,76 @@ async fn client_close_is_answered() {
 
 // ------------------------------------------------------------ TLS and SASL
 
+/// SCRAM -PLUS (RFC 5802 section 6) with the data a rustls client computes
+/// for its own session: tls-exporter (RFC 9266) and tls-server-end-point
+/// (RFC 5929, the server's certificate is ECDSA with SHA-256).
+#[tokio::test]
+async fn scram_plus_binds_to_the_clients_tls_session() {
+    use sha2::Digest;
+    let server = TestServer::start(|_| {}).await;
+    server.add_user("juliet", "pencil").await;
+
+    let mut client = Client::connect_direct_tls(&server).await;
+    client.open().await;
+    let (exporter, _) = client.tls_binding.clone().unwrap();
+    client
+        .scram_bound(
+            "SCRAM-SHA-256-PLUS",
+            SHA256,
+            "p=tls-exporter,,",
+            &exporter,
+            "juliet",
+            "pencil",
+        )
+        .await
+        .unwrap();
+
+    let mut client = Client::connect(&server).await;
+    client.secure().await;
+    let (_, certificate) = client.tls_binding.clone().unwrap();
+    let end_point = sha2::Sha256::digest(&certificate).to_vec();
+    client
+        .scram_bound(
+            "SCRAM-SHA-1-PLUS",
+            SHA1,
+            "p=tls-server-end-point,,",
+            &end_point,
+            "juliet",
+            "pencil",
+        )
+        .await
+        .unwrap();
+
+    // Another session's exporter: what a client behind a man in the middle sends.
+    let mut other = Client::connect(&server).await;
+    other.secure().await;
+    let mut client = Client::connect(&server).await;
+    client.secure().await;
+    let (other_exporter, _) = other.tls_binding.clone().unwrap();
+    assert_eq!(
+        client
+            .scram_bound(
+                "SCRAM-SHA-256-PLUS",
+                SHA256,
+                "p=tls-exporter,,",
+                &other_exporter,
+                "juliet",
+                "pencil"
+            )
+            .await
+            .unwrap_err(),
+        failure("not-authorized")
+    );
+    // 'y' where -PLUS was offered: a downgrade.
+    assert_eq!(
+        client
+            .scram_bound("SCRAM-SHA-256", SHA256, "y,,", b"", "juliet", "pencil")
+            .await
+            .unwrap_err(),
+        failure("not-authorized")
+    );
+}
+
 #[tokio::test]
 async fn starttls_then_scram_sha256_bind_and_route() {
     let server = TestServer::start(|_| {}).await;
