@@ -45,28 +45,36 @@ def b64(data: bytes) -> str:
 
 class Scram:
     """The client side of SCRAM-SHA-256 (RFC 5802, RFC 7677), to check the
-    server's signature in the SASL2 additional data."""
+    server's signature in the SASL2 additional data; any gs2 header and
+    channel binding data (the -PLUS variants, test_channel_binding.py)."""
 
-    def __init__(self, username, password, hash_name="sha256"):
+    def __init__(self, username, password, hash_name="sha256", gs2_header="n,,", cb_data=b""):
         self.username = username
         self.password = password
         self.hash_name = hash_name
+        self.gs2_header = gs2_header
+        self.cb_data = cb_data
         self.nonce = secrets.token_urlsafe(18)
         self.bare = f"n={username},r={self.nonce}"
 
     def client_first(self) -> str:
-        return b64(f"n,,{self.bare}".encode())
+        return b64(f"{self.gs2_header}{self.bare}".encode())
+
+    def check_server_first(self, attrs):
+        """A hook for what a subclass checks in the server-first-message."""
 
     def client_final(self, server_first_b64: str, password=None) -> str:
         server_first = base64.b64decode(server_first_b64).decode()
         attrs = dict(part.split("=", 1) for part in server_first.split(","))
         assert attrs["r"].startswith(self.nonce)
+        self.check_server_first(attrs)
         salted = hashlib.pbkdf2_hmac(
             self.hash_name, (password or self.password).encode(), base64.b64decode(attrs["s"]), int(attrs["i"])
         )
         client_key = hmac.new(salted, b"Client Key", self.hash_name).digest()
         stored_key = hashlib.new(self.hash_name, client_key).digest()
-        without_proof = f"c={b64(b'n,,')},r={attrs['r']}"
+        # c= is cbind-input: the gs2 header, then the channel binding data (RFC 5802 section 7).
+        without_proof = f"c={b64(self.gs2_header.encode() + self.cb_data)},r={attrs['r']}"
         auth_message = f"{self.bare},{server_first},{without_proof}".encode()
         signature = hmac.new(stored_key, auth_message, self.hash_name).digest()
         proof = bytes(a ^ b for a, b in zip(client_key, signature))
@@ -151,11 +159,16 @@ async def test_features_offer_sasl2_with_bind2_inline_and_plain_login_then_legac
     alice, alice_pw = sasl2_server.add_user("alice")
     raw = Sasl2Client(sasl2_server)
     features = raw.starttls()
-    assert f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256</mechanism>" in features, features
+    # Inside TLS the -PLUS mechanisms come first (test_channel_binding.py).
+    assert (
+        f"<authentication xmlns='{SASL2}'><mechanism>SCRAM-SHA-256-PLUS</mechanism>"
+        "<mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism>"
+    ) in features, features
     assert (
         f"<inline><bind xmlns='{BIND2}'><inline><feature var='{CARBONS}'/><feature var='{CSI}'/>"
         f"<feature var='{SM}'/></inline></bind><sm xmlns='{SM}'/>"
-        f"<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast></inline></authentication>"
+        "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-ENDP</mechanism>"
+        "<mechanism>HT-SHA-256-NONE</mechanism></fast></inline></authentication>"
     ) in features, features
     # The RFC 6120 mechanisms stay.
     assert f"<mechanisms xmlns='{SASL}'>" in features
@@ -379,22 +392,26 @@ def issued_token(success):
     return match.group(2), match.group(1)
 
 
-def ht_response(localpart, token):
-    initiator = hmac.new(token.encode(), b"Initiator", "sha256").digest()
+def ht_response(localpart, token, cb_data=b""):
+    """draft-schmaus-kitten-sasl-ht section 3.1; `cb_data` for -EXPR/-ENDP."""
+    initiator = hmac.new(token.encode(), b"Initiator" + cb_data, "sha256").digest()
     return b64(localpart.encode() + b"\0" + initiator)
 
 
-def authenticate_fast(client, jid, token, inline="", user_agent=USER_AGENT, fast="<fast xmlns='urn:xmpp:fast:0'/>"):
-    """Log in with a FAST token; on success the server's HMAC is checked."""
+def authenticate_fast(
+    client, jid, token, inline="", user_agent=USER_AGENT, fast="<fast xmlns='urn:xmpp:fast:0'/>", mechanism=HT, cb_data=b""
+):
+    """Log in with a FAST token; on success the server's HMAC (over the
+    same channel binding data: mutual authentication) is checked."""
     client.send(
-        f"<authenticate xmlns='{SASL2}' mechanism='{HT}'>"
-        f"<initial-response>{ht_response(jid.split('@')[0], token)}</initial-response>"
+        f"<authenticate xmlns='{SASL2}' mechanism='{mechanism}'>"
+        f"<initial-response>{ht_response(jid.split('@')[0], token, cb_data)}</initial-response>"
         f"{user_agent}{fast}{inline}</authenticate>"
     )
     name, outcome = client.recv_element(["success", "failure"])
     if name == "success":
         data = re.search(r"<additional-data>([^<]+)</additional-data>", outcome).group(1)
-        assert base64.b64decode(data) == hmac.new(token.encode(), b"Responder", "sha256").digest()
+        assert base64.b64decode(data) == hmac.new(token.encode(), b"Responder" + cb_data, "sha256").digest()
     return name, outcome
 
 
@@ -402,7 +419,7 @@ def first_token(node, jid, password):
     """A password login that asks for a token (and binds)."""
     raw = Sasl2Client(node)
     features = raw.starttls()
-    assert f"<fast xmlns='{FAST}'><mechanism>{HT}</mechanism></fast>" in features, features
+    assert f"<mechanism>{HT}</mechanism></fast>" in features, features
     name, success, _ = raw.authenticate_scram(jid, password, f"<request-token xmlns='{FAST}' mechanism='{HT}'/>" + bind2())
     assert name == "success", success
     raw.close()

@@ -104,6 +104,26 @@ async def test_xmpp_client_over_websocket_chats_with_slixmpp_over_tcp(server):
     assert {"event": "message", "from": f"{romeo}/orchard", "body": "pong from slixmpp"} in events
 
 
+def ws_upgrade(sock, host: str) -> str:
+    """The RFC 6455 opening handshake with subprotocol xmpp (RFC 7395 section
+    3.1) on a connected socket; the response head, lower case."""
+    import base64
+    import os
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /xmpp-websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    return response.decode().lower()
+
+
 def _ws_frame(text: str) -> bytes:
     """One masked text frame (RFC 6455 section 5.2), as a client must send."""
     import os
@@ -143,8 +163,6 @@ def _ws_read_text(sock) -> str:
 def test_websocket_over_tls_listener(server):
     """wss:// on listen.https: the TLS handshake with the node's certificate,
     the RFC 7395 upgrade with subprotocol xmpp, <open/> answered with features."""
-    import base64
-    import os
     import socket
     import urllib.request
 
@@ -157,18 +175,7 @@ def test_websocket_over_tls_listener(server):
     context.set_alpn_protocols(["http/1.1"])
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", server.https), timeout=10), server_hostname="localhost")
     assert sock.version() in ("TLSv1.2", "TLSv1.3")
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /xmpp-websocket HTTP/1.1\r\nHost: localhost:{server.https}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    head = response.decode().lower()
+    head = ws_upgrade(sock, f"localhost:{server.https}")
     assert head.startswith("http/1.1 101"), head
     assert "sec-websocket-protocol: xmpp" in head
     sock.sendall(_ws_frame("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>"))
@@ -183,8 +190,6 @@ def test_a_client_that_pings_without_reading_grows_no_memory(server):
     layer; a client that floods pings and reads nothing must not grow the
     server's memory (the pending pong is replaced, and the write buffer is
     bounded: past it the connection ends)."""
-    import base64 as b64
-    import os as _os
     import socket as _socket
     import struct
 
@@ -196,18 +201,8 @@ def test_a_client_that_pings_without_reading_grows_no_memory(server):
 
     sock = _socket.create_connection(("127.0.0.1", server.http), timeout=10)
     sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 4096)
-    key = b64.b64encode(_os.urandom(16)).decode()
-    sock.sendall(
-        (
-            "GET /xmpp-websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: xmpp\r\n\r\n"
-        ).encode()
-    )
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += sock.recv(1)
-    assert b" 101 " in answer, answer
+    answer = ws_upgrade(sock, "localhost")
+    assert " 101 " in answer, answer
     payload = b"p" * 125
     mask = b"\x01\x02\x03\x04"
     masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))

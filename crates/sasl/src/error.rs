@@ -96,6 +96,16 @@ pub enum SaslError {
     /// The client sent `<abort/>` (RFC 6120 section 6.5.1).
     #[error("aborted by the client")]
     Aborted,
+    /// The client's channel binding data is not this TLS session's: the
+    /// client's TLS session ends somewhere else, a man in the middle (RFC
+    /// 5056 section 2.1). `not-authorized` on the wire.
+    #[error("channel binding data does not match this tls session")]
+    ChannelBindingMismatch,
+    /// The gs2 flag 'y' (the client can bind but thinks the server cannot)
+    /// where `-PLUS` was offered: the mechanism list was cut on the way
+    /// (RFC 5802 section 6). `not-authorized` on the wire.
+    #[error("gs2 flag 'y' although -PLUS was offered: a downgrade")]
+    ChannelBindingDowngrade,
 }
 
 impl SaslError {
@@ -111,7 +121,19 @@ impl SaslError {
             SaslError::TemporaryAuthFailure(_) => SaslFailureCondition::TemporaryAuthFailure,
             SaslError::CredentialsExpired(_) => SaslFailureCondition::CredentialsExpired,
             SaslError::Aborted => SaslFailureCondition::Aborted,
+            SaslError::ChannelBindingMismatch | SaslError::ChannelBindingDowngrade => {
+                SaslFailureCondition::NotAuthorized
+            }
         }
+    }
+
+    /// A failure that tells of a man in the middle (channel binding data of
+    /// another TLS session, or a stripped `-PLUS`): worth an operator's look.
+    pub fn is_channel_binding_alarm(&self) -> bool {
+        matches!(
+            self,
+            SaslError::ChannelBindingMismatch | SaslError::ChannelBindingDowngrade
+        )
     }
 }
 
@@ -133,5 +155,16 @@ mod tests {
             SaslError::NotAuthorized("x").condition().as_str(),
             "not-authorized"
         );
+        // Channel binding failures look like any other not-authorized to the client.
+        assert_eq!(
+            SaslError::ChannelBindingMismatch.condition(),
+            SaslFailureCondition::NotAuthorized
+        );
+        assert_eq!(
+            SaslError::ChannelBindingDowngrade.condition(),
+            SaslFailureCondition::NotAuthorized
+        );
+        assert!(SaslError::ChannelBindingDowngrade.is_channel_binding_alarm());
+        assert!(!SaslError::NotAuthorized("x").is_channel_binding_alarm());
     }
 }

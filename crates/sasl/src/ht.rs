@@ -1,8 +1,12 @@
-//! HT-SHA-256-NONE (draft-schmaus-kitten-sasl-ht-09 section 3, used by
-//! XEP-0484 FAST), server side: the client proves it holds a token with
-//! `authcid NUL HMAC-SHA-256(token, "Initiator")`, the server answers
-//! `HMAC-SHA-256(token, "Responder")` as additional data. `NONE`: no channel
-//! binding data follows the labels.
+//! HT-SHA-256-NONE, -EXPR and -ENDP (draft-schmaus-kitten-sasl-ht-09
+//! section 3, used by XEP-0484 FAST), server side: the client proves it
+//! holds a token with `authcid NUL HMAC-SHA-256(token, "Initiator" ||
+//! cb-data)`, the server answers `HMAC-SHA-256(token, "Responder" ||
+//! cb-data)` as additional data. `cb-data` is the stream's `tls-exporter`
+//! data (`EXPR`, RFC 9266), its `tls-server-end-point` data (`ENDP`, RFC
+//! 5929), or nothing (`NONE`). `UNIQ` (`tls-unique`) is never offered: it is
+//! undefined in TLS 1.3 and unsafe in TLS 1.2 without the extended master
+//! secret (RFC 9266 section 3).
 
 use subtle::ConstantTimeEq;
 
@@ -11,6 +15,10 @@ use crate::error::SaslError;
 
 /// The mechanism's name (XEP-0484 `<mechanism/>` of `<fast/>`).
 pub const HT_SHA_256_NONE: &str = "HT-SHA-256-NONE";
+/// HT with `tls-exporter` channel binding (draft section 3, "EXPR").
+pub const HT_SHA_256_EXPR: &str = "HT-SHA-256-EXPR";
+/// HT with `tls-server-end-point` channel binding (draft section 3, "ENDP").
+pub const HT_SHA_256_ENDP: &str = "HT-SHA-256-ENDP";
 
 /// A parsed initial client message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +50,19 @@ impl HtInitial {
         })
     }
 
-    /// Whether the client holds `token` (in constant time); the server's
-    /// final message when it does.
-    pub fn verify(&self, token: &[u8]) -> Option<Vec<u8>> {
-        let expected = ScramHash::Sha256.hmac(token, b"Initiator");
+    /// Whether the client holds `token` and, with channel binding, speaks
+    /// over the TLS session whose data is `channel_binding` (empty for
+    /// `NONE`); in constant time. The server's final message when it does.
+    pub fn verify(&self, token: &[u8], channel_binding: &[u8]) -> Option<Vec<u8>> {
+        let labelled = |label: &[u8]| {
+            let mut input = Vec::with_capacity(label.len() + channel_binding.len());
+            input.extend_from_slice(label);
+            input.extend_from_slice(channel_binding);
+            input
+        };
+        let expected = ScramHash::Sha256.hmac(token, &labelled(b"Initiator"));
         bool::from(expected.ct_eq(&self.initiator))
-            .then(|| ScramHash::Sha256.hmac(token, b"Responder"))
+            .then(|| ScramHash::Sha256.hmac(token, &labelled(b"Responder")))
     }
 }
 
@@ -56,9 +71,14 @@ mod tests {
     use super::*;
 
     fn initial(username: &str, token: &[u8]) -> Vec<u8> {
+        initial_bound(username, token, b"")
+    }
+
+    fn initial_bound(username: &str, token: &[u8], channel_binding: &[u8]) -> Vec<u8> {
         let mut message = username.as_bytes().to_vec();
         message.push(0);
-        message.extend(ScramHash::Sha256.hmac(token, b"Initiator"));
+        message
+            .extend(ScramHash::Sha256.hmac(token, &[&b"Initiator"[..], channel_binding].concat()));
         message
     }
 
@@ -67,10 +87,29 @@ mod tests {
         let parsed = HtInitial::parse(&initial("juliet", b"s3cr3t-token")).unwrap();
         assert_eq!(parsed.username, "juliet");
         assert_eq!(
-            parsed.verify(b"s3cr3t-token"),
+            parsed.verify(b"s3cr3t-token", b""),
             Some(ScramHash::Sha256.hmac(b"s3cr3t-token", b"Responder"))
         );
-        assert_eq!(parsed.verify(b"another-token"), None);
+        assert_eq!(parsed.verify(b"another-token", b""), None);
+    }
+
+    #[test]
+    fn a_channel_bound_token_proves_the_tls_session_too() {
+        let exporter = [0x5au8; 32];
+        let parsed =
+            HtInitial::parse(&initial_bound("juliet", b"s3cr3t-token", &exporter)).unwrap();
+        let mut responder_input = b"Responder".to_vec();
+        responder_input.extend_from_slice(&exporter);
+        assert_eq!(
+            parsed.verify(b"s3cr3t-token", &exporter),
+            Some(ScramHash::Sha256.hmac(b"s3cr3t-token", &responder_input))
+        );
+        // Another session's data (a man in the middle relaying the token
+        // proof), or the unbound proof on a bound mechanism: refused.
+        assert_eq!(parsed.verify(b"s3cr3t-token", &[0x5b; 32]), None);
+        assert_eq!(parsed.verify(b"s3cr3t-token", b""), None);
+        let unbound = HtInitial::parse(&initial("juliet", b"s3cr3t-token")).unwrap();
+        assert_eq!(unbound.verify(b"s3cr3t-token", &exporter), None);
     }
 
     #[test]

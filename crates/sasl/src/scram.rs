@@ -1,6 +1,9 @@
-//! SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256 (RFC 7677), server side, without
-//! channel binding: the gs2 flags `n` and `y` are accepted, `p` is refused
-//! because no `-PLUS` mechanism is offered (RFC 5802 section 6).
+//! SCRAM-SHA-1 (RFC 5802) and SCRAM-SHA-256 (RFC 7677), server side, with
+//! their `-PLUS` variants (channel binding, RFC 5802 section 6): `p=<type>`
+//! only with a `-PLUS` mechanism and a type the stream offers, `y` refused
+//! where `-PLUS` was offered (a downgrade), `n` and `y` refused with a
+//! `-PLUS` mechanism; the client's `c=` must carry our TLS session's data.
+//! The server-first-message can carry the XEP-0474 downgrade protection `h`.
 //!
 //! An unknown account runs the same exchange with a salt derived from the
 //! username and a server secret, and fails at the proof: the client cannot
@@ -10,6 +13,7 @@ use base64::Engine;
 use rand::RngCore;
 use subtle::{Choice, ConstantTimeEq};
 
+use crate::channel_binding::{ChannelBindingType, ChannelBindings};
 use crate::credentials::{ScramHash, ScramKeys, DEFAULT_ITERATIONS, SALT_BYTES};
 use crate::error::SaslError;
 use crate::saslname::decode_saslname;
@@ -81,8 +85,15 @@ impl std::fmt::Debug for ServerSecret {
 #[derive(Debug, Clone)]
 pub struct ScramClientFirst {
     hash: ScramHash,
-    /// `gs2-header`, verbatim: the client echoes it base64-encoded in `c=`.
-    gs2_header: String,
+    /// The channel binding type of a `-PLUS` exchange (`p=` in the gs2 header).
+    channel_binding: Option<ChannelBindingType>,
+    /// `gs2-header` verbatim, then the channel binding data of `p=`: what
+    /// the client must send base64-encoded in `c=` (RFC 5802 section 7).
+    channel_binding_input: Vec<u8>,
+    /// Where the gs2 header ends in `channel_binding_input`.
+    gs2_header_length: usize,
+    /// The XEP-0474 `h` attribute of the server-first-message.
+    downgrade_protection: Option<String>,
     authzid: Option<String>,
     /// The decoded saslname, not yet normalised.
     username: String,
@@ -101,30 +112,81 @@ fn is_extension(attribute: &str) -> bool {
     bytes.len() >= 2 && bytes[0].is_ascii_alphabetic() && bytes[1] == b'='
 }
 
-impl ScramClientFirst {
-    /// Parse the client-first-message: `gs2-header client-first-message-bare`.
-    pub fn parse(hash: ScramHash, message: &[u8]) -> Result<Self, SaslError> {
-        let message = std::str::from_utf8(message)
-            .map_err(|_| SaslError::MalformedRequest("client-first is not utf-8"))?;
-        // gs2-cbind-flag (RFC 5802 section 7).
-        let after_flag = match message.as_bytes().first() {
-            Some(b'n') | Some(b'y') => &message[1..],
-            Some(b'p') => {
-                // RFC 5802 section 6: a client that asks for channel binding
-                // on a non-PLUS mechanism fails; we offer no -PLUS mechanism.
-                return Err(SaslError::MalformedRequest(
-                    "channel binding requested but not offered",
-                ));
-            }
-            _ => {
+/// `cb-name = 1*(ALPHA / DIGIT / "." / "-")` (RFC 5802 section 7).
+fn is_channel_binding_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'-')
+}
+
+/// Judge the gs2-cbind-flag against the mechanism and what the stream
+/// offers (RFC 5802 sections 6 and 7); the channel binding type of `p=`.
+fn gs2_channel_binding(
+    flag: &str,
+    plus: bool,
+    bindings: &ChannelBindings,
+) -> Result<Option<ChannelBindingType>, SaslError> {
+    match flag {
+        "n" | "y" if plus => {
+            // A -PLUS mechanism is channel binding: "p" or nothing.
+            Err(SaslError::MalformedRequest(
+                "a -PLUS mechanism without channel binding",
+            ))
+        }
+        "n" => Ok(None),
+        "y" if !bindings.is_empty() => {
+            // "y": the client can bind but thinks we cannot. We advertised
+            // -PLUS on this stream, so somebody removed it on the way:
+            // "the server MUST fail authentication" (RFC 5802 section 6).
+            Err(SaslError::ChannelBindingDowngrade)
+        }
+        "y" => Ok(None),
+        _ => {
+            let Some(name) = flag.strip_prefix("p=") else {
                 return Err(SaslError::MalformedRequest(
                     "missing gs2 channel binding flag",
-                ))
+                ));
+            };
+            if !is_channel_binding_name(name) {
+                return Err(SaslError::MalformedRequest(
+                    "invalid channel binding type name",
+                ));
             }
-        };
-        let after_flag = after_flag
-            .strip_prefix(',')
-            .ok_or(SaslError::MalformedRequest("gs2 flag not followed by ','"))?;
+            if !plus {
+                // RFC 5802 section 6: "p" only goes with a -PLUS mechanism.
+                return Err(SaslError::MalformedRequest(
+                    "channel binding requested with a mechanism without -PLUS",
+                ));
+            }
+            ChannelBindingType::from_name(name)
+                .filter(|binding| bindings.get(*binding).is_some())
+                .map(Some)
+                .ok_or(SaslError::MalformedRequest(
+                    "channel binding type not offered on this stream",
+                ))
+        }
+    }
+}
+
+impl ScramClientFirst {
+    /// Parse the client-first-message: `gs2-header client-first-message-bare`,
+    /// for the mechanism `hash`, `-PLUS` when `plus`, on a stream whose
+    /// channel binding data is `bindings`. The caller offers the `-PLUS`
+    /// mechanisms exactly when `bindings` is not empty: the gs2 flag is
+    /// judged by that (RFC 5802 section 6).
+    pub fn parse(
+        hash: ScramHash,
+        plus: bool,
+        bindings: &ChannelBindings,
+        message: &[u8],
+    ) -> Result<Self, SaslError> {
+        let message = std::str::from_utf8(message)
+            .map_err(|_| SaslError::MalformedRequest("client-first is not utf-8"))?;
+        let (flag, after_flag) = message
+            .split_once(',')
+            .ok_or(SaslError::MalformedRequest("incomplete gs2 header"))?;
+        let channel_binding = gs2_channel_binding(flag, plus, bindings)?;
         let (authzid_field, bare) = after_flag
             .split_once(',')
             .ok_or(SaslError::MalformedRequest("incomplete gs2 header"))?;
@@ -138,7 +200,13 @@ impl ScramClientFirst {
                 ))?;
             Some(decode_saslname(encoded)?)
         };
-        let gs2_header = message[..message.len() - bare.len()].to_string();
+        let gs2_header = &message[..message.len() - bare.len()];
+        // cbind-input = gs2-header [ cbind-data ] (RFC 5802 section 7), what
+        // the client sends base64-encoded in the c= of its final message.
+        let mut channel_binding_input = gs2_header.as_bytes().to_vec();
+        if let Some(binding) = channel_binding {
+            channel_binding_input.extend_from_slice(bindings.get(binding).unwrap_or_default());
+        }
 
         let mut attributes = bare.split(',');
         let first = attributes.next().unwrap_or("");
@@ -168,7 +236,10 @@ impl ScramClientFirst {
         }
         Ok(ScramClientFirst {
             hash,
-            gs2_header,
+            channel_binding,
+            gs2_header_length: gs2_header.len(),
+            channel_binding_input,
+            downgrade_protection: None,
             authzid,
             username,
             client_nonce: client_nonce.to_string(),
@@ -178,6 +249,19 @@ impl ScramClientFirst {
 
     pub fn hash(&self) -> ScramHash {
         self.hash
+    }
+
+    /// The channel binding type of a `-PLUS` exchange.
+    pub fn channel_binding(&self) -> Option<ChannelBindingType> {
+        self.channel_binding
+    }
+
+    /// Add the XEP-0474 downgrade protection attribute `h` (computed with
+    /// [`crate::downgrade_protection_hash`] over what this stream advertised)
+    /// to the server-first-message.
+    pub fn with_downgrade_protection(mut self, hash: String) -> Self {
+        self.downgrade_protection = Some(hash);
+        self
     }
 
     /// The authentication identity as sent (saslname-decoded); the caller
@@ -227,15 +311,22 @@ impl ScramClientFirst {
             }
         });
         let nonce = format!("{}{}", self.client_nonce, server_nonce);
-        let server_first = format!(
+        let mut server_first = format!(
             "r={},s={},i={}",
             nonce,
             base64_encode(&keys.salt),
             keys.iterations
         );
+        if let Some(hash) = &self.downgrade_protection {
+            // An optional extension after the iteration count (RFC 5802
+            // section 7), covered by both signatures through AuthMessage.
+            server_first.push_str(",h=");
+            server_first.push_str(hash);
+        }
         let state = ScramServerFirst {
             hash: self.hash,
-            gs2_header: self.gs2_header,
+            channel_binding_input: self.channel_binding_input,
+            gs2_header_length: self.gs2_header_length,
             authzid: self.authzid,
             username: self.username,
             client_first_bare: self.client_first_bare,
@@ -251,7 +342,8 @@ impl ScramClientFirst {
 /// The exchange after the server-first-message, waiting for the client-final-message.
 pub struct ScramServerFirst {
     hash: ScramHash,
-    gs2_header: String,
+    channel_binding_input: Vec<u8>,
+    gs2_header_length: usize,
     authzid: Option<String>,
     username: String,
     client_first_bare: String,
@@ -308,12 +400,20 @@ impl ScramServerFirst {
             base64_decode(encoded_binding, "channel binding is not valid base64")?;
         let proof = base64_decode(encoded_proof, "client proof is not valid base64")?;
 
-        // Without channel binding, c= carries the gs2 header alone: "biws"
-        // for "n,,", "eSws" for "y,," (RFC 5802 section 7).
-        if channel_binding != self.gs2_header.as_bytes() {
-            return Err(SaslError::NotAuthorized(
-                "channel binding does not match the gs2 header",
-            ));
+        // c= carries the gs2 header ("biws" for "n,,", "eSws" for "y,,"),
+        // and with p= the channel binding data of the client's TLS session
+        // after it (RFC 5802 section 7). Other data: the client's TLS
+        // session is not the one we terminated, a man in the middle.
+        if !bool::from(channel_binding.ct_eq(&self.channel_binding_input)) {
+            // The gs2 header part differs (a 'y' echoed as 'n'...): a plain
+            // not-authorized; the data part differs: another TLS session.
+            let header = &self.channel_binding_input[..self.gs2_header_length];
+            let bound = self.channel_binding_input.len() > self.gs2_header_length;
+            return Err(if bound && channel_binding.starts_with(header) {
+                SaslError::ChannelBindingMismatch
+            } else {
+                SaslError::NotAuthorized("channel binding does not match the gs2 header")
+            });
         }
         if nonce != self.nonce {
             return Err(SaslError::NotAuthorized("nonce does not match"));
@@ -354,6 +454,11 @@ mod tests {
     use crate::credentials::derive_scram_credentials;
     use crate::error::SaslFailureCondition;
 
+    /// A client-first-message on a stream without channel binding, non-PLUS.
+    fn unbound(hash: ScramHash, message: &[u8]) -> Result<ScramClientFirst, SaslError> {
+        ScramClientFirst::parse(hash, false, &ChannelBindings::none(), message)
+    }
+
     fn b64(data: &str) -> Vec<u8> {
         base64::engine::general_purpose::STANDARD
             .decode(data)
@@ -368,9 +473,7 @@ mod tests {
     #[test]
     fn rfc5802_sha1_exchange() {
         let secret = ServerSecret::random();
-        let first =
-            ScramClientFirst::parse(ScramHash::Sha1, b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL")
-                .unwrap();
+        let first = unbound(ScramHash::Sha1, b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL").unwrap();
         assert_eq!(first.username(), "user");
         assert_eq!(first.authzid(), None);
         let keys = pencil_keys(ScramHash::Sha1, "QSXCR+Q6sek8bf92");
@@ -392,8 +495,7 @@ mod tests {
     #[test]
     fn rfc7677_sha256_exchange() {
         let secret = ServerSecret::random();
-        let first = ScramClientFirst::parse(ScramHash::Sha256, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
-            .unwrap();
+        let first = unbound(ScramHash::Sha256, b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
         let keys = pencil_keys(ScramHash::Sha256, "W22ZaJ0SNY7soEsUEjb6gQ==");
         let (state, server_first) =
             first.respond_with_server_nonce(Some(keys), &secret, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0");
@@ -414,7 +516,7 @@ mod tests {
 
     #[test]
     fn random_server_nonce_extends_the_client_nonce() {
-        let first = ScramClientFirst::parse(ScramHash::Sha256, b"n,,n=user,r=abc").unwrap();
+        let first = unbound(ScramHash::Sha256, b"n,,n=user,r=abc").unwrap();
         let (_, server_first) = first.respond(None, &ServerSecret::random());
         let nonce = server_first
             .strip_prefix("r=abc")
@@ -427,9 +529,7 @@ mod tests {
     }
 
     fn condition_of_first(message: &[u8]) -> SaslFailureCondition {
-        ScramClientFirst::parse(ScramHash::Sha256, message)
-            .unwrap_err()
-            .condition()
+        unbound(ScramHash::Sha256, message).unwrap_err().condition()
     }
 
     #[test]
@@ -465,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn channel_binding_flag_p_is_refused() {
+    fn channel_binding_flag_p_is_refused_without_plus() {
         assert_eq!(
             condition_of_first(b"p=tls-exporter,,n=user,r=abc"),
             SaslFailureCondition::MalformedRequest
@@ -474,7 +574,7 @@ mod tests {
 
     #[test]
     fn authzid_and_saslname_escapes() {
-        let first = ScramClientFirst::parse(
+        let first = unbound(
             ScramHash::Sha1,
             b"n,a=juliet@example.com,n=ju=2Cli=3Det,r=abc,x=extension",
         )
@@ -487,6 +587,23 @@ mod tests {
     fn client_final_for(
         hash: ScramHash,
         gs2_header: &str,
+        client_nonce: &str,
+        password: &str,
+        server_first: &str,
+    ) -> String {
+        client_final_bound(
+            hash,
+            gs2_header.as_bytes(),
+            client_nonce,
+            password,
+            server_first,
+        )
+    }
+
+    /// The client-final-message with `c=` carrying `cbind_input`.
+    fn client_final_bound(
+        hash: ScramHash,
+        cbind_input: &[u8],
         client_nonce: &str,
         password: &str,
         server_first: &str,
@@ -504,7 +621,7 @@ mod tests {
         let salted = hash.salted_password(password.as_bytes(), &salt, iterations);
         let client_key = hash.hmac(&salted, b"Client Key");
         let stored_key = hash.hash(&client_key);
-        let without_proof = format!("c={},r={}", base64_encode(gs2_header.as_bytes()), nonce);
+        let without_proof = format!("c={},r={}", base64_encode(cbind_input), nonce);
         let auth_message = format!("n=user,r={client_nonce},{server_first},{without_proof}");
         let signature = hash.hmac(&stored_key, auth_message.as_bytes());
         let proof: Vec<u8> = client_key
@@ -522,7 +639,7 @@ mod tests {
     ) -> Result<String, SaslError> {
         let hash = ScramHash::Sha256;
         let client_first = format!("{gs2_header}n=user,r=clientnonce");
-        let first = ScramClientFirst::parse(hash, client_first.as_bytes())?;
+        let first = unbound(hash, client_first.as_bytes())?;
         let (state, server_first) = first.respond(account, &ServerSecret::random());
         let client_final =
             client_final_for(hash, gs2_header, "clientnonce", password, &server_first);
@@ -557,7 +674,7 @@ mod tests {
         let secret = ServerSecret::derive_from(b"shared key material");
         let salt_of = |secret: &ServerSecret, hash: ScramHash, username: &str| {
             let message = format!("n,,n={username},r=abc");
-            let first = ScramClientFirst::parse(hash, message.as_bytes()).unwrap();
+            let first = unbound(hash, message.as_bytes()).unwrap();
             let (_, server_first) = first.respond(None, secret);
             server_first.split(',').nth(1).unwrap().to_string()
         };
@@ -574,14 +691,12 @@ mod tests {
         assert_ne!(salt, salt_of(&secret, ScramHash::Sha1, "nobody"));
         assert_eq!(b64(salt.strip_prefix("s=").unwrap()).len(), SALT_BYTES);
         // The fake iteration count is the one real accounts get.
-        let first = ScramClientFirst::parse(ScramHash::Sha256, b"n,,n=nobody,r=abc").unwrap();
+        let first = unbound(ScramHash::Sha256, b"n,,n=nobody,r=abc").unwrap();
         assert!(first.respond(None, &secret).1.ends_with(",i=4096"));
     }
 
     fn final_condition(client_final: &[u8]) -> SaslFailureCondition {
-        let first =
-            ScramClientFirst::parse(ScramHash::Sha1, b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL")
-                .unwrap();
+        let first = unbound(ScramHash::Sha1, b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL").unwrap();
         let keys = pencil_keys(ScramHash::Sha1, "QSXCR+Q6sek8bf92");
         let (state, _) = first.respond_with_server_nonce(
             Some(keys),
@@ -626,5 +741,181 @@ mod tests {
             assert_eq!(final_condition(message.as_bytes()), expected, "{message}");
         }
         assert_eq!(final_condition(b"c=biws,r=\xff,p=AAAA"), MalformedRequest);
+    }
+
+    /// XEP-0474 section "Full Example": SCRAM-SHA-1-PLUS with tls-exporter
+    /// (fake data "THIS IS FAKE CB DATA"), the `h` attribute, an extension in
+    /// the client-final-message, password "pencil".
+    #[test]
+    fn xep0474_example_exchange() {
+        let bindings = ChannelBindings::new(Some(b"THIS IS FAKE CB DATA".to_vec()), None);
+        let first = ScramClientFirst::parse(
+            ScramHash::Sha1,
+            true,
+            &bindings,
+            b"p=tls-exporter,,n=user,r=12C4CD5C-E38E-4A98-8F6D-15C38F51CCC6",
+        )
+        .unwrap()
+        .with_downgrade_protection(crate::downgrade_protection_hash(
+            ScramHash::Sha1,
+            &["SCRAM-SHA-1", "SCRAM-SHA-1-PLUS"],
+            Some(&["tls-exporter", "tls-server-end-point"]),
+        ));
+        assert_eq!(
+            first.channel_binding(),
+            Some(ChannelBindingType::TlsExporter)
+        );
+        let keys = pencil_keys(ScramHash::Sha1, "QSXCR+Q6sek8bf92");
+        let (state, server_first) = first.respond_with_server_nonce(
+            Some(keys),
+            &ServerSecret::random(),
+            "a09117a6-ac50-4f2f-93f1-93799c2bddf6",
+        );
+        assert_eq!(
+            server_first,
+            "r=12C4CD5C-E38E-4A98-8F6D-15C38F51CCC6a09117a6-ac50-4f2f-93f1-93799c2bddf6,s=QSXCR+Q6sek8bf92,i=4096,h=G6k/rBLDqgOhRRaCuuatSDFkJ08="
+        );
+        let server_final = state
+            .verify_client_final(
+                b"c=cD10bHMtZXhwb3J0ZXIsLFRISVMgSVMgRkFLRSBDQiBEQVRB,r=12C4CD5C-E38E-4A98-8F6D-15C38F51CCC6a09117a6-ac50-4f2f-93f1-93799c2bddf6,x=19C6532F-1CF4-4A27-A18D-DC9CEA41BBB3,p=M/SIDjT+dfcxUh89jZEypRvFxB4=",
+            )
+            .unwrap();
+        assert_eq!(server_final, "v=MQrMPvv7yv4x4Cq4W4Ih25EqS2c=");
+    }
+
+    #[test]
+    fn gs2_flags_against_mechanism_and_stream() {
+        use SaslFailureCondition::{MalformedRequest, NotAuthorized};
+        let both = ChannelBindings::new(Some(vec![7; 32]), Some(vec![9; 32]));
+        let end_point_only = ChannelBindings::new(None, Some(vec![9; 32]));
+        let none = ChannelBindings::none();
+        let outcome = |plus: bool, bindings: &ChannelBindings, header: &str| {
+            let message = format!("{header}n=user,r=abc");
+            ScramClientFirst::parse(ScramHash::Sha256, plus, bindings, message.as_bytes())
+                .map(|first| first.channel_binding())
+                .map_err(|error| error.condition())
+        };
+        type Outcome = Result<Option<ChannelBindingType>, SaslFailureCondition>;
+        let cases: Vec<(bool, &ChannelBindings, &str, Outcome)> = vec![
+            (
+                true,
+                &both,
+                "p=tls-exporter,,",
+                Ok(Some(ChannelBindingType::TlsExporter)),
+            ),
+            (
+                true,
+                &both,
+                "p=tls-server-end-point,,",
+                Ok(Some(ChannelBindingType::TlsServerEndPoint)),
+            ),
+            (
+                true,
+                &end_point_only,
+                "p=tls-server-end-point,a=user@example.com,",
+                Ok(Some(ChannelBindingType::TlsServerEndPoint)),
+            ),
+            // A type this stream does not offer (TLS 1.2: no exporter), or none at all.
+            (
+                true,
+                &end_point_only,
+                "p=tls-exporter,,",
+                Err(MalformedRequest),
+            ),
+            (true, &both, "p=tls-unique,,", Err(MalformedRequest)),
+            (true, &none, "p=tls-exporter,,", Err(MalformedRequest)),
+            (true, &both, "p=tls_exporter,,", Err(MalformedRequest)),
+            (true, &both, "p=,,", Err(MalformedRequest)),
+            // -PLUS without binding.
+            (true, &both, "n,,", Err(MalformedRequest)),
+            (true, &both, "y,,", Err(MalformedRequest)),
+            // p on a mechanism without -PLUS (RFC 5802 section 6).
+            (false, &both, "p=tls-exporter,,", Err(MalformedRequest)),
+            (false, &none, "p=tls-exporter,,", Err(MalformedRequest)),
+            // y where -PLUS was offered: a downgrade.
+            (false, &both, "y,,", Err(NotAuthorized)),
+            (false, &end_point_only, "y,,", Err(NotAuthorized)),
+            (false, &none, "y,,", Ok(None)),
+            (false, &both, "n,,", Ok(None)),
+            (false, &none, "n,,", Ok(None)),
+        ];
+        for (plus, bindings, header, expected) in cases {
+            assert_eq!(
+                outcome(plus, bindings, header),
+                expected,
+                "plus={plus} {bindings:?} {header}"
+            );
+        }
+    }
+
+    fn plus_exchange(
+        bindings: &ChannelBindings,
+        header: &str,
+        client_data: &[u8],
+    ) -> Result<String, SaslError> {
+        let hash = ScramHash::Sha256;
+        let first = ScramClientFirst::parse(
+            hash,
+            true,
+            bindings,
+            format!("{header}n=user,r=clientnonce").as_bytes(),
+        )?;
+        let keys = pencil_keys(hash, "W22ZaJ0SNY7soEsUEjb6gQ==");
+        let (state, server_first) = first.respond(Some(keys), &ServerSecret::random());
+        let mut cbind_input = header.as_bytes().to_vec();
+        cbind_input.extend_from_slice(client_data);
+        let client_final =
+            client_final_bound(hash, &cbind_input, "clientnonce", "pencil", &server_first);
+        state.verify_client_final(client_final.as_bytes())
+    }
+
+    #[test]
+    fn channel_binding_data_must_be_this_sessions() {
+        let bindings = ChannelBindings::new(Some(vec![7; 32]), Some(vec![9; 32]));
+        assert!(plus_exchange(&bindings, "p=tls-exporter,,", &[7; 32])
+            .unwrap()
+            .starts_with("v="));
+        assert!(
+            plus_exchange(&bindings, "p=tls-server-end-point,,", &[9; 32])
+                .unwrap()
+                .starts_with("v=")
+        );
+        // Another TLS session's data (a man in the middle), the other
+        // type's data, or none: not-authorized.
+        for (header, data) in [
+            ("p=tls-exporter,,", &[8u8; 32][..]),
+            ("p=tls-exporter,,", &[9u8; 32][..]),
+            ("p=tls-exporter,,", &[7u8; 31][..]),
+            ("p=tls-exporter,,", &[][..]),
+            ("p=tls-server-end-point,,", &[7u8; 32][..]),
+        ] {
+            let error = plus_exchange(&bindings, header, data).unwrap_err();
+            assert_eq!(
+                error.condition(),
+                SaslFailureCondition::NotAuthorized,
+                "{header} {data:?}"
+            );
+            assert_eq!(
+                error,
+                SaslError::ChannelBindingMismatch,
+                "{header} {data:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn downgrade_protection_attribute_is_signed() {
+        let hash = ScramHash::Sha256;
+        let first = unbound(hash, b"n,,n=user,r=clientnonce")
+            .unwrap()
+            .with_downgrade_protection("c29tZWhhc2g=".to_string());
+        let keys = pencil_keys(hash, "W22ZaJ0SNY7soEsUEjb6gQ==");
+        let (state, server_first) = first.respond(Some(keys), &ServerSecret::random());
+        assert!(
+            server_first.ends_with(",i=4096,h=c29tZWhhc2g="),
+            "{server_first}"
+        );
+        let client_final = client_final_for(hash, "n,,", "clientnonce", "pencil", &server_first);
+        assert!(state.verify_client_final(client_final.as_bytes()).is_ok());
     }
 }

@@ -17,6 +17,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use futures::future::BoxFuture;
+use starling_connection_manager::TlsChannel;
 
 type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
@@ -178,11 +179,16 @@ async fn serve_connections(
         connections.spawn(async move {
             let _slot = slot;
             match acceptor {
-                None => connection.serve(stream).await,
+                None => connection.serve(stream, None).await,
                 Some(acceptor) => {
                     let timeout = connection.guard.limits.header_timeout;
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => connection.serve(tls_stream).await,
+                        Ok(Ok(tls_stream)) => {
+                            // Channel binding data of this TLS session, for a
+                            // wss:// WebSocket upgraded on it (RFC 5056).
+                            let tls = TlsChannel::of(tls_stream.get_ref().1);
+                            connection.serve(tls_stream, Some(tls)).await
+                        }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "https handshake failed"),
                         Err(_) => {
                             connection.guard.timed_out(HttpTimeout::TlsHandshake);
@@ -209,7 +215,7 @@ struct HttpConnection {
 }
 
 impl HttpConnection {
-    async fn serve<S>(self, stream: S)
+    async fn serve<S>(self, stream: S, tls: Option<TlsChannel>)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -226,7 +232,8 @@ impl HttpConnection {
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let guard = Arc::clone(&service_guard);
                 let app = app.clone();
-                async move { guard.handle(peer, app, request).await }
+                let tls = tls.clone();
+                async move { guard.handle(peer, tls, app, request).await }
             });
         // HTTP/1.1 only, served by hyper itself (hyper-util's auto builder
         // first waits for bytes to tell the version, with no timer: a client
@@ -394,6 +401,7 @@ impl HttpGuard {
     async fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
+        tls: Option<TlsChannel>,
         app: Router,
         mut request: hyper::Request<hyper::body::Incoming>,
     ) -> Result<axum::response::Response, std::convert::Infallible> {
@@ -410,6 +418,9 @@ impl HttpGuard {
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(client));
+        if let Some(tls) = tls {
+            request.extensions_mut().insert(tls);
+        }
         let guard = Arc::clone(&self);
         let request = request.map(move |body| {
             axum::body::Body::new(DeadlineBody {

@@ -31,6 +31,8 @@ pub const SASL2: &str = "urn:xmpp:sasl:2";
 pub const BIND2: &str = "urn:xmpp:bind:0";
 /// XEP-0484 Fast Authentication Streamlining Tokens.
 pub const FAST: &str = "urn:xmpp:fast:0";
+/// XEP-0440 SASL Channel-Binding Type Capability.
+pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// XEP-0352 Client State Indication.
 pub const CSI: &str = "urn:xmpp:csi:0";
 pub const CARBONS: &str = "urn:xmpp:carbons:2";

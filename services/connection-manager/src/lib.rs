@@ -93,6 +93,7 @@ pub use metrics::CmMetrics;
 pub use proxy::{BadNetwork, TrustedProxies};
 pub use sm::{SmSettings, StreamResumption};
 pub use transport::tls::ALPN_XMPP_CLIENT;
+pub use transport::TlsChannel;
 
 use drain_state::DrainState;
 use features::stream_features;
@@ -230,6 +231,7 @@ impl ConnectionManager {
             // Every node serving the domain holds the same key, and it outlives
             // restarts: fake salts stay stable across the cluster.
             scram_secret: ServerSecret::derive_from(&tls.key_pem),
+            tls_server_end_point: tls.server_end_point,
             connections: RwLock::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             ip_limits,

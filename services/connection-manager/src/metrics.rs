@@ -92,7 +92,16 @@ const TRANSPORTS: [Transport; 4] = [
     Transport::Bosh,
 ];
 const KINDS: [StanzaKind; 3] = [StanzaKind::Message, StanzaKind::Presence, StanzaKind::Iq];
-const MECHANISMS: [&str; 4] = ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "HT-SHA-256-NONE"];
+const MECHANISMS: [&str; 8] = [
+    "SCRAM-SHA-256-PLUS",
+    "SCRAM-SHA-1-PLUS",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-1",
+    "PLAIN",
+    "HT-SHA-256-EXPR",
+    "HT-SHA-256-ENDP",
+    "HT-SHA-256-NONE",
+];
 
 fn kind_label(kind: StanzaKind) -> &'static str {
     match kind {
@@ -143,6 +152,8 @@ pub struct CmMetrics {
     sasl2_events: IntCounterVec,
     /// PROXY protocol headers read from trusted balancers, by outcome.
     proxy_headers: IntCounterVec,
+    /// SCRAM -PLUS failures that tell of a man in the middle.
+    channel_binding_failures: IntCounterVec,
     csi: CsiMetrics,
 }
 
@@ -275,6 +286,17 @@ impl CmMetrics {
         for outcome in ["client", "local", "invalid", "closed", "timeout"] {
             proxy_headers.with_label_values(&[outcome]);
         }
+        let channel_binding_failures = IntCounterVec::new(
+            Opts::new(
+                "starling_sasl_channel_binding_failures_total",
+                "SCRAM logins refused for channel binding (RFC 5802 section 6): mismatch (the client's channel binding data is another TLS session's), downgrade (gs2 flag 'y' where -PLUS was offered)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(channel_binding_failures.clone()))?;
+        for reason in ["mismatch", "downgrade"] {
+            channel_binding_failures.with_label_values(&[reason]);
+        }
         let csi = CsiMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
@@ -300,6 +322,7 @@ impl CmMetrics {
             sm_journal_entries,
             sasl2_events,
             proxy_headers,
+            channel_binding_failures,
             csi,
             outbound_queue_bytes,
         })
@@ -308,6 +331,13 @@ impl CmMetrics {
     /// A stream management event (see `starling_sm_events_total`).
     pub(crate) fn sm_event(&self, event: &str) {
         self.sm_events.with_label_values(&[event]).inc();
+    }
+
+    /// A channel binding failure (see `starling_sasl_channel_binding_failures_total`).
+    pub(crate) fn channel_binding_failure(&self, reason: &'static str) {
+        self.channel_binding_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// A SASL2 event (see `starling_sasl2_events_total`).

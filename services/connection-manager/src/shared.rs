@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     pub https: TlsAcceptor,
     /// Fake salts of unknown accounts derive from it (RFC 5802 section 9).
     pub scram_secret: ServerSecret,
+    /// The `tls-server-end-point` channel binding data of the certificate
+    /// the TLS acceptors present (RFC 5929 section 4.1), if defined.
+    pub tls_server_end_point: Option<Vec<u8>>,
     /// The bound connections of this node, by connection id.
     pub connections: RwLock<HashMap<ConnId, Arc<ConnectionHandle>>>,
     /// The id of the next connection (`next_conn_id`); starts at 1.

@@ -12,17 +12,21 @@
 //! SCRAM only (the password never crosses the wire), never PLAIN nor in-band
 //! registration, and `require_tls` (which asks for STARTTLS, a thing RFC 7395
 //! does not have) does not apply to it. Public deployments put a
-//! TLS-terminating proxy in front and publish a `wss://` URL.
+//! TLS-terminating proxy in front and publish a `wss://` URL. On the HTTPS
+//! listener (`listen.https`) the TLS session is this server's: its request
+//! carries the session's channel binding data ([`TlsChannel`]), and the
+//! stream offers the `-PLUS` mechanisms bound to it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::header::{HeaderMap, HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use starling_xmpp::escape_attr;
 use tokio::time::Instant;
@@ -34,6 +38,8 @@ use crate::metrics;
 use crate::negotiation;
 use crate::session;
 use crate::shared::Shared;
+use crate::transport::websocket::WebSocketStream;
+use crate::transport::TlsChannel;
 
 /// Where the WebSocket endpoint is served.
 pub const WEBSOCKET_PATH: &str = "/xmpp-websocket";
@@ -68,6 +74,7 @@ pub(crate) fn router(shared: Arc<Shared>, connections: TaskTracker) -> Router {
 async fn upgrade(
     State(state): State<WebSocketState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    tls: Option<Extension<TlsChannel>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let shared = &state.shared;
@@ -116,7 +123,9 @@ async fn upgrade(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| {
-            connections.track_future(serve_websocket(shared, socket, peer, permit, deadline))
+            // wss:// on listen.https: the TLS session under it is ours.
+            let stream = WebSocketStream::new(socket, tls.map(|Extension(tls)| tls));
+            connections.track_future(serve_websocket(shared, stream, peer, permit, deadline))
         })
 }
 
@@ -125,7 +134,7 @@ const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 async fn serve_websocket(
     shared: Arc<Shared>,
-    socket: WebSocket,
+    socket: WebSocketStream,
     peer: SocketAddr,
     permit: ConnectionPermit,
     deadline: Instant,

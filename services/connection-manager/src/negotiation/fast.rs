@@ -1,6 +1,11 @@
 //! FAST (XEP-0484, `urn:xmpp:fast:0`): token re-authentication in SASL2 with
-//! HT-SHA-256-NONE. No 0-RTT: a token is only ever used after TLS (or the
-//! WebSocket) is up, in an ordinary `<authenticate/>`.
+//! HT-SHA-256-EXPR (bound to the TLS session by `tls-exporter`, TLS 1.3),
+//! HT-SHA-256-ENDP (bound to our certificate by `tls-server-end-point`) and
+//! HT-SHA-256-NONE. Each is offered where the stream has its channel binding
+//! data; HT-SHA-256-UNIQ never (`tls-unique` is undefined in TLS 1.3 and
+//! unsafe in TLS 1.2 without the extended master secret, RFC 9266 section
+//! 3). No 0-RTT: a token is only ever used after TLS (or the WebSocket) is
+//! up, in an ordinary `<authenticate/>`.
 //!
 //! A token is bound to the account, the client's `<user-agent id/>` and its
 //! mechanism. It is never stored: it is derived from the server secret (the
@@ -19,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use starling_api::FastTokenRecord;
 use starling_jid::BareJid;
-use starling_sasl::{HtInitial, SaslError, ScramHash, ServerSecret, HT_SHA_256_NONE};
+use starling_sasl::{ChannelBindings, HtInitial, Mechanism, SaslError, ScramHash, ServerSecret};
 use starling_xmpp::xep::delay::rfc3339_utc;
 use starling_xmpp::{ns, Element};
 
@@ -49,6 +54,14 @@ impl FastRequest {
     }
 }
 
+/// The FAST token a login used: when it was issued, and its mechanism
+/// (its replacement is issued for the same one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UsedToken {
+    pub issued_at_millis: i64,
+    pub mechanism: Mechanism,
+}
+
 /// Milliseconds since the Unix epoch.
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -56,14 +69,17 @@ fn now_millis() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
-/// The token issued to `user`'s client `agent_id` at `issued_at_millis`.
+/// The token of `mechanism` issued to `user`'s client `agent_id` at
+/// `issued_at_millis` (XEP-0484: a token is bound to its mechanism).
 fn derive_token(
     secret: &ServerSecret,
     user: &BareJid,
     agent_id: &str,
     issued_at_millis: i64,
+    mechanism: Mechanism,
 ) -> String {
-    let input = format!("{user}\0{agent_id}\0{issued_at_millis}\0{HT_SHA_256_NONE}");
+    let mechanism = mechanism.as_str();
+    let input = format!("{user}\0{agent_id}\0{issued_at_millis}\0{mechanism}");
     starling_sasl::encode_base64(&secret.derive(b"starling fast token", input.as_bytes()))
 }
 
@@ -71,21 +87,35 @@ fn token_hash(token: &str) -> Vec<u8> {
     ScramHash::Sha256.hash(token.as_bytes())
 }
 
-/// `<fast xmlns='urn:xmpp:fast:0'>` in the SASL2 `<inline/>` (XEP-0484
-/// section "Discovering support").
-pub(crate) fn feature() -> Element {
-    Element::new("fast", ns::FAST)
-        .with_child(Element::new("mechanism", ns::FAST).with_text(HT_SHA_256_NONE))
+/// The FAST mechanisms a stream with `bindings` offers, strongest first.
+pub(crate) fn mechanisms(bindings: &ChannelBindings) -> impl Iterator<Item = Mechanism> + '_ {
+    Mechanism::FAST
+        .iter()
+        .copied()
+        .filter(|mechanism| mechanism.available_with(bindings))
 }
 
-/// Authenticate with HT-SHA-256-NONE: the account, the server's final
-/// message and the issue instant of the token used.
+/// `<fast xmlns='urn:xmpp:fast:0'>` in the SASL2 `<inline/>` (XEP-0484
+/// section "Discovering support"), with the mechanisms of a stream with `bindings`.
+pub(crate) fn feature(bindings: &ChannelBindings) -> Element {
+    let mut fast = Element::new("fast", ns::FAST);
+    for mechanism in mechanisms(bindings) {
+        fast.append_child(Element::new("mechanism", ns::FAST).with_text(mechanism.as_str()));
+    }
+    fast
+}
+
+/// Authenticate with a token of `mechanism`, over a stream whose data for
+/// the mechanism's channel binding is `channel_binding` (empty for NONE):
+/// the account, the server's final message and the token used.
 pub(crate) async fn authenticate(
     shared: &Shared,
     user: Option<BareJid>,
     agent_id: Option<&str>,
     initial: &HtInitial,
-) -> Result<(BareJid, Vec<u8>, i64), SaslError> {
+    mechanism: Mechanism,
+    channel_binding: &[u8],
+) -> Result<(BareJid, Vec<u8>, UsedToken), SaslError> {
     // XEP-0484: tokens are bound to the user agent; without its id there is none.
     let (Some(user), Some(agent_id)) = (user, agent_id) else {
         return Err(SaslError::NotAuthorized("no account or no user agent id"));
@@ -100,39 +130,48 @@ pub(crate) async fn authenticate(
         })?;
     for record in tokens
         .iter()
-        .filter(|record| record.mechanism == HT_SHA_256_NONE)
+        .filter(|record| record.mechanism == mechanism.as_str())
     {
         let token = derive_token(
             &shared.scram_secret,
             &user,
             agent_id,
             record.issued_at_millis,
+            mechanism,
         );
         if token_hash(&token) != record.token_hash {
             // Issued under another server secret (a replaced TLS key).
             continue;
         }
-        let Some(responder) = initial.verify(token.as_bytes()) else {
+        // With EXPR or ENDP the proof covers this stream's channel binding
+        // data too: a token proof relayed from another TLS session fails.
+        let Some(responder) = initial.verify(token.as_bytes(), channel_binding) else {
             continue;
         };
         if record.expires_at_millis <= now_millis() {
             return Err(SaslError::CredentialsExpired("fast token expired"));
         }
-        return Ok((user, responder, record.issued_at_millis));
+        let used = UsedToken {
+            issued_at_millis: record.issued_at_millis,
+            mechanism,
+        };
+        return Ok((user, responder, used));
     }
     Err(SaslError::NotAuthorized("no such fast token"))
 }
 
 /// What FAST adds to a SASL2 success: the tokens of a login that invalidates
 /// them are removed; older tokens than the one just used are removed and a
-/// new one is issued (rotation); one asked for with `<request-token/>` is
-/// issued. `Some(<token/>)` when one was issued.
+/// new one of its mechanism is issued (rotation); one asked for with
+/// `<request-token/>` is issued if its mechanism is offered on this stream
+/// (with `bindings`). `Some(<token/>)` when one was issued.
 pub(crate) async fn after_success(
     shared: &Shared,
     user: &BareJid,
     agent_id: Option<&str>,
     request: &FastRequest,
-    used_token: Option<i64>,
+    used_token: Option<UsedToken>,
+    bindings: &ChannelBindings,
 ) -> Option<Element> {
     let ttl_secs = shared.fast_token_ttl_secs;
     let agent_id = agent_id?;
@@ -140,7 +179,12 @@ pub(crate) async fn after_success(
         return None;
     }
     let storage = &shared.storage;
-    if let Some(issued_at) = used_token {
+    let mechanism;
+    if let Some(UsedToken {
+        issued_at_millis: issued_at,
+        mechanism: used_mechanism,
+    }) = used_token
+    {
         let older = if request.invalidate {
             None
         } else {
@@ -156,18 +200,24 @@ pub(crate) async fn after_success(
             shared.metrics.sasl2_event("fast_invalidated");
             return None;
         }
-    } else if request.request_token.as_deref() != Some(HT_SHA_256_NONE) {
-        // Nothing asked, or a mechanism not offered (ignored: no token).
-        return None;
+        mechanism = used_mechanism;
+    } else {
+        // Nothing asked, or a mechanism not offered on this stream (ignored: no token).
+        let requested = request
+            .request_token
+            .as_deref()
+            .and_then(Mechanism::fast_from_name)
+            .filter(|requested| requested.available_with(bindings))?;
+        mechanism = requested;
     }
     // Never the same instant as the token in use (a rotation within 1 ms).
-    let issued_at = now_millis().max(used_token.map_or(0, |used| used + 1));
+    let issued_at = now_millis().max(used_token.map_or(0, |used| used.issued_at_millis + 1));
     let expires =
         UNIX_EPOCH + Duration::from_millis(issued_at as u64) + Duration::from_secs(ttl_secs);
-    let token = derive_token(&shared.scram_secret, user, agent_id, issued_at);
+    let token = derive_token(&shared.scram_secret, user, agent_id, issued_at, mechanism);
     let record = FastTokenRecord {
         agent_id: agent_id.to_string(),
-        mechanism: HT_SHA_256_NONE.to_string(),
+        mechanism: mechanism.as_str().to_string(),
         issued_at_millis: issued_at,
         expires_at_millis: issued_at.saturating_add((ttl_secs as i64).saturating_mul(1000)),
         token_hash: token_hash(&token),
@@ -193,33 +243,49 @@ mod tests {
         let secret = ServerSecret::derive_from(b"key material");
         let juliet: BareJid = "juliet@example.com".parse().unwrap();
         let romeo: BareJid = "romeo@example.com".parse().unwrap();
-        let token = derive_token(&secret, &juliet, "agent-1", 1_000);
+        let none = Mechanism::HtSha256None;
+        let token = derive_token(&secret, &juliet, "agent-1", 1_000, none);
         assert_eq!(
             token,
             derive_token(
                 &ServerSecret::derive_from(b"key material"),
                 &juliet,
                 "agent-1",
-                1_000
+                1_000,
+                none
             )
         );
         for other in [
-            derive_token(&secret, &romeo, "agent-1", 1_000),
-            derive_token(&secret, &juliet, "agent-2", 1_000),
-            derive_token(&secret, &juliet, "agent-1", 1_001),
+            derive_token(&secret, &romeo, "agent-1", 1_000, none),
+            derive_token(&secret, &juliet, "agent-2", 1_000, none),
+            derive_token(&secret, &juliet, "agent-1", 1_001, none),
+            derive_token(&secret, &juliet, "agent-1", 1_000, Mechanism::HtSha256Expr),
             derive_token(
                 &ServerSecret::derive_from(b"other key"),
                 &juliet,
                 "agent-1",
                 1_000,
+                none,
             ),
         ] {
             assert_ne!(token, other);
         }
         assert_eq!(token_hash(&token).len(), 32);
+    }
+
+    #[test]
+    fn channel_bound_mechanisms_only_where_the_stream_has_the_data() {
         assert_eq!(
-            feature().to_xml(),
+            feature(&ChannelBindings::none()).to_xml(),
             "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-NONE</mechanism></fast>"
+        );
+        assert_eq!(
+            feature(&ChannelBindings::new(None, Some(vec![1; 32]))).to_xml(),
+            "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>"
+        );
+        assert_eq!(
+            feature(&ChannelBindings::new(Some(vec![2; 32]), Some(vec![1; 32]))).to_xml(),
+            "<fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-ENDP</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>"
         );
     }
 }

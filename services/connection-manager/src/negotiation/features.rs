@@ -9,7 +9,7 @@
 //! state indication).
 
 use starling_api::{Features, StreamFeature, StreamStage};
-use starling_sasl::Mechanism;
+use starling_sasl::{ChannelBindingType, Mechanism};
 use starling_xmpp::{ns, Element};
 
 /// Which features a stream offers at its current stage (RFC 6120 section 4.3).
@@ -18,6 +18,9 @@ pub(crate) struct FeatureSet {
     /// STARTTLS, and whether it is `<required/>` (section 5.4.1).
     pub starttls: Option<bool>,
     pub mechanisms: Vec<Mechanism>,
+    /// The channel binding types of the `-PLUS` mechanisms (XEP-0440
+    /// `<sasl-channel-binding/>`); empty: none offered.
+    pub channel_binding_types: Vec<ChannelBindingType>,
     /// Resource binding (section 7) and legacy session.
     pub bind: bool,
     /// The stream features the server's features declare for this stage.
@@ -60,6 +63,7 @@ impl FeatureSet {
             return FeatureSet {
                 starttls: None,
                 mechanisms: Vec::new(),
+                channel_binding_types: Vec::new(),
                 bind: true,
                 offered: declared
                     .stream_features(StreamStage::AfterAuthentication)
@@ -75,6 +79,7 @@ impl FeatureSet {
                 return FeatureSet {
                     starttls: starttls(true),
                     mechanisms: Vec::new(),
+                    channel_binding_types: Vec::new(),
                     bind: false,
                     offered: Vec::new(),
                     sasl2: None,
@@ -87,8 +92,11 @@ impl FeatureSet {
                 mechanisms: Mechanism::ALL
                     .iter()
                     .copied()
-                    .filter(|mechanism| !mechanism.requires_encryption())
+                    .filter(|mechanism| {
+                        !mechanism.requires_encryption() && !mechanism.requires_channel_binding()
+                    })
                     .collect(),
+                channel_binding_types: Vec::new(),
                 bind: false,
                 offered: Vec::new(),
                 sasl2: None,
@@ -96,13 +104,35 @@ impl FeatureSet {
         }
         FeatureSet {
             starttls: None,
-            mechanisms: Mechanism::ALL.to_vec(),
+            mechanisms: Mechanism::ALL
+                .iter()
+                .copied()
+                .filter(|mechanism| !mechanism.requires_channel_binding())
+                .collect(),
+            channel_binding_types: Vec::new(),
             bind: false,
             offered: declared
                 .stream_features(StreamStage::BeforeAuthenticationInsideTls)
                 .collect(),
             sasl2: None,
         }
+    }
+
+    /// Offer the `-PLUS` mechanisms, first, and the channel binding types
+    /// `types` (XEP-0440) where mechanisms are offered and the stream has
+    /// channel binding data: only on a TLS session that ends here, never on
+    /// a plain stream (RFC 5802 section 6). Before [`Self::with_sasl2`].
+    pub fn with_channel_binding(mut self, types: Vec<ChannelBindingType>) -> Self {
+        if self.mechanisms.is_empty() || types.is_empty() {
+            return self;
+        }
+        let plus = Mechanism::ALL
+            .iter()
+            .copied()
+            .filter(|mechanism| mechanism.requires_channel_binding());
+        self.mechanisms = plus.chain(self.mechanisms).collect();
+        self.channel_binding_types = types;
+        self
     }
 
     /// Offer SASL2 too, with the SASL mechanisms of this stage (XEP-0388
@@ -122,6 +152,7 @@ impl FeatureSet {
         FeatureSet {
             starttls: None,
             mechanisms: Vec::new(),
+            channel_binding_types: Vec::new(),
             bind: false,
             offered: declared
                 .stream_features(StreamStage::AfterAuthentication)
@@ -169,6 +200,18 @@ impl FeatureSet {
                 );
             }
             features.push(mechanisms);
+        }
+        if !self.channel_binding_types.is_empty() {
+            // XEP-0440 section 2: a top-level stream feature beside the
+            // mechanisms of either SASL profile.
+            let mut channel_binding = Element::new("sasl-channel-binding", ns::SASL_CB);
+            for binding in &self.channel_binding_types {
+                channel_binding.append_child(
+                    Element::new("channel-binding", ns::SASL_CB)
+                        .with_attr("type", binding.as_str()),
+                );
+            }
+            features.push(channel_binding);
         }
         if let Some(offer) = &self.sasl2 {
             features.push(self.sasl2_feature(offer));
@@ -320,6 +363,51 @@ mod tests {
         assert_eq!(
             FeatureSet::after_bind2(&declared, false).to_element().to_xml(),
             "<features xmlns='http://etherx.jabber.org/streams'><ver xmlns='urn:xmpp:features:rosterver'/><sm xmlns='urn:xmpp:sm:3'/><csi xmlns='urn:xmpp:csi:0'/></features>"
+        );
+    }
+
+    #[test]
+    fn plus_mechanisms_and_channel_binding_types_only_with_channel_binding() {
+        let both = vec![
+            ChannelBindingType::TlsExporter,
+            ChannelBindingType::TlsServerEndPoint,
+        ];
+        let offer = Sasl2Offer {
+            bind_inline: Vec::new(),
+            sm_resume: false,
+            fast: None,
+        };
+        assert_eq!(
+            tcp(true, true, false, false)
+                .with_channel_binding(both.clone())
+                .with_sasl2(Some(offer))
+                .to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/><channel-binding type='tls-server-end-point'/></sasl-channel-binding>\
+<authentication xmlns='urn:xmpp:sasl:2'><mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
+<inline><bind xmlns='urn:xmpp:bind:0'><inline/></bind></inline></authentication></stream:features>"
+        );
+        // TLS 1.2: the end-point type alone.
+        assert_eq!(
+            tcp(true, true, false, false)
+                .with_channel_binding(vec![ChannelBindingType::TlsServerEndPoint])
+                .to_xml(),
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms><sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-server-end-point'/></sasl-channel-binding></stream:features>"
+        );
+        // No channel binding data (a plain stream): no -PLUS, no XEP-0440.
+        let plain = tcp(false, false, false, false).with_channel_binding(Vec::new());
+        assert!(!plain.to_xml().contains("PLUS"));
+        assert!(!plain.to_xml().contains("sasl-channel-binding"));
+        assert_eq!(plain, tcp(false, false, false, false));
+        // Nothing to bind where no mechanism is offered (before a required
+        // STARTTLS, after authentication).
+        assert_eq!(
+            tcp(false, true, false, false).with_channel_binding(both.clone()),
+            tcp(false, true, false, false)
+        );
+        assert_eq!(
+            tcp(true, true, true, false).with_channel_binding(both),
+            tcp(true, true, true, false)
         );
     }
 

@@ -51,8 +51,8 @@ enum Negotiated {
     Resume(Element),
     /// A SASL2 exchange succeeded (XEP-0388): its additional data and what
     /// the `<authenticate/>` asked for inline.
-    /// With the issue instant of the FAST token used, if one was.
-    Sasl2Success(Box<(Vec<u8>, Sasl2Request, Option<i64>)>),
+    /// With the FAST token used, if one was.
+    Sasl2Success(Box<(Vec<u8>, Sasl2Request, Option<fast::UsedToken>)>),
 }
 
 /// Negotiate a stream on an established transport (TCP, TLS, WebSocket or
@@ -160,6 +160,7 @@ impl<T: Transport> Negotiation<T> {
     /// Answer a stream header with ours and the features of this stage.
     async fn open_stream(&mut self, header: StreamHeader) -> Result<(), StreamEnd> {
         self.stream.open(&header)?;
+        let bindings = self.stream.channel_bindings();
         let features = FeatureSet::for_stage(
             Stage {
                 tls_active: self.stream.is_tls(),
@@ -169,7 +170,11 @@ impl<T: Transport> Negotiation<T> {
             },
             &self.stream.shared.stream_features,
         )
-        .with_sasl2(sasl2::offer(&self.stream.shared));
+        .with_channel_binding(bindings.types())
+        .with_sasl2(sasl2::offer(&self.stream.shared, &bindings));
+        // What the client saw: the 'y' flag and XEP-0474's hash are judged by it.
+        self.sasl
+            .advertised(&features.mechanisms, &features.channel_binding_types);
         self.stream.send_header(&features.to_xml()).await
     }
 

@@ -1,5 +1,8 @@
-//! SASL authentication with SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN (PLAIN
-//! inside TLS only): the exchange, its nonzas, the limit on attempts per
+//! SASL authentication with SCRAM-SHA-256, SCRAM-SHA-1, their `-PLUS`
+//! channel binding variants (on a TLS session that ends here, RFC 5802
+//! section 6), PLAIN (inside TLS only) and the FAST token mechanisms: the
+//! exchange, its nonzas, the XEP-0474 downgrade protection hash of what the
+//! stream advertised, the limit on attempts per
 //! stream and the per-address throttle on failures, in either profile: RFC
 //! 6120 section 6 (`<auth/>`, success then a stream restart) or XEP-0388
 //! SASL2 (`<authenticate/>`, no restart; `super::sasl2` completes its
@@ -7,9 +10,9 @@
 
 use starling_jid::BareJid;
 use starling_sasl::{
-    decode_sasl2_payload, decode_xmpp_payload, encode_xmpp_payload, verify_plain_password,
-    HtInitial, Mechanism, PlainCredentials, SaslError, SaslFailureCondition, ScramClientFirst,
-    ScramHash, ScramKeys, ScramServerFirst,
+    decode_sasl2_payload, decode_xmpp_payload, downgrade_protection_hash, encode_xmpp_payload,
+    verify_plain_password, ChannelBindingType, HtInitial, Mechanism, PlainCredentials, SaslError,
+    SaslFailureCondition, ScramClientFirst, ScramHash, ScramKeys, ScramServerFirst,
 };
 use starling_xmpp::{ns, Element, StreamErrorCondition};
 
@@ -66,8 +69,12 @@ pub(crate) struct Sasl {
     sasl2_success: Option<Vec<u8>>,
     /// The SASL2 `<user-agent id/>` of the current exchange (FAST tokens are bound to it).
     agent_id: Option<String>,
-    /// The issue instant of the FAST token the exchange authenticated with.
-    fast_used: Option<i64>,
+    /// The FAST token the exchange authenticated with.
+    fast_used: Option<fast::UsedToken>,
+    /// The mechanisms and channel binding types the last `<stream:features>`
+    /// advertised (the gs2 'y' flag and XEP-0474 are judged by them).
+    advertised_mechanisms: Vec<Mechanism>,
+    advertised_bindings: Vec<ChannelBindingType>,
     auth_attempts: u32,
     /// The mechanism of the current or last `<auth/>` (for metrics).
     mechanism: Option<Mechanism>,
@@ -83,6 +90,8 @@ impl Sasl {
             sasl2_success: None,
             agent_id: None,
             fast_used: None,
+            advertised_mechanisms: Vec::new(),
+            advertised_bindings: Vec::new(),
             auth_attempts: 0,
             mechanism: None,
             user: None,
@@ -94,10 +103,37 @@ impl Sasl {
         self.user.as_ref()
     }
 
+    /// What the features just sent advertised for SASL.
+    pub fn advertised(&mut self, mechanisms: &[Mechanism], bindings: &[ChannelBindingType]) {
+        self.advertised_mechanisms = mechanisms.to_vec();
+        self.advertised_bindings = bindings.to_vec();
+    }
+
+    /// The XEP-0474 (version 0.5.0) `h` value for a SCRAM exchange with
+    /// `hash`: over the mechanisms and channel binding types this stream
+    /// advertised (the SASL1 and SASL2 lists are the same here).
+    fn downgrade_protection(&self, hash: ScramHash) -> String {
+        let mechanisms: Vec<&str> = self
+            .advertised_mechanisms
+            .iter()
+            .map(|mechanism| mechanism.as_str())
+            .collect();
+        let bindings: Vec<&str> = self
+            .advertised_bindings
+            .iter()
+            .map(|binding| binding.as_str())
+            .collect();
+        downgrade_protection_hash(
+            hash,
+            &mechanisms,
+            (!bindings.is_empty()).then_some(&bindings[..]),
+        )
+    }
+
     /// A SASL2 exchange succeeded: its additional data, once (the caller
     /// sends the `<success/>`).
-    /// With the issue instant of the FAST token used, if one was.
-    pub fn take_sasl2_success(&mut self) -> Option<(Vec<u8>, Option<i64>)> {
+    /// With the FAST token used, if one was.
+    pub fn take_sasl2_success(&mut self) -> Option<(Vec<u8>, Option<fast::UsedToken>)> {
         let additional_data = self.sasl2_success.take()?;
         Some((additional_data, self.fast_used.take()))
     }
@@ -164,7 +200,17 @@ impl Sasl {
         self.exchange = SaslExchange::Idle;
         tracing::debug!(conn = stream.conn, peer = %stream.peer, %error, "sasl failure");
         self.count_auth_failure(&stream.shared, error.condition().as_str());
-        if matches!(error, SaslError::NotAuthorized(_)) {
+        if error.is_channel_binding_alarm() {
+            // A man in the middle, or a client that cannot tell: the client
+            // only sees <not-authorized/>; the operator sees this.
+            tracing::warn!(conn = stream.conn, peer = %stream.peer, %error, "channel binding failed");
+            let reason = match error {
+                SaslError::ChannelBindingDowngrade => "downgrade",
+                _ => "mismatch",
+            };
+            stream.shared.metrics.channel_binding_failure(reason);
+        }
+        if error.condition() == SaslFailureCondition::NotAuthorized {
             stream
                 .shared
                 .ip_limits
@@ -205,12 +251,8 @@ impl Sasl {
         }
         let mechanism = match mechanism_name {
             // XEP-0484: offered in SASL2's <fast/> only.
-            Some(name)
-                if name == Mechanism::HtSha256None.as_str()
-                    && profile == Profile::Sasl2
-                    && stream.shared.fast_token_ttl_secs > 0 =>
-            {
-                Some(Mechanism::HtSha256None)
+            Some(name) if profile == Profile::Sasl2 && stream.shared.fast_token_ttl_secs > 0 => {
+                Mechanism::fast_from_name(name).or_else(|| Mechanism::from_name(name))
             }
             name => name.and_then(Mechanism::from_name),
         };
@@ -220,6 +262,18 @@ impl Sasl {
                 .await;
         };
         self.mechanism = Some(mechanism);
+        if !mechanism.available_with(&stream.channel_bindings()) {
+            // A -PLUS or channel-bound HT mechanism on a stream without its
+            // channel binding data: not offered here. Where STARTTLS would
+            // give it, TLS first (RFC 6120 section 6.5.3); elsewhere the
+            // mechanism is simply not available (section 6.5.7).
+            let error = if stream.can_start_tls() {
+                SaslError::EncryptionRequired("channel binding needs tls")
+            } else {
+                SaslError::InvalidMechanism("no channel binding on this stream")
+            };
+            return self.fail_auth(stream, error).await;
+        }
         if !stream.is_tls() && (stream.tls_required() || mechanism.requires_encryption()) {
             // Sections 5.3.1 and 6.5.3: TLS first (mandatory here, or needed
             // by a mechanism that sends the password).
@@ -306,21 +360,28 @@ impl Sasl {
         mechanism: Mechanism,
         payload: &[u8],
     ) -> Result<(), StreamEnd> {
-        match (mechanism, mechanism.scram_hash()) {
-            (_, Some(hash)) => self.scram_first(stream, hash, payload).await,
-            (Mechanism::HtSha256None, None) => self.fast_token(stream, payload).await,
-            _ => self.plain(stream, payload).await,
+        match mechanism.scram_hash() {
+            Some(hash) => self.scram_first(stream, mechanism, hash, payload).await,
+            None if mechanism.is_fast() => self.fast_token(stream, mechanism, payload).await,
+            None => self.plain(stream, payload).await,
         }
     }
 
     async fn scram_first<T: Transport>(
         &mut self,
         stream: &mut NegotiatingStream<T>,
+        mechanism: Mechanism,
         hash: ScramHash,
         payload: &[u8],
     ) -> Result<(), StreamEnd> {
-        let client_first = match ScramClientFirst::parse(hash, payload) {
-            Ok(client_first) => client_first,
+        // The -PLUS mechanisms were advertised exactly when the stream has
+        // channel binding data: the gs2 flag is judged against it.
+        let bindings = stream.channel_bindings();
+        let plus = mechanism.requires_channel_binding();
+        let client_first = match ScramClientFirst::parse(hash, plus, &bindings, payload) {
+            Ok(client_first) => {
+                client_first.with_downgrade_protection(self.downgrade_protection(hash))
+            }
             Err(error) => return self.fail_auth(stream, error).await,
         };
         // An invalid username is treated as an unknown account: same exchange, same failure.
@@ -346,10 +407,12 @@ impl Sasl {
             .await
     }
 
-    /// HT-SHA-256-NONE with a FAST token (XEP-0484).
+    /// A FAST token (XEP-0484) with an HT mechanism: HT-SHA-256-NONE, or
+    /// -EXPR/-ENDP bound to this stream's channel binding data.
     async fn fast_token<T: Transport>(
         &mut self,
         stream: &mut NegotiatingStream<T>,
+        mechanism: Mechanism,
         payload: &[u8],
     ) -> Result<(), StreamEnd> {
         let initial = match HtInitial::parse(payload) {
@@ -358,9 +421,24 @@ impl Sasl {
         };
         let user = account(&stream.shared, &initial.username);
         let agent_id = self.agent_id.clone();
-        match fast::authenticate(&stream.shared, user, agent_id.as_deref(), &initial).await {
-            Ok((user, responder, issued_at)) => {
-                self.fast_used = Some(issued_at);
+        let bindings = stream.channel_bindings();
+        // Checked available in start_auth: the data exists for a bound mechanism.
+        let channel_binding = mechanism
+            .ht_channel_binding()
+            .and_then(|binding| bindings.get(binding))
+            .unwrap_or_default();
+        let authenticated = fast::authenticate(
+            &stream.shared,
+            user,
+            agent_id.as_deref(),
+            &initial,
+            mechanism,
+            channel_binding,
+        )
+        .await;
+        match authenticated {
+            Ok((user, responder, used)) => {
+                self.fast_used = Some(used);
                 self.authenticated(stream, user, &responder).await
             }
             Err(error) => self.fail_auth(stream, error).await,

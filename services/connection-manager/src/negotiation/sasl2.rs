@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use starling_api::BindError;
 use starling_jid::{normalize_resourcepart, BareJid, FullJid, Jid};
-use starling_sasl::SaslFailureCondition;
+use starling_sasl::{ChannelBindings, SaslFailureCondition};
 use starling_xmpp::{ns, Element};
 
 use super::bind::{bind_session, BoundStream};
@@ -38,7 +38,7 @@ const MAX_USER_AGENT_CHARS: usize = 128;
 
 /// What SASL2 offers on this node: Bind 2 with the session features it can
 /// enable inline, and resumption inline when resumption is offered.
-pub(crate) fn offer(shared: &Shared) -> Option<Sasl2Offer> {
+pub(crate) fn offer(shared: &Shared, bindings: &ChannelBindings) -> Option<Sasl2Offer> {
     if !shared.sasl2_enabled {
         return None;
     }
@@ -55,7 +55,7 @@ pub(crate) fn offer(shared: &Shared) -> Option<Sasl2Offer> {
     Some(Sasl2Offer {
         bind_inline,
         sm_resume: shared.resumption_offered(),
-        fast: (shared.fast_token_ttl_secs > 0).then(fast::feature),
+        fast: (shared.fast_token_ttl_secs > 0).then(|| fast::feature(bindings)),
     })
 }
 
@@ -145,7 +145,7 @@ pub(crate) async fn complete<T: Transport>(
     user: &BareJid,
     request: Sasl2Request,
     additional_data: Vec<u8>,
-    used_token: Option<i64>,
+    used_token: Option<fast::UsedToken>,
 ) -> Result<Completed<T>, StreamEnd> {
     tracing::info!(
         conn = stream.conn,
@@ -163,6 +163,7 @@ pub(crate) async fn complete<T: Transport>(
         request.user_agent.id.as_deref(),
         &request.fast,
         used_token,
+        &stream.channel_bindings(),
     )
     .await;
     let success = |identifier: Jid| {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use starling_api::ConnId;
 use starling_jid::Jid;
+use starling_sasl::ChannelBindings;
 use starling_xmpp::StreamHeader;
 use starling_xmpp::{stanza, Element, StanzaError, StreamError, StreamErrorCondition, StreamEvent};
 
@@ -79,6 +80,18 @@ impl<T: Transport> NegotiatingStream<T> {
 
     pub fn is_tls(&self) -> bool {
         self.transport.as_ref().is_some_and(T::is_tls)
+    }
+
+    /// The channel binding data of the stream (RFC 5056): its TLS session's
+    /// exporter and the end-point hash of the certificate this node presents,
+    /// when the TLS session ends here; none otherwise.
+    pub fn channel_bindings(&self) -> ChannelBindings {
+        match self.transport.as_ref().and_then(T::tls_channel) {
+            Some(tls) => {
+                ChannelBindings::new(tls.exporter, self.shared.tls_server_end_point.clone())
+            }
+            None => ChannelBindings::none(),
+        }
     }
 
     /// Whether STARTTLS can be negotiated on the transport now.

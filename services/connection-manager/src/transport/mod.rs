@@ -25,6 +25,42 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::framing::{Framing, Inbound, Outgoing};
 
+/// What a TLS session terminated here gives for channel binding. The HTTPS
+/// listener puts it in the extensions of each request of a TLS connection
+/// (so that a `wss://` WebSocket can be bound to its session).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsChannel {
+    /// The `tls-exporter` data (RFC 9266), for TLS 1.3 only.
+    pub(crate) exporter: Option<Vec<u8>>,
+}
+
+impl TlsChannel {
+    /// The channel binding data of a server-side rustls session.
+    pub fn of(connection: &rustls::ServerConnection) -> Self {
+        TlsChannel {
+            exporter: tls_exporter(connection),
+        }
+    }
+}
+
+/// `tls-exporter` (RFC 9266 section 2): the TLS exporter with the label
+/// `EXPORTER-Channel-Binding`, no context (for TLS 1.3 the same as an empty
+/// one, RFC 8446 section 7.5), 32 bytes. Only for TLS 1.3: in TLS 1.2 it is
+/// safe only with the extended master secret (RFC 9266 section 3), and this
+/// server does not require that of its TLS 1.2 clients.
+pub(crate) fn tls_exporter(connection: &rustls::ServerConnection) -> Option<Vec<u8>> {
+    if connection.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    connection
+        .export_keying_material(
+            vec![0u8; starling_sasl::TLS_EXPORTER_LENGTH],
+            starling_sasl::TLS_EXPORTER_LABEL,
+            None,
+        )
+        .ok()
+}
+
 /// What one read brought.
 #[derive(Debug)]
 pub(crate) enum Received {
@@ -48,6 +84,13 @@ pub(crate) trait Transport: Send + Sized + 'static {
     /// Whether TLS protects the stream here (a TLS-terminating proxy in front
     /// of the HTTP listener does not count).
     fn is_tls(&self) -> bool;
+
+    /// The TLS session this server terminated under the stream, for channel
+    /// binding (RFC 5056); `None` without one (plain TCP, a WebSocket behind
+    /// a proxy, BOSH).
+    fn tls_channel(&self) -> Option<TlsChannel> {
+        None
+    }
 
     /// Whether STARTTLS can upgrade this transport now: only a plain TCP
     /// stream can (a WebSocket or BOSH leaves TLS to the HTTP layer, RFC 7395

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Received, Transport, TransportReader, TransportWriter};
+use super::{Received, TlsChannel, Transport, TransportReader, TransportWriter};
 use crate::framing::{Framing, Inbound, Outgoing};
 
 /// A byte stream: TCP, or TLS over TCP.
@@ -35,6 +35,13 @@ impl Transport for ByteStream {
 
     fn can_start_tls(&self) -> bool {
         matches!(self, ByteStream::Plain(_))
+    }
+
+    fn tls_channel(&self) -> Option<TlsChannel> {
+        match self {
+            ByteStream::Plain(_) => None,
+            ByteStream::Tls(tls) => Some(TlsChannel::of(tls.get_ref().1)),
+        }
     }
 
     async fn start_tls(self, acceptor: &TlsAcceptor) -> io::Result<Self> {

@@ -24,6 +24,10 @@ pub(crate) struct TlsMaterial {
     /// The private key in PEM: shared by every node that serves the domain,
     /// and stable across restarts.
     pub key_pem: Vec<u8>,
+    /// The `tls-server-end-point` channel binding data of the certificate
+    /// every configuration presents (RFC 5929 section 4.1); `None` when its
+    /// signature algorithm leaves it undefined (Ed25519, RSASSA-PSS).
+    pub server_end_point: Option<Vec<u8>>,
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, CmError> {
@@ -133,6 +137,14 @@ fn server_config(
 pub(crate) fn load(settings: &TlsSettings, domain: &str) -> Result<TlsMaterial, CmError> {
     let (cert_pem, key_pem) = certificate_pems(settings, domain)?;
     let (certificates, key) = parse_pems(&cert_pem, &key_pem)?;
+    // The end-entity certificate comes first (RFC 8446 section 4.4.2), and
+    // it is the one every configuration below presents.
+    let server_end_point = starling_sasl::tls_server_end_point(&certificates[0]);
+    if server_end_point.is_none() {
+        tracing::warn!(
+            "the certificate's signature algorithm defines no tls-server-end-point hash; that channel binding is not offered"
+        );
+    }
     let starttls = server_config(certificates.clone(), key.clone_key(), None)?;
     let direct_tls = server_config(
         certificates.clone(),
@@ -145,6 +157,7 @@ pub(crate) fn load(settings: &TlsSettings, domain: &str) -> Result<TlsMaterial, 
         direct_tls,
         https,
         key_pem,
+        server_end_point,
     })
 }
 
@@ -171,6 +184,18 @@ mod tests {
         assert!(data_dir.join("tls/cert.pem").exists());
         let second = load(&settings, "example.com").unwrap();
         assert_eq!(first.key_pem, second.key_pem);
+        // rcgen signs with ECDSA P-256 and SHA-256: the end-point hash is
+        // the SHA-256 of the certificate (RFC 5929 section 4.1).
+        let cert_pem = std::fs::read(data_dir.join("tls/cert.pem")).unwrap();
+        let certificate = rustls_pemfile::certs(&mut &cert_pem[..])
+            .next()
+            .unwrap()
+            .unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            first.server_end_point,
+            Some(sha2::Sha256::digest(&certificate).to_vec())
+        );
         assert_eq!(
             first.direct_tls.alpn_protocols,
             vec![b"xmpp-client".to_vec()]

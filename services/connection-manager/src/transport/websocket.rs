@@ -1,6 +1,7 @@
-//! The WebSocket transport (RFC 7395) of the HTTP listener: one complete
-//! element per text message ([`Framing::WebSocket`]). It is plain HTTP here,
-//! never TLS: a TLS-terminating proxy in front is the deployment's business.
+//! The WebSocket transport (RFC 7395) of the HTTP listeners: one complete
+//! element per text message ([`Framing::WebSocket`]). Plain HTTP, or HTTPS
+//! on `listen.https` where the TLS session is ours and can be bound to
+//! (RFC 5056); a TLS-terminating proxy in front is the deployment's business.
 
 use std::io;
 
@@ -9,10 +10,26 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use starling_xmpp::{ParseError, StreamError, StreamErrorCondition};
 
-use super::{Received, Transport, TransportReader, TransportWriter};
+use super::{Received, TlsChannel, Transport, TransportReader, TransportWriter};
 use crate::framing::{Framing, Inbound, Outgoing};
 
-impl Transport for WebSocket {
+/// A WebSocket stream, with the TLS session under it when this server
+/// terminated it (`wss://` on `listen.https`): then channel binding is
+/// offered (its `-PLUS` mechanisms), though the stream still counts as not
+/// TLS-protected for PLAIN and registration (the listener may as well be
+/// plain HTTP behind a proxy; the policy stays one for both).
+pub(crate) struct WebSocketStream {
+    socket: WebSocket,
+    tls: Option<TlsChannel>,
+}
+
+impl WebSocketStream {
+    pub fn new(socket: WebSocket, tls: Option<TlsChannel>) -> Self {
+        WebSocketStream { socket, tls }
+    }
+}
+
+impl Transport for WebSocketStream {
     type Reader = SplitStream<WebSocket>;
     type Writer = SplitSink<WebSocket, Message>;
 
@@ -24,20 +41,26 @@ impl Transport for WebSocket {
         false
     }
 
+    fn tls_channel(&self) -> Option<TlsChannel> {
+        self.tls.clone()
+    }
+
     async fn receive(&mut self, inbound: &mut Inbound) -> Received {
-        receive_message(self, inbound).await
+        receive_message(&mut self.socket, inbound).await
     }
 
     async fn send(&mut self, out: &Outgoing) -> io::Result<()> {
-        send_messages(self, out).await
+        send_messages(&mut self.socket, out).await
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        SinkExt::close(self).await.map_err(io::Error::other)
+        SinkExt::close(&mut self.socket)
+            .await
+            .map_err(io::Error::other)
     }
 
     fn split(self) -> (Self::Reader, Self::Writer) {
-        let (sink, stream) = StreamExt::split(self);
+        let (sink, stream) = StreamExt::split(self.socket);
         (stream, sink)
     }
 }

@@ -649,6 +649,18 @@ pub struct Client {
     cursor: usize,
     cert_pem: Vec<u8>,
     pending_bytes: Vec<u8>,
+    /// The TLS session's tls-exporter data (RFC 9266) as this client
+    /// computed it, and the certificate the server presented.
+    pub tls_binding: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What channel binding needs of a client's TLS session.
+fn tls_binding(connection: &rustls::ClientConnection) -> (Vec<u8>, Vec<u8>) {
+    let exporter = connection
+        .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .unwrap();
+    let certificate = connection.peer_certificates().unwrap()[0].to_vec();
+    (exporter, certificate)
 }
 
 pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0' xml:lang='en'>";
@@ -681,6 +693,7 @@ impl Client {
             cursor: 0,
             cert_pem: server.cert_pem(),
             pending_bytes: Vec::new(),
+            tls_binding: None,
         }
     }
 
@@ -692,6 +705,7 @@ impl Client {
         let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
         let tls = connector.connect(name, tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"xmpp-client"[..]));
+        let binding = tls_binding(tls.get_ref().1);
         Client {
             plain: None,
             io: Some(Box::new(tls)),
@@ -699,6 +713,7 @@ impl Client {
             cursor: 0,
             cert_pem: server.cert_pem(),
             pending_bytes: Vec::new(),
+            tls_binding: Some(binding),
         }
     }
 
@@ -792,7 +807,9 @@ impl Client {
         let tcp = self.plain.take().expect("plain connection");
         let connector = tokio_rustls::TlsConnector::from(tls_client_config(&self.cert_pem, None));
         let name = rustls::pki_types::ServerName::try_from(DOMAIN).unwrap();
-        self.io = Some(Box::new(connector.connect(name, tcp).await.unwrap()));
+        let tls = connector.connect(name, tcp).await.unwrap();
+        self.tls_binding = Some(tls_binding(tls.get_ref().1));
+        self.io = Some(Box::new(tls));
     }
 
     /// STARTTLS and the new stream's features.
@@ -860,12 +877,26 @@ impl Client {
         username: &str,
         password: &str,
     ) -> Result<(), String> {
+        self.scram_bound(hash.name(), hash, "n,,", b"", username, password)
+            .await
+    }
+
+    /// SCRAM with any mechanism name, gs2 header and channel binding data
+    /// (the -PLUS mechanisms, RFC 5802 section 6).
+    pub async fn scram_bound(
+        &mut self,
+        mechanism: &str,
+        hash: ScramTestHash,
+        gs2_header: &str,
+        channel_binding: &[u8],
+        username: &str,
+        password: &str,
+    ) -> Result<(), String> {
         let client_nonce = "ClientNonce0123456789";
         let client_first_bare = format!("n={username},r={client_nonce}");
         self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
-            hash.name(),
-            b64(format!("n,,{client_first_bare}").as_bytes())
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
+            b64(format!("{gs2_header}{client_first_bare}").as_bytes())
         ))
         .await;
         let challenge = self.read_sasl().await;
@@ -876,8 +907,10 @@ impl Client {
             text_between(&challenge, "'>", "</challenge>").unwrap(),
         ))
         .unwrap();
+        let mut cbind_input = gs2_header.as_bytes().to_vec();
+        cbind_input.extend_from_slice(channel_binding);
         let (client_final, server_signature) =
-            hash.client_final(password, &client_first_bare, &server_first);
+            hash.client_final_bound(password, &client_first_bare, &server_first, &cbind_input);
         self.send(&format!(
             "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
             b64(client_final.as_bytes())
@@ -1012,13 +1045,30 @@ impl ScramTestHash {
         client_first_bare: &str,
         server_first: &str,
     ) -> (String, Vec<u8>) {
+        self.client_final_bound(password, client_first_bare, server_first, b"n,,")
+    }
+
+    /// The same with `c=` carrying `cbind_input` (gs2 header and channel binding data).
+    pub fn client_final_bound(
+        self,
+        password: &str,
+        client_first_bare: &str,
+        server_first: &str,
+        cbind_input: &[u8],
+    ) -> (String, Vec<u8>) {
         let nonce = text_between(server_first, "r=", ",").unwrap();
         let salt = unb64(text_between(server_first, ",s=", ",").unwrap());
-        let iterations: u32 = server_first.rsplit_once(",i=").unwrap().1.parse().unwrap();
+        // Optional extensions may follow (RFC 5802 section 7; XEP-0474's h=).
+        let iterations: u32 = server_first
+            .split(',')
+            .find_map(|attribute| attribute.strip_prefix("i="))
+            .unwrap()
+            .parse()
+            .unwrap();
         let salted = self.salted_password(password, &salt, iterations);
         let client_key = self.hmac(&salted, b"Client Key");
         let stored_key = self.hash(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
+        let without_proof = format!("c={},r={nonce}", b64(cbind_input));
         let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
         let signature = self.hmac(&stored_key, auth_message.as_bytes());
         let proof: Vec<u8> = client_key
