@@ -416,3 +416,27 @@ async def test_the_archive_across_two_connection_managers(cluster):  # noqa: F81
         assert await query_error(a, to=bob) == "forbidden"
     finally:
         await logout(a, b)
+
+
+async def test_a_message_over_the_archive_bound_is_delivered_not_archived(server):
+    """Issue 18: what one message adds to the archives is bounded
+    (`mam.max_message_bytes`, 64 KiB): a 100 KB message is delivered, carries
+    no stanza id and is counted, the next small one is archived as ever."""
+    alice, alice_pw = server.add_user()
+    bob, bob_pw = server.add_user()
+    a = await mam_login(server, alice, alice_pw, "a")
+    b = await mam_login(server, bob, bob_pw, "b")
+    try:
+        [large] = await exchange(a, b, ["x" * 100_000])
+        assert stanza_ids(large) == []
+        [small] = await exchange(a, b, ["small"])
+        assert len(stanza_ids(small)) == 1
+        await handled(a)
+        assert (await wait_for_archive(b, 1)).bodies == ["small"]
+        assert (await query(a)).bodies == ["small"]
+        import urllib.request
+
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics", timeout=10).read().decode()
+        assert 'starling_router_archive_total{outcome="too_large"} 1' in metrics
+    finally:
+        await logout(a, b)

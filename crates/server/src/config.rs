@@ -344,6 +344,9 @@ pub struct MamConfig {
     /// The most messages one query page returns; a client's larger `<max/>`
     /// is clamped to it (XEP-0313 section 4.3.1). 1 to 10000.
     pub max_page_size: u32,
+    /// The largest message archived, in bytes as sent on; a larger one is
+    /// delivered but not archived. At least 1024.
+    pub max_message_bytes: u64,
     /// Days an archived message is kept (storage); older ones are purged
     /// every `purge_interval_secs`. 0 keeps them forever.
     pub retention_days: u32,
@@ -363,6 +366,7 @@ impl Default for MamConfig {
         MamConfig {
             enabled: true,
             max_page_size: 250,
+            max_message_bytes: 65_536,
             retention_days: 0,
             max_messages_per_account: starling_storage::DEFAULT_MAX_ARCHIVE_MESSAGES_PER_ACCOUNT,
             purge_interval_secs: 3600,
@@ -795,6 +799,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "mam.max_page_size",
                 message: format!("must be between 1 and {MAX_MAM_PAGE_SIZE}"),
+            });
+        }
+        if self.mam.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "mam.max_message_bytes",
+                message: "must be at least 1024".into(),
             });
         }
         if self.mam.retention_days > MAX_MAM_RETENTION_DAYS {

@@ -118,6 +118,7 @@ fn router_config(config: &Config) -> RouterConfig {
         },
         mam: config.mam.enabled,
         mam_max_page_size: config.mam.max_page_size,
+        mam_max_message_bytes: usize::try_from(config.mam.max_message_bytes).unwrap_or(usize::MAX),
         stored_stanza_limits: config.stored_stanza_limits(),
     }
 }

@@ -54,11 +54,16 @@ use crate::router::SessionRouter;
 pub(crate) const MAX_BATCH: usize = 256;
 /// Entries waiting for the writer; past it routing waits for room.
 const QUEUE_CAPACITY: usize = 8192;
+/// Bytes of stanzas queued for the writer or being written (issue 18: bounded
+/// in bytes, not only in entries: 8,192 entries of 256 KiB would be 2 GiB);
+/// past it routing waits for room. An entry larger than it takes all of it.
+pub(crate) const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Attempts of one batch write when storage is unavailable.
 const WRITE_ATTEMPTS: u32 = 3;
 
 enum Job {
-    Entry(ArchiveEntry),
+    /// An entry, with its share of [`QUEUE_BYTES`], given back once written.
+    Entry(ArchiveEntry, tokio::sync::OwnedSemaphorePermit),
     /// Answer once everything queued before is written (or failed).
     Flush(oneshot::Sender<()>),
 }
@@ -166,6 +171,8 @@ pub(crate) struct Archiver {
     /// The last id assigned.
     last: AtomicI64,
     writer: OnceLock<mpsc::Sender<Job>>,
+    /// [`QUEUE_BYTES`] as permits, one per byte.
+    queued_bytes: Arc<tokio::sync::Semaphore>,
     pub(crate) prefs: Arc<PrefsCache>,
 }
 
@@ -175,6 +182,7 @@ impl Archiver {
             node: i64::from(rand::random::<u8>()),
             last: AtomicI64::new(0),
             writer: OnceLock::new(),
+            queued_bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
             prefs: Arc::default(),
         }
     }
@@ -220,7 +228,15 @@ impl Archiver {
         let writer = self.writer(storage, metrics);
         let count = entries.len();
         for entry in entries {
-            if writer.send(Job::Entry(entry)).await.is_err() {
+            let bytes = entry.stanza_xml.len().clamp(1, QUEUE_BYTES);
+            let Ok(permit) = Arc::clone(&self.queued_bytes)
+                .acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX))
+                .await
+            else {
+                metrics.count_archive("failed", 1);
+                return;
+            };
+            if writer.send(Job::Entry(entry, permit)).await.is_err() {
                 // The writer task is gone (the runtime is shutting down).
                 metrics.count_archive("failed", 1);
                 tracing::warn!("archive writer gone, entry lost");
@@ -258,13 +274,18 @@ async fn write_batches(
     metrics: RouterMetrics,
 ) {
     let mut batch: Vec<ArchiveEntry> = Vec::with_capacity(MAX_BATCH);
+    // Held until the batch is written: the bytes stay counted until then.
+    let mut permits: Vec<tokio::sync::OwnedSemaphorePermit> = Vec::with_capacity(MAX_BATCH);
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(job) = job_rx.recv().await {
         let deadline = tokio::time::Instant::now() + LINGER;
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
-                Job::Entry(entry) => batch.push(entry),
+                Job::Entry(entry, permit) => {
+                    batch.push(entry);
+                    permits.push(permit);
+                }
                 Job::Flush(done_tx) => flushes.push(done_tx),
             }
             if batch.len() >= MAX_BATCH || !flushes.is_empty() {
@@ -279,6 +300,7 @@ async fn write_batches(
         if !batch.is_empty() {
             write_batch(&*storage, &batch, &metrics).await;
             batch.clear();
+            permits.clear();
         }
         for done_tx in flushes.drain(..) {
             let _ = done_tx.send(());
@@ -401,6 +423,12 @@ impl SessionRouter {
             &[&sender_text, &recipient_text, &self.config.domain],
         );
         if !is_archivable(message) {
+            return None;
+        }
+        // Issue 18: what one message adds to the archives is bounded
+        // (`mam.max_message_bytes`); a larger message is delivered, not archived.
+        if message.stanza_xml_len() > self.config.mam_max_message_bytes {
+            self.metrics.count_archive("too_large", 1);
             return None;
         }
         let to_self = recipient == sender_bare;

@@ -108,7 +108,7 @@ pub struct RouterMetrics {
     /// XEP-0115 disco#info queries: sent, verified, refused (hash mismatch or invalid).
     caps_queries: [IntCounter; 3],
     /// Archive entries (XEP-0313) by outcome, in [`ARCHIVE_OUTCOMES`] order.
-    archive: [IntCounter; 4],
+    archive: [IntCounter; 5],
 }
 
 const PEP_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
@@ -123,9 +123,11 @@ pub(crate) enum CapsOutcome {
 }
 
 /// What became of a message's archive entries: queued for the batched
-/// writer, written by storage, lost because the write failed, or not
-/// archived because the preferences could not be read.
-pub(crate) const ARCHIVE_OUTCOMES: [&str; 4] = ["queued", "written", "failed", "undecided"];
+/// writer, written by storage, lost because the write failed, not
+/// archived because the preferences could not be read, or because the
+/// message is over `mam.max_message_bytes`.
+pub(crate) const ARCHIVE_OUTCOMES: [&str; 5] =
+    ["queued", "written", "failed", "undecided", "too_large"];
 
 const CARBON_DIRECTIONS: [Direction; 2] = [Direction::Sent, Direction::Received];
 const CARBON_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
@@ -195,7 +197,7 @@ impl RouterMetrics {
         let archive = IntCounterVec::new(
             Opts::new(
                 "starling_router_archive_total",
-                "XEP-0313 archive entries (one per archive a message goes to), by outcome: queued for the batched writer, written, failed (the write failed after retries, entries lost), undecided (the preferences could not be read: not archived)",
+                "XEP-0313 archive entries (one per archive a message goes to), by outcome: queued for the batched writer, written, failed (the write failed after retries, entries lost), undecided (the preferences could not be read: not archived), too_large (a message over mam.max_message_bytes: delivered, not archived)",
             ),
             &["outcome"],
         )?;

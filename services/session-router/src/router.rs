@@ -45,6 +45,8 @@ pub struct RouterConfig {
     pub mam: bool,
     /// The most messages one archive query returns (`mam.max_page_size`).
     pub mam_max_page_size: u32,
+    /// The largest message archived, as sent on (`mam.max_message_bytes`).
+    pub mam_max_message_bytes: usize,
     /// The limits archived messages are parsed under when a query returns
     /// them (`Limits::for_server_copies` of the configured limits).
     pub stored_stanza_limits: starling_xmpp::Limits,
