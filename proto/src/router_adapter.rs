@@ -502,9 +502,8 @@ fn dispatch(shared: &Arc<RouterClientShared>, streams: &mut RouteStreams, mut it
                     streams.next_generation += 1;
                     tokio::spawn(run_route_stream(
                         Arc::downgrade(shared),
-                        replica.address.clone(),
+                        Arc::clone(replica),
                         generation,
-                        replica.channel.clone(),
                         queue_rx,
                     ));
                     streams.handles.insert(
@@ -565,7 +564,7 @@ fn forget_retired_streams(streams: &mut RouteStreams, replicas: &Replicas) {
 /// it had not acknowledged.
 fn fail_over(
     shared: &Weak<RouterClientShared>,
-    address: &str,
+    replica: &Replica,
     generation: u64,
     unacknowledged: Vec<QueuedRoute>,
     mut queue_rx: mpsc::UnboundedReceiver<QueuedRoute>,
@@ -579,22 +578,15 @@ fn fail_over(
         return;
     };
     let mut streams = shared.streams.lock();
-    if let Some(replica) = shared
-        .replicas
-        .snapshot()
-        .iter()
-        .find(|replica| replica.address == address)
-    {
-        replica.mark_unhealthy();
-    }
+    // The same replica as in the current list while it is still listed.
+    replica.mark_unhealthy();
+    let address = replica.address.as_str();
     if streams
         .handles
         .get(address)
         .is_some_and(|handle| handle.generation == generation)
     {
-        if let Some(handle) = streams.handles.remove(address) {
-            handle.replica.mark_unhealthy();
-        }
+        streams.handles.remove(address);
     }
     // No sender is left once the handle is gone: what is queued is all there is.
     queue_rx.close();
@@ -630,9 +622,8 @@ enum StreamEnd {
 /// The client task of one replica's route stream.
 async fn run_route_stream(
     shared: Weak<RouterClientShared>,
-    address: String,
+    replica: Arc<Replica>,
     generation: u64,
-    channel: Channel,
     mut queue_rx: mpsc::UnboundedReceiver<QueuedRoute>,
 ) {
     let mut pending: BTreeMap<u64, QueuedRoute> = BTreeMap::new();
@@ -640,14 +631,15 @@ async fn run_route_stream(
         .upgrade()
         .map(|shared| shared.replicas.call_timeout)
         .unwrap_or(crate::DEFAULT_CALL_TIMEOUT);
+    let channel = replica.channel.clone();
     let end = drive_route_stream(channel, open_timeout, &mut queue_rx, &mut pending).await;
     match end {
         StreamEnd::Finished => {}
         StreamEnd::Broken(reason) => {
-            tracing::warn!(replica = %address, %reason, "route stream ended");
+            tracing::warn!(replica = %replica.address, %reason, "route stream ended");
             fail_over(
                 &shared,
-                &address,
+                &replica,
                 generation,
                 pending.into_values().collect(),
                 queue_rx,
