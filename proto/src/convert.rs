@@ -8,6 +8,7 @@
 
 use starling_api::{
     ApiError, RosterItem, ScramCredentials, SessionAddr, StoredCredentials, Subscription,
+    SubscriptionEntry,
 };
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::{parse_element, Element, Limits};
@@ -152,6 +153,26 @@ pub(crate) fn roster_item_to_proto(item: &RosterItem) -> storage_proto::RosterIt
         groups: item.groups.clone(),
         in_roster: item.in_roster,
     }
+}
+
+pub(crate) fn subscription_entry_to_proto(
+    entry: &SubscriptionEntry,
+) -> storage_proto::SubscriptionEntry {
+    storage_proto::SubscriptionEntry {
+        jid: entry.jid.to_string(),
+        subscription: subscription_to_proto(entry.subscription) as i32,
+        pending_in: entry.pending_in,
+    }
+}
+
+pub(crate) fn subscription_entry_from_proto(
+    entry: storage_proto::SubscriptionEntry,
+) -> Result<SubscriptionEntry, String> {
+    Ok(SubscriptionEntry {
+        jid: parse_bare_jid("subscription entry jid", &entry.jid)?,
+        subscription: subscription_from_proto(entry.subscription)?,
+        pending_in: entry.pending_in,
+    })
 }
 
 pub(crate) fn roster_item_from_proto(

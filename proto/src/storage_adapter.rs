@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use starling_api::{
     AbuseReport, AccountDataStore, AccountStore, ApiResult, ArchiveDefault, ArchiveEntry,
     ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, BlockedItem,
-    BlockingStore, FastTokenRecord, FastTokenStore, OfflineStore, PageStart, RosterItem,
-    RosterStore, StorageApi, StoredCredentials,
+    BlockingStore, FastTokenRecord, FastTokenStore, OfflinePage, OfflineStore, PageStart,
+    RosterItem, RosterStore, StorageApi, StoredCredentials, SubscriptionEntry,
 };
 use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
@@ -17,7 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::balance::{ReplicaSet, RetryPolicy};
 use crate::convert::{
     credentials_from_proto, credentials_to_proto, invalid_request, malformed_response,
-    parse_bare_jid, roster_item_from_proto, roster_item_to_proto,
+    parse_bare_jid, roster_item_from_proto, roster_item_to_proto, subscription_entry_from_proto,
+    subscription_entry_to_proto,
 };
 use crate::error::{api_error_to_status, ProtoError};
 use crate::metrics::GrpcClientMetrics;
@@ -245,6 +246,21 @@ impl Storage for StorageGrpcServer {
         }))
     }
 
+    async fn get_subscriptions(
+        &self,
+        request: Request<proto::GetSubscriptionsRequest>,
+    ) -> Result<Response<proto::GetSubscriptionsResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let entries = self
+            .api
+            .subscriptions(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetSubscriptionsResponse {
+            entries: entries.iter().map(subscription_entry_to_proto).collect(),
+        }))
+    }
+
     async fn get_roster_item(
         &self,
         request: Request<proto::GetRosterItemRequest>,
@@ -369,13 +385,17 @@ impl Storage for StorageGrpcServer {
         &self,
         request: Request<proto::TakeOfflineRequest>,
     ) -> Result<Response<proto::TakeOfflineResponse>, Status> {
-        let user = user_field(&request.into_inner().user)?;
-        let stanzas = self
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let page = self
             .api
-            .take_offline(&user)
+            .take_offline(&user, request.max_messages, request.max_bytes)
             .await
             .map_err(api_error_to_status)?;
-        Ok(Response::new(proto::TakeOfflineResponse { stanzas }))
+        Ok(Response::new(proto::TakeOfflineResponse {
+            stanzas: page.stanzas,
+            more: page.more,
+        }))
     }
 
     async fn count_offline(
@@ -750,6 +770,24 @@ impl RosterStore for GrpcStorageClient {
         Ok((response.version, items))
     }
 
+    async fn subscriptions(&self, user: &BareJid) -> ApiResult<Vec<SubscriptionEntry>> {
+        let request = proto::GetSubscriptionsRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("subscriptions", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move { StorageClient::new(channel).get_subscriptions(request).await }
+            })
+            .await?;
+        response
+            .entries
+            .into_iter()
+            .map(|entry| subscription_entry_from_proto(entry).map_err(malformed_response))
+            .collect()
+    }
+
     async fn roster_item(
         &self,
         user: &BareJid,
@@ -827,9 +865,16 @@ impl OfflineStore for GrpcStorageClient {
         Ok(())
     }
 
-    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
+    async fn take_offline(
+        &self,
+        user: &BareJid,
+        max_messages: u32,
+        max_bytes: u64,
+    ) -> ApiResult<OfflinePage> {
         let request = proto::TakeOfflineRequest {
             user: user.to_string(),
+            max_messages,
+            max_bytes,
         };
         let response = self
             .replicas
@@ -838,7 +883,10 @@ impl OfflineStore for GrpcStorageClient {
                 async move { StorageClient::new(channel).take_offline(request).await }
             })
             .await?;
-        Ok(response.stanzas)
+        Ok(OfflinePage {
+            stanzas: response.stanzas,
+            more: response.more,
+        })
     }
 
     async fn count_offline(&self, user: &BareJid) -> ApiResult<u64> {

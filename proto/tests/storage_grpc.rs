@@ -157,7 +157,7 @@ async fn whole_storage_api_round_trips_through_grpc() {
         Err(ApiError::LimitReached(_))
     ));
     assert_eq!(client.count_offline(&juliet).await.expect("count"), 3);
-    let taken = client.take_offline(&juliet).await.expect("take");
+    let taken = client.take_all_offline(&juliet).await.expect("take");
     assert_eq!(
         taken,
         (1..=3)
@@ -264,7 +264,7 @@ async fn calls_fail_over_when_a_storage_replica_stops() {
             .expect("store keeps succeeding");
         assert!(client.credentials(&juliet).await.expect("read").is_some());
         client
-            .take_offline(&juliet)
+            .take_all_offline(&juliet)
             .await
             .expect("take keeps succeeding");
     }
@@ -351,7 +351,10 @@ async fn at_most_once_calls_move_on_when_the_connection_is_refused() {
     let juliet = jid("juliet@example.org");
     // Round robin starts on the refused endpoint.
     assert_eq!(
-        client.take_offline(&juliet).await.expect("take_offline"),
+        client
+            .take_all_offline(&juliet)
+            .await
+            .expect("take_offline"),
         Vec::<String>::new()
     );
     live.stop().await;

@@ -106,6 +106,25 @@ async def test_offline_messages_are_delivered_on_login(server):
     await logout(a, b, b2)
 
 
+async def test_a_long_offline_queue_arrives_whole_and_in_order_page_by_page(server):
+    """Issue 18: the flush at login takes the queue from storage in pages
+    (100 messages or 256 KiB at most), each delivered before the next is
+    taken; 250 messages span three pages and arrive once, in order, and a
+    live message sent during the flush arrives too."""
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    a = await login(server, alice, alice_pw, "pc")
+    for number in range(250):
+        a.send_message(mto=bob, mbody=f"offline {number}", mtype="chat")
+    await handled(a)
+    b = await login(server, bob, bob_pw, "pc")
+    a.send_message(mto=f"{bob}/pc", mbody="live", mtype="chat")
+    bodies = [(await b.next_message())["body"] for _ in range(251)]
+    assert [body for body in bodies if body != "live"] == [f"offline {n}" for n in range(250)]
+    assert "live" in bodies
+    await logout(a, b)
+
+
 async def test_offline_message_has_delay_stamp(server):
     alice, alice_pw = server.add_user("alice")
     bob, bob_pw = server.add_user("bob")

@@ -164,6 +164,55 @@ async def test_unacked_bound_ends_the_stream_and_nothing_is_lost(server_factory)
     await logout(a, b)
 
 
+async def test_unacked_bytes_count_against_the_queue_bound_and_nothing_is_lost(server_factory):
+    """Issue 18: what a client read but never acknowledged is held by the
+    server (XEP-0198), so it counts in bytes against
+    `limits.outbound_queue_bytes` like the queue itself: a client that reads
+    large messages and never acks ends with policy-violation once it holds
+    that much, instead of making the server hold 1,000 stanzas of any size;
+    nothing is lost."""
+    server = server_factory(
+        extra_toml="[limits]\noutbound_queue_bytes = 262144\n[storage]\nmax_offline_bytes_per_user = 131072\n"
+    )
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    raw = SmClient(server)
+    raw.authenticate(alice, alice_pw)
+    raw.bind("phone")
+    raw.enable()
+    raw.presence()
+    b = await login(server, bob, bob_pw, "desk")
+    filler = "x" * 40_000
+    for number in range(10):
+        b.send_message(mto=alice, mbody=f"m{number} {filler}", mtype="chat")
+    await handled(b)
+    closing = raw.read_until_closed(timeout=15)
+    assert "<policy-violation" in closing, closing[-500:]
+    read = set(re.findall(r"<body>(m\d+) ", closing))
+    assert len(read) < 10, "the stream ended before every message was written"
+    # What the client did not acknowledge is rerouted: to offline storage
+    # (128 KiB here), and past that back to Bob with an error.
+    seen = set()
+    bounced = set()
+    deadline = time.monotonic() + 20
+    while len(bounced) < 10 and time.monotonic() < deadline:
+        try:
+            message = await b.next_message(body=False, timeout=2)
+        except asyncio.TimeoutError:
+            break
+        if message["type"] == "error":
+            bounced.add(message["body"].split(" ")[0])
+    a = await login(server, alice, alice_pw, "laptop")
+    while len(seen | bounced) < 10 and time.monotonic() < deadline:
+        try:
+            seen.add((await a.next_message(timeout=5))["body"].split(" ")[0])
+        except asyncio.TimeoutError:
+            break
+    print(f"read by the phone {len(read)}, offline {len(seen)}, bounced {len(bounced)}")
+    assert seen | bounced == {f"m{number}" for number in range(10)}, (sorted(seen), sorted(bounced))
+    await logout(a, b)
+
+
 async def test_timeout_without_resumption_sends_the_queue_offline(server_factory):
     server = server_factory(extra_toml="[sm]\nresume_timeout_secs = 2\n")
     alice, alice_pw = server.add_user("alice")

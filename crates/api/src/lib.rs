@@ -34,6 +34,7 @@ pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, Sess
 pub use resumption::{ResumptionStore, DETACHED_NODE};
 pub use router::{BindError, Origin, RouterApi};
 pub use storage::{
-    AccountDataStore, AccountStore, FastTokenRecord, FastTokenStore, OfflineStore, RosterItem,
-    RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,
+    AccountDataStore, AccountStore, FastTokenRecord, FastTokenStore, OfflinePage, OfflineStore,
+    RosterItem, RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,
+    SubscriptionEntry,
 };

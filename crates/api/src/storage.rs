@@ -138,6 +138,37 @@ impl RosterItem {
     }
 }
 
+/// A contact's subscription state and nothing else of its roster item (no
+/// name, groups or stored request): what presence routing reads for every
+/// broadcast (RFC 6121 sections 4.2.2 and 4.4.2), so that its cost does not
+/// grow with what the user wrote into the roster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionEntry {
+    pub jid: BareJid,
+    pub subscription: Subscription,
+    /// The contact asked to subscribe and awaits an answer ("Pending In").
+    pub pending_in: bool,
+}
+
+impl From<&RosterItem> for SubscriptionEntry {
+    fn from(item: &RosterItem) -> Self {
+        SubscriptionEntry {
+            jid: item.jid.clone(),
+            subscription: item.subscription,
+            pending_in: item.pending_in,
+        }
+    }
+}
+
+/// One page of the offline queue, taken oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OfflinePage {
+    /// The serialised stanzas, oldest first.
+    pub stanzas: Vec<String>,
+    /// More messages were left in the queue after this page.
+    pub more: bool,
+}
+
 /// The storage service: the stores of every feature that keeps data, each
 /// a trait of its own implemented by `starling_storage::Storage` (SQLite and
 /// PostgreSQL) and by the gRPC client. Code that needs one feature's data
@@ -196,6 +227,9 @@ pub trait AccountStore: Send + Sync + 'static {
 pub trait RosterStore: Send + Sync + 'static {
     /// The whole roster (visible and placeholder items) and its current version (RFC 6121 section 2.6).
     async fn roster(&self, user: &BareJid) -> ApiResult<(u64, Vec<RosterItem>)>;
+    /// The subscription state of every item (visible and placeholders), by
+    /// contact: the roster without names and groups.
+    async fn subscriptions(&self, user: &BareJid) -> ApiResult<Vec<SubscriptionEntry>>;
     /// One roster item.
     async fn roster_item(&self, user: &BareJid, contact: &BareJid)
         -> ApiResult<Option<RosterItem>>;
@@ -212,8 +246,28 @@ pub trait OfflineStore: Send + Sync + 'static {
     /// Append a message (serialised stanza) to the user's offline queue;
     /// `LimitReached` when the queue is full.
     async fn store_offline(&self, user: &BareJid, stanza_xml: &str) -> ApiResult<()>;
-    /// Remove and return every queued message, oldest first.
-    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>>;
+    /// Remove and return the oldest queued messages, oldest first: as many
+    /// as fit in `max_bytes` and `max_messages`, and at least one when any
+    /// waits, so that a login's flush holds one page at a time.
+    async fn take_offline(
+        &self,
+        user: &BareJid,
+        max_messages: u32,
+        max_bytes: u64,
+    ) -> ApiResult<OfflinePage>;
+    /// Remove and return every queued message, oldest first, page by page
+    /// into one vector (for tools and tests: a login's flush delivers each
+    /// page before it takes the next).
+    async fn take_all_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.take_offline(user, u32::MAX, u64::MAX).await?;
+            all.extend(page.stanzas);
+            if !page.more {
+                return Ok(all);
+            }
+        }
+    }
     /// How many messages wait for the user.
     async fn count_offline(&self, user: &BareJid) -> ApiResult<u64>;
 }

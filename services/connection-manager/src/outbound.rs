@@ -195,10 +195,10 @@ impl ConnectionHandle {
                 return Err((PushError::Full, stanza));
             }
             let size = stanza.wire_len();
-            if !self
-                .bytes
-                .admits(state.items_bytes + state.batch_bytes, size)
-            {
+            if !self.bytes.admits(
+                state.items_bytes + state.batch_bytes + state.sm.unacked_bytes,
+                size,
+            ) {
                 return Err((PushError::Full, stanza));
             }
             let incoming = Arc::clone(&stanza.stanza);
@@ -312,7 +312,23 @@ impl ConnectionHandle {
 
     /// Run `change` on the stream management state (under the queue's lock).
     pub fn with_sm<R>(&self, change: impl FnOnce(&mut SmState) -> R) -> R {
-        change(&mut self.state.lock().sm)
+        let mut state = self.state.lock();
+        let before = state.sm.unacked_bytes;
+        let result = change(&mut state.sm);
+        let after = state.sm.unacked_bytes;
+        drop(state);
+        self.unacked_bytes_changed(before, after);
+        result
+    }
+
+    /// Unacknowledged stanzas (XEP-0198) stay held in the node's byte count
+    /// until acknowledged (`crate::outbound_bytes`).
+    fn unacked_bytes_changed(&self, before: usize, after: usize) {
+        if after > before {
+            self.bytes.hold(after - before);
+        } else {
+            self.bytes.release(before - after);
+        }
     }
 
     /// The resumption is done: queue `<resumed/>`, then the stanzas the client
@@ -374,7 +390,12 @@ impl ConnectionHandle {
     /// Everything the client was sent but did not acknowledge (stream
     /// management without resumption), for rerouting when the stream ends.
     pub fn take_unacked(&self) -> Vec<QueuedStanza> {
-        self.state.lock().sm.unacked.drain(..).collect()
+        let mut state = self.state.lock();
+        let before = state.sm.unacked_bytes;
+        let unacked = state.sm.take_unacked();
+        drop(state);
+        self.unacked_bytes_changed(before, 0);
+        unacked
     }
 
     /// Queue a stanza ahead of everything else, over the bound (the result of
@@ -466,22 +487,31 @@ impl ConnectionHandle {
     /// (after `<enabled/>`/`<resumed/>`) and keeps them until acknowledged.
     /// Counted before the write, so that an ack that comes back faster than
     /// the writer task resumes finds them. Returns how many were counted.
-    fn note_written(&self, written: &[QueuedStanza]) -> usize {
+    /// `sizes` are the items' lengths on the wire, in order.
+    fn note_written(&self, written: &[QueuedStanza], sizes: &[usize]) -> usize {
         let mut state = self.state.lock();
-        written
+        let before = state.sm.unacked_bytes;
+        let counted = written
             .iter()
-            .filter(|item| state.sm.note_written(item))
-            .count()
+            .zip(sizes)
+            .filter(|(item, size)| state.sm.note_written(item, **size))
+            .count();
+        let after = state.sm.unacked_bytes;
+        drop(state);
+        self.unacked_bytes_changed(before, after);
+        counted
     }
 
     /// The write of a chunk failed: its stanzas were not sent after all.
     fn unnote_written(&self, count: usize) {
         let mut state = self.state.lock();
+        let before = state.sm.unacked_bytes;
         for _ in 0..count {
-            if state.sm.unacked.pop_back().is_some() {
-                state.sm.sent = state.sm.sent.wrapping_sub(1);
-            }
+            state.sm.unnote_written();
         }
+        let after = state.sm.unacked_bytes;
+        drop(state);
+        self.unacked_bytes_changed(before, after);
     }
 
     /// Whether to ask the client for an ack after writing `stanzas` more.
@@ -518,7 +548,8 @@ impl ConnectionHandle {
 impl Drop for ConnectionHandle {
     fn drop(&mut self) {
         let state = self.state.get_mut();
-        self.bytes.release(state.items_bytes + state.batch_bytes);
+        self.bytes
+            .release(state.items_bytes + state.batch_bytes + state.sm.unacked_bytes);
     }
 }
 
@@ -605,11 +636,17 @@ pub(crate) async fn run_writer<W: TransportWriter>(
         // Everything ready goes out in one write, cut only past MAX_WRITE_BYTES
         // so that one huge backlog does not become one huge buffer.
         let mut next = 0;
+        // The wire length of each item of the chunk (XEP-0198 holds the
+        // unacknowledged ones in bytes).
+        let mut sizes = Vec::new();
         loop {
             buffer.clear();
+            sizes.clear();
             let chunk_start = next;
             while next < batch.len() && buffer.len() < MAX_WRITE_BYTES {
+                let before = buffer.len();
                 buffer.queued_stanza(&batch[next]);
+                sizes.push(buffer.len() - before);
                 if let Some(kind) =
                     StanzaKind::of(&batch[next].stanza).filter(|_| batch[next].is_stanza())
                 {
@@ -634,7 +671,7 @@ pub(crate) async fn run_writer<W: TransportWriter>(
                 }
                 buffer.close();
             }
-            let counted = handle.note_written(&batch[chunk_start..next]);
+            let counted = handle.note_written(&batch[chunk_start..next], &sizes);
             let write = async {
                 writer.send(&buffer).await?;
                 if finishing {

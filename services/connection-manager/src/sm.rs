@@ -93,6 +93,13 @@ pub(crate) enum JournalOp {
     Barrier(oneshot::Sender<()>),
 }
 
+/// A stanza written to the client and not yet acknowledged.
+pub(crate) struct Unacked {
+    pub stanza: QueuedStanza,
+    /// What it took on the wire.
+    pub bytes: usize,
+}
+
 /// The stream management state of one connection.
 #[derive(Default)]
 pub(crate) struct SmState {
@@ -104,7 +111,11 @@ pub(crate) struct SmState {
     pub acked: u32,
     pub h_in: u32,
     /// Written and not yet acknowledged, oldest first.
-    pub unacked: VecDeque<QueuedStanza>,
+    pub unacked: VecDeque<Unacked>,
+    /// The bytes `unacked` took on the wire: with the outbound queue they
+    /// count against `limits.outbound_queue_bytes` and the node's total
+    /// (issue 18), held until the client acknowledges them.
+    pub unacked_bytes: usize,
     ack_requested: bool,
     /// The bound of `unacked` plus the queue (0 until enabled).
     pub max_unacked: usize,
@@ -185,8 +196,8 @@ impl SmState {
         }
     }
 
-    /// An item is written; true when it is a counted stanza.
-    pub(crate) fn note_written(&mut self, item: &QueuedStanza) -> bool {
+    /// An item is written, `bytes` long on the wire; true when it is a counted stanza.
+    pub(crate) fn note_written(&mut self, item: &QueuedStanza, bytes: usize) -> bool {
         match item.marker {
             crate::queued::Marker::CountingStarts => {
                 self.counting = true;
@@ -194,11 +205,32 @@ impl SmState {
             }
             crate::queued::Marker::Stanza if self.counting => {
                 self.sent = self.sent.wrapping_add(1);
-                self.unacked.push_back(item.clone());
+                self.unacked.push_back(Unacked {
+                    stanza: item.clone(),
+                    bytes,
+                });
+                self.unacked_bytes += bytes;
                 true
             }
             _ => false,
         }
+    }
+
+    /// The last counted stanza was not written after all.
+    pub(crate) fn unnote_written(&mut self) {
+        if let Some(last) = self.unacked.pop_back() {
+            self.unacked_bytes -= last.bytes;
+            self.sent = self.sent.wrapping_sub(1);
+        }
+    }
+
+    /// Every unacknowledged stanza, oldest first, out of the state.
+    pub(crate) fn take_unacked(&mut self) -> Vec<QueuedStanza> {
+        self.unacked_bytes = 0;
+        self.unacked
+            .drain(..)
+            .map(|unacked| unacked.stanza)
+            .collect()
     }
 
     pub(crate) fn wants_ack_request(&mut self, chunk: &[QueuedStanza], closing: bool) -> bool {
@@ -223,7 +255,9 @@ impl SmState {
         if newly_acked as usize > self.unacked.len() {
             return Err((h, self.sent));
         }
-        self.unacked.drain(..newly_acked as usize);
+        for acked in self.unacked.drain(..newly_acked as usize) {
+            self.unacked_bytes -= acked.bytes;
+        }
         self.acked = h;
         self.ack_requested = false;
         if newly_acked > 0 {
@@ -418,16 +452,20 @@ mod tests {
             acked: u32::MAX,
             ..SmState::default()
         };
-        state
-            .unacked
-            .push_back(QueuedStanza::new(Element::new("message", ns::CLIENT)));
-        state
-            .unacked
-            .push_back(QueuedStanza::new(Element::new("message", ns::CLIENT)));
+        state.counting = true;
+        let message = QueuedStanza::new(Element::new("message", ns::CLIENT));
+        assert!(state.note_written(&message, 10));
+        assert!(state.note_written(&message, 20));
         state.sent = 1;
         assert_eq!(state.acknowledge(2), Err((2, 1)));
         assert_eq!(state.acknowledge(0), Ok(()));
         assert_eq!((state.acked, state.unacked.len()), (0, 1));
+        assert_eq!(
+            state.unacked_bytes, 20,
+            "the acked stanza's bytes are freed"
+        );
+        state.unnote_written();
+        assert_eq!((state.unacked_bytes, state.sent), (0, 0));
         assert_eq!(
             parse_h(&Element::new("a", ns::SM).with_attr("h", "4294967296")),
             Err(())

@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use starling_api::Origin;
-use starling_api::{ApiResult, RosterItem, SessionAddr, SessionRecord};
+use starling_api::{ApiResult, SessionAddr, SessionRecord, SubscriptionEntry};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{
     ns, parse_start_tag, stanza, Element, ParseError, Presence, PresenceType, Priority,
@@ -16,6 +16,12 @@ use starling_xmpp::{
 use crate::roster::subscription_presence;
 use crate::subscription::SubscriptionStanza;
 use crate::{parse_stored_stanza, Call};
+
+/// The most offline messages taken from storage at once at login.
+const OFFLINE_PAGE_MESSAGES: u32 = 100;
+/// The most bytes of offline messages taken from storage at once at login
+/// (one larger message is still taken alone).
+const OFFLINE_PAGE_BYTES: u64 = 256 * 1024;
 
 fn unavailable_presence(from: &FullJid) -> Element {
     Element::new("presence", ns::CLIENT)
@@ -103,7 +109,9 @@ impl Call<'_> {
         {
             return Ok(());
         }
-        let (_, roster) = self.storage.roster(&user).await?;
+        // Only the subscription states: a broadcast's cost does not grow with
+        // the names and groups of the roster (issue 18).
+        let roster = self.storage.subscriptions(&user).await?;
         // Sections 4.2.2 and 4.4.2: to every contact with a "from" subscription,
         // and to all of the user's available resources, the sender included.
         self.broadcast_to_subscribers_and_own_resources(&user, &roster, presence, None)
@@ -149,7 +157,7 @@ impl Call<'_> {
             self.note_last_activity(&user, &status).await;
         }
         let roster = if record.available {
-            let (_, roster) = self.storage.roster(&user).await?;
+            let roster = self.storage.subscriptions(&user).await?;
             self.broadcast_to_subscribers_and_own_resources(
                 &user,
                 &roster,
@@ -177,7 +185,7 @@ impl Call<'_> {
             self.note_last_activity(&user, "").await;
         }
         let roster = if was_available {
-            let (_, roster) = self.storage.roster(&user).await?;
+            let roster = self.storage.subscriptions(&user).await?;
             self.broadcast_to_subscribers_and_own_resources(
                 &user,
                 &roster,
@@ -359,7 +367,7 @@ impl Call<'_> {
     async fn broadcast_to_subscribers_and_own_resources(
         &self,
         user: &BareJid,
-        roster: &[RosterItem],
+        roster: &[SubscriptionEntry],
         presence: Element,
         exclude: Option<&FullJid>,
     ) -> ApiResult<()> {
@@ -409,7 +417,7 @@ impl Call<'_> {
     async fn send_presence_answers(
         &self,
         new_session: &SessionRecord,
-        roster: &[RosterItem],
+        roster: &[SubscriptionEntry],
     ) -> ApiResult<()> {
         let from = &new_session.jid;
         let user = from.bare();
@@ -458,29 +466,40 @@ impl Call<'_> {
 
     /// XEP-0160: the offline queue, oldest first, to the session that became
     /// available; a stanza its node could not take goes back to the router.
+    /// The queue is taken one page at a time (at most
+    /// `OFFLINE_PAGE_MESSAGES` and `OFFLINE_PAGE_BYTES`), each delivered
+    /// before the next is taken: a login holds one page, not the whole queue
+    /// (issue 18), and a crash loses at most the page in hand.
     async fn deliver_offline_messages(
         &self,
         user: &BareJid,
         session: &SessionRecord,
     ) -> ApiResult<()> {
-        let queued = self.storage.take_offline(user).await?;
         let session = [(session.clone(), None)];
-        for xml in queued {
-            let message = match parse_stored_stanza(&xml, self.stored_stanza_limits) {
-                Ok(message) => message,
-                Err(error) => {
-                    self.bounce_unparsable_offline(&xml, &error).await;
-                    continue;
+        loop {
+            let page = self
+                .storage
+                .take_offline(user, OFFLINE_PAGE_MESSAGES, OFFLINE_PAGE_BYTES)
+                .await?;
+            for xml in page.stanzas {
+                let message = match parse_stored_stanza(&xml, self.stored_stanza_limits) {
+                    Ok(message) => message,
+                    Err(error) => {
+                        self.bounce_unparsable_offline(&xml, &error).await;
+                        continue;
+                    }
+                };
+                let unreached = self.deliver(message.clone(), &session).await;
+                if !unreached.is_empty() {
+                    self.router
+                        .undeliverable(message, &session[0].0.addr)
+                        .await?;
                 }
-            };
-            let unreached = self.deliver(message.clone(), &session).await;
-            if !unreached.is_empty() {
-                self.router
-                    .undeliverable(message, &session[0].0.addr)
-                    .await?;
+            }
+            if !page.more {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// A stored offline message that does not parse again (it cannot happen
@@ -516,7 +535,7 @@ impl Call<'_> {
         &self,
         from: &FullJid,
         unavailable: Element,
-        broadcast_roster: &[RosterItem],
+        broadcast_roster: &[SubscriptionEntry],
     ) -> ApiResult<()> {
         for target in self.registry.take_directed_presence(from).await? {
             let told_by_broadcast = broadcast_roster

@@ -8,7 +8,7 @@
 //! result from it are sent after the lock is released, because their local
 //! processing takes the other user's lock.
 
-use starling_api::{ApiResult, RosterItem, SessionAddr, SessionRecord};
+use starling_api::{ApiResult, RosterItem, SessionAddr, SessionRecord, SubscriptionEntry};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{stanza, Element, StanzaError, StanzaErrorCondition};
 
@@ -190,12 +190,21 @@ impl Call<'_> {
         &self,
         user: &BareJid,
         session: &SessionRecord,
-        roster: &[RosterItem],
+        roster: &[SubscriptionEntry],
     ) -> ApiResult<()> {
-        for item in roster
+        // The stored request is read only for the (few) items pending in.
+        for entry in roster
             .iter()
-            .filter(|item| SubscriptionState::of(item).pending_in)
+            .filter(|entry| entry.pending_in && !entry.subscription.has_from())
         {
+            let Some(item) = self
+                .storage
+                .roster_item(user, &entry.jid)
+                .await?
+                .filter(|item| SubscriptionState::of(item).pending_in)
+            else {
+                continue;
+            };
             let request = item
                 .pending_in_stanza
                 .as_deref()

@@ -210,7 +210,7 @@ impl SessionRouter {
         still_blocked: &[Jid],
         direction: Direction,
     ) -> ApiResult<Vec<(SessionRecord, Option<String>)>> {
-        let (_, roster) = self.storage.roster(user).await?;
+        let roster = self.storage.subscriptions(user).await?;
         let mut targets = Vec::new();
         for item in roster.iter().filter(|item| match direction {
             Direction::From => item.subscription.has_from(),

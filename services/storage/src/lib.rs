@@ -346,7 +346,7 @@ mod tests {
         );
         // A small one still fits.
         storage.store_offline(&juliet, "<message/>").await.unwrap();
-        assert_eq!(storage.take_offline(&juliet).await.unwrap().len(), 3);
+        assert_eq!(storage.take_all_offline(&juliet).await.unwrap().len(), 3);
     }
 
     #[tokio::test]
@@ -377,9 +377,9 @@ mod tests {
         assert!(storage.store_offline(&juliet, "<message/>").await.is_err());
         assert_eq!(storage.refresh_offline_gauge().await.unwrap(), 2);
         assert_eq!(value(&registry, "starling_offline_messages_queued"), 2.0);
-        assert_eq!(storage.take_offline(&juliet).await.unwrap().len(), 2);
+        assert_eq!(storage.take_all_offline(&juliet).await.unwrap().len(), 2);
         // A login with an empty queue.
-        assert!(storage.take_offline(&romeo).await.unwrap().is_empty());
+        assert!(storage.take_all_offline(&romeo).await.unwrap().is_empty());
 
         assert_eq!(
             value(&registry, "starling_offline_messages_stored_total"),

@@ -23,13 +23,14 @@ const QUEUE_LENGTH_BUCKETS: &[f64] = &[
 ];
 
 /// Every query operation, so that each series exists from the start.
-pub(crate) const OPERATIONS: [&str; 13] = [
+pub(crate) const OPERATIONS: [&str; 14] = [
     "create_account",
     "set_credentials",
     "remove_account",
     "account_localparts",
     "credentials",
     "roster",
+    "subscriptions",
     "put_roster_item",
     "remove_roster_item",
     "store_offline",
@@ -95,7 +96,7 @@ impl StorageMetrics {
         let offline_per_login = Histogram::with_opts(
             HistogramOpts::new(
                 "starling_offline_messages_per_login",
-                "Messages waiting in an account's offline queue when a session of it became available (taken at once)",
+                "Messages taken from an account's offline queue in one page (pages of at most 256 KiB or 100 messages) when a session of it became available",
             )
             .buckets(QUEUE_LENGTH_BUCKETS.to_vec()),
         )?;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use starling_api::{ApiResult, OfflineStore};
+use starling_api::{ApiResult, OfflinePage, OfflineStore};
 use starling_jid::BareJid;
 
 use crate::backend;
@@ -40,14 +40,19 @@ impl OfflineStore for Storage {
     }
 
     #[tracing::instrument(target = "starling_trace", name = "storage.take_offline", skip_all, fields(db.system = self.db_system()))]
-    async fn take_offline(&self, user: &BareJid) -> ApiResult<Vec<String>> {
+    async fn take_offline(
+        &self,
+        user: &BareJid,
+        max_messages: u32,
+        max_bytes: u64,
+    ) -> ApiResult<OfflinePage> {
         let Some(account) = AccountAddress::of(user) else {
-            return Ok(Vec::new());
+            return Ok(OfflinePage::default());
         };
-        let taken = on_database!(self, take_offline(&account))
+        let page = on_database!(self, take_offline(&account, max_messages, max_bytes))
             .map_err(|error| into_api_error("take_offline", user, error))?;
-        self.metrics.offline_taken(taken.len());
-        Ok(taken)
+        self.metrics.offline_taken(page.stanzas.len());
+        Ok(page)
     }
 
     #[tracing::instrument(target = "starling_trace", name = "storage.count_offline", skip_all, fields(db.system = self.db_system()))]

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use starling_api::{ArchiveDefault, RosterItem, ScramCredentials, StoredCredentials, Subscription};
+use starling_api::{
+    ArchiveDefault, RosterItem, ScramCredentials, StoredCredentials, Subscription,
+    SubscriptionEntry,
+};
 use starling_jid::BareJid;
 
 use crate::error::StorageError;
@@ -103,28 +106,56 @@ pub(crate) fn roster_item_from_columns(
     account: &AccountAddress<'_>,
     columns: RosterItemColumns,
 ) -> Result<Option<RosterItem>, StorageError> {
-    let jid = match BareJid::from_str(&columns.contact) {
-        Ok(jid) => jid,
-        Err(error) => {
-            tracing::warn!(user = %account, contact = %columns.contact, %error, "skipping stored roster item with an invalid jid");
-            return Ok(None);
-        }
+    let Some(SubscriptionEntry {
+        jid,
+        subscription,
+        pending_in,
+    }) = subscription_entry_from_columns(
+        account,
+        &columns.contact,
+        &columns.subscription,
+        columns.pending_in,
+    )?
+    else {
+        return Ok(None);
     };
-    let subscription = Subscription::from_name(&columns.subscription).ok_or_else(|| {
-        StorageError::CorruptData(format!(
-            "{account}: roster item {jid} has subscription {:?}",
-            columns.subscription
-        ))
-    })?;
     Ok(Some(RosterItem {
         jid,
         name: columns.name,
         subscription,
         pending_out: columns.pending_out,
-        pending_in: columns.pending_in,
+        pending_in,
         pending_in_stanza: columns.pending_in_stanza,
         groups: columns.first_group.into_iter().collect(),
         in_roster: columns.in_roster,
+    }))
+}
+
+/// The subscription state of a stored roster item; `None` (logged) for a
+/// row whose contact no longer parses, so that one bad row does not make
+/// the whole roster unreadable.
+pub(crate) fn subscription_entry_from_columns(
+    account: &AccountAddress<'_>,
+    contact: &str,
+    subscription: &str,
+    pending_in: bool,
+) -> Result<Option<SubscriptionEntry>, StorageError> {
+    let jid = match BareJid::from_str(contact) {
+        Ok(jid) => jid,
+        Err(error) => {
+            tracing::warn!(user = %account, %contact, %error, "skipping stored roster item with an invalid jid");
+            return Ok(None);
+        }
+    };
+    let subscription = Subscription::from_name(subscription).ok_or_else(|| {
+        StorageError::CorruptData(format!(
+            "{account}: roster item {jid} has subscription {subscription:?}"
+        ))
+    })?;
+    Ok(Some(SubscriptionEntry {
+        jid,
+        subscription,
+        pending_in,
     }))
 }
 

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use starling_api::{ApiResult, RosterItem, RosterStore};
+use starling_api::{ApiResult, RosterItem, RosterStore, SubscriptionEntry};
 use starling_jid::BareJid;
 
 use crate::backend;
@@ -23,6 +23,18 @@ impl RosterStore for Storage {
         let (version, mut items) = roster.unwrap_or_default();
         items.sort_by(|left, right| left.jid.cmp(&right.jid));
         Ok((version, items))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.subscriptions", skip_all, fields(db.system = self.db_system()))]
+    async fn subscriptions(&self, user: &BareJid) -> ApiResult<Vec<SubscriptionEntry>> {
+        let Some(account) = AccountAddress::of(user) else {
+            return Ok(Vec::new());
+        };
+        let mut entries = on_database!(self, subscriptions(&account))
+            .map_err(|error| into_api_error("subscriptions", user, error))?;
+        // The order of `roster`: by JID, not by its text.
+        entries.sort_by(|left, right| left.jid.cmp(&right.jid));
+        Ok(entries)
     }
 
     #[tracing::instrument(target = "starling_trace", name = "storage.roster_item", skip_all, fields(db.system = self.db_system()))]

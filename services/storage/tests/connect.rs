@@ -149,7 +149,7 @@ async fn sqlite_file_is_created_in_wal_mode_and_persists() {
         Some(credentials())
     );
     assert_eq!(
-        reopened.take_offline(&alice).await.unwrap(),
+        reopened.take_all_offline(&alice).await.unwrap(),
         vec!["<message xmlns='jabber:client' to='alice@example.org'><body>kept</body></message>"]
     );
     reopened.close().await;

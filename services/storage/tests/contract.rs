@@ -154,7 +154,7 @@ pub mod cases {
             &storage.store_offline(&domain, "<message/>").await
         ));
         assert_eq!(
-            storage.take_offline(&domain).await.unwrap(),
+            storage.take_all_offline(&domain).await.unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(storage.count_offline(&domain).await.unwrap(), 0);
@@ -485,11 +485,11 @@ pub mod cases {
         assert_eq!(storage.count_offline(&bob).await.unwrap(), 1);
 
         assert_eq!(
-            storage.take_offline(&alice).await.unwrap(),
+            storage.take_all_offline(&alice).await.unwrap(),
             stanzas.to_vec()
         );
         assert_eq!(
-            storage.take_offline(&alice).await.unwrap(),
+            storage.take_all_offline(&alice).await.unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(storage.count_offline(&alice).await.unwrap(), 0);
@@ -509,12 +509,74 @@ pub mod cases {
             .await
             .unwrap();
         assert_eq!(
-            storage.take_offline(&alice).await.unwrap(),
+            storage.take_all_offline(&alice).await.unwrap(),
             vec![
                 "<message xmlns='jabber:client' id='m4'/>",
                 "<message xmlns='jabber:client' id='m5'/>"
             ]
         );
+    }
+
+    pub async fn offline_queue_is_taken_in_pages(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let small = |index: usize| format!("<message xmlns='jabber:client' id='s{index}'/>");
+        let large = format!(
+            "<message xmlns='jabber:client' id='large'><body>{}</body></message>",
+            "x".repeat(2000)
+        );
+        // Five: the suite's queue bound.
+        for index in 0..4 {
+            storage.store_offline(&alice, &small(index)).await.unwrap();
+        }
+        storage.store_offline(&alice, &large).await.unwrap();
+
+        // Bounded by count.
+        let page = storage.take_offline(&alice, 2, u64::MAX).await.unwrap();
+        assert_eq!(page.stanzas, vec![small(0), small(1)]);
+        assert!(page.more);
+        // Bounded by bytes: two small ones fit in 150 bytes, the large one does not.
+        let page = storage.take_offline(&alice, 100, 150).await.unwrap();
+        assert_eq!(page.stanzas, vec![small(2), small(3)]);
+        assert!(page.more);
+        // A message larger than the page is taken alone, never stuck; the
+        // last page says nothing is left.
+        let page = storage.take_offline(&alice, 100, 150).await.unwrap();
+        assert_eq!(page.stanzas, vec![large.clone()]);
+        assert!(!page.more);
+        let page = storage.take_offline(&alice, 100, 150).await.unwrap();
+        assert_eq!(page, starling_api::OfflinePage::default());
+        assert_eq!(storage.count_offline(&alice).await.unwrap(), 0);
+        // No account: an empty page.
+        let ghost = jid("ghost@example.org");
+        assert_eq!(
+            storage.take_offline(&ghost, 10, 10).await.unwrap(),
+            starling_api::OfflinePage::default()
+        );
+    }
+
+    pub async fn subscriptions_are_the_roster_states_without_names(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let mut bob = RosterItem::new(jid("bob@example.net"));
+        bob.name = Some("Bob".into());
+        bob.subscription = Subscription::From;
+        bob.groups = vec!["Friends".into(), "Work".into()];
+        storage.put_roster_item(&alice, &bob).await.unwrap();
+        let mut carol = RosterItem::new(jid("carol@example.com"));
+        carol.pending_in = true;
+        carol.pending_in_stanza = Some("<presence type='subscribe'/>".into());
+        carol.in_roster = false;
+        storage.put_roster_item(&alice, &carol).await.unwrap();
+        let entries = storage.subscriptions(&alice).await.unwrap();
+        let expected: Vec<starling_api::SubscriptionEntry> =
+            [&bob, &carol].into_iter().map(Into::into).collect();
+        let mut sorted = entries.clone();
+        sorted.sort_by(|left, right| left.jid.cmp(&right.jid));
+        assert_eq!(sorted, expected);
+        assert!(storage
+            .subscriptions(&jid("ghost@example.org"))
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     pub async fn offline_queue_is_capped(storage: Storage) {
@@ -539,7 +601,7 @@ pub mod cases {
             storage.count_offline(&alice).await.unwrap(),
             u64::from(MAX_OFFLINE_PER_USER)
         );
-        let taken = storage.take_offline(&alice).await.unwrap();
+        let taken = storage.take_all_offline(&alice).await.unwrap();
         assert_eq!(taken.len(), MAX_OFFLINE_PER_USER as usize);
         assert_eq!(
             taken.last().map(String::as_str),
@@ -650,7 +712,7 @@ pub mod cases {
             .await;
         assert!(is_not_found(&stored), "{stored:?}");
         assert_eq!(
-            storage.take_offline(&ghost).await.unwrap(),
+            storage.take_all_offline(&ghost).await.unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(storage.count_offline(&ghost).await.unwrap(), 0);
@@ -711,7 +773,7 @@ pub mod cases {
             "{new_version} after {old_version}"
         );
         assert_eq!(
-            storage.take_offline(&alice).await.unwrap(),
+            storage.take_all_offline(&alice).await.unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(
@@ -799,16 +861,16 @@ pub mod cases {
             for _ in 0..3 {
                 let storage = storage.clone();
                 let alice = alice.clone();
-                takers.push(tokio::spawn(
-                    async move { storage.take_offline(&alice).await },
-                ));
+                takers.push(tokio::spawn(async move {
+                    storage.take_all_offline(&alice).await
+                }));
             }
         }
         let mut taken = Vec::new();
         for taker in takers {
             taken.extend(taker.await.unwrap().unwrap());
         }
-        taken.extend(storage.take_offline(&alice).await.unwrap());
+        taken.extend(storage.take_all_offline(&alice).await.unwrap());
         let distinct: BTreeSet<String> = taken.iter().cloned().collect();
         assert_eq!(
             distinct.len(),
@@ -1436,6 +1498,8 @@ contract_suite!(
     roster_is_bounded_in_bytes,
     offline_messages_are_taken_oldest_first,
     offline_queue_is_capped,
+    offline_queue_is_taken_in_pages,
+    subscriptions_are_the_roster_states_without_names,
     offline_rejections,
     account_documents_round_trip_and_are_bounded_in_bytes,
     remove_account_removes_everything,

@@ -123,6 +123,13 @@ impl RosterStore for FakeStorage {
         Ok((0, Vec::new()))
     }
 
+    async fn subscriptions(
+        &self,
+        _user: &BareJid,
+    ) -> ApiResult<Vec<starling_api::SubscriptionEntry>> {
+        Ok(Vec::new())
+    }
+
     async fn roster_item(
         &self,
         _user: &BareJid,
@@ -150,8 +157,13 @@ impl OfflineStore for FakeStorage {
         Ok(())
     }
 
-    async fn take_offline(&self, _user: &BareJid) -> ApiResult<Vec<String>> {
-        Ok(Vec::new())
+    async fn take_offline(
+        &self,
+        _user: &BareJid,
+        _max_messages: u32,
+        _max_bytes: u64,
+    ) -> ApiResult<starling_api::OfflinePage> {
+        Ok(starling_api::OfflinePage::default())
     }
 
     async fn count_offline(&self, _user: &BareJid) -> ApiResult<u64> {

@@ -119,7 +119,7 @@ impl SessionRouter {
     ) -> ApiResult<Vec<SessionRecord>> {
         let interest = format!("{}{NOTIFY_SUFFIX}", node.name);
         let mut accounts = vec![owner.clone()];
-        let (_, roster) = self.storage.roster(owner).await?;
+        let roster = self.storage.subscriptions(owner).await?;
         let whitelist: Option<HashSet<BareJid>> = match node.config.access_model {
             AccessModel::Whitelist => Some(
                 self.storage
@@ -255,7 +255,7 @@ impl SessionRouter {
         }
         let subscriber = session.jid.to_bare();
         let mut owners = vec![subscriber.clone()];
-        let (_, roster) = self.storage.roster(&subscriber).await?;
+        let roster = self.storage.subscriptions(&subscriber).await?;
         owners.extend(
             roster
                 .into_iter()

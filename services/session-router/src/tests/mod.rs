@@ -116,6 +116,13 @@ impl RosterStore for UnavailableStorage {
         Err(database_down())
     }
 
+    async fn subscriptions(
+        &self,
+        _user: &BareJid,
+    ) -> ApiResult<Vec<starling_api::SubscriptionEntry>> {
+        Err(database_down())
+    }
+
     async fn roster_item(
         &self,
         _user: &BareJid,
@@ -143,7 +150,12 @@ impl OfflineStore for UnavailableStorage {
         Err(database_down())
     }
 
-    async fn take_offline(&self, _user: &BareJid) -> ApiResult<Vec<String>> {
+    async fn take_offline(
+        &self,
+        _user: &BareJid,
+        _max_messages: u32,
+        _max_bytes: u64,
+    ) -> ApiResult<starling_api::OfflinePage> {
         Err(database_down())
     }
 
@@ -563,7 +575,7 @@ impl Harness {
     /// Take the offline queue of an account from storage.
     pub async fn offline_of(&self, user: &str) -> Vec<String> {
         self.storage
-            .take_offline(&bare(user))
+            .take_all_offline(&bare(user))
             .await
             .expect("take offline")
     }

@@ -8,7 +8,7 @@
 use sqlx::{Pool, Row};
 use starling_api::{ArchiveId, ArchiveQuery, ArchivedMessage, PageStart};
 
-use super::{lock_account_if_any, Db, BEGIN_WRITE};
+use super::{account_id, lock_account_if_any, Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::{AccountAddress, ArchiveRow, DecisionRow};
 
@@ -172,21 +172,6 @@ async fn remove_oldest(
     .execute(&mut **transaction)
     .await?;
     Ok(removed)
-}
-
-async fn account_id(
-    pool: &Pool<Db>,
-    owner: &AccountAddress<'_>,
-) -> Result<Option<i64>, StorageError> {
-    let row = sqlx::query("SELECT id FROM accounts WHERE domain = $1 AND localpart = $2")
-        .bind(owner.domain)
-        .bind(owner.localpart)
-        .fetch_optional(pool)
-        .await?;
-    Ok(match row {
-        Some(row) => Some(row.try_get(0)?),
-        None => None,
-    })
 }
 
 /// A filter's value to bind, in placeholder order.

@@ -112,3 +112,19 @@ pub(crate) async fn ping(pool: &Pool<Db>) -> Result<(), StorageError> {
     sqlx::query("SELECT 1").execute(pool).await?;
     Ok(())
 }
+
+/// The id of an account, `None` when there is none.
+async fn account_id(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+) -> Result<Option<i64>, StorageError> {
+    let row = sqlx::query("SELECT id FROM accounts WHERE domain = $1 AND localpart = $2")
+        .bind(account.domain)
+        .bind(account.localpart)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get(0)?),
+        None => None,
+    })
+}

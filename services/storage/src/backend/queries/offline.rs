@@ -1,8 +1,9 @@
 //! The offline message queue (XEP-0160).
 
 use sqlx::{Pool, Row};
+use starling_api::OfflinePage;
 
-use super::{increment_account_counter, AccountCounter, Db, BEGIN_WRITE};
+use super::{account_id, increment_account_counter, AccountCounter, Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::{AccountAddress, OfflineQuota};
 
@@ -57,20 +58,54 @@ pub(crate) async fn store_offline(
     Ok(())
 }
 
-/// Remove and return the queued stanzas, oldest first. One `DELETE ...
-/// RETURNING` statement: the rows are gone exactly when they are returned,
-/// and a crash before the commit leaves them all in place.
+/// Remove and return the oldest queued stanzas, oldest first: as many as fit
+/// in `max_bytes` and `max_messages` (at least one when any waits), and
+/// whether more were left. The sizes are read first, without the stanzas;
+/// then one `DELETE ... RETURNING` takes the page: its rows are gone exactly
+/// when they are returned, a crash before the commit leaves them in place,
+/// and two flushes at once never return the same row.
 pub(crate) async fn take_offline(
     pool: &Pool<Db>,
     account: &AccountAddress<'_>,
-) -> Result<Vec<String>, StorageError> {
+    max_messages: u32,
+    max_bytes: u64,
+) -> Result<OfflinePage, StorageError> {
+    let Some(account_id) = account_id(pool, account).await? else {
+        return Ok(OfflinePage::default());
+    };
+    // One row past the page tells whether more are left.
+    let sizes = sqlx::query(
+        "SELECT seq, CAST(OCTET_LENGTH(stanza_xml) AS BIGINT) FROM offline_messages \
+         WHERE account_id = $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(account_id)
+    .bind(i64::from(max_messages.max(1)) + 1)
+    .fetch_all(pool)
+    .await?;
+    let mut last_seq = None;
+    let mut page_bytes = 0u64;
+    let mut taken = 0usize;
+    for row in &sizes {
+        let seq: i64 = row.try_get(0)?;
+        let bytes = u64::try_from(row.try_get::<i64, _>(1)?).unwrap_or(0);
+        let fits = taken < max_messages.max(1) as usize
+            && (taken == 0 || page_bytes.saturating_add(bytes) <= max_bytes);
+        if !fits {
+            break;
+        }
+        page_bytes = page_bytes.saturating_add(bytes);
+        last_seq = Some(seq);
+        taken += 1;
+    }
+    let Some(last_seq) = last_seq else {
+        return Ok(OfflinePage::default());
+    };
     let rows = sqlx::query(
-        "DELETE FROM offline_messages \
-         WHERE account_id = (SELECT id FROM accounts WHERE domain = $1 AND localpart = $2) \
+        "DELETE FROM offline_messages WHERE account_id = $1 AND seq <= $2 \
          RETURNING seq, stanza_xml",
     )
-    .bind(account.domain)
-    .bind(account.localpart)
+    .bind(account_id)
+    .bind(last_seq)
     .fetch_all(pool)
     .await?;
     let mut messages = Vec::with_capacity(rows.len());
@@ -79,10 +114,13 @@ pub(crate) async fn take_offline(
     }
     // RETURNING gives no order guarantee.
     messages.sort_unstable_by_key(|(seq, _)| *seq);
-    Ok(messages
-        .into_iter()
-        .map(|(_, stanza_xml)| stanza_xml)
-        .collect())
+    Ok(OfflinePage {
+        stanzas: messages
+            .into_iter()
+            .map(|(_, stanza_xml)| stanza_xml)
+            .collect(),
+        more: sizes.len() > taken,
+    })
 }
 
 /// How many stanzas wait in the offline queue.

@@ -1,13 +1,13 @@
 //! Rosters with versioning (RFC 6121 sections 2 and 2.6).
 
 use sqlx::{Pool, Row};
-use starling_api::RosterItem;
+use starling_api::{RosterItem, SubscriptionEntry};
 
 use super::{increment_account_counter, AccountCounter, Db, BEGIN_WRITE};
 use crate::error::StorageError;
 use crate::records::{
-    roster_item_bytes, roster_item_from_columns, version_from_column, AccountAddress,
-    RosterItemColumns, RosterQuota,
+    roster_item_bytes, roster_item_from_columns, subscription_entry_from_columns,
+    version_from_column, AccountAddress, RosterItemColumns, RosterQuota,
 };
 
 /// The roster version with every item and its groups, in one statement so
@@ -89,6 +89,35 @@ pub(crate) async fn roster(
         items.extend(item);
     }
     Ok(Some((version, items)))
+}
+
+/// The subscription state of every item, by contact: the columns presence
+/// routing needs, without names, groups or stored requests.
+pub(crate) async fn subscriptions(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+) -> Result<Vec<SubscriptionEntry>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT r.contact, r.subscription, r.pending_in FROM roster_items r \
+         JOIN accounts a ON a.id = r.account_id \
+         WHERE a.domain = $1 AND a.localpart = $2",
+    )
+    .bind(account.domain)
+    .bind(account.localpart)
+    .fetch_all(pool)
+    .await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let contact: String = row.try_get(0)?;
+        let subscription: String = row.try_get(1)?;
+        entries.extend(subscription_entry_from_columns(
+            account,
+            &contact,
+            &subscription,
+            row.try_get(2)?,
+        )?);
+    }
+    Ok(entries)
 }
 
 /// Insert or replace a roster item and return the new roster version.
