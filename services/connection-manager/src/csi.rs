@@ -12,9 +12,11 @@
 //!
 //! The [`CsiBuffer`] sits in front of the connection's queue
 //! (`crate::outbound`): a held stanza is not in the queue until it is
-//! released, and it counts against the queue's bound all the same. At half
-//! that bound (as many contacts as that changed presence) it is released
-//! rather than grown; a superseded stanza is counted, never silently lost.
+//! released, and it counts against the queue's bounds all the same, in
+//! stanzas and in bytes. At half those bounds (as many contacts as half the
+//! stanza bound changed presence, or half the byte bound is held) it is
+//! released rather than grown; a superseded stanza is counted, never
+//! silently lost.
 
 use std::collections::{btree_map, BTreeMap, HashMap};
 
@@ -145,16 +147,17 @@ fn carbon_of_chat_state(message: &Element) -> Option<String> {
 
 /// The stanzas that enter the connection's queue now, in this order: what
 /// was released, then the stanza that released it.
+/// Each with its size in bytes (`QueuedStanza::wire_len`).
 pub(crate) struct Admitted {
-    released: btree_map::IntoValues<u64, QueuedStanza>,
-    then: Option<QueuedStanza>,
+    released: btree_map::IntoValues<u64, (QueuedStanza, usize)>,
+    then: Option<(QueuedStanza, usize)>,
 }
 
 impl Admitted {
-    fn only(stanza: QueuedStanza) -> Self {
+    fn only(stanza: QueuedStanza, size: usize) -> Self {
         Admitted {
             released: BTreeMap::new().into_values(),
-            then: Some(stanza),
+            then: Some((stanza, size)),
         }
     }
 
@@ -167,9 +170,9 @@ impl Admitted {
 }
 
 impl Iterator for Admitted {
-    type Item = QueuedStanza;
+    type Item = (QueuedStanza, usize);
 
-    fn next(&mut self) -> Option<QueuedStanza> {
+    fn next(&mut self) -> Option<(QueuedStanza, usize)> {
         self.released.next().or_else(|| self.then.take())
     }
 }
@@ -178,13 +181,18 @@ impl Iterator for Admitted {
 #[derive(Default)]
 pub(crate) struct CsiBuffer {
     inactive: bool,
-    /// The held stanzas by arrival (their sequence number).
-    held: BTreeMap<u64, QueuedStanza>,
+    /// The held stanzas by arrival (their sequence number), with their sizes.
+    held: BTreeMap<u64, (QueuedStanza, usize)>,
+    /// The sum of the held stanzas' sizes: they count against the
+    /// connection's byte bound as if queued (issue 18).
+    bytes: usize,
     /// The sequence number of the held stanza of each key.
     latest: HashMap<HoldKey, u64>,
     next_seq: u64,
     /// Past this many held stanzas, they are released rather than grown.
     limit: usize,
+    /// Past this many held bytes, likewise.
+    byte_limit: usize,
     /// Set when the client first becomes inactive.
     metrics: Option<CsiMetrics>,
     /// Replaced by a newer stanza of the same key and never to be sent:
@@ -198,15 +206,22 @@ impl CsiBuffer {
         self.held.len()
     }
 
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     #[cfg(test)]
     pub fn is_inactive(&self) -> bool {
         self.inactive
     }
 
     /// The client became inactive: hold from now on, at most `limit`
-    /// stanzas at a time (one per contact).
-    pub fn become_inactive(&mut self, limit: usize, metrics: &CsiMetrics) {
+    /// stanzas (one per contact) and `byte_limit` bytes at a time (one
+    /// stanza of any size).
+    pub fn become_inactive(&mut self, limit: usize, byte_limit: usize, metrics: &CsiMetrics) {
         self.limit = limit.max(1);
+        self.byte_limit = byte_limit;
         let metrics = self.metrics.get_or_insert_with(|| metrics.clone());
         if !self.inactive {
             self.inactive = true;
@@ -226,22 +241,24 @@ impl CsiBuffer {
         self.release(CsiFlush::Active, None)
     }
 
-    /// A stanza for the client: what enters the queue now because of it
-    /// (nothing when it is held).
-    pub fn admit(&mut self, stanza: QueuedStanza) -> Admitted {
+    /// A stanza for the client, `size` bytes: what enters the queue now
+    /// because of it (nothing when it is held).
+    pub fn admit(&mut self, stanza: QueuedStanza, size: usize) -> Admitted {
         if !self.inactive {
-            return Admitted::only(stanza);
+            return Admitted::only(stanza, size);
         }
         let Some(key) = hold_key(&stanza.stanza) else {
             // Worth waking the client: what waited goes first.
-            return self.release(CsiFlush::Important, Some(stanza));
+            return self.release(CsiFlush::Important, Some((stanza, size)));
         };
-        let released = if !self.latest.contains_key(&key) && self.held.len() >= self.limit {
+        let full = (!self.latest.contains_key(&key) && self.held.len() >= self.limit)
+            || (self.bytes > 0 && self.bytes.saturating_add(size) > self.byte_limit);
+        let released = if full {
             self.release(CsiFlush::Limit, None)
         } else {
             Admitted::nothing()
         };
-        self.hold(key, stanza);
+        self.hold(key, stanza, size);
         released
     }
 
@@ -256,14 +273,19 @@ impl CsiBuffer {
         std::mem::take(&mut self.superseded)
     }
 
-    fn hold(&mut self, key: HoldKey, stanza: QueuedStanza) {
+    fn hold(&mut self, key: HoldKey, stanza: QueuedStanza, size: usize) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let superseded = self
             .latest
             .insert(key, seq)
-            .and_then(|older| self.held.remove(&older));
-        self.held.insert(seq, stanza);
+            .and_then(|older| self.held.remove(&older))
+            .map(|(superseded, superseded_size)| {
+                self.bytes -= superseded_size;
+                superseded
+            });
+        self.held.insert(seq, (stanza, size));
+        self.bytes += size;
         if let Some(metrics) = &self.metrics {
             metrics.held.inc();
             if superseded.is_some() {
@@ -273,13 +295,14 @@ impl CsiBuffer {
         self.superseded.extend(superseded);
     }
 
-    fn release(&mut self, reason: CsiFlush, then: Option<QueuedStanza>) -> Admitted {
+    fn release(&mut self, reason: CsiFlush, then: Option<(QueuedStanza, usize)>) -> Admitted {
         if !self.held.is_empty() {
             if let Some(metrics) = &self.metrics {
                 metrics.flushed(reason, self.held.len());
             }
         }
         self.latest.clear();
+        self.bytes = 0;
         Admitted {
             released: std::mem::take(&mut self.held).into_values(),
             then,
@@ -328,17 +351,49 @@ mod tests {
         ))
     }
 
-    fn xml(stanzas: impl IntoIterator<Item = QueuedStanza>) -> Vec<String> {
+    fn xml(stanzas: impl IntoIterator<Item = (QueuedStanza, usize)>) -> Vec<String> {
         stanzas
             .into_iter()
-            .map(|stanza| stanza.stanza.to_stanza_xml())
+            .map(|(stanza, _)| stanza.stanza.to_stanza_xml())
             .collect()
+    }
+
+    #[test]
+    fn held_bytes_are_counted_and_freed() {
+        let (mut buffer, _metrics) = inactive(10);
+        assert!(xml(buffer.admit(presence("romeo@example.net/a", "away"), 100)).is_empty());
+        assert!(xml(buffer.admit(presence("romeo@example.net/b", "away"), 50)).is_empty());
+        assert_eq!(buffer.bytes(), 150);
+        // A superseded stanza's bytes are freed with it.
+        assert!(xml(buffer.admit(presence("romeo@example.net/a", "xa"), 30)).is_empty());
+        assert_eq!(buffer.bytes(), 80);
+        let released: Vec<usize> = buffer.become_active().map(|(_, size)| size).collect();
+        assert_eq!(released, vec![50, 30]);
+        assert_eq!(buffer.bytes(), 0);
+    }
+
+    #[test]
+    fn past_its_byte_limit_the_buffer_releases_rather_than_grows() {
+        let (mut buffer, _metrics) = inactive(10);
+        // One stanza of any size is held.
+        assert!(xml(buffer.admit(presence("a@example.net/1", "away"), 5000)).is_empty());
+        // Another that would pass 1000 bytes releases the first.
+        let out = xml(buffer.admit(presence("b@example.net/1", "away"), 600));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].contains("a@example.net/1"));
+        assert_eq!(buffer.bytes(), 600);
+        assert!(xml(buffer.admit(presence("c@example.net/1", "away"), 400)).is_empty());
+        assert_eq!(
+            xml(buffer.admit(presence("d@example.net/1", "away"), 1)).len(),
+            2
+        );
+        assert_eq!(buffer.bytes(), 1);
     }
 
     fn inactive(limit: usize) -> (CsiBuffer, CsiMetrics) {
         let metrics = CsiMetrics::default();
         let mut buffer = CsiBuffer::default();
-        buffer.become_inactive(limit, &metrics);
+        buffer.become_inactive(limit, 1000, &metrics);
         (buffer, metrics)
     }
 
@@ -366,7 +421,7 @@ mod tests {
     fn an_active_client_gets_everything_at_once() {
         let mut buffer = CsiBuffer::default();
         assert_eq!(
-            xml(buffer.admit(presence("romeo@example.net/a", "away"))).len(),
+            xml(buffer.admit(presence("romeo@example.net/a", "away"), 10)).len(),
             1
         );
         assert_eq!(buffer.len(), 0);
@@ -376,17 +431,17 @@ mod tests {
     fn only_the_latest_presence_per_full_jid_is_kept() {
         let (mut buffer, metrics) = inactive(100);
         for show in ["away", "xa", "dnd"] {
-            assert!(xml(buffer.admit(presence("romeo@example.net/a", show))).is_empty());
+            assert!(xml(buffer.admit(presence("romeo@example.net/a", show), 10)).is_empty());
         }
-        assert!(xml(buffer.admit(presence("romeo@example.net/b", "chat"))).is_empty());
+        assert!(xml(buffer.admit(presence("romeo@example.net/b", "chat"), 10)).is_empty());
         // An unavailable replaces the available one.
         assert!(xml(buffer.admit(queued(
             "<presence xmlns='jabber:client' from='mercutio@example.net/c'><show>away</show></presence>"
-        )))
+        ), 10))
         .is_empty());
         assert!(xml(buffer.admit(queued(
             "<presence xmlns='jabber:client' from='mercutio@example.net/c' type='unavailable'/>"
-        )))
+        ), 10))
         .is_empty());
         assert_eq!(buffer.len(), 3);
         assert_eq!(
@@ -403,7 +458,7 @@ mod tests {
         assert_eq!(metrics.inactive_sessions.get(), 0);
         // Active again: nothing is held any more.
         assert_eq!(
-            xml(buffer.admit(presence("romeo@example.net/a", "away"))).len(),
+            xml(buffer.admit(presence("romeo@example.net/a", "away"), 10)).len(),
             1
         );
     }
@@ -411,12 +466,12 @@ mod tests {
     #[test]
     fn an_important_stanza_releases_the_held_ones_first_in_their_order() {
         let (mut buffer, metrics) = inactive(100);
-        buffer.admit(presence("romeo@example.net/a", "away"));
-        buffer.admit(composing("mercutio@example.net/c"));
+        buffer.admit(presence("romeo@example.net/a", "away"), 10);
+        buffer.admit(composing("mercutio@example.net/c"), 10);
         // Romeo's newer presence comes after Mercutio's chat state: the
         // superseded one's place is not kept.
-        buffer.admit(presence("romeo@example.net/a", "xa"));
-        let out = xml(buffer.admit(chat("mercutio@example.net/c", "hi")));
+        buffer.admit(presence("romeo@example.net/a", "xa"), 10);
+        let out = xml(buffer.admit(chat("mercutio@example.net/c", "hi"), 10));
         assert_eq!(out.len(), 3);
         assert!(out[0].contains("<composing"), "{out:?}");
         assert!(out[1].contains("<show>xa</show>"), "{out:?}");
@@ -425,7 +480,7 @@ mod tests {
         assert!(buffer.is_inactive());
         assert_eq!(metrics.flushed_count(CsiFlush::Important), 2);
         // Still inactive: the next presence is held again.
-        assert!(xml(buffer.admit(presence("romeo@example.net/a", "dnd"))).is_empty());
+        assert!(xml(buffer.admit(presence("romeo@example.net/a", "dnd"), 10)).is_empty());
     }
 
     #[test]
@@ -439,8 +494,8 @@ mod tests {
             "<iq xmlns='jabber:client' from='romeo@example.net/a' type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>",
         ] {
             let (mut buffer, _) = inactive(100);
-            buffer.admit(presence("romeo@example.net/a", "away"));
-            let out = xml(buffer.admit(queued(stanza)));
+            buffer.admit(presence("romeo@example.net/a", "away"), 10);
+            let out = xml(buffer.admit(queued(stanza), 10));
             assert_eq!(out.len(), 2, "{stanza}");
             assert_eq!(out[1], element(stanza).to_stanza_xml());
         }
@@ -465,18 +520,18 @@ mod tests {
     #[test]
     fn chat_states_keep_the_latest_per_conversation_and_carbons_are_unwrapped() {
         let (mut buffer, metrics) = inactive(100);
-        buffer.admit(composing("romeo@example.net/a"));
+        buffer.admit(composing("romeo@example.net/a"), 10);
         buffer.admit(queued(
             "<message xmlns='jabber:client' from='romeo@example.net/a' type='chat'><paused xmlns='http://jabber.org/protocol/chatstates'/></message>",
-        ));
+        ), 10);
         let carbon = |state: &str, to: &str| {
             queued(&format!(
                 "<message xmlns='jabber:client' from='juliet@example.com' type='chat'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='juliet@example.com/desk' to='{to}' type='chat'><{state} xmlns='http://jabber.org/protocol/chatstates'/></message></forwarded></sent></message>"
             ))
         };
-        buffer.admit(carbon("composing", "romeo@example.net"));
-        buffer.admit(carbon("composing", "mercutio@example.net"));
-        buffer.admit(carbon("active", "romeo@example.net"));
+        buffer.admit(carbon("composing", "romeo@example.net"), 10);
+        buffer.admit(carbon("composing", "mercutio@example.net"), 10);
+        buffer.admit(carbon("active", "romeo@example.net"), 10);
         assert_eq!(buffer.len(), 3);
         assert_eq!(metrics.superseded.get(), 2);
         let out = xml(buffer.become_active());
@@ -489,19 +544,19 @@ mod tests {
         // A carbon of a message with a body is important.
         let (mut buffer, _) = inactive(100);
         let with_body = "<message xmlns='jabber:client' from='juliet@example.com' type='chat'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='juliet@example.com/desk' to='romeo@example.net' type='chat'><body>hi</body></message></forwarded></sent></message>";
-        assert_eq!(xml(buffer.admit(queued(with_body))).len(), 1);
+        assert_eq!(xml(buffer.admit(queued(with_body), 10)).len(), 1);
     }
 
     #[test]
     fn the_buffer_is_bounded_by_releasing_not_by_dropping() {
         let (mut buffer, metrics) = inactive(2);
-        assert!(xml(buffer.admit(presence("a@example.net/1", "away"))).is_empty());
-        assert!(xml(buffer.admit(presence("b@example.net/1", "away"))).is_empty());
+        assert!(xml(buffer.admit(presence("a@example.net/1", "away"), 10)).is_empty());
+        assert!(xml(buffer.admit(presence("b@example.net/1", "away"), 10)).is_empty());
         // A newer presence of a held contact does not grow the buffer.
-        assert!(xml(buffer.admit(presence("b@example.net/1", "xa"))).is_empty());
+        assert!(xml(buffer.admit(presence("b@example.net/1", "xa"), 10)).is_empty());
         assert_eq!(buffer.len(), 2);
         // A third contact: the two held go out, the third is held.
-        let out = xml(buffer.admit(presence("c@example.net/1", "away")));
+        let out = xml(buffer.admit(presence("c@example.net/1", "away"), 10));
         assert_eq!(out.len(), 2);
         assert!(out[0].contains("a@example.net") && out[1].contains("<show>xa</show>"));
         assert_eq!(buffer.len(), 1);

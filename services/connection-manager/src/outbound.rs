@@ -72,6 +72,15 @@ struct QueueState {
     batch_bytes: usize,
 }
 
+impl QueueState {
+    /// Every byte the connection holds: queued, being written, held for an
+    /// inactive client (XEP-0352) and written but not acknowledged
+    /// (XEP-0198). Bounded by `limits.outbound_queue_bytes`.
+    fn held_bytes(&self) -> usize {
+        self.items_bytes + self.batch_bytes + self.csi.bytes() + self.sm.unacked_bytes
+    }
+}
+
 /// What the rest of the node holds of one bound connection.
 pub(crate) struct ConnectionHandle {
     pub conn: ConnId,
@@ -195,31 +204,27 @@ impl ConnectionHandle {
                 return Err((PushError::Full, stanza));
             }
             let size = stanza.wire_len();
-            if !self.bytes.admits(
-                state.items_bytes + state.batch_bytes + state.sm.unacked_bytes,
-                size,
-            ) {
+            let held_before = state.held_bytes();
+            if !self.bytes.admits(held_before, size) {
                 return Err((PushError::Full, stanza));
             }
-            let incoming = Arc::clone(&stanza.stanza);
             // While the client is inactive (XEP-0352) the stanza may be held
             // in front of the queue; what enters the queue comes out in order,
             // and is journaled as it enters (XEP-0198).
             let state = &mut *state;
             let queued_before = state.items.len();
-            for stanza in state.csi.admit(stanza) {
+            for (stanza, size) in state.csi.admit(stanza, size) {
                 if stanza.is_stanza() {
                     state.sm.journal_append(&stanza);
                 }
-                if Arc::ptr_eq(&stanza.stanza, &incoming) {
-                    state.items_bytes += size;
-                    self.bytes.hold(size);
-                }
+                state.items_bytes += size;
                 state.items.push_back(stanza);
             }
             for superseded in state.csi.take_superseded() {
                 state.sm.journal_consumed(&superseded);
             }
+            // The stanza entered the queue or the held ones; a superseded one left.
+            self.held_bytes_changed(held_before, state.held_bytes());
             if state.items.len() == queued_before {
                 // Held: nothing to write.
                 return Ok(());
@@ -313,17 +318,17 @@ impl ConnectionHandle {
     /// Run `change` on the stream management state (under the queue's lock).
     pub fn with_sm<R>(&self, change: impl FnOnce(&mut SmState) -> R) -> R {
         let mut state = self.state.lock();
-        let before = state.sm.unacked_bytes;
+        let before = state.held_bytes();
         let result = change(&mut state.sm);
-        let after = state.sm.unacked_bytes;
+        let after = state.held_bytes();
         drop(state);
-        self.unacked_bytes_changed(before, after);
+        self.held_bytes_changed(before, after);
         result
     }
 
-    /// Unacknowledged stanzas (XEP-0198) stay held in the node's byte count
-    /// until acknowledged (`crate::outbound_bytes`).
-    fn unacked_bytes_changed(&self, before: usize, after: usize) {
+    /// The connection's held bytes changed from `before` to `after`: the
+    /// node's count follows (`crate::outbound_bytes`).
+    fn held_bytes_changed(&self, before: usize, after: usize) {
         if after > before {
             self.bytes.hold(after - before);
         } else {
@@ -360,12 +365,18 @@ impl ConnectionHandle {
             match client_state {
                 // Half the queue's bound: as many contacts as that changed
                 // presence, and the held ones go out rather than fill it.
-                ClientState::Inactive => state.csi.become_inactive(self.capacity / 2, metrics),
+                ClientState::Inactive => state.csi.become_inactive(
+                    self.capacity / 2,
+                    self.bytes.per_connection() / 2,
+                    metrics,
+                ),
                 ClientState::Active => {
-                    for stanza in state.csi.become_active() {
+                    // Held bytes become queued bytes: the total is the same.
+                    for (stanza, size) in state.csi.become_active() {
                         if stanza.is_stanza() {
                             state.sm.journal_append(&stanza);
                         }
+                        state.items_bytes += size;
                         state.items.push_back(stanza);
                     }
                 }
@@ -380,21 +391,24 @@ impl ConnectionHandle {
     pub fn journal_held(&self) {
         let mut state = self.state.lock();
         let state = &mut *state;
-        for stanza in state.csi.take() {
+        let held_before = state.held_bytes();
+        for (stanza, _) in state.csi.take() {
             if stanza.is_stanza() {
                 state.sm.journal_append(&stanza);
             }
         }
+        self.held_bytes_changed(held_before, state.held_bytes());
     }
 
     /// Everything the client was sent but did not acknowledge (stream
     /// management without resumption), for rerouting when the stream ends.
     pub fn take_unacked(&self) -> Vec<QueuedStanza> {
         let mut state = self.state.lock();
-        let before = state.sm.unacked_bytes;
+        let before = state.held_bytes();
         let unacked = state.sm.take_unacked();
+        let after = state.held_bytes();
         drop(state);
-        self.unacked_bytes_changed(before, 0);
+        self.held_bytes_changed(before, after);
         unacked
     }
 
@@ -474,7 +488,9 @@ impl ConnectionHandle {
         let mut state = self.state.lock();
         let mut remaining: Vec<QueuedStanza> = state.items.drain(..).collect();
         // Held for an inactive client: after everything queued, before the close.
-        remaining.extend(state.csi.take());
+        let held_before = state.held_bytes();
+        remaining.extend(state.csi.take().map(|(stanza, _)| stanza));
+        self.held_bytes_changed(held_before, state.held_bytes());
         remaining.append(&mut state.late);
         if let Some(held) = state.sm.held.take() {
             remaining.extend(held);
@@ -490,28 +506,28 @@ impl ConnectionHandle {
     /// `sizes` are the items' lengths on the wire, in order.
     fn note_written(&self, written: &[QueuedStanza], sizes: &[usize]) -> usize {
         let mut state = self.state.lock();
-        let before = state.sm.unacked_bytes;
+        let before = state.held_bytes();
         let counted = written
             .iter()
             .zip(sizes)
             .filter(|(item, size)| state.sm.note_written(item, **size))
             .count();
-        let after = state.sm.unacked_bytes;
+        let after = state.held_bytes();
         drop(state);
-        self.unacked_bytes_changed(before, after);
+        self.held_bytes_changed(before, after);
         counted
     }
 
     /// The write of a chunk failed: its stanzas were not sent after all.
     fn unnote_written(&self, count: usize) {
         let mut state = self.state.lock();
-        let before = state.sm.unacked_bytes;
+        let before = state.held_bytes();
         for _ in 0..count {
             state.sm.unnote_written();
         }
-        let after = state.sm.unacked_bytes;
+        let after = state.held_bytes();
         drop(state);
-        self.unacked_bytes_changed(before, after);
+        self.held_bytes_changed(before, after);
     }
 
     /// Whether to ask the client for an ack after writing `stanzas` more.
@@ -547,9 +563,8 @@ impl ConnectionHandle {
 
 impl Drop for ConnectionHandle {
     fn drop(&mut self) {
-        let state = self.state.get_mut();
-        self.bytes
-            .release(state.items_bytes + state.batch_bytes + state.sm.unacked_bytes);
+        let held = self.state.get_mut().held_bytes();
+        self.bytes.release(held);
     }
 }
 

@@ -64,6 +64,11 @@ impl OutboundBytes {
         )
     }
 
+    /// The bound of one connection.
+    pub fn per_connection(&self) -> usize {
+        self.per_connection
+    }
+
     /// Whether a connection that holds `held` bytes may take `size` more.
     pub fn admits(&self, held: usize, size: usize) -> bool {
         if held == 0 {
