@@ -217,7 +217,6 @@ impl LeaseLock {
                 acquire_time: Some(now.clone()),
                 renew_time: Some(now),
                 lease_transitions: Some(0),
-                ..LeaseSpec::default()
             }),
         };
         match self.api.create(&PostParams::default(), &lease).await {
