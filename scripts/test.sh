@@ -85,6 +85,8 @@ PY
     "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/tests/requirements.txt"
   fi
   PYTHON="$venv/bin/python"
+  # proto/tests/router_grpc.rs starts kmock (tests/integration/kmock_server.py) with it.
+  export STARLING_TEST_PYTHON="$PYTHON"
 }
 
 ensure_node_packages() {

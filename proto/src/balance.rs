@@ -23,6 +23,13 @@
 //! seconds and one that goes stops getting new ones. A replica that stays
 //! keeps its channel and its health; a failed lookup keeps the last answer
 //! (a DNS hiccup does not empty the set).
+//!
+//! In Kubernetes, an endpoint written `k8s:///SERVICE.NAMESPACE:PORT` stands
+//! for every ready endpoint of the Service's EndpointSlices, watched through
+//! the API (crates/kubernetes): a change reaches the set as soon as the API
+//! server publishes it, with no DNS caching in between. Both kinds feed the
+//! same [`Membership`], so calls in flight on a replica that goes are re-sent
+//! the same way.
 
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
@@ -144,18 +151,24 @@ enum Source {
     Fixed(String),
     /// `dns:///name:port`: one replica per address of the name.
     Dns { name: String, port: u16 },
+    /// `k8s:///service.namespace:port`: one replica per ready endpoint of
+    /// the Service's EndpointSlices.
+    Kubernetes(starling_kubernetes::EndpointSliceTarget),
 }
 
 /// Whether `endpoint` can be an entry of an endpoint list: `http://HOST:PORT`,
-/// `https://HOST:PORT` or `dns:///NAME:PORT`; the reason when not.
+/// `https://HOST:PORT`, `dns:///NAME:PORT` or `k8s:///SERVICE.NAMESPACE:PORT`;
+/// the reason when not.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let endpoint = endpoint.trim();
     if !(endpoint.starts_with("http://")
         || endpoint.starts_with("https://")
-        || endpoint.starts_with("dns:"))
+        || endpoint.starts_with("dns:")
+        || endpoint.starts_with("k8s:")
+        || endpoint.starts_with("kubernetes:"))
     {
         return Err(format!(
-            "{endpoint:?}: expected http://HOST:PORT or dns:///NAME:PORT"
+            "{endpoint:?}: expected http://HOST:PORT, dns:///NAME:PORT or k8s:///SERVICE.NAMESPACE:PORT"
         ));
     }
     parse_source("config", endpoint)
@@ -165,13 +178,18 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
 
 fn parse_source(service: &'static str, endpoint: &str) -> Result<Source, ProtoError> {
     let endpoint = endpoint.trim();
-    let Some(rest) = endpoint.strip_prefix("dns:") else {
-        return Ok(Source::Fixed(endpoint_uri(endpoint)));
-    };
     let invalid = |reason: &str| ProtoError::InvalidEndpoint {
         service,
         endpoint: endpoint.to_string(),
         reason: reason.to_string(),
+    };
+    if let Some(target) = starling_kubernetes::parse_endpoint_slice_target(endpoint) {
+        return target
+            .map(Source::Kubernetes)
+            .map_err(|reason| invalid(&reason));
+    }
+    let Some(rest) = endpoint.strip_prefix("dns:") else {
+        return Ok(Source::Fixed(endpoint_uri(endpoint)));
     };
     let target = rest.strip_prefix("///").unwrap_or(rest);
     let (name, port) = target
@@ -267,6 +285,7 @@ async fn resolve(sources: &[Source]) -> Option<Vec<String>> {
                     }
                 }
             }
+            Source::Kubernetes(_) => {}
         }
     }
     uris.sort();
@@ -274,20 +293,100 @@ async fn resolve(sources: &[Source]) -> Option<Vec<String>> {
     Some(uris)
 }
 
-/// Re-resolve `sources` until the replica set is dropped.
+/// Re-resolve the names of `sources` every [`DISCOVERY_INTERVAL`] and follow
+/// the EndpointSlices of its `k8s:///` entries, until the replica set is
+/// dropped. The replicas are the union of every source's last answer.
 async fn discover(service: &'static str, sources: Vec<Source>, membership: Weak<Membership>) {
+    let mut slices: Vec<SliceWatch> = sources
+        .iter()
+        .filter_map(|source| match source {
+            Source::Kubernetes(target) => {
+                let (answer_tx, answer_rx) = tokio::sync::watch::channel(None);
+                tokio::spawn(starling_kubernetes::watch_endpoint_slices(
+                    target.clone(),
+                    answer_tx,
+                ));
+                Some(SliceWatch {
+                    answer: answer_rx,
+                    open: true,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    let names: Vec<Source> = sources
+        .into_iter()
+        .filter(|source| !matches!(source, Source::Kubernetes(_)))
+        .collect();
+    // What the names resolved to last; the fixed entries until they answer.
+    let fixed: Vec<String> = names
+        .iter()
+        .filter_map(|source| match source {
+            Source::Fixed(uri) => Some(uri.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut named: Option<Vec<String>> = None;
     let mut tick = tokio::time::interval(DISCOVERY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let resolved = resolve(&sources).await;
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Some(uris) = resolve(&names).await {
+                    named = Some(uris);
+                }
+            }
+            _ = next_slice_change(&mut slices) => {}
+        }
         let Some(membership) = membership.upgrade() else {
             return;
         };
-        if let Some(uris) = resolved {
-            membership.update(service, &uris);
+        let mut uris = named.clone().unwrap_or_else(|| fixed.clone());
+        let mut every_watch_answered = true;
+        for watch in &slices {
+            match &*watch.answer.borrow() {
+                Some(addresses) => {
+                    uris.extend(addresses.iter().map(|address| format!("http://{address}")))
+                }
+                None => every_watch_answered = false,
+            }
         }
-        membership.resolved.send_replace(true);
+        uris.sort();
+        uris.dedup();
+        membership.update(service, &uris);
+        if every_watch_answered {
+            membership.resolved.send_replace(true);
+        }
+    }
+}
+
+/// One EndpointSlice watch: the last addresses it published (`None` before
+/// its first list answered), kept when its task is gone (`open` false).
+struct SliceWatch {
+    answer: tokio::sync::watch::Receiver<Option<Vec<std::net::SocketAddr>>>,
+    open: bool,
+}
+
+/// Wait until one of the EndpointSlice watches publishes a new answer
+/// (forever when none is open).
+async fn next_slice_change(slices: &mut [SliceWatch]) {
+    let (changed, index) = {
+        let changes: Vec<_> = slices
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, watch)| watch.open)
+            .map(|(index, watch)| {
+                Box::pin(async move { (watch.answer.changed().await.is_ok(), index) })
+            })
+            .collect();
+        if changes.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(changes).await.0
+    };
+    if !changed {
+        tracing::error!("an endpointslice watch ended; its last answer is kept");
+        slices[index].open = false;
     }
 }
 
@@ -329,7 +428,7 @@ impl ReplicaSet {
         }
         let discovering = sources
             .iter()
-            .any(|source| matches!(source, Source::Dns { .. }));
+            .any(|source| !matches!(source, Source::Fixed(_)));
         let membership = Arc::new(Membership {
             replicas: RwLock::new(Arc::new(fixed)),
             resolved: tokio::sync::watch::Sender::new(!discovering),
@@ -339,7 +438,8 @@ impl ReplicaSet {
                 tokio::runtime::Handle::try_current().map_err(|_| ProtoError::InvalidEndpoint {
                     service,
                     endpoint: endpoints.join(","),
-                    reason: "dns:/// endpoints need a Tokio runtime to be resolved".into(),
+                    reason: "dns:/// and k8s:/// endpoints need a Tokio runtime to be resolved"
+                        .into(),
                 })?;
             runtime.spawn(discover(service, sources, Arc::downgrade(&membership)));
         }

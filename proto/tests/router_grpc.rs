@@ -563,3 +563,160 @@ async fn replicas_found_by_name_take_stanzas() {
     assert_eq!(router.routed_ids(jid), vec!["1", "2", "3"]);
     server.stop().await;
 }
+
+/// kmock (tests/integration/kmock_server.py), a Kubernetes API emulator: a
+/// mock, not a Kubernetes. Its kubeconfig is handed to the client through
+/// `KUBECONFIG`, as kubectl would read it. The Python with kmock is
+/// `STARLING_TEST_PYTHON` (scripts/test.sh sets its venv's).
+struct KmockApi {
+    process: std::process::Child,
+    directory: std::path::PathBuf,
+}
+
+impl KmockApi {
+    fn start() -> KmockApi {
+        use std::io::BufRead;
+        let directory = std::env::temp_dir().join(format!("starling-kmock-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).expect("temporary directory");
+        let kubeconfig = directory.join("kubeconfig");
+        let python = std::env::var("STARLING_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/integration/kmock_server.py"
+        );
+        let mut process = std::process::Command::new(&python)
+            .arg(script)
+            .arg(&kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("{python} {script}: {error}"));
+        let mut port = String::new();
+        std::io::BufReader::new(process.stdout.take().expect("stdout"))
+            .read_line(&mut port)
+            .expect("kmock's port");
+        assert!(
+            port.trim().parse::<u16>().is_ok(),
+            "kmock did not start: is kmock (tests/requirements.txt) installed for {python}?"
+        );
+        std::env::set_var("KUBECONFIG", &kubeconfig);
+        KmockApi { process, directory }
+    }
+}
+
+impl Drop for KmockApi {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// The EndpointSlice of one replica of Service `router` in the test namespace.
+fn router_slice(name: &str, port: u16) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": "starling-test",
+            "labels": { "kubernetes.io/service-name": "router" },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{ "addresses": ["127.0.0.1"], "conditions": { "ready": true } }],
+        "ports": [{ "name": "grpc", "port": port, "protocol": "TCP" }],
+    }))
+    .expect("endpointslice")
+}
+
+#[tokio::test]
+async fn endpointslice_replicas_against_kmock_mock_api_follow_adds_and_removals() {
+    // `k8s:///SERVICE.NAMESPACE:PORT` (issue 15): the ready endpoints of the
+    // Service's EndpointSlices are the replicas, followed by a watch. Each
+    // replica here is a slice of its own with its own named port.
+    use kube::api::{DeleteParams, PostParams};
+    let _kmock = KmockApi::start();
+    let slices: kube::Api<k8s_openapi::api::discovery::v1::EndpointSlice> = kube::Api::namespaced(
+        starling_kubernetes::client().await.expect("kube client"),
+        "starling-test",
+    );
+    let first_router = Arc::new(RecordingRouter::default());
+    let second_router = Arc::new(RecordingRouter::default());
+    let first = TestServer::start(None, Some(first_router.clone()), None).await;
+    let second = TestServer::start(None, Some(second_router.clone()), None).await;
+    let port_of = |server: &TestServer| {
+        server
+            .endpoint()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
+    slices
+        .create(
+            &PostParams::default(),
+            &router_slice("router-a", port_of(&first)),
+        )
+        .await
+        .expect("first slice");
+    let client =
+        GrpcRouterClient::connect(vec!["k8s:///router.starling-test:grpc".into()]).expect("client");
+    let routed = |router: &RecordingRouter| router.routed.lock().len();
+    let send = |round: usize| {
+        let client = &client;
+        async move {
+            for number in 0..20 {
+                let jid = format!("user{number}-{round}@example.org/phone");
+                client
+                    .route(session(&jid, 1), message(&jid, "1"), None)
+                    .await
+                    .expect("routed");
+            }
+        }
+    };
+    send(0).await;
+    assert_eq!((routed(&first_router), routed(&second_router)), (20, 0));
+
+    // A replica added: new sessions reach it within seconds.
+    slices
+        .create(
+            &PostParams::default(),
+            &router_slice("router-b", port_of(&second)),
+        )
+        .await
+        .expect("second slice");
+    let mut round = 1;
+    wait_until(
+        "the added replica takes traffic",
+        Duration::from_secs(10),
+        async || {
+            send(round).await;
+            round += 1;
+            routed(&second_router) > 0
+        },
+    )
+    .await;
+
+    // A replica removed: it gets nothing more.
+    slices
+        .delete("router-a", &DeleteParams::default())
+        .await
+        .expect("first slice deleted");
+    wait_until(
+        "the removed replica leaves the set",
+        Duration::from_secs(10),
+        async || {
+            let before = routed(&first_router);
+            send(round).await;
+            round += 1;
+            routed(&first_router) == before
+        },
+    )
+    .await;
+    let (on_first, on_second) = (routed(&first_router), routed(&second_router));
+    send(round + 1).await;
+    assert_eq!(routed(&first_router), on_first);
+    assert_eq!(routed(&second_router), on_second + 20);
+    first.stop().await;
+    second.stop().await;
+}

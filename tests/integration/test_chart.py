@@ -116,7 +116,8 @@ def test_every_target_has_probes_a_pdb_an_hpa_and_a_restrictive_security_context
         assert security["readOnlyRootFilesystem"] is True
         assert security["allowPrivilegeEscalation"] is False
         assert security["capabilities"]["drop"] == ["ALL"]
-        assert pod["automountServiceAccountToken"] is False
+        # Only the janitor's pods (the routers) talk to the API: the Lease.
+        assert pod["automountServiceAccountToken"] is (target == "session-router")
         zones = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
         assert zones and zones[0]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
         assert pdbs[target]["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
@@ -271,12 +272,47 @@ def test_starling_config_check_accepts_the_rendered_config_of_every_target(chart
         ({"drain": {"windowSeconds": 7200}}, "/drain/windowSeconds"),
         ({"connectionManager": {"replicaz": 3}}, "replicaz"),
         ({"redis": {"external": {"urls": ["http://not-redis"]}}}, "/redis/external/urls/0"),
+        ({"kubernetes": {"leaseDurationSeconds": 1}}, "/kubernetes/leaseDurationSeconds"),
     ],
 )
 def test_the_values_schema_rejects_bad_values(chart, bad, complaint):
     with pytest.raises(helm.HelmValuesError) as raised:
         chart.render(values=bad, name="starling")
     assert complaint in str(raised.value)
+
+
+def test_the_lease_and_endpointslices_get_a_role_with_only_what_they_need(chart):
+    # Default: the janitor's Lease, so leases in the Role and the routers' token mounted.
+    objects = render(chart)
+    (role,) = find(objects, "Role")
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update", "patch"]},
+    ]
+    (binding,) = find(objects, "RoleBinding")
+    (account,) = find(objects, "ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "chat"}]
+    cluster = rendered_toml(objects)["cluster"]
+    assert (cluster["leader_election"], cluster["lease_name"], cluster["lease_duration_secs"]) == (
+        "kubernetes", "starling-janitor", 15)
+    assert cluster["routers"] == ["dns:///starling-session-router:7000"]
+
+    # EndpointSlices: k8s:/// endpoints in the release's namespace, every pod but storage's mounts the token.
+    objects = render(chart, {"kubernetes": {"endpointSlices": True}})
+    (role,) = find(objects, "Role")
+    assert {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]} in role["rules"]
+    cluster = rendered_toml(objects)["cluster"]
+    assert cluster["routers"] == ["k8s:///starling-session-router.chat:7000"]
+    for deployment in find(objects, "Deployment"):
+        if component(deployment) in TARGETS:
+            mounted = deployment["spec"]["template"]["spec"]["automountServiceAccountToken"]
+            assert mounted is (component(deployment) != "storage"), component(deployment)
+
+    # Neither: the Redis lock, no Role, no token anywhere.
+    objects = render(chart, {"kubernetes": {"leaderElection": False}})
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]
+    assert rendered_toml(objects)["cluster"]["leader_election"] == "redis"
+    assert all(d["spec"]["template"]["spec"]["automountServiceAccountToken"] is False for d in find(objects, "Deployment"))
 
 
 def test_network_policies_let_clients_reach_only_the_client_ports_and_grpc_only_from_starling_pods(chart):

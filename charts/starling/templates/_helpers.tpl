@@ -65,9 +65,19 @@ starling.im/server: "true"
 {{- if .Values.tls.existingSecret -}}{{ .Values.tls.existingSecret }}{{- else if .Values.tls.certManager.enabled -}}{{ printf "%s-tls" (include "starling.fullname" .) }}{{- end -}}
 {{- end -}}
 
-{{/* A gRPC endpoint list of one target: every ready pod behind its headless Service, re-resolved. */}}
+{{/* A gRPC endpoint list of one target: every ready pod behind its headless Service, re-resolved
+(dns:///), or its EndpointSlices watched (k8s:///, in the release's namespace). */}}
 {{- define "starling.grpcEndpoints" -}}
-{{- list (printf "dns:///%s-%s:%d" (include "starling.fullname" .root) .component (int .root.Values.ports.grpc)) | toJson -}}
+{{- $scheme := ternary "k8s" "dns" .root.Values.kubernetes.endpointSlices -}}
+{{- $name := printf "%s-%s" (include "starling.fullname" .root) .component -}}
+{{- if .root.Values.kubernetes.endpointSlices -}}{{- $name = printf "%s.%s" $name .root.Release.Namespace -}}{{- end -}}
+{{- list (printf "%s:///%s:%d" $scheme $name (int .root.Values.ports.grpc)) | toJson -}}
+{{- end -}}
+
+{{/* Whether the pods of target .target talk to the Kubernetes API ("true" or ""). */}}
+{{- define "starling.usesKubernetesApi" -}}
+{{- $k := .root.Values.kubernetes -}}
+{{- if or (and $k.leaderElection (eq .target "session-router")) (and $k.endpointSlices (ne .target "storage")) -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -102,6 +112,9 @@ is written as an integer.
 {{- $_ := set $cluster "storage" (include "starling.grpcEndpoints" (dict "root" . "component" "storage") | fromJsonArray) -}}
 {{- $_ := set $cluster "routers" (include "starling.grpcEndpoints" (dict "root" . "component" "session-router") | fromJsonArray) -}}
 {{- $_ := set $cluster "presence" (include "starling.grpcEndpoints" (dict "root" . "component" "presence") | fromJsonArray) -}}
+{{- $_ := set $cluster "leader_election" (ternary "kubernetes" "redis" $v.kubernetes.leaderElection) -}}
+{{- $_ := set $cluster "lease_name" (printf "%s-janitor" $full) -}}
+{{- $_ := set $cluster "lease_duration_secs" $v.kubernetes.leaseDurationSeconds -}}
 {{- $_ := set $config "cluster" $cluster -}}
 {{- $_ := set $config "drain" (dict "window_secs" $v.drain.windowSeconds) -}}
 {{- if include "starling.tlsSecretName" . -}}

@@ -1,29 +1,54 @@
-//! The janitor (DESIGN.md "Dead nodes"): one leader in the cluster, chosen
-//! by a Redis lock (`SET NX PX`, refreshed while held), removes the sessions
-//! of nodes whose `node:{id}` key expired, so that their contacts receive
-//! unavailable presence (RFC 6121 section 4.5.2, through `on_dead_session`).
+//! The janitor (DESIGN.md "Dead nodes"): one leader in the cluster removes
+//! the sessions of nodes whose `node:{id}` key expired, so that their contacts
+//! receive unavailable presence (RFC 6121 section 4.5.2, through
+//! `on_dead_session`).
+//!
+//! Who leads is a [`LeaderElection`]: the Redis lock here ([`RedisLock`],
+//! `SET NX PX`, refreshed while held), or a Kubernetes `coordination.k8s.io`
+//! Lease (crates/kubernetes, adapted in crates/server). The sweep is the same
+//! whichever elects it.
 //!
 //! A sweep is idempotent and safe to run twice at once: each session is removed
 //! by the atomic unbind script, only if the record still points at the dead
 //! node and connection, and `on_dead_session` runs only for the sweep whose
-//! script removed it.
+//! script removed it. So two leaders for a moment (a lease that expired while
+//! its holder was paused) cost a duplicate sweep, never a wrong one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::future::BoxFuture;
 use redis::Script;
 use starling_api::SessionRecord;
 use starling_redis_client::{redis, RedisClient};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::liveness::{random_token, release, release_in_background};
+use crate::liveness::{random_token, release};
 use crate::redis::parse_node_index_entry;
 use crate::{RedisRegistry, RegistryError};
 
 /// Called once for every session the janitor removed.
 pub type DeadSessionCallback = Arc<dyn Fn(SessionRecord) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// How one janitor among several becomes the leader. The janitor calls
+/// [`acquire_or_renew`](LeaderElection::acquire_or_renew) every interval,
+/// sweeps while it answers true, and calls [`release`](LeaderElection::release)
+/// once when it stops.
+#[async_trait]
+pub trait LeaderElection: Send + 'static {
+    /// Become the leader, or stay it: true when this candidate leads now and
+    /// until at least its next attempt (an implementation renews well before
+    /// its lease expires, and answers false once it may have expired).
+    async fn acquire_or_renew(&mut self) -> Result<bool, RegistryError>;
+    /// Give the leadership up (if held), so that another candidate takes over
+    /// at its next attempt instead of waiting for the lease to expire.
+    async fn release(&mut self) -> Result<(), RegistryError>;
+    /// What elects: `"redis"` or `"kubernetes"` (logs and metrics).
+    fn kind(&self) -> &'static str;
+}
 
 /// KEYS: lock. ARGV: token, lease in ms. Take the lock if free, extend it if
 /// ours; 1 when we hold it afterwards.
@@ -36,42 +61,96 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 ";
 
-/// The running janitor; `stop()` or drop ends it and releases the lock.
-pub struct Janitor {
+/// The Redis lock: a key holding a random token with a TTL (the lease),
+/// taken only when free and extended only by its holder.
+pub struct RedisLock {
     client: RedisClient,
     lock_key: String,
     token: String,
+    lease: Duration,
+    acquire: Script,
+}
+
+impl RedisLock {
+    /// The janitor's lock of `client`'s cluster, with a TTL of `lease`.
+    pub fn new(client: RedisClient, lease: Duration) -> RedisLock {
+        RedisLock {
+            lock_key: client.janitor_lock_key(),
+            client,
+            token: random_token(),
+            lease,
+            acquire: Script::new(ACQUIRE_SCRIPT),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaderElection for RedisLock {
+    async fn acquire_or_renew(&mut self) -> Result<bool, RegistryError> {
+        let mut connection = self.client.connection();
+        let held: i64 = self
+            .acquire
+            .key(&self.lock_key)
+            .arg(&self.token)
+            .arg(self.lease.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(held == 1)
+    }
+
+    async fn release(&mut self) -> Result<(), RegistryError> {
+        release(&self.client, &self.lock_key, &self.token).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// The running janitor; `stop()` ends it and releases the leadership (drop
+/// does too, from a task of the current runtime).
+pub struct Janitor {
     leader: Arc<AtomicBool>,
+    stop_tx: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Janitor {
-    /// Every `interval`, try to be (or stay) the leader; the leader sweeps.
-    /// The lock's lease is three intervals, so a leader that died is replaced
-    /// within about three intervals.
+    /// Every `interval`, try to be (or stay) the leader by the Redis lock;
+    /// the leader sweeps. The lock's lease is three intervals, so a leader
+    /// that died is replaced within about three intervals.
     pub fn spawn(
         client: RedisClient,
         registry: Arc<RedisRegistry>,
         on_dead_session: DeadSessionCallback,
         interval: Duration,
     ) -> Janitor {
-        let lock_key = client.janitor_lock_key();
-        let token = random_token();
+        let interval = interval.max(Duration::from_millis(10));
+        let election = RedisLock::new(client, interval * 3);
+        Janitor::spawn_elected(Box::new(election), registry, on_dead_session, interval)
+    }
+
+    /// Every `interval`, try to be (or stay) the leader by `election`; the
+    /// leader sweeps. `interval` must be well under the election's lease.
+    pub fn spawn_elected(
+        election: Box<dyn LeaderElection>,
+        registry: Arc<RedisRegistry>,
+        on_dead_session: DeadSessionCallback,
+        interval: Duration,
+    ) -> Janitor {
         let leader = Arc::new(AtomicBool::new(false));
+        let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(leader_loop(
-            client.clone(),
+            election,
             registry,
             on_dead_session,
             interval.max(Duration::from_millis(10)),
-            lock_key.clone(),
-            token.clone(),
             leader.clone(),
+            stop_rx,
         ));
         Janitor {
-            client,
-            lock_key,
-            token,
             leader,
+            stop_tx: Some(stop_tx),
             task: Some(task),
         }
     }
@@ -81,12 +160,16 @@ impl Janitor {
         self.leader.load(Ordering::SeqCst)
     }
 
-    /// Stop and release the lock, so another janitor takes over at once.
+    /// Stop (a sweep in progress is cut short: sweeps are idempotent) and
+    /// release the leadership, so another janitor takes over at once.
     pub async fn stop(mut self) -> Result<(), RegistryError> {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(stop_tx) = self.stop_tx.take() {
+            let _ = stop_tx.send(());
         }
-        release(&self.client, &self.lock_key, &self.token).await
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        Ok(())
     }
 
     /// One sweep, leader or not: for each node in `nodes` whose liveness key
@@ -201,57 +284,62 @@ async fn forget_node_if_empty(client: &RedisClient, node: &str) -> Result<(), Re
 
 impl Drop for Janitor {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            release_in_background(&self.client, &self.lock_key, &self.token);
+        // The task releases the leadership and ends on its own.
+        if let Some(stop_tx) = self.stop_tx.take() {
+            let _ = stop_tx.send(());
         }
     }
 }
 
 async fn leader_loop(
-    client: RedisClient,
+    mut election: Box<dyn LeaderElection>,
     registry: Arc<RedisRegistry>,
     on_dead_session: DeadSessionCallback,
     interval: Duration,
-    lock_key: String,
-    token: String,
     leader: Arc<AtomicBool>,
+    mut stop_rx: oneshot::Receiver<()>,
 ) {
-    let acquire = Script::new(ACQUIRE_SCRIPT);
-    let lease_ms = (interval * 3).as_millis() as u64;
+    let kind = election.kind();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let mut connection = client.connection();
-        let held: Result<i64, _> = acquire
-            .key(&lock_key)
-            .arg(&token)
-            .arg(lease_ms)
-            .invoke_async(&mut connection)
-            .await;
-        match held {
-            Ok(1) => {
-                if !leader.swap(true, Ordering::SeqCst) {
-                    tracing::info!("janitor became leader");
+    let attempts = async {
+        loop {
+            ticker.tick().await;
+            match election.acquire_or_renew().await {
+                Ok(true) => {
+                    if !leader.swap(true, Ordering::SeqCst) {
+                        tracing::info!(election = kind, "janitor became leader");
+                    }
+                }
+                Ok(false) => {
+                    if leader.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(election = kind, "janitor lost its leadership");
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    if leader.swap(false, Ordering::SeqCst) {
+                        tracing::warn!(election = kind, "janitor lost its leadership");
+                    }
+                    tracing::warn!(election = kind, error = %error, "janitor election attempt failed");
+                    continue;
                 }
             }
-            Ok(_) => {
-                if leader.swap(false, Ordering::SeqCst) {
-                    tracing::warn!("janitor lost its leadership");
+            match Janitor::sweep(&registry, &on_dead_session).await {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!(removed, "janitor removed the sessions of dead nodes")
                 }
-                continue;
-            }
-            Err(error) => {
-                leader.store(false, Ordering::SeqCst);
-                tracing::warn!(error = %error, "janitor lock attempt failed");
-                continue;
+                Err(error) => tracing::warn!(error = %error, "janitor sweep failed"),
             }
         }
-        match Janitor::sweep(&registry, &on_dead_session).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "janitor removed the sessions of dead nodes"),
-            Err(error) => tracing::warn!(error = %error, "janitor sweep failed"),
-        }
+    };
+    tokio::select! {
+        _ = attempts => {}
+        _ = &mut stop_rx => {}
+    }
+    leader.store(false, Ordering::SeqCst);
+    if let Err(error) = election.release().await {
+        tracing::warn!(election = kind, error = %error, "janitor could not release its leadership");
     }
 }

@@ -14,7 +14,7 @@ mod resumption;
 #[cfg(test)]
 mod resumption_tests;
 
-pub use janitor::{DeadSessionCallback, Janitor};
+pub use janitor::{DeadSessionCallback, Janitor, LeaderElection, RedisLock};
 pub use liveness::{DrainMarker, NodeLiveness};
 pub use membership::{cluster_nodes, NodeStatus};
 pub use redis::RedisRegistry;
@@ -34,6 +34,9 @@ pub enum RegistryError {
     Redis(#[from] starling_redis_client::RedisError),
     #[error("stored session of {jid} is corrupt: {reason}")]
     CorruptRecord { jid: String, reason: String },
+    /// The janitor's leader election failed (a Kubernetes API error, ...).
+    #[error("leader election ({kind}): {message}")]
+    Election { kind: &'static str, message: String },
 }
 
 impl From<starling_redis_client::redis::RedisError> for RegistryError {

@@ -168,6 +168,34 @@ pub struct ClusterConfig {
     pub presence: Vec<String>,
     /// Seconds after which a connection-manager that stopped refreshing its liveness key is dead.
     pub liveness_ttl_secs: u64,
+    /// Who elects the janitor's leader: `auto` (a Kubernetes Lease when
+    /// running in a pod, the Redis lock elsewhere), `redis` or `kubernetes`.
+    pub leader_election: String,
+    /// The name of the janitor's `coordination.k8s.io` Lease.
+    pub lease_name: String,
+    /// Its namespace; empty: the pod's (the kubeconfig context's outside a pod).
+    pub lease_namespace: String,
+    /// How long a Lease holding lasts without renewal.
+    pub lease_duration_secs: u64,
+}
+
+/// How the janitor's leader is elected (`cluster.leader_election`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderElectionKind {
+    Redis,
+    Kubernetes,
+}
+
+impl ClusterConfig {
+    /// `cluster.leader_election` resolved: `auto` is a Lease in a pod
+    /// (`KUBERNETES_SERVICE_HOST` set), the Redis lock elsewhere.
+    pub fn leader_election_kind(&self, in_pod: bool) -> LeaderElectionKind {
+        match self.leader_election.as_str() {
+            "kubernetes" => LeaderElectionKind::Kubernetes,
+            "auto" if in_pod => LeaderElectionKind::Kubernetes,
+            _ => LeaderElectionKind::Redis,
+        }
+    }
 }
 
 impl Default for ClusterConfig {
@@ -182,6 +210,10 @@ impl Default for ClusterConfig {
             routers: Vec::new(),
             presence: Vec::new(),
             liveness_ttl_secs: 10,
+            leader_election: "auto".into(),
+            lease_name: "starling-janitor".into(),
+            lease_namespace: String::new(),
+            lease_duration_secs: 15,
         }
     }
 }
@@ -885,12 +917,67 @@ impl Config {
                 message: "must be at least 2".into(),
             });
         }
+        self.validate_leader_election()?;
         self.validate_admin()?;
         self.telemetry.validate()?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::Invalid {
                 key: "log.format",
                 message: "expected \"text\" or \"json\"".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_leader_election(&self) -> Result<(), ConfigError> {
+        let cluster = &self.cluster;
+        if !matches!(
+            cluster.leader_election.as_str(),
+            "auto" | "redis" | "kubernetes"
+        ) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.leader_election",
+                message: format!(
+                    "{:?}: expected \"auto\", \"redis\" or \"kubernetes\"",
+                    cluster.leader_election
+                ),
+            });
+        }
+        // A Kubernetes object name (RFC 1123 subdomain) and namespace (label).
+        let is_name = |name: &str, dots: bool| {
+            !name.is_empty()
+                && name.len() <= if dots { 253 } else { 63 }
+                && name.bytes().all(|byte| {
+                    byte.is_ascii_lowercase()
+                        || byte.is_ascii_digit()
+                        || byte == b'-'
+                        || (dots && byte == b'.')
+                })
+                && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        if !is_name(&cluster.lease_name, true) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.lease_name",
+                message: format!(
+                    "{:?}: expected a Kubernetes object name (lowercase letters, digits, '-' and '.')",
+                    cluster.lease_name
+                ),
+            });
+        }
+        if !cluster.lease_namespace.is_empty() && !is_name(&cluster.lease_namespace, false) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.lease_namespace",
+                message: format!(
+                    "{:?}: expected a namespace name (lowercase letters, digits and '-'), or empty for the pod's",
+                    cluster.lease_namespace
+                ),
+            });
+        }
+        if !(3..=3600).contains(&cluster.lease_duration_secs) {
+            return Err(ConfigError::Invalid {
+                key: "cluster.lease_duration_secs",
+                message: "must be from 3 to 3600 (seconds)".into(),
             });
         }
         Ok(())
@@ -1190,6 +1277,62 @@ mod tests {
                 "mam.purge_interval_secs",
             ),
             ("[mam]\nmax_pages = 1\n", "max_pages"),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn leader_election_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[cluster]\nleader_election = \"kubernetes\"\nlease_name = \"chat-janitor\"\n",
+            &env(&[
+                ("STARLING_CLUSTER_LEASE_NAMESPACE", "chat"),
+                ("STARLING_CLUSTER_LEASE_DURATION_SECS", "6"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.cluster.leader_election_kind(false),
+            LeaderElectionKind::Kubernetes
+        );
+        assert_eq!(
+            (
+                config.cluster.lease_name.as_str(),
+                config.cluster.lease_namespace.as_str(),
+                config.cluster.lease_duration_secs
+            ),
+            ("chat-janitor", "chat", 6)
+        );
+        let defaults = ClusterConfig::default();
+        assert_eq!(
+            defaults.leader_election_kind(false),
+            LeaderElectionKind::Redis
+        );
+        assert_eq!(
+            defaults.leader_election_kind(true),
+            LeaderElectionKind::Kubernetes
+        );
+        for (text, key) in [
+            (
+                "[cluster]\nleader_election = \"etcd\"\n",
+                "cluster.leader_election",
+            ),
+            (
+                "[cluster]\nlease_name = \"Janitor\"\n",
+                "cluster.lease_name",
+            ),
+            ("[cluster]\nlease_name = \"\"\n", "cluster.lease_name"),
+            (
+                "[cluster]\nlease_namespace = \"a.b\"\n",
+                "cluster.lease_namespace",
+            ),
+            (
+                "[cluster]\nlease_duration_secs = 2\n",
+                "cluster.lease_duration_secs",
+            ),
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{error}");

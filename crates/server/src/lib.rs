@@ -11,6 +11,7 @@ pub mod config;
 pub mod telemetry;
 
 mod admin_server;
+mod election;
 mod http;
 mod serve;
 

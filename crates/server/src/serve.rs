@@ -385,9 +385,18 @@ fn redis_check(readiness: &mut Readiness, redis: &Option<RedisClient>) {
 }
 
 /// The janitor removes the sessions of connection-managers whose liveness
-/// key expired and tells presence so that contacts see them leave.
-fn spawn_janitor(state: &RoutingState, presence: Arc<dyn PresenceApi>) -> Option<Janitor> {
-    let (redis, registry) = (state.redis.clone()?, state.redis_registry.clone()?);
+/// key expired and tells presence so that contacts see them leave. Its leader
+/// is elected by `cluster.leader_election` (crate::election).
+async fn spawn_janitor(
+    config: &Config,
+    node_id: &str,
+    metrics: &prometheus::Registry,
+    state: &RoutingState,
+    presence: Arc<dyn PresenceApi>,
+) -> anyhow::Result<Option<Janitor>> {
+    let (Some(redis), Some(registry)) = (state.redis.clone(), state.redis_registry.clone()) else {
+        return Ok(None);
+    };
     let on_dead_session: starling_registry::DeadSessionCallback = Arc::new(move |record| {
         let presence = presence.clone();
         async move {
@@ -397,12 +406,14 @@ fn spawn_janitor(state: &RoutingState, presence: Arc<dyn PresenceApi>) -> Option
         }
         .boxed()
     });
-    Some(Janitor::spawn(
-        redis,
+    let (election, interval) =
+        crate::election::janitor_election(config, node_id, redis, metrics).await?;
+    Ok(Some(Janitor::spawn_elected(
+        election,
         registry,
         on_dead_session,
-        Duration::from_secs(2),
-    ))
+        interval,
+    )))
 }
 
 /// Keep this node alive in Redis, and put its sessions back if Redis lost them.
@@ -604,7 +615,8 @@ impl Server {
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
                 server.archiving_router = Some(session_router.clone());
                 let router: Arc<dyn RouterApi> = session_router;
-                server.janitor = spawn_janitor(state, presence);
+                server.janitor =
+                    spawn_janitor(&config, &server.node_id, &registry, state, presence).await?;
                 let admin = AdminParts {
                     registry: state.registry.clone(),
                     bus: state.bus.clone(),
@@ -666,7 +678,14 @@ impl Server {
                             blocklists,
                         )
                     });
-                    server.janitor = spawn_janitor(state, router.presence().clone());
+                    server.janitor = spawn_janitor(
+                        &config,
+                        &server.node_id,
+                        &registry,
+                        state,
+                        router.presence().clone(),
+                    )
+                    .await?;
                     server.resumption_expiry = Some(spawn_resumption_expiry(router.clone()));
                     server.archiving_router = Some(router.clone());
                     router
