@@ -17,6 +17,7 @@ pub mod registry;
 pub mod resumption;
 pub mod router;
 pub mod storage;
+pub mod upload;
 
 pub use archive::{
     ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore,
@@ -37,3 +38,4 @@ pub use storage::{
     AccountDataStore, AccountStore, FastTokenRecord, FastTokenStore, OfflineStore, RosterItem,
     RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,
 };
+pub use upload::{UploadQuota, UploadSlotGrant, UploadSlotRecord, UploadStore};

@@ -151,6 +151,7 @@ pub trait StorageApi:
     + FastTokenStore
     + PepStore
     + ArchiveStore
+    + crate::UploadStore
 {
 }
 
@@ -163,6 +164,7 @@ impl<
             + FastTokenStore
             + PepStore
             + ArchiveStore
+            + crate::UploadStore
             + ?Sized,
     > StorageApi for T
 {
