@@ -535,6 +535,7 @@ impl Harness {
                 mam: options.mam,
                 mam_max_page_size: 5,
                 mam_max_message_bytes: 65_536,
+                upload: None,
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
             },
             registry.clone(),
