@@ -1340,6 +1340,53 @@ mod tests {
     }
 
     #[test]
+    fn upload_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "domain = \"Example.ORG\"\n[listen]\nhttp = \"127.0.0.1:5280\"\nhttps = \"\"\n",
+            &env(&[("STARLING_UPLOAD_QUOTA_BYTES", "0")]),
+        )
+        .unwrap();
+        assert!(config.upload.enabled);
+        assert_eq!(config.upload.quota_bytes, 0);
+        assert_eq!(config.upload_domain(), "upload.example.org");
+        assert_eq!(config.upload_public_url(), "http://Example.ORG:5280");
+        assert_eq!(config.upload_directory(), Path::new("./data/upload"));
+        let config = Config::from_toml_str(
+            "test",
+            "[upload]\ndomain = \"Files.Example.org\"\npublic_url = \"https://files.example.org/x/\"\nstorage = \"/srv/up\"\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.upload_domain(), "files.example.org");
+        assert_eq!(config.upload_public_url(), "https://files.example.org/x");
+        assert_eq!(config.upload_directory(), Path::new("/srv/up"));
+        for (text, key) in [
+            ("[upload]\nmax_file_bytes = 0\n", "upload.max_file_bytes"),
+            ("[upload]\nquota_bytes = 5\n", "upload.quota_bytes"),
+            (
+                "[upload]\nexpire_after_secs = 0\n",
+                "upload.expire_after_secs",
+            ),
+            (
+                "[upload]\nslot_validity_secs = 0\n",
+                "upload.slot_validity_secs",
+            ),
+            ("[upload]\ndomain = \"localhost\"\n", "upload.domain"),
+            ("[upload]\ndomain = \"a b\"\n", "upload.domain"),
+            ("[upload]\npublic_url = \"ftp://x\"\n", "upload.public_url"),
+            (
+                "[upload]\npublic_url = \"https://x/?a\"\n",
+                "upload.public_url",
+            ),
+            ("[upload]\nbucket = \"x\"\n", "bucket"),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn sasl2_keys_are_checked_by_name() {
         let config = Config::from_toml_str(
             "test",
