@@ -333,6 +333,7 @@ async def test_a_1gb_body_against_a_10mb_slot_is_cut_off_early_in_bounded_memory
         return sent, response
 
     sent, response = await asyncio.get_event_loop().run_in_executor(None, send_a_gigabyte)
+    print(f"1 GB PUT: {sent >> 20} MiB sent before the cut, RSS {rss_kib(server.process.pid) - rss_before} KiB more")
     # Refused from the head alone: the connection closed long before 1 GB.
     assert sent < 64 * (1 << 20), sent
     assert response.startswith(b"HTTP/1.1 413") or response == b"", response
