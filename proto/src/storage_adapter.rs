@@ -27,6 +27,7 @@ use crate::storage::v1::storage_client::StorageClient;
 use crate::storage::v1::storage_server::{Storage, StorageServer};
 
 mod pep;
+mod upload;
 
 /// The tonic service serving `api` as `starling.storage.v1.Storage`.
 pub fn storage_service(api: Arc<dyn StorageApi>) -> StorageServer<StorageGrpcServer> {
@@ -607,6 +608,27 @@ impl Storage for StorageGrpcServer {
             .await
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::SetArchivePrefsResponse {}))
+    }
+
+    async fn create_upload_slot(
+        &self,
+        request: Request<proto::CreateUploadSlotRequest>,
+    ) -> Result<Response<proto::CreateUploadSlotResponse>, Status> {
+        upload::create_upload_slot(&self.api, request).await
+    }
+
+    async fn get_upload_slot(
+        &self,
+        request: Request<proto::GetUploadSlotRequest>,
+    ) -> Result<Response<proto::GetUploadSlotResponse>, Status> {
+        upload::get_upload_slot(&self.api, request).await
+    }
+
+    async fn complete_upload_slot(
+        &self,
+        request: Request<proto::CompleteUploadSlotRequest>,
+    ) -> Result<Response<proto::CompleteUploadSlotResponse>, Status> {
+        upload::complete_upload_slot(&self.api, request).await
     }
 }
 

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod resumption;
 pub mod router;
 pub mod storage;
+pub mod upload;
 
 pub use archive::{
     ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore,
@@ -38,3 +39,4 @@ pub use storage::{
     RosterItem, RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,
     SubscriptionEntry,
 };
+pub use upload::{UploadQuota, UploadSlotGrant, UploadSlotRecord, UploadStore};

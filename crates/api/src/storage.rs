@@ -182,6 +182,7 @@ pub trait StorageApi:
     + FastTokenStore
     + PepStore
     + ArchiveStore
+    + crate::UploadStore
 {
 }
 
@@ -194,6 +195,7 @@ impl<
             + FastTokenStore
             + PepStore
             + ArchiveStore
+            + crate::UploadStore
             + ?Sized,
     > StorageApi for T
 {

@@ -48,6 +48,7 @@ pub struct Config {
     pub blocking: BlockingConfig,
     pub pep: PepConfig,
     pub mam: MamConfig,
+    pub upload: UploadConfig,
     pub csi: CsiConfig,
     pub sasl2: Sasl2Config,
     pub log: LogConfig,
@@ -406,6 +407,49 @@ impl Default for MamConfig {
     }
 }
 
+/// XEP-0363 HTTP File Upload: slots granted by the session-router, files
+/// PUT to and served by every connection-manager's HTTP listeners.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Offer the upload service (session-router: slots and disco;
+    /// connection-manager: the `/upload/` routes).
+    pub enabled: bool,
+    /// The service's domain; empty: `upload.` + `domain`.
+    pub domain: String,
+    /// The largest file a slot is granted for, in bytes (advertised in disco).
+    pub max_file_bytes: u64,
+    /// Bytes one account may keep in files and pending slots; 0: no quota.
+    pub quota_bytes: u64,
+    /// How long an uploaded file is kept and served, in seconds.
+    pub expire_after_secs: u64,
+    /// How long after the grant a slot's PUT may start, in seconds.
+    pub slot_validity_secs: u64,
+    /// The directory of the files, shared by every connection-manager; empty: `data_dir/upload`.
+    pub storage: String,
+    /// The base of the PUT and GET URLs (`https://upload.example.org`); empty: derived from the listeners.
+    pub public_url: String,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            domain: String::new(),
+            max_file_bytes: 10 * 1024 * 1024,
+            quota_bytes: 100 * 1024 * 1024,
+            expire_after_secs: 7 * 86_400,
+            slot_validity_secs: 300,
+            storage: String::new(),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// The bounds of `upload.max_file_bytes` (1 TiB) and `upload.expire_after_secs` (10 years).
+pub const MAX_UPLOAD_FILE_BYTES: u64 = 1 << 40;
+pub const MAX_UPLOAD_EXPIRE_AFTER_SECS: u64 = 10 * 365 * 86_400;
+
 /// XEP-0352 client state indication (connection-manager targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -471,6 +515,7 @@ impl Default for Config {
             blocking: BlockingConfig::default(),
             pep: PepConfig::default(),
             mam: MamConfig::default(),
+            upload: UploadConfig::default(),
             csi: CsiConfig::default(),
             sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
@@ -853,6 +898,7 @@ impl Config {
                 message: "must be between 1 and 86400".into(),
             });
         }
+        self.validate_upload()?;
         if limits.max_stanza_bytes < 10_000 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
@@ -1139,6 +1185,103 @@ impl Config {
             .flatten()
     }
 
+    fn validate_upload(&self) -> Result<(), ConfigError> {
+        let upload = &self.upload;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        if !(1..=MAX_UPLOAD_FILE_BYTES).contains(&upload.max_file_bytes) {
+            return Err(invalid(
+                "upload.max_file_bytes",
+                format!("must be between 1 and {MAX_UPLOAD_FILE_BYTES}"),
+            ));
+        }
+        if upload.quota_bytes != 0 && upload.quota_bytes < upload.max_file_bytes {
+            return Err(invalid(
+                "upload.quota_bytes",
+                "must be 0 (no quota) or at least upload.max_file_bytes".into(),
+            ));
+        }
+        if !(1..=MAX_UPLOAD_EXPIRE_AFTER_SECS).contains(&upload.expire_after_secs) {
+            return Err(invalid(
+                "upload.expire_after_secs",
+                format!("must be between 1 and {MAX_UPLOAD_EXPIRE_AFTER_SECS}"),
+            ));
+        }
+        if !(1..=86_400).contains(&upload.slot_validity_secs) {
+            return Err(invalid(
+                "upload.slot_validity_secs",
+                "must be between 1 and 86400".into(),
+            ));
+        }
+        if !upload.domain.is_empty() {
+            let domain = starling_jid::BareJid::domain_jid(&upload.domain).map_err(|error| {
+                invalid(
+                    "upload.domain",
+                    format!("{:?} is not a valid XMPP domain: {error}", upload.domain),
+                )
+            })?;
+            let served = starling_jid::BareJid::domain_jid(&self.domain).ok();
+            if served.as_ref() == Some(&domain) {
+                return Err(invalid(
+                    "upload.domain",
+                    "must differ from `domain` (the service is an entity of its own)".into(),
+                ));
+            }
+        }
+        if !upload.public_url.is_empty() {
+            let url = upload.public_url.as_str();
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let valid = rest.is_some_and(|rest| {
+                !rest.is_empty()
+                    && !rest.starts_with('/')
+                    && !rest.contains(['?', '#', ' '])
+                    && rest.chars().all(|character| character.is_ascii_graphic())
+            });
+            if !valid {
+                return Err(invalid(
+                    "upload.public_url",
+                    format!("{url:?}: expected http(s)://HOST[:PORT][/PATH], without a query"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upload service's domain: `upload.domain`, or `upload.` + `domain`.
+    pub fn upload_domain(&self) -> String {
+        let domain = if self.upload.domain.is_empty() {
+            format!("upload.{}", self.domain)
+        } else {
+            self.upload.domain.clone()
+        };
+        starling_jid::BareJid::domain_jid(&domain)
+            .map(|jid| jid.domain().to_string())
+            .unwrap_or(domain)
+    }
+
+    /// The upload directory: `upload.storage`, or `data_dir/upload`.
+    pub fn upload_directory(&self) -> PathBuf {
+        if self.upload.storage.is_empty() {
+            Path::new(&self.data_dir).join("upload")
+        } else {
+            PathBuf::from(&self.upload.storage)
+        }
+    }
+
+    /// The base of upload URLs, without a trailing `/`: `upload.public_url`,
+    /// or the HTTPS listener (else the HTTP one) at the served domain.
+    pub fn upload_public_url(&self) -> String {
+        if !self.upload.public_url.is_empty() {
+            return self.upload.public_url.trim_end_matches('/').to_string();
+        }
+        match (self.https_addr(), self.http_addr()) {
+            (Some(https), _) => format!("https://{}:{}", self.domain, https.port()),
+            (None, Some(http)) => format!("http://{}:{}", self.domain, http.port()),
+            (None, None) => format!("https://{}", self.domain),
+        }
+    }
+
     pub fn http_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.http", &self.listen.http)
             .ok()
@@ -1336,6 +1479,53 @@ mod tests {
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn upload_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "domain = \"Example.ORG\"\n[listen]\nhttp = \"127.0.0.1:5280\"\nhttps = \"\"\n",
+            &env(&[("STARLING_UPLOAD_QUOTA_BYTES", "0")]),
+        )
+        .unwrap();
+        assert!(config.upload.enabled);
+        assert_eq!(config.upload.quota_bytes, 0);
+        assert_eq!(config.upload_domain(), "upload.example.org");
+        assert_eq!(config.upload_public_url(), "http://Example.ORG:5280");
+        assert_eq!(config.upload_directory(), Path::new("./data/upload"));
+        let config = Config::from_toml_str(
+            "test",
+            "[upload]\ndomain = \"Files.Example.org\"\npublic_url = \"https://files.example.org/x/\"\nstorage = \"/srv/up\"\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.upload_domain(), "files.example.org");
+        assert_eq!(config.upload_public_url(), "https://files.example.org/x");
+        assert_eq!(config.upload_directory(), Path::new("/srv/up"));
+        for (text, key) in [
+            ("[upload]\nmax_file_bytes = 0\n", "upload.max_file_bytes"),
+            ("[upload]\nquota_bytes = 5\n", "upload.quota_bytes"),
+            (
+                "[upload]\nexpire_after_secs = 0\n",
+                "upload.expire_after_secs",
+            ),
+            (
+                "[upload]\nslot_validity_secs = 0\n",
+                "upload.slot_validity_secs",
+            ),
+            ("[upload]\ndomain = \"localhost\"\n", "upload.domain"),
+            ("[upload]\ndomain = \"a b\"\n", "upload.domain"),
+            ("[upload]\npublic_url = \"ftp://x\"\n", "upload.public_url"),
+            (
+                "[upload]\npublic_url = \"https://x/?a\"\n",
+                "upload.public_url",
+            ),
+            ("[upload]\nbucket = \"x\"\n", "bucket"),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
         }
     }
 

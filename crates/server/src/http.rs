@@ -422,15 +422,39 @@ impl HttpGuard {
             request.extensions_mut().insert(tls);
         }
         let guard = Arc::clone(&self);
+        let body_timeout = upload_body_timeout(&request, guard.limits.body_timeout);
         let request = request.map(move |body| {
             axum::body::Body::new(DeadlineBody {
                 inner: body,
-                deadline: Box::pin(tokio::time::sleep(guard.limits.body_timeout)),
+                deadline: Box::pin(tokio::time::sleep(body_timeout)),
                 guard,
             })
         });
         app.oneshot(request).await
     }
+}
+
+/// The body deadline of a request: `body_timeout`, longer for a file PUT
+/// to the upload service (XEP-0363) by its announced size.
+fn upload_body_timeout(
+    request: &hyper::Request<hyper::body::Incoming>,
+    body_timeout: Duration,
+) -> Duration {
+    if request.method() != hyper::Method::PUT
+        || !request
+            .uri()
+            .path()
+            .starts_with(starling_api::upload::UPLOAD_PATH_PREFIX)
+    {
+        return body_timeout;
+    }
+    let content_length = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(0);
+    starling_connection_manager::upload::put_body_deadline(body_timeout, content_length)
 }
 
 /// A connection counted against its address until it ends.

@@ -120,7 +120,45 @@ fn router_config(config: &Config) -> RouterConfig {
         mam_max_page_size: config.mam.max_page_size,
         mam_max_message_bytes: usize::try_from(config.mam.max_message_bytes).unwrap_or(usize::MAX),
         stored_stanza_limits: config.stored_stanza_limits(),
+        upload: config
+            .upload
+            .enabled
+            .then(|| starling_session_router::UploadSettings {
+                domain: config.upload_domain(),
+                max_file_bytes: config.upload.max_file_bytes,
+                quota_bytes: config.upload.quota_bytes,
+                expire_after: Duration::from_secs(config.upload.expire_after_secs),
+                slot_validity: Duration::from_secs(config.upload.slot_validity_secs),
+                public_url: config.upload_public_url(),
+            }),
     }
+}
+
+/// The HTTP side of the upload service (XEP-0363) of a connection-manager
+/// process: its routes, and the sweep of expired files.
+fn upload_http(
+    config: &Config,
+    storage: Arc<dyn StorageApi>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<(axum::Router, JoinHandle<()>)> {
+    use starling_connection_manager::upload::{UploadHttp, UploadHttpSettings, UploadMetrics};
+    let directory = config.upload_directory();
+    let upload = UploadHttp::new(
+        UploadHttpSettings {
+            directory: directory.clone(),
+            expire_after: Duration::from_secs(config.upload.expire_after_secs),
+            slot_validity: Duration::from_secs(config.upload.slot_validity_secs),
+        },
+        storage,
+        UploadMetrics::register(registry).context("cannot register the upload metrics")?,
+    )
+    .with_context(|| {
+        format!(
+            "config key `upload.storage`: cannot create the upload directory {}",
+            directory.display()
+        )
+    })?;
+    Ok((upload.router(), upload.spawn_sweep()))
 }
 
 /// The session router of a process that routes (targets session-router and
@@ -495,6 +533,9 @@ pub struct Server {
     offline_gauge: Option<JoinHandle<()>>,
     /// The storage service's archive retention purge (`mam.retention_days`).
     archive_purge: Option<JoinHandle<()>>,
+    /// The upload service's (XEP-0363) expiry: the storage's purge of
+    /// slots, the connection-manager's sweep of files.
+    upload_tasks: Vec<JoinHandle<()>>,
     /// The router of this process, whose queued archive writes (XEP-0313)
     /// are flushed when the process stops.
     archiving_router: Option<Arc<SessionRouter>>,
@@ -533,6 +574,7 @@ impl Server {
             drain: None,
             offline_gauge: None,
             archive_purge: None,
+            upload_tasks: Vec::new(),
             archiving_router: None,
             http_task: None,
             https_task: None,
@@ -568,6 +610,14 @@ impl Server {
                     server.archive_purge = Some(storage.spawn_archive_purge(
                         Duration::from_secs(u64::from(config.mam.retention_days) * 86_400),
                         Duration::from_secs(config.mam.purge_interval_secs),
+                    ));
+                }
+                if config.upload.enabled {
+                    server.upload_tasks.push(storage.spawn_upload_purge(
+                        Duration::from_secs(config.upload.expire_after_secs),
+                        starling_connection_manager::upload::sweep_interval(Duration::from_secs(
+                            config.upload.expire_after_secs,
+                        )),
                     ));
                 }
                 Arc::new(storage)
@@ -738,6 +788,11 @@ impl Server {
                 }
                 server.drain = Some(drain_handle);
                 routes = bound.websocket_router();
+                if config.upload.enabled {
+                    let (upload_routes, sweep) = upload_http(&config, storage.clone(), &registry)?;
+                    routes = routes.merge(upload_routes);
+                    server.upload_tasks.push(sweep);
+                }
                 https_acceptor = Some(bound.https_acceptor());
                 server.connection_manager = Some(bound);
             }
@@ -889,6 +944,7 @@ impl Server {
             drain,
             offline_gauge,
             archive_purge,
+            upload_tasks,
             archiving_router,
             http_task,
             https_task,
@@ -936,6 +992,9 @@ impl Server {
             task.abort();
         }
         if let Some(task) = archive_purge {
+            task.abort();
+        }
+        for task in upload_tasks {
             task.abort();
         }
         if let Some((liveness, task)) = liveness {

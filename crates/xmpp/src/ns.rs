@@ -16,6 +16,8 @@ pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
 pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const PING: &str = "urn:xmpp:ping";
+/// XEP-0363 HTTP File Upload.
+pub const HTTP_UPLOAD: &str = "urn:xmpp:http:upload:0";
 pub const VERSION: &str = "jabber:iq:version";
 pub const PRIVATE: &str = "jabber:iq:private";
 pub const VCARD: &str = "vcard-temp";

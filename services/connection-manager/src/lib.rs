@@ -62,6 +62,7 @@ mod shared;
 mod sm;
 mod sm_session;
 mod transport;
+pub mod upload;
 mod xml;
 
 use std::collections::HashMap;

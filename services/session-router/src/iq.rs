@@ -57,6 +57,11 @@ impl SessionRouter {
             Destination::DomainResource => {
                 routing.bounce(&iq, StanzaErrorCondition::ServiceUnavailable)
             }
+            // XEP-0363: the upload service's domain is answered here.
+            Destination::Remote(service) if self.is_upload_service(&service) => {
+                note_decision("server");
+                self.upload_iq(routing, &service, iq, iq_type).await
+            }
             // RFC 6120 section 10.4: no server-to-server connections yet.
             Destination::Remote(remote) => {
                 tracing::debug!(to = %remote, "iq to a remote domain, no s2s");

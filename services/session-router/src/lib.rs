@@ -42,11 +42,13 @@ mod pep;
 mod resumption;
 mod router;
 mod session;
+mod upload;
 
 pub use metrics::RouterMetrics;
 pub use pep::PepSettings;
 pub use resumption::spawn_resumption_expiry;
 pub use router::{RouterConfig, RouterHandle, SessionRouter};
+pub use upload::UploadSettings;
 
 #[cfg(test)]
 mod tests;

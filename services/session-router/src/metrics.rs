@@ -11,6 +11,7 @@
 //! into the [`RouteOutcome`] of the stanza, which each rule is given with the
 //! stanza (`Routing`). Every label value comes from a fixed set.
 
+use crate::upload::SlotOutcome;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -109,6 +110,8 @@ pub struct RouterMetrics {
     caps_queries: [IntCounter; 3],
     /// Archive entries (XEP-0313) by outcome, in [`ARCHIVE_OUTCOMES`] order.
     archive: [IntCounter; 5],
+    /// XEP-0363 slot requests by outcome, in [`SlotOutcome::ALL`] order.
+    upload_slots: [IntCounter; 6],
 }
 
 const PEP_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
@@ -205,7 +208,17 @@ impl RouterMetrics {
         registry.register(Box::new(pep_notifications.clone()))?;
         registry.register(Box::new(caps_queries.clone()))?;
         registry.register(Box::new(archive.clone()))?;
+        let upload_slots = IntCounterVec::new(
+            Opts::new(
+                "starling_upload_slots_total",
+                "XEP-0363 upload slot requests, by outcome: granted, too_large (over upload.max_file_bytes), quota (over upload.quota_bytes), not_allowed (not a local account), bad_request, failed (storage failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(upload_slots.clone()))?;
         Ok(RouterMetrics {
+            upload_slots: SlotOutcome::ALL
+                .map(|outcome| upload_slots.with_label_values(&[outcome.label()])),
             pep_notifications: PEP_OUTCOMES
                 .map(|outcome| pep_notifications.with_label_values(&[outcome])),
             caps_queries: CAPS_OUTCOMES.map(|outcome| caps_queries.with_label_values(&[outcome])),
@@ -220,6 +233,14 @@ impl RouterMetrics {
                     .map(|outcome| carbons.with_label_values(&[direction.element_name(), outcome]))
             }),
         })
+    }
+
+    pub(crate) fn count_upload_slot(&self, outcome: SlotOutcome) {
+        let index = SlotOutcome::ALL
+            .iter()
+            .position(|candidate| *candidate == outcome)
+            .unwrap_or(0);
+        self.upload_slots[index].inc();
     }
 
     pub(crate) fn routed(&self, kind: StanzaKind, decision: Decision, elapsed: Duration) {

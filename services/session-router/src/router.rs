@@ -50,6 +50,9 @@ pub struct RouterConfig {
     /// The limits archived messages are parsed under when a query returns
     /// them (`Limits::for_server_copies` of the configured limits).
     pub stored_stanza_limits: starling_xmpp::Limits,
+    /// The HTTP File Upload service (XEP-0363, `upload.*`) the router
+    /// answers at its domain and lists in the server's disco#items; `None`: off.
+    pub upload: Option<crate::upload::UploadSettings>,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the

@@ -161,6 +161,7 @@ mod fast;
 mod offline;
 mod pep;
 mod roster;
+mod upload;
 
 impl Storage {
     /// Connect, create the SQLite file and its parent folder when missing, run migrations.

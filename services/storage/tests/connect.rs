@@ -313,7 +313,8 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "pep_whitelist",
             "roster_groups",
             "roster_items",
-            "scram_credentials"
+            "scram_credentials",
+            "upload_slots"
         ])
     );
     assert!(
@@ -345,6 +346,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "accounts_by_address".to_string(),
             "archive_messages_by_with".to_string(),
             "pep_items_by_seq".to_string(),
+            "upload_slots_by_account".to_string(),
         ])
     );
 }

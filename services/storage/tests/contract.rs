@@ -56,6 +56,7 @@ pub mod cases {
     pub use super::archive_cases::*;
     pub use super::blocking_cases::*;
     pub use super::pep_cases::*;
+    pub use super::upload_cases::*;
     use super::*;
 
     pub async fn accounts_create_duplicate_list_remove(storage: Storage) {
@@ -1472,6 +1473,9 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(
+    upload_slots_count_against_the_quota_and_complete_once,
+    upload_purge_removes_expired_slots,
+    concurrent_upload_slots_respect_the_quota,
     pep_publish_auto_creates_and_keeps_max_items,
     pep_preconditions_and_node_limit,
     pep_configure_retract_whitelist_delete,
@@ -1920,5 +1924,193 @@ pub mod archive_cases {
             .unwrap();
         assert_eq!(page.messages.len() as u64, MAX_ARCHIVE_MESSAGES);
         assert_eq!(bodies(&page)[0], "new");
+    }
+}
+
+pub mod upload_cases {
+    use super::*;
+    use starling_api::{UploadQuota, UploadSlotGrant, UploadSlotRecord, UploadStore};
+
+    fn slot(id: u32, size: u64, created_at_millis: i64) -> UploadSlotRecord {
+        UploadSlotRecord {
+            id: format!("{id:032x}"),
+            file_name: "photo.jpg".into(),
+            size,
+            content_type: Some("image/jpeg".into()),
+            token_hash: vec![id as u8; 32],
+            created_at_millis,
+            uploaded_at_millis: None,
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    }
+
+    fn quota(bytes: u64, now_millis: i64) -> UploadQuota {
+        UploadQuota {
+            bytes,
+            now_millis,
+            stored_for_millis: 3_600_000,
+            pending_for_millis: 60_000,
+        }
+    }
+
+    pub async fn upload_slots_count_against_the_quota_and_complete_once(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        let now = now();
+        for (id, size) in [(1, 600), (2, 400)] {
+            assert_eq!(
+                storage
+                    .create_upload_slot(&alice, &slot(id, size, now), quota(1000, now))
+                    .await
+                    .unwrap(),
+                UploadSlotGrant::Granted
+            );
+        }
+        // Full: refused with the time the oldest pending slot stops counting.
+        assert_eq!(
+            storage
+                .create_upload_slot(&alice, &slot(3, 1, now), quota(1000, now))
+                .await
+                .unwrap(),
+            UploadSlotGrant::QuotaExceeded {
+                used_bytes: 1000,
+                retry_at_millis: Some(now + 60_000)
+            }
+        );
+        assert!(storage
+            .upload_slot(&format!("{:032x}", 3))
+            .await
+            .unwrap()
+            .is_none());
+        // Another account has its own quota; no quota at all is 0.
+        assert_eq!(
+            storage
+                .create_upload_slot(&bob, &slot(4, 1000, now), quota(1000, now))
+                .await
+                .unwrap(),
+            UploadSlotGrant::Granted
+        );
+        assert_eq!(
+            storage
+                .create_upload_slot(&bob, &slot(5, 1 << 40, now), quota(0, now))
+                .await
+                .unwrap(),
+            UploadSlotGrant::Granted
+        );
+        // A pending slot stops counting after pending_for, an uploaded file after stored_for.
+        let id1 = format!("{:032x}", 1);
+        assert!(storage.complete_upload_slot(&id1, now + 5).await.unwrap());
+        assert!(
+            storage.complete_upload_slot(&id1, now + 5).await.unwrap(),
+            "a retry"
+        );
+        assert!(
+            !storage.complete_upload_slot(&id1, now + 6).await.unwrap(),
+            "used"
+        );
+        assert!(!storage
+            .complete_upload_slot(&format!("{:032x}", 99), now)
+            .await
+            .unwrap());
+        let later = now + 120_000;
+        assert_eq!(
+            storage
+                .create_upload_slot(&alice, &slot(6, 400, later), quota(1000, later))
+                .await
+                .unwrap(),
+            UploadSlotGrant::Granted
+        );
+        assert_eq!(
+            storage
+                .create_upload_slot(&alice, &slot(7, 1, later), quota(1000, later))
+                .await
+                .unwrap(),
+            UploadSlotGrant::QuotaExceeded {
+                used_bytes: 1000,
+                retry_at_millis: Some(later + 60_000)
+            }
+        );
+        let stored = storage.upload_slot(&id1).await.unwrap().unwrap();
+        assert_eq!(stored.uploaded_at_millis, Some(now + 5));
+        assert_eq!(stored.size, 600);
+        assert_eq!(stored.content_type.as_deref(), Some("image/jpeg"));
+        assert_eq!(stored.token_hash, vec![1u8; 32]);
+        assert!(is_not_found(
+            &storage
+                .create_upload_slot(&jid("nobody@example.org"), &slot(8, 1, now), quota(0, now))
+                .await
+        ));
+        // The slots go with the account.
+        storage.remove_account(&alice).await.unwrap();
+        assert!(storage.upload_slot(&id1).await.unwrap().is_none());
+    }
+
+    pub async fn upload_purge_removes_expired_slots(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let now = now();
+        let hour = 3_600_000;
+        for (id, created) in [(1, now - 3 * hour), (2, now - 3 * hour), (3, now)] {
+            storage
+                .create_upload_slot(&alice, &slot(id, 1, created), quota(0, now))
+                .await
+                .unwrap();
+        }
+        // Uploaded recently although granted long ago: kept.
+        assert!(storage
+            .complete_upload_slot(&format!("{:032x}", 2), now - 1000)
+            .await
+            .unwrap());
+        let purged = storage
+            .purge_upload_slots(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(purged, 1);
+        assert!(storage
+            .upload_slot(&format!("{:032x}", 1))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(storage
+            .upload_slot(&format!("{:032x}", 2))
+            .await
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            storage
+                .purge_upload_slots(std::time::Duration::from_secs(3600))
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    pub async fn concurrent_upload_slots_respect_the_quota(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let now = now();
+        let storage = Arc::new(storage);
+        let mut tasks = Vec::new();
+        for id in 0..20 {
+            let storage = storage.clone();
+            let alice = alice.clone();
+            tasks.push(tokio::spawn(async move {
+                storage
+                    .create_upload_slot(&alice, &slot(id, 100, now), quota(1000, now))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut granted = 0;
+        for task in tasks {
+            if task.await.unwrap() == UploadSlotGrant::Granted {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 10);
     }
 }

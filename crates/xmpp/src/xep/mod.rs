@@ -10,6 +10,7 @@ pub mod carbons;
 pub mod delay;
 pub mod disco;
 pub mod forward;
+pub mod http_upload;
 pub mod mam;
 pub mod ping;
 pub mod rsm;

@@ -339,6 +339,26 @@ impl starling_api::PepStore for FakeStorage {
 }
 
 #[async_trait]
+impl starling_api::UploadStore for FakeStorage {
+    async fn create_upload_slot(
+        &self,
+        _user: &BareJid,
+        _slot: &starling_api::UploadSlotRecord,
+        _quota: starling_api::UploadQuota,
+    ) -> ApiResult<starling_api::UploadSlotGrant> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn upload_slot(&self, _id: &str) -> ApiResult<Option<starling_api::UploadSlotRecord>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn complete_upload_slot(&self, _id: &str, _uploaded_at_millis: i64) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
+#[async_trait]
 impl starling_api::FastTokenStore for FakeStorage {
     async fn put_fast_token(
         &self,

@@ -45,7 +45,7 @@ impl IqHandler for Disco {
             return unknown_node(iq);
         }
         if request.namespace() == ns::DISCO_ITEMS {
-            return Some(empty_items_result(iq));
+            return Some(server_items(router, iq));
         }
         let identity = Identity {
             category: "server",
@@ -193,6 +193,21 @@ pub(crate) fn info_results(
     sorted_features.dedup();
     for feature in sorted_features {
         query.append_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
+    }
+    stanza::iq_result(request).with_child(query)
+}
+
+/// The server's disco#items: the services of its subdomains (XEP-0363
+/// section 3: "A user's server SHOULD include any known entities that
+/// provide such services into its service discovery items").
+fn server_items(router: &SessionRouter, request: &Element) -> Element {
+    let mut query = Element::new("query", ns::DISCO_ITEMS);
+    if let Some(upload) = &router.config.upload {
+        query.append_child(
+            Element::new("item", ns::DISCO_ITEMS)
+                .with_attr("jid", upload.domain.clone())
+                .with_attr("name", crate::upload::SERVICE_NAME),
+        );
     }
     stanza::iq_result(request).with_child(query)
 }

@@ -13,6 +13,7 @@ mod metrics;
 mod pep;
 mod presence;
 mod undeliverable;
+mod upload;
 mod xml;
 
 use std::sync::Arc;
@@ -330,6 +331,26 @@ impl starling_api::ArchiveStore for UnavailableStorage {
 }
 
 #[async_trait]
+impl starling_api::UploadStore for UnavailableStorage {
+    async fn create_upload_slot(
+        &self,
+        _user: &BareJid,
+        _slot: &starling_api::UploadSlotRecord,
+        _quota: starling_api::UploadQuota,
+    ) -> ApiResult<starling_api::UploadSlotGrant> {
+        Err(database_down())
+    }
+
+    async fn upload_slot(&self, _id: &str) -> ApiResult<Option<starling_api::UploadSlotRecord>> {
+        Err(database_down())
+    }
+
+    async fn complete_upload_slot(&self, _id: &str, _uploaded_at_millis: i64) -> ApiResult<bool> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
 impl starling_api::FastTokenStore for UnavailableStorage {
     async fn put_fast_token(
         &self,
@@ -488,6 +509,8 @@ pub struct HarnessOptions {
     pub carbons: bool,
     /// Message Archive Management (XEP-0313).
     pub mam: bool,
+    /// HTTP File Upload (XEP-0363).
+    pub upload: Option<crate::upload::UploadSettings>,
 }
 
 impl Default for HarnessOptions {
@@ -498,6 +521,7 @@ impl Default for HarnessOptions {
             storage_down: false,
             carbons: true,
             mam: false,
+            upload: None,
         }
     }
 }
@@ -547,6 +571,7 @@ impl Harness {
                 mam: options.mam,
                 mam_max_page_size: 5,
                 mam_max_message_bytes: 65_536,
+                upload: options.upload.clone(),
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
             },
             registry.clone(),

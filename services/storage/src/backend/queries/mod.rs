@@ -25,6 +25,7 @@ mod fast;
 mod offline;
 mod pep;
 mod roster;
+mod upload;
 
 pub(crate) use account_data::*;
 pub(crate) use accounts::*;
@@ -34,6 +35,7 @@ pub(crate) use fast::*;
 pub(crate) use offline::*;
 pub(crate) use pep::*;
 pub(crate) use roster::*;
+pub(crate) use upload::*;
 
 /// A counter on the account row, bumped in the same transaction as the change it numbers.
 #[derive(Clone, Copy)]
