@@ -17,6 +17,11 @@ pub struct CmConfig {
     pub c2s_addr: Option<SocketAddr>,
     /// The direct TLS listener (5223, XEP-0368).
     pub c2s_tls_addr: Option<SocketAddr>,
+    /// The external component listener (XEP-0114, `jabber:component:accept`,
+    /// plain TCP as the XEP says; 5347 by custom). `None`: no listener.
+    pub component_addr: Option<SocketAddr>,
+    /// The components that may connect, each with its own limits.
+    pub components: Vec<ComponentSettings>,
     pub tls: TlsSettings,
     pub limits: CmLimits,
     /// XEP-0077 in-band registration (offered inside TLS only: it carries a password).
@@ -47,6 +52,37 @@ pub struct CmConfig {
     /// Where the connection-manager counts (`CmMetrics::register` exposes
     /// them on a registry; the default counts into an unscraped one).
     pub metrics: crate::metrics::CmMetrics,
+}
+
+/// One external component (XEP-0114): its domain, shared secret and limits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ComponentSettings {
+    /// The component's domain (normalised again at start): `to` of its
+    /// stream header, the domain of every `from` it writes, and where the
+    /// cluster routes every address at it.
+    pub domain: String,
+    /// The shared secret of the `<handshake/>` (XEP-0114 section 3).
+    pub secret: String,
+    /// The largest stanza the component may send; a larger one ends its
+    /// stream with `<policy-violation/>`. At most `limits.max_stanza_bytes`
+    /// (the parser's bound applies first).
+    pub max_stanza_bytes: usize,
+    /// The component's token bucket: stanzas per second (0 = unlimited) and
+    /// burst. Over it the component is read more slowly, not disconnected.
+    pub stanzas_per_second: u32,
+    pub stanza_burst: u32,
+}
+
+impl std::fmt::Debug for ComponentSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("ComponentSettings")
+            .field("domain", &self.domain)
+            .field("max_stanza_bytes", &self.max_stanza_bytes)
+            .field("stanzas_per_second", &self.stanzas_per_second)
+            .field("stanza_burst", &self.stanza_burst)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the TLS certificate comes from.

@@ -45,7 +45,17 @@ impl IqHandler for Disco {
             return unknown_node(iq);
         }
         if request.namespace() == ns::DISCO_ITEMS {
-            return Some(empty_items_result(iq));
+            // XEP-0030 section 4: the server's items are its services, the
+            // external components (XEP-0114) configured for it.
+            let mut reply = empty_items_result(iq);
+            if let Some(query) = reply.get_child_mut("query", ns::DISCO_ITEMS) {
+                for component in &router.config.components {
+                    query.append_child(
+                        Element::new("item", ns::DISCO_ITEMS).with_attr("jid", component.clone()),
+                    );
+                }
+            }
+            return Some(reply);
         }
         let identity = Identity {
             category: "server",

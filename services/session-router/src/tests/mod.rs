@@ -6,6 +6,7 @@
 mod bind;
 mod blocking;
 mod carbons;
+mod component;
 mod iq;
 mod mam;
 mod message;
@@ -536,6 +537,7 @@ impl Harness {
                 mam_max_page_size: 5,
                 mam_max_message_bytes: 65_536,
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
+                components: vec!["irc.example.com".into()],
             },
             registry.clone(),
             bus.clone(),
