@@ -5,6 +5,7 @@ refusals; `starling serve`, then two connection-managers of the cluster."""
 import asyncio
 import re
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -312,3 +313,59 @@ def test_configuration_errors_name_the_key(tmp_path, components, key):
     result = srv.cli("config", "check", check=False)
     assert result.returncode == 64, result.stdout + result.stderr
     assert key in result.stderr, result.stderr
+
+
+async def test_cluster_component_on_cm2_user_on_cm1_and_reconnect_after_kill(tmp_path):
+    """The component connects to cm-2, the user to cm-1: stanzas cross the
+    bus both ways. cm-2 is killed (-9): the janitor removes its record, the
+    user gets service-unavailable, and the component reconnecting to cm-1
+    is served at once."""
+    from test_cluster import Cluster
+
+    extra = tmp_path / "components.toml"
+    extra.write_text(COMPONENTS_TOML)
+    cluster = Cluster(tmp_path)
+    cluster.env["STARLING_EXTRA_TOML"] = str(extra)
+    try:
+        cluster.up()
+        component_port = {name: cluster.node(name).c2s + 3 for name in ("cm-1", "cm-2")}
+        jid, password = cluster.add_user(f"u{int(time.time() * 1000) % 10**8}")
+        user = await login(cluster.node("cm-1"), jid, password, resource="phone")
+        component = await connect_component(component_port["cm-2"])
+        try:
+            user.send_message(mto=f"#chan@{DOMAIN}", mbody="across nodes", mtype="chat")
+            assert (await asyncio.wait_for(component.messages.get(), 10))["body"] == "across nodes"
+            component.send_message(mto=user.boundjid.full, mfrom=f"#chan@{DOMAIN}/bob", mbody="back across")
+            assert (await user.next_message())["body"] == "back across"
+            answer = await user.plugin["xep_0092"].get_version(DOMAIN, timeout=10)
+            assert answer["software_version"]["name"] == "gateway"
+            answer = await component.plugin["xep_0092"].get_version(user.boundjid.full, ifrom=DOMAIN, timeout=10)
+            assert answer["type"] == "result"
+            user.send_presence(pto=DOMAIN, ptype="subscribe")
+            subscribe = await asyncio.wait_for(component.presences.get(), 10)
+            assert subscribe["type"] == "subscribe" and subscribe["from"] == user.boundjid.bare
+
+            redis = ["redis-cli", "-p", str(cluster.redis_port)]
+
+            def record_gone():
+                keys = subprocess.run([*redis, "--scan", "--pattern", f"*sess:*{DOMAIN}*"],
+                                      capture_output=True, text=True).stdout
+                return keys.strip() == ""
+
+            assert not record_gone(), "the component's record is in Redis"
+            cluster.kill("cm-2")
+            component.abort()
+
+            await wait_until_async(record_gone, timeout=30, what="the janitor to remove the component's record")
+            user.send_message(mto=DOMAIN, mbody="nobody there", mtype="chat")
+            bounce = await user.next_message(body=False)
+            assert bounce["error"]["condition"] == "service-unavailable"
+
+            component = await connect_component(component_port["cm-1"])
+            user.send_message(mto=DOMAIN, mbody="welcome back", mtype="chat")
+            assert (await asyncio.wait_for(component.messages.get(), 10))["body"] == "welcome back"
+        finally:
+            component.disconnect()
+            await logout(user)
+    finally:
+        cluster.down()
