@@ -676,6 +676,10 @@ impl Config {
             message: error.to_string(),
         })?;
         for (key, default) in key_paths() {
+            // `[[components]]` entries are tables: the file alone holds them.
+            if key == "components" {
+                continue;
+            }
             let variable = env_name(&key);
             if let Some(raw) = environment.get(&variable) {
                 let value =
@@ -1551,6 +1555,36 @@ mod tests {
                 .contains("STARLING_TELEMETRY_SAMPLE_RATIO"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn component_entries_are_validated_with_the_key_named() {
+        let load = |components: &str| {
+            Config::from_toml_str(
+                "test.toml",
+                &format!("domain = \"example.com\"\n{components}"),
+                &BTreeMap::new(),
+            )
+        };
+        let config =
+            load("[[components]]\ndomain = \"irc.example.com\"\nsecret = \"s\"\n").unwrap();
+        assert_eq!(config.components[0].stanzas_per_second, 500);
+        assert!(!format!("{config:?}").contains("secret: \"s\""));
+        for (components, key) in [
+            ("[[components]]\ndomain = \"Example.com\"\nsecret = \"s\"\n", "components.domain"),
+            ("[[components]]\ndomain = \"irc.example.com\"\n", "components.secret"),
+            (
+                "[[components]]\ndomain = \"a.example.com\"\nsecret = \"s\"\n[[components]]\ndomain = \"A.example.com\"\nsecret = \"t\"\n",
+                "components.domain",
+            ),
+            (
+                "[[components]]\ndomain = \"a.example.com\"\nsecret = \"s\"\nstanzas_per_second = 10\nstanza_burst = 5\n",
+                "components.stanza_burst",
+            ),
+        ] {
+            let error = load(components).unwrap_err().to_string();
+            assert!(error.contains(key), "{components}: {error}");
+        }
     }
 
     #[test]

@@ -21,7 +21,6 @@
 //! reconnects to another one and is served at once, without waiting for the
 //! janitor to remove the dead node's record.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -48,59 +47,6 @@ use crate::shared::Shared;
 use crate::transport::tcp::ByteStream;
 use crate::transport::{Received, Transport};
 use crate::xml::random_id;
-
-/// The components this node accepts, by normalised domain.
-#[derive(Debug, Default)]
-pub(crate) struct Components {
-    by_domain: HashMap<String, ComponentSettings>,
-}
-
-impl Components {
-    /// Normalise and index the configured components; an invalid or
-    /// duplicate domain, an empty secret or the served domain is refused
-    /// with the key named.
-    pub fn new(
-        settings: Vec<ComponentSettings>,
-        served_domain: &str,
-        max_stanza_bytes: usize,
-    ) -> Result<Self, String> {
-        let mut by_domain = HashMap::new();
-        for (index, mut component) in settings.into_iter().enumerate() {
-            let domain = normalize_domainpart(&component.domain).map_err(|error| {
-                format!(
-                    "components[{index}].domain {:?} is not a valid domain: {error}",
-                    component.domain
-                )
-            })?;
-            if domain == served_domain {
-                return Err(format!(
-                    "components[{index}].domain {domain:?} is the served domain; a component needs a domain of its own (a subdomain)"
-                ));
-            }
-            if component.secret.is_empty() {
-                return Err(format!("components[{index}].secret must not be empty"));
-            }
-            if component.max_stanza_bytes == 0 || component.max_stanza_bytes > max_stanza_bytes {
-                component.max_stanza_bytes = max_stanza_bytes;
-            }
-            component.domain = domain.clone();
-            if by_domain.insert(domain.clone(), component).is_some() {
-                return Err(format!(
-                    "components[{index}].domain {domain:?} is configured twice"
-                ));
-            }
-        }
-        Ok(Components { by_domain })
-    }
-
-    pub fn domains(&self) -> impl Iterator<Item = &str> {
-        self.by_domain.keys().map(String::as_str)
-    }
-
-    fn get(&self, domain: &str) -> Option<&ComponentSettings> {
-        self.by_domain.get(domain)
-    }
-}
 
 /// The handshake value (XEP-0114 section 3, "Protocol Flow"): the lower-case
 /// hex SHA-1 of the stream id followed by the shared secret.
@@ -204,7 +150,7 @@ pub(crate) async fn serve(
 ) {
     let metrics = shared.metrics.component().clone();
     let mut stream = ByteStream::Plain(tcp);
-    let mut parser = Inbound::new(Framing::Stream, shared.parser_limits.clone());
+    let mut parser = Inbound::new(Framing::Stream, shared.parser_limits);
     let stream_id = random_id();
     let header = match next_event(&shared, &mut stream, &mut parser, deadline).await {
         Ok(StreamEvent::Open(header)) => header,
@@ -607,16 +553,6 @@ fn registry_jid(domain: &str) -> starling_jid::FullJid {
 mod tests {
     use super::*;
 
-    fn settings(domain: &str, secret: &str) -> ComponentSettings {
-        ComponentSettings {
-            domain: domain.into(),
-            secret: secret.into(),
-            max_stanza_bytes: 0,
-            stanzas_per_second: 100,
-            stanza_burst: 200,
-        }
-    }
-
     #[test]
     fn handshake_is_the_lowercase_hex_sha1_of_id_and_secret() {
         // Computed independently (Python's hashlib) for id 3BF96D32, secret "secret".
@@ -654,28 +590,5 @@ mod tests {
             registry_jid("IRC.example.com").to_string(),
             "irc.example.com/component"
         );
-    }
-
-    #[test]
-    fn configuration_errors_name_the_entry() {
-        let error = |components: Vec<ComponentSettings>| {
-            Components::new(components, "example.com", 262_144).unwrap_err()
-        };
-        assert!(error(vec![settings("example.com", "s")]).contains("components[0].domain"));
-        assert!(error(vec![settings("irc.example.com", "")]).contains("components[0].secret"));
-        assert!(error(vec![
-            settings("irc.example.com", "a"),
-            settings("IRC.example.com", "b")
-        ])
-        .contains("components[1].domain"));
-        assert!(error(vec![settings("bad domain", "a")]).contains("components[0].domain"));
-        let components = Components::new(
-            vec![settings("Irc.Example.com", "a")],
-            "example.com",
-            10_000,
-        )
-        .unwrap();
-        let irc = components.get("irc.example.com").unwrap();
-        assert_eq!(irc.max_stanza_bytes, 10_000);
     }
 }

@@ -1,9 +1,12 @@
 //! The connection-manager's configuration: listeners, TLS material and the
 //! per-connection and per-IP limits (RFC 6120 section 13.12, denial of service).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use starling_jid::normalize_domainpart;
 
 /// What one connection-manager serves.
 #[derive(Debug, Clone)]
@@ -82,6 +85,59 @@ impl std::fmt::Debug for ComponentSettings {
             .field("stanzas_per_second", &self.stanzas_per_second)
             .field("stanza_burst", &self.stanza_burst)
             .finish_non_exhaustive()
+    }
+}
+
+/// The components this node accepts, by normalised domain.
+#[derive(Debug, Default)]
+pub(crate) struct Components {
+    by_domain: HashMap<String, ComponentSettings>,
+}
+
+impl Components {
+    /// Normalise and index the configured components; an invalid or
+    /// duplicate domain, an empty secret or the served domain is refused
+    /// with the key named.
+    pub fn new(
+        settings: Vec<ComponentSettings>,
+        served_domain: &str,
+        max_stanza_bytes: usize,
+    ) -> Result<Self, String> {
+        let mut by_domain = HashMap::new();
+        for (index, mut component) in settings.into_iter().enumerate() {
+            let domain = normalize_domainpart(&component.domain).map_err(|error| {
+                format!(
+                    "components[{index}].domain {:?} is not a valid domain: {error}",
+                    component.domain
+                )
+            })?;
+            if domain == served_domain {
+                return Err(format!(
+                    "components[{index}].domain {domain:?} is the served domain; a component needs a domain of its own (a subdomain)"
+                ));
+            }
+            if component.secret.is_empty() {
+                return Err(format!("components[{index}].secret must not be empty"));
+            }
+            if component.max_stanza_bytes == 0 || component.max_stanza_bytes > max_stanza_bytes {
+                component.max_stanza_bytes = max_stanza_bytes;
+            }
+            component.domain = domain.clone();
+            if by_domain.insert(domain.clone(), component).is_some() {
+                return Err(format!(
+                    "components[{index}].domain {domain:?} is configured twice"
+                ));
+            }
+        }
+        Ok(Components { by_domain })
+    }
+
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.by_domain.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, domain: &str) -> Option<&ComponentSettings> {
+        self.by_domain.get(domain)
     }
 }
 
@@ -164,5 +220,43 @@ impl Default for CmLimits {
             outbound_queue_bytes_total: 256 * 1024 * 1024,
             bosh_inactivity: Duration::from_secs(60),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(domain: &str, secret: &str) -> ComponentSettings {
+        ComponentSettings {
+            domain: domain.into(),
+            secret: secret.into(),
+            max_stanza_bytes: 0,
+            stanzas_per_second: 100,
+            stanza_burst: 200,
+        }
+    }
+
+    #[test]
+    fn configuration_errors_name_the_entry() {
+        let error = |components: Vec<ComponentSettings>| {
+            Components::new(components, "example.com", 262_144).unwrap_err()
+        };
+        assert!(error(vec![settings("example.com", "s")]).contains("components[0].domain"));
+        assert!(error(vec![settings("irc.example.com", "")]).contains("components[0].secret"));
+        assert!(error(vec![
+            settings("irc.example.com", "a"),
+            settings("IRC.example.com", "b")
+        ])
+        .contains("components[1].domain"));
+        assert!(error(vec![settings("bad domain", "a")]).contains("components[0].domain"));
+        let components = Components::new(
+            vec![settings("Irc.Example.com", "a")],
+            "example.com",
+            10_000,
+        )
+        .unwrap();
+        let irc = components.get("irc.example.com").unwrap();
+        assert_eq!(irc.max_stanza_bytes, 10_000);
     }
 }

@@ -183,7 +183,7 @@ impl ConnectionManager {
         }
         let domain = domain_jid.domain().to_string();
         let components =
-            component::Components::new(config.components, &domain, limits.max_stanza_bytes)
+            config::Components::new(config.components, &domain, limits.max_stanza_bytes)
                 .map_err(CmError::Config)?;
         for component_domain in components.domains() {
             config.metrics.component().declare(component_domain);

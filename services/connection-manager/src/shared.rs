@@ -26,7 +26,7 @@ pub(crate) struct Shared {
     /// The served domain, normalised.
     pub domain: String,
     /// External components (XEP-0114) that may connect, by domain.
-    pub components: crate::component::Components,
+    pub components: crate::config::Components,
     pub limits: CmLimits,
     /// The byte bound of every outbound queue of the node (`limits.outbound_queue_bytes*`).
     pub outbound_bytes: OutboundBytes,
