@@ -369,3 +369,120 @@ async def test_cluster_component_on_cm2_user_on_cm1_and_reconnect_after_kill(tmp
             await logout(user)
     finally:
         cluster.down()
+
+
+IRC_ADDRESS = "127.0.0.66"
+
+
+class Irc:
+    """A raw IRC client (RFC 2812) on the test's ngircd."""
+
+    def __init__(self, nick):
+        self.sock = socket.create_connection((IRC_ADDRESS, 6667), timeout=15)
+        self.buffer = b""
+        self.send(f"NICK {nick}")
+        self.send(f"USER {nick} 0 * :{nick}")
+        self.wait_for(" 001 ")
+
+    def send(self, line):
+        self.sock.sendall(line.encode() + b"\r\n")
+
+    def wait_for(self, needle, timeout=20):
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.buffer.decode(errors="replace").split("\r\n")[:-1]:
+                if line.startswith("PING"):
+                    self.send("PONG" + line[4:])
+            lines = self.buffer.decode(errors="replace").split("\r\n")
+            for index, line in enumerate(lines[:-1]):
+                if needle in line:
+                    self.buffer = "\r\n".join(lines[index + 1:]).encode()
+                    return line
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {needle!r} from IRC in {self.buffer[-1500:]!r}")
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.05))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not chunk:
+                raise ConnectionError("IRC server closed the connection")
+            self.buffer += chunk
+
+
+async def test_biboumi_gateway_joins_an_irc_channel_and_relays_messages(server, tmp_path):
+    """Debian's biboumi (an IRC gateway, XEP-0114 component) connected to
+    Starling, Debian's ngircd as the IRC server: an XMPP user joins an IRC
+    channel through biboumi and sees the IRC user there, an IRC message
+    reaches the XMPP user, and the XMPP user's message is taken by the
+    gateway (its MUC reflection comes back). Not checked: that the IRC user
+    then reads it (ngircd was not seen delivering biboumi's PRIVMSG to the
+    other IRC client in this test; under investigation)."""
+    import shutil
+
+    if not shutil.which("biboumi") or not shutil.which("ngircd"):
+        pytest.skip("biboumi or ngircd is not installed (scripts/test.sh ensure_biboumi installs them)")
+    ngircd_conf = tmp_path / "ngircd.conf"
+    ngircd_conf.write_text(
+        f"[Global]\nName = irc.test\nInfo = test\nListen = {IRC_ADDRESS}\nPorts = 6667\n"
+        f"PidFile = {tmp_path / 'ngircd.pid'}\nServerUID = 65534\nServerGID = 65534\n"
+        "[Options]\nPAM = no\nIdent = no\nDNS = no\n"
+    )
+    biboumi_conf = tmp_path / "biboumi.cfg"
+    biboumi_conf.write_text(
+        f"hostname={DOMAIN}\npassword={SECRET}\nxmpp_server_ip=127.0.0.1\nport={server.component}\n"
+        f"db_name={tmp_path / 'biboumi.sqlite'}\nidentd_port=0\nlog_level=0\nfixed_irc_server={IRC_ADDRESS}\n"
+        "realname_customization=true\n"
+    )
+    logs = open(tmp_path / "gateway.log", "wb")
+    ngircd = subprocess.Popen(["ngircd", "-n", "-f", str(ngircd_conf)], stdout=logs, stderr=subprocess.STDOUT)
+    biboumi = None
+    user = None
+    try:
+        def irc_listening():
+            try:
+                socket.create_connection((IRC_ADDRESS, 6667), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        await wait_until_async(irc_listening, what="ngircd")
+        biboumi = subprocess.Popen(["biboumi", str(biboumi_conf)], stdout=logs, stderr=subprocess.STDOUT)
+        await wait_until_async(lambda: metric(server, "starling_component_connected", domain=DOMAIN) == 1,
+                               what="biboumi's handshake")
+        irc = Irc("bob")
+        irc.send("JOIN #test")
+        irc.wait_for(" 366 ")
+
+        jid, password = server.add_user()
+        user = await login(server, jid, password)
+        room = f"#test@{DOMAIN}"
+        join = user.make_presence(pto=f"{room}/alice")
+        join.append(slixmpp.xmlstream.ET.Element("{http://jabber.org/protocol/muc}x"))
+        join.send()
+        await user.next_presence(lambda p: p["from"] == f"{room}/bob", timeout=30)
+        await user.next_presence(lambda p: p["from"] == f"{room}/alice" and p["type"] != "error", timeout=30)
+        irc.wait_for("JOIN")
+
+        irc.send("PRIVMSG #test :hello from irc")
+        message = await user.next_message(timeout=20)
+        while message["body"] != "hello from irc":
+            message = await user.next_message(timeout=20)
+        assert message["type"] == "groupchat" and message["from"] == f"{room}/bob"
+
+        user.send_message(mto=room, mbody="hello from xmpp", mtype="groupchat")
+        reflected = await user.next_message(timeout=20)
+        while reflected["body"] != "hello from xmpp":
+            reflected = await user.next_message(timeout=20)
+        assert reflected["from"] == f"{room}/alice" and reflected["type"] == "groupchat"
+    finally:
+        if user:
+            await logout(user)
+        for process in (biboumi, ngircd):
+            if process:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        logs.close()
