@@ -19,6 +19,8 @@
 #   STARLING_REDIS_URL    (default redis://127.0.0.1:6379)
 #   STARLING_POSTGRES     server URL without database (default postgres://postgres@127.0.0.1:5432)
 #   STARLING_STORAGE_REPLICAS  1 (default) or 2 storage processes (the second on ports +2/+3)
+#   STARLING_EXTRA_TOML   a file appended to every process's config, e.g. `[[components]]` entries
+#                         (XEP-0114; each connection-manager listens for components on its c2s port + 3)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${STARLING_CLUSTER_DIR:-$repo/.cluster}
@@ -120,6 +122,7 @@ data_dir = "$state/data"
 c2s = "$( [ -n "$(port "$c2s")" ] && echo "127.0.0.1:$(port "$c2s")")"
 c2s_tls = "$( [ -n "$(port "$c2s_tls")" ] && echo "127.0.0.1:$(port "$c2s_tls")")"
 http = "127.0.0.1:$(port "$http")"
+component = "$( [ -n "$(port "$c2s")" ] && echo "127.0.0.1:$(( $(port "$c2s") + 3 ))")"
 [storage]
 url = "$postgres/$database"
 [cluster]
@@ -131,6 +134,9 @@ storage = $(endpoints storage)
 routers = $(endpoints session-router)
 presence = $(endpoints presence)
 TOML
+    if [ -n "${STARLING_EXTRA_TOML:-}" ]; then
+      cat "$STARLING_EXTRA_TOML" >>"$state/$name.toml"
+    fi
     if [ -n "$(admin_port "$name")" ]; then
       cat >>"$state/$name.toml" <<TOML
 [admin]

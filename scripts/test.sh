@@ -129,6 +129,16 @@ ensure_buildah() {
   fi
 }
 
+# biboumi (IRC gateway, an XEP-0114 component) and ngircd (IRC server) from Debian for
+# the real-gateway test (tests/integration/test_component.py). Only the binaries are
+# used: the packages' own services are not started.
+ensure_biboumi() {
+  if ! command -v biboumi >/dev/null 2>&1 || ! command -v ngircd >/dev/null 2>&1; then
+    log "installing biboumi and ngircd"
+    apt_install biboumi ngircd
+  fi
+}
+
 # Clippy ships with the rustup toolchains, except the minimal profile: add it only when missing.
 ensure_clippy() {
   if ! cargo clippy --version >/dev/null 2>&1; then
@@ -146,6 +156,7 @@ ensure_node_packages
 ensure_chromium
 ensure_prometheus
 ensure_buildah
+ensure_biboumi
 ensure_clippy
 
 # Needs no build: fails fast when a connection-manager module imports one

@@ -33,7 +33,7 @@ pub use pep::{
 pub use presence::PresenceApi;
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
 pub use resumption::{ResumptionStore, DETACHED_NODE};
-pub use router::{BindError, Origin, RouterApi};
+pub use router::{BindError, Origin, RouterApi, COMPONENT_RESOURCE};
 pub use storage::{
     AccountDataStore, AccountStore, FastTokenRecord, FastTokenStore, OfflinePage, OfflineStore,
     RosterItem, RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,

@@ -20,6 +20,15 @@ pub enum Origin {
     Server,
 }
 
+/// The resource under which an external component's stream (XEP-0114) is
+/// recorded in the session registry: `RouterApi::bind` of the component's
+/// domain (a bare JID without localpart) with this resource registers the
+/// connection that receives every stanza addressed to that domain, and
+/// `RouterApi::unbind` of that full JID removes it. A component is never an
+/// account: the router accepts this bind only for a configured component
+/// domain (`RouterConfig::components`).
+pub const COMPONENT_RESOURCE: &str = "component";
+
 /// Why a resource could not be bound (RFC 6120 section 7.6.2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindError {

@@ -58,6 +58,51 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub sm: SmConfig,
     pub proxy: ProxyConfig,
+    /// External components (XEP-0114), `[[components]]` entries.
+    pub components: Vec<ComponentConfig>,
+}
+
+/// One `[[components]]` entry: an external component (XEP-0114) that may
+/// connect to `listen.component` and is given every stanza addressed to its
+/// domain, wherever in the cluster it was sent.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentConfig {
+    /// The component's domain, e.g. `irc.example.com` (not the served domain).
+    pub domain: String,
+    /// The shared secret of its `<handshake/>`.
+    pub secret: String,
+    /// The largest stanza it may send, in bytes; 0 = `limits.max_stanza_bytes`.
+    pub max_stanza_bytes: u64,
+    /// Its token bucket: stanzas per second read from it (0 = unlimited)...
+    pub stanzas_per_second: u32,
+    /// ...and the bucket's size (at least the rate).
+    pub stanza_burst: u32,
+}
+
+impl Default for ComponentConfig {
+    fn default() -> Self {
+        ComponentConfig {
+            domain: String::new(),
+            secret: String::new(),
+            max_stanza_bytes: 0,
+            stanzas_per_second: 500,
+            stanza_burst: 1000,
+        }
+    }
+}
+
+impl std::fmt::Debug for ComponentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `starling config check` and logs never show the secret.
+        f.debug_struct("ComponentConfig")
+            .field("domain", &self.domain)
+            .field("secret", &"<hidden>")
+            .field("max_stanza_bytes", &self.max_stanza_bytes)
+            .field("stanzas_per_second", &self.stanzas_per_second)
+            .field("stanza_burst", &self.stanza_burst)
+            .finish()
+    }
 }
 
 /// Client addresses behind a load balancer: whose word on them is believed.
@@ -230,6 +275,8 @@ pub struct ListenConfig {
     pub http: String,
     /// The same routes over TLS (wss://, https:// BOSH) with the c2s certificate; empty (the default) disables it.
     pub https: String,
+    /// External components (XEP-0114, plain TCP, e.g. `127.0.0.1:5347`); empty (the default) disables it.
+    pub component: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -524,6 +571,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             telemetry: TelemetryConfig::default(),
             sm: SmConfig::default(),
+            components: Vec::new(),
         }
     }
 }
@@ -535,6 +583,7 @@ impl Default for ListenConfig {
             c2s_tls: "0.0.0.0:5223".into(),
             http: "0.0.0.0:5280".into(),
             https: String::new(),
+            component: String::new(),
         }
     }
 }
@@ -704,6 +753,10 @@ impl Config {
             message: error.to_string(),
         })?;
         for (key, default) in key_paths() {
+            // `[[components]]` entries are tables: the file alone holds them.
+            if key == "components" {
+                continue;
+            }
             let variable = env_name(&key);
             if let Some(raw) = environment.get(&variable) {
                 let value =
@@ -742,9 +795,11 @@ impl Config {
             ("listen.c2s_tls", &self.listen.c2s_tls),
             ("listen.http", &self.listen.http),
             ("listen.https", &self.listen.https),
+            ("listen.component", &self.listen.component),
         ] {
             parse_listen(key, value)?;
         }
+        self.validate_components()?;
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             let key = if self.tls.cert.is_empty() {
                 "tls.cert"
@@ -1029,6 +1084,60 @@ impl Config {
         Ok(())
     }
 
+    /// `[[components]]` (XEP-0114): each a valid domain of its own, once,
+    /// with a secret, and limits within the node's.
+    fn validate_components(&self) -> Result<(), ConfigError> {
+        let served = starling_jid::normalize_domainpart(&self.domain).unwrap_or_default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (index, component) in self.components.iter().enumerate() {
+            let entry = format!("entry {} ({:?})", index + 1, component.domain);
+            let domain = starling_jid::BareJid::domain_jid(&component.domain)
+                .map(|jid| jid.domain().to_string())
+                .map_err(|error| ConfigError::Invalid {
+                    key: "components.domain",
+                    message: format!("{entry}: not a valid XMPP domain: {error}"),
+                })?;
+            if domain == served {
+                return Err(ConfigError::Invalid {
+                    key: "components.domain",
+                    message: format!(
+                        "{entry}: is the served domain (`domain`); a component needs a domain of its own, such as irc.{served}"
+                    ),
+                });
+            }
+            if !seen.insert(domain.clone()) {
+                return Err(ConfigError::Invalid {
+                    key: "components.domain",
+                    message: format!("{entry}: {domain} is configured twice"),
+                });
+            }
+            if component.secret.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "components.secret",
+                    message: format!("{entry}: must not be empty"),
+                });
+            }
+            if component.max_stanza_bytes > self.limits.max_stanza_bytes {
+                return Err(ConfigError::Invalid {
+                    key: "components.max_stanza_bytes",
+                    message: format!(
+                        "{entry}: at most limits.max_stanza_bytes ({}); 0 takes that value",
+                        self.limits.max_stanza_bytes
+                    ),
+                });
+            }
+            if component.stanzas_per_second > 0
+                && component.stanza_burst < component.stanzas_per_second
+            {
+                return Err(ConfigError::Invalid {
+                    key: "components.stanza_burst",
+                    message: format!("{entry}: must be at least components.stanzas_per_second"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate_admin(&self) -> Result<(), ConfigError> {
         parse_listen("admin.listen", &self.admin.listen)?;
         if !self.admin.token.is_empty() && !self.admin.token_file.is_empty() {
@@ -1165,6 +1274,12 @@ impl Config {
 
     pub fn c2s_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.c2s", &self.listen.c2s).ok().flatten()
+    }
+
+    pub fn component_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.component", &self.listen.component)
+            .ok()
+            .flatten()
     }
 
     pub fn c2s_tls_addr(&self) -> Option<SocketAddr> {
@@ -1773,6 +1888,36 @@ mod tests {
                 .contains("STARLING_TELEMETRY_SAMPLE_RATIO"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn component_entries_are_validated_with_the_key_named() {
+        let load = |components: &str| {
+            Config::from_toml_str(
+                "test.toml",
+                &format!("domain = \"example.com\"\n{components}"),
+                &BTreeMap::new(),
+            )
+        };
+        let config =
+            load("[[components]]\ndomain = \"irc.example.com\"\nsecret = \"s\"\n").unwrap();
+        assert_eq!(config.components[0].stanzas_per_second, 500);
+        assert!(!format!("{config:?}").contains("secret: \"s\""));
+        for (components, key) in [
+            ("[[components]]\ndomain = \"Example.com\"\nsecret = \"s\"\n", "components.domain"),
+            ("[[components]]\ndomain = \"irc.example.com\"\n", "components.secret"),
+            (
+                "[[components]]\ndomain = \"a.example.com\"\nsecret = \"s\"\n[[components]]\ndomain = \"A.example.com\"\nsecret = \"t\"\n",
+                "components.domain",
+            ),
+            (
+                "[[components]]\ndomain = \"a.example.com\"\nsecret = \"s\"\nstanzas_per_second = 10\nstanza_burst = 5\n",
+                "components.stanza_burst",
+            ),
+        ] {
+            let error = load(components).unwrap_err().to_string();
+            assert!(error.contains(key), "{components}: {error}");
+        }
     }
 
     #[test]

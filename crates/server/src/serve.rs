@@ -131,6 +131,11 @@ fn router_config(config: &Config) -> RouterConfig {
                 slot_validity: Duration::from_secs(config.upload.slot_validity_secs),
                 public_url: config.upload_public_url(),
             }),
+        components: config
+            .components
+            .iter()
+            .filter_map(|component| starling_jid::normalize_domainpart(&component.domain).ok())
+            .collect(),
     }
 }
 
@@ -259,6 +264,18 @@ fn cm_config(
         domain: config.domain.clone(),
         c2s_addr: config.c2s_addr(),
         c2s_tls_addr: config.c2s_tls_addr(),
+        component_addr: config.component_addr(),
+        components: config
+            .components
+            .iter()
+            .map(|component| starling_connection_manager::ComponentSettings {
+                domain: component.domain.clone(),
+                secret: component.secret.clone(),
+                max_stanza_bytes: usize::try_from(component.max_stanza_bytes).unwrap_or(usize::MAX),
+                stanzas_per_second: component.stanzas_per_second,
+                stanza_burst: component.stanza_burst,
+            })
+            .collect(),
         tls: TlsSettings {
             cert_path: (!config.tls.cert.is_empty()).then(|| PathBuf::from(&config.tls.cert)),
             key_path: (!config.tls.key.is_empty()).then(|| PathBuf::from(&config.tls.key)),

@@ -3,6 +3,8 @@
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT: &str = "jabber:client";
 pub const SERVER: &str = "jabber:server";
+/// The content namespace of an external component's stream (XEP-0114).
+pub const COMPONENT_ACCEPT: &str = "jabber:component:accept";
 pub const STREAMS_ERROR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const STANZAS_ERROR: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";

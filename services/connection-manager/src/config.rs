@@ -1,9 +1,12 @@
 //! The connection-manager's configuration: listeners, TLS material and the
 //! per-connection and per-IP limits (RFC 6120 section 13.12, denial of service).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use starling_jid::normalize_domainpart;
 
 /// What one connection-manager serves.
 #[derive(Debug, Clone)]
@@ -17,6 +20,11 @@ pub struct CmConfig {
     pub c2s_addr: Option<SocketAddr>,
     /// The direct TLS listener (5223, XEP-0368).
     pub c2s_tls_addr: Option<SocketAddr>,
+    /// The external component listener (XEP-0114, `jabber:component:accept`,
+    /// plain TCP as the XEP says; 5347 by custom). `None`: no listener.
+    pub component_addr: Option<SocketAddr>,
+    /// The components that may connect, each with its own limits.
+    pub components: Vec<ComponentSettings>,
     pub tls: TlsSettings,
     pub limits: CmLimits,
     /// XEP-0077 in-band registration (offered inside TLS only: it carries a password).
@@ -47,6 +55,90 @@ pub struct CmConfig {
     /// Where the connection-manager counts (`CmMetrics::register` exposes
     /// them on a registry; the default counts into an unscraped one).
     pub metrics: crate::metrics::CmMetrics,
+}
+
+/// One external component (XEP-0114): its domain, shared secret and limits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ComponentSettings {
+    /// The component's domain (normalised again at start): `to` of its
+    /// stream header, the domain of every `from` it writes, and where the
+    /// cluster routes every address at it.
+    pub domain: String,
+    /// The shared secret of the `<handshake/>` (XEP-0114 section 3).
+    pub secret: String,
+    /// The largest stanza the component may send; a larger one ends its
+    /// stream with `<policy-violation/>`. At most `limits.max_stanza_bytes`
+    /// (the parser's bound applies first).
+    pub max_stanza_bytes: usize,
+    /// The component's token bucket: stanzas per second (0 = unlimited) and
+    /// burst. Over it the component is read more slowly, not disconnected.
+    pub stanzas_per_second: u32,
+    pub stanza_burst: u32,
+}
+
+impl std::fmt::Debug for ComponentSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("ComponentSettings")
+            .field("domain", &self.domain)
+            .field("max_stanza_bytes", &self.max_stanza_bytes)
+            .field("stanzas_per_second", &self.stanzas_per_second)
+            .field("stanza_burst", &self.stanza_burst)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The components this node accepts, by normalised domain.
+#[derive(Debug, Default)]
+pub(crate) struct Components {
+    by_domain: HashMap<String, ComponentSettings>,
+}
+
+impl Components {
+    /// Normalise and index the configured components; an invalid or
+    /// duplicate domain, an empty secret or the served domain is refused
+    /// with the key named.
+    pub fn new(
+        settings: Vec<ComponentSettings>,
+        served_domain: &str,
+        max_stanza_bytes: usize,
+    ) -> Result<Self, String> {
+        let mut by_domain = HashMap::new();
+        for (index, mut component) in settings.into_iter().enumerate() {
+            let domain = normalize_domainpart(&component.domain).map_err(|error| {
+                format!(
+                    "components[{index}].domain {:?} is not a valid domain: {error}",
+                    component.domain
+                )
+            })?;
+            if domain == served_domain {
+                return Err(format!(
+                    "components[{index}].domain {domain:?} is the served domain; a component needs a domain of its own (a subdomain)"
+                ));
+            }
+            if component.secret.is_empty() {
+                return Err(format!("components[{index}].secret must not be empty"));
+            }
+            if component.max_stanza_bytes == 0 || component.max_stanza_bytes > max_stanza_bytes {
+                component.max_stanza_bytes = max_stanza_bytes;
+            }
+            component.domain = domain.clone();
+            if by_domain.insert(domain.clone(), component).is_some() {
+                return Err(format!(
+                    "components[{index}].domain {domain:?} is configured twice"
+                ));
+            }
+        }
+        Ok(Components { by_domain })
+    }
+
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.by_domain.keys().map(String::as_str)
+    }
+
+    pub fn get(&self, domain: &str) -> Option<&ComponentSettings> {
+        self.by_domain.get(domain)
+    }
 }
 
 /// Where the TLS certificate comes from.
@@ -128,5 +220,43 @@ impl Default for CmLimits {
             outbound_queue_bytes_total: 256 * 1024 * 1024,
             bosh_inactivity: Duration::from_secs(60),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(domain: &str, secret: &str) -> ComponentSettings {
+        ComponentSettings {
+            domain: domain.into(),
+            secret: secret.into(),
+            max_stanza_bytes: 0,
+            stanzas_per_second: 100,
+            stanza_burst: 200,
+        }
+    }
+
+    #[test]
+    fn configuration_errors_name_the_entry() {
+        let error = |components: Vec<ComponentSettings>| {
+            Components::new(components, "example.com", 262_144).unwrap_err()
+        };
+        assert!(error(vec![settings("example.com", "s")]).contains("components[0].domain"));
+        assert!(error(vec![settings("irc.example.com", "")]).contains("components[0].secret"));
+        assert!(error(vec![
+            settings("irc.example.com", "a"),
+            settings("IRC.example.com", "b")
+        ])
+        .contains("components[1].domain"));
+        assert!(error(vec![settings("bad domain", "a")]).contains("components[0].domain"));
+        let components = Components::new(
+            vec![settings("Irc.Example.com", "a")],
+            "example.com",
+            10_000,
+        )
+        .unwrap();
+        let irc = components.get("irc.example.com").unwrap();
+        assert_eq!(irc.max_stanza_bytes, 10_000);
     }
 }

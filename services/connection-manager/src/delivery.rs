@@ -63,6 +63,7 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     };
                     match handle.push(queued) {
                         Ok(()) => {
+                            handle.note_delivered();
                             if let (Some(kind), Some(routed_at)) = (kind, routed_at) {
                                 shared.metrics.delivered(kind, routed_at);
                             }

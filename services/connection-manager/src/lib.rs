@@ -25,7 +25,10 @@
 //! lib (ConnectionManager)     the public API: build, bind, run
 //! listener::{tcp, websocket, bosh}
 //!                             accept, per-address limit, negotiate, serve
-//! session, delivery, drain    a bound stream; the bus dispatcher; the drain
+//! session, component, delivery, drain
+//!                             a bound stream; an external component (XEP-0114);
+//!                             the bus dispatcher; the drain
+//! reading                     the reading side of an authenticated stream
 //! negotiation::{header, starttls, sasl, bind, features, stream}, register
 //!                             the steps before a session, each in its module
 //! shared                      what every connection task shares (Shared)
@@ -39,6 +42,7 @@
 
 #![forbid(unsafe_code)]
 
+mod component;
 mod config;
 mod csi;
 mod delivery;
@@ -55,6 +59,7 @@ mod outbound;
 mod outbound_bytes;
 mod proxy;
 mod queued;
+mod reading;
 mod register;
 mod reroute;
 mod session;
@@ -83,7 +88,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{CmConfig, CmLimits, TlsSettings};
+pub use config::{CmConfig, CmLimits, ComponentSettings, TlsSettings};
 pub use drain::DrainHandle;
 pub use drain_state::{DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
@@ -129,6 +134,7 @@ pub struct ConnectionManager {
     shared: Arc<Shared>,
     c2s_addr: Option<SocketAddr>,
     c2s_tls_addr: Option<SocketAddr>,
+    component_addr: Option<SocketAddr>,
     bus: Arc<dyn Bus>,
 }
 
@@ -177,6 +183,12 @@ impl ConnectionManager {
             ));
         }
         let domain = domain_jid.domain().to_string();
+        let components =
+            config::Components::new(config.components, &domain, limits.max_stanza_bytes)
+                .map_err(CmError::Config)?;
+        for component_domain in components.domains() {
+            config.metrics.component().declare(component_domain);
+        }
         let tls = transport::tls::load(&config.tls, &domain)?;
         let parser_limits = Limits {
             max_stanza_bytes: limits.max_stanza_bytes,
@@ -210,6 +222,7 @@ impl ConnectionManager {
             outbound_bytes,
             node_id: config.node_id,
             domain,
+            components,
             limits,
             parser_limits,
             registration_enabled: config.registration_enabled,
@@ -250,6 +263,7 @@ impl ConnectionManager {
             shared: Arc::new(shared),
             c2s_addr: config.c2s_addr,
             c2s_tls_addr: config.c2s_tls_addr,
+            component_addr: config.component_addr,
             bus,
         })
     }
@@ -260,6 +274,7 @@ impl ConnectionManager {
         for (kind, addr) in [
             (ListenerKind::StartTls, self.c2s_addr),
             (ListenerKind::DirectTls, self.c2s_tls_addr),
+            (ListenerKind::Component, self.component_addr),
         ] {
             let Some(addr) = addr else { continue };
             let listener = TcpListener::bind(addr)

@@ -155,6 +155,87 @@ pub struct CmMetrics {
     /// SCRAM -PLUS failures that tell of a man in the middle.
     channel_binding_failures: IntCounterVec,
     csi: CsiMetrics,
+    component: ComponentMetrics,
+}
+
+/// External components (XEP-0114), labelled by the component's configured
+/// domain (a bounded set: only configured domains are ever labels; a stream
+/// naming another domain counts under `domain=""`).
+#[derive(Clone)]
+pub(crate) struct ComponentMetrics {
+    connected: IntGaugeVec,
+    stanzas: IntCounterVec,
+    refused: IntCounterVec,
+    throttled: IntCounterVec,
+}
+
+impl ComponentMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connected = IntGaugeVec::new(
+            Opts::new(
+                "starling_component_connected",
+                "External components (XEP-0114) with an authenticated stream on this connection-manager, by domain",
+            ),
+            &["domain"],
+        )?;
+        let stanzas = IntCounterVec::new(
+            Opts::new(
+                "starling_component_stanzas_total",
+                "Stanzas an external component sent (direction in, routed) or was given (direction out, queued for its stream), by domain",
+            ),
+            &["domain", "direction"],
+        )?;
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "starling_component_refused_total",
+                "What an external component's stream refused, by domain and reason: not_authorized (wrong handshake, or a stanza before it), host_unknown (no such component), invalid_namespace, invalid_from (a from outside its domain), too_large (over its max_stanza_bytes), bad_stanza (not a message, presence or iq, or breaking its kind's rules), jid_malformed, replaced (a newer stream for the same domain took over), handshake_timeout",
+            ),
+            &["domain", "reason"],
+        )?;
+        let throttled = IntCounterVec::new(
+            Opts::new(
+                "starling_component_rate_limited_total",
+                "Stanzas of an external component read late by its token bucket (components.stanzas_per_second), by domain",
+            ),
+            &["domain"],
+        )?;
+        registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(stanzas.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
+        registry.register(Box::new(throttled.clone()))?;
+        Ok(ComponentMetrics {
+            connected,
+            stanzas,
+            refused,
+            throttled,
+        })
+    }
+
+    /// Every series of a configured component exists from the start, at 0.
+    pub(crate) fn declare(&self, domain: &str) {
+        self.connected.with_label_values(&[domain]);
+        for direction in ["in", "out"] {
+            self.stanzas.with_label_values(&[domain, direction]);
+        }
+        self.throttled.with_label_values(&[domain]);
+    }
+
+    pub(crate) fn connected(&self, domain: &str) -> IntGauge {
+        self.connected.with_label_values(&[domain])
+    }
+
+    /// The counter of stanzas in one direction (`in` or `out`).
+    pub(crate) fn stanzas(&self, domain: &str, direction: &'static str) -> IntCounter {
+        self.stanzas.with_label_values(&[domain, direction])
+    }
+
+    pub(crate) fn refused(&self, domain: &str, reason: &'static str) {
+        self.refused.with_label_values(&[domain, reason]).inc();
+    }
+
+    pub(crate) fn throttled(&self, domain: &str) {
+        self.throttled.with_label_values(&[domain]).inc();
+    }
 }
 
 /// End-to-end latency buckets, from 100 microseconds to 5 seconds.
@@ -298,6 +379,7 @@ impl CmMetrics {
             channel_binding_failures.with_label_values(&[reason]);
         }
         let csi = CsiMetrics::register(registry)?;
+        let component = ComponentMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
             for result in ["success", "failure"] {
@@ -324,6 +406,7 @@ impl CmMetrics {
             proxy_headers,
             channel_binding_failures,
             csi,
+            component,
             outbound_queue_bytes,
         })
     }
@@ -353,6 +436,11 @@ impl CmMetrics {
     /// XEP-0352 client state indication.
     pub(crate) fn csi(&self) -> &CsiMetrics {
         &self.csi
+    }
+
+    /// External components (XEP-0114).
+    pub(crate) fn component(&self) -> &ComponentMetrics {
+        &self.component
     }
 
     /// Count an open connection until the guard drops.

@@ -95,6 +95,9 @@ pub(crate) struct ConnectionHandle {
     /// What the registry knows of this session, kept at the edge too so that
     /// the node can re-register its sessions after Redis lost them.
     registry_view: Mutex<Option<SessionRecord>>,
+    /// Counts what the bus delivered into this queue, when set (an external
+    /// component's `starling_component_stanzas_total{direction="out"}`).
+    delivered: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 impl ConnectionHandle {
@@ -114,7 +117,20 @@ impl ConnectionHandle {
             stop_reading: CancellationToken::new(),
             abort_write: CancellationToken::new(),
             registry_view: Mutex::new(None),
+            delivered: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Count every stanza the bus delivers into this queue in `counter`.
+    pub fn count_deliveries(&self, counter: prometheus::IntCounter) {
+        let _ = self.delivered.set(counter);
+    }
+
+    /// The bus delivered a stanza into this queue.
+    pub fn note_delivered(&self) {
+        if let Some(counter) = self.delivered.get() {
+            counter.inc();
+        }
     }
 
     /// The session was bound: remember its registry record.
@@ -475,6 +491,35 @@ impl ConnectionHandle {
     /// Resolves once the stream is to end.
     pub async fn reading_stopped(&self) {
         self.stop_reading.cancelled().await
+    }
+
+    /// Take a token of the stream's `bucket` before the next stanza is
+    /// handled: a sender over its rate is read more slowly, never
+    /// disconnected; `on_wait` runs when it must wait. False when the stream
+    /// is to end meanwhile (closed, or the server shutting down, then with
+    /// `<system-shutdown/>`).
+    pub async fn wait_for_token(
+        &self,
+        bucket: Option<&mut crate::limits::TokenBucket>,
+        shutdown: &CancellationToken,
+        on_wait: impl FnOnce(),
+    ) -> bool {
+        let Some(bucket) = bucket else {
+            return true;
+        };
+        let wait = bucket.reserve(std::time::Instant::now());
+        if wait.is_zero() {
+            return true;
+        }
+        on_wait();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = self.reading_stopped() => false,
+            _ = shutdown.cancelled() => {
+                self.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
+                false
+            }
+        }
     }
 
     /// Give up on the write in progress (the connection is being torn down).

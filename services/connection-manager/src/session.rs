@@ -13,26 +13,20 @@ use starling_telemetry::SPAN_TARGET;
 use starling_xmpp::xep::{carbons, Payload};
 use starling_xmpp::{
     ns, stanza, Element, InvalidStanza, Iq, Node, Presence, StanzaError, StanzaErrorCondition,
-    StanzaKind, StreamError, StreamErrorCondition, StreamEvent,
+    StanzaKind, StreamError, StreamErrorCondition,
 };
 use tracing::Instrument;
 
 use crate::csi::ClientState;
 use crate::delivery::is_reroutable;
-use crate::framing::Inbound;
 use crate::limits::TokenBucket;
 use crate::negotiation::bind::BoundStream;
 use crate::outbound::{join_writer, run_writer, ConnectionHandle};
 use crate::queued::QueuedStanza;
+use crate::reading::{Flow, StreamHandler};
 use crate::register;
 use crate::shared::Shared;
-use crate::transport::{Received, Transport, TransportReader};
-
-/// Whether the reader goes on.
-enum Flow {
-    Continue,
-    Stop,
-}
+use crate::transport::Transport;
 
 struct Session {
     shared: Arc<Shared>,
@@ -84,106 +78,52 @@ pub(crate) async fn run<T: Transport>(shared: Arc<Shared>, bound: BoundStream<T>
         rate_limit,
         clean_close: false,
     };
-    loop {
-        if let Flow::Stop = session.process_events(&mut parser).await {
-            break;
-        }
-        tokio::select! {
-            _ = handle.reading_stopped() => break,
-            _ = shared.shutdown.cancelled() => {
-                handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
-                break;
-            }
-            received = reader.receive(&mut parser) => match received {
-                Received::Lost => {
-                    tracing::debug!(conn, peer = %peer, "connection lost");
-                    handle.close(None);
-                    break;
-                }
-                Received::Fed => {}
-                Received::Invalid(error) => {
-                    // Events before the error are still processed, in order.
-                    if let Flow::Continue = session.process_events(&mut parser).await {
-                        session.close_with(error.0);
-                    }
-                    break;
-                }
-            },
-        }
-    }
+    crate::reading::read_until_end(&shared, &mut session, &mut reader, &mut parser).await;
+    tracing::debug!(conn, peer = %peer, "stream ended");
     drop(reader);
     session.teardown(&mut writer_task).await;
 }
 
-impl Session {
+impl StreamHandler for Session {
+    fn handle(&self) -> &ConnectionHandle {
+        &self.handle
+    }
+
+    async fn throttle(&mut self) -> Flow {
+        Session::throttle(self).await
+    }
+
+    async fn element(&mut self, element: Element) -> Flow {
+        let h_before = self.handle.with_sm(|sm| sm.h_in);
+        let flow = self.handle_stanza(element).await;
+        self.handle.with_sm(|sm| sm.journal_handled(h_before));
+        flow
+    }
+
+    fn closed_by_peer(&mut self) {
+        self.clean_close = true;
+    }
+
     fn close_with(&self, error: StreamError) {
         tracing::debug!(conn = self.handle.conn, jid = %self.jid, error = %error, "closing stream with an error");
         self.handle.close(Some(error));
     }
+}
 
-    /// Handle every complete event the parser holds.
-    async fn process_events(&mut self, parser: &mut Inbound) -> Flow {
-        loop {
-            if self.handle.is_closing() {
-                return Flow::Stop;
-            }
-            let event = match parser.next_event() {
-                Ok(Some(event)) => event,
-                Ok(None) => return Flow::Continue,
-                Err(error) => {
-                    self.close_with(error.0);
-                    return Flow::Stop;
-                }
-            };
-            match event {
-                StreamEvent::Element(element) => {
-                    if let Flow::Stop = self.throttle().await {
-                        return Flow::Stop;
-                    }
-                    let h_before = self.handle.with_sm(|sm| sm.h_in);
-                    let flow = self.handle_stanza(element).await;
-                    self.handle.with_sm(|sm| sm.journal_handled(h_before));
-                    if let Flow::Stop = flow {
-                        return Flow::Stop;
-                    }
-                }
-                StreamEvent::Close => {
-                    // Section 4.4: answer with our closing tag.
-                    self.clean_close = true;
-                    self.handle.close(None);
-                    return Flow::Stop;
-                }
-                StreamEvent::Open(_) => {
-                    // No restart is expected once a resource is bound.
-                    self.close_with(StreamError::with_text(
-                        StreamErrorCondition::InvalidXml,
-                        "unexpected stream header",
-                    ));
-                    return Flow::Stop;
-                }
-            }
-        }
-    }
-
+impl Session {
     /// Wait for the token bucket: reading slows down, the session stays.
     async fn throttle(&mut self) -> Flow {
-        let Some(bucket) = self.rate_limit.as_mut() else {
-            return Flow::Continue;
-        };
-        let wait = bucket.reserve(std::time::Instant::now());
-        if wait.is_zero() {
-            return Flow::Continue;
-        }
-        self.shared
-            .metrics
-            .limit_hit(crate::metrics::Limit::StanzaRate);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => Flow::Continue,
-            _ = self.handle.reading_stopped() => Flow::Stop,
-            _ = self.shared.shutdown.cancelled() => {
-                self.handle.close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
-                Flow::Stop
-            }
+        let metrics = &self.shared.metrics;
+        let taken = self
+            .handle
+            .wait_for_token(self.rate_limit.as_mut(), &self.shared.shutdown, || {
+                metrics.limit_hit(crate::metrics::Limit::StanzaRate)
+            })
+            .await;
+        if taken {
+            Flow::Continue
+        } else {
+            Flow::Stop
         }
     }
 

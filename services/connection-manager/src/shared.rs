@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub node_id: String,
     /// The served domain, normalised.
     pub domain: String,
+    /// External components (XEP-0114) that may connect, by domain.
+    pub components: crate::config::Components,
     pub limits: CmLimits,
     /// The byte bound of every outbound queue of the node (`limits.outbound_queue_bytes*`).
     pub outbound_bytes: OutboundBytes,

@@ -32,6 +32,7 @@ mod address;
 mod archive;
 mod blocking;
 mod carbons;
+mod component;
 mod features;
 mod handlers;
 mod iq;

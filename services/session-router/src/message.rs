@@ -134,6 +134,9 @@ impl SessionRouter {
                 routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
             // RFC 6120 section 10.4: no server-to-server connections yet.
+            Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
+                self.route_to_component(routing, message, &remote).await
+            }
             Destination::Remote(remote) => {
                 tracing::debug!(to = %remote, "message to a remote domain, no s2s");
                 routing.bounce(&message, StanzaErrorCondition::RemoteServerNotFound)

@@ -53,6 +53,11 @@ pub struct RouterConfig {
     /// The HTTP File Upload service (XEP-0363, `upload.*`) the router
     /// answers at its domain and lists in the server's disco#items; `None`: off.
     pub upload: Option<crate::upload::UploadSettings>,
+    /// The domains of the external components (XEP-0114, `[[components]]`,
+    /// normalised): every address at one of them goes to its component's
+    /// connection, or is answered `service-unavailable`. Set it alike on
+    /// every router replica.
+    pub components: Vec<String>,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -304,10 +309,7 @@ impl SessionRouter {
         match kind {
             Some(StanzaKind::Message) => Ok(self.route_message(routing, stanza_element).await),
             Some(StanzaKind::Iq) => Ok(self.route_iq(routing, stanza_element).await),
-            Some(StanzaKind::Presence) => self
-                .route_presence(routing, stanza_element)
-                .await
-                .map(|()| None),
+            Some(StanzaKind::Presence) => self.route_presence(routing, stanza_element).await,
             None => {
                 tracing::warn!(
                     name = stanza_element.name(),
@@ -327,7 +329,7 @@ impl SessionRouter {
         &self,
         routing: &Routing<'_>,
         presence_stanza: Element,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<Option<Element>> {
         let presence = &self.presence;
         note_decision("presence");
         match routing.origin {
@@ -347,23 +349,34 @@ impl SessionRouter {
                     self.caps_on_presence(jid, addr, &caps_presence, previous)
                         .await;
                 }
-                Ok(())
+                Ok(None)
             }
             Origin::Server => match self.destination(routing, &presence_stanza) {
                 Ok(Destination::Absent) => {
                     tracing::debug!("server presence without a to address, dropped");
-                    Ok(())
+                    Ok(None)
+                }
+                Ok(Destination::Remote(remote)) if self.is_component_domain(remote.domain()) => {
+                    // RFC 6120 section 10.4.3: the sender learns that the
+                    // component is not there, except for what the server
+                    // sends on a user's behalf without waiting for an
+                    // answer (probes, unavailable).
+                    let answered =
+                        !matches!(presence_stanza.attr("type"), Some("probe" | "unavailable"));
+                    let reply = self
+                        .route_to_component(routing, presence_stanza, &remote)
+                        .await;
+                    Ok(reply.filter(|_| answered))
                 }
                 Ok(Destination::Remote(remote)) => {
                     tracing::debug!(to = %remote, "presence to a remote domain dropped, no s2s");
-                    Ok(())
+                    Ok(None)
                 }
-                Ok(_) => {
-                    presence
-                        .inbound_presence(presence_stanza, routing.routed_at)
-                        .await
-                }
-                Err(_) => Ok(()),
+                Ok(_) => presence
+                    .inbound_presence(presence_stanza, routing.routed_at)
+                    .await
+                    .map(|()| None),
+                Err(_) => Ok(None),
             },
         }
     }

@@ -39,6 +39,9 @@ impl SessionRouter {
         requested: Option<&str>,
         addr: &SessionAddr,
     ) -> Result<FullJid, BindError> {
+        if self.is_component_bind(user, requested) {
+            return self.bind_component(user, addr).await;
+        }
         if user.node().is_none() || user.domain() != self.config.domain {
             tracing::warn!(user = %user, "bind refused for an account outside the served domain");
             return Err(BindError::NotAllowed);
@@ -101,6 +104,13 @@ impl SessionRouter {
     /// The newest login won: close the old stream with `<conflict/>` and
     /// announce the old session's departure (RFC 6120 section 7.7.2.2).
     async fn close_replaced_session(&self, replaced: &SessionRecord) {
+        self.close_replaced_connection(replaced).await;
+        self.announce_session_end(&replaced.jid, replaced.available)
+            .await;
+    }
+
+    /// Close the stream of a replaced record with `<conflict/>`.
+    pub(crate) async fn close_replaced_connection(&self, replaced: &SessionRecord) {
         let close = Delivery::Close {
             conn: replaced.addr.conn,
             condition: StreamErrorCondition::Conflict,
@@ -117,8 +127,6 @@ impl SessionRouter {
                 tracing::warn!(jid = %replaced.jid, node = %replaced.addr.node, %error, "cannot close replaced session")
             }
         }
-        self.announce_session_end(&replaced.jid, replaced.available)
-            .await;
     }
 
     pub(crate) async fn unbind_resource(
@@ -126,6 +134,9 @@ impl SessionRouter {
         jid: &FullJid,
         addr: &SessionAddr,
     ) -> starling_api::ApiResult<()> {
+        if jid.node().is_none() && self.is_component_domain(jid.domain()) {
+            return self.unbind_component(jid, addr).await;
+        }
         // Only if the record is still this session's: a replaced session's
         // late unbind must not remove its successor.
         let Some(removed) = self.registry.unbind(jid, addr).await? else {

@@ -30,6 +30,8 @@ pub(crate) enum ListenerKind {
     StartTls,
     /// TLS from the first byte (XEP-0368).
     DirectTls,
+    /// External components (XEP-0114): plain TCP, `jabber:component:accept`.
+    Component,
 }
 
 impl ListenerKind {
@@ -37,6 +39,7 @@ impl ListenerKind {
         match self {
             ListenerKind::StartTls => "c2s",
             ListenerKind::DirectTls => "c2s_tls",
+            ListenerKind::Component => "component",
         }
     }
 }
@@ -84,7 +87,9 @@ async fn admit_connection(
     // accept until the resource is bound, not an idle timer; the PROXY
     // header is read within it too.
     let deadline = Instant::now() + shared.limits.pre_auth_timeout;
-    let client = if shared.proxies.expects_header(peer.ip()) {
+    // The PROXY protocol is for the client listeners behind a balancer;
+    // a component connects to its server directly.
+    let client = if kind != ListenerKind::Component && shared.proxies.expects_header(peer.ip()) {
         let header = tokio::select! {
             header = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => header,
             _ = shared.shutdown.cancelled() => return,
@@ -121,6 +126,11 @@ async fn admit_connection(
         refuse_connection(shared, tcp, kind).await;
         return;
     };
+    if kind == ListenerKind::Component {
+        crate::component::serve(shared, tcp, client, deadline).await;
+        drop(permit);
+        return;
+    }
     serve_connection(shared, tcp, client, kind, permit, deadline).await;
 }
 
@@ -128,25 +138,29 @@ async fn admit_connection(
 /// header and `<policy-violation/>` right away (RFC 6120 section 4.9.1.2);
 /// direct TLS is simply closed (an error would first cost a TLS handshake).
 async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, kind: ListenerKind) {
-    if kind == ListenerKind::StartTls {
-        shared
-            .metrics
-            .stream_error(StreamErrorCondition::PolicyViolation.as_str());
-        let mut out = stream_header(&random_id(), &shared.domain, None, "en");
-        out.push_str(
-            &StreamError::with_text(
-                StreamErrorCondition::PolicyViolation,
-                "too many connections from your address",
-            )
-            .to_xml(),
-        );
-        out.push_str(STREAM_CLOSE);
-        let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
-            tcp.write_all(out.as_bytes()).await?;
-            tcp.shutdown().await
-        })
-        .await;
-    }
+    let header = match kind {
+        ListenerKind::StartTls => stream_header(&random_id(), &shared.domain, None, "en"),
+        // XEP-0114 section 3: a header in the component namespace first.
+        ListenerKind::Component => crate::component::response_header(&random_id(), &shared.domain),
+        ListenerKind::DirectTls => return,
+    };
+    shared
+        .metrics
+        .stream_error(StreamErrorCondition::PolicyViolation.as_str());
+    let mut out = header;
+    out.push_str(
+        &StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            "too many connections from your address",
+        )
+        .to_xml(),
+    );
+    out.push_str(STREAM_CLOSE);
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        tcp.write_all(out.as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 async fn serve_connection(
@@ -159,7 +173,7 @@ async fn serve_connection(
 ) {
     let conn = shared.next_conn_id();
     let mut counted = shared.metrics.connection(match kind {
-        ListenerKind::StartTls => metrics::Transport::Tcp,
+        ListenerKind::StartTls | ListenerKind::Component => metrics::Transport::Tcp,
         ListenerKind::DirectTls => metrics::Transport::Tls,
     });
     tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
@@ -187,7 +201,7 @@ async fn accept_stream(
     deadline: Instant,
 ) -> Option<ByteStream> {
     match kind {
-        ListenerKind::StartTls => Some(ByteStream::Plain(tcp)),
+        ListenerKind::StartTls | ListenerKind::Component => Some(ByteStream::Plain(tcp)),
         ListenerKind::DirectTls => {
             let handshake = shared.direct_tls.accept(tcp);
             tokio::select! {

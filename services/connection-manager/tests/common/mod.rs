@@ -528,6 +528,8 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         domain: DOMAIN.into(),
         c2s_addr: Some("127.0.0.1:0".parse().unwrap()),
         c2s_tls_addr: Some("127.0.0.1:0".parse().unwrap()),
+        component_addr: None,
+        components: Vec::new(),
         tls: TlsSettings {
             cert_path: None,
             key_path: None,

@@ -209,6 +209,13 @@ fn server_items(router: &SessionRouter, request: &Element) -> Element {
                 .with_attr("name", crate::upload::SERVICE_NAME),
         );
     }
+    // XEP-0030 section 4: the server's items are its services, the
+    // external components (XEP-0114) configured for it among them.
+    for component in &router.config.components {
+        query.append_child(
+            Element::new("item", ns::DISCO_ITEMS).with_attr("jid", component.clone()),
+        );
+    }
     stanza::iq_result(request).with_child(query)
 }
 

@@ -258,7 +258,7 @@ async fn the_server_answers_disco_items_ping_and_version() {
     let items = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='s3' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
     assert_eq!(
         items,
-        vec![to_conn(1, "<iq type='result' id='s3' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")]
+        vec![to_conn(1, "<iq type='result' id='s3' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='irc.example.com'/></query></iq>")]
     );
     let ping = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='c2s1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     assert_eq!(

@@ -6,6 +6,7 @@
 mod bind;
 mod blocking;
 mod carbons;
+mod component;
 mod iq;
 mod mam;
 mod message;
@@ -573,6 +574,7 @@ impl Harness {
                 mam_max_message_bytes: 65_536,
                 upload: options.upload.clone(),
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
+                components: vec!["irc.example.com".into()],
             },
             registry.clone(),
             bus.clone(),

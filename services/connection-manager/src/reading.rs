@@ -1,0 +1,119 @@
+//! The reading side of an authenticated stream, shared by client sessions
+//! (`crate::session`) and external components (`crate::component`): read,
+//! decode, and hand each element to the stream's handler in order, each
+//! after a token of its rate limit, until the stream is to end (the peer
+//! closed it, the connection broke, the input broke the stream, the node
+//! shuts down, or something else closed it).
+
+use std::future::Future;
+
+use starling_xmpp::{Element, StreamError, StreamErrorCondition, StreamEvent};
+
+use crate::framing::Inbound;
+use crate::outbound::ConnectionHandle;
+use crate::shared::Shared;
+use crate::transport::{Received, TransportReader};
+
+/// Whether the reader goes on.
+pub(crate) enum Flow {
+    Continue,
+    Stop,
+}
+
+/// What an authenticated stream does with what its peer sends.
+pub(crate) trait StreamHandler: Send {
+    /// The stream's connection.
+    fn handle(&self) -> &ConnectionHandle;
+
+    /// Wait until the next element may be handled (the rate limit).
+    fn throttle(&mut self) -> impl Future<Output = Flow> + Send;
+
+    /// One element read from the peer (a stanza or a nonza).
+    fn element(&mut self, element: Element) -> impl Future<Output = Flow> + Send;
+
+    /// The peer closed the stream (`</stream:stream>`, RFC 6120 section 4.4).
+    fn closed_by_peer(&mut self) {}
+
+    /// End the stream with `error`.
+    fn close_with(&self, error: StreamError) {
+        tracing::debug!(conn = self.handle().conn, error = %error, "closing stream with an error");
+        self.handle().close(Some(error));
+    }
+}
+
+/// Handle every complete event the parser holds.
+pub(crate) async fn process_events<H: StreamHandler>(stream: &mut H, parser: &mut Inbound) -> Flow {
+    loop {
+        if stream.handle().is_closing() {
+            return Flow::Stop;
+        }
+        let event = match parser.next_event() {
+            Ok(Some(event)) => event,
+            Ok(None) => return Flow::Continue,
+            Err(error) => {
+                stream.close_with(error.0);
+                return Flow::Stop;
+            }
+        };
+        match event {
+            StreamEvent::Element(element) => {
+                if let Flow::Stop = stream.throttle().await {
+                    return Flow::Stop;
+                }
+                if let Flow::Stop = stream.element(element).await {
+                    return Flow::Stop;
+                }
+            }
+            StreamEvent::Close => {
+                // Section 4.4: answer with our closing tag.
+                stream.closed_by_peer();
+                stream.handle().close(None);
+                return Flow::Stop;
+            }
+            StreamEvent::Open(_) => {
+                // No restart is expected once the stream is authenticated.
+                stream.close_with(StreamError::with_text(
+                    StreamErrorCondition::InvalidXml,
+                    "unexpected stream header",
+                ));
+                return Flow::Stop;
+            }
+        }
+    }
+}
+
+/// Read and handle the stream until it is to end.
+pub(crate) async fn read_until_end<H: StreamHandler, R: TransportReader>(
+    shared: &Shared,
+    stream: &mut H,
+    reader: &mut R,
+    parser: &mut Inbound,
+) {
+    loop {
+        if let Flow::Stop = process_events(stream, parser).await {
+            return;
+        }
+        tokio::select! {
+            _ = stream.handle().reading_stopped() => return,
+            _ = shared.shutdown.cancelled() => {
+                stream.handle().close(Some(StreamError::new(StreamErrorCondition::SystemShutdown)));
+                return;
+            }
+            received = reader.receive(parser) => match received {
+                Received::Lost => {
+                    tracing::debug!(conn = stream.handle().conn, "connection lost");
+                    stream.handle().close(None);
+                    return;
+                }
+                Received::Fed => {}
+                Received::Invalid(error) => {
+                    // Events before the error are still processed, in order.
+                    if let Flow::Continue = process_events(stream, parser).await {
+                        stream.close_with(error.0);
+                    }
+                    return;
+                }
+            },
+        }
+    }
+}
