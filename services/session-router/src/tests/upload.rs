@@ -46,7 +46,7 @@ async fn the_service_is_in_the_server_items_and_answers_disco_info() {
     let mut harness = harness().await;
     assert_eq!(
         ask(&mut harness, "<iq from='juliet@example.com/balcony' to='example.com' id='i1' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await,
-        "<iq type='result' id='i1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='upload.example.com' name='HTTP File Upload'/></query></iq>"
+        "<iq type='result' id='i1' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='upload.example.com' name='HTTP File Upload'/><item jid='irc.example.com'/></query></iq>"
     );
     let info = ask(&mut harness, "<iq from='juliet@example.com/balcony' to='upload.example.com' id='i2' type='get'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert!(
@@ -57,12 +57,12 @@ async fn the_service_is_in_the_server_items_and_answers_disco_info() {
         info.contains("<field var='max-file-size'><value>1000</value></field>"),
         "{info}"
     );
-    // Off: no item.
+    // Off: no upload item; the harness's component stays.
     let mut off = Harness::new().await;
     off.send(JULIET, CM_TEST, 1, "<iq from='juliet@example.com/balcony' to='example.com' id='i3' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
     assert_eq!(
         off.seen_on_test(),
-        vec![to_conn(1, "<iq type='result' id='i3' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>")]
+        vec![to_conn(1, "<iq type='result' id='i3' to='juliet@example.com/balcony' from='example.com'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='irc.example.com'/></query></iq>")]
     );
 }
 
