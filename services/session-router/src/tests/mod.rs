@@ -13,6 +13,7 @@ mod message;
 mod metrics;
 mod pep;
 mod presence;
+mod push;
 mod undeliverable;
 mod upload;
 mod xml;
