@@ -1564,6 +1564,10 @@ mod tests {
         );
         for (text, key) in [
             ("[mam]\nmax_page_size = 0\n", "mam.max_page_size"),
+            (
+                "[push]\nmin_interval_secs = 86401\n",
+                "push.min_interval_secs",
+            ),
             ("[mam]\nmax_page_size = 10001\n", "mam.max_page_size"),
             ("[mam]\nretention_days = 36501\n", "mam.retention_days"),
             (
