@@ -279,3 +279,39 @@ async def test_a_detached_stream_management_session_triggers_a_notification(make
         await logout(bob)
     finally:
         app.disconnect()
+
+
+async def test_cluster_app_server_on_cm2_user_on_cm1(tmp_path):
+    """In the cluster (Redis, PostgreSQL, two connection-managers): the
+    registration goes through the storage service, the notification from
+    the router crosses the bus to the component on cm-2."""
+    import time
+
+    from test_cluster import Cluster
+    from test_component import COMPONENTS_TOML
+
+    extra = tmp_path / "push.toml"
+    extra.write_text("[push]\nmin_interval_secs = 0\n" + COMPONENTS_TOML)
+    cluster = Cluster(tmp_path)
+    cluster.env["STARLING_EXTRA_TOML"] = str(extra)
+    try:
+        cluster.up()
+        app = await AppServer(cluster.node("cm-2").c2s + 3).start()
+        try:
+            stamp = int(time.time() * 1000) % 10**8
+            alice, alice_pw = cluster.add_user(f"a{stamp}")
+            bob_jid, bob_pw = cluster.add_user(f"b{stamp}")
+            phone = await login(cluster.node("cm-1"), alice, alice_pw, resource="phone")
+            await push_iq(phone, enable_xml("node-c", secret="k"))
+            await logout(phone)
+            bob = await login(cluster.node("cm-2"), bob_jid, bob_pw)
+            bob.send_message(mto=alice, mbody="across the cluster", mtype="chat")
+            note = await app.next_notification()
+            assert note["from"] == alice and note["node"] == "node-c"
+            assert note["fields"]["message-count"] == "1"
+            assert note["options"]["secret"] == "k"
+            await logout(bob)
+        finally:
+            app.disconnect()
+    finally:
+        cluster.down()
