@@ -315,3 +315,17 @@ async def test_cluster_app_server_on_cm2_user_on_cm1(tmp_path):
             app.disconnect()
     finally:
         cluster.down()
+
+
+async def test_push_off_is_neither_advertised_nor_answered(make_server):
+    server = make_server("enabled = false\n")
+    jid, password = server.add_user()
+    client = await login(server, jid, password)
+    try:
+        info = await client.plugin["xep_0030"].get_info(jid=client.boundjid.bare, timeout=10)
+        assert NS_PUSH not in info["disco_info"]["features"]
+        with pytest.raises(slixmpp.exceptions.IqError) as error:
+            await push_iq(client, enable_xml("n"))
+        assert error.value.iq["error"]["condition"] == "service-unavailable"
+    finally:
+        await logout(client)
