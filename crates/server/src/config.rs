@@ -49,6 +49,7 @@ pub struct Config {
     pub pep: PepConfig,
     pub mam: MamConfig,
     pub upload: UploadConfig,
+    pub push: PushConfig,
     pub csi: CsiConfig,
     pub sasl2: Sasl2Config,
     pub log: LogConfig,
@@ -413,6 +414,34 @@ impl Default for PepConfig {
     }
 }
 
+/// XEP-0357 Push Notifications, read by the session-router.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Answer `<enable/>`/`<disable/>`, advertise `urn:xmpp:push:0` on
+    /// accounts and notify app servers.
+    pub enabled: bool,
+    /// Send `last-message-body` in notifications (XEP-0357 section 12:
+    /// bodies then go through the app server and the push service).
+    pub include_body: bool,
+    /// The least time between two notifications to one registration, in
+    /// seconds (0: every message); at most [`MAX_PUSH_MIN_INTERVAL_SECS`].
+    pub min_interval_secs: u64,
+}
+
+/// The upper bound of `push.min_interval_secs`.
+pub const MAX_PUSH_MIN_INTERVAL_SECS: u64 = 86_400;
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            include_body: false,
+            min_interval_secs: 5,
+        }
+    }
+}
+
 /// XEP-0313 Message Archive Management with XEP-0441 preferences and
 /// XEP-0359 stanza ids (session-router and storage targets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -563,6 +592,7 @@ impl Default for Config {
             pep: PepConfig::default(),
             mam: MamConfig::default(),
             upload: UploadConfig::default(),
+            push: PushConfig::default(),
             csi: CsiConfig::default(),
             sasl2: Sasl2Config::default(),
             log: LogConfig::default(),
@@ -926,6 +956,12 @@ impl Config {
                     message: format!("must be between 1 and {upper}"),
                 });
             }
+        }
+        if self.push.min_interval_secs > MAX_PUSH_MIN_INTERVAL_SECS {
+            return Err(ConfigError::Invalid {
+                key: "push.min_interval_secs",
+                message: format!("must be at most {MAX_PUSH_MIN_INTERVAL_SECS}"),
+            });
         }
         if !(1..=MAX_MAM_PAGE_SIZE).contains(&self.mam.max_page_size) {
             return Err(ConfigError::Invalid {
@@ -1528,6 +1564,10 @@ mod tests {
         );
         for (text, key) in [
             ("[mam]\nmax_page_size = 0\n", "mam.max_page_size"),
+            (
+                "[push]\nmin_interval_secs = 86401\n",
+                "push.min_interval_secs",
+            ),
             ("[mam]\nmax_page_size = 10001\n", "mam.max_page_size"),
             ("[mam]\nretention_days = 36501\n", "mam.retention_days"),
             (

@@ -136,6 +136,13 @@ fn router_config(config: &Config) -> RouterConfig {
             .iter()
             .filter_map(|component| starling_jid::normalize_domainpart(&component.domain).ok())
             .collect(),
+        push: config
+            .push
+            .enabled
+            .then(|| starling_session_router::PushSettings {
+                include_body: config.push.include_body,
+                min_interval: Duration::from_secs(config.push.min_interval_secs),
+            }),
     }
 }
 

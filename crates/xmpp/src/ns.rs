@@ -58,6 +58,10 @@ pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+/// XEP-0357 Push Notifications.
+pub const PUSH: &str = "urn:xmpp:push:0";
+/// The FORM_TYPE of a XEP-0357 notification's summary (section 5, "urn:xmpp:push:summary").
+pub const PUSH_SUMMARY: &str = "urn:xmpp:push:summary";
 pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 /// XEP-0004 Data Forms.
 pub const DATA_FORMS: &str = "jabber:x:data";

@@ -135,6 +135,10 @@ impl SessionRouter {
         iq_type: IqType,
     ) -> Option<Element> {
         if !iq_type.is_request() {
+            // The answer of an app server to a push notification (XEP-0357).
+            if crate::push::is_push_answer(&iq) {
+                self.push_answer(user, &iq).await;
+            }
             return None;
         }
         let sessions = match self.registry.sessions(user).await {

@@ -40,6 +40,7 @@ mod message;
 mod metrics;
 mod offline;
 mod pep;
+mod push;
 mod resumption;
 mod router;
 mod session;
@@ -47,6 +48,7 @@ mod upload;
 
 pub use metrics::RouterMetrics;
 pub use pep::PepSettings;
+pub use push::PushSettings;
 pub use resumption::spawn_resumption_expiry;
 pub use router::{RouterConfig, RouterHandle, SessionRouter};
 pub use upload::UploadSettings;

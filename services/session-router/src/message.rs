@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use starling_api::resumption::is_detached;
 use starling_api::{ApiError, Origin, SessionAddr, SessionRecord};
 use starling_bus::{deliver_to_session, deliver_to_sessions};
 use starling_jid::{BareJid, FullJid, Jid};
@@ -177,6 +178,10 @@ impl SessionRouter {
                     routing
                         .outcome
                         .record_delivered(std::iter::once(session.addr.node.as_str()));
+                    // XEP-0357: parked for a detached stream, no client has it.
+                    if is_detached(&session.addr) {
+                        self.notify_push(jid.bare(), &shared).await;
+                    }
                     // XEP-0280 section 6: the account's other carbons-enabled
                     // resources get a copy.
                     let targets = self.received_copy_targets(
@@ -284,6 +289,15 @@ impl SessionRouter {
                         .filter(|session| !unreached.contains(session))
                         .map(|session| session.addr.node.as_str()),
                 );
+                // XEP-0357: every session that took it is detached (parked
+                // for its resumption), so no connected client has it.
+                if targets
+                    .iter()
+                    .filter(|session| !unreached.contains(session))
+                    .all(|session| is_detached(&session.addr))
+                {
+                    self.notify_push(user, &shared).await;
+                }
                 let copies = self.received_copy_targets(routing, &copy_candidates, &targets);
                 if !copies.is_empty() {
                     self.deliver_carbons(
@@ -341,6 +355,8 @@ impl SessionRouter {
                 tracing::debug!(to = %user, "message stored offline");
                 note_decision("offline");
                 routing.outcome.record(Decision::Offline);
+                // XEP-0357: no client of the account is connected.
+                self.notify_push(user, &message).await;
                 None
             }
             // XEP-0160 section 3: the queue is full => service-unavailable.
@@ -421,6 +437,10 @@ impl SessionRouter {
         };
         let shared = Arc::new(stanza);
         if deliver_to_session(&*self.bus, shared.clone(), &session, None).await {
+            // XEP-0357: it followed the session to its detached stream.
+            if is_detached(&session.addr) && shared.name() == "message" {
+                self.notify_push(jid.bare(), &shared).await;
+            }
             return None;
         }
         Some(unshare(shared))

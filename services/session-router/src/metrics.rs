@@ -11,6 +11,7 @@
 //! into the [`RouteOutcome`] of the stanza, which each rule is given with the
 //! stanza (`Routing`). Every label value comes from a fixed set.
 
+use crate::push::PushOutcome;
 use crate::upload::SlotOutcome;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -112,7 +113,13 @@ pub struct RouterMetrics {
     archive: [IntCounter; 5],
     /// XEP-0363 slot requests by outcome, in [`SlotOutcome::ALL`] order.
     upload_slots: [IntCounter; 6],
+    /// XEP-0357 notifications by outcome, in [`PushOutcome::ALL`] order.
+    push: [IntCounter; 5],
+    /// XEP-0357 enable/disable requests: enabled, disabled, refused.
+    push_registrations: [IntCounter; 3],
 }
+
+const PUSH_REGISTRATION_EVENTS: [&str; 3] = ["enabled", "disabled", "refused"];
 
 const PEP_OUTCOMES: [&str; 3] = ["delivered", "unreached", "failed"];
 const CAPS_OUTCOMES: [&str; 3] = ["sent", "verified", "refused"];
@@ -216,7 +223,26 @@ impl RouterMetrics {
             &["outcome"],
         )?;
         registry.register(Box::new(upload_slots.clone()))?;
+        let push = IntCounterVec::new(
+            Opts::new(
+                "starling_push_notifications_total",
+                "XEP-0357 push notifications, one per app server registration, by outcome: sent, throttled (within push.min_interval_secs of the previous one), unreachable (no route to the app server), rejected (the app server answered an error: registration disabled), failed (the registrations could not be read)",
+            ),
+            &["outcome"],
+        )?;
+        let push_registrations = IntCounterVec::new(
+            Opts::new(
+                "starling_push_registrations_total",
+                "XEP-0357 enable and disable requests, by event: enabled, disabled, refused (an error was answered)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(push.clone()))?;
+        registry.register(Box::new(push_registrations.clone()))?;
         Ok(RouterMetrics {
+            push: PushOutcome::ALL.map(|outcome| push.with_label_values(&[outcome.label()])),
+            push_registrations: PUSH_REGISTRATION_EVENTS
+                .map(|event| push_registrations.with_label_values(&[event])),
             upload_slots: SlotOutcome::ALL
                 .map(|outcome| upload_slots.with_label_values(&[outcome.label()])),
             pep_notifications: PEP_OUTCOMES
@@ -241,6 +267,24 @@ impl RouterMetrics {
             .position(|candidate| *candidate == outcome)
             .unwrap_or(0);
         self.upload_slots[index].inc();
+    }
+
+    pub(crate) fn count_push(&self, outcome: PushOutcome) {
+        let index = PushOutcome::ALL
+            .iter()
+            .position(|candidate| *candidate == outcome)
+            .unwrap_or(0);
+        self.push[index].inc();
+    }
+
+    /// One enable or disable request had `event` (one of enabled, disabled, refused).
+    pub(crate) fn count_push_registration(&self, event: &str) {
+        if let Some(index) = PUSH_REGISTRATION_EVENTS
+            .iter()
+            .position(|known| *known == event)
+        {
+            self.push_registrations[index].inc();
+        }
     }
 
     pub(crate) fn routed(&self, kind: StanzaKind, decision: Decision, elapsed: Duration) {

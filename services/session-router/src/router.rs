@@ -58,6 +58,9 @@ pub struct RouterConfig {
     /// connection, or is answered `service-unavailable`. Set it alike on
     /// every router replica.
     pub components: Vec<String>,
+    /// Push notifications (XEP-0357, `push.*`): enable/disable answered,
+    /// `urn:xmpp:push:0` advertised on accounts, notifications sent; `None`: off.
+    pub push: Option<crate::push::PushSettings>,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -171,6 +174,8 @@ pub struct SessionRouter {
     pub(crate) caps: crate::pep::caps::CapsCache,
     /// Archive ids (XEP-0313) and the batched archive writes.
     pub(crate) archive: crate::archive::Archiver,
+    /// The per-registration notification windows (XEP-0357, `push.min_interval_secs`).
+    pub(crate) push_windows: crate::push::PushWindows,
 }
 
 impl SessionRouter {
@@ -206,6 +211,7 @@ impl SessionRouter {
             resumption: None,
             caps: crate::pep::caps::CapsCache::default(),
             archive,
+            push_windows: crate::push::PushWindows::default(),
         }
     }
 

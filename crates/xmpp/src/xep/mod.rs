@@ -13,6 +13,7 @@ pub mod forward;
 pub mod http_upload;
 pub mod mam;
 pub mod ping;
+pub mod push;
 pub mod rsm;
 pub mod version;
 

@@ -116,6 +116,10 @@ async fn account_disco(
     if router.config.mam {
         features.extend_from_slice(super::mam::ACCOUNT_FEATURES);
     }
+    // XEP-0357 section 4: push is enabled on the account.
+    if router.config.push.is_some() {
+        features.extend_from_slice(super::push::ACCOUNT_FEATURES);
+    }
     Some(info_results(
         iq,
         &[REGISTERED_ACCOUNT, PEP_SERVICE],

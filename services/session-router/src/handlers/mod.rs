@@ -16,6 +16,7 @@ pub(crate) mod mam;
 pub(crate) mod pep;
 pub(crate) mod ping;
 pub(crate) mod private;
+pub(crate) mod push;
 pub(crate) mod roster;
 pub(crate) mod vcard;
 pub(crate) mod version;
@@ -36,16 +37,18 @@ pub(crate) const IQ_HANDLERS: &[&'static dyn IqHandler] = &[
 
 /// The handlers a router with `config` registers: [`IQ_HANDLERS`] and the
 /// features switched on in the configuration (Message Carbons, XEP-0280;
-/// Message Archive Management, XEP-0313).
+/// Message Archive Management, XEP-0313; Push Notifications, XEP-0357).
 pub(crate) fn iq_handlers(config: &RouterConfig) -> Vec<&'static dyn IqHandler> {
     let carbons: Option<&'static dyn IqHandler> =
         config.carbons.then_some(&crate::carbons::Carbons);
     let archive: Option<&'static dyn IqHandler> = config.mam.then_some(&mam::Archive);
+    let push: Option<&'static dyn IqHandler> = config.push.is_some().then_some(&push::Push);
     IQ_HANDLERS
         .iter()
         .copied()
         .chain(carbons)
         .chain(archive)
+        .chain(push)
         .collect()
 }
 

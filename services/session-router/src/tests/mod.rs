@@ -13,6 +13,7 @@ mod message;
 mod metrics;
 mod pep;
 mod presence;
+mod push;
 mod undeliverable;
 mod upload;
 mod xml;
@@ -575,6 +576,10 @@ impl Harness {
                 upload: options.upload.clone(),
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
                 components: vec!["irc.example.com".into()],
+                push: Some(crate::push::PushSettings {
+                    include_body: false,
+                    min_interval: std::time::Duration::ZERO,
+                }),
             },
             registry.clone(),
             bus.clone(),
