@@ -129,9 +129,11 @@ impl FileStore {
             }
             FileStoreSettings::S3(s3) => {
                 // AWS_* from the environment first, then the configured keys.
-                let mut builder = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(&s3.bucket)
-                    .with_allow_http(s3.allow_http);
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&s3.bucket);
+                if s3.allow_http {
+                    builder = builder.with_allow_http(true);
+                }
                 if !s3.endpoint.is_empty() {
                     builder = builder.with_endpoint(&s3.endpoint);
                 }
