@@ -1397,7 +1397,10 @@ impl Config {
                 ("upload.s3_endpoint", !upload.s3_endpoint.is_empty()),
                 ("upload.s3_region", !upload.s3_region.is_empty()),
                 ("upload.s3_allow_http", upload.s3_allow_http),
-                ("upload.s3_access_key_id", !upload.s3_access_key_id.is_empty()),
+                (
+                    "upload.s3_access_key_id",
+                    !upload.s3_access_key_id.is_empty(),
+                ),
                 (
                     "upload.s3_secret_access_key",
                     !upload.s3_secret_access_key.is_empty(),
@@ -1415,9 +1418,9 @@ impl Config {
         // The S3 bucket naming rules: 3 to 63 lowercase letters, digits,
         // dots and hyphens, starting and ending with a letter or digit.
         let bucket_valid = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-".contains(&byte))
+            && bucket.bytes().all(|byte| {
+                byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-".contains(&byte)
+            })
             && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
             && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !bucket_valid {
@@ -1461,7 +1464,9 @@ impl Config {
             if plain && !upload.s3_allow_http {
                 return Err(invalid(
                     "upload.s3_endpoint",
-                    format!("{endpoint:?} is plain HTTP: set upload.s3_allow_http = true to allow it"),
+                    format!(
+                        "{endpoint:?} is plain HTTP: set upload.s3_allow_http = true to allow it"
+                    ),
                 ));
             }
         }
@@ -1720,6 +1725,51 @@ mod tests {
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn upload_s3_storage_is_parsed_and_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[upload]\nstorage = \"s3://chat-files/a/b/\"\ns3_endpoint = \"http://127.0.0.1:9000\"\ns3_allow_http = true\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.upload_s3_location(), Some(("chat-files", "a/b")));
+        let config =
+            Config::from_toml_str("test", "[upload]\nstorage = \"s3://files\"\n", &env(&[]))
+                .unwrap();
+        assert_eq!(config.upload_s3_location(), Some(("files", "")));
+        assert_eq!(Config::default().upload_s3_location(), None);
+        for (text, key) in [
+            ("[upload]\nstorage = \"s3://Bad_Name\"\n", "upload.storage"),
+            ("[upload]\nstorage = \"s3://ab\"\n", "upload.storage"),
+            (
+                "[upload]\nstorage = \"s3://files/a/../b\"\n",
+                "upload.storage",
+            ),
+            ("[upload]\nstorage = \"https://files\"\n", "upload.storage"),
+            (
+                "[upload]\nstorage = \"s3://files\"\ns3_endpoint = \"http://minio:9000\"\n",
+                "upload.s3_endpoint",
+            ),
+            (
+                "[upload]\nstorage = \"s3://files\"\ns3_endpoint = \"minio:9000\"\n",
+                "upload.s3_endpoint",
+            ),
+            (
+                "[upload]\nstorage = \"s3://files\"\ns3_secret_access_key = \"s\"\n",
+                "upload.s3_access_key_id",
+            ),
+            ("[upload]\ns3_allow_http = true\n", "upload.s3_allow_http"),
+            (
+                "[upload]\ns3_endpoint = \"https://s3\"\n",
+                "upload.s3_endpoint",
+            ),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
         }
     }
 

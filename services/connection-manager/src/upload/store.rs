@@ -222,9 +222,7 @@ impl FileStore {
             FileStore::Directory(directory) => {
                 let file = match tokio::fs::File::open(Self::file_path(directory, id)).await {
                     Ok(file) => file,
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                        return Ok(None)
-                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                     Err(error) => return Err(error.to_string()),
                 };
                 let length = match file.metadata().await {
@@ -277,9 +275,8 @@ impl FileStore {
                     .map_err(|error| error.to_string())
             }
             FileStore::Objects { store, files } => {
-                let cutoff = now_millis().saturating_sub(
-                    i64::try_from(expire_after.as_millis()).unwrap_or(i64::MAX),
-                );
+                let cutoff = now_millis()
+                    .saturating_sub(i64::try_from(expire_after.as_millis()).unwrap_or(i64::MAX));
                 let mut swept = Swept::default();
                 let mut objects = store.list(Some(files));
                 while let Some(object) = objects.try_next().await.map_err(|e| e.to_string())? {
