@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -134,15 +134,15 @@ impl UploadMetrics {
         )?;
         let bytes_received = IntCounter::new(
             "starling_upload_received_bytes_total",
-            "Bytes of uploaded files written to the upload directory by this node",
+            "Bytes of uploaded files written to the upload store (directory or bucket) by this node",
         )?;
         let stored_bytes = IntGauge::new(
             "starling_upload_stored_bytes",
-            "Bytes of the files in the upload directory, as of this node's last sweep",
+            "Bytes of the files in the upload store (directory or bucket), as of this node's last sweep",
         )?;
         let stored_files = IntGauge::new(
             "starling_upload_stored_files",
-            "Files in the upload directory, as of this node's last sweep",
+            "Files in the upload store (directory or bucket), as of this node's last sweep",
         )?;
         let expired_files = IntCounter::new(
             "starling_upload_expired_files_total",
@@ -487,6 +487,7 @@ fn content_disposition(content_type: &str, file_name: &str) -> String {
 /// from running it: `nosniff`, a sandboxing CSP, and a disposition.
 async fn serve_file(
     State(upload): State<Arc<UploadHttp>>,
+    method: Method,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Response {
     let not_found = |upload: &UploadHttp| {
@@ -507,7 +508,7 @@ async fn serve_file(
     if now_millis() > uploaded_at.saturating_add(duration_millis(upload.settings.expire_after)) {
         return not_found(&upload);
     }
-    let opened = match upload.files.open_file(&id).await {
+    let opened = match upload.files.open_file(&id, method == Method::HEAD).await {
         Ok(Some(opened)) => opened,
         Ok(None) => return not_found(&upload),
         Err(error) => {

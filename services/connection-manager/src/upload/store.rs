@@ -216,8 +216,9 @@ impl FileStore {
         }
     }
 
-    /// A stored file, or `None` when there is none.
-    pub async fn open_file(&self, id: &str) -> Result<Option<Opened>, String> {
+    /// A stored file, or `None` when there is none. For a HEAD
+    /// (`length_only`) an object is only looked up, not fetched.
+    pub async fn open_file(&self, id: &str, length_only: bool) -> Result<Option<Opened>, String> {
         match self {
             FileStore::Directory(directory) => {
                 let file = match tokio::fs::File::open(Self::file_path(directory, id)).await {
@@ -245,6 +246,16 @@ impl FileStore {
                     length,
                     body: Body::from_stream(stream),
                 }))
+            }
+            FileStore::Objects { store, files } if length_only => {
+                match store.head(&files.child(id)).await {
+                    Ok(meta) => Ok(Some(Opened {
+                        length: meta.size,
+                        body: Body::empty(),
+                    })),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(error) => Err(error.to_string()),
+                }
             }
             FileStore::Objects { store, files } => match store.get(&files.child(id)).await {
                 Ok(object) => {
@@ -584,9 +595,13 @@ mod tests {
             .ok()
             .unwrap();
         // Nothing visible before the commit.
-        assert!(files.open_file(id).await.unwrap().is_none());
+        assert!(files.open_file(id, false).await.unwrap().is_none());
         staged.commit().await.unwrap();
-        let opened = files.open_file(id).await.unwrap().unwrap();
+        assert_eq!(
+            files.open_file(id, true).await.unwrap().unwrap().length,
+            size
+        );
+        let opened = files.open_file(id, false).await.unwrap().unwrap();
         assert_eq!(opened.length, size);
         assert_eq!(read_all(opened).await, content);
         assert!(memory
@@ -603,7 +618,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(files.sweep(Duration::ZERO).await.unwrap().expired, 1);
-        assert!(files.open_file(id).await.unwrap().is_none());
+        assert!(files.open_file(id, false).await.unwrap().is_none());
         assert_eq!(files.sweep(Duration::ZERO).await.unwrap(), Swept::default());
     }
 
@@ -621,13 +636,13 @@ mod tests {
             .receive(id, Body::from(vec![1u8; 5]), 10, &metrics)
             .await;
         assert!(matches!(too_short, Err(PutOutcome::Incomplete)));
-        assert!(files.open_file(id).await.unwrap().is_none());
+        assert!(files.open_file(id, false).await.unwrap().is_none());
         let staged = files
             .receive(id, Body::from(vec![1u8; 10]), 10, &metrics)
             .await
             .ok()
             .unwrap();
         staged.discard().await;
-        assert!(files.open_file(id).await.unwrap().is_none());
+        assert!(files.open_file(id, false).await.unwrap().is_none());
     }
 }
