@@ -501,10 +501,21 @@ pub struct UploadConfig {
     pub expire_after_secs: u64,
     /// How long after the grant a slot's PUT may start, in seconds.
     pub slot_validity_secs: u64,
-    /// The directory of the files, shared by every connection-manager; empty: `data_dir/upload`.
+    /// The directory of the files, shared by every connection-manager, or
+    /// `s3://BUCKET[/PREFIX]`; empty: `data_dir/upload`.
     pub storage: String,
     /// The base of the PUT and GET URLs (`https://upload.example.org`); empty: derived from the listeners.
     pub public_url: String,
+    /// With `storage = "s3://…"`: an S3-compatible endpoint; empty: AWS.
+    pub s3_endpoint: String,
+    /// With `storage = "s3://…"`: the region; empty: `AWS_DEFAULT_REGION` or `us-east-1`.
+    pub s3_region: String,
+    /// With `storage = "s3://…"`: allow an `http://` endpoint.
+    pub s3_allow_http: bool,
+    /// With `storage = "s3://…"`: credentials; empty: `AWS_ACCESS_KEY_ID`
+    /// and `AWS_SECRET_ACCESS_KEY` (or the instance's role).
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
 }
 
 impl Default for UploadConfig {
@@ -518,6 +529,11 @@ impl Default for UploadConfig {
             slot_validity_secs: 300,
             storage: String::new(),
             public_url: String::new(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
+            s3_allow_http: false,
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
         }
     }
 }
@@ -1396,7 +1412,122 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.validate_upload_s3()
+    }
+
+    /// `upload.storage = "s3://…"` and the `upload.s3_*` keys that go with it.
+    fn validate_upload_s3(&self) -> Result<(), ConfigError> {
+        let upload = &self.upload;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let Some((bucket, prefix)) = self.upload_s3_location() else {
+            if upload.storage.contains("://") {
+                return Err(invalid(
+                    "upload.storage",
+                    format!(
+                        "{:?}: expected a directory or s3://BUCKET[/PREFIX]",
+                        upload.storage
+                    ),
+                ));
+            }
+            for (key, set) in [
+                ("upload.s3_endpoint", !upload.s3_endpoint.is_empty()),
+                ("upload.s3_region", !upload.s3_region.is_empty()),
+                ("upload.s3_allow_http", upload.s3_allow_http),
+                (
+                    "upload.s3_access_key_id",
+                    !upload.s3_access_key_id.is_empty(),
+                ),
+                (
+                    "upload.s3_secret_access_key",
+                    !upload.s3_secret_access_key.is_empty(),
+                ),
+            ] {
+                if set {
+                    return Err(invalid(
+                        key,
+                        "only goes with upload.storage = \"s3://BUCKET[/PREFIX]\"".into(),
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        // The S3 bucket naming rules: 3 to 63 lowercase letters, digits,
+        // dots and hyphens, starting and ending with a letter or digit.
+        let bucket_valid = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|byte| {
+                byte.is_ascii_lowercase() || byte.is_ascii_digit() || b".-".contains(&byte)
+            })
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !bucket_valid {
+            return Err(invalid(
+                "upload.storage",
+                format!("{bucket:?} is not a valid S3 bucket name (3 to 63 of a-z 0-9 . -)"),
+            ));
+        }
+        let bad_segment = |segment: &str| {
+            segment.is_empty()
+                || segment == "."
+                || segment == ".."
+                || segment.chars().any(char::is_control)
+        };
+        if !prefix.is_empty() && prefix.split('/').any(bad_segment) {
+            return Err(invalid(
+                "upload.storage",
+                format!("{prefix:?}: the key prefix has an empty, `.`, `..` or control-character segment"),
+            ));
+        }
+        if !upload.s3_endpoint.is_empty() {
+            let endpoint = upload.s3_endpoint.as_str();
+            let (plain, rest) = match (
+                endpoint.strip_prefix("http://"),
+                endpoint.strip_prefix("https://"),
+            ) {
+                (Some(rest), _) => (true, rest),
+                (_, Some(rest)) => (false, rest),
+                _ => (false, ""),
+            };
+            if rest.is_empty()
+                || rest.starts_with('/')
+                || rest.contains(['?', '#', ' '])
+                || !rest.chars().all(|character| character.is_ascii_graphic())
+            {
+                return Err(invalid(
+                    "upload.s3_endpoint",
+                    format!("{endpoint:?}: expected http(s)://HOST[:PORT]"),
+                ));
+            }
+            if plain && !upload.s3_allow_http {
+                return Err(invalid(
+                    "upload.s3_endpoint",
+                    format!(
+                        "{endpoint:?} is plain HTTP: set upload.s3_allow_http = true to allow it"
+                    ),
+                ));
+            }
+        }
+        match (
+            upload.s3_access_key_id.is_empty(),
+            upload.s3_secret_access_key.is_empty(),
+        ) {
+            (false, true) => Err(invalid(
+                "upload.s3_secret_access_key",
+                "must be set with upload.s3_access_key_id".into(),
+            )),
+            (true, false) => Err(invalid(
+                "upload.s3_access_key_id",
+                "must be set with upload.s3_secret_access_key".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The bucket and key prefix of `upload.storage = "s3://BUCKET[/PREFIX]"`
+    /// (the prefix without its trailing `/`), or `None` for a directory.
+    pub fn upload_s3_location(&self) -> Option<(&str, &str)> {
+        let rest = self.upload.storage.strip_prefix("s3://")?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        Some((bucket, prefix.trim_end_matches('/')))
     }
 
     /// The upload service's domain: `upload.domain`, or `upload.` + `domain`.
@@ -1634,6 +1765,51 @@ mod tests {
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn upload_s3_storage_is_parsed_and_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "[upload]\nstorage = \"s3://chat-files/a/b/\"\ns3_endpoint = \"http://127.0.0.1:9000\"\ns3_allow_http = true\n",
+            &env(&[]),
+        )
+        .unwrap();
+        assert_eq!(config.upload_s3_location(), Some(("chat-files", "a/b")));
+        let config =
+            Config::from_toml_str("test", "[upload]\nstorage = \"s3://files\"\n", &env(&[]))
+                .unwrap();
+        assert_eq!(config.upload_s3_location(), Some(("files", "")));
+        assert_eq!(Config::default().upload_s3_location(), None);
+        for (text, key) in [
+            ("[upload]\nstorage = \"s3://Bad_Name\"\n", "upload.storage"),
+            ("[upload]\nstorage = \"s3://ab\"\n", "upload.storage"),
+            (
+                "[upload]\nstorage = \"s3://files/a/../b\"\n",
+                "upload.storage",
+            ),
+            ("[upload]\nstorage = \"https://files\"\n", "upload.storage"),
+            (
+                "[upload]\nstorage = \"s3://files\"\ns3_endpoint = \"http://minio:9000\"\n",
+                "upload.s3_endpoint",
+            ),
+            (
+                "[upload]\nstorage = \"s3://files\"\ns3_endpoint = \"minio:9000\"\n",
+                "upload.s3_endpoint",
+            ),
+            (
+                "[upload]\nstorage = \"s3://files\"\ns3_secret_access_key = \"s\"\n",
+                "upload.s3_access_key_id",
+            ),
+            ("[upload]\ns3_allow_http = true\n", "upload.s3_allow_http"),
+            (
+                "[upload]\ns3_endpoint = \"https://s3\"\n",
+                "upload.s3_endpoint",
+            ),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
         }
     }
 

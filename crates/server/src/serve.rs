@@ -153,23 +153,30 @@ fn upload_http(
     storage: Arc<dyn StorageApi>,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<(axum::Router, JoinHandle<()>)> {
+    use starling_connection_manager::upload::store::{FileStoreSettings, S3Settings};
     use starling_connection_manager::upload::{UploadHttp, UploadHttpSettings, UploadMetrics};
-    let directory = config.upload_directory();
+    let store = match config.upload_s3_location() {
+        Some((bucket, prefix)) => FileStoreSettings::S3(S3Settings {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint: config.upload.s3_endpoint.clone(),
+            region: config.upload.s3_region.clone(),
+            allow_http: config.upload.s3_allow_http,
+            access_key_id: config.upload.s3_access_key_id.clone(),
+            secret_access_key: config.upload.s3_secret_access_key.clone(),
+        }),
+        None => FileStoreSettings::Directory(config.upload_directory()),
+    };
     let upload = UploadHttp::new(
         UploadHttpSettings {
-            directory: directory.clone(),
+            store,
             expire_after: Duration::from_secs(config.upload.expire_after_secs),
             slot_validity: Duration::from_secs(config.upload.slot_validity_secs),
         },
         storage,
         UploadMetrics::register(registry).context("cannot register the upload metrics")?,
     )
-    .with_context(|| {
-        format!(
-            "config key `upload.storage`: cannot create the upload directory {}",
-            directory.display()
-        )
-    })?;
+    .map_err(|error| anyhow::anyhow!("config key `upload.storage`: {error}"))?;
     Ok((upload.router(), upload.spawn_sweep()))
 }
 

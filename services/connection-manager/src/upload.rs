@@ -8,31 +8,32 @@
 //! a PUT is checked on whichever node it reaches: the bearer token against
 //! the hash kept, the slot's validity, its single use, the `Content-Length`
 //! and `Content-Type` against what was asked. Files live in one directory
-//! that every node shares (`upload.storage`), named by slot id only: a
-//! client's file name never reaches the file system.
+//! that every node shares or in an S3-compatible bucket (`upload.storage`,
+//! [`store`]), named by slot id only: a client's file name never reaches
+//! the store.
 
-use std::path::{Path, PathBuf};
+pub mod store;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures::StreamExt;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use rand::RngCore;
-use starling_api::upload::{content_type_matches, is_slot_id, to_hex, token_matches};
+use starling_api::upload::{content_type_matches, is_slot_id, token_matches};
 use starling_api::{StorageApi, UploadSlotRecord};
-use tokio::io::AsyncWriteExt;
+
+use store::{FileStore, FileStoreSettings};
 
 /// What the HTTP side needs of `upload.*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadHttpSettings {
-    /// The shared directory (`upload.storage`): `files/` and `tmp/` in it.
-    pub directory: PathBuf,
+    /// Where the files are (`upload.storage`, `upload.s3_*`).
+    pub store: FileStoreSettings,
     /// How long an uploaded file is served and kept (`upload.expire_after_secs`).
     pub expire_after: Duration,
     /// How long after its grant a slot's PUT may start (`upload.slot_validity_secs`).
@@ -41,7 +42,7 @@ pub struct UploadHttpSettings {
 
 /// Why a PUT was answered as it was (the `outcome` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PutOutcome {
+pub enum PutOutcome {
     Completed,
     NotFound,
     BadToken,
@@ -133,15 +134,15 @@ impl UploadMetrics {
         )?;
         let bytes_received = IntCounter::new(
             "starling_upload_received_bytes_total",
-            "Bytes of uploaded files written to the upload directory by this node",
+            "Bytes of uploaded files written to the upload store (directory or bucket) by this node",
         )?;
         let stored_bytes = IntGauge::new(
             "starling_upload_stored_bytes",
-            "Bytes of the files in the upload directory, as of this node's last sweep",
+            "Bytes of the files in the upload store (directory or bucket), as of this node's last sweep",
         )?;
         let stored_files = IntGauge::new(
             "starling_upload_stored_files",
-            "Files in the upload directory, as of this node's last sweep",
+            "Files in the upload store (directory or bucket), as of this node's last sweep",
         )?;
         let expired_files = IntCounter::new(
             "starling_upload_expired_files_total",
@@ -173,13 +174,9 @@ impl UploadMetrics {
 /// The upload routes and the sweep of one connection-manager.
 pub struct UploadHttp {
     settings: UploadHttpSettings,
+    files: FileStore,
     storage: Arc<dyn StorageApi>,
     metrics: UploadMetrics,
-}
-
-/// The directory of finished files, by the first two digits of their id.
-fn file_path(directory: &Path, id: &str) -> PathBuf {
-    directory.join("files").join(&id[..2]).join(id)
 }
 
 fn now_millis() -> i64 {
@@ -222,17 +219,17 @@ fn plain(status: StatusCode, text: &'static str) -> Response {
 }
 
 impl UploadHttp {
-    /// The HTTP side over `storage`, its files in `settings.directory`
-    /// (created with its `files/` and `tmp/` when missing).
+    /// The HTTP side over `storage`, its files in `settings.store` (a
+    /// directory is created with its `files/` and `tmp/` when missing).
     pub fn new(
         settings: UploadHttpSettings,
         storage: Arc<dyn StorageApi>,
         metrics: UploadMetrics,
-    ) -> std::io::Result<Arc<Self>> {
-        std::fs::create_dir_all(settings.directory.join("files"))?;
-        std::fs::create_dir_all(settings.directory.join("tmp"))?;
+    ) -> Result<Arc<Self>, String> {
+        let files = FileStore::open(&settings.store)?;
         Ok(Arc::new(UploadHttp {
             settings,
+            files,
             storage,
             metrics,
         }))
@@ -282,9 +279,8 @@ impl UploadHttp {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let settings = upload.settings.clone();
-                match tokio::task::spawn_blocking(move || sweep(&settings)).await {
-                    Ok(Ok(swept)) => {
+                match upload.files.sweep(upload.settings.expire_after).await {
+                    Ok(swept) => {
                         upload.metrics.expired_files.inc_by(swept.expired);
                         upload
                             .metrics
@@ -298,8 +294,7 @@ impl UploadHttp {
                             tracing::info!(expired = swept.expired, "expired uploads removed");
                         }
                     }
-                    Ok(Err(error)) => tracing::warn!(%error, "upload sweep failed"),
-                    Err(error) => tracing::warn!(%error, "upload sweep panicked"),
+                    Err(error) => tracing::warn!(%error, "upload sweep failed"),
                 }
             }
         })
@@ -349,8 +344,8 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// PUT: every check of the slot before a byte is read, then the body
-/// streamed to a temporary file under a byte cap, the slot marked used,
-/// and the file renamed into place (atomic on one file system).
+/// streamed to the store under a byte cap, staged where no GET sees it,
+/// the slot marked used, and the file made visible in one step.
 async fn receive_file(
     State(upload): State<Arc<UploadHttp>>,
     UrlPath((id, name)): UrlPath<(String, String)>,
@@ -410,46 +405,35 @@ async fn receive_file(
             );
         }
     }
-    let mut suffix = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut suffix);
-    let temporary = upload
-        .settings
-        .directory
-        .join("tmp")
-        .join(format!("{id}.{}", to_hex(&suffix)));
-    let outcome = write_body(&upload, &temporary, body, slot.size).await;
-    if outcome != PutOutcome::Completed {
-        let _ = tokio::fs::remove_file(&temporary).await;
-        let text = match outcome {
-            PutOutcome::TooLarge => "the body is larger than the slot\n",
-            PutOutcome::Incomplete => "the body ended before the slot's size\n",
-            _ => "the file could not be stored\n",
-        };
-        return upload.put_refused(outcome, text);
-    }
+    let staged = match upload
+        .files
+        .receive(&id, body, slot.size, &upload.metrics)
+        .await
+    {
+        Ok(staged) => staged,
+        Err(outcome) => {
+            let text = match outcome {
+                PutOutcome::TooLarge => "the body is larger than the slot\n",
+                PutOutcome::Incomplete => "the body ended before the slot's size\n",
+                _ => "the file could not be stored\n",
+            };
+            return upload.put_refused(outcome, text);
+        }
+    };
     match upload.storage.complete_upload_slot(&id, now_millis()).await {
         Ok(true) => {}
         Ok(false) => {
-            let _ = tokio::fs::remove_file(&temporary).await;
+            staged.discard().await;
             return upload.put_refused(PutOutcome::Used, "this slot was used already\n");
         }
         Err(error) => {
             tracing::warn!(slot = %id, %error, "upload completion failed");
-            let _ = tokio::fs::remove_file(&temporary).await;
+            staged.discard().await;
             return upload.put_refused(PutOutcome::Failed, "storage unavailable\n");
         }
     }
-    let destination = file_path(&upload.settings.directory, &id);
-    let placed = async {
-        if let Some(parent) = destination.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        tokio::fs::rename(&temporary, &destination).await
-    }
-    .await;
-    if let Err(error) = placed {
+    if let Err(error) = staged.commit().await {
         tracing::error!(slot = %id, %error, "uploaded file could not be moved into place");
-        let _ = tokio::fs::remove_file(&temporary).await;
         return upload.put_refused(PutOutcome::Failed, "the file could not be stored\n");
     }
     upload
@@ -459,46 +443,6 @@ async fn receive_file(
         .inc();
     tracing::debug!(slot = %id, size = slot.size, "upload stored");
     plain(StatusCode::CREATED, "created\n")
-}
-
-/// Stream `body` into `path`, never more than `size` bytes (a larger body
-/// stops at the first chunk past it: nothing beyond is read or buffered).
-async fn write_body(upload: &UploadHttp, path: &Path, body: Body, size: u64) -> PutOutcome {
-    let mut file = match tokio::fs::File::create(path).await {
-        Ok(file) => file,
-        Err(error) => {
-            tracing::error!(path = %path.display(), %error, "cannot create an upload file");
-            return PutOutcome::Failed;
-        }
-    };
-    let mut written = 0u64;
-    let mut chunks = body.into_data_stream();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = match chunk {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                tracing::debug!(%error, "upload body failed");
-                return PutOutcome::Incomplete;
-            }
-        };
-        written += chunk.len() as u64;
-        if written > size {
-            return PutOutcome::TooLarge;
-        }
-        if let Err(error) = file.write_all(&chunk).await {
-            tracing::error!(path = %path.display(), %error, "cannot write an upload file");
-            return PutOutcome::Failed;
-        }
-        upload.metrics.bytes_received.inc_by(chunk.len() as u64);
-    }
-    if written != size {
-        return PutOutcome::Incomplete;
-    }
-    if let Err(error) = file.sync_all().await {
-        tracing::error!(path = %path.display(), %error, "cannot sync an upload file");
-        return PutOutcome::Failed;
-    }
-    PutOutcome::Completed
 }
 
 /// Whether browsers may show a type inline; anything else is an attachment.
@@ -543,6 +487,7 @@ fn content_disposition(content_type: &str, file_name: &str) -> String {
 /// from running it: `nosniff`, a sandboxing CSP, and a disposition.
 async fn serve_file(
     State(upload): State<Arc<UploadHttp>>,
+    method: Method,
     UrlPath((id, name)): UrlPath<(String, String)>,
 ) -> Response {
     let not_found = |upload: &UploadHttp| {
@@ -563,37 +508,22 @@ async fn serve_file(
     if now_millis() > uploaded_at.saturating_add(duration_millis(upload.settings.expire_after)) {
         return not_found(&upload);
     }
-    let file = match tokio::fs::File::open(file_path(&upload.settings.directory, &id)).await {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return not_found(&upload),
+    let opened = match upload.files.open_file(&id, method == Method::HEAD).await {
+        Ok(Some(opened)) => opened,
+        Ok(None) => return not_found(&upload),
         Err(error) => {
             tracing::warn!(slot = %id, %error, "cannot open an uploaded file");
             upload.metrics.gets.with_label_values(&["failed"]).inc();
             return plain(StatusCode::SERVICE_UNAVAILABLE, "cannot read the file\n");
         }
     };
-    let length = match file.metadata().await {
-        Ok(metadata) => metadata.len(),
-        Err(_) => return not_found(&upload),
-    };
+    let length = opened.length;
     let content_type = slot
         .content_type
         .clone()
         .unwrap_or_else(|| "application/octet-stream".to_string());
-    let stream = futures::stream::unfold(file, |mut file| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buffer = vec![0u8; 64 * 1024];
-        match file.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(read) => {
-                buffer.truncate(read);
-                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buffer)), file))
-            }
-            Err(error) => Some((Err(error), file)),
-        }
-    });
     upload.metrics.gets.with_label_values(&["served"]).inc();
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(opened.body);
     let headers = response.headers_mut();
     let disposition = content_disposition(&content_type, &slot.file_name);
     for (name, value) in [
@@ -613,68 +543,6 @@ async fn serve_file(
         }
     }
     with_cors(response)
-}
-
-/// What one sweep found.
-struct Swept {
-    expired: u64,
-    stored_files: u64,
-    stored_bytes: u64,
-}
-
-/// Remove the files older than `expire_after` and the temporary files of
-/// PUTs that ended an hour ago; count what stays.
-fn sweep(settings: &UploadHttpSettings) -> std::io::Result<Swept> {
-    let now = SystemTime::now();
-    let mut swept = Swept {
-        expired: 0,
-        stored_files: 0,
-        stored_bytes: 0,
-    };
-    let older_than = |metadata: &std::fs::Metadata, age: Duration| {
-        metadata
-            .modified()
-            .ok()
-            .and_then(|modified| now.duration_since(modified).ok())
-            .is_some_and(|elapsed| elapsed > age)
-    };
-    for shard in std::fs::read_dir(settings.directory.join("files"))? {
-        let shard = shard?;
-        if !shard.file_type()?.is_dir() {
-            continue;
-        }
-        let Ok(entries) = std::fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(metadata) = entry.metadata() else {
-                continue;
-            };
-            if !metadata.is_file() {
-                continue;
-            }
-            if older_than(&metadata, settings.expire_after) {
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) => swept.expired += 1,
-                    // Another node removed it first.
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(error),
-                }
-            } else {
-                swept.stored_files += 1;
-                swept.stored_bytes += metadata.len();
-            }
-        }
-    }
-    for entry in std::fs::read_dir(settings.directory.join("tmp"))?.flatten() {
-        if entry
-            .metadata()
-            .is_ok_and(|metadata| older_than(&metadata, Duration::from_secs(3600)))
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    Ok(swept)
 }
 
 #[cfg(test)]
@@ -708,36 +576,5 @@ mod tests {
         assert_eq!(bearer_token(&headers), Some("abc"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer_token(&headers), None);
-    }
-
-    #[test]
-    fn the_sweep_removes_expired_files_only() {
-        let directory =
-            std::env::temp_dir().join(format!("starling-upload-sweep-{}", std::process::id()));
-        let settings = UploadHttpSettings {
-            directory: directory.clone(),
-            expire_after: Duration::from_secs(3600),
-            slot_validity: Duration::from_secs(60),
-        };
-        std::fs::create_dir_all(directory.join("files/ab")).unwrap();
-        std::fs::create_dir_all(directory.join("tmp")).unwrap();
-        let fresh = directory.join("files/ab/ab000000000000000000000000000000");
-        std::fs::write(&fresh, b"hello").unwrap();
-        let swept = sweep(&settings).unwrap();
-        assert_eq!(
-            (swept.expired, swept.stored_files, swept.stored_bytes),
-            (0, 1, 5)
-        );
-        let expired_settings = UploadHttpSettings {
-            expire_after: Duration::ZERO,
-            ..settings
-        };
-        std::thread::sleep(Duration::from_millis(20));
-        let swept = sweep(&expired_settings).unwrap();
-        assert_eq!((swept.expired, swept.stored_files), (1, 0));
-        assert!(!fresh.exists());
-        // Twice is no error (another node may sweep the same directory).
-        assert_eq!(sweep(&expired_settings).unwrap().expired, 0);
-        std::fs::remove_dir_all(directory).unwrap();
     }
 }
