@@ -246,10 +246,7 @@ impl Storage {
                 ));
             }
         }
-        on_database!(
-            self,
-            put_caps(record, seen_at_millis, CAPS_REFRESH_MILLIS)
-        )
+        on_database!(self, put_caps(record, seen_at_millis, CAPS_REFRESH_MILLIS))
     }
 
     /// Remove the capability records (XEP-0115) no session announced since

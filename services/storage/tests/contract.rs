@@ -1453,17 +1453,29 @@ pub mod pep_cases {
             features: vec![format!("urn:{ver}+notify")],
         };
         // a: seen 40 days ago, again an hour later (within a day: not written).
-        storage.put_caps_seen_at(&record("a"), now - 40 * DAY).await.unwrap();
+        storage
+            .put_caps_seen_at(&record("a"), now - 40 * DAY)
+            .await
+            .unwrap();
         storage
             .put_caps_seen_at(&record("a"), now - 40 * DAY + DAY / 24)
             .await
             .unwrap();
         // b: seen 40 days ago, again 35 days ago (refreshed).
-        storage.put_caps_seen_at(&record("b"), now - 40 * DAY).await.unwrap();
-        storage.put_caps_seen_at(&record("b"), now - 35 * DAY).await.unwrap();
+        storage
+            .put_caps_seen_at(&record("b"), now - 40 * DAY)
+            .await
+            .unwrap();
+        storage
+            .put_caps_seen_at(&record("b"), now - 35 * DAY)
+            .await
+            .unwrap();
         storage.put_caps(&record("c")).await.unwrap();
         assert_eq!(
-            storage.purge_caps_seen_before(now - 40 * DAY - 1).await.unwrap(),
+            storage
+                .purge_caps_seen_before(now - 40 * DAY - 1)
+                .await
+                .unwrap(),
             0
         );
         assert_eq!(
@@ -1476,7 +1488,10 @@ pub mod pep_cases {
         assert_eq!(storage.caps_features("sha-1", "a").await.unwrap(), None);
         assert!(storage.caps_features("sha-1", "b").await.unwrap().is_some());
         assert_eq!(
-            storage.purge_caps_seen_before(now - 30 * DAY).await.unwrap(),
+            storage
+                .purge_caps_seen_before(now - 30 * DAY)
+                .await
+                .unwrap(),
             1
         );
         assert_eq!(storage.caps_features("sha-1", "b").await.unwrap(), None);
@@ -1493,7 +1508,10 @@ pub mod pep_cases {
                 .unwrap();
         }
         assert_eq!(
-            storage.purge_caps_seen_before(now - 30 * DAY).await.unwrap(),
+            storage
+                .purge_caps_seen_before(now - 30 * DAY)
+                .await
+                .unwrap(),
             1200
         );
         assert!(storage.caps_features("sha-1", "c").await.unwrap().is_some());

@@ -542,7 +542,11 @@ mod tests {
         assert!(!Presence.applies_to(Never) && !Subscription.applies_to(Never));
         assert!(!Presence.applies_to(OnSub) && Subscription.applies_to(OnSub));
         assert!(Presence.applies_to(OnSubAndPresence) && Subscription.applies_to(OnSubAndPresence));
-        let features = ["urn:xmpp:avatar:metadata+notify".to_string(), "+notify".into(), "jabber:iq:version".into()];
+        let features = [
+            "urn:xmpp:avatar:metadata+notify".to_string(),
+            "+notify".into(),
+            "jabber:iq:version".into(),
+        ];
         assert_eq!(notify_interests(&features), ["urn:xmpp:avatar:metadata"]);
     }
 
