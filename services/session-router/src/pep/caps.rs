@@ -196,6 +196,24 @@ impl SessionRouter {
         }
     }
 
+    /// Tell storage that a session announces (or uses, for a notification)
+    /// `caps`, at most once per `SIGHTING_EVERY` per record and router: the
+    /// record's `last_seen` keeps it from the `pep.caps_retention_days`
+    /// prune, and a record pruned meanwhile is stored again.
+    pub(crate) async fn report_caps_sighting(&self, caps: &Caps, features: &[String]) {
+        if !self.caps.sighting_due(caps) {
+            return;
+        }
+        let record = CapsRecord {
+            hash: caps.hash.clone(),
+            ver: caps.ver.clone(),
+            features: features.to_vec(),
+        };
+        if let Err(error) = self.storage.put_caps(&record).await {
+            tracing::debug!(ver = %caps.ver, %error, "reporting a caps sighting failed");
+        }
+    }
+
     /// After a session's available presence was processed: learn its
     /// capabilities, or send it the last published items it asks for
     /// (XEP-0163 section 4.3.4) when they are known and new for it.
@@ -228,16 +246,7 @@ impl SessionRouter {
         };
         match features {
             Some(features) => {
-                if self.caps.sighting_due(&caps) {
-                    let record = CapsRecord {
-                        hash: caps.hash.clone(),
-                        ver: caps.ver.clone(),
-                        features: features.to_vec(),
-                    };
-                    if let Err(error) = self.storage.put_caps(&record).await {
-                        tracing::debug!(jid = %jid, %error, "reporting a caps sighting failed");
-                    }
-                }
+                self.report_caps_sighting(&caps, &features).await;
                 // The record as the presence service left it (with its
                 // resumption id, so that what is sent is journaled, XEP-0198).
                 let session = match super::available_session(self, jid).await {

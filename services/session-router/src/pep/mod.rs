@@ -190,7 +190,11 @@ impl SessionRouter {
         let presence = parse_element(presence.as_bytes(), &limits).ok()?;
         let caps = starling_xmpp::xep::caps::Caps::of_presence(&presence)?;
         match self.caps.features(&*self.storage, &caps).await {
-            Ok(features) => features,
+            Ok(Some(features)) => {
+                self.report_caps_sighting(&caps, &features).await;
+                Some(features)
+            }
+            Ok(None) => None,
             Err(error) => {
                 tracing::warn!(jid = %session.jid, %error, "caps lookup failed, no notification");
                 None
