@@ -3,7 +3,8 @@ clients (xep_0060, xep_0115, xep_0163): publish and the notifications that
 follow only a presence subscription plus a `+notify` interest announced in
 entity capabilities (which the server learns by a disco#info query it
 verifies), retract, items with max_items, publish-options preconditions,
-the access model errors, the item size limit, the last item on presence,
+the access model errors, the item size limit, the last item on presence
+and to a new subscriber,
 disco on the account, and the cluster case: the publisher on cm-1, the
 contact announcing its capabilities on cm-2."""
 
@@ -287,6 +288,64 @@ async def test_notification_across_connection_managers(cluster):  # noqa: F811
     await publish(a, MOOD, "across", mood("from cm-1"))
     kind, msg = await next_event(b, timeout=30)
     assert event_items(msg) == (MOOD, [("item", "across", "from cm-1")])
+    await logout(a, b)
+
+
+async def subscribe_and_get_last_item(owner_client, owner, contact_client):
+    """`contact_client` (with `+notify` for MOOD and TUNE, no subscription
+    yet) asks `owner` for a presence subscription, which `owner_client`
+    approves: the new subscriber gets the last MOOD item without a new
+    publish (XEP-0163 section 4.3.4), once, and nothing of the TUNE node
+    (send_last_published_item never)."""
+    owner_client.auto_authorize = True
+    owner_client.auto_subscribe = False
+    assert no_event(contact_client)
+    contact_client.send_presence(pto=owner, ptype="subscribe")
+    kind, msg = await next_event(contact_client, timeout=30)
+    assert kind == "publish"
+    assert msg["from"] == owner and msg["to"] == contact_client.boundjid.full
+    assert event_items(msg) == (MOOD, [("item", "m2", "latest")])
+    await handled(contact_client)
+    assert no_event(contact_client)
+
+
+async def publish_mood_and_hidden_tune(client):
+    await publish(client, MOOD, "m1", mood("first"))
+    await publish(client, MOOD, "m2", mood("latest"))
+    await publish(client, TUNE, "t1", mood("not on sub"), publish_options(client, send_last_published_item="never"))
+
+
+async def test_last_item_is_sent_to_a_new_subscriber(server):
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    carol, carol_pw = server.add_user("carol")
+    a = await pep_login(server, alice, alice_pw, "phone")
+    await publish_mood_and_hidden_tune(a)
+    # Available with +notify before any subscription: nothing of alice's yet.
+    b = await pep_login(server, bob, bob_pw, "laptop", notify=[MOOD, TUNE])
+    b2 = await pep_login(server, bob, bob_pw, "desktop", notify=[TUNE])
+    c = await pep_login(server, carol, carol_pw, "tablet")  # no +notify
+    await handled(b)
+    await subscribe_and_get_last_item(a, alice, b)
+    # bob's other resource is not interested in MOOD: nothing.
+    await handled(b2)
+    assert no_event(b2)
+    # A subscriber without +notify gets the presence, not the item.
+    c.send_presence(pto=alice, ptype="subscribe")
+    await c.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == alice, timeout=20)
+    await handled(c)
+    assert no_event(c)
+    await logout(a, b, b2, c)
+
+
+async def test_last_item_to_a_new_subscriber_across_connection_managers(cluster):  # noqa: F811
+    alice, alice_pw = cluster.add_user("alice")
+    bob, bob_pw = cluster.add_user("bob")
+    a = await pep_login(cluster.node("cm-1"), alice, alice_pw, "phone")
+    await publish_mood_and_hidden_tune(a)
+    b = await pep_login(cluster.node("cm-2"), bob, bob_pw, "laptop", notify=[MOOD, TUNE])
+    await handled(b)
+    await subscribe_and_get_last_item(a, alice, b)
     await logout(a, b)
 
 

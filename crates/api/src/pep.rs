@@ -309,7 +309,9 @@ pub trait PepStore: Send + Sync + 'static {
     /// The features of a verified capabilities `ver` (XEP-0115 section 5.4), if known.
     async fn caps_features(&self, hash: &str, ver: &str) -> ApiResult<Option<Vec<String>>>;
     /// Remember a verified capabilities record (idempotent: a `ver` hashes
-    /// one feature set, so the first record stays).
+    /// one feature set, so the first record stays), or note that a session
+    /// announced a known one: its last sighting, which keeps it from the
+    /// prune of records unseen for `pep.caps_retention_days`.
     async fn put_caps(&self, record: &CapsRecord) -> ApiResult<()>;
 }
 

@@ -398,7 +398,14 @@ pub struct PepConfig {
     pub max_nodes_per_account: u32,
     /// The most members on one node's whitelist; past it `policy-violation`. 1 to 100000.
     pub max_whitelist_per_node: u32,
+    /// Days a verified XEP-0115 capability record is kept after the last
+    /// session announced it; the storage service removes older ones every
+    /// hour. 0 keeps them forever; at most 36500.
+    pub caps_retention_days: u32,
 }
+
+/// The upper bound of `pep.caps_retention_days`.
+pub const MAX_CAPS_RETENTION_DAYS: u32 = 36_500;
 
 /// The upper bound of `pep.max_item_bytes`.
 pub const MAX_PEP_ITEM_BYTES: u64 = 16 * 1024 * 1024;
@@ -410,6 +417,7 @@ impl Default for PepConfig {
             max_items_per_node: 256,
             max_nodes_per_account: 256,
             max_whitelist_per_node: 1000,
+            caps_retention_days: 30,
         }
     }
 }
@@ -977,6 +985,14 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "push.min_interval_secs",
                 message: format!("must be at most {MAX_PUSH_MIN_INTERVAL_SECS}"),
+            });
+        }
+        if self.pep.caps_retention_days > MAX_CAPS_RETENTION_DAYS {
+            return Err(ConfigError::Invalid {
+                key: "pep.caps_retention_days",
+                message: format!(
+                    "must be at most {MAX_CAPS_RETENTION_DAYS} (0 keeps capability records forever)"
+                ),
             });
         }
         if !(1..=MAX_MAM_PAGE_SIZE).contains(&self.mam.max_page_size) {
@@ -1701,6 +1717,10 @@ mod tests {
             ),
             ("[mam]\nmax_page_size = 10001\n", "mam.max_page_size"),
             ("[mam]\nretention_days = 36501\n", "mam.retention_days"),
+            (
+                "[pep]\ncaps_retention_days = 36501\n",
+                "pep.caps_retention_days",
+            ),
             (
                 "[mam]\npurge_interval_secs = 0\n",
                 "mam.purge_interval_secs",

@@ -332,6 +332,10 @@ fn cm_config(
 }
 
 /// The routing state: Redis when configured, in-process otherwise.
+/// How often the storage service prunes the capability records unseen for
+/// `pep.caps_retention_days` (each sweep bounded, see `Storage::spawn_caps_purge`).
+const CAPS_PURGE_EVERY: Duration = Duration::from_secs(3600);
+
 struct RoutingState {
     redis: Option<RedisClient>,
     redis_registry: Option<Arc<RedisRegistry>>,
@@ -564,6 +568,9 @@ pub struct Server {
     offline_gauge: Option<JoinHandle<()>>,
     /// The storage service's archive retention purge (`mam.retention_days`).
     archive_purge: Option<JoinHandle<()>>,
+    /// The storage service's prune of capability records no session
+    /// announced for `pep.caps_retention_days` (XEP-0115).
+    caps_purge: Option<JoinHandle<()>>,
     /// The upload service's (XEP-0363) expiry: the storage's purge of
     /// slots, the connection-manager's sweep of files.
     upload_tasks: Vec<JoinHandle<()>>,
@@ -605,6 +612,7 @@ impl Server {
             drain: None,
             offline_gauge: None,
             archive_purge: None,
+            caps_purge: None,
             upload_tasks: Vec::new(),
             archiving_router: None,
             http_task: None,
@@ -641,6 +649,12 @@ impl Server {
                     server.archive_purge = Some(storage.spawn_archive_purge(
                         Duration::from_secs(u64::from(config.mam.retention_days) * 86_400),
                         Duration::from_secs(config.mam.purge_interval_secs),
+                    ));
+                }
+                if config.pep.caps_retention_days > 0 {
+                    server.caps_purge = Some(storage.spawn_caps_purge(
+                        Duration::from_secs(u64::from(config.pep.caps_retention_days) * 86_400),
+                        CAPS_PURGE_EVERY,
                     ));
                 }
                 if config.upload.enabled {
@@ -975,6 +989,7 @@ impl Server {
             drain,
             offline_gauge,
             archive_purge,
+            caps_purge,
             upload_tasks,
             archiving_router,
             http_task,
@@ -1023,6 +1038,9 @@ impl Server {
             task.abort();
         }
         if let Some(task) = archive_purge {
+            task.abort();
+        }
+        if let Some(task) = caps_purge {
             task.abort();
         }
         for task in upload_tasks {

@@ -348,11 +348,18 @@ impl SessionRouter {
                     .session_before_caps_presence(jid, &presence_stanza)
                     .await;
                 let caps_presence = previous.is_some().then(|| presence_stanza.clone());
+                // XEP-0163 section 4.3.4: a contact the user approves
+                // becomes a PEP subscriber and gets the last items.
+                let approved = self.subscription_to_approve(jid, &presence_stanza).await;
                 presence
                     .outbound_presence(jid, addr, presence_stanza, routing.routed_at)
                     .await?;
                 if let Some(caps_presence) = caps_presence {
                     self.caps_on_presence(jid, addr, &caps_presence, previous)
+                        .await;
+                }
+                if let Some(contact) = approved {
+                    self.pep_on_subscription_approved(&jid.to_bare(), &contact)
                         .await;
                 }
                 Ok(None)

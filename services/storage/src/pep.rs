@@ -2,7 +2,7 @@
 //! `backend/queries/pep.rs`): nodes, items, whitelists, and the verified
 //! XEP-0115 capabilities every router of the cluster shares.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use starling_api::{
@@ -33,6 +33,15 @@ fn check_item(item: &PepItem) -> Result<(), StorageError> {
     check_storable_text("pep publisher", &item.publisher)?;
     check_storable_text("pep payload", &item.payload_xml)
 }
+
+/// How stale a caps record's `last_seen` may get before an announcement
+/// writes it again: a day, so a popular `ver` costs one write a day.
+const CAPS_REFRESH_MILLIS: i64 = 86_400_000;
+
+/// The most caps records one statement of the sweep removes, and the most
+/// statements one sweep runs: what is left waits for the next sweep.
+const CAPS_PURGE_BATCH: i64 = 500;
+const CAPS_PURGE_BATCHES: u32 = 20;
 
 /// The contract's error for a failed caps operation (not about one account).
 fn caps_error(operation: &'static str, error: StorageError) -> starling_api::ApiError {
@@ -211,23 +220,68 @@ impl PepStore for Storage {
 
     #[tracing::instrument(target = "starling_trace", name = "storage.put_caps", skip_all, fields(db.system = self.db_system()))]
     async fn put_caps(&self, record: &CapsRecord) -> ApiResult<()> {
-        let checked = check_storable_text("caps ver", &record.ver)
-            .and_then(|()| check_storable_text("caps hash", &record.hash))
-            .and_then(|()| {
-                record.features.iter().try_for_each(|feature| {
-                    check_storable_text("caps feature", feature)?;
-                    if feature.contains('\n') {
-                        return Err(StorageError::Invalid(
-                            "a caps feature contains a line break".into(),
-                        ));
-                    }
-                    Ok(())
-                })
-            });
-        let result = match checked {
-            Err(error) => Err(error),
-            Ok(()) => on_database!(self, put_caps(record, now_millis())),
-        };
-        result.map_err(|error| caps_error("put_caps", error))
+        self.put_caps_seen_at(record, now_millis())
+            .await
+            .map_err(|error| caps_error("put_caps", error))
+    }
+}
+
+impl Storage {
+    /// [`PepStore::put_caps`] for a record a session announced at
+    /// `seen_at_millis`: a new record is stored, a known one keeps its
+    /// features and has its `last_seen` moved to `seen_at_millis` when it
+    /// was more than a day older (at most one write a day per record).
+    pub async fn put_caps_seen_at(
+        &self,
+        record: &CapsRecord,
+        seen_at_millis: i64,
+    ) -> Result<(), StorageError> {
+        check_storable_text("caps ver", &record.ver)?;
+        check_storable_text("caps hash", &record.hash)?;
+        for feature in &record.features {
+            check_storable_text("caps feature", feature)?;
+            if feature.contains('\n') {
+                return Err(StorageError::Invalid(
+                    "a caps feature contains a line break".into(),
+                ));
+            }
+        }
+        on_database!(self, put_caps(record, seen_at_millis, CAPS_REFRESH_MILLIS))
+    }
+
+    /// Remove the capability records (XEP-0115) no session announced since
+    /// `cutoff_millis` (milliseconds since the Unix epoch), oldest first, at
+    /// most `CAPS_PURGE_BATCH` x `CAPS_PURGE_BATCHES` rows; returns how many
+    /// went. A router that still remembers one keeps using it; another asks
+    /// the next session announcing it again (XEP-0115 section 6.2).
+    pub async fn purge_caps_seen_before(&self, cutoff_millis: i64) -> Result<u64, StorageError> {
+        let mut purged = 0;
+        for _ in 0..CAPS_PURGE_BATCHES {
+            let batch = on_database!(self, purge_caps(cutoff_millis, CAPS_PURGE_BATCH))?;
+            purged += batch;
+            if batch < CAPS_PURGE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Purge the capability records unseen for `retention`
+    /// (`pep.caps_retention_days`) now and then every `every`, until the
+    /// task is aborted. Idempotent, so every storage replica may run it.
+    pub fn spawn_caps_purge(
+        &self,
+        retention: Duration,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        crate::spawn_every(self, every, move |storage| async move {
+            let retention_millis = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+            let cutoff = now_millis().saturating_sub(retention_millis);
+            match storage.purge_caps_seen_before(cutoff).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "unseen caps records purged"),
+                Err(error) => tracing::warn!(%error, "caps records purge failed"),
+            }
+        })
     }
 }

@@ -345,6 +345,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
         BTreeSet::from([
             "accounts_by_address".to_string(),
             "archive_messages_by_with".to_string(),
+            "caps_features_by_last_seen".to_string(),
             "pep_items_by_seq".to_string(),
             "upload_slots_by_account".to_string(),
         ])

@@ -1440,6 +1440,82 @@ pub mod pep_cases {
             Err(ApiError::Invalid(_))
         ));
     }
+
+    pub async fn caps_records_unseen_are_purged(storage: Storage) {
+        const DAY: i64 = 86_400_000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let record = |ver: &str| CapsRecord {
+            hash: "sha-1".into(),
+            ver: ver.into(),
+            features: vec![format!("urn:{ver}+notify")],
+        };
+        // a: seen 40 days ago, again an hour later (within a day: not written).
+        storage
+            .put_caps_seen_at(&record("a"), now - 40 * DAY)
+            .await
+            .unwrap();
+        storage
+            .put_caps_seen_at(&record("a"), now - 40 * DAY + DAY / 24)
+            .await
+            .unwrap();
+        // b: seen 40 days ago, again 35 days ago (refreshed).
+        storage
+            .put_caps_seen_at(&record("b"), now - 40 * DAY)
+            .await
+            .unwrap();
+        storage
+            .put_caps_seen_at(&record("b"), now - 35 * DAY)
+            .await
+            .unwrap();
+        storage.put_caps(&record("c")).await.unwrap();
+        assert_eq!(
+            storage
+                .purge_caps_seen_before(now - 40 * DAY - 1)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            storage
+                .purge_caps_seen_before(now - 40 * DAY + DAY / 48)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(storage.caps_features("sha-1", "a").await.unwrap(), None);
+        assert!(storage.caps_features("sha-1", "b").await.unwrap().is_some());
+        assert_eq!(
+            storage
+                .purge_caps_seen_before(now - 30 * DAY)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(storage.caps_features("sha-1", "b").await.unwrap(), None);
+        assert_eq!(
+            storage.caps_features("sha-1", "c").await.unwrap(),
+            Some(vec!["urn:c+notify".to_string()])
+        );
+        // More than one batch: the sweep goes on until it has removed them all
+        // (within its bound).
+        for index in 0..1200 {
+            storage
+                .put_caps_seen_at(&record(&format!("old{index}")), now - 50 * DAY)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            storage
+                .purge_caps_seen_before(now - 30 * DAY)
+                .await
+                .unwrap(),
+            1200
+        );
+        assert!(storage.caps_features("sha-1", "c").await.unwrap().is_some());
+    }
 }
 
 /// One test per case and backend.
@@ -1481,6 +1557,7 @@ contract_suite!(
     pep_configure_retract_whitelist_delete,
     pep_refuses_oversized_names_and_nul,
     caps_records_are_shared_and_kept_once,
+    caps_records_unseen_are_purged,
     archive_writes_both_directions_and_pages_both_ways,
     archive_filters_by_with_time_and_ids,
     archive_names_unknown_ids_not_found,

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use starling_api::{ApiResult, CapsRecord, PepStore, SessionAddr, SessionRecord};
 use starling_bus::deliver_to_session;
@@ -36,13 +37,25 @@ const LOCAL_RECORDS: usize = 4096;
 const MAX_CAPS_FEATURES: usize = 1024;
 const MAX_CAPS_BYTES: usize = 64 * 1024;
 
+/// How often this router tells storage that a session announced a record
+/// it remembers (storage writes it at most once a day too): the sighting
+/// keeps the record from the `pep.caps_retention_days` prune.
+const SIGHTING_EVERY: Duration = Duration::from_secs(86_400);
+
 /// A verified record's key: the hash function and the ver.
 type CapsKey = (String, String);
+
+/// A verified record this router used, and when it last reported a
+/// sighting of it to storage (`None`: not yet).
+struct Known {
+    features: Arc<Vec<String>>,
+    reported: Option<Instant>,
+}
 
 /// The verified records this router used.
 #[derive(Default)]
 pub(crate) struct CapsCache {
-    known: Mutex<HashMap<CapsKey, Arc<Vec<String>>>>,
+    known: Mutex<HashMap<CapsKey, Known>>,
 }
 
 impl CapsCache {
@@ -51,10 +64,44 @@ impl CapsCache {
             .known
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        known.get(&(caps.hash.clone(), caps.ver.clone())).cloned()
+        known
+            .get(&(caps.hash.clone(), caps.ver.clone()))
+            .map(|known| known.features.clone())
+    }
+
+    /// Whether a session's announcement of `caps` is to be reported to
+    /// storage now (not within `SIGHTING_EVERY` of the last report); if so
+    /// the report is counted as made.
+    fn sighting_due(&self, caps: &Caps) -> bool {
+        let mut known = self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(entry) = known.get_mut(&(caps.hash.clone(), caps.ver.clone())) else {
+            return false;
+        };
+        let now = Instant::now();
+        if entry
+            .reported
+            .is_some_and(|reported| now.duration_since(reported) < SIGHTING_EVERY)
+        {
+            return false;
+        }
+        entry.reported = Some(now);
+        true
     }
 
     fn remember(&self, hash: &str, ver: &str, features: Arc<Vec<String>>) {
+        self.remember_reported(hash, ver, features, None);
+    }
+
+    fn remember_reported(
+        &self,
+        hash: &str,
+        ver: &str,
+        features: Arc<Vec<String>>,
+        reported: Option<Instant>,
+    ) {
         let mut known = self
             .known
             .lock()
@@ -64,7 +111,10 @@ impl CapsCache {
             // rather than track recency.
             known.clear();
         }
-        known.insert((hash.to_string(), ver.to_string()), features);
+        known.insert(
+            (hash.to_string(), ver.to_string()),
+            Known { features, reported },
+        );
     }
 
     /// The features of `caps` if a router verified them (here or in storage).
@@ -146,6 +196,24 @@ impl SessionRouter {
         }
     }
 
+    /// Tell storage that a session announces (or uses, for a notification)
+    /// `caps`, at most once per `SIGHTING_EVERY` per record and router: the
+    /// record's `last_seen` keeps it from the `pep.caps_retention_days`
+    /// prune, and a record pruned meanwhile is stored again.
+    pub(crate) async fn report_caps_sighting(&self, caps: &Caps, features: &[String]) {
+        if !self.caps.sighting_due(caps) {
+            return;
+        }
+        let record = CapsRecord {
+            hash: caps.hash.clone(),
+            ver: caps.ver.clone(),
+            features: features.to_vec(),
+        };
+        if let Err(error) = self.storage.put_caps(&record).await {
+            tracing::debug!(ver = %caps.ver, %error, "reporting a caps sighting failed");
+        }
+    }
+
     /// After a session's available presence was processed: learn its
     /// capabilities, or send it the last published items it asks for
     /// (XEP-0163 section 4.3.4) when they are known and new for it.
@@ -178,6 +246,7 @@ impl SessionRouter {
         };
         match features {
             Some(features) => {
+                self.report_caps_sighting(&caps, &features).await;
                 // The record as the presence service left it (with its
                 // resumption id, so that what is sent is journaled, XEP-0198).
                 let session = match super::available_session(self, jid).await {
@@ -263,7 +332,8 @@ impl SessionRouter {
         }
         self.metrics.count_caps_query(CapsOutcome::Verified);
         let features = Arc::new(record.features);
-        self.caps.remember(SHA_1, ver, features.clone());
+        self.caps
+            .remember_reported(SHA_1, ver, features.clone(), Some(Instant::now()));
         match super::available_session(self, &from).await {
             Ok(Some(session)) => {
                 if let Err(error) = self.send_last_published_items(&session, &features).await {

@@ -171,25 +171,33 @@ impl SessionRouter {
     /// Whether an available session's last presence announced capabilities
     /// that include `interest` (XEP-0115, resolved through the shared cache).
     pub(crate) async fn session_wants(&self, session: &SessionRecord, interest: &str) -> bool {
-        let Some(presence) = session.presence.as_deref() else {
-            return false;
-        };
+        self.session_features(session)
+            .await
+            .is_some_and(|features| features.iter().any(|feature| feature == interest))
+    }
+
+    /// The verified features of the capabilities a session's last presence
+    /// announced (XEP-0115), if any are known.
+    pub(crate) async fn session_features(
+        &self,
+        session: &SessionRecord,
+    ) -> Option<Arc<Vec<String>>> {
+        let presence = session.presence.as_deref()?;
         let limits = Limits {
             max_stanza_bytes: presence.len().max(1),
             ..Limits::default()
         };
-        let Ok(presence) = parse_element(presence.as_bytes(), &limits) else {
-            return false;
-        };
-        let Some(caps) = starling_xmpp::xep::caps::Caps::of_presence(&presence) else {
-            return false;
-        };
+        let presence = parse_element(presence.as_bytes(), &limits).ok()?;
+        let caps = starling_xmpp::xep::caps::Caps::of_presence(&presence)?;
         match self.caps.features(&*self.storage, &caps).await {
-            Ok(Some(features)) => features.iter().any(|feature| feature == interest),
-            Ok(None) => false,
+            Ok(Some(features)) => {
+                self.report_caps_sighting(&caps, &features).await;
+                Some(features)
+            }
+            Ok(None) => None,
             Err(error) => {
                 tracing::warn!(jid = %session.jid, %error, "caps lookup failed, no notification");
-                false
+                None
             }
         }
     }
@@ -244,12 +252,7 @@ impl SessionRouter {
         session: &SessionRecord,
         features: &[String],
     ) -> ApiResult<()> {
-        let interests: Vec<String> = features
-            .iter()
-            .filter_map(|feature| feature.strip_suffix(NOTIFY_SUFFIX))
-            .filter(|node| !node.is_empty())
-            .map(str::to_string)
-            .collect();
+        let interests = notify_interests(features);
         if interests.is_empty() {
             return Ok(());
         }
@@ -264,33 +267,161 @@ impl SessionRouter {
                 })
                 .map(|item| item.jid),
         );
-        let recipient = [session.clone()];
-        let subscriber_address = Jid::from(session.jid.clone());
         for owner in &owners {
-            if owner != &subscriber
-                && (self.blocklists.blocks(owner, &subscriber_address).await?
-                    || self
-                        .blocklists
-                        .blocks(&subscriber, &Jid::from(owner.clone()))
-                        .await?)
-            {
+            self.send_last_items_of(owner, session, &interests, LastItemTrigger::Presence)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// XEP-0163 section 4.3.4 ("a PEP service MUST send the last published
+    /// item to all new subscribers"): `owner` just approved `contact`'s
+    /// presence subscription (its item is now `from` or `both`, RFC 6121
+    /// section 3.1.5), so each available resource of a local `contact` gets
+    /// the last item of each of the owner's nodes its `+notify` interests
+    /// name, its access model allows, and whose `send_last_published_item`
+    /// is `on_sub` or `on_sub_and_presence` (XEP-0060 section 6.1.7).
+    pub(crate) async fn send_last_items_to_new_subscriber(
+        &self,
+        owner: &BareJid,
+        contact: &BareJid,
+    ) -> ApiResult<()> {
+        // No server-to-server connections: only local contacts.
+        if contact == owner || contact.domain() != self.config.domain {
+            return Ok(());
+        }
+        for session in self.registry.sessions(contact).await? {
+            if !session.available {
                 continue;
             }
-            for (node, item) in self.storage.pep_last_items(owner, &interests).await? {
-                if node.config.send_last_published_item != SendLastPublished::OnSubAndPresence {
-                    continue;
-                }
-                if self.pep_access(owner, &node, &subscriber).await?.is_err() {
-                    continue;
-                }
-                let Some(event) = items_event(&node.name, &item) else {
-                    continue;
-                };
-                self.send_pep_event(owner, event, &recipient).await;
+            let Some(features) = self.session_features(&session).await else {
+                continue;
+            };
+            let interests = notify_interests(&features);
+            if !interests.is_empty() {
+                self.send_last_items_of(owner, &session, &interests, LastItemTrigger::Subscription)
+                    .await?;
             }
         }
         Ok(())
     }
+
+    /// Before a session's presence is processed: when it is a `subscribed`
+    /// (RFC 6121 section 3.1.5) to a local contact that has no subscription
+    /// to the user yet, that contact, a possible new PEP subscriber.
+    pub(crate) async fn subscription_to_approve(
+        &self,
+        jid: &FullJid,
+        presence: &Element,
+    ) -> Option<BareJid> {
+        if presence.attr("type") != Some("subscribed") {
+            return None;
+        }
+        let contact = presence.attr("to")?.parse::<Jid>().ok()?.to_bare();
+        let owner = jid.to_bare();
+        if contact == owner || contact.domain() != self.config.domain {
+            return None;
+        }
+        match self.storage.roster_item(&owner, &contact).await {
+            Ok(item) => (!item.is_some_and(|item| item.subscription.has_from())).then_some(contact),
+            Err(error) => {
+                tracing::debug!(jid = %jid, %error, "roster lookup before a subscribed failed");
+                None
+            }
+        }
+    }
+
+    /// After the presence service processed a `subscribed` from `owner` to
+    /// `contact` ([`Self::subscription_to_approve`]): if the contact is now
+    /// a subscriber, it gets the last published items (errors are logged:
+    /// the subscription stands either way).
+    pub(crate) async fn pep_on_subscription_approved(&self, owner: &BareJid, contact: &BareJid) {
+        let approved = match self.storage.roster_item(owner, contact).await {
+            Ok(item) => item.is_some_and(|item| item.subscription.has_from()),
+            Err(error) => {
+                tracing::warn!(owner = %owner, contact = %contact, %error, "roster lookup after a subscribed failed");
+                return;
+            }
+        };
+        if !approved {
+            return;
+        }
+        if let Err(error) = self.send_last_items_to_new_subscriber(owner, contact).await {
+            tracing::warn!(owner = %owner, contact = %contact, %error, "sending the last published items to a new subscriber failed");
+        }
+    }
+
+    /// Send `session` the last item of each node of `owner` among
+    /// `interests` that `trigger` applies to (the node's
+    /// `send_last_published_item`) and that the session's account may see,
+    /// unless either side blocks the other (XEP-0163 section 4.3.3).
+    async fn send_last_items_of(
+        &self,
+        owner: &BareJid,
+        session: &SessionRecord,
+        interests: &[String],
+        trigger: LastItemTrigger,
+    ) -> ApiResult<()> {
+        let subscriber = session.jid.to_bare();
+        if owner != &subscriber
+            && (self
+                .blocklists
+                .blocks(owner, &Jid::from(session.jid.clone()))
+                .await?
+                || self
+                    .blocklists
+                    .blocks(&subscriber, &Jid::from(owner.clone()))
+                    .await?)
+        {
+            return Ok(());
+        }
+        let recipient = [session.clone()];
+        for (node, item) in self.storage.pep_last_items(owner, interests).await? {
+            if !trigger.applies_to(node.config.send_last_published_item) {
+                continue;
+            }
+            if self.pep_access(owner, &node, &subscriber).await?.is_err() {
+                continue;
+            }
+            let Some(event) = items_event(&node.name, &item) else {
+                continue;
+            };
+            self.send_pep_event(owner, event, &recipient).await;
+        }
+        Ok(())
+    }
+}
+
+/// What makes the last published items go out, against a node's
+/// `pubsub#send_last_published_item` (XEP-0060 section 16.4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastItemTrigger {
+    /// A subscriber's resource became available: `on_sub_and_presence` only.
+    Presence,
+    /// A new (presence, hence PEP) subscription: `on_sub` or `on_sub_and_presence`.
+    Subscription,
+}
+
+impl LastItemTrigger {
+    fn applies_to(self, configured: SendLastPublished) -> bool {
+        match (self, configured) {
+            (_, SendLastPublished::Never) => false,
+            (LastItemTrigger::Presence, SendLastPublished::OnSub) => false,
+            (LastItemTrigger::Subscription, SendLastPublished::OnSub)
+            | (_, SendLastPublished::OnSubAndPresence) => true,
+        }
+    }
+}
+
+/// The node names of the `NODE+notify` features of a capability record
+/// (XEP-0163 section 4.2).
+fn notify_interests(features: &[String]) -> Vec<String> {
+    features
+        .iter()
+        .filter_map(|feature| feature.strip_suffix(NOTIFY_SUFFIX))
+        .filter(|node| !node.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A fresh id for a notification or a generated item id.
@@ -406,6 +537,21 @@ mod tests {
             delete_event("n").to_xml(),
             "<event xmlns='http://jabber.org/protocol/pubsub#event'><delete node='n'/></event>"
         );
+    }
+
+    #[test]
+    fn which_trigger_sends_the_last_item() {
+        use LastItemTrigger::{Presence, Subscription};
+        use SendLastPublished::{Never, OnSub, OnSubAndPresence};
+        assert!(!Presence.applies_to(Never) && !Subscription.applies_to(Never));
+        assert!(!Presence.applies_to(OnSub) && Subscription.applies_to(OnSub));
+        assert!(Presence.applies_to(OnSubAndPresence) && Subscription.applies_to(OnSubAndPresence));
+        let features = [
+            "urn:xmpp:avatar:metadata+notify".to_string(),
+            "+notify".into(),
+            "jabber:iq:version".into(),
+        ];
+        assert_eq!(notify_interests(&features), ["urn:xmpp:avatar:metadata"]);
     }
 
     #[test]

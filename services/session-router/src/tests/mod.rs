@@ -495,6 +495,9 @@ pub struct Harness {
     pub registry: Arc<MemoryRegistry>,
     pub bus: Arc<InProcessBus>,
     pub storage: Arc<dyn StorageApi>,
+    /// The same storage as a `Storage`, for its maintenance calls (none
+    /// when `storage_down`).
+    pub sqlite: Option<Storage>,
     pub presence: Arc<RecordingPresence>,
     pub cm_test: DeliveryReceiver,
     pub cm_other: DeliveryReceiver,
@@ -536,6 +539,7 @@ impl Harness {
     pub async fn with_options(options: HarnessOptions) -> Self {
         let registry = Arc::new(MemoryRegistry::new());
         let bus = Arc::new(InProcessBus::new());
+        let mut sqlite = None;
         let storage: Arc<dyn StorageApi> = if options.storage_down {
             Arc::new(UnavailableStorage)
         } else {
@@ -556,6 +560,7 @@ impl Harness {
                     .await
                     .expect("create account");
             }
+            sqlite = Some(storage.clone());
             Arc::new(storage)
         };
         let presence = Arc::new(RecordingPresence::default());
@@ -597,6 +602,7 @@ impl Harness {
             registry,
             bus,
             storage,
+            sqlite,
             presence,
             cm_test,
             cm_other,

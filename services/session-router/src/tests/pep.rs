@@ -241,6 +241,30 @@ async fn publish_errors_name_the_conditions_of_xep_0060() {
 }
 
 #[tokio::test]
+async fn a_used_caps_record_is_reported_seen_at_most_once_a_day() {
+    let mut harness = Harness::new().await;
+    juliet_and_her_contacts(&mut harness).await;
+    let publish = format!("<iq id='p1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{MOOD}'><item id='current'><mood xmlns='{MOOD}'><happy/></mood></item></publish></pubsub></iq>");
+    // The notification reads romeo's record (and reports it seen).
+    harness.send(JULIET, CM_TEST, 1, &publish).await;
+    assert_eq!(stanzas(harness.seen_on_other()).len(), 1);
+    // Pruned from storage meanwhile: this router still knows it, and does
+    // not write it again within the day.
+    let sqlite = harness.sqlite.clone().unwrap();
+    assert_eq!(sqlite.purge_caps_seen_before(i64::MAX).await.unwrap(), 1);
+    harness.send(JULIET, CM_TEST, 1, &publish).await;
+    assert_eq!(stanzas(harness.seen_on_other()).len(), 1);
+    assert_eq!(
+        harness
+            .storage
+            .caps_features("sha-1", "mood=")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
 async fn an_unknown_ver_is_asked_for_and_learnt_only_when_it_verifies() {
     let mut harness = Harness::new().await;
     harness.online(ROMEO, CM_OTHER, 2, 0).await;

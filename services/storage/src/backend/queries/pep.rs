@@ -501,21 +501,46 @@ pub(crate) async fn caps_features(
     }
 }
 
-/// Remember a verified caps record; the first one for a `ver` stays.
+/// Remember a verified caps record seen at `now_millis`; the first one for
+/// a `ver` stays, and a known one has its `last_seen` refreshed when it is
+/// older than `refresh_millis` (so an announced record is written at most
+/// once per that period).
 pub(crate) async fn put_caps(
     pool: &Pool<Db>,
     record: &CapsRecord,
     now_millis: i64,
+    refresh_millis: i64,
 ) -> Result<(), StorageError> {
     sqlx::query(
-        "INSERT INTO caps_features (hash, ver, features, learned_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (hash, ver) DO NOTHING",
+        "INSERT INTO caps_features (hash, ver, features, learned_at, last_seen) \
+         VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (hash, ver) DO UPDATE SET last_seen = excluded.last_seen \
+         WHERE caps_features.last_seen < $5",
     )
     .bind(&record.hash)
     .bind(&record.ver)
     .bind(record.features.join("\n"))
     .bind(now_millis)
+    .bind(now_millis.saturating_sub(refresh_millis))
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Remove at most `limit` caps records last seen before `cutoff_millis`,
+/// oldest first; returns how many went. Idempotent, so replicas may race.
+pub(crate) async fn purge_caps(
+    pool: &Pool<Db>,
+    cutoff_millis: i64,
+    limit: i64,
+) -> Result<u64, StorageError> {
+    let done = sqlx::query(
+        "DELETE FROM caps_features WHERE (hash, ver) IN \
+         (SELECT hash, ver FROM caps_features WHERE last_seen < $1 ORDER BY last_seen LIMIT $2)",
+    )
+    .bind(cutoff_millis)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
