@@ -23,7 +23,7 @@ use rand::RngCore;
 use starling_api::upload::to_hex;
 use tokio::io::AsyncWriteExt;
 
-use super::{PutOutcome, UploadMetrics};
+use super::outcome::{PutOutcome, UploadMetrics};
 
 /// An S3-compatible bucket (`upload.storage = "s3://…"`, `upload.s3_*`).
 #[derive(Clone, PartialEq, Eq)]
