@@ -647,11 +647,15 @@ pub(crate) async fn run_writer<W: TransportWriter>(
     wait_for_journal: bool,
 ) -> Vec<QueuedStanza> {
     let mut batch: Vec<QueuedStanza> = Vec::new();
+    // The wire length of each item of a chunk (XEP-0198 holds the
+    // unacknowledged ones in bytes); kept across batches like `batch`.
+    let mut sizes: Vec<usize> = Vec::new();
     let mut buffer = Outgoing::new(writer.framing());
     loop {
         if batch.capacity() > 16 {
             // A burst is over: do not keep its slots while idle.
             batch = Vec::new();
+            sizes = Vec::new();
         }
         batch.clear();
         buffer.clear();
@@ -696,9 +700,6 @@ pub(crate) async fn run_writer<W: TransportWriter>(
         // Everything ready goes out in one write, cut only past MAX_WRITE_BYTES
         // so that one huge backlog does not become one huge buffer.
         let mut next = 0;
-        // The wire length of each item of the chunk (XEP-0198 holds the
-        // unacknowledged ones in bytes).
-        let mut sizes = Vec::new();
         loop {
             buffer.clear();
             sizes.clear();
