@@ -49,6 +49,7 @@ pub struct Config {
     pub pep: PepConfig,
     pub mam: MamConfig,
     pub upload: UploadConfig,
+    pub muc: MucConfig,
     pub push: PushConfig,
     pub csi: CsiConfig,
     pub sasl2: Sasl2Config,
@@ -546,6 +547,46 @@ impl Default for UploadConfig {
     }
 }
 
+/// XEP-0045 multi-user chat: rooms served by every session-router replica
+/// (docs/muc.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    /// Offer the MUC service.
+    pub enabled: bool,
+    /// The service's domain; empty: `conference.` + `domain`.
+    pub domain: String,
+    /// The most occupants one room may hold (a room's `maxusers` is at most this).
+    pub max_occupants: u32,
+    /// The most messages a room's discussion history keeps.
+    pub history_max_stanzas: u32,
+    /// The most bytes (of XML) a room's discussion history keeps.
+    pub history_max_bytes: u64,
+    /// The longest nick, in bytes.
+    pub max_nick_bytes: u32,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            domain: String::new(),
+            max_occupants: 500,
+            history_max_stanzas: 50,
+            history_max_bytes: 256 * 1024,
+            max_nick_bytes: 64,
+        }
+    }
+}
+
+/// The bounds of `muc.max_occupants`, `muc.history_max_stanzas`,
+/// `muc.history_max_bytes` (a room's record is rewritten for each message:
+/// the history is what makes it large) and `muc.max_nick_bytes`.
+pub const MAX_MUC_OCCUPANTS: u32 = 10_000;
+pub const MAX_MUC_HISTORY_STANZAS: u32 = 1_000;
+pub const MAX_MUC_HISTORY_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_MUC_NICK_BYTES: u32 = 1023;
+
 /// The bounds of `upload.max_file_bytes` (1 TiB) and `upload.expire_after_secs` (10 years).
 pub const MAX_UPLOAD_FILE_BYTES: u64 = 1 << 40;
 pub const MAX_UPLOAD_EXPIRE_AFTER_SECS: u64 = 10 * 365 * 86_400;
@@ -616,6 +657,7 @@ impl Default for Config {
             pep: PepConfig::default(),
             mam: MamConfig::default(),
             upload: UploadConfig::default(),
+            muc: MucConfig::default(),
             push: PushConfig::default(),
             csi: CsiConfig::default(),
             sasl2: Sasl2Config::default(),
@@ -1022,6 +1064,7 @@ impl Config {
             });
         }
         self.validate_upload()?;
+        self.validate_muc()?;
         if limits.max_stanza_bytes < 10_000 {
             return Err(ConfigError::Invalid {
                 key: "limits.max_stanza_bytes",
@@ -1366,6 +1409,53 @@ impl Config {
         parse_listen("cluster.grpc", &self.cluster.grpc)
             .ok()
             .flatten()
+    }
+
+    fn validate_muc(&self) -> Result<(), ConfigError> {
+        let muc = &self.muc;
+        let bounds: [(&'static str, u64, u64); 4] = [
+            ("muc.max_occupants", u64::from(muc.max_occupants), u64::from(MAX_MUC_OCCUPANTS)),
+            ("muc.history_max_stanzas", u64::from(muc.history_max_stanzas), u64::from(MAX_MUC_HISTORY_STANZAS)),
+            ("muc.history_max_bytes", muc.history_max_bytes, MAX_MUC_HISTORY_BYTES),
+            ("muc.max_nick_bytes", u64::from(muc.max_nick_bytes), u64::from(MAX_MUC_NICK_BYTES)),
+        ];
+        for (key, value, max) in bounds {
+            let min = u64::from(key != "muc.history_max_stanzas");
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between {min} and {max}")));
+            }
+        }
+        if !muc.domain.is_empty() {
+            let domain = starling_jid::BareJid::domain_jid(&muc.domain).map_err(|error| {
+                invalid(
+                    "muc.domain",
+                    format!("{:?} is not a valid XMPP domain: {error}", muc.domain),
+                )
+            })?;
+            let served = starling_jid::BareJid::domain_jid(&self.domain).ok();
+            if served.as_ref() == Some(&domain) {
+                return Err(invalid(
+                    "muc.domain",
+                    "must differ from `domain` (the service is an entity of its own)".into(),
+                ));
+            }
+        }
+        if muc.enabled && self.upload.enabled && self.muc_domain() == self.upload_domain() {
+            return Err(invalid("muc.domain", "must differ from the upload service's domain".into()));
+        }
+        Ok(())
+    }
+
+    /// The MUC service's domain: `muc.domain`, or `conference.` + `domain`.
+    pub fn muc_domain(&self) -> String {
+        let domain = if self.muc.domain.is_empty() {
+            format!("conference.{}", self.domain)
+        } else {
+            self.muc.domain.clone()
+        };
+        starling_jid::BareJid::domain_jid(&domain)
+            .map(|jid| jid.domain().to_string())
+            .unwrap_or(domain)
     }
 
     fn validate_upload(&self) -> Result<(), ConfigError> {
@@ -1827,6 +1917,32 @@ mod tests {
                 "[upload]\ns3_endpoint = \"https://s3\"\n",
                 "upload.s3_endpoint",
             ),
+        ] {
+            let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn muc_keys_are_checked_by_name() {
+        let config = Config::from_toml_str(
+            "test",
+            "domain = \"Example.ORG\"\n",
+            &env(&[("STARLING_MUC_MAX_OCCUPANTS", "20")]),
+        )
+        .unwrap();
+        assert!(config.muc.enabled);
+        assert_eq!(config.muc.max_occupants, 20);
+        assert_eq!(config.muc_domain(), "conference.example.org");
+        for (text, key) in [
+            ("[muc]\nmax_occupants = 0\n", "muc.max_occupants"),
+            ("[muc]\nmax_occupants = 10001\n", "muc.max_occupants"),
+            ("[muc]\nhistory_max_stanzas = 1001\n", "muc.history_max_stanzas"),
+            ("[muc]\nhistory_max_bytes = 0\n", "muc.history_max_bytes"),
+            ("[muc]\nmax_nick_bytes = 0\n", "muc.max_nick_bytes"),
+            ("[muc]\ndomain = \"localhost\"\n", "muc.domain"),
+            ("[muc]\ndomain = \"a b\"\n", "muc.domain"),
+            ("[muc]\ndomain = \"upload.localhost\"\n", "muc.domain"),
         ] {
             let error = Config::from_toml_str("test", text, &env(&[])).unwrap_err();
             assert!(error.to_string().contains(key), "{text}: {error}");

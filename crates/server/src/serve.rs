@@ -189,8 +189,9 @@ fn session_router(
     presence: Arc<dyn PresenceApi>,
     metrics: RouterMetrics,
     blocklists: Arc<Blocklists>,
+    muc: Option<Arc<starling_muc::MucService>>,
 ) -> SessionRouter {
-    SessionRouter::new(
+    let router = SessionRouter::new(
         router_config(config),
         state.registry.clone(),
         state.bus.clone(),
@@ -203,7 +204,41 @@ fn session_router(
     ))
     .with_resumption(state.resumption.clone())
     .with_metrics(metrics)
-    .with_blocklists(blocklists)
+    .with_blocklists(blocklists);
+    match muc {
+        Some(muc) => router.with_muc(muc),
+        None => router,
+    }
+}
+
+/// The multi-user chat service (XEP-0045, `muc.*`) of a process that
+/// routes: its rooms in Redis in the cluster (any router replica serves
+/// any room), in the process otherwise; `None` when `muc.enabled` is off.
+fn muc_service(
+    config: &Config,
+    state: &RoutingState,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Option<Arc<starling_muc::MucService>>> {
+    if !config.muc.enabled {
+        return Ok(None);
+    }
+    let store: Arc<dyn starling_muc::RoomStore> = match &state.redis {
+        Some(redis) => Arc::new(starling_muc::RedisRoomStore::new(redis.clone())),
+        None => Arc::new(starling_muc::MemoryRoomStore::default()),
+    };
+    let settings = starling_muc::Settings {
+        domain: config.muc_domain(),
+        max_occupants: config.muc.max_occupants,
+        history_max_stanzas: config.muc.history_max_stanzas as usize,
+        history_max_bytes: usize::try_from(config.muc.history_max_bytes).unwrap_or(usize::MAX),
+        max_nick_bytes: config.muc.max_nick_bytes as usize,
+    };
+    let metrics = starling_muc::MucMetrics::register(registry)
+        .context("cannot register the muc metrics")?;
+    Ok(Some(Arc::new(
+        starling_muc::MucService::new(settings, store, state.registry.clone(), state.bus.clone())
+            .with_metrics(metrics),
+    )))
 }
 
 /// The block lists (XEP-0191) of a process that routes or runs presence:
@@ -706,6 +741,7 @@ impl Server {
                     presence.clone(),
                     router_metrics(&registry)?,
                     blocklists(state, storage.clone(), &registry).await?,
+                    muc_service(&config, state, &registry)?,
                 ));
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
                 server.archiving_router = Some(session_router.clone());
@@ -754,6 +790,7 @@ impl Server {
                 let router_api: Arc<dyn RouterApi> = if target == Target::All {
                     let metrics = router_metrics(&registry)?;
                     let blocklists = blocklists(state, storage.clone(), &registry).await?;
+                    let muc = muc_service(&config, state, &registry)?;
                     // Presence routes to remote domains and reroutes what a
                     // session could not take through the router it serves.
                     let router = SessionRouter::new_cyclic(|router_handle| {
@@ -771,6 +808,7 @@ impl Server {
                             presence,
                             metrics,
                             blocklists,
+                            muc,
                         )
                     });
                     server.janitor = spawn_janitor(

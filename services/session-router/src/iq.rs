@@ -63,6 +63,9 @@ impl SessionRouter {
                 self.upload_iq(routing, &service, iq, iq_type).await
             }
             // RFC 6120 section 10.4: no server-to-server connections yet.
+            Destination::Remote(remote) if self.is_muc_domain(remote.domain()) => {
+                self.route_to_muc(routing, iq).await
+            }
             Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
                 self.route_to_component(routing, iq, &remote).await
             }

@@ -37,6 +37,7 @@ mod features;
 mod handlers;
 mod iq;
 mod message;
+mod muc;
 mod metrics;
 mod offline;
 mod pep;

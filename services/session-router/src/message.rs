@@ -135,6 +135,9 @@ impl SessionRouter {
                 routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
             // RFC 6120 section 10.4: no server-to-server connections yet.
+            Destination::Remote(remote) if self.is_muc_domain(remote.domain()) => {
+                self.route_to_muc(routing, message).await
+            }
             Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
                 self.route_to_component(routing, message, &remote).await
             }

@@ -176,6 +176,8 @@ pub struct SessionRouter {
     pub(crate) archive: crate::archive::Archiver,
     /// The per-registration notification windows (XEP-0357, `push.min_interval_secs`).
     pub(crate) push_windows: crate::push::PushWindows,
+    /// Multi-user chat (XEP-0045, `muc.*`): the service of `muc.domain`; `None`: off.
+    pub(crate) muc: Option<Arc<starling_muc::MucService>>,
 }
 
 impl SessionRouter {
@@ -212,6 +214,7 @@ impl SessionRouter {
             caps: crate::pep::caps::CapsCache::default(),
             archive,
             push_windows: crate::push::PushWindows::default(),
+            muc: None,
         }
     }
 
@@ -368,6 +371,12 @@ impl SessionRouter {
                 Ok(Destination::Absent) => {
                     tracing::debug!("server presence without a to address, dropped");
                     Ok(None)
+                }
+                Ok(Destination::Remote(remote)) if self.is_muc_domain(remote.domain()) => {
+                    // XEP-0045: joins, presence updates and leaves (the
+                    // presence service recorded them as directed presence,
+                    // so a session's end reaches its rooms, RFC 6121 section 4.6.3).
+                    Ok(self.route_to_muc(routing, presence_stanza).await)
                 }
                 Ok(Destination::Remote(remote)) if self.is_component_domain(remote.domain()) => {
                     // RFC 6120 section 10.4.3: the sender learns that the

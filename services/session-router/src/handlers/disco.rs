@@ -213,6 +213,14 @@ fn server_items(router: &SessionRouter, request: &Element) -> Element {
                 .with_attr("name", crate::upload::SERVICE_NAME),
         );
     }
+    // XEP-0045 section 6.1: the chat service is found among the server's items.
+    if let Some(muc) = &router.muc {
+        query.append_child(
+            Element::new("item", ns::DISCO_ITEMS)
+                .with_attr("jid", muc.domain().to_string())
+                .with_attr("name", "Chatrooms"),
+        );
+    }
     // XEP-0030 section 4: the server's items are its services, the
     // external components (XEP-0114) configured for it among them.
     for component in &router.config.components {

@@ -1,0 +1,198 @@
+"""Multi-user chat (XEP-0045) with slixmpp's xep_0045 plugin: join, messages,
+history, nick change, kick, conflicts and bad nicks, leaving with the
+session; in `starling serve` and across the two connection-managers of the
+cluster; a room whose router replica is killed keeps its occupants."""
+
+import asyncio
+import signal
+
+import pytest
+from slixmpp.exceptions import IqError, PresenceError
+
+from conftest import handled, login, logout, wait_until_async
+from test_cluster import Cluster
+
+ROOM = "coven@conference.localhost"
+
+
+async def muc_login(node, jid, password, resource):
+    client = await login(node, jid, password, resource)
+    client.register_plugin("xep_0004")
+    client.register_plugin("xep_0045")
+    return client
+
+
+def codes(presence):
+    return set(presence["muc"]["status_codes"])
+
+
+async def create_instant_room(client, nick):
+    muc = client.plugin["xep_0045"]
+    own, _subject, _occupants, _history = await muc.join_muc_wait(ROOM, nick, maxstanzas=0, timeout=20)
+    assert {110, 201} <= codes(own), own
+    # Section 10.1.2: an instant room, the default configuration accepted.
+    await muc.set_room_config(ROOM, client.plugin["xep_0004"].make_form(ftype="submit"))
+
+
+async def groupchat(client, predicate=lambda m: True, timeout=20):
+    while True:
+        message = await client.next_message(timeout=timeout)
+        if message["type"] == "groupchat" and predicate(message):
+            return message
+
+
+async def scenario(node_a, node_b, a_creds, b_creds, c_creds):
+    a = await muc_login(node_a, *a_creds, "a")
+    b = await muc_login(node_b, *b_creds, "b")
+    c = await muc_login(node_a, *c_creds, "c")
+    try:
+        await create_instant_room(a, "alice")
+        for number in range(3):
+            a.send_message(mto=ROOM, mbody=f"early {number}", mtype="groupchat")
+        # The sender gets its message back from the room, in order.
+        for number in range(3):
+            reflected = await groupchat(a)
+            assert reflected["body"] == f"early {number}"
+            assert reflected["from"] == f"{ROOM}/alice"
+
+        # bob joins from the other node with the last two messages of history.
+        own, subject, occupants, history = await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=2, timeout=20)
+        assert 110 in codes(own)
+        assert own["muc"]["role"] == "participant"
+        assert [p["from"].resource for p in occupants] == ["alice"]
+        assert [m["body"] for m in history] == ["early 1", "early 2"]
+        assert subject["subject"] == ""
+        joined = await a.next_presence(lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
+        # alice, a moderator of a semi-anonymous room, sees bob's real JID.
+        assert joined["muc"]["jid"].bare == b_creds[0]
+
+        # A message from bob reaches alice with the room's stanza-id.
+        b.send_message(mto=ROOM, mbody="hello coven", mtype="groupchat")
+        got = await groupchat(a, lambda m: m["body"] == "hello coven")
+        assert got["from"] == f"{ROOM}/bob"
+        assert f"by=\"{ROOM}\"" in str(got) or f"by='{ROOM}'" in str(got)
+        assert "urn:xmpp:occupant-id:0" in str(got)
+
+        # A taken nick is a conflict, a nick with a bidi override is refused.
+        with pytest.raises(PresenceError) as conflict:
+            await c.plugin["xep_0045"].join_muc_wait(ROOM, "alice", timeout=20)
+        assert conflict.value.condition == "conflict"
+        with pytest.raises(PresenceError) as bad:
+            await c.plugin["xep_0045"].join_muc_wait(ROOM, "evil\u202enick", timeout=20)
+        assert bad.value.condition == "jid-malformed"
+
+        # bob changes his nick: 303 to everyone, the new name afterwards.
+        assert await b.plugin["xep_0045"].set_self_nick(ROOM, "bobby", timeout=20) == "bobby"
+        gone = await a.next_presence(lambda p: p["from"] == f"{ROOM}/bob" and p["type"] == "unavailable", timeout=20)
+        assert 303 in codes(gone) and gone["muc"]["nick"] == "bobby"
+        await a.next_presence(lambda p: p["from"] == f"{ROOM}/bobby" and p["type"] != "unavailable", timeout=20)
+
+        # Private message between occupants.
+        b.send_message(mto=f"{ROOM}/alice", mbody="just you", mtype="chat")
+        private = await a.next_message(timeout=20)
+        assert private["body"] == "just you" and private["from"] == f"{ROOM}/bobby"
+
+        # XEP-0410: the room answers a joined client's self-ping.
+        await b.plugin["xep_0199"].ping(jid=f"{ROOM}/bobby", timeout=20)
+
+        # alice kicks bobby (section 8.2): 307 to him.
+        await a.plugin["xep_0045"].set_role(ROOM, "bobby", "none")
+        kicked = await b.next_presence(lambda p: p["from"] == f"{ROOM}/bobby" and p["type"] == "unavailable", timeout=20)
+        assert {307, 110} <= codes(kicked)
+        b.send_message(mto=ROOM, mbody="still here?", mtype="groupchat")
+        refused = await b.next_message(timeout=20, body=False)
+        while refused["type"] != "error":
+            refused = await b.next_message(timeout=20, body=False)
+        assert refused["error"]["condition"] == "not-acceptable"
+
+        # carol joins, then her session ends without a word: the room hears it
+        # (her join was directed presence, RFC 6121 section 4.6.3).
+        await c.plugin["xep_0045"].join_muc_wait(ROOM, "carol", maxstanzas=0, timeout=20)
+        await a.next_presence(lambda p: p["from"] == f"{ROOM}/carol" and p["type"] != "unavailable", timeout=20)
+        await logout(c)
+        await a.next_presence(lambda p: p["from"] == f"{ROOM}/carol" and p["type"] == "unavailable", timeout=30)
+
+        # The service and the room in disco.
+        items = await a.plugin["xep_0030"].get_items(jid="conference.localhost", timeout=20)
+        assert ROOM in [item[0] for item in items["disco_items"]["items"]]
+        info = await a.plugin["xep_0030"].get_info(jid=ROOM, timeout=20)
+        assert "muc_temporary" in info["disco_info"]["features"]
+    finally:
+        await logout(a, b, c)
+
+
+async def test_muc_in_serve(server):
+    creds = [server.add_user(name) for name in ("alice", "bob", "carol")]
+    await scenario(server, server, *creds)
+
+
+async def test_muc_across_two_connection_managers(cluster):
+    creds = [cluster.add_user(name) for name in ("alice", "bob", "carol")]
+    await scenario(cluster.node("cm-1"), cluster.node("cm-2"), *creds)
+
+
+async def test_members_only_room_refuses_strangers(server):
+    alice = server.add_user("alice")
+    bob = server.add_user("bob")
+    a = await muc_login(server, *alice, "a")
+    b = await muc_login(server, *bob, "b")
+    try:
+        await create_instant_room(a, "alice")
+        form = await a.plugin["xep_0045"].get_room_config(ROOM)
+        assert "muc#roomconfig_membersonly" in form["fields"]
+        submit = a.plugin["xep_0004"].make_form(ftype="submit")
+        submit.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+        submit.add_field(var="muc#roomconfig_membersonly", ftype="boolean", value=True)
+        await a.plugin["xep_0045"].set_room_config(ROOM, submit)
+        with pytest.raises(PresenceError) as refused:
+            await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", timeout=20)
+        assert refused.value.condition == "registration-required"
+        await a.plugin["xep_0045"].set_affiliation(ROOM, "member", jid=bob[0])
+        await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", timeout=20)
+        # Only owners read the configuration.
+        with pytest.raises(IqError) as forbidden:
+            await b.plugin["xep_0045"].get_room_config(ROOM)
+        assert forbidden.value.condition == "forbidden"
+    finally:
+        await logout(a, b)
+
+
+async def test_room_survives_its_router_replica_killed(tmp_path):
+    """kill -9 one router replica while a numbered message goes to the room
+    every 20 ms: every message the room accepted reaches both occupants in
+    the room's order, and nobody left the room."""
+    c = Cluster(tmp_path)
+    try:
+        c.up()
+        alice = c.add_user("alice")
+        bob = c.add_user("bob")
+        a = await muc_login(c.node("cm-1"), *alice, "a")
+        b = await muc_login(c.node("cm-2"), *bob, "b")
+        await create_instant_room(a, "alice")
+        await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
+        await a.next_presence(lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
+        count = 150
+        for number in range(count):
+            a.send_message(mto=ROOM, mbody=f"n{number}", mtype="groupchat")
+            if number == 50:
+                c.kill("router-1", signal.SIGKILL)
+            await asyncio.sleep(0.02)
+
+        async def numbers(client):
+            seen = []
+            while len(set(seen)) < count:
+                message = await groupchat(client, timeout=30)
+                if message["body"].startswith("n"):
+                    seen.append(int(message["body"][1:]))
+            return list(dict.fromkeys(seen))
+
+        assert await numbers(b) == list(range(count))
+        assert await numbers(a) == list(range(count))
+        for client, nick in ((a, "bob"), (b, "alice")):
+            while not client.presences.empty():
+                presence = client.presences.get_nowait()
+                assert not (presence["from"] == f"{ROOM}/{nick}" and presence["type"] == "unavailable"), "an occupant left"
+        await handled(a)
+        await logout(a, b)
+    finally:
+        c.down()
