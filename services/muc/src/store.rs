@@ -23,7 +23,8 @@ use starling_redis_client::{hash_tag, RedisClient};
 pub struct Lease {
     pub room: String,
     token: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// Held, not read: the room's mutex in the process, released when the lease is dropped.
+    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// The rooms' records, and the leases that serialise the stanzas applied to each.
@@ -64,7 +65,7 @@ impl RoomStore for MemoryRoomStore {
         Ok(Lease {
             room: room.to_string(),
             token: String::new(),
-            guard: Some(guard),
+            _guard: Some(guard),
         })
     }
 
@@ -175,7 +176,7 @@ impl RoomStore for RedisRoomStore {
                 return Ok(Lease {
                     room: room.to_string(),
                     token,
-                    guard: None,
+                    _guard: None,
                 });
             }
             if Instant::now() >= deadline {
