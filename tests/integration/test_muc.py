@@ -19,7 +19,19 @@ async def muc_login(node, jid, password, resource):
     client = await login(node, jid, password, resource)
     client.register_plugin("xep_0004")
     client.register_plugin("xep_0045")
+    # The MUC plugin takes the room's presence: queued here.
+    client.room_presences = asyncio.Queue()
+    client.add_event_handler("groupchat_presence", lambda p: client.room_presences.put_nowait(p))
     return client
+
+
+async def room_presence(client, predicate, timeout=20):
+    deadline = asyncio.get_event_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_event_loop().time()
+        presence = await asyncio.wait_for(client.room_presences.get(), max(remaining, 0.01))
+        if predicate(presence):
+            return presence
 
 
 def codes(presence):
@@ -59,10 +71,11 @@ async def scenario(node_a, node_b, a_creds, b_creds, c_creds):
         own, subject, occupants, history = await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=2, timeout=20)
         assert 110 in codes(own)
         assert own["muc"]["role"] == "participant"
-        assert [p["from"].resource for p in occupants] == ["alice"]
+        # slixmpp counts the self-presence among the occupants.
+        assert sorted(p["from"].resource for p in occupants) == ["alice", "bob"]
         assert [m["body"] for m in history] == ["early 1", "early 2"]
-        assert subject["subject"] == ""
-        joined = await a.next_presence(lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
+        assert not subject["subject"]
+        joined = await room_presence(a, lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
         # alice, a moderator of a semi-anonymous room, sees bob's real JID.
         assert joined["muc"]["jid"].bare == b_creds[0]
 
@@ -73,19 +86,21 @@ async def scenario(node_a, node_b, a_creds, b_creds, c_creds):
         assert f"by=\"{ROOM}\"" in str(got) or f"by='{ROOM}'" in str(got)
         assert "urn:xmpp:occupant-id:0" in str(got)
 
-        # A taken nick is a conflict, a nick with a bidi override is refused.
+        # A taken nick is a conflict, an overlong nick is refused (nicks with
+        # bidi or control characters, which slixmpp will not send, are
+        # refused the same way: the engine's unit tests).
         with pytest.raises(PresenceError) as conflict:
             await c.plugin["xep_0045"].join_muc_wait(ROOM, "alice", timeout=20)
         assert conflict.value.condition == "conflict"
         with pytest.raises(PresenceError) as bad:
-            await c.plugin["xep_0045"].join_muc_wait(ROOM, "evil\u202enick", timeout=20)
+            await c.plugin["xep_0045"].join_muc_wait(ROOM, "x" * 100, timeout=20)
         assert bad.value.condition == "jid-malformed"
 
         # bob changes his nick: 303 to everyone, the new name afterwards.
         assert await b.plugin["xep_0045"].set_self_nick(ROOM, "bobby", timeout=20) == "bobby"
-        gone = await a.next_presence(lambda p: p["from"] == f"{ROOM}/bob" and p["type"] == "unavailable", timeout=20)
-        assert 303 in codes(gone) and gone["muc"]["nick"] == "bobby"
-        await a.next_presence(lambda p: p["from"] == f"{ROOM}/bobby" and p["type"] != "unavailable", timeout=20)
+        gone = await room_presence(a, lambda p: p["from"] == f"{ROOM}/bob" and p["type"] == "unavailable", timeout=20)
+        assert 303 in codes(gone) and gone["muc"]["item_nick"] == "bobby"
+        await room_presence(a, lambda p: p["from"] == f"{ROOM}/bobby" and p["type"] != "unavailable", timeout=20)
 
         # Private message between occupants.
         b.send_message(mto=f"{ROOM}/alice", mbody="just you", mtype="chat")
@@ -97,7 +112,7 @@ async def scenario(node_a, node_b, a_creds, b_creds, c_creds):
 
         # alice kicks bobby (section 8.2): 307 to him.
         await a.plugin["xep_0045"].set_role(ROOM, "bobby", "none")
-        kicked = await b.next_presence(lambda p: p["from"] == f"{ROOM}/bobby" and p["type"] == "unavailable", timeout=20)
+        kicked = await room_presence(b, lambda p: p["from"] == f"{ROOM}/bobby" and p["type"] == "unavailable", timeout=20)
         assert {307, 110} <= codes(kicked)
         b.send_message(mto=ROOM, mbody="still here?", mtype="groupchat")
         refused = await b.next_message(timeout=20, body=False)
@@ -108,9 +123,9 @@ async def scenario(node_a, node_b, a_creds, b_creds, c_creds):
         # carol joins, then her session ends without a word: the room hears it
         # (her join was directed presence, RFC 6121 section 4.6.3).
         await c.plugin["xep_0045"].join_muc_wait(ROOM, "carol", maxstanzas=0, timeout=20)
-        await a.next_presence(lambda p: p["from"] == f"{ROOM}/carol" and p["type"] != "unavailable", timeout=20)
+        await room_presence(a, lambda p: p["from"] == f"{ROOM}/carol" and p["type"] != "unavailable", timeout=20)
         await logout(c)
-        await a.next_presence(lambda p: p["from"] == f"{ROOM}/carol" and p["type"] == "unavailable", timeout=30)
+        await room_presence(a, lambda p: p["from"] == f"{ROOM}/carol" and p["type"] == "unavailable", timeout=30)
 
         # The service and the room in disco.
         items = await a.plugin["xep_0030"].get_items(jid="conference.localhost", timeout=20)
@@ -139,7 +154,7 @@ async def test_members_only_room_refuses_strangers(server):
     try:
         await create_instant_room(a, "alice")
         form = await a.plugin["xep_0045"].get_room_config(ROOM)
-        assert "muc#roomconfig_membersonly" in form["fields"]
+        assert "muc#roomconfig_membersonly" in [field["var"] for field in form["fields"]]
         submit = a.plugin["xep_0004"].make_form(ftype="submit")
         submit.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
         submit.add_field(var="muc#roomconfig_membersonly", ftype="boolean", value=True)
@@ -170,7 +185,7 @@ async def test_room_survives_its_router_replica_killed(tmp_path):
         b = await muc_login(c.node("cm-2"), *bob, "b")
         await create_instant_room(a, "alice")
         await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
-        await a.next_presence(lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
+        await room_presence(a, lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
         count = 150
         for number in range(count):
             a.send_message(mto=ROOM, mbody=f"n{number}", mtype="groupchat")
@@ -189,8 +204,8 @@ async def test_room_survives_its_router_replica_killed(tmp_path):
         assert await numbers(b) == list(range(count))
         assert await numbers(a) == list(range(count))
         for client, nick in ((a, "bob"), (b, "alice")):
-            while not client.presences.empty():
-                presence = client.presences.get_nowait()
+            while not client.room_presences.empty():
+                presence = client.room_presences.get_nowait()
                 assert not (presence["from"] == f"{ROOM}/{nick}" and presence["type"] == "unavailable"), "an occupant left"
         await handled(a)
         await logout(a, b)

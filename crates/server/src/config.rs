@@ -1413,6 +1413,7 @@ impl Config {
 
     fn validate_muc(&self) -> Result<(), ConfigError> {
         let muc = &self.muc;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
         let bounds: [(&'static str, u64, u64); 4] = [
             ("muc.max_occupants", u64::from(muc.max_occupants), u64::from(MAX_MUC_OCCUPANTS)),
             ("muc.history_max_stanzas", u64::from(muc.history_max_stanzas), u64::from(MAX_MUC_HISTORY_STANZAS)),
