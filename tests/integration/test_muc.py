@@ -4,13 +4,15 @@ session; in `starling serve` and across the two connection-managers of the
 cluster; a room whose router replica is killed keeps its occupants."""
 
 import asyncio
+import re
 import signal
+import urllib.request
 
 import pytest
 from slixmpp.exceptions import IqError, PresenceError
 
 from conftest import handled, login, logout, wait_until_async
-from test_cluster import Cluster
+from test_cluster import Cluster, cluster  # noqa: F401 (the cluster fixture)
 
 ROOM = "coven@conference.localhost"
 
@@ -172,6 +174,14 @@ async def test_members_only_room_refuses_strangers(server):
         await logout(a, b)
 
 
+def muc_accepted(cluster, router):
+    """The room stanzas a router replica applied (its /metrics, local-cluster.sh ports)."""
+    offset = {"router-1": 11, "router-2": 21}[router]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.base + offset}/metrics", timeout=10).read().decode()
+    match = re.search(r'^starling_muc_stanzas_total\{outcome="accepted"\} (\d+)', text, re.M)
+    return int(match.group(1)) if match else 0
+
+
 async def test_room_survives_its_router_replica_killed(tmp_path):
     """kill -9 one router replica while a numbered message goes to the room
     every 20 ms: every message the room accepted reaches both occupants in
@@ -187,10 +197,16 @@ async def test_room_survives_its_router_replica_killed(tmp_path):
         await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
         await room_presence(a, lambda p: p["from"] == f"{ROOM}/bob", timeout=20)
         count = 150
+        before = {router: muc_accepted(c, router) for router in ("router-1", "router-2")}
         for number in range(count):
             a.send_message(mto=ROOM, mbody=f"n{number}", mtype="groupchat")
             if number == 50:
-                c.kill("router-1", signal.SIGKILL)
+                # The replica that has been applying alice's messages dies.
+                def applied():
+                    return {router: muc_accepted(c, router) - before[router] for router in before}
+                await wait_until_async(lambda: sum(applied().values()) >= 40, what="40 messages applied")
+                serving = max(before, key=lambda router: applied()[router])
+                c.kill(serving, signal.SIGKILL)
             await asyncio.sleep(0.02)
 
         async def numbers(client):
