@@ -1415,10 +1415,26 @@ impl Config {
         let muc = &self.muc;
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
         let bounds: [(&'static str, u64, u64); 4] = [
-            ("muc.max_occupants", u64::from(muc.max_occupants), u64::from(MAX_MUC_OCCUPANTS)),
-            ("muc.history_max_stanzas", u64::from(muc.history_max_stanzas), u64::from(MAX_MUC_HISTORY_STANZAS)),
-            ("muc.history_max_bytes", muc.history_max_bytes, MAX_MUC_HISTORY_BYTES),
-            ("muc.max_nick_bytes", u64::from(muc.max_nick_bytes), u64::from(MAX_MUC_NICK_BYTES)),
+            (
+                "muc.max_occupants",
+                u64::from(muc.max_occupants),
+                u64::from(MAX_MUC_OCCUPANTS),
+            ),
+            (
+                "muc.history_max_stanzas",
+                u64::from(muc.history_max_stanzas),
+                u64::from(MAX_MUC_HISTORY_STANZAS),
+            ),
+            (
+                "muc.history_max_bytes",
+                muc.history_max_bytes,
+                MAX_MUC_HISTORY_BYTES,
+            ),
+            (
+                "muc.max_nick_bytes",
+                u64::from(muc.max_nick_bytes),
+                u64::from(MAX_MUC_NICK_BYTES),
+            ),
         ];
         for (key, value, max) in bounds {
             let min = u64::from(key != "muc.history_max_stanzas");
@@ -1442,7 +1458,10 @@ impl Config {
             }
         }
         if muc.enabled && self.upload.enabled && self.muc_domain() == self.upload_domain() {
-            return Err(invalid("muc.domain", "must differ from the upload service's domain".into()));
+            return Err(invalid(
+                "muc.domain",
+                "must differ from the upload service's domain".into(),
+            ));
         }
         Ok(())
     }
@@ -1938,7 +1957,10 @@ mod tests {
         for (text, key) in [
             ("[muc]\nmax_occupants = 0\n", "muc.max_occupants"),
             ("[muc]\nmax_occupants = 10001\n", "muc.max_occupants"),
-            ("[muc]\nhistory_max_stanzas = 1001\n", "muc.history_max_stanzas"),
+            (
+                "[muc]\nhistory_max_stanzas = 1001\n",
+                "muc.history_max_stanzas",
+            ),
             ("[muc]\nhistory_max_bytes = 0\n", "muc.history_max_bytes"),
             ("[muc]\nmax_nick_bytes = 0\n", "muc.max_nick_bytes"),
             ("[muc]\ndomain = \"localhost\"\n", "muc.domain"),

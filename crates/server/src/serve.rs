@@ -233,8 +233,8 @@ fn muc_service(
         history_max_bytes: usize::try_from(config.muc.history_max_bytes).unwrap_or(usize::MAX),
         max_nick_bytes: config.muc.max_nick_bytes as usize,
     };
-    let metrics = starling_muc::MucMetrics::register(registry)
-        .context("cannot register the muc metrics")?;
+    let metrics =
+        starling_muc::MucMetrics::register(registry).context("cannot register the muc metrics")?;
     Ok(Some(Arc::new(
         starling_muc::MucService::new(settings, store, state.registry.clone(), state.bus.clone())
             .with_metrics(metrics),

@@ -12,9 +12,7 @@ use starling_xmpp::{
 };
 
 use crate::form;
-use crate::state::{
-    Affiliation, Availability, HistoryEntry, Occupant, Role, Room, Subject, Whois,
-};
+use crate::state::{Affiliation, Availability, HistoryEntry, Occupant, Role, Room, Subject, Whois};
 
 pub const MUC: &str = "http://jabber.org/protocol/muc";
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -185,7 +183,11 @@ impl Context<'_> {
             "" => {
                 let Some(nick) = nick else {
                     // Section 7.2.1: presence to the bare room JID carries no nick.
-                    return self.effects.error(presence, self.sender, StanzaErrorCondition::JidMalformed);
+                    return self.effects.error(
+                        presence,
+                        self.sender,
+                        StanzaErrorCondition::JidMalformed,
+                    );
                 };
                 let Some(nick) = valid_nick(&nick, self.settings.max_nick_bytes) else {
                     let error = StanzaError::new(StanzaErrorCondition::JidMalformed)
@@ -193,7 +195,9 @@ impl Context<'_> {
                     return self.effects.error_with(presence, self.sender, error);
                 };
                 match room.as_mut().and_then(|current| {
-                    current.occupant_index_by_jid(self.sender).map(|index| (current, index))
+                    current
+                        .occupant_index_by_jid(self.sender)
+                        .map(|index| (current, index))
                 }) {
                     Some((current, index)) if current.occupants[index].nick == nick => {
                         self.presence_update(current, index, presence)
@@ -210,7 +214,11 @@ impl Context<'_> {
     fn join(&mut self, room: &mut Option<Room>, presence: &Element, nick: String) {
         let created = room.is_none();
         let current = room.get_or_insert_with(|| {
-            Room::new(self.room_jid, &self.sender_bare, self.settings.max_occupants)
+            Room::new(
+                self.room_jid,
+                &self.sender_bare,
+                self.settings.max_occupants,
+            )
         });
         let affiliation = current.affiliation(&self.sender_bare);
         let muc = presence.get_child("x", MUC);
@@ -238,7 +246,8 @@ impl Context<'_> {
             let given = muc
                 .and_then(|x| x.get_child("password", MUC))
                 .map(Element::text);
-            (given.as_deref() != Some(secret.as_str())).then_some(StanzaErrorCondition::NotAuthorized)
+            (given.as_deref() != Some(secret.as_str()))
+                .then_some(StanzaErrorCondition::NotAuthorized)
         } else {
             None
         };
@@ -257,7 +266,8 @@ impl Context<'_> {
         };
         // Section 7.2.3: the presence of every occupant to the new one...
         for existing in &current.occupants {
-            let stanza = occupant_presence(current, existing, None, self.sees_jids(current, role), &[]);
+            let stanza =
+                occupant_presence(current, existing, None, self.sees_jids(current, role), &[]);
             self.effects.send_one(stanza, self.sender);
         }
         current.occupants.push(occupant);
@@ -276,14 +286,19 @@ impl Context<'_> {
         // Section 7.2.15: the history, then (7.2.16) the subject.
         self.send_history(current, muc);
         let mut subject = Element::new("message", ns::CLIENT)
-            .with_attr("from", if current.subject.nick.is_empty() {
-                self.room_jid.to_string()
-            } else {
-                self.occupant_jid(&current.subject.nick)
-            })
+            .with_attr(
+                "from",
+                if current.subject.nick.is_empty() {
+                    self.room_jid.to_string()
+                } else {
+                    self.occupant_jid(&current.subject.nick)
+                },
+            )
             .with_attr("type", "groupchat")
             .with_attr("id", uuid::Uuid::new_v4().to_string());
-        subject.append_child(Element::new("subject", ns::CLIENT).with_text(current.subject.text.clone()));
+        subject.append_child(
+            Element::new("subject", ns::CLIENT).with_text(current.subject.text.clone()),
+        );
         self.effects.send_one(subject, self.sender);
     }
 
@@ -305,7 +320,11 @@ impl Context<'_> {
         let (codes, new_nick) = unavailable.unwrap_or((&[], None));
         let mut with_jid = Vec::new();
         let mut without_jid = Vec::new();
-        for other in room.occupants.iter().filter(|other| other.jid != occupant.jid) {
+        for other in room
+            .occupants
+            .iter()
+            .filter(|other| other.jid != occupant.jid)
+        {
             if self.sees_jids(room, other.role) {
                 with_jid.push(other.jid.clone());
             } else {
@@ -328,7 +347,11 @@ impl Context<'_> {
 
     fn send_history(&mut self, room: &Room, muc: Option<&Element>) {
         let request = muc.and_then(|x| x.get_child("history", MUC));
-        let number = |name: &str| request.and_then(|history| history.attr(name)).and_then(|value| value.parse::<u64>().ok());
+        let number = |name: &str| {
+            request
+                .and_then(|history| history.attr(name))
+                .and_then(|value| value.parse::<u64>().ok())
+        };
         let max_stanzas = number("maxstanzas").unwrap_or(u64::MAX);
         let max_chars = number("maxchars").unwrap_or(u64::MAX);
         let now = unix_seconds(self.now);
@@ -354,14 +377,19 @@ impl Context<'_> {
             chosen.push(entry);
         }
         for entry in chosen.into_iter().rev() {
-            let Ok(mut message) = parse_element(entry.xml.as_bytes(), &Limits::default().for_server_copies()) else {
+            let Ok(mut message) =
+                parse_element(entry.xml.as_bytes(), &Limits::default().for_server_copies())
+            else {
                 continue;
             };
             // Section 7.2.15: stamped by the room (XEP-0203).
             message.append_child(
                 Element::new("delay", ns::DELAY)
                     .with_attr("from", self.room_jid.to_string())
-                    .with_attr("stamp", rfc3339_utc(UNIX_EPOCH + Duration::from_secs(entry.at))),
+                    .with_attr(
+                        "stamp",
+                        rfc3339_utc(UNIX_EPOCH + Duration::from_secs(entry.at)),
+                    ),
             );
             self.effects.send_one(message, self.sender);
         }
@@ -377,7 +405,9 @@ impl Context<'_> {
     fn nick_change(&mut self, room: &mut Room, index: usize, presence: &Element, nick: String) {
         // Section 7.6: refused when the new nick is another's.
         if room.occupant_by_nick(&nick).is_some() {
-            return self.effects.error(presence, self.sender, StanzaErrorCondition::Conflict);
+            return self
+                .effects
+                .error(presence, self.sender, StanzaErrorCondition::Conflict);
         }
         self.broadcast_occupant(room, index, Some((&["303"], Some(&nick))), &["110"]);
         room.occupants[index].nick = nick;
@@ -415,7 +445,9 @@ impl Context<'_> {
 
     fn message(&mut self, room: &mut Option<Room>, message: &Element, nick: Option<String>) {
         let Some(current) = room.as_mut() else {
-            return self.effects.error(message, self.sender, StanzaErrorCondition::ItemNotFound);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::ItemNotFound);
         };
         if stanza::stanza_type(message) == "error" {
             // Section 7.14 (and Prosody, ejabberd): an occupant whose client
@@ -428,7 +460,10 @@ impl Context<'_> {
         }
         match nick {
             Some(nick) => self.private_message(current, message, &nick),
-            None if message.get_child("x", MUC_USER).is_some_and(|x| x.get_child("invite", MUC_USER).is_some()) => {
+            None if message
+                .get_child("x", MUC_USER)
+                .is_some_and(|x| x.get_child("invite", MUC_USER).is_some()) =>
+            {
                 self.invite(current, message)
             }
             None => self.groupchat(current, message),
@@ -438,11 +473,15 @@ impl Context<'_> {
     fn groupchat(&mut self, room: &mut Room, message: &Element) {
         if stanza::stanza_type(message) != "groupchat" {
             // Section 7.4: only groupchat goes to the room itself.
-            return self.effects.error(message, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::BadRequest);
         }
         let Some(occupant) = room.occupant_by_jid(self.sender).cloned() else {
             // Section 7.4: not an occupant.
-            return self.effects.error(message, self.sender, StanzaErrorCondition::NotAcceptable);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::NotAcceptable);
         };
         let subject = message.get_child("subject", ns::CLIENT);
         if let Some(subject) = subject.filter(|_| message.get_child("body", ns::CLIENT).is_none()) {
@@ -450,7 +489,9 @@ impl Context<'_> {
             let allowed = occupant.role == Role::Moderator
                 || (occupant.role == Role::Participant && room.config.change_subject);
             if !allowed {
-                return self.effects.error(message, self.sender, StanzaErrorCondition::Forbidden);
+                return self
+                    .effects
+                    .error(message, self.sender, StanzaErrorCondition::Forbidden);
             }
             room.subject = Subject {
                 text: subject.text(),
@@ -458,7 +499,9 @@ impl Context<'_> {
             };
         } else if occupant.role < Role::Participant {
             // Section 7.4: a visitor has no voice in a moderated room.
-            return self.effects.error(message, self.sender, StanzaErrorCondition::Forbidden);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::Forbidden);
         }
         let mut reflected = Element::new("message", ns::CLIENT)
             .with_attr("from", self.occupant_jid(&occupant.nick))
@@ -479,7 +522,8 @@ impl Context<'_> {
                 .with_attr("by", self.room_jid.to_string()),
         );
         reflected.append_child(
-            Element::new("occupant-id", OCCUPANT_ID).with_attr("id", room.occupant_id(occupant.bare())),
+            Element::new("occupant-id", OCCUPANT_ID)
+                .with_attr("id", room.occupant_id(occupant.bare())),
         );
         if message.get_child("body", ns::CLIENT).is_some() {
             room.push_history(
@@ -493,21 +537,31 @@ impl Context<'_> {
             );
         }
         self.effects.changed = true;
-        let everyone = room.occupants.iter().map(|occupant| occupant.jid.clone()).collect();
+        let everyone = room
+            .occupants
+            .iter()
+            .map(|occupant| occupant.jid.clone())
+            .collect();
         self.effects.send(reflected, everyone);
     }
 
     fn private_message(&mut self, room: &Room, message: &Element, nick: &str) {
         let Some(sender) = room.occupant_by_jid(self.sender) else {
             // Section 7.5: only occupants send private messages.
-            return self.effects.error(message, self.sender, StanzaErrorCondition::NotAcceptable);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::NotAcceptable);
         };
         if stanza::stanza_type(message) == "groupchat" {
             // Section 7.5: groupchat to an occupant is bad-request... not-acceptable (example 51).
-            return self.effects.error(message, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::BadRequest);
         }
         let Some(recipient) = room.occupant_by_nick(nick) else {
-            return self.effects.error(message, self.sender, StanzaErrorCondition::ItemNotFound);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::ItemNotFound);
         };
         let mut forwarded = message.clone();
         forwarded.set_attr("from", self.occupant_jid(&sender.nick));
@@ -515,7 +569,8 @@ impl Context<'_> {
         forwarded.append_child(Element::new("x", MUC_USER));
         forwarded.remove_children("occupant-id", OCCUPANT_ID);
         forwarded.append_child(
-            Element::new("occupant-id", OCCUPANT_ID).with_attr("id", room.occupant_id(sender.bare())),
+            Element::new("occupant-id", OCCUPANT_ID)
+                .with_attr("id", room.occupant_id(sender.bare())),
         );
         let to = recipient.jid.clone();
         self.effects.send_one(forwarded, &to);
@@ -524,22 +579,39 @@ impl Context<'_> {
     fn invite(&mut self, room: &mut Room, message: &Element) {
         // Section 7.8.2: mediated invitations, by occupants the room lets invite.
         let Some(inviter) = room.occupant_by_jid(self.sender).cloned() else {
-            return self.effects.error(message, self.sender, StanzaErrorCondition::NotAcceptable);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::NotAcceptable);
         };
         let affiliation = room.affiliation(inviter.bare());
         let may_invite = inviter.role == Role::Moderator
             || (room.config.allow_invites && !room.config.members_only)
             || affiliation >= Affiliation::Admin;
         if !may_invite {
-            return self.effects.error(message, self.sender, StanzaErrorCondition::Forbidden);
+            return self
+                .effects
+                .error(message, self.sender, StanzaErrorCondition::Forbidden);
         }
         let invites: Vec<Element> = message
             .get_child("x", MUC_USER)
-            .map(|x| x.children().filter(|child| child.is("invite", MUC_USER)).take(10).cloned().collect())
+            .map(|x| {
+                x.children()
+                    .filter(|child| child.is("invite", MUC_USER))
+                    .take(10)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         for invite in invites {
-            let Some(invitee) = invite.attr("to").and_then(|to| to.parse::<starling_jid::Jid>().ok()) else {
-                return self.effects.error(message, self.sender, StanzaErrorCondition::JidMalformed);
+            let Some(invitee) = invite
+                .attr("to")
+                .and_then(|to| to.parse::<starling_jid::Jid>().ok())
+            else {
+                return self.effects.error(
+                    message,
+                    self.sender,
+                    StanzaErrorCondition::JidMalformed,
+                );
             };
             if room.config.members_only && affiliation >= Affiliation::Admin {
                 // Section 7.8.2: an admin's invitation to a members-only room
@@ -550,9 +622,11 @@ impl Context<'_> {
                     self.effects.changed = true;
                 }
             }
-            let mut forwarded_invite = Element::new("invite", MUC_USER).with_attr("from", self.sender.to_string());
+            let mut forwarded_invite =
+                Element::new("invite", MUC_USER).with_attr("from", self.sender.to_string());
             if let Some(reason) = invite.get_child("reason", MUC_USER) {
-                forwarded_invite.append_child(Element::new("reason", MUC_USER).with_text(reason.text()));
+                forwarded_invite
+                    .append_child(Element::new("reason", MUC_USER).with_text(reason.text()));
             }
             let mut x = Element::new("x", MUC_USER).with_child(forwarded_invite);
             if let Some(secret) = &room.config.password {
@@ -573,24 +647,41 @@ impl Context<'_> {
             return;
         }
         let Some(current) = room.as_mut() else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
         };
         let payload = stanza::iq_payload(iq);
-        let payload_key = payload.map(|payload| (payload.name().to_string(), payload.namespace().to_string()));
+        let payload_key =
+            payload.map(|payload| (payload.name().to_string(), payload.namespace().to_string()));
         if let Some(nick) = nick {
             // XEP-0410 section 3: the room answers a ping to an occupant's
             // nick for occupants; others learn they are not joined.
-            if payload_key.as_ref().is_some_and(|(name, space)| name == "ping" && space == ns::PING) {
-                if current.occupant_by_jid(self.sender).is_some() && current.occupant_by_nick(&nick).is_some() {
+            if payload_key
+                .as_ref()
+                .is_some_and(|(name, space)| name == "ping" && space == ns::PING)
+            {
+                if current.occupant_by_jid(self.sender).is_some()
+                    && current.occupant_by_nick(&nick).is_some()
+                {
                     return self.result(iq, None);
                 }
-                return self.effects.error(iq, self.sender, StanzaErrorCondition::NotAcceptable);
+                return self
+                    .effects
+                    .error(iq, self.sender, StanzaErrorCondition::NotAcceptable);
             }
             // IQs to another occupant are not relayed (section 7.5 allows it; not done).
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::FeatureNotImplemented);
+            return self.effects.error(
+                iq,
+                self.sender,
+                StanzaErrorCondition::FeatureNotImplemented,
+            );
         }
         let kind = stanza::stanza_type(iq);
-        match payload_key.as_ref().map(|(name, space)| (name.as_str(), space.as_str(), kind)) {
+        match payload_key
+            .as_ref()
+            .map(|(name, space)| (name.as_str(), space.as_str(), kind))
+        {
             Some(("query", ns::DISCO_INFO, "get")) => {
                 let info = room_info(current);
                 self.result(iq, Some(info))
@@ -607,7 +698,9 @@ impl Context<'_> {
             }
             Some(("query", MUC_OWNER, "get")) => self.owner_get(current, iq),
             Some(("query", MUC_OWNER, "set")) => self.owner_set(room, iq),
-            _ => self.effects.error(iq, self.sender, StanzaErrorCondition::ServiceUnavailable),
+            _ => self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::ServiceUnavailable),
         }
     }
 
@@ -627,22 +720,43 @@ impl Context<'_> {
         let requester = room.affiliation(&self.sender_bare);
         let item = stanza::iq_payload(iq).and_then(|query| query.get_child("item", MUC_ADMIN));
         let mut query = Element::new("query", MUC_ADMIN);
-        if let Some(affiliation) = item.and_then(|item| item.attr("affiliation")).and_then(Affiliation::from_name) {
+        if let Some(affiliation) = item
+            .and_then(|item| item.attr("affiliation"))
+            .and_then(Affiliation::from_name)
+        {
             if requester < Affiliation::Admin {
-                return self.effects.error(iq, self.sender, StanzaErrorCondition::Forbidden);
+                return self
+                    .effects
+                    .error(iq, self.sender, StanzaErrorCondition::Forbidden);
             }
-            for (jid, _) in room.affiliations.iter().filter(|(_, value)| **value == affiliation) {
+            for (jid, _) in room
+                .affiliations
+                .iter()
+                .filter(|(_, value)| **value == affiliation)
+            {
                 query.append_child(
                     Element::new("item", MUC_ADMIN)
                         .with_attr("affiliation", affiliation.as_str())
                         .with_attr("jid", jid.clone()),
                 );
             }
-        } else if let Some(role) = item.and_then(|item| item.attr("role")).and_then(Role::from_name) {
-            if room.occupant_by_jid(self.sender).is_none_or(|occupant| occupant.role != Role::Moderator) {
-                return self.effects.error(iq, self.sender, StanzaErrorCondition::Forbidden);
+        } else if let Some(role) = item
+            .and_then(|item| item.attr("role"))
+            .and_then(Role::from_name)
+        {
+            if room
+                .occupant_by_jid(self.sender)
+                .is_none_or(|occupant| occupant.role != Role::Moderator)
+            {
+                return self
+                    .effects
+                    .error(iq, self.sender, StanzaErrorCondition::Forbidden);
             }
-            for occupant in room.occupants.iter().filter(|occupant| occupant.role == role) {
+            for occupant in room
+                .occupants
+                .iter()
+                .filter(|occupant| occupant.role == role)
+            {
                 query.append_child(
                     Element::new("item", MUC_ADMIN)
                         .with_attr("role", role.as_str())
@@ -652,7 +766,9 @@ impl Context<'_> {
                 );
             }
         } else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest);
         }
         self.result(iq, Some(query))
     }
@@ -662,17 +778,30 @@ impl Context<'_> {
     /// first, then all apply (section 9.5: the change is atomic).
     fn admin_set(&mut self, room: &mut Room, iq: &Element) {
         let items: Vec<Element> = stanza::iq_payload(iq)
-            .map(|query| query.children().filter(|child| child.is("item", MUC_ADMIN)).take(100).cloned().collect())
+            .map(|query| {
+                query
+                    .children()
+                    .filter(|child| child.is("item", MUC_ADMIN))
+                    .take(100)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         if items.is_empty() {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest);
         }
         let Some(requester_role) = room
             .occupant_by_jid(self.sender)
             .map(|occupant| occupant.role)
-            .or_else(|| (room.affiliation(&self.sender_bare) >= Affiliation::Admin).then_some(Role::None))
+            .or_else(|| {
+                (room.affiliation(&self.sender_bare) >= Affiliation::Admin).then_some(Role::None)
+            })
         else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::Forbidden);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::Forbidden);
         };
         let requester = room.affiliation(&self.sender_bare);
         enum Change {
@@ -683,10 +812,14 @@ impl Context<'_> {
         for item in &items {
             if let Some(role) = item.attr("role") {
                 let (Some(role), Some(nick)) = (Role::from_name(role), item.attr("nick")) else {
-                    return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+                    return self
+                        .effects
+                        .error(iq, self.sender, StanzaErrorCondition::BadRequest);
                 };
                 let Some(target) = room.occupant_by_nick(nick) else {
-                    return self.effects.error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
+                    return self
+                        .effects
+                        .error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
                 };
                 let target_affiliation = room.affiliation(target.bare());
                 // Section 8.2/8.4: moderators change roles, never of an
@@ -696,15 +829,20 @@ impl Context<'_> {
                     && (role != Role::Moderator || requester >= Affiliation::Admin))
                     || (requester > target_affiliation && requester >= Affiliation::Admin);
                 if !allowed {
-                    return self.effects.error(iq, self.sender, StanzaErrorCondition::NotAllowed);
+                    return self
+                        .effects
+                        .error(iq, self.sender, StanzaErrorCondition::NotAllowed);
                 }
                 changes.push(Change::Role(nick.to_string(), role));
             } else if let Some(affiliation) = item.attr("affiliation") {
                 let (Some(affiliation), Some(jid)) = (
                     Affiliation::from_name(affiliation),
-                    item.attr("jid").and_then(|jid| jid.parse::<starling_jid::Jid>().ok()),
+                    item.attr("jid")
+                        .and_then(|jid| jid.parse::<starling_jid::Jid>().ok()),
                 ) else {
-                    return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+                    return self
+                        .effects
+                        .error(iq, self.sender, StanzaErrorCondition::BadRequest);
                 };
                 let target = jid.bare().to_string();
                 let current = room.affiliation(&target);
@@ -715,18 +853,29 @@ impl Context<'_> {
                         && current < Affiliation::Admin
                         && affiliation < Affiliation::Admin);
                 if !allowed {
-                    return self.effects.error(iq, self.sender, StanzaErrorCondition::NotAllowed);
+                    return self
+                        .effects
+                        .error(iq, self.sender, StanzaErrorCondition::NotAllowed);
                 }
                 if current == Affiliation::Owner
                     && affiliation != Affiliation::Owner
-                    && room.affiliations.values().filter(|value| **value == Affiliation::Owner).count() == 1
+                    && room
+                        .affiliations
+                        .values()
+                        .filter(|value| **value == Affiliation::Owner)
+                        .count()
+                        == 1
                 {
                     // Section 10.9: the last owner stays.
-                    return self.effects.error(iq, self.sender, StanzaErrorCondition::Conflict);
+                    return self
+                        .effects
+                        .error(iq, self.sender, StanzaErrorCondition::Conflict);
                 }
                 changes.push(Change::Affiliation(target, affiliation));
             } else {
-                return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+                return self
+                    .effects
+                    .error(iq, self.sender, StanzaErrorCondition::BadRequest);
             }
         }
         self.result(iq, None);
@@ -734,12 +883,20 @@ impl Context<'_> {
             match change {
                 Change::Role(nick, Role::None) => {
                     // Section 8.2: a kick, 307.
-                    if let Some(index) = room.occupants.iter().position(|occupant| occupant.nick == nick) {
+                    if let Some(index) = room
+                        .occupants
+                        .iter()
+                        .position(|occupant| occupant.nick == nick)
+                    {
                         self.remove_occupant(room, index, &["307"]);
                     }
                 }
                 Change::Role(nick, role) => {
-                    if let Some(index) = room.occupants.iter().position(|occupant| occupant.nick == nick) {
+                    if let Some(index) = room
+                        .occupants
+                        .iter()
+                        .position(|occupant| occupant.nick == nick)
+                    {
                         room.occupants[index].role = role;
                         self.effects.changed = true;
                         self.broadcast_occupant(room, index, None, &["110"]);
@@ -775,9 +932,12 @@ impl Context<'_> {
     fn owner_get(&mut self, room: &Room, iq: &Element) {
         // Section 10.2: the configuration form, for owners.
         if room.affiliation(&self.sender_bare) != Affiliation::Owner {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::Forbidden);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::Forbidden);
         }
-        let query = Element::new("query", MUC_OWNER).with_child(form::config_form(room, self.settings));
+        let query =
+            Element::new("query", MUC_OWNER).with_child(form::config_form(room, self.settings));
         self.result(iq, Some(query))
     }
 
@@ -786,16 +946,23 @@ impl Context<'_> {
             return;
         };
         if current.affiliation(&self.sender_bare) != Affiliation::Owner {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::Forbidden);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::Forbidden);
         }
         let Some(query) = stanza::iq_payload(iq) else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest);
         };
         if let Some(destroy) = query.get_child("destroy", MUC_OWNER) {
             // Section 10.9: every occupant leaves with the destroy notice.
             self.result(iq, None);
-            let mut x = Element::new("x", MUC_USER)
-                .with_child(Element::new("item", MUC_USER).with_attr("affiliation", "none").with_attr("role", "none"));
+            let mut x = Element::new("x", MUC_USER).with_child(
+                Element::new("item", MUC_USER)
+                    .with_attr("affiliation", "none")
+                    .with_attr("role", "none"),
+            );
             let mut notice = Element::new("destroy", MUC_USER);
             if let Some(reason) = destroy.get_child("reason", MUC_OWNER) {
                 notice.append_child(Element::new("reason", MUC_USER).with_text(reason.text()));
@@ -813,7 +980,9 @@ impl Context<'_> {
             return;
         }
         let Some(x) = query.get_child("x", ns::DATA_FORMS) else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest);
         };
         match x.attr("type") {
             Some("cancel") => {
@@ -843,11 +1012,14 @@ impl Context<'_> {
                     }
                 }
                 Err(text) => {
-                    let error = StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(text);
+                    let error =
+                        StanzaError::new(StanzaErrorCondition::NotAcceptable).with_text(text);
                     self.effects.error_with(iq, self.sender, error)
                 }
             },
-            _ => self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest),
+            _ => self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest),
         }
     }
 }
@@ -908,7 +1080,11 @@ fn occupant_presence(
 pub fn room_info(room: &Room) -> Element {
     let config = &room.config;
     let mut query = Element::new("query", ns::DISCO_INFO);
-    let name = if config.name.is_empty() { room.localpart().to_string() } else { config.name.clone() };
+    let name = if config.name.is_empty() {
+        room.localpart().to_string()
+    } else {
+        config.name.clone()
+    };
     query.append_child(
         Element::new("identity", ns::DISCO_INFO)
             .with_attr("category", "conference")
@@ -920,12 +1096,36 @@ pub fn room_info(room: &Room) -> Element {
         ns::DISCO_INFO,
         OCCUPANT_ID,
         STANZA_ID,
-        if config.persistent { "muc_persistent" } else { "muc_temporary" },
-        if config.public { "muc_public" } else { "muc_hidden" },
-        if config.members_only { "muc_membersonly" } else { "muc_open" },
-        if config.password.is_some() { "muc_passwordprotected" } else { "muc_unsecured" },
-        if config.moderated { "muc_moderated" } else { "muc_unmoderated" },
-        if config.whois == Whois::Anyone { "muc_nonanonymous" } else { "muc_semianonymous" },
+        if config.persistent {
+            "muc_persistent"
+        } else {
+            "muc_temporary"
+        },
+        if config.public {
+            "muc_public"
+        } else {
+            "muc_hidden"
+        },
+        if config.members_only {
+            "muc_membersonly"
+        } else {
+            "muc_open"
+        },
+        if config.password.is_some() {
+            "muc_passwordprotected"
+        } else {
+            "muc_unsecured"
+        },
+        if config.moderated {
+            "muc_moderated"
+        } else {
+            "muc_unmoderated"
+        },
+        if config.whois == Whois::Anyone {
+            "muc_nonanonymous"
+        } else {
+            "muc_semianonymous"
+        },
     ];
     for feature in features {
         query.append_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));

@@ -34,15 +34,27 @@ impl Harness {
         let mut element = xml(stanza);
         element.set_attr("from", from.to_string());
         // A record round trip, as every replica does between stanzas.
-        let json = self.room.as_ref().map(|room| serde_json::to_string(room).unwrap());
+        let json = self
+            .room
+            .as_ref()
+            .map(|room| serde_json::to_string(room).unwrap());
         self.room = json.map(|json| serde_json::from_str(&json).unwrap());
-        handle(&mut self.room, ROOM, &element, &jid(from), self.now, &settings())
+        handle(
+            &mut self.room,
+            ROOM,
+            &element,
+            &jid(from),
+            self.now,
+            &settings(),
+        )
     }
 
     fn join(&mut self, from: &str, nick: &str) -> Effects {
         self.send(
             from,
-            &format!("<presence xmlns='jabber:client' to='{ROOM}/{nick}'><x xmlns='{MUC}'/></presence>"),
+            &format!(
+                "<presence xmlns='jabber:client' to='{ROOM}/{nick}'><x xmlns='{MUC}'/></presence>"
+            ),
         )
     }
 
@@ -71,14 +83,25 @@ fn to(effects: &Effects, recipient: &str) -> Vec<Element> {
 fn status_codes(presence: &Element) -> Vec<String> {
     presence
         .get_child("x", MUC_USER)
-        .map(|x| x.children().filter(|c| c.name() == "status").filter_map(|c| c.attr("code")).map(str::to_string).collect())
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code"))
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn error_condition(stanza_element: &Element) -> Option<String> {
     stanza_element
         .get_child("error", ns::CLIENT)
-        .and_then(|error| error.children().find(|c| c.namespace() == ns::STANZAS_ERROR).map(|c| c.name().to_string()))
+        .and_then(|error| {
+            error
+                .children()
+                .find(|c| c.namespace() == ns::STANZAS_ERROR)
+                .map(|c| c.name().to_string())
+        })
 }
 
 #[test]
@@ -86,15 +109,25 @@ fn creating_a_room_gives_201_and_locks_it_until_configured() {
     let mut harness = Harness::new();
     let effects = harness.join("crone1@shakespeare.lit/desktop", "firstwitch");
     let own = to(&effects, "crone1@shakespeare.lit/desktop");
-    assert_eq!(own[0].attr("from"), Some("coven@chat.shakespeare.lit/firstwitch"));
+    assert_eq!(
+        own[0].attr("from"),
+        Some("coven@chat.shakespeare.lit/firstwitch")
+    );
     assert_eq!(status_codes(&own[0]), vec!["110", "201"]);
-    let item = own[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    let item = own[0]
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("item", MUC_USER)
+        .unwrap();
     assert_eq!(item.attr("affiliation"), Some("owner"));
     assert_eq!(item.attr("role"), Some("moderator"));
     assert!(own[0].get_child("occupant-id", OCCUPANT_ID).is_some());
     // Section 10.1.1: others cannot enter a locked room.
     let refused = harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
-    assert_eq!(error_condition(&refused.outbound[0].stanza).as_deref(), Some("item-not-found"));
+    assert_eq!(
+        error_condition(&refused.outbound[0].stanza).as_deref(),
+        Some("item-not-found")
+    );
 }
 
 #[test]
@@ -103,17 +136,31 @@ fn joining_sends_occupants_then_self_presence_with_110_then_subject() {
     let effects = harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
     let own = to(&effects, "hag66@shakespeare.lit/pda");
     assert_eq!(own.len(), 3);
-    assert_eq!(own[0].attr("from"), Some("coven@chat.shakespeare.lit/firstwitch"));
-    assert_eq!(own[1].attr("from"), Some("coven@chat.shakespeare.lit/thirdwitch"));
+    assert_eq!(
+        own[0].attr("from"),
+        Some("coven@chat.shakespeare.lit/firstwitch")
+    );
+    assert_eq!(
+        own[1].attr("from"),
+        Some("coven@chat.shakespeare.lit/thirdwitch")
+    );
     assert_eq!(status_codes(&own[1]), vec!["110"]);
     assert_eq!(own[2].name(), "message");
     assert!(own[2].get_child("subject", ns::CLIENT).is_some());
     // The moderator sees the newcomer's real JID (semi-anonymous room).
     let to_owner = to(&effects, "crone1@shakespeare.lit/desktop");
-    let item = to_owner[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    let item = to_owner[0]
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("item", MUC_USER)
+        .unwrap();
     assert_eq!(item.attr("jid"), Some("hag66@shakespeare.lit/pda"));
     // The newcomer, a participant, does not see the owner's.
-    let item = own[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    let item = own[0]
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("item", MUC_USER)
+        .unwrap();
     assert_eq!(item.attr("jid"), None);
 }
 
@@ -121,11 +168,21 @@ fn joining_sends_occupants_then_self_presence_with_110_then_subject() {
 fn a_taken_nick_is_a_conflict_and_bad_nicks_are_refused() {
     let mut harness = Harness::with_instant_room();
     let effects = harness.join("hag66@shakespeare.lit/pda", "firstwitch");
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("conflict"));
-    assert_eq!(effects.outbound[0].stanza.attr("from"), Some("coven@chat.shakespeare.lit/firstwitch"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("conflict")
+    );
+    assert_eq!(
+        effects.outbound[0].stanza.attr("from"),
+        Some("coven@chat.shakespeare.lit/firstwitch")
+    );
     for bad in ["evil\u{202E}nick", "tab&#9;nick", " padded", "a\u{200B}b"] {
         let effects = harness.join("hag66@shakespeare.lit/pda", bad);
-        assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("jid-malformed"), "{bad:?}");
+        assert_eq!(
+            error_condition(&effects.outbound[0].stanza).as_deref(),
+            Some("jid-malformed"),
+            "{bad:?}"
+        );
     }
     assert!(valid_nick("thirdwitch", 64).is_some());
     assert!(valid_nick(&"x".repeat(65), 64).is_none());
@@ -142,20 +199,35 @@ fn groupchat_is_reflected_to_every_occupant_with_ids_and_kept_in_history() {
     assert_eq!(effects.outbound.len(), 1);
     let reflected = &effects.outbound[0];
     assert_eq!(reflected.recipients.len(), 2);
-    assert_eq!(reflected.stanza.attr("from"), Some("coven@chat.shakespeare.lit/thirdwitch"));
+    assert_eq!(
+        reflected.stanza.attr("from"),
+        Some("coven@chat.shakespeare.lit/thirdwitch")
+    );
     assert_eq!(reflected.stanza.attr("id"), Some("m1"));
-    let ids: Vec<_> = reflected.stanza.children().filter(|c| c.is("stanza-id", STANZA_ID)).collect();
+    let ids: Vec<_> = reflected
+        .stanza
+        .children()
+        .filter(|c| c.is("stanza-id", STANZA_ID))
+        .collect();
     assert_eq!(ids.len(), 1);
     assert_ne!(ids[0].attr("id"), Some("forged"));
     assert_eq!(ids[0].attr("by"), Some(ROOM));
-    assert!(reflected.stanza.get_child("occupant-id", OCCUPANT_ID).is_some());
+    assert!(reflected
+        .stanza
+        .get_child("occupant-id", OCCUPANT_ID)
+        .is_some());
     assert_eq!(harness.room.as_ref().unwrap().history.len(), 1);
     // A non-occupant is refused (section 7.4).
     let effects = harness.send(
         "wiccarocks@shakespeare.lit/laptop",
-        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"),
+        &format!(
+            "<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"
+        ),
     );
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("not-acceptable"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-acceptable")
+    );
 }
 
 #[test]
@@ -180,20 +252,41 @@ fn history_on_join_honours_maxstanzas_seconds_and_since() {
             "hag66@shakespeare.lit/pda",
             &format!("<presence xmlns='jabber:client' to='{ROOM}/thirdwitch'><x xmlns='{MUC}'>{history}</x></presence>"),
         );
-        harness.send("hag66@shakespeare.lit/pda", &format!("<presence xmlns='jabber:client' type='unavailable' to='{ROOM}/thirdwitch'/>"));
+        harness.send(
+            "hag66@shakespeare.lit/pda",
+            &format!("<presence xmlns='jabber:client' type='unavailable' to='{ROOM}/thirdwitch'/>"),
+        );
         effects
     };
-    assert_eq!(bodies(&join_with(&mut harness, "")), vec!["m0", "m1", "m2", "m3", "m4"]);
-    assert_eq!(bodies(&join_with(&mut harness, "<history maxstanzas='2'/>")), vec!["m3", "m4"]);
-    assert!(bodies(&join_with(&mut harness, "<history maxstanzas='0'/>")).is_empty());
-    assert_eq!(bodies(&join_with(&mut harness, "<history seconds='90'/>")), vec!["m3", "m4"]);
     assert_eq!(
-        bodies(&join_with(&mut harness, "<history since='2023-11-14T22:15:20Z'/>")),
+        bodies(&join_with(&mut harness, "")),
+        vec!["m0", "m1", "m2", "m3", "m4"]
+    );
+    assert_eq!(
+        bodies(&join_with(&mut harness, "<history maxstanzas='2'/>")),
+        vec!["m3", "m4"]
+    );
+    assert!(bodies(&join_with(&mut harness, "<history maxstanzas='0'/>")).is_empty());
+    assert_eq!(
+        bodies(&join_with(&mut harness, "<history seconds='90'/>")),
+        vec!["m3", "m4"]
+    );
+    assert_eq!(
+        bodies(&join_with(
+            &mut harness,
+            "<history since='2023-11-14T22:15:20Z'/>"
+        )),
         vec!["m2", "m3", "m4"]
     );
     let effects = join_with(&mut harness, "");
-    let delayed = to(&effects, "hag66@shakespeare.lit/pda").into_iter().find(|s| s.get_child("delay", ns::DELAY).is_some()).unwrap();
-    assert_eq!(delayed.get_child("delay", ns::DELAY).unwrap().attr("from"), Some(ROOM));
+    let delayed = to(&effects, "hag66@shakespeare.lit/pda")
+        .into_iter()
+        .find(|s| s.get_child("delay", ns::DELAY).is_some())
+        .unwrap();
+    assert_eq!(
+        delayed.get_child("delay", ns::DELAY).unwrap().attr("from"),
+        Some(ROOM)
+    );
 }
 
 #[test]
@@ -206,16 +299,37 @@ fn nick_change_sends_303_then_the_new_presence() {
     );
     let own = to(&effects, "hag66@shakespeare.lit/pda");
     assert_eq!(own[0].attr("type"), Some("unavailable"));
-    assert_eq!(own[0].attr("from"), Some("coven@chat.shakespeare.lit/thirdwitch"));
+    assert_eq!(
+        own[0].attr("from"),
+        Some("coven@chat.shakespeare.lit/thirdwitch")
+    );
     assert_eq!(status_codes(&own[0]), vec!["303", "110"]);
-    let item = own[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    let item = own[0]
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("item", MUC_USER)
+        .unwrap();
     assert_eq!(item.attr("nick"), Some("oldhag"));
-    assert_eq!(own[1].attr("from"), Some("coven@chat.shakespeare.lit/oldhag"));
+    assert_eq!(
+        own[1].attr("from"),
+        Some("coven@chat.shakespeare.lit/oldhag")
+    );
     assert_eq!(own[1].attr("type"), None);
     // To a taken nick: conflict, nothing changes.
-    let effects = harness.send("hag66@shakespeare.lit/pda", &format!("<presence xmlns='jabber:client' to='{ROOM}/firstwitch'/>"));
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("conflict"));
-    assert!(harness.room.as_ref().unwrap().occupant_by_nick("oldhag").is_some());
+    let effects = harness.send(
+        "hag66@shakespeare.lit/pda",
+        &format!("<presence xmlns='jabber:client' to='{ROOM}/firstwitch'/>"),
+    );
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("conflict")
+    );
+    assert!(harness
+        .room
+        .as_ref()
+        .unwrap()
+        .occupant_by_nick("oldhag")
+        .is_some());
 }
 
 #[test]
@@ -225,10 +339,20 @@ fn leaving_broadcasts_unavailable_and_the_last_one_out_ends_a_temporary_room() {
     let effects = harness.send("hag66@shakespeare.lit/pda", &format!("<presence xmlns='jabber:client' type='unavailable' to='{ROOM}/thirdwitch'><status>gone</status></presence>"));
     let others = to(&effects, "crone1@shakespeare.lit/desktop");
     assert_eq!(others[0].attr("type"), Some("unavailable"));
-    let item = others[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    let item = others[0]
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("item", MUC_USER)
+        .unwrap();
     assert_eq!(item.attr("role"), Some("none"));
-    assert_eq!(status_codes(&to(&effects, "hag66@shakespeare.lit/pda")[0]), vec!["110"]);
-    harness.send("crone1@shakespeare.lit/desktop", &format!("<presence xmlns='jabber:client' type='unavailable' to='{ROOM}/firstwitch'/>"));
+    assert_eq!(
+        status_codes(&to(&effects, "hag66@shakespeare.lit/pda")[0]),
+        vec!["110"]
+    );
+    harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<presence xmlns='jabber:client' type='unavailable' to='{ROOM}/firstwitch'/>"),
+    );
     assert!(harness.room.is_none());
 }
 
@@ -242,7 +366,10 @@ fn a_moderator_kicks_and_an_admin_bans() {
         "hag66@shakespeare.lit/pda",
         &format!("<iq xmlns='jabber:client' type='set' id='kick0' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item nick='secondwitch' role='none'/></query></iq>"),
     );
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("not-allowed"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-allowed")
+    );
     let effects = harness.send(
         "crone1@shakespeare.lit/desktop",
         &format!("<iq xmlns='jabber:client' type='set' id='kick1' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item nick='thirdwitch' role='none'><reason>Avaunt</reason></item></query></iq>"),
@@ -250,14 +377,25 @@ fn a_moderator_kicks_and_an_admin_bans() {
     assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
     let kicked = to(&effects, "hag66@shakespeare.lit/pda");
     assert_eq!(status_codes(&kicked[0]), vec!["307", "110"]);
-    assert!(harness.room.as_ref().unwrap().occupant_by_nick("thirdwitch").is_none());
+    assert!(harness
+        .room
+        .as_ref()
+        .unwrap()
+        .occupant_by_nick("thirdwitch")
+        .is_none());
     let effects = harness.send(
         "crone1@shakespeare.lit/desktop",
         &format!("<iq xmlns='jabber:client' type='set' id='ban1' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='outcast' jid='wiccarocks@shakespeare.lit'/></query></iq>"),
     );
-    assert_eq!(status_codes(&to(&effects, "wiccarocks@shakespeare.lit/laptop")[0]), vec!["301", "110"]);
+    assert_eq!(
+        status_codes(&to(&effects, "wiccarocks@shakespeare.lit/laptop")[0]),
+        vec!["301", "110"]
+    );
     let effects = harness.join("wiccarocks@shakespeare.lit/laptop", "secondwitch");
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("forbidden"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
 }
 
 #[test]
@@ -268,9 +406,14 @@ fn voice_in_a_moderated_room() {
         &format!("<iq xmlns='jabber:client' type='set' id='c' to='{ROOM}'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field><field var='muc#roomconfig_moderatedroom'><value>1</value></field></x></query></iq>"),
     );
     harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
-    let groupchat = format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>");
+    let groupchat = format!(
+        "<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"
+    );
     let effects = harness.send("hag66@shakespeare.lit/pda", &groupchat);
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("forbidden"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
     harness.send(
         "crone1@shakespeare.lit/desktop",
         &format!("<iq xmlns='jabber:client' type='set' id='v' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item nick='thirdwitch' role='participant'/></query></iq>"),
@@ -288,24 +431,42 @@ fn members_only_and_password_rooms_refuse_with_the_named_errors() {
     );
     assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
     let effects = harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("registration-required"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("registration-required")
+    );
     harness.send(
         "crone1@shakespeare.lit/desktop",
         &format!("<iq xmlns='jabber:client' type='set' id='m' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='member' jid='hag66@shakespeare.lit'/></query></iq>"),
     );
     let effects = harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("not-authorized"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-authorized")
+    );
     let effects = harness.send(
         "hag66@shakespeare.lit/pda",
         &format!("<presence xmlns='jabber:client' to='{ROOM}/thirdwitch'><x xmlns='{MUC}'><password>cauldronburn</password></x></presence>"),
     );
-    assert_eq!(status_codes(to(&effects, "hag66@shakespeare.lit/pda").iter().find(|s| s.name() == "presence" && s.attr("from") == Some("coven@chat.shakespeare.lit/thirdwitch")).unwrap()), vec!["110"]);
+    assert_eq!(
+        status_codes(
+            to(&effects, "hag66@shakespeare.lit/pda")
+                .iter()
+                .find(|s| s.name() == "presence"
+                    && s.attr("from") == Some("coven@chat.shakespeare.lit/thirdwitch"))
+                .unwrap()
+        ),
+        vec!["110"]
+    );
     // A wrong form value is refused whole.
     let effects = harness.send(
         "crone1@shakespeare.lit/desktop",
         &format!("<iq xmlns='jabber:client' type='set' id='bad' to='{ROOM}'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_maxusers'><value>100000</value></field></x></query></iq>"),
     );
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("not-acceptable"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-acceptable")
+    );
 }
 
 #[test]
@@ -314,7 +475,10 @@ fn the_room_is_bounded_in_occupants() {
     harness.room.as_mut().unwrap().config.max_users = 2;
     harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
     let effects = harness.join("wiccarocks@shakespeare.lit/laptop", "secondwitch");
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("service-unavailable"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("service-unavailable")
+    );
 }
 
 #[test]
@@ -325,13 +489,25 @@ fn private_messages_subject_and_self_ping() {
         "hag66@shakespeare.lit/pda",
         &format!("<message xmlns='jabber:client' to='{ROOM}/firstwitch' type='chat'><body>psst</body></message>"),
     );
-    assert_eq!(effects.outbound[0].recipients, vec!["crone1@shakespeare.lit/desktop".to_string()]);
-    assert_eq!(effects.outbound[0].stanza.attr("from"), Some("coven@chat.shakespeare.lit/thirdwitch"));
-    assert!(effects.outbound[0].stanza.get_child("x", MUC_USER).is_some());
+    assert_eq!(
+        effects.outbound[0].recipients,
+        vec!["crone1@shakespeare.lit/desktop".to_string()]
+    );
+    assert_eq!(
+        effects.outbound[0].stanza.attr("from"),
+        Some("coven@chat.shakespeare.lit/thirdwitch")
+    );
+    assert!(effects.outbound[0]
+        .stanza
+        .get_child("x", MUC_USER)
+        .is_some());
     // A participant may not change the subject by default (section 8.1).
     let subject = format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><subject>Fire Burn</subject></message>");
     let effects = harness.send("hag66@shakespeare.lit/pda", &subject);
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("forbidden"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
     let effects = harness.send("crone1@shakespeare.lit/desktop", &subject);
     assert_eq!(effects.outbound[0].recipients.len(), 2);
     assert_eq!(harness.room.as_ref().unwrap().subject.text, "Fire Burn");
@@ -340,7 +516,10 @@ fn private_messages_subject_and_self_ping() {
     let effects = harness.send("hag66@shakespeare.lit/pda", &ping);
     assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
     let effects = harness.send("hag66@shakespeare.lit/other", &ping);
-    assert_eq!(error_condition(&effects.outbound[0].stanza).as_deref(), Some("not-acceptable"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-acceptable")
+    );
 }
 
 #[test]
@@ -351,8 +530,16 @@ fn invitations_are_mediated_and_disco_describes_the_room() {
         &format!("<message xmlns='jabber:client' to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='hecate@shakespeare.lit'><reason>Hey Hecate</reason></invite></x></message>"),
     );
     let invitation = &effects.outbound[0];
-    assert_eq!(invitation.recipients, vec!["hecate@shakespeare.lit".to_string()]);
-    let invite = invitation.stanza.get_child("x", MUC_USER).unwrap().get_child("invite", MUC_USER).unwrap();
+    assert_eq!(
+        invitation.recipients,
+        vec!["hecate@shakespeare.lit".to_string()]
+    );
+    let invite = invitation
+        .stanza
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("invite", MUC_USER)
+        .unwrap();
     assert_eq!(invite.attr("from"), Some("crone1@shakespeare.lit/desktop"));
     let effects = harness.send(
         "hecate@shakespeare.lit/broom",
@@ -365,8 +552,19 @@ fn invitations_are_mediated_and_disco_describes_the_room() {
         .children()
         .filter_map(|c| c.attr("var").map(str::to_string))
         .collect();
-    for expected in [MUC, "muc_temporary", "muc_public", "muc_open", "muc_unsecured", "muc_semianonymous", OCCUPANT_ID] {
-        assert!(features.iter().any(|f| f == expected), "{expected} missing: {features:?}");
+    for expected in [
+        MUC,
+        "muc_temporary",
+        "muc_public",
+        "muc_open",
+        "muc_unsecured",
+        "muc_semianonymous",
+        OCCUPANT_ID,
+    ] {
+        assert!(
+            features.iter().any(|f| f == expected),
+            "{expected} missing: {features:?}"
+        );
     }
 }
 
@@ -380,5 +578,9 @@ fn the_owner_destroys_the_room() {
     );
     assert!(harness.room.is_none());
     let notice = &to(&effects, "hag66@shakespeare.lit/pda")[0];
-    assert!(notice.get_child("x", MUC_USER).unwrap().get_child("destroy", MUC_USER).is_some());
+    assert!(notice
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("destroy", MUC_USER)
+        .is_some());
 }

@@ -36,10 +36,15 @@ pub fn config_form(room: &Room, settings: &Settings) -> Element {
     let config = &room.config;
     let max_users = config.max_users.to_string();
     let limit = settings.max_occupants.to_string();
-    let mut whois = field("muc#roomconfig_whois", "list-single", "Who may discover real JIDs", &[match config.whois {
-        Whois::Moderators => "moderators",
-        Whois::Anyone => "anyone",
-    }]);
+    let mut whois = field(
+        "muc#roomconfig_whois",
+        "list-single",
+        "Who may discover real JIDs",
+        &[match config.whois {
+            Whois::Moderators => "moderators",
+            Whois::Anyone => "anyone",
+        }],
+    );
     for (label, value) in [("Moderators only", "moderators"), ("Anyone", "anyone")] {
         whois.append_child(
             Element::new("option", ns::DATA_FORMS)
@@ -50,21 +55,59 @@ pub fn config_form(room: &Room, settings: &Settings) -> Element {
     let secret = config.password.clone().unwrap_or_default();
     Element::new("x", ns::DATA_FORMS)
         .with_attr("type", "form")
-        .with_child(Element::new("title", ns::DATA_FORMS).with_text(format!("Configuration of {}", room.jid)))
+        .with_child(
+            Element::new("title", ns::DATA_FORMS)
+                .with_text(format!("Configuration of {}", room.jid)),
+        )
         .with_child(field("FORM_TYPE", "hidden", "", &[ROOMCONFIG]))
-        .with_child(field("muc#roomconfig_roomname", "text-single", "Room name", &[&config.name]))
-        .with_child(field("muc#roomconfig_roomdesc", "text-single", "Description", &[&config.description]))
-        .with_child(field("muc#roomconfig_persistentroom", "boolean", "Persistent", &[boolean(config.persistent)]))
-        .with_child(field("muc#roomconfig_publicroom", "boolean", "Listed in the directory", &[boolean(config.public)]))
-        .with_child(field("muc#roomconfig_membersonly", "boolean", "Members only", &[boolean(config.members_only)]))
+        .with_child(field(
+            "muc#roomconfig_roomname",
+            "text-single",
+            "Room name",
+            &[&config.name],
+        ))
+        .with_child(field(
+            "muc#roomconfig_roomdesc",
+            "text-single",
+            "Description",
+            &[&config.description],
+        ))
+        .with_child(field(
+            "muc#roomconfig_persistentroom",
+            "boolean",
+            "Persistent",
+            &[boolean(config.persistent)],
+        ))
+        .with_child(field(
+            "muc#roomconfig_publicroom",
+            "boolean",
+            "Listed in the directory",
+            &[boolean(config.public)],
+        ))
+        .with_child(field(
+            "muc#roomconfig_membersonly",
+            "boolean",
+            "Members only",
+            &[boolean(config.members_only)],
+        ))
         .with_child(field(
             "muc#roomconfig_passwordprotectedroom",
             "boolean",
             "Password protected",
             &[boolean(config.password.is_some())],
         ))
-        .with_child(field("muc#roomconfig_roomsecret", "text-private", "Password", &[&secret]))
-        .with_child(field("muc#roomconfig_moderatedroom", "boolean", "Moderated", &[boolean(config.moderated)]))
+        .with_child(field(
+            "muc#roomconfig_roomsecret",
+            "text-private",
+            "Password",
+            &[&secret],
+        ))
+        .with_child(field(
+            "muc#roomconfig_moderatedroom",
+            "boolean",
+            "Moderated",
+            &[boolean(config.moderated)],
+        ))
         .with_child(whois)
         .with_child(field(
             "muc#roomconfig_maxusers",
@@ -101,7 +144,10 @@ pub fn apply_form(room: &mut Room, form: &Element, settings: &Settings) -> Resul
     let mut config = room.config.clone();
     let mut protected = config.password.is_some();
     let mut secret = config.password.clone();
-    for field in form.children().filter(|child| child.is("field", ns::DATA_FORMS)) {
+    for field in form
+        .children()
+        .filter(|child| child.is("field", ns::DATA_FORMS))
+    {
         let var = field.attr("var").unwrap_or_default();
         let value = field
             .get_child("value", ns::DATA_FORMS)
@@ -132,9 +178,7 @@ pub fn apply_form(room: &mut Room, form: &Element, settings: &Settings) -> Resul
                 }
             }
             "muc#roomconfig_maxusers" => {
-                let max_users: u32 = value
-                    .parse()
-                    .map_err(|_| format!("{var}: not a number"))?;
+                let max_users: u32 = value.parse().map_err(|_| format!("{var}: not a number"))?;
                 if max_users == 0 || max_users > settings.max_occupants {
                     return Err(format!("{var}: between 1 and {}", settings.max_occupants));
                 }
@@ -148,7 +192,9 @@ pub fn apply_form(room: &mut Room, form: &Element, settings: &Settings) -> Resul
     config.password = if protected {
         match secret {
             Some(secret) => Some(secret),
-            None => return Err("muc#roomconfig_roomsecret: a password protected room needs one".into()),
+            None => {
+                return Err("muc#roomconfig_roomsecret: a password protected room needs one".into())
+            }
         }
     } else {
         None
@@ -163,7 +209,22 @@ pub fn room_info_form(room: &Room) -> Element {
     Element::new("x", ns::DATA_FORMS)
         .with_attr("type", "result")
         .with_child(field("FORM_TYPE", "hidden", "", &[ROOMINFO]))
-        .with_child(field("muc#roominfo_description", "text-single", "Description", &[&room.config.description]))
-        .with_child(field("muc#roominfo_occupants", "text-single", "Number of occupants", &[&occupants]))
-        .with_child(field("muc#roominfo_subject", "text-single", "Subject", &[&room.subject.text]))
+        .with_child(field(
+            "muc#roominfo_description",
+            "text-single",
+            "Description",
+            &[&room.config.description],
+        ))
+        .with_child(field(
+            "muc#roominfo_occupants",
+            "text-single",
+            "Number of occupants",
+            &[&occupants],
+        ))
+        .with_child(field(
+            "muc#roominfo_subject",
+            "text-single",
+            "Subject",
+            &[&room.subject.text],
+        ))
 }

@@ -34,7 +34,10 @@ impl Default for MucMetrics {
     fn default() -> Self {
         MucMetrics {
             stanzas: IntCounterVec::new(
-                Opts::new("starling_muc_stanzas_total", "Stanzas the MUC service applied to a room, by outcome"),
+                Opts::new(
+                    "starling_muc_stanzas_total",
+                    "Stanzas the MUC service applied to a room, by outcome",
+                ),
                 &["outcome"],
             )
             .expect("valid metric"),
@@ -229,32 +232,51 @@ impl MucService {
     /// Stanzas to the service itself (XEP-0045 section 6.1 and 6.3): its
     /// disco#info and the list of public rooms.
     async fn service_stanza(&self, stanza_element: &Element, sender: &FullJid) -> Vec<Element> {
-        if stanza_element.name() != "iq" || !matches!(stanza::stanza_type(stanza_element), "get" | "set") {
+        if stanza_element.name() != "iq"
+            || !matches!(stanza::stanza_type(stanza_element), "get" | "set")
+        {
             if stanza_element.name() == "presence" {
                 return Vec::new();
             }
             return self.refuse(stanza_element, StanzaErrorCondition::ServiceUnavailable);
         }
         let payload = stanza::iq_payload(stanza_element);
-        let query = match payload.map(|payload| (payload.name(), payload.namespace(), stanza::stanza_type(stanza_element))) {
-            Some(("query", ns::DISCO_INFO, "get")) => Some(Element::new("query", ns::DISCO_INFO)
-                .with_child(
-                    Element::new("identity", ns::DISCO_INFO)
-                        .with_attr("category", "conference")
-                        .with_attr("type", "text")
-                        .with_attr("name", "Chatrooms"),
-                )
-                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", MUC))
-                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO))
-                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_ITEMS))
-                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", engine::OCCUPANT_ID))
-                .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::PING))),
+        let query = match payload.map(|payload| {
+            (
+                payload.name(),
+                payload.namespace(),
+                stanza::stanza_type(stanza_element),
+            )
+        }) {
+            Some(("query", ns::DISCO_INFO, "get")) => Some(
+                Element::new("query", ns::DISCO_INFO)
+                    .with_child(
+                        Element::new("identity", ns::DISCO_INFO)
+                            .with_attr("category", "conference")
+                            .with_attr("type", "text")
+                            .with_attr("name", "Chatrooms"),
+                    )
+                    .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", MUC))
+                    .with_child(
+                        Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_INFO),
+                    )
+                    .with_child(
+                        Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::DISCO_ITEMS),
+                    )
+                    .with_child(
+                        Element::new("feature", ns::DISCO_INFO)
+                            .with_attr("var", engine::OCCUPANT_ID),
+                    )
+                    .with_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", ns::PING)),
+            ),
             Some(("query", ns::DISCO_ITEMS, "get")) => match self.public_rooms().await {
                 Ok(items) => Some(items),
                 Err(error) => {
                     tracing::warn!(%error, "rooms unreadable for disco#items");
                     self.metrics.stanzas.with_label_values(&["failed"]).inc();
-                    return stanza::error_reply(stanza_element, &error.to_stanza_error()).into_iter().collect();
+                    return stanza::error_reply(stanza_element, &error.to_stanza_error())
+                        .into_iter()
+                        .collect();
                 }
             },
             // XEP-0199 section 4: an empty result.

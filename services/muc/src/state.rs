@@ -227,7 +227,9 @@ impl Room {
     }
 
     pub fn occupant_index_by_jid(&self, jid: &str) -> Option<usize> {
-        self.occupants.iter().position(|occupant| occupant.jid == jid)
+        self.occupants
+            .iter()
+            .position(|occupant| occupant.jid == jid)
     }
 
     /// The XEP-0421 occupant id of a real bare JID in this room.
