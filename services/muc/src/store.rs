@@ -264,21 +264,79 @@ impl RoomStore for RedisRoomStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_memory_lease_serialises_one_room_and_forgets_idle_locks() {
-        let store = Arc::new(MemoryRoomStore::default());
+    /// What every store does: one lease per room at a time, records
+    /// written, read, listed and removed.
+    async fn contract(store: Arc<dyn RoomStore>) {
         let lease = store.acquire("r@muc").await.unwrap();
         let waiting = {
             let store = store.clone();
-            tokio::spawn(async move { store.acquire("r@muc").await.map(|lease| lease.room) })
+            tokio::spawn(async move {
+                let lease = store.acquire("r@muc").await.unwrap();
+                let seen = store.load(&lease).await.unwrap();
+                store.release(lease).await;
+                seen
+            })
         };
-        tokio::task::yield_now().await;
+        // Another room is not held up by this one's lease.
+        let other = store.acquire("s@muc").await.unwrap();
+        store.release(other).await;
+        assert_eq!(store.load(&lease).await.unwrap(), None);
+        store.save(&lease, Some("{\"v\":1}")).await.unwrap();
         assert!(!waiting.is_finished());
-        store.save(&lease, Some("{}")).await.unwrap();
         store.release(lease).await;
-        let second = waiting.await.unwrap().unwrap();
-        assert_eq!(second, "r@muc");
-        assert_eq!(store.peek("r@muc").await.unwrap().as_deref(), Some("{}"));
+        // The waiter took the lease after the write, and saw it.
+        assert_eq!(waiting.await.unwrap().as_deref(), Some("{\"v\":1}"));
+        assert_eq!(
+            store.peek("r@muc").await.unwrap().as_deref(),
+            Some("{\"v\":1}")
+        );
         assert_eq!(store.rooms(10).await.unwrap(), vec!["r@muc".to_string()]);
+        let lease = store.acquire("r@muc").await.unwrap();
+        store.save(&lease, None).await.unwrap();
+        store.release(lease).await;
+        assert_eq!(store.peek("r@muc").await.unwrap(), None);
+        assert!(store.rooms(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_contract() {
+        let store = Arc::new(MemoryRoomStore::default());
+        contract(store.clone()).await;
+        // Idle rooms' locks are forgotten (bounded memory).
+        assert!(store.locks.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_redis_store_keeps_the_contract() {
+        let Some(redis) = starling_redis_client::testing::test_client().await else {
+            return;
+        };
+        contract(Arc::new(RedisRoomStore::new(redis))).await;
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_redis_lease_cannot_write() {
+        let Some(redis) = starling_redis_client::testing::test_client().await else {
+            return;
+        };
+        let store = RedisRoomStore::new(redis.clone());
+        let lease = store.acquire("r@muc").await.unwrap();
+        // The lease lapses (its replica stalled past LEASE_TTL) and another takes the room.
+        redis::cmd("DEL")
+            .arg(store.lease_key("r@muc"))
+            .query_async::<()>(&mut redis.connection())
+            .await
+            .unwrap();
+        let successor = store.acquire("r@muc").await.unwrap();
+        store.save(&successor, Some("new")).await.unwrap();
+        assert!(matches!(
+            store.save(&lease, Some("stale")).await,
+            Err(ApiError::Unavailable(_))
+        ));
+        // Releasing the stale lease leaves the successor's alone.
+        store.release(lease).await;
+        store.save(&successor, Some("newer")).await.unwrap();
+        store.release(successor).await;
+        assert_eq!(store.peek("r@muc").await.unwrap().as_deref(), Some("newer"));
     }
 }
