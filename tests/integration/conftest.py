@@ -196,12 +196,17 @@ class Client(slixmpp.ClientXMPP):
                 return msg
 
     async def next_presence(self, predicate=lambda p: True, timeout=10.0):
-        deadline = asyncio.get_event_loop().time() + timeout
-        while True:
-            remaining = deadline - asyncio.get_event_loop().time()
-            pres = await asyncio.wait_for(self.presences.get(), max(remaining, 0.01))
-            if predicate(pres):
-                return pres
+        return await next_matching(self.presences, predicate, timeout)
+
+
+async def next_matching(queue, predicate, timeout):
+    """The next item of `queue` that `predicate` accepts, skipping the others."""
+    deadline = asyncio.get_event_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_event_loop().time()
+        item = await asyncio.wait_for(queue.get(), max(remaining, 0.01))
+        if predicate(item):
+            return item
 
 
 async def login(server, jid, password, resource=None, presence=True, roster=True, timeout=15.0) -> Client:

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from slixmpp.exceptions import IqError, PresenceError
 
-from conftest import handled, login, logout, wait_until_async
+from conftest import handled, login, logout, next_matching, wait_until_async
 from test_cluster import Cluster, cluster  # noqa: F401 (the cluster fixture)
 
 ROOM = "coven@conference.localhost"
@@ -28,12 +28,7 @@ async def muc_login(node, jid, password, resource):
 
 
 async def room_presence(client, predicate, timeout=20):
-    deadline = asyncio.get_event_loop().time() + timeout
-    while True:
-        remaining = deadline - asyncio.get_event_loop().time()
-        presence = await asyncio.wait_for(client.room_presences.get(), max(remaining, 0.01))
-        if predicate(presence):
-            return presence
+    return await next_matching(client.room_presences, predicate, timeout)
 
 
 def codes(presence):

@@ -1442,25 +1442,29 @@ impl Config {
                 return Err(invalid(key, format!("must be between {min} and {max}")));
             }
         }
-        if !muc.domain.is_empty() {
-            let domain = starling_jid::BareJid::domain_jid(&muc.domain).map_err(|error| {
-                invalid(
-                    "muc.domain",
-                    format!("{:?} is not a valid XMPP domain: {error}", muc.domain),
-                )
-            })?;
-            let served = starling_jid::BareJid::domain_jid(&self.domain).ok();
-            if served.as_ref() == Some(&domain) {
-                return Err(invalid(
-                    "muc.domain",
-                    "must differ from `domain` (the service is an entity of its own)".into(),
-                ));
-            }
-        }
+        self.validate_service_domain("muc.domain", &muc.domain)?;
         if muc.enabled && self.upload.enabled && self.muc_domain() == self.upload_domain() {
             return Err(invalid(
                 "muc.domain",
                 "must differ from the upload service's domain".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A service's own domain (`upload.domain`, `muc.domain`): empty (the
+    /// default), or a valid domain other than the served `domain`.
+    fn validate_service_domain(&self, key: &'static str, value: &str) -> Result<(), ConfigError> {
+        if value.is_empty() {
+            return Ok(());
+        }
+        let invalid = |message: String| ConfigError::Invalid { key, message };
+        let domain = starling_jid::BareJid::domain_jid(value)
+            .map_err(|error| invalid(format!("{value:?} is not a valid XMPP domain: {error}")))?;
+        let served = starling_jid::BareJid::domain_jid(&self.domain).ok();
+        if served.as_ref() == Some(&domain) {
+            return Err(invalid(
+                "must differ from `domain` (the service is an entity of its own)".into(),
             ));
         }
         Ok(())
@@ -1505,21 +1509,7 @@ impl Config {
                 "must be between 1 and 86400".into(),
             ));
         }
-        if !upload.domain.is_empty() {
-            let domain = starling_jid::BareJid::domain_jid(&upload.domain).map_err(|error| {
-                invalid(
-                    "upload.domain",
-                    format!("{:?} is not a valid XMPP domain: {error}", upload.domain),
-                )
-            })?;
-            let served = starling_jid::BareJid::domain_jid(&self.domain).ok();
-            if served.as_ref() == Some(&domain) {
-                return Err(invalid(
-                    "upload.domain",
-                    "must differ from `domain` (the service is an entity of its own)".into(),
-                ));
-            }
-        }
+        self.validate_service_domain("upload.domain", &upload.domain)?;
         if !upload.public_url.is_empty() {
             let url = upload.public_url.as_str();
             let rest = url
