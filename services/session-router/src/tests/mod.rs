@@ -11,6 +11,7 @@ mod iq;
 mod mam;
 mod message;
 mod metrics;
+mod muc;
 mod pep;
 mod presence;
 mod push;
@@ -516,6 +517,8 @@ pub struct HarnessOptions {
     pub mam: bool,
     /// HTTP File Upload (XEP-0363).
     pub upload: Option<crate::upload::UploadSettings>,
+    /// Multi-user chat (XEP-0045) at `conference.example.com`, rooms in memory.
+    pub muc: bool,
 }
 
 impl Default for HarnessOptions {
@@ -527,6 +530,7 @@ impl Default for HarnessOptions {
             carbons: true,
             mam: false,
             upload: None,
+            muc: false,
         }
     }
 }
@@ -596,6 +600,16 @@ impl Harness {
         let router = router.with_metrics(
             crate::RouterMetrics::register(&metrics).expect("a fresh registry takes them"),
         );
+        let router = if options.muc {
+            router.with_muc(Arc::new(starling_muc::MucService::new(
+                starling_muc::Settings::for_domain("conference.example.com"),
+                Arc::new(starling_muc::MemoryRoomStore::default()),
+                registry.clone(),
+                bus.clone(),
+            )))
+        } else {
+            router
+        };
         let router = Arc::new(router);
         Harness {
             router,
