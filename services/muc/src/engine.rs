@@ -553,7 +553,7 @@ impl Context<'_> {
                 .error(message, self.sender, StanzaErrorCondition::NotAcceptable);
         };
         if stanza::stanza_type(message) == "groupchat" {
-            // Section 7.5: groupchat to an occupant is bad-request... not-acceptable (example 51).
+            // Section 7.5: a private message of type groupchat is refused with bad-request.
             return self
                 .effects
                 .error(message, self.sender, StanzaErrorCondition::BadRequest);
