@@ -199,6 +199,18 @@ impl Context<'_> {
                         .occupant_index_by_jid(self.sender)
                         .map(|index| (current, index))
                 }) {
+                    Some((current, index))
+                        if current.occupants[index].nick == nick
+                            && presence.get_child("x", MUC).is_some() =>
+                    {
+                        // A client that lost its session and came back with
+                        // the same full JID before the room heard of it
+                        // joins again: it gets the whole entry (section
+                        // 7.2.3), the others see a presence update.
+                        current.occupants[index].availability = availability_of(presence);
+                        self.effects.changed = true;
+                        self.send_entry(current, index, presence.get_child("x", MUC), false);
+                    }
                     Some((current, index)) if current.occupants[index].nick == nick => {
                         self.presence_update(current, index, presence)
                     }
@@ -264,41 +276,47 @@ impl Context<'_> {
             role,
             availability: availability_of(presence),
         };
-        // Section 7.2.3: the presence of every occupant to the new one...
-        for existing in &current.occupants {
-            let stanza =
-                occupant_presence(current, existing, None, self.sees_jids(current, role), &[]);
-            self.effects.send_one(stanza, self.sender);
-        }
         current.occupants.push(occupant);
         self.effects.changed = true;
         let index = current.occupants.len() - 1;
-        // ...then the new occupant's to every occupant, itself last, with
-        // 110 (its own), 100 (non-anonymous room), 201 (room created).
+        self.send_entry(current, index, muc, created);
+    }
+
+    /// What entering the room shows the occupant at `index` (section 7.2.3):
+    /// the presence of every other occupant, then its own to everyone, itself
+    /// last, with 110 (its own), 100 (non-anonymous room), 201 (room
+    /// created); then the history (7.2.15) and the subject (7.2.16).
+    fn send_entry(&mut self, room: &Room, index: usize, muc: Option<&Element>, created: bool) {
+        let role = room.occupants[index].role;
+        for (other_index, existing) in room.occupants.iter().enumerate() {
+            if other_index != index {
+                let stanza =
+                    occupant_presence(room, existing, None, self.sees_jids(room, role), &[]);
+                self.effects.send_one(stanza, self.sender);
+            }
+        }
         let mut codes: Vec<&str> = vec!["110"];
-        if current.config.whois == Whois::Anyone {
+        if room.config.whois == Whois::Anyone {
             codes.push("100");
         }
         if created {
             codes.push("201");
         }
-        self.broadcast_occupant(current, index, None, &codes);
-        // Section 7.2.15: the history, then (7.2.16) the subject.
-        self.send_history(current, muc);
+        self.broadcast_occupant(room, index, None, &codes);
+        self.send_history(room, muc);
         let mut subject = Element::new("message", ns::CLIENT)
             .with_attr(
                 "from",
-                if current.subject.nick.is_empty() {
+                if room.subject.nick.is_empty() {
                     self.room_jid.to_string()
                 } else {
-                    self.occupant_jid(&current.subject.nick)
+                    self.occupant_jid(&room.subject.nick)
                 },
             )
             .with_attr("type", "groupchat")
             .with_attr("id", uuid::Uuid::new_v4().to_string());
-        subject.append_child(
-            Element::new("subject", ns::CLIENT).with_text(current.subject.text.clone()),
-        );
+        subject
+            .append_child(Element::new("subject", ns::CLIENT).with_text(room.subject.text.clone()));
         self.effects.send_one(subject, self.sender);
     }
 

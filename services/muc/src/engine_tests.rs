@@ -584,3 +584,22 @@ fn the_owner_destroys_the_room() {
         .get_child("destroy", MUC_USER)
         .is_some());
 }
+
+#[test]
+fn a_join_from_a_present_full_jid_gets_the_whole_entry_again() {
+    let mut harness = Harness::with_instant_room();
+    harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let effects = harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let own = to(&effects, "hag66@shakespeare.lit/pda");
+    assert_eq!(
+        own[0].attr("from"),
+        Some("coven@chat.shakespeare.lit/firstwitch")
+    );
+    assert_eq!(status_codes(&own[1]), vec!["110"]);
+    assert!(own
+        .last()
+        .unwrap()
+        .get_child("subject", ns::CLIENT)
+        .is_some());
+    assert_eq!(harness.room.as_ref().unwrap().occupants.len(), 2);
+}
