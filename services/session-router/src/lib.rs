@@ -28,8 +28,10 @@
 //! connection-managers: one bus envelope per destination node (DESIGN.md
 //! "Fan-out cost"). The presence service uses it too.
 
+mod account_cache;
 mod address;
 mod archive;
+mod avatar;
 mod blocking;
 mod carbons;
 mod component;

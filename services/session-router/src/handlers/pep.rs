@@ -519,6 +519,12 @@ impl Pep {
         if let Some(event) = items_event(&stored.name, &pep_item) {
             router.notify_pep(&parties.owner, &stored, event).await;
         }
+        // XEP-0398 section 3.1: the vCard follows the avatar.
+        if stored.name == ns::AVATAR_METADATA {
+            router
+                .avatar_metadata_published(&parties.owner, payload)
+                .await;
+        }
         Ok(result_with(
             iq,
             Element::new("pubsub", ns::PUBSUB).with_child(

@@ -3,6 +3,7 @@
 //! (`Storage` on in-memory SQLite), and a presence fake that records calls.
 //! Every rule is exercised with literal XML.
 
+mod avatar;
 mod bind;
 mod blocking;
 mod carbons;
