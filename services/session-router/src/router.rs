@@ -143,9 +143,11 @@ fn follow_invalidations(
     blocklists: &Blocklists,
     prefs: &Arc<crate::archive::PrefsCache>,
     avatar_hashes: &Arc<AvatarHashes>,
+    push_accounts: &Arc<PushAccounts>,
 ) {
     let prefs = Arc::downgrade(prefs);
     let avatar_hashes = Arc::downgrade(avatar_hashes);
+    let push_accounts = Arc::downgrade(push_accounts);
     blocklists.on_invalidation(move |user| {
         if let Some(prefs) = prefs.upgrade() {
             prefs.invalidate(user);
@@ -153,8 +155,14 @@ fn follow_invalidations(
         if let Some(avatar_hashes) = avatar_hashes.upgrade() {
             avatar_hashes.invalidate(user);
         }
+        if let Some(push_accounts) = push_accounts.upgrade() {
+            push_accounts.invalidate(user);
+        }
     });
 }
+
+/// Whether each account has push registrations (XEP-0357).
+pub(crate) type PushAccounts = crate::account_cache::AccountCache<bool>;
 
 /// The hash of each account's vCard photo (XEP-0153), `None` without one.
 pub(crate) type AvatarHashes = crate::account_cache::AccountCache<Option<Arc<str>>>;
@@ -189,6 +197,8 @@ pub struct SessionRouter {
     pub(crate) push_windows: crate::push::PushWindows,
     /// The vCard photo hashes stamped on presence (XEP-0398 section 4).
     pub(crate) avatar_hashes: Arc<AvatarHashes>,
+    /// Whether accounts have push registrations (XEP-0357).
+    pub(crate) push_accounts: Arc<PushAccounts>,
 }
 
 impl SessionRouter {
@@ -210,7 +220,8 @@ impl SessionRouter {
         let blocklists = Blocklists::in_process(storage.clone(), BlockingMetrics::default());
         let archive = crate::archive::Archiver::new();
         let avatar_hashes = Arc::new(AvatarHashes::default());
-        follow_invalidations(&blocklists, &archive.prefs, &avatar_hashes);
+        let push_accounts = Arc::new(PushAccounts::default());
+        follow_invalidations(&blocklists, &archive.prefs, &avatar_hashes, &push_accounts);
         SessionRouter {
             features: FeatureRegistry::new(&iq_handlers(&config), WITHOUT_IQ_HANDLER),
             config,
@@ -227,6 +238,7 @@ impl SessionRouter {
             archive,
             push_windows: crate::push::PushWindows::default(),
             avatar_hashes,
+            push_accounts,
         }
     }
 
@@ -241,7 +253,12 @@ impl SessionRouter {
     /// presence service of the process and, in the cluster, invalidated
     /// over Redis; by default a cache of this router's own.
     pub fn with_blocklists(mut self, blocklists: Arc<Blocklists>) -> Self {
-        follow_invalidations(&blocklists, &self.archive.prefs, &self.avatar_hashes);
+        follow_invalidations(
+            &blocklists,
+            &self.archive.prefs,
+            &self.avatar_hashes,
+            &self.push_accounts,
+        );
         self.blocklists = blocklists;
         self
     }
