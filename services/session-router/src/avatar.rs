@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 
-use starling_api::{ApiError, ApiResult, PepConfigPatch, PepItem, PepPublish, PepPublishOutcome};
+use starling_api::{ApiResult, PepConfigPatch};
 use starling_jid::{BareJid, FullJid};
 use starling_xmpp::xep::avatar::{
     stamp_photo_hash, vcard_photo, with_vcard_photo, AvatarImage, AvatarMetadata,
@@ -39,7 +39,7 @@ use starling_xmpp::{ns, Element};
 
 use crate::handlers::documents;
 use crate::handlers::vcard;
-use crate::pep::{items_event, stored_payload};
+use crate::pep::stored_payload;
 use crate::router::SessionRouter;
 
 const PEP_TO_VCARD: &str = "pep_to_vcard";
@@ -128,7 +128,7 @@ impl SessionRouter {
                 "failed"
             }
         };
-        self.metrics.count_avatar_conversion(direction, label);
+        self.metrics.count_conversion("avatar", direction, label);
     }
 
     async fn publish_vcard_photo(
@@ -155,7 +155,8 @@ impl SessionRouter {
             return Ok(Conversion::TooLarge);
         }
         // Section 3.2: the data first, then the metadata.
-        self.publish_on_behalf(owner, publisher, ns::AVATAR_DATA, &id, data)
+        let defaults = PepConfigPatch::default();
+        self.publish_on_behalf(owner, publisher, ns::AVATAR_DATA, &id, data, defaults)
             .await?;
         self.publish_on_behalf(
             owner,
@@ -163,6 +164,7 @@ impl SessionRouter {
             ns::AVATAR_METADATA,
             &id,
             image.metadata_payload().to_xml(),
+            defaults,
         )
         .await?;
         Ok(Conversion::Converted)
@@ -182,51 +184,6 @@ impl SessionRouter {
                 AvatarMetadata::Stored { id, .. } => Some(id),
                 AvatarMetadata::Disabled | AvatarMetadata::External => None,
             }))
-    }
-
-    /// Publish `payload_xml` as item `id` of `owner`'s `node` (created with
-    /// the default configuration when missing) and notify its subscribers,
-    /// as a publish of the owner would.
-    async fn publish_on_behalf(
-        &self,
-        owner: &BareJid,
-        publisher: &str,
-        node: &str,
-        id: &str,
-        payload_xml: String,
-    ) -> ApiResult<()> {
-        let item = PepItem {
-            id: id.to_string(),
-            publisher: publisher.to_string(),
-            payload_xml,
-        };
-        let outcome = self
-            .storage
-            .publish_pep_item(
-                owner,
-                &PepPublish {
-                    node: node.to_string(),
-                    item: Some(item.clone()),
-                    options: PepConfigPatch::default(),
-                },
-                self.config.pep.limits(),
-            )
-            .await?;
-        match outcome {
-            PepPublishOutcome::Published { node, .. } => {
-                if let Some(event) = items_event(&node.name, &item) {
-                    self.notify_pep(owner, &node, event).await;
-                }
-                Ok(())
-            }
-            // No publish-options: no precondition to fail.
-            PepPublishOutcome::PreconditionNotMet => Err(ApiError::Internal(
-                "a publish without options failed a precondition".into(),
-            )),
-            PepPublishOutcome::NodeLimitReached => Err(ApiError::LimitReached(format!(
-                "{node}: the account owns pep.max_nodes_per_account nodes"
-            ))),
-        }
     }
 
     async fn store_avatar_in_vcard(

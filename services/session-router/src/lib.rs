@@ -33,6 +33,7 @@ mod address;
 mod archive;
 mod avatar;
 mod blocking;
+mod bookmarks;
 mod carbons;
 mod component;
 mod features;

@@ -142,7 +142,7 @@ async fn a_vcard_photo_is_published_as_a_user_avatar_and_notified() {
     );
     assert_eq!(
         harness.metric(
-            "starling_router_avatar_conversions_total{direction=\"vcard_to_pep\",outcome=\"converted\"}"
+            "starling_router_conversions_total{conversion=\"avatar\",direction=\"vcard_to_pep\",outcome=\"converted\"}"
         ),
         1.0
     );
@@ -162,7 +162,7 @@ async fn a_vcard_photo_is_published_as_a_user_avatar_and_notified() {
     assert!(harness.seen_on_other().is_empty());
     assert_eq!(
         harness.metric(
-            "starling_router_avatar_conversions_total{direction=\"vcard_to_pep\",outcome=\"unchanged\"}"
+            "starling_router_conversions_total{conversion=\"avatar\",direction=\"vcard_to_pep\",outcome=\"unchanged\"}"
         ),
         1.0
     );
@@ -174,7 +174,7 @@ async fn a_vcard_photo_is_published_as_a_user_avatar_and_notified() {
     assert_eq!(items(&harness, "urn:xmpp:avatar:metadata").await.len(), 1);
     assert_eq!(
         harness.metric(
-            "starling_router_avatar_conversions_total{direction=\"vcard_to_pep\",outcome=\"invalid\"}"
+            "starling_router_conversions_total{conversion=\"avatar\",direction=\"vcard_to_pep\",outcome=\"invalid\"}"
         ),
         1.0
     );
@@ -206,7 +206,7 @@ async fn a_published_avatar_becomes_the_vcard_photo() {
     );
     assert_eq!(
         harness.metric(
-            "starling_router_avatar_conversions_total{direction=\"pep_to_vcard\",outcome=\"converted\"}"
+            "starling_router_conversions_total{conversion=\"avatar\",direction=\"pep_to_vcard\",outcome=\"converted\"}"
         ),
         1.0
     );
@@ -222,7 +222,7 @@ async fn a_published_avatar_becomes_the_vcard_photo() {
     assert!(stored_vcard(&harness).await.unwrap().contains(IMAGE_B64));
     assert_eq!(
         harness.metric(
-            "starling_router_avatar_conversions_total{direction=\"pep_to_vcard\",outcome=\"invalid\"}"
+            "starling_router_conversions_total{conversion=\"avatar\",direction=\"pep_to_vcard\",outcome=\"invalid\"}"
         ),
         1.0
     );

@@ -6,6 +6,7 @@
 mod avatar;
 mod bind;
 mod blocking;
+mod bookmarks;
 mod carbons;
 mod component;
 mod iq;
