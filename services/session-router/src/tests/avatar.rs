@@ -2,7 +2,7 @@
 //! XEP-0084 nodes with its notification, a PEP avatar written to the vCard,
 //! and the photo hash stamped on available presence (XEP-0153).
 
-use starling_api::{CapsRecord, RosterItem, Subscription};
+use starling_api::{RosterItem, Subscription};
 use starling_xmpp::xep::avatar::sha1_hex;
 
 use super::*;
@@ -36,28 +36,16 @@ async fn romeo_follows_juliets_avatar(harness: &mut Harness) {
         .put_roster_item(&juliet, &romeo_item)
         .await
         .unwrap();
-    harness
-        .storage
-        .put_caps(&CapsRecord {
-            hash: "sha-1".into(),
-            ver: "avatar=".into(),
-            features: vec!["urn:xmpp:avatar:metadata+notify".into()],
-        })
-        .await
-        .unwrap();
     harness.online(JULIET, CM_TEST, 1, 0).await;
-    let bound = harness.online(ROMEO, CM_OTHER, 2, 0).await;
     harness
-        .registry
-        .set_presence(
-            &bound,
-            &addr(CM_OTHER, 2),
-            true,
-            0,
-            Some("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='avatar='/></presence>".into()),
+        .online_with_caps(
+            ROMEO,
+            CM_OTHER,
+            2,
+            "avatar=",
+            &["urn:xmpp:avatar:metadata+notify"],
         )
-        .await
-        .unwrap();
+        .await;
 }
 
 fn set_vcard(photo: &str) -> String {

@@ -1,8 +1,6 @@
 //! Bookmarks conversion (XEP-0411): private XML storage and the PEP node
 //! `storage:bookmarks` kept in step, the PEP copy the owner's alone.
 
-use starling_api::CapsRecord;
-
 use super::*;
 
 const PHONE: &str = "juliet@example.com/phone";
@@ -31,28 +29,16 @@ fn conversions(harness: &Harness, direction: &str, outcome: &str) -> f64 {
 
 /// Juliet's phone (no interest) and laptop (storage:bookmarks+notify) online.
 async fn juliet_online(harness: &mut Harness) {
-    harness
-        .storage
-        .put_caps(&CapsRecord {
-            hash: "sha-1".into(),
-            ver: "bookmarks=".into(),
-            features: vec!["storage:bookmarks+notify".into()],
-        })
-        .await
-        .unwrap();
     harness.online(PHONE, CM_TEST, 1, 0).await;
-    let laptop = harness.online(LAPTOP, CM_OTHER, 2, 0).await;
     harness
-        .registry
-        .set_presence(
-            &laptop,
-            &addr(CM_OTHER, 2),
-            true,
-            0,
-            Some("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='bookmarks='/></presence>".into()),
+        .online_with_caps(
+            LAPTOP,
+            CM_OTHER,
+            2,
+            "bookmarks=",
+            &["storage:bookmarks+notify"],
         )
-        .await
-        .unwrap();
+        .await;
 }
 
 #[tokio::test]

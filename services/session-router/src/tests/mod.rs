@@ -679,6 +679,38 @@ impl Harness {
         bound
     }
 
+    /// Bind and mark available with capabilities (XEP-0115) whose verified
+    /// record, `ver`, holds `features` (such as `NODE+notify` interests).
+    pub async fn online_with_caps(
+        &self,
+        jid: &str,
+        node: &str,
+        conn: u64,
+        ver: &str,
+        features: &[&str],
+    ) -> FullJid {
+        self.storage
+            .put_caps(&starling_api::CapsRecord {
+                hash: "sha-1".into(),
+                ver: ver.into(),
+                features: features.iter().map(|feature| feature.to_string()).collect(),
+            })
+            .await
+            .expect("store caps");
+        let bound = self.online(jid, node, conn, 0).await;
+        self.registry
+            .set_presence(
+                &bound,
+                &addr(node, conn),
+                true,
+                0,
+                Some(format!("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='{ver}'/></presence>")),
+            )
+            .await
+            .expect("set presence");
+        bound
+    }
+
     /// Bind and mark available with a priority, as initial presence would.
     pub async fn online(&self, jid: &str, node: &str, conn: u64, priority: i8) -> FullJid {
         let bound = self.bind(jid, node, conn).await;
