@@ -19,6 +19,8 @@
 #   STARLING_REDIS_URL    (default redis://127.0.0.1:6379)
 #   STARLING_POSTGRES     server URL without database (default postgres://postgres@127.0.0.1:5432)
 #   STARLING_STORAGE_REPLICAS  1 (default) or 2 storage processes (the second on ports +2/+3)
+#   STARLING_CMS          connection-managers, 2 (default) to 8: cm-K on ports +40+10K (c2s),
+#                         +41+10K (c2s_tls), +42+10K (http); give the same value to `down`
 #   STARLING_EXTRA_TOML   a file appended to every process's config, e.g. `[[components]]` entries
 #                         (XEP-0114; each connection-manager listens for components on its c2s port + 3)
 set -euo pipefail
@@ -41,6 +43,11 @@ processes=(
   "cm-1 connection-manager - 52 50 51"
   "cm-2 connection-manager - 62 60 61"
 )
+cms=${STARLING_CMS:-2}
+case "$cms" in [2-8]) ;; *) echo "STARLING_CMS must be 2 to 8, not $cms" >&2; exit 64 ;; esac
+for ((k = 3; k <= cms; k++)); do
+  processes+=("cm-$k connection-manager - $((42 + 10 * k)) $((40 + 10 * k)) $((41 + 10 * k))")
+done
 if [ "${STARLING_STORAGE_REPLICAS:-1}" = 2 ]; then
   processes=("${processes[0]}" "storage-2 storage 2 3 - -" "${processes[@]:1}")
 fi

@@ -14,7 +14,14 @@ Per run it samples, at two progress lines of the generator inside the stage
 - Redis `INFO commandstats` (calls per command) and every process's
   `/metrics` (`starling_sm_journal_entries_total`,
   `starling_redis_operation_duration_seconds_count{operation}`: one count per
-  round trip of an operation, the journal's pipeline included).
+  round trip of an operation, the journal's pipeline included;
+  `starling_grpc_client_duration_seconds_count{service,method}`: gRPC calls
+  made, a stanza on a route stream counted as one `router/route_stream`).
+
+With `--cms 2,4,8` the cluster setup runs once per number of
+connection-managers (`STARLING_CMS` of deploy/local-cluster.sh), users spread
+over all of them and every message crossing nodes: what a delivered message
+costs in Redis commands and gRPC calls as the cluster grows (issue 16).
 
 It prints, per setup and mode: CPU µs per delivered message, the generator's
 p50/p99, Redis commands per delivered message by command, resumption round
@@ -91,6 +98,7 @@ def redis_commandstats(port):
 
 
 METRIC = re.compile(r'^(starling_sm_journal_entries_total|starling_redis_operation_duration_seconds_count\{operation="([a-z_]+)"\}|starling_sm_events_total\{event="([a-z_]+)"\})\s+(\S+)')
+GRPC_CALLS = re.compile(r'^starling_grpc_client_duration_seconds_count\{code="[A-Za-z]+",method="([a-z_]+)",service="([a-z_]+)"\}\s+(\S+)')
 
 
 def scrape(http_addresses):
@@ -102,6 +110,11 @@ def scrape(http_addresses):
         except OSError:
             continue
         for line in text.splitlines():
+            grpc = GRPC_CALLS.match(line)
+            if grpc:
+                key = f"grpc:{grpc.group(2)}/{grpc.group(1)}"
+                totals[key] = totals.get(key, 0) + float(grpc.group(3))
+                continue
             match = METRIC.match(line)
             if not match:
                 continue
@@ -118,8 +131,8 @@ def scrape(http_addresses):
 class Setup:
     """A running server (one process, or the cluster with its Redis)."""
 
-    def __init__(self, kind, args):
-        self.kind, self.args = kind, args
+    def __init__(self, kind, args, cms=2):
+        self.kind, self.args, self.cms = kind, args, cms
         self.dir = os.path.join(args.out, kind)
         os.makedirs(self.dir, exist_ok=True)
         self.groups = []  # process groups we started
@@ -172,7 +185,8 @@ level = "warn"
         state = os.path.join(self.dir, "state")
         self.cluster_env = {**SERVER_ENV, "STARLING_CLUSTER_DIR": state, "STARLING_BASE_PORT": str(base),
                             "STARLING_BIN": binary, "STARLING_POSTGRES": POSTGRES,
-                            "STARLING_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}"}
+                            "STARLING_REDIS_URL": f"redis://127.0.0.1:{self.redis_port}",
+                            "STARLING_CMS": str(self.cms)}
         subprocess.run(["psql", f"{POSTGRES}/postgres", "-qc",
                         f"drop database if exists starling_cluster_{base} with (force)"],
                        check=True, capture_output=True)
@@ -280,6 +294,8 @@ def run_once(setup, mode, label):
         "cpu_us_per_delivered_by_process": {name: value * 1e6 / max(delivered, 1) for name, value in cpu.items()},
         "redis_calls": redis,
         "redis_calls_per_delivered": {name: value / max(delivered, 1) for name, value in redis.items()},
+        "grpc_calls_per_delivered": {name[5:]: value / max(delivered, 1) for name, value in metrics.items()
+                                     if name.startswith("grpc:")},
         "metrics": metrics,
         "generator": {
             "p50_ms": stage["latency_us"]["p50"] / 1000, "p99_ms": stage["latency_us"]["p99"] / 1000,
@@ -306,7 +322,11 @@ def print_summary(summary):
     processes = " ".join(f"{name} {value:.0f}" for name, value in summary["cpu_us_per_delivered_by_process"].items())
     print(f"    cpu us/msg by process: {processes}")
     if redis:
-        print(f"    redis calls/msg: {redis}")
+        print(f"    redis calls/msg: {redis} (all: {sum(summary['redis_calls_per_delivered'].values()):.3f})")
+    grpc = " ".join(f"{name} {value:.3f}" for name, value in sorted(summary["grpc_calls_per_delivered"].items(),
+                                                                   key=lambda item: -item[1]))
+    if grpc:
+        print(f"    grpc calls/msg: {grpc}")
     if summary.get("acked_batches"):
         print(f"    acked batches {summary['acked_batches']}: journal entries {summary['metrics'].get('sm_journal_entries', 0):.0f}"
               f" ({summary['journal_entries_per_acked_batch']:.2f}/batch), resumption round trips"
@@ -325,6 +345,7 @@ def main():
     parser.add_argument("--window", type=float, default=14, help="seconds measured")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--setups", default="serve,cluster")
+    parser.add_argument("--cms", default="2", help="connection-managers of the cluster setup, a comma list: one cluster per value")
     parser.add_argument("--modes", default="off,resume")
     parser.add_argument("--serve-port", type=int, default=24622)
     parser.add_argument("--cluster-base-port", type=int, default=24700)
@@ -333,8 +354,14 @@ def main():
     args.bin_dir = os.path.abspath(args.bin_dir)
     os.makedirs(args.out, exist_ok=True)
     results = []
+    setups = []
     for kind in args.setups.split(","):
-        setup = Setup(kind, args)
+        if kind == "cluster":
+            setups += [(f"cluster-{cms}cm" if args.cms != "2" else kind, int(cms)) for cms in args.cms.split(",")]
+        else:
+            setups.append((kind, 2))
+    for kind, cms in setups:
+        setup = Setup(kind, args, cms)
         try:
             setup.start()
             for repeat in range(args.repeats):

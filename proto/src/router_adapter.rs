@@ -55,6 +55,13 @@ use crate::router::v1::router_server::{Router, RouterServer};
 
 /// Requests one client stream may have unacknowledged at once.
 const MAX_IN_FLIGHT_PER_STREAM: usize = 1024;
+/// Stanza bytes one client stream may have unacknowledged at once (issue 18):
+/// with the count above, what the stream's buffers hold at both ends (the
+/// client's outbound buffer, the server's lanes) is bounded in bytes too.
+/// Past it, requests wait in the stream's queue, where each is held by the
+/// caller awaiting its ack (one stanza per session, which the session's
+/// budget already counts).
+const MAX_IN_FLIGHT_BYTES_PER_STREAM: usize = 16 * 1024 * 1024;
 /// Acks a server stream may buffer before it waits for the client to read.
 const SERVER_ACK_BUFFER: usize = 256;
 /// Parallel lanes of one route stream on the server; a sender's stanzas
@@ -357,6 +364,13 @@ struct QueuedRoute {
     /// Streams it was handed to and that broke before acknowledging it.
     failovers: usize,
     ack_tx: oneshot::Sender<ApiResult<()>>,
+}
+
+impl QueuedRoute {
+    /// What the request holds: its stanza's bytes.
+    fn bytes(&self) -> usize {
+        self.request.stanza.len()
+    }
 }
 
 /// The client end of one replica's route stream.
@@ -669,6 +683,9 @@ async fn drive_route_stream(
     };
     let mut next_sequence: u64 = 1;
     let mut accepting = true;
+    // The stanza bytes of `pending`; at least one request is always let
+    // through, however large, so that a stanza is never stuck.
+    let mut pending_bytes: usize = pending.values().map(QueuedRoute::bytes).sum();
     loop {
         if !accepting && pending.is_empty() {
             return StreamEnd::Finished;
@@ -678,6 +695,7 @@ async fn drive_route_stream(
             ack = acks.message() => match ack {
                 Ok(Some(ack)) => {
                     if let Some(item) = pending.remove(&ack.sequence) {
+                        pending_bytes -= item.bytes();
                         let _ = item.ack_tx.send(ack_result(&ack));
                     } else {
                         tracing::warn!(sequence = ack.sequence, "ack for an unknown sequence number");
@@ -686,12 +704,15 @@ async fn drive_route_stream(
                 Ok(None) => return StreamEnd::Broken("the router ended the stream".into()),
                 Err(status) => return StreamEnd::Broken(status.message().to_string()),
             },
-            item = queue_rx.recv(), if accepting && pending.len() < MAX_IN_FLIGHT_PER_STREAM => match item {
+            item = queue_rx.recv(), if accepting
+                && pending.len() < MAX_IN_FLIGHT_PER_STREAM
+                && (pending.is_empty() || pending_bytes < MAX_IN_FLIGHT_BYTES_PER_STREAM) => match item {
                 Some(item) => {
                     let sequence = next_sequence;
                     next_sequence += 1;
                     let mut request = item.request.clone();
                     request.sequence = sequence;
+                    pending_bytes += item.bytes();
                     pending.insert(sequence, item);
                     if outbound_tx.try_send(request).is_err() {
                         return StreamEnd::Broken("outbound stream closed".into());

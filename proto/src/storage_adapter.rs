@@ -9,7 +9,8 @@ use starling_api::{
     AbuseReport, AccountDataStore, AccountStore, ApiResult, ArchiveDefault, ArchiveEntry,
     ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage, BlockedItem,
     BlockingStore, FastTokenRecord, FastTokenStore, OfflinePage, OfflineStore, PageStart,
-    RosterItem, RosterStore, StorageApi, StoredCredentials, SubscriptionEntry,
+    PushRegistration, PushStore, RosterItem, RosterStore, StorageApi, StoredCredentials,
+    SubscriptionEntry,
 };
 use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
@@ -490,6 +491,57 @@ impl Storage for StorageGrpcServer {
         Ok(Response::new(proto::RemoveFastTokensResponse { removed }))
     }
 
+    async fn get_push_registrations(
+        &self,
+        request: Request<proto::GetPushRegistrationsRequest>,
+    ) -> Result<Response<proto::GetPushRegistrationsResponse>, Status> {
+        let user = user_field(&request.into_inner().user)?;
+        let registrations = self
+            .api
+            .push_registrations(&user)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::GetPushRegistrationsResponse {
+            registrations: registrations
+                .into_iter()
+                .map(push_registration_to_proto)
+                .collect(),
+        }))
+    }
+
+    async fn put_push_registration(
+        &self,
+        request: Request<proto::PutPushRegistrationRequest>,
+    ) -> Result<Response<proto::PutPushRegistrationResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let registration = request
+            .registration
+            .map(push_registration_from_proto)
+            .ok_or_else(|| bad_request("registration is missing".to_string()))?;
+        self.api
+            .put_push_registration(&user, &registration, request.max_per_account)
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::PutPushRegistrationResponse {}))
+    }
+
+    async fn remove_push_registrations(
+        &self,
+        request: Request<proto::RemovePushRegistrationsRequest>,
+    ) -> Result<Response<proto::RemovePushRegistrationsResponse>, Status> {
+        let request = request.into_inner();
+        let user = user_field(&request.user)?;
+        let removed = self
+            .api
+            .remove_push_registrations(&user, &request.service_jid, request.node.as_deref())
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::RemovePushRegistrationsResponse {
+            removed,
+        }))
+    }
+
     async fn archive_decisions(
         &self,
         request: Request<proto::ArchiveDecisionsRequest>,
@@ -629,6 +681,22 @@ impl Storage for StorageGrpcServer {
         request: Request<proto::CompleteUploadSlotRequest>,
     ) -> Result<Response<proto::CompleteUploadSlotResponse>, Status> {
         upload::complete_upload_slot(&self.api, request).await
+    }
+}
+
+fn push_registration_to_proto(registration: PushRegistration) -> proto::PushRegistration {
+    proto::PushRegistration {
+        service_jid: registration.service_jid,
+        node: registration.node,
+        publish_options_xml: registration.publish_options_xml,
+    }
+}
+
+fn push_registration_from_proto(registration: proto::PushRegistration) -> PushRegistration {
+    PushRegistration {
+        service_jid: registration.service_jid,
+        node: registration.node,
+        publish_options_xml: registration.publish_options_xml,
     }
 }
 
@@ -1076,6 +1144,89 @@ impl FastTokenStore for GrpcStorageClient {
                         .await
                 }
             })
+            .await?;
+        Ok(response.removed)
+    }
+}
+
+#[async_trait]
+impl PushStore for GrpcStorageClient {
+    async fn push_registrations(&self, user: &BareJid) -> ApiResult<Vec<PushRegistration>> {
+        let request = proto::GetPushRegistrationsRequest {
+            user: user.to_string(),
+        };
+        let response = self
+            .replicas
+            .call("push_registrations", RetryPolicy::Idempotent, |channel| {
+                let request = request.clone();
+                async move {
+                    StorageClient::new(channel)
+                        .get_push_registrations(request)
+                        .await
+                }
+            })
+            .await?;
+        Ok(response
+            .registrations
+            .into_iter()
+            .map(push_registration_from_proto)
+            .collect())
+    }
+
+    async fn put_push_registration(
+        &self,
+        user: &BareJid,
+        registration: &PushRegistration,
+        max_per_account: u32,
+    ) -> ApiResult<()> {
+        let request = proto::PutPushRegistrationRequest {
+            user: user.to_string(),
+            registration: Some(push_registration_to_proto(registration.clone())),
+            max_per_account,
+        };
+        // Idempotent: enabling the same registration again replaces it.
+        self.replicas
+            .call(
+                "put_push_registration",
+                RetryPolicy::Idempotent,
+                |channel| {
+                    let request = request.clone();
+                    async move {
+                        StorageClient::new(channel)
+                            .put_push_registration(request)
+                            .await
+                    }
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_push_registrations(
+        &self,
+        user: &BareJid,
+        service_jid: &str,
+        node: Option<&str>,
+    ) -> ApiResult<u64> {
+        let request = proto::RemovePushRegistrationsRequest {
+            user: user.to_string(),
+            service_jid: service_jid.to_string(),
+            node: node.map(str::to_string),
+        };
+        let response = self
+            .replicas
+            .call(
+                "remove_push_registrations",
+                RetryPolicy::Idempotent,
+                |channel| {
+                    let request = request.clone();
+                    async move {
+                        StorageClient::new(channel)
+                            .remove_push_registrations(request)
+                            .await
+                    }
+                },
+            )
             .await?;
         Ok(response.removed)
     }

@@ -442,3 +442,59 @@ async fn the_message_archive_round_trips_through_grpc() {
         [false, true]
     );
 }
+
+#[tokio::test]
+async fn push_registrations_round_trip_through_grpc() {
+    use starling_api::{PushRegistration, PushStore};
+    let storage = memory_storage().await;
+    let server = TestServer::start(Some(storage), None, None).await;
+    let client = GrpcStorageClient::connect(vec![server.endpoint()]).expect("client");
+    let juliet = jid("juliet@example.org");
+    let registration = |node: &str, options: Option<&str>| PushRegistration {
+        service_jid: "push.example.org".into(),
+        node: node.into(),
+        publish_options_xml: options.map(str::to_string),
+    };
+    // No account: not found.
+    assert!(matches!(
+        client
+            .put_push_registration(&juliet, &registration("n1", None), 2)
+            .await,
+        Err(ApiError::NotFound(_))
+    ));
+    client
+        .create_account(&juliet, &credentials(1))
+        .await
+        .expect("create juliet");
+    let form = "<x xmlns='jabber:x:data' type='submit'/>";
+    client
+        .put_push_registration(&juliet, &registration("n1", Some(form)), 2)
+        .await
+        .expect("enable n1");
+    client
+        .put_push_registration(&juliet, &registration("n2", None), 2)
+        .await
+        .expect("enable n2");
+    assert!(matches!(
+        client
+            .put_push_registration(&juliet, &registration("n3", None), 2)
+            .await,
+        Err(ApiError::LimitReached(_))
+    ));
+    assert_eq!(
+        client.push_registrations(&juliet).await.expect("list"),
+        vec![registration("n1", Some(form)), registration("n2", None)]
+    );
+    assert_eq!(
+        client
+            .remove_push_registrations(&juliet, "push.example.org", Some("n1"))
+            .await
+            .expect("disable n1"),
+        1
+    );
+    assert_eq!(
+        client.push_registrations(&juliet).await.expect("list"),
+        vec![registration("n2", None)]
+    );
+    server.stop().await;
+}

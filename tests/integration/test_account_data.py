@@ -201,3 +201,44 @@ async def test_last_activity_in_one_process(server):
 async def test_last_activity_across_two_connection_managers(cluster):  # noqa: F811 (the fixture)
     users = [cluster.add_user(name) for name in ("alice", "bob", "carol")]
     await last_activity_scenario(cluster.node("cm-1"), cluster.node("cm-2"), *users[0], *users[1], *users[2])
+
+
+BOOKMARKS = "storage:bookmarks"
+
+
+def conference_jids(result):
+    return [c.get("jid") for c in result.xml.iter(f"{{{BOOKMARKS}}}conference")]
+
+
+async def bookmarks_conversion_scenario(node_a, node_b, alice, alice_pw):
+    """XEP-0411: bookmarks set through private XML (XEP-0049) are read
+    through PEP (XEP-0223, the `storage:bookmarks` node) by another session
+    (on the other node in the cluster), and the other way round."""
+    a = await login(node_a, alice, alice_pw, "a", presence=False)
+    a2 = await login(node_b, alice, alice_pw, "a2", presence=False)
+    load_plugins(a, a2)
+    info = await a.plugin["xep_0030"].get_info(jid=alice, timeout=20)
+    assert "urn:xmpp:bookmarks-conversion:0" in info["disco_info"]["features"]
+
+    bookmarks = Bookmarks()
+    bookmarks.add_conference("orchard@conference.example.org", "juliet", name="The Orchard", autojoin=True)
+    await a.plugin["xep_0048"].set_bookmarks(bookmarks, method="xep_0049", timeout=20)
+    over_pep = await a2.plugin["xep_0048"].get_bookmarks(method="xep_0223", timeout=20)
+    assert conference_jids(over_pep) == ["orchard@conference.example.org"]
+
+    garden = Bookmarks()
+    garden.add_conference("garden@conference.example.org", "juliet", autojoin=False)
+    await a2.plugin["xep_0048"].set_bookmarks(garden, method="xep_0223", timeout=20)
+    private = await a.plugin["xep_0048"].get_bookmarks(method="xep_0049", timeout=20)
+    assert conference_jids(private) == ["garden@conference.example.org"]
+    await logout(a, a2)
+
+
+async def test_bookmarks_conversion_in_one_process(server):
+    alice, alice_pw = server.add_user("alice")
+    await bookmarks_conversion_scenario(server, server, alice, alice_pw)
+
+
+async def test_bookmarks_conversion_across_two_connection_managers(cluster):  # noqa: F811 (the fixture)
+    alice, alice_pw = cluster.add_user("alice")
+    await bookmarks_conversion_scenario(cluster.node("cm-1"), cluster.node("cm-2"), alice, alice_pw)

@@ -415,9 +415,7 @@ async def test_biboumi_gateway_joins_an_irc_channel_and_relays_messages(server, 
     Starling, Debian's ngircd as the IRC server: an XMPP user joins an IRC
     channel through biboumi and sees the IRC user there, an IRC message
     reaches the XMPP user, and the XMPP user's message is taken by the
-    gateway (its MUC reflection comes back). Not checked: that the IRC user
-    then reads it (ngircd was not seen delivering biboumi's PRIVMSG to the
-    other IRC client in this test; under investigation)."""
+    gateway (its MUC reflection comes back) and read by the IRC user."""
     import shutil
 
     if not shutil.which("biboumi") or not shutil.which("ngircd"):
@@ -475,6 +473,9 @@ async def test_biboumi_gateway_joins_an_irc_channel_and_relays_messages(server, 
         while reflected["body"] != "hello from xmpp":
             reflected = await user.next_message(timeout=20)
         assert reflected["from"] == f"{room}/alice" and reflected["type"] == "groupchat"
+        # And the IRC user reads it, sent by the gateway under the XMPP user's nick.
+        line = irc.wait_for("hello from xmpp", timeout=30)
+        assert line.startswith(":alice!") and " PRIVMSG #test :hello from xmpp" in line, line
     finally:
         if user:
             await logout(user)

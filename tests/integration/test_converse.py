@@ -4,7 +4,10 @@ by playwright-core (tests/web/converse_chat.mjs), against the real
 SCRAM, see docs/adr/0002-websocket-is-not-tls.md), opens a chat with bob, who
 is connected over TCP by slixmpp, and sends him a message; bob's reply shows
 up in the page. The screenshot of the page is saved in the test's tmp_path and
-copied to tests/out/ (git ignores it); its path is printed.
+copied to tests/out/ (git ignores it); its path is printed. Then alice sends
+a picture from the page (XEP-0363 HTTP File Upload: Converse finds the upload
+service in disco, asks for a slot and PUTs the file across origins, so the
+CORS preflight is exercised too) and bob downloads it from the URL he got.
 
 Without Chromium (/usr/bin/chromium, which scripts/test.sh installs) or the
 npm packages, the test is skipped, except under CI (the CI environment
@@ -16,11 +19,14 @@ import http.server
 import json
 import os
 import shutil
+import struct
 import threading
+import urllib.request
+import zlib
 
 import pytest
 
-from conftest import REPO, login, logout, wait_until_async
+from conftest import REPO, Server, login, logout, wait_until_async
 
 WEB_DIR = REPO / "tests" / "web"
 SCRIPT = WEB_DIR / "converse_chat.mjs"
@@ -93,6 +99,35 @@ def web_page(tmp_path):
     site.server_close()
 
 
+class UploadServer(Server):
+    """`starling serve` with HTTP File Upload whose URLs name 127.0.0.1 (the
+    browser may reach nothing else)."""
+
+    def write_config(self):
+        self.extra_toml = f'[upload]\npublic_url = "http://127.0.0.1:{self.http}"\n'
+        super().write_config()
+
+
+@pytest.fixture
+def upload_server(tmp_path):
+    srv = UploadServer(tmp_path).start()
+    yield srv
+    srv.stop()
+
+
+def png(width=24, height=16):
+    """A small valid PNG (a colour gradient) written without an image library."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 10 % 256, y * 15 % 256, 128)) for x in range(width)) for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
 async def share_roster(server, alice, alice_pw, bob):
     """Alice and bob subscribe to each other (alice from a TCP session that then
     ends), so Converse shows bob as a contact. Converse 14 needs that here: for
@@ -111,7 +146,8 @@ async def share_roster(server, alice, alice_pw, bob):
         await logout(tcp_alice)
 
 
-async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(requirements, server, web_page, tmp_path):
+async def test_converse_in_chromium_chats_and_sends_a_picture_to_slixmpp_over_tcp(requirements, upload_server, web_page, tmp_path):
+    server = upload_server
     alice, alice_pw = server.add_user("alice")
     bob, bob_pw = server.add_user("bob")
     tcp = await login(server, bob, bob_pw, "desk")
@@ -140,6 +176,8 @@ async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(r
         }
     )
     screenshot = tmp_path / "converse.png"
+    picture = tmp_path / "picture.png"
+    picture.write_bytes(png())
     message = "Hello Bob, this is Alice in Converse.js"
     reply = "Hi Alice, Bob here on slixmpp"
 
@@ -154,6 +192,7 @@ async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(r
             "MESSAGE": message,
             "REPLY": reply,
             "SCREENSHOT": str(screenshot),
+            "UPLOAD_FILE": str(picture),
             "CHROMIUM": CHROMIUM,
         },
         stdout=asyncio.subprocess.PIPE,
@@ -161,6 +200,7 @@ async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(r
     )
     finished = asyncio.ensure_future(web.communicate())
     received = asyncio.ensure_future(tcp.next_message(timeout=90))
+    downloaded = None
     try:
         # The browser logs in, opens the chat and sends: bob gets it over TCP
         # (unless the browser gave up first, which the script reports).
@@ -169,7 +209,15 @@ async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(r
             msg = received.result()
             assert str(msg["from"]).startswith(f"{alice}/"), msg
             assert msg["body"] == message
+            received = asyncio.ensure_future(tcp.next_message(timeout=90))
             tcp.send_message(mto=msg["from"], mbody=reply, mtype="chat")
+            # Then the picture: its GET URL as the body (and as XEP-0066 oob).
+            await asyncio.wait([finished, received], return_when=asyncio.FIRST_COMPLETED)
+            if received.done():
+                url = str(received.result()["body"])
+                assert url.startswith(f"http://127.0.0.1:{server.http}/"), url
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    downloaded = (response.headers.get("Content-Type"), response.read())
         stdout, stderr = await asyncio.wait_for(finished, 120)
     finally:
         received.cancel()
@@ -191,4 +239,7 @@ async def test_converse_in_chromium_chats_over_websocket_with_slixmpp_over_tcp(r
     assert {"event": "websocket", "url": f"ws://127.0.0.1:{server.http}/xmpp-websocket"} in events, detail
     shown = next(event["messages"] for event in events if event["event"] == "reply-shown")
     assert message in shown and reply in shown, detail
+    uploaded = next((event for event in events if event["event"] == "uploaded"), None)
+    assert uploaded is not None and uploaded["src"].startswith(f"http://127.0.0.1:{server.http}/"), detail
+    assert downloaded == ("image/png", picture.read_bytes()), detail
     assert screenshot.stat().st_size > 0

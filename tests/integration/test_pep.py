@@ -28,16 +28,16 @@ EVENT = "http://jabber.org/protocol/pubsub#event"
 PROBE = "urn:starling:test:probe"
 
 
-async def pep_login(server, jid, password, resource, notify=(), presence=True) -> Client:
+async def pep_login(server, jid, password, resource, notify=(), presence=True, plugins=()) -> Client:
     """Log in with the PEP plugins, `+notify` for each node of `notify`
     announced in the capabilities of the initial presence. With `notify`,
     return once the server knows those capabilities: the client first
     publishes to a probe node of its own, which it is interested in too, and
     the server sends its last item to the new session as soon as it has
     verified the caps (XEP-0163 section 4.3.4, also for the owner's own
-    resources)."""
+    resources). `plugins` are registered too (before the caps are made)."""
     client = Client(f"{jid}/{resource}", password)
-    for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163"):
+    for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163", *plugins):
         client.register_plugin(plugin)
     client.events = asyncio.Queue()
     client.add_event_handler("pubsub_publish", lambda msg: client.events.put_nowait(("publish", msg)))

@@ -4,15 +4,18 @@
 // jid/password and auto_login). This script then does what a user does: opens
 // "Start a new chat" from the contacts menu, enters PEER, types MESSAGE in the
 // chat box and presses Enter; then it waits until REPLY is shown in that chat,
-// saves a screenshot to SCREENSHOT and exits 0. Every step goes to stdout as
+// saves a screenshot to SCREENSHOT and exits 0. With UPLOAD_FILE set, it
+// then also sends that file in the chat (XEP-0363: the paperclip's file input,
+// which Converse shows once it found the server's upload service) and waits
+// until the message carrying its URL is shown. Every step goes to stdout as
 // one JSON line; the browser's console goes to stderr.
 //
 // Environment: PAGE_URL, PEER (a bare JID), MESSAGE, REPLY, SCREENSHOT,
-// CHROMIUM (default /usr/bin/chromium).
+// UPLOAD_FILE (optional), CHROMIUM (default /usr/bin/chromium).
 
 import { chromium } from "playwright-core";
 
-const { PAGE_URL, PEER, MESSAGE, REPLY, SCREENSHOT } = process.env;
+const { PAGE_URL, PEER, MESSAGE, REPLY, SCREENSHOT, UPLOAD_FILE } = process.env;
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const STEP_MS = 30_000;
 const TOTAL_MS = 90_000;
@@ -102,6 +105,23 @@ try {
   await chat.locator(".chat-msg__text", { hasText: REPLY }).first().waitFor({ state: "visible", timeout: 60_000 });
   const shown = await chat.locator(".chat-msg__text").allInnerTexts();
   report({ event: "reply-shown", messages: shown.map((text) => text.trim()) });
+
+  if (UPLOAD_FILE) {
+    step = "upload";
+    const input = chat.locator("converse-chat-toolbar input.fileupload");
+    await input.waitFor({ state: "attached" });
+    await input.setInputFiles(UPLOAD_FILE);
+    // Converse PUTs the file to the slot, then sends its GET URL as the body
+    // with an out-of-band data element (XEP-0066), and shows it.
+    // Shown as an image, loaded back from the server's GET URL.
+    const image = chat.locator("img.chat-image").first();
+    await image.waitFor({ state: "visible", timeout: 60_000 });
+    await page.waitForFunction(
+      (element) => element.complete && element.naturalWidth > 0,
+      await image.elementHandle(),
+    );
+    report({ event: "uploaded", src: await image.getAttribute("src") });
+  }
 
   step = "screenshot";
   await page.screenshot({ path: SCREENSHOT });

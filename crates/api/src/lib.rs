@@ -13,6 +13,7 @@ pub mod last_activity;
 pub mod origin_time;
 pub mod pep;
 pub mod presence;
+pub mod push;
 pub mod registry;
 pub mod resumption;
 pub mod router;
@@ -31,6 +32,7 @@ pub use pep::{
     PepPublish, PepPublishOutcome, PepStore, SendLastPublished,
 };
 pub use presence::PresenceApi;
+pub use push::{PushRegistration, PushStore};
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
 pub use resumption::{ResumptionStore, DETACHED_NODE};
 pub use router::{BindError, Origin, RouterApi, COMPONENT_RESOURCE};

@@ -180,6 +180,7 @@ pub trait StorageApi:
     + AccountDataStore
     + BlockingStore
     + FastTokenStore
+    + crate::PushStore
     + PepStore
     + ArchiveStore
     + crate::UploadStore
@@ -193,6 +194,7 @@ impl<
             + AccountDataStore
             + BlockingStore
             + FastTokenStore
+            + crate::PushStore
             + PepStore
             + ArchiveStore
             + crate::UploadStore

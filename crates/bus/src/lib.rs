@@ -17,6 +17,7 @@
 //! node and publishes one envelope per node.
 
 pub mod blocklists;
+mod buffer;
 mod delivery;
 mod metrics;
 mod redis;
@@ -24,6 +25,7 @@ mod redis;
 mod redis_tests;
 
 pub use blocklists::{BlockDirection, BlockingMetrics, Blocklists};
+pub use buffer::{BusBuffer, DEFAULT_BUS_BUFFER_BYTES};
 pub use delivery::{deliver_to_session, deliver_to_sessions};
 pub use metrics::BusMetrics;
 pub use redis::{
@@ -40,6 +42,8 @@ use starling_api::{ApiResult, ConnId, ResumptionStore};
 use starling_telemetry::{TraceContext, SPAN_TARGET};
 use starling_xmpp::{Element, StanzaError, StreamErrorCondition};
 use tokio::sync::mpsc;
+
+use crate::buffer::Buffered;
 
 /// One recipient connection of an envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,20 +120,28 @@ pub struct TracedDelivery {
     pub trace_context: TraceContext,
 }
 
-/// The receiving end a connection-manager reads its deliveries from.
+/// The receiving end a connection-manager reads its deliveries from. What
+/// waits in it counts against the node's [`BusBuffer`] until it is taken.
 #[derive(Debug)]
 pub struct DeliveryReceiver {
-    receiver: mpsc::UnboundedReceiver<TracedDelivery>,
+    receiver: mpsc::UnboundedReceiver<Buffered<TracedDelivery>>,
+    buffer: BusBuffer,
 }
 
 impl DeliveryReceiver {
-    fn new(receiver: mpsc::UnboundedReceiver<TracedDelivery>) -> Self {
-        DeliveryReceiver { receiver }
+    fn new(receiver: mpsc::UnboundedReceiver<Buffered<TracedDelivery>>, buffer: BusBuffer) -> Self {
+        DeliveryReceiver { receiver, buffer }
+    }
+
+    fn taken(&self, buffered: Buffered<TracedDelivery>) -> TracedDelivery {
+        self.buffer.release(buffered.bytes);
+        buffered.item
     }
 
     /// The next delivery with its publisher's trace context; `None` once the bus is gone.
     pub async fn recv_traced(&mut self) -> Option<TracedDelivery> {
-        self.receiver.recv().await
+        let buffered = self.receiver.recv().await?;
+        Some(self.taken(buffered))
     }
 
     /// The next delivery; `None` once the bus is gone.
@@ -139,8 +151,29 @@ impl DeliveryReceiver {
 
     /// A delivery if one is waiting.
     pub fn try_recv(&mut self) -> Result<Delivery, mpsc::error::TryRecvError> {
-        self.receiver.try_recv().map(|traced| traced.delivery)
+        let buffered = self.receiver.try_recv()?;
+        Ok(self.taken(buffered).delivery)
     }
+}
+
+impl Drop for DeliveryReceiver {
+    fn drop(&mut self) {
+        // What was never taken is held no more.
+        self.receiver.close();
+        while let Ok(buffered) = self.receiver.try_recv() {
+            self.buffer.release(buffered.bytes);
+        }
+    }
+}
+
+/// The start tag of a stanza (its kind and addresses): what a refused
+/// delivery keeps to answer the sender.
+fn stanza_head(stanza: &Element) -> Element {
+    let mut head = Element::new(stanza.name(), stanza.namespace());
+    for (name, value) in stanza.attrs() {
+        head.set_attr(name, value);
+    }
+    head
 }
 
 /// The `bus.publish` span (a producer, in OpenTelemetry terms) and the trace
@@ -198,13 +231,30 @@ pub trait Bus: Send + Sync + 'static {
     }
 }
 
-/// The bus of `starling serve`: an unbounded channel per node inside one process.
-/// Bounding happens per connection, in the connection-manager's outbound queue.
-#[derive(Default, Clone)]
+/// The bus of `starling serve`: a channel per node inside one process,
+/// bounded in bytes by the process's [`BusBuffer`] (each stanza counted at
+/// its serialised size); each connection is bounded again in the
+/// connection-manager's outbound queue.
+#[derive(Clone)]
 pub struct InProcessBus {
-    channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<TracedDelivery>>>>,
+    channels: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Buffered<TracedDelivery>>>>>,
     metrics: BusMetrics,
+    buffer_limit: usize,
+    buffer: BusBuffer,
     resumption: Option<Arc<dyn ResumptionStore>>,
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        let metrics = BusMetrics::default();
+        InProcessBus {
+            channels: Arc::default(),
+            buffer: metrics.buffer(DEFAULT_BUS_BUFFER_BYTES),
+            buffer_limit: DEFAULT_BUS_BUFFER_BYTES,
+            metrics,
+            resumption: None,
+        }
+    }
 }
 
 impl InProcessBus {
@@ -214,7 +264,16 @@ impl InProcessBus {
 
     /// Count publishes and receptions in `metrics`.
     pub fn with_metrics(mut self, metrics: BusMetrics) -> Self {
+        self.buffer = metrics.buffer(self.buffer_limit);
         self.metrics = metrics;
+        self
+    }
+
+    /// Hold at most `limit` bytes of deliveries not yet taken
+    /// (`limits.bus_buffer_bytes`).
+    pub fn with_buffer_limit(mut self, limit: usize) -> Self {
+        self.buffer_limit = limit;
+        self.buffer = self.metrics.buffer(limit);
         self
     }
 
@@ -225,24 +284,55 @@ impl InProcessBus {
     }
 }
 
+impl InProcessBus {
+    /// `delivery` counted against the buffer, or its refusal when the buffer
+    /// is over its bound (a stanza counts at its serialised size; what the
+    /// channel is sent but never taken is released by the receiver's drop).
+    fn buffered(
+        &self,
+        delivery: Delivery,
+        trace_context: TraceContext,
+    ) -> Buffered<TracedDelivery> {
+        let (delivery, bytes) = match delivery {
+            Delivery::Stanza { ref stanza, .. } => {
+                let bytes = stanza.stanza_xml_len();
+                self.buffer.hold(bytes);
+                if self.buffer.is_over() {
+                    self.buffer.release(bytes);
+                    (self.buffer.refuse(Some(stanza_head(stanza))), 0)
+                } else {
+                    (delivery, bytes)
+                }
+            }
+            other => (other, 0),
+        };
+        Buffered {
+            item: TracedDelivery {
+                delivery,
+                trace_context,
+            },
+            bytes,
+        }
+    }
+}
+
 #[async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, node: &str, delivery: Delivery) -> ApiResult<usize> {
         let (span, trace_context) = publish_span("in_process", node, &delivery);
-        let traced = TracedDelivery {
-            delivery,
-            trace_context,
-        };
         let sender = self.channels.read().get(node).cloned();
         let receivers = match sender {
-            Some(sender) if sender.send(traced).is_ok() => {
-                self.metrics.received();
-                1
-            }
-            Some(_) => {
-                self.channels.write().remove(node);
-                0
-            }
+            Some(sender) => match sender.send(self.buffered(delivery, trace_context)) {
+                Ok(()) => {
+                    self.metrics.received();
+                    1
+                }
+                Err(mpsc::error::SendError(lost)) => {
+                    self.buffer.release(lost.bytes);
+                    self.channels.write().remove(node);
+                    0
+                }
+            },
             None => 0,
         };
         span.record("bus.receivers", receivers);
@@ -254,7 +344,7 @@ impl Bus for InProcessBus {
     async fn subscribe(&self, node: &str) -> ApiResult<DeliveryReceiver> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.channels.write().insert(node.to_string(), sender);
-        Ok(DeliveryReceiver::new(receiver))
+        Ok(DeliveryReceiver::new(receiver, self.buffer.clone()))
     }
 
     fn resumption(&self) -> Option<&dyn ResumptionStore> {
@@ -327,6 +417,56 @@ mod tests {
         assert_eq!(attribute("bus.node").as_deref(), Some("cm1"));
         assert_eq!(attribute("delivery.recipients").as_deref(), Some("2"));
         assert_eq!(attribute("bus.receivers").as_deref(), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn past_the_buffer_bound_a_stanza_becomes_a_resource_constraint_refusal() {
+        let bus = InProcessBus::new().with_buffer_limit(600);
+        let mut receiver = bus.subscribe("cm1").await.unwrap();
+        let message = |index: usize| Delivery::Stanza {
+            recipients: vec![Recipient::conn(7)],
+            stanza: Arc::new(
+                Element::new("message", ns::CLIENT)
+                    .with_attr("from", "a@example.com/pc")
+                    .with_attr("id", format!("m{index}"))
+                    .with_child(Element::new("body", ns::CLIENT).with_text("x".repeat(200))),
+            ),
+            routed_at: None,
+        };
+        for index in 0..5 {
+            assert_eq!(bus.publish("cm1", message(index)).await.unwrap(), 1);
+        }
+        assert!(bus.buffer.held() <= 600);
+        // A close always passes.
+        let close = Delivery::Close {
+            conn: 7,
+            condition: StreamErrorCondition::Conflict,
+            text: None,
+        };
+        bus.publish("cm1", close.clone()).await.unwrap();
+        for index in 0..2 {
+            assert_eq!(receiver.recv().await.unwrap(), message(index));
+        }
+        for index in 2..5 {
+            let Some(Delivery::Undecodable { stanza, error }) = receiver.recv().await else {
+                panic!("a refusal expected");
+            };
+            assert_eq!(
+                error.condition,
+                starling_xmpp::StanzaErrorCondition::ResourceConstraint
+            );
+            assert_eq!(
+                stanza.unwrap().to_xml(),
+                format!("<message xmlns='jabber:client' from='a@example.com/pc' id='m{index}'/>")
+            );
+        }
+        assert_eq!(receiver.recv().await.unwrap(), close);
+        assert_eq!(bus.buffer.held(), 0);
+        // What a dropped receiver never took is released.
+        bus.publish("cm1", message(9)).await.unwrap();
+        assert!(bus.buffer.held() > 0);
+        drop(receiver);
+        assert_eq!(bus.buffer.held(), 0);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! (by whether a subscriber took them), publish failures, envelopes received
 //! and envelopes dropped because they did not decode.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::buffer::BusBuffer;
 
 /// The bus metrics; cheap to clone. [`BusMetrics::default`] counts into a
 /// registry nobody scrapes.
@@ -13,6 +15,8 @@ pub struct BusMetrics {
     publish_failures: IntCounter,
     received: IntCounter,
     invalid: IntCounter,
+    buffer_bytes: IntGauge,
+    refused: IntCounter,
 }
 
 impl std::fmt::Debug for BusMetrics {
@@ -49,6 +53,16 @@ impl BusMetrics {
             "starling_bus_messages_invalid_total",
             "Received delivery envelopes that did not decode or whose stanza did not parse under the configured limits (the stanza's sender is answered with an error)",
         )?;
+        let buffer_bytes = IntGauge::new(
+            "starling_bus_buffer_bytes",
+            "Bytes of deliveries this node received from the bus and has not yet handed to its sessions (bounded by limits.bus_buffer_bytes)",
+        )?;
+        let refused = IntCounter::new(
+            "starling_bus_messages_refused_total",
+            "Stanza deliveries refused because this node's bus buffer was over limits.bus_buffer_bytes (the sender is answered with resource-constraint)",
+        )?;
+        registry.register(Box::new(buffer_bytes.clone()))?;
+        registry.register(Box::new(refused.clone()))?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(publish_failures.clone()))?;
         registry.register(Box::new(received.clone()))?;
@@ -59,7 +73,14 @@ impl BusMetrics {
             publish_failures,
             received,
             invalid,
+            buffer_bytes,
+            refused,
         })
+    }
+
+    /// The byte bound of what a node holds between the bus and its sessions.
+    pub(crate) fn buffer(&self, limit: usize) -> BusBuffer {
+        BusBuffer::new(limit, self.buffer_bytes.clone(), self.refused.clone())
     }
 
     /// Count a publish by its outcome (how many subscribers took it, or an error).

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::buffer::{Buffered, BusBuffer};
 use crate::{publish_span, Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient, TracedDelivery};
 
 /// The errors of the Redis bus.
@@ -202,7 +203,7 @@ fn undecodable_stanza(xml: &str, error: &ParseError, limits: &Limits) -> Deliver
     Delivery::Undecodable { stanza, error }
 }
 
-type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<TracedDelivery>>>>;
+type Routes = Arc<RwLock<HashMap<Vec<u8>, mpsc::UnboundedSender<Buffered<TracedDelivery>>>>>;
 
 /// How often the subscription connection is pinged, so that a lost
 /// connection (a Redis restart) is noticed and resubscribed.
@@ -215,6 +216,7 @@ pub struct RedisBus {
     routes: Routes,
     tasks: Vec<JoinHandle<()>>,
     metrics: BusMetrics,
+    pub(crate) buffer: BusBuffer,
     resumption: Option<Arc<dyn starling_api::ResumptionStore>>,
 }
 
@@ -222,20 +224,36 @@ impl RedisBus {
     /// Open the dedicated subscription connection and start reading it.
     /// Received stanzas are parsed under `limits`: the cluster's configured
     /// stanza limits (`limits.max_stanza_bytes`), never a default, or a stanza
-    /// the edge accepted would not decode on the receiving node.
+    /// the edge accepted would not decode on the receiving node. What was
+    /// received and not yet taken by the node's dispatcher is bounded by
+    /// `buffer_limit` bytes (`limits.bus_buffer_bytes`, see [`BusBuffer`]),
+    /// counted from the moment the subscription connection reads it.
     pub async fn new(
         client: RedisClient,
         limits: Limits,
+        buffer_limit: usize,
         metrics: BusMetrics,
     ) -> Result<Self, BusError> {
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
-        let subscriber = Arc::new(Mutex::new(client.subscriber(push_tx).await?));
+        let buffer = metrics.buffer(buffer_limit);
+        let (push_tx, push_rx) = mpsc::unbounded_channel::<Buffered<PushInfo>>();
+        let counting_sender = {
+            let buffer = buffer.clone();
+            move |push: PushInfo| {
+                let bytes = push_bytes(&push);
+                buffer.hold(bytes);
+                push_tx
+                    .send(Buffered { item: push, bytes })
+                    .map_err(|mpsc::error::SendError(lost)| buffer.release(lost.bytes))
+            }
+        };
+        let subscriber = Arc::new(Mutex::new(client.subscriber(counting_sender).await?));
         let routes: Routes = Arc::default();
         let dispatcher = tokio::spawn(dispatch(
             push_rx,
             routes.clone(),
             subscriber.clone(),
             limits,
+            buffer.clone(),
             metrics.clone(),
         ));
         let keepalive = tokio::spawn(keep_subscription_alive(subscriber.clone()));
@@ -245,6 +263,7 @@ impl RedisBus {
             routes,
             tasks: vec![dispatcher, keepalive],
             metrics,
+            buffer,
             resumption: None,
         })
     }
@@ -323,7 +342,7 @@ impl Bus for RedisBus {
             self.routes.write().remove(channel.as_bytes());
             return Err(BusError::from(error).into());
         }
-        Ok(DeliveryReceiver::new(delivery_rx))
+        Ok(DeliveryReceiver::new(delivery_rx, self.buffer.clone()))
     }
 }
 
@@ -345,36 +364,95 @@ fn bulk_bytes(value: &Value) -> Option<&[u8]> {
     }
 }
 
+/// The bytes a pushed pub/sub message holds (its channel and payload).
+fn push_bytes(push: &PushInfo) -> usize {
+    push.data
+        .iter()
+        .map(|value| bulk_bytes(value).map_or(0, <[u8]>::len))
+        .sum()
+}
+
+/// A stanza delivery received while the node's buffer is over its bound:
+/// only its envelope and the stanza's start tag are read, and the sender is
+/// answered (see [`BusBuffer`]). Closes and drains decode as always.
+fn decode_refused(
+    payload: &[u8],
+    limits: &Limits,
+    buffer: &BusBuffer,
+) -> Result<TracedDelivery, BusError> {
+    let envelope = proto::Delivery::decode(payload)?;
+    let trace_context = TraceContext::from_map(envelope.trace_context);
+    let delivery = match envelope.kind {
+        Some(proto::delivery::Kind::Stanza(stanza_delivery)) => {
+            let head = parse_start_tag(stanza_delivery.stanza.as_bytes(), limits)
+                .ok()
+                .filter(|head| StanzaKind::of(head).is_some());
+            buffer.refuse(head)
+        }
+        kind => delivery_from_proto(
+            kind,
+            origin_time::from_unix_micros(envelope.routed_at_unix_micros),
+            limits,
+        )?,
+    };
+    Ok(TracedDelivery {
+        delivery,
+        trace_context,
+    })
+}
+
 async fn dispatch(
-    mut push_rx: mpsc::UnboundedReceiver<PushInfo>,
+    mut push_rx: mpsc::UnboundedReceiver<Buffered<PushInfo>>,
     routes: Routes,
     subscriber: Arc<Mutex<RedisSubscriber>>,
     limits: Limits,
+    buffer: BusBuffer,
     metrics: BusMetrics,
 ) {
-    while let Some(push) = push_rx.recv().await {
-        match push.kind {
-            PushKind::Message | PushKind::SMessage => {}
-            PushKind::Disconnection => {
-                tracing::warn!("bus subscription connection dropped");
-                continue;
+    while let Some(Buffered { item: push, bytes }) = push_rx.recv().await {
+        // Held until the connection-manager takes the delivery; released
+        // here on every path that does not hand it on.
+        let mut held = bytes;
+        let mut refused = false;
+        let handed_on = 'receive: {
+            match push.kind {
+                PushKind::Message | PushKind::SMessage => {}
+                PushKind::Disconnection => {
+                    tracing::warn!("bus subscription connection dropped");
+                    break 'receive None;
+                }
+                _ => break 'receive None,
             }
-            _ => continue,
-        }
-        let (Some(channel), Some(payload)) = (
-            push.data.first().and_then(bulk_bytes),
-            push.data.get(1).and_then(bulk_bytes),
-        ) else {
-            tracing::warn!("dropping a malformed pub/sub message");
+            let (Some(channel), Some(payload)) = (
+                push.data.first().and_then(bulk_bytes),
+                push.data.get(1).and_then(bulk_bytes),
+            ) else {
+                tracing::warn!("dropping a malformed pub/sub message");
+                break 'receive None;
+            };
+            let Some(delivery_tx) = routes.read().get(channel).cloned() else {
+                break 'receive None;
+            };
+            metrics.received();
+            let decoded = if buffer.is_over() {
+                buffer.release(held);
+                held = 0;
+                refused = true;
+                decode_refused(payload, &limits, &buffer)
+            } else {
+                decode_envelope(payload, &limits)
+            };
+            Some((channel, delivery_tx, decoded))
+        };
+        let Some((channel, delivery_tx, decoded)) = handed_on else {
+            buffer.release(held);
             continue;
         };
-        let Some(delivery_tx) = routes.read().get(channel).cloned() else {
-            continue;
-        };
-        metrics.received();
-        let delivery = match decode_envelope(payload, &limits) {
+        let delivery = match decoded {
             Ok(delivery) => {
-                if let Delivery::Undecodable { stanza, error } = &delivery.delivery {
+                if let (Delivery::Undecodable { stanza, error }, false) =
+                    (&delivery.delivery, refused)
+                {
                     // Not dropped: the connection-manager answers the sender.
                     metrics.invalid();
                     tracing::warn!(
@@ -389,10 +467,15 @@ async fn dispatch(
             Err(error) => {
                 metrics.invalid();
                 tracing::warn!(channel = %String::from_utf8_lossy(channel), error = %error, "dropping an undecodable delivery");
+                buffer.release(held);
                 continue;
             }
         };
-        if delivery_tx.send(delivery).is_err() {
+        if let Err(mpsc::error::SendError(lost)) = delivery_tx.send(Buffered {
+            item: delivery,
+            bytes: held,
+        }) {
+            buffer.release(lost.bytes);
             // Nobody reads this node's deliveries any more: stop counting as a subscriber.
             let channel = String::from_utf8_lossy(channel).into_owned();
             let still_routed = {

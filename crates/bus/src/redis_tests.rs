@@ -11,11 +11,19 @@ use starling_xmpp::{parse_element, Limits, StreamErrorCondition};
 
 use starling_xmpp::{Element, StanzaErrorCondition};
 
-use crate::{Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient, RedisBus};
+use crate::{
+    Bus, BusMetrics, Delivery, DeliveryReceiver, Recipient, RedisBus, DEFAULT_BUS_BUFFER_BYTES,
+};
 
 /// A bus with the parser's default limits and metrics nobody scrapes.
 async fn bus(client: RedisClient) -> Result<RedisBus, crate::BusError> {
-    RedisBus::new(client, Limits::default(), BusMetrics::default()).await
+    RedisBus::new(
+        client,
+        Limits::default(),
+        DEFAULT_BUS_BUFFER_BYTES,
+        BusMetrics::default(),
+    )
+    .await
 }
 
 /// A chat message whose body makes the stanza about `bytes` long.
@@ -248,12 +256,22 @@ async fn a_stanza_up_to_the_configured_limit_crosses_the_bus() {
         max_stanza_bytes: 2 * 1024 * 1024,
         ..Limits::default()
     };
-    let publisher = RedisBus::new(client.clone(), limits, BusMetrics::default())
-        .await
-        .unwrap();
-    let subscriber = RedisBus::new(client, limits, BusMetrics::default())
-        .await
-        .unwrap();
+    let publisher = RedisBus::new(
+        client.clone(),
+        limits,
+        DEFAULT_BUS_BUFFER_BYTES,
+        BusMetrics::default(),
+    )
+    .await
+    .unwrap();
+    let subscriber = RedisBus::new(
+        client,
+        limits,
+        DEFAULT_BUS_BUFFER_BYTES,
+        BusMetrics::default(),
+    )
+    .await
+    .unwrap();
     let mut receiver = subscriber.subscribe("cm-large").await.unwrap();
     let delivery = Delivery::Stanza {
         recipients: vec![Recipient::conn(3)],
@@ -279,7 +297,7 @@ async fn a_stanza_the_receiver_cannot_parse_arrives_as_undecodable_with_its_addr
     let metrics = BusMetrics::register(&registry).unwrap();
     let publisher = bus(client.clone()).await.unwrap();
     // The receiving node's limits are smaller than the stanza.
-    let subscriber = RedisBus::new(client, Limits::default(), metrics)
+    let subscriber = RedisBus::new(client, Limits::default(), DEFAULT_BUS_BUFFER_BYTES, metrics)
         .await
         .unwrap();
     let mut receiver = subscriber.subscribe("cm-small").await.unwrap();
@@ -316,4 +334,91 @@ async fn an_undecodable_delivery_is_never_published() {
         error: starling_xmpp::StanzaError::new(StanzaErrorCondition::InternalServerError),
     };
     assert!(publisher.publish("cm-any", undecodable).await.is_err());
+}
+
+fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .into_iter()
+        .find(|family| family.name() == name)
+        .map_or(0.0, |family| {
+            let metric = &family.get_metric()[0];
+            if family.get_field_type() == prometheus::proto::MetricType::GAUGE {
+                metric.get_gauge().get_value()
+            } else {
+                metric.get_counter().get_value()
+            }
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_buffer_bound_a_stanza_is_refused_with_resource_constraint_and_its_sender_named() {
+    let Some(client) = test_client().await else {
+        return;
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = BusMetrics::register(&registry).unwrap();
+    let publisher = bus(client.clone()).await.unwrap();
+    // Room for three 2 KB messages; the node takes none of them until all arrived.
+    let subscriber = RedisBus::new(client, Limits::default(), 3 * 2_300, metrics)
+        .await
+        .unwrap();
+    let mut receiver = subscriber.subscribe("cm-slow").await.unwrap();
+    for index in 0..10 {
+        let mut stanza = large_message(2_000);
+        stanza.set_attr("id", format!("m{index}"));
+        let delivery = Delivery::Stanza {
+            recipients: vec![Recipient::conn(3)],
+            stanza: Arc::new(stanza),
+            routed_at: None,
+        };
+        assert_eq!(publisher.publish("cm-slow", delivery).await.unwrap(), 1);
+    }
+    wait_until(
+        "the ten deliveries to be received",
+        Duration::from_secs(5),
+        async || counter(&registry, "starling_bus_messages_received_total") == 10.0,
+    )
+    .await;
+    assert!(subscriber.buffer.held() <= 3 * 2_300);
+    assert_eq!(
+        counter(&registry, "starling_bus_buffer_bytes") as usize,
+        subscriber.buffer.held()
+    );
+    let (mut kept, mut refused) = (0, 0);
+    for index in 0..10 {
+        match receive(&mut receiver).await {
+            Delivery::Stanza { stanza, .. } => {
+                assert_eq!(refused, 0, "what was kept came before what was refused");
+                assert_eq!(stanza.attr("id"), Some(format!("m{index}").as_str()));
+                kept += 1;
+            }
+            Delivery::Undecodable { stanza, error } => {
+                assert_eq!(error.condition, StanzaErrorCondition::ResourceConstraint);
+                let head = stanza.expect("the sender is known");
+                assert_eq!(head.attr("from"), Some("a@example.com/pc"));
+                assert_eq!(head.attr("id"), Some(format!("m{index}").as_str()));
+                refused += 1;
+            }
+            other => panic!("unexpected delivery {other:?}"),
+        }
+    }
+    assert!((1..=3).contains(&kept), "{kept} kept");
+    assert_eq!(refused, 10 - kept);
+    assert_eq!(
+        counter(&registry, "starling_bus_messages_refused_total"),
+        refused as f64
+    );
+    assert_eq!(subscriber.buffer.held(), 0);
+    assert_eq!(counter(&registry, "starling_bus_buffer_bytes"), 0.0);
+    // Taken, the buffer has room again.
+    let delivery = presence_to_contacts();
+    assert_eq!(
+        publisher
+            .publish("cm-slow", delivery.clone())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(receive(&mut receiver).await, delivery);
 }

@@ -16,8 +16,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
-use tokio::sync::mpsc;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisFuture, Value};
 
 pub use redis;
 
@@ -384,7 +383,7 @@ impl RedisClient {
     /// called periodically makes sure a dead connection is noticed.
     pub async fn subscriber(
         &self,
-        push_tx: mpsc::UnboundedSender<PushInfo>,
+        push_tx: impl redis::aio::AsyncPushSender,
     ) -> Result<RedisSubscriber, RedisError> {
         let connection = if self.config.cluster {
             let client = cluster_builder(&self.config.urls, ProtocolVersion::RESP3)
@@ -468,6 +467,7 @@ pub fn hash_tag(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::mpsc;
 
     #[test]
     fn hash_tags_escape_braces() {

@@ -325,6 +325,9 @@ pub struct LimitsConfig {
     pub outbound_queue_bytes: u64,
     /// Bytes waiting in all the outbound queues of one connection-manager.
     pub outbound_queue_bytes_total: u64,
+    /// Bytes of deliveries a node received from the bus and has not yet
+    /// handed to its sessions; past it stanzas are refused with `resource-constraint`.
+    pub bus_buffer_bytes: u64,
     pub max_resources_per_user: u32,
     /// Entities one session may have sent directed presence to (RFC 6121 section 4.6) at once.
     pub max_directed_presences: u32,
@@ -723,6 +726,7 @@ impl Default for LimitsConfig {
             outbound_queue_stanzas: 1000,
             outbound_queue_bytes: 4 * 1024 * 1024,
             outbound_queue_bytes_total: 256 * 1024 * 1024,
+            bus_buffer_bytes: starling_bus::DEFAULT_BUS_BUFFER_BYTES as u64,
             max_resources_per_user: 16,
             max_directed_presences: 1000,
             bosh_inactivity_secs: 60,
@@ -1088,6 +1092,17 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.outbound_queue_bytes_total",
                 message: "must be at least limits.outbound_queue_bytes".into(),
+            });
+        }
+        // Room for at least a few stanzas of the largest size re-serialised
+        // (up to 3 x limits.max_stanza_bytes, docs/operations.md).
+        if limits.bus_buffer_bytes < 4 * limits.max_stanza_bytes {
+            return Err(ConfigError::Invalid {
+                key: "limits.bus_buffer_bytes",
+                message: format!(
+                    "must be at least 4 x limits.max_stanza_bytes ({})",
+                    4 * limits.max_stanza_bytes
+                ),
             });
         }
         if limits.max_auth_attempts > 5 || limits.max_auth_attempts < 2 {

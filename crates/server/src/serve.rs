@@ -394,6 +394,7 @@ async fn routing_state(
             bus: Arc::new(
                 InProcessBus::new()
                     .with_metrics(bus_metrics)
+                    .with_buffer_limit(config.limits.bus_buffer_bytes as usize)
                     .with_resumption(resumption.clone()),
             ),
             resumption,
@@ -412,10 +413,15 @@ async fn routing_state(
         );
     let redis_registry = Arc::new(RedisRegistry::new(redis.clone()));
     let resumption: Arc<dyn ResumptionStore> = Arc::new(RedisResumption::new(redis.clone()));
-    let bus = RedisBus::new(redis.clone(), config.stored_stanza_limits(), bus_metrics)
-        .await
-        .context("cannot start the redis bus")?
-        .with_resumption(resumption.clone());
+    let bus = RedisBus::new(
+        redis.clone(),
+        config.stored_stanza_limits(),
+        config.limits.bus_buffer_bytes as usize,
+        bus_metrics,
+    )
+    .await
+    .context("cannot start the redis bus")?
+    .with_resumption(resumption.clone());
     Ok(RoutingState {
         redis: Some(redis),
         registry: redis_registry.clone(),

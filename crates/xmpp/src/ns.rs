@@ -23,6 +23,13 @@ pub const HTTP_UPLOAD: &str = "urn:xmpp:http:upload:0";
 pub const VERSION: &str = "jabber:iq:version";
 pub const PRIVATE: &str = "jabber:iq:private";
 pub const VCARD: &str = "vcard-temp";
+/// XEP-0153 vCard-Based Avatars: the `<x/>` of a presence carrying the photo hash.
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+/// XEP-0084 User Avatar: the data and metadata PEP nodes (and payload namespaces).
+pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+/// XEP-0398 User Avatar to vCard-Based Avatars Conversion.
+pub const PEP_VCARD_CONVERSION: &str = "urn:xmpp:pep-vcard-conversion:0";
 pub const LAST: &str = "jabber:iq:last";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";

@@ -11,7 +11,7 @@
 //!    a change made through any router invalidates the entry in every
 //!    process at once, over the same channel as the block lists
 //!    (`starling_bus::Blocklists::on_invalidation`; entries are trusted
-//!    [`PREFS_TTL`] at most). Only a `roster` default whose lists do not
+//!    `account_cache::ENTRY_TTL` at most). Only a `roster` default whose lists do not
 //!    decide asks storage for the message ([`ArchiveStore::archive_decisions`]:
 //!    roster membership is not cached).
 //! 2. It assigns one archive id ([`Archiver::next_id`], monotonic in this
@@ -33,12 +33,10 @@
 //! A message that goes to offline storage carries the stamp, so the copy the
 //! account receives at login and the archived one share one id.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::Mutex;
 use starling_api::{
     ApiError, ApiResult, ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePrefs, StorageApi,
     ARCHIVE_ID_NODE_BITS,
@@ -47,6 +45,7 @@ use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{ns, stanza, Element, MessageType};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::account_cache::AccountCache;
 use crate::metrics::RouterMetrics;
 use crate::router::SessionRouter;
 
@@ -68,36 +67,17 @@ enum Job {
     Flush(oneshot::Sender<()>),
 }
 
-/// How long cached preferences are trusted without an invalidation.
-pub(crate) const PREFS_TTL: Duration = Duration::from_secs(60);
-/// The most accounts whose preferences are cached; past it the cache starts over.
-const PREFS_CACHE_ENTRIES: usize = 100_000;
-
-#[derive(Default)]
-struct PrefsState {
-    entries: HashMap<BareJid, (Arc<ArchivePrefs>, Instant)>,
-    /// Bumped by every invalidation: preferences read under an older epoch
-    /// are used but not cached (they may predate the change).
-    epoch: u64,
-}
-
-/// The archiving preferences (XEP-0441) of accounts, cached per process.
+/// The archiving preferences (XEP-0441) of accounts, cached per process
+/// (`account_cache.rs`).
 #[derive(Default)]
 pub(crate) struct PrefsCache {
-    state: Mutex<PrefsState>,
+    cache: AccountCache<Arc<ArchivePrefs>>,
 }
 
 impl PrefsCache {
     /// Forget one account's preferences, or everyone's.
     pub(crate) fn invalidate(&self, user: Option<&BareJid>) {
-        let mut state = self.state.lock();
-        state.epoch += 1;
-        match user {
-            Some(user) => {
-                state.entries.remove(user);
-            }
-            None => state.entries.clear(),
-        }
+        self.cache.invalidate(user);
     }
 
     async fn prefs(
@@ -105,26 +85,11 @@ impl PrefsCache {
         storage: &dyn StorageApi,
         user: &BareJid,
     ) -> ApiResult<Arc<ArchivePrefs>> {
-        let epoch = {
-            let state = self.state.lock();
-            if let Some((prefs, loaded)) = state.entries.get(user) {
-                if loaded.elapsed() < PREFS_TTL {
-                    return Ok(prefs.clone());
-                }
-            }
-            state.epoch
-        };
-        let prefs = Arc::new(storage.archive_prefs(user).await?);
-        let mut state = self.state.lock();
-        if state.epoch == epoch {
-            if state.entries.len() >= PREFS_CACHE_ENTRIES {
-                state.entries.clear();
-            }
-            state
-                .entries
-                .insert(user.clone(), (prefs.clone(), Instant::now()));
-        }
-        Ok(prefs)
+        self.cache
+            .get_or_load(user, || async {
+                Ok(Arc::new(storage.archive_prefs(user).await?))
+            })
+            .await
     }
 
     /// Whether each `(owner, with)` is archived: from the cached preferences,

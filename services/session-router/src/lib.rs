@@ -28,9 +28,12 @@
 //! connection-managers: one bus envelope per destination node (DESIGN.md
 //! "Fan-out cost"). The presence service uses it too.
 
+mod account_cache;
 mod address;
 mod archive;
+mod avatar;
 mod blocking;
+mod bookmarks;
 mod carbons;
 mod component;
 mod features;

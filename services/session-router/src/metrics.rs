@@ -117,6 +117,8 @@ pub struct RouterMetrics {
     push: [IntCounter; 5],
     /// XEP-0357 enable/disable requests: enabled, disabled, refused.
     push_registrations: [IntCounter; 3],
+    /// XEP-0398 and XEP-0411 conversions by kind, direction and outcome.
+    conversions: IntCounterVec,
 }
 
 const PUSH_REGISTRATION_EVENTS: [&str; 3] = ["enabled", "disabled", "refused"];
@@ -239,7 +241,16 @@ impl RouterMetrics {
         )?;
         registry.register(Box::new(push.clone()))?;
         registry.register(Box::new(push_registrations.clone()))?;
+        let conversions = IntCounterVec::new(
+            Opts::new(
+                "starling_router_conversions_total",
+                "Server-side conversions between two stores of one thing: conversion avatar (XEP-0398; direction pep_to_vcard, vcard_to_pep) or bookmarks (XEP-0411; direction pep_to_private, private_to_pep), by outcome: converted, removed (the avatar was disabled), unchanged, invalid (bad base64, a hash that does not match the id, no data item, not a bookmarks storage), too_large (over pep.max_item_bytes), not_private (the bookmarks node is readable by others: not converted), failed (storage failed)",
+            ),
+            &["conversion", "direction", "outcome"],
+        )?;
+        registry.register(Box::new(conversions.clone()))?;
         Ok(RouterMetrics {
+            conversions,
             push: PushOutcome::ALL.map(|outcome| push.with_label_values(&[outcome.label()])),
             push_registrations: PUSH_REGISTRATION_EVENTS
                 .map(|event| push_registrations.with_label_values(&[event])),
@@ -278,6 +289,13 @@ impl RouterMetrics {
     }
 
     /// One enable or disable request had `event` (one of enabled, disabled, refused).
+    /// Count one conversion (`conversion`: `avatar` or `bookmarks`).
+    pub(crate) fn count_conversion(&self, conversion: &str, direction: &str, outcome: &str) {
+        self.conversions
+            .with_label_values(&[conversion, direction, outcome])
+            .inc();
+    }
+
     pub(crate) fn count_push_registration(&self, event: &str) {
         if let Some(index) = PUSH_REGISTRATION_EVENTS
             .iter()

@@ -232,6 +232,16 @@ impl SessionRouter {
         if !warrants_notification(message) {
             return;
         }
+        // An account without registrations costs no database read.
+        match self.has_push_registrations(account).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(user = %account, %error, "push registrations could not be read");
+                self.metrics.count_push(PushOutcome::Failed);
+                return;
+            }
+        }
         let registrations = match load_registrations(self, account).await {
             Ok(registrations) => registrations,
             Err(error) => {

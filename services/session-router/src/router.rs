@@ -136,17 +136,36 @@ impl<'a> Routing<'a> {
     }
 }
 
-/// Cached archiving preferences (XEP-0441) follow the invalidations of the
-/// process's block lists: one channel for what the cluster learns about an
-/// account's routing rules.
-fn follow_prefs_invalidations(blocklists: &Blocklists, prefs: &Arc<crate::archive::PrefsCache>) {
+/// The per-account caches of a router (archiving preferences of XEP-0441,
+/// avatar hashes of XEP-0398) follow the invalidations of the process's
+/// block lists: one channel for what the cluster learns about an account.
+fn follow_invalidations(
+    blocklists: &Blocklists,
+    prefs: &Arc<crate::archive::PrefsCache>,
+    avatar_hashes: &Arc<AvatarHashes>,
+    push_accounts: &Arc<PushAccounts>,
+) {
     let prefs = Arc::downgrade(prefs);
+    let avatar_hashes = Arc::downgrade(avatar_hashes);
+    let push_accounts = Arc::downgrade(push_accounts);
     blocklists.on_invalidation(move |user| {
         if let Some(prefs) = prefs.upgrade() {
             prefs.invalidate(user);
         }
+        if let Some(avatar_hashes) = avatar_hashes.upgrade() {
+            avatar_hashes.invalidate(user);
+        }
+        if let Some(push_accounts) = push_accounts.upgrade() {
+            push_accounts.invalidate(user);
+        }
     });
 }
+
+/// Whether each account has push registrations (XEP-0357).
+pub(crate) type PushAccounts = crate::account_cache::AccountCache<bool>;
+
+/// The hash of each account's vCard photo (XEP-0153), `None` without one.
+pub(crate) type AvatarHashes = crate::account_cache::AccountCache<Option<Arc<str>>>;
 
 /// The session-router: binds resources and routes every stanza.
 pub struct SessionRouter {
@@ -176,6 +195,10 @@ pub struct SessionRouter {
     pub(crate) archive: crate::archive::Archiver,
     /// The per-registration notification windows (XEP-0357, `push.min_interval_secs`).
     pub(crate) push_windows: crate::push::PushWindows,
+    /// The vCard photo hashes stamped on presence (XEP-0398 section 4).
+    pub(crate) avatar_hashes: Arc<AvatarHashes>,
+    /// Whether accounts have push registrations (XEP-0357).
+    pub(crate) push_accounts: Arc<PushAccounts>,
     /// Multi-user chat (XEP-0045, `muc.*`): the service of `muc.domain`; `None`: off.
     pub(crate) muc: Option<Arc<starling_muc::MucService>>,
 }
@@ -198,7 +221,9 @@ impl SessionRouter {
         // A feature that is off is not registered: neither answered nor advertised.
         let blocklists = Blocklists::in_process(storage.clone(), BlockingMetrics::default());
         let archive = crate::archive::Archiver::new();
-        follow_prefs_invalidations(&blocklists, &archive.prefs);
+        let avatar_hashes = Arc::new(AvatarHashes::default());
+        let push_accounts = Arc::new(PushAccounts::default());
+        follow_invalidations(&blocklists, &archive.prefs, &avatar_hashes, &push_accounts);
         SessionRouter {
             features: FeatureRegistry::new(&iq_handlers(&config), WITHOUT_IQ_HANDLER),
             config,
@@ -214,6 +239,8 @@ impl SessionRouter {
             caps: crate::pep::caps::CapsCache::default(),
             archive,
             push_windows: crate::push::PushWindows::default(),
+            avatar_hashes,
+            push_accounts,
             muc: None,
         }
     }
@@ -229,7 +256,12 @@ impl SessionRouter {
     /// presence service of the process and, in the cluster, invalidated
     /// over Redis; by default a cache of this router's own.
     pub fn with_blocklists(mut self, blocklists: Arc<Blocklists>) -> Self {
-        follow_prefs_invalidations(&blocklists, &self.archive.prefs);
+        follow_invalidations(
+            &blocklists,
+            &self.archive.prefs,
+            &self.avatar_hashes,
+            &self.push_accounts,
+        );
         self.blocklists = blocklists;
         self
     }
@@ -337,12 +369,13 @@ impl SessionRouter {
     async fn route_presence(
         &self,
         routing: &Routing<'_>,
-        presence_stanza: Element,
+        mut presence_stanza: Element,
     ) -> ApiResult<Option<Element>> {
         let presence = &self.presence;
         note_decision("presence");
         match routing.origin {
             Origin::Session { jid, addr } => {
+                self.stamp_avatar_hash(jid, &mut presence_stanza).await;
                 // XEP-0115 for PEP (XEP-0163 section 4.3): the capabilities
                 // of an available presence are read once the presence
                 // service has recorded it (the session's `+notify` interests

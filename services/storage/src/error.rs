@@ -62,6 +62,9 @@ pub enum StorageError {
     /// The block list of the user is full (XEP-0191, `blocking.max_items`).
     #[error("block list of {user} is full ({limit} items)")]
     BlocklistFull { user: String, limit: u32 },
+    /// The account has as many push registrations as it may (XEP-0357).
+    #[error("push registrations of {user} are full ({limit})")]
+    PushRegistrationsFull { user: String, limit: u32 },
     /// The PEP node (XEP-0163) does not exist.
     #[error("no such pep node: {0}")]
     PepNodeNotFound(String),
@@ -102,6 +105,7 @@ impl StorageError {
                 | StorageError::RosterBytesFull { .. }
                 | StorageError::AccountDataFull { .. }
                 | StorageError::BlocklistFull { .. }
+                | StorageError::PushRegistrationsFull { .. }
                 | StorageError::PepNodeNotFound(_)
                 | StorageError::PepLimit { .. }
                 | StorageError::ArchiveItemNotFound(_)
@@ -124,7 +128,9 @@ impl From<StorageError> for ApiError {
             | StorageError::RosterBytesFull { .. }
             | StorageError::OfflineQueueBytesFull { .. }
             | StorageError::AccountDataFull { .. } => ApiError::LimitReached(text),
-            StorageError::BlocklistFull { .. } => ApiError::LimitReached(text),
+            StorageError::BlocklistFull { .. } | StorageError::PushRegistrationsFull { .. } => {
+                ApiError::LimitReached(text)
+            }
             StorageError::Connect { .. } => ApiError::Unavailable(text),
             StorageError::Database(ref database_error) => match database_error {
                 sqlx::Error::RowNotFound => ApiError::NotFound(text),

@@ -160,6 +160,7 @@ mod blocking;
 mod fast;
 mod offline;
 mod pep;
+mod push;
 mod roster;
 mod upload;
 
@@ -182,7 +183,7 @@ impl Storage {
                 url: redact_url(url),
             });
         };
-        Ok(Storage {
+        let storage = Storage {
             pool,
             max_offline_per_user: config.max_offline_per_user,
             max_offline_bytes_per_user: config.max_offline_bytes_per_user,
@@ -192,7 +193,14 @@ impl Storage {
             max_blocklist_items: config.max_blocklist_items,
             max_archive_messages_per_account: config.max_archive_messages_per_account,
             metrics: StorageMetrics::default(),
-        })
+        };
+        // The second half of migration 20261204300000: push registrations
+        // kept as XML documents move into their table.
+        let moved = storage.move_push_documents().await?;
+        if moved > 0 {
+            tracing::info!(moved, "push documents moved into push_registrations");
+        }
+        Ok(storage)
     }
 
     /// Observe queries and the offline queue in `metrics` (docs/operations.md).

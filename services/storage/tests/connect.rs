@@ -311,6 +311,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "pep_items",
             "pep_nodes",
             "pep_whitelist",
+            "push_registrations",
             "roster_groups",
             "roster_items",
             "scram_credentials",

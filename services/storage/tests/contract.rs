@@ -56,6 +56,7 @@ pub mod cases {
     pub use super::archive_cases::*;
     pub use super::blocking_cases::*;
     pub use super::pep_cases::*;
+    pub use super::push_cases::*;
     pub use super::upload_cases::*;
     use super::*;
 
@@ -1549,6 +1550,8 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(
+    push_registrations_enable_replace_remove_and_cap,
+    push_documents_move_into_the_table,
     upload_slots_count_against_the_quota_and_complete_once,
     upload_purge_removes_expired_slots,
     concurrent_upload_slots_respect_the_quota,
@@ -1588,6 +1591,143 @@ contract_suite!(
     concurrent_offline_stores_respect_the_cap,
     concurrent_takes_never_return_a_message_twice,
 );
+
+/// Push registrations (XEP-0357).
+pub mod push_cases {
+    use super::*;
+    use starling_api::{PushRegistration, PushStore};
+
+    fn registration(service: &str, node: &str, options: Option<&str>) -> PushRegistration {
+        PushRegistration {
+            service_jid: service.into(),
+            node: node.into(),
+            publish_options_xml: options.map(str::to_string),
+        }
+    }
+
+    fn nodes(registrations: &[PushRegistration]) -> Vec<(String, String)> {
+        registrations
+            .iter()
+            .map(|known| (known.service_jid.clone(), known.node.clone()))
+            .collect()
+    }
+
+    pub async fn push_registrations_enable_replace_remove_and_cap(storage: Storage) {
+        let ghost = jid("ghost@example.org");
+        let refused = storage
+            .put_push_registration(&ghost, &registration("push.example", "n", None), 4)
+            .await;
+        assert!(is_not_found(&refused), "{refused:?}");
+        assert!(storage.push_registrations(&ghost).await.unwrap().is_empty());
+
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        assert!(storage.push_registrations(&alice).await.unwrap().is_empty());
+        for (service, node) in [("a.example", "1"), ("a.example", "2"), ("b.example", "1")] {
+            storage
+                .put_push_registration(&alice, &registration(service, node, None), 4)
+                .await
+                .unwrap();
+        }
+        // Enabled again: the options replaced, and it is the newest.
+        let form = "<x xmlns='jabber:x:data' type='submit'/>";
+        storage
+            .put_push_registration(&alice, &registration("a.example", "1", Some(form)), 4)
+            .await
+            .unwrap();
+        let stored = storage.push_registrations(&alice).await.unwrap();
+        assert_eq!(
+            nodes(&stored),
+            [("a.example", "2"), ("b.example", "1"), ("a.example", "1")]
+                .map(|(service, node)| (service.to_string(), node.to_string()))
+        );
+        assert_eq!(stored[2].publish_options_xml.as_deref(), Some(form));
+        assert!(storage.push_registrations(&bob).await.unwrap().is_empty());
+
+        // The cap counts the others: a fourth fits, a fifth does not, and a
+        // re-enable at the cap still does.
+        storage
+            .put_push_registration(&alice, &registration("c.example", "1", None), 4)
+            .await
+            .unwrap();
+        let full = storage
+            .put_push_registration(&alice, &registration("d.example", "1", None), 4)
+            .await;
+        assert!(matches!(full, Err(ApiError::LimitReached(_))), "{full:?}");
+        storage
+            .put_push_registration(&alice, &registration("c.example", "1", None), 4)
+            .await
+            .unwrap();
+        assert_eq!(storage.push_registrations(&alice).await.unwrap().len(), 4);
+
+        // Section 6: one node, or every node of a service.
+        assert_eq!(
+            storage
+                .remove_push_registrations(&alice, "a.example", Some("2"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            storage
+                .remove_push_registrations(&alice, "b.example", None)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            storage
+                .remove_push_registrations(&alice, "nobody.example", None)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            nodes(&storage.push_registrations(&alice).await.unwrap()),
+            [("a.example", "1"), ("c.example", "1")]
+                .map(|(service, node)| (service.to_string(), node.to_string()))
+        );
+        // They go with the account.
+        storage.remove_account(&alice).await.unwrap();
+        let alice = account(&storage, "alice@example.org").await;
+        assert!(storage.push_registrations(&alice).await.unwrap().is_empty());
+    }
+
+    pub async fn push_documents_move_into_the_table(storage: Storage) {
+        let alice = account(&storage, "alice@example.org").await;
+        let bob = account(&storage, "bob@example.org").await;
+        // The account document of the previous layout, as the router wrote it.
+        storage
+            .put_account_data(
+                &alice,
+                "push",
+                Some("<push xmlns='urn:xmpp:push:0'><enable jid='push.example' node='n1'/><enable jid='push.example' node='n2'><x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s&apos;</value></field></x></enable></push>"),
+            )
+            .await
+            .unwrap();
+        storage
+            .put_account_data(&bob, "vcard", Some("<vCard xmlns='vcard-temp'/>"))
+            .await
+            .unwrap();
+        assert_eq!(storage.move_push_documents().await.unwrap(), 1);
+        let moved = storage.push_registrations(&alice).await.unwrap();
+        assert_eq!(
+            nodes(&moved),
+            [("push.example", "n1"), ("push.example", "n2")]
+                .map(|(service, node)| (service.to_string(), node.to_string()))
+        );
+        assert_eq!(
+            moved[1].publish_options_xml.as_deref(),
+            // Re-serialised: the same XML, the text's apostrophe unescaped.
+            Some("<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s'</value></field></x>")
+        );
+        assert_eq!(storage.account_data(&alice, "push").await.unwrap(), None);
+        // Other documents stay; a second run moves nothing.
+        assert!(storage.account_data(&bob, "vcard").await.unwrap().is_some());
+        assert_eq!(storage.move_push_documents().await.unwrap(), 0);
+        assert_eq!(storage.push_registrations(&alice).await.unwrap().len(), 2);
+    }
+}
 
 /// The message archive (XEP-0313) and its preferences (XEP-0441).
 pub mod archive_cases {

@@ -4,6 +4,7 @@
 //! [`PayloadError`], which its sender gets as `bad-request`) and writes itself
 //! back; every module round-trips literal XML in its tests.
 
+pub mod avatar;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;

@@ -359,6 +359,34 @@ impl starling_api::UploadStore for FakeStorage {
 }
 
 #[async_trait]
+impl starling_api::PushStore for FakeStorage {
+    async fn push_registrations(
+        &self,
+        _user: &BareJid,
+    ) -> ApiResult<Vec<starling_api::PushRegistration>> {
+        Ok(Vec::new())
+    }
+
+    async fn put_push_registration(
+        &self,
+        _user: &BareJid,
+        _registration: &starling_api::PushRegistration,
+        _max_per_account: u32,
+    ) -> ApiResult<()> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn remove_push_registrations(
+        &self,
+        _user: &BareJid,
+        _service_jid: &str,
+        _node: Option<&str>,
+    ) -> ApiResult<u64> {
+        Ok(0)
+    }
+}
+
+#[async_trait]
 impl starling_api::FastTokenStore for FakeStorage {
     async fn put_fast_token(
         &self,

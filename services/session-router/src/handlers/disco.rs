@@ -112,6 +112,10 @@ async fn account_disco(
         .chain(pep::ACCOUNT_PEP_FEATURES)
         .copied()
         .collect();
+    // XEP-0398 section 2: the avatar conversion is done on the account.
+    features.push(ns::PEP_VCARD_CONVERSION);
+    // XEP-0411 section 2: so is the bookmarks conversion.
+    features.push(crate::bookmarks::CONVERSION_FEATURE);
     // XEP-0313 section 7: the archive is the account's.
     if router.config.mam {
         features.extend_from_slice(super::mam::ACCOUNT_FEATURES);

@@ -10,7 +10,7 @@ use crate::router::RouterConfig;
 
 pub(crate) mod blocking;
 pub(crate) mod disco;
-mod documents;
+pub(crate) mod documents;
 pub(crate) mod last;
 pub(crate) mod mam;
 pub(crate) mod pep;

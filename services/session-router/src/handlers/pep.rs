@@ -519,6 +519,18 @@ impl Pep {
         if let Some(event) = items_event(&stored.name, &pep_item) {
             router.notify_pep(&parties.owner, &stored, event).await;
         }
+        // XEP-0398 section 3.1: the vCard follows the avatar.
+        if stored.name == ns::AVATAR_METADATA {
+            router
+                .avatar_metadata_published(&parties.owner, payload)
+                .await;
+        }
+        // XEP-0411: the private XML bookmarks follow the PEP ones.
+        if stored.name == crate::bookmarks::NODE {
+            router
+                .pep_bookmarks_published(&parties.owner, payload)
+                .await;
+        }
         Ok(result_with(
             iq,
             Element::new("pubsub", ns::PUBSUB).with_child(
@@ -587,6 +599,13 @@ impl Pep {
     ) -> Answer {
         let node_name = node_attribute(items)?;
         let storage = &router.storage;
+        // XEP-0411 section 4: bookmarks kept only in private XML reach PEP
+        // before the owner's first read.
+        if node_name == crate::bookmarks::NODE && parties.is_owner() {
+            router
+                .bookmarks_before_pep_read(&parties.owner, &parties.requester_full)
+                .await;
+        }
         let node = existing_node(router, &parties.owner, node_name).await?;
         router
             .pep_access(&parties.owner, &node, &parties.requester)

@@ -24,7 +24,7 @@ pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
 pub(crate) struct PrivateStorage;
 
 /// The document key of a fragment namespace.
-fn key(namespace: &str) -> String {
+pub(crate) fn key(namespace: &str) -> String {
     format!("private {namespace}")
 }
 
@@ -45,8 +45,8 @@ impl IqHandler for PrivateStorage {
     }
 
     async fn handle(&self, router: &SessionRouter, request: IqRequest<'_>) -> Option<Element> {
-        let user = match request.addressee {
-            Addressee::OwnAccount { jid, .. } => jid.to_bare(),
+        let (user, requester) = match request.addressee {
+            Addressee::OwnAccount { jid, .. } => (jid.to_bare(), jid.to_string()),
             // Section 3: another entity's private data is forbidden.
             Addressee::Server | Addressee::OtherAccount => {
                 return request
@@ -105,7 +105,15 @@ impl IqHandler for PrivateStorage {
                         .bounce(&request.iq, StanzaErrorCondition::NotAcceptable);
                 }
                 match documents::store(router, &user, &key(&namespace), query).await {
-                    Ok(()) => Some(stanza::iq_result(&request.iq)),
+                    Ok(()) => {
+                        // XEP-0411 section 3: the PEP copy follows.
+                        if namespace == crate::bookmarks::NODE {
+                            router
+                                .private_bookmarks_stored(&user, &requester, query)
+                                .await;
+                        }
+                        Some(stanza::iq_result(&request.iq))
+                    }
                     Err(error) => request.routing.failure_reply(&request.iq, &error),
                 }
             }

@@ -2,18 +2,22 @@
 //! and disables (section 6) notifications to an app server on its account.
 //! Registrations are the account's, keyed by the app server's JID and node
 //! (section 5: the same JID may be enabled for several nodes; enabling a
-//! pair again replaces its publish options), and kept in storage as one
-//! document under the account ([`KEY`]), so that every router replica and
-//! a restart see them. The notifications themselves are `crate::push`.
+//! pair again replaces its publish options), and kept in storage
+//! ([`starling_api::PushStore`], one row per registration), so that every
+//! router replica and a restart see them. Whether an account has any is
+//! cached per router and invalidated cluster-wide on every change
+//! ([`SessionRouter::has_push_registrations`]). The notifications
+//! themselves are `crate::push`.
 
 use async_trait::async_trait;
-use starling_api::FeatureSpec;
+use starling_api::{ApiError, FeatureSpec, PushRegistration};
 use starling_jid::{BareJid, Jid};
 use starling_xmpp::xep::push::{Disable, Enable};
 use starling_xmpp::xep::{Payload, PayloadError};
-use starling_xmpp::{ns, stanza, Element, IqType, StanzaError, StanzaErrorCondition};
+use starling_xmpp::{
+    ns, parse_element, stanza, Element, IqType, Limits, StanzaError, StanzaErrorCondition,
+};
 
-use super::documents;
 use crate::features::{Addressee, IqHandler, IqRequest};
 use crate::router::SessionRouter;
 
@@ -31,13 +35,9 @@ pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
 /// What an account's bare JID advertises when push is on (section 4).
 pub(crate) const ACCOUNT_FEATURES: &[&str] = &[ns::PUSH];
 
-/// The account document holding the registrations:
-/// `<push xmlns='urn:xmpp:push:0'>` with one `<enable/>` per (JID, node).
-pub(crate) const KEY: &str = "push";
-
 /// The most registrations one account keeps (one per app client and
 /// device, in practice a handful); one more `enable` gets `policy-violation`.
-pub(crate) const MAX_REGISTRATIONS: usize = 32;
+pub(crate) const MAX_REGISTRATIONS: u32 = 32;
 
 /// Answers `<enable/>` and `<disable/>` sets on the sender's own account.
 pub(crate) struct Push;
@@ -110,22 +110,24 @@ async fn enable_registration(
     mut enable: Enable,
 ) -> Result<&'static str, StanzaError> {
     enable.jid = service_jid(&enable.jid)?;
-    let mut registrations = load_registrations(router, account)
-        .await
-        .map_err(|error| error.to_stanza_error())?;
+    let registration = PushRegistration {
+        service_jid: enable.jid.clone(),
+        node: enable.node.clone(),
+        publish_options_xml: enable.publish_options.as_ref().map(Element::to_xml),
+    };
     // Section 5: enabling a (JID, node) again keeps the last publish options.
-    registrations.retain(|known| !(known.jid == enable.jid && known.node == enable.node));
-    if registrations.len() >= MAX_REGISTRATIONS {
-        return Err(
-            StanzaError::new(StanzaErrorCondition::PolicyViolation).with_text(format!(
-                "at most {MAX_REGISTRATIONS} push registrations per account"
-            )),
-        );
-    }
-    registrations.push(enable);
-    store_registrations(router, account, &registrations)
+    router
+        .storage
+        .put_push_registration(account, &registration, MAX_REGISTRATIONS)
         .await
-        .map_err(|error| error.to_stanza_error())?;
+        .map_err(|error| match error {
+            ApiError::LimitReached(_) => StanzaError::new(StanzaErrorCondition::PolicyViolation)
+                .with_text(format!(
+                    "at most {MAX_REGISTRATIONS} push registrations per account"
+                )),
+            other => other.to_stanza_error(),
+        })?;
+    router.push_registrations_changed(account).await;
     Ok("enabled")
 }
 
@@ -148,42 +150,64 @@ pub(crate) async fn remove_registrations(
     account: &BareJid,
     jid: &str,
     node: Option<&str>,
-) -> starling_api::ApiResult<usize> {
-    let mut registrations = load_registrations(router, account).await?;
-    let before = registrations.len();
-    registrations.retain(|known| !(known.jid == jid && node.is_none_or(|node| known.node == node)));
-    let removed = before - registrations.len();
+) -> starling_api::ApiResult<u64> {
+    let removed = router
+        .storage
+        .remove_push_registrations(account, jid, node)
+        .await?;
     if removed > 0 {
-        store_registrations(router, account, &registrations).await?;
+        router.push_registrations_changed(account).await;
     }
     Ok(removed)
 }
 
-/// The account's registrations, in the order they were enabled.
+/// The account's registrations, in the order they were enabled. A stored
+/// publish-options form that no longer parses is left out of its
+/// registration (logged); the registration stays.
 pub(crate) async fn load_registrations(
     router: &SessionRouter,
     account: &BareJid,
 ) -> starling_api::ApiResult<Vec<Enable>> {
-    let Some(document) = documents::load(router, account, KEY).await? else {
-        return Ok(Vec::new());
-    };
-    Ok(document
-        .children()
-        .filter_map(|child| Enable::from_element(child).ok())
+    let stored = router.storage.push_registrations(account).await?;
+    Ok(stored
+        .into_iter()
+        .map(|registration| Enable {
+            publish_options: registration.publish_options_xml.as_deref().and_then(|xml| {
+                let limits = Limits {
+                    max_stanza_bytes: xml.len().max(1),
+                    ..Limits::default()
+                };
+                parse_element(xml.as_bytes(), &limits)
+                    .inspect_err(|error| {
+                        tracing::warn!(user = %account, %error, "stored push publish-options do not parse");
+                    })
+                    .ok()
+            }),
+            jid: registration.service_jid,
+            node: registration.node,
+        })
         .collect())
 }
 
-async fn store_registrations(
-    router: &SessionRouter,
-    account: &BareJid,
-    registrations: &[Enable],
-) -> starling_api::ApiResult<()> {
-    if registrations.is_empty() {
-        return router.storage.put_account_data(account, KEY, None).await;
+impl SessionRouter {
+    /// Whether `account` has push registrations: cached per router,
+    /// invalidated cluster-wide on every enable and disable (see
+    /// `account_cache.rs`), so that a message for an account without any
+    /// costs no database read.
+    pub(crate) async fn has_push_registrations(
+        &self,
+        account: &BareJid,
+    ) -> starling_api::ApiResult<bool> {
+        self.push_accounts
+            .get_or_load(account, || async {
+                Ok(!self.storage.push_registrations(account).await?.is_empty())
+            })
+            .await
     }
-    let mut document = Element::new("push", ns::PUSH);
-    for registration in registrations {
-        document.append_child(registration.to_element());
+
+    /// `account`'s registrations changed in storage: every router forgets
+    /// what it knew (over the block lists' invalidation channel).
+    async fn push_registrations_changed(&self, account: &BareJid) {
+        self.blocklists.changed(account).await;
     }
-    documents::store(router, account, KEY, &document).await
 }

@@ -20,7 +20,7 @@ pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
 };
 
 /// The document key of the vCard.
-const KEY: &str = "vcard";
+pub(crate) const KEY: &str = "vcard";
 
 /// Answers vCard gets for any local account and sets of the sender's own.
 pub(crate) struct VCard;
@@ -56,8 +56,13 @@ impl IqHandler for VCard {
                         .routing
                         .bounce(&request.iq, StanzaErrorCondition::BadRequest);
                 };
-                match documents::store(router, &jid.to_bare(), KEY, vcard).await {
-                    Ok(()) => Some(stanza::iq_result(&request.iq)),
+                let owner = jid.to_bare();
+                match documents::store(router, &owner, KEY, vcard).await {
+                    Ok(()) => {
+                        // XEP-0398 section 3.2 (and the hash of section 4).
+                        router.vcard_stored(&owner, &jid.to_string(), vcard).await;
+                        Some(stanza::iq_result(&request.iq))
+                    }
                     Err(error) => request.routing.failure_reply(&request.iq, &error),
                 }
             }

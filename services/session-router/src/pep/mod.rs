@@ -15,7 +15,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use starling_api::{
-    AccessModel, ApiResult, PepItem, PepLimits, PepNode, SendLastPublished, SessionRecord,
+    AccessModel, ApiError, ApiResult, PepConfigPatch, PepItem, PepLimits, PepNode, PepPublish,
+    PepPublishOutcome, SendLastPublished, SessionRecord,
 };
 use starling_bus::deliver_to_sessions;
 use starling_jid::{BareJid, FullJid, Jid};
@@ -240,6 +241,51 @@ impl SessionRouter {
                 self.metrics.pep_notifications_failed();
                 tracing::warn!(owner = %owner, node = %node.name, %error, "pep notification recipients failed");
             }
+        }
+    }
+
+    /// Publish `payload_xml` as item `id` of `owner`'s `node` on the owner's
+    /// behalf (a server-side conversion, XEP-0398 and XEP-0411): the node is
+    /// created with `options` when missing, and an existing one must match
+    /// them (XEP-0060 section 7.1.5: `Ok(false)` when it does not, nothing
+    /// stored); the subscribers are notified as for a publish of the owner.
+    pub(crate) async fn publish_on_behalf(
+        &self,
+        owner: &BareJid,
+        publisher: &str,
+        node: &str,
+        id: &str,
+        payload_xml: String,
+        options: PepConfigPatch,
+    ) -> ApiResult<bool> {
+        let item = PepItem {
+            id: id.to_string(),
+            publisher: publisher.to_string(),
+            payload_xml,
+        };
+        let outcome = self
+            .storage
+            .publish_pep_item(
+                owner,
+                &PepPublish {
+                    node: node.to_string(),
+                    item: Some(item.clone()),
+                    options,
+                },
+                self.config.pep.limits(),
+            )
+            .await?;
+        match outcome {
+            PepPublishOutcome::Published { node, .. } => {
+                if let Some(event) = items_event(&node.name, &item) {
+                    self.notify_pep(owner, &node, event).await;
+                }
+                Ok(true)
+            }
+            PepPublishOutcome::PreconditionNotMet => Ok(false),
+            PepPublishOutcome::NodeLimitReached => Err(ApiError::LimitReached(format!(
+                "{node}: the account owns pep.max_nodes_per_account nodes"
+            ))),
         }
     }
 

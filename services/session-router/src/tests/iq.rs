@@ -105,6 +105,8 @@ const ACCOUNT_INFO: &str = concat!(
     "<feature var='http://jabber.org/protocol/pubsub#retract-items'/>",
     "<feature var='http://jabber.org/protocol/pubsub#retrieve-default'/>",
     "<feature var='http://jabber.org/protocol/pubsub#retrieve-items'/>",
+    "<feature var='urn:xmpp:bookmarks-conversion:0'/>",
+    "<feature var='urn:xmpp:pep-vcard-conversion:0'/>",
     "<feature var='urn:xmpp:push:0'/>",
 );
 

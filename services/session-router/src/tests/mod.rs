@@ -3,8 +3,10 @@
 //! (`Storage` on in-memory SQLite), and a presence fake that records calls.
 //! Every rule is exercised with literal XML.
 
+mod avatar;
 mod bind;
 mod blocking;
+mod bookmarks;
 mod carbons;
 mod component;
 mod iq;
@@ -354,6 +356,34 @@ impl starling_api::UploadStore for UnavailableStorage {
 }
 
 #[async_trait]
+impl starling_api::PushStore for UnavailableStorage {
+    async fn push_registrations(
+        &self,
+        _user: &BareJid,
+    ) -> ApiResult<Vec<starling_api::PushRegistration>> {
+        Err(database_down())
+    }
+
+    async fn put_push_registration(
+        &self,
+        _user: &BareJid,
+        _registration: &starling_api::PushRegistration,
+        _max_per_account: u32,
+    ) -> ApiResult<()> {
+        Err(database_down())
+    }
+
+    async fn remove_push_registrations(
+        &self,
+        _user: &BareJid,
+        _service_jid: &str,
+        _node: Option<&str>,
+    ) -> ApiResult<u64> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
 impl starling_api::FastTokenStore for UnavailableStorage {
     async fn put_fast_token(
         &self,
@@ -535,7 +565,44 @@ impl Default for HarnessOptions {
     }
 }
 
+/// The router configuration of a harness built with `options`.
+fn router_config(options: &HarnessOptions) -> RouterConfig {
+    RouterConfig {
+        domain: "example.com".into(),
+        max_resources_per_user: options.max_resources_per_user,
+        server_name: "Starling".into(),
+        server_version: "0.1.0".into(),
+        carbons: options.carbons,
+        blocking_max_items: 5,
+        pep: crate::pep::PepSettings::default(),
+        mam: options.mam,
+        mam_max_page_size: 5,
+        mam_max_message_bytes: 65_536,
+        upload: options.upload.clone(),
+        stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
+        components: vec!["irc.example.com".into()],
+        push: Some(crate::push::PushSettings {
+            include_body: false,
+            min_interval: std::time::Duration::ZERO,
+        }),
+    }
+}
+
 impl Harness {
+    /// Another router of the same deployment (registry, bus, storage and
+    /// presence service shared), with its own caches in front of `blocklists`.
+    pub fn another_router(&self, blocklists: Arc<starling_bus::Blocklists>) -> SessionRouter {
+        SessionRouter::new(
+            router_config(&HarnessOptions::default()),
+            self.registry.clone(),
+            self.bus.clone(),
+            self.storage.clone(),
+            self.presence.clone(),
+        )
+        .with_clock(fixed_clock)
+        .with_blocklists(blocklists)
+    }
+
     pub async fn new() -> Self {
         Self::with_options(HarnessOptions::default()).await
     }
@@ -571,25 +638,7 @@ impl Harness {
         let cm_test = bus.subscribe(CM_TEST).await.expect("subscribe cm-test");
         let cm_other = bus.subscribe(CM_OTHER).await.expect("subscribe cm-other");
         let router = SessionRouter::new(
-            RouterConfig {
-                domain: "example.com".into(),
-                max_resources_per_user: options.max_resources_per_user,
-                server_name: "Starling".into(),
-                server_version: "0.1.0".into(),
-                carbons: options.carbons,
-                blocking_max_items: 5,
-                pep: crate::pep::PepSettings::default(),
-                mam: options.mam,
-                mam_max_page_size: 5,
-                mam_max_message_bytes: 65_536,
-                upload: options.upload.clone(),
-                stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
-                components: vec!["irc.example.com".into()],
-                push: Some(crate::push::PushSettings {
-                    include_body: false,
-                    min_interval: std::time::Duration::ZERO,
-                }),
-            },
+            router_config(&options),
             registry.clone(),
             bus.clone(),
             storage.clone(),
@@ -641,6 +690,38 @@ impl Harness {
             .await
             .expect("bind succeeds");
         assert_eq!(bound, jid);
+        bound
+    }
+
+    /// Bind and mark available with capabilities (XEP-0115) whose verified
+    /// record, `ver`, holds `features` (such as `NODE+notify` interests).
+    pub async fn online_with_caps(
+        &self,
+        jid: &str,
+        node: &str,
+        conn: u64,
+        ver: &str,
+        features: &[&str],
+    ) -> FullJid {
+        self.storage
+            .put_caps(&starling_api::CapsRecord {
+                hash: "sha-1".into(),
+                ver: ver.into(),
+                features: features.iter().map(|feature| feature.to_string()).collect(),
+            })
+            .await
+            .expect("store caps");
+        let bound = self.online(jid, node, conn, 0).await;
+        self.registry
+            .set_presence(
+                &bound,
+                &addr(node, conn),
+                true,
+                0,
+                Some(format!("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='{ver}'/></presence>")),
+            )
+            .await
+            .expect("set presence");
         bound
     }
 

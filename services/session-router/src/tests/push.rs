@@ -136,3 +136,99 @@ async fn enable_is_the_accounts_own_and_checked() {
         2.0
     );
 }
+
+/// An account without registrations costs no database read per message:
+/// the router knows (cached) that it has none; an enable through this router
+/// makes it read them again.
+#[tokio::test]
+async fn the_router_remembers_an_account_has_no_registrations() {
+    let mut harness = Harness::new().await;
+    let juliet = bare("juliet@example.com");
+    harness
+        .send(
+            ROMEO,
+            CM_TEST,
+            2,
+            "<message to='juliet@example.com' type='chat'><body>one</body></message>",
+        )
+        .await;
+    assert_eq!(harness.router.push_accounts.cached(&juliet), Some(false));
+    enabled(&mut harness, "n1").await;
+    assert_eq!(harness.router.push_accounts.cached(&juliet), None);
+    harness
+        .send(
+            ROMEO,
+            CM_TEST,
+            2,
+            "<message to='juliet@example.com' type='chat'><body>two</body></message>",
+        )
+        .await;
+    assert!(notification(&mut harness).contains("<value>1</value>"));
+    assert_eq!(harness.router.push_accounts.cached(&juliet), Some(true));
+}
+
+/// Two routers of a cluster, each with its block lists on Redis: an enable
+/// through one makes the other forget that the account had no
+/// registrations (the invalidation crosses Redis), and a disable the other
+/// way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_knowledge_is_invalidated_across_routers() {
+    let Some(client) = starling_redis_client::testing::test_client().await else {
+        return;
+    };
+    let on_redis = |storage: Arc<dyn StorageApi>| {
+        let client = client.clone();
+        async move {
+            starling_bus::Blocklists::on_redis(
+                storage,
+                client,
+                starling_bus::BlockingMetrics::default(),
+            )
+            .await
+            .expect("block lists on redis")
+        }
+    };
+    let harness = Harness::new().await;
+    let other = harness.another_router(on_redis(harness.storage.clone()).await);
+    // The harness's router replaced by one on Redis too.
+    let mut harness = Harness {
+        router: Arc::new(harness.another_router(on_redis(harness.storage.clone()).await)),
+        ..harness
+    };
+    let juliet = bare("juliet@example.com");
+    assert!(!other.has_push_registrations(&juliet).await.unwrap());
+    assert_eq!(other.push_accounts.cached(&juliet), Some(false));
+
+    enabled(&mut harness, "n1").await;
+    starling_testing::wait_until(
+        "the other router to forget juliet's push knowledge",
+        std::time::Duration::from_secs(10),
+        async || other.push_accounts.cached(&juliet).is_none(),
+    )
+    .await;
+    assert!(other.has_push_registrations(&juliet).await.unwrap());
+
+    // A disable through the other router reaches the harness's.
+    assert!(harness
+        .router
+        .has_push_registrations(&juliet)
+        .await
+        .unwrap());
+    assert_eq!(
+        crate::handlers::push::remove_registrations(&other, &juliet, "irc.example.com", None)
+            .await
+            .unwrap(),
+        1
+    );
+    starling_testing::wait_until(
+        "the harness's router to forget juliet's push knowledge",
+        std::time::Duration::from_secs(10),
+        async || harness.router.push_accounts.cached(&juliet).is_none(),
+    )
+    .await;
+    assert!(!harness
+        .router
+        .has_push_registrations(&juliet)
+        .await
+        .unwrap());
+}

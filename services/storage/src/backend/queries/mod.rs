@@ -24,6 +24,7 @@ mod blocking;
 mod fast;
 mod offline;
 mod pep;
+mod push;
 mod roster;
 mod upload;
 
@@ -34,6 +35,7 @@ pub(crate) use blocking::*;
 pub(crate) use fast::*;
 pub(crate) use offline::*;
 pub(crate) use pep::*;
+pub(crate) use push::*;
 pub(crate) use roster::*;
 pub(crate) use upload::*;
 
