@@ -23,6 +23,10 @@ pub struct CmConfig {
     /// The external component listener (XEP-0114, `jabber:component:accept`,
     /// plain TCP as the XEP says; 5347 by custom). `None`: no listener.
     pub component_addr: Option<SocketAddr>,
+    /// The s2s listener (RFC 6120, 5269), used when `s2s.enabled`. `None`: no listener.
+    pub s2s_addr: Option<SocketAddr>,
+    /// Federation (`s2s.*`).
+    pub s2s: crate::s2s::S2sSettings,
     /// The components that may connect, each with its own limits.
     pub components: Vec<ComponentSettings>,
     pub tls: TlsSettings,

@@ -62,6 +62,7 @@ mod queued;
 mod reading;
 mod register;
 mod reroute;
+mod s2s;
 mod session;
 mod shared;
 mod sm;
@@ -97,6 +98,7 @@ pub use listener::bosh::BOSH_PATH;
 pub use listener::websocket::WEBSOCKET_PATH;
 pub use metrics::CmMetrics;
 pub use proxy::{BadNetwork, TrustedProxies};
+pub use s2s::S2sSettings;
 pub use sm::{SmSettings, StreamResumption};
 pub use transport::tls::ALPN_XMPP_CLIENT;
 pub use transport::TlsChannel;
@@ -135,6 +137,7 @@ pub struct ConnectionManager {
     c2s_addr: Option<SocketAddr>,
     c2s_tls_addr: Option<SocketAddr>,
     component_addr: Option<SocketAddr>,
+    s2s_addr: Option<SocketAddr>,
     bus: Arc<dyn Bus>,
 }
 
@@ -190,6 +193,31 @@ impl ConnectionManager {
             config.metrics.component().declare(component_domain);
         }
         let tls = transport::tls::load(&config.tls, &domain)?;
+        let s2s = if config.s2s.enabled {
+            if config.s2s.dialback_secret.is_empty() {
+                return Err(CmError::Config(
+                    "s2s.dialback_secret must be set when s2s.enabled is true".to_string(),
+                ));
+            }
+            let connector = s2s::connect::Connector::new(
+                domain.clone(),
+                config.s2s.clone(),
+                Limits {
+                    max_stanza_bytes: limits.max_stanza_bytes,
+                    max_depth: limits.max_depth,
+                    ..Limits::default()
+                },
+                tls.certificates.clone(),
+                tls.key.clone_key(),
+            )?;
+            Some(s2s::S2s {
+                connector,
+                links: Default::default(),
+                next_link: AtomicU64::new(1),
+            })
+        } else {
+            None
+        };
         let parser_limits = Limits {
             max_stanza_bytes: limits.max_stanza_bytes,
             max_depth: limits.max_depth,
@@ -219,6 +247,7 @@ impl ConnectionManager {
             limits.outbound_queue_bytes_total,
         );
         let shared = Shared {
+            s2s,
             outbound_bytes,
             node_id: config.node_id,
             domain,
@@ -264,6 +293,7 @@ impl ConnectionManager {
             c2s_addr: config.c2s_addr,
             c2s_tls_addr: config.c2s_tls_addr,
             component_addr: config.component_addr,
+            s2s_addr: config.s2s_addr.filter(|_| config.s2s.enabled),
             bus,
         })
     }
@@ -275,6 +305,7 @@ impl ConnectionManager {
             (ListenerKind::StartTls, self.c2s_addr),
             (ListenerKind::DirectTls, self.c2s_tls_addr),
             (ListenerKind::Component, self.component_addr),
+            (ListenerKind::S2s, self.s2s_addr),
         ] {
             let Some(addr) = addr else { continue };
             let listener = TcpListener::bind(addr)

@@ -156,6 +156,7 @@ pub struct CmMetrics {
     channel_binding_failures: IntCounterVec,
     csi: CsiMetrics,
     component: ComponentMetrics,
+    s2s: crate::s2s::S2sMetrics,
 }
 
 /// External components (XEP-0114), labelled by the component's configured
@@ -380,6 +381,7 @@ impl CmMetrics {
         }
         let csi = CsiMetrics::register(registry)?;
         let component = ComponentMetrics::register(registry)?;
+        let s2s = crate::s2s::S2sMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
             for result in ["success", "failure"] {
@@ -407,6 +409,7 @@ impl CmMetrics {
             channel_binding_failures,
             csi,
             component,
+            s2s,
             outbound_queue_bytes,
         })
     }
@@ -436,6 +439,11 @@ impl CmMetrics {
     /// XEP-0352 client state indication.
     pub(crate) fn csi(&self) -> &CsiMetrics {
         &self.csi
+    }
+
+    /// Server-to-server streams.
+    pub(crate) fn s2s(&self) -> &crate::s2s::S2sMetrics {
+        &self.s2s
     }
 
     /// External components (XEP-0114).

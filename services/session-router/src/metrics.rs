@@ -117,6 +117,9 @@ pub struct RouterMetrics {
     push: [IntCounter; 5],
     /// XEP-0357 enable/disable requests: enabled, disabled, refused.
     push_registrations: [IntCounter; 3],
+    /// Stanzas to remote domains answered `remote-server-not-found` by the
+    /// s2s policy (`s2s.enabled`, `s2s.allow`, `s2s.deny`).
+    s2s_policy_refused: IntCounter,
 }
 
 const PUSH_REGISTRATION_EVENTS: [&str; 3] = ["enabled", "disabled", "refused"];
@@ -239,7 +242,13 @@ impl RouterMetrics {
         )?;
         registry.register(Box::new(push.clone()))?;
         registry.register(Box::new(push_registrations.clone()))?;
+        let s2s_policy_refused = IntCounter::new(
+            "starling_s2s_policy_refused_total",
+            "Stanzas to remote domains answered remote-server-not-found at once by the federation policy (s2s.enabled off, domain denied or not allowed)",
+        )?;
+        registry.register(Box::new(s2s_policy_refused.clone()))?;
         Ok(RouterMetrics {
+            s2s_policy_refused,
             push: PushOutcome::ALL.map(|outcome| push.with_label_values(&[outcome.label()])),
             push_registrations: PUSH_REGISTRATION_EVENTS
                 .map(|event| push_registrations.with_label_values(&[event])),
@@ -285,6 +294,10 @@ impl RouterMetrics {
         {
             self.push_registrations[index].inc();
         }
+    }
+
+    pub(crate) fn s2s_policy_refused(&self) {
+        self.s2s_policy_refused.inc();
     }
 
     pub(crate) fn routed(&self, kind: StanzaKind, decision: Decision, elapsed: Duration) {

@@ -581,6 +581,7 @@ impl Harness {
                 upload: options.upload.clone(),
                 stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
                 components: vec!["irc.example.com".into()],
+                s2s: crate::remote::S2sPolicy::default(),
                 push: Some(crate::push::PushSettings {
                     include_body: false,
                     min_interval: std::time::Duration::ZERO,
