@@ -1,0 +1,401 @@
+"""Federation (RFC 6120 server-to-server streams) with a real Prosody from
+Debian: a slixmpp user on Starling and one on Prosody exchange messages and a
+presence subscription in both directions.
+
+Each test runs its own Prosody (a subprocess with a generated configuration,
+on loopback only) and its own `starling serve`, each domain on an address of
+its own in 127.0.0.0/8, with certificates from a test CA made here.
+Starling reaches Prosody through `s2s.hosts` (a fixed address per domain);
+Prosody reaches Starling on the default port 5269 of the address that its
+resolver (libunbound, through Debian's lua-unbound) reads from a hosts file
+of the test's own (`unbound.hoststxt`), with an unreachable name server so
+that nothing leaves the machine: no system file is touched."""
+
+import asyncio
+import datetime
+import os
+import pathlib
+import random
+import shutil
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conftest import Client, Server, free_ports, handled, login, logout, wait_until, wait_until_async
+
+STARLING_DOMAIN = "starling.test"
+PROSODY_DOMAIN = "prosody.test"
+SECRET = "dialback-secret-of-the-test-cluster"
+
+
+def write_test_pki(directory: pathlib.Path, domains):
+    """A test CA (`ca.pem`) and, for each domain, a certificate naming it in
+    its subjectAltName, for server and client use (XEP-0178), with its key."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Starling federation test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for domain in domains:
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        (directory / f"{domain}.crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{domain}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+
+def loopback_addresses(count):
+    """`count` distinct addresses in 127.0.0.0/8 that no other test uses
+    (port 5269 of each is free)."""
+    chosen = []
+    while len(chosen) < count:
+        address = f"127.{random.randint(100, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+        if address in chosen:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, 5269))
+            except OSError:
+                continue
+        chosen.append(address)
+    return chosen
+
+
+class Prosody:
+    """A Prosody process serving `prosody.test` on loopback."""
+
+    def __init__(self, directory: pathlib.Path, address, starling_address, trust_test_ca=True):
+        self.dir = directory
+        self.address = address
+        self.c2s, self.s2s = free_ports(2)
+        self.config = directory / "prosody.cfg.lua"
+        self.log_path = directory / "prosody.log"
+        (directory / "data").mkdir()
+        (directory / "certs").mkdir()
+        (directory / "hosts").write_text(f"127.0.0.1 localhost\n{starling_address} {STARLING_DOMAIN}\n")
+        # A name server that is not there: a query for what the hosts file
+        # does not hold (the SRV records) fails at once, on loopback.
+        (directory / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        cafile = f'cafile = "{directory / "ca.pem"}";' if trust_test_ca else ""
+        self.config.write_text(
+            f"""
+run_as_root = true
+pidfile = "{directory / 'prosody.pid'}"
+data_path = "{directory / 'data'}"
+certificates = "{directory / 'certs'}"
+log = {{ debug = "{self.log_path}" }}
+interfaces = {{ "127.0.0.1" }}
+c2s_ports = {{ {self.c2s} }}
+s2s_interfaces = {{ "{address}" }}
+s2s_ports = {{ {self.s2s} }}
+http_ports = {{ }}
+https_ports = {{ }}
+c2s_require_encryption = false
+s2s_require_encryption = true
+s2s_secure_auth = false
+authentication = "internal_plain"
+unbound = {{ hoststxt = "{directory / 'hosts'}"; resolvconf = "{directory / 'resolv.conf'}" }}
+modules_enabled = {{ "roster"; "saslauth"; "tls"; "dialback"; "disco"; "ping"; "presence"; "posix" }}
+ssl = {{ certificate = "{directory / (PROSODY_DOMAIN + '.crt')}"; key = "{directory / (PROSODY_DOMAIN + '.key')}"; {cafile} }}
+VirtualHost "{PROSODY_DOMAIN}"
+"""
+        )
+        self.process = None
+
+    def ctl(self, *args):
+        return subprocess.run(
+            ["prosodyctl", "--config", str(self.config), *args], capture_output=True, text=True, timeout=60
+        )
+
+    def add_user(self, localpart, password):
+        result = self.ctl("register", localpart, PROSODY_DOMAIN, password)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return f"{localpart}@{PROSODY_DOMAIN}", password
+
+    def start(self):
+        self.log = open(self.dir / "prosody.out", "ab")
+        self.process = subprocess.Popen(
+            ["prosody", "--config", str(self.config), "-F"], stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+        def listening():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prosody exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                with socket.create_connection((self.address, self.s2s), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        wait_until(listening, what="prosody's s2s listener")
+        return self
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+class FederatedStarling(Server):
+    """`starling serve` for `starling.test` with federation on."""
+
+    def __init__(self, directory, address, s2s_toml):
+        self.address = address
+        self.s2s_toml = s2s_toml
+        super().__init__(directory, domain=STARLING_DOMAIN)
+
+    def write_config(self):
+        super().write_config()
+        text = self.config.read_text()
+        text = text.replace("[listen]\n", f'[listen]\ns2s = "{self.address}:5269"\n', 1)
+        text += f"""
+[tls]
+cert = "{self.dir / (STARLING_DOMAIN + '.crt')}"
+key = "{self.dir / (STARLING_DOMAIN + '.key')}"
+ca_file = "{self.dir / 'ca.pem'}"
+[s2s]
+enabled = true
+dialback_secret = "{SECRET}"
+connect_timeout_secs = 5
+{self.s2s_toml}
+"""
+        self.config.write_text(text)
+
+
+def metric(server, name, **labels):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if (line.startswith(f"{name}{{") or line.startswith(f"{name} ")) and all(
+            f'{k}="{v}"' in line for k, v in labels.items()
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture
+def federation(tmp_path):
+    """Start Prosody and Starling for one test; `make(...)` takes the
+    Starling `[s2s]` lines and whether Prosody trusts the test CA."""
+    started = []
+
+    def make(s2s_toml="", trust_test_ca=True, prosody_running=True):
+        starling_address, prosody_address = loopback_addresses(2)
+        prosody_dir = tmp_path / "prosody"
+        starling_dir = tmp_path / "starling"
+        prosody_dir.mkdir()
+        starling_dir.mkdir()
+        sign_with_shared_ca(prosody_dir, starling_dir)
+        prosody = Prosody(prosody_dir, prosody_address, starling_address, trust_test_ca=trust_test_ca)
+        hosts = f'hosts = ["{PROSODY_DOMAIN}={prosody_address}:{prosody.s2s}"]'
+        starling = FederatedStarling(starling_dir, starling_address, hosts + "\n" + s2s_toml)
+        if prosody_running:
+            started.append(prosody.start())
+        started.append(starling.start())
+        return starling, prosody
+
+    yield make
+    for process in reversed(started):
+        process.stop()
+    if os.environ.get("STARLING_TEST_SHOW_LOGS"):
+        for process in started:
+            print(process.log_text())
+
+
+def sign_with_shared_ca(prosody_dir: pathlib.Path, starling_dir: pathlib.Path):
+    """Both servers' certificates from one CA: made once in `prosody_dir`,
+    Starling's files copied next to its configuration."""
+    write_test_pki(prosody_dir, [PROSODY_DOMAIN, STARLING_DOMAIN])
+    for name in ["ca.pem", f"{STARLING_DOMAIN}.crt", f"{STARLING_DOMAIN}.key"]:
+        shutil.copy(prosody_dir / name, starling_dir / name)
+
+
+async def prosody_login(prosody, jid, password, timeout=15.0) -> Client:
+    client = Client(jid, password)
+    client.connect(host="127.0.0.1", port=prosody.c2s)
+    done, _ = await asyncio.wait(
+        [client.started, client.failed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+    )
+    if client.failed in done or not done:
+        client.disconnect()
+        raise AssertionError(f"login of {jid} on prosody failed")
+    await client.get_roster()
+    client.send_presence()
+    return client
+
+
+async def exchange_messages_and_subscription(starling, prosody):
+    romeo_jid, romeo_password = starling.add_user("romeo")
+    juliet_jid, juliet_password = prosody.add_user("juliet", "juliet-pass")
+    romeo = await login(starling, romeo_jid, romeo_password)
+    juliet = await prosody_login(prosody, juliet_jid, juliet_password)
+    try:
+        # Starling -> Prosody.
+        romeo.send_message(mto=juliet_jid, mbody="hello from starling", mtype="chat")
+        received = await juliet.next_message(timeout=20)
+        assert received["body"] == "hello from starling"
+        assert received["from"].bare == romeo_jid
+        # Prosody -> Starling.
+        juliet.send_message(mto=romeo_jid, mbody="hello from prosody", mtype="chat")
+        received = await romeo.next_message(timeout=20)
+        assert received["body"] == "hello from prosody"
+        assert received["from"].bare == juliet_jid
+        # A presence subscription: romeo asks, juliet approves (RFC 6121 section 3).
+        romeo.send_presence(pto=juliet_jid, ptype="subscribe")
+        asked = await juliet.next_presence(lambda p: p["type"] == "subscribe", timeout=20)
+        assert asked["from"].bare == romeo_jid
+        juliet.send_presence(pto=romeo_jid, ptype="subscribed")
+        await romeo.next_presence(lambda p: p["type"] == "subscribed" and p["from"].bare == juliet_jid, timeout=20)
+
+        def subscribed():
+            # The roster as the server's pushes left it (RFC 6121 section 3.1.6).
+            return romeo.client_roster.has_jid(juliet_jid) and romeo.client_roster[juliet_jid]["subscription"] in (
+                "to",
+                "both",
+            )
+
+        await wait_until_async(subscribed, what="romeo's roster to show the subscription to juliet")
+        # And juliet's available presence reaches romeo (a probe answered or her broadcast).
+        juliet.send_presence()
+        await romeo.next_presence(lambda p: p["from"].bare == juliet_jid and p["type"] == "available", timeout=20)
+    finally:
+        await logout(romeo, juliet)
+
+
+@pytest.mark.asyncio
+async def test_messages_and_subscription_both_ways_with_sasl_external(federation):
+    """Prosody trusts the test CA: our outbound stream authenticates with SASL
+    EXTERNAL (XEP-0178); Prosody's stream to us with dialback (XEP-0220),
+    which we verify by asking Prosody over a stream of our own."""
+    starling, prosody = federation()
+    await exchange_messages_and_subscription(starling, prosody)
+    assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="external") >= 1
+    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="dialback") >= 1
+    assert metric(starling, "starling_s2s_stanzas_total", outcome="sent") >= 2
+    assert metric(starling, "starling_s2s_stanzas_total", outcome="received") >= 2
+
+
+@pytest.mark.asyncio
+async def test_messages_and_subscription_both_ways_with_dialback(federation):
+    """Prosody does not trust our CA: our outbound stream falls back to
+    dialback, which Prosody verifies by asking us (db:verify)."""
+    starling, prosody = federation(trust_test_ca=False)
+    await exchange_messages_and_subscription(starling, prosody)
+    assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="dialback") >= 1
+    assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="external") == 0
+    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="dialback") >= 1
+
+
+def send_with_id(client, to, body, message_id):
+    message = client.make_message(mto=to, mbody=body, mtype="chat")
+    message["id"] = message_id
+    message.send()
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_is_down_bounces_messages_and_presence(federation):
+    """Nothing listens at the peer's address: each stanza comes back with
+    remote-server-not-found (RFC 6120 section 10.4.3), presence included."""
+    starling, _prosody = federation(prosody_running=False)
+    romeo_jid, romeo_password = starling.add_user("romeo")
+    romeo = await login(starling, romeo_jid, romeo_password)
+    try:
+        send_with_id(romeo, f"juliet@{PROSODY_DOMAIN}", "anyone?", "down-1")
+        bounced = await romeo.next_message(timeout=20, body=False)
+        assert bounced["type"] == "error"
+        assert bounced["id"] == "down-1"
+        assert bounced["error"]["condition"] == "remote-server-not-found"
+        romeo.send_presence(pto=f"juliet@{PROSODY_DOMAIN}", ptype="subscribe")
+        error = await romeo.next_presence(lambda p: p["type"] == "error", timeout=20)
+        assert error["error"]["condition"] == "remote-server-not-found"
+        assert metric(starling, "starling_s2s_stanzas_total", outcome="remote_server_not_found") >= 2
+        assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="failed") >= 1
+    finally:
+        await logout(romeo)
+
+
+@pytest.mark.asyncio
+async def test_a_denied_domain_is_refused_both_ways(federation):
+    starling, prosody = federation(s2s_toml=f'deny = ["{PROSODY_DOMAIN}"]')
+    romeo_jid, romeo_password = starling.add_user("romeo")
+    juliet_jid, juliet_password = prosody.add_user("juliet", "juliet-pass")
+    romeo = await login(starling, romeo_jid, romeo_password)
+    juliet = await prosody_login(prosody, juliet_jid, juliet_password)
+    try:
+        send_with_id(romeo, juliet_jid, "denied", "deny-1")
+        bounced = await romeo.next_message(timeout=10, body=False)
+        assert bounced["type"] == "error" and bounced["id"] == "deny-1"
+        assert bounced["error"]["condition"] == "remote-server-not-found"
+        assert metric(starling, "starling_s2s_policy_refused_total") >= 1
+        # Prosody's stream to us is refused: juliet gets an error back (Prosody's
+        # bounce carries no body, so it is caught as a raw stanza), romeo nothing.
+        errors = asyncio.Queue()
+        juliet.register_handler(
+            Callback("errors", MatchXPath("{jabber:client}message"), lambda msg: msg["type"] == "error" and errors.put_nowait(msg))
+        )
+        send_with_id(juliet, romeo_jid, "let me in", "deny-2")
+        error = await asyncio.wait_for(errors.get(), 30)
+        assert error["id"] == "deny-2"
+        await handled(romeo)
+        assert romeo.messages.empty()
+        assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="denied") >= 1
+    finally:
+        await logout(romeo, juliet)
