@@ -763,9 +763,9 @@ fn parse_s2s_host(entry: &str) -> Result<(String, String), String> {
     let domain = starling_jid::normalize_domainpart(domain.trim())
         .map_err(|error| format!("{entry:?}: {domain:?} is not a valid domain: {error}"))?;
     let address = address.trim();
-    let valid_port = address
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+    let valid_port = address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+    });
     if !valid_port {
         return Err(format!("{entry:?}: {address:?} is not host:port"));
     }
@@ -1453,9 +1453,11 @@ impl Config {
         }
         for (key, list) in [("s2s.allow", &self.s2s.allow), ("s2s.deny", &self.s2s.deny)] {
             for domain in list {
-                starling_jid::normalize_domainpart(domain).map_err(|error| ConfigError::Invalid {
-                    key,
-                    message: format!("{domain:?} is not a valid domain: {error}"),
+                starling_jid::normalize_domainpart(domain).map_err(|error| {
+                    ConfigError::Invalid {
+                        key,
+                        message: format!("{domain:?} is not a valid domain: {error}"),
+                    }
                 })?;
             }
         }

@@ -21,7 +21,9 @@
 
 use std::sync::Arc;
 
-use starling_api::{ApiError, Origin, SessionAddr, SessionRecord, S2S_OUTBOUND_CONN, S2S_RESOURCE_PREFIX};
+use starling_api::{
+    ApiError, Origin, SessionAddr, SessionRecord, S2S_OUTBOUND_CONN, S2S_RESOURCE_PREFIX,
+};
 use starling_bus::deliver_to_session;
 use starling_jid::{BareJid, Jid};
 use starling_xmpp::{Element, StanzaErrorCondition};
@@ -86,10 +88,8 @@ impl SessionRouter {
                     Ok(Some(owner)) => owner,
                     Ok(None) => {
                         tracing::debug!(domain = %domain, "no node to open an s2s stream on");
-                        return routing.bounce(
-                            &unshare(shared),
-                            StanzaErrorCondition::RemoteServerNotFound,
-                        );
+                        return routing
+                            .bounce(&unshare(shared), StanzaErrorCondition::RemoteServerNotFound);
                     }
                     Err(error) => return routing.failure_reply(&unshare(shared), &error),
                 },

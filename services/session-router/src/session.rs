@@ -139,7 +139,11 @@ impl SessionRouter {
         }
         // A remote domain's outbound s2s stream ended: its owner's claim
         // goes, without presence (a remote domain is not an account).
-        if jid.node().is_none() && jid.resource().starts_with(starling_api::S2S_RESOURCE_PREFIX) {
+        if jid.node().is_none()
+            && jid
+                .resource()
+                .starts_with(starling_api::S2S_RESOURCE_PREFIX)
+        {
             if self.registry.unbind(jid, addr).await?.is_some() {
                 tracing::debug!(domain = %jid.bare(), node = %addr.node, "s2s domain released");
             }

@@ -152,7 +152,9 @@ async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, kind: Listen
         ListenerKind::StartTls => stream_header(&random_id(), &shared.domain, None, "en"),
         // XEP-0114 section 3: a header in the component namespace first.
         ListenerKind::Component => crate::component::response_header(&random_id(), &shared.domain),
-        ListenerKind::S2s => crate::s2s::inbound::response_header(&random_id(), &shared.domain, None),
+        ListenerKind::S2s => {
+            crate::s2s::inbound::response_header(&random_id(), &shared.domain, None)
+        }
         ListenerKind::DirectTls => return,
     };
     shared

@@ -96,8 +96,8 @@ fn roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, CmError> {
         })?;
         let mut added = 0;
         for certificate in rustls_pemfile::certs(&mut &pem[..]) {
-            let certificate = certificate
-                .map_err(|error| CmError::Tls(format!("tls.ca_file: {error}")))?;
+            let certificate =
+                certificate.map_err(|error| CmError::Tls(format!("tls.ca_file: {error}")))?;
             roots
                 .add(certificate)
                 .map_err(|error| CmError::Tls(format!("tls.ca_file: {error}")))?;
@@ -247,11 +247,15 @@ impl Connector {
                     if host == "." {
                         continue;
                     }
-                    records.push((srv.priority(), u16::MAX - srv.weight(), Target {
-                        host: host.trim_end_matches('.').to_string(),
-                        port: srv.port(),
-                        direct_tls,
-                    }));
+                    records.push((
+                        srv.priority(),
+                        u16::MAX - srv.weight(),
+                        Target {
+                            host: host.trim_end_matches('.').to_string(),
+                            port: srv.port(),
+                            direct_tls,
+                        },
+                    ));
                 }
             }
         }
@@ -397,7 +401,14 @@ impl Connector {
                 let key = dialback::dialback_key(secret, domain, &self.local_domain, &stream_id);
                 send(
                     &mut io,
-                    &dialback::element("result", &self.local_domain, domain, None, None, Some(&key)),
+                    &dialback::element(
+                        "result",
+                        &self.local_domain,
+                        domain,
+                        None,
+                        None,
+                        Some(&key),
+                    ),
                 )
                 .await?;
                 loop {
@@ -474,7 +485,10 @@ impl Connector {
             let mut last_error = OpenError::NotFound(format!("{domain} does not resolve"));
             for target in self.targets(domain).await? {
                 for address in self.addresses(&target).await {
-                    match self.verify_at(domain, stream_id, key, address, target.direct_tls).await {
+                    match self
+                        .verify_at(domain, stream_id, key, address, target.direct_tls)
+                        .await
+                    {
                         Ok(valid) => return Ok(valid),
                         Err(error) => last_error = error,
                     }
@@ -524,7 +538,14 @@ impl Connector {
         };
         send(
             &mut io,
-            &dialback::element("verify", &self.local_domain, domain, Some(stream_id), None, Some(key)),
+            &dialback::element(
+                "verify",
+                &self.local_domain,
+                domain,
+                Some(stream_id),
+                None,
+                Some(key),
+            ),
         )
         .await?;
         loop {
@@ -588,7 +609,10 @@ pub(crate) async fn send<S: Io + ?Sized>(io: &mut S, xml: &str) -> Result<(), Op
         .map_err(|error| OpenError::NotFound(error.to_string()))
 }
 
-async fn next_event<S: Io + ?Sized>(io: &mut S, parser: &mut Inbound) -> Result<StreamEvent, OpenError> {
+async fn next_event<S: Io + ?Sized>(
+    io: &mut S,
+    parser: &mut Inbound,
+) -> Result<StreamEvent, OpenError> {
     loop {
         match parser.next_event() {
             Ok(Some(event)) => return Ok(event),
@@ -603,7 +627,10 @@ async fn next_event<S: Io + ?Sized>(io: &mut S, parser: &mut Inbound) -> Result<
     }
 }
 
-async fn next_header<S: Io + ?Sized>(io: &mut S, parser: &mut Inbound) -> Result<StreamHeader, OpenError> {
+async fn next_header<S: Io + ?Sized>(
+    io: &mut S,
+    parser: &mut Inbound,
+) -> Result<StreamHeader, OpenError> {
     match next_event(io, parser).await? {
         StreamEvent::Open(header) => Ok(header),
         _ => Err(OpenError::Refused("expected a stream header".into())),
@@ -659,7 +686,9 @@ mod tests {
                 stream_id: "s1".into()
             })
         );
-        let dialback_only = features("<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>");
+        let dialback_only = features(
+            "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+        );
         assert_eq!(
             choose_authentication(&dialback_only, true),
             Some(Authentication::Dialback {

@@ -87,7 +87,12 @@ mod tests {
         // XEP-0185 section 3's example: receiving xmpp.example.com,
         // originating example.org, stream id D60000229F.
         assert_eq!(
-            dialback_key("s3cr3tf0rd14lb4ck", "xmpp.example.com", "example.org", "D60000229F"),
+            dialback_key(
+                "s3cr3tf0rd14lb4ck",
+                "xmpp.example.com",
+                "example.org",
+                "D60000229F"
+            ),
             "37c69b1cf07a3f67c04a5ef5902fa5114f2c76fe4a2686482ba5b89323075643"
         );
     }
@@ -96,10 +101,28 @@ mod tests {
     fn every_input_changes_the_key() {
         let base = dialback_key("secret", "a.example", "b.example", "id1");
         assert_ne!(dialback_key("other", "a.example", "b.example", "id1"), base);
-        assert_ne!(dialback_key("secret", "b.example", "a.example", "id1"), base);
-        assert_ne!(dialback_key("secret", "a.example", "b.example", "id2"), base);
-        assert!(key_matches(&base, "secret", "a.example", "b.example", "id1"));
-        assert!(!key_matches(&base.to_uppercase(), "secret", "a.example", "b.example", "id1"));
+        assert_ne!(
+            dialback_key("secret", "b.example", "a.example", "id1"),
+            base
+        );
+        assert_ne!(
+            dialback_key("secret", "a.example", "b.example", "id2"),
+            base
+        );
+        assert!(key_matches(
+            &base,
+            "secret",
+            "a.example",
+            "b.example",
+            "id1"
+        ));
+        assert!(!key_matches(
+            &base.to_uppercase(),
+            "secret",
+            "a.example",
+            "b.example",
+            "id1"
+        ));
         assert!(!key_matches("", "secret", "a.example", "b.example", "id1"));
     }
 
@@ -110,7 +133,14 @@ mod tests {
             "<db:result from='a.example' to='b.example'>k1</db:result>"
         );
         assert_eq!(
-            element("verify", "b.example", "a.example", Some("s1"), Some("valid"), None),
+            element(
+                "verify",
+                "b.example",
+                "a.example",
+                Some("s1"),
+                Some("valid"),
+                None
+            ),
             "<db:verify from='b.example' to='a.example' id='s1' type='valid'/>"
         );
     }

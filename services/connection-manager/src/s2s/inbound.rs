@@ -69,7 +69,9 @@ pub(crate) fn features(tls: bool, require_tls: bool) -> String {
         features.push_str("</starttls>");
     }
     if tls || !require_tls {
-        features.push_str(&format!("<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>"));
+        features.push_str(&format!(
+            "<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>"
+        ));
     }
     features.push_str("</stream:features>");
     features
@@ -110,7 +112,12 @@ async fn next_event(
     }
 }
 
-async fn refuse(shared: &Shared, stream: &mut ByteStream, header: Option<String>, error: StreamError) {
+async fn refuse(
+    shared: &Shared,
+    stream: &mut ByteStream,
+    header: Option<String>,
+    error: StreamError,
+) {
     shared.metrics.stream_error(error.condition.as_str());
     let mut out = Outgoing::new(Framing::Stream);
     if let Some(header) = header {
@@ -126,7 +133,12 @@ async fn refuse(shared: &Shared, stream: &mut ByteStream, header: Option<String>
 }
 
 /// Serve one connection of the s2s listener.
-pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, deadline: Instant) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) {
     let Some(s2s) = shared.s2s.as_ref() else {
         return;
     };
@@ -158,13 +170,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
             return;
         }
         // RFC 6120 section 4.9.3.6: a `to` we do not serve.
-        let to = header.to.as_deref().and_then(|to| normalize_domainpart(to).ok());
+        let to = header
+            .to
+            .as_deref()
+            .and_then(|to| normalize_domainpart(to).ok());
         if to.as_deref() != Some(shared.domain.as_str()) {
             let error = StreamError::new(StreamErrorCondition::HostUnknown);
             refuse(&shared, &mut stream, Some(our_header), error).await;
             return;
         }
-        let peer_domain = header.from.as_deref().and_then(|from| normalize_domainpart(from).ok());
+        let peer_domain = header
+            .from
+            .as_deref()
+            .and_then(|from| normalize_domainpart(from).ok());
         if let Some(peer_domain) = &peer_domain {
             if !s2s.settings().allows(peer_domain) {
                 shared.metrics.s2s().stream("in", "denied");
@@ -192,7 +210,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
                 if stream.send(&out).await.is_err() {
                     return;
                 }
-                stream = match tokio::time::timeout_at(deadline, stream.start_tls(&shared.starttls)).await {
+                stream = match tokio::time::timeout_at(deadline, stream.start_tls(&shared.starttls))
+                    .await
+                {
                     Ok(Ok(stream)) => stream,
                     _ => return,
                 };
@@ -261,7 +281,9 @@ async fn run_stream(
         tokio::spawn(async move {
             tokio::time::sleep_until(deadline).await;
             if authenticated.lock().is_empty() {
-                handle.close(Some(StreamError::new(StreamErrorCondition::ConnectionTimeout)));
+                handle.close(Some(StreamError::new(
+                    StreamErrorCondition::ConnectionTimeout,
+                )));
             }
         })
     };
@@ -325,7 +347,11 @@ fn dialback_answer(kind: &str, from: &str, to: &str, id: Option<&str>, result: &
 
 impl InboundStream {
     fn send(&self, element: Element) {
-        if self.handle.push(QueuedStanza::nonza(element, false)).is_err() {
+        if self
+            .handle
+            .push(QueuedStanza::nonza(element, false))
+            .is_err()
+        {
             self.handle.close_overflowed();
         }
     }
@@ -340,8 +366,12 @@ impl InboundStream {
         let Some(s2s) = self.shared.s2s.as_ref() else {
             return;
         };
-        let from = element.attr("from").and_then(|from| normalize_domainpart(from).ok());
-        let to = element.attr("to").and_then(|to| normalize_domainpart(to).ok());
+        let from = element
+            .attr("from")
+            .and_then(|from| normalize_domainpart(from).ok());
+        let to = element
+            .attr("to")
+            .and_then(|to| normalize_domainpart(to).ok());
         let (Some(from), Some(to)) = (from, to) else {
             self.close_with(StreamError::new(StreamErrorCondition::ImproperAddressing));
             return;
@@ -406,8 +436,11 @@ impl InboundStream {
                         Err(error) => {
                             shared.metrics.s2s().stream("in", "failed");
                             tracing::info!(domain = %from, %error, "inbound s2s dialback could not be verified");
-                            let mut answer = dialback_answer("result", &shared.domain, &from, None, "error");
-                            answer.append_child(error_child(StanzaErrorCondition::RemoteServerNotFound));
+                            let mut answer =
+                                dialback_answer("result", &shared.domain, &from, None, "error");
+                            answer.append_child(error_child(
+                                StanzaErrorCondition::RemoteServerNotFound,
+                            ));
                             answer
                         }
                     };
@@ -451,7 +484,10 @@ impl InboundStream {
                 element.set_attr("from", from.to_string());
             }
             _ => {
-                tracing::info!(from = element.attr("from").unwrap_or(""), "inbound s2s stanza from a domain not authenticated on its stream");
+                tracing::info!(
+                    from = element.attr("from").unwrap_or(""),
+                    "inbound s2s stanza from a domain not authenticated on its stream"
+                );
                 return self.refuse(
                     "invalid_from",
                     StreamError::new(StreamErrorCondition::InvalidFrom),
@@ -459,12 +495,18 @@ impl InboundStream {
             }
         }
         match stanza::to(&element) {
-            Ok(Some(to)) if to.domain() == self.shared.domain || self.shared.components.get(to.domain()).is_some() => {
+            Ok(Some(to))
+                if to.domain() == self.shared.domain
+                    || self.shared.components.get(to.domain()).is_some() =>
+            {
                 element.set_attr("to", to.to_string());
             }
             Ok(_) => {
                 // Section 4.9.3.6: not a domain of ours.
-                return self.refuse("failed", StreamError::new(StreamErrorCondition::HostUnknown));
+                return self.refuse(
+                    "failed",
+                    StreamError::new(StreamErrorCondition::HostUnknown),
+                );
             }
             Err(_) => {
                 self.reply_error(&element, StanzaErrorCondition::JidMalformed);

@@ -38,7 +38,11 @@ pub(crate) struct Link {
 /// needed; it bounces when federation is off on this node or the queue is full.
 pub(crate) fn enqueue(shared: &Arc<Shared>, stanza_element: Element) {
     let Some(s2s) = shared.s2s.as_ref() else {
-        bounce(shared, stanza_element, StanzaErrorCondition::RemoteServerNotFound);
+        bounce(
+            shared,
+            stanza_element,
+            StanzaErrorCondition::RemoteServerNotFound,
+        );
         return;
     };
     let Some(domain) = stanza_element
@@ -49,7 +53,11 @@ pub(crate) fn enqueue(shared: &Arc<Shared>, stanza_element: Element) {
         return;
     };
     if !s2s.settings().allows(&domain) {
-        bounce(shared, stanza_element, StanzaErrorCondition::RemoteServerNotFound);
+        bounce(
+            shared,
+            stanza_element,
+            StanzaErrorCondition::RemoteServerNotFound,
+        );
         return;
     }
     let mut stanza_element = stanza_element;
@@ -237,9 +245,7 @@ async fn write_until_idle(
         Some(s2s) => s2s.settings().clone(),
         None => return queue.into(),
     };
-    let OpenStream {
-        io, mut parser, ..
-    } = stream;
+    let OpenStream { io, mut parser, .. } = stream;
     let (mut reader, mut writer) = tokio::io::split(io);
     let mut pending: Vec<Element> = queue.into();
     loop {
@@ -306,7 +312,9 @@ async fn write_until_idle(
     }
     // RFC 6120 section 4.4: close our side.
     let _ = tokio::time::timeout(crate::outbound::CLOSE_WRITE_TIMEOUT, async {
-        writer.write_all(crate::xml::STREAM_CLOSE.as_bytes()).await?;
+        writer
+            .write_all(crate::xml::STREAM_CLOSE.as_bytes())
+            .await?;
         writer.shutdown().await
     })
     .await;

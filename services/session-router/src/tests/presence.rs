@@ -72,7 +72,10 @@ async fn server_presence_to_a_remote_domain_is_answered_and_to_nowhere_dropped()
     let PresenceCall::Inbound { stanza } = &calls[0] else {
         panic!("{calls:?}");
     };
-    assert!(stanza.contains("type='error'") && stanza.contains("remote-server-not-found"), "{stanza}");
+    assert!(
+        stanza.contains("type='error'") && stanza.contains("remote-server-not-found"),
+        "{stanza}"
+    );
     harness.assert_nothing_delivered();
 }
 

@@ -41,10 +41,15 @@ async fn federation_off_answers_remote_server_not_found_but_never_an_error() {
 
 #[tokio::test]
 async fn a_denied_or_not_allowed_domain_is_refused_at_once() {
-    let mut harness = Harness::with_options(federating(&["partner.example", "evil.example"], &["evil.example"])).await;
+    let mut harness = Harness::with_options(federating(
+        &["partner.example", "evil.example"],
+        &["evil.example"],
+    ))
+    .await;
     harness.bind(ROMEO, CM_TEST, 10).await;
     for domain in ["evil.example", "example.net"] {
-        let message = format!("<message from='romeo@example.com/orchard' to='juliet@{domain}' id='d1'/>");
+        let message =
+            format!("<message from='romeo@example.com/orchard' to='juliet@{domain}' id='d1'/>");
         harness.send(ROMEO, CM_TEST, 10, &message).await;
         assert_eq!(
             harness.seen_on_test(),
@@ -56,33 +61,54 @@ async fn a_denied_or_not_allowed_domain_is_refused_at_once() {
     }
     let allowed = "<message from='romeo@example.com/orchard' to='juliet@partner.example' id='a1'/>";
     harness.send(ROMEO, CM_TEST, 10, allowed).await;
-    assert_eq!(harness.seen_on_test(), vec![to_conn(S2S_OUTBOUND_CONN, allowed)]);
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(S2S_OUTBOUND_CONN, allowed)]
+    );
 }
 
 #[tokio::test]
 async fn the_first_sender_claims_the_domain_for_its_node_and_the_others_follow() {
     let mut harness = Harness::with_options(federating(&[], &[])).await;
     harness.bind(ROMEO, CM_TEST, 10).await;
-    harness.bind("benvolio@example.com/street", CM_OTHER, 20).await;
+    harness
+        .bind("benvolio@example.com/street", CM_OTHER, 20)
+        .await;
     let first = "<message from='romeo@example.com/orchard' to='juliet@example.net' id='f1'/>";
     harness.send(ROMEO, CM_TEST, 10, first).await;
-    assert_eq!(harness.seen_on_test(), vec![to_conn(S2S_OUTBOUND_CONN, first)]);
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(S2S_OUTBOUND_CONN, first)]
+    );
     // The other node's user reaches the same domain through the owner.
-    let second = "<message from='benvolio@example.com/street' to='juliet@example.net/balcony' id='f2'/>";
-    harness.send("benvolio@example.com/street", CM_OTHER, 20, second).await;
-    assert_eq!(harness.seen_on_test(), vec![to_conn(S2S_OUTBOUND_CONN, second)]);
+    let second =
+        "<message from='benvolio@example.com/street' to='juliet@example.net/balcony' id='f2'/>";
+    harness
+        .send("benvolio@example.com/street", CM_OTHER, 20, second)
+        .await;
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(S2S_OUTBOUND_CONN, second)]
+    );
     assert_eq!(harness.seen_on_other(), Vec::new());
     // Presence the presence service sends on a user's behalf goes there too.
-    let subscribe = "<presence from='benvolio@example.com' to='juliet@example.net' type='subscribe'/>";
+    let subscribe =
+        "<presence from='benvolio@example.com' to='juliet@example.net' type='subscribe'/>";
     harness.send_from_server(subscribe).await;
-    assert_eq!(harness.seen_on_test(), vec![to_conn(S2S_OUTBOUND_CONN, subscribe)]);
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(S2S_OUTBOUND_CONN, subscribe)]
+    );
     let owners = harness
         .registry
         .sessions(&BareJid::domain_jid("example.net").unwrap())
         .await
         .unwrap();
     assert_eq!(owners.len(), 1);
-    assert_eq!(owners[0].jid.to_string(), format!("example.net/s2s:{CM_TEST}"));
+    assert_eq!(
+        owners[0].jid.to_string(),
+        format!("example.net/s2s:{CM_TEST}")
+    );
     // The owner releases the domain when its stream ends; the next sender's
     // node claims it.
     harness
@@ -91,8 +117,13 @@ async fn the_first_sender_claims_the_domain_for_its_node_and_the_others_follow()
         .await
         .unwrap();
     let third = "<message from='benvolio@example.com/street' to='juliet@example.net' id='f3'/>";
-    harness.send("benvolio@example.com/street", CM_OTHER, 20, third).await;
-    assert_eq!(harness.seen_on_other(), vec![to_conn(S2S_OUTBOUND_CONN, third)]);
+    harness
+        .send("benvolio@example.com/street", CM_OTHER, 20, third)
+        .await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(S2S_OUTBOUND_CONN, third)]
+    );
 }
 
 #[tokio::test]
@@ -106,11 +137,17 @@ async fn an_owner_whose_node_is_gone_is_taken_over() {
         .unwrap();
     harness
         .registry
-        .bind(starling_api::SessionRecord::new(stale.clone(), addr("cm-dead", S2S_OUTBOUND_CONN)))
+        .bind(starling_api::SessionRecord::new(
+            stale.clone(),
+            addr("cm-dead", S2S_OUTBOUND_CONN),
+        ))
         .await
         .unwrap();
     let message = "<message from='romeo@example.com/orchard' to='juliet@example.net' id='t1'/>";
     harness.send(ROMEO, CM_TEST, 10, message).await;
-    assert_eq!(harness.seen_on_test(), vec![to_conn(S2S_OUTBOUND_CONN, message)]);
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(S2S_OUTBOUND_CONN, message)]
+    );
     assert!(harness.registry.session(&stale).await.unwrap().is_none());
 }
