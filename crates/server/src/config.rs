@@ -2296,6 +2296,57 @@ mod tests {
     }
 
     #[test]
+    fn s2s_keys_are_validated_with_the_key_named() {
+        let load = |toml: &str, environment: &[(&str, &str)]| {
+            Config::from_toml_str(
+                "test.toml",
+                &format!("domain = \"example.com\"\n{toml}"),
+                &environment
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+            )
+        };
+        let config = load(
+            "[s2s]\nenabled = true\ndialback_secret = \"0123456789abcdef\"\nhosts = [\"Example.NET=127.0.0.2:5269\"]\ndeny = [\"evil.example\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.listen.s2s, "0.0.0.0:5269");
+        assert_eq!(
+            config.s2s_hosts().get("example.net").map(String::as_str),
+            Some("127.0.0.2:5269")
+        );
+        // Lists and the rest come from the environment too.
+        let config = load(
+            "",
+            &[
+                ("STARLING_S2S_ENABLED", "true"),
+                ("STARLING_S2S_DIALBACK_SECRET", "0123456789abcdef"),
+                ("STARLING_S2S_ALLOW", "a.example, b.example"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.s2s.allow, vec!["a.example", "b.example"]);
+        for (toml, key) in [
+            ("[s2s]\nenabled = true\n", "s2s.dialback_secret"),
+            ("[s2s]\nenabled = true\ndialback_secret = \"short\"\n", "s2s.dialback_secret"),
+            ("[s2s]\ndeny = [\"not a domain\"]\n", "s2s.deny"),
+            ("[s2s]\nallow = [\"a@b\"]\n", "s2s.allow"),
+            ("[s2s]\nhosts = [\"example.net\"]\n", "s2s.hosts"),
+            ("[s2s]\nhosts = [\"example.net=127.0.0.2\"]\n", "s2s.hosts"),
+            ("[s2s]\nqueue_stanzas = 0\n", "s2s.queue_stanzas"),
+            ("[s2s]\nconnect_timeout_secs = 0\n", "s2s.connect_timeout_secs"),
+            ("[listen]\ns2s = \"nowhere\"\n", "listen.s2s"),
+            ("[listen]\ns2s_tls = \"0.0.0.0:5270\"\n", "listen.s2s_tls"),
+            ("[tls]\nca_file = \"/nonexistent/ca.pem\"\n", "tls.ca_file"),
+        ] {
+            let error = load(toml, &[]).unwrap_err().to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
+    #[test]
     fn every_key_has_an_override_name() {
         let names: Vec<String> = key_paths().iter().map(|(key, _)| env_name(key)).collect();
         assert!(names.contains(&"STARLING_LISTEN_C2S_TLS".to_string()));
