@@ -18,6 +18,7 @@ import pathlib
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import urllib.request
 
@@ -399,3 +400,99 @@ async def test_a_denied_domain_is_refused_both_ways(federation):
         assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="denied") >= 1
     finally:
         await logout(romeo, juliet)
+
+
+class RawPeer:
+    """A remote server speaking bytes to Starling's s2s listener, for the refusals."""
+
+    def __init__(self, starling, timeout=10.0):
+        self.sock = socket.create_connection((starling.address, 5269), timeout=timeout)
+        self.buffer = b""
+
+    def send(self, text):
+        self.sock.sendall(text.encode())
+
+    def open(self, to=STARLING_DOMAIN, sender="peer.test"):
+        self.send(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+            f"xmlns:db='jabber:server:dialback' from='{sender}' to='{to}' version='1.0'>"
+        )
+
+    def read_until(self, marker):
+        while marker.encode() not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"closed before {marker!r}: {self.buffer!r}")
+            self.buffer += chunk
+        text = self.buffer.decode(errors="replace")
+        self.buffer = b""
+        return text
+
+    def start_tls(self):
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        self.read_until("<proceed")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(self.sock, server_hostname=STARLING_DOMAIN)
+
+    def close(self):
+        self.sock.close()
+
+
+def dialback_key(secret, receiving, originating, stream_id):
+    """XEP-0185 section 3, computed independently of the server."""
+    import hashlib
+    import hmac
+
+    key = hashlib.sha256(secret.encode()).hexdigest().encode()
+    return hmac.new(key, f"{receiving} {originating} {stream_id}".encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.asyncio
+async def test_inbound_refusals_and_db_verify(federation):
+    """Bad input on the s2s listener, each refused as RFC 6120 and XEP-0220
+    say: a stanza before STARTTLS, an unknown `to`, a forged dialback key, a
+    stanza from a domain that did not authenticate; a key we did send is
+    confirmed (any node can: the secret is shared)."""
+    starling, _prosody = federation(prosody_running=False)
+    romeo_jid, romeo_password = starling.add_user("romeo")
+    romeo = await login(starling, romeo_jid, romeo_password)
+    try:
+        # STARTTLS is required: a stanza before it ends the stream.
+        peer = RawPeer(starling)
+        peer.open()
+        features = peer.read_until("</stream:features>")
+        assert "<required/>" in features and "urn:xmpp:features:dialback" not in features
+        peer.send(f"<message from='mallory@peer.test' to='{romeo_jid}'><body>plain</body></message>")
+        assert "<not-authorized" in peer.read_until("</stream:stream>")
+        peer.close()
+        # A domain that is not ours.
+        peer = RawPeer(starling)
+        peer.open(to="elsewhere.test")
+        assert "<host-unknown" in peer.read_until("</stream:stream>")
+        peer.close()
+        # After TLS: db:verify answered from the shared secret.
+        peer = RawPeer(starling)
+        peer.open()
+        peer.read_until("</stream:features>")
+        peer.start_tls()
+        peer.open()
+        features = peer.read_until("</stream:features>")
+        assert "urn:xmpp:features:dialback" in features
+        forged = "0" * 64
+        peer.send(f"<db:verify from='{PROSODY_DOMAIN}' to='{STARLING_DOMAIN}' id='abc'>{forged}</db:verify>")
+        answer = peer.read_until("/>")
+        assert "type='invalid'" in answer or 'type="invalid"' in answer, answer
+        genuine = dialback_key(SECRET, PROSODY_DOMAIN, STARLING_DOMAIN, "abc")
+        peer.send(f"<db:verify from='{PROSODY_DOMAIN}' to='{STARLING_DOMAIN}' id='abc'>{genuine}</db:verify>")
+        answer = peer.read_until("/>")
+        assert "type='valid'" in answer or 'type="valid"' in answer, answer
+        # Nothing authenticated on this stream: a stanza ends it.
+        peer.send(f"<message from='mallory@peer.test' to='{romeo_jid}'><body>forged</body></message>")
+        assert "<not-authorized" in peer.read_until("</stream:stream>")
+        peer.close()
+        await handled(romeo)
+        assert romeo.messages.empty()
+    finally:
+        await logout(romeo)
