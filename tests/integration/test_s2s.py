@@ -496,3 +496,109 @@ async def test_inbound_refusals_and_db_verify(federation):
         assert romeo.messages.empty()
     finally:
         await logout(romeo)
+
+
+class PeerStarling(Server):
+    """A second `starling serve`, for the domain `peer.test`, as the remote
+    server of the cluster test (no Prosody there: the cluster's domain is
+    `localhost`, which a peer reaches through its `s2s.hosts`)."""
+
+    def __init__(self, directory, address, cluster_s2s):
+        self.address = address
+        self.cluster_s2s = cluster_s2s
+        super().__init__(directory, domain="peer.test")
+
+    def write_config(self):
+        super().write_config()
+        text = self.config.read_text()
+        text = text.replace("[listen]\n", f'[listen]\ns2s = "{self.address}:5269"\n', 1)
+        text += f"""
+[s2s]
+enabled = true
+dialback_secret = "peer-secret-of-another-server"
+connect_timeout_secs = 5
+hosts = ["localhost={self.cluster_s2s}"]
+"""
+        self.config.write_text(text)
+
+
+@pytest.mark.asyncio
+async def test_cluster_one_owner_per_domain_and_takeover_after_kill(tmp_path):
+    """Two connection-managers with Redis and PostgreSQL federate with a peer
+    server: the first sender's node (cm-1) claims peer.test and owns its
+    outbound stream; a user on cm-2 reaches the peer through cm-1 over the
+    bus; the peer's stream comes in on cm-2 and reaches users on both nodes.
+    After `kill -9` of cm-1, cm-2 takes the domain over at the next stanza."""
+    from test_cluster import Cluster
+
+    import subprocess as sp
+
+    (peer_address,) = loopback_addresses(1)
+    extra = tmp_path / "s2s.toml"
+    cluster = Cluster(tmp_path)
+    extra.write_text(
+        f"""
+[s2s]
+enabled = true
+dialback_secret = "{SECRET}"
+connect_timeout_secs = 5
+hosts = ["peer.test={peer_address}:5269"]
+"""
+    )
+    cluster.env["STARLING_EXTRA_TOML"] = str(extra)
+    peer_dir = tmp_path / "peer"
+    peer_dir.mkdir()
+    peer = None
+    try:
+        cluster.up()
+        cm2_s2s = f"127.0.0.1:{cluster.node('cm-2').c2s + 4}"
+        peer = PeerStarling(peer_dir, peer_address, cm2_s2s).start()
+        alice_jid, alice_password = cluster.add_user("alice")
+        carol_jid, carol_password = cluster.add_user("carol")
+        bob_jid, bob_password = peer.add_user("bob")
+        alice = await login(cluster.node("cm-1"), alice_jid, alice_password)
+        carol = await login(cluster.node("cm-2"), carol_jid, carol_password)
+        bob = await login(peer, bob_jid, bob_password)
+        try:
+            alice.send_message(mto=bob_jid, mbody="from cm-1", mtype="chat")
+            assert (await bob.next_message(timeout=20))["body"] == "from cm-1"
+            redis = ["redis-cli", "-p", str(cluster.redis_port)]
+
+            def owners():
+                keys = sp.run([*redis, "--scan", "--pattern", "*sess:*peer.test*"], capture_output=True, text=True).stdout.split()
+                fields = []
+                for key in keys:
+                    fields += sp.run([*redis, "hkeys", key], capture_output=True, text=True).stdout.split()
+                return fields
+
+            assert owners() == ["s2s:cm-1"], owners()
+            carol.send_message(mto=bob_jid, mbody="from cm-2 through cm-1", mtype="chat")
+            assert (await bob.next_message(timeout=20))["body"] == "from cm-2 through cm-1"
+            assert owners() == ["s2s:cm-1"], owners()
+            # The peer's own stream comes in on cm-2 (its s2s.hosts).
+            bob.send_message(mto=alice_jid, mbody="to cm-1", mtype="chat")
+            bob.send_message(mto=carol_jid, mbody="to cm-2", mtype="chat")
+            assert (await alice.next_message(timeout=20))["body"] == "to cm-1"
+            assert (await carol.next_message(timeout=20))["body"] == "to cm-2"
+            # cm-1 dies; the next stanza to peer.test is taken over by cm-2.
+            cluster.kill("cm-1")
+            alice.abort()
+
+            def cm1_channel_gone():
+                # Until Redis sees the dead node's subscription go, a publish
+                # to it still counts as received (pub/sub is at most once).
+                channels = sp.run([*redis, "pubsub", "channels", "*cm-1*"], capture_output=True, text=True).stdout
+                return channels.strip() == ""
+
+            await wait_until_async(cm1_channel_gone, what="redis to drop cm-1's delivery channel")
+            carol.send_message(mto=bob_jid, mbody="after the takeover", mtype="chat")
+            assert (await bob.next_message(timeout=30))["body"] == "after the takeover"
+            assert owners() == ["s2s:cm-2"], owners()
+        finally:
+            await logout(carol, bob)
+    finally:
+        if peer:
+            peer.stop()
+        if os.environ.get("STARLING_TEST_SHOW_LOGS"):
+            print(cluster.logs())
+        cluster.down()
