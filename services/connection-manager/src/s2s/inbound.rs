@@ -34,10 +34,10 @@ use crate::framing::{Framing, Inbound, Outgoing};
 use crate::limits::TokenBucket;
 use crate::outbound::{join_writer, run_writer, ConnectionHandle};
 use crate::queued::QueuedStanza;
-use crate::reading::{Flow, StreamHandler};
+use crate::reading::{next_event, refuse, Flow, Interrupted, StreamHandler};
 use crate::shared::Shared;
 use crate::transport::tcp::ByteStream;
-use crate::transport::{Received, Transport};
+use crate::transport::Transport;
 use crate::xml::random_id;
 
 /// Our response header as the receiving server.
@@ -75,61 +75,6 @@ pub(crate) fn features(tls: bool, require_tls: bool) -> String {
     }
     features.push_str("</stream:features>");
     features
-}
-
-enum Interrupted {
-    Gone,
-    Timeout,
-    Invalid(StreamError),
-}
-
-async fn next_event(
-    shared: &Shared,
-    stream: &mut ByteStream,
-    parser: &mut Inbound,
-    deadline: Instant,
-) -> Result<StreamEvent, Interrupted> {
-    loop {
-        match parser.next_event() {
-            Ok(Some(event)) => return Ok(event),
-            Ok(None) => {}
-            Err(error) => return Err(Interrupted::Invalid(error.0)),
-        }
-        tokio::select! {
-            received = stream.receive(parser) => match received {
-                Received::Fed => {}
-                Received::Lost => return Err(Interrupted::Gone),
-                Received::Invalid(error) => {
-                    if let Ok(Some(event)) = parser.next_event() {
-                        return Ok(event);
-                    }
-                    return Err(Interrupted::Invalid(error.0));
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => return Err(Interrupted::Timeout),
-            _ = shared.shutdown.cancelled() => return Err(Interrupted::Gone),
-        }
-    }
-}
-
-async fn refuse(
-    shared: &Shared,
-    stream: &mut ByteStream,
-    header: Option<String>,
-    error: StreamError,
-) {
-    shared.metrics.stream_error(error.condition.as_str());
-    let mut out = Outgoing::new(Framing::Stream);
-    if let Some(header) = header {
-        out.nonza(&header);
-    }
-    out.stream_error(&error);
-    out.close();
-    let _ = tokio::time::timeout(crate::outbound::CLOSE_WRITE_TIMEOUT, async {
-        stream.send(&out).await?;
-        Transport::shutdown(stream).await
-    })
-    .await;
 }
 
 /// Serve one connection of the s2s listener.
