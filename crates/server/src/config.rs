@@ -2330,13 +2330,19 @@ mod tests {
         assert_eq!(config.s2s.allow, vec!["a.example", "b.example"]);
         for (toml, key) in [
             ("[s2s]\nenabled = true\n", "s2s.dialback_secret"),
-            ("[s2s]\nenabled = true\ndialback_secret = \"short\"\n", "s2s.dialback_secret"),
+            (
+                "[s2s]\nenabled = true\ndialback_secret = \"short\"\n",
+                "s2s.dialback_secret",
+            ),
             ("[s2s]\ndeny = [\"not a domain\"]\n", "s2s.deny"),
             ("[s2s]\nallow = [\"a@b\"]\n", "s2s.allow"),
             ("[s2s]\nhosts = [\"example.net\"]\n", "s2s.hosts"),
             ("[s2s]\nhosts = [\"example.net=127.0.0.2\"]\n", "s2s.hosts"),
             ("[s2s]\nqueue_stanzas = 0\n", "s2s.queue_stanzas"),
-            ("[s2s]\nconnect_timeout_secs = 0\n", "s2s.connect_timeout_secs"),
+            (
+                "[s2s]\nconnect_timeout_secs = 0\n",
+                "s2s.connect_timeout_secs",
+            ),
             ("[listen]\ns2s = \"nowhere\"\n", "listen.s2s"),
             ("[listen]\ns2s_tls = \"0.0.0.0:5270\"\n", "listen.s2s_tls"),
             ("[tls]\nca_file = \"/nonexistent/ca.pem\"\n", "tls.ca_file"),

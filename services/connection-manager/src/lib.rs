@@ -28,6 +28,10 @@
 //! session, component, delivery, drain
 //!                             a bound stream; an external component (XEP-0114);
 //!                             the bus dispatcher; the drain
+//! s2s::{inbound, outbound}    server-to-server streams in and out (RFC 6120)
+//! s2s::{state, connect, dialback}
+//!                             what the node's s2s side shares; opening a
+//!                             stream to a remote domain; XEP-0220 keys
 //! reading                     the reading side of an authenticated stream
 //! negotiation::{header, starttls, sasl, bind, features, stream}, register
 //!                             the steps before a session, each in its module
@@ -89,7 +93,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{CmConfig, CmLimits, ComponentSettings, TlsSettings};
+pub use config::{CmConfig, CmLimits, ComponentSettings, S2sSettings, TlsSettings};
 pub use drain::DrainHandle;
 pub use drain_state::{DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
@@ -98,7 +102,6 @@ pub use listener::bosh::BOSH_PATH;
 pub use listener::websocket::WEBSOCKET_PATH;
 pub use metrics::CmMetrics;
 pub use proxy::{BadNetwork, TrustedProxies};
-pub use s2s::S2sSettings;
 pub use sm::{SmSettings, StreamResumption};
 pub use transport::tls::ALPN_XMPP_CLIENT;
 pub use transport::TlsChannel;
@@ -210,7 +213,7 @@ impl ConnectionManager {
                 tls.certificates.clone(),
                 tls.key.clone_key(),
             )?;
-            Some(s2s::S2s {
+            Some(s2s::state::S2s {
                 connector,
                 links: Default::default(),
                 next_link: AtomicU64::new(1),

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::dialback::{self, NS_DIALBACK};
-use super::S2sSettings;
+use crate::config::S2sSettings;
 use crate::error::CmError;
 use crate::framing::{Framing, Inbound};
 use crate::transport::tcp::receive_bytes;

@@ -24,15 +24,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::connect::{OpenError, OpenStream};
+use super::state::Link;
 use crate::shared::Shared;
 use crate::transport::tcp::receive_bytes;
 use crate::transport::Received;
-
-/// The sending end of a remote domain's task.
-pub(crate) struct Link {
-    generation: u64,
-    tx: mpsc::Sender<Element>,
-}
 
 /// Hand a stanza to its remote domain's outbound stream, opening it if
 /// needed; it bounces when federation is off on this node or the queue is full.
