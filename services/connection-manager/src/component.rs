@@ -29,8 +29,8 @@ use sha1::{Digest, Sha1};
 use starling_api::{Origin, SessionAddr, COMPONENT_RESOURCE};
 use starling_jid::{normalize_domainpart, BareJid};
 use starling_xmpp::{
-    escape_attr, ns, stanza, Element, Iq, Presence, StanzaError, StanzaErrorCondition, StanzaKind,
-    StreamError, StreamErrorCondition, StreamEvent, StreamHeader,
+    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
+    StreamErrorCondition, StreamEvent, StreamHeader,
 };
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
@@ -437,22 +437,12 @@ impl ComponentSession {
         }
         // The typed checks every stanza gets (RFC 6120 section 8.2.3, RFC
         // 6121 section 4.7): a broken one is answered with its error.
-        let element = match kind {
-            StanzaKind::Message => element,
-            StanzaKind::Presence => match Presence::try_from_element(element) {
-                Ok(presence) => presence.into_element(),
-                Err(invalid) => {
-                    self.reply_error("bad_stanza", &invalid.stanza, invalid.error);
-                    return Flow::Continue;
-                }
-            },
-            StanzaKind::Iq => match Iq::try_from_element(element) {
-                Ok(iq) => iq.into_element(),
-                Err(invalid) => {
-                    self.reply_error("bad_stanza", &invalid.stanza, invalid.error);
-                    return Flow::Continue;
-                }
-            },
+        let element = match crate::reading::checked_stanza(kind, element) {
+            Ok(element) => element,
+            Err(invalid) => {
+                self.reply_error("bad_stanza", &invalid.stanza, invalid.error);
+                return Flow::Continue;
+            }
         };
         self.received.inc();
         let template = reply_template(&element);

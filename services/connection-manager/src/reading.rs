@@ -187,3 +187,18 @@ pub(crate) async fn refuse(
     })
     .await;
 }
+
+/// The typed checks every server-side stanza gets before routing (RFC 6120
+/// section 8.2.3, RFC 6121 section 4.7): a message as it is, a presence or
+/// an IQ through its typed form; a broken one comes back with its error.
+pub(crate) fn checked_stanza(
+    kind: starling_xmpp::StanzaKind,
+    element: Element,
+) -> Result<Element, Box<starling_xmpp::InvalidStanza>> {
+    use starling_xmpp::{Iq, Presence, StanzaKind};
+    match kind {
+        StanzaKind::Message => Ok(element),
+        StanzaKind::Presence => Presence::try_from_element(element).map(Presence::into_element),
+        StanzaKind::Iq => Iq::try_from_element(element).map(Iq::into_element),
+    }
+}

@@ -23,8 +23,8 @@ use parking_lot::Mutex;
 use starling_api::Origin;
 use starling_jid::normalize_domainpart;
 use starling_xmpp::{
-    escape_attr, ns, stanza, Element, Iq, Presence, StanzaError, StanzaErrorCondition, StanzaKind,
-    StreamError, StreamErrorCondition, StreamEvent,
+    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
+    StreamErrorCondition, StreamEvent,
 };
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -458,26 +458,14 @@ impl InboundStream {
                 return Flow::Continue;
             }
         }
-        let element = match kind {
-            StanzaKind::Message => element,
-            StanzaKind::Presence => match Presence::try_from_element(element) {
-                Ok(presence) => presence.into_element(),
-                Err(invalid) => {
-                    if let Some(reply) = invalid.error_reply() {
-                        self.route(reply).await;
-                    }
-                    return Flow::Continue;
+        let element = match crate::reading::checked_stanza(kind, element) {
+            Ok(element) => element,
+            Err(invalid) => {
+                if let Some(reply) = invalid.error_reply() {
+                    self.route(reply).await;
                 }
-            },
-            StanzaKind::Iq => match Iq::try_from_element(element) {
-                Ok(iq) => iq.into_element(),
-                Err(invalid) => {
-                    if let Some(reply) = invalid.error_reply() {
-                        self.route(reply).await;
-                    }
-                    return Flow::Continue;
-                }
-            },
+                return Flow::Continue;
+            }
         };
         self.shared.metrics.s2s().stanza("received");
         self.route(element).await;
