@@ -145,6 +145,8 @@ ensure_prosody() {
   if ! command -v prosody >/dev/null 2>&1 || ! dpkg -s lua-unbound >/dev/null 2>&1; then
     log "installing prosody and lua-unbound"
     apt_install prosody lua-unbound
+    # The package's own service (if its install started one) would hold port 5269 on every address.
+    as_root service prosody stop >/dev/null 2>&1 || true
   fi
 }
 
