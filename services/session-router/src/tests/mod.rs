@@ -16,6 +16,7 @@ mod metrics;
 mod pep;
 mod presence;
 mod push;
+mod remote;
 mod undeliverable;
 mod upload;
 mod xml;
@@ -546,6 +547,8 @@ pub struct HarnessOptions {
     pub mam: bool,
     /// HTTP File Upload (XEP-0363).
     pub upload: Option<crate::upload::UploadSettings>,
+    /// Federation (`s2s.*`).
+    pub s2s: crate::remote::S2sPolicy,
 }
 
 impl Default for HarnessOptions {
@@ -557,6 +560,7 @@ impl Default for HarnessOptions {
             carbons: true,
             mam: false,
             upload: None,
+            s2s: crate::remote::S2sPolicy::default(),
         }
     }
 }
@@ -577,6 +581,7 @@ fn router_config(options: &HarnessOptions) -> RouterConfig {
         upload: options.upload.clone(),
         stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
         components: vec!["irc.example.com".into()],
+        s2s: options.s2s.clone(),
         push: Some(crate::push::PushSettings {
             include_body: false,
             min_interval: std::time::Duration::ZERO,
