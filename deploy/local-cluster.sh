@@ -22,7 +22,8 @@
 #   STARLING_CMS          connection-managers, 2 (default) to 8: cm-K on ports +40+10K (c2s),
 #                         +41+10K (c2s_tls), +42+10K (http); give the same value to `down`
 #   STARLING_EXTRA_TOML   a file appended to every process's config, e.g. `[[components]]` entries
-#                         (XEP-0114; each connection-manager listens for components on its c2s port + 3)
+#                         (XEP-0114; each connection-manager listens for components on its c2s port + 3,
+#                         and, with `[s2s] enabled = true`, for server-to-server streams on its c2s port + 4)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 state=${STARLING_CLUSTER_DIR:-$repo/.cluster}
@@ -130,6 +131,7 @@ c2s = "$( [ -n "$(port "$c2s")" ] && echo "127.0.0.1:$(port "$c2s")")"
 c2s_tls = "$( [ -n "$(port "$c2s_tls")" ] && echo "127.0.0.1:$(port "$c2s_tls")")"
 http = "127.0.0.1:$(port "$http")"
 component = "$( [ -n "$(port "$c2s")" ] && echo "127.0.0.1:$(( $(port "$c2s") + 3 ))")"
+s2s = "$( [ -n "$(port "$c2s")" ] && echo "127.0.0.1:$(( $(port "$c2s") + 4 ))")"
 [storage]
 url = "$postgres/$database"
 [cluster]

@@ -139,6 +139,17 @@ ensure_biboumi() {
   fi
 }
 
+# Prosody (with lua-unbound, whose hosts file the test points at) from Debian, the federation
+# peer of tests/integration/test_s2s.py; run by the test itself, the package's service is not used.
+ensure_prosody() {
+  if ! command -v prosody >/dev/null 2>&1 || ! dpkg -s lua-unbound >/dev/null 2>&1; then
+    log "installing prosody and lua-unbound"
+    apt_install prosody lua-unbound
+    # The package's own service (if its install started one) would hold port 5269 on every address.
+    as_root service prosody stop >/dev/null 2>&1 || true
+  fi
+}
+
 # Clippy ships with the rustup toolchains, except the minimal profile: add it only when missing.
 ensure_clippy() {
   if ! cargo clippy --version >/dev/null 2>&1; then
@@ -157,6 +168,7 @@ ensure_chromium
 ensure_prometheus
 ensure_buildah
 ensure_biboumi
+ensure_prosody
 ensure_clippy
 
 # Needs no build: fails fast when a connection-manager module imports one

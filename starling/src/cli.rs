@@ -109,6 +109,9 @@ pub async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                         // A secret: its presence is what the check shows.
                         shown.admin.token = "(set, not shown)".into();
                     }
+                    if !shown.s2s.dialback_secret.is_empty() {
+                        shown.s2s.dialback_secret = "(set, not shown)".into();
+                    }
                     print!("{}", toml::to_string(&shown)?)
                 }
                 ConfigCommand::Keys => {

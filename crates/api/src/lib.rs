@@ -35,7 +35,9 @@ pub use presence::PresenceApi;
 pub use push::{PushRegistration, PushStore};
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
 pub use resumption::{ResumptionStore, DETACHED_NODE};
-pub use router::{BindError, Origin, RouterApi, COMPONENT_RESOURCE};
+pub use router::{
+    BindError, Origin, RouterApi, COMPONENT_RESOURCE, S2S_OUTBOUND_CONN, S2S_RESOURCE_PREFIX,
+};
 pub use storage::{
     AccountDataStore, AccountStore, FastTokenRecord, FastTokenStore, OfflinePage, OfflineStore,
     RosterItem, RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,

@@ -29,6 +29,21 @@ pub enum Origin {
 /// domain (`RouterConfig::components`).
 pub const COMPONENT_RESOURCE: &str = "component";
 
+/// The resource prefix under which the owner of a remote domain's outbound
+/// server-to-server stream (RFC 6120, s2s) is recorded in the session
+/// registry: `<remote domain>/s2s:<node id>`, with the connection id
+/// [`S2S_OUTBOUND_CONN`]. One node owns a remote domain's outbound stream at
+/// a time: the router claims the record atomically (a bind limited to one
+/// resource per remote domain); it goes with its node when the node dies
+/// (the node's liveness key is the claim's TTL), and the owner removes it
+/// through `RouterApi::unbind` when the stream ends.
+pub const S2S_RESOURCE_PREFIX: &str = "s2s:";
+
+/// The connection id that names a node's outbound s2s streams in a
+/// delivery: a stanza delivered to it goes to the stream of its `to` domain.
+/// Connection ids of streams start at 1.
+pub const S2S_OUTBOUND_CONN: u64 = 0;
+
 /// Why a resource could not be bound (RFC 6120 section 7.6.2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BindError {

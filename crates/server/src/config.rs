@@ -60,6 +60,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub sm: SmConfig,
     pub proxy: ProxyConfig,
+    pub s2s: S2sConfig,
     /// External components (XEP-0114), `[[components]]` entries.
     pub components: Vec<ComponentConfig>,
 }
@@ -266,6 +267,49 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Federation with other servers (RFC 6120 server-to-server streams).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Federate: accept server streams on `listen.s2s` and open them to remote domains; off, a stanza to another domain gets remote-server-not-found.
+    pub enabled: bool,
+    /// The XEP-0185 dialback secret, the same on every node of the cluster; required when enabled.
+    pub dialback_secret: String,
+    /// Refuse server streams (in and out) without TLS.
+    pub require_tls: bool,
+    /// When not empty, the only remote domains federated with.
+    pub allow: Vec<String>,
+    /// Remote domains never federated with (wins over `allow`).
+    pub deny: Vec<String>,
+    /// Fixed addresses instead of DNS, as `domain=host:port` entries (tests, private peers).
+    pub hosts: Vec<String>,
+    /// Resolution, connection and negotiation of an outbound stream; queued stanzas bounce after it.
+    pub connect_timeout_secs: u64,
+    /// An outbound stream with nothing to send for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Stanzas waiting for one remote domain's stream; more bounce at once.
+    pub queue_stanzas: u32,
+    /// Bytes of stanzas waiting for one remote domain's stream; more bounce at once.
+    pub queue_bytes: u64,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            enabled: false,
+            dialback_secret: String::new(),
+            require_tls: true,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            hosts: Vec::new(),
+            connect_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            queue_stanzas: 1000,
+            queue_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenConfig {
@@ -279,6 +323,10 @@ pub struct ListenConfig {
     pub https: String,
     /// External components (XEP-0114, plain TCP, e.g. `127.0.0.1:5347`); empty (the default) disables it.
     pub component: String,
+    /// Server-to-server streams with STARTTLS (RFC 6120), used when `s2s.enabled`; empty disables it.
+    pub s2s: String,
+    /// Server-to-server streams with direct TLS (XEP-0368); not served yet: must stay empty.
+    pub s2s_tls: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -290,6 +338,8 @@ pub struct TlsConfig {
     pub key: String,
     /// Refuse authentication before STARTTLS (turn off only for load tests on loopback).
     pub required: bool,
+    /// PEM file of CAs trusted for server-to-server certificates besides the system's; empty: the system's only.
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -670,6 +720,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             telemetry: TelemetryConfig::default(),
             sm: SmConfig::default(),
+            s2s: S2sConfig::default(),
             components: Vec::new(),
         }
     }
@@ -683,6 +734,8 @@ impl Default for ListenConfig {
             http: "0.0.0.0:5280".into(),
             https: String::new(),
             component: String::new(),
+            s2s: "0.0.0.0:5269".into(),
+            s2s_tls: String::new(),
         }
     }
 }
@@ -693,6 +746,7 @@ impl Default for TlsConfig {
             cert: String::new(),
             key: String::new(),
             required: true,
+            ca_file: String::new(),
         }
     }
 }
@@ -745,6 +799,23 @@ impl Default for LogConfig {
             format: "text".into(),
         }
     }
+}
+
+/// One `s2s.hosts` entry, `domain=host:port`: the normalised domain and the address.
+fn parse_s2s_host(entry: &str) -> Result<(String, String), String> {
+    let (domain, address) = entry
+        .split_once('=')
+        .ok_or_else(|| format!("{entry:?} is not domain=host:port"))?;
+    let domain = starling_jid::normalize_domainpart(domain.trim())
+        .map_err(|error| format!("{entry:?}: {domain:?} is not a valid domain: {error}"))?;
+    let address = address.trim();
+    let valid_port = address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+    });
+    if !valid_port {
+        return Err(format!("{entry:?}: {address:?} is not host:port"));
+    }
+    Ok((domain, address.to_string()))
 }
 
 /// The environment variable that overrides a key path such as `limits.max_stanza_bytes`.
@@ -896,10 +967,12 @@ impl Config {
             ("listen.http", &self.listen.http),
             ("listen.https", &self.listen.https),
             ("listen.component", &self.listen.component),
+            ("listen.s2s", &self.listen.s2s),
         ] {
             parse_listen(key, value)?;
         }
         self.validate_components()?;
+        self.validate_s2s()?;
         if self.tls.cert.is_empty() != self.tls.key.is_empty() {
             let key = if self.tls.cert.is_empty() {
                 "tls.cert"
@@ -1400,6 +1473,72 @@ impl Config {
 
     pub fn c2s_addr(&self) -> Option<SocketAddr> {
         parse_listen("listen.c2s", &self.listen.c2s).ok().flatten()
+    }
+
+    pub fn s2s_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.s2s", &self.listen.s2s).ok().flatten()
+    }
+
+    /// `s2s.hosts` as domain -> `host:port` (validated at load).
+    pub fn s2s_hosts(&self) -> std::collections::HashMap<String, String> {
+        self.s2s
+            .hosts
+            .iter()
+            .filter_map(|entry| parse_s2s_host(entry).ok())
+            .collect()
+    }
+
+    /// `s2s.*`, `listen.s2s_tls`, `tls.ca_file`: valid domains, a secret
+    /// when enabled, addresses in `host:port` form, positive bounds.
+    fn validate_s2s(&self) -> Result<(), ConfigError> {
+        if !self.listen.s2s_tls.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "listen.s2s_tls",
+                message: "direct TLS for server-to-server streams (XEP-0368) is not served yet; leave it empty".into(),
+            });
+        }
+        if !self.tls.ca_file.is_empty() && !Path::new(&self.tls.ca_file).is_file() {
+            return Err(ConfigError::Invalid {
+                key: "tls.ca_file",
+                message: format!("{:?} is not a readable file", self.tls.ca_file),
+            });
+        }
+        if self.s2s.enabled && self.s2s.dialback_secret.len() < 16 {
+            return Err(ConfigError::Invalid {
+                key: "s2s.dialback_secret",
+                message: "must hold at least 16 characters when s2s.enabled is true (the same on every node)".into(),
+            });
+        }
+        for (key, list) in [("s2s.allow", &self.s2s.allow), ("s2s.deny", &self.s2s.deny)] {
+            for domain in list {
+                starling_jid::normalize_domainpart(domain).map_err(|error| {
+                    ConfigError::Invalid {
+                        key,
+                        message: format!("{domain:?} is not a valid domain: {error}"),
+                    }
+                })?;
+            }
+        }
+        for entry in &self.s2s.hosts {
+            parse_s2s_host(entry).map_err(|message| ConfigError::Invalid {
+                key: "s2s.hosts",
+                message,
+            })?;
+        }
+        for (key, value) in [
+            ("s2s.connect_timeout_secs", self.s2s.connect_timeout_secs),
+            ("s2s.idle_timeout_secs", self.s2s.idle_timeout_secs),
+            ("s2s.queue_stanzas", u64::from(self.s2s.queue_stanzas)),
+            ("s2s.queue_bytes", self.s2s.queue_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn component_addr(&self) -> Option<SocketAddr> {
@@ -2297,6 +2436,63 @@ mod tests {
         ] {
             let error = load(components).unwrap_err().to_string();
             assert!(error.contains(key), "{components}: {error}");
+        }
+    }
+
+    #[test]
+    fn s2s_keys_are_validated_with_the_key_named() {
+        let load = |toml: &str, environment: &[(&str, &str)]| {
+            Config::from_toml_str(
+                "test.toml",
+                &format!("domain = \"example.com\"\n{toml}"),
+                &environment
+                    .iter()
+                    .map(|(key, value)| (key.to_string(), value.to_string()))
+                    .collect(),
+            )
+        };
+        let config = load(
+            "[s2s]\nenabled = true\ndialback_secret = \"0123456789abcdef\"\nhosts = [\"Example.NET=127.0.0.2:5269\"]\ndeny = [\"evil.example\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.listen.s2s, "0.0.0.0:5269");
+        assert_eq!(
+            config.s2s_hosts().get("example.net").map(String::as_str),
+            Some("127.0.0.2:5269")
+        );
+        // Lists and the rest come from the environment too.
+        let config = load(
+            "",
+            &[
+                ("STARLING_S2S_ENABLED", "true"),
+                ("STARLING_S2S_DIALBACK_SECRET", "0123456789abcdef"),
+                ("STARLING_S2S_ALLOW", "a.example, b.example"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.s2s.allow, vec!["a.example", "b.example"]);
+        for (toml, key) in [
+            ("[s2s]\nenabled = true\n", "s2s.dialback_secret"),
+            (
+                "[s2s]\nenabled = true\ndialback_secret = \"short\"\n",
+                "s2s.dialback_secret",
+            ),
+            ("[s2s]\ndeny = [\"not a domain\"]\n", "s2s.deny"),
+            ("[s2s]\nallow = [\"a@b\"]\n", "s2s.allow"),
+            ("[s2s]\nhosts = [\"example.net\"]\n", "s2s.hosts"),
+            ("[s2s]\nhosts = [\"example.net=127.0.0.2\"]\n", "s2s.hosts"),
+            ("[s2s]\nqueue_stanzas = 0\n", "s2s.queue_stanzas"),
+            (
+                "[s2s]\nconnect_timeout_secs = 0\n",
+                "s2s.connect_timeout_secs",
+            ),
+            ("[listen]\ns2s = \"nowhere\"\n", "listen.s2s"),
+            ("[listen]\ns2s_tls = \"0.0.0.0:5270\"\n", "listen.s2s_tls"),
+            ("[tls]\nca_file = \"/nonexistent/ca.pem\"\n", "tls.ca_file"),
+        ] {
+            let error = load(toml, &[]).unwrap_err().to_string();
+            assert!(error.contains(key), "{toml}: {error}");
         }
     }
 

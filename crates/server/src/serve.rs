@@ -102,6 +102,14 @@ fn require(target: Target, key: &str, present: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Domains as the policy compares them (validated at load).
+fn normalized_domains(domains: &[String]) -> Vec<String> {
+    domains
+        .iter()
+        .filter_map(|domain| starling_jid::normalize_domainpart(domain).ok())
+        .collect()
+}
+
 fn router_config(config: &Config) -> RouterConfig {
     RouterConfig {
         domain: config.domain.clone(),
@@ -136,6 +144,11 @@ fn router_config(config: &Config) -> RouterConfig {
             .iter()
             .filter_map(|component| starling_jid::normalize_domainpart(&component.domain).ok())
             .collect(),
+        s2s: starling_session_router::S2sPolicy {
+            enabled: config.s2s.enabled,
+            allow: normalized_domains(&config.s2s.allow),
+            deny: normalized_domains(&config.s2s.deny),
+        },
         push: config
             .push
             .enabled
@@ -314,6 +327,20 @@ fn cm_config(
         c2s_addr: config.c2s_addr(),
         c2s_tls_addr: config.c2s_tls_addr(),
         component_addr: config.component_addr(),
+        s2s_addr: config.s2s_addr(),
+        s2s: starling_connection_manager::S2sSettings {
+            enabled: config.s2s.enabled,
+            dialback_secret: config.s2s.dialback_secret.clone(),
+            require_tls: config.s2s.require_tls,
+            ca_file: (!config.tls.ca_file.is_empty()).then(|| PathBuf::from(&config.tls.ca_file)),
+            hosts: config.s2s_hosts(),
+            allow: normalized_domains(&config.s2s.allow),
+            deny: normalized_domains(&config.s2s.deny),
+            connect_timeout: Duration::from_secs(config.s2s.connect_timeout_secs),
+            idle_timeout: Duration::from_secs(config.s2s.idle_timeout_secs),
+            queue_stanzas: config.s2s.queue_stanzas as usize,
+            queue_bytes: usize::try_from(config.s2s.queue_bytes).unwrap_or(usize::MAX),
+        },
         components: config
             .components
             .iter()

@@ -29,8 +29,8 @@ use sha1::{Digest, Sha1};
 use starling_api::{Origin, SessionAddr, COMPONENT_RESOURCE};
 use starling_jid::{normalize_domainpart, BareJid};
 use starling_xmpp::{
-    escape_attr, ns, stanza, Element, Iq, Presence, StanzaError, StanzaErrorCondition, StanzaKind,
-    StreamError, StreamErrorCondition, StreamEvent, StreamHeader,
+    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
+    StreamErrorCondition, StreamEvent, StreamHeader,
 };
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
@@ -42,10 +42,10 @@ use crate::framing::{Framing, Inbound, Outgoing};
 use crate::limits::TokenBucket;
 use crate::outbound::{join_writer, run_writer, ConnectionHandle};
 use crate::queued::QueuedStanza;
-use crate::reading::{Flow, StreamHandler};
+use crate::reading::{next_event, refuse, Flow, Interrupted, StreamHandler};
 use crate::shared::Shared;
 use crate::transport::tcp::ByteStream;
-use crate::transport::{Received, Transport};
+use crate::transport::Transport;
 use crate::xml::random_id;
 
 /// The handshake value (XEP-0114 section 3, "Protocol Flow"): the lower-case
@@ -75,69 +75,6 @@ pub(crate) fn response_header(stream_id: &str, from: &str) -> String {
         escape_attr(from),
         escape_attr(stream_id)
     )
-}
-
-/// Why reading stopped before an event came.
-enum Interrupted {
-    /// The connection is gone, or the server is shutting down.
-    Gone,
-    /// The handshake deadline passed.
-    Timeout,
-    /// The input broke the stream.
-    Invalid(StreamError),
-}
-
-/// The next stream event, reading until one is complete.
-async fn next_event(
-    shared: &Shared,
-    stream: &mut ByteStream,
-    parser: &mut Inbound,
-    deadline: Instant,
-) -> Result<StreamEvent, Interrupted> {
-    loop {
-        match parser.next_event() {
-            Ok(Some(event)) => return Ok(event),
-            Ok(None) => {}
-            Err(error) => return Err(Interrupted::Invalid(error.0)),
-        }
-        tokio::select! {
-            received = stream.receive(parser) => match received {
-                Received::Fed => {}
-                Received::Lost => return Err(Interrupted::Gone),
-                Received::Invalid(error) => {
-                    // Events decoded before the error come first.
-                    if let Ok(Some(event)) = parser.next_event() {
-                        return Ok(event);
-                    }
-                    return Err(Interrupted::Invalid(error.0));
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => return Err(Interrupted::Timeout),
-            _ = shared.shutdown.cancelled() => return Err(Interrupted::Gone),
-        }
-    }
-}
-
-/// Write what is left to say and close the connection: `header` first when
-/// the component has not had ours yet (RFC 6120 section 4.9.1.2).
-async fn refuse(
-    shared: &Shared,
-    stream: &mut ByteStream,
-    header: Option<String>,
-    error: StreamError,
-) {
-    shared.metrics.stream_error(error.condition.as_str());
-    let mut out = Outgoing::new(Framing::Stream);
-    if let Some(header) = header {
-        out.nonza(&header);
-    }
-    out.stream_error(&error);
-    out.close();
-    let _ = tokio::time::timeout(crate::outbound::CLOSE_WRITE_TIMEOUT, async {
-        stream.send(&out).await?;
-        Transport::shutdown(stream).await
-    })
-    .await;
 }
 
 /// Serve one connection of the component listener: the stream header, the
@@ -500,22 +437,12 @@ impl ComponentSession {
         }
         // The typed checks every stanza gets (RFC 6120 section 8.2.3, RFC
         // 6121 section 4.7): a broken one is answered with its error.
-        let element = match kind {
-            StanzaKind::Message => element,
-            StanzaKind::Presence => match Presence::try_from_element(element) {
-                Ok(presence) => presence.into_element(),
-                Err(invalid) => {
-                    self.reply_error("bad_stanza", &invalid.stanza, invalid.error);
-                    return Flow::Continue;
-                }
-            },
-            StanzaKind::Iq => match Iq::try_from_element(element) {
-                Ok(iq) => iq.into_element(),
-                Err(invalid) => {
-                    self.reply_error("bad_stanza", &invalid.stanza, invalid.error);
-                    return Flow::Continue;
-                }
-            },
+        let element = match crate::reading::checked_stanza(kind, element) {
+            Ok(element) => element,
+            Err(invalid) => {
+                self.reply_error("bad_stanza", &invalid.stanza, invalid.error);
+                return Flow::Continue;
+            }
         };
         self.received.inc();
         let template = reply_template(&element);

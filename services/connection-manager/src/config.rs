@@ -23,6 +23,10 @@ pub struct CmConfig {
     /// The external component listener (XEP-0114, `jabber:component:accept`,
     /// plain TCP as the XEP says; 5347 by custom). `None`: no listener.
     pub component_addr: Option<SocketAddr>,
+    /// The s2s listener (RFC 6120, 5269), used when `s2s.enabled`. `None`: no listener.
+    pub s2s_addr: Option<SocketAddr>,
+    /// Federation (`s2s.*`).
+    pub s2s: S2sSettings,
     /// The components that may connect, each with its own limits.
     pub components: Vec<ComponentSettings>,
     pub tls: TlsSettings,
@@ -258,5 +262,73 @@ mod tests {
         .unwrap();
         let irc = components.get("irc.example.com").unwrap();
         assert_eq!(irc.max_stanza_bytes, 10_000);
+    }
+}
+
+/// Federation settings of a connection-manager (`s2s.*`, `tls.ca_file`).
+#[derive(Clone)]
+pub struct S2sSettings {
+    /// `s2s.enabled`: the listener accepts and outbound streams open.
+    pub enabled: bool,
+    /// `s2s.dialback_secret`: the XEP-0185 secret, the same on every node.
+    pub dialback_secret: String,
+    /// `s2s.require_tls`: no stream without TLS, in and out (RFC 6120 section 5).
+    pub require_tls: bool,
+    /// `tls.ca_file`: trusted CAs besides the system's.
+    pub ca_file: Option<PathBuf>,
+    /// `s2s.hosts`: a fixed `host:port` per remote domain instead of DNS.
+    pub hosts: HashMap<String, String>,
+    /// `s2s.allow` / `s2s.deny` (normalised), for inbound streams too.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// `s2s.connect_timeout_secs`: the bounded wait of a queued stanza for
+    /// its stream (resolution, connection, TLS, authentication).
+    pub connect_timeout: Duration,
+    /// `s2s.idle_timeout_secs`: an outbound stream with nothing to send for
+    /// this long is closed.
+    pub idle_timeout: Duration,
+    /// `s2s.queue_stanzas` / `s2s.queue_bytes`: what one remote domain's
+    /// stream may hold waiting; past it a stanza bounces at once.
+    pub queue_stanzas: usize,
+    pub queue_bytes: usize,
+}
+
+impl std::fmt::Debug for S2sSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("S2sSettings")
+            .field("enabled", &self.enabled)
+            .field("require_tls", &self.require_tls)
+            .field("hosts", &self.hosts)
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for S2sSettings {
+    fn default() -> Self {
+        S2sSettings {
+            enabled: false,
+            dialback_secret: String::new(),
+            require_tls: true,
+            ca_file: None,
+            hosts: HashMap::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            queue_stanzas: 1000,
+            queue_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl S2sSettings {
+    /// Whether streams with `domain` (normalised) are allowed.
+    pub(crate) fn allows(&self, domain: &str) -> bool {
+        self.enabled
+            && !self.deny.iter().any(|denied| denied == domain)
+            && (self.allow.is_empty() || self.allow.iter().any(|allowed| allowed == domain))
     }
 }

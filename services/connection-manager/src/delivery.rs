@@ -50,6 +50,11 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, mut deliveries: DeliveryReceiv
                     span.record("stanza.type", stanza.attr("type"));
                 }
                 for recipient in recipients {
+                    // A remote domain's outbound stream owned by this node.
+                    if recipient.conn == starling_api::S2S_OUTBOUND_CONN {
+                        crate::s2s::outbound::enqueue(&shared, (*stanza).clone());
+                        continue;
+                    }
                     let queued = QueuedStanza {
                         stanza: Arc::clone(&stanza),
                         to: recipient.to,

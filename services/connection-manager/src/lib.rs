@@ -28,6 +28,10 @@
 //! session, component, delivery, drain
 //!                             a bound stream; an external component (XEP-0114);
 //!                             the bus dispatcher; the drain
+//! s2s::{inbound, outbound}    server-to-server streams in and out (RFC 6120)
+//! s2s::{state, connect, dialback}
+//!                             what the node's s2s side shares; opening a
+//!                             stream to a remote domain; XEP-0220 keys
 //! reading                     the reading side of an authenticated stream
 //! negotiation::{header, starttls, sasl, bind, features, stream}, register
 //!                             the steps before a session, each in its module
@@ -62,6 +66,7 @@ mod queued;
 mod reading;
 mod register;
 mod reroute;
+mod s2s;
 mod session;
 mod shared;
 mod sm;
@@ -88,7 +93,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{CmConfig, CmLimits, ComponentSettings, TlsSettings};
+pub use config::{CmConfig, CmLimits, ComponentSettings, S2sSettings, TlsSettings};
 pub use drain::DrainHandle;
 pub use drain_state::{DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
@@ -135,6 +140,7 @@ pub struct ConnectionManager {
     c2s_addr: Option<SocketAddr>,
     c2s_tls_addr: Option<SocketAddr>,
     component_addr: Option<SocketAddr>,
+    s2s_addr: Option<SocketAddr>,
     bus: Arc<dyn Bus>,
 }
 
@@ -190,6 +196,31 @@ impl ConnectionManager {
             config.metrics.component().declare(component_domain);
         }
         let tls = transport::tls::load(&config.tls, &domain)?;
+        let s2s = if config.s2s.enabled {
+            if config.s2s.dialback_secret.is_empty() {
+                return Err(CmError::Config(
+                    "s2s.dialback_secret must be set when s2s.enabled is true".to_string(),
+                ));
+            }
+            let connector = s2s::connect::Connector::new(
+                domain.clone(),
+                config.s2s.clone(),
+                Limits {
+                    max_stanza_bytes: limits.max_stanza_bytes,
+                    max_depth: limits.max_depth,
+                    ..Limits::default()
+                },
+                tls.certificates.clone(),
+                tls.key.clone_key(),
+            )?;
+            Some(s2s::state::S2s {
+                connector,
+                links: Default::default(),
+                next_link: AtomicU64::new(1),
+            })
+        } else {
+            None
+        };
         let parser_limits = Limits {
             max_stanza_bytes: limits.max_stanza_bytes,
             max_depth: limits.max_depth,
@@ -219,6 +250,7 @@ impl ConnectionManager {
             limits.outbound_queue_bytes_total,
         );
         let shared = Shared {
+            s2s,
             outbound_bytes,
             node_id: config.node_id,
             domain,
@@ -264,6 +296,7 @@ impl ConnectionManager {
             c2s_addr: config.c2s_addr,
             c2s_tls_addr: config.c2s_tls_addr,
             component_addr: config.component_addr,
+            s2s_addr: config.s2s_addr.filter(|_| config.s2s.enabled),
             bus,
         })
     }
@@ -275,6 +308,7 @@ impl ConnectionManager {
             (ListenerKind::StartTls, self.c2s_addr),
             (ListenerKind::DirectTls, self.c2s_tls_addr),
             (ListenerKind::Component, self.component_addr),
+            (ListenerKind::S2s, self.s2s_addr),
         ] {
             let Some(addr) = addr else { continue };
             let listener = TcpListener::bind(addr)

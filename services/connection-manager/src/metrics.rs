@@ -156,6 +156,7 @@ pub struct CmMetrics {
     channel_binding_failures: IntCounterVec,
     csi: CsiMetrics,
     component: ComponentMetrics,
+    s2s: S2sMetrics,
 }
 
 /// External components (XEP-0114), labelled by the component's configured
@@ -380,6 +381,7 @@ impl CmMetrics {
         }
         let csi = CsiMetrics::register(registry)?;
         let component = ComponentMetrics::register(registry)?;
+        let s2s = S2sMetrics::register(registry)?;
         // Every series of a bounded label set exists from the start, at 0.
         for mechanism in MECHANISMS {
             for result in ["success", "failure"] {
@@ -407,6 +409,7 @@ impl CmMetrics {
             channel_binding_failures,
             csi,
             component,
+            s2s,
             outbound_queue_bytes,
         })
     }
@@ -436,6 +439,11 @@ impl CmMetrics {
     /// XEP-0352 client state indication.
     pub(crate) fn csi(&self) -> &CsiMetrics {
         &self.csi
+    }
+
+    /// Server-to-server streams.
+    pub(crate) fn s2s(&self) -> &S2sMetrics {
+        &self.s2s
     }
 
     /// External components (XEP-0114).
@@ -641,5 +649,54 @@ impl Drop for ConnectionGuard {
         } else {
             self.negotiating.dec();
         }
+    }
+}
+
+/// The s2s metrics: outbound stanzas by outcome, streams by direction and outcome.
+#[derive(Clone)]
+pub(crate) struct S2sMetrics {
+    stanzas: IntCounterVec,
+    streams: IntCounterVec,
+}
+
+/// Outcomes of a stanza given to an outbound stream.
+pub(crate) const STANZA_OUTCOMES: [&str; 5] = [
+    "sent",
+    "remote_server_not_found",
+    "remote_server_timeout",
+    "queue_full",
+    "received",
+];
+
+impl S2sMetrics {
+    pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let stanzas = IntCounterVec::new(
+            Opts::new(
+                "starling_s2s_stanzas_total",
+                "Server-to-server stanzas by outcome: sent (written to a remote domain's stream), remote_server_not_found and remote_server_timeout (bounced to the sender, RFC 6120 section 10.4.3), queue_full (bounced: s2s.queue_stanzas or s2s.queue_bytes), received (from an authenticated inbound stream, routed)",
+            ),
+            &["outcome"],
+        )?;
+        let streams = IntCounterVec::new(
+            Opts::new(
+                "starling_s2s_streams_total",
+                "Server-to-server streams by direction (in, out) and outcome: external and dialback (authenticated that way), failed (not opened or refused), invalid_from (an inbound stanza whose from was not authenticated), denied (the policy refused the domain)",
+            ),
+            &["direction", "outcome"],
+        )?;
+        registry.register(Box::new(stanzas.clone()))?;
+        registry.register(Box::new(streams.clone()))?;
+        for outcome in STANZA_OUTCOMES {
+            stanzas.with_label_values(&[outcome]);
+        }
+        Ok(S2sMetrics { stanzas, streams })
+    }
+
+    pub(crate) fn stanza(&self, outcome: &'static str) {
+        self.stanzas.with_label_values(&[outcome]).inc();
+    }
+
+    pub(crate) fn stream(&self, direction: &'static str, outcome: &'static str) {
+        self.streams.with_label_values(&[direction, outcome]).inc();
     }
 }

@@ -1,18 +1,23 @@
 //! The reading side of an authenticated stream, shared by client sessions
-//! (`crate::session`) and external components (`crate::component`): read,
+//! (`crate::session`), external components (`crate::component`) and
+//! inbound server streams (`crate::s2s::inbound`): read,
 //! decode, and hand each element to the stream's handler in order, each
 //! after a token of its rate limit, until the stream is to end (the peer
 //! closed it, the connection broke, the input broke the stream, the node
-//! shuts down, or something else closed it).
+//! shuts down, or something else closed it). Before authentication, the
+//! components and server streams read with [`next_event`] and end a refused
+//! stream with [`refuse`].
 
 use std::future::Future;
 
 use starling_xmpp::{Element, StreamError, StreamErrorCondition, StreamEvent};
+use tokio::time::Instant;
 
-use crate::framing::Inbound;
+use crate::framing::{Framing, Inbound, Outgoing};
 use crate::outbound::ConnectionHandle;
 use crate::shared::Shared;
-use crate::transport::{Received, TransportReader};
+use crate::transport::tcp::ByteStream;
+use crate::transport::{Received, Transport, TransportReader};
 
 /// Whether the reader goes on.
 pub(crate) enum Flow {
@@ -115,5 +120,85 @@ pub(crate) async fn read_until_end<H: StreamHandler, R: TransportReader>(
                 }
             },
         }
+    }
+}
+
+/// Why reading stopped before an event came.
+pub(crate) enum Interrupted {
+    /// The connection is gone, or the server is shutting down.
+    Gone,
+    /// The handshake deadline passed.
+    Timeout,
+    /// The input broke the stream.
+    Invalid(StreamError),
+}
+
+/// The next stream event before authentication (a component's handshake,
+/// a server stream's negotiation), reading until one is complete, within
+/// the pre-authentication `deadline`.
+pub(crate) async fn next_event(
+    shared: &Shared,
+    stream: &mut ByteStream,
+    parser: &mut Inbound,
+    deadline: Instant,
+) -> Result<StreamEvent, Interrupted> {
+    loop {
+        match parser.next_event() {
+            Ok(Some(event)) => return Ok(event),
+            Ok(None) => {}
+            Err(error) => return Err(Interrupted::Invalid(error.0)),
+        }
+        tokio::select! {
+            received = stream.receive(parser) => match received {
+                Received::Fed => {}
+                Received::Lost => return Err(Interrupted::Gone),
+                Received::Invalid(error) => {
+                    // Events decoded before the error come first.
+                    if let Ok(Some(event)) = parser.next_event() {
+                        return Ok(event);
+                    }
+                    return Err(Interrupted::Invalid(error.0));
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => return Err(Interrupted::Timeout),
+            _ = shared.shutdown.cancelled() => return Err(Interrupted::Gone),
+        }
+    }
+}
+
+/// Write what is left to say and close the connection: `header` first when
+/// the component has not had ours yet (RFC 6120 section 4.9.1.2).
+pub(crate) async fn refuse(
+    shared: &Shared,
+    stream: &mut ByteStream,
+    header: Option<String>,
+    error: StreamError,
+) {
+    shared.metrics.stream_error(error.condition.as_str());
+    let mut out = Outgoing::new(Framing::Stream);
+    if let Some(header) = header {
+        out.nonza(&header);
+    }
+    out.stream_error(&error);
+    out.close();
+    let _ = tokio::time::timeout(crate::outbound::CLOSE_WRITE_TIMEOUT, async {
+        stream.send(&out).await?;
+        Transport::shutdown(stream).await
+    })
+    .await;
+}
+
+/// The typed checks every server-side stanza gets before routing (RFC 6120
+/// section 8.2.3, RFC 6121 section 4.7): a message as it is, a presence or
+/// an IQ through its typed form; a broken one comes back with its error.
+pub(crate) fn checked_stanza(
+    kind: starling_xmpp::StanzaKind,
+    element: Element,
+) -> Result<Element, Box<starling_xmpp::InvalidStanza>> {
+    use starling_xmpp::{Iq, Presence, StanzaKind};
+    match kind {
+        StanzaKind::Message => Ok(element),
+        StanzaKind::Presence => Presence::try_from_element(element).map(Presence::into_element),
+        StanzaKind::Iq => Iq::try_from_element(element).map(Iq::into_element),
     }
 }

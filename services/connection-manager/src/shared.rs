@@ -22,6 +22,8 @@ use crate::outbound_bytes::OutboundBytes;
 
 /// What every connection task of the node shares.
 pub(crate) struct Shared {
+    /// Federation (`crate::s2s`); `None` when `s2s.enabled` is off.
+    pub s2s: Option<crate::s2s::state::S2s>,
     pub node_id: String,
     /// The served domain, normalised.
     pub domain: String,

@@ -62,17 +62,14 @@ impl SessionRouter {
                 note_decision("server");
                 self.upload_iq(routing, &service, iq, iq_type).await
             }
-            // RFC 6120 section 10.4: no server-to-server connections yet.
             Destination::Remote(remote) if self.is_muc_domain(remote.domain()) => {
                 self.route_to_muc(routing, iq).await
             }
+            // RFC 6120 section 10.4: a component's domain, or another server.
             Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
                 self.route_to_component(routing, iq, &remote).await
             }
-            Destination::Remote(remote) => {
-                tracing::debug!(to = %remote, "iq to a remote domain, no s2s");
-                routing.bounce(&iq, StanzaErrorCondition::RemoteServerNotFound)
-            }
+            Destination::Remote(remote) => self.route_to_remote(routing, iq, &remote).await,
             Destination::LocalFull(jid) => self.iq_to_full(routing, iq, &jid).await,
         }
     }

@@ -134,17 +134,14 @@ impl SessionRouter {
             Destination::Domain | Destination::DomainResource => {
                 routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
-            // RFC 6120 section 10.4: no server-to-server connections yet.
             Destination::Remote(remote) if self.is_muc_domain(remote.domain()) => {
                 self.route_to_muc(routing, message).await
             }
+            // RFC 6120 section 10.4: a component's domain, or another server.
             Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
                 self.route_to_component(routing, message, &remote).await
             }
-            Destination::Remote(remote) => {
-                tracing::debug!(to = %remote, "message to a remote domain, no s2s");
-                routing.bounce(&message, StanzaErrorCondition::RemoteServerNotFound)
-            }
+            Destination::Remote(remote) => self.route_to_remote(routing, message, &remote).await,
             Destination::LocalBare(user) => {
                 self.message_to_bare(routing, message, &user, None, None)
                     .await

@@ -119,6 +119,9 @@ pub struct RouterMetrics {
     push_registrations: [IntCounter; 3],
     /// XEP-0398 and XEP-0411 conversions by kind, direction and outcome.
     conversions: IntCounterVec,
+    /// Stanzas to remote domains answered `remote-server-not-found` by the
+    /// s2s policy (`s2s.enabled`, `s2s.allow`, `s2s.deny`).
+    s2s_policy_refused: IntCounter,
 }
 
 const PUSH_REGISTRATION_EVENTS: [&str; 3] = ["enabled", "disabled", "refused"];
@@ -249,8 +252,14 @@ impl RouterMetrics {
             &["conversion", "direction", "outcome"],
         )?;
         registry.register(Box::new(conversions.clone()))?;
+        let s2s_policy_refused = IntCounter::new(
+            "starling_s2s_policy_refused_total",
+            "Stanzas to remote domains answered remote-server-not-found at once by the federation policy (s2s.enabled off, domain denied or not allowed)",
+        )?;
+        registry.register(Box::new(s2s_policy_refused.clone()))?;
         Ok(RouterMetrics {
             conversions,
+            s2s_policy_refused,
             push: PushOutcome::ALL.map(|outcome| push.with_label_values(&[outcome.label()])),
             push_registrations: PUSH_REGISTRATION_EVENTS
                 .map(|event| push_registrations.with_label_values(&[event])),
@@ -303,6 +312,10 @@ impl RouterMetrics {
         {
             self.push_registrations[index].inc();
         }
+    }
+
+    pub(crate) fn s2s_policy_refused(&self) {
+        self.s2s_policy_refused.inc();
     }
 
     pub(crate) fn routed(&self, kind: StanzaKind, decision: Decision, elapsed: Duration) {

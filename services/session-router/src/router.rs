@@ -61,6 +61,9 @@ pub struct RouterConfig {
     /// Push notifications (XEP-0357, `push.*`): enable/disable answered,
     /// `urn:xmpp:push:0` advertised on accounts, notifications sent; `None`: off.
     pub push: Option<crate::push::PushSettings>,
+    /// Federation (RFC 6120 server-to-server, `s2s.*`): which remote
+    /// domains stanzas may go to. Set it alike on every router replica.
+    pub s2s: crate::remote::S2sPolicy,
 }
 
 /// One stanza being routed: who sent it, when it entered the cluster (the
@@ -364,8 +367,8 @@ impl SessionRouter {
 
     /// Presence belongs to the presence service: outbound processing for a
     /// local session's presence (RFC 6121 sections 3 and 4), inbound for
-    /// presence addressed to a local entity. No s2s yet: presence to a remote
-    /// domain is dropped silently.
+    /// presence addressed to a local entity; presence to a component or a
+    /// remote domain goes there (or its sender gets the section 10.4.3 error).
     async fn route_presence(
         &self,
         routing: &Routing<'_>,
@@ -411,21 +414,21 @@ impl SessionRouter {
                     // so a session's end reaches its rooms, RFC 6121 section 4.6.3).
                     Ok(self.route_to_muc(routing, presence_stanza).await)
                 }
-                Ok(Destination::Remote(remote)) if self.is_component_domain(remote.domain()) => {
+                Ok(Destination::Remote(remote)) => {
                     // RFC 6120 section 10.4.3: the sender learns that the
-                    // component is not there, except for what the server
-                    // sends on a user's behalf without waiting for an
-                    // answer (probes, unavailable).
+                    // component or remote domain is not there, except for
+                    // what the server sends on a user's behalf without
+                    // waiting for an answer (probes, unavailable).
                     let answered =
                         !matches!(presence_stanza.attr("type"), Some("probe" | "unavailable"));
-                    let reply = self
-                        .route_to_component(routing, presence_stanza, &remote)
-                        .await;
+                    let reply = if self.is_component_domain(remote.domain()) {
+                        self.route_to_component(routing, presence_stanza, &remote)
+                            .await
+                    } else {
+                        self.route_to_remote(routing, presence_stanza, &remote)
+                            .await
+                    };
                     Ok(reply.filter(|_| answered))
-                }
-                Ok(Destination::Remote(remote)) => {
-                    tracing::debug!(to = %remote, "presence to a remote domain dropped, no s2s");
-                    Ok(None)
                 }
                 Ok(_) => presence
                     .inbound_presence(presence_stanza, routing.routed_at)

@@ -137,6 +137,18 @@ impl SessionRouter {
         if jid.node().is_none() && self.is_component_domain(jid.domain()) {
             return self.unbind_component(jid, addr).await;
         }
+        // A remote domain's outbound s2s stream ended: its owner's claim
+        // goes, without presence (a remote domain is not an account).
+        if jid.node().is_none()
+            && jid
+                .resource()
+                .starts_with(starling_api::S2S_RESOURCE_PREFIX)
+        {
+            if self.registry.unbind(jid, addr).await?.is_some() {
+                tracing::debug!(domain = %jid.bare(), node = %addr.node, "s2s domain released");
+            }
+            return Ok(());
+        }
         // Only if the record is still this session's: a replaced session's
         // late unbind must not remove its successor.
         let Some(removed) = self.registry.unbind(jid, addr).await? else {

@@ -32,6 +32,8 @@ pub(crate) enum ListenerKind {
     DirectTls,
     /// External components (XEP-0114): plain TCP, `jabber:component:accept`.
     Component,
+    /// Server-to-server streams (RFC 6120): STARTTLS, `jabber:server`.
+    S2s,
 }
 
 impl ListenerKind {
@@ -40,6 +42,7 @@ impl ListenerKind {
             ListenerKind::StartTls => "c2s",
             ListenerKind::DirectTls => "c2s_tls",
             ListenerKind::Component => "component",
+            ListenerKind::S2s => "s2s",
         }
     }
 }
@@ -89,7 +92,9 @@ async fn admit_connection(
     let deadline = Instant::now() + shared.limits.pre_auth_timeout;
     // The PROXY protocol is for the client listeners behind a balancer;
     // a component connects to its server directly.
-    let client = if kind != ListenerKind::Component && shared.proxies.expects_header(peer.ip()) {
+    let client = if !matches!(kind, ListenerKind::Component | ListenerKind::S2s)
+        && shared.proxies.expects_header(peer.ip())
+    {
         let header = tokio::select! {
             header = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => header,
             _ = shared.shutdown.cancelled() => return,
@@ -131,6 +136,11 @@ async fn admit_connection(
         drop(permit);
         return;
     }
+    if kind == ListenerKind::S2s {
+        crate::s2s::inbound::serve(shared, tcp, client, deadline).await;
+        drop(permit);
+        return;
+    }
     serve_connection(shared, tcp, client, kind, permit, deadline).await;
 }
 
@@ -142,6 +152,9 @@ async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, kind: Listen
         ListenerKind::StartTls => stream_header(&random_id(), &shared.domain, None, "en"),
         // XEP-0114 section 3: a header in the component namespace first.
         ListenerKind::Component => crate::component::response_header(&random_id(), &shared.domain),
+        ListenerKind::S2s => {
+            crate::s2s::inbound::response_header(&random_id(), &shared.domain, None)
+        }
         ListenerKind::DirectTls => return,
     };
     shared
@@ -173,7 +186,9 @@ async fn serve_connection(
 ) {
     let conn = shared.next_conn_id();
     let mut counted = shared.metrics.connection(match kind {
-        ListenerKind::StartTls | ListenerKind::Component => metrics::Transport::Tcp,
+        ListenerKind::StartTls | ListenerKind::Component | ListenerKind::S2s => {
+            metrics::Transport::Tcp
+        }
         ListenerKind::DirectTls => metrics::Transport::Tls,
     });
     tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
@@ -201,7 +216,9 @@ async fn accept_stream(
     deadline: Instant,
 ) -> Option<ByteStream> {
     match kind {
-        ListenerKind::StartTls | ListenerKind::Component => Some(ByteStream::Plain(tcp)),
+        ListenerKind::StartTls | ListenerKind::Component | ListenerKind::S2s => {
+            Some(ByteStream::Plain(tcp))
+        }
         ListenerKind::DirectTls => {
             let handshake = shared.direct_tls.accept(tcp);
             tokio::select! {

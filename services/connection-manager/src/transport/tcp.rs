@@ -118,7 +118,7 @@ thread_local! {
         std::cell::RefCell::new(vec![0u8; READ_SCRATCH_BYTES].into_boxed_slice());
 }
 
-async fn receive_bytes<R>(reader: &mut R, inbound: &mut Inbound) -> Received
+pub(crate) async fn receive_bytes<R>(reader: &mut R, inbound: &mut Inbound) -> Received
 where
     R: AsyncRead + Unpin + ?Sized,
 {

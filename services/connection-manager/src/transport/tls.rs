@@ -28,6 +28,10 @@ pub(crate) struct TlsMaterial {
     /// every configuration presents (RFC 5929 section 4.1); `None` when its
     /// signature algorithm leaves it undefined (Ed25519, RSASSA-PSS).
     pub server_end_point: Option<Vec<u8>>,
+    /// The certificate chain and key, for the client side of outbound
+    /// server-to-server streams (SASL EXTERNAL, XEP-0178).
+    pub certificates: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, CmError> {
@@ -151,8 +155,10 @@ pub(crate) fn load(settings: &TlsSettings, domain: &str) -> Result<TlsMaterial, 
         key.clone_key(),
         Some(ALPN_XMPP_CLIENT),
     )?;
-    let https = server_config(certificates, key, Some(b"http/1.1"))?;
+    let https = server_config(certificates.clone(), key.clone_key(), Some(b"http/1.1"))?;
     Ok(TlsMaterial {
+        certificates,
+        key,
         starttls,
         direct_tls,
         https,

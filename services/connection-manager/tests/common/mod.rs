@@ -557,6 +557,8 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         c2s_addr: Some("127.0.0.1:0".parse().unwrap()),
         c2s_tls_addr: Some("127.0.0.1:0".parse().unwrap()),
         component_addr: None,
+        s2s_addr: None,
+        s2s: Default::default(),
         components: Vec::new(),
         tls: TlsSettings {
             cert_path: None,

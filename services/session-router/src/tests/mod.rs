@@ -17,6 +17,7 @@ mod muc;
 mod pep;
 mod presence;
 mod push;
+mod remote;
 mod undeliverable;
 mod upload;
 mod xml;
@@ -549,6 +550,8 @@ pub struct HarnessOptions {
     pub upload: Option<crate::upload::UploadSettings>,
     /// Multi-user chat (XEP-0045) at `conference.example.com`, rooms in memory.
     pub muc: bool,
+    /// Federation (`s2s.*`).
+    pub s2s: crate::remote::S2sPolicy,
 }
 
 impl Default for HarnessOptions {
@@ -561,6 +564,7 @@ impl Default for HarnessOptions {
             mam: false,
             upload: None,
             muc: false,
+            s2s: crate::remote::S2sPolicy::default(),
         }
     }
 }
@@ -581,6 +585,7 @@ fn router_config(options: &HarnessOptions) -> RouterConfig {
         upload: options.upload.clone(),
         stored_stanza_limits: starling_xmpp::Limits::default().for_server_copies(),
         components: vec!["irc.example.com".into()],
+        s2s: options.s2s.clone(),
         push: Some(crate::push::PushSettings {
             include_body: false,
             min_interval: std::time::Duration::ZERO,

@@ -55,7 +55,7 @@ async fn server_presence_to_a_local_entity_is_inbound_processing() {
 }
 
 #[tokio::test]
-async fn server_presence_to_a_remote_domain_or_nowhere_is_dropped() {
+async fn server_presence_to_a_remote_domain_is_answered_and_to_nowhere_dropped() {
     let mut harness = Harness::new().await;
     harness
         .send_from_server("<presence from='juliet@example.com/balcony' to='romeo@example.net'/>")
@@ -66,7 +66,16 @@ async fn server_presence_to_a_remote_domain_or_nowhere_is_dropped() {
     harness
         .send_from_server("<presence from='juliet@example.com/balcony' to='juliet@@example.com'/>")
         .await;
-    assert_eq!(harness.presence.take_calls(), Vec::new());
+    // Federation is off: RFC 6120 section 10.4.3, presence included.
+    let calls = harness.presence.take_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let PresenceCall::Inbound { stanza } = &calls[0] else {
+        panic!("{calls:?}");
+    };
+    assert!(
+        stanza.contains("type='error'") && stanza.contains("remote-server-not-found"),
+        "{stanza}"
+    );
     harness.assert_nothing_delivered();
 }
 
