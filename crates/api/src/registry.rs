@@ -143,4 +143,10 @@ pub trait SessionRegistry: Send + Sync + 'static {
     ) -> ApiResult<bool>;
     /// Every session on one node (for the janitor and for re-registration).
     async fn node_sessions(&self, node: &str) -> ApiResult<Vec<SessionRecord>>;
+    /// The connection-managers alive and not draining, ordered: where the
+    /// server may open a stream of its own (an s2s stream for a stanza no
+    /// session of the sender's can carry). Empty when none is known.
+    async fn live_nodes(&self) -> ApiResult<Vec<String>> {
+        Ok(Vec::new())
+    }
 }

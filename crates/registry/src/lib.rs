@@ -68,11 +68,19 @@ struct State {
 #[derive(Default)]
 pub struct MemoryRegistry {
     state: Mutex<State>,
+    /// The node of `starling serve`'s connection-manager, for `live_nodes`.
+    local_node: Option<String>,
 }
 
 impl MemoryRegistry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The registry of one process whose connection-manager is `node`.
+    pub fn with_local_node(mut self, node: impl Into<String>) -> Self {
+        self.local_node = Some(node.into());
+        self
     }
 }
 
@@ -245,6 +253,10 @@ impl SessionRegistry for MemoryRegistry {
             .filter(|record| record.addr.node == node)
             .cloned()
             .collect())
+    }
+
+    async fn live_nodes(&self) -> ApiResult<Vec<String>> {
+        Ok(self.local_node.iter().cloned().collect())
     }
 }
 

@@ -89,6 +89,14 @@ mod tests {
         .await;
         assert_eq!(nodes[0].draining_since_unix_ms, None);
         assert_eq!(nodes[1].draining_since_unix_ms, Some(1_700_000_000_000));
+        // Where the server may open a stream of its own: alive, not draining.
+        let registry = crate::RedisRegistry::new(client.clone());
+        assert_eq!(
+            starling_api::SessionRegistry::live_nodes(&registry)
+                .await
+                .unwrap(),
+            vec!["cm-a".to_string()]
+        );
 
         // Leaving the cluster removes the liveness key and the drain marker.
         second.stop().await.unwrap();

@@ -684,6 +684,15 @@ impl SessionRegistry for RedisRegistry {
             })
             .await
     }
+
+    async fn live_nodes(&self) -> ApiResult<Vec<String>> {
+        Ok(crate::cluster_nodes(&self.client)
+            .await?
+            .into_iter()
+            .filter(|status| status.alive && status.draining_since_unix_ms.is_none())
+            .map(|status| status.node)
+            .collect())
+    }
 }
 
 #[cfg(test)]

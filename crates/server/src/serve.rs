@@ -410,6 +410,7 @@ struct RoutingState {
 async fn routing_state(
     config: &Config,
     metrics: &prometheus::Registry,
+    node_id: &str,
 ) -> anyhow::Result<RoutingState> {
     let bus_metrics = BusMetrics::register(metrics).context("cannot register the bus metrics")?;
     if config.cluster.redis.is_empty() {
@@ -417,7 +418,8 @@ async fn routing_state(
         return Ok(RoutingState {
             redis: None,
             redis_registry: None,
-            registry: Arc::new(MemoryRegistry::new()),
+            // One process: its connection-manager is the one live node.
+            registry: Arc::new(MemoryRegistry::new().with_local_node(node_id)),
             bus: Arc::new(
                 InProcessBus::new()
                     .with_metrics(bus_metrics)
@@ -694,7 +696,7 @@ impl Server {
         let state = if target == Target::Storage {
             None
         } else {
-            Some(routing_state(&config, &registry).await?)
+            Some(routing_state(&config, &registry, &server.node_id).await?)
         };
         if let Some(state) = &state {
             redis_check(&mut readiness, &state.redis);

@@ -270,16 +270,24 @@ impl SessionRouter {
     }
 
     /// Route a notification to its app server: a component of this
-    /// deployment (XEP-0114); other domains need server-to-server streams.
+    /// deployment (XEP-0114), or a server of another domain over a
+    /// server-to-server stream (when `s2s.*` lets the domain be reached).
     async fn send_notification(&self, iq: Element, service: &str) -> PushOutcome {
         let Ok(to) = service.parse::<Jid>() else {
             return PushOutcome::Unreachable;
         };
-        if !self.is_component_domain(to.domain()) {
-            return PushOutcome::Unreachable;
-        }
         let routing = Routing::new(&Origin::Server, None);
-        match self.route_to_component(&routing, iq, &to).await {
+        let refused = if self.is_component_domain(to.domain()) {
+            self.route_to_component(&routing, iq, &to).await
+        } else if to.domain() != self.config.domain
+            && !self.is_muc_domain(to.domain())
+            && !self.is_upload_service(&to)
+        {
+            self.route_to_remote(&routing, iq, &to).await
+        } else {
+            return PushOutcome::Unreachable;
+        };
+        match refused {
             None => PushOutcome::Sent,
             Some(_) => PushOutcome::Unreachable,
         }

@@ -7,8 +7,11 @@
 //! the stanza there over the bus, as it delivers to a component.
 //!
 //! With no owner recorded, the router claims the domain for a node (the
-//! sender's node, else the node of one of the sending account's sessions)
-//! with a bind limited to one resource: the registry's atomic step decides
+//! sender's node, else the node of one of the sending account's sessions,
+//! else one of the live connection-managers chosen by the domain, so that
+//! what the server sends for an account with no session left, such as its
+//! unavailable presence or a push notification, still goes out) with a bind
+//! limited to one resource: the registry's atomic step decides
 //! between two routers claiming the same domain for different nodes at once,
 //! and the loser delivers to the winner. An owner whose node no longer
 //! listens (it died; the janitor has not removed its records yet) is removed
@@ -133,7 +136,10 @@ impl SessionRouter {
     ) -> Result<Option<SessionRecord>, ApiError> {
         let node = match routing.origin {
             Origin::Session { addr, .. } => Some(addr.node.clone()),
-            Origin::Server => self.node_of_sender(stanza_element).await?,
+            Origin::Server => match self.node_of_sender(stanza_element).await? {
+                Some(node) => Some(node),
+                None => self.live_node_for(domain.domain()).await?,
+            },
         };
         let Some(node) = node else {
             return Ok(None);
@@ -157,6 +163,23 @@ impl SessionRouter {
             Err(ApiError::LimitReached(_)) => self.s2s_owner(domain).await,
             Err(error) => Err(error),
         }
+    }
+
+    /// A live connection-manager for `domain`'s stream, the same one for a
+    /// domain while the membership stays (a hash of the domain over the
+    /// ordered live nodes).
+    async fn live_node_for(&self, domain: &str) -> Result<Option<String>, ApiError> {
+        let nodes = self.registry.live_nodes().await?;
+        if nodes.is_empty() {
+            return Ok(None);
+        }
+        // FNV-1a: stable across processes and releases (std's hasher is not).
+        let hash = domain
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        Ok(Some(nodes[(hash % nodes.len() as u64) as usize].clone()))
     }
 
     /// The node of a session of the stanza's sender (a local account, for

@@ -552,6 +552,8 @@ pub struct HarnessOptions {
     pub muc: bool,
     /// Federation (`s2s.*`).
     pub s2s: crate::remote::S2sPolicy,
+    /// The live connection-manager the registry knows (as in `starling serve`).
+    pub live_node: Option<&'static str>,
 }
 
 impl Default for HarnessOptions {
@@ -565,6 +567,7 @@ impl Default for HarnessOptions {
             upload: None,
             muc: false,
             s2s: crate::remote::S2sPolicy::default(),
+            live_node: None,
         }
     }
 }
@@ -613,7 +616,10 @@ impl Harness {
     }
 
     pub async fn with_options(options: HarnessOptions) -> Self {
-        let registry = Arc::new(MemoryRegistry::new());
+        let registry = Arc::new(match options.live_node {
+            Some(node) => MemoryRegistry::new().with_local_node(node),
+            None => MemoryRegistry::new(),
+        });
         let bus = Arc::new(InProcessBus::new());
         let mut sqlite = None;
         let storage: Arc<dyn StorageApi> = if options.storage_down {

@@ -232,3 +232,55 @@ async fn push_knowledge_is_invalidated_across_routers() {
         .await
         .unwrap());
 }
+
+#[tokio::test]
+async fn an_app_server_on_another_domain_is_reached_over_s2s_even_with_nobody_online() {
+    let mut harness = Harness::with_options(HarnessOptions {
+        s2s: crate::remote::S2sPolicy {
+            enabled: true,
+            ..Default::default()
+        },
+        live_node: Some(CM_OTHER),
+        ..HarnessOptions::default()
+    })
+    .await;
+    harness.bind(JULIET, CM_TEST, 1).await;
+    let enable = format!("<iq from='{JULIET}' id='e1' type='set'><enable xmlns='urn:xmpp:push:0' jid='push.example.net' node='n9'/></iq>");
+    harness.send(JULIET, CM_TEST, 1, &enable).await;
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(
+            1,
+            &format!("<iq type='result' id='e1' to='{JULIET}'/>")
+        )]
+    );
+    // Juliet's phone went away: none of her sessions is left.
+    let phone: FullJid = JULIET.parse().unwrap();
+    harness
+        .router
+        .unbind(&phone, &addr(CM_TEST, 1))
+        .await
+        .unwrap();
+    harness.seen_on_test();
+    harness
+        .send(ROMEO, CM_TEST, 10, "<message from='romeo@example.com/orchard' to='juliet@example.com' type='chat' id='m1'><body>secret words</body></message>")
+        .await;
+    match harness.seen_on_other().as_slice() {
+        [Seen::Stanza(recipients, xml)]
+            if recipients == &vec![Recipient::conn(starling_api::S2S_OUTBOUND_CONN)] =>
+        {
+            assert!(
+                xml.starts_with(
+                    "<iq type='set' from='juliet@example.com' to='push.example.net' id='push-"
+                ),
+                "{xml}"
+            );
+            assert!(!xml.contains("secret words"));
+        }
+        other => panic!("expected the notification on the s2s owner, got {other:?}"),
+    }
+    assert_eq!(
+        harness.metric("starling_push_notifications_total{outcome=\"sent\"}"),
+        1.0
+    );
+}

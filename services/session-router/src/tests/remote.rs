@@ -151,3 +151,30 @@ async fn an_owner_whose_node_is_gone_is_taken_over() {
     );
     assert!(harness.registry.session(&stale).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn what_the_server_sends_for_an_account_with_no_session_goes_out_through_a_live_node() {
+    let mut harness = Harness::with_options(HarnessOptions {
+        live_node: Some(CM_OTHER),
+        ..federating(&[], &[])
+    })
+    .await;
+    // Benvolio's last session ended: its unavailable presence to a remote
+    // contact has no node of his to go through; a live one carries it.
+    let gone =
+        "<presence from='benvolio@example.com/street' to='juliet@example.net' type='unavailable'/>";
+    harness.send_from_server(gone).await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(S2S_OUTBOUND_CONN, gone)]
+    );
+    let owners = harness
+        .registry
+        .sessions(&BareJid::domain_jid("example.net").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        owners[0].jid.to_string(),
+        format!("example.net/s2s:{CM_OTHER}")
+    );
+}
