@@ -29,7 +29,7 @@ use sha1::{Digest, Sha1};
 use starling_api::{Origin, SessionAddr, COMPONENT_RESOURCE};
 use starling_jid::{normalize_domainpart, BareJid};
 use starling_xmpp::{
-    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
+    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StreamError,
     StreamErrorCondition, StreamEvent, StreamHeader,
 };
 use subtle::ConstantTimeEq;
@@ -371,20 +371,13 @@ impl ComponentSession {
         }
     }
 
-    async fn handle_stanza(&mut self, mut element: Element) -> Flow {
-        // RFC 6120 section 4.9.3.25: only message, presence and iq, in the
-        // stream's content namespace.
-        if element.namespace() != ns::COMPONENT_ACCEPT
-            || !matches!(element.name(), "message" | "presence" | "iq")
+    async fn handle_stanza(&mut self, element: Element) -> Flow {
+        // Routed like any server stanza, in the server's content namespace.
+        let (kind, mut element) = match crate::reading::stream_stanza(element, ns::COMPONENT_ACCEPT)
         {
-            return self.refuse_stream(
-                "bad_stanza",
-                StreamError::with_text(
-                    StreamErrorCondition::UnsupportedStanzaType,
-                    format!("<{}/> is not a stanza", element.name()),
-                ),
-            );
-        }
+            Ok(stanza) => stanza,
+            Err(error) => return self.refuse_stream("bad_stanza", error),
+        };
         // The component's own bound (the parser held it to the node's).
         let size = element.stanza_xml_len();
         if size > self.settings.max_stanza_bytes {
@@ -399,11 +392,6 @@ impl ComponentSession {
                 ),
             );
         }
-        // Routed like any server stanza, in the server's content namespace.
-        element.set_namespace_deep(ns::CLIENT);
-        let Some(kind) = StanzaKind::of(&element) else {
-            return Flow::Continue;
-        };
         // XEP-0114 section 3: every stanza has a `from` whose domain is the
         // component's; anything else ends the stream with <invalid-from/>
         // (RFC 6120 section 4.9.3.9).

@@ -188,6 +188,31 @@ pub(crate) async fn refuse(
     .await;
 }
 
+/// A stanza of a server or component stream (content namespace
+/// `namespace`), taken into the server's own namespace (`jabber:client`)
+/// for routing, with its kind. RFC 6120 section 4.9.3.25: anything but
+/// message, presence and iq in the stream's content namespace ends the
+/// stream with `<unsupported-stanza-type/>`.
+pub(crate) fn stream_stanza(
+    mut element: Element,
+    namespace: &str,
+) -> Result<(starling_xmpp::StanzaKind, Element), StreamError> {
+    let not_a_stanza = |element: &Element| {
+        StreamError::with_text(
+            StreamErrorCondition::UnsupportedStanzaType,
+            format!("<{}/> is not a stanza", element.name()),
+        )
+    };
+    if element.namespace() != namespace {
+        return Err(not_a_stanza(&element));
+    }
+    element.set_namespace_deep(starling_xmpp::ns::CLIENT);
+    match starling_xmpp::StanzaKind::of(&element) {
+        Some(kind) => Ok((kind, element)),
+        None => Err(not_a_stanza(&element)),
+    }
+}
+
 /// The typed checks every server-side stanza gets before routing (RFC 6120
 /// section 8.2.3, RFC 6121 section 4.7): a message as it is, a presence or
 /// an IQ through its typed form; a broken one comes back with its error.

@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use starling_api::Origin;
 use starling_jid::normalize_domainpart;
 use starling_xmpp::{
-    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
+    escape_attr, ns, stanza, Element, StanzaError, StanzaErrorCondition, StreamError,
     StreamErrorCondition, StreamEvent,
 };
 use tokio::net::TcpStream;
@@ -398,19 +398,11 @@ impl InboundStream {
         }
     }
 
-    async fn stanza(&mut self, mut element: Element) -> Flow {
-        // RFC 6120 section 4.9.3.25: only message, presence and iq.
-        if element.namespace() != ns::SERVER
-            || !matches!(element.name(), "message" | "presence" | "iq")
-        {
-            return self.refuse(
-                "failed",
-                StreamError::with_text(
-                    StreamErrorCondition::UnsupportedStanzaType,
-                    format!("<{}/> is not a stanza", element.name()),
-                ),
-            );
-        }
+    async fn stanza(&mut self, element: Element) -> Flow {
+        let (kind, mut element) = match crate::reading::stream_stanza(element, ns::SERVER) {
+            Ok(stanza) => stanza,
+            Err(error) => return self.refuse("failed", error),
+        };
         let authenticated_any = !self.authenticated.lock().is_empty();
         if !authenticated_any {
             // Section 4.9.3.12: nothing before authentication.
@@ -419,10 +411,6 @@ impl InboundStream {
                 StreamError::with_text(StreamErrorCondition::NotAuthorized, "authenticate first"),
             );
         }
-        element.set_namespace_deep(ns::CLIENT);
-        let Some(kind) = StanzaKind::of(&element) else {
-            return Flow::Continue;
-        };
         // Section 4.9.3.9 and 8.1.2.2: `from` of an authenticated domain.
         match stanza::from(&element) {
             Ok(Some(from)) if self.authenticated.lock().contains(from.domain()) => {
