@@ -62,14 +62,7 @@ impl SessionRouter {
                 note_decision("server");
                 self.upload_iq(routing, &service, iq, iq_type).await
             }
-            Destination::Remote(remote) if self.is_muc_domain(remote.domain()) => {
-                self.route_to_muc(routing, iq).await
-            }
-            // RFC 6120 section 10.4: a component's domain, or another server.
-            Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
-                self.route_to_component(routing, iq, &remote).await
-            }
-            Destination::Remote(remote) => self.route_to_remote(routing, iq, &remote).await,
+            Destination::Remote(remote) => self.route_to_other_domain(routing, iq, &remote).await,
             Destination::LocalFull(jid) => self.iq_to_full(routing, iq, &jid).await,
         }
     }

@@ -134,14 +134,9 @@ impl SessionRouter {
             Destination::Domain | Destination::DomainResource => {
                 routing.bounce(&message, StanzaErrorCondition::ServiceUnavailable)
             }
-            Destination::Remote(remote) if self.is_muc_domain(remote.domain()) => {
-                self.route_to_muc(routing, message).await
+            Destination::Remote(remote) => {
+                self.route_to_other_domain(routing, message, &remote).await
             }
-            // RFC 6120 section 10.4: a component's domain, or another server.
-            Destination::Remote(remote) if self.is_component_domain(remote.domain()) => {
-                self.route_to_component(routing, message, &remote).await
-            }
-            Destination::Remote(remote) => self.route_to_remote(routing, message, &remote).await,
             Destination::LocalBare(user) => {
                 self.message_to_bare(routing, message, &user, None, None)
                     .await

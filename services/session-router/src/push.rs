@@ -276,18 +276,11 @@ impl SessionRouter {
         let Ok(to) = service.parse::<Jid>() else {
             return PushOutcome::Unreachable;
         };
-        let routing = Routing::new(&Origin::Server, None);
-        let refused = if self.is_component_domain(to.domain()) {
-            self.route_to_component(&routing, iq, &to).await
-        } else if to.domain() != self.config.domain
-            && !self.is_muc_domain(to.domain())
-            && !self.is_upload_service(&to)
-        {
-            self.route_to_remote(&routing, iq, &to).await
-        } else {
+        if to.domain() == self.config.domain {
             return PushOutcome::Unreachable;
-        };
-        match refused {
+        }
+        let routing = Routing::new(&Origin::Server, None);
+        match self.route_to_other_domain(&routing, iq, &to).await {
             None => PushOutcome::Sent,
             Some(_) => PushOutcome::Unreachable,
         }

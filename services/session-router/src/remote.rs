@@ -59,6 +59,27 @@ pub(crate) fn is_s2s_owner(record: &SessionRecord) -> bool {
 }
 
 impl SessionRouter {
+    /// A stanza for a domain other than the served one (RFC 6120 section
+    /// 10.4): this deployment's MUC service, a component, a local service that
+    /// takes only IQs (upload: `service-unavailable`; its IQs are handled
+    /// before), or another server over s2s. The one place that tells them apart.
+    pub(crate) async fn route_to_other_domain(
+        &self,
+        routing: &Routing<'_>,
+        stanza_element: Element,
+        to: &Jid,
+    ) -> Option<Element> {
+        if self.is_muc_domain(to.domain()) {
+            self.route_to_muc(routing, stanza_element).await
+        } else if self.is_component_domain(to.domain()) {
+            self.route_to_component(routing, stanza_element, to).await
+        } else if self.is_upload_service(to) {
+            routing.bounce(&stanza_element, StanzaErrorCondition::ServiceUnavailable)
+        } else {
+            self.route_to_remote(routing, stanza_element, to).await
+        }
+    }
+
     /// Route a stanza to a remote domain's outbound stream, or answer it
     /// with the RFC 6120 section 10.4.3 error.
     pub(crate) async fn route_to_remote(

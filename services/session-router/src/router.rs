@@ -421,13 +421,9 @@ impl SessionRouter {
                     // waiting for an answer (probes, unavailable).
                     let answered =
                         !matches!(presence_stanza.attr("type"), Some("probe" | "unavailable"));
-                    let reply = if self.is_component_domain(remote.domain()) {
-                        self.route_to_component(routing, presence_stanza, &remote)
-                            .await
-                    } else {
-                        self.route_to_remote(routing, presence_stanza, &remote)
-                            .await
-                    };
+                    let reply = self
+                        .route_to_other_domain(routing, presence_stanza, &remote)
+                        .await;
                     Ok(reply.filter(|_| answered))
                 }
                 Ok(_) => presence

@@ -141,3 +141,28 @@ async fn only_local_sessions_get_slots() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_message_to_the_upload_service_is_service_unavailable_even_when_federating() {
+    // The upload domain is a service of this deployment, not another
+    // server: with federation on, a message to it must not go over s2s.
+    let mut harness = Harness::with_options(HarnessOptions {
+        upload: Some(settings()),
+        s2s: crate::remote::S2sPolicy {
+            enabled: true,
+            ..Default::default()
+        },
+        ..HarnessOptions::default()
+    })
+    .await;
+    harness.bind(JULIET, CM_TEST, 1).await;
+    let message = format!(
+        "<message from='{JULIET}' to='upload.example.com' id='u1'><body>hi</body></message>"
+    );
+    let reply = ask(&mut harness, &message).await;
+    assert!(
+        reply.contains("type='error'") && reply.contains("<service-unavailable"),
+        "{reply}"
+    );
+    assert_eq!(harness.seen_on_other(), Vec::new());
+}
