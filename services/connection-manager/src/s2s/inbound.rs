@@ -447,22 +447,28 @@ async fn watch(
     deadline: Instant,
     idle_timeout: std::time::Duration,
 ) {
-    tokio::time::sleep_until(deadline).await;
-    if authenticated.lock().is_empty() {
-        handle.close(Some(StreamError::new(
-            StreamErrorCondition::ConnectionTimeout,
-        )));
-        return;
-    }
     loop {
+        let now = Instant::now();
+        let authenticated_any = !authenticated.lock().is_empty();
+        if !authenticated_any && now >= deadline {
+            handle.close(Some(StreamError::new(
+                StreamErrorCondition::ConnectionTimeout,
+            )));
+            return;
+        }
         let idle_until = *last_activity.lock() + idle_timeout;
-        if Instant::now() >= idle_until {
+        if now >= idle_until {
             shared.metrics.s2s().stream("in", "idle");
             tracing::debug!(conn = handle.conn, "closing an idle inbound s2s stream");
             handle.close(None);
             return;
         }
-        tokio::time::sleep_until(idle_until).await;
+        let wake = if authenticated_any {
+            idle_until
+        } else {
+            idle_until.min(deadline)
+        };
+        tokio::time::sleep_until(wake).await;
     }
 }
 
