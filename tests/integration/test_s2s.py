@@ -616,6 +616,34 @@ hosts = ["peer.test={peer_address}:5269"]
             bob.send_message(mto=carol_jid, mbody="to cm-2", mtype="chat")
             assert (await alice.next_message(timeout=20))["body"] == "to cm-1"
             assert (await carol.next_message(timeout=20))["body"] == "to cm-2"
+            # The admin API (on a session-router) lists both streams of
+            # peer.test, each on its node, as the nodes publish them.
+            from test_admin import ok
+
+            admin_info = cluster.info["admin"]
+            token = open(admin_info["token_file"]).read().strip()
+            router_endpoint = admin_info["endpoints"][0]
+
+            def peer_streams():
+                rows = ok(router_endpoint, "s2s", "--domain", "peer.test", token=token)
+                return {(row["direction"], row["node"]): row for row in rows}
+
+            def listed():
+                # A node rewrites its rows every 2 s: wait for the counts too.
+                rows = peer_streams()
+                return (
+                    set(rows) == {("out", "cm-1"), ("in", "cm-2")}
+                    and rows[("out", "cm-1")]["stanzas_out"] >= 2
+                    and rows[("in", "cm-2")]["stanzas_in"] >= 2
+                    and rows
+                )
+
+            await wait_until_async(
+                listed, interval=0.5,
+                what="the admin api to list peer.test's streams on cm-1 (out) and cm-2 (in)",
+            )
+            rows = listed()
+            assert all(row["tls"] and row["authentication"] == "dialback" for row in rows.values()), rows
             # cm-1 dies; the next stanza to peer.test is taken over by cm-2.
             cluster.kill("cm-1")
             alice.abort()
