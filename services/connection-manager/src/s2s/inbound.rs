@@ -333,17 +333,25 @@ async fn serve(shared: Arc<Shared>, stream: ByteStream, peer: SocketAddr, deadli
             }
         }
     };
-    run_stream(
-        shared,
+    let negotiated = Negotiated {
         stream,
         parser,
-        peer,
         stream_id,
-        deadline,
         external,
         first_element,
-    )
-    .await;
+    };
+    run_stream(shared, negotiated, peer, deadline).await;
+}
+
+/// An inbound stream past its negotiation.
+struct Negotiated {
+    stream: ByteStream,
+    parser: Inbound,
+    stream_id: String,
+    /// The domain SASL EXTERNAL authenticated, if it did.
+    external: Option<String>,
+    /// What the peer sent after the features when it was not `<auth/>`.
+    first_element: Option<Element>,
 }
 
 /// The domains authenticated on one inbound stream (several: piggybacking,
@@ -361,17 +369,19 @@ struct InboundStream {
     last_activity: Arc<Mutex<Instant>>,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_stream(
     shared: Arc<Shared>,
-    stream: ByteStream,
-    mut parser: Inbound,
+    negotiated: Negotiated,
     peer: SocketAddr,
-    stream_id: String,
     deadline: Instant,
-    external: Option<String>,
-    first_element: Option<Element>,
 ) {
+    let Negotiated {
+        stream,
+        mut parser,
+        stream_id,
+        external,
+        first_element,
+    } = negotiated;
     let Some(s2s) = shared.s2s.as_ref() else {
         return;
     };

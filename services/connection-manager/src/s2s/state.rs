@@ -269,8 +269,7 @@ impl StreamTable {
             return;
         };
         let direction = entry.direction.as_str();
-        let _ = self
-            .metrics
+        self.metrics
             .domain_streams
             .with_label_values(&[label, direction])
             .dec();
