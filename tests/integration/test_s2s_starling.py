@@ -73,7 +73,7 @@ def pair(tmp_path):
     other's direct TLS (`tls://`) or STARTTLS listener."""
     started = []
 
-    def make(direct_tls=True, b_trusted=True, a_toml="", b_toml=""):
+    def make(direct_tls=True, b_trusted=True, a_toml="", b_toml="", a_extra_toml=""):
         a_address, b_address = loopback_addresses(2)
         pki = tmp_path / "pki"
         pki.mkdir()
@@ -81,6 +81,7 @@ def pair(tmp_path):
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
         a = Peer(tmp_path / "a", A_DOMAIN, a_address, pki=pki, admin_port=free_ports(1)[0], s2s_toml=a_toml)
+        a.extra_toml = a_extra_toml
         # b without the test CA's certificate: its own self-signed one, and
         # a's CA still trusted (so that b validates a).
         b = Peer(tmp_path / "b", B_DOMAIN, b_address, pki=pki if b_trusted else None, s2s_toml=b_toml)
@@ -277,7 +278,7 @@ async def test_the_direct_tls_listener_offers_external_to_a_valid_certificate_on
     EXTERNAL, is refused with invalid-authzid for another identity, and
     authenticated for its own; then its stanzas route, and one from a
     domain it did not authenticate ends the stream with invalid-from."""
-    a, _b = pair(direct_tls=True)
+    a, _b = pair(direct_tls=True, a_extra_toml="[limits]\nmax_stanza_bytes = 10000\n")
     pki = tmp_path / "pki"
     alice_jid, alice_password = a.add_user("alice")
     alice = await login(a, alice_jid, alice_password)
@@ -312,6 +313,16 @@ async def test_the_direct_tls_listener_offers_external_to_a_valid_certificate_on
         assert received["body"] == "over direct tls" and received["from"] == f"bob@{B_DOMAIN}/raw"
         peer.send(f"<message from='mallory@c.test' to='{alice_jid}'><body>forged</body></message>")
         assert "<invalid-from" in peer.read_until("</stream:stream>")
+        peer.close()
+        # The node's stanza size limit holds on an authenticated stream:
+        # past limits.max_stanza_bytes (set to 10000 here), <policy-violation/>.
+        peer = TlsPeer(a, pki, certificate=B_DOMAIN)
+        peer.open()
+        peer.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+        assert "<success" in peer.read_until("/>")
+        peer.open()
+        peer.send(f"<message from='bob@{B_DOMAIN}/raw' to='{alice_jid}'><body>{'x' * 20000}</body></message>")
+        assert "<policy-violation" in peer.read_until("</stream:stream>")
         peer.close()
         await handled(alice)
         assert alice.messages.empty()
