@@ -15,7 +15,7 @@ import pytest
 
 from conftest import Server, free_ports, handled, login, logout, wait_until_async
 from test_admin import ADMIN_SECTION, TOKEN, ok
-from test_s2s import loopback_addresses, metric, write_test_pki
+from test_s2s import RawPeer, loopback_addresses, metric, write_test_pki
 
 A_DOMAIN = "a.test"
 B_DOMAIN = "b.test"
@@ -234,7 +234,7 @@ async def test_an_idle_inbound_stream_is_closed(pair):
         await logout(alice, bob)
 
 
-class TlsPeer:
+class TlsPeer(RawPeer):
     """A remote server speaking bytes to a's direct TLS s2s listener, with
     the test CA's certificate of `certificate` (a domain) or none."""
 
@@ -247,28 +247,10 @@ class TlsPeer:
         self.sock = context.wrap_socket(raw, server_hostname=server.domain)
         self.buffer = b""
 
-    def send(self, text):
-        self.sock.sendall(text.encode())
-
     def open(self, sender=B_DOMAIN, to=A_DOMAIN):
-        self.send(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
-            f"xmlns:db='jabber:server:dialback' from='{sender}' to='{to}' version='1.0'>"
-        )
+        """Our header; the features of a's answer."""
+        super().open(to=to, sender=sender)
         return self.read_until("</stream:features>")
-
-    def read_until(self, marker):
-        while marker.encode() not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"closed before {marker!r}: {self.buffer!r}")
-            self.buffer += chunk
-        text = self.buffer.decode(errors="replace")
-        self.buffer = b""
-        return text
-
-    def close(self):
-        self.sock.close()
 
 
 @pytest.mark.asyncio

@@ -111,9 +111,9 @@ impl AdminService {
         self
     }
 
-    /// Every session of the cluster, or of one node (deduplicated by full JID).
-    async fn sessions_on(&self, node: Option<&str>) -> ApiResult<Vec<SessionRecord>> {
-        let nodes: Vec<String> = match node {
+    /// `node` alone, or every node the cluster knows.
+    async fn node_ids(&self, node: Option<&str>) -> ApiResult<Vec<String>> {
+        Ok(match node {
             Some(node) => vec![node.to_string()],
             None => self
                 .membership
@@ -122,7 +122,12 @@ impl AdminService {
                 .into_iter()
                 .map(|status| status.node)
                 .collect(),
-        };
+        })
+    }
+
+    /// Every session of the cluster, or of one node (deduplicated by full JID).
+    async fn sessions_on(&self, node: Option<&str>) -> ApiResult<Vec<SessionRecord>> {
+        let nodes = self.node_ids(node).await?;
         let mut by_jid = BTreeMap::new();
         for node in nodes {
             for record in self.registry.node_sessions(&node).await? {
@@ -379,16 +384,7 @@ impl AdminService {
                     .map_err(|_| invalid(format!("{domain:?} is not a valid domain")))
             })
             .transpose()?;
-        let nodes: Vec<String> = match node {
-            Some(node) => vec![node.to_string()],
-            None => self
-                .membership
-                .nodes()
-                .await?
-                .into_iter()
-                .map(|status| status.node)
-                .collect(),
-        };
+        let nodes = self.node_ids(node).await?;
         let mut rows = source.streams(&nodes).await?;
         if let Some(domain) = &domain {
             rows.retain(|row| &row.domain == domain);
