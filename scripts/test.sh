@@ -150,6 +150,17 @@ ensure_prosody() {
   fi
 }
 
+# ejabberd from Debian, the federation peer of tests/integration/test_s2s_ejabberd.py; run by the
+# test itself as the ejabberd user, the package's service is not used.
+ensure_ejabberd() {
+  if ! command -v ejabberdctl >/dev/null 2>&1; then
+    log "installing ejabberd"
+    apt_install ejabberd
+    # The package's own service (if its install started one) would hold 5222 and 5269 on every address.
+    as_root service ejabberd stop >/dev/null 2>&1 || true
+  fi
+}
+
 # Clippy ships with the rustup toolchains, except the minimal profile: add it only when missing.
 ensure_clippy() {
   if ! cargo clippy --version >/dev/null 2>&1; then
@@ -169,6 +180,7 @@ ensure_prometheus
 ensure_buildah
 ensure_biboumi
 ensure_prosody
+ensure_ejabberd
 ensure_clippy
 
 # Needs no build: fails fast when a connection-manager module imports one

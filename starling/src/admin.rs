@@ -113,6 +113,15 @@ enum AdminCommand {
     },
     /// The connection-managers of the cluster, their state and sessions.
     Nodes,
+    /// The server-to-server streams, one row per remote domain and stream.
+    S2s {
+        /// Only the streams of this remote domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only the streams on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Drain a connection-manager: not ready, no new connections, streams closed over the window.
     Drain {
         node: String,
@@ -432,6 +441,55 @@ pub async fn run(args: AdminArgs, config: &Config) -> anyhow::Result<()> {
                     })
                     .collect();
                 print_table(&["NODE", "STATE", "SESSIONS"], &rows);
+            }
+        }
+        AdminCommand::S2s { domain, node } => {
+            let request = connection.request(proto::ListS2sStreamsRequest {
+                node: node.unwrap_or_default(),
+                domain: domain.unwrap_or_default(),
+            });
+            let streams = connection
+                .client
+                .list_s2s_streams(request)
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .streams;
+            if json {
+                print_json(json!(streams
+                    .iter()
+                    .map(|row| json!({
+                        "node": row.node,
+                        "domain": row.domain,
+                        "direction": row.direction,
+                        "authentication": row.authentication,
+                        "tls": row.tls,
+                        "stanzas_in": row.stanzas_in,
+                        "stanzas_out": row.stanzas_out,
+                        "queued": row.queued,
+                        "since_unix_ms": row.since_unix_ms,
+                    }))
+                    .collect::<Vec<_>>()));
+            } else {
+                let rows: Vec<Vec<String>> = streams
+                    .iter()
+                    .map(|row| {
+                        vec![
+                            row.domain.clone(),
+                            row.direction.clone(),
+                            row.node.clone(),
+                            row.authentication.clone(),
+                            if row.tls { "yes" } else { "no" }.to_string(),
+                            row.stanzas_in.to_string(),
+                            row.stanzas_out.to_string(),
+                            row.queued.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["DOMAIN", "DIR", "NODE", "AUTH", "TLS", "IN", "OUT", "QUEUED"],
+                    &rows,
+                );
             }
         }
         AdminCommand::Drain { node, window } => {

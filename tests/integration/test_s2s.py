@@ -122,7 +122,8 @@ class Prosody:
     def __init__(self, directory: pathlib.Path, address, starling_address, trust_test_ca=True):
         self.dir = directory
         self.address = address
-        self.c2s, self.s2s = free_ports(2)
+        # s2s_tls: Prosody 0.12's direct TLS listener (XEP-0368).
+        self.c2s, self.s2s, self.s2s_tls = free_ports(3)
         self.config = directory / "prosody.cfg.lua"
         self.log_path = directory / "prosody.log"
         (directory / "data").mkdir()
@@ -143,6 +144,8 @@ interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {self.c2s} }}
 s2s_interfaces = {{ "{address}" }}
 s2s_ports = {{ {self.s2s} }}
+s2s_direct_tls_interfaces = {{ "{address}" }}
+s2s_direct_tls_ports = {{ {self.s2s_tls} }}
 http_ports = {{ }}
 https_ports = {{ }}
 c2s_require_encryption = false
@@ -203,20 +206,22 @@ VirtualHost "{PROSODY_DOMAIN}"
 class FederatedStarling(Server):
     """`starling serve` for `starling.test` with federation on."""
 
-    def __init__(self, directory, address, s2s_toml):
+    def __init__(self, directory, address, s2s_toml, trust_test_ca=True):
         self.address = address
         self.s2s_toml = s2s_toml
+        self.trust_test_ca = trust_test_ca
         super().__init__(directory, domain=STARLING_DOMAIN)
 
     def write_config(self):
         super().write_config()
         text = self.config.read_text()
         text = text.replace("[listen]\n", f'[listen]\ns2s = "{self.address}:5269"\n', 1)
+        ca_file = f'ca_file = "{self.dir / "ca.pem"}"' if self.trust_test_ca else ""
         text += f"""
 [tls]
 cert = "{self.dir / (STARLING_DOMAIN + '.crt')}"
 key = "{self.dir / (STARLING_DOMAIN + '.key')}"
-ca_file = "{self.dir / 'ca.pem'}"
+{ca_file}
 [s2s]
 enabled = true
 dialback_secret = "{SECRET}"
@@ -240,10 +245,13 @@ def metric(server, name, **labels):
 @pytest.fixture
 def federation(tmp_path):
     """Start Prosody and Starling for one test; `make(...)` takes the
-    Starling `[s2s]` lines and whether Prosody trusts the test CA."""
+    Starling `[s2s]` lines, whether Prosody trusts the test CA and whether
+    Starling does."""
     started = []
 
-    def make(s2s_toml="", trust_test_ca=True, prosody_running=True):
+    def make(
+        s2s_toml="", trust_test_ca=True, prosody_running=True, starling_trusts_test_ca=True, direct_tls=False
+    ):
         starling_address, prosody_address = loopback_addresses(2)
         prosody_dir = tmp_path / "prosody"
         starling_dir = tmp_path / "starling"
@@ -251,8 +259,13 @@ def federation(tmp_path):
         starling_dir.mkdir()
         sign_with_shared_ca(prosody_dir, starling_dir)
         prosody = Prosody(prosody_dir, prosody_address, starling_address, trust_test_ca=trust_test_ca)
-        hosts = f'hosts = ["{PROSODY_DOMAIN}={prosody_address}:{prosody.s2s}"]'
-        starling = FederatedStarling(starling_dir, starling_address, hosts + "\n" + s2s_toml)
+        if direct_tls:
+            hosts = f'hosts = ["{PROSODY_DOMAIN}=tls://{prosody_address}:{prosody.s2s_tls}"]'
+        else:
+            hosts = f'hosts = ["{PROSODY_DOMAIN}={prosody_address}:{prosody.s2s}"]'
+        starling = FederatedStarling(
+            starling_dir, starling_address, hosts + "\n" + s2s_toml, trust_test_ca=starling_trusts_test_ca
+        )
         if prosody_running:
             started.append(prosody.start())
         started.append(starling.start())
@@ -328,26 +341,44 @@ async def exchange_messages_and_subscription(starling, prosody):
 
 @pytest.mark.asyncio
 async def test_messages_and_subscription_both_ways_with_sasl_external(federation):
-    """Prosody trusts the test CA: our outbound stream authenticates with SASL
-    EXTERNAL (XEP-0178); Prosody's stream to us with dialback (XEP-0220),
-    which we verify by asking Prosody over a stream of our own."""
+    """Both trust the test CA: our outbound stream authenticates with SASL
+    EXTERNAL (XEP-0178), and so does Prosody's stream to us (Prosody
+    presents its certificate, valid for prosody.test: we offer EXTERNAL)."""
     starling, prosody = federation()
     await exchange_messages_and_subscription(starling, prosody)
     assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="external") >= 1
-    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="dialback") >= 1
+    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="external") >= 1
+    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="dialback") == 0
     assert metric(starling, "starling_s2s_stanzas_total", outcome="sent") >= 2
     assert metric(starling, "starling_s2s_stanzas_total", outcome="received") >= 2
 
 
 @pytest.mark.asyncio
 async def test_messages_and_subscription_both_ways_with_dialback(federation):
-    """Prosody does not trust our CA: our outbound stream falls back to
-    dialback, which Prosody verifies by asking us (db:verify)."""
-    starling, prosody = federation(trust_test_ca=False)
+    """Neither trusts the other's CA: our outbound stream falls back to
+    dialback, which Prosody verifies by asking us (db:verify); Prosody's
+    stream to us is offered no EXTERNAL and authenticates by dialback, which
+    we verify by asking Prosody over a stream of our own."""
+    starling, prosody = federation(trust_test_ca=False, starling_trusts_test_ca=False)
     await exchange_messages_and_subscription(starling, prosody)
     assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="dialback") >= 1
     assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="external") == 0
     assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="dialback") >= 1
+    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="external") == 0
+
+
+@pytest.mark.asyncio
+async def test_direct_tls_to_prosody(federation):
+    """Our stream to Prosody uses direct TLS (XEP-0368: an `s2s.hosts`
+    entry `tls://`, Prosody 0.12's `s2s_direct_tls_ports`) and SASL
+    EXTERNAL; Prosody's to us (it finds no `_xmpps-server._tcp` record: its
+    resolver reads a hosts file only) STARTTLS and EXTERNAL. The only
+    address Starling has for prosody.test is the direct TLS port, where a
+    stream header in clear text would not be understood."""
+    starling, prosody = federation(direct_tls=True)
+    await exchange_messages_and_subscription(starling, prosody)
+    assert metric(starling, "starling_s2s_streams_total", direction="out", outcome="external") >= 1
+    assert metric(starling, "starling_s2s_streams_total", direction="in", outcome="external") >= 1
 
 
 def send_with_id(client, to, body, message_id):
@@ -585,6 +616,34 @@ hosts = ["peer.test={peer_address}:5269"]
             bob.send_message(mto=carol_jid, mbody="to cm-2", mtype="chat")
             assert (await alice.next_message(timeout=20))["body"] == "to cm-1"
             assert (await carol.next_message(timeout=20))["body"] == "to cm-2"
+            # The admin API (on a session-router) lists both streams of
+            # peer.test, each on its node, as the nodes publish them.
+            from test_admin import ok
+
+            admin_info = cluster.info["admin"]
+            token = open(admin_info["token_file"]).read().strip()
+            router_endpoint = admin_info["endpoints"][0]
+
+            def peer_streams():
+                rows = ok(router_endpoint, "s2s", "--domain", "peer.test", token=token)
+                return {(row["direction"], row["node"]): row for row in rows}
+
+            def listed():
+                # A node rewrites its rows every 2 s: wait for the counts too.
+                rows = peer_streams()
+                return (
+                    set(rows) == {("out", "cm-1"), ("in", "cm-2")}
+                    and rows[("out", "cm-1")]["stanzas_out"] >= 2
+                    and rows[("in", "cm-2")]["stanzas_in"] >= 2
+                    and rows
+                )
+
+            await wait_until_async(
+                listed, interval=0.5,
+                what="the admin api to list peer.test's streams on cm-1 (out) and cm-2 (in)",
+            )
+            rows = listed()
+            assert all(row["tls"] and row["authentication"] == "dialback" for row in rows.values()), rows
             # cm-1 dies; the next stanza to peer.test is taken over by cm-2.
             cluster.kill("cm-1")
             alice.abort()

@@ -17,6 +17,7 @@ pub mod push;
 pub mod registry;
 pub mod resumption;
 pub mod router;
+pub mod s2s;
 pub mod storage;
 pub mod upload;
 
@@ -38,6 +39,7 @@ pub use resumption::{ResumptionStore, DETACHED_NODE};
 pub use router::{
     BindError, Origin, RouterApi, COMPONENT_RESOURCE, S2S_OUTBOUND_CONN, S2S_RESOURCE_PREFIX,
 };
+pub use s2s::S2sStreamInfo;
 pub use storage::{
     AccountDataStore, AccountStore, FastTokenRecord, FastTokenStore, OfflinePage, OfflineStore,
     RosterItem, RosterStore, ScramCredentials, StorageApi, StoredCredentials, Subscription,

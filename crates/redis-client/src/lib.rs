@@ -270,6 +270,14 @@ impl RedisClient {
         self.key(&format!("nodesess:{}", hash_tag(node_id)))
     }
 
+    /// `s2sstreams:{id}`: the server-to-server streams open on a
+    /// connection-manager, one `starling_api::S2sStreamInfo` row a line,
+    /// rewritten by the node every few seconds with a TTL (the admin API's
+    /// ListS2sStreams reads it; same slot as `node:{id}`).
+    pub fn s2s_streams_key(&self, node_id: &str) -> String {
+        self.key(&format!("s2sstreams:{}", hash_tag(node_id)))
+    }
+
     /// `nodes`: SET of every node that registered a session or keeps a liveness
     /// key (what the janitor scans and the admin API lists as the cluster's nodes).
     pub fn nodes_key(&self) -> String {

@@ -11,6 +11,7 @@ mod liveness;
 mod membership;
 mod redis;
 mod resumption;
+mod s2s_streams;
 #[cfg(test)]
 mod resumption_tests;
 
@@ -19,6 +20,7 @@ pub use liveness::{DrainMarker, NodeLiveness};
 pub use membership::{cluster_nodes, NodeStatus};
 pub use redis::RedisRegistry;
 pub use resumption::{MemoryResumption, RedisResumption};
+pub use s2s_streams::{node_s2s_streams, publish_s2s_streams, spawn_s2s_streams_publisher};
 
 use std::collections::{HashMap, HashSet};
 

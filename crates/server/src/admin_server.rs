@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use starling_admin::{AdminService, BearerAuth, LocalMembership, Membership, RedisMembership};
+use starling_admin::{
+    AdminService, BearerAuth, LocalMembership, LocalS2sStreams, Membership, RedisMembership,
+    RedisS2sStreams, S2sStreamSource,
+};
 use starling_api::{SessionRegistry, StorageApi};
 use starling_bus::Bus;
-use starling_connection_manager::DrainHandle;
+use starling_connection_manager::{DrainHandle, LocalS2sStreams as LocalS2sStreamsView};
 use starling_redis_client::RedisClient;
 use starling_registry::DrainMarker;
 use tokio::task::JoinHandle;
@@ -54,12 +57,25 @@ pub fn membership(
     }
 }
 
+/// Where `--target all` reads the s2s streams: Redis when configured (each
+/// connection-manager publishes its own), else this process's.
+pub fn s2s_streams(
+    redis: Option<RedisClient>,
+    local: LocalS2sStreamsView,
+) -> Arc<dyn S2sStreamSource> {
+    match redis {
+        Some(redis) => Arc::new(RedisS2sStreams::new(redis)),
+        None => Arc::new(LocalS2sStreams::new(Arc::new(move || local.streams()))),
+    }
+}
+
 /// What the admin API acts on.
 pub struct AdminParts {
     pub registry: Arc<dyn SessionRegistry>,
     pub bus: Arc<dyn Bus>,
     pub storage: Arc<dyn StorageApi>,
     pub membership: Arc<dyn Membership>,
+    pub s2s_streams: Arc<dyn S2sStreamSource>,
 }
 
 /// Bind `admin.listen` (when set) and serve until `shutdown`; the bound
@@ -83,7 +99,8 @@ pub async fn spawn(
         parts.storage,
         parts.membership,
     )
-    .context("cannot configure the admin api")?;
+    .context("cannot configure the admin api")?
+    .with_s2s_streams(parts.s2s_streams);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address} (admin.listen)"))?;

@@ -281,12 +281,16 @@ pub struct S2sConfig {
     pub allow: Vec<String>,
     /// Remote domains never federated with (wins over `allow`).
     pub deny: Vec<String>,
-    /// Fixed addresses instead of DNS, as `domain=host:port` entries (tests, private peers).
+    /// Fixed addresses instead of DNS, as `domain=host:port` (STARTTLS) or `domain=tls://host:port` (direct TLS) entries (tests, private peers).
     pub hosts: Vec<String>,
     /// Resolution, connection and negotiation of an outbound stream; queued stanzas bounce after it.
     pub connect_timeout_secs: u64,
-    /// An outbound stream with nothing to send for this long is closed.
+    /// A stream with nothing to send (outbound) or nothing received (inbound) for this long is closed.
     pub idle_timeout_secs: u64,
+    /// Stanzas per second this node takes from one remote domain over its inbound streams; more are answered resource-constraint; 0: no limit.
+    pub max_stanzas_per_sec: u32,
+    /// Remote domains with an open stream that get series of their own in the per-domain metrics; the others share domain="_other".
+    pub metrics_domains: u32,
     /// Stanzas waiting for one remote domain's stream; more bounce at once.
     pub queue_stanzas: u32,
     /// Bytes of stanzas waiting for one remote domain's stream; more bounce at once.
@@ -304,6 +308,8 @@ impl Default for S2sConfig {
             hosts: Vec::new(),
             connect_timeout_secs: 30,
             idle_timeout_secs: 600,
+            max_stanzas_per_sec: 1000,
+            metrics_domains: 50,
             queue_stanzas: 1000,
             queue_bytes: 4 * 1024 * 1024,
         }
@@ -325,7 +331,7 @@ pub struct ListenConfig {
     pub component: String,
     /// Server-to-server streams with STARTTLS (RFC 6120), used when `s2s.enabled`; empty disables it.
     pub s2s: String,
-    /// Server-to-server streams with direct TLS (XEP-0368); not served yet: must stay empty.
+    /// Server-to-server streams with direct TLS (XEP-0368, ALPN xmpp-server), used when `s2s.enabled`; empty (the default) disables it.
     pub s2s_tls: String,
 }
 
@@ -801,21 +807,19 @@ impl Default for LogConfig {
     }
 }
 
-/// One `s2s.hosts` entry, `domain=host:port`: the normalised domain and the address.
-fn parse_s2s_host(entry: &str) -> Result<(String, String), String> {
+/// One `s2s.hosts` entry, `domain=host:port` or `domain=tls://host:port`:
+/// the normalised domain and the address.
+fn parse_s2s_host(
+    entry: &str,
+) -> Result<(String, starling_connection_manager::S2sHost), String> {
     let (domain, address) = entry
         .split_once('=')
-        .ok_or_else(|| format!("{entry:?} is not domain=host:port"))?;
+        .ok_or_else(|| format!("{entry:?} is not domain=host:port or domain=tls://host:port"))?;
     let domain = starling_jid::normalize_domainpart(domain.trim())
         .map_err(|error| format!("{entry:?}: {domain:?} is not a valid domain: {error}"))?;
-    let address = address.trim();
-    let valid_port = address.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
-    });
-    if !valid_port {
-        return Err(format!("{entry:?}: {address:?} is not host:port"));
-    }
-    Ok((domain, address.to_string()))
+    let address = starling_connection_manager::S2sHost::parse(address)
+        .map_err(|error| format!("{entry:?}: {error}"))?;
+    Ok((domain, address))
 }
 
 /// The environment variable that overrides a key path such as `limits.max_stanza_bytes`.
@@ -968,6 +972,7 @@ impl Config {
             ("listen.https", &self.listen.https),
             ("listen.component", &self.listen.component),
             ("listen.s2s", &self.listen.s2s),
+            ("listen.s2s_tls", &self.listen.s2s_tls),
         ] {
             parse_listen(key, value)?;
         }
@@ -1479,8 +1484,16 @@ impl Config {
         parse_listen("listen.s2s", &self.listen.s2s).ok().flatten()
     }
 
-    /// `s2s.hosts` as domain -> `host:port` (validated at load).
-    pub fn s2s_hosts(&self) -> std::collections::HashMap<String, String> {
+    pub fn s2s_tls_addr(&self) -> Option<SocketAddr> {
+        parse_listen("listen.s2s_tls", &self.listen.s2s_tls)
+            .ok()
+            .flatten()
+    }
+
+    /// `s2s.hosts` by domain (validated at load).
+    pub fn s2s_hosts(
+        &self,
+    ) -> std::collections::HashMap<String, starling_connection_manager::S2sHost> {
         self.s2s
             .hosts
             .iter()
@@ -1488,13 +1501,13 @@ impl Config {
             .collect()
     }
 
-    /// `s2s.*`, `listen.s2s_tls`, `tls.ca_file`: valid domains, a secret
-    /// when enabled, addresses in `host:port` form, positive bounds.
+    /// `s2s.*`, `tls.ca_file`: valid domains, a secret when enabled,
+    /// addresses in `host:port` or `tls://host:port` form, positive bounds.
     fn validate_s2s(&self) -> Result<(), ConfigError> {
-        if !self.listen.s2s_tls.is_empty() {
+        if !self.listen.s2s_tls.is_empty() && self.listen.s2s_tls == self.listen.s2s {
             return Err(ConfigError::Invalid {
                 key: "listen.s2s_tls",
-                message: "direct TLS for server-to-server streams (XEP-0368) is not served yet; leave it empty".into(),
+                message: "must differ from listen.s2s (one port speaks STARTTLS, the other TLS from the first byte)".into(),
             });
         }
         if !self.tls.ca_file.is_empty() && !Path::new(&self.tls.ca_file).is_file() {
@@ -1528,6 +1541,7 @@ impl Config {
         for (key, value) in [
             ("s2s.connect_timeout_secs", self.s2s.connect_timeout_secs),
             ("s2s.idle_timeout_secs", self.s2s.idle_timeout_secs),
+            ("s2s.metrics_domains", u64::from(self.s2s.metrics_domains)),
             ("s2s.queue_stanzas", u64::from(self.s2s.queue_stanzas)),
             ("s2s.queue_bytes", self.s2s.queue_bytes),
         ] {
@@ -2452,14 +2466,22 @@ mod tests {
             )
         };
         let config = load(
-            "[s2s]\nenabled = true\ndialback_secret = \"0123456789abcdef\"\nhosts = [\"Example.NET=127.0.0.2:5269\"]\ndeny = [\"evil.example\"]\n",
+            "[listen]\ns2s_tls = \"127.0.0.1:5270\"\n[s2s]\nenabled = true\ndialback_secret = \"0123456789abcdef\"\nhosts = [\"Example.NET=127.0.0.2:5269\", \"tls.example=tls://127.0.0.3:5270\"]\ndeny = [\"evil.example\"]\n",
             &[],
         )
         .unwrap();
         assert_eq!(config.listen.s2s, "0.0.0.0:5269");
+        assert_eq!(config.s2s_tls_addr(), Some("127.0.0.1:5270".parse().unwrap()));
+        let hosts = config.s2s_hosts();
+        let starttls = &hosts["example.net"];
         assert_eq!(
-            config.s2s_hosts().get("example.net").map(String::as_str),
-            Some("127.0.0.2:5269")
+            (starttls.host.as_str(), starttls.port, starttls.direct_tls),
+            ("127.0.0.2", 5269, false)
+        );
+        let direct = &hosts["tls.example"];
+        assert_eq!(
+            (direct.host.as_str(), direct.port, direct.direct_tls),
+            ("127.0.0.3", 5270, true)
         );
         // Lists and the rest come from the environment too.
         let config = load(
@@ -2488,7 +2510,13 @@ mod tests {
                 "s2s.connect_timeout_secs",
             ),
             ("[listen]\ns2s = \"nowhere\"\n", "listen.s2s"),
-            ("[listen]\ns2s_tls = \"0.0.0.0:5270\"\n", "listen.s2s_tls"),
+            ("[listen]\ns2s_tls = \"nowhere\"\n", "listen.s2s_tls"),
+            (
+                "[listen]\ns2s = \"0.0.0.0:5269\"\ns2s_tls = \"0.0.0.0:5269\"\n",
+                "listen.s2s_tls",
+            ),
+            ("[s2s]\nhosts = [\"example.net=tcp://127.0.0.2:5269\"]\n", "s2s.hosts"),
+            ("[s2s]\nmetrics_domains = 0\n", "s2s.metrics_domains"),
             ("[tls]\nca_file = \"/nonexistent/ca.pem\"\n", "tls.ca_file"),
         ] {
             let error = load(toml, &[]).unwrap_err().to_string();

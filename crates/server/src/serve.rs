@@ -328,6 +328,7 @@ fn cm_config(
         c2s_tls_addr: config.c2s_tls_addr(),
         component_addr: config.component_addr(),
         s2s_addr: config.s2s_addr(),
+        s2s_tls_addr: config.s2s_tls_addr(),
         s2s: starling_connection_manager::S2sSettings {
             enabled: config.s2s.enabled,
             dialback_secret: config.s2s.dialback_secret.clone(),
@@ -338,6 +339,8 @@ fn cm_config(
             deny: normalized_domains(&config.s2s.deny),
             connect_timeout: Duration::from_secs(config.s2s.connect_timeout_secs),
             idle_timeout: Duration::from_secs(config.s2s.idle_timeout_secs),
+            max_stanzas_per_sec: config.s2s.max_stanzas_per_sec,
+            metrics_domains: config.s2s.metrics_domains as usize,
             queue_stanzas: config.s2s.queue_stanzas as usize,
             queue_bytes: usize::try_from(config.s2s.queue_bytes).unwrap_or(usize::MAX),
         },
@@ -559,6 +562,10 @@ async fn spawn_janitor(
     )))
 }
 
+/// How often a connection-manager rewrites its s2s streams in Redis for the
+/// admin API: a row it lists is at most this old.
+const S2S_STREAMS_PUBLISH_PERIOD: Duration = Duration::from_secs(2);
+
 /// Keep this node alive in Redis, and put its sessions back if Redis lost them.
 fn spawn_liveness(
     config: &Config,
@@ -644,6 +651,9 @@ pub struct Server {
     /// The upload service's (XEP-0363) expiry: the storage's purge of
     /// slots, the connection-manager's sweep of files.
     upload_tasks: Vec<JoinHandle<()>>,
+    /// The connection-manager's rewrite of its s2s streams in Redis
+    /// (`s2sstreams:{id}`, the admin API's ListS2sStreams).
+    s2s_publisher: Option<JoinHandle<()>>,
     /// The router of this process, whose queued archive writes (XEP-0313)
     /// are flushed when the process stops.
     archiving_router: Option<Arc<SessionRouter>>,
@@ -684,6 +694,7 @@ impl Server {
             archive_purge: None,
             caps_purge: None,
             upload_tasks: Vec::new(),
+            s2s_publisher: None,
             archiving_router: None,
             http_task: None,
             https_task: None,
@@ -790,6 +801,9 @@ impl Server {
                     membership: Arc::new(starling_admin::RedisMembership::new(
                         state.redis.clone().expect("a session-router runs on redis"),
                     )),
+                    s2s_streams: Arc::new(starling_admin::RedisS2sStreams::new(
+                        state.redis.clone().expect("a session-router runs on redis"),
+                    )),
                 };
                 server.spawn_admin(&config, admin).await?;
                 server
@@ -885,6 +899,15 @@ impl Server {
                     server.local_addrs.push((role, address));
                 }
                 server.liveness = spawn_liveness(&config, state, &server.node_id, &bound);
+                if let (Some(redis), true) = (state.redis.clone(), config.s2s.enabled) {
+                    let streams = bound.local_s2s_streams();
+                    server.s2s_publisher = Some(starling_registry::spawn_s2s_streams_publisher(
+                        redis,
+                        server.node_id.clone(),
+                        move || streams.streams(),
+                        S2S_STREAMS_PUBLISH_PERIOD,
+                    ));
+                }
                 let drain_handle = bound.drain_handle();
                 let marker = server
                     .liveness
@@ -900,6 +923,10 @@ impl Server {
                             state.redis.clone(),
                             &server.node_id,
                             &drain_handle,
+                        ),
+                        s2s_streams: crate::admin_server::s2s_streams(
+                            state.redis.clone(),
+                            bound.local_s2s_streams(),
                         ),
                     };
                     server.spawn_admin(&config, admin).await?;
@@ -1064,6 +1091,7 @@ impl Server {
             archive_purge,
             caps_purge,
             upload_tasks,
+            s2s_publisher,
             archiving_router,
             http_task,
             https_task,
@@ -1117,6 +1145,9 @@ impl Server {
             task.abort();
         }
         for task in upload_tasks {
+            task.abort();
+        }
+        if let Some(task) = s2s_publisher {
             task.abort();
         }
         if let Some((liveness, task)) = liveness {

@@ -237,6 +237,34 @@ impl Admin for AdminGrpc {
             .map_err(api_error_to_status)?;
         Ok(Response::new(proto::DrainNodeResponse {}))
     }
+
+    async fn list_s2s_streams(
+        &self,
+        request: Request<proto::ListS2sStreamsRequest>,
+    ) -> Result<Response<proto::ListS2sStreamsResponse>, Status> {
+        let request = request.into_inner();
+        let streams = self
+            .service
+            .list_s2s_streams(non_empty(&request.node), non_empty(&request.domain))
+            .await
+            .map_err(api_error_to_status)?;
+        Ok(Response::new(proto::ListS2sStreamsResponse {
+            streams: streams
+                .into_iter()
+                .map(|row| proto::S2sStreamInfo {
+                    node: row.node,
+                    domain: row.domain,
+                    direction: row.direction,
+                    authentication: row.authentication,
+                    tls: row.tls,
+                    stanzas_in: row.stanzas_in,
+                    stanzas_out: row.stanzas_out,
+                    queued: row.queued,
+                    since_unix_ms: row.since_unix_ms,
+                })
+                .collect(),
+        }))
+    }
 }
 
 /// Milliseconds since the Unix epoch of `time` (0 before the epoch).

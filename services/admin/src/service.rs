@@ -4,12 +4,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use starling_api::{ApiError, ApiResult, SessionRecord, SessionRegistry, StorageApi};
+use starling_api::{
+    ApiError, ApiResult, S2sStreamInfo, SessionRecord, SessionRegistry, StorageApi,
+};
 use starling_bus::{Bus, Delivery, Recipient};
 use starling_jid::{BareJid, FullJid, Jid};
 use starling_xmpp::{ns, Element, StreamErrorCondition};
 
-use crate::membership::Membership;
+use crate::membership::{Membership, S2sStreamSource};
 use crate::users;
 
 /// ListSessions returns at most this many sessions unless asked for fewer.
@@ -75,6 +77,8 @@ pub struct AdminService {
     bus: Arc<dyn Bus>,
     storage: Arc<dyn StorageApi>,
     membership: Arc<dyn Membership>,
+    /// Where the server-to-server streams are read; `None`: none are listed.
+    s2s_streams: Option<Arc<dyn S2sStreamSource>>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -97,12 +101,19 @@ impl AdminService {
             bus,
             storage,
             membership,
+            s2s_streams: None,
         })
     }
 
-    /// Every session of the cluster, or of one node (deduplicated by full JID).
-    async fn sessions_on(&self, node: Option<&str>) -> ApiResult<Vec<SessionRecord>> {
-        let nodes: Vec<String> = match node {
+    /// List the server-to-server streams from `source` (ListS2sStreams).
+    pub fn with_s2s_streams(mut self, source: Arc<dyn S2sStreamSource>) -> Self {
+        self.s2s_streams = Some(source);
+        self
+    }
+
+    /// `node` alone, or every node the cluster knows.
+    async fn node_ids(&self, node: Option<&str>) -> ApiResult<Vec<String>> {
+        Ok(match node {
             Some(node) => vec![node.to_string()],
             None => self
                 .membership
@@ -111,7 +122,12 @@ impl AdminService {
                 .into_iter()
                 .map(|status| status.node)
                 .collect(),
-        };
+        })
+    }
+
+    /// Every session of the cluster, or of one node (deduplicated by full JID).
+    async fn sessions_on(&self, node: Option<&str>) -> ApiResult<Vec<SessionRecord>> {
+        let nodes = self.node_ids(node).await?;
         let mut by_jid = BTreeMap::new();
         for node in nodes {
             for record in self.registry.node_sessions(&node).await? {
@@ -349,5 +365,33 @@ impl AdminService {
         }
         tracing::info!(node = %node, window_secs = ?window.map(|window| window.as_secs()), "admin: node drain requested");
         Ok(())
+    }
+
+    /// ListS2sStreams: the open server-to-server streams of every known
+    /// node (or of one), one row per remote domain and stream, filtered by
+    /// domain when given, ordered by domain, direction and node.
+    pub async fn list_s2s_streams(
+        &self,
+        node: Option<&str>,
+        domain: Option<&str>,
+    ) -> ApiResult<Vec<S2sStreamInfo>> {
+        let Some(source) = &self.s2s_streams else {
+            return Ok(Vec::new());
+        };
+        let domain = domain
+            .map(|domain| {
+                starling_jid::normalize_domainpart(domain)
+                    .map_err(|_| invalid(format!("{domain:?} is not a valid domain")))
+            })
+            .transpose()?;
+        let nodes = self.node_ids(node).await?;
+        let mut rows = source.streams(&nodes).await?;
+        if let Some(domain) = &domain {
+            rows.retain(|row| &row.domain == domain);
+        }
+        rows.sort_by(|a, b| {
+            (&a.domain, &a.direction, &a.node).cmp(&(&b.domain, &b.direction, &b.node))
+        });
+        Ok(rows)
     }
 }

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use starling_admin::{serve_admin, AdminService, BearerAuth, Membership, NodeStatus};
-use starling_api::{ApiResult, SessionAddr, SessionRecord, SessionRegistry};
+use starling_admin::{
+    serve_admin, AdminService, BearerAuth, LocalS2sStreams, Membership, NodeStatus,
+};
+use starling_api::{ApiResult, S2sStreamInfo, SessionAddr, SessionRecord, SessionRegistry};
 use starling_bus::{Bus, Delivery, DeliveryReceiver, InProcessBus};
 use starling_proto::admin::v1 as proto;
 use starling_proto::admin::v1::admin_client::AdminClient;
@@ -46,6 +48,28 @@ impl Membership for TwoNodes {
     }
 }
 
+/// The s2s streams the nodes hold: two on cm1, one on cm2, one on a node
+/// the cluster does not know.
+fn s2s_rows() -> Vec<S2sStreamInfo> {
+    let row = |node: &str, domain: &str, direction: &str| S2sStreamInfo {
+        node: node.into(),
+        domain: domain.into(),
+        direction: direction.into(),
+        authentication: "external".into(),
+        tls: true,
+        stanzas_in: 1,
+        stanzas_out: 2,
+        queued: 0,
+        since_unix_ms: 1_700_000_000_000,
+    };
+    vec![
+        row("cm2", "example.net", "in"),
+        row("cm1", "example.net", "out"),
+        row("cm1", "chat.example.com", "in"),
+        row("cm-gone", "example.net", "in"),
+    ]
+}
+
 struct Harness {
     client: AdminClient<Channel>,
     registry: Arc<MemoryRegistry>,
@@ -79,7 +103,8 @@ async fn start() -> Harness {
         storage,
         Arc::new(TwoNodes),
     )
-    .unwrap();
+    .unwrap()
+    .with_s2s_streams(Arc::new(LocalS2sStreams::new(Arc::new(s2s_rows))));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -552,4 +577,66 @@ async fn drain_reaches_the_node_and_checks_its_arguments() {
             .unwrap_err();
         assert_eq!(status.code(), code, "{node}");
     }
+}
+
+#[tokio::test]
+async fn s2s_streams_are_listed_by_domain_and_node() {
+    let mut harness = start().await;
+    let list = |node: &str, domain: &str| proto::ListS2sStreamsRequest {
+        node: node.into(),
+        domain: domain.into(),
+    };
+    let rows = |response: proto::ListS2sStreamsResponse| -> Vec<(String, String, String)> {
+        response
+            .streams
+            .into_iter()
+            .map(|row| (row.domain, row.direction, row.node))
+            .collect()
+    };
+    let everything = harness
+        .client
+        .list_s2s_streams(authorized(list("", "")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(everything.streams[0].stanzas_out, 2);
+    assert!(everything.streams[0].tls);
+    // Ordered by domain then direction; the unknown node's row is not listed.
+    assert_eq!(
+        rows(everything),
+        vec![
+            ("chat.example.com".into(), "in".into(), "cm1".into()),
+            ("example.net".into(), "in".into(), "cm2".into()),
+            ("example.net".into(), "out".into(), "cm1".into()),
+        ]
+    );
+    let one_domain = harness
+        .client
+        .list_s2s_streams(authorized(list("", "Example.NET")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rows(one_domain).len(), 2);
+    let one_node = harness
+        .client
+        .list_s2s_streams(authorized(list("cm1", "example.net")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        rows(one_node),
+        vec![("example.net".into(), "out".into(), "cm1".into())]
+    );
+    let invalid = harness
+        .client
+        .list_s2s_streams(authorized(list("", "not a domain")))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    let unauthorized = harness
+        .client
+        .list_s2s_streams(Request::new(list("", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(unauthorized.code(), Code::Unauthenticated);
 }

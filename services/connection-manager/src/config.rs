@@ -25,6 +25,9 @@ pub struct CmConfig {
     pub component_addr: Option<SocketAddr>,
     /// The s2s listener (RFC 6120, 5269), used when `s2s.enabled`. `None`: no listener.
     pub s2s_addr: Option<SocketAddr>,
+    /// The s2s direct TLS listener (XEP-0368, ALPN `xmpp-server`), used
+    /// when `s2s.enabled`. `None`: no listener.
+    pub s2s_tls_addr: Option<SocketAddr>,
     /// Federation (`s2s.*`).
     pub s2s: S2sSettings,
     /// The components that may connect, each with its own limits.
@@ -265,6 +268,48 @@ mod tests {
     }
 }
 
+/// Where to connect for a remote domain: an `s2s.hosts` address or a DNS
+/// SRV target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S2sHost {
+    pub host: String,
+    pub port: u16,
+    /// TLS from the first byte (XEP-0368), else STARTTLS.
+    pub direct_tls: bool,
+}
+
+impl S2sHost {
+    /// The URL scheme that marks an `s2s.hosts` address as direct TLS.
+    pub const DIRECT_TLS_SCHEME: &'static str = "tls://";
+
+    /// An `s2s.hosts` address: `host:port` (STARTTLS, RFC 6120 section 5)
+    /// or `tls://host:port` (direct TLS, XEP-0368); an IPv6 host in
+    /// brackets.
+    pub fn parse(address: &str) -> Result<Self, String> {
+        let address = address.trim();
+        let (direct_tls, rest) = match address.strip_prefix(Self::DIRECT_TLS_SCHEME) {
+            Some(rest) => (true, rest),
+            None => (false, address),
+        };
+        if rest.contains("://") {
+            return Err(format!(
+                "{address:?}: the only scheme is {} (direct TLS); without one, STARTTLS",
+                Self::DIRECT_TLS_SCHEME
+            ));
+        }
+        let (host, port) = rest
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .filter(|(host, port)| !host.is_empty() && *port > 0)
+            .ok_or_else(|| format!("{address:?} is not host:port or tls://host:port"))?;
+        Ok(S2sHost {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+            direct_tls,
+        })
+    }
+}
+
 /// Federation settings of a connection-manager (`s2s.*`, `tls.ca_file`).
 #[derive(Clone)]
 pub struct S2sSettings {
@@ -276,17 +321,25 @@ pub struct S2sSettings {
     pub require_tls: bool,
     /// `tls.ca_file`: trusted CAs besides the system's.
     pub ca_file: Option<PathBuf>,
-    /// `s2s.hosts`: a fixed `host:port` per remote domain instead of DNS.
-    pub hosts: HashMap<String, String>,
+    /// `s2s.hosts`: a fixed address per remote domain instead of DNS.
+    pub hosts: HashMap<String, S2sHost>,
     /// `s2s.allow` / `s2s.deny` (normalised), for inbound streams too.
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     /// `s2s.connect_timeout_secs`: the bounded wait of a queued stanza for
     /// its stream (resolution, connection, TLS, authentication).
     pub connect_timeout: Duration,
-    /// `s2s.idle_timeout_secs`: an outbound stream with nothing to send for
-    /// this long is closed.
+    /// `s2s.idle_timeout_secs`: an outbound stream with nothing to send, or
+    /// an inbound one with nothing received, for this long is closed.
     pub idle_timeout: Duration,
+    /// `s2s.max_stanzas_per_sec`: the stanzas this node takes from one
+    /// remote domain per second over all its inbound streams (a burst of as
+    /// many); past it a stanza is answered `resource-constraint`. 0: no limit.
+    pub max_stanzas_per_sec: u32,
+    /// `s2s.metrics_domains`: how many remote domains with an open stream
+    /// get series of their own in the per-domain metrics; the others are
+    /// counted under the domain label `_other`.
+    pub metrics_domains: usize,
     /// `s2s.queue_stanzas` / `s2s.queue_bytes`: what one remote domain's
     /// stream may hold waiting; past it a stanza bounces at once.
     pub queue_stanzas: usize,
@@ -318,6 +371,8 @@ impl Default for S2sSettings {
             deny: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            max_stanzas_per_sec: 1000,
+            metrics_domains: 50,
             queue_stanzas: 1000,
             queue_bytes: 4 * 1024 * 1024,
         }
@@ -330,5 +385,37 @@ impl S2sSettings {
         self.enabled
             && !self.deny.iter().any(|denied| denied == domain)
             && (self.allow.is_empty() || self.allow.iter().any(|allowed| allowed == domain))
+    }
+}
+
+#[cfg(test)]
+mod s2s_host_tests {
+    use super::S2sHost;
+
+    #[test]
+    fn starttls_and_direct_tls_addresses() {
+        assert_eq!(
+            S2sHost::parse("127.0.0.2:5269"),
+            Ok(S2sHost {
+                host: "127.0.0.2".into(),
+                port: 5269,
+                direct_tls: false
+            })
+        );
+        assert_eq!(
+            S2sHost::parse("tls://xmpp.example.net:5270"),
+            Ok(S2sHost {
+                host: "xmpp.example.net".into(),
+                port: 5270,
+                direct_tls: true
+            })
+        );
+        assert_eq!(
+            S2sHost::parse("tls://[::1]:5270").map(|host| host.host),
+            Ok("::1".to_string())
+        );
+        for bad in ["127.0.0.2", "tls://", ":5269", "host:0", "tcp://host:5269", "tls://host:x"] {
+            assert!(S2sHost::parse(bad).is_err(), "{bad}");
+        }
     }
 }

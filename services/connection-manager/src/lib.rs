@@ -93,7 +93,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{CmConfig, CmLimits, ComponentSettings, S2sSettings, TlsSettings};
+pub use config::{CmConfig, CmLimits, ComponentSettings, S2sHost, S2sSettings, TlsSettings};
 pub use drain::DrainHandle;
 pub use drain_state::{DrainPhase, DEFAULT_DRAIN_WINDOW};
 pub use error::CmError;
@@ -134,6 +134,29 @@ impl LocalSessions {
     }
 }
 
+/// A view of this node's open server-to-server streams (the admin API's
+/// ListS2sStreams; published to Redis in a cluster).
+#[derive(Clone)]
+pub struct LocalS2sStreams {
+    shared: Arc<Shared>,
+}
+
+impl LocalS2sStreams {
+    /// One row per remote domain and open stream, ordered by domain; empty
+    /// when federation is off.
+    pub fn streams(&self) -> Vec<starling_api::S2sStreamInfo> {
+        match self.shared.s2s.as_ref() {
+            Some(s2s) => s2s.stream_views(&self.shared.node_id),
+            None => Vec::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+}
+
 /// The connection-manager, configured but not yet listening.
 pub struct ConnectionManager {
     shared: Arc<Shared>,
@@ -141,6 +164,7 @@ pub struct ConnectionManager {
     c2s_tls_addr: Option<SocketAddr>,
     component_addr: Option<SocketAddr>,
     s2s_addr: Option<SocketAddr>,
+    s2s_tls_addr: Option<SocketAddr>,
     bus: Arc<dyn Bus>,
 }
 
@@ -202,6 +226,11 @@ impl ConnectionManager {
                     "s2s.dialback_secret must be set when s2s.enabled is true".to_string(),
                 ));
             }
+            let certificates = Arc::new(s2s::tls::S2sTls::new(
+                config.s2s.ca_file.as_deref(),
+                tls.certificates.clone(),
+                tls.key.clone_key(),
+            )?);
             let connector = s2s::connect::Connector::new(
                 domain.clone(),
                 config.s2s.clone(),
@@ -210,14 +239,13 @@ impl ConnectionManager {
                     max_depth: limits.max_depth,
                     ..Limits::default()
                 },
-                tls.certificates.clone(),
-                tls.key.clone_key(),
+                Arc::clone(&certificates),
             )?;
-            Some(s2s::state::S2s {
+            Some(s2s::state::S2s::new(
                 connector,
-                links: Default::default(),
-                next_link: AtomicU64::new(1),
-            })
+                certificates,
+                config.metrics.s2s().clone(),
+            )?)
         } else {
             None
         };
@@ -297,6 +325,7 @@ impl ConnectionManager {
             c2s_tls_addr: config.c2s_tls_addr,
             component_addr: config.component_addr,
             s2s_addr: config.s2s_addr.filter(|_| config.s2s.enabled),
+            s2s_tls_addr: config.s2s_tls_addr.filter(|_| config.s2s.enabled),
             bus,
         })
     }
@@ -309,6 +338,7 @@ impl ConnectionManager {
             (ListenerKind::DirectTls, self.c2s_tls_addr),
             (ListenerKind::Component, self.component_addr),
             (ListenerKind::S2s, self.s2s_addr),
+            (ListenerKind::S2sTls, self.s2s_tls_addr),
         ] {
             let Some(addr) = addr else { continue };
             let listener = TcpListener::bind(addr)
@@ -369,6 +399,13 @@ impl BoundConnectionManager {
     /// Start and watch this node's graceful drain.
     pub fn drain_handle(&self) -> DrainHandle {
         DrainHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A view of this node's open server-to-server streams.
+    pub fn local_s2s_streams(&self) -> LocalS2sStreams {
+        LocalS2sStreams {
             shared: Arc::clone(&self.shared),
         }
     }

@@ -168,6 +168,22 @@ impl TokenBucket {
             Duration::from_secs_f64(-self.tokens / self.rate)
         }
     }
+
+    /// Take one token if one is there; nothing is owed when none is (the
+    /// caller refuses the stanza instead of waiting).
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.last_refill)
+            .as_secs_f64();
+        self.last_refill = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,5 +266,19 @@ mod tests {
         }
         assert!(bucket.reserve(later) > Duration::ZERO);
         assert!(TokenBucket::new(0, 10, start).is_none());
+    }
+
+    #[test]
+    fn try_take_refuses_without_owing() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(10, 2, start).unwrap();
+        assert!(bucket.try_take(start));
+        assert!(bucket.try_take(start));
+        // Empty: refused, as often as asked, and nothing is owed.
+        for _ in 0..5 {
+            assert!(!bucket.try_take(start));
+        }
+        assert!(bucket.try_take(start + Duration::from_millis(100)));
+        assert!(!bucket.try_take(start + Duration::from_millis(100)));
     }
 }

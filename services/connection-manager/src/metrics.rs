@@ -657,15 +657,21 @@ impl Drop for ConnectionGuard {
 pub(crate) struct S2sMetrics {
     stanzas: IntCounterVec,
     streams: IntCounterVec,
+    /// Per remote domain (`crate::s2s::state::StreamTable` decides which
+    /// domains get a label of their own): open streams and stanzas, by
+    /// direction.
+    pub(crate) domain_streams: IntGaugeVec,
+    pub(crate) domain_stanzas: IntCounterVec,
 }
 
 /// Outcomes of a stanza given to an outbound stream.
-pub(crate) const STANZA_OUTCOMES: [&str; 5] = [
+pub(crate) const STANZA_OUTCOMES: [&str; 6] = [
     "sent",
     "remote_server_not_found",
     "remote_server_timeout",
     "queue_full",
     "received",
+    "rate_limited",
 ];
 
 impl S2sMetrics {
@@ -673,23 +679,44 @@ impl S2sMetrics {
         let stanzas = IntCounterVec::new(
             Opts::new(
                 "starling_s2s_stanzas_total",
-                "Server-to-server stanzas by outcome: sent (written to a remote domain's stream), remote_server_not_found and remote_server_timeout (bounced to the sender, RFC 6120 section 10.4.3), queue_full (bounced: s2s.queue_stanzas or s2s.queue_bytes), received (from an authenticated inbound stream, routed)",
+                "Server-to-server stanzas by outcome: sent (written to a remote domain's stream), remote_server_not_found and remote_server_timeout (bounced to the sender, RFC 6120 section 10.4.3), queue_full (bounced: s2s.queue_stanzas or s2s.queue_bytes), received (from an authenticated inbound stream, routed), rate_limited (inbound, over s2s.max_stanzas_per_sec of its domain: answered resource-constraint)",
             ),
             &["outcome"],
         )?;
         let streams = IntCounterVec::new(
             Opts::new(
                 "starling_s2s_streams_total",
-                "Server-to-server streams by direction (in, out) and outcome: external and dialback (authenticated that way), failed (not opened or refused), invalid_from (an inbound stanza whose from was not authenticated), denied (the policy refused the domain)",
+                "Server-to-server streams by direction (in, out) and outcome: external and dialback (authenticated that way), failed (not opened or refused), invalid_from (an inbound stanza whose from was not authenticated), denied (the policy refused the domain), idle (an inbound stream closed after s2s.idle_timeout_secs without a stanza)",
             ),
             &["direction", "outcome"],
         )?;
+        let domain_streams = IntGaugeVec::new(
+            Opts::new(
+                "starling_s2s_domain_streams",
+                "Open server-to-server streams by remote domain and direction (in, out): a series for each domain with an open stream, up to s2s.metrics_domains of them; the others under domain=\"_other\"",
+            ),
+            &["domain", "direction"],
+        )?;
+        let domain_stanzas = IntCounterVec::new(
+            Opts::new(
+                "starling_s2s_domain_stanzas_total",
+                "Server-to-server stanzas by remote domain and direction (in: received and routed, out: written), with the labels of starling_s2s_domain_streams; a domain's series goes when its last stream closes",
+            ),
+            &["domain", "direction"],
+        )?;
         registry.register(Box::new(stanzas.clone()))?;
         registry.register(Box::new(streams.clone()))?;
+        registry.register(Box::new(domain_streams.clone()))?;
+        registry.register(Box::new(domain_stanzas.clone()))?;
         for outcome in STANZA_OUTCOMES {
             stanzas.with_label_values(&[outcome]);
         }
-        Ok(S2sMetrics { stanzas, streams })
+        Ok(S2sMetrics {
+            stanzas,
+            streams,
+            domain_streams,
+            domain_stanzas,
+        })
     }
 
     pub(crate) fn stanza(&self, outcome: &'static str) {

@@ -34,6 +34,8 @@ pub(crate) enum ListenerKind {
     Component,
     /// Server-to-server streams (RFC 6120): STARTTLS, `jabber:server`.
     S2s,
+    /// Server-to-server streams with direct TLS (XEP-0368, ALPN `xmpp-server`).
+    S2sTls,
 }
 
 impl ListenerKind {
@@ -43,6 +45,7 @@ impl ListenerKind {
             ListenerKind::DirectTls => "c2s_tls",
             ListenerKind::Component => "component",
             ListenerKind::S2s => "s2s",
+            ListenerKind::S2sTls => "s2s_tls",
         }
     }
 }
@@ -92,7 +95,10 @@ async fn admit_connection(
     let deadline = Instant::now() + shared.limits.pre_auth_timeout;
     // The PROXY protocol is for the client listeners behind a balancer;
     // a component connects to its server directly.
-    let client = if !matches!(kind, ListenerKind::Component | ListenerKind::S2s)
+    let client = if !matches!(
+        kind,
+        ListenerKind::Component | ListenerKind::S2s | ListenerKind::S2sTls
+    )
         && shared.proxies.expects_header(peer.ip())
     {
         let header = tokio::select! {
@@ -136,8 +142,9 @@ async fn admit_connection(
         drop(permit);
         return;
     }
-    if kind == ListenerKind::S2s {
-        crate::s2s::inbound::serve(shared, tcp, client, deadline).await;
+    if matches!(kind, ListenerKind::S2s | ListenerKind::S2sTls) {
+        let direct_tls = kind == ListenerKind::S2sTls;
+        crate::s2s::inbound::accept(shared, tcp, client, direct_tls, deadline).await;
         drop(permit);
         return;
     }
@@ -155,7 +162,7 @@ async fn refuse_connection(shared: Arc<Shared>, mut tcp: TcpStream, kind: Listen
         ListenerKind::S2s => {
             crate::s2s::inbound::response_header(&random_id(), &shared.domain, None)
         }
-        ListenerKind::DirectTls => return,
+        ListenerKind::DirectTls | ListenerKind::S2sTls => return,
     };
     shared
         .metrics
@@ -189,7 +196,7 @@ async fn serve_connection(
         ListenerKind::StartTls | ListenerKind::Component | ListenerKind::S2s => {
             metrics::Transport::Tcp
         }
-        ListenerKind::DirectTls => metrics::Transport::Tls,
+        ListenerKind::DirectTls | ListenerKind::S2sTls => metrics::Transport::Tls,
     });
     tracing::debug!(conn, peer = %peer, listener = kind.name(), "connection accepted");
     if let Some(stream) = accept_stream(&shared, conn, tcp, peer, kind, deadline).await {
@@ -219,6 +226,8 @@ async fn accept_stream(
         ListenerKind::StartTls | ListenerKind::Component | ListenerKind::S2s => {
             Some(ByteStream::Plain(tcp))
         }
+        // Served by `crate::s2s::inbound::accept`, never here.
+        ListenerKind::S2sTls => None,
         ListenerKind::DirectTls => {
             let handshake = shared.direct_tls.accept(tcp);
             tokio::select! {

@@ -11,9 +11,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use starling_xmpp::{escape_attr, ns, Element, Limits, StreamEvent, StreamHeader};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,14 +20,12 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::dialback::{self, NS_DIALBACK};
+use super::tls::{S2sTls, ALPN_XMPP_SERVER};
 use crate::config::S2sSettings;
 use crate::error::CmError;
 use crate::framing::{Framing, Inbound};
 use crate::transport::tcp::receive_bytes;
 use crate::transport::Received;
-
-/// The ALPN protocol id of XMPP server streams over direct TLS (XEP-0368).
-pub(crate) const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
 
 /// A byte stream of either kind, plain or TLS.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -51,13 +48,7 @@ pub(crate) enum OpenError {
 }
 
 /// One place to connect to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Target {
-    pub host: String,
-    pub port: u16,
-    /// TLS from the first byte (XEP-0368), else STARTTLS.
-    pub direct_tls: bool,
-}
+pub(crate) type Target = crate::config::S2sHost;
 
 /// What the outbound side of s2s needs that does not change.
 pub(crate) struct Connector {
@@ -70,7 +61,7 @@ pub(crate) struct Connector {
     /// certificate is not (XEP-0220 section 1.2).
     tls: Arc<ClientConfig>,
     direct_tls: Arc<ClientConfig>,
-    strict: Arc<rustls::client::WebPkiServerVerifier>,
+    certificates: Arc<S2sTls>,
     resolver: Option<hickory_resolver::TokioResolver>,
 }
 
@@ -80,77 +71,9 @@ pub(crate) struct OpenStream {
     pub parser: Inbound,
     /// How the stream was authenticated: `external` or `dialback`.
     pub method: &'static str,
-}
-
-/// The trusted roots: the system's and `tls.ca_file`'s.
-fn roots(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, CmError> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for certificate in native.certs {
-        let _ = roots.add(certificate);
-    }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| CmError::File {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut added = 0;
-        for certificate in rustls_pemfile::certs(&mut &pem[..]) {
-            let certificate =
-                certificate.map_err(|error| CmError::Tls(format!("tls.ca_file: {error}")))?;
-            roots
-                .add(certificate)
-                .map_err(|error| CmError::Tls(format!("tls.ca_file: {error}")))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(CmError::Tls(format!(
-                "tls.ca_file {} holds no certificate",
-                path.display()
-            )));
-        }
-    }
-    Ok(roots)
-}
-
-/// The handshake's verifier: checks the signatures, leaves the chain to
-/// [`Connector::certificate_valid`].
-#[derive(Debug)]
-struct DeferredVerifier(Arc<rustls::client::WebPkiServerVerifier>);
-
-impl ServerCertVerifier for DeferredVerifier {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
+    /// Encrypted (always, unless `s2s.require_tls` is off and the peer
+    /// offers no STARTTLS).
+    pub tls: bool,
 }
 
 impl Connector {
@@ -158,31 +81,10 @@ impl Connector {
         local_domain: String,
         settings: S2sSettings,
         parser_limits: Limits,
-        certificates: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
+        certificates: Arc<S2sTls>,
     ) -> Result<Self, CmError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = Arc::new(roots(settings.ca_file.as_deref())?);
-        let strict =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|error| CmError::Tls(format!("s2s certificate verifier: {error}")))?;
-        let client_config = |alpn: Option<&[u8]>| -> Result<Arc<ClientConfig>, CmError> {
-            let mut config = ClientConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-                .map_err(|error| CmError::Tls(error.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(DeferredVerifier(strict.clone())))
-                // Our certificate, for SASL EXTERNAL (XEP-0178 section 3).
-                .with_client_auth_cert(certificates.clone(), key.clone_key())
-                .map_err(|error| CmError::Tls(format!("s2s client certificate: {error}")))?;
-            if let Some(alpn) = alpn {
-                config.alpn_protocols = vec![alpn.to_vec()];
-            }
-            Ok(Arc::new(config))
-        };
-        let tls = client_config(None)?;
-        let direct_tls = client_config(Some(ALPN_XMPP_SERVER))?;
+        let tls = certificates.client_config(None)?;
+        let direct_tls = certificates.client_config(Some(ALPN_XMPP_SERVER))?;
         let resolver = match hickory_resolver::TokioResolver::builder_tokio() {
             Ok(builder) => Some(builder.build()),
             Err(error) => {
@@ -196,41 +98,21 @@ impl Connector {
             parser_limits,
             tls,
             direct_tls,
-            strict,
+            certificates,
             resolver,
         })
     }
 
-    /// Whether the certificate the peer presented is valid for `domain`
-    /// (RFC 6120 section 13.7.2: a chain to a trusted root, the domain in
-    /// its subjectAltName).
+    /// Whether the certificate the peer presented is valid for `domain`.
     fn certificate_valid(&self, connection: &rustls::ClientConnection, domain: &str) -> bool {
-        let Some((end_entity, intermediates)) = connection
-            .peer_certificates()
-            .and_then(|chain| chain.split_first())
-        else {
-            return false;
-        };
-        let Ok(name) = ServerName::try_from(domain.to_string()) else {
-            return false;
-        };
-        self.strict
-            .verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now())
-            .is_ok()
+        self.certificates
+            .certificate_valid(connection.peer_certificates(), domain)
     }
 
     /// Where to connect for `domain`, in order.
     pub(crate) async fn targets(&self, domain: &str) -> Result<Vec<Target>, OpenError> {
-        if let Some(address) = self.settings.hosts.get(domain) {
-            let (host, port) = address
-                .rsplit_once(':')
-                .and_then(|(host, port)| Some((host, port.parse().ok()?)))
-                .ok_or_else(|| OpenError::NotFound(format!("bad s2s.hosts entry {address}")))?;
-            return Ok(vec![Target {
-                host: host.trim_matches(['[', ']']).to_string(),
-                port,
-                direct_tls: false,
-            }]);
+        if let Some(target) = self.settings.hosts.get(domain) {
+            return Ok(vec![target.clone()]);
         }
         let Some(resolver) = &self.resolver else {
             return Err(OpenError::NotFound("no DNS resolver".into()));
@@ -345,6 +227,7 @@ impl Connector {
         let tls_name = ServerName::try_from(domain.to_string())
             .map_err(|_| OpenError::NotFound(format!("{domain} is not a DNS name")))?;
         let mut parser = Inbound::new(Framing::Stream, self.parser_limits);
+        let mut tls = true;
         let (mut io, certificate_valid, features): (Box<dyn Io>, bool, Element) = if direct_tls {
             let tls = TlsConnector::from(self.direct_tls.clone())
                 .connect(tls_name.clone(), tcp)
@@ -369,6 +252,7 @@ impl Connector {
                 // RFC 6120 section 5.3.1: we require TLS; the peer offers none.
                 return Err(OpenError::Refused("the peer offers no STARTTLS".into()));
             } else {
+                tls = false;
                 (Box::new(tcp), false, features)
             }
         };
@@ -394,6 +278,7 @@ impl Connector {
                     io,
                     parser,
                     method: "external",
+                    tls: true,
                 })
             }
             Authentication::Dialback { stream_id } => {
@@ -421,6 +306,7 @@ impl Connector {
                             io,
                             parser,
                             method: "dialback",
+                            tls,
                         }),
                         other => Err(OpenError::Refused(format!(
                             "dialback answered {}",

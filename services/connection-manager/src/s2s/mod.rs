@@ -9,11 +9,17 @@
 //!   `starling_api::S2S_RESOURCE_PREFIX`), with the bounded queue of what
 //!   waits for it to open, bounced with the RFC 6120 section 10.4.3 error
 //!   when it does not.
-//! - [`inbound`]: the s2s listener: streams other servers open to us,
-//!   authenticated by dialback, each stanza's `from` checked against the
-//!   authenticated domains, then routed like any other stanza.
+//! - [`inbound`]: the s2s listeners (STARTTLS, and direct TLS per
+//!   XEP-0368): streams other servers open to us, authenticated by SASL
+//!   EXTERNAL (XEP-0178) when the peer's certificate is valid for its
+//!   domain, else by dialback, each stanza's `from` checked against the
+//!   authenticated domains and its domain's rate, then routed like any
+//!   other stanza; closed when idle.
 //! - [`dialback`]: XEP-0220 keys (XEP-0185) and elements.
-//! - [`state`]: what the node's s2s side shares (`Shared::s2s`).
+//! - [`state`]: what the node's s2s side shares (`Shared::s2s`), with the
+//!   table of open streams by remote domain (admin API, per-domain metrics
+//!   and rate limits).
+//! - [`tls`]: the roots, the certificate check, both sides' TLS settings.
 //!
 //! The settings are `crate::config::S2sSettings`, the metrics
 //! `crate::metrics::S2sMetrics`.
@@ -23,3 +29,4 @@ pub(crate) mod dialback;
 pub(crate) mod inbound;
 pub(crate) mod outbound;
 pub(crate) mod state;
+pub(crate) mod tls;

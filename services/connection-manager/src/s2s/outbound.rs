@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::connect::{OpenError, OpenStream};
-use super::state::Link;
+use super::state::{Direction, Link};
 use crate::shared::Shared;
 use crate::transport::tcp::receive_bytes;
 use crate::transport::Received;
@@ -240,7 +240,16 @@ async fn write_until_idle(
         Some(s2s) => s2s.settings().clone(),
         None => return queue.into(),
     };
-    let OpenStream { io, mut parser, .. } = stream;
+    let OpenStream {
+        io,
+        mut parser,
+        method,
+        tls,
+    } = stream;
+    let Some(s2s) = shared.s2s.as_ref() else {
+        return queue.into();
+    };
+    let registration = s2s.streams.register(domain, Direction::Out, method, tls);
     let (mut reader, mut writer) = tokio::io::split(io);
     let mut pending: Vec<Element> = queue.into();
     loop {
@@ -260,6 +269,7 @@ async fn write_until_idle(
                     for _ in 0..count {
                         shared.metrics.s2s().stanza("sent");
                     }
+                    registration.entry().sent(count as u64);
                 }
                 _ => {
                     tracing::info!(domain, "s2s stream write failed");

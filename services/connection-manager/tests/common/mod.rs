@@ -558,6 +558,7 @@ pub fn config(configure: impl FnOnce(&mut CmConfig)) -> CmConfig {
         c2s_tls_addr: Some("127.0.0.1:0".parse().unwrap()),
         component_addr: None,
         s2s_addr: None,
+        s2s_tls_addr: None,
         s2s: Default::default(),
         components: Vec::new(),
         tls: TlsSettings {
