@@ -10,6 +10,7 @@ pub mod blocking;
 pub mod error;
 pub mod feature;
 pub mod last_activity;
+pub mod muc;
 pub mod origin_time;
 pub mod pep;
 pub mod presence;
@@ -31,6 +32,7 @@ pub use pep::{
     AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode, PepNodeConfig,
     PepPublish, PepPublishOutcome, PepStore, SendLastPublished,
 };
+pub use muc::{ListedMucRoom, MucAffiliation, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS};
 pub use presence::PresenceApi;
 pub use push::{PushRegistration, PushStore};
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};
