@@ -261,7 +261,7 @@ async def assert_room_came_back(owner, member, outsider):
     own, _subject, _occupants, _history = await owner.plugin["xep_0045"].join_muc_wait(ROOM, "alice", maxstanzas=0, timeout=20)
     assert own["muc"]["affiliation"] == "owner"
     form = await owner.plugin["xep_0045"].get_room_config(ROOM)
-    values = {field["var"]: field["value"] for field in form["fields"].values()}
+    values = {field["var"]: field["value"] for field in form["fields"]}
     assert values["muc#roomconfig_roomname"] == "The Coven"
     assert values["muc#roomconfig_persistentroom"] in (True, "1")
     assert values["muc#roomconfig_membersonly"] in (True, "1")
