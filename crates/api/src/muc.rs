@@ -57,7 +57,7 @@ pub struct ListedMucRoom {
 /// The persistent rooms of MUC services.
 #[async_trait]
 pub trait MucRoomStore: Send + Sync + 'static {
-    /// The stored room with its affiliations, `None` when not stored.
+    /// The stored room with its affiliations (by JID), `None` when not stored.
     async fn muc_room(&self, room: &BareJid) -> ApiResult<Option<MucRoomRecord>>;
     /// Write the room whole (its affiliations replace the stored ones),
     /// unless the stored one has a revision at least as high; returns

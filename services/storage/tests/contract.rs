@@ -1619,9 +1619,10 @@ pub mod muc_cases {
             subject: "Fire".into(),
             subject_nick: "witch".into(),
             occupant_id_salt: "salt".into(),
+            // In the order they are read back: by JID.
             affiliations: vec![
-                affiliation("owner@example.org", "owner", None),
                 affiliation("member@example.org", "member", None),
+                affiliation("owner@example.org", "owner", None),
                 affiliation("troll@example.org", "outcast", Some("Treason")),
             ],
         }
