@@ -84,6 +84,10 @@ fn room_of_record(room_jid: &str, record: &str, history: &[String]) -> ApiResult
     let unreadable =
         |error: serde_json::Error| ApiError::Internal(format!("room {room_jid} unreadable: {error}"));
     let mut room = serde_json::from_str::<Room>(record).map_err(unreadable)?;
+    // A record written before the history had a list of its own holds the
+    // history: moved to the list with the room's next write.
+    room.appended_history = room.history.iter().cloned().collect();
+    room.history_bytes = room.history.iter().map(|entry| entry.xml.len()).sum();
     for entry in history {
         let entry = serde_json::from_str::<HistoryEntry>(entry).map_err(unreadable)?;
         room.history_bytes += entry.xml.len();

@@ -308,3 +308,40 @@ async fn a_change_the_database_refuses_is_undone() {
     assert!(room.locked);
     assert!(!room.config.persistent);
 }
+
+#[tokio::test]
+async fn a_record_holding_its_history_moves_it_to_the_list() {
+    let store: Arc<dyn RoomStore> = Arc::new(MemoryRoomStore::default());
+    let service = service(store.clone(), database().await);
+    join(&service, OWNER, "firstwitch").await;
+    send(
+        &service,
+        OWNER,
+        &format!("<iq xmlns='jabber:client' type='set' id='c1' to='{ROOM}'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query></iq>"),
+    )
+    .await;
+    // The record as an earlier version wrote it: the history inside.
+    let (lease, loaded) = store.acquire(ROOM, false).await.unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&loaded.record.unwrap()).unwrap();
+    record["history"] = serde_json::json!([{
+        "xml": format!("<message xmlns='jabber:client' from='{ROOM}/firstwitch' type='groupchat'><body>of old</body></message>"),
+        "at": 1_700_000_000u64,
+        "sender": "crone1@shakespeare.lit",
+    }]);
+    let record = record.to_string();
+    let limits = HistoryLimits { max_stanzas: 50, max_bytes: 1 << 20 };
+    store.save(&lease, RecordWrite::Put(&record), &[], limits).await.unwrap();
+    store.release(lease).await;
+    // A message: the old entry goes to the list before it, the record loses it.
+    send(
+        &service,
+        OWNER,
+        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>anew</body></message>"),
+    )
+    .await;
+    let (lease, loaded) = store.acquire(ROOM, true).await.unwrap();
+    store.release(lease).await;
+    assert!(!loaded.record.unwrap().contains("of old"));
+    assert_eq!(loaded.history.len(), 2);
+    assert!(loaded.history[0].contains("of old") && loaded.history[1].contains("anew"));
+}
