@@ -540,7 +540,10 @@ async fn persistent_muc_rooms_round_trip_through_grpc() {
         .await
         .expect("list");
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].jid.clone(), listed[0].name.as_str()), (room.jid.clone(), "The Coven"));
+    assert_eq!(
+        (listed[0].jid.clone(), listed[0].name.as_str()),
+        (room.jid.clone(), "The Coven")
+    );
     // An unknown affiliation is refused as invalid.
     let mut bad = room.clone();
     bad.revision = 3;

@@ -28,11 +28,11 @@ pub use archive::{
 pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
+pub use muc::{ListedMucRoom, MucAffiliation, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS};
 pub use pep::{
     AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode, PepNodeConfig,
     PepPublish, PepPublishOutcome, PepStore, SendLastPublished,
 };
-pub use muc::{ListedMucRoom, MucAffiliation, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS};
 pub use presence::PresenceApi;
 pub use push::{PushRegistration, PushStore};
 pub use registry::{BindOutcome, ConnId, NodeId, SessionAddr, SessionRecord, SessionRegistry};

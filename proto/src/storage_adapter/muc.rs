@@ -95,7 +95,10 @@ pub(super) async fn remove_muc_room(
     request: Request<proto::RemoveMucRoomRequest>,
 ) -> Result<Response<proto::RemoveMucRoomResponse>, Status> {
     let room = room_field(&request.into_inner().room)?;
-    let removed = api.remove_muc_room(&room).await.map_err(api_error_to_status)?;
+    let removed = api
+        .remove_muc_room(&room)
+        .await
+        .map_err(api_error_to_status)?;
     Ok(Response::new(proto::RemoveMucRoomResponse { removed }))
 }
 

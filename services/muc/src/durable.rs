@@ -103,7 +103,11 @@ mod tests {
         room.config.name = "The Coven".into();
         room.config.password = Some("cauldron".into());
         room.set_affiliation("member@example", Affiliation::Member);
-        room.set_affiliation_with_reason("troll@example", Affiliation::Outcast, Some("Treason".into()));
+        room.set_affiliation_with_reason(
+            "troll@example",
+            Affiliation::Outcast,
+            Some("Treason".into()),
+        );
         room.subject = Subject {
             text: "Fire Burn".into(),
             nick: "witch".into(),

@@ -628,14 +628,18 @@ fn the_ban_list_keeps_each_reason() {
         .map(|item| {
             (
                 item.attr("jid").unwrap_or_default().to_string(),
-                item.get_child("reason", MUC_ADMIN).map(|reason| reason.text()),
+                item.get_child("reason", MUC_ADMIN)
+                    .map(|reason| reason.text()),
             )
         })
         .collect();
     assert_eq!(
         reasons,
         vec![
-            ("earlofcambridge@shakespeare.lit".to_string(), Some("Treason".to_string())),
+            (
+                "earlofcambridge@shakespeare.lit".to_string(),
+                Some("Treason".to_string())
+            ),
             ("lordscroop@shakespeare.lit".to_string(), None),
         ]
     );
@@ -645,5 +649,8 @@ fn the_ban_list_keeps_each_reason() {
         &format!("<iq xmlns='jabber:client' type='set' id='m' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='member' jid='earlofcambridge@shakespeare.lit'/></query></iq>"),
     );
     let room = harness.room.as_ref().unwrap();
-    assert_eq!(room.affiliation_reason("earlofcambridge@shakespeare.lit"), None);
+    assert_eq!(
+        room.affiliation_reason("earlofcambridge@shakespeare.lit"),
+        None
+    );
 }

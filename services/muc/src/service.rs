@@ -81,8 +81,9 @@ pub struct MucService {
 
 /// A room from its record and its history entries, as the store holds them.
 fn room_of_record(room_jid: &str, record: &str, history: &[String]) -> ApiResult<Room> {
-    let unreadable =
-        |error: serde_json::Error| ApiError::Internal(format!("room {room_jid} unreadable: {error}"));
+    let unreadable = |error: serde_json::Error| {
+        ApiError::Internal(format!("room {room_jid} unreadable: {error}"))
+    };
     let mut room = serde_json::from_str::<Room>(record).map_err(unreadable)?;
     // A record written before the history had a list of its own holds the
     // history: moved to the list with the room's next write.
@@ -163,7 +164,14 @@ impl MucService {
         let with_history = stanza_element.name() == "presence";
         let (lease, loaded) = self.store.acquire(&room_jid, with_history).await?;
         let applied = self
-            .apply(&lease, loaded, &room_jid, stanza_element, &sender, routed_at)
+            .apply(
+                &lease,
+                loaded,
+                &room_jid,
+                stanza_element,
+                &sender,
+                routed_at,
+            )
             .await;
         self.store.release(lease).await;
         let outcome = match &applied {
@@ -272,7 +280,11 @@ impl MucService {
                 Some(old) => RecordWrite::Put(old),
                 None => RecordWrite::Delete,
             };
-            if let Err(undo) = self.store.save(lease, restore, &[], self.history_limits()).await {
+            if let Err(undo) = self
+                .store
+                .save(lease, restore, &[], self.history_limits())
+                .await
+            {
                 tracing::warn!(room = %lease.room, error = %undo, "the room could not be put back");
             }
             return Err(error);
@@ -461,7 +473,10 @@ impl MucService {
         }
         if let Some(durable) = &self.durable {
             let limit = u32::try_from(MAX_LISTED_ROOMS).unwrap_or(u32::MAX);
-            for room in durable.listed_muc_rooms(&self.settings.domain, limit).await? {
+            for room in durable
+                .listed_muc_rooms(&self.settings.domain, limit)
+                .await?
+            {
                 let jid = room.jid.to_string();
                 if !held.contains(&jid) {
                     listed.insert(jid, room.name);

@@ -47,7 +47,9 @@ async fn join(service: &MucService, from: &str, nick: &str) -> Vec<Element> {
     send(
         service,
         from,
-        &format!("<presence xmlns='jabber:client' to='{ROOM}/{nick}'><x xmlns='{MUC}'/></presence>"),
+        &format!(
+            "<presence xmlns='jabber:client' to='{ROOM}/{nick}'><x xmlns='{MUC}'/></presence>"
+        ),
     )
     .await
 }
@@ -56,7 +58,12 @@ fn error_condition(stanzas: &[Element]) -> Option<String> {
     stanzas
         .iter()
         .find_map(|stanza| stanza.get_child("error", ns::CLIENT))
-        .and_then(|error| error.children().next().map(|child| child.name().to_string()))
+        .and_then(|error| {
+            error
+                .children()
+                .next()
+                .map(|child| child.name().to_string())
+        })
 }
 
 fn self_presence(stanzas: &[Element], to: &str) -> bool {
@@ -84,7 +91,11 @@ async fn create_persistent_room(service: &MucService) {
                   <field var='muc#roomconfig_membersonly'><value>1</value></field></x></query></iq>"),
     )
     .await;
-    assert_eq!(stanza::stanza_type(&configured[0]), "result", "{configured:?}");
+    assert_eq!(
+        stanza::stanza_type(&configured[0]),
+        "result",
+        "{configured:?}"
+    );
     let changed = send(
         service,
         OWNER,
@@ -128,7 +139,10 @@ async fn a_persistent_room_outlives_its_room_store() {
     let items = send(
         &second,
         OUTSIDER,
-        &format!("<iq xmlns='jabber:client' type='get' id='i1' to='{SERVICE}'><query xmlns='{}'/></iq>", ns::DISCO_ITEMS),
+        &format!(
+            "<iq xmlns='jabber:client' type='get' id='i1' to='{SERVICE}'><query xmlns='{}'/></iq>",
+            ns::DISCO_ITEMS
+        ),
     )
     .await;
     let listed: Vec<(String, String)> = stanza::iq_payload(&items[0])
@@ -150,7 +164,9 @@ async fn a_persistent_room_outlives_its_room_store() {
     let entered = join(&second, MEMBER, "thirdwitch").await;
     assert!(self_presence(&entered, MEMBER), "{entered:?}");
     // Not a new room: no 201, and the subject as set.
-    assert!(!entered.iter().any(|stanza| stanza.to_xml().contains("'201'")));
+    assert!(!entered
+        .iter()
+        .any(|stanza| stanza.to_xml().contains("'201'")));
     assert!(entered.iter().any(|stanza| stanza
         .get_child("subject", ns::CLIENT)
         .is_some_and(|subject| subject.text() == "Fire Burn and Cauldron Bubble!")));
@@ -168,7 +184,9 @@ async fn a_persistent_room_outlives_its_room_store() {
         .expect("one ban");
     assert_eq!(ban.attr("jid"), Some("earlofcambridge@shakespeare.lit"));
     assert_eq!(
-        ban.get_child("reason", MUC_ADMIN).map(|reason| reason.text()).as_deref(),
+        ban.get_child("reason", MUC_ADMIN)
+            .map(|reason| reason.text())
+            .as_deref(),
         Some("Treason")
     );
 
@@ -180,7 +198,10 @@ async fn a_persistent_room_outlives_its_room_store() {
                   <field var='muc#roomconfig_persistentroom'><value>0</value></field></x></query></iq>"),
     )
     .await;
-    assert_eq!(durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(), None);
+    assert_eq!(
+        durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -196,10 +217,15 @@ async fn a_destroyed_room_leaves_the_database() {
     )
     .await;
     assert_eq!(stanza::stanza_type(&destroyed[0]), "result");
-    assert_eq!(durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(), None);
+    assert_eq!(
+        durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(),
+        None
+    );
     // Gone for good: a join creates a new, locked room (201).
     let entered = join(&service, MEMBER, "thirdwitch").await;
-    assert!(entered.iter().any(|stanza| stanza.to_xml().contains("'201'")));
+    assert!(entered
+        .iter()
+        .any(|stanza| stanza.to_xml().contains("'201'")));
 }
 
 #[tokio::test]
@@ -213,7 +239,10 @@ async fn a_temporary_room_is_not_written_to_the_database() {
         &format!("<iq xmlns='jabber:client' type='set' id='c1' to='{ROOM}'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query></iq>"),
     )
     .await;
-    assert_eq!(durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(), None);
+    assert_eq!(
+        durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]
@@ -329,8 +358,14 @@ async fn a_record_holding_its_history_moves_it_to_the_list() {
         "sender": "crone1@shakespeare.lit",
     }]);
     let record = record.to_string();
-    let limits = HistoryLimits { max_stanzas: 50, max_bytes: 1 << 20 };
-    store.save(&lease, RecordWrite::Put(&record), &[], limits).await.unwrap();
+    let limits = HistoryLimits {
+        max_stanzas: 50,
+        max_bytes: 1 << 20,
+    };
+    store
+        .save(&lease, RecordWrite::Put(&record), &[], limits)
+        .await
+        .unwrap();
     store.release(lease).await;
     // A message: the old entry goes to the list before it, the record loses it.
     send(

@@ -224,7 +224,13 @@ impl Room {
 
     /// A persistent room as the database keeps it: no occupants, no history,
     /// configured (so unlocked).
-    pub fn stored(jid: &str, config: RoomConfig, subject: Subject, salt: String, revision: i64) -> Self {
+    pub fn stored(
+        jid: &str,
+        config: RoomConfig,
+        subject: Subject,
+        salt: String,
+        revision: i64,
+    ) -> Self {
         Room {
             jid: jid.to_string(),
             config,

@@ -91,7 +91,7 @@ pub trait RoomStore: Send + Sync + 'static {
 
 /// The entries to append that fit at all (one larger than the byte bound
 /// is not kept, as none is with a zero stanza bound).
-fn keepable<'a>(history: &'a [String], limits: HistoryLimits) -> impl Iterator<Item = &'a String> {
+fn keepable(history: &[String], limits: HistoryLimits) -> impl Iterator<Item = &String> {
     history
         .iter()
         .filter(move |entry| limits.max_stanzas > 0 && entry.len() <= limits.max_bytes)
@@ -202,7 +202,11 @@ impl RoomStore for MemoryRoomStore {
     }
 
     async fn peek(&self, room: &str) -> ApiResult<Option<String>> {
-        Ok(self.rooms.lock().get(room).and_then(|stored| stored.record.clone()))
+        Ok(self
+            .rooms
+            .lock()
+            .get(room)
+            .and_then(|stored| stored.record.clone()))
     }
 }
 
@@ -297,7 +301,8 @@ impl RedisRoomStore {
     }
 
     fn history_bytes_key(&self, room: &str) -> String {
-        self.redis.key(&format!("muc:{}:history_bytes", hash_tag(room)))
+        self.redis
+            .key(&format!("muc:{}:history_bytes", hash_tag(room)))
     }
 
     fn lease_key(&self, room: &str) -> String {
@@ -463,7 +468,12 @@ mod tests {
         let (other, _) = store.acquire("s@muc", false).await.unwrap();
         store.release(other).await;
         store
-            .save(&lease, RecordWrite::Put("{\"v\":1}"), &["aa".into()], LIMITS)
+            .save(
+                &lease,
+                RecordWrite::Put("{\"v\":1}"),
+                &["aa".into()],
+                LIMITS,
+            )
             .await
             .unwrap();
         assert!(!waiting.is_finished());

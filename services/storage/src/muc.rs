@@ -4,9 +4,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use starling_api::{
-    ApiResult, ListedMucRoom, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS,
-};
+use starling_api::{ApiResult, ListedMucRoom, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS};
 use starling_jid::BareJid;
 
 use crate::backend;
@@ -44,7 +42,10 @@ fn check_room(record: &MucRoomRecord) -> Result<(), StorageError> {
             )));
         }
         check_storable_text("affiliated JID", &affiliation.jid)?;
-        check_storable_text("affiliation reason", affiliation.reason.as_deref().unwrap_or(""))?;
+        check_storable_text(
+            "affiliation reason",
+            affiliation.reason.as_deref().unwrap_or(""),
+        )?;
     }
     Ok(())
 }

@@ -1643,7 +1643,10 @@ pub mod muc_cases {
             affiliation("owner@example.org", "owner", None),
         ];
         assert!(storage.put_muc_room(&second).await.unwrap());
-        assert_eq!(storage.muc_room(&coven).await.unwrap(), Some(second.clone()));
+        assert_eq!(
+            storage.muc_room(&coven).await.unwrap(),
+            Some(second.clone())
+        );
 
         // An older or equal revision (a stalled writer's) changes nothing.
         assert!(!storage.put_muc_room(&first).await.unwrap());
@@ -1661,12 +1664,18 @@ pub mod muc_cases {
         assert!(!storage.remove_muc_room(&coven).await.unwrap());
         assert_eq!(storage.muc_room(&coven).await.unwrap(), None);
         assert_eq!(storage.muc_room(&other.jid).await.unwrap(), Some(other));
-        assert_eq!(storage.muc_room(&elsewhere.jid).await.unwrap(), Some(elsewhere));
+        assert_eq!(
+            storage.muc_room(&elsewhere.jid).await.unwrap(),
+            Some(elsewhere)
+        );
         // Created again after its removal: from any revision.
         assert!(storage.put_muc_room(&first).await.unwrap());
         assert_eq!(storage.muc_room(&coven).await.unwrap(), Some(first));
         // A domain alone names no room.
-        assert_eq!(storage.muc_room(&jid("chat.example.org")).await.unwrap(), None);
+        assert_eq!(
+            storage.muc_room(&jid("chat.example.org")).await.unwrap(),
+            None
+        );
     }
 
     pub async fn muc_rooms_are_listed_per_service_when_public(storage: Storage) {
@@ -1697,7 +1706,11 @@ pub mod muc_cases {
                 .to_vec()
         );
         assert_eq!(
-            storage.listed_muc_rooms("chat.example.org", 2).await.unwrap().len(),
+            storage
+                .listed_muc_rooms("chat.example.org", 2)
+                .await
+                .unwrap()
+                .len(),
             2
         );
         assert!(storage
@@ -1709,11 +1722,14 @@ pub mod muc_cases {
 
     pub async fn muc_rooms_refuse_unknown_affiliations(storage: Storage) {
         let mut bad = room("coven@chat.example.org", 1, true);
-        bad.affiliations.push(affiliation("x@example.org", "none", None));
+        bad.affiliations
+            .push(affiliation("x@example.org", "none", None));
         let refused = storage.put_muc_room(&bad).await;
         assert!(matches!(refused, Err(ApiError::Invalid(_))), "{refused:?}");
         let mut twice = room("coven@chat.example.org", 1, true);
-        twice.affiliations.push(affiliation("owner@example.org", "member", None));
+        twice
+            .affiliations
+            .push(affiliation("owner@example.org", "member", None));
         let refused = storage.put_muc_room(&twice).await;
         assert!(matches!(refused, Err(ApiError::Invalid(_))), "{refused:?}");
         let mut nul = room("coven@chat.example.org", 1, true);
