@@ -27,6 +27,11 @@ async fn database() -> Arc<Storage> {
     Arc::new(Storage::connect(&config).await.expect("in-memory storage"))
 }
 
+/// The room as the database holds it.
+async fn stored(durable: &Storage) -> Option<starling_api::MucRoomRecord> {
+    durable.muc_room(&ROOM.parse().unwrap()).await.unwrap()
+}
+
 fn service(store: Arc<dyn RoomStore>, durable: Arc<Storage>) -> MucService {
     MucService::new(
         Settings::for_domain(SERVICE),
@@ -125,13 +130,9 @@ async fn a_persistent_room_outlives_its_room_store() {
     let durable = database().await;
     let first = service(Arc::new(MemoryRoomStore::default()), durable.clone());
     create_persistent_room(&first).await;
-    let stored = durable
-        .muc_room(&ROOM.parse().unwrap())
-        .await
-        .unwrap()
-        .expect("stored");
-    assert_eq!(stored.name, "The Coven");
-    assert_eq!(stored.subject, "Fire Burn and Cauldron Bubble!");
+    let record = stored(&durable).await.expect("stored");
+    assert_eq!(record.name, "The Coven");
+    assert_eq!(record.subject, "Fire Burn and Cauldron Bubble!");
 
     // Another process (or Redis flushed): an empty room store, the same database.
     let second = service(Arc::new(MemoryRoomStore::default()), durable.clone());
@@ -198,10 +199,7 @@ async fn a_persistent_room_outlives_its_room_store() {
                   <field var='muc#roomconfig_persistentroom'><value>0</value></field></x></query></iq>"),
     )
     .await;
-    assert_eq!(
-        durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(),
-        None
-    );
+    assert_eq!(stored(&durable).await, None);
 }
 
 #[tokio::test]
@@ -217,10 +215,7 @@ async fn a_destroyed_room_leaves_the_database() {
     )
     .await;
     assert_eq!(stanza::stanza_type(&destroyed[0]), "result");
-    assert_eq!(
-        durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(),
-        None
-    );
+    assert_eq!(stored(&durable).await, None);
     // Gone for good: a join creates a new, locked room (201).
     let entered = join(&service, MEMBER, "thirdwitch").await;
     assert!(entered
@@ -239,10 +234,7 @@ async fn a_temporary_room_is_not_written_to_the_database() {
         &format!("<iq xmlns='jabber:client' type='set' id='c1' to='{ROOM}'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query></iq>"),
     )
     .await;
-    assert_eq!(
-        durable.muc_room(&ROOM.parse().unwrap()).await.unwrap(),
-        None
-    );
+    assert_eq!(stored(&durable).await, None);
 }
 
 #[tokio::test]
