@@ -27,6 +27,7 @@ use crate::storage::v1 as proto;
 use crate::storage::v1::storage_client::StorageClient;
 use crate::storage::v1::storage_server::{Storage, StorageServer};
 
+mod muc;
 mod pep;
 mod upload;
 
@@ -681,6 +682,34 @@ impl Storage for StorageGrpcServer {
         request: Request<proto::CompleteUploadSlotRequest>,
     ) -> Result<Response<proto::CompleteUploadSlotResponse>, Status> {
         upload::complete_upload_slot(&self.api, request).await
+    }
+
+    async fn get_muc_room(
+        &self,
+        request: Request<proto::GetMucRoomRequest>,
+    ) -> Result<Response<proto::GetMucRoomResponse>, Status> {
+        muc::get_muc_room(&self.api, request).await
+    }
+
+    async fn put_muc_room(
+        &self,
+        request: Request<proto::PutMucRoomRequest>,
+    ) -> Result<Response<proto::PutMucRoomResponse>, Status> {
+        muc::put_muc_room(&self.api, request).await
+    }
+
+    async fn remove_muc_room(
+        &self,
+        request: Request<proto::RemoveMucRoomRequest>,
+    ) -> Result<Response<proto::RemoveMucRoomResponse>, Status> {
+        muc::remove_muc_room(&self.api, request).await
+    }
+
+    async fn list_muc_rooms(
+        &self,
+        request: Request<proto::ListMucRoomsRequest>,
+    ) -> Result<Response<proto::ListMucRoomsResponse>, Status> {
+        muc::list_muc_rooms(&self.api, request).await
     }
 }
 

@@ -498,3 +498,61 @@ async fn push_registrations_round_trip_through_grpc() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn persistent_muc_rooms_round_trip_through_grpc() {
+    use starling_api::{MucAffiliation, MucRoomRecord, MucRoomStore};
+    let storage = memory_storage().await;
+    let server = TestServer::start(Some(storage), None, None).await;
+    let client = GrpcStorageClient::connect(vec![server.endpoint()]).expect("client");
+    let room = MucRoomRecord {
+        jid: jid("coven@chat.example.org"),
+        revision: 2,
+        name: "The Coven".into(),
+        public: true,
+        config: "{\"persistent\":true}".into(),
+        subject: "Fire".into(),
+        subject_nick: "witch".into(),
+        occupant_id_salt: "salt".into(),
+        affiliations: vec![
+            MucAffiliation {
+                jid: "crone@example.org".into(),
+                affiliation: "owner".into(),
+                reason: None,
+            },
+            MucAffiliation {
+                jid: "earl@example.org".into(),
+                affiliation: "outcast".into(),
+                reason: Some("Treason".into()),
+            },
+        ],
+    };
+    assert_eq!(client.muc_room(&room.jid).await.expect("read"), None);
+    assert!(client.put_muc_room(&room).await.expect("write"));
+    // Not newer: not written.
+    assert!(!client.put_muc_room(&room).await.expect("write again"));
+    assert_eq!(
+        client.muc_room(&room.jid).await.expect("read"),
+        Some(room.clone())
+    );
+    let listed = client
+        .listed_muc_rooms("chat.example.org", 10)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].jid.clone(), listed[0].name.as_str()),
+        (room.jid.clone(), "The Coven")
+    );
+    // An unknown affiliation is refused as invalid.
+    let mut bad = room.clone();
+    bad.revision = 3;
+    bad.affiliations[0].affiliation = "king".into();
+    assert!(matches!(
+        client.put_muc_room(&bad).await,
+        Err(ApiError::Invalid(_))
+    ));
+    assert!(client.remove_muc_room(&room.jid).await.expect("remove"));
+    assert_eq!(client.muc_room(&room.jid).await.expect("read"), None);
+    server.stop().await;
+}

@@ -1,11 +1,14 @@
 """Multi-user chat (XEP-0045) with slixmpp's xep_0045 plugin: join, messages,
 history, nick change, kick, conflicts and bad nicks, leaving with the
 session; in `starling serve` and across the two connection-managers of the
-cluster; a room whose router replica is killed keeps its occupants."""
+cluster; a room whose router replica is killed keeps its occupants; a
+persistent room comes back from the database when Redis loses its keys and
+when `starling serve` restarts."""
 
 import asyncio
 import re
 import signal
+import subprocess
 import urllib.request
 
 import pytest
@@ -222,3 +225,87 @@ async def test_room_survives_its_router_replica_killed(tmp_path):
         await logout(a, b)
     finally:
         c.down()
+
+
+async def create_persistent_members_only_room(owner, member_jid, banned_jid):
+    """The owner creates a named, persistent, members-only room, makes a
+    member, bans someone with a reason and leaves: the room stays with no
+    occupant (XEP-0045 sections 10.1, 10.2, 9.3, 9.1)."""
+    muc = owner.plugin["xep_0045"]
+    own, _subject, _occupants, _history = await muc.join_muc_wait(ROOM, "alice", maxstanzas=0, timeout=20)
+    assert 201 in codes(own)
+    submit = owner.plugin["xep_0004"].make_form(ftype="submit")
+    submit.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+    submit.add_field(var="muc#roomconfig_roomname", ftype="text-single", value="The Coven")
+    submit.add_field(var="muc#roomconfig_persistentroom", ftype="boolean", value=True)
+    submit.add_field(var="muc#roomconfig_membersonly", ftype="boolean", value=True)
+    await muc.set_room_config(ROOM, submit)
+    await muc.set_affiliation(ROOM, "member", jid=member_jid)
+    await muc.set_affiliation(ROOM, "outcast", jid=banned_jid, reason="Treason")
+    muc.leave_muc(ROOM, "alice")
+    await room_presence(owner, lambda p: p["from"] == f"{ROOM}/alice" and p["type"] == "unavailable", timeout=20)
+
+
+async def assert_room_came_back(owner, member, outsider):
+    """The room is as configured: the outsider is refused, the member
+    enters (not a new room: no 201), the owner is its owner with the
+    configuration and the ban list it had, the service lists it."""
+    with pytest.raises(PresenceError) as refused:
+        await outsider.plugin["xep_0045"].join_muc_wait(ROOM, "carol", timeout=20)
+    assert refused.value.condition == "registration-required"
+    own, _subject, _occupants, _history = await member.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
+    assert 201 not in codes(own) and 110 in codes(own)
+    assert own["muc"]["affiliation"] == "member"
+    items = await outsider.plugin["xep_0030"].get_items(jid="conference.localhost", timeout=20)
+    assert (ROOM, None, "The Coven") in items["disco_items"]["items"]
+    own, _subject, _occupants, _history = await owner.plugin["xep_0045"].join_muc_wait(ROOM, "alice", maxstanzas=0, timeout=20)
+    assert own["muc"]["affiliation"] == "owner"
+    form = await owner.plugin["xep_0045"].get_room_config(ROOM)
+    values = {field["var"]: field["value"] for field in form["fields"]}
+    assert values["muc#roomconfig_roomname"] == "The Coven"
+    assert values["muc#roomconfig_persistentroom"] in (True, "1")
+    assert values["muc#roomconfig_membersonly"] in (True, "1")
+    bans = await owner.plugin["xep_0045"].get_affiliation_list(ROOM, "outcast")
+    assert len(bans) == 1
+    info = await outsider.plugin["xep_0030"].get_info(jid=ROOM, timeout=20)
+    assert "muc_persistent" in info["disco_info"]["features"]
+
+
+async def test_persistent_room_survives_the_loss_of_its_redis_keys(cluster):
+    alice, bob, carol, earl = [cluster.add_user(name) for name in ("alice", "bob", "carol", "earl")]
+    a = await muc_login(cluster.node("cm-1"), *alice, "a")
+    b = await muc_login(cluster.node("cm-2"), *bob, "b")
+    c = await muc_login(cluster.node("cm-1"), *carol, "c")
+    try:
+        await create_persistent_members_only_room(a, bob[0], earl[0])
+        # Every room key goes (the records, histories, leases, the index):
+        # what a Redis restart does, Redis keeping nothing on disk.
+        deleted = subprocess.run(
+            ["redis-cli", "-p", str(cluster.redis_port), "EVAL",
+             "local n = 0 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', key) end return n",
+             "0", "*muc:*"],
+            capture_output=True, text=True, check=True, timeout=20,
+        )
+        assert int(deleted.stdout.strip()) >= 2, deleted
+        await assert_room_came_back(a, b, c)
+    finally:
+        await logout(a, b, c)
+
+
+async def test_persistent_room_survives_a_restart_of_serve(server):
+    alice, bob, carol, earl = [server.add_user(name) for name in ("alice", "bob", "carol", "earl")]
+    a = await muc_login(server, *alice, "a")
+    try:
+        await create_persistent_members_only_room(a, bob[0], earl[0])
+    finally:
+        await logout(a)
+    # The process goes, with the rooms it held in memory; SQLite keeps the room.
+    server.stop()
+    server.start()
+    a = await muc_login(server, *alice, "a")
+    b = await muc_login(server, *bob, "b")
+    c = await muc_login(server, *carol, "c")
+    try:
+        await assert_room_came_back(a, b, c)
+    finally:
+        await logout(a, b, c)

@@ -10,6 +10,7 @@ pub mod blocking;
 pub mod error;
 pub mod feature;
 pub mod last_activity;
+pub mod muc;
 pub mod origin_time;
 pub mod pep;
 pub mod presence;
@@ -28,6 +29,7 @@ pub use archive::{
 pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
+pub use muc::{ListedMucRoom, MucAffiliation, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS};
 pub use pep::{
     AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode, PepNodeConfig,
     PepPublish, PepPublishOutcome, PepStore, SendLastPublished,

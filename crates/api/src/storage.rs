@@ -181,6 +181,7 @@ pub trait StorageApi:
     + BlockingStore
     + FastTokenStore
     + crate::PushStore
+    + crate::MucRoomStore
     + PepStore
     + ArchiveStore
     + crate::UploadStore
@@ -195,6 +196,7 @@ impl<
             + BlockingStore
             + FastTokenStore
             + crate::PushStore
+            + crate::MucRoomStore
             + PepStore
             + ArchiveStore
             + crate::UploadStore

@@ -226,10 +226,12 @@ fn session_router(
 
 /// The multi-user chat service (XEP-0045, `muc.*`) of a process that
 /// routes: its rooms in Redis in the cluster (any router replica serves
-/// any room), in the process otherwise; `None` when `muc.enabled` is off.
+/// any room), in the process otherwise, and the persistent rooms also in
+/// the storage service; `None` when `muc.enabled` is off.
 fn muc_service(
     config: &Config,
     state: &RoutingState,
+    storage: Arc<dyn StorageApi>,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Option<Arc<starling_muc::MucService>>> {
     if !config.muc.enabled {
@@ -250,6 +252,7 @@ fn muc_service(
         starling_muc::MucMetrics::register(registry).context("cannot register the muc metrics")?;
     Ok(Some(Arc::new(
         starling_muc::MucService::new(settings, store, state.registry.clone(), state.bus.clone())
+            .with_durable_rooms(storage)
             .with_metrics(metrics),
     )))
 }
@@ -787,7 +790,7 @@ impl Server {
                     presence.clone(),
                     router_metrics(&registry)?,
                     blocklists(state, storage.clone(), &registry).await?,
-                    muc_service(&config, state, &registry)?,
+                    muc_service(&config, state, storage.clone(), &registry)?,
                 ));
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
                 server.archiving_router = Some(session_router.clone());
@@ -839,7 +842,7 @@ impl Server {
                 let router_api: Arc<dyn RouterApi> = if target == Target::All {
                     let metrics = router_metrics(&registry)?;
                     let blocklists = blocklists(state, storage.clone(), &registry).await?;
-                    let muc = muc_service(&config, state, &registry)?;
+                    let muc = muc_service(&config, state, storage.clone(), &registry)?;
                     // Presence routes to remote domains and reroutes what a
                     // session could not take through the router it serves.
                     let router = SessionRouter::new_cyclic(|router_handle| {

@@ -752,11 +752,14 @@ impl Context<'_> {
                 .iter()
                 .filter(|(_, value)| **value == affiliation)
             {
-                query.append_child(
-                    Element::new("item", MUC_ADMIN)
-                        .with_attr("affiliation", affiliation.as_str())
-                        .with_attr("jid", jid.clone()),
-                );
+                let mut listed = Element::new("item", MUC_ADMIN)
+                    .with_attr("affiliation", affiliation.as_str())
+                    .with_attr("jid", jid.clone());
+                // Section 9.5 (the ban list): each item with its reason.
+                if let Some(reason) = room.affiliation_reason(jid) {
+                    listed.append_child(Element::new("reason", MUC_ADMIN).with_text(reason));
+                }
+                query.append_child(listed);
             }
         } else if let Some(role) = item
             .and_then(|item| item.attr("role"))
@@ -824,7 +827,7 @@ impl Context<'_> {
         let requester = room.affiliation(&self.sender_bare);
         enum Change {
             Role(String, Role),
-            Affiliation(String, Affiliation),
+            Affiliation(String, Affiliation, Option<String>),
         }
         let mut changes = Vec::new();
         for item in &items {
@@ -889,7 +892,10 @@ impl Context<'_> {
                         .effects
                         .error(iq, self.sender, StanzaErrorCondition::Conflict);
                 }
-                changes.push(Change::Affiliation(target, affiliation));
+                let reason = item
+                    .get_child("reason", MUC_ADMIN)
+                    .map(|reason| reason.text());
+                changes.push(Change::Affiliation(target, affiliation, reason));
             } else {
                 return self
                     .effects
@@ -920,8 +926,8 @@ impl Context<'_> {
                         self.broadcast_occupant(room, index, None, &["110"]);
                     }
                 }
-                Change::Affiliation(jid, affiliation) => {
-                    room.set_affiliation(&jid, affiliation);
+                Change::Affiliation(jid, affiliation, reason) => {
+                    room.set_affiliation_with_reason(&jid, affiliation, reason);
                     self.effects.changed = true;
                     let present: Vec<usize> = room
                         .occupants

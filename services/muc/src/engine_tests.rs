@@ -33,12 +33,18 @@ impl Harness {
     fn send(&mut self, from: &str, stanza: &str) -> Effects {
         let mut element = xml(stanza);
         element.set_attr("from", from.to_string());
-        // A record round trip, as every replica does between stanzas.
+        // A record round trip, as every replica does between stanzas (the
+        // history is a list of its own, read back beside the record).
         let json = self
             .room
             .as_ref()
-            .map(|room| serde_json::to_string(room).unwrap());
-        self.room = json.map(|json| serde_json::from_str(&json).unwrap());
+            .map(|room| (serde_json::to_string(room).unwrap(), room.history.clone()));
+        self.room = json.map(|(json, history)| {
+            let mut room: Room = serde_json::from_str(&json).unwrap();
+            room.history_bytes = history.iter().map(|entry| entry.xml.len()).sum();
+            room.history = history;
+            room
+        });
         handle(
             &mut self.room,
             ROOM,
@@ -602,4 +608,49 @@ fn a_join_from_a_present_full_jid_gets_the_whole_entry_again() {
         .get_child("subject", ns::CLIENT)
         .is_some());
     assert_eq!(harness.room.as_ref().unwrap().occupants.len(), 2);
+}
+
+#[test]
+fn the_ban_list_keeps_each_reason() {
+    // Section 9.1 (a ban with its reason) and 9.5 (the list returns it).
+    let mut harness = Harness::with_instant_room();
+    harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<iq xmlns='jabber:client' type='set' id='ban1' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='outcast' jid='earlofcambridge@shakespeare.lit'><reason>Treason</reason></item><item affiliation='outcast' jid='lordscroop@shakespeare.lit'/></query></iq>"),
+    );
+    let effects = harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<iq xmlns='jabber:client' type='get' id='banlist' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='outcast'/></query></iq>"),
+    );
+    let list = stanza::iq_payload(&effects.outbound[0].stanza).expect("the list");
+    let reasons: Vec<(String, Option<String>)> = list
+        .children()
+        .map(|item| {
+            (
+                item.attr("jid").unwrap_or_default().to_string(),
+                item.get_child("reason", MUC_ADMIN)
+                    .map(|reason| reason.text()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                "earlofcambridge@shakespeare.lit".to_string(),
+                Some("Treason".to_string())
+            ),
+            ("lordscroop@shakespeare.lit".to_string(), None),
+        ]
+    );
+    // A new affiliation drops the old reason.
+    harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<iq xmlns='jabber:client' type='set' id='m' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='member' jid='earlofcambridge@shakespeare.lit'/></query></iq>"),
+    );
+    let room = harness.room.as_ref().unwrap();
+    assert_eq!(
+        room.affiliation_reason("earlofcambridge@shakespeare.lit"),
+        None
+    );
 }

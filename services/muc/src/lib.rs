@@ -4,8 +4,11 @@
 //! out. The service ([`MucService`]) applies each stanza under the room's
 //! lease, with the room's record in a [`RoomStore`] (in the process for
 //! `starling serve`, in Redis for the cluster), so that any replica takes
-//! over the rooms of one that died without an occupant leaving. See docs/muc.md.
+//! over the rooms of one that died without an occupant leaving; a persistent
+//! room's configuration and affiliations are also kept in the database
+//! ([`durable`], through the storage service). See docs/muc.md.
 
+pub mod durable;
 pub mod engine;
 pub mod form;
 pub mod service;
@@ -14,4 +17,4 @@ pub mod store;
 
 pub use engine::{valid_nick, Settings};
 pub use service::{MucMetrics, MucService};
-pub use store::{MemoryRoomStore, RedisRoomStore, RoomStore};
+pub use store::{HistoryLimits, Loaded, MemoryRoomStore, RecordWrite, RedisRoomStore, RoomStore};

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
-use starling_api::{ApiError, ApiResult, SessionRecord, SessionRegistry};
+use starling_api::{ApiError, ApiResult, MucRoomStore, SessionRecord, SessionRegistry};
 use starling_bus::{deliver_to_sessions, Bus};
 use starling_jid::{normalize_localpart, FullJid, Jid};
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
+use crate::durable::{durable_part, durable_record, parse_room, room_of_durable, Durable};
 use crate::engine::{self, Outbound, Settings, MUC};
-use crate::state::Room;
-use crate::store::RoomStore;
+use crate::state::{HistoryEntry, Room};
+use crate::store::{HistoryLimits, Lease, Loaded, RecordWrite, RoomStore};
 
 /// The service's Prometheus metrics (docs/operations.md).
 #[derive(Clone)]
@@ -71,9 +72,29 @@ const MAX_LISTED_ROOMS: usize = 200;
 pub struct MucService {
     settings: Settings,
     store: Arc<dyn RoomStore>,
+    /// Where persistent rooms outlive the room store (the storage service).
+    durable: Option<Arc<dyn MucRoomStore>>,
     registry: Arc<dyn SessionRegistry>,
     bus: Arc<dyn Bus>,
     metrics: MucMetrics,
+}
+
+/// A room from its record and its history entries, as the store holds them.
+fn room_of_record(room_jid: &str, record: &str, history: &[String]) -> ApiResult<Room> {
+    let unreadable = |error: serde_json::Error| {
+        ApiError::Internal(format!("room {room_jid} unreadable: {error}"))
+    };
+    let mut room = serde_json::from_str::<Room>(record).map_err(unreadable)?;
+    // A record written before the history had a list of its own holds the
+    // history: moved to the list with the room's next write.
+    room.appended_history = room.history.iter().cloned().collect();
+    room.history_bytes = room.history.iter().map(|entry| entry.xml.len()).sum();
+    for entry in history {
+        let entry = serde_json::from_str::<HistoryEntry>(entry).map_err(unreadable)?;
+        room.history_bytes += entry.xml.len();
+        room.history.push_back(entry);
+    }
+    Ok(room)
 }
 
 impl MucService {
@@ -86,10 +107,19 @@ impl MucService {
         MucService {
             settings,
             store,
+            durable: None,
             registry,
             bus,
             metrics: MucMetrics::default(),
         }
+    }
+
+    /// Keep persistent rooms in `durable` (the storage service): their
+    /// configuration, affiliations and subject, read back when the room
+    /// store does not have the room (docs/muc.md).
+    pub fn with_durable_rooms(mut self, durable: Arc<dyn MucRoomStore>) -> Self {
+        self.durable = Some(durable);
+        self
     }
 
     pub fn with_metrics(mut self, metrics: MucMetrics) -> Self {
@@ -130,9 +160,18 @@ impl MucService {
             return Ok(self.refuse(stanza_element, StanzaErrorCondition::JidMalformed));
         }
         let room_jid = to.bare().to_string();
-        let lease = self.store.acquire(&room_jid).await?;
+        // Only a join reads the history (section 7.2.15).
+        let with_history = stanza_element.name() == "presence";
+        let (lease, loaded) = self.store.acquire(&room_jid, with_history).await?;
         let applied = self
-            .apply(&lease, &room_jid, stanza_element, &sender, routed_at)
+            .apply(
+                &lease,
+                loaded,
+                &room_jid,
+                stanza_element,
+                &sender,
+                routed_at,
+            )
             .await;
         self.store.release(lease).await;
         let outcome = match &applied {
@@ -146,18 +185,20 @@ impl MucService {
 
     async fn apply(
         &self,
-        lease: &crate::store::Lease,
+        lease: &Lease,
+        loaded: Loaded,
         room_jid: &str,
         stanza_element: &Element,
         sender: &FullJid,
         routed_at: Option<SystemTime>,
     ) -> ApiResult<(Vec<Element>, bool)> {
-        let mut room = match self.store.load(lease).await? {
-            Some(record) => Some(serde_json::from_str::<Room>(&record).map_err(|error| {
-                ApiError::Internal(format!("room {room_jid} unreadable: {error}"))
-            })?),
-            None => None,
+        let mut room = match &loaded.record {
+            Some(record) => Some(room_of_record(room_jid, record, &loaded.history)?),
+            // Not in the room store: a persistent room exists in the
+            // database with no occupant (XEP-0045 section 10.1.3).
+            None => self.stored_room(room_jid).await?,
         };
+        let before = room.as_ref().and_then(durable_part);
         let effects = engine::handle(
             &mut room,
             room_jid,
@@ -167,14 +208,7 @@ impl MucService {
             &self.settings,
         );
         if effects.changed {
-            // Written before anything goes out: a replica that takes the
-            // room over sees what its occupants were told.
-            let record = room
-                .as_ref()
-                .map(serde_json::to_string)
-                .transpose()
-                .map_err(|error| ApiError::Internal(format!("room {room_jid}: {error}")))?;
-            self.store.save(lease, record.as_deref()).await?;
+            self.write(lease, &loaded, &mut room, before).await?;
         }
         let refused = effects.refused.is_some();
         let mut unrouted = Vec::new();
@@ -182,6 +216,132 @@ impl MucService {
             unrouted.extend(self.deliver(outbound, routed_at).await);
         }
         Ok((unrouted, refused))
+    }
+
+    /// Write the changed room, before anything goes out (a replica that
+    /// takes the room over sees what its occupants were told): to the room
+    /// store, the record only when it changed and the messages the stanza
+    /// added to the history; then, when a persistent room's durable part
+    /// changed, to the database. When the database refuses, the room store
+    /// gets the room back as it was and the stanza fails.
+    async fn write(
+        &self,
+        lease: &Lease,
+        loaded: &Loaded,
+        room: &mut Option<Room>,
+        before: Option<Durable>,
+    ) -> ApiResult<()> {
+        let after = room.as_ref().and_then(durable_part);
+        // Revision 0: a persistent room never written to the database (one
+        // from before it kept rooms) is written at its first change.
+        let durable_change = after.is_some()
+            && (after != before || room.as_ref().is_some_and(|room| room.revision == 0));
+        if durable_change {
+            if let Some(room) = room.as_mut() {
+                room.revision += 1;
+            }
+        }
+        let appended: Vec<String> = match room.as_mut() {
+            Some(room) => std::mem::take(&mut room.appended_history)
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()
+                .map_err(|error| ApiError::Internal(format!("room history: {error}")))?,
+            None => Vec::new(),
+        };
+        let record = room
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|error| ApiError::Internal(format!("room record: {error}")))?;
+        let record_write = match (&record, &loaded.record) {
+            (Some(new), Some(old)) if new == old => RecordWrite::Keep,
+            (Some(new), _) => RecordWrite::Put(new),
+            (None, _) => RecordWrite::Delete,
+        };
+        self.store
+            .save(lease, record_write, &appended, self.history_limits())
+            .await?;
+        let Some(durable) = self.durable.as_ref() else {
+            return Ok(());
+        };
+        let written = match room.as_mut() {
+            Some(room) if durable_change => self.put_durable(lease, durable.as_ref(), room).await,
+            // No longer persistent, or destroyed (section 10.9).
+            _ if before.is_some() && after.is_none() => match parse_room(&lease.room) {
+                Ok(jid) => durable.remove_muc_room(&jid).await.map(|_| ()),
+                Err(error) => Err(error),
+            },
+            _ => Ok(()),
+        };
+        if let Err(error) = written {
+            tracing::warn!(room = %lease.room, %error, "the room's durable change was not written, it is undone");
+            let restore = match &loaded.record {
+                Some(old) => RecordWrite::Put(old),
+                None => RecordWrite::Delete,
+            };
+            if let Err(undo) = self
+                .store
+                .save(lease, restore, &[], self.history_limits())
+                .await
+            {
+                tracing::warn!(room = %lease.room, error = %undo, "the room could not be put back");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Write a persistent room to the database. When the database holds a
+    /// revision as high (a write that timed out but was made, or a room
+    /// written before the room store lost it), the lease holder's room is
+    /// the room: once the room store confirmed the lease (a stalled
+    /// replica's lapsed lease fails here, its write stays ignored), the room
+    /// takes the revision after the stored one.
+    async fn put_durable(
+        &self,
+        lease: &Lease,
+        durable: &dyn MucRoomStore,
+        room: &mut Room,
+    ) -> ApiResult<()> {
+        if durable.put_muc_room(&durable_record(room)?).await? {
+            return Ok(());
+        }
+        let stored = durable
+            .muc_room(&parse_room(&room.jid)?)
+            .await?
+            .map_or(0, |stored| stored.revision);
+        room.revision = stored.max(room.revision) + 1;
+        let record = serde_json::to_string(room)
+            .map_err(|error| ApiError::Internal(format!("room record: {error}")))?;
+        self.store
+            .save(lease, RecordWrite::Put(&record), &[], self.history_limits())
+            .await?;
+        if durable.put_muc_room(&durable_record(room)?).await? {
+            return Ok(());
+        }
+        Err(ApiError::Unavailable(format!(
+            "room {} is being written by another replica",
+            room.jid
+        )))
+    }
+
+    /// A persistent room from the database, as its room store would hold it.
+    async fn stored_room(&self, room_jid: &str) -> ApiResult<Option<Room>> {
+        let Some(durable) = self.durable.as_ref() else {
+            return Ok(None);
+        };
+        let Some(record) = durable.muc_room(&parse_room(room_jid)?).await? else {
+            return Ok(None);
+        };
+        room_of_durable(room_jid, record).map(Some)
+    }
+
+    fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_stanzas: self.settings.history_max_stanzas,
+            max_bytes: self.settings.history_max_bytes,
+        }
     }
 
     /// Publish a room stanza to its recipients' sessions, one envelope per
@@ -293,9 +453,12 @@ impl MucService {
         vec![reply]
     }
 
-    /// Section 6.3: public rooms only; hidden and locked rooms are not listed.
+    /// Section 6.3: public rooms only; hidden and locked rooms are not
+    /// listed. The rooms of the room store, and the persistent rooms of the
+    /// database that it does not hold (no occupant since it lost them).
     async fn public_rooms(&self) -> ApiResult<Element> {
-        let mut query = Element::new("query", ns::DISCO_ITEMS);
+        let mut listed = std::collections::BTreeMap::new();
+        let mut held = std::collections::HashSet::new();
         for room_jid in self.store.rooms(MAX_LISTED_ROOMS).await? {
             let Some(record) = self.store.peek(&room_jid).await? else {
                 continue;
@@ -303,19 +466,40 @@ impl MucService {
             let Ok(room) = serde_json::from_str::<Room>(&record) else {
                 continue;
             };
+            held.insert(room_jid.clone());
             if room.config.public && !room.locked {
-                let name = if room.config.name.is_empty() {
-                    room.localpart().to_string()
-                } else {
-                    room.config.name.clone()
-                };
-                query.append_child(
-                    Element::new("item", ns::DISCO_ITEMS)
-                        .with_attr("jid", room.jid.clone())
-                        .with_attr("name", name),
-                );
+                listed.insert(room.jid.clone(), room.config.name.clone());
             }
+        }
+        if let Some(durable) = &self.durable {
+            let limit = u32::try_from(MAX_LISTED_ROOMS).unwrap_or(u32::MAX);
+            for room in durable
+                .listed_muc_rooms(&self.settings.domain, limit)
+                .await?
+            {
+                let jid = room.jid.to_string();
+                if !held.contains(&jid) {
+                    listed.insert(jid, room.name);
+                }
+            }
+        }
+        let mut query = Element::new("query", ns::DISCO_ITEMS);
+        for (jid, name) in listed.into_iter().take(MAX_LISTED_ROOMS) {
+            let name = if name.is_empty() {
+                jid.split('@').next().unwrap_or(&jid).to_string()
+            } else {
+                name
+            };
+            query.append_child(
+                Element::new("item", ns::DISCO_ITEMS)
+                    .with_attr("jid", jid)
+                    .with_attr("name", name),
+            );
         }
         Ok(query)
     }
 }
+
+#[cfg(test)]
+#[path = "service_tests.rs"]
+mod tests;

@@ -1,7 +1,7 @@
 //! The state of one room (XEP-0045): its configuration, affiliations,
-//! occupants, subject and recent history. Serialisable as one record, so
-//! that any replica can load a room, apply a stanza and write it back
-//! (docs/muc.md).
+//! occupants, subject and recent history. The room without its history is
+//! one record, so that any replica can load a room, apply a stanza and
+//! write it back; the history is a list of its own, appended to (docs/muc.md).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -174,15 +174,31 @@ pub struct Room {
     pub locked: bool,
     /// Affiliations by bare JID; `none` is not stored.
     pub affiliations: BTreeMap<String, Affiliation>,
+    /// The reason given with an affiliation (section 9.1: a ban's), by bare JID.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub affiliation_reasons: BTreeMap<String, String>,
     /// Occupants in joining order.
     pub occupants: Vec<Occupant>,
     pub subject: Subject,
+    /// The history as loaded (only for the stanzas that read it: presence),
+    /// not part of the record: the store keeps it as a list of its own.
+    #[serde(default, skip_serializing)]
     pub history: VecDeque<HistoryEntry>,
-    /// The bytes `history` holds (its XML), bounded by the service's limit.
+    /// The bytes `history` holds (its XML).
+    #[serde(default, skip_serializing)]
     pub history_bytes: usize,
+    /// The messages added to the history by the stanza being applied, for
+    /// the store to append.
+    #[serde(skip)]
+    pub appended_history: Vec<HistoryEntry>,
     /// The salt of the room's occupant ids (XEP-0421 section 3: stable per
     /// room and real bare JID, not linkable across rooms).
     pub salt: String,
+    /// The number of the room's last durable change (configuration,
+    /// affiliations, subject) written to the database; a persistent room's
+    /// older write is ignored by the database.
+    #[serde(default)]
+    pub revision: i64,
 }
 
 impl Room {
@@ -195,11 +211,39 @@ impl Room {
             config: RoomConfig::defaults(max_users),
             locked: true,
             affiliations,
+            affiliation_reasons: BTreeMap::new(),
             occupants: Vec::new(),
             subject: Subject::default(),
             history: VecDeque::new(),
             history_bytes: 0,
+            appended_history: Vec::new(),
             salt: uuid::Uuid::new_v4().simple().to_string(),
+            revision: 0,
+        }
+    }
+
+    /// A persistent room as the database keeps it: no occupants, no history,
+    /// configured (so unlocked).
+    pub fn stored(
+        jid: &str,
+        config: RoomConfig,
+        subject: Subject,
+        salt: String,
+        revision: i64,
+    ) -> Self {
+        Room {
+            jid: jid.to_string(),
+            config,
+            locked: false,
+            affiliations: BTreeMap::new(),
+            affiliation_reasons: BTreeMap::new(),
+            occupants: Vec::new(),
+            subject,
+            history: VecDeque::new(),
+            history_bytes: 0,
+            appended_history: Vec::new(),
+            salt,
+            revision,
         }
     }
 
@@ -210,12 +254,32 @@ impl Room {
             .unwrap_or(Affiliation::None)
     }
 
+    /// Set an affiliation; a reason given before goes with the change.
     pub fn set_affiliation(&mut self, bare: &str, affiliation: Affiliation) {
+        self.set_affiliation_with_reason(bare, affiliation, None);
+    }
+
+    /// Set an affiliation with the reason given for it (section 9.1, 9.3).
+    pub fn set_affiliation_with_reason(
+        &mut self,
+        bare: &str,
+        affiliation: Affiliation,
+        reason: Option<String>,
+    ) {
+        self.affiliation_reasons.remove(bare);
         if affiliation == Affiliation::None {
             self.affiliations.remove(bare);
-        } else {
-            self.affiliations.insert(bare.to_string(), affiliation);
+            return;
         }
+        self.affiliations.insert(bare.to_string(), affiliation);
+        if let Some(reason) = reason.filter(|reason| !reason.is_empty()) {
+            self.affiliation_reasons.insert(bare.to_string(), reason);
+        }
+    }
+
+    /// The reason given with `bare`'s affiliation, if any.
+    pub fn affiliation_reason(&self, bare: &str) -> Option<&str> {
+        self.affiliation_reasons.get(bare).map(String::as_str)
     }
 
     pub fn occupant_by_nick(&self, nick: &str) -> Option<&Occupant> {
@@ -252,11 +316,13 @@ impl Room {
         }
     }
 
-    /// Append to the history, dropping the oldest past either limit.
+    /// Append to the history, dropping the oldest past either limit (the
+    /// store bounds the list it keeps the same way).
     pub fn push_history(&mut self, entry: HistoryEntry, max_stanzas: usize, max_bytes: usize) {
         if max_stanzas == 0 || entry.xml.len() > max_bytes {
             return;
         }
+        self.appended_history.push(entry.clone());
         self.history_bytes += entry.xml.len();
         self.history.push_back(entry);
         while self.history.len() > max_stanzas || self.history_bytes > max_bytes {

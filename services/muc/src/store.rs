@@ -1,14 +1,24 @@
 //! Where rooms live between stanzas: in the process (`starling serve`) or
-//! in Redis (the cluster), one record per room, written before the room's
-//! stanzas go out. A stanza is applied under the room's lease: one replica
-//! at a time applies stanzas to a room, in the order it took the lease, so
-//! the room's order is one order for every occupant (docs/muc.md).
+//! in Redis (the cluster), written before the room's stanzas go out. A
+//! stanza is applied under the room's lease: one replica at a time applies
+//! stanzas to a room, in the order it took the lease, so the room's order is
+//! one order for every occupant (docs/muc.md).
 //!
-//! Redis keys: `muc:{<room>}` the room (JSON), `muc:{<room>}:lease` the
-//! lease (a random token, with a TTL so that a killed replica's lease
-//! lapses), `muc:rooms` the set of rooms (for the service's disco#items).
+//! A room is two things: its record (JSON: configuration, affiliations,
+//! occupants, subject; rewritten when it changes) and its history (a list
+//! bounded by the service's limits, appended to by each groupchat message,
+//! so that a message does not rewrite the room).
+//!
+//! Redis keys, all in the room's slot: `muc:{<room>}` the record,
+//! `muc:{<room>}:history` the history (one JSON entry per message, oldest
+//! first), `muc:{<room>}:history_bytes` the bytes the list holds,
+//! `muc:{<room>}:lease` the lease (a random token, with a TTL so that a
+//! killed replica's lease lapses); and `muc:rooms` the set of rooms (for the
+//! service's disco#items). Per stanza: one round trip takes the lease and
+//! reads the room, one writes (only when something changed), one releases.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,17 +37,51 @@ pub struct Lease {
     _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-/// The rooms' records, and the leases that serialise the stanzas applied to each.
+/// A room as read under its lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// The record, `None` when the room is not in the store.
+    pub record: Option<String>,
+    /// The history entries, oldest first (empty unless asked for).
+    pub history: Vec<String>,
+}
+
+/// What a write does to the room's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordWrite<'a> {
+    /// Unchanged (a message that only adds to the history).
+    Keep,
+    Put(&'a str),
+    /// The room is gone, with its history.
+    Delete,
+}
+
+/// The bounds of a room's history (`muc.history_max_stanzas`,
+/// `muc.history_max_bytes`): past either, the oldest entries go. The bytes
+/// are those of the stored entries (the message's XML, its time and sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub max_stanzas: usize,
+    pub max_bytes: usize,
+}
+
+/// The rooms' records and histories, and the leases that serialise the
+/// stanzas applied to each.
 #[async_trait]
 pub trait RoomStore: Send + Sync + 'static {
-    /// Wait for the room's lease (bounded: `ApiError::Unavailable` past it).
-    async fn acquire(&self, room: &str) -> ApiResult<Lease>;
-    /// The room's record, `None` when it does not exist.
-    async fn load(&self, lease: &Lease) -> ApiResult<Option<String>>;
-    /// Write the room's record (`None`: the room is gone); fails when the
-    /// lease lapsed meanwhile, so a stalled replica cannot overwrite the
-    /// work of the one that took over.
-    async fn save(&self, lease: &Lease, record: Option<&str>) -> ApiResult<()>;
+    /// Wait for the room's lease (bounded: `ApiError::Unavailable` past it)
+    /// and read the room under it, with its history when `with_history`.
+    async fn acquire(&self, room: &str, with_history: bool) -> ApiResult<(Lease, Loaded)>;
+    /// Write the record and append `history` entries (then bounded by
+    /// `limits`) as one change; fails when the lease lapsed meanwhile, so a
+    /// stalled replica cannot overwrite the work of the one that took over.
+    async fn save(
+        &self,
+        lease: &Lease,
+        record: RecordWrite<'_>,
+        history: &[String],
+        limits: HistoryLimits,
+    ) -> ApiResult<()>;
     async fn release(&self, lease: Lease);
     /// The rooms that exist, at most `limit`.
     async fn rooms(&self, limit: usize) -> ApiResult<Vec<String>>;
@@ -45,16 +89,32 @@ pub trait RoomStore: Send + Sync + 'static {
     async fn peek(&self, room: &str) -> ApiResult<Option<String>>;
 }
 
+/// The entries to append that fit at all (one larger than the byte bound
+/// is not kept, as none is with a zero stanza bound).
+fn keepable(history: &[String], limits: HistoryLimits) -> impl Iterator<Item = &String> {
+    history
+        .iter()
+        .filter(move |entry| limits.max_stanzas > 0 && entry.len() <= limits.max_bytes)
+}
+
+/// One room in the process.
+#[derive(Default)]
+struct MemoryRoom {
+    record: Option<String>,
+    history: VecDeque<String>,
+    history_bytes: usize,
+}
+
 /// Rooms in this process (`starling serve`).
 #[derive(Default)]
 pub struct MemoryRoomStore {
-    records: Mutex<HashMap<String, String>>,
+    rooms: Mutex<HashMap<String, MemoryRoom>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[async_trait]
 impl RoomStore for MemoryRoomStore {
-    async fn acquire(&self, room: &str) -> ApiResult<Lease> {
+    async fn acquire(&self, room: &str, with_history: bool) -> ApiResult<(Lease, Loaded)> {
         let lock = self
             .locks
             .lock()
@@ -62,23 +122,56 @@ impl RoomStore for MemoryRoomStore {
             .or_default()
             .clone();
         let guard = lock.lock_owned().await;
-        Ok(Lease {
+        let loaded = match self.rooms.lock().get(room) {
+            Some(stored) => Loaded {
+                record: stored.record.clone(),
+                history: if with_history {
+                    stored.history.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                },
+            },
+            None => Loaded::default(),
+        };
+        let lease = Lease {
             room: room.to_string(),
             token: String::new(),
             _guard: Some(guard),
-        })
-    }
-
-    async fn load(&self, lease: &Lease) -> ApiResult<Option<String>> {
-        Ok(self.records.lock().get(&lease.room).cloned())
-    }
-
-    async fn save(&self, lease: &Lease, record: Option<&str>) -> ApiResult<()> {
-        let mut records = self.records.lock();
-        match record {
-            Some(record) => records.insert(lease.room.clone(), record.to_string()),
-            None => records.remove(&lease.room),
         };
+        Ok((lease, loaded))
+    }
+
+    async fn save(
+        &self,
+        lease: &Lease,
+        record: RecordWrite<'_>,
+        history: &[String],
+        limits: HistoryLimits,
+    ) -> ApiResult<()> {
+        let mut rooms = self.rooms.lock();
+        match record {
+            RecordWrite::Delete => {
+                rooms.remove(&lease.room);
+                return Ok(());
+            }
+            RecordWrite::Put(record) => {
+                rooms.entry(lease.room.clone()).or_default().record = Some(record.to_string());
+            }
+            RecordWrite::Keep => {}
+        }
+        let Some(stored) = rooms.get_mut(&lease.room) else {
+            return Ok(());
+        };
+        for entry in keepable(history, limits) {
+            stored.history_bytes += entry.len();
+            stored.history.push_back(entry.clone());
+        }
+        while stored.history.len() > limits.max_stanzas || stored.history_bytes > limits.max_bytes {
+            match stored.history.pop_front() {
+                Some(dropped) => stored.history_bytes -= dropped.len(),
+                None => break,
+            }
+        }
         Ok(())
     }
 
@@ -96,14 +189,24 @@ impl RoomStore for MemoryRoomStore {
     }
 
     async fn rooms(&self, limit: usize) -> ApiResult<Vec<String>> {
-        let mut rooms: Vec<String> = self.records.lock().keys().cloned().collect();
+        let mut rooms: Vec<String> = self
+            .rooms
+            .lock()
+            .iter()
+            .filter(|(_, stored)| stored.record.is_some())
+            .map(|(room, _)| room.clone())
+            .collect();
         rooms.sort_unstable();
         rooms.truncate(limit);
         Ok(rooms)
     }
 
     async fn peek(&self, room: &str) -> ApiResult<Option<String>> {
-        Ok(self.records.lock().get(room).cloned())
+        Ok(self
+            .rooms
+            .lock()
+            .get(room)
+            .and_then(|stored| stored.record.clone()))
     }
 }
 
@@ -113,10 +216,47 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 /// How long a stanza waits for its room's lease before it fails (`wait`).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// Take the lease and read the room in one round trip. KEYS: lease, record,
+/// history; ARGV: token, TTL in ms, '1' to read the history. Nil when the
+/// lease is taken; else {record or nil, history}.
+const ACQUIRE_SCRIPT: &str = r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local history = {}
+if ARGV[3] == '1' then history = redis.call('LRANGE', KEYS[3], 0, -1) end
+return {redis.call('GET', KEYS[2]), history}";
+
+/// Write under the lease, in one round trip. KEYS: record, lease, history,
+/// history bytes; ARGV: token, 'keep'/'put'/'delete', the record, the most
+/// entries, the most bytes, then the entries to append. Returns 0 when the
+/// lease is not the token's, 2 when the record was created, 3 when the room
+/// was deleted, 1 otherwise.
 const SAVE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' then redis.call('SET', KEYS[1], ARGV[3]) else redis.call('DEL', KEYS[1]) end
-return 1";
+if ARGV[2] == 'delete' then
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+  return 3
+end
+local outcome = 1
+if ARGV[2] == 'put' then
+  if redis.call('EXISTS', KEYS[1]) == 0 then outcome = 2 end
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+if #ARGV > 5 then
+  local length = 0
+  local bytes = tonumber(redis.call('GET', KEYS[4]) or '0')
+  for index = 6, #ARGV do
+    length = redis.call('RPUSH', KEYS[3], ARGV[index])
+    bytes = bytes + #ARGV[index]
+  end
+  local max_entries = tonumber(ARGV[4])
+  local max_bytes = tonumber(ARGV[5])
+  while length > 0 and (length > max_entries or bytes > max_bytes) do
+    bytes = bytes - #redis.call('LPOP', KEYS[3])
+    length = length - 1
+  end
+  if length == 0 then redis.call('DEL', KEYS[3], KEYS[4]) else redis.call('SET', KEYS[4], bytes) end
+end
+return outcome";
 
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -125,21 +265,44 @@ return 0";
 /// Rooms in Redis (the cluster): any session-router replica serves any room.
 pub struct RedisRoomStore {
     redis: RedisClient,
+    acquire: Script,
     save: Script,
     release: Script,
+    /// Redis round trips made, for the tests that count them per stanza.
+    round_trips: AtomicU64,
 }
 
 impl RedisRoomStore {
     pub fn new(redis: RedisClient) -> Self {
         RedisRoomStore {
             redis,
+            acquire: Script::new(ACQUIRE_SCRIPT),
             save: Script::new(SAVE_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
+            round_trips: AtomicU64::new(0),
         }
+    }
+
+    /// The Redis round trips this store made so far.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn round_trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
     }
 
     fn record_key(&self, room: &str) -> String {
         self.redis.key(&format!("muc:{}", hash_tag(room)))
+    }
+
+    fn history_key(&self, room: &str) -> String {
+        self.redis.key(&format!("muc:{}:history", hash_tag(room)))
+    }
+
+    fn history_bytes_key(&self, room: &str) -> String {
+        self.redis
+            .key(&format!("muc:{}:history_bytes", hash_tag(room)))
     }
 
     fn lease_key(&self, room: &str) -> String {
@@ -157,27 +320,30 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
 
 #[async_trait]
 impl RoomStore for RedisRoomStore {
-    async fn acquire(&self, room: &str) -> ApiResult<Lease> {
+    async fn acquire(&self, room: &str, with_history: bool) -> ApiResult<(Lease, Loaded)> {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let key = self.lease_key(room);
         let deadline = Instant::now() + ACQUIRE_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         loop {
-            let taken: Option<String> = redis::cmd("SET")
-                .arg(&key)
+            self.round_trip();
+            let taken: Option<(Option<String>, Vec<String>)> = self
+                .acquire
+                .key(self.lease_key(room))
+                .key(self.record_key(room))
+                .key(self.history_key(room))
                 .arg(&token)
-                .arg("NX")
-                .arg("PX")
                 .arg(LEASE_TTL.as_millis() as u64)
-                .query_async(&mut self.redis.connection())
+                .arg(if with_history { "1" } else { "0" })
+                .invoke_async(&mut self.redis.connection())
                 .await
                 .map_err(unavailable)?;
-            if taken.is_some() {
-                return Ok(Lease {
+            if let Some((record, history)) = taken {
+                let lease = Lease {
                     room: room.to_string(),
                     token,
                     _guard: None,
-                });
+                };
+                return Ok((lease, Loaded { record, history }));
             }
             if Instant::now() >= deadline {
                 return Err(ApiError::Unavailable(format!(
@@ -189,34 +355,49 @@ impl RoomStore for RedisRoomStore {
         }
     }
 
-    async fn load(&self, lease: &Lease) -> ApiResult<Option<String>> {
-        redis::cmd("GET")
-            .arg(self.record_key(&lease.room))
-            .query_async(&mut self.redis.connection())
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn save(&self, lease: &Lease, record: Option<&str>) -> ApiResult<()> {
-        let saved: i64 = self
-            .save
+    async fn save(
+        &self,
+        lease: &Lease,
+        record: RecordWrite<'_>,
+        history: &[String],
+        limits: HistoryLimits,
+    ) -> ApiResult<()> {
+        let mut invocation = self.save.prepare_invoke();
+        invocation
             .key(self.record_key(&lease.room))
             .key(self.lease_key(&lease.room))
-            .arg(&lease.token)
-            .arg(if record.is_some() { "1" } else { "0" })
-            .arg(record.unwrap_or_default())
+            .key(self.history_key(&lease.room))
+            .key(self.history_bytes_key(&lease.room))
+            .arg(&lease.token);
+        match record {
+            RecordWrite::Keep => invocation.arg("keep").arg(""),
+            RecordWrite::Put(record) => invocation.arg("put").arg(record),
+            RecordWrite::Delete => invocation.arg("delete").arg(""),
+        };
+        invocation.arg(limits.max_stanzas).arg(limits.max_bytes);
+        for entry in keepable(history, limits) {
+            invocation.arg(entry);
+        }
+        self.round_trip();
+        let outcome: i64 = invocation
             .invoke_async(&mut self.redis.connection())
             .await
             .map_err(unavailable)?;
-        if saved == 0 {
-            return Err(ApiError::Unavailable(format!(
-                "the lease of room {} lapsed before its change was written",
-                lease.room
-            )));
-        }
-        // The index lives in another slot (Redis Cluster): updated after.
-        let command = if record.is_some() { "SADD" } else { "SREM" };
-        redis::cmd(command)
+        let index_command = match outcome {
+            0 => {
+                return Err(ApiError::Unavailable(format!(
+                    "the lease of room {} lapsed before its change was written",
+                    lease.room
+                )))
+            }
+            2 => "SADD",
+            3 => "SREM",
+            _ => return Ok(()),
+        };
+        // The index lives in another slot (Redis Cluster): updated after,
+        // only when the room comes or goes.
+        self.round_trip();
+        redis::cmd(index_command)
             .arg(self.rooms_key())
             .arg(&lease.room)
             .query_async::<()>(&mut self.redis.connection())
@@ -225,6 +406,7 @@ impl RoomStore for RedisRoomStore {
     }
 
     async fn release(&self, lease: Lease) {
+        self.round_trip();
         let released: Result<i64, _> = self
             .release
             .key(self.lease_key(&lease.room))
@@ -264,38 +446,96 @@ impl RoomStore for RedisRoomStore {
 mod tests {
     use super::*;
 
+    const LIMITS: HistoryLimits = HistoryLimits {
+        max_stanzas: 3,
+        max_bytes: 10,
+    };
+
     /// What every store does: one lease per room at a time, records
-    /// written, read, listed and removed.
+    /// written, read, listed and removed, histories appended and bounded.
     async fn contract(store: Arc<dyn RoomStore>) {
-        let lease = store.acquire("r@muc").await.unwrap();
+        let (lease, loaded) = store.acquire("r@muc", true).await.unwrap();
+        assert_eq!(loaded, Loaded::default());
         let waiting = {
             let store = store.clone();
             tokio::spawn(async move {
-                let lease = store.acquire("r@muc").await.unwrap();
-                let seen = store.load(&lease).await.unwrap();
+                let (lease, seen) = store.acquire("r@muc", false).await.unwrap();
                 store.release(lease).await;
                 seen
             })
         };
         // Another room is not held up by this one's lease.
-        let other = store.acquire("s@muc").await.unwrap();
+        let (other, _) = store.acquire("s@muc", false).await.unwrap();
         store.release(other).await;
-        assert_eq!(store.load(&lease).await.unwrap(), None);
-        store.save(&lease, Some("{\"v\":1}")).await.unwrap();
+        store
+            .save(
+                &lease,
+                RecordWrite::Put("{\"v\":1}"),
+                &["aa".into()],
+                LIMITS,
+            )
+            .await
+            .unwrap();
         assert!(!waiting.is_finished());
         store.release(lease).await;
-        // The waiter took the lease after the write, and saw it.
-        assert_eq!(waiting.await.unwrap().as_deref(), Some("{\"v\":1}"));
+        // The waiter took the lease after the write, and saw it (without
+        // the history, which it did not ask for).
+        assert_eq!(
+            waiting.await.unwrap(),
+            Loaded {
+                record: Some("{\"v\":1}".into()),
+                history: Vec::new()
+            }
+        );
         assert_eq!(
             store.peek("r@muc").await.unwrap().as_deref(),
             Some("{\"v\":1}")
         );
         assert_eq!(store.rooms(10).await.unwrap(), vec!["r@muc".to_string()]);
-        let lease = store.acquire("r@muc").await.unwrap();
-        store.save(&lease, None).await.unwrap();
+
+        // Appends keep the record and bound the list: at most 3 entries, at
+        // most 10 bytes; an entry larger than the bound is not kept.
+        let (lease, _) = store.acquire("r@muc", false).await.unwrap();
+        store
+            .save(
+                &lease,
+                RecordWrite::Keep,
+                &["bb".into(), "cc".into(), "dd".into(), "x".repeat(11)],
+                LIMITS,
+            )
+            .await
+            .unwrap();
+        store.release(lease).await;
+        let (lease, loaded) = store.acquire("r@muc", true).await.unwrap();
+        assert_eq!(loaded.record.as_deref(), Some("{\"v\":1}"));
+        assert_eq!(loaded.history, ["bb", "cc", "dd"]);
+        store
+            .save(&lease, RecordWrite::Keep, &["eeeeeee".into()], LIMITS)
+            .await
+            .unwrap();
+        store.release(lease).await;
+        let (lease, loaded) = store.acquire("r@muc", true).await.unwrap();
+        assert_eq!(loaded.history, ["dd", "eeeeeee"]);
+        // A new record leaves the history.
+        store
+            .save(&lease, RecordWrite::Put("{\"v\":2}"), &[], LIMITS)
+            .await
+            .unwrap();
+        store.release(lease).await;
+        let (lease, loaded) = store.acquire("r@muc", true).await.unwrap();
+        assert_eq!(loaded.record.as_deref(), Some("{\"v\":2}"));
+        assert_eq!(loaded.history, ["dd", "eeeeeee"]);
+        // Deleted: the record and the history go.
+        store
+            .save(&lease, RecordWrite::Delete, &[], LIMITS)
+            .await
+            .unwrap();
         store.release(lease).await;
         assert_eq!(store.peek("r@muc").await.unwrap(), None);
         assert!(store.rooms(10).await.unwrap().is_empty());
+        let (lease, loaded) = store.acquire("r@muc", true).await.unwrap();
+        assert_eq!(loaded, Loaded::default());
+        store.release(lease).await;
     }
 
     #[tokio::test]
@@ -320,23 +560,44 @@ mod tests {
             return;
         };
         let store = RedisRoomStore::new(redis.clone());
-        let lease = store.acquire("r@muc").await.unwrap();
+        let (lease, _) = store.acquire("r@muc", false).await.unwrap();
         // The lease lapses (its replica stalled past LEASE_TTL) and another takes the room.
         redis::cmd("DEL")
             .arg(store.lease_key("r@muc"))
             .query_async::<()>(&mut redis.connection())
             .await
             .unwrap();
-        let successor = store.acquire("r@muc").await.unwrap();
-        store.save(&successor, Some("new")).await.unwrap();
-        assert!(matches!(
-            store.save(&lease, Some("stale")).await,
-            Err(ApiError::Unavailable(_))
-        ));
+        let (successor, _) = store.acquire("r@muc", false).await.unwrap();
+        store
+            .save(&successor, RecordWrite::Put("new"), &[], LIMITS)
+            .await
+            .unwrap();
+        // Neither a record nor a history append of the stale lease is written.
+        for (record, history) in [
+            (RecordWrite::Put("stale"), Vec::new()),
+            (RecordWrite::Keep, vec!["stale".to_string()]),
+            (RecordWrite::Delete, Vec::new()),
+        ] {
+            assert!(matches!(
+                store.save(&lease, record, &history, LIMITS).await,
+                Err(ApiError::Unavailable(_))
+            ));
+        }
         // Releasing the stale lease leaves the successor's alone.
         store.release(lease).await;
-        store.save(&successor, Some("newer")).await.unwrap();
+        store
+            .save(&successor, RecordWrite::Put("newer"), &[], LIMITS)
+            .await
+            .unwrap();
         store.release(successor).await;
-        assert_eq!(store.peek("r@muc").await.unwrap().as_deref(), Some("newer"));
+        let (lease, loaded) = store.acquire("r@muc", true).await.unwrap();
+        assert_eq!(
+            loaded,
+            Loaded {
+                record: Some("newer".into()),
+                history: Vec::new()
+            }
+        );
+        store.release(lease).await;
     }
 }

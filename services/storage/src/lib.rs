@@ -158,6 +158,7 @@ mod accounts;
 mod archive;
 mod blocking;
 mod fast;
+mod muc;
 mod offline;
 mod pep;
 mod push;

@@ -41,6 +41,24 @@ impl fmt::Display for AccountAddress<'_> {
     }
 }
 
+/// A multi-user chat room's key in `muc_rooms`: its service's domain and
+/// its localpart (XEP-0045: `room@service`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RoomAddress<'a> {
+    pub(crate) service: &'a str,
+    pub(crate) localpart: &'a str,
+}
+
+impl<'a> RoomAddress<'a> {
+    /// `None` for a JID without a localpart, which names no room.
+    pub(crate) fn of(room: &'a BareJid) -> Option<Self> {
+        Some(RoomAddress {
+            service: room.domain(),
+            localpart: room.node()?,
+        })
+    }
+}
+
 /// One row of `scram_credentials`.
 pub(crate) struct CredentialsRow {
     pub(crate) hash: String,

@@ -306,6 +306,8 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "archive_pref_jids",
             "blocklist_items",
             "fast_tokens",
+            "muc_affiliations",
+            "muc_rooms",
             "offline_messages",
             "caps_features",
             "pep_items",

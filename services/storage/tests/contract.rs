@@ -55,6 +55,7 @@ fn is_not_found<T: std::fmt::Debug>(result: &Result<T, ApiError>) -> bool {
 pub mod cases {
     pub use super::archive_cases::*;
     pub use super::blocking_cases::*;
+    pub use super::muc_cases::*;
     pub use super::pep_cases::*;
     pub use super::push_cases::*;
     pub use super::upload_cases::*;
@@ -1550,6 +1551,9 @@ macro_rules! contract_suite {
 }
 
 contract_suite!(
+    muc_rooms_are_written_whole_by_revision_and_removed,
+    muc_rooms_are_listed_per_service_when_public,
+    muc_rooms_refuse_unknown_affiliations,
     push_registrations_enable_replace_remove_and_cap,
     push_documents_move_into_the_table,
     upload_slots_count_against_the_quota_and_complete_once,
@@ -1591,6 +1595,150 @@ contract_suite!(
     concurrent_offline_stores_respect_the_cap,
     concurrent_takes_never_return_a_message_twice,
 );
+
+/// Persistent multi-user chat rooms (XEP-0045).
+pub mod muc_cases {
+    use super::*;
+    use starling_api::{MucAffiliation, MucRoomRecord, MucRoomStore};
+
+    fn affiliation(jid: &str, name: &str, reason: Option<&str>) -> MucAffiliation {
+        MucAffiliation {
+            jid: jid.into(),
+            affiliation: name.into(),
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    fn room(jid_text: &str, revision: i64, public: bool) -> MucRoomRecord {
+        MucRoomRecord {
+            jid: jid(jid_text),
+            revision,
+            name: format!("{jid_text} at {revision}"),
+            public,
+            config: format!("{{\"revision\":{revision}}}"),
+            subject: "Fire".into(),
+            subject_nick: "witch".into(),
+            occupant_id_salt: "salt".into(),
+            // In the order they are read back: by JID.
+            affiliations: vec![
+                affiliation("member@example.org", "member", None),
+                affiliation("owner@example.org", "owner", None),
+                affiliation("troll@example.org", "outcast", Some("Treason")),
+            ],
+        }
+    }
+
+    pub async fn muc_rooms_are_written_whole_by_revision_and_removed(storage: Storage) {
+        let coven = jid("coven@chat.example.org");
+        assert_eq!(storage.muc_room(&coven).await.unwrap(), None);
+        let first = room("coven@chat.example.org", 1, true);
+        assert!(storage.put_muc_room(&first).await.unwrap());
+        assert_eq!(storage.muc_room(&coven).await.unwrap(), Some(first.clone()));
+
+        // A newer revision replaces everything, the affiliations included.
+        let mut second = room("coven@chat.example.org", 2, false);
+        second.subject = String::new();
+        second.affiliations = vec![
+            affiliation("admin@example.org", "admin", None),
+            affiliation("owner@example.org", "owner", None),
+        ];
+        assert!(storage.put_muc_room(&second).await.unwrap());
+        assert_eq!(
+            storage.muc_room(&coven).await.unwrap(),
+            Some(second.clone())
+        );
+
+        // An older or equal revision (a stalled writer's) changes nothing.
+        assert!(!storage.put_muc_room(&first).await.unwrap());
+        let mut same = second.clone();
+        same.name = "late".into();
+        assert!(!storage.put_muc_room(&same).await.unwrap());
+        assert_eq!(storage.muc_room(&coven).await.unwrap(), Some(second));
+
+        // Another room, and the same localpart at another service, are apart.
+        let other = room("other@chat.example.org", 7, true);
+        let elsewhere = room("coven@muc.example.net", 3, true);
+        storage.put_muc_room(&other).await.unwrap();
+        storage.put_muc_room(&elsewhere).await.unwrap();
+        assert!(storage.remove_muc_room(&coven).await.unwrap());
+        assert!(!storage.remove_muc_room(&coven).await.unwrap());
+        assert_eq!(storage.muc_room(&coven).await.unwrap(), None);
+        assert_eq!(storage.muc_room(&other.jid).await.unwrap(), Some(other));
+        assert_eq!(
+            storage.muc_room(&elsewhere.jid).await.unwrap(),
+            Some(elsewhere)
+        );
+        // Created again after its removal: from any revision.
+        assert!(storage.put_muc_room(&first).await.unwrap());
+        assert_eq!(storage.muc_room(&coven).await.unwrap(), Some(first));
+        // A domain alone names no room.
+        assert_eq!(
+            storage.muc_room(&jid("chat.example.org")).await.unwrap(),
+            None
+        );
+    }
+
+    pub async fn muc_rooms_are_listed_per_service_when_public(storage: Storage) {
+        for (name, public) in [("b", true), ("a", true), ("hidden", false), ("c", true)] {
+            storage
+                .put_muc_room(&room(&format!("{name}@chat.example.org"), 1, public))
+                .await
+                .unwrap();
+        }
+        storage
+            .put_muc_room(&room("d@muc.example.net", 1, true))
+            .await
+            .unwrap();
+        let listed = storage
+            .listed_muc_rooms("chat.example.org", 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|room| (room.jid.to_string(), room.name.clone()))
+                .collect::<Vec<_>>(),
+            ["a", "b", "c"]
+                .map(|name| (
+                    format!("{name}@chat.example.org"),
+                    format!("{name}@chat.example.org at 1")
+                ))
+                .to_vec()
+        );
+        assert_eq!(
+            storage
+                .listed_muc_rooms("chat.example.org", 2)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(storage
+            .listed_muc_rooms("nowhere.example", 10)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    pub async fn muc_rooms_refuse_unknown_affiliations(storage: Storage) {
+        let mut bad = room("coven@chat.example.org", 1, true);
+        bad.affiliations
+            .push(affiliation("x@example.org", "none", None));
+        let refused = storage.put_muc_room(&bad).await;
+        assert!(matches!(refused, Err(ApiError::Invalid(_))), "{refused:?}");
+        let mut twice = room("coven@chat.example.org", 1, true);
+        twice
+            .affiliations
+            .push(affiliation("owner@example.org", "member", None));
+        let refused = storage.put_muc_room(&twice).await;
+        assert!(matches!(refused, Err(ApiError::Invalid(_))), "{refused:?}");
+        let mut nul = room("coven@chat.example.org", 1, true);
+        nul.subject = "a\0b".into();
+        let refused = storage.put_muc_room(&nul).await;
+        assert!(matches!(refused, Err(ApiError::Invalid(_))), "{refused:?}");
+        assert_eq!(storage.muc_room(&bad.jid).await.unwrap(), None);
+    }
+}
 
 /// Push registrations (XEP-0357).
 pub mod push_cases {

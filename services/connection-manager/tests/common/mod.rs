@@ -359,6 +359,29 @@ impl starling_api::UploadStore for FakeStorage {
 }
 
 #[async_trait]
+impl starling_api::MucRoomStore for FakeStorage {
+    async fn muc_room(&self, _room: &BareJid) -> ApiResult<Option<starling_api::MucRoomRecord>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn put_muc_room(&self, _room: &starling_api::MucRoomRecord) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn remove_muc_room(&self, _room: &BareJid) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn listed_muc_rooms(
+        &self,
+        _domain: &str,
+        _limit: u32,
+    ) -> ApiResult<Vec<starling_api::ListedMucRoom>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
+#[async_trait]
 impl starling_api::PushStore for FakeStorage {
     async fn push_registrations(
         &self,

@@ -357,6 +357,29 @@ impl starling_api::UploadStore for UnavailableStorage {
 }
 
 #[async_trait]
+impl starling_api::MucRoomStore for UnavailableStorage {
+    async fn muc_room(&self, _room: &BareJid) -> ApiResult<Option<starling_api::MucRoomRecord>> {
+        Err(database_down())
+    }
+
+    async fn put_muc_room(&self, _room: &starling_api::MucRoomRecord) -> ApiResult<bool> {
+        Err(database_down())
+    }
+
+    async fn remove_muc_room(&self, _room: &BareJid) -> ApiResult<bool> {
+        Err(database_down())
+    }
+
+    async fn listed_muc_rooms(
+        &self,
+        _domain: &str,
+        _limit: u32,
+    ) -> ApiResult<Vec<starling_api::ListedMucRoom>> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
 impl starling_api::PushStore for UnavailableStorage {
     async fn push_registrations(
         &self,
