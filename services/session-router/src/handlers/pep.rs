@@ -48,6 +48,8 @@ pub(crate) const ACCOUNT_PEP_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#auto-create",
     "http://jabber.org/protocol/pubsub#auto-subscribe",
     "http://jabber.org/protocol/pubsub#config-node",
+    // XEP-0060 (1.24) section 16.4.3: `max` is a value of pubsub#max_items.
+    "http://jabber.org/protocol/pubsub#config-node-max",
     "http://jabber.org/protocol/pubsub#create-and-configure",
     "http://jabber.org/protocol/pubsub#create-nodes",
     "http://jabber.org/protocol/pubsub#delete-items",

@@ -92,6 +92,7 @@ const ACCOUNT_INFO: &str = concat!(
     "<feature var='http://jabber.org/protocol/pubsub#auto-create'/>",
     "<feature var='http://jabber.org/protocol/pubsub#auto-subscribe'/>",
     "<feature var='http://jabber.org/protocol/pubsub#config-node'/>",
+    "<feature var='http://jabber.org/protocol/pubsub#config-node-max'/>",
     "<feature var='http://jabber.org/protocol/pubsub#create-and-configure'/>",
     "<feature var='http://jabber.org/protocol/pubsub#create-nodes'/>",
     "<feature var='http://jabber.org/protocol/pubsub#delete-items'/>",
