@@ -129,6 +129,28 @@ def png(width=24, height=16):
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
+def converse_config(ws_url, alice, alice_pw):
+    """The settings of the test page: alice logs in by herself over WebSocket."""
+    return {
+        "websocket_url": ws_url,
+        "discover_connection_methods": False,
+        "authentication": "login",
+        "auto_login": True,
+        "jid": alice,
+        "password": alice_pw,
+        "view_mode": "fullscreen",
+        "i18n": "en",
+        "assets_path": "/dist/",
+        "allow_non_roster_messaging": True,  # the contacts menu's "Start a new chat"
+        "show_controlbox_by_default": True,
+        "play_sounds": False,
+        "show_desktop_notifications": False,
+        "loglevel": "info",
+        # OMEMO would fetch a wasm file and device lists the tests have no use for.
+        "blacklisted_plugins": ["converse-omemo"],
+    }
+
+
 async def share_roster(server, alice, alice_pw, bob):
     """Alice and bob subscribe to each other (alice from a TCP session that then
     ends), so Converse shows bob as a contact. Converse 14 needs that here: for
@@ -156,26 +178,7 @@ async def test_converse_in_chromium_chats_and_sends_a_picture_to_slixmpp_over_tc
     tcp.auto_subscribe = True
     await share_roster(server, alice, alice_pw, bob)
 
-    page_url = web_page(
-        {
-            "websocket_url": f"ws://127.0.0.1:{server.http}/xmpp-websocket",
-            "discover_connection_methods": False,
-            "authentication": "login",
-            "auto_login": True,
-            "jid": alice,
-            "password": alice_pw,
-            "view_mode": "fullscreen",
-            "i18n": "en",
-            "assets_path": "/dist/",
-            "allow_non_roster_messaging": True,  # the contacts menu's "Start a new chat"
-            "show_controlbox_by_default": True,
-            "play_sounds": False,
-            "show_desktop_notifications": False,
-            "loglevel": "info",
-            # OMEMO would fetch a wasm file and device lists the test has no use for.
-            "blacklisted_plugins": ["converse-omemo"],
-        }
-    )
+    page_url = web_page(converse_config(f"ws://127.0.0.1:{server.http}/xmpp-websocket", alice, alice_pw))
     screenshot = tmp_path / "converse.png"
     picture = tmp_path / "picture.png"
     picture.write_bytes(png())
@@ -248,26 +251,6 @@ async def test_converse_in_chromium_chats_and_sends_a_picture_to_slixmpp_over_tc
 
 ACCOUNT_SCRIPT = WEB_DIR / "converse_account.mjs"
 BOOKMARKS2 = "urn:xmpp:bookmarks:1"
-
-
-def converse_config(ws_url, alice, alice_pw):
-    return {
-        "websocket_url": ws_url,
-        "discover_connection_methods": False,
-        "authentication": "login",
-        "auto_login": True,
-        "jid": alice,
-        "password": alice_pw,
-        "view_mode": "fullscreen",
-        "i18n": "en",
-        "assets_path": "/dist/",
-        "allow_non_roster_messaging": True,
-        "show_controlbox_by_default": True,
-        "play_sounds": False,
-        "show_desktop_notifications": False,
-        "loglevel": "info",
-        "blacklisted_plugins": ["converse-omemo"],
-    }
 
 
 def bookmarks2_item(client, name, autojoin):

@@ -16,68 +16,17 @@
 // Each step goes to stdout as one JSON line (with the texts the page shows);
 // the browser's console goes to stderr; a screenshot is saved to SCREENSHOT.
 // Environment: PAGE_URL, SCREENSHOT, CHROMIUM (default /usr/bin/chromium),
-// and the optional ones above.
+// and the optional ones above. The browser part is converse_browser.mjs.
 
-import { chromium } from "playwright-core";
+import { openPage, report } from "./converse_browser.mjs";
 
 const { PAGE_URL, SCREENSHOT, BOOKMARK_NAME, PEER, ROOM, NICK, ROOM_MESSAGE, ROOM_REPLY } = process.env;
 const HISTORY = process.env.HISTORY ? JSON.parse(process.env.HISTORY) : [];
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const STEP_MS = 30_000;
-const TOTAL_MS = 150_000;
 
-function report(event) {
-  process.stdout.write(JSON.stringify(event) + "\n");
-}
+const { browser, page, fail } = await openPage(PAGE_URL, { screenshot: SCREENSHOT, totalMs: 150_000 });
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
-
-let page;
-const timer = setTimeout(async () => {
-  report({ event: "timeout" });
-  if (page) {
-    await page.screenshot({ path: SCREENSHOT }).catch(() => {});
-  }
-  process.exit(2);
-}, TOTAL_MS);
-timer.unref();
-
-async function fail(step, error) {
-  report({ event: "error", step, message: String(error) });
-  if (page) {
-    const dom = await page
-      .evaluate(() => (document.querySelector("converse-root") || document.body).outerHTML)
-      .catch(() => "");
-    process.stderr.write(`[dom] ${dom}\n`);
-    await page.screenshot({ path: SCREENSHOT, fullPage: true }).catch(() => {});
-  }
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
-
-let step = "open page";
+let step;
 try {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  page = await context.newPage();
-  page.setDefaultTimeout(STEP_MS);
-  page.on("console", (message) => process.stderr.write(`[console.${message.type()}] ${message.text()}\n`));
-  page.on("pageerror", (error) => process.stderr.write(`[pageerror] ${error}\n`));
-  await context.route(/^https?:\/\/(?!127\.0\.0\.1[:/])/, (route) => route.abort("blockedbyclient"));
-  page.on("websocket", (ws) => report({ event: "websocket", url: ws.url() }));
-  await page.goto(PAGE_URL);
-
   step = "log in";
   const menu = page.locator("converse-roster .dropdown--contacts .dropdown-toggle");
   await menu.waitFor({ state: "visible" });

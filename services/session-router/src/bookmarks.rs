@@ -153,10 +153,22 @@ impl SessionRouter {
         direction: &str,
         outcome: ApiResult<&'static str>,
     ) {
+        self.count_bookmark_conversion("bookmarks", owner, direction, outcome);
+    }
+
+    /// Count one bookmark conversion's outcome (a failure logged) under
+    /// `conversion` (`bookmarks`: XEP-0411; `bookmarks2`: XEP-0402 section 5).
+    pub(crate) fn count_bookmark_conversion(
+        &self,
+        conversion: &str,
+        owner: &BareJid,
+        direction: &str,
+        outcome: ApiResult<&'static str>,
+    ) {
         let label = outcome.unwrap_or_else(|error| {
-            tracing::warn!(owner = %owner, direction, %error, "bookmarks conversion failed");
+            tracing::warn!(owner = %owner, conversion, direction, %error, "bookmarks conversion failed");
             "failed"
         });
-        self.metrics.count_conversion("bookmarks", direction, label);
+        self.metrics.count_conversion(conversion, direction, label);
     }
 }

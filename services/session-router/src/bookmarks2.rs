@@ -323,11 +323,7 @@ impl SessionRouter {
     }
 
     fn count_bookmarks2(&self, owner: &BareJid, direction: &str, outcome: ApiResult<&'static str>) {
-        let label = outcome.unwrap_or_else(|error| {
-            tracing::warn!(owner = %owner, direction, %error, "bookmarks 2 conversion failed");
-            "failed"
-        });
-        self.metrics.count_conversion("bookmarks2", direction, label);
+        self.count_bookmark_conversion("bookmarks2", owner, direction, outcome);
     }
 }
 

@@ -281,6 +281,25 @@ async fn owner_roster_groups(
     Ok(roster_groups(items.into_iter().flat_map(|item| item.groups)))
 }
 
+/// The `jid` of an owner's list entry (an affiliation, a subscription);
+/// `bad-request` with `text` when it is missing or not a `J`.
+fn entry_jid<J: std::str::FromStr>(entry: &Element, text: &'static str) -> Result<J, PubsubError> {
+    entry
+        .attr("jid")
+        .and_then(|jid| jid.parse::<J>().ok())
+        .ok_or_else(|| PubsubError::new(StanzaErrorCondition::BadRequest).text(text))
+}
+
+/// A storage error of an owner's list change: a bound reached is `policy-violation`.
+fn limit_is_policy_violation(error: ApiError) -> PubsubError {
+    match error {
+        ApiError::LimitReached(text) => {
+            PubsubError::new(StanzaErrorCondition::PolicyViolation).text(text)
+        }
+        other => PubsubError::from_api(&other),
+    }
+}
+
 fn not_owner() -> PubsubError {
     // XEP-0060 section 7.1.3.1 (and 7.2.3.1, 8.2.3.2, 8.4.3.1).
     PubsubError::new(StanzaErrorCondition::Forbidden)
@@ -922,13 +941,7 @@ impl Pep {
                     .children()
                     .filter(|child| child.name() == "affiliation")
                 {
-                    let jid = affiliation
-                        .attr("jid")
-                        .and_then(|jid| jid.parse::<BareJid>().ok())
-                        .ok_or_else(|| {
-                            PubsubError::new(StanzaErrorCondition::BadRequest)
-                                .text("an affiliation names a bare jid")
-                        })?;
+                    let jid: BareJid = entry_jid(affiliation, "an affiliation names a bare jid")?;
                     if &jid == owner {
                         // Section 8.9.2.4: the owner stays the owner.
                         return Err(PubsubError::new(StanzaErrorCondition::NotAcceptable)
@@ -952,12 +965,7 @@ impl Pep {
                         settings.max_whitelist_per_node,
                     )
                     .await
-                    .map_err(|error| match error {
-                        ApiError::LimitReached(text) => {
-                            PubsubError::new(StanzaErrorCondition::PolicyViolation).text(text)
-                        }
-                        other => PubsubError::from_api(&other),
-                    })?;
+                    .map_err(limit_is_policy_violation)?;
                 Ok(stanza::iq_result(iq))
             }
             (_, "purge") => Err(PubsubError::unsupported("purge-nodes")),
@@ -1142,13 +1150,7 @@ impl Pep {
             .children()
             .filter(|child| child.name() == "subscription")
         {
-            let jid = entry
-                .attr("jid")
-                .and_then(|jid| jid.parse::<Jid>().ok())
-                .ok_or_else(|| {
-                    PubsubError::new(StanzaErrorCondition::BadRequest)
-                        .text("a subscription names a jid")
-                })?;
+            let jid: Jid = entry_jid(entry, "a subscription names a jid")?;
             let state = match entry.attr("subscription") {
                 Some("subscribed") => Some(PepSubscriptionState::Subscribed),
                 Some("none") => None,
@@ -1170,12 +1172,7 @@ impl Pep {
                     router.config.pep.max_subscriptions_per_node,
                 )
                 .await
-                .map_err(|error| match error {
-                    ApiError::LimitReached(text) => {
-                        PubsubError::new(StanzaErrorCondition::PolicyViolation).text(text)
-                    }
-                    other => PubsubError::from_api(&other),
-                })?;
+                .map_err(limit_is_policy_violation)?;
             router
                 .pep_subscription_changed(owner, &node, &jid, previous, state, true)
                 .await;
