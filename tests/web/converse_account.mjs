@@ -18,7 +18,7 @@
 // Environment: PAGE_URL, SCREENSHOT, CHROMIUM (default /usr/bin/chromium),
 // and the optional ones above. The browser part is converse_browser.mjs.
 
-import { openPage, report } from "./converse_browser.mjs";
+import { openPage, report, sendInView, shownMessages } from "./converse_browser.mjs";
 
 const { PAGE_URL, SCREENSHOT, BOOKMARK_NAME, PEER, ROOM, NICK, ROOM_MESSAGE, ROOM_REPLY } = process.env;
 const HISTORY = process.env.HISTORY ? JSON.parse(process.env.HISTORY) : [];
@@ -64,11 +64,14 @@ try {
     await page.locator("converse-rooms-list converse-dropdown .dropdown-toggle").click();
     await page.locator("converse-rooms-list a.show-add-muc-modal").click();
     const modal = page.locator("converse-add-muc-modal");
+    const chatroom = modal.locator('input[name="chatroom"]');
+    // The dialog rendered (its nickname field, when Converse knows no nick, with it).
+    await chatroom.waitFor({ state: "visible" });
     const nickname = modal.locator('input[name="nickname"]');
     if (await nickname.count()) {
       await nickname.fill(NICK);
     }
-    await modal.locator('input[name="chatroom"]').fill(ROOM);
+    await chatroom.fill(ROOM);
     await modal.locator('form input[type="submit"]').click();
     const muc = page.locator(`converse-muc[jid="${ROOM}"]`);
     const textarea = muc.locator("textarea.chat-textarea");
@@ -76,16 +79,11 @@ try {
     report({ event: "room-joined", room: ROOM });
 
     step = "room message";
-    await textarea.click();
-    await textarea.fill(ROOM_MESSAGE);
-    await textarea.press("Enter");
-    await muc.locator(".chat-msg__text", { hasText: ROOM_MESSAGE }).first().waitFor({ state: "visible" });
+    await sendInView(muc, ROOM_MESSAGE);
     report({ event: "room-sent", body: ROOM_MESSAGE });
 
     step = "room reply";
-    await muc.locator(".chat-msg__text", { hasText: ROOM_REPLY }).first().waitFor({ state: "visible", timeout: 60_000 });
-    const shown = await muc.locator(".chat-msg__text").allInnerTexts();
-    report({ event: "room-shown", messages: shown.map((text) => text.trim()) });
+    report({ event: "room-shown", messages: await shownMessages(muc, ROOM_REPLY) });
   }
 
   step = "screenshot";

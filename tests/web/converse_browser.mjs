@@ -72,3 +72,20 @@ export async function openPage(pageUrl, { screenshot, totalMs, stepMs = 30_000 }
   }
   return { browser, page, fail };
 }
+
+/** Type `text` in the message box of `view` (a converse-chat or a
+ * converse-muc), press Enter, and wait until the view shows it. */
+export async function sendInView(view, text) {
+  const textarea = view.locator("textarea.chat-textarea");
+  await textarea.click();
+  await textarea.fill(text);
+  await textarea.press("Enter");
+  await view.locator(".chat-msg__text", { hasText: text }).first().waitFor({ state: "visible" });
+}
+
+/** Once `view` shows `text`: the texts of all the messages it shows. */
+export async function shownMessages(view, text, timeout = 60_000) {
+  await view.locator(".chat-msg__text", { hasText: text }).first().waitFor({ state: "visible", timeout });
+  const shown = await view.locator(".chat-msg__text").allInnerTexts();
+  return shown.map((shownText) => shownText.trim());
+}

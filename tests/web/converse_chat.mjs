@@ -14,7 +14,7 @@
 // UPLOAD_FILE (optional), CHROMIUM (default /usr/bin/chromium). The browser
 // part is converse_browser.mjs.
 
-import { openPage, report } from "./converse_browser.mjs";
+import { openPage, report, sendInView, shownMessages } from "./converse_browser.mjs";
 
 const { PAGE_URL, PEER, MESSAGE, REPLY, SCREENSHOT, UPLOAD_FILE } = process.env;
 
@@ -40,16 +40,11 @@ try {
   report({ event: "chat-open", peer: PEER });
 
   step = "send";
-  await textarea.click();
-  await textarea.fill(MESSAGE);
-  await textarea.press("Enter");
-  await chat.locator(".chat-msg__text", { hasText: MESSAGE }).first().waitFor({ state: "visible" });
+  await sendInView(chat, MESSAGE);
   report({ event: "sent", body: MESSAGE });
 
   step = "receive reply";
-  await chat.locator(".chat-msg__text", { hasText: REPLY }).first().waitFor({ state: "visible", timeout: 60_000 });
-  const shown = await chat.locator(".chat-msg__text").allInnerTexts();
-  report({ event: "reply-shown", messages: shown.map((text) => text.trim()) });
+  report({ event: "reply-shown", messages: await shownMessages(chat, REPLY) });
 
   if (UPLOAD_FILE) {
     step = "upload";
