@@ -167,6 +167,27 @@ impl Storage for StorageGrpcServer {
         pep::put_caps(&self.api, request).await
     }
 
+    async fn get_pep_subscriptions(
+        &self,
+        request: Request<proto::GetPepSubscriptionsRequest>,
+    ) -> Result<Response<proto::GetPepSubscriptionsResponse>, Status> {
+        pep::get_pep_subscriptions(&self.api, request).await
+    }
+
+    async fn set_pep_subscription(
+        &self,
+        request: Request<proto::SetPepSubscriptionRequest>,
+    ) -> Result<Response<proto::SetPepSubscriptionResponse>, Status> {
+        pep::set_pep_subscription(&self.api, request).await
+    }
+
+    async fn get_pep_subscribed_nodes(
+        &self,
+        request: Request<proto::GetPepSubscribedNodesRequest>,
+    ) -> Result<Response<proto::GetPepSubscribedNodesResponse>, Status> {
+        pep::get_pep_subscribed_nodes(&self.api, request).await
+    }
+
     async fn create_account(
         &self,
         request: Request<proto::CreateAccountRequest>,

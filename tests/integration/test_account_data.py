@@ -242,3 +242,74 @@ async def test_bookmarks_conversion_in_one_process(server):
 async def test_bookmarks_conversion_across_two_connection_managers(cluster):  # noqa: F811 (the fixture)
     alice, alice_pw = cluster.add_user("alice")
     await bookmarks_conversion_scenario(cluster.node("cm-1"), cluster.node("cm-2"), alice, alice_pw)
+
+
+BOOKMARKS2 = "urn:xmpp:bookmarks:1"
+
+
+def bookmarks2_options(client):
+    """The publish-options of XEP-0402 section 3.2."""
+    form = client.plugin["xep_0004"].make_form(ftype="submit")
+    form.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+    for var, value in (("persist_items", "true"), ("max_items", "max"), ("send_last_published_item", "never"), ("access_model", "whitelist")):
+        form.add_field(var=f"pubsub#{var}", value=value)
+    return form
+
+
+async def bookmarks2_compat_scenario(node_a, node_b, alice, alice_pw):
+    """XEP-0402 section 5: a room published as a Bookmarks 2 item (slixmpp
+    xep_0402 stanza over xep_0060) is read as XEP-0048 bookmarks through
+    private XML (XEP-0049, `#compat`) and the PEP node (XEP-0223,
+    `#compat-pep`) by another session, on the other node in the cluster;
+    XEP-0048 bookmarks set by that session are read back as one item per room."""
+    from slixmpp.plugins.xep_0402.stanza import Conference
+
+    a = await login(node_a, alice, alice_pw, "a", presence=False)
+    a2 = await login(node_b, alice, alice_pw, "a2", presence=False)
+    load_plugins(a, a2)
+    for plugin in ("xep_0004", "xep_0060", "xep_0402"):
+        a.register_plugin(plugin)
+    info = await a.plugin["xep_0030"].get_info(jid=alice, timeout=20)
+    features = info["disco_info"]["features"]
+    assert "urn:xmpp:bookmarks:1#compat" in features and "urn:xmpp:bookmarks:1#compat-pep" in features
+
+    conference = Conference()
+    conference["name"] = "The Orchard"
+    conference["autojoin"] = True
+    conference["nick"] = "juliet"
+    await a.plugin["xep_0060"].publish(
+        alice, BOOKMARKS2, id="orchard@conference.example.org", payload=conference, options=bookmarks2_options(a), timeout=20
+    )
+    for method in ("xep_0049", "xep_0223"):
+        legacy = await a2.plugin["xep_0048"].get_bookmarks(method=method, timeout=20)
+        rooms = [(c.get("jid"), c.get("name"), c.get("autojoin")) for c in legacy.xml.iter(f"{{{BOOKMARKS}}}conference")]
+        assert rooms == [("orchard@conference.example.org", "The Orchard", "true")], (method, rooms)
+
+    garden = Bookmarks()
+    garden.add_conference("garden@conference.example.org", "romeo", name="The Garden", autojoin=True)
+    garden.add_conference("orchard@conference.example.org", "juliet", name="The Orchard", autojoin=True)
+    await a2.plugin["xep_0048"].set_bookmarks(garden, method="xep_0049", timeout=20)
+    items = await a.plugin["xep_0060"].get_items(alice, BOOKMARKS2, timeout=20)
+    rooms = {
+        item["id"]: (item.xml.find(f"{{{BOOKMARKS2}}}conference").get("name"), item.xml.findtext(f"{{{BOOKMARKS2}}}conference/{{{BOOKMARKS2}}}nick"))
+        for item in items["pubsub"]["items"]
+    }
+    assert rooms == {
+        "orchard@conference.example.org": ("The Orchard", "juliet"),
+        "garden@conference.example.org": ("The Garden", "romeo"),
+    }
+    # A XEP-0402 retraction reaches the XEP-0048 copies.
+    await a.plugin["xep_0060"].retract(alice, BOOKMARKS2, "orchard@conference.example.org", notify=True, timeout=20)
+    private = await a2.plugin["xep_0048"].get_bookmarks(method="xep_0049", timeout=20)
+    assert conference_jids(private) == ["garden@conference.example.org"]
+    await logout(a, a2)
+
+
+async def test_bookmarks2_compat_in_one_process(server):
+    alice, alice_pw = server.add_user("alice")
+    await bookmarks2_compat_scenario(server, server, alice, alice_pw)
+
+
+async def test_bookmarks2_compat_across_two_connection_managers(cluster):  # noqa: F811 (the fixture)
+    alice, alice_pw = cluster.add_user("alice")
+    await bookmarks2_compat_scenario(cluster.node("cm-1"), cluster.node("cm-2"), alice, alice_pw)

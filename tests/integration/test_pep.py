@@ -389,3 +389,159 @@ async def test_bookmarks_2_on_a_whitelist_node(server):
     items = await a3.plugin["xep_0060"].get_items(alice, BOOKMARKS, timeout=20)
     assert [item["id"] for item in items["pubsub"]["items"]] == ["garden@conference.localhost"]
     await logout(a1, a2, a3, b)
+
+
+PUBSUB = "http://jabber.org/protocol/pubsub"
+DATA = "jabber:x:data"
+SUBSCRIBE_AUTHORIZATION = "http://jabber.org/protocol/pubsub#subscribe_authorization"
+
+
+async def test_roster_access_model_admits_the_allowed_groups(server):
+    """XEP-0060 section 4.5 `roster`: a contact with a presence subscription
+    in one of `pubsub#roster_groups_allowed` is notified and may read; a
+    subscribed contact in another group is neither (`not-authorized` +
+    `not-in-roster-group`); the groups are a publish-options precondition."""
+    alice, alice_pw = server.add_user("alice")
+    bob, bob_pw = server.add_user("bob")
+    carol, carol_pw = server.add_user("carol")
+    a = await pep_login(server, alice, alice_pw, "phone")
+    b = await pep_login(server, bob, bob_pw, "laptop", notify=[MOOD])
+    c = await pep_login(server, carol, carol_pw, "tablet", notify=[MOOD])
+    await befriend(a, b, bob)
+    await befriend(a, c, carol)
+    await a.update_roster(bob, groups=["Friends"], subscription="both")
+    await a.update_roster(carol, groups=["Work"], subscription="both")
+    options = publish_options(a, access_model="roster", roster_groups_allowed="Friends")
+    await publish(a, MOOD, "m1", mood("for friends"), options)
+    kind, msg = await next_event(b)
+    assert event_items(msg) == (MOOD, [("item", "m1", "for friends")])
+    await handled(c)
+    assert no_event(c)
+    items = await b.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)
+    assert [item["id"] for item in items["pubsub"]["items"]] == ["m1"]
+    assert await iq_error(c.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)) == (
+        "not-authorized",
+        "not-in-roster-group",
+    )
+    # The node's configuration form shows the model and the groups.
+    config = await a.plugin["xep_0060"].get_node_config(alice, MOOD, timeout=20)
+    form = config["pubsub_owner"]["configure"]["form"]
+    assert form.get_values()["pubsub#access_model"] == "roster"
+    assert form.get_values()["pubsub#roster_groups_allowed"] == ["Friends"]
+    # Other groups as a precondition: conflict, nothing stored.
+    assert await iq_error(
+        publish(a, MOOD, "m2", mood("for work"), publish_options(a, access_model="roster", roster_groups_allowed="Work"))
+    ) == ("conflict", "precondition-not-met")
+    # Carol moved into Friends: she is told from now on.
+    await a.update_roster(carol, groups=["Friends", "Work"], subscription="both")
+    await publish(a, MOOD, "m3", mood("carol too"), options)
+    kind, msg = await next_event(c)
+    assert event_items(msg) == (MOOD, [("item", "m3", "carol too")])
+    await logout(a, b, c)
+
+
+def watch_pubsub_messages(client):
+    """Queue the messages that carry a <pubsub/> (subscription notices) or a
+    subscribe_authorization form (approval requests)."""
+    from slixmpp.xmlstream.handler import Callback
+    from slixmpp.xmlstream.matcher import MatchXPath
+
+    client.pubsub_messages = asyncio.Queue()
+    for name, path in (
+        ("notice", f"{{jabber:client}}message/{{{PUBSUB}}}pubsub"),
+        ("approval", f"{{jabber:client}}message/{{{DATA}}}x"),
+    ):
+        client.register_handler(
+            Callback(f"pep {name}", MatchXPath(path), lambda msg, name=name: client.pubsub_messages.put_nowait((name, msg)))
+        )
+
+
+def approval_answer(owner_client, owner, request, allow):
+    """The owner's submitted form for an approval request (XEP-0060 section 8.6)."""
+    form = request.xml.find(f"{{{DATA}}}x")
+    fields = {field.get("var"): field.find(f"{{{DATA}}}value").text for field in form.findall(f"{{{DATA}}}field")}
+    assert fields["FORM_TYPE"] == SUBSCRIBE_AUTHORIZATION
+    answer = owner_client.make_message(mto=owner)
+    answer["id"] = request["id"]
+    answer.append(ET.fromstring(
+        f"<x xmlns='{DATA}' type='submit'>"
+        f"<field var='FORM_TYPE'><value>{SUBSCRIBE_AUTHORIZATION}</value></field>"
+        f"<field var='pubsub#node'><value>{fields['pubsub#node']}</value></field>"
+        f"<field var='pubsub#subscriber_jid'><value>{fields['pubsub#subscriber_jid']}</value></field>"
+        f"<field var='pubsub#allow'><value>{'true' if allow else 'false'}</value></field></x>"
+    ))
+    return answer
+
+
+async def authorize_flow(owner_server, subscriber_server, add_user):
+    """XEP-0060 `authorize`: a subscribe is pending and the owner gets the
+    approval form; neither a pending subscriber nor a presence contact with
+    `+notify` reads or hears anything; once the owner submits the form the
+    subscriber is told, gets the last item and every later publish, and
+    after the owner removes the subscription nothing more."""
+    alice, alice_pw = add_user("alice")
+    bob, bob_pw = add_user("bob")
+    dave, dave_pw = add_user("dave")
+    a = await pep_login(owner_server, alice, alice_pw, "phone")
+    watch_pubsub_messages(a)
+    b = await pep_login(subscriber_server, bob, bob_pw, "laptop", notify=[MOOD])
+    d = await pep_login(subscriber_server, dave, dave_pw, "desk")
+    watch_pubsub_messages(d)
+    await befriend(a, b, bob)
+    await publish(a, MOOD, "m1", mood("private"), publish_options(a, access_model="authorize"))
+    await handled(b)
+    assert no_event(b)
+    assert await iq_error(d.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)) == ("not-authorized", "not-subscribed")
+
+    result = await d.plugin["xep_0060"].subscribe(alice, MOOD, timeout=20)
+    assert result["pubsub"]["subscription"]["subscription"] == "pending"
+    assert result["pubsub"]["subscription"]["jid"] == dave
+    kind, request = await asyncio.wait_for(a.pubsub_messages.get(), 30)
+    assert kind == "approval" and request["from"] == alice
+    assert dave in request["body"]
+    assert await iq_error(d.plugin["xep_0060"].subscribe(alice, MOOD, timeout=20)) == ("not-authorized", "pending-subscription")
+    assert await iq_error(d.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)) == ("not-authorized", "not-subscribed")
+
+    approval_answer(a, alice, request, allow=True).send()
+    kind, notice = await asyncio.wait_for(d.pubsub_messages.get(), 30)
+    assert kind == "notice" and notice["from"] == alice
+    subscription = notice.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}subscription")
+    assert (subscription.get("node"), subscription.get("jid"), subscription.get("subscription")) == (MOOD, dave, "subscribed")
+    # The last item (send_last_published_item on_sub_and_presence), though
+    # dave announced no +notify: an explicit subscription.
+    kind, msg = await next_event(d, timeout=30)
+    assert event_items(msg) == (MOOD, [("item", "m1", "private")])
+    items = await d.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)
+    assert [item["id"] for item in items["pubsub"]["items"]] == ["m1"]
+    await publish(a, MOOD, "m2", mood("still private"))
+    kind, msg = await next_event(d, timeout=30)
+    assert event_items(msg) == (MOOD, [("item", "m2", "still private")])
+    await handled(b)
+    assert no_event(b)
+
+    listed = await a.plugin["xep_0060"].get_node_subscriptions(alice, MOOD, timeout=20)
+    assert [(sub["jid"], sub["subscription"]) for sub in listed["pubsub_owner"]["subscriptions"]] == [(dave, "subscribed")]
+    await a.plugin["xep_0060"].modify_subscriptions(alice, MOOD, subscriptions=[(dave, "none")], timeout=20)
+    kind, notice = await asyncio.wait_for(d.pubsub_messages.get(), 30)
+    assert notice.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}subscription").get("subscription") == "none"
+    await publish(a, MOOD, "m3", mood("not for dave"))
+    await handled(d)
+    assert no_event(d)
+    assert await iq_error(d.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)) == ("not-authorized", "not-subscribed")
+    # Asked again and denied: told `none`, still nothing to read.
+    result = await d.plugin["xep_0060"].subscribe(alice, MOOD, timeout=20)
+    assert result["pubsub"]["subscription"]["subscription"] == "pending"
+    kind, request = await asyncio.wait_for(a.pubsub_messages.get(), 30)
+    approval_answer(a, alice, request, allow=False).send()
+    kind, notice = await asyncio.wait_for(d.pubsub_messages.get(), 30)
+    assert notice.xml.find(f"{{{PUBSUB}}}pubsub/{{{PUBSUB}}}subscription").get("subscription") == "none"
+    assert await iq_error(d.plugin["xep_0060"].get_items(alice, MOOD, timeout=20)) == ("not-authorized", "not-subscribed")
+    await logout(a, b, d)
+
+
+async def test_authorize_access_model_needs_the_owners_approval(server):
+    await authorize_flow(server, server, server.add_user)
+
+
+async def test_authorize_approval_across_connection_managers(cluster):  # noqa: F811
+    await authorize_flow(cluster.node("cm-1"), cluster.node("cm-2"), cluster.add_user)

@@ -31,8 +31,9 @@ pub use error::{ApiError, ApiResult};
 pub use feature::{FeatureSpec, Features, StreamFeature, StreamStage};
 pub use muc::{ListedMucRoom, MucAffiliation, MucRoomRecord, MucRoomStore, MUC_AFFILIATIONS};
 pub use pep::{
-    AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode, PepNodeConfig,
-    PepPublish, PepPublishOutcome, PepStore, SendLastPublished,
+    roster_groups, AccessModel, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode,
+    PepNodeConfig, PepPublish, PepPublishOutcome, PepStore, PepSubscribedNode, PepSubscription,
+    PepSubscriptionState, SendLastPublished,
 };
 pub use presence::PresenceApi;
 pub use push::{PushRegistration, PushStore};

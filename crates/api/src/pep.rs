@@ -5,7 +5,7 @@
 //! reads, so that a `+notify` interest learnt on one node is known on all.
 
 use async_trait::async_trait;
-use starling_jid::BareJid;
+use starling_jid::{BareJid, Jid};
 
 use crate::error::ApiResult;
 
@@ -20,6 +20,13 @@ pub enum AccessModel {
     Open,
     /// The owner and the JIDs the owner affiliated as members.
     Whitelist,
+    /// Contacts with a subscription of type `from` or `both` whose roster
+    /// item is in one of the node's `pubsub#roster_groups_allowed` (XEP-0060
+    /// sections 4.5 and 6.5.2: "subscribed to the owner's presence and
+    /// contained in the relevant roster group(s)").
+    Roster,
+    /// Subscribers the owner approved (XEP-0060 sections 4.5, 6.1.4 and 8.6).
+    Authorize,
 }
 
 impl AccessModel {
@@ -28,6 +35,8 @@ impl AccessModel {
             AccessModel::Presence => "presence",
             AccessModel::Open => "open",
             AccessModel::Whitelist => "whitelist",
+            AccessModel::Roster => "roster",
+            AccessModel::Authorize => "authorize",
         }
     }
 
@@ -36,6 +45,8 @@ impl AccessModel {
             "presence" => AccessModel::Presence,
             "open" => AccessModel::Open,
             "whitelist" => AccessModel::Whitelist,
+            "roster" => AccessModel::Roster,
+            "authorize" => AccessModel::Authorize,
             _ => return None,
         })
     }
@@ -120,13 +131,31 @@ impl std::fmt::Display for MaxItems {
 }
 
 /// The configuration of a PEP node: the fields PEP clients use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PepNodeConfig {
     pub access_model: AccessModel,
     pub max_items: MaxItems,
     pub persist_items: bool,
     pub send_last_published_item: SendLastPublished,
     pub notify_retract: bool,
+    /// `pubsub#roster_groups_allowed` (XEP-0060 section 16.4.3): the roster
+    /// groups whose contacts a `roster` node admits, sorted and without
+    /// duplicates (see [`roster_groups`]).
+    pub roster_groups_allowed: Vec<String>,
+}
+
+/// Roster group names as a node keeps them: sorted, without duplicates, so
+/// that two configurations naming the same groups compare equal (the
+/// precondition check of XEP-0060 section 7.1.5).
+pub fn roster_groups<I, S>(groups: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut groups: Vec<String> = groups.into_iter().map(Into::into).collect();
+    groups.sort();
+    groups.dedup();
+    groups
 }
 
 impl Default for PepNodeConfig {
@@ -138,25 +167,32 @@ impl Default for PepNodeConfig {
             persist_items: true,
             send_last_published_item: SendLastPublished::OnSubAndPresence,
             notify_retract: true,
+            roster_groups_allowed: Vec::new(),
         }
     }
 }
 
 /// Some fields of a node configuration: the publish-options of a publish
 /// (XEP-0223, checked as preconditions) or the fields of a configure form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PepConfigPatch {
     pub access_model: Option<AccessModel>,
     pub max_items: Option<MaxItems>,
     pub persist_items: Option<bool>,
     pub send_last_published_item: Option<SendLastPublished>,
     pub notify_retract: Option<bool>,
+    /// Sorted and without duplicates ([`roster_groups`]).
+    pub roster_groups_allowed: Option<Vec<String>>,
 }
 
 impl PepConfigPatch {
     /// `config` with the patch's fields applied.
     pub fn apply(&self, config: PepNodeConfig) -> PepNodeConfig {
         PepNodeConfig {
+            roster_groups_allowed: self
+                .roster_groups_allowed
+                .clone()
+                .unwrap_or(config.roster_groups_allowed),
             access_model: self.access_model.unwrap_or(config.access_model),
             max_items: self.max_items.unwrap_or(config.max_items),
             persist_items: self.persist_items.unwrap_or(config.persist_items),
@@ -170,7 +206,7 @@ impl PepConfigPatch {
     /// Whether every field the patch names has that value in `config`
     /// (the precondition check of XEP-0060 section 7.1.5).
     pub fn matches(&self, config: &PepNodeConfig) -> bool {
-        self.apply(*config) == *config
+        self.apply(config.clone()) == *config
     }
 
     pub fn is_empty(&self) -> bool {
@@ -229,6 +265,48 @@ pub enum PepPublishOutcome {
     /// The node does not exist and the account owns
     /// `max_nodes_per_account` nodes already: nothing was stored.
     NodeLimitReached,
+}
+
+/// The state of an explicit subscription to a node (XEP-0060 section 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PepSubscriptionState {
+    /// Awaiting the owner's approval (an `authorize` node, section 6.1.4).
+    Pending,
+    Subscribed,
+}
+
+impl PepSubscriptionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PepSubscriptionState::Pending => "pending",
+            PepSubscriptionState::Subscribed => "subscribed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "pending" => PepSubscriptionState::Pending,
+            "subscribed" => PepSubscriptionState::Subscribed,
+            _ => return None,
+        })
+    }
+}
+
+/// An explicit subscription (XEP-0060 section 6.1): the subscribed JID
+/// (bare, or a full JID for one resource) and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PepSubscription {
+    pub jid: Jid,
+    pub state: PepSubscriptionState,
+}
+
+/// An explicit subscription of an account to another account's node, as
+/// the subscriber's side sees it (the last published items on presence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PepSubscribedNode {
+    pub owner: BareJid,
+    pub node: String,
+    pub jid: Jid,
 }
 
 /// One XEP-0115 capabilities record, verified: the hash function and the
@@ -306,6 +384,25 @@ pub trait PepStore: Send + Sync + 'static {
         remove: &[BareJid],
         max_members: u32,
     ) -> ApiResult<()>;
+    /// The explicit subscriptions to a node (pending and subscribed),
+    /// sorted by JID; empty for no node.
+    async fn pep_subscriptions(&self, owner: &BareJid, node: &str)
+        -> ApiResult<Vec<PepSubscription>>;
+    /// Set the subscription of `jid` to a node (`None` removes it) and
+    /// return the state it had. `NotFound` for no node, `LimitReached` when
+    /// it would add a subscription past `max_subscriptions` (nothing changed).
+    async fn set_pep_subscription(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        jid: &Jid,
+        state: Option<PepSubscriptionState>,
+        max_subscriptions: u32,
+    ) -> ApiResult<Option<PepSubscriptionState>>;
+    /// The nodes of any account that `subscriber` (or one of its full
+    /// JIDs) has a `subscribed` subscription to.
+    async fn pep_subscribed_nodes(&self, subscriber: &BareJid)
+        -> ApiResult<Vec<PepSubscribedNode>>;
     /// The features of a verified capabilities `ver` (XEP-0115 section 5.4), if known.
     async fn caps_features(&self, hash: &str, ver: &str) -> ApiResult<Option<Vec<String>>>;
     /// Remember a verified capabilities record (idempotent: a `ver` hashes

@@ -458,6 +458,10 @@ pub struct PepConfig {
     pub max_nodes_per_account: u32,
     /// The most members on one node's whitelist; past it `policy-violation`. 1 to 100000.
     pub max_whitelist_per_node: u32,
+    /// The most explicit subscriptions (pending or approved, XEP-0060
+    /// section 6.1) to one node; a subscribe past it gets `policy-violation`
+    /// + `too-many-subscriptions`. 1 to 100000.
+    pub max_subscriptions_per_node: u32,
     /// Days a verified XEP-0115 capability record is kept after the last
     /// session announced it; the storage service removes older ones every
     /// hour. 0 keeps them forever; at most 36500.
@@ -477,6 +481,7 @@ impl Default for PepConfig {
             max_items_per_node: 256,
             max_nodes_per_account: 256,
             max_whitelist_per_node: 1000,
+            max_subscriptions_per_node: 1000,
             caps_retention_days: 30,
         }
     }
@@ -1094,6 +1099,11 @@ impl Config {
             (
                 "pep.max_whitelist_per_node",
                 self.pep.max_whitelist_per_node,
+                100_000,
+            ),
+            (
+                "pep.max_subscriptions_per_node",
+                self.pep.max_subscriptions_per_node,
                 100_000,
             ),
         ];
@@ -2233,6 +2243,10 @@ mod tests {
             (
                 "[pep]\nmax_whitelist_per_node = 0\n",
                 "pep.max_whitelist_per_node",
+            ),
+            (
+                "[pep]\nmax_subscriptions_per_node = 100001\n",
+                "pep.max_subscriptions_per_node",
             ),
         ] {
             match Config::from_toml_str("test", text, &env(&[])) {

@@ -123,6 +123,7 @@ fn router_config(config: &Config) -> RouterConfig {
             max_items_per_node: config.pep.max_items_per_node,
             max_nodes_per_account: config.pep.max_nodes_per_account,
             max_whitelist_per_node: config.pep.max_whitelist_per_node,
+            max_subscriptions_per_node: config.pep.max_subscriptions_per_node,
         },
         mam: config.mam.enabled,
         mam_max_page_size: config.mam.max_page_size,

@@ -65,6 +65,9 @@ pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+/// The FORM_TYPE of a subscription approval request (XEP-0060 section 8.6).
+pub const PUBSUB_SUBSCRIBE_AUTHORIZATION: &str =
+    "http://jabber.org/protocol/pubsub#subscribe_authorization";
 /// XEP-0357 Push Notifications.
 pub const PUSH: &str = "urn:xmpp:push:0";
 /// The FORM_TYPE of a XEP-0357 notification's summary (section 5, "urn:xmpp:push:summary").

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use starling_api::{
-    AccessModel, ApiResult, CapsRecord, MaxItems, PepConfigPatch, PepItem, PepLimits, PepNode,
-    PepNodeConfig, PepPublish, PepPublishOutcome, PepStore, SendLastPublished, StorageApi,
+    roster_groups, AccessModel, ApiResult, CapsRecord, MaxItems, PepConfigPatch, PepItem,
+    PepLimits, PepNode, PepNodeConfig, PepPublish, PepPublishOutcome, PepStore, PepSubscribedNode,
+    PepSubscription, PepSubscriptionState, SendLastPublished, StorageApi,
 };
-use starling_jid::BareJid;
+use starling_jid::{BareJid, Jid};
 use tonic::{Request, Response, Status};
 
 use super::{bad_request, user_field, GrpcStorageClient};
@@ -26,6 +27,7 @@ fn config_to_proto(config: &PepNodeConfig) -> proto::PepNodeConfig {
         persist_items: config.persist_items,
         send_last_published_item: config.send_last_published_item.as_str().to_string(),
         notify_retract: config.notify_retract,
+        roster_groups_allowed: config.roster_groups_allowed.clone(),
     }
 }
 
@@ -46,6 +48,7 @@ fn config_from_proto(config: Option<proto::PepNodeConfig>) -> Result<PepNodeConf
         persist_items: config.persist_items,
         send_last_published_item: send_last(&config.send_last_published_item)?,
         notify_retract: config.notify_retract,
+        roster_groups_allowed: roster_groups(config.roster_groups_allowed),
     })
 }
 
@@ -89,6 +92,12 @@ fn patch_to_proto(patch: &PepConfigPatch) -> proto::PepConfigPatch {
             .send_last_published_item
             .map(|value| value.as_str().to_string()),
         notify_retract: patch.notify_retract,
+        roster_groups_allowed: patch
+            .roster_groups_allowed
+            .as_ref()
+            .map(|groups| proto::PepRosterGroups {
+                groups: groups.clone(),
+            }),
     }
 }
 
@@ -108,7 +117,21 @@ fn patch_from_proto(patch: Option<proto::PepConfigPatch>) -> Result<PepConfigPat
             .map(send_last)
             .transpose()?,
         notify_retract: patch.notify_retract,
+        roster_groups_allowed: patch
+            .roster_groups_allowed
+            .map(|groups| roster_groups(groups.groups)),
     })
+}
+
+fn subscription_state(value: &str) -> Result<PepSubscriptionState, String> {
+    PepSubscriptionState::from_name(value)
+        .ok_or_else(|| format!("subscription state: unknown {value:?}"))
+}
+
+fn parse_jid(field: &str, value: &str) -> Result<Jid, String> {
+    value
+        .parse::<Jid>()
+        .map_err(|error| format!("{field}: invalid jid {value:?}: {error}"))
 }
 
 fn limits_to_proto(limits: PepLimits) -> proto::PepLimits {
@@ -345,6 +368,70 @@ pub(super) async fn put_caps(
     .await
     .map_err(api_error_to_status)?;
     Ok(Response::new(proto::PutCapsResponse {}))
+}
+
+pub(super) async fn get_pep_subscriptions(
+    api: &Api,
+    request: Request<proto::GetPepSubscriptionsRequest>,
+) -> Result<Response<proto::GetPepSubscriptionsResponse>, Status> {
+    let request = request.into_inner();
+    let user = user_field(&request.user)?;
+    let subscriptions = api
+        .pep_subscriptions(&user, &request.node)
+        .await
+        .map_err(api_error_to_status)?;
+    Ok(Response::new(proto::GetPepSubscriptionsResponse {
+        subscriptions: subscriptions
+            .iter()
+            .map(|subscription| proto::PepSubscription {
+                jid: subscription.jid.to_string(),
+                state: subscription.state.as_str().to_string(),
+            })
+            .collect(),
+    }))
+}
+
+pub(super) async fn set_pep_subscription(
+    api: &Api,
+    request: Request<proto::SetPepSubscriptionRequest>,
+) -> Result<Response<proto::SetPepSubscriptionResponse>, Status> {
+    let request = request.into_inner();
+    let user = user_field(&request.user)?;
+    let jid = parse_jid("jid", &request.jid).map_err(bad_request)?;
+    let state = request
+        .state
+        .as_deref()
+        .map(subscription_state)
+        .transpose()
+        .map_err(bad_request)?;
+    let previous = api
+        .set_pep_subscription(&user, &request.node, &jid, state, request.max_subscriptions)
+        .await
+        .map_err(api_error_to_status)?;
+    Ok(Response::new(proto::SetPepSubscriptionResponse {
+        previous: previous.map(|state| state.as_str().to_string()),
+    }))
+}
+
+pub(super) async fn get_pep_subscribed_nodes(
+    api: &Api,
+    request: Request<proto::GetPepSubscribedNodesRequest>,
+) -> Result<Response<proto::GetPepSubscribedNodesResponse>, Status> {
+    let subscriber = user_field(&request.into_inner().subscriber)?;
+    let nodes = api
+        .pep_subscribed_nodes(&subscriber)
+        .await
+        .map_err(api_error_to_status)?;
+    Ok(Response::new(proto::GetPepSubscribedNodesResponse {
+        nodes: nodes
+            .iter()
+            .map(|node| proto::PepSubscribedNode {
+                owner: node.owner.to_string(),
+                node: node.node.clone(),
+                jid: node.jid.to_string(),
+            })
+            .collect(),
+    }))
 }
 
 macro_rules! call {
@@ -590,6 +677,89 @@ impl PepStore for GrpcStorageClient {
             }
         );
         Ok(())
+    }
+
+    async fn pep_subscriptions(
+        &self,
+        owner: &BareJid,
+        node: &str,
+    ) -> ApiResult<Vec<PepSubscription>> {
+        let response = call!(
+            self,
+            "pep_subscriptions",
+            RetryPolicy::Idempotent,
+            get_pep_subscriptions,
+            proto::GetPepSubscriptionsRequest {
+                user: owner.to_string(),
+                node: node.to_string(),
+            }
+        );
+        response
+            .subscriptions
+            .into_iter()
+            .map(|subscription| {
+                Ok(PepSubscription {
+                    jid: parse_jid("jid", &subscription.jid).map_err(malformed_response)?,
+                    state: subscription_state(&subscription.state).map_err(malformed_response)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_pep_subscription(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        jid: &Jid,
+        state: Option<PepSubscriptionState>,
+        max_subscriptions: u32,
+    ) -> ApiResult<Option<PepSubscriptionState>> {
+        // Setting the same state twice leaves one row in that state.
+        let response = call!(
+            self,
+            "set_pep_subscription",
+            RetryPolicy::Idempotent,
+            set_pep_subscription,
+            proto::SetPepSubscriptionRequest {
+                user: owner.to_string(),
+                node: node.to_string(),
+                jid: jid.to_string(),
+                state: state.map(|state| state.as_str().to_string()),
+                max_subscriptions,
+            }
+        );
+        response
+            .previous
+            .as_deref()
+            .map(subscription_state)
+            .transpose()
+            .map_err(malformed_response)
+    }
+
+    async fn pep_subscribed_nodes(
+        &self,
+        subscriber: &BareJid,
+    ) -> ApiResult<Vec<PepSubscribedNode>> {
+        let response = call!(
+            self,
+            "pep_subscribed_nodes",
+            RetryPolicy::Idempotent,
+            get_pep_subscribed_nodes,
+            proto::GetPepSubscribedNodesRequest {
+                subscriber: subscriber.to_string(),
+            }
+        );
+        response
+            .nodes
+            .into_iter()
+            .map(|node| {
+                Ok(PepSubscribedNode {
+                    owner: parse_bare_jid("owner", &node.owner).map_err(malformed_response)?,
+                    node: node.node,
+                    jid: parse_jid("jid", &node.jid).map_err(malformed_response)?,
+                })
+            })
+            .collect()
     }
 
     async fn caps_features(&self, hash: &str, ver: &str) -> ApiResult<Option<Vec<String>>> {

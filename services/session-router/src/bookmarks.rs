@@ -34,13 +34,13 @@ pub(crate) const NODE: &str = "storage:bookmarks";
 pub(crate) const CONVERSION_FEATURE: &str = "urn:xmpp:bookmarks-conversion:0";
 
 /// The item id of the one published storage (XEP-0048 section 3.3, XEP-0223).
-const ITEM_ID: &str = "current";
+pub(crate) const ITEM_ID: &str = "current";
 
 const PRIVATE_TO_PEP: &str = "private_to_pep";
 const PEP_TO_PRIVATE: &str = "pep_to_private";
 
 /// The private XML document key of the bookmarks (`handlers/private.rs`).
-fn private_key() -> String {
+pub(crate) fn private_key() -> String {
     crate::handlers::private::key(NODE)
 }
 
@@ -68,6 +68,11 @@ impl SessionRouter {
             .publish_private_bookmarks(owner, publisher, query)
             .await;
         self.count_bookmarks_conversion(owner, PRIVATE_TO_PEP, outcome);
+        // XEP-0402 section 5: and the per-room items.
+        if let Some(storage) = query.get_child("storage", NODE) {
+            self.legacy_bookmarks_changed(owner, publisher, storage)
+                .await;
+        }
     }
 
     async fn publish_private_bookmarks(
@@ -98,7 +103,12 @@ impl SessionRouter {
 
     /// After a PEP publish to `storage:bookmarks` (`payload`, the item's):
     /// the private XML copy follows.
-    pub(crate) async fn pep_bookmarks_published(&self, owner: &BareJid, payload: &Element) {
+    pub(crate) async fn pep_bookmarks_published(
+        &self,
+        owner: &BareJid,
+        publisher: &str,
+        payload: &Element,
+    ) {
         let outcome = if payload.is("storage", NODE) {
             let query = Element::new("query", ns::PRIVATE).with_child(payload.clone());
             documents::store(self, owner, &private_key(), &query)
@@ -108,6 +118,11 @@ impl SessionRouter {
             Ok("invalid")
         };
         self.count_bookmarks_conversion(owner, PEP_TO_PRIVATE, outcome);
+        // XEP-0402 section 5: and the per-room items.
+        if payload.is("storage", NODE) {
+            self.legacy_bookmarks_changed(owner, publisher, payload)
+                .await;
+        }
     }
 
     /// Before the owner reads the `storage:bookmarks` node: when it does not
@@ -138,10 +153,22 @@ impl SessionRouter {
         direction: &str,
         outcome: ApiResult<&'static str>,
     ) {
+        self.count_bookmark_conversion("bookmarks", owner, direction, outcome);
+    }
+
+    /// Count one bookmark conversion's outcome (a failure logged) under
+    /// `conversion` (`bookmarks`: XEP-0411; `bookmarks2`: XEP-0402 section 5).
+    pub(crate) fn count_bookmark_conversion(
+        &self,
+        conversion: &str,
+        owner: &BareJid,
+        direction: &str,
+        outcome: ApiResult<&'static str>,
+    ) {
         let label = outcome.unwrap_or_else(|error| {
-            tracing::warn!(owner = %owner, direction, %error, "bookmarks conversion failed");
+            tracing::warn!(owner = %owner, conversion, direction, %error, "bookmarks conversion failed");
             "failed"
         });
-        self.metrics.count_conversion("bookmarks", direction, label);
+        self.metrics.count_conversion(conversion, direction, label);
     }
 }

@@ -34,6 +34,7 @@ mod archive;
 mod avatar;
 mod blocking;
 mod bookmarks;
+mod bookmarks2;
 mod carbons;
 mod component;
 mod features;

@@ -37,6 +37,16 @@ impl SessionRouter {
         routing: &Routing<'_>,
         mut message: Element,
     ) -> Option<Element> {
+        // XEP-0060 section 8.6: the owner's answer to a subscription
+        // approval request goes to its PEP service (its own bare JID), not
+        // to its resources.
+        if let Origin::Session { jid, .. } = routing.origin {
+            if let Some(answer) = crate::pep::subscriptions::authorization_answer(jid, &message) {
+                return self
+                    .pep_authorization_answered(routing, jid, &message, answer)
+                    .await;
+            }
+        }
         // XEP-0313: decide the archiving and stamp the stanza id first, so
         // that the delivered (or stored) message carries it.
         let plan = match (routing.origin, self.config.mam) {

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use starling_api::{
     ApiResult, CapsRecord, PepItem, PepLimits, PepNode, PepPublish, PepPublishOutcome, PepStore,
+    PepSubscribedNode, PepSubscription, PepSubscriptionState,
 };
-use starling_jid::BareJid;
+use starling_jid::{BareJid, Jid};
 
 use crate::backend;
 use crate::records::{check_storable_text, AccountAddress};
@@ -24,6 +25,21 @@ fn check_name(what: &str, name: &str) -> Result<(), StorageError> {
         return Err(StorageError::Invalid(format!(
             "a {what} has 1 to {MAX_PEP_NAME_BYTES} bytes"
         )));
+    }
+    Ok(())
+}
+
+/// A node configuration's roster groups: storable, and without the line
+/// break that separates them in the column.
+fn check_node(node: &PepNode) -> Result<(), StorageError> {
+    check_name("pep node name", &node.name)?;
+    for group in &node.config.roster_groups_allowed {
+        check_storable_text("pep roster group", group)?;
+        if group.is_empty() || group.contains('\n') {
+            return Err(StorageError::Invalid(
+                "a roster group name is not empty and has no line break".into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -80,7 +96,7 @@ impl PepStore for Storage {
     ) -> ApiResult<bool> {
         let result = match AccountAddress::of(owner) {
             None => Err(no_account(owner)),
-            Some(account) => match check_name("pep node name", &node.name) {
+            Some(account) => match check_node(node) {
                 Err(error) => Err(error),
                 Ok(()) => on_database!(self, create_pep_node(&account, node, limits)),
             },
@@ -97,7 +113,10 @@ impl PepStore for Storage {
     ) -> ApiResult<()> {
         let result = match AccountAddress::of(owner) {
             None => Err(no_account(owner)),
-            Some(account) => on_database!(self, configure_pep_node(&account, node, limits)),
+            Some(account) => match check_node(node) {
+                Err(error) => Err(error),
+                Ok(()) => on_database!(self, configure_pep_node(&account, node, limits)),
+            },
         };
         result.map_err(|error| into_api_error("configure_pep_node", owner, error))
     }
@@ -118,8 +137,14 @@ impl PepStore for Storage {
         publish: &PepPublish,
         limits: PepLimits,
     ) -> ApiResult<PepPublishOutcome> {
-        let checked = check_name("pep node name", &publish.node)
-            .and_then(|()| publish.item.as_ref().map_or(Ok(()), check_item));
+        let checked = check_node(&PepNode {
+            name: publish.node.clone(),
+            config: publish
+                .options
+                .clone()
+                .apply(starling_api::PepNodeConfig::default()),
+        })
+        .and_then(|()| publish.item.as_ref().map_or(Ok(()), check_item));
         let result = match (AccountAddress::of(owner), checked) {
             (None, _) => Err(no_account(owner)),
             (_, Err(error)) => Err(error),
@@ -210,6 +235,88 @@ impl PepStore for Storage {
             ),
         };
         result.map_err(|error| into_api_error("update_pep_whitelist", owner, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_subscriptions", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_subscriptions(
+        &self,
+        owner: &BareJid,
+        node: &str,
+    ) -> ApiResult<Vec<PepSubscription>> {
+        let Some(account) = AccountAddress::of(owner) else {
+            return Ok(Vec::new());
+        };
+        let stored = on_database!(self, pep_subscriptions(&account, node))
+            .map_err(|error| into_api_error("pep_subscriptions", owner, error))?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(jid, state)| {
+                match (
+                    jid.parse::<Jid>(),
+                    PepSubscriptionState::from_name(&state),
+                ) {
+                    (Ok(jid), Some(state)) => Some(PepSubscription { jid, state }),
+                    _ => {
+                        tracing::warn!(owner = %owner, jid, state, "stored pep subscription does not parse, skipped");
+                        None
+                    }
+                }
+            })
+            .collect())
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.set_pep_subscription", skip_all, fields(db.system = self.db_system()))]
+    async fn set_pep_subscription(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        jid: &Jid,
+        state: Option<PepSubscriptionState>,
+        max_subscriptions: u32,
+    ) -> ApiResult<Option<PepSubscriptionState>> {
+        let jid_text = jid.to_string();
+        let subscriber = jid.to_bare().to_string();
+        let result = match AccountAddress::of(owner) {
+            None => Err(no_account(owner)),
+            Some(account) => on_database!(
+                self,
+                set_pep_subscription(
+                    &account,
+                    node,
+                    &jid_text,
+                    &subscriber,
+                    state.map(PepSubscriptionState::as_str),
+                    max_subscriptions
+                )
+            ),
+        };
+        let previous =
+            result.map_err(|error| into_api_error("set_pep_subscription", owner, error))?;
+        Ok(previous.and_then(|state| PepSubscriptionState::from_name(&state)))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.pep_subscribed_nodes", skip_all, fields(db.system = self.db_system()))]
+    async fn pep_subscribed_nodes(
+        &self,
+        subscriber: &BareJid,
+    ) -> ApiResult<Vec<PepSubscribedNode>> {
+        let stored = on_database!(self, pep_subscribed_nodes(&subscriber.to_string()))
+            .map_err(|error| into_api_error("pep_subscribed_nodes", subscriber, error))?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(domain, localpart, node, jid)| {
+                match (
+                    BareJid::from_parts(Some(&localpart), &domain),
+                    jid.parse::<Jid>(),
+                ) {
+                    (Ok(owner), Ok(jid)) => Some(PepSubscribedNode { owner, node, jid }),
+                    _ => {
+                        tracing::warn!(subscriber = %subscriber, node, jid, "stored pep subscription does not parse, skipped");
+                        None
+                    }
+                }
+            })
+            .collect())
     }
 
     #[tracing::instrument(target = "starling_trace", name = "storage.caps_features", skip_all, fields(db.system = self.db_system()))]

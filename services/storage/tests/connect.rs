@@ -312,6 +312,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "caps_features",
             "pep_items",
             "pep_nodes",
+            "pep_subscriptions",
             "pep_whitelist",
             "push_registrations",
             "roster_groups",
@@ -350,6 +351,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "archive_messages_by_with".to_string(),
             "caps_features_by_last_seen".to_string(),
             "pep_items_by_seq".to_string(),
+            "pep_subscriptions_by_subscriber".to_string(),
             "upload_slots_by_account".to_string(),
         ])
     );

@@ -1168,7 +1168,7 @@ pub mod pep_cases {
             ..PepConfigPatch::default()
         };
         for id in ["1", "2", "3", "4", "5"] {
-            published(&storage, &alice, &publish("urn:many", id, max)).await;
+            published(&storage, &alice, &publish("urn:many", id, max.clone())).await;
         }
         let all = storage
             .pep_items(&alice, "urn:many", &[], None)
@@ -1201,7 +1201,7 @@ pub mod pep_cases {
             access_model: Some(AccessModel::Whitelist),
             ..PepConfigPatch::default()
         };
-        let node = published(&storage, &alice, &publish("urn:bookmarks", "x", whitelist)).await;
+        let node = published(&storage, &alice, &publish("urn:bookmarks", "x", whitelist.clone())).await;
         assert_eq!(node.config.access_model, AccessModel::Whitelist);
         // The same options again: met.
         published(&storage, &alice, &publish("urn:bookmarks", "y", whitelist)).await;
@@ -1279,7 +1279,7 @@ pub mod pep_cases {
             ..PepConfigPatch::default()
         };
         for id in ["1", "2", "3"] {
-            published(&storage, &alice, &publish("urn:tune", id, keep_three)).await;
+            published(&storage, &alice, &publish("urn:tune", id, keep_three.clone())).await;
         }
         assert!(storage
             .retract_pep_item(&alice, "urn:tune", "2")
@@ -1381,6 +1381,139 @@ pub mod pep_cases {
         assert!(storage.pep_nodes(&alice).await.unwrap().is_empty());
         assert!(storage
             .pep_items(&alice, "urn:tune", &[], None)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    pub async fn pep_roster_groups_and_subscriptions(storage: Storage) {
+        use starling_api::{PepSubscribedNode, PepSubscription, PepSubscriptionState};
+        use starling_jid::Jid;
+        let alice = account(&storage, "alice@example.org").await;
+        // A `roster` node keeps its groups sorted and once each; they are
+        // part of the preconditions.
+        let roster = PepConfigPatch {
+            access_model: Some(AccessModel::Roster),
+            roster_groups_allowed: Some(starling_api::roster_groups(["Friends", "Family"])),
+            ..PepConfigPatch::default()
+        };
+        let node = published(&storage, &alice, &publish("urn:mood", "a", roster.clone())).await;
+        assert_eq!(node.config.access_model, AccessModel::Roster);
+        assert_eq!(node.config.roster_groups_allowed, vec!["Family", "Friends"]);
+        assert_eq!(
+            storage.pep_node(&alice, "urn:mood").await.unwrap(),
+            Some(node.clone())
+        );
+        published(&storage, &alice, &publish("urn:mood", "b", roster)).await;
+        let other_groups = PepConfigPatch {
+            roster_groups_allowed: Some(vec!["Friends".into()]),
+            ..PepConfigPatch::default()
+        };
+        assert_eq!(
+            storage
+                .publish_pep_item(&alice, &publish("urn:mood", "c", other_groups), LIMITS)
+                .await
+                .unwrap(),
+            PepPublishOutcome::PreconditionNotMet
+        );
+        let mut line_break = node.clone();
+        line_break.config.roster_groups_allowed = vec!["a\nb".into()];
+        assert!(storage
+            .configure_pep_node(&alice, &line_break, LIMITS)
+            .await
+            .is_err());
+
+        // Explicit subscriptions: pending, approved, removed, bounded.
+        let authorize = PepConfigPatch {
+            access_model: Some(AccessModel::Authorize),
+            ..PepConfigPatch::default()
+        };
+        published(&storage, &alice, &publish("urn:tune", "x", authorize)).await;
+        let bob: Jid = "bob@example.org".parse().unwrap();
+        let carol_phone: Jid = "carol@example.org/phone".parse().unwrap();
+        let pending = Some(PepSubscriptionState::Pending);
+        let subscribed = Some(PepSubscriptionState::Subscribed);
+        assert_eq!(
+            storage
+                .set_pep_subscription(&alice, "urn:tune", &bob, pending, 2)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            storage
+                .set_pep_subscription(&alice, "urn:tune", &carol_phone, subscribed, 2)
+                .await
+                .unwrap(),
+            None
+        );
+        let dave: Jid = "dave@example.org".parse().unwrap();
+        assert!(matches!(
+            storage
+                .set_pep_subscription(&alice, "urn:tune", &dave, pending, 2)
+                .await,
+            Err(ApiError::LimitReached(_))
+        ));
+        assert_eq!(
+            storage.pep_subscriptions(&alice, "urn:tune").await.unwrap(),
+            vec![
+                PepSubscription {
+                    jid: bob.clone(),
+                    state: PepSubscriptionState::Pending
+                },
+                PepSubscription {
+                    jid: carol_phone.clone(),
+                    state: PepSubscriptionState::Subscribed
+                },
+            ]
+        );
+        // Only approved ones are the subscriber's subscribed nodes.
+        assert!(storage
+            .pep_subscribed_nodes(&jid("bob@example.org"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            storage
+                .set_pep_subscription(&alice, "urn:tune", &bob, subscribed, 2)
+                .await
+                .unwrap(),
+            pending
+        );
+        assert_eq!(
+            storage
+                .pep_subscribed_nodes(&jid("carol@example.org"))
+                .await
+                .unwrap(),
+            vec![PepSubscribedNode {
+                owner: alice.clone(),
+                node: "urn:tune".into(),
+                jid: carol_phone.clone(),
+            }]
+        );
+        assert_eq!(
+            storage
+                .set_pep_subscription(&alice, "urn:tune", &bob, None, 2)
+                .await
+                .unwrap(),
+            subscribed
+        );
+        assert_eq!(
+            storage
+                .set_pep_subscription(&alice, "urn:tune", &bob, None, 2)
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(is_not_found(
+            &storage
+                .set_pep_subscription(&alice, "urn:none", &bob, pending, 2)
+                .await
+        ));
+        // The subscriptions go with their node.
+        assert!(storage.delete_pep_node(&alice, "urn:tune").await.unwrap());
+        assert!(storage
+            .pep_subscribed_nodes(&jid("carol@example.org"))
             .await
             .unwrap()
             .is_empty());
@@ -1562,6 +1695,7 @@ contract_suite!(
     pep_publish_auto_creates_and_keeps_max_items,
     pep_preconditions_and_node_limit,
     pep_configure_retract_whitelist_delete,
+    pep_roster_groups_and_subscriptions,
     pep_refuses_oversized_names_and_nul,
     caps_records_are_shared_and_kept_once,
     caps_records_unseen_are_purged,

@@ -336,6 +336,32 @@ impl starling_api::PepStore for FakeStorage {
     async fn put_caps(&self, _record: &starling_api::CapsRecord) -> ApiResult<()> {
         Err(ApiError::Internal("not in this fake".into()))
     }
+
+    async fn pep_subscriptions(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+    ) -> ApiResult<Vec<starling_api::PepSubscription>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn set_pep_subscription(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _jid: &starling_jid::Jid,
+        _state: Option<starling_api::PepSubscriptionState>,
+        _max_subscriptions: u32,
+    ) -> ApiResult<Option<starling_api::PepSubscriptionState>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn pep_subscribed_nodes(
+        &self,
+        _subscriber: &BareJid,
+    ) -> ApiResult<Vec<starling_api::PepSubscribedNode>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
 }
 
 #[async_trait]

@@ -116,6 +116,11 @@ async fn account_disco(
     features.push(ns::PEP_VCARD_CONVERSION);
     // XEP-0411 section 2: so is the bookmarks conversion.
     features.push(crate::bookmarks::CONVERSION_FEATURE);
+    // XEP-0402 section 5: the compatibility that holds for this account.
+    match router.bookmarks2_features(owner).await {
+        Ok(compat) => features.extend(compat),
+        Err(error) => return routing.failure_reply(iq, &error),
+    }
     // XEP-0313 section 7: the archive is the account's.
     if router.config.mam {
         features.extend_from_slice(super::mam::ACCOUNT_FEATURES);

@@ -2,9 +2,11 @@
 //! (version 1.24) use cases PEP clients use: publish with auto-create and
 //! publish-options (sections 7.1, 7.1.5, XEP-0223), retract (7.2), items
 //! (6.5), create (8.1), configure (8.2), default configuration (8.3),
-//! delete (8.4) and the whitelist's member affiliations (8.9). Subscriptions
-//! are implicit (presence plus `+notify`, XEP-0163 section 4.3): explicit
-//! subscribe requests are answered `feature-not-implemented`.
+//! delete (8.4), the whitelist's member affiliations (8.9), explicit
+//! subscribe and unsubscribe (6.1, 6.2) with the owner's approval of those
+//! to an `authorize` node (6.1.4, 8.6) and the owner's subscriptions list
+//! (8.8). Beside the explicit ones, subscriptions are implicit (presence
+//! plus `+notify`, XEP-0163 section 4.3).
 //!
 //! Who may do what: only the owner publishes, retracts, configures and
 //! deletes (anyone else: `forbidden`, XEP-0060 section 7.1.3.1); reading
@@ -12,13 +14,14 @@
 
 use async_trait::async_trait;
 use starling_api::{
-    AccessModel, ApiError, FeatureSpec, MaxItems, PepConfigPatch, PepItem, PepNode, PepNodeConfig,
-    PepPublish, PepPublishOutcome, SendLastPublished,
+    roster_groups, AccessModel, ApiError, FeatureSpec, MaxItems, PepConfigPatch, PepItem, PepNode,
+    PepNodeConfig, PepPublish, PepPublishOutcome, PepSubscriptionState, SendLastPublished,
 };
-use starling_jid::BareJid;
+use starling_jid::{BareJid, Jid};
 use starling_xmpp::{ns, stanza, Element, IqType, StanzaError, StanzaErrorCondition};
 
 use crate::features::{Addressee, IqHandler, IqRequest};
+use crate::pep::subscriptions::subscription_element;
 use crate::pep::{self, delete_event, items_event, new_id, retract_event, Denied};
 use crate::router::{Routing, SessionRouter};
 
@@ -37,12 +40,16 @@ pub(crate) const FEATURE: FeatureSpec = FeatureSpec {
 /// XEP-0163 section 9), advertised on its bare JID.
 pub(crate) const ACCOUNT_PEP_FEATURES: &[&str] = &[
     ns::PUBSUB,
+    "http://jabber.org/protocol/pubsub#access-authorize",
     "http://jabber.org/protocol/pubsub#access-open",
     "http://jabber.org/protocol/pubsub#access-presence",
+    "http://jabber.org/protocol/pubsub#access-roster",
     "http://jabber.org/protocol/pubsub#access-whitelist",
     "http://jabber.org/protocol/pubsub#auto-create",
     "http://jabber.org/protocol/pubsub#auto-subscribe",
     "http://jabber.org/protocol/pubsub#config-node",
+    // XEP-0060 (1.24) section 16.4.3: `max` is a value of pubsub#max_items.
+    "http://jabber.org/protocol/pubsub#config-node-max",
     "http://jabber.org/protocol/pubsub#create-and-configure",
     "http://jabber.org/protocol/pubsub#create-nodes",
     "http://jabber.org/protocol/pubsub#delete-items",
@@ -50,6 +57,7 @@ pub(crate) const ACCOUNT_PEP_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#filtered-notifications",
     "http://jabber.org/protocol/pubsub#item-ids",
     "http://jabber.org/protocol/pubsub#last-published",
+    "http://jabber.org/protocol/pubsub#manage-subscriptions",
     "http://jabber.org/protocol/pubsub#member-affiliation",
     "http://jabber.org/protocol/pubsub#modify-affiliations",
     "http://jabber.org/protocol/pubsub#persistent-items",
@@ -58,6 +66,8 @@ pub(crate) const ACCOUNT_PEP_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-default",
     "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#subscribe",
+    "http://jabber.org/protocol/pubsub#subscription-notifications",
 ];
 
 /// Answers `<pubsub/>` and `<pubsub xmlns='...#owner'/>` on an account's bare JID.
@@ -65,6 +75,9 @@ pub(crate) struct Pep;
 
 /// The longest node name or item id accepted (storage's bound).
 const MAX_NAME_BYTES: usize = 1024;
+
+/// The most roster groups a `roster` node names (`pubsub#roster_groups_allowed`).
+const MAX_ROSTER_GROUPS: usize = 100;
 
 /// A pubsub error: the condition, and the pubsub#errors element (with a
 /// `feature` for `unsupported`) XEP-0060 names for the case.
@@ -107,14 +120,23 @@ impl PubsubError {
 
     fn denied(denied: Denied) -> Self {
         match denied {
-            // XEP-0060 section 6.5.9.2.
+            // XEP-0060 section 6.5.9.5 (and 6.1.3.2 for a subscribe).
             Denied::PresenceSubscriptionRequired => PubsubError::with(
                 StanzaErrorCondition::NotAuthorized,
                 "presence-subscription-required",
             ),
-            // XEP-0060 section 6.5.9.5.
+            // XEP-0060 section 6.5.9.6 (6.1.3.3).
+            Denied::NotInRosterGroup => {
+                PubsubError::with(StanzaErrorCondition::NotAuthorized, "not-in-roster-group")
+            }
+            // XEP-0060 section 6.5.9.7 (6.1.3.4).
             Denied::NotOnWhitelist => {
                 PubsubError::with(StanzaErrorCondition::NotAllowed, "closed-node")
+            }
+            // XEP-0060 section 6.5.9.3: "not subscribed (which includes
+            // having a pending subscription)".
+            Denied::NotSubscribed => {
+                PubsubError::with(StanzaErrorCondition::NotAuthorized, "not-subscribed")
             }
         }
     }
@@ -227,6 +249,57 @@ fn node_attribute(element: &Element) -> Result<&str, PubsubError> {
     }
 }
 
+/// The `jid` of a subscribe or unsubscribe: required (`bad-request` +
+/// `jid-required`), and the requester's own bare or full JID (section
+/// 6.1.3.1: `bad-request` + `invalid-jid`).
+fn subscription_jid(element: &Element, parties: &Parties) -> Result<Jid, PubsubError> {
+    let Some(jid) = element.attr("jid") else {
+        return Err(PubsubError::with(
+            StanzaErrorCondition::BadRequest,
+            "jid-required",
+        ));
+    };
+    match jid.parse::<Jid>() {
+        Ok(jid) if *jid.bare() == parties.requester => Ok(jid),
+        _ => Err(PubsubError::with(
+            StanzaErrorCondition::BadRequest,
+            "invalid-jid",
+        )),
+    }
+}
+
+/// The roster groups of the owner's roster, offered by the configuration form.
+async fn owner_roster_groups(
+    router: &SessionRouter,
+    owner: &BareJid,
+) -> Result<Vec<String>, PubsubError> {
+    let (_, items) = router
+        .storage
+        .roster(owner)
+        .await
+        .map_err(|error| PubsubError::from_api(&error))?;
+    Ok(roster_groups(items.into_iter().flat_map(|item| item.groups)))
+}
+
+/// The `jid` of an owner's list entry (an affiliation, a subscription);
+/// `bad-request` with `text` when it is missing or not a `J`.
+fn entry_jid<J: std::str::FromStr>(entry: &Element, text: &'static str) -> Result<J, PubsubError> {
+    entry
+        .attr("jid")
+        .and_then(|jid| jid.parse::<J>().ok())
+        .ok_or_else(|| PubsubError::new(StanzaErrorCondition::BadRequest).text(text))
+}
+
+/// A storage error of an owner's list change: a bound reached is `policy-violation`.
+fn limit_is_policy_violation(error: ApiError) -> PubsubError {
+    match error {
+        ApiError::LimitReached(text) => {
+            PubsubError::new(StanzaErrorCondition::PolicyViolation).text(text)
+        }
+        other => PubsubError::from_api(&other),
+    }
+}
+
 fn not_owner() -> PubsubError {
     // XEP-0060 section 7.1.3.1 (and 7.2.3.1, 8.2.3.2, 8.4.3.1).
     PubsubError::new(StanzaErrorCondition::Forbidden)
@@ -256,11 +329,12 @@ fn read_config_form(
         .filter(|child| child.is("field", ns::DATA_FORMS))
     {
         let var = field.attr("var").unwrap_or("");
-        let value = field
-            .get_child("value", ns::DATA_FORMS)
-            .map(Element::text)
-            .unwrap_or_default();
-        let value = value.trim();
+        let values: Vec<String> = field
+            .children()
+            .filter(|child| child.is("value", ns::DATA_FORMS))
+            .map(|child| child.text().trim().to_string())
+            .collect();
+        let value = values.first().map_or("", String::as_str);
         let boolean = |value: &str| match value {
             "1" | "true" => Ok(true),
             "0" | "false" => Ok(false),
@@ -279,7 +353,8 @@ fn read_config_form(
             "pubsub#access_model" => {
                 patch.access_model = Some(AccessModel::from_name(value).ok_or_else(|| {
                     unacceptable(format!(
-                        "access model {value:?} is not supported (presence, open, whitelist)"
+                        "access model {value:?} is not supported \
+                         (presence, open, roster, authorize, whitelist)"
                     ))
                 })?);
             }
@@ -301,6 +376,22 @@ fn read_config_form(
             }
             "pubsub#persist_items" => patch.persist_items = Some(boolean(value)?),
             "pubsub#notify_retract" => patch.notify_retract = Some(boolean(value)?),
+            // XEP-0060 section 16.4.3: a list-multi of roster group names.
+            "pubsub#roster_groups_allowed" => {
+                if values.len() > MAX_ROSTER_GROUPS {
+                    return Err(unacceptable(format!(
+                        "at most {MAX_ROSTER_GROUPS} roster groups"
+                    )));
+                }
+                if let Some(bad) = values.iter().find(|group| {
+                    group.is_empty() || group.contains('\n') || group.len() > MAX_NAME_BYTES
+                }) {
+                    return Err(unacceptable(format!(
+                        "{bad:?} is not a roster group name (1 to {MAX_NAME_BYTES} bytes, one line)"
+                    )));
+                }
+                patch.roster_groups_allowed = Some(roster_groups(values.iter().cloned()));
+            }
             "pubsub#send_last_published_item" => {
                 patch.send_last_published_item =
                     Some(SendLastPublished::from_name(value).ok_or_else(|| {
@@ -339,9 +430,23 @@ fn boolean_value(value: bool) -> &'static str {
     }
 }
 
-/// The node configuration form (XEP-0060 section 8.2.1) of `config`.
-fn config_form(config: &PepNodeConfig) -> Element {
+/// The node configuration form (XEP-0060 section 8.2.1) of `config`; the
+/// roster groups offered are `owner_groups` (the owner's roster's) and
+/// those the node names.
+fn config_form(config: &PepNodeConfig, owner_groups: &[String]) -> Element {
     let max_items = config.max_items.to_string();
+    let allowed: Vec<&str> = config
+        .roster_groups_allowed
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let offered = roster_groups(
+        owner_groups
+            .iter()
+            .chain(&config.roster_groups_allowed)
+            .cloned(),
+    );
+    let offered: Vec<&str> = offered.iter().map(String::as_str).collect();
     Element::new("x", ns::DATA_FORMS)
         .with_attr("type", "form")
         .with_child(field("FORM_TYPE", "hidden", &[ns::PUBSUB_NODE_CONFIG], &[]))
@@ -349,7 +454,13 @@ fn config_form(config: &PepNodeConfig) -> Element {
             "pubsub#access_model",
             "list-single",
             &[config.access_model.as_str()],
-            &["open", "presence", "whitelist"],
+            &["authorize", "open", "presence", "roster", "whitelist"],
+        ))
+        .with_child(field(
+            "pubsub#roster_groups_allowed",
+            "list-multi",
+            &allowed,
+            &offered,
         ))
         .with_child(field("pubsub#max_items", "text-single", &[&max_items], &[]))
         .with_child(field(
@@ -528,7 +639,13 @@ impl Pep {
         // XEP-0411: the private XML bookmarks follow the PEP ones.
         if stored.name == crate::bookmarks::NODE {
             router
-                .pep_bookmarks_published(&parties.owner, payload)
+                .pep_bookmarks_published(&parties.owner, &parties.requester_full, payload)
+                .await;
+        }
+        // XEP-0402 section 5: the XEP-0048 bookmarks follow the per-room items.
+        if stored.name == crate::bookmarks2::NODE {
+            router
+                .bookmarks2_changed(&parties.owner, &parties.requester_full)
                 .await;
         }
         Ok(result_with(
@@ -586,6 +703,11 @@ impl Pep {
                 .notify_pep(&parties.owner, &node, retract_event(node_name, item_id))
                 .await;
         }
+        if node_name == crate::bookmarks2::NODE {
+            router
+                .bookmarks2_changed(&parties.owner, &parties.requester_full)
+                .await;
+        }
         Ok(stanza::iq_result(iq))
     }
 
@@ -604,6 +726,13 @@ impl Pep {
         if node_name == crate::bookmarks::NODE && parties.is_owner() {
             router
                 .bookmarks_before_pep_read(&parties.owner, &parties.requester_full)
+                .await;
+        }
+        // XEP-0402 section 5: so do the XEP-0048 ones before the first
+        // read of the per-room node.
+        if node_name == crate::bookmarks2::NODE && parties.is_owner() {
+            router
+                .bookmarks2_before_read(&parties.owner, &parties.requester_full)
                 .await;
         }
         let node = existing_node(router, &parties.owner, node_name).await?;
@@ -713,19 +842,22 @@ impl Pep {
             (IqType::Get, "default") => Ok(result_with(
                 iq,
                 Element::new("pubsub", ns::PUBSUB_OWNER).with_child(
-                    Element::new("default", ns::PUBSUB_OWNER)
-                        .with_child(config_form(&PepNodeConfig::default())),
+                    Element::new("default", ns::PUBSUB_OWNER).with_child(config_form(
+                        &PepNodeConfig::default(),
+                        &owner_roster_groups(router, owner).await?,
+                    )),
                 ),
             )),
             (IqType::Get, "configure") => {
                 let node_name = node_attribute(request)?;
                 let node = existing_node(router, owner, node_name).await?;
+                let groups = owner_roster_groups(router, owner).await?;
                 Ok(result_with(
                     iq,
                     Element::new("pubsub", ns::PUBSUB_OWNER).with_child(
                         Element::new("configure", ns::PUBSUB_OWNER)
                             .with_attr("node", node_name)
-                            .with_child(config_form(&node.config)),
+                            .with_child(config_form(&node.config, &groups)),
                     ),
                 ))
             }
@@ -809,13 +941,7 @@ impl Pep {
                     .children()
                     .filter(|child| child.name() == "affiliation")
                 {
-                    let jid = affiliation
-                        .attr("jid")
-                        .and_then(|jid| jid.parse::<BareJid>().ok())
-                        .ok_or_else(|| {
-                            PubsubError::new(StanzaErrorCondition::BadRequest)
-                                .text("an affiliation names a bare jid")
-                        })?;
+                    let jid: BareJid = entry_jid(affiliation, "an affiliation names a bare jid")?;
                     if &jid == owner {
                         // Section 8.9.2.4: the owner stays the owner.
                         return Err(PubsubError::new(StanzaErrorCondition::NotAcceptable)
@@ -839,19 +965,219 @@ impl Pep {
                         settings.max_whitelist_per_node,
                     )
                     .await
-                    .map_err(|error| match error {
-                        ApiError::LimitReached(text) => {
-                            PubsubError::new(StanzaErrorCondition::PolicyViolation).text(text)
-                        }
-                        other => PubsubError::from_api(&other),
-                    })?;
+                    .map_err(limit_is_policy_violation)?;
                 Ok(stanza::iq_result(iq))
             }
             (_, "purge") => Err(PubsubError::unsupported("purge-nodes")),
-            (_, "subscriptions") => Err(PubsubError::unsupported("manage-subscriptions")),
+            // Section 8.8.1: the approved subscriptions ("SHOULD NOT return
+            // entities whose subscription state is pending").
+            (IqType::Get, "subscriptions") => {
+                let node_name = node_attribute(request)?;
+                existing_node(router, owner, node_name).await?;
+                let mut list =
+                    Element::new("subscriptions", ns::PUBSUB_OWNER).with_attr("node", node_name);
+                for subscription in storage
+                    .pep_subscriptions(owner, node_name)
+                    .await
+                    .map_err(api)?
+                    .into_iter()
+                    .filter(|subscription| subscription.state == PepSubscriptionState::Subscribed)
+                {
+                    list.append_child(Element::new("subscription", ns::PUBSUB_OWNER)
+                        .with_attr("jid", subscription.jid.to_string())
+                        .with_attr("subscription", subscription.state.as_str()));
+                }
+                Ok(result_with(
+                    iq,
+                    Element::new("pubsub", ns::PUBSUB_OWNER).with_child(list),
+                ))
+            }
+            (IqType::Set, "subscriptions") => {
+                self.modify_subscriptions(router, iq, owner, request).await
+            }
             _ => Err(PubsubError::new(StanzaErrorCondition::BadRequest)
                 .text("not a pubsub#owner request this service answers")),
         }
+    }
+
+    /// XEP-0060 section 6.1: subscribe `jid` (the requester's bare or full
+    /// JID) to a node. An `authorize` node's subscription is `pending` and
+    /// the owner asked (6.1.4, 8.6); any other is `subscribed` when the
+    /// access model allows the requester (6.1.3), and gets the last item
+    /// (6.1.7). A pending subscription is `not-authorized` +
+    /// `pending-subscription` (6.1.3.7); an approved one is answered with
+    /// its state (6.1.6, no multiple subscriptions).
+    async fn subscribe(
+        &self,
+        router: &SessionRouter,
+        iq: &Element,
+        parties: &Parties,
+        subscribe: &Element,
+    ) -> Answer {
+        let node_name = node_attribute(subscribe)?;
+        let jid = subscription_jid(subscribe, parties)?;
+        let owner = &parties.owner;
+        let node = existing_node(router, owner, node_name).await?;
+        let api = |error: ApiError| PubsubError::from_api(&error);
+        let current = router
+            .storage
+            .pep_subscriptions(owner, node_name)
+            .await
+            .map_err(api)?
+            .into_iter()
+            .find(|subscription| subscription.jid == jid)
+            .map(|subscription| subscription.state);
+        let reply = |state: PepSubscriptionState| {
+            result_with(
+                iq,
+                Element::new("pubsub", ns::PUBSUB).with_child(subscription_element(
+                    ns::PUBSUB,
+                    node_name,
+                    &jid,
+                    Some(state),
+                )),
+            )
+        };
+        match current {
+            Some(PepSubscriptionState::Pending) => {
+                return Err(PubsubError::with(
+                    StanzaErrorCondition::NotAuthorized,
+                    "pending-subscription",
+                ))
+            }
+            Some(state) => return Ok(reply(state)),
+            None => {}
+        }
+        let state = if parties.is_owner() {
+            PepSubscriptionState::Subscribed
+        } else if node.config.access_model == AccessModel::Authorize {
+            PepSubscriptionState::Pending
+        } else {
+            router
+                .pep_access(owner, &node, &parties.requester)
+                .await
+                .map_err(api)?
+                .map_err(PubsubError::denied)?;
+            PepSubscriptionState::Subscribed
+        };
+        router
+            .storage
+            .set_pep_subscription(
+                owner,
+                node_name,
+                &jid,
+                Some(state),
+                router.config.pep.max_subscriptions_per_node,
+            )
+            .await
+            .map_err(|error| match error {
+                // Section 6.1.3.9.
+                ApiError::LimitReached(text) => PubsubError::with(
+                    StanzaErrorCondition::PolicyViolation,
+                    "too-many-subscriptions",
+                )
+                .text(text),
+                other => PubsubError::from_api(&other),
+            })?;
+        match state {
+            PepSubscriptionState::Pending => {
+                router
+                    .request_pep_subscription_approval(owner, node_name, &jid)
+                    .await
+            }
+            PepSubscriptionState::Subscribed => {
+                router
+                    .pep_subscription_changed(owner, &node, &jid, None, Some(state), false)
+                    .await
+            }
+        }
+        Ok(reply(state))
+    }
+
+    /// XEP-0060 section 6.2: remove the requester's subscription (pending
+    /// or approved); none is `unexpected-request` + `not-subscribed` (6.2.3.2).
+    async fn unsubscribe(
+        &self,
+        router: &SessionRouter,
+        iq: &Element,
+        parties: &Parties,
+        unsubscribe: &Element,
+    ) -> Answer {
+        let node_name = node_attribute(unsubscribe)?;
+        let jid = subscription_jid(unsubscribe, parties).map_err(|error| {
+            match error.application {
+                // Section 6.2.3.3: another entity's subscription.
+                Some("invalid-jid") => PubsubError::new(StanzaErrorCondition::Forbidden),
+                _ => error,
+            }
+        })?;
+        existing_node(router, &parties.owner, node_name).await?;
+        let previous = router
+            .storage
+            .set_pep_subscription(
+                &parties.owner,
+                node_name,
+                &jid,
+                None,
+                router.config.pep.max_subscriptions_per_node,
+            )
+            .await
+            .map_err(|error| PubsubError::from_api(&error))?;
+        if previous.is_none() {
+            return Err(PubsubError::with(
+                StanzaErrorCondition::UnexpectedRequest,
+                "not-subscribed",
+            ));
+        }
+        Ok(stanza::iq_result(iq))
+    }
+
+    /// XEP-0060 section 8.8.2: the owner sets subscriptions (`subscribed`,
+    /// or `none` to remove one); a pending subscription approved, or one
+    /// removed, is notified to the subscriber (8.8.4). Every entry is
+    /// checked before any is applied (8.8.3: an invalid one is `not-acceptable`).
+    async fn modify_subscriptions(
+        &self,
+        router: &SessionRouter,
+        iq: &Element,
+        owner: &BareJid,
+        request: &Element,
+    ) -> Answer {
+        let node_name = node_attribute(request)?;
+        let node = existing_node(router, owner, node_name).await?;
+        let mut changes = Vec::new();
+        for entry in request
+            .children()
+            .filter(|child| child.name() == "subscription")
+        {
+            let jid: Jid = entry_jid(entry, "a subscription names a jid")?;
+            let state = match entry.attr("subscription") {
+                Some("subscribed") => Some(PepSubscriptionState::Subscribed),
+                Some("none") => None,
+                _ => {
+                    return Err(PubsubError::new(StanzaErrorCondition::NotAcceptable)
+                        .text("a subscription is set to subscribed or none"))
+                }
+            };
+            changes.push((jid, state));
+        }
+        for (jid, state) in changes {
+            let previous = router
+                .storage
+                .set_pep_subscription(
+                    owner,
+                    node_name,
+                    &jid,
+                    state,
+                    router.config.pep.max_subscriptions_per_node,
+                )
+                .await
+                .map_err(limit_is_policy_violation)?;
+            router
+                .pep_subscription_changed(owner, &node, &jid, previous, state, true)
+                .await;
+        }
+        Ok(stanza::iq_result(iq))
     }
 
     async fn answer(&self, router: &SessionRouter, request: &IqRequest<'_>) -> Answer {
@@ -880,10 +1206,8 @@ impl Pep {
                 .text("one pubsub request at a time")),
             (IqType::Set, "retract") => self.retract(router, iq, &parties, first).await,
             (IqType::Get, "items") => self.items(router, iq, &parties, first).await,
-            // XEP-0163 section 4.3: subscriptions are implicit.
-            (IqType::Set, "subscribe" | "unsubscribe") => {
-                Err(PubsubError::unsupported("subscribe"))
-            }
+            (IqType::Set, "subscribe") => self.subscribe(router, iq, &parties, first).await,
+            (IqType::Set, "unsubscribe") => self.unsubscribe(router, iq, &parties, first).await,
             (_, "options") => Err(PubsubError::unsupported("subscription-options")),
             (IqType::Get, "subscriptions") => {
                 Err(PubsubError::unsupported("retrieve-subscriptions"))
@@ -966,6 +1290,7 @@ mod tests {
              <field var='pubsub#access_model'><value>whitelist</value></field>\
              <field var='pubsub#max_items'><value>max</value></field>\
              <field var='pubsub#send_last_published_item'><value>never</value></field>\
+             <field var='pubsub#roster_groups_allowed'><value>Friends</value><value>Family</value><value>Friends</value></field>\
              <field var='pubsub#title'><value>ignored</value></field></x>",
         );
         let patch = read_config_form(&form, ns::PUBSUB_PUBLISH_OPTIONS, 256).unwrap();
@@ -977,6 +1302,7 @@ mod tests {
                 persist_items: Some(true),
                 send_last_published_item: Some(SendLastPublished::Never),
                 notify_retract: None,
+                roster_groups_allowed: Some(vec!["Family".into(), "Friends".into()]),
             }
         );
     }
@@ -988,10 +1314,15 @@ mod tests {
         );
         let error = read_config_form(&wrong_type, ns::PUBSUB_PUBLISH_OPTIONS, 256).unwrap_err();
         assert_eq!(error.application, Some("invalid-options"));
-        let roster = element(
-            "<x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>roster</value></field></x>",
+        let unknown = element(
+            "<x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>payment</value></field></x>",
         );
-        let error = read_config_form(&roster, ns::PUBSUB_NODE_CONFIG, 256).unwrap_err();
+        let error = read_config_form(&unknown, ns::PUBSUB_NODE_CONFIG, 256).unwrap_err();
+        assert_eq!(error.condition, StanzaErrorCondition::NotAcceptable);
+        let empty_group = element(
+            "<x xmlns='jabber:x:data' type='submit'><field var='pubsub#roster_groups_allowed'><value>Friends</value><value></value></field></x>",
+        );
+        let error = read_config_form(&empty_group, ns::PUBSUB_NODE_CONFIG, 256).unwrap_err();
         assert_eq!(error.condition, StanzaErrorCondition::NotAcceptable);
         let too_many = element(
             "<x xmlns='jabber:x:data' type='submit'><field var='pubsub#max_items'><value>1000</value></field></x>",
@@ -1021,13 +1352,14 @@ mod tests {
 
     #[test]
     fn the_configuration_form_lists_the_current_values() {
-        let form = config_form(&PepNodeConfig::default());
+        let form = config_form(&PepNodeConfig::default(), &["Friends".to_string()]);
         let xml = form.to_xml();
         assert!(xml.contains(
             "<field var='pubsub#access_model' type='list-single'><value>presence</value>"
         ));
         assert!(xml
             .contains("<field var='pubsub#max_items' type='text-single'><value>1</value></field>"));
+        assert!(xml.contains("<field var='pubsub#roster_groups_allowed' type='list-multi'><option><value>Friends</value></option></field>"), "{xml}");
         let read_back = read_config_form(&form, ns::PUBSUB_NODE_CONFIG, 256).unwrap();
         assert_eq!(
             read_back.apply(PepNodeConfig::default()),

@@ -3,20 +3,24 @@
 //! of XEP-0060 section 4.5), who gets an event notification (XEP-0163
 //! section 4.3: the owner's resources and the contacts with a presence
 //! subscription whose entity capabilities ask for `NODE+notify`), and the
-//! last published item sent on presence (section 4.3.4).
+//! last published item sent on presence (section 4.3.4); and the explicit
+//! subscriptions of XEP-0060 section 6.1 (`subscriptions.rs`), which an
+//! `authorize` node's owner approves.
 //!
 //! The IQ protocol is in `handlers/pep.rs`; the XEP-0115 capabilities the
 //! `+notify` filter reads are in `caps.rs`. Nodes and items live in storage
 //! (`PepStore`), so any router of the cluster serves any account.
 
 pub(crate) mod caps;
+pub(crate) mod subscriptions;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use starling_api::{
-    AccessModel, ApiError, ApiResult, PepConfigPatch, PepItem, PepLimits, PepNode, PepPublish,
-    PepPublishOutcome, SendLastPublished, SessionRecord,
+    AccessModel, ApiError, ApiResult, PepConfigPatch, PepItem, PepLimits, PepNode, PepNodeConfig,
+    PepPublish, PepPublishOutcome, PepSubscription, PepSubscriptionState, SendLastPublished,
+    SessionRecord,
 };
 use starling_bus::deliver_to_sessions;
 use starling_jid::{BareJid, FullJid, Jid};
@@ -40,6 +44,10 @@ pub struct PepSettings {
     pub max_nodes_per_account: u32,
     /// The most JIDs on one node's whitelist (`pep.max_whitelist_per_node`).
     pub max_whitelist_per_node: u32,
+    /// The most explicit subscriptions (pending or approved) to one node
+    /// (`pep.max_subscriptions_per_node`); a subscribe past it gets
+    /// `policy-violation` + `too-many-subscriptions`.
+    pub max_subscriptions_per_node: u32,
 }
 
 impl Default for PepSettings {
@@ -49,6 +57,7 @@ impl Default for PepSettings {
             max_items_per_node: 256,
             max_nodes_per_account: 256,
             max_whitelist_per_node: 1000,
+            max_subscriptions_per_node: 1000,
         }
     }
 }
@@ -62,14 +71,78 @@ impl PepSettings {
     }
 }
 
-/// Why a requester may not see a node (XEP-0060 section 6.5.9).
+/// Why a requester may not see a node (XEP-0060 section 6.5.9, and 6.1.3
+/// for a subscribe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Denied {
     /// `presence` access without a subscription: `not-authorized` +
-    /// `presence-subscription-required` (section 6.5.9.2).
+    /// `presence-subscription-required` (section 6.5.9.5).
     PresenceSubscriptionRequired,
-    /// `whitelist` access, not on it: `not-allowed` + `closed-node` (section 6.5.9.5).
+    /// `roster` access, not a subscribed contact in an allowed group:
+    /// `not-authorized` + `not-in-roster-group` (section 6.5.9.6).
+    NotInRosterGroup,
+    /// `whitelist` access, not on it: `not-allowed` + `closed-node` (section 6.5.9.7).
     NotOnWhitelist,
+    /// `authorize` access without an approved subscription (a pending one
+    /// included): `not-authorized` + `not-subscribed` (section 6.5.9.3).
+    NotSubscribed,
+}
+
+/// What the access models know of one requester that is not the owner:
+/// its roster item in the owner's roster (whether it has a subscription
+/// `from`/`both`, and its groups), whether it is on the node's whitelist,
+/// and whether it holds an approved explicit subscription.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Standing<'a> {
+    pub(crate) presence_subscribed: bool,
+    pub(crate) groups: &'a [String],
+    pub(crate) whitelisted: bool,
+    pub(crate) subscribed: bool,
+}
+
+/// The access model of XEP-0060 section 4.5 applied to a requester that is
+/// not the owner (who may always see its nodes).
+pub(crate) fn judge(config: &PepNodeConfig, standing: Standing<'_>) -> Result<(), Denied> {
+    match config.access_model {
+        AccessModel::Open => Ok(()),
+        AccessModel::Presence if standing.presence_subscribed => Ok(()),
+        AccessModel::Presence => Err(Denied::PresenceSubscriptionRequired),
+        // Section 6.5.2: "subscribed to the owner's presence and contained
+        // in the relevant roster group(s)".
+        AccessModel::Roster
+            if standing.presence_subscribed
+                && standing
+                    .groups
+                    .iter()
+                    .any(|group| config.roster_groups_allowed.contains(group)) =>
+        {
+            Ok(())
+        }
+        AccessModel::Roster => Err(Denied::NotInRosterGroup),
+        AccessModel::Whitelist if standing.whitelisted => Ok(()),
+        AccessModel::Whitelist => Err(Denied::NotOnWhitelist),
+        AccessModel::Authorize if standing.subscribed => Ok(()),
+        AccessModel::Authorize => Err(Denied::NotSubscribed),
+    }
+}
+
+/// Whether `subscriptions` hold an approved one for `account` (of its bare
+/// JID or of one of its full JIDs).
+fn approved_for(subscriptions: &[PepSubscription], account: &BareJid) -> bool {
+    subscriptions.iter().any(|subscription| {
+        subscription.state == PepSubscriptionState::Subscribed
+            && subscription.jid.bare() == account
+    })
+}
+
+/// Who is told about a node: an account whose sessions qualify by their
+/// `+notify` interest (the implicit PEP subscriptions of XEP-0163 section
+/// 4.3), or by an explicit subscription of its bare JID (every available
+/// resource) or of one full JID (XEP-0060 section 6.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Audience {
+    Interested(BareJid),
+    Subscribed(Jid),
 }
 
 impl SessionRouter {
@@ -84,75 +157,131 @@ impl SessionRouter {
         if owner == requester {
             return Ok(Ok(()));
         }
-        Ok(match node.config.access_model {
-            AccessModel::Open => Ok(()),
-            AccessModel::Presence => {
-                let subscribed = self
-                    .storage
-                    .roster_item(owner, requester)
-                    .await?
-                    .is_some_and(|item| item.subscription.has_from());
-                if subscribed {
-                    Ok(())
-                } else {
-                    Err(Denied::PresenceSubscriptionRequired)
-                }
+        let config = &node.config;
+        let roster_item = match config.access_model {
+            AccessModel::Presence | AccessModel::Roster => {
+                self.storage.roster_item(owner, requester).await?
             }
-            AccessModel::Whitelist => {
-                let members = self.storage.pep_whitelist(owner, &node.name).await?;
-                if members.contains(requester) {
-                    Ok(())
-                } else {
-                    Err(Denied::NotOnWhitelist)
-                }
-            }
-        })
+            AccessModel::Open | AccessModel::Whitelist | AccessModel::Authorize => None,
+        };
+        let whitelisted = config.access_model == AccessModel::Whitelist
+            && self
+                .storage
+                .pep_whitelist(owner, &node.name)
+                .await?
+                .contains(requester);
+        let subscribed = config.access_model == AccessModel::Authorize
+            && approved_for(
+                &self.storage.pep_subscriptions(owner, &node.name).await?,
+                requester,
+            );
+        Ok(judge(
+            config,
+            Standing {
+                presence_subscribed: roster_item
+                    .as_ref()
+                    .is_some_and(|item| item.subscription.has_from()),
+                groups: roster_item.as_ref().map_or(&[], |item| &item.groups),
+                whitelisted,
+                subscribed,
+            },
+        ))
     }
 
     /// The sessions that get the notifications of `node` of `owner`: the
     /// owner's available resources and those of its local contacts with a
     /// subscription `from` (or `both`) allowed by the access model, each
-    /// only if its capabilities include `NODE+notify` (XEP-0163 section 4.3).
+    /// only if its capabilities include `NODE+notify` (XEP-0163 section
+    /// 4.3); and the available resources of the local explicit subscribers
+    /// (XEP-0060 section 6.1) the access model still allows. An
+    /// `authorize` node notifies only the owner and approved subscribers.
     pub(crate) async fn pep_recipients(
         &self,
         owner: &BareJid,
         node: &PepNode,
     ) -> ApiResult<Vec<SessionRecord>> {
+        let config = &node.config;
         let interest = format!("{}{NOTIFY_SUFFIX}", node.name);
-        let mut accounts = vec![owner.clone()];
-        let roster = self.storage.subscriptions(owner).await?;
-        let whitelist: Option<HashSet<BareJid>> = match node.config.access_model {
-            AccessModel::Whitelist => Some(
-                self.storage
-                    .pep_whitelist(owner, &node.name)
-                    .await?
-                    .into_iter()
-                    .collect(),
-            ),
-            AccessModel::Presence | AccessModel::Open => None,
+        let roster: Vec<(BareJid, bool, Vec<String>)> = match config.access_model {
+            // Only the roster model reads the groups.
+            AccessModel::Roster => self
+                .storage
+                .roster(owner)
+                .await?
+                .1
+                .into_iter()
+                .map(|item| (item.jid, item.subscription.has_from(), item.groups))
+                .collect(),
+            _ => self
+                .storage
+                .subscriptions(owner)
+                .await?
+                .into_iter()
+                .map(|item| (item.jid, item.subscription.has_from(), Vec::new()))
+                .collect(),
         };
-        for item in roster {
-            // No server-to-server connections: only local contacts.
-            if !item.subscription.has_from() || item.jid.domain() != self.config.domain {
-                continue;
+        let whitelist: HashSet<BareJid> = match config.access_model {
+            AccessModel::Whitelist => self
+                .storage
+                .pep_whitelist(owner, &node.name)
+                .await?
+                .into_iter()
+                .collect(),
+            _ => HashSet::new(),
+        };
+        let subscriptions = self.storage.pep_subscriptions(owner, &node.name).await?;
+        let standing = |account: &BareJid| -> Standing<'_> {
+            let item = roster.iter().find(|(jid, ..)| jid == account);
+            Standing {
+                presence_subscribed: item.is_some_and(|(_, from, _)| *from),
+                groups: item.map_or(&[], |(.., groups)| groups.as_slice()),
+                whitelisted: whitelist.contains(account),
+                subscribed: approved_for(&subscriptions, account),
             }
-            if whitelist
-                .as_ref()
-                .is_some_and(|members| !members.contains(&item.jid))
+        };
+        let mut audience = vec![Audience::Interested(owner.clone())];
+        // The implicit subscriptions: contacts with a presence subscription
+        // (an `authorize` node has none: only approved subscribers).
+        if config.access_model != AccessModel::Authorize {
+            for (jid, from, _) in &roster {
+                // No server-to-server connections: only local contacts.
+                if !from || jid.domain() != self.config.domain {
+                    continue;
+                }
+                if judge(config, standing(jid)).is_ok() {
+                    audience.push(Audience::Interested(jid.clone()));
+                }
+            }
+        }
+        for subscription in &subscriptions {
+            let account = subscription.jid.bare();
+            if subscription.state != PepSubscriptionState::Subscribed
+                || account.domain() != self.config.domain
             {
                 continue;
             }
-            accounts.push(item.jid);
+            if account == owner || judge(config, standing(account)).is_ok() {
+                audience.push(Audience::Subscribed(subscription.jid.clone()));
+            }
         }
-        let mut recipients = Vec::new();
+        let mut recipients: Vec<SessionRecord> = Vec::new();
         let owner_address = Jid::from(owner.clone());
-        for account in &accounts {
+        for member in &audience {
+            let account = match member {
+                Audience::Interested(account) => account,
+                Audience::Subscribed(jid) => jid.bare(),
+            };
             // XEP-0191 section 3.3: nothing goes from a user to an address
             // it blocked, nor to a user who blocked it.
             if account != owner && self.blocklists.blocks(account, &owner_address).await? {
                 continue;
             }
             for session in self.registry.sessions(account).await? {
+                if !session.available
+                    || recipients.iter().any(|known| known.jid == session.jid)
+                {
+                    continue;
+                }
                 if account != owner
                     && self
                         .blocklists
@@ -161,7 +290,12 @@ impl SessionRouter {
                 {
                     continue;
                 }
-                if session.available && self.session_wants(&session, &interest).await {
+                let wanted = match member {
+                    Audience::Interested(_) => self.session_wants(&session, &interest).await,
+                    Audience::Subscribed(Jid::Bare(_)) => true,
+                    Audience::Subscribed(Jid::Full(full)) => *full == session.jid,
+                };
+                if wanted {
                     recipients.push(session);
                 }
             }
@@ -292,30 +426,54 @@ impl SessionRouter {
     /// XEP-0163 section 4.3.4: a session that became available (or whose
     /// `+notify` interests were just learnt) gets the last published item of
     /// each node it is interested in: its own account's, and those of the
-    /// local contacts it has a subscription to whose access model lets it see.
+    /// local contacts it has a subscription to whose access model lets it
+    /// see; and (XEP-0060 section 6.1.7, `on_sub_and_presence`) of each node
+    /// its account or this full JID explicitly subscribed to.
     pub(crate) async fn send_last_published_items(
         &self,
         session: &SessionRecord,
         features: &[String],
     ) -> ApiResult<()> {
         let interests = notify_interests(features);
-        if interests.is_empty() {
-            return Ok(());
-        }
         let subscriber = session.jid.to_bare();
-        let mut owners = vec![subscriber.clone()];
-        let roster = self.storage.subscriptions(&subscriber).await?;
-        owners.extend(
-            roster
-                .into_iter()
-                .filter(|item| {
-                    item.subscription.has_to() && item.jid.domain() == self.config.domain
-                })
-                .map(|item| item.jid),
-        );
-        for owner in &owners {
-            self.send_last_items_of(owner, session, &interests, LastItemTrigger::Presence)
+        let mut sent = HashSet::new();
+        if !interests.is_empty() {
+            let mut owners = vec![subscriber.clone()];
+            let roster = self.storage.subscriptions(&subscriber).await?;
+            owners.extend(
+                roster
+                    .into_iter()
+                    .filter(|item| {
+                        item.subscription.has_to() && item.jid.domain() == self.config.domain
+                    })
+                    .map(|item| item.jid),
+            );
+            for owner in &owners {
+                self.send_last_items_of(
+                    owner,
+                    session,
+                    &interests,
+                    LastItemTrigger::Presence,
+                    &mut sent,
+                )
                 .await?;
+            }
+        }
+        for subscribed in self.storage.pep_subscribed_nodes(&subscriber).await? {
+            let for_this_session = match &subscribed.jid {
+                Jid::Bare(_) => true,
+                Jid::Full(full) => *full == session.jid,
+            };
+            if for_this_session {
+                self.send_last_items_of(
+                    &subscribed.owner,
+                    session,
+                    std::slice::from_ref(&subscribed.node),
+                    LastItemTrigger::Presence,
+                    &mut sent,
+                )
+                .await?;
+            }
         }
         Ok(())
     }
@@ -345,8 +503,14 @@ impl SessionRouter {
             };
             let interests = notify_interests(&features);
             if !interests.is_empty() {
-                self.send_last_items_of(owner, &session, &interests, LastItemTrigger::Subscription)
-                    .await?;
+                self.send_last_items_of(
+                    owner,
+                    &session,
+                    &interests,
+                    LastItemTrigger::Subscription,
+                    &mut HashSet::new(),
+                )
+                .await?;
             }
         }
         Ok(())
@@ -400,13 +564,15 @@ impl SessionRouter {
     /// Send `session` the last item of each node of `owner` among
     /// `interests` that `trigger` applies to (the node's
     /// `send_last_published_item`) and that the session's account may see,
-    /// unless either side blocks the other (XEP-0163 section 4.3.3).
-    async fn send_last_items_of(
+    /// unless either side blocks the other (XEP-0163 section 4.3.3) or it
+    /// is in `sent` already (which gets each node sent).
+    pub(crate) async fn send_last_items_of(
         &self,
         owner: &BareJid,
         session: &SessionRecord,
         interests: &[String],
         trigger: LastItemTrigger,
+        sent: &mut HashSet<(BareJid, String)>,
     ) -> ApiResult<()> {
         let subscriber = session.jid.to_bare();
         if owner != &subscriber
@@ -423,12 +589,15 @@ impl SessionRouter {
         }
         let recipient = [session.clone()];
         for (node, item) in self.storage.pep_last_items(owner, interests).await? {
-            if !trigger.applies_to(node.config.send_last_published_item) {
+            if !trigger.applies_to(node.config.send_last_published_item)
+                || sent.contains(&(owner.clone(), node.name.clone()))
+            {
                 continue;
             }
             if self.pep_access(owner, &node, &subscriber).await?.is_err() {
                 continue;
             }
+            sent.insert((owner.clone(), node.name.clone()));
             let Some(event) = items_event(&node.name, &item) else {
                 continue;
             };
@@ -441,7 +610,7 @@ impl SessionRouter {
 /// What makes the last published items go out, against a node's
 /// `pubsub#send_last_published_item` (XEP-0060 section 16.4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LastItemTrigger {
+pub(crate) enum LastItemTrigger {
     /// A subscriber's resource became available: `on_sub_and_presence` only.
     Presence,
     /// A new (presence, hence PEP) subscription: `on_sub` or `on_sub_and_presence`.

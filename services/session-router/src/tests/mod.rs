@@ -296,6 +296,32 @@ impl starling_api::PepStore for UnavailableStorage {
     async fn put_caps(&self, _record: &starling_api::CapsRecord) -> ApiResult<()> {
         Err(database_down())
     }
+
+    async fn pep_subscriptions(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+    ) -> ApiResult<Vec<starling_api::PepSubscription>> {
+        Err(database_down())
+    }
+
+    async fn set_pep_subscription(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _jid: &starling_jid::Jid,
+        _state: Option<starling_api::PepSubscriptionState>,
+        _max_subscriptions: u32,
+    ) -> ApiResult<Option<starling_api::PepSubscriptionState>> {
+        Err(database_down())
+    }
+
+    async fn pep_subscribed_nodes(
+        &self,
+        _subscriber: &BareJid,
+    ) -> ApiResult<Vec<starling_api::PepSubscribedNode>> {
+        Err(database_down())
+    }
 }
 
 #[async_trait]

@@ -211,7 +211,7 @@ async fn publish_errors_name_the_conditions_of_xep_0060() {
         harness.seen_on_test(),
         vec![to_conn(1, "<iq id='b' to='juliet@example.com/balcony' type='error'><error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>an item payload has at most 65536 bytes (pep.max_item_bytes)</text><payload-too-big xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
     );
-    // No item; an unknown node; an explicit subscribe.
+    // No item; an unknown node; a subscribe to an unknown node.
     harness
         .send(JULIET, CM_TEST, 1, &format!("<iq id='n' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{MOOD}'/></pubsub></iq>"))
         .await;
@@ -227,11 +227,11 @@ async fn publish_errors_name_the_conditions_of_xep_0060() {
         vec![to_conn(2, "<iq id='u' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
     );
     harness
-        .send(ROMEO, CM_OTHER, 2, &format!("<iq id='s' to='juliet@example.com' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='{MOOD}' jid='romeo@example.com'/></pubsub></iq>"))
+        .send(ROMEO, CM_OTHER, 2, "<iq id='s' to='juliet@example.com' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='urn:none' jid='romeo@example.com'/></pubsub></iq>")
         .await;
     assert_eq!(
         harness.seen_on_other(),
-        vec![to_conn(2, "<iq id='s' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='cancel'><feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><unsupported xmlns='http://jabber.org/protocol/pubsub#errors' feature='subscribe'/></error></iq>")]
+        vec![to_conn(2, "<iq id='s' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")]
     );
     // Nothing was notified for any of these.
     assert_eq!(
@@ -348,4 +348,172 @@ async fn a_blocked_contact_gets_no_notification() {
         "{seen:?}"
     );
     assert_eq!(harness.seen_on_other(), Vec::new());
+}
+
+fn access_options(access: &str, groups: &[&str]) -> String {
+    let groups: String = groups
+        .iter()
+        .map(|group| format!("<value>{group}</value>"))
+        .collect();
+    format!("<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='pubsub#access_model'><value>{access}</value></field><field var='pubsub#roster_groups_allowed'>{groups}</field></x></publish-options>")
+}
+
+fn mood_publish(id: &str, options: &str) -> String {
+    format!("<iq id='p-{id}' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{MOOD}'><item id='{id}'><mood xmlns='{MOOD}'><happy/></mood></item></publish>{options}</pubsub></iq>")
+}
+
+const ITEMS_BY_ROMEO: &str = "<iq id='i' to='juliet@example.com' type='get'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='http://jabber.org/protocol/mood'/></pubsub></iq>";
+
+#[tokio::test]
+async fn a_roster_node_admits_subscribed_contacts_in_its_groups_only() {
+    let mut harness = Harness::new().await;
+    juliet_and_her_contacts(&mut harness).await;
+    harness.seen_on_other();
+    // Romeo has a subscription but no group: not told, may not read.
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("1", &access_options("roster", &["Friends"])))
+        .await;
+    harness.seen_on_test();
+    assert_eq!(harness.seen_on_other(), Vec::new());
+    harness.send(ROMEO, CM_OTHER, 2, ITEMS_BY_ROMEO).await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(2, "<iq id='i' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='auth'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><not-in-roster-group xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
+    );
+    // In the group Friends: told, and may read.
+    let juliet = bare("juliet@example.com");
+    let mut romeo_item = harness
+        .storage
+        .roster_item(&juliet, &bare("romeo@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    romeo_item.groups = vec!["Friends".into()];
+    harness
+        .storage
+        .put_roster_item(&juliet, &romeo_item)
+        .await
+        .unwrap();
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("2", &access_options("roster", &["Friends"])))
+        .await;
+    let on_other = stanzas(harness.seen_on_other());
+    assert_eq!(on_other.len(), 1, "{on_other:?}");
+    assert_eq!(on_other[0].0, vec![Recipient { conn: 2, to: Some(ROMEO.to_string()) }]);
+    assert!(on_other[0].1.contains("<item id='2'>"), "{on_other:?}");
+    harness.send(ROMEO, CM_OTHER, 2, ITEMS_BY_ROMEO).await;
+    let items = stanzas(harness.seen_on_other());
+    assert!(items[0].1.starts_with("<iq type='result' id='i'"), "{items:?}");
+    // Other groups as a precondition: the node's groups differ.
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("3", &access_options("roster", &["Family"])))
+        .await;
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![
+            to_conn(1, "<iq type='result' id='p-2' to='juliet@example.com/balcony'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/mood'><item id='2'/></publish></pubsub></iq>"),
+            to_conn(1, "<iq id='p-3' to='juliet@example.com/balcony' type='error'><error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>"),
+        ]
+    );
+    // The nurse (no roster item) may not subscribe either.
+    harness
+        .send(NURSE, CM_OTHER, 3, &format!("<iq id='s' to='juliet@example.com' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='{MOOD}' jid='nurse@example.com'/></pubsub></iq>"))
+        .await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(3, "<iq id='s' to='nurse@example.com/chamber' from='juliet@example.com' type='error'><error type='auth'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><not-in-roster-group xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
+    );
+}
+
+fn approval(allow: bool) -> String {
+    format!("<message to='juliet@example.com' id='approve1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#subscribe_authorization</value></field><field var='pubsub#node'><value>{MOOD}</value></field><field var='pubsub#subscriber_jid'><value>nurse@example.com</value></field><field var='pubsub#allow'><value>{allow}</value></field></x></message>")
+}
+
+#[tokio::test]
+async fn an_authorize_node_notifies_only_the_subscribers_its_owner_approved() {
+    let mut harness = Harness::new().await;
+    juliet_and_her_contacts(&mut harness).await;
+    harness.seen_on_other();
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("1", &access_options("authorize", &[])))
+        .await;
+    harness.seen_on_test();
+    // Romeo's presence subscription and +notify are not enough.
+    assert_eq!(harness.seen_on_other(), Vec::new());
+    harness.send(ROMEO, CM_OTHER, 2, ITEMS_BY_ROMEO).await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(2, "<iq id='i' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='auth'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><not-subscribed xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
+    );
+    // The nurse (no roster item at all) asks: pending, and juliet is asked.
+    let subscribe = format!("<iq id='s' to='juliet@example.com' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='{MOOD}' jid='nurse@example.com'/></pubsub></iq>");
+    harness.send(NURSE, CM_OTHER, 3, &subscribe).await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(3, &format!("<iq type='result' id='s' to='nurse@example.com/chamber' from='juliet@example.com'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscription node='{MOOD}' jid='nurse@example.com' subscription='pending'/></pubsub></iq>"))]
+    );
+    let asked = stanzas(harness.seen_on_test());
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].0, vec![Recipient::conn(1)]);
+    assert!(asked[0].1.starts_with("<message from='juliet@example.com' to='juliet@example.com' id='"), "{asked:?}");
+    assert!(asked[0].1.contains(&format!("<field var='pubsub#node' type='text-single' label='Node ID'><value>{MOOD}</value></field><field var='pubsub#subscriber_jid' type='jid-single' label='Subscriber Address'><value>nurse@example.com</value></field>")), "{asked:?}");
+    // Asking again while pending; asking for someone else.
+    harness.send(NURSE, CM_OTHER, 3, &subscribe).await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(3, "<iq id='s' to='nurse@example.com/chamber' from='juliet@example.com' type='error'><error type='auth'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><pending-subscription xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
+    );
+    harness
+        .send(ROMEO, CM_OTHER, 2, &subscribe.replace("id='s'", "id='x'"))
+        .await;
+    assert_eq!(
+        harness.seen_on_other(),
+        vec![to_conn(2, "<iq id='x' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><invalid-jid xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
+    );
+    // Pending is not subscribed: a publish tells the nurse nothing.
+    harness.send(JULIET, CM_TEST, 1, &mood_publish("2", "")).await;
+    harness.seen_on_test();
+    assert_eq!(harness.seen_on_other(), Vec::new());
+
+    // Juliet approves (a message to her own bare JID, which is not
+    // delivered to her resources): the nurse is told, and gets the last item.
+    harness.send(JULIET, CM_TEST, 1, &approval(true)).await;
+    assert_eq!(harness.seen_on_test(), Vec::new());
+    let told = stanzas(harness.seen_on_other());
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(told[0].1.ends_with(&format!("<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscription node='{MOOD}' jid='nurse@example.com' subscription='subscribed'/></pubsub></message>")), "{told:?}");
+    assert_eq!(told[1].0, vec![Recipient { conn: 3, to: Some(NURSE.to_string()) }]);
+    assert!(told[1].1.contains("<item id='2'>"), "{told:?}");
+    // The nurse may read; a publish reaches her (no +notify needed for an
+    // explicit subscription), not romeo.
+    harness.send(NURSE, CM_OTHER, 3, &ITEMS_BY_ROMEO.replace("id='i'", "id='n'")).await;
+    let items = stanzas(harness.seen_on_other());
+    assert!(items[0].1.starts_with("<iq type='result' id='n'"), "{items:?}");
+    harness.send(JULIET, CM_TEST, 1, &mood_publish("3", "")).await;
+    harness.seen_on_test();
+    let on_other = stanzas(harness.seen_on_other());
+    assert_eq!(on_other.len(), 1, "{on_other:?}");
+    assert_eq!(on_other[0].0, vec![Recipient { conn: 3, to: Some(NURSE.to_string()) }]);
+    // The owner lists and removes the subscription: the nurse is told.
+    harness
+        .send(JULIET, CM_TEST, 1, &format!("<iq id='l' type='get'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='{MOOD}'/></pubsub></iq>"))
+        .await;
+    assert_eq!(
+        harness.seen_on_test(),
+        vec![to_conn(1, &format!("<iq type='result' id='l' to='juliet@example.com/balcony'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='{MOOD}'><subscription jid='nurse@example.com' subscription='subscribed'/></subscriptions></pubsub></iq>"))]
+    );
+    harness
+        .send(JULIET, CM_TEST, 1, &format!("<iq id='m' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='{MOOD}'><subscription jid='nurse@example.com' subscription='none'/></subscriptions></pubsub></iq>"))
+        .await;
+    harness.seen_on_test();
+    let told = stanzas(harness.seen_on_other());
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].1.contains("subscription='none'"), "{told:?}");
+    harness.send(JULIET, CM_TEST, 1, &mood_publish("4", "")).await;
+    assert_eq!(harness.seen_on_other(), Vec::new());
+    // An approval for no pending subscription: item-not-found to the owner.
+    harness.seen_on_test();
+    harness.send(JULIET, CM_TEST, 1, &approval(false)).await;
+    let bounced = stanzas(harness.seen_on_test());
+    assert!(bounced[0].1.contains("<item-not-found "), "{bounced:?}");
 }

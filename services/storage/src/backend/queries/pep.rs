@@ -14,7 +14,16 @@ use starling_api::{
 };
 
 const NODE_COLUMNS: &str = "n.node, n.access_model, n.max_items, n.persist_items, \
-                            n.send_last_published_item, n.notify_retract";
+                            n.send_last_published_item, n.notify_retract, n.roster_groups";
+
+/// The columns of [`NODE_COLUMNS`]: an item selected after them starts here.
+const NODE_COLUMN_COUNT: usize = 7;
+
+/// Roster groups as stored: one per line (a group name never holds a line
+/// break: the router refuses one).
+fn stored_groups(groups: &[String]) -> String {
+    groups.join("\n")
+}
 
 fn node_from_row(row: &<Db as sqlx::Database>::Row) -> Result<PepNode, StorageError> {
     let name: String = row.try_get(0)?;
@@ -33,6 +42,11 @@ fn node_from_row(row: &<Db as sqlx::Database>::Row) -> Result<PepNode, StorageEr
         persist_items: row.try_get::<i64, _>(3)? != 0,
         send_last_published_item,
         notify_retract: row.try_get::<i64, _>(5)? != 0,
+        roster_groups_allowed: starling_api::roster_groups(
+            row.try_get::<String, _>(6)?
+                .split('\n')
+                .filter(|group| !group.is_empty()),
+        ),
     };
     Ok(PepNode { name, config })
 }
@@ -114,7 +128,8 @@ async fn insert_node(
     let config = &node.config;
     sqlx::query(
         "INSERT INTO pep_nodes (account_id, node, access_model, max_items, persist_items, \
-         send_last_published_item, notify_retract, last_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+         send_last_published_item, notify_retract, roster_groups, last_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
     )
     .bind(account_id)
     .bind(&node.name)
@@ -123,6 +138,7 @@ async fn insert_node(
     .bind(i64::from(config.persist_items))
     .bind(config.send_last_published_item.as_str())
     .bind(i64::from(config.notify_retract))
+    .bind(stored_groups(&config.roster_groups_allowed))
     .execute(&mut **transaction)
     .await?;
     Ok(true)
@@ -186,7 +202,8 @@ pub(crate) async fn configure_pep_node(
     let config = &node.config;
     let updated = sqlx::query(
         "UPDATE pep_nodes SET access_model = $3, max_items = $4, persist_items = $5, \
-         send_last_published_item = $6, notify_retract = $7 WHERE account_id = $1 AND node = $2",
+         send_last_published_item = $6, notify_retract = $7, roster_groups = $8 \
+         WHERE account_id = $1 AND node = $2",
     )
     .bind(account_id)
     .bind(&node.name)
@@ -195,6 +212,7 @@ pub(crate) async fn configure_pep_node(
     .bind(i64::from(config.persist_items))
     .bind(config.send_last_published_item.as_str())
     .bind(i64::from(config.notify_retract))
+    .bind(stored_groups(&config.roster_groups_allowed))
     .execute(&mut *transaction)
     .await?;
     if updated.rows_affected() == 0 {
@@ -266,7 +284,7 @@ pub(crate) async fn publish_pep_item(
             None => {
                 let node = PepNode {
                     name: publish.node.clone(),
-                    config: publish.options.apply(PepNodeConfig::default()),
+                    config: publish.options.clone().apply(PepNodeConfig::default()),
                 };
                 if !insert_node(&mut transaction, account_id, &node, limits).await? {
                     transaction.rollback().await?;
@@ -384,7 +402,7 @@ pub(crate) async fn pep_last_items(
         .fetch_optional(pool)
         .await?;
         if let Some(row) = row {
-            last.push((node_from_row(&row)?, item_from_row(&row, 6)?));
+            last.push((node_from_row(&row)?, item_from_row(&row, NODE_COLUMN_COUNT)?));
         }
     }
     Ok(last)
@@ -473,6 +491,139 @@ pub(crate) async fn update_pep_whitelist(
     }
     transaction.commit().await?;
     Ok(())
+}
+
+/// A node's explicit subscriptions as stored: (jid, state), sorted by jid.
+pub(crate) async fn pep_subscriptions(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+    node: &str,
+) -> Result<Vec<(String, String)>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT s.jid, s.state FROM pep_subscriptions s JOIN accounts a ON a.id = s.account_id \
+         WHERE a.domain = $1 AND a.localpart = $2 AND s.node = $3 ORDER BY s.jid",
+    )
+    .bind(account.domain)
+    .bind(account.localpart)
+    .bind(node)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// Set (`state` `Some`) or remove a subscription under the owner's lock;
+/// the state it had. A new one past `max_subscriptions` is refused.
+pub(crate) async fn set_pep_subscription(
+    pool: &Pool<Db>,
+    account: &AccountAddress<'_>,
+    node: &str,
+    jid: &str,
+    subscriber: &str,
+    state: Option<&str>,
+    max_subscriptions: u32,
+) -> Result<Option<String>, StorageError> {
+    let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
+    let account_id = lock_account(&mut transaction, account).await?;
+    if node_in_transaction(&mut transaction, account_id, node)
+        .await?
+        .is_none()
+    {
+        transaction.rollback().await?;
+        return Err(StorageError::PepNodeNotFound(node.to_string()));
+    }
+    let previous: Option<String> = sqlx::query(
+        "SELECT state FROM pep_subscriptions WHERE account_id = $1 AND node = $2 AND jid = $3",
+    )
+    .bind(account_id)
+    .bind(node)
+    .bind(jid)
+    .fetch_optional(&mut *transaction)
+    .await?
+    .map(|row| row.try_get(0))
+    .transpose()?;
+    match (state, &previous) {
+        (None, None) => {}
+        (None, Some(_)) => {
+            sqlx::query(
+                "DELETE FROM pep_subscriptions WHERE account_id = $1 AND node = $2 AND jid = $3",
+            )
+            .bind(account_id)
+            .bind(node)
+            .bind(jid)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        (Some(state), Some(_)) => {
+            sqlx::query(
+                "UPDATE pep_subscriptions SET state = $4 \
+                 WHERE account_id = $1 AND node = $2 AND jid = $3",
+            )
+            .bind(account_id)
+            .bind(node)
+            .bind(jid)
+            .bind(state)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        (Some(state), None) => {
+            let count: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM pep_subscriptions WHERE account_id = $1 AND node = $2",
+            )
+            .bind(account_id)
+            .bind(node)
+            .fetch_one(&mut *transaction)
+            .await?
+            .try_get(0)?;
+            if count >= i64::from(max_subscriptions) {
+                transaction.rollback().await?;
+                return Err(StorageError::PepLimit {
+                    what: "subscriptions per node",
+                    limit: max_subscriptions,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO pep_subscriptions (account_id, node, jid, subscriber, state) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(account_id)
+            .bind(node)
+            .bind(jid)
+            .bind(subscriber)
+            .bind(state)
+            .execute(&mut *transaction)
+            .await?;
+        }
+    }
+    transaction.commit().await?;
+    Ok(previous)
+}
+
+/// The `subscribed` subscriptions of `subscriber` (a bare JID) to any
+/// account's nodes: (owner domain, owner localpart, node, subscribed jid).
+pub(crate) async fn pep_subscribed_nodes(
+    pool: &Pool<Db>,
+    subscriber: &str,
+) -> Result<Vec<(String, String, String, String)>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT a.domain, a.localpart, s.node, s.jid FROM pep_subscriptions s \
+         JOIN accounts a ON a.id = s.account_id \
+         WHERE s.subscriber = $1 AND s.state = 'subscribed' ORDER BY a.domain, a.localpart, s.node",
+    )
+    .bind(subscriber)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ))
+        })
+        .collect()
 }
 
 /// The features of a verified caps `ver`, one per line as stored.
