@@ -183,6 +183,7 @@ pub trait StorageApi:
     + crate::PushStore
     + PepStore
     + ArchiveStore
+    + crate::RoomArchiveStore
     + crate::UploadStore
 {
 }
@@ -197,6 +198,7 @@ impl<
             + crate::PushStore
             + PepStore
             + ArchiveStore
+            + crate::RoomArchiveStore
             + crate::UploadStore
             + ?Sized,
     > StorageApi for T

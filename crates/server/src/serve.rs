@@ -230,6 +230,7 @@ fn session_router(
 fn muc_service(
     config: &Config,
     state: &RoutingState,
+    storage: Arc<dyn StorageApi>,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Option<Arc<starling_muc::MucService>>> {
     if !config.muc.enabled {
@@ -245,13 +246,30 @@ fn muc_service(
         history_max_stanzas: config.muc.history_max_stanzas as usize,
         history_max_bytes: usize::try_from(config.muc.history_max_bytes).unwrap_or(usize::MAX),
         max_nick_bytes: config.muc.max_nick_bytes as usize,
+        max_requests_per_minute: config.muc.max_requests_per_minute,
+        archives: config.mam.enabled,
+    };
+    let occupancy: Arc<dyn starling_muc::OccupancyIndex> = match &state.redis {
+        Some(redis) => Arc::new(starling_muc::RedisOccupancy::new(redis.clone())),
+        None => Arc::new(starling_muc::MemoryOccupancy::default()),
     };
     let metrics =
         starling_muc::MucMetrics::register(registry).context("cannot register the muc metrics")?;
-    Ok(Some(Arc::new(
+    let service =
         starling_muc::MucService::new(settings, store, state.registry.clone(), state.bus.clone())
-            .with_metrics(metrics),
-    )))
+            .with_metrics(metrics)
+            .with_room_limit(occupancy, config.muc.max_rooms_per_user);
+    // XEP-0313 on rooms: with the accounts' archive (`mam.enabled`).
+    let service = if config.mam.enabled {
+        service.with_archive(starling_muc::RoomArchive {
+            store: storage,
+            max_page_size: config.mam.max_page_size,
+            limits: config.stored_stanza_limits(),
+        })
+    } else {
+        service
+    };
+    Ok(Some(Arc::new(service)))
 }
 
 /// The block lists (XEP-0191) of a process that routes or runs presence:
@@ -776,7 +794,7 @@ impl Server {
                     presence.clone(),
                     router_metrics(&registry)?,
                     blocklists(state, storage.clone(), &registry).await?,
-                    muc_service(&config, state, &registry)?,
+                    muc_service(&config, state, storage.clone(), &registry)?,
                 ));
                 server.resumption_expiry = Some(spawn_resumption_expiry(session_router.clone()));
                 server.archiving_router = Some(session_router.clone());
@@ -825,7 +843,7 @@ impl Server {
                 let router_api: Arc<dyn RouterApi> = if target == Target::All {
                     let metrics = router_metrics(&registry)?;
                     let blocklists = blocklists(state, storage.clone(), &registry).await?;
-                    let muc = muc_service(&config, state, &registry)?;
+                    let muc = muc_service(&config, state, storage.clone(), &registry)?;
                     // Presence routes to remote domains and reroutes what a
                     // session could not take through the router it serves.
                     let router = SessionRouter::new_cyclic(|router_handle| {

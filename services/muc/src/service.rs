@@ -12,9 +12,15 @@ use starling_bus::{deliver_to_sessions, Bus};
 use starling_jid::{normalize_localpart, FullJid, Jid};
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
-use crate::engine::{self, Outbound, Settings, MUC};
+use crate::engine::{self, ArchiveRequest, Known, Outbound, Settings, MUC};
+use crate::occupancy::{MemoryOccupancy, OccupancyIndex};
 use crate::state::Room;
 use crate::store::RoomStore;
+
+mod archive;
+mod bounds;
+
+pub use archive::RoomArchive;
 
 /// The service's Prometheus metrics (docs/operations.md).
 #[derive(Clone)]
@@ -28,6 +34,11 @@ pub struct MucMetrics {
     /// session was not found or whose node was unreachable (handed to the
     /// router's rules for an absent session).
     undelivered: IntCounter,
+    /// `starling_muc_archive_total{outcome}`: room archive entries written,
+    /// failed (a storage write failed: not archived), retracted
+    /// (tombstoned), removed (a destroyed room's), queries answered
+    /// (queried) and abandoned (the querier's session went).
+    archive: IntCounterVec,
 }
 
 impl Default for MucMetrics {
@@ -51,6 +62,14 @@ impl Default for MucMetrics {
                 "Room stanzas for occupants whose session could not be reached",
             )
             .expect("valid metric"),
+            archive: IntCounterVec::new(
+                Opts::new(
+                    "starling_muc_archive_total",
+                    "Room archive (XEP-0313) entries and queries, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -61,6 +80,7 @@ impl MucMetrics {
         registry.register(Box::new(metrics.stanzas.clone()))?;
         registry.register(Box::new(metrics.deliveries.clone()))?;
         registry.register(Box::new(metrics.undelivered.clone()))?;
+        registry.register(Box::new(metrics.archive.clone()))?;
         Ok(metrics)
     }
 }
@@ -74,6 +94,18 @@ pub struct MucService {
     registry: Arc<dyn SessionRegistry>,
     bus: Arc<dyn Bus>,
     metrics: MucMetrics,
+    /// Rooms' archives (`None`: `mam.enabled` is off, no room archives).
+    archive: Option<RoomArchive>,
+    /// Who occupies which rooms, for `muc.max_rooms_per_user` (0: no bound).
+    occupancy: Arc<dyn OccupancyIndex>,
+    max_rooms_per_user: u32,
+}
+
+/// What applying one stanza left to do once the room's lease is released.
+struct Applied {
+    unrouted: Vec<Element>,
+    refused: bool,
+    archive_query: Option<ArchiveRequest>,
 }
 
 impl MucService {
@@ -84,11 +116,41 @@ impl MucService {
         bus: Arc<dyn Bus>,
     ) -> Self {
         MucService {
-            settings,
+            settings: Settings {
+                archives: false,
+                ..settings
+            },
             store,
             registry,
             bus,
             metrics: MucMetrics::default(),
+            archive: None,
+            occupancy: Arc::new(MemoryOccupancy::default()),
+            max_rooms_per_user: 0,
+        }
+    }
+
+    /// Keep rooms' archives (XEP-0313) in `archive`.
+    pub fn with_archive(mut self, archive: RoomArchive) -> Self {
+        self.settings.archives = true;
+        self.archive = Some(archive);
+        self
+    }
+
+    /// Bound the rooms one user occupies at once (`muc.max_rooms_per_user`,
+    /// 0: no bound), with who occupies what in `occupancy`.
+    pub fn with_room_limit(mut self, occupancy: Arc<dyn OccupancyIndex>, max_rooms_per_user: u32) -> Self {
+        self.occupancy = occupancy;
+        self.max_rooms_per_user = max_rooms_per_user;
+        self
+    }
+
+    fn count_archive(&self, outcome: &str, count: usize) {
+        if count > 0 {
+            self.metrics
+                .archive
+                .with_label_values(&[outcome])
+                .inc_by(count as u64);
         }
     }
 
@@ -136,12 +198,23 @@ impl MucService {
             .await;
         self.store.release(lease).await;
         let outcome = match &applied {
-            Ok((_, true)) => "refused",
-            Ok((_, false)) => "accepted",
+            Ok(Applied { refused: true, .. }) => "refused",
+            Ok(Applied { refused: false, .. }) => "accepted",
             Err(_) => "failed",
         };
         self.metrics.stanzas.with_label_values(&[outcome]).inc();
-        applied.map(|(unrouted, _)| unrouted)
+        let Applied {
+            mut unrouted,
+            archive_query,
+            ..
+        } = applied?;
+        if let Some(request) = archive_query {
+            unrouted.extend(
+                self.run_archive_query(&room_jid, &sender, request, routed_at)
+                    .await,
+            );
+        }
+        Ok(unrouted)
     }
 
     async fn apply(
@@ -151,20 +224,30 @@ impl MucService {
         stanza_element: &Element,
         sender: &FullJid,
         routed_at: Option<SystemTime>,
-    ) -> ApiResult<(Vec<Element>, bool)> {
+    ) -> ApiResult<Applied> {
         let mut room = match self.store.load(lease).await? {
             Some(record) => Some(serde_json::from_str::<Room>(&record).map_err(|error| {
                 ApiError::Internal(format!("room {room_jid} unreadable: {error}"))
             })?),
             None => None,
         };
-        let effects = engine::handle(
+        let known = Known {
+            target: self
+                .archived_target(room_jid, room.as_ref(), stanza_element)
+                .await?,
+            at_room_limit: self
+                .at_room_limit(room_jid, room.as_ref(), stanza_element, sender)
+                .await?,
+        };
+        let occupants_before = bounds::users(room.as_ref());
+        let mut effects = engine::handle_with(
             &mut room,
             room_jid,
             stanza_element,
             sender,
             SystemTime::now(),
             &self.settings,
+            &known,
         );
         if effects.changed {
             // Written before anything goes out: a replica that takes the
@@ -175,13 +258,22 @@ impl MucService {
                 .transpose()
                 .map_err(|error| ApiError::Internal(format!("room {room_jid}: {error}")))?;
             self.store.save(lease, record.as_deref()).await?;
+            self.note_occupancy(room_jid, &occupants_before, room.as_ref())
+                .await;
         }
+        // Archived before the room's stanzas go out (XEP-0313 section 5.1.2:
+        // what the occupants received).
+        self.write_archive(room_jid, &effects).await;
         let refused = effects.refused.is_some();
         let mut unrouted = Vec::new();
-        for outbound in effects.outbound {
+        for outbound in std::mem::take(&mut effects.outbound) {
             unrouted.extend(self.deliver(outbound, routed_at).await);
         }
-        Ok((unrouted, refused))
+        Ok(Applied {
+            unrouted,
+            refused,
+            archive_query: effects.archive_query,
+        })
     }
 
     /// Publish a room stanza to its recipients' sessions, one envelope per
