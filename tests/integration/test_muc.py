@@ -45,9 +45,9 @@ async def create_instant_room(client, nick):
     await muc.set_room_config(ROOM, client.plugin["xep_0004"].make_form(ftype="submit"))
 
 
-async def groupchat(client, predicate=lambda m: True, timeout=20):
+async def groupchat(client, predicate=lambda m: True, timeout=20, body=True):
     while True:
-        message = await client.next_message(timeout=timeout)
+        message = await client.next_message(timeout=timeout, body=body)
         if message["type"] == "groupchat" and predicate(message):
             return message
 
@@ -245,7 +245,7 @@ async def archive_scenario(node_a, node_b, a_creds, b_creds, c_creds):
             await a.plugin["xep_0425"].moderate(JID(ROOM), "12345", "no", timeout=20)
         assert unknown.value.condition == "item-not-found"
         await a.plugin["xep_0425"].moderate(JID(ROOM), ids[1], "spam", timeout=20)
-        notice = await groupchat(b, lambda m: m.xml.find(f"{{{RETRACT}}}retract") is not None)
+        notice = await groupchat(b, lambda m: m.xml.find(f"{{{RETRACT}}}retract") is not None, body=False)
         retract = notice.xml.find(f"{{{RETRACT}}}retract")
         assert retract.get("id") == ids[1] and notice["from"] == ROOM
         assert retract.find(f"{{{MODERATE}}}moderated").get("by") == f"{ROOM}/alice"
@@ -260,7 +260,7 @@ async def archive_scenario(node_a, node_b, a_creds, b_creds, c_creds):
         assert refused["error"]["condition"] == "forbidden"
         b.plugin["xep_0424"].send_retraction(JID(ROOM), room_stanza_id(oops), mtype="groupchat")
         await groupchat(a, lambda m: m.xml.find(f"{{{RETRACT}}}retract") is not None
-                        and m.xml.find(f"{{{RETRACT}}}retract").get("id") == room_stanza_id(oops))
+                        and m.xml.find(f"{{{RETRACT}}}retract").get("id") == room_stanza_id(oops), body=False)
 
         # The archive keeps tombstones in their place: no body, a <retracted/>.
         results = {result["id"]: result for result in await archive_of(c)}
@@ -372,7 +372,8 @@ async def test_ten_thousand_joins_from_one_account_are_bounded_and_answered(serv
     room carries on."""
     from test_bounds import raw_login
 
-    server = server_factory(extra_toml="[muc]\nmax_rooms_per_user = 50\n")
+    # The edge's stanza rate limit off: the whole flood reaches the rooms.
+    server = server_factory(extra_toml="[limits]\nstanzas_per_second = 0\n[muc]\nmax_rooms_per_user = 50\n")
     flooder, flooder_pw = server.add_user()
     alice = server.add_user("alice")
     bob = server.add_user("bob")

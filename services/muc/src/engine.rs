@@ -800,7 +800,7 @@ impl Context<'_> {
             .map(|(name, space)| (name.as_str(), space.as_str(), kind))
         {
             Some(("query", ns::DISCO_INFO, "get")) => {
-                let info = room_info(current, self.settings.archives && current.archives());
+                let info = room_info(current, self.settings.archives);
                 self.result(iq, Some(info))
             }
             Some(("query", ns::DISCO_ITEMS, "get")) => {
@@ -1196,8 +1196,10 @@ fn occupant_presence(
 }
 
 /// The room's disco#info (section 6.4): identity, features and the
-/// `muc#roominfo` form.
-pub fn room_info(room: &Room, archives: bool) -> Element {
+/// `muc#roominfo` form; `archiving`: whether the service keeps room
+/// archives at all (`mam.enabled`).
+pub fn room_info(room: &Room, archiving: bool) -> Element {
+    let archives = archiving && room.archives();
     let config = &room.config;
     let mut query = Element::new("query", ns::DISCO_INFO);
     let name = if config.name.is_empty() {

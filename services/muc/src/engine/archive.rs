@@ -75,14 +75,12 @@ pub(super) fn history_message(room: &Room, id: ArchiveId) -> Option<(usize, Elem
         }
         let message =
             parse_element(entry.xml.as_bytes(), &Limits::default().for_server_copies()).ok()?;
-        message
-            .children()
-            .any(|child| {
-                child.is("stanza-id", super::STANZA_ID)
-                    && child.attr("id") == Some(id_text.as_str())
-                    && child.attr("by") == Some(room.jid.as_str())
-            })
-            .then_some((index, message))
+        let stamped = message.children().any(|child| {
+            child.is("stanza-id", super::STANZA_ID)
+                && child.attr("id") == Some(id_text.as_str())
+                && child.attr("by") == Some(room.jid.as_str())
+        });
+        stamped.then_some((index, message))
     })
 }
 
