@@ -306,6 +306,7 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "archive_pref_jids",
             "blocklist_items",
             "fast_tokens",
+            "muc_archive_messages",
             "offline_messages",
             "caps_features",
             "pep_items",
@@ -347,6 +348,8 @@ async fn sqlite_and_postgres_migrations_make_the_same_tables() {
             "accounts_by_address".to_string(),
             "archive_messages_by_with".to_string(),
             "caps_features_by_last_seen".to_string(),
+            "muc_archive_messages_by_id".to_string(),
+            "muc_archive_messages_by_with".to_string(),
             "pep_items_by_seq".to_string(),
             "upload_slots_by_account".to_string(),
         ])
