@@ -234,7 +234,7 @@ impl<'a> ArchiveOwner<'a> {
             },
             ArchiveOwner::Room(room) => Filters {
                 conditions: vec!["room = $1".to_string()],
-                values: vec![Bound::Text(*room)],
+                values: vec![Bound::Text(room)],
             },
         }
     }
