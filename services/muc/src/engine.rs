@@ -149,28 +149,10 @@ pub fn unix_seconds(now: SystemTime) -> u64 {
 
 /// Apply `stanza` (addressed to the room or one of its occupants, `from`
 /// the real full JID `sender`) to the room. `room` is `None` when it does
-/// not exist; it is `None` afterwards when the room was destroyed.
+/// not exist; it is `None` afterwards when the room was destroyed. `known`:
+/// what the service read for the stanza (an archived message it names, the
+/// sender's room count).
 pub fn handle(
-    room: &mut Option<Room>,
-    room_jid: &str,
-    stanza_element: &Element,
-    sender: &FullJid,
-    now: SystemTime,
-    settings: &Settings,
-) -> Effects {
-    handle_with(
-        room,
-        room_jid,
-        stanza_element,
-        sender,
-        now,
-        settings,
-        &Known::default(),
-    )
-}
-
-/// [`handle`], with what the service read for the stanza.
-pub fn handle_with(
     room: &mut Option<Room>,
     room_jid: &str,
     stanza_element: &Element,

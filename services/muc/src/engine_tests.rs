@@ -43,7 +43,7 @@ impl Harness {
             .as_ref()
             .map(|room| serde_json::to_string(room).unwrap());
         self.room = json.map(|json| serde_json::from_str(&json).unwrap());
-        handle_with(
+        handle(
             &mut self.room,
             ROOM,
             &element,

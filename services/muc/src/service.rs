@@ -240,7 +240,7 @@ impl MucService {
                 .await?,
         };
         let occupants_before = bounds::users(room.as_ref());
-        let mut effects = engine::handle_with(
+        let mut effects = engine::handle(
             &mut room,
             room_jid,
             stanza_element,

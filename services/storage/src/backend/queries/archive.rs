@@ -45,6 +45,24 @@ pub(crate) async fn archive_decision(
     }))
 }
 
+/// `($1, $2, ...), (...)`: `rows` rows of one placeholder per column, each
+/// written through its column's template (`?` stands for the placeholder).
+fn placeholder_rows(rows: usize, columns: &[&str]) -> String {
+    let mut text = String::new();
+    for row in 0..rows {
+        text.push_str(if row == 0 { "(" } else { ", (" });
+        for (column, template) in columns.iter().enumerate() {
+            if column > 0 {
+                text.push_str(", ");
+            }
+            let placeholder = format!("${}", row * columns.len() + column + 1);
+            text.push_str(&template.replace('?', &placeholder));
+        }
+        text.push(')');
+    }
+    text
+}
+
 /// Rows per INSERT statement (6 placeholders each: far below the 32,766
 /// of SQLite and the 65,535 of PostgreSQL).
 const INSERT_CHUNK: usize = 256;
@@ -71,21 +89,10 @@ pub(crate) async fn archive_messages(
             "INSERT INTO archive_messages (account_id, id, with_bare, with_resource, stanza_xml) \
              SELECT a.id, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
         );
-        for index in 0..chunk.len() {
-            let base = index * 6;
-            if index > 0 {
-                statement.push_str(", ");
-            }
-            statement.push_str(&format!(
-                "(${}, ${}, CAST(${} AS BIGINT), ${}, ${}, ${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5,
-                base + 6
-            ));
-        }
+        statement.push_str(&placeholder_rows(
+            chunk.len(),
+            &["?", "?", "CAST(? AS BIGINT)", "?", "?", "?"],
+        ));
         // `WHERE true`: SQLite's parser needs it before an upsert clause of INSERT ... SELECT.
         statement.push_str(
             ") AS v JOIN accounts a ON a.domain = v.column1 AND a.localpart = v.column2 WHERE true \
@@ -466,20 +473,7 @@ pub(crate) async fn archive_room_messages(
         let mut statement = String::from(
             "INSERT INTO muc_archive_messages (room, id, with_bare, with_resource, stanza_xml) VALUES ",
         );
-        for index in 0..chunk.len() {
-            let base = index * 5;
-            if index > 0 {
-                statement.push_str(", ");
-            }
-            statement.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5
-            ));
-        }
+        statement.push_str(&placeholder_rows(chunk.len(), &["?"; 5]));
         statement.push_str(" ON CONFLICT (room, id) DO NOTHING");
         let mut query = sqlx::query(&statement);
         for row in chunk {
