@@ -29,6 +29,7 @@ use crate::storage::v1::storage_server::{Storage, StorageServer};
 
 mod muc;
 mod pep;
+mod room_archive;
 mod upload;
 
 /// The tonic service serving `api` as `starling.storage.v1.Storage`.
@@ -592,20 +593,7 @@ impl Storage for StorageGrpcServer {
         &self,
         request: Request<proto::ArchiveMessagesRequest>,
     ) -> Result<Response<proto::ArchiveMessagesResponse>, Status> {
-        let entries = request
-            .into_inner()
-            .entries
-            .into_iter()
-            .map(|entry| {
-                Ok(ArchiveEntry {
-                    owner: parse_bare_jid("owner", &entry.owner)?,
-                    id: ArchiveId(entry.id),
-                    with: parse_jid("with", &entry.with)?,
-                    stanza_xml: entry.stanza,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(bad_request)?;
+        let entries = entries_from_proto(request.into_inner()).map_err(bad_request)?;
         let added = self
             .api
             .archive_messages(&entries)
@@ -626,17 +614,7 @@ impl Storage for StorageGrpcServer {
             .query_archive(&owner, &query)
             .await
             .map_err(api_error_to_status)?;
-        Ok(Response::new(proto::QueryArchiveResponse {
-            messages: page
-                .messages
-                .into_iter()
-                .map(|message| proto::ArchivedMessage {
-                    id: message.id.0,
-                    stanza: message.stanza_xml,
-                })
-                .collect(),
-            complete: page.complete,
-        }))
+        Ok(Response::new(page_to_proto(page)))
     }
 
     async fn get_archive_bounds(
@@ -731,6 +709,41 @@ impl Storage for StorageGrpcServer {
         request: Request<proto::ListMucRoomsRequest>,
     ) -> Result<Response<proto::ListMucRoomsResponse>, Status> {
         muc::list_muc_rooms(&self.api, request).await
+    }
+
+    async fn archive_room_messages(
+        &self,
+        request: Request<proto::ArchiveMessagesRequest>,
+    ) -> Result<Response<proto::ArchiveMessagesResponse>, Status> {
+        room_archive::archive_room_messages(&self.api, request).await
+    }
+
+    async fn query_room_archive(
+        &self,
+        request: Request<proto::QueryArchiveRequest>,
+    ) -> Result<Response<proto::QueryArchiveResponse>, Status> {
+        room_archive::query_room_archive(&self.api, request).await
+    }
+
+    async fn get_room_archive_message(
+        &self,
+        request: Request<proto::GetRoomArchiveMessageRequest>,
+    ) -> Result<Response<proto::GetRoomArchiveMessageResponse>, Status> {
+        room_archive::get_room_archive_message(&self.api, request).await
+    }
+
+    async fn replace_room_archive_message(
+        &self,
+        request: Request<proto::ReplaceRoomArchiveMessageRequest>,
+    ) -> Result<Response<proto::ReplaceRoomArchiveMessageResponse>, Status> {
+        room_archive::replace_room_archive_message(&self.api, request).await
+    }
+
+    async fn remove_room_archive(
+        &self,
+        request: Request<proto::RemoveRoomArchiveRequest>,
+    ) -> Result<Response<proto::RemoveRoomArchiveResponse>, Status> {
+        room_archive::remove_room_archive(&self.api, request).await
     }
 }
 
@@ -1321,6 +1334,63 @@ fn prefs_from_proto(prefs: Option<proto::ArchivePrefs>) -> Result<ArchivePrefs, 
     })
 }
 
+fn entries_to_proto(entries: &[ArchiveEntry]) -> proto::ArchiveMessagesRequest {
+    proto::ArchiveMessagesRequest {
+        entries: entries
+            .iter()
+            .map(|entry| proto::ArchiveEntry {
+                owner: entry.owner.to_string(),
+                id: entry.id.0,
+                with: entry.with.to_string(),
+                stanza: entry.stanza_xml.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn entries_from_proto(request: proto::ArchiveMessagesRequest) -> Result<Vec<ArchiveEntry>, String> {
+    request
+        .entries
+        .into_iter()
+        .map(|entry| {
+            Ok(ArchiveEntry {
+                owner: parse_bare_jid("owner", &entry.owner)?,
+                id: ArchiveId(entry.id),
+                with: parse_jid("with", &entry.with)?,
+                stanza_xml: entry.stanza,
+            })
+        })
+        .collect()
+}
+
+fn page_to_proto(page: ArchivePage) -> proto::QueryArchiveResponse {
+    proto::QueryArchiveResponse {
+        messages: page
+            .messages
+            .into_iter()
+            .map(|message| proto::ArchivedMessage {
+                id: message.id.0,
+                stanza: message.stanza_xml,
+            })
+            .collect(),
+        complete: page.complete,
+    }
+}
+
+fn page_from_proto(response: proto::QueryArchiveResponse) -> ArchivePage {
+    ArchivePage {
+        messages: response
+            .messages
+            .into_iter()
+            .map(|message| ArchivedMessage {
+                id: ArchiveId(message.id),
+                stanza_xml: message.stanza,
+            })
+            .collect(),
+        complete: response.complete,
+    }
+}
+
 fn archive_query_to_proto(owner: &BareJid, query: &ArchiveQuery) -> proto::QueryArchiveRequest {
     let (page, page_id) = match query.page {
         PageStart::First => (proto::PageStartKind::PageStartFirst, 0),
@@ -1397,17 +1467,7 @@ impl ArchiveStore for GrpcStorageClient {
 
     /// Idempotent: an id already archived for its owner is skipped.
     async fn archive_messages(&self, entries: &[ArchiveEntry]) -> ApiResult<u64> {
-        let request = proto::ArchiveMessagesRequest {
-            entries: entries
-                .iter()
-                .map(|entry| proto::ArchiveEntry {
-                    owner: entry.owner.to_string(),
-                    id: entry.id.0,
-                    with: entry.with.to_string(),
-                    stanza: entry.stanza_xml.clone(),
-                })
-                .collect(),
-        };
+        let request = entries_to_proto(entries);
         let response = self
             .replicas
             .call("archive_messages", RetryPolicy::Idempotent, |channel| {
@@ -1427,17 +1487,7 @@ impl ArchiveStore for GrpcStorageClient {
                 async move { StorageClient::new(channel).query_archive(request).await }
             })
             .await?;
-        Ok(ArchivePage {
-            messages: response
-                .messages
-                .into_iter()
-                .map(|message| ArchivedMessage {
-                    id: ArchiveId(message.id),
-                    stanza_xml: message.stanza,
-                })
-                .collect(),
-            complete: response.complete,
-        })
+        Ok(page_from_proto(response))
     }
 
     async fn archive_bounds(&self, owner: &BareJid) -> ApiResult<Option<(ArchiveId, ArchiveId)>> {

@@ -556,3 +556,52 @@ async fn persistent_muc_rooms_round_trip_through_grpc() {
     assert_eq!(client.muc_room(&room.jid).await.expect("read"), None);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn room_archives_round_trip_through_grpc() {
+    use starling_api::{ArchiveEntry, ArchiveId, ArchiveQuery, PageStart, RoomArchiveStore};
+    use starling_jid::Jid;
+
+    let storage = memory_storage().await;
+    let server = TestServer::start(Some(storage), None, None).await;
+    let client = GrpcStorageClient::connect(vec![server.endpoint()]).expect("client");
+    let room = jid("coven@conference.example.org");
+    let witch: Jid = "coven@conference.example.org/firstwitch".parse().unwrap();
+    let entries: Vec<ArchiveEntry> = (1..=3)
+        .map(|index| ArchiveEntry {
+            owner: room.clone(),
+            id: ArchiveId::first_at(1_000_000 * index),
+            with: witch.clone(),
+            stanza_xml: format!("<message type='groupchat'><body>{index}</body></message>"),
+        })
+        .collect();
+    assert_eq!(client.archive_room_messages(&entries).await.unwrap(), 3);
+    let page = client
+        .query_room_archive(
+            &room,
+            &ArchiveQuery {
+                with: Some(witch.clone()),
+                page: PageStart::Last,
+                max: 2,
+                ..ArchiveQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|message| message.id).collect::<Vec<_>>(),
+        [entries[1].id, entries[2].id]
+    );
+    assert!(client
+        .replace_room_archive_message(&room, entries[0].id, "<message><retracted/></message>")
+        .await
+        .unwrap());
+    let read = client
+        .room_archive_message(&room, entries[0].id)
+        .await
+        .unwrap()
+        .expect("still there");
+    assert_eq!(read.stanza_xml, "<message><retracted/></message>");
+    assert_eq!(client.room_archive_message(&room, ArchiveId(7)).await.unwrap(), None);
+    assert_eq!(client.remove_room_archive(&room).await.unwrap(), 3);
+}

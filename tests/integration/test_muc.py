@@ -12,10 +12,14 @@ import subprocess
 import urllib.request
 
 import pytest
+from slixmpp import JID
 from slixmpp.exceptions import IqError, PresenceError
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from conftest import handled, login, logout, next_matching, wait_until_async
 from test_cluster import Cluster, cluster  # noqa: F401 (the cluster fixture)
+from test_mam import query as mam_query
 
 ROOM = "coven@conference.localhost"
 
@@ -27,7 +31,17 @@ async def muc_login(node, jid, password, resource):
     # The MUC plugin takes the room's presence: queued here.
     client.room_presences = asyncio.Queue()
     client.add_event_handler("groupchat_presence", lambda p: client.room_presences.put_nowait(p))
+    # Every message, those without a body too (slixmpp's "message" event
+    # is for messages with a body only).
+    client.all_messages = asyncio.Queue()
+    client.register_handler(Callback("all messages", MatchXPath("{jabber:client}message"),
+                                     lambda m: client.all_messages.put_nowait(m)))
     return client
+
+
+async def any_message(client, predicate=lambda m: True, timeout=20):
+    """The next message of any kind `predicate` accepts (from `all_messages`)."""
+    return await next_matching(client.all_messages, predicate, timeout)
 
 
 async def room_presence(client, predicate, timeout=20):
@@ -46,7 +60,9 @@ async def create_instant_room(client, nick):
     await muc.set_room_config(ROOM, client.plugin["xep_0004"].make_form(ftype="submit"))
 
 
-async def groupchat(client, predicate=lambda m: True, timeout=20):
+async def groupchat(client, predicate=lambda m: True, timeout=20, body=True):
+    if not body:
+        return await any_message(client, lambda m: m["type"] == "groupchat" and predicate(m), timeout)
     while True:
         message = await client.next_message(timeout=timeout)
         if message["type"] == "groupchat" and predicate(message):
@@ -170,6 +186,117 @@ async def test_members_only_room_refuses_strangers(server):
         assert forbidden.value.condition == "forbidden"
     finally:
         await logout(a, b)
+
+
+RETRACT = "urn:xmpp:message-retract:1"
+MODERATE = "urn:xmpp:message-moderate:1"
+SID = "urn:xmpp:sid:0"
+
+
+def room_stanza_id(message):
+    element = message.xml.find(f"{{{SID}}}stanza-id")
+    assert element is not None and element.get("by") == ROOM, str(message)
+    return element.get("id")
+
+
+async def archive_of(client):
+    """The room's whole archive as `client` reads it (slixmpp's RSM paging, two a page)."""
+    return [message["mam_result"] async for message in client.plugin["xep_0313"].iterate(jid=ROOM, rsm={"max": 2})]
+
+
+def archived_body(result):
+    return result["forwarded"]["stanza"]["body"]
+
+
+async def archive_scenario(node_a, node_b, a_creds, b_creds, c_creds):
+    """XEP-0313 on a room, XEP-0425 moderation and XEP-0424 retraction."""
+    a = await muc_login(node_a, *a_creds, "a")
+    b = await muc_login(node_b, *b_creds, "b")
+    c = await muc_login(node_a, *c_creds, "c")
+    for client in (a, b, c):
+        client.register_plugin("xep_0313")
+        client.register_plugin("xep_0424")
+        client.register_plugin("xep_0425")
+    try:
+        await create_instant_room(a, "alice")
+        submit = a.plugin["xep_0004"].make_form(ftype="submit")
+        submit.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/muc#roomconfig")
+        submit.add_field(var="muc#roomconfig_persistentroom", ftype="boolean", value=True)
+        await a.plugin["xep_0045"].set_room_config(ROOM, submit)
+        info = await c.plugin["xep_0030"].get_info(jid=ROOM, timeout=20)
+        features = set(info["disco_info"]["features"])
+        assert {"urn:xmpp:mam:2", MODERATE, "muc_persistent"} <= features, features
+
+        await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
+        ids = []
+        for number in range(5):
+            a.send_message(mto=ROOM, mbody=f"m{number}", mtype="groupchat")
+            got = await groupchat(b, lambda m, number=number: m["body"] == f"m{number}")
+            ids.append(room_stanza_id(got))
+
+        # bob (a participant of a semi-anonymous room) reads the archive from
+        # the other node: every message once, from alice's occupant JID, under
+        # the stanza-id he received, without alice's real JID.
+        results = await archive_of(b)
+        assert [archived_body(result) for result in results] == [f"m{n}" for n in range(5)]
+        assert [result["id"] for result in results] == ids
+        assert all(result["forwarded"]["stanza"]["from"] == f"{ROOM}/alice" for result in results)
+        assert all(a_creds[0] not in str(result) for result in results)
+        # The owner sees the real JIDs (XEP-0313 section 5.1.2).
+        assert all(a_creds[0] in str(result) for result in await archive_of(a))
+        # Anyone who may enter an open room may read it, without joining.
+        assert len(await archive_of(c)) == 5
+        # RSM paging and <fin complete/> as in an account's archive.
+        page = await mam_query(b, rsm={"max": 2}, to=ROOM)
+        assert page.bodies == ["m0", "m1"] and not page.complete
+        page = await mam_query(b, rsm={"max": 2, "after": page.last}, to=ROOM)
+        assert page.bodies == ["m2", "m3"]
+        page = await mam_query(b, rsm={"max": 10, "after": page.last}, to=ROOM)
+        assert page.bodies == ["m4"] and page.complete
+
+        # XEP-0425: only a moderator moderates; an unknown id is item-not-found.
+        with pytest.raises(IqError) as refused:
+            await b.plugin["xep_0425"].moderate(JID(ROOM), ids[1], "no", timeout=20)
+        assert refused.value.condition == "forbidden"
+        with pytest.raises(IqError) as unknown:
+            await a.plugin["xep_0425"].moderate(JID(ROOM), "12345", "no", timeout=20)
+        assert unknown.value.condition == "item-not-found"
+        await a.plugin["xep_0425"].moderate(JID(ROOM), ids[1], "spam", timeout=20)
+        notice = await groupchat(b, lambda m: m.xml.find(f"{{{RETRACT}}}retract") is not None, body=False)
+        retract = notice.xml.find(f"{{{RETRACT}}}retract")
+        assert retract.get("id") == ids[1] and notice["from"] == ROOM
+        assert retract.find(f"{{{MODERATE}}}moderated").get("by") == f"{ROOM}/alice"
+
+        # XEP-0424: bob retracts his own message, not alice's.
+        b.send_message(mto=ROOM, mbody="oops", mtype="groupchat")
+        oops = await groupchat(b, lambda m: m["body"] == "oops")
+        b.plugin["xep_0424"].send_retraction(JID(ROOM), ids[2], mtype="groupchat")
+        refused = await any_message(b, lambda m: m["type"] == "error")
+        assert refused["error"]["condition"] == "forbidden"
+        b.plugin["xep_0424"].send_retraction(JID(ROOM), room_stanza_id(oops), mtype="groupchat")
+        await groupchat(a, lambda m: m.xml.find(f"{{{RETRACT}}}retract") is not None
+                        and m.xml.find(f"{{{RETRACT}}}retract").get("id") == room_stanza_id(oops), body=False)
+
+        # The archive keeps tombstones in their place: no body, a <retracted/>.
+        results = {result["id"]: result for result in await archive_of(c)}
+        for gone in (ids[1], room_stanza_id(oops)):
+            stanza = results[gone]["forwarded"]["stanza"]
+            assert not stanza["body"], str(stanza)
+            assert stanza.xml.find(f"{{{RETRACT}}}retracted") is not None, str(stanza)
+        assert archived_body(results[ids[0]]) == "m0"
+        assert archived_body(results[ids[2]]) == "m2"
+    finally:
+        await logout(a, b, c)
+
+
+async def test_room_archive_and_moderation_in_serve(server):
+    creds = [server.add_user(name) for name in ("alice", "bob", "carol")]
+    await archive_scenario(server, server, *creds)
+
+
+async def test_room_archive_and_moderation_across_two_connection_managers(cluster):
+    creds = [cluster.add_user(name) for name in ("alice", "bob", "carol")]
+    await archive_scenario(cluster.node("cm-1"), cluster.node("cm-2"), *creds)
 
 
 def muc_accepted(cluster, router):
@@ -307,5 +434,107 @@ async def test_persistent_room_survives_a_restart_of_serve(server):
     c = await muc_login(server, *carol, "c")
     try:
         await assert_room_came_back(a, b, c)
+    finally:
+        await logout(a, b, c)
+
+
+def raw_room_answers(raw, rooms, timeout=60):
+    """Read until every room in `rooms` (localparts) answered the join sent
+    to `room@conference.localhost/me`: a presence from that occupant JID
+    (the self-presence, or the error). Returns {room: error condition or None}."""
+    answers = {}
+    text = ""
+    while len(answers) < len(rooms):
+        text += raw.recv_until("</presence>", timeout=timeout)
+        for tag in re.finditer(r"<presence\b[^>]*>", text):
+            found = re.search(r"from='([^@']+)@conference\.localhost/me'", tag.group(0))
+            if not found or found.group(1) not in rooms or found.group(1) in answers:
+                continue
+            if "type='error'" in tag.group(0):
+                rest = text[tag.end():]
+                condition = re.search(r"<([a-z-]+) xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'", rest)
+                if condition is None:
+                    break  # the rest of this error is still to come
+                answers[found.group(1)] = condition.group(1)
+            else:
+                answers[found.group(1)] = None
+        # Keep only what may hold an unfinished stanza.
+        text = text[text.rfind("<presence"):] if len(answers) < len(rooms) else ""
+    return answers
+
+
+async def test_ten_thousand_joins_from_one_account_are_bounded_and_answered(server_factory):
+    """One account tries to join 10,000 rooms: past `muc.max_rooms_per_user`
+    each join is refused (resource-constraint; past the session's directed
+    presences, policy-violation from the presence service); every attempt is
+    answered, no room is made for a refused join, and two other users'
+    room carries on."""
+    from test_bounds import raw_login
+
+    # The edge's stanza rate limit off: the whole flood reaches the rooms.
+    server = server_factory(extra_toml="[limits]\nstanzas_per_second = 0\n[muc]\nmax_rooms_per_user = 50\n")
+    flooder, flooder_pw = server.add_user()
+    alice = server.add_user("alice")
+    bob = server.add_user("bob")
+    a = await muc_login(server, *alice, "a")
+    b = await muc_login(server, *bob, "b")
+    raw, _ = raw_login(server, flooder, flooder_pw, presence=True)
+    try:
+        await create_instant_room(a, "alice")
+        await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
+        answers = {}
+        batch = 200
+        for start in range(0, 10_000, batch):
+            rooms = [f"flood{n}" for n in range(start, start + batch)]
+            raw.send("".join(
+                f"<presence to='{room}@conference.localhost/me'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+                for room in rooms
+            ))
+            # Blocking reads (the raw client): the other clients wait meanwhile.
+            answers.update(raw_room_answers(raw, set(rooms)))
+        assert len(answers) == 10_000
+        joined = [room for room, condition in answers.items() if condition is None]
+        assert len(joined) == 50
+        refused = {condition for condition in answers.values() if condition is not None}
+        assert refused <= {"resource-constraint", "policy-violation"}, refused
+        assert "resource-constraint" in refused
+        # The other users' room is unaffected.
+        b.send_message(mto=ROOM, mbody="still talking", mtype="groupchat")
+        got = await groupchat(a, lambda m: m["body"] == "still talking")
+        assert got["from"] == f"{ROOM}/bob"
+    finally:
+        raw.close()
+        await logout(a, b)
+
+
+async def test_an_invitation_flood_is_bounded_per_occupant(server_factory):
+    """`muc.max_requests_per_minute` invitations from one occupant go out;
+    the next are refused with policy-violation, and another occupant's
+    invitations still go."""
+    server = server_factory(extra_toml="[muc]\nmax_requests_per_minute = 5\n")
+    alice, bob, carol = (server.add_user(name) for name in ("alice", "bob", "carol"))
+    a = await muc_login(server, *alice, "a")
+    b = await muc_login(server, *bob, "b")
+    c = await muc_login(server, *carol, "c")
+    try:
+        await create_instant_room(a, "alice")
+        await b.plugin["xep_0045"].join_muc_wait(ROOM, "bob", maxstanzas=0, timeout=20)
+        for number in range(20):
+            b.plugin["xep_0045"].invite(ROOM, carol[0], reason=f"flood {number}")
+        for _ in range(15):
+            message = await any_message(b, lambda m: m["type"] == "error")
+            # (slixmpp's error conditions predate RFC 6120's policy-violation.)
+            condition = message.xml.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}policy-violation")
+            assert condition is not None, str(message)
+        # Bob's twenty were applied before his refusals came back: alice's
+        # invitation, sent now, is the one after bob's five.
+        a.plugin["xep_0045"].invite(ROOM, carol[0], reason="from alice")
+        reasons = []
+        while "from alice" not in reasons:
+            got = await any_message(c)
+            invite = got.xml.find("{http://jabber.org/protocol/muc#user}x/{http://jabber.org/protocol/muc#user}invite")
+            if invite is not None:
+                reasons.append(invite.findtext("{http://jabber.org/protocol/muc#user}reason"))
+        assert reasons == [f"flood {n}" for n in range(5)] + ["from alice"]
     finally:
         await logout(a, b, c)

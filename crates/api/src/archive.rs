@@ -193,6 +193,40 @@ pub trait ArchiveStore: Send + Sync + 'static {
     async fn set_archive_prefs(&self, owner: &BareJid, prefs: &ArchivePrefs) -> ApiResult<()>;
 }
 
+/// The archives of multi-user chat rooms (XEP-0313 section 5.1.2 "MUC
+/// Archives", kept by the MUC service of XEP-0045): one archive per room,
+/// its owner the room's bare JID (never an account), `with` the sender's
+/// occupant JID (`room@service/nick`), the id the room's XEP-0359
+/// `<stanza-id/>`. Who may read a room's archive is the room's rule.
+#[async_trait]
+pub trait RoomArchiveStore: Send + Sync + 'static {
+    /// Add messages to their rooms' archives in one transaction; an id
+    /// already archived for that room is skipped. Returns how many were added.
+    async fn archive_room_messages(&self, entries: &[ArchiveEntry]) -> ApiResult<u64>;
+    /// One page of `room`'s archive (`with`: an occupant JID, or the room's
+    /// bare JID for every message); `NotFound` when an id the query names
+    /// is not in it.
+    async fn query_room_archive(&self, room: &BareJid, query: &ArchiveQuery)
+        -> ApiResult<ArchivePage>;
+    /// One message of `room`'s archive, `None` when it is not there.
+    async fn room_archive_message(
+        &self,
+        room: &BareJid,
+        id: ArchiveId,
+    ) -> ApiResult<Option<ArchivedMessage>>;
+    /// Replace one archived message (a XEP-0424/XEP-0425 tombstone);
+    /// `false` when it is not there.
+    async fn replace_room_archive_message(
+        &self,
+        room: &BareJid,
+        id: ArchiveId,
+        stanza_xml: &str,
+    ) -> ApiResult<bool>;
+    /// Remove a room's whole archive (the room was destroyed: a room created
+    /// later under the same name does not show it); returns how many went.
+    async fn remove_room_archive(&self, room: &BareJid) -> ApiResult<u64>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod error;
 pub mod feature;
 pub mod last_activity;
 pub mod muc;
+pub mod mam;
 pub mod origin_time;
 pub mod pep;
 pub mod presence;
@@ -24,7 +25,7 @@ pub mod upload;
 
 pub use archive::{
     ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore,
-    ArchivedMessage, PageStart, ARCHIVE_ID_NODE_BITS,
+    ArchivedMessage, PageStart, RoomArchiveStore, ARCHIVE_ID_NODE_BITS,
 };
 pub use blocking::{AbuseReport, BlockedItem, BlockingStore};
 pub use error::{ApiError, ApiResult};

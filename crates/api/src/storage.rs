@@ -184,6 +184,7 @@ pub trait StorageApi:
     + crate::MucRoomStore
     + PepStore
     + ArchiveStore
+    + crate::RoomArchiveStore
     + crate::UploadStore
 {
 }
@@ -199,6 +200,7 @@ impl<
             + crate::MucRoomStore
             + PepStore
             + ArchiveStore
+            + crate::RoomArchiveStore
             + crate::UploadStore
             + ?Sized,
     > StorageApi for T

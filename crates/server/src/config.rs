@@ -628,6 +628,12 @@ pub struct MucConfig {
     pub history_max_bytes: u64,
     /// The longest nick, in bytes.
     pub max_nick_bytes: u32,
+    /// The most rooms one user (bare JID) occupies at once; a join past it
+    /// is refused with `resource-constraint`.
+    pub max_rooms_per_user: u32,
+    /// The most invitations and voice requests one occupant sends a room
+    /// in a minute; past it they are refused with `policy-violation`.
+    pub max_requests_per_minute: u32,
 }
 
 impl Default for MucConfig {
@@ -639,6 +645,8 @@ impl Default for MucConfig {
             history_max_stanzas: 50,
             history_max_bytes: 256 * 1024,
             max_nick_bytes: 64,
+            max_rooms_per_user: 100,
+            max_requests_per_minute: 30,
         }
     }
 }
@@ -650,6 +658,9 @@ pub const MAX_MUC_OCCUPANTS: u32 = 10_000;
 pub const MAX_MUC_HISTORY_STANZAS: u32 = 1_000;
 pub const MAX_MUC_HISTORY_BYTES: u64 = 4 * 1024 * 1024;
 pub const MAX_MUC_NICK_BYTES: u32 = 1023;
+/// The bounds of `muc.max_rooms_per_user` and `muc.max_requests_per_minute`.
+pub const MAX_MUC_ROOMS_PER_USER: u32 = 10_000;
+pub const MAX_MUC_REQUESTS_PER_MINUTE: u32 = 10_000;
 
 /// The bounds of `upload.max_file_bytes` (1 TiB) and `upload.expire_after_secs` (10 years).
 pub const MAX_UPLOAD_FILE_BYTES: u64 = 1 << 40;
@@ -1592,7 +1603,7 @@ impl Config {
     fn validate_muc(&self) -> Result<(), ConfigError> {
         let muc = &self.muc;
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
-        let bounds: [(&'static str, u64, u64); 4] = [
+        let bounds: [(&'static str, u64, u64); 6] = [
             (
                 "muc.max_occupants",
                 u64::from(muc.max_occupants),
@@ -1612,6 +1623,16 @@ impl Config {
                 "muc.max_nick_bytes",
                 u64::from(muc.max_nick_bytes),
                 u64::from(MAX_MUC_NICK_BYTES),
+            ),
+            (
+                "muc.max_rooms_per_user",
+                u64::from(muc.max_rooms_per_user),
+                u64::from(MAX_MUC_ROOMS_PER_USER),
+            ),
+            (
+                "muc.max_requests_per_minute",
+                u64::from(muc.max_requests_per_minute),
+                u64::from(MAX_MUC_REQUESTS_PER_MINUTE),
             ),
         ];
         for (key, value, max) in bounds {
@@ -2131,6 +2152,11 @@ mod tests {
             ),
             ("[muc]\nhistory_max_bytes = 0\n", "muc.history_max_bytes"),
             ("[muc]\nmax_nick_bytes = 0\n", "muc.max_nick_bytes"),
+            ("[muc]\nmax_rooms_per_user = 0\n", "muc.max_rooms_per_user"),
+            (
+                "[muc]\nmax_requests_per_minute = 10001\n",
+                "muc.max_requests_per_minute",
+            ),
             ("[muc]\ndomain = \"localhost\"\n", "muc.domain"),
             ("[muc]\ndomain = \"a b\"\n", "muc.domain"),
             ("[muc]\ndomain = \"upload.localhost\"\n", "muc.domain"),

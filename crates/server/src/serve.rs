@@ -248,14 +248,31 @@ fn muc_service(
         history_max_stanzas: config.muc.history_max_stanzas as usize,
         history_max_bytes: usize::try_from(config.muc.history_max_bytes).unwrap_or(usize::MAX),
         max_nick_bytes: config.muc.max_nick_bytes as usize,
+        max_requests_per_minute: config.muc.max_requests_per_minute,
+        archives: config.mam.enabled,
+    };
+    let occupancy: Arc<dyn starling_muc::OccupancyIndex> = match &state.redis {
+        Some(redis) => Arc::new(starling_muc::RedisOccupancy::new(redis.clone())),
+        None => Arc::new(starling_muc::MemoryOccupancy::default()),
     };
     let metrics =
         starling_muc::MucMetrics::register(registry).context("cannot register the muc metrics")?;
-    Ok(Some(Arc::new(
+    let service =
         starling_muc::MucService::new(settings, store, state.registry.clone(), state.bus.clone())
-            .with_durable_rooms(storage)
-            .with_metrics(metrics),
-    )))
+            .with_durable_rooms(storage.clone())
+            .with_metrics(metrics)
+            .with_room_limit(occupancy, config.muc.max_rooms_per_user);
+    // XEP-0313 on rooms: with the accounts' archive (`mam.enabled`).
+    let service = if config.mam.enabled {
+        service.with_archive(starling_muc::RoomArchive {
+            store: storage,
+            max_page_size: config.mam.max_page_size,
+            limits: config.stored_stanza_limits(),
+        })
+    } else {
+        service
+    };
+    Ok(Some(Arc::new(service)))
 }
 
 /// The block lists (XEP-0191) of a process that routes or runs presence:

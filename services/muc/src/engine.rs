@@ -11,8 +11,19 @@ use starling_xmpp::{
     ns, parse_element, stanza, Element, Limits, StanzaError, StanzaErrorCondition,
 };
 
+use starling_api::{ArchiveEntry, ArchiveId, ArchivedMessage};
+
 use crate::form;
-use crate::state::{Affiliation, Availability, HistoryEntry, Occupant, Role, Room, Subject, Whois};
+use crate::state::{
+    Affiliation, Availability, HistoryEntry, Occupant, RequestWindow, Role, Room, Subject, Whois,
+};
+
+mod archive;
+mod moderation;
+mod relay;
+mod voice;
+
+pub use archive::{archived_view, referenced_stanza_id};
 
 pub const MUC: &str = "http://jabber.org/protocol/muc";
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -35,6 +46,11 @@ pub struct Settings {
     pub history_max_bytes: usize,
     /// The most bytes a nick may have (`muc.max_nick_bytes`).
     pub max_nick_bytes: usize,
+    /// The most invitations and voice requests one occupant sends in a
+    /// minute (`muc.max_requests_per_minute`).
+    pub max_requests_per_minute: u32,
+    /// Whether rooms keep XEP-0313 archives (`mam.enabled`).
+    pub archives: bool,
 }
 
 impl Settings {
@@ -45,6 +61,8 @@ impl Settings {
             history_max_stanzas: 50,
             history_max_bytes: 256 * 1024,
             max_nick_bytes: 64,
+            max_requests_per_minute: 30,
+            archives: true,
         }
     }
 }
@@ -66,6 +84,35 @@ pub struct Effects {
     pub changed: bool,
     /// Why a stanza was refused, for the metrics (`None`: accepted or ignored).
     pub refused: Option<&'static str>,
+    /// Messages for the room's archive (XEP-0313), written before they go out.
+    pub archive: Vec<ArchiveEntry>,
+    /// Archived messages replaced by a tombstone (XEP-0424, XEP-0425).
+    pub tombstones: Vec<(ArchiveId, String)>,
+    /// An archive query the room allowed, for the service to run (it reads storage).
+    pub archive_query: Option<ArchiveRequest>,
+    /// The room was destroyed: its archive goes with it.
+    pub archive_removed: bool,
+}
+
+/// An archive query to the room (XEP-0313 section 5.1.2) that its sender
+/// may make: the service reads the page and sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    /// The `<iq type='set'><query xmlns='urn:xmpp:mam:2'/></iq>`.
+    pub iq: Element,
+    /// Whether the results show the senders' real JIDs (section 5.1.2:
+    /// non-anonymous rooms, or a querier who may see them).
+    pub show_jids: bool,
+}
+
+/// What the service read for the engine before a stanza is applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// The archived message a moderation or a retraction names
+    /// ([`referenced_stanza_id`]), when the room's archive holds it.
+    pub target: Option<ArchivedMessage>,
+    /// The sender is an occupant of `muc.max_rooms_per_user` rooms already.
+    pub at_room_limit: bool,
 }
 
 impl Effects {
@@ -102,7 +149,9 @@ pub fn unix_seconds(now: SystemTime) -> u64 {
 
 /// Apply `stanza` (addressed to the room or one of its occupants, `from`
 /// the real full JID `sender`) to the room. `room` is `None` when it does
-/// not exist; it is `None` afterwards when the room was destroyed.
+/// not exist; it is `None` afterwards when the room was destroyed. `known`:
+/// what the service read for the stanza (an archived message it names, the
+/// sender's room count).
 pub fn handle(
     room: &mut Option<Room>,
     room_jid: &str,
@@ -110,6 +159,7 @@ pub fn handle(
     sender: &FullJid,
     now: SystemTime,
     settings: &Settings,
+    known: &Known,
 ) -> Effects {
     let mut effects = Effects::default();
     let sender_text = sender.to_string();
@@ -123,6 +173,7 @@ pub fn handle(
         sender_bare: sender.bare().to_string(),
         now,
         settings,
+        known,
         effects: &mut effects,
     };
     match stanza_element.name() {
@@ -140,6 +191,7 @@ struct Context<'a> {
     sender_bare: String,
     now: SystemTime,
     settings: &'a Settings,
+    known: &'a Known,
     effects: &'a mut Effects,
 }
 
@@ -237,6 +289,11 @@ impl Context<'_> {
         let refusal = if current.locked && affiliation != Affiliation::Owner {
             // Section 10.1.1: a room being created is not entered by others.
             Some(StanzaErrorCondition::ItemNotFound)
+        } else if self.known.at_room_limit {
+            // `muc.max_rooms_per_user`: a per-user limit of the service, not
+            // of this room (which section 7.2.10 answers service-unavailable):
+            // RFC 6120 section 8.3.3.18, resource-constraint, type wait.
+            Some(StanzaErrorCondition::ResourceConstraint)
         } else if affiliation == Affiliation::Outcast {
             // Section 7.2.8.
             Some(StanzaErrorCondition::Forbidden)
@@ -275,6 +332,7 @@ impl Context<'_> {
             jid: self.sender.to_string(),
             role,
             availability: availability_of(presence),
+            requests: RequestWindow::default(),
         };
         current.occupants.push(occupant);
         self.effects.changed = true;
@@ -476,6 +534,10 @@ impl Context<'_> {
             }
             return;
         }
+        if let (None, Some(form)) = (&nick, voice::request_form(message)) {
+            let form = form.clone();
+            return self.voice_form(current, message, &form);
+        }
         match nick {
             Some(nick) => self.private_message(current, message, &nick),
             None if message
@@ -521,6 +583,9 @@ impl Context<'_> {
                 .effects
                 .error(message, self.sender, StanzaErrorCondition::Forbidden);
         }
+        if self.own_retraction(room, &occupant, message).is_err() {
+            return;
+        }
         let mut reflected = Element::new("message", ns::CLIENT)
             .with_attr("from", self.occupant_jid(&occupant.nick))
             .with_attr("type", "groupchat");
@@ -534,9 +599,11 @@ impl Context<'_> {
             }
             reflected.append_child(child.clone());
         }
+        // XEP-0359: the room's stanza-id is the message's archive id (XEP-0313).
+        let stanza_id = self.next_stanza_id(room);
         reflected.append_child(
             Element::new("stanza-id", STANZA_ID)
-                .with_attr("id", uuid::Uuid::new_v4().to_string())
+                .with_attr("id", stanza_id.to_text())
                 .with_attr("by", self.room_jid.to_string()),
         );
         reflected.append_child(
@@ -554,6 +621,7 @@ impl Context<'_> {
                 self.settings.history_max_bytes,
             );
         }
+        self.archive(room, &occupant, &reflected, stanza_id);
         self.effects.changed = true;
         let everyone = room
             .occupants
@@ -561,6 +629,29 @@ impl Context<'_> {
             .map(|occupant| occupant.jid.clone())
             .collect();
         self.effects.send(reflected, everyone);
+    }
+
+    /// Count one request of the occupant at `index` that reaches others
+    /// (an invitation, a voice request) against `muc.max_requests_per_minute`;
+    /// past it the sender gets `policy-violation` (RFC 6120 section
+    /// 8.3.3.12: a local service policy) and `false`.
+    fn take_request(&mut self, room: &mut Room, index: usize, request: &Element) -> bool {
+        let minute = unix_seconds(self.now) / 60;
+        let window = &mut room.occupants[index].requests;
+        if window.minute != minute {
+            *window = RequestWindow { minute, count: 0 };
+        }
+        if window.count >= self.settings.max_requests_per_minute {
+            let error = StanzaError::new(StanzaErrorCondition::PolicyViolation).with_text(format!(
+                "at most {} invitations and voice requests a minute",
+                self.settings.max_requests_per_minute
+            ));
+            self.effects.error_with(request, self.sender, error);
+            return false;
+        }
+        window.count += 1;
+        self.effects.changed = true;
+        true
     }
 
     fn private_message(&mut self, room: &Room, message: &Element, nick: &str) {
@@ -609,6 +700,12 @@ impl Context<'_> {
             return self
                 .effects
                 .error(message, self.sender, StanzaErrorCondition::Forbidden);
+        }
+        let Some(index) = room.occupant_index_by_jid(self.sender) else {
+            return;
+        };
+        if !self.take_request(room, index, message) {
+            return;
         }
         let invites: Vec<Element> = message
             .get_child("x", MUC_USER)
@@ -661,47 +758,31 @@ impl Context<'_> {
     // ----- IQs: disco, self-ping, admin and owner (sections 6, 9, 10; XEP-0410)
 
     fn iq(&mut self, room: &mut Option<Room>, iq: &Element, nick: Option<String>) {
-        if !matches!(stanza::stanza_type(iq), "get" | "set") {
+        let request = matches!(stanza::stanza_type(iq), "get" | "set");
+        if !request && nick.is_none() {
             return;
         }
         let Some(current) = room.as_mut() else {
+            if !request {
+                return;
+            }
             return self
                 .effects
                 .error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
         };
+        if let Some(nick) = nick {
+            return self.occupant_iq(current, iq, &nick);
+        }
         let payload = stanza::iq_payload(iq);
         let payload_key =
             payload.map(|payload| (payload.name().to_string(), payload.namespace().to_string()));
-        if let Some(nick) = nick {
-            // XEP-0410 section 3: the room answers a ping to an occupant's
-            // nick for occupants; others learn they are not joined.
-            if payload_key
-                .as_ref()
-                .is_some_and(|(name, space)| name == "ping" && space == ns::PING)
-            {
-                if current.occupant_by_jid(self.sender).is_some()
-                    && current.occupant_by_nick(&nick).is_some()
-                {
-                    return self.result(iq, None);
-                }
-                return self
-                    .effects
-                    .error(iq, self.sender, StanzaErrorCondition::NotAcceptable);
-            }
-            // IQs to another occupant are not relayed (section 7.5 allows it; not done).
-            return self.effects.error(
-                iq,
-                self.sender,
-                StanzaErrorCondition::FeatureNotImplemented,
-            );
-        }
         let kind = stanza::stanza_type(iq);
         match payload_key
             .as_ref()
             .map(|(name, space)| (name.as_str(), space.as_str(), kind))
         {
             Some(("query", ns::DISCO_INFO, "get")) => {
-                let info = room_info(current);
+                let info = room_info(current, self.settings.archives);
                 self.result(iq, Some(info))
             }
             Some(("query", ns::DISCO_ITEMS, "get")) => {
@@ -715,6 +796,8 @@ impl Context<'_> {
                 self.destroy_if_empty_temporary(room);
             }
             Some(("query", MUC_OWNER, "get")) => self.owner_get(current, iq),
+            Some(("query", ns::MAM, "get" | "set")) => self.archive_query(current, iq),
+            Some(("moderate", moderation::MODERATE, "set")) => self.moderate(current, iq),
             Some(("query", MUC_OWNER, "set")) => self.owner_set(room, iq),
             _ => self
                 .effects
@@ -1001,6 +1084,7 @@ impl Context<'_> {
             }
             *room = None;
             self.effects.changed = true;
+            self.effects.archive_removed = true;
             return;
         }
         let Some(x) = query.get_child("x", ns::DATA_FORMS) else {
@@ -1100,8 +1184,10 @@ fn occupant_presence(
 }
 
 /// The room's disco#info (section 6.4): identity, features and the
-/// `muc#roominfo` form.
-pub fn room_info(room: &Room) -> Element {
+/// `muc#roominfo` form; `archiving`: whether the service keeps room
+/// archives at all (`mam.enabled`).
+pub fn room_info(room: &Room, archiving: bool) -> Element {
+    let archives = archiving && room.archives();
     let config = &room.config;
     let mut query = Element::new("query", ns::DISCO_INFO);
     let name = if config.name.is_empty() {
@@ -1115,11 +1201,14 @@ pub fn room_info(room: &Room) -> Element {
             .with_attr("type", "text")
             .with_attr("name", name),
     );
-    let features = [
+    let mut features = vec![
         MUC,
         ns::DISCO_INFO,
         OCCUPANT_ID,
         STANZA_ID,
+        moderation::MODERATE,
+        moderation::RETRACT,
+        voice::MUC_REQUEST,
         if config.persistent {
             "muc_persistent"
         } else {
@@ -1151,6 +1240,10 @@ pub fn room_info(room: &Room) -> Element {
             "muc_semianonymous"
         },
     ];
+    if archives {
+        // XEP-0313 section 7: the room's JID hosts an archive.
+        features.push(ns::MAM);
+    }
     for feature in features {
         query.append_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
     }

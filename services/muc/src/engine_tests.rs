@@ -31,6 +31,10 @@ impl Harness {
     }
 
     fn send(&mut self, from: &str, stanza: &str) -> Effects {
+        self.send_known(from, stanza, &Known::default())
+    }
+
+    fn send_known(&mut self, from: &str, stanza: &str, known: &Known) -> Effects {
         let mut element = xml(stanza);
         element.set_attr("from", from.to_string());
         // A record round trip, as every replica does between stanzas (the
@@ -52,7 +56,37 @@ impl Harness {
             &jid(from),
             self.now,
             &settings(),
+            known,
         )
+    }
+
+    /// Submit room configuration fields as the owner crone1.
+    fn configure(&mut self, fields: &[(&str, &str)]) {
+        let fields: String = fields
+            .iter()
+            .map(|(var, value)| format!("<field var='{var}'><value>{value}</value></field>"))
+            .collect();
+        let effects = self.send(
+            "crone1@shakespeare.lit/desktop",
+            &format!("<iq xmlns='jabber:client' type='set' id='cfg' to='{ROOM}'><query xmlns='{MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'>{fields}</x></query></iq>"),
+        );
+        assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
+    }
+
+    /// A persistent room (it archives), crone1 its owner in it as firstwitch.
+    fn with_persistent_room() -> Self {
+        let mut harness = Harness::with_instant_room();
+        harness.configure(&[("muc#roomconfig_persistentroom", "1")]);
+        harness
+    }
+
+    /// Say `body` in the room; the reflected message.
+    fn say(&mut self, from: &str, body: &str) -> Element {
+        let effects = self.send(
+            from,
+            &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>{body}</body></message>"),
+        );
+        effects.outbound[0].stanza.clone()
     }
 
     fn join(&mut self, from: &str, nick: &str) -> Effects {
@@ -653,4 +687,343 @@ fn the_ban_list_keeps_each_reason() {
         room.affiliation_reason("earlofcambridge@shakespeare.lit"),
         None
     );
+}
+
+fn stanza_id(message: &Element) -> String {
+    message
+        .get_child("stanza-id", STANZA_ID)
+        .and_then(|id| id.attr("id"))
+        .expect("a stanza-id")
+        .to_string()
+}
+
+#[test]
+fn a_persistent_room_archives_its_messages_under_their_stanza_ids() {
+    let mut harness = Harness::with_persistent_room();
+    harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let effects = harness.send(
+        "hag66@shakespeare.lit/pda",
+        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat' id='m1'><body>Thrice</body><x xmlns='{MUC_USER}'><item jid='forged@evil.example'/></x></message>"),
+    );
+    let reflected = &effects.outbound[0].stanza;
+    assert_eq!(effects.archive.len(), 1);
+    let entry = &effects.archive[0];
+    // XEP-0359 and XEP-0313: the stanza-id is the archive id.
+    assert_eq!(entry.id.to_text(), stanza_id(reflected));
+    assert_eq!(entry.owner.to_string(), ROOM);
+    assert_eq!(entry.with.to_string(), format!("{ROOM}/thirdwitch"));
+    // The archived copy: the room's own <x/> with the real JID, never the client's.
+    let archived = xml(&entry.stanza_xml.replace("<message ", "<message xmlns='jabber:client' "));
+    let items: Vec<_> = archived
+        .children()
+        .filter(|child| child.is("x", MUC_USER))
+        .collect();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        items[0].get_child("item", MUC_USER).unwrap().attr("jid"),
+        Some("hag66@shakespeare.lit/pda")
+    );
+    assert!(archived.attr("to").is_none());
+    // Ids grow within the room even when the clock does not.
+    let second = harness.say("hag66@shakespeare.lit/pda", "and once");
+    assert!(stanza_id(&second).parse::<i64>().unwrap() > entry.id.0);
+    // A chat state is not archived, nor a <no-store/> message.
+    let effects = harness.send(
+        "hag66@shakespeare.lit/pda",
+        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>"),
+    );
+    assert!(effects.archive.is_empty());
+    // The archive is what the views show: without the real JID for those who may not see it.
+    let view = archived_view(&entry.stanza_xml, false, &Limits::default()).unwrap();
+    assert!(view.get_child("x", MUC_USER).is_none());
+    let view = archived_view(&entry.stanza_xml, true, &Limits::default()).unwrap();
+    assert!(view.get_child("x", MUC_USER).is_some());
+}
+
+#[test]
+fn a_temporary_room_or_one_without_archiving_keeps_no_archive() {
+    let mut harness = Harness::with_instant_room();
+    let effects = harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"),
+    );
+    assert!(effects.archive.is_empty());
+    let query = format!("<iq xmlns='jabber:client' type='set' id='q' to='{ROOM}'><query xmlns='urn:xmpp:mam:2'/></iq>");
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &query);
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("service-unavailable")
+    );
+    harness.configure(&[
+        ("muc#roomconfig_persistentroom", "1"),
+        ("muc#roomconfig_enablearchiving", "0"),
+    ]);
+    let effects = harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"),
+    );
+    assert!(effects.archive.is_empty());
+    let info = room_info(harness.room.as_ref().unwrap(), true);
+    assert!(!info.children().any(|f| f.attr("var") == Some(ns::MAM)));
+}
+
+#[test]
+fn archive_queries_follow_the_right_to_enter_and_the_whois_setting() {
+    let mut harness = Harness::with_persistent_room();
+    let query = format!("<iq xmlns='jabber:client' type='set' id='q' to='{ROOM}'><query xmlns='urn:xmpp:mam:2' queryid='f1'/></iq>");
+    // An open room: anyone who may enter, even without being in it.
+    let effects = harness.send("wiccarocks@shakespeare.lit/laptop", &query);
+    assert!(effects.outbound.is_empty());
+    let request = effects.archive_query.expect("the query runs");
+    assert!(!request.show_jids, "semi-anonymous: not for a non-moderator");
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &query);
+    assert!(effects.archive_query.unwrap().show_jids, "the owner sees real JIDs");
+    // The room's disco names its archive (XEP-0313 section 7).
+    let info = room_info(harness.room.as_ref().unwrap(), true);
+    assert!(info.children().any(|f| f.attr("var") == Some(ns::MAM)));
+    // An outcast may not read it (section 9.1: forbidden).
+    harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<iq xmlns='jabber:client' type='set' id='b' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item jid='wiccarocks@shakespeare.lit' affiliation='outcast'/></query></iq>"),
+    );
+    let effects = harness.send("wiccarocks@shakespeare.lit/laptop", &query);
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
+    assert!(effects.archive_query.is_none());
+    // Members-only: members read it, others do not.
+    harness.configure(&[
+        ("muc#roomconfig_membersonly", "1"),
+        ("muc#roomconfig_whois", "anyone"),
+    ]);
+    let effects = harness.send("hecate@shakespeare.lit/broom", &query);
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
+    harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<iq xmlns='jabber:client' type='set' id='m' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item jid='hecate@shakespeare.lit' affiliation='member'/></query></iq>"),
+    );
+    let effects = harness.send("hecate@shakespeare.lit/broom", &query);
+    assert!(effects.archive_query.unwrap().show_jids, "non-anonymous: everyone sees");
+    // The query form (section 4.1.5).
+    let effects = harness.send(
+        "hecate@shakespeare.lit/broom",
+        &format!("<iq xmlns='jabber:client' type='get' id='f' to='{ROOM}'><query xmlns='urn:xmpp:mam:2'/></iq>"),
+    );
+    assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
+}
+
+#[test]
+fn a_moderator_retracts_a_message_for_everyone_and_in_the_archive() {
+    let mut harness = Harness::with_persistent_room();
+    harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let spam = harness.say("hag66@shakespeare.lit/pda", "DM me for free magic potions!");
+    let id = stanza_id(&spam);
+    let moderate = |id: &str| {
+        format!("<iq xmlns='jabber:client' type='set' id='r1' to='{ROOM}'><moderate xmlns='urn:xmpp:message-moderate:1' id='{id}'><retract xmlns='urn:xmpp:message-retract:1'/><reason>Spam</reason></moderate></iq>")
+    };
+    // Not a moderator: forbidden (XEP-0425 error case).
+    let effects = harness.send("hag66@shakespeare.lit/pda", &moderate(&id));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
+    // An id the room does not know: item-not-found.
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &moderate("12345"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("item-not-found")
+    );
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &moderate(&id));
+    assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
+    let notice = &effects.outbound[1];
+    assert_eq!(notice.recipients.len(), 2);
+    assert_eq!(notice.stanza.attr("from"), Some(ROOM));
+    let retract = notice.stanza.get_child("retract", "urn:xmpp:message-retract:1").unwrap();
+    assert_eq!(retract.attr("id"), Some(id.as_str()));
+    let moderated = retract
+        .get_child("moderated", "urn:xmpp:message-moderate:1")
+        .unwrap();
+    assert_eq!(moderated.attr("by"), Some("coven@chat.shakespeare.lit/firstwitch"));
+    // The archived message becomes a tombstone; the history forgets it.
+    assert_eq!(effects.tombstones.len(), 1);
+    assert_eq!(effects.tombstones[0].0.to_text(), id);
+    assert!(!effects.tombstones[0].1.contains("potions"));
+    assert!(effects.tombstones[0].1.contains("retracted"));
+    assert!(harness.room.as_ref().unwrap().history.iter().all(|entry| !entry.xml.contains("potions")));
+    // The notice is archived too.
+    assert_eq!(effects.archive.len(), 1);
+    // A message only the archive holds (older than the history) is found through the service.
+    let known = Known {
+        target: Some(starling_api::ArchivedMessage {
+            id: starling_api::ArchiveId(42 << 8),
+            stanza_xml: format!("<message from='{ROOM}/thirdwitch' type='groupchat'><body>old</body><occupant-id xmlns='{OCCUPANT_ID}' id='x'/></message>"),
+        }),
+        at_room_limit: false,
+    };
+    let effects = harness.send_known("crone1@shakespeare.lit/desktop", &moderate(&(42i64 << 8).to_string()), &known);
+    assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
+    assert_eq!(effects.tombstones.len(), 1);
+}
+
+#[test]
+fn an_occupant_retracts_only_its_own_messages() {
+    let mut harness = Harness::with_persistent_room();
+    harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let mine = harness.say("hag66@shakespeare.lit/pda", "oops");
+    let theirs = harness.say("crone1@shakespeare.lit/desktop", "mine");
+    let retract = |id: &str| {
+        format!("<message xmlns='jabber:client' type='groupchat' to='{ROOM}' id='rt'><retract xmlns='urn:xmpp:message-retract:1' id='{id}'/><body>retracted</body><store xmlns='urn:xmpp:hints'/></message>")
+    };
+    let effects = harness.send("hag66@shakespeare.lit/pda", &retract(&stanza_id(&theirs)));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("forbidden")
+    );
+    assert!(effects.tombstones.is_empty());
+    let effects = harness.send("hag66@shakespeare.lit/pda", &retract("999"));
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("item-not-found")
+    );
+    let effects = harness.send("hag66@shakespeare.lit/pda", &retract(&stanza_id(&mine)));
+    // Reflected to everyone (XEP-0424), the original tombstoned.
+    assert_eq!(effects.outbound[0].recipients.len(), 2);
+    assert!(effects.outbound[0].stanza.get_child("retract", "urn:xmpp:message-retract:1").is_some());
+    assert_eq!(effects.tombstones.len(), 1);
+    assert_eq!(effects.tombstones[0].0.to_text(), stanza_id(&mine));
+}
+
+#[test]
+fn a_visitor_requests_voice_and_a_moderator_grants_it() {
+    let mut harness = Harness::with_instant_room();
+    harness.configure(&[("muc#roomconfig_moderatedroom", "1")]);
+    harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let request = format!("<message xmlns='jabber:client' to='{ROOM}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role' type='list-single'><value>participant</value></field></x></message>");
+    let effects = harness.send("hag66@shakespeare.lit/pda", &request);
+    // Section 8.6: the approval form goes to the moderators.
+    assert_eq!(effects.outbound.len(), 1);
+    assert_eq!(
+        effects.outbound[0].recipients,
+        vec!["crone1@shakespeare.lit/desktop".to_string()]
+    );
+    let form = effects.outbound[0].stanza.get_child("x", ns::DATA_FORMS).unwrap();
+    assert_eq!(form.attr("type"), Some("form"));
+    assert!(form.to_xml().contains("thirdwitch"));
+    // A participant does not request voice.
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &request);
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-acceptable")
+    );
+    let approve = format!("<message xmlns='jabber:client' to='{ROOM}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role'><value>participant</value></field><field var='muc#roomnick'><value>thirdwitch</value></field><field var='muc#request_allow'><value>true</value></field></x></message>");
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &approve);
+    let own = to(&effects, "hag66@shakespeare.lit/pda");
+    let item = own[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    assert_eq!(item.attr("role"), Some("participant"));
+    let effects = harness.send(
+        "hag66@shakespeare.lit/pda",
+        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>at last</body></message>"),
+    );
+    assert_eq!(effects.outbound[0].recipients.len(), 2);
+}
+
+#[test]
+fn requests_that_reach_others_are_bounded_per_minute() {
+    let mut harness = Harness::with_instant_room();
+    let invite = format!("<message xmlns='jabber:client' to='{ROOM}'><x xmlns='{MUC_USER}'><invite to='hecate@shakespeare.lit'/></x></message>");
+    let limit = settings().max_requests_per_minute;
+    for _ in 0..limit {
+        let effects = harness.send("crone1@shakespeare.lit/desktop", &invite);
+        assert_eq!(effects.outbound[0].recipients, vec!["hecate@shakespeare.lit".to_string()]);
+    }
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &invite);
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("policy-violation")
+    );
+    // A new minute, a new allowance.
+    harness.now += Duration::from_secs(60);
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &invite);
+    assert_eq!(effects.outbound[0].recipients, vec!["hecate@shakespeare.lit".to_string()]);
+}
+
+#[test]
+fn iqs_between_occupants_are_relayed_both_ways() {
+    let mut harness = Harness::with_instant_room();
+    harness.join("hag66@shakespeare.lit/pda", "thirdwitch");
+    let version = format!("<iq xmlns='jabber:client' type='get' id='v1' to='{ROOM}/firstwitch'><query xmlns='jabber:iq:version'/></iq>");
+    let effects = harness.send("hag66@shakespeare.lit/pda", &version);
+    assert_eq!(
+        effects.outbound[0].recipients,
+        vec!["crone1@shakespeare.lit/desktop".to_string()]
+    );
+    assert_eq!(
+        effects.outbound[0].stanza.attr("from"),
+        Some("coven@chat.shakespeare.lit/thirdwitch")
+    );
+    assert_eq!(effects.outbound[0].stanza.attr("id"), Some("v1"));
+    let answer = format!("<iq xmlns='jabber:client' type='result' id='v1' to='{ROOM}/thirdwitch'><query xmlns='jabber:iq:version'><name>x</name></query></iq>");
+    let effects = harness.send("crone1@shakespeare.lit/desktop", &answer);
+    assert_eq!(
+        effects.outbound[0].recipients,
+        vec!["hag66@shakespeare.lit/pda".to_string()]
+    );
+    assert_eq!(
+        effects.outbound[0].stanza.attr("from"),
+        Some("coven@chat.shakespeare.lit/firstwitch")
+    );
+    // A ping to another occupant is relayed too; to one's own nick the room answers.
+    let ping = format!("<iq xmlns='jabber:client' type='get' id='p' to='{ROOM}/firstwitch'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let effects = harness.send("hag66@shakespeare.lit/pda", &ping);
+    assert_eq!(
+        effects.outbound[0].recipients,
+        vec!["crone1@shakespeare.lit/desktop".to_string()]
+    );
+    // An unknown nick: item-not-found; a stranger: not-acceptable.
+    let effects = harness.send(
+        "hag66@shakespeare.lit/pda",
+        &format!("<iq xmlns='jabber:client' type='get' id='v2' to='{ROOM}/nobody'><query xmlns='jabber:iq:version'/></iq>"),
+    );
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("item-not-found")
+    );
+    let effects = harness.send("stranger@shakespeare.lit/x", &version);
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("not-acceptable")
+    );
+}
+
+#[test]
+fn a_user_at_the_room_limit_is_refused_and_no_room_is_made() {
+    let mut harness = Harness::new();
+    let known = Known {
+        target: None,
+        at_room_limit: true,
+    };
+    let effects = harness.send_known(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<presence xmlns='jabber:client' to='{ROOM}/firstwitch'><x xmlns='{MUC}'/></presence>"),
+        &known,
+    );
+    assert_eq!(
+        error_condition(&effects.outbound[0].stanza).as_deref(),
+        Some("resource-constraint")
+    );
+    assert!(harness.room.is_none());
+}
+
+#[test]
+fn destroying_a_room_removes_its_archive() {
+    let mut harness = Harness::with_persistent_room();
+    let effects = harness.send(
+        "crone1@shakespeare.lit/desktop",
+        &format!("<iq xmlns='jabber:client' type='set' id='d' to='{ROOM}'><query xmlns='{MUC_OWNER}'><destroy/></query></iq>"),
+    );
+    assert!(effects.archive_removed);
 }

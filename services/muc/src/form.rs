@@ -127,6 +127,12 @@ pub fn config_form(room: &Room, settings: &Settings) -> Element {
             "Participants may invite",
             &[boolean(config.allow_invites)],
         ))
+        .with_child(field(
+            "muc#roomconfig_enablearchiving",
+            "boolean",
+            "Archive the messages (XEP-0313, persistent rooms)",
+            &[boolean(config.archiving)],
+        ))
 }
 
 fn parse_boolean(var: &str, value: &str) -> Result<bool, String> {
@@ -186,6 +192,7 @@ pub fn apply_form(room: &mut Room, form: &Element, settings: &Settings) -> Resul
             }
             "muc#roomconfig_changesubject" => config.change_subject = parse_boolean(var, &value)?,
             "muc#roomconfig_allowinvites" => config.allow_invites = parse_boolean(var, &value)?,
+            "muc#roomconfig_enablearchiving" => config.archiving = parse_boolean(var, &value)?,
             other => return Err(format!("{other}: unknown field")),
         }
     }

@@ -11,10 +11,12 @@
 pub mod durable;
 pub mod engine;
 pub mod form;
+pub mod occupancy;
 pub mod service;
 pub mod state;
 pub mod store;
 
 pub use engine::{valid_nick, Settings};
-pub use service::{MucMetrics, MucService};
+pub use occupancy::{MemoryOccupancy, OccupancyIndex, RedisOccupancy};
+pub use service::{MucMetrics, MucService, RoomArchive};
 pub use store::{HistoryLimits, Loaded, MemoryRoomStore, RecordWrite, RedisRoomStore, RoomStore};

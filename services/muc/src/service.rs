@@ -13,9 +13,15 @@ use starling_jid::{normalize_localpart, FullJid, Jid};
 use starling_xmpp::{ns, stanza, Element, StanzaError, StanzaErrorCondition};
 
 use crate::durable::{durable_part, durable_record, parse_room, room_of_durable, Durable};
-use crate::engine::{self, Outbound, Settings, MUC};
+use crate::engine::{self, ArchiveRequest, Known, Outbound, Settings, MUC};
+use crate::occupancy::{MemoryOccupancy, OccupancyIndex};
 use crate::state::{HistoryEntry, Room};
 use crate::store::{HistoryLimits, Lease, Loaded, RecordWrite, RoomStore};
+
+mod archive;
+mod bounds;
+
+pub use archive::RoomArchive;
 
 /// The service's Prometheus metrics (docs/operations.md).
 #[derive(Clone)]
@@ -29,6 +35,11 @@ pub struct MucMetrics {
     /// session was not found or whose node was unreachable (handed to the
     /// router's rules for an absent session).
     undelivered: IntCounter,
+    /// `starling_muc_archive_total{outcome}`: room archive entries written,
+    /// failed (a storage write failed: not archived), retracted
+    /// (tombstoned), removed (a destroyed room's), queries answered
+    /// (queried) and abandoned (the querier's session went).
+    archive: IntCounterVec,
 }
 
 impl Default for MucMetrics {
@@ -52,6 +63,14 @@ impl Default for MucMetrics {
                 "Room stanzas for occupants whose session could not be reached",
             )
             .expect("valid metric"),
+            archive: IntCounterVec::new(
+                Opts::new(
+                    "starling_muc_archive_total",
+                    "Room archive (XEP-0313) entries and queries, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -62,6 +81,7 @@ impl MucMetrics {
         registry.register(Box::new(metrics.stanzas.clone()))?;
         registry.register(Box::new(metrics.deliveries.clone()))?;
         registry.register(Box::new(metrics.undelivered.clone()))?;
+        registry.register(Box::new(metrics.archive.clone()))?;
         Ok(metrics)
     }
 }
@@ -77,6 +97,18 @@ pub struct MucService {
     registry: Arc<dyn SessionRegistry>,
     bus: Arc<dyn Bus>,
     metrics: MucMetrics,
+    /// Rooms' archives (`None`: `mam.enabled` is off, no room archives).
+    archive: Option<RoomArchive>,
+    /// Who occupies which rooms, for `muc.max_rooms_per_user` (0: no bound).
+    occupancy: Arc<dyn OccupancyIndex>,
+    max_rooms_per_user: u32,
+}
+
+/// What applying one stanza left to do once the room's lease is released.
+struct Applied {
+    unrouted: Vec<Element>,
+    refused: bool,
+    archive_query: Option<ArchiveRequest>,
 }
 
 /// A room from its record and its history entries, as the store holds them.
@@ -105,12 +137,42 @@ impl MucService {
         bus: Arc<dyn Bus>,
     ) -> Self {
         MucService {
-            settings,
+            settings: Settings {
+                archives: false,
+                ..settings
+            },
             store,
             durable: None,
             registry,
             bus,
             metrics: MucMetrics::default(),
+            archive: None,
+            occupancy: Arc::new(MemoryOccupancy::default()),
+            max_rooms_per_user: 0,
+        }
+    }
+
+    /// Keep rooms' archives (XEP-0313) in `archive`.
+    pub fn with_archive(mut self, archive: RoomArchive) -> Self {
+        self.settings.archives = true;
+        self.archive = Some(archive);
+        self
+    }
+
+    /// Bound the rooms one user occupies at once (`muc.max_rooms_per_user`,
+    /// 0: no bound), with who occupies what in `occupancy`.
+    pub fn with_room_limit(mut self, occupancy: Arc<dyn OccupancyIndex>, max_rooms_per_user: u32) -> Self {
+        self.occupancy = occupancy;
+        self.max_rooms_per_user = max_rooms_per_user;
+        self
+    }
+
+    fn count_archive(&self, outcome: &str, count: usize) {
+        if count > 0 {
+            self.metrics
+                .archive
+                .with_label_values(&[outcome])
+                .inc_by(count as u64);
         }
     }
 
@@ -175,12 +237,23 @@ impl MucService {
             .await;
         self.store.release(lease).await;
         let outcome = match &applied {
-            Ok((_, true)) => "refused",
-            Ok((_, false)) => "accepted",
+            Ok(Applied { refused: true, .. }) => "refused",
+            Ok(Applied { refused: false, .. }) => "accepted",
             Err(_) => "failed",
         };
         self.metrics.stanzas.with_label_values(&[outcome]).inc();
-        applied.map(|(unrouted, _)| unrouted)
+        let Applied {
+            mut unrouted,
+            archive_query,
+            ..
+        } = applied?;
+        if let Some(request) = archive_query {
+            unrouted.extend(
+                self.run_archive_query(&room_jid, &sender, request, routed_at)
+                    .await,
+            );
+        }
+        Ok(unrouted)
     }
 
     async fn apply(
@@ -191,7 +264,7 @@ impl MucService {
         stanza_element: &Element,
         sender: &FullJid,
         routed_at: Option<SystemTime>,
-    ) -> ApiResult<(Vec<Element>, bool)> {
+    ) -> ApiResult<Applied> {
         let mut room = match &loaded.record {
             Some(record) => Some(room_of_record(room_jid, record, &loaded.history)?),
             // Not in the room store: a persistent room exists in the
@@ -199,23 +272,42 @@ impl MucService {
             None => self.stored_room(room_jid).await?,
         };
         let before = room.as_ref().and_then(durable_part);
-        let effects = engine::handle(
+        let known = Known {
+            target: self
+                .archived_target(room_jid, room.as_ref(), stanza_element)
+                .await?,
+            at_room_limit: self
+                .at_room_limit(room_jid, room.as_ref(), stanza_element, sender)
+                .await?,
+        };
+        let occupants_before = bounds::users(room.as_ref());
+        let mut effects = engine::handle(
             &mut room,
             room_jid,
             stanza_element,
             sender,
             SystemTime::now(),
             &self.settings,
+            &known,
         );
         if effects.changed {
             self.write(lease, &loaded, &mut room, before).await?;
+            self.note_occupancy(room_jid, &occupants_before, room.as_ref())
+                .await;
         }
+        // Archived before the room's stanzas go out (XEP-0313 section 5.1.2:
+        // what the occupants received).
+        self.write_archive(room_jid, &effects).await;
         let refused = effects.refused.is_some();
         let mut unrouted = Vec::new();
-        for outbound in effects.outbound {
+        for outbound in std::mem::take(&mut effects.outbound) {
             unrouted.extend(self.deliver(outbound, routed_at).await);
         }
-        Ok((unrouted, refused))
+        Ok(Applied {
+            unrouted,
+            refused,
+            archive_query: effects.archive_query,
+        })
     }
 
     /// Write the changed room, before anything goes out (a replica that

@@ -99,6 +99,14 @@ pub struct RoomConfig {
     pub change_subject: bool,
     /// Whether participants (not only moderators) may invite (section 7.8.2).
     pub allow_invites: bool,
+    /// `muc#roomconfig_enablearchiving` (Prosody's field): whether a
+    /// persistent room keeps a XEP-0313 archive; on by default.
+    #[serde(default = "enabled")]
+    pub archiving: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 impl RoomConfig {
@@ -117,6 +125,7 @@ impl RoomConfig {
             max_users,
             change_subject: false,
             allow_invites: true,
+            archiving: true,
         }
     }
 }
@@ -137,6 +146,18 @@ pub struct Occupant {
     pub jid: String,
     pub role: Role,
     pub availability: Availability,
+    /// The occupant's recent requests to the room that reach others
+    /// (invitations, voice requests), bounded per minute.
+    #[serde(default)]
+    pub requests: RequestWindow,
+}
+
+/// How many requests an occupant made in the current minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestWindow {
+    /// The minute (seconds since the epoch / 60) being counted.
+    pub minute: u64,
+    pub count: u32,
 }
 
 impl Occupant {
@@ -199,6 +220,10 @@ pub struct Room {
     /// older write is ignored by the database.
     #[serde(default)]
     pub revision: i64,
+    /// The last XEP-0359 stanza-id (an archive id) the room stamped: ids
+    /// only grow in a room, whichever replica applies its stanzas.
+    #[serde(default)]
+    pub last_stanza_id: i64,
 }
 
 impl Room {
@@ -218,6 +243,7 @@ impl Room {
             history_bytes: 0,
             appended_history: Vec::new(),
             salt: uuid::Uuid::new_v4().simple().to_string(),
+            last_stanza_id: 0,
             revision: 0,
         }
     }
@@ -244,6 +270,7 @@ impl Room {
             appended_history: Vec::new(),
             salt,
             revision,
+            last_stanza_id: 0,
         }
     }
 
@@ -331,6 +358,13 @@ impl Room {
                 None => break,
             }
         }
+    }
+
+    /// Whether the room keeps a XEP-0313 archive: persistent rooms that
+    /// enable archiving (a temporary room is gone with its last occupant,
+    /// and whoever creates a room of that name next must not read it).
+    pub fn archives(&self) -> bool {
+        self.config.persistent && self.config.archiving
     }
 
     pub fn localpart(&self) -> &str {

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use starling_api::{
     ApiResult, ArchiveDefault, ArchiveEntry, ArchiveId, ArchivePage, ArchivePrefs, ArchiveQuery,
-    ArchiveStore,
+    ArchiveStore, ArchivedMessage, RoomArchiveStore,
 };
 use starling_jid::{BareJid, Jid};
 
 use crate::backend;
-use crate::records::{check_storable_text, default_rule_name, AccountAddress, ArchiveRow};
+use crate::records::{
+    check_storable_text, default_rule_name, AccountAddress, ArchiveRow, RoomArchiveRow,
+};
 use crate::{into_api_error, no_account, DatabasePool, Storage, StorageError};
 
 fn parse_default(name: &str) -> Result<ArchiveDefault, StorageError> {
@@ -171,6 +173,94 @@ impl ArchiveStore for Storage {
         let default_rule = default_rule_name(prefs.default);
         on_database!(self, set_archive_prefs(&account, default_rule, &listed))
             .map_err(|error| into_api_error("set_archive_prefs", owner, error))
+    }
+}
+
+/// A room's JID as stored: its bare JID's text, checked like any stored text.
+fn room_key(operation: &'static str, room: &BareJid) -> ApiResult<String> {
+    let text = room.to_string();
+    check_storable_text("room", &text).map_err(|error| into_api_error(operation, room, error))?;
+    Ok(text)
+}
+
+#[async_trait]
+impl RoomArchiveStore for Storage {
+    #[tracing::instrument(target = "starling_trace", name = "storage.archive_room_messages", skip_all, fields(db.system = self.db_system(), messages = entries.len()))]
+    async fn archive_room_messages(&self, entries: &[ArchiveEntry]) -> ApiResult<u64> {
+        let Some(first) = entries.first() else {
+            return Ok(0);
+        };
+        let mut texts = Vec::with_capacity(entries.len());
+        for entry in entries {
+            check_storable_text("archived message", &entry.stanza_xml)
+                .map_err(|error| into_api_error("archive_room_messages", &entry.owner, error))?;
+            texts.push((
+                room_key("archive_room_messages", &entry.owner)?,
+                entry.with.bare().to_string(),
+                entry.with.resource().unwrap_or("").to_string(),
+            ));
+        }
+        let rows: Vec<RoomArchiveRow<'_>> = entries
+            .iter()
+            .zip(&texts)
+            .map(|(entry, (room, with_bare, with_resource))| RoomArchiveRow {
+                room,
+                id: entry.id.0,
+                with_bare,
+                with_resource,
+                stanza_xml: &entry.stanza_xml,
+            })
+            .collect();
+        let added = on_database!(self, archive_room_messages(&rows))
+            .map_err(|error| into_api_error("archive_room_messages", &first.owner, error))?;
+        self.metrics.archive("room_added", added);
+        Ok(added)
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.query_room_archive", skip_all, fields(db.system = self.db_system()))]
+    async fn query_room_archive(
+        &self,
+        room: &BareJid,
+        query: &ArchiveQuery,
+    ) -> ApiResult<ArchivePage> {
+        let key = room_key("query_room_archive", room)?;
+        let (messages, complete) = on_database!(self, query_room_archive(&key, query))
+            .map_err(|error| into_api_error("query_room_archive", room, error))?;
+        Ok(ArchivePage { messages, complete })
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.room_archive_message", skip_all, fields(db.system = self.db_system()))]
+    async fn room_archive_message(
+        &self,
+        room: &BareJid,
+        id: ArchiveId,
+    ) -> ApiResult<Option<ArchivedMessage>> {
+        let key = room_key("room_archive_message", room)?;
+        on_database!(self, room_archive_message(&key, id.0))
+            .map_err(|error| into_api_error("room_archive_message", room, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.replace_room_archive_message", skip_all, fields(db.system = self.db_system()))]
+    async fn replace_room_archive_message(
+        &self,
+        room: &BareJid,
+        id: ArchiveId,
+        stanza_xml: &str,
+    ) -> ApiResult<bool> {
+        let key = room_key("replace_room_archive_message", room)?;
+        check_storable_text("archived message", stanza_xml)
+            .map_err(|error| into_api_error("replace_room_archive_message", room, error))?;
+        on_database!(self, replace_room_archive_message(&key, id.0, stanza_xml))
+            .map_err(|error| into_api_error("replace_room_archive_message", room, error))
+    }
+
+    #[tracing::instrument(target = "starling_trace", name = "storage.remove_room_archive", skip_all, fields(db.system = self.db_system()))]
+    async fn remove_room_archive(&self, room: &BareJid) -> ApiResult<u64> {
+        let key = room_key("remove_room_archive", room)?;
+        let removed = on_database!(self, remove_room_archive(&key))
+            .map_err(|error| into_api_error("remove_room_archive", room, error))?;
+        self.metrics.archive("room_removed", removed);
+        Ok(removed)
     }
 }
 

@@ -371,6 +371,15 @@ pub(crate) struct ArchiveRow<'a> {
     pub(crate) stanza_xml: &'a str,
 }
 
+/// One message to write in a room's archive.
+pub(crate) struct RoomArchiveRow<'a> {
+    pub(crate) room: &'a str,
+    pub(crate) id: i64,
+    pub(crate) with_bare: &'a str,
+    pub(crate) with_resource: &'a str,
+    pub(crate) stanza_xml: &'a str,
+}
+
 /// What one owner's preferences say about one address: the default rule,
 /// the rule naming the address (bare or full, `never` first) if any, and
 /// whether the address's bare JID is in the owner's roster.

@@ -1705,6 +1705,7 @@ contract_suite!(
     archive_quota_removes_the_oldest,
     archive_preferences_decide_and_round_trip,
     archive_retention_purges_old_messages,
+    room_archives_page_tombstone_remove_and_purge,
     blocklist_block_unblock_and_reports,
     blocklist_cap_refuses_the_whole_request,
     blocklist_needs_an_account_and_goes_with_it,
@@ -2423,6 +2424,100 @@ pub mod archive_cases {
             .unwrap();
         assert_eq!(page.messages.len() as u64, MAX_ARCHIVE_MESSAGES);
         assert_eq!(bodies(&page)[0], "new");
+    }
+
+    /// Rooms' archives (XEP-0313 section 5.1.2): per room, paged and
+    /// filtered like an account's, tombstoned, removed with the room, purged.
+    pub async fn room_archives_page_tombstone_remove_and_purge(storage: Storage) {
+        use starling_api::RoomArchiveStore;
+        let coven = jid("coven@conference.example.org");
+        let other = jid("other@conference.example.org");
+        let mut entries = Vec::new();
+        for index in 0..6 {
+            let nick = if index % 2 == 0 { "alice" } else { "bob" };
+            entries.push(entry(
+                &coven,
+                id_at(index, 0),
+                &format!("coven@conference.example.org/{nick}"),
+                &format!("m{index}"),
+            ));
+            entries.push(entry(
+                &other,
+                id_at(index, 0),
+                "other@conference.example.org/x",
+                "elsewhere",
+            ));
+        }
+        assert_eq!(storage.archive_room_messages(&entries).await.unwrap(), 12);
+        assert_eq!(storage.archive_room_messages(&entries).await.unwrap(), 0);
+        let first = storage
+            .query_room_archive(&coven, &query(4, PageStart::First))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&first), ["m0", "m1", "m2", "m3"]);
+        assert!(!first.complete);
+        let rest = storage
+            .query_room_archive(&coven, &query(4, PageStart::After(first.messages[3].id)))
+            .await
+            .unwrap();
+        assert_eq!(bodies(&rest), ["m4", "m5"]);
+        assert!(rest.complete);
+        // `with` an occupant JID: that occupant's messages.
+        let bob_only = storage
+            .query_room_archive(
+                &coven,
+                &ArchiveQuery {
+                    with: Some(full("coven@conference.example.org/bob")),
+                    ..query(10, PageStart::First)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(bodies(&bob_only), ["m1", "m3", "m5"]);
+        // An id of another room is not in this one.
+        assert!(matches!(
+            storage
+                .query_room_archive(&jid("empty@conference.example.org"), &query(4, PageStart::After(id_at(1, 0))))
+                .await,
+            Err(starling_api::ApiError::NotFound(_))
+        ));
+        // A tombstone replaces one message; an unknown id replaces nothing.
+        let tombstone = "<message type='groupchat'><body>gone</body></message>";
+        assert!(storage
+            .replace_room_archive_message(&coven, id_at(2, 0), tombstone)
+            .await
+            .unwrap());
+        assert!(!storage
+            .replace_room_archive_message(&coven, id_at(99, 0), tombstone)
+            .await
+            .unwrap());
+        let read = storage
+            .room_archive_message(&coven, id_at(2, 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.stanza_xml, tombstone);
+        assert_eq!(storage.room_archive_message(&coven, id_at(99, 0)).await.unwrap(), None);
+        // A destroyed room's archive goes, the other room's stays.
+        assert_eq!(storage.remove_room_archive(&coven).await.unwrap(), 6);
+        assert!(storage
+            .query_room_archive(&coven, &query(10, PageStart::First))
+            .await
+            .unwrap()
+            .messages
+            .is_empty());
+        // Retention purges rooms' messages too (these are from 2023).
+        let purged = storage
+            .purge_archive(std::time::Duration::from_secs(86_400))
+            .await
+            .unwrap();
+        assert_eq!(purged, 6);
+        assert!(storage
+            .query_room_archive(&other, &query(10, PageStart::First))
+            .await
+            .unwrap()
+            .messages
+            .is_empty());
     }
 }
 

@@ -203,6 +203,42 @@ impl BlockingStore for FakeStorage {
     }
 }
 
+#[async_trait]
+impl starling_api::RoomArchiveStore for FakeStorage {
+    async fn archive_room_messages(&self, _entries: &[starling_api::ArchiveEntry]) -> ApiResult<u64> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn query_room_archive(
+        &self,
+        _room: &BareJid,
+        _query: &starling_api::ArchiveQuery,
+    ) -> ApiResult<starling_api::ArchivePage> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn room_archive_message(
+        &self,
+        _room: &BareJid,
+        _id: starling_api::ArchiveId,
+    ) -> ApiResult<Option<starling_api::ArchivedMessage>> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn replace_room_archive_message(
+        &self,
+        _room: &BareJid,
+        _id: starling_api::ArchiveId,
+        _stanza_xml: &str,
+    ) -> ApiResult<bool> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+
+    async fn remove_room_archive(&self, _room: &BareJid) -> ApiResult<u64> {
+        Err(ApiError::Internal("not in this fake".into()))
+    }
+}
+
 /// The connection-manager never reads the message archive.
 #[async_trait]
 impl starling_api::ArchiveStore for FakeStorage {

@@ -325,6 +325,42 @@ impl starling_api::PepStore for UnavailableStorage {
 }
 
 #[async_trait]
+impl starling_api::RoomArchiveStore for UnavailableStorage {
+    async fn archive_room_messages(&self, _entries: &[starling_api::ArchiveEntry]) -> ApiResult<u64> {
+        Err(database_down())
+    }
+
+    async fn query_room_archive(
+        &self,
+        _room: &BareJid,
+        _query: &starling_api::ArchiveQuery,
+    ) -> ApiResult<starling_api::ArchivePage> {
+        Err(database_down())
+    }
+
+    async fn room_archive_message(
+        &self,
+        _room: &BareJid,
+        _id: starling_api::ArchiveId,
+    ) -> ApiResult<Option<starling_api::ArchivedMessage>> {
+        Err(database_down())
+    }
+
+    async fn replace_room_archive_message(
+        &self,
+        _room: &BareJid,
+        _id: starling_api::ArchiveId,
+        _stanza_xml: &str,
+    ) -> ApiResult<bool> {
+        Err(database_down())
+    }
+
+    async fn remove_room_archive(&self, _room: &BareJid) -> ApiResult<u64> {
+        Err(database_down())
+    }
+}
+
+#[async_trait]
 impl starling_api::ArchiveStore for UnavailableStorage {
     async fn archive_decisions(&self, _pairs: &[(BareJid, Jid)]) -> ApiResult<Vec<bool>> {
         Err(database_down())

@@ -10,7 +10,7 @@ use starling_api::{ArchiveId, ArchiveQuery, ArchivedMessage, PageStart};
 
 use super::{account_id, lock_account_if_any, Db, BEGIN_WRITE};
 use crate::error::StorageError;
-use crate::records::{AccountAddress, ArchiveRow, DecisionRow};
+use crate::records::{AccountAddress, ArchiveRow, DecisionRow, RoomArchiveRow};
 
 /// What the preferences of `owner` say about `with_bare`/`with_full`;
 /// `None` when there is no such account.
@@ -45,6 +45,24 @@ pub(crate) async fn archive_decision(
     }))
 }
 
+/// `($1, $2, ...), (...)`: `rows` rows of one placeholder per column, each
+/// written through its column's template (`?` stands for the placeholder).
+fn placeholder_rows(rows: usize, columns: &[&str]) -> String {
+    let mut text = String::new();
+    for row in 0..rows {
+        text.push_str(if row == 0 { "(" } else { ", (" });
+        for (column, template) in columns.iter().enumerate() {
+            if column > 0 {
+                text.push_str(", ");
+            }
+            let placeholder = format!("${}", row * columns.len() + column + 1);
+            text.push_str(&template.replace('?', &placeholder));
+        }
+        text.push(')');
+    }
+    text
+}
+
 /// Rows per INSERT statement (6 placeholders each: far below the 32,766
 /// of SQLite and the 65,535 of PostgreSQL).
 const INSERT_CHUNK: usize = 256;
@@ -71,21 +89,10 @@ pub(crate) async fn archive_messages(
             "INSERT INTO archive_messages (account_id, id, with_bare, with_resource, stanza_xml) \
              SELECT a.id, v.column3, v.column4, v.column5, v.column6 FROM (VALUES ",
         );
-        for index in 0..chunk.len() {
-            let base = index * 6;
-            if index > 0 {
-                statement.push_str(", ");
-            }
-            statement.push_str(&format!(
-                "(${}, ${}, CAST(${} AS BIGINT), ${}, ${}, ${})",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5,
-                base + 6
-            ));
-        }
+        statement.push_str(&placeholder_rows(
+            chunk.len(),
+            &["?", "?", "CAST(? AS BIGINT)", "?", "?", "?"],
+        ));
         // `WHERE true`: SQLite's parser needs it before an upsert clause of INSERT ... SELECT.
         statement.push_str(
             ") AS v JOIN accounts a ON a.domain = v.column1 AND a.localpart = v.column2 WHERE true \
@@ -180,6 +187,21 @@ enum Bound<'a> {
     Text(&'a str),
 }
 
+/// `statement` with `values` bound to its placeholders, in order.
+fn bind_all<'q>(
+    statement: &'q str,
+    values: Vec<Bound<'q>>,
+) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>> {
+    let mut sql = sqlx::query(statement);
+    for value in values {
+        sql = match value {
+            Bound::Integer(number) => sql.bind(number),
+            Bound::Text(text) => sql.bind(text),
+        };
+    }
+    sql
+}
+
 /// The WHERE clause of a page query and the values of its placeholders.
 struct Filters<'a> {
     conditions: Vec<String>,
@@ -195,6 +217,36 @@ impl<'a> Filters<'a> {
     }
 }
 
+/// Whose archive a page query reads: an account's (`archive_messages`) or a
+/// room's (`muc_archive_messages`); both have the same message columns.
+enum ArchiveOwner<'a> {
+    Account(i64),
+    Room(&'a str),
+}
+
+impl<'a> ArchiveOwner<'a> {
+    fn table(&self) -> &'static str {
+        match self {
+            ArchiveOwner::Account(_) => "archive_messages",
+            ArchiveOwner::Room(_) => "muc_archive_messages",
+        }
+    }
+
+    /// The owner's condition (placeholder `$1`) and its value.
+    fn filters(&self) -> Filters<'a> {
+        match self {
+            ArchiveOwner::Account(account) => Filters {
+                conditions: vec!["account_id = $1".to_string()],
+                values: vec![Bound::Integer(*account)],
+            },
+            ArchiveOwner::Room(room) => Filters {
+                conditions: vec!["room = $1".to_string()],
+                values: vec![Bound::Text(room)],
+            },
+        }
+    }
+}
+
 /// One page of the account's archive; `ArchiveItemNotFound` when an id the
 /// query names is not in the archive (XEP-0313 sections 4.1.3 and 4.3.2).
 pub(crate) async fn query_archive(
@@ -202,7 +254,28 @@ pub(crate) async fn query_archive(
     owner: &AccountAddress<'_>,
     query: &ArchiveQuery,
 ) -> Result<(Vec<ArchivedMessage>, bool), StorageError> {
-    let account = account_id(pool, owner).await?;
+    match account_id(pool, owner).await? {
+        Some(account) => query_page(pool, ArchiveOwner::Account(account), query).await,
+        None => {
+            if let Some(id) = named_ids(query).first() {
+                return Err(StorageError::ArchiveItemNotFound(id.to_text()));
+            }
+            Ok((Vec::new(), true))
+        }
+    }
+}
+
+/// One page of a room's archive (XEP-0313 section 5.1.2), as [`query_archive`].
+pub(crate) async fn query_room_archive(
+    pool: &Pool<Db>,
+    room: &str,
+    query: &ArchiveQuery,
+) -> Result<(Vec<ArchivedMessage>, bool), StorageError> {
+    query_page(pool, ArchiveOwner::Room(room), query).await
+}
+
+/// The ids a query names, each of which must be in the archive.
+fn named_ids(query: &ArchiveQuery) -> Vec<ArchiveId> {
     let mut named: Vec<ArchiveId> = Vec::new();
     named.extend(query.after_id);
     named.extend(query.before_id);
@@ -210,28 +283,28 @@ pub(crate) async fn query_archive(
     if let PageStart::After(id) | PageStart::Before(id) = query.page {
         named.push(id);
     }
-    let Some(account) = account else {
-        if let Some(id) = named.first() {
-            return Err(StorageError::ArchiveItemNotFound(id.to_text()));
-        }
-        return Ok((Vec::new(), true));
-    };
-    for id in &named {
-        let found = sqlx::query("SELECT 1 FROM archive_messages WHERE account_id = $1 AND id = $2")
-            .bind(account)
-            .bind(id.0)
-            .fetch_optional(pool)
-            .await?;
-        if found.is_none() {
+    named
+}
+
+async fn query_page(
+    pool: &Pool<Db>,
+    owner: ArchiveOwner<'_>,
+    query: &ArchiveQuery,
+) -> Result<(Vec<ArchivedMessage>, bool), StorageError> {
+    let table = owner.table();
+    for id in named_ids(query) {
+        let Filters {
+            conditions,
+            values,
+        } = owner.filters();
+        let statement = format!("SELECT 1 FROM {table} WHERE {} AND id = $2", conditions[0]);
+        if bind_all(&statement, values).bind(id.0).fetch_optional(pool).await?.is_none() {
             return Err(StorageError::ArchiveItemNotFound(id.to_text()));
         }
     }
 
     let with_bare = query.with.as_ref().map(|with| with.bare().to_string());
-    let mut filters = Filters {
-        conditions: vec!["account_id = $1".to_string()],
-        values: vec![Bound::Integer(account)],
-    };
+    let mut filters = owner.filters();
     if let Some(with) = &query.with {
         filters.push(
             "with_bare = ?",
@@ -274,18 +347,11 @@ pub(crate) async fn query_archive(
     let backwards = matches!(query.page, PageStart::Last | PageStart::Before(_));
     let order = if backwards { "DESC" } else { "ASC" };
     let statement = format!(
-        "SELECT id, stanza_xml FROM archive_messages WHERE {}{ids_condition} ORDER BY id {order} LIMIT {}",
+        "SELECT id, stanza_xml FROM {table} WHERE {}{ids_condition} ORDER BY id {order} LIMIT {}",
         conditions.join(" AND "),
         u64::from(query.max) + 1
     );
-    let mut sql = sqlx::query(&statement);
-    for value in values {
-        sql = match value {
-            Bound::Integer(number) => sql.bind(number),
-            Bound::Text(text) => sql.bind(text),
-        };
-    }
-    let rows = sql.fetch_all(pool).await?;
+    let rows = bind_all(&statement, values).fetch_all(pool).await?;
     let complete = rows.len() <= query.max as usize;
     let mut messages = Vec::with_capacity(rows.len().min(query.max as usize));
     for row in rows.iter().take(query.max as usize) {
@@ -391,14 +457,127 @@ pub(crate) async fn set_archive_prefs(
     Ok(())
 }
 
+/// Add room messages (owner: the room's bare JID) in one transaction, one
+/// multi-row INSERT per [`INSERT_CHUNK`] rows; an id already archived for
+/// the room is skipped. Returns how many were added.
+pub(crate) async fn archive_room_messages(
+    pool: &Pool<Db>,
+    rows: &[RoomArchiveRow<'_>],
+) -> Result<u64, StorageError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut transaction = pool.begin_with(BEGIN_WRITE).await?;
+    let mut added = 0u64;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut statement = String::from(
+            "INSERT INTO muc_archive_messages (room, id, with_bare, with_resource, stanza_xml) VALUES ",
+        );
+        statement.push_str(&placeholder_rows(chunk.len(), &["?"; 5]));
+        statement.push_str(" ON CONFLICT (room, id) DO NOTHING");
+        let mut query = sqlx::query(&statement);
+        for row in chunk {
+            query = query
+                .bind(row.room)
+                .bind(row.id)
+                .bind(row.with_bare)
+                .bind(row.with_resource)
+                .bind(row.stanza_xml);
+        }
+        added += query.execute(&mut *transaction).await?.rows_affected();
+    }
+    transaction.commit().await?;
+    Ok(added)
+}
+
+/// One message of a room's archive.
+pub(crate) async fn room_archive_message(
+    pool: &Pool<Db>,
+    room: &str,
+    id: i64,
+) -> Result<Option<ArchivedMessage>, StorageError> {
+    let row = sqlx::query("SELECT id, stanza_xml FROM muc_archive_messages WHERE room = $1 AND id = $2")
+        .bind(room)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(ArchivedMessage {
+            id: ArchiveId(row.try_get(0)?),
+            stanza_xml: row.try_get(1)?,
+        })),
+        None => Ok(None),
+    }
+}
+
+/// Replace one message of a room's archive (a tombstone); whether it was there.
+pub(crate) async fn replace_room_archive_message(
+    pool: &Pool<Db>,
+    room: &str,
+    id: i64,
+    stanza_xml: &str,
+) -> Result<bool, StorageError> {
+    let replaced =
+        sqlx::query("UPDATE muc_archive_messages SET stanza_xml = $3 WHERE room = $1 AND id = $2")
+            .bind(room)
+            .bind(id)
+            .bind(stanza_xml)
+            .execute(pool)
+            .await?
+            .rows_affected();
+    Ok(replaced > 0)
+}
+
+/// Remove a room's archive, in short transactions of [`PURGE_BATCH`] rows.
+pub(crate) async fn remove_room_archive(pool: &Pool<Db>, room: &str) -> Result<u64, StorageError> {
+    let mut removed = 0u64;
+    loop {
+        let batch = sqlx::query(
+            "DELETE FROM muc_archive_messages WHERE room = $1 AND id IN \
+             (SELECT id FROM muc_archive_messages WHERE room = $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(room)
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        removed += batch;
+        if batch < PURGE_BATCH as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
+/// Remove every room message older than `cutoff` (an id), in short
+/// transactions of [`PURGE_BATCH`] rows (a scan of muc_archive_messages_by_id).
+async fn purge_room_archives(pool: &Pool<Db>, cutoff: i64) -> Result<u64, StorageError> {
+    let mut purged = 0u64;
+    loop {
+        let batch = sqlx::query(
+            "DELETE FROM muc_archive_messages WHERE id < $1 AND (room, id) IN \
+             (SELECT room, id FROM muc_archive_messages WHERE id < $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged += batch;
+        if batch < PURGE_BATCH as u64 {
+            return Ok(purged);
+        }
+    }
+}
+
 /// The most rows one purge statement removes, so that a purge never holds
 /// a long transaction.
 const PURGE_BATCH: i64 = 10_000;
 
 /// Remove every message older than `cutoff` (an id) from every archive,
-/// account by account in short transactions; returns how many went.
+/// the rooms' and the accounts' (account by account) in short
+/// transactions; returns how many went.
 pub(crate) async fn purge_archive(pool: &Pool<Db>, cutoff: i64) -> Result<u64, StorageError> {
-    let mut purged = 0u64;
+    let mut purged = purge_room_archives(pool, cutoff).await?;
     let mut after_account = i64::MIN;
     loop {
         let accounts: Vec<i64> = sqlx::query(
