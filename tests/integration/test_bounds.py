@@ -359,8 +359,9 @@ def test_clients_that_stop_reading_large_messages_hold_bounded_bytes(server_fact
         # What offline storage could not take comes back to its sender.
         bounced[0] += text.count("<service-unavailable")
 
-    def drain(raw):
-        """Read what waits for a sender without blocking (its bounces)."""
+    def read_available(raw):
+        """Read what waits for a sender without blocking (its bounces); the
+        socket is left non-blocking."""
         import ssl
 
         raw.sock.setblocking(False)
@@ -372,6 +373,31 @@ def test_clients_that_stop_reading_large_messages_hold_bounded_bytes(server_fact
                 raw.buffer += chunk
         except (ssl.SSLWantReadError, BlockingIOError):
             pass
+
+    def send_reading(raw, text):
+        """Send a large message while reading what comes back: each bounce
+        carries the message (RFC 6120 section 8.3.1), so a sender that only
+        writes, on a loaded machine, fills its own outbound queue with them
+        and is itself cut off with policy-violation."""
+        import select
+        import ssl
+
+        data = text.encode()
+        raw.sock.setblocking(False)
+        try:
+            while data:
+                try:
+                    data = data[raw.sock.send(data[:65536]) :]
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    select.select([raw.sock], [raw.sock], [], 1)
+                read_available(raw)
+        finally:
+            raw.sock.settimeout(raw.timeout)
+
+    def drain(raw):
+        """Read what waits for a sender without blocking, and count its bounces."""
+        try:
+            read_available(raw)
         finally:
             raw.sock.settimeout(raw.timeout)
         # Whole stanzas only, so that no marker is cut in two.
@@ -385,7 +411,7 @@ def test_clients_that_stop_reading_large_messages_hold_bounded_bytes(server_fact
     slowest = 0.0
     for number in range(per_victim):
         for (victim, _, _), (sender, _) in zip(victims, senders):
-            sender.send(f"<message to='{victim}' type='chat' id='m{number}'><body>{number} {body}</body></message>")
+            send_reading(sender, f"<message to='{victim}' type='chat' id='m{number}'><body>{number} {body}</body></message>")
             drain(sender)
         if number % 10 == 0:
             peak = max(peak, rss_kib(srv))

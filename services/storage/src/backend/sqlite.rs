@@ -53,7 +53,12 @@ pub(crate) async fn connect(config: &StorageConfig) -> Result<SqlitePool, Storag
             source,
         })?
         .foreign_keys(true)
-        .busy_timeout(BUSY_TIMEOUT);
+        .busy_timeout(BUSY_TIMEOUT)
+        // Temporary tables and indexes (an `INSERT ... SELECT` of the archive
+        // writer builds one per batch) in memory: by default SQLite creates,
+        // writes and unlinks a file under /var/tmp for each, a dozen system
+        // calls per transaction (docs/performance.md "What archiving costs").
+        .pragma("temp_store", "memory");
     let pool_options = if is_in_memory(url) {
         // Every connection to `sqlite::memory:` would open its own empty
         // database, and the database vanishes with its last connection: keep
