@@ -589,7 +589,10 @@ async fn room_archives_round_trip_through_grpc() {
         .await
         .unwrap();
     assert_eq!(
-        page.messages.iter().map(|message| message.id).collect::<Vec<_>>(),
+        page.messages
+            .iter()
+            .map(|message| message.id)
+            .collect::<Vec<_>>(),
         [entries[1].id, entries[2].id]
     );
     assert!(client
@@ -602,6 +605,12 @@ async fn room_archives_round_trip_through_grpc() {
         .unwrap()
         .expect("still there");
     assert_eq!(read.stanza_xml, "<message><retracted/></message>");
-    assert_eq!(client.room_archive_message(&room, ArchiveId(7)).await.unwrap(), None);
+    assert_eq!(
+        client
+            .room_archive_message(&room, ArchiveId(7))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(client.remove_room_archive(&room).await.unwrap(), 3);
 }

@@ -487,7 +487,9 @@ pub async fn run(args: AdminArgs, config: &Config) -> anyhow::Result<()> {
                     })
                     .collect();
                 print_table(
-                    &["DOMAIN", "DIR", "NODE", "AUTH", "TLS", "IN", "OUT", "QUEUED"],
+                    &[
+                        "DOMAIN", "DIR", "NODE", "AUTH", "TLS", "IN", "OUT", "QUEUED",
+                    ],
                     &rows,
                 );
             }

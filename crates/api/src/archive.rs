@@ -206,8 +206,11 @@ pub trait RoomArchiveStore: Send + Sync + 'static {
     /// One page of `room`'s archive (`with`: an occupant JID, or the room's
     /// bare JID for every message); `NotFound` when an id the query names
     /// is not in it.
-    async fn query_room_archive(&self, room: &BareJid, query: &ArchiveQuery)
-        -> ApiResult<ArchivePage>;
+    async fn query_room_archive(
+        &self,
+        room: &BareJid,
+        query: &ArchiveQuery,
+    ) -> ApiResult<ArchivePage>;
     /// One message of `room`'s archive, `None` when it is not there.
     async fn room_archive_message(
         &self,

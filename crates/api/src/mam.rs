@@ -55,15 +55,18 @@ pub fn archive_query(query: &Query, max_page_size: u32) -> Result<ArchiveQuery, 
             "RSM <index/> is not supported; page with <after/> and <before/>",
         ));
     }
-    let with = match &query.with {
-        None => None,
-        Some(text) => Some(text.trim().parse::<starling_jid::Jid>().map_err(|parse_error| {
-            error(
-                StanzaErrorCondition::JidMalformed,
-                format!("'with' is not a JID: {parse_error}"),
-            )
-        })?),
-    };
+    let with =
+        match &query.with {
+            None => None,
+            Some(text) => Some(text.trim().parse::<starling_jid::Jid>().map_err(
+                |parse_error| {
+                    error(
+                        StanzaErrorCondition::JidMalformed,
+                        format!("'with' is not a JID: {parse_error}"),
+                    )
+                },
+            )?),
+        };
     let start = match &query.start {
         None => None,
         Some(text) => Some(ArchiveId::first_at(read_datetime("start", text)?)),

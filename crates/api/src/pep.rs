@@ -386,8 +386,11 @@ pub trait PepStore: Send + Sync + 'static {
     ) -> ApiResult<()>;
     /// The explicit subscriptions to a node (pending and subscribed),
     /// sorted by JID; empty for no node.
-    async fn pep_subscriptions(&self, owner: &BareJid, node: &str)
-        -> ApiResult<Vec<PepSubscription>>;
+    async fn pep_subscriptions(
+        &self,
+        owner: &BareJid,
+        node: &str,
+    ) -> ApiResult<Vec<PepSubscription>>;
     /// Set the subscription of `jid` to a node (`None` removes it) and
     /// return the state it had. `NotFound` for no node, `LimitReached` when
     /// it would add a subscription past `max_subscriptions` (nothing changed).

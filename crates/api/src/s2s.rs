@@ -85,7 +85,10 @@ mod tests {
         );
         assert_eq!(S2sStreamInfo::decode(&info.encode()), Some(info.clone()));
         assert_eq!(S2sStreamInfo::decode("cm-1\texample.net"), None);
-        assert_eq!(S2sStreamInfo::decode(&format!("{}\textra", info.encode())), None);
+        assert_eq!(
+            S2sStreamInfo::decode(&format!("{}\textra", info.encode())),
+            None
+        );
         assert_eq!(
             S2sStreamInfo::decode("cm-1\texample.net\tout\texternal\t1\tx\t12\t3\t1"),
             None

@@ -11,9 +11,9 @@ mod liveness;
 mod membership;
 mod redis;
 mod resumption;
-mod s2s_streams;
 #[cfg(test)]
 mod resumption_tests;
+mod s2s_streams;
 
 pub use janitor::{DeadSessionCallback, Janitor, LeaderElection, RedisLock};
 pub use liveness::{DrainMarker, NodeLiveness};

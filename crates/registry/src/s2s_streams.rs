@@ -110,11 +110,20 @@ mod tests {
         publish_s2s_streams(&client, "cm-s2s-test", &rows, Duration::from_secs(30))
             .await
             .unwrap();
-        assert_eq!(node_s2s_streams(&client, "cm-s2s-test").await.unwrap(), rows);
+        assert_eq!(
+            node_s2s_streams(&client, "cm-s2s-test").await.unwrap(),
+            rows
+        );
         publish_s2s_streams(&client, "cm-s2s-test", &[], Duration::from_secs(30))
             .await
             .unwrap();
-        assert!(node_s2s_streams(&client, "cm-s2s-test").await.unwrap().is_empty());
-        assert!(node_s2s_streams(&client, "cm-never-there").await.unwrap().is_empty());
+        assert!(node_s2s_streams(&client, "cm-s2s-test")
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(node_s2s_streams(&client, "cm-never-there")
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -825,9 +825,7 @@ impl Default for LogConfig {
 
 /// One `s2s.hosts` entry, `domain=host:port` or `domain=tls://host:port`:
 /// the normalised domain and the address.
-fn parse_s2s_host(
-    entry: &str,
-) -> Result<(String, starling_connection_manager::S2sHost), String> {
+fn parse_s2s_host(entry: &str) -> Result<(String, starling_connection_manager::S2sHost), String> {
     let (domain, address) = entry
         .split_once('=')
         .ok_or_else(|| format!("{entry:?} is not domain=host:port or domain=tls://host:port"))?;
@@ -2511,7 +2509,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.listen.s2s, "0.0.0.0:5269");
-        assert_eq!(config.s2s_tls_addr(), Some("127.0.0.1:5270".parse().unwrap()));
+        assert_eq!(
+            config.s2s_tls_addr(),
+            Some("127.0.0.1:5270".parse().unwrap())
+        );
         let hosts = config.s2s_hosts();
         let starttls = &hosts["example.net"];
         assert_eq!(
@@ -2555,7 +2556,10 @@ mod tests {
                 "[listen]\ns2s = \"0.0.0.0:5269\"\ns2s_tls = \"0.0.0.0:5269\"\n",
                 "listen.s2s_tls",
             ),
-            ("[s2s]\nhosts = [\"example.net=tcp://127.0.0.2:5269\"]\n", "s2s.hosts"),
+            (
+                "[s2s]\nhosts = [\"example.net=tcp://127.0.0.2:5269\"]\n",
+                "s2s.hosts",
+            ),
             ("[s2s]\nmetrics_domains = 0\n", "s2s.metrics_domains"),
             ("[tls]\nca_file = \"/nonexistent/ca.pem\"\n", "tls.ca_file"),
         ] {

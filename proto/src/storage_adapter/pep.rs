@@ -92,12 +92,11 @@ fn patch_to_proto(patch: &PepConfigPatch) -> proto::PepConfigPatch {
             .send_last_published_item
             .map(|value| value.as_str().to_string()),
         notify_retract: patch.notify_retract,
-        roster_groups_allowed: patch
-            .roster_groups_allowed
-            .as_ref()
-            .map(|groups| proto::PepRosterGroups {
+        roster_groups_allowed: patch.roster_groups_allowed.as_ref().map(|groups| {
+            proto::PepRosterGroups {
                 groups: groups.clone(),
-            }),
+            }
+        }),
     }
 }
 

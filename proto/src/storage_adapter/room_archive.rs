@@ -106,10 +106,18 @@ impl RoomArchiveStore for GrpcStorageClient {
         let request = entries_to_proto(entries);
         let response = self
             .replicas
-            .call("archive_room_messages", RetryPolicy::Idempotent, |channel| {
-                let request = request.clone();
-                async move { StorageClient::new(channel).archive_room_messages(request).await }
-            })
+            .call(
+                "archive_room_messages",
+                RetryPolicy::Idempotent,
+                |channel| {
+                    let request = request.clone();
+                    async move {
+                        StorageClient::new(channel)
+                            .archive_room_messages(request)
+                            .await
+                    }
+                },
+            )
             .await?;
         Ok(response.added)
     }
@@ -124,7 +132,11 @@ impl RoomArchiveStore for GrpcStorageClient {
             .replicas
             .call("query_room_archive", RetryPolicy::Idempotent, |channel| {
                 let request = request.clone();
-                async move { StorageClient::new(channel).query_room_archive(request).await }
+                async move {
+                    StorageClient::new(channel)
+                        .query_room_archive(request)
+                        .await
+                }
             })
             .await?;
         Ok(page_from_proto(response))
@@ -195,7 +207,11 @@ impl RoomArchiveStore for GrpcStorageClient {
             .replicas
             .call("remove_room_archive", RetryPolicy::Idempotent, |channel| {
                 let request = request.clone();
-                async move { StorageClient::new(channel).remove_room_archive(request).await }
+                async move {
+                    StorageClient::new(channel)
+                        .remove_room_archive(request)
+                        .await
+                }
             })
             .await?;
         Ok(response.removed)

@@ -414,7 +414,14 @@ mod s2s_host_tests {
             S2sHost::parse("tls://[::1]:5270").map(|host| host.host),
             Ok("::1".to_string())
         );
-        for bad in ["127.0.0.2", "tls://", ":5269", "host:0", "tcp://host:5269", "tls://host:x"] {
+        for bad in [
+            "127.0.0.2",
+            "tls://",
+            ":5269",
+            "host:0",
+            "tcp://host:5269",
+            "tls://host:x",
+        ] {
             assert!(S2sHost::parse(bad).is_err(), "{bad}");
         }
     }

@@ -713,7 +713,9 @@ fn a_persistent_room_archives_its_messages_under_their_stanza_ids() {
     assert_eq!(entry.owner.to_string(), ROOM);
     assert_eq!(entry.with.to_string(), format!("{ROOM}/thirdwitch"));
     // The archived copy: the room's own <x/> with the real JID, never the client's.
-    let archived = xml(&entry.stanza_xml.replace("<message ", "<message xmlns='jabber:client' "));
+    let archived = xml(&entry
+        .stanza_xml
+        .replace("<message ", "<message xmlns='jabber:client' "));
     let items: Vec<_> = archived
         .children()
         .filter(|child| child.is("x", MUC_USER))
@@ -745,7 +747,9 @@ fn a_temporary_room_or_one_without_archiving_keeps_no_archive() {
     let mut harness = Harness::with_instant_room();
     let effects = harness.send(
         "crone1@shakespeare.lit/desktop",
-        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"),
+        &format!(
+            "<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"
+        ),
     );
     assert!(effects.archive.is_empty());
     let query = format!("<iq xmlns='jabber:client' type='set' id='q' to='{ROOM}'><query xmlns='urn:xmpp:mam:2'/></iq>");
@@ -760,7 +764,9 @@ fn a_temporary_room_or_one_without_archiving_keeps_no_archive() {
     ]);
     let effects = harness.send(
         "crone1@shakespeare.lit/desktop",
-        &format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"),
+        &format!(
+            "<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>hi</body></message>"
+        ),
     );
     assert!(effects.archive.is_empty());
     let info = room_info(harness.room.as_ref().unwrap(), true);
@@ -775,9 +781,15 @@ fn archive_queries_follow_the_right_to_enter_and_the_whois_setting() {
     let effects = harness.send("wiccarocks@shakespeare.lit/laptop", &query);
     assert!(effects.outbound.is_empty());
     let request = effects.archive_query.expect("the query runs");
-    assert!(!request.show_jids, "semi-anonymous: not for a non-moderator");
+    assert!(
+        !request.show_jids,
+        "semi-anonymous: not for a non-moderator"
+    );
     let effects = harness.send("crone1@shakespeare.lit/desktop", &query);
-    assert!(effects.archive_query.unwrap().show_jids, "the owner sees real JIDs");
+    assert!(
+        effects.archive_query.unwrap().show_jids,
+        "the owner sees real JIDs"
+    );
     // The room's disco names its archive (XEP-0313 section 7).
     let info = room_info(harness.room.as_ref().unwrap(), true);
     assert!(info.children().any(|f| f.attr("var") == Some(ns::MAM)));
@@ -807,7 +819,10 @@ fn archive_queries_follow_the_right_to_enter_and_the_whois_setting() {
         &format!("<iq xmlns='jabber:client' type='set' id='m' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item jid='hecate@shakespeare.lit' affiliation='member'/></query></iq>"),
     );
     let effects = harness.send("hecate@shakespeare.lit/broom", &query);
-    assert!(effects.archive_query.unwrap().show_jids, "non-anonymous: everyone sees");
+    assert!(
+        effects.archive_query.unwrap().show_jids,
+        "non-anonymous: everyone sees"
+    );
     // The query form (section 4.1.5).
     let effects = harness.send(
         "hecate@shakespeare.lit/broom",
@@ -842,18 +857,30 @@ fn a_moderator_retracts_a_message_for_everyone_and_in_the_archive() {
     let notice = &effects.outbound[1];
     assert_eq!(notice.recipients.len(), 2);
     assert_eq!(notice.stanza.attr("from"), Some(ROOM));
-    let retract = notice.stanza.get_child("retract", "urn:xmpp:message-retract:1").unwrap();
+    let retract = notice
+        .stanza
+        .get_child("retract", "urn:xmpp:message-retract:1")
+        .unwrap();
     assert_eq!(retract.attr("id"), Some(id.as_str()));
     let moderated = retract
         .get_child("moderated", "urn:xmpp:message-moderate:1")
         .unwrap();
-    assert_eq!(moderated.attr("by"), Some("coven@chat.shakespeare.lit/firstwitch"));
+    assert_eq!(
+        moderated.attr("by"),
+        Some("coven@chat.shakespeare.lit/firstwitch")
+    );
     // The archived message becomes a tombstone; the history forgets it.
     assert_eq!(effects.tombstones.len(), 1);
     assert_eq!(effects.tombstones[0].0.to_text(), id);
     assert!(!effects.tombstones[0].1.contains("potions"));
     assert!(effects.tombstones[0].1.contains("retracted"));
-    assert!(harness.room.as_ref().unwrap().history.iter().all(|entry| !entry.xml.contains("potions")));
+    assert!(harness
+        .room
+        .as_ref()
+        .unwrap()
+        .history
+        .iter()
+        .all(|entry| !entry.xml.contains("potions")));
     // The notice is archived too.
     assert_eq!(effects.archive.len(), 1);
     // A message only the archive holds (older than the history) is found through the service.
@@ -864,7 +891,11 @@ fn a_moderator_retracts_a_message_for_everyone_and_in_the_archive() {
         }),
         at_room_limit: false,
     };
-    let effects = harness.send_known("crone1@shakespeare.lit/desktop", &moderate(&(42i64 << 8).to_string()), &known);
+    let effects = harness.send_known(
+        "crone1@shakespeare.lit/desktop",
+        &moderate(&(42i64 << 8).to_string()),
+        &known,
+    );
     assert_eq!(stanza::stanza_type(&effects.outbound[0].stanza), "result");
     assert_eq!(effects.tombstones.len(), 1);
 }
@@ -892,7 +923,10 @@ fn an_occupant_retracts_only_its_own_messages() {
     let effects = harness.send("hag66@shakespeare.lit/pda", &retract(&stanza_id(&mine)));
     // Reflected to everyone (XEP-0424), the original tombstoned.
     assert_eq!(effects.outbound[0].recipients.len(), 2);
-    assert!(effects.outbound[0].stanza.get_child("retract", "urn:xmpp:message-retract:1").is_some());
+    assert!(effects.outbound[0]
+        .stanza
+        .get_child("retract", "urn:xmpp:message-retract:1")
+        .is_some());
     assert_eq!(effects.tombstones.len(), 1);
     assert_eq!(effects.tombstones[0].0.to_text(), stanza_id(&mine));
 }
@@ -910,7 +944,10 @@ fn a_visitor_requests_voice_and_a_moderator_grants_it() {
         effects.outbound[0].recipients,
         vec!["crone1@shakespeare.lit/desktop".to_string()]
     );
-    let form = effects.outbound[0].stanza.get_child("x", ns::DATA_FORMS).unwrap();
+    let form = effects.outbound[0]
+        .stanza
+        .get_child("x", ns::DATA_FORMS)
+        .unwrap();
     assert_eq!(form.attr("type"), Some("form"));
     assert!(form.to_xml().contains("thirdwitch"));
     // A participant does not request voice.
@@ -922,7 +959,11 @@ fn a_visitor_requests_voice_and_a_moderator_grants_it() {
     let approve = format!("<message xmlns='jabber:client' to='{ROOM}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#request</value></field><field var='muc#role'><value>participant</value></field><field var='muc#roomnick'><value>thirdwitch</value></field><field var='muc#request_allow'><value>true</value></field></x></message>");
     let effects = harness.send("crone1@shakespeare.lit/desktop", &approve);
     let own = to(&effects, "hag66@shakespeare.lit/pda");
-    let item = own[0].get_child("x", MUC_USER).unwrap().get_child("item", MUC_USER).unwrap();
+    let item = own[0]
+        .get_child("x", MUC_USER)
+        .unwrap()
+        .get_child("item", MUC_USER)
+        .unwrap();
     assert_eq!(item.attr("role"), Some("participant"));
     let effects = harness.send(
         "hag66@shakespeare.lit/pda",
@@ -938,7 +979,10 @@ fn requests_that_reach_others_are_bounded_per_minute() {
     let limit = settings().max_requests_per_minute;
     for _ in 0..limit {
         let effects = harness.send("crone1@shakespeare.lit/desktop", &invite);
-        assert_eq!(effects.outbound[0].recipients, vec!["hecate@shakespeare.lit".to_string()]);
+        assert_eq!(
+            effects.outbound[0].recipients,
+            vec!["hecate@shakespeare.lit".to_string()]
+        );
     }
     let effects = harness.send("crone1@shakespeare.lit/desktop", &invite);
     assert_eq!(
@@ -948,7 +992,10 @@ fn requests_that_reach_others_are_bounded_per_minute() {
     // A new minute, a new allowance.
     harness.now += Duration::from_secs(60);
     let effects = harness.send("crone1@shakespeare.lit/desktop", &invite);
-    assert_eq!(effects.outbound[0].recipients, vec!["hecate@shakespeare.lit".to_string()]);
+    assert_eq!(
+        effects.outbound[0].recipients,
+        vec!["hecate@shakespeare.lit".to_string()]
+    );
 }
 
 #[test]
@@ -1008,7 +1055,9 @@ fn a_user_at_the_room_limit_is_refused_and_no_room_is_made() {
     };
     let effects = harness.send_known(
         "crone1@shakespeare.lit/desktop",
-        &format!("<presence xmlns='jabber:client' to='{ROOM}/firstwitch'><x xmlns='{MUC}'/></presence>"),
+        &format!(
+            "<presence xmlns='jabber:client' to='{ROOM}/firstwitch'><x xmlns='{MUC}'/></presence>"
+        ),
         &known,
     );
     assert_eq!(

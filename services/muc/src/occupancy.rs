@@ -95,7 +95,8 @@ impl RedisOccupancy {
     }
 
     fn heal_key(&self, user: &str) -> String {
-        self.redis.key(&format!("muc:user:{}:healed", hash_tag(user)))
+        self.redis
+            .key(&format!("muc:user:{}:healed", hash_tag(user)))
     }
 }
 

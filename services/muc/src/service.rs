@@ -161,7 +161,11 @@ impl MucService {
 
     /// Bound the rooms one user occupies at once (`muc.max_rooms_per_user`,
     /// 0: no bound), with who occupies what in `occupancy`.
-    pub fn with_room_limit(mut self, occupancy: Arc<dyn OccupancyIndex>, max_rooms_per_user: u32) -> Self {
+    pub fn with_room_limit(
+        mut self,
+        occupancy: Arc<dyn OccupancyIndex>,
+        max_rooms_per_user: u32,
+    ) -> Self {
         self.occupancy = occupancy;
         self.max_rooms_per_user = max_rooms_per_user;
         self

@@ -156,8 +156,15 @@ impl SessionRouter {
         }
         // Section 3.2: the data first, then the metadata.
         let defaults = PepConfigPatch::default();
-        self.publish_on_behalf(owner, publisher, ns::AVATAR_DATA, &id, data, defaults.clone())
-            .await?;
+        self.publish_on_behalf(
+            owner,
+            publisher,
+            ns::AVATAR_DATA,
+            &id,
+            data,
+            defaults.clone(),
+        )
+        .await?;
         self.publish_on_behalf(
             owner,
             publisher,

@@ -92,9 +92,8 @@ fn copy_room(source: &Element, source_namespace: &str, mut target: Element) -> E
     let target_namespace = target.namespace().to_string();
     for child_name in ["nick", "password"] {
         if let Some(child) = source.get_child(child_name, source_namespace) {
-            target.append_child(
-                Element::new(child_name, &target_namespace).with_text(child.text()),
-            );
+            target
+                .append_child(Element::new(child_name, &target_namespace).with_text(child.text()));
         }
     }
     target
@@ -138,7 +137,11 @@ pub(crate) fn room_items(
         else {
             continue;
         };
-        let mut item = copy_room(conference, bookmarks::NODE, Element::new("conference", NODE));
+        let mut item = copy_room(
+            conference,
+            bookmarks::NODE,
+            Element::new("conference", NODE),
+        );
         if let Some(extensions) = existing
             .get(&jid)
             .and_then(|previous| previous.get_child("extensions", NODE))

@@ -1201,7 +1201,12 @@ pub mod pep_cases {
             access_model: Some(AccessModel::Whitelist),
             ..PepConfigPatch::default()
         };
-        let node = published(&storage, &alice, &publish("urn:bookmarks", "x", whitelist.clone())).await;
+        let node = published(
+            &storage,
+            &alice,
+            &publish("urn:bookmarks", "x", whitelist.clone()),
+        )
+        .await;
         assert_eq!(node.config.access_model, AccessModel::Whitelist);
         // The same options again: met.
         published(&storage, &alice, &publish("urn:bookmarks", "y", whitelist)).await;
@@ -1279,7 +1284,12 @@ pub mod pep_cases {
             ..PepConfigPatch::default()
         };
         for id in ["1", "2", "3"] {
-            published(&storage, &alice, &publish("urn:tune", id, keep_three.clone())).await;
+            published(
+                &storage,
+                &alice,
+                &publish("urn:tune", id, keep_three.clone()),
+            )
+            .await;
         }
         assert!(storage
             .retract_pep_item(&alice, "urn:tune", "2")
@@ -2477,7 +2487,10 @@ pub mod archive_cases {
         // An id of another room is not in this one.
         assert!(matches!(
             storage
-                .query_room_archive(&jid("empty@conference.example.org"), &query(4, PageStart::After(id_at(1, 0))))
+                .query_room_archive(
+                    &jid("empty@conference.example.org"),
+                    &query(4, PageStart::After(id_at(1, 0)))
+                )
                 .await,
             Err(starling_api::ApiError::NotFound(_))
         ));
@@ -2497,7 +2510,13 @@ pub mod archive_cases {
             .unwrap()
             .unwrap();
         assert_eq!(read.stanza_xml, tombstone);
-        assert_eq!(storage.room_archive_message(&coven, id_at(99, 0)).await.unwrap(), None);
+        assert_eq!(
+            storage
+                .room_archive_message(&coven, id_at(99, 0))
+                .await
+                .unwrap(),
+            None
+        );
         // A destroyed room's archive goes, the other room's stays.
         assert_eq!(storage.remove_room_archive(&coven).await.unwrap(), 6);
         assert!(storage

@@ -98,8 +98,7 @@ async fn admit_connection(
     let client = if !matches!(
         kind,
         ListenerKind::Component | ListenerKind::S2s | ListenerKind::S2sTls
-    )
-        && shared.proxies.expects_header(peer.ip())
+    ) && shared.proxies.expects_header(peer.ip())
     {
         let header = tokio::select! {
             header = tokio::time::timeout_at(deadline, proxy::read_header(&mut tcp)) => header,

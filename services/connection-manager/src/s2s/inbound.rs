@@ -783,7 +783,9 @@ mod tests {
             format!("<auth xmlns='{sasl}' mechanism='EXTERNAL'/>"),
             format!("<auth xmlns='{sasl}' mechanism='EXTERNAL'>=</auth>"),
             // XEP-0178 section 3's example: base64 of conference.example.org.
-            format!("<auth xmlns='{sasl}' mechanism='EXTERNAL'>Y29uZmVyZW5jZS5leGFtcGxlLm9yZw==</auth>"),
+            format!(
+                "<auth xmlns='{sasl}' mechanism='EXTERNAL'>Y29uZmVyZW5jZS5leGFtcGxlLm9yZw==</auth>"
+            ),
         ] {
             assert_eq!(
                 check_external(&auth(&accepted), "conference.example.org"),
@@ -800,14 +802,18 @@ mod tests {
         );
         assert_eq!(
             check_external(
-                &auth(&format!("<auth xmlns='{sasl}' mechanism='PLAIN'>AGEAYg==</auth>")),
+                &auth(&format!(
+                    "<auth xmlns='{sasl}' mechanism='PLAIN'>AGEAYg==</auth>"
+                )),
                 "example.org"
             ),
             Err(ExternalRefusal::InvalidMechanism)
         );
         assert_eq!(
             check_external(
-                &auth(&format!("<auth xmlns='{sasl}' mechanism='EXTERNAL'>not base64!</auth>")),
+                &auth(&format!(
+                    "<auth xmlns='{sasl}' mechanism='EXTERNAL'>not base64!</auth>"
+                )),
                 "example.org"
             ),
             Err(ExternalRefusal::IncorrectEncoding)

@@ -71,8 +71,14 @@ impl S2s {
     /// stream (an inbound stream with several authenticated domains has a
     /// row for each), ordered by domain.
     pub(crate) fn stream_views(&self, node: &str) -> Vec<S2sStreamInfo> {
-        let entries: Vec<Arc<StreamEntry>> =
-            self.streams.inner.lock().streams.values().cloned().collect();
+        let entries: Vec<Arc<StreamEntry>> = self
+            .streams
+            .inner
+            .lock()
+            .streams
+            .values()
+            .cloned()
+            .collect();
         let links = self.links.lock();
         let mut views: Vec<S2sStreamInfo> = entries
             .iter()
@@ -315,8 +321,8 @@ impl StreamTable {
         match &mut state.inbound_rate {
             Some(bucket) => bucket.try_take(now),
             None => {
-                let mut bucket = TokenBucket::new(rate, rate, now)
-                    .expect("a rate above zero has a bucket");
+                let mut bucket =
+                    TokenBucket::new(rate, rate, now).expect("a rate above zero has a bucket");
                 let admitted = bucket.try_take(now);
                 state.inbound_rate = Some(bucket);
                 admitted
@@ -413,8 +419,11 @@ mod tests {
             ]
         );
         drop(a_in);
-        assert!(series(&registry, "starling_s2s_domain_streams")
-            .contains(&("a.example".into(), "out".into(), 1.0)));
+        assert!(series(&registry, "starling_s2s_domain_streams").contains(&(
+            "a.example".into(),
+            "out".into(),
+            1.0
+        )));
         drop(a_out);
         drop(b_in);
         // a.example and b.example are gone: their labels are free again.
@@ -424,8 +433,11 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["_other".to_string()]);
         let e_in = table.register("e.example", Direction::In, "dialback", true);
-        assert!(series(&registry, "starling_s2s_domain_streams")
-            .contains(&("e.example".into(), "in".into(), 1.0)));
+        assert!(series(&registry, "starling_s2s_domain_streams").contains(&(
+            "e.example".into(),
+            "in".into(),
+            1.0
+        )));
         drop((c_in, d_in, e_in));
         assert_eq!(table.domain_count(), 0);
     }

@@ -94,7 +94,11 @@ impl S2sTls {
     /// `domain`: RFC 6120 section 13.7.2, a chain to a trusted root, within
     /// its validity, with the domain in its subjectAltName (a wildcard
     /// matching one label, XEP-0178 section 3).
-    pub(crate) fn certificate_valid(&self, chain: Option<&[CertificateDer<'_>]>, domain: &str) -> bool {
+    pub(crate) fn certificate_valid(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+        domain: &str,
+    ) -> bool {
         let Some((end_entity, intermediates)) = chain.and_then(|chain| chain.split_first()) else {
             return false;
         };
@@ -114,9 +118,7 @@ impl S2sTls {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|error| CmError::Tls(error.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(DeferredServerVerifier(
-                self.strict.clone(),
-            )))
+            .with_custom_certificate_verifier(Arc::new(DeferredServerVerifier(self.strict.clone())))
             // Our certificate, for SASL EXTERNAL (XEP-0178 section 3).
             .with_client_auth_cert(self.certificates.clone(), self.key.clone_key())
             .map_err(|error| CmError::Tls(format!("s2s client certificate: {error}")))?;
@@ -133,9 +135,7 @@ impl S2sTls {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|error| CmError::Tls(error.to_string()))?
-            .with_client_cert_verifier(Arc::new(OptionalClientCertificate(
-                self.provider.clone(),
-            )))
+            .with_client_cert_verifier(Arc::new(OptionalClientCertificate(self.provider.clone())))
             .with_single_cert(self.certificates.clone(), self.key.clone_key())
             .map_err(|error| CmError::Tls(format!("certificate and key do not fit: {error}")))?;
         if let Some(alpn) = alpn {
@@ -220,7 +220,12 @@ impl ClientCertVerifier for OptionalClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -229,13 +234,16 @@ impl ClientCertVerifier for OptionalClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -269,7 +277,8 @@ mod tests {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let directory = std::env::temp_dir().join(format!("starling-s2s-tls-{}", std::process::id()));
+        let directory =
+            std::env::temp_dir().join(format!("starling-s2s-tls-{}", std::process::id()));
         std::fs::create_dir_all(&directory).unwrap();
         let ca_file = directory.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).unwrap();
@@ -291,7 +300,8 @@ mod tests {
         let (tls, _) = tls_for("a.example");
         let config = tls.server_config(Some(ALPN_XMPP_SERVER)).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"xmpp-server".to_vec()]);
-        let verifier = OptionalClientCertificate(Arc::new(rustls::crypto::ring::default_provider()));
+        let verifier =
+            OptionalClientCertificate(Arc::new(rustls::crypto::ring::default_provider()));
         assert!(verifier.offer_client_auth());
         assert!(!verifier.client_auth_mandatory());
     }

@@ -205,7 +205,10 @@ impl BlockingStore for FakeStorage {
 
 #[async_trait]
 impl starling_api::RoomArchiveStore for FakeStorage {
-    async fn archive_room_messages(&self, _entries: &[starling_api::ArchiveEntry]) -> ApiResult<u64> {
+    async fn archive_room_messages(
+        &self,
+        _entries: &[starling_api::ArchiveEntry],
+    ) -> ApiResult<u64> {
         Err(ApiError::Internal("not in this fake".into()))
     }
 

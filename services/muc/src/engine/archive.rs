@@ -20,7 +20,7 @@ use starling_xmpp::xep::mam::query_form;
 use starling_xmpp::{ns, parse_element, stanza, Element, Limits, StanzaErrorCondition};
 
 use super::moderation::{MODERATE, RETRACT};
-use super::{Context, ArchiveRequest, MUC_USER};
+use super::{ArchiveRequest, Context, MUC_USER};
 use crate::state::{Affiliation, Occupant, Role, Room, Whois};
 
 /// Whether a reflected groupchat message goes to the archive (section
@@ -45,9 +45,9 @@ pub fn referenced_stanza_id(stanza_element: &Element) -> Option<ArchiveId> {
         "iq" if stanza::stanza_type(stanza_element) == "set" => stanza::iq_payload(stanza_element)
             .filter(|payload| payload.is("moderate", MODERATE))?
             .attr("id"),
-        "message" if stanza::stanza_type(stanza_element) == "groupchat" => stanza_element
-            .get_child("retract", RETRACT)?
-            .attr("id"),
+        "message" if stanza::stanza_type(stanza_element) == "groupchat" => {
+            stanza_element.get_child("retract", RETRACT)?.attr("id")
+        }
         _ => None,
     }?;
     ArchiveId::from_text(id)
@@ -101,7 +101,13 @@ impl Context<'_> {
 
     /// Archive a reflected groupchat message when the room keeps an
     /// archive and the message is one it keeps.
-    pub(super) fn archive(&mut self, room: &Room, sender: &Occupant, reflected: &Element, id: ArchiveId) {
+    pub(super) fn archive(
+        &mut self,
+        room: &Room,
+        sender: &Occupant,
+        reflected: &Element,
+        id: ArchiveId,
+    ) {
         if archivable(reflected) {
             self.archive_entry(room, Some(sender), reflected, id);
         }

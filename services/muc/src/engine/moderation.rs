@@ -8,7 +8,9 @@
 
 use starling_api::ArchiveId;
 use starling_xmpp::xep::delay::rfc3339_utc;
-use starling_xmpp::{ns, parse_element, stanza, Element, Limits, StanzaError, StanzaErrorCondition};
+use starling_xmpp::{
+    ns, parse_element, stanza, Element, Limits, StanzaError, StanzaErrorCondition,
+};
 
 use super::archive::history_message;
 use super::{Context, MUC_USER, OCCUPANT_ID, STANZA_ID};
@@ -70,7 +72,14 @@ impl Context<'_> {
     }
 
     /// Forget a retracted message: out of the history, a tombstone in the archive.
-    fn bury(&mut self, room: &mut Room, id: ArchiveId, history_index: Option<usize>, original: &Element, marker: Element) {
+    fn bury(
+        &mut self,
+        room: &mut Room,
+        id: ArchiveId,
+        history_index: Option<usize>,
+        original: &Element,
+        marker: Element,
+    ) {
         if let Some(index) = history_index {
             if let Some(entry) = room.history.remove(index) {
                 room.history_bytes -= entry.xml.len();
@@ -97,18 +106,24 @@ impl Context<'_> {
             return self.effects.error_with(iq, self.sender, error);
         }
         let Some(moderate) = stanza::iq_payload(iq) else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest);
         };
         if !moderate.has_child("retract", RETRACT) {
             // Retraction is the one moderation action the XEP defines.
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::BadRequest);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::BadRequest);
         }
         let found = moderate
             .attr("id")
             .and_then(ArchiveId::from_text)
             .and_then(|id| self.retraction_target(room, id).map(|found| (id, found)));
         let Some((id, (history_index, original))) = found else {
-            return self.effects.error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
+            return self
+                .effects
+                .error(iq, self.sender, StanzaErrorCondition::ItemNotFound);
         };
         let reason = moderate
             .get_child("reason", MODERATE)

@@ -16,7 +16,8 @@ pub const MUC_REQUEST: &str = "http://jabber.org/protocol/muc#request";
 /// The `muc#request` data form of a message, if it carries one.
 pub(super) fn request_form(message: &Element) -> Option<&Element> {
     message.children().find(|child| {
-        child.is("x", ns::DATA_FORMS) && field_value(child, "FORM_TYPE").as_deref() == Some(MUC_REQUEST)
+        child.is("x", ns::DATA_FORMS)
+            && field_value(child, "FORM_TYPE").as_deref() == Some(MUC_REQUEST)
     })
 }
 
@@ -101,7 +102,13 @@ impl Context<'_> {
 
     /// Section 8.6: the submitted approval form; `muc#request_allow` true
     /// makes the named visitor a participant (a declined request changes nothing).
-    fn approve_voice(&mut self, room: &mut Room, message: &Element, form: &Element, allow: Option<&str>) {
+    fn approve_voice(
+        &mut self,
+        room: &mut Room,
+        message: &Element,
+        form: &Element,
+        allow: Option<&str>,
+    ) {
         if !matches!(allow, Some("1" | "true")) {
             return;
         }
@@ -110,7 +117,11 @@ impl Context<'_> {
                 .effects
                 .error(message, self.sender, StanzaErrorCondition::BadRequest);
         };
-        let Some(index) = room.occupants.iter().position(|occupant| occupant.nick == nick) else {
+        let Some(index) = room
+            .occupants
+            .iter()
+            .position(|occupant| occupant.nick == nick)
+        else {
             return self
                 .effects
                 .error(message, self.sender, StanzaErrorCondition::ItemNotFound);

@@ -43,7 +43,8 @@ impl MucService {
         room: Option<&Room>,
         stanza_element: &Element,
     ) -> ApiResult<Option<ArchivedMessage>> {
-        let (Some(archive), Some(id)) = (&self.archive, engine::referenced_stanza_id(stanza_element))
+        let (Some(archive), Some(id)) =
+            (&self.archive, engine::referenced_stanza_id(stanza_element))
         else {
             return Ok(None);
         };
@@ -109,7 +110,10 @@ impl MucService {
         routed_at: Option<SystemTime>,
     ) -> Vec<Element> {
         let querier = sender.to_string();
-        let reply = match self.archive_page(room_jid, &querier, &request, routed_at).await {
+        let reply = match self
+            .archive_page(room_jid, &querier, &request, routed_at)
+            .await
+        {
             Ok(Some(mut fin)) => {
                 self.count_archive("queried", 1);
                 fin.set_attr("from", room_jid.to_string());

@@ -30,7 +30,9 @@ fn is_join(stanza_element: &Element, room: Option<&Room>, sender: &FullJid) -> b
         && stanza_element.attr("to").is_some_and(|to| to.contains('/'))
         && !room.is_some_and(|room| {
             let bare = sender.bare().to_string();
-            room.occupants.iter().any(|occupant| occupant.bare() == bare)
+            room.occupants
+                .iter()
+                .any(|occupant| occupant.bare() == bare)
         })
 }
 

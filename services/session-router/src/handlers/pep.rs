@@ -278,7 +278,9 @@ async fn owner_roster_groups(
         .roster(owner)
         .await
         .map_err(|error| PubsubError::from_api(&error))?;
-    Ok(roster_groups(items.into_iter().flat_map(|item| item.groups)))
+    Ok(roster_groups(
+        items.into_iter().flat_map(|item| item.groups),
+    ))
 }
 
 /// The `jid` of an owner's list entry (an affiliation, a subscription);
@@ -983,9 +985,11 @@ impl Pep {
                     .into_iter()
                     .filter(|subscription| subscription.state == PepSubscriptionState::Subscribed)
                 {
-                    list.append_child(Element::new("subscription", ns::PUBSUB_OWNER)
-                        .with_attr("jid", subscription.jid.to_string())
-                        .with_attr("subscription", subscription.state.as_str()));
+                    list.append_child(
+                        Element::new("subscription", ns::PUBSUB_OWNER)
+                            .with_attr("jid", subscription.jid.to_string())
+                            .with_attr("subscription", subscription.state.as_str()),
+                    );
                 }
                 Ok(result_with(
                     iq,

@@ -130,8 +130,7 @@ pub(crate) fn judge(config: &PepNodeConfig, standing: Standing<'_>) -> Result<()
 /// JID or of one of its full JIDs).
 fn approved_for(subscriptions: &[PepSubscription], account: &BareJid) -> bool {
     subscriptions.iter().any(|subscription| {
-        subscription.state == PepSubscriptionState::Subscribed
-            && subscription.jid.bare() == account
+        subscription.state == PepSubscriptionState::Subscribed && subscription.jid.bare() == account
     })
 }
 
@@ -277,9 +276,7 @@ impl SessionRouter {
                 continue;
             }
             for session in self.registry.sessions(account).await? {
-                if !session.available
-                    || recipients.iter().any(|known| known.jid == session.jid)
-                {
+                if !session.available || recipients.iter().any(|known| known.jid == session.jid) {
                     continue;
                 }
                 if account != owner

@@ -66,7 +66,9 @@ pub(crate) fn authorization_answer(
         _ => return None,
     }
     let Some(node) = field_value(form, "pubsub#node").filter(|node| !node.is_empty()) else {
-        return Some(AuthorizationAnswer::Malformed("the form names no pubsub#node"));
+        return Some(AuthorizationAnswer::Malformed(
+            "the form names no pubsub#node",
+        ));
     };
     // The request example of section 8.6 spells the field `pusub#subscriber_jid`.
     let subscriber = field_value(form, "pubsub#subscriber_jid")
@@ -80,11 +82,7 @@ pub(crate) fn authorization_answer(
     let allow = match field_value(form, "pubsub#allow").as_deref() {
         Some("1" | "true") => true,
         Some("0" | "false") => false,
-        _ => {
-            return Some(AuthorizationAnswer::Malformed(
-                "pubsub#allow is a boolean",
-            ))
-        }
+        _ => return Some(AuthorizationAnswer::Malformed("pubsub#allow is a boolean")),
     };
     Some(AuthorizationAnswer::Decided {
         node,
@@ -161,7 +159,10 @@ pub(crate) fn subscription_element(
     Element::new("subscription", namespace)
         .with_attr("node", node)
         .with_attr("jid", jid.to_string())
-        .with_attr("subscription", state.map_or("none", PepSubscriptionState::as_str))
+        .with_attr(
+            "subscription",
+            state.map_or("none", PepSubscriptionState::as_str),
+        )
 }
 
 /// The notification of a subscription's new state to the subscriber
@@ -178,7 +179,10 @@ pub(crate) fn subscription_notice(
         .with_attr("id", new_id())
         .with_child(
             Element::new("pubsub", ns::PUBSUB).with_child(subscription_element(
-                ns::PUBSUB, node, jid, state,
+                ns::PUBSUB,
+                node,
+                jid,
+                state,
             )),
         )
 }
@@ -228,7 +232,8 @@ impl SessionRouter {
             self.send_pep_message(subscription_notice(owner, &node.name, jid, now))
                 .await;
         }
-        if now != Some(PepSubscriptionState::Subscribed) || jid.bare().domain() != self.config.domain
+        if now != Some(PepSubscriptionState::Subscribed)
+            || jid.bare().domain() != self.config.domain
         {
             return;
         }

@@ -226,13 +226,23 @@ async fn bookmarks_2_items_and_the_xep_0048_storage_are_one_set() {
         pep_storage(&harness).await,
         vec![("current".to_string(), legacy.to_string())]
     );
-    assert_eq!(bookmarks2_conversions(&harness, "to_legacy", "converted"), 1.0);
+    assert_eq!(
+        bookmarks2_conversions(&harness, "to_legacy", "converted"),
+        1.0
+    );
 
     // Section 5.3.2: a client of XEP-0048 replaces the storage (the orchard
     // renamed, a garden added, a URL): the rooms become items, each told.
     let replaced = "<storage xmlns='storage:bookmarks'><conference jid='orchard@conference.example.com' name='Orchard' autojoin='true'><nick>juliet</nick></conference><conference jid='garden@conference.example.com' autojoin='0'/><url name='Works' url='http://example.com/'/></storage>";
     harness
-        .send(PHONE, CM_TEST, 1, &format!("<iq id='p1' type='set'><query xmlns='jabber:iq:private'>{replaced}</query></iq>"))
+        .send(
+            PHONE,
+            CM_TEST,
+            1,
+            &format!(
+                "<iq id='p1' type='set'><query xmlns='jabber:iq:private'>{replaced}</query></iq>"
+            ),
+        )
         .await;
     harness.seen_on_test();
     assert_eq!(
@@ -247,7 +257,14 @@ async fn bookmarks_2_items_and_the_xep_0048_storage_are_one_set() {
     // Unchanged rooms are not told again; a removed one is retracted.
     let fewer = "<storage xmlns='storage:bookmarks'><conference jid='garden@conference.example.com' autojoin='false'/></storage>";
     harness
-        .send(PHONE, CM_TEST, 1, &format!("<iq id='p2' type='set'><query xmlns='jabber:iq:private'>{fewer}</query></iq>"))
+        .send(
+            PHONE,
+            CM_TEST,
+            1,
+            &format!(
+                "<iq id='p2' type='set'><query xmlns='jabber:iq:private'>{fewer}</query></iq>"
+            ),
+        )
         .await;
     harness.seen_on_test();
     let told = harness.seen_on_other();
@@ -261,7 +278,10 @@ async fn bookmarks_2_items_and_the_xep_0048_storage_are_one_set() {
     );
     assert_eq!(
         room_items(&harness).await,
-        vec![("garden@conference.example.com".to_string(), "<conference xmlns='urn:xmpp:bookmarks:1' autojoin='false'/>".to_string())]
+        vec![(
+            "garden@conference.example.com".to_string(),
+            "<conference xmlns='urn:xmpp:bookmarks:1' autojoin='false'/>".to_string()
+        )]
     );
     // A XEP-0402 retraction: the legacy storage follows (empty).
     harness
@@ -269,7 +289,10 @@ async fn bookmarks_2_items_and_the_xep_0048_storage_are_one_set() {
         .await;
     assert_eq!(
         private_storage(&harness).await,
-        Some("<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>".to_string())
+        Some(
+            "<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>"
+                .to_string()
+        )
     );
     // The account announces both compatibilities.
     harness.seen_on_test();
@@ -286,10 +309,20 @@ async fn bookmarks_2_items_and_the_xep_0048_storage_are_one_set() {
         .send(PHONE, CM_TEST, 1, "<iq id='c1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>open</value></field></x></configure></pubsub></iq>")
         .await;
     harness
-        .send(PHONE, CM_TEST, 1, &format!("<iq id='p3' type='set'><query xmlns='jabber:iq:private'>{replaced}</query></iq>"))
+        .send(
+            PHONE,
+            CM_TEST,
+            1,
+            &format!(
+                "<iq id='p3' type='set'><query xmlns='jabber:iq:private'>{replaced}</query></iq>"
+            ),
+        )
         .await;
     assert_eq!(room_items(&harness).await, Vec::new());
-    assert_eq!(bookmarks2_conversions(&harness, "from_legacy", "not_private"), 1.0);
+    assert_eq!(
+        bookmarks2_conversions(&harness, "from_legacy", "not_private"),
+        1.0
+    );
     harness.seen_on_test();
     harness
         .send(PHONE, CM_TEST, 1, "<iq id='d2' type='get' to='juliet@example.com'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
@@ -309,7 +342,9 @@ async fn xep_0048_bookmarks_become_items_before_the_first_bookmarks_2_read() {
         .put_account_data(
             &bare("juliet@example.com"),
             "private storage:bookmarks",
-            Some(&format!("<query xmlns='jabber:iq:private'>{orchard}</query>")),
+            Some(&format!(
+                "<query xmlns='jabber:iq:private'>{orchard}</query>"
+            )),
         )
         .await
         .unwrap();
@@ -327,6 +362,9 @@ async fn xep_0048_bookmarks_become_items_before_the_first_bookmarks_2_read() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(node.config.access_model, starling_api::AccessModel::Whitelist);
+    assert_eq!(
+        node.config.access_model,
+        starling_api::AccessModel::Whitelist
+    );
     assert_eq!(node.config.max_items, starling_api::MaxItems::Max);
 }

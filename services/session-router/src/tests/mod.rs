@@ -326,7 +326,10 @@ impl starling_api::PepStore for UnavailableStorage {
 
 #[async_trait]
 impl starling_api::RoomArchiveStore for UnavailableStorage {
-    async fn archive_room_messages(&self, _entries: &[starling_api::ArchiveEntry]) -> ApiResult<u64> {
+    async fn archive_room_messages(
+        &self,
+        _entries: &[starling_api::ArchiveEntry],
+    ) -> ApiResult<u64> {
         Err(database_down())
     }
 

@@ -371,7 +371,12 @@ async fn a_roster_node_admits_subscribed_contacts_in_its_groups_only() {
     harness.seen_on_other();
     // Romeo has a subscription but no group: not told, may not read.
     harness
-        .send(JULIET, CM_TEST, 1, &mood_publish("1", &access_options("roster", &["Friends"])))
+        .send(
+            JULIET,
+            CM_TEST,
+            1,
+            &mood_publish("1", &access_options("roster", &["Friends"])),
+        )
         .await;
     harness.seen_on_test();
     assert_eq!(harness.seen_on_other(), Vec::new());
@@ -395,18 +400,37 @@ async fn a_roster_node_admits_subscribed_contacts_in_its_groups_only() {
         .await
         .unwrap();
     harness
-        .send(JULIET, CM_TEST, 1, &mood_publish("2", &access_options("roster", &["Friends"])))
+        .send(
+            JULIET,
+            CM_TEST,
+            1,
+            &mood_publish("2", &access_options("roster", &["Friends"])),
+        )
         .await;
     let on_other = stanzas(harness.seen_on_other());
     assert_eq!(on_other.len(), 1, "{on_other:?}");
-    assert_eq!(on_other[0].0, vec![Recipient { conn: 2, to: Some(ROMEO.to_string()) }]);
+    assert_eq!(
+        on_other[0].0,
+        vec![Recipient {
+            conn: 2,
+            to: Some(ROMEO.to_string())
+        }]
+    );
     assert!(on_other[0].1.contains("<item id='2'>"), "{on_other:?}");
     harness.send(ROMEO, CM_OTHER, 2, ITEMS_BY_ROMEO).await;
     let items = stanzas(harness.seen_on_other());
-    assert!(items[0].1.starts_with("<iq type='result' id='i'"), "{items:?}");
+    assert!(
+        items[0].1.starts_with("<iq type='result' id='i'"),
+        "{items:?}"
+    );
     // Other groups as a precondition: the node's groups differ.
     harness
-        .send(JULIET, CM_TEST, 1, &mood_publish("3", &access_options("roster", &["Family"])))
+        .send(
+            JULIET,
+            CM_TEST,
+            1,
+            &mood_publish("3", &access_options("roster", &["Family"])),
+        )
         .await;
     assert_eq!(
         harness.seen_on_test(),
@@ -435,7 +459,12 @@ async fn an_authorize_node_notifies_only_the_subscribers_its_owner_approved() {
     juliet_and_her_contacts(&mut harness).await;
     harness.seen_on_other();
     harness
-        .send(JULIET, CM_TEST, 1, &mood_publish("1", &access_options("authorize", &[])))
+        .send(
+            JULIET,
+            CM_TEST,
+            1,
+            &mood_publish("1", &access_options("authorize", &[])),
+        )
         .await;
     harness.seen_on_test();
     // Romeo's presence subscription and +notify are not enough.
@@ -455,7 +484,12 @@ async fn an_authorize_node_notifies_only_the_subscribers_its_owner_approved() {
     let asked = stanzas(harness.seen_on_test());
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert_eq!(asked[0].0, vec![Recipient::conn(1)]);
-    assert!(asked[0].1.starts_with("<message from='juliet@example.com' to='juliet@example.com' id='"), "{asked:?}");
+    assert!(
+        asked[0]
+            .1
+            .starts_with("<message from='juliet@example.com' to='juliet@example.com' id='"),
+        "{asked:?}"
+    );
     assert!(asked[0].1.contains(&format!("<field var='pubsub#node' type='text-single' label='Node ID'><value>{MOOD}</value></field><field var='pubsub#subscriber_jid' type='jid-single' label='Subscriber Address'><value>nurse@example.com</value></field>")), "{asked:?}");
     // Asking again while pending; asking for someone else.
     harness.send(NURSE, CM_OTHER, 3, &subscribe).await;
@@ -471,7 +505,9 @@ async fn an_authorize_node_notifies_only_the_subscribers_its_owner_approved() {
         vec![to_conn(2, "<iq id='x' to='romeo@example.com/orchard' from='juliet@example.com' type='error'><error type='modify'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><invalid-jid xmlns='http://jabber.org/protocol/pubsub#errors'/></error></iq>")]
     );
     // Pending is not subscribed: a publish tells the nurse nothing.
-    harness.send(JULIET, CM_TEST, 1, &mood_publish("2", "")).await;
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("2", ""))
+        .await;
     harness.seen_on_test();
     assert_eq!(harness.seen_on_other(), Vec::new());
 
@@ -482,18 +518,42 @@ async fn an_authorize_node_notifies_only_the_subscribers_its_owner_approved() {
     let told = stanzas(harness.seen_on_other());
     assert_eq!(told.len(), 2, "{told:?}");
     assert!(told[0].1.ends_with(&format!("<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscription node='{MOOD}' jid='nurse@example.com' subscription='subscribed'/></pubsub></message>")), "{told:?}");
-    assert_eq!(told[1].0, vec![Recipient { conn: 3, to: Some(NURSE.to_string()) }]);
+    assert_eq!(
+        told[1].0,
+        vec![Recipient {
+            conn: 3,
+            to: Some(NURSE.to_string())
+        }]
+    );
     assert!(told[1].1.contains("<item id='2'>"), "{told:?}");
     // The nurse may read; a publish reaches her (no +notify needed for an
     // explicit subscription), not romeo.
-    harness.send(NURSE, CM_OTHER, 3, &ITEMS_BY_ROMEO.replace("id='i'", "id='n'")).await;
+    harness
+        .send(
+            NURSE,
+            CM_OTHER,
+            3,
+            &ITEMS_BY_ROMEO.replace("id='i'", "id='n'"),
+        )
+        .await;
     let items = stanzas(harness.seen_on_other());
-    assert!(items[0].1.starts_with("<iq type='result' id='n'"), "{items:?}");
-    harness.send(JULIET, CM_TEST, 1, &mood_publish("3", "")).await;
+    assert!(
+        items[0].1.starts_with("<iq type='result' id='n'"),
+        "{items:?}"
+    );
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("3", ""))
+        .await;
     harness.seen_on_test();
     let on_other = stanzas(harness.seen_on_other());
     assert_eq!(on_other.len(), 1, "{on_other:?}");
-    assert_eq!(on_other[0].0, vec![Recipient { conn: 3, to: Some(NURSE.to_string()) }]);
+    assert_eq!(
+        on_other[0].0,
+        vec![Recipient {
+            conn: 3,
+            to: Some(NURSE.to_string())
+        }]
+    );
     // The owner lists and removes the subscription: the nurse is told.
     harness
         .send(JULIET, CM_TEST, 1, &format!("<iq id='l' type='get'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><subscriptions node='{MOOD}'/></pubsub></iq>"))
@@ -509,7 +569,9 @@ async fn an_authorize_node_notifies_only_the_subscribers_its_owner_approved() {
     let told = stanzas(harness.seen_on_other());
     assert_eq!(told.len(), 1, "{told:?}");
     assert!(told[0].1.contains("subscription='none'"), "{told:?}");
-    harness.send(JULIET, CM_TEST, 1, &mood_publish("4", "")).await;
+    harness
+        .send(JULIET, CM_TEST, 1, &mood_publish("4", ""))
+        .await;
     assert_eq!(harness.seen_on_other(), Vec::new());
     // An approval for no pending subscription: item-not-found to the owner.
     harness.seen_on_test();

@@ -293,12 +293,14 @@ async fn query_page(
 ) -> Result<(Vec<ArchivedMessage>, bool), StorageError> {
     let table = owner.table();
     for id in named_ids(query) {
-        let Filters {
-            conditions,
-            values,
-        } = owner.filters();
+        let Filters { conditions, values } = owner.filters();
         let statement = format!("SELECT 1 FROM {table} WHERE {} AND id = $2", conditions[0]);
-        if bind_all(&statement, values).bind(id.0).fetch_optional(pool).await?.is_none() {
+        if bind_all(&statement, values)
+            .bind(id.0)
+            .fetch_optional(pool)
+            .await?
+            .is_none()
+        {
             return Err(StorageError::ArchiveItemNotFound(id.to_text()));
         }
     }
@@ -496,11 +498,12 @@ pub(crate) async fn room_archive_message(
     room: &str,
     id: i64,
 ) -> Result<Option<ArchivedMessage>, StorageError> {
-    let row = sqlx::query("SELECT id, stanza_xml FROM muc_archive_messages WHERE room = $1 AND id = $2")
-        .bind(room)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT id, stanza_xml FROM muc_archive_messages WHERE room = $1 AND id = $2")
+            .bind(room)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
     match row {
         Some(row) => Ok(Some(ArchivedMessage {
             id: ArchiveId(row.try_get(0)?),

@@ -402,7 +402,10 @@ pub(crate) async fn pep_last_items(
         .fetch_optional(pool)
         .await?;
         if let Some(row) = row {
-            last.push((node_from_row(&row)?, item_from_row(&row, NODE_COLUMN_COUNT)?));
+            last.push((
+                node_from_row(&row)?,
+                item_from_row(&row, NODE_COLUMN_COUNT)?,
+            ));
         }
     }
     Ok(last)
