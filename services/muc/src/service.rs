@@ -284,7 +284,7 @@ impl MucService {
                 .at_room_limit(room_jid, room.as_ref(), stanza_element, sender)
                 .await?,
         };
-        let occupants_before = bounds::users(room.as_ref());
+        let occupants_before = self.users_before(stanza_element, room.as_ref());
         let mut effects = engine::handle(
             &mut room,
             room_jid,
@@ -296,8 +296,9 @@ impl MucService {
         );
         if effects.changed {
             self.write(lease, &loaded, &mut room, before).await?;
-            self.note_occupancy(room_jid, &occupants_before, room.as_ref())
-                .await;
+            if let Some(before) = &occupants_before {
+                self.note_occupancy(room_jid, before, room.as_ref()).await;
+            }
         }
         // Archived before the room's stanzas go out (XEP-0313 section 5.1.2:
         // what the occupants received).

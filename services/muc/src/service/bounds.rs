@@ -14,7 +14,7 @@ use super::MucService;
 use crate::state::Room;
 
 /// The users (bare JIDs) who occupy `room`.
-pub(super) fn users(room: Option<&Room>) -> BTreeSet<String> {
+fn users(room: Option<&Room>) -> BTreeSet<String> {
     room.map(|room| {
         room.occupants
             .iter()
@@ -78,6 +78,21 @@ impl MucService {
         Ok(occupied >= max)
     }
 
+    /// The users of `room` before a stanza that may change who occupies it,
+    /// for [`Self::note_occupancy`]; `None` when the bound is off, or for a
+    /// message that is not an error: a groupchat or private message never
+    /// adds or removes an occupant (an error from an occupant's address does,
+    /// XEP-0045 status 333), so a large room's messages build no set.
+    pub(super) fn users_before(
+        &self,
+        stanza_element: &Element,
+        room: Option<&Room>,
+    ) -> Option<BTreeSet<String>> {
+        let message =
+            stanza_element.name() == "message" && stanza::stanza_type(stanza_element) != "error";
+        (self.max_rooms_per_user != 0 && !message).then(|| users(room))
+    }
+
     /// Record who entered and who left `room_jid` with one change.
     pub(super) async fn note_occupancy(
         &self,
@@ -85,9 +100,6 @@ impl MucService {
         before: &BTreeSet<String>,
         room: Option<&Room>,
     ) {
-        if self.max_rooms_per_user == 0 {
-            return;
-        }
         let after = users(room);
         for user in after.difference(before) {
             if let Err(error) = self.occupancy.enter(user, room_jid).await {
