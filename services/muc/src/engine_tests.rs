@@ -38,15 +38,19 @@ impl Harness {
         let mut element = xml(stanza);
         element.set_attr("from", from.to_string());
         // A record round trip, as every replica does between stanzas (the
-        // history is a list of its own, read back beside the record).
-        let json = self
-            .room
-            .as_ref()
-            .map(|room| (serde_json::to_string(room).unwrap(), room.history.clone()));
-        self.room = json.map(|(json, history)| {
+        // history and the last stanza-id are kept beside the record).
+        let json = self.room.as_ref().map(|room| {
+            (
+                serde_json::to_string(room).unwrap(),
+                room.history.clone(),
+                room.last_stanza_id,
+            )
+        });
+        self.room = json.map(|(json, history, last_stanza_id)| {
             let mut room: Room = serde_json::from_str(&json).unwrap();
             room.history_bytes = history.iter().map(|entry| entry.xml.len()).sum();
             room.history = history;
+            room.last_stanza_id = last_stanza_id;
             room
         });
         handle(

@@ -275,6 +275,9 @@ impl MucService {
             // database with no occupant (XEP-0045 section 10.1.3).
             None => self.stored_room(room_jid).await?,
         };
+        if let Some(room) = room.as_mut() {
+            room.last_stanza_id = loaded.last_stanza_id;
+        }
         let before = room.as_ref().and_then(durable_part);
         let known = Known {
             target: self
@@ -356,8 +359,18 @@ impl MucService {
             (Some(new), _) => RecordWrite::Put(new),
             (None, _) => RecordWrite::Delete,
         };
+        let last_stanza_id = room
+            .as_ref()
+            .map(|room| room.last_stanza_id)
+            .filter(|id| *id != loaded.last_stanza_id);
         self.store
-            .save(lease, record_write, &appended, self.history_limits())
+            .save(
+                lease,
+                record_write,
+                &appended,
+                last_stanza_id,
+                self.history_limits(),
+            )
             .await?;
         let Some(durable) = self.durable.as_ref() else {
             return Ok(());
@@ -379,7 +392,7 @@ impl MucService {
             };
             if let Err(undo) = self
                 .store
-                .save(lease, restore, &[], self.history_limits())
+                .save(lease, restore, &[], None, self.history_limits())
                 .await
             {
                 tracing::warn!(room = %lease.room, error = %undo, "the room could not be put back");
@@ -412,7 +425,13 @@ impl MucService {
         let record = serde_json::to_string(room)
             .map_err(|error| ApiError::Internal(format!("room record: {error}")))?;
         self.store
-            .save(lease, RecordWrite::Put(&record), &[], self.history_limits())
+            .save(
+                lease,
+                RecordWrite::Put(&record),
+                &[],
+                None,
+                self.history_limits(),
+            )
             .await?;
         if durable.put_muc_room(&durable_record(room)?).await? {
             return Ok(());

@@ -250,7 +250,11 @@ async fn a_groupchat_message_costs_three_redis_round_trips() {
     let message =
         format!("<message xmlns='jabber:client' to='{ROOM}' type='groupchat'><body>Harpier cries</body></message>");
     let before = store.round_trips();
+    let record_before = store.peek(ROOM).await.unwrap();
     let reflected = send(&service, MEMBER, &message).await;
+    // The record is not rewritten: the message went to the history list and
+    // the room's last stanza-id beside it.
+    assert_eq!(store.peek(ROOM).await.unwrap(), record_before);
     // Take the lease and read the room (one script), append to the history
     // (one script, the lease checked), release the lease. Before the
     // history had a list of its own: take, read, write the whole record,
@@ -355,7 +359,7 @@ async fn a_record_holding_its_history_moves_it_to_the_list() {
         max_bytes: 1 << 20,
     };
     store
-        .save(&lease, RecordWrite::Put(&record), &[], limits)
+        .save(&lease, RecordWrite::Put(&record), &[], None, limits)
         .await
         .unwrap();
     store.release(lease).await;

@@ -221,8 +221,10 @@ pub struct Room {
     #[serde(default)]
     pub revision: i64,
     /// The last XEP-0359 stanza-id (an archive id) the room stamped: ids
-    /// only grow in a room, whichever replica applies its stanzas.
-    #[serde(default)]
+    /// only grow in a room, whichever replica applies its stanzas. Kept by
+    /// the room store beside the history, not in the record (a message moves
+    /// it and must not rewrite the record).
+    #[serde(skip)]
     pub last_stanza_id: i64,
 }
 

@@ -12,6 +12,7 @@
 //! Redis keys, all in the room's slot: `muc:{<room>}` the record,
 //! `muc:{<room>}:history` the history (one JSON entry per message, oldest
 //! first), `muc:{<room>}:history_bytes` the bytes the list holds,
+//! `muc:{<room>}:last_stanza_id` the room's last stanza-id,
 //! `muc:{<room>}:lease` the lease (a random token, with a TTL so that a
 //! killed replica's lease lapses); and `muc:rooms` the set of rooms (for the
 //! service's disco#items). Per stanza: one round trip takes the lease and
@@ -44,6 +45,10 @@ pub struct Loaded {
     pub record: Option<String>,
     /// The history entries, oldest first (empty unless asked for).
     pub history: Vec<String>,
+    /// The last XEP-0359 stanza-id the room stamped (0: none): kept beside
+    /// the history, not in the record, so that a message, which moves it,
+    /// leaves the record as it is.
+    pub last_stanza_id: i64,
 }
 
 /// What a write does to the room's record.
@@ -72,14 +77,16 @@ pub trait RoomStore: Send + Sync + 'static {
     /// Wait for the room's lease (bounded: `ApiError::Unavailable` past it)
     /// and read the room under it, with its history when `with_history`.
     async fn acquire(&self, room: &str, with_history: bool) -> ApiResult<(Lease, Loaded)>;
-    /// Write the record and append `history` entries (then bounded by
-    /// `limits`) as one change; fails when the lease lapsed meanwhile, so a
-    /// stalled replica cannot overwrite the work of the one that took over.
+    /// Write the record, append `history` entries (then bounded by
+    /// `limits`) and set the last stanza-id (when `Some`) as one change;
+    /// fails when the lease lapsed meanwhile, so a stalled replica cannot
+    /// overwrite the work of the one that took over.
     async fn save(
         &self,
         lease: &Lease,
         record: RecordWrite<'_>,
         history: &[String],
+        last_stanza_id: Option<i64>,
         limits: HistoryLimits,
     ) -> ApiResult<()>;
     async fn release(&self, lease: Lease);
@@ -103,6 +110,7 @@ struct MemoryRoom {
     record: Option<String>,
     history: VecDeque<String>,
     history_bytes: usize,
+    last_stanza_id: i64,
 }
 
 /// Rooms in this process (`starling serve`).
@@ -130,6 +138,7 @@ impl RoomStore for MemoryRoomStore {
                 } else {
                     Vec::new()
                 },
+                last_stanza_id: stored.last_stanza_id,
             },
             None => Loaded::default(),
         };
@@ -146,6 +155,7 @@ impl RoomStore for MemoryRoomStore {
         lease: &Lease,
         record: RecordWrite<'_>,
         history: &[String],
+        last_stanza_id: Option<i64>,
         limits: HistoryLimits,
     ) -> ApiResult<()> {
         let mut rooms = self.rooms.lock();
@@ -162,6 +172,9 @@ impl RoomStore for MemoryRoomStore {
         let Some(stored) = rooms.get_mut(&lease.room) else {
             return Ok(());
         };
+        if let Some(id) = last_stanza_id {
+            stored.last_stanza_id = id;
+        }
         for entry in keepable(history, limits) {
             stored.history_bytes += entry.len();
             stored.history.push_back(entry.clone());
@@ -217,23 +230,24 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Take the lease and read the room in one round trip. KEYS: lease, record,
-/// history; ARGV: token, TTL in ms, '1' to read the history. Nil when the
-/// lease is taken; else {record or nil, history}.
+/// history, last stanza-id; ARGV: token, TTL in ms, '1' to read the history.
+/// Nil when the lease is taken; else {record or nil, history, last id or nil}.
 const ACQUIRE_SCRIPT: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 local history = {}
 if ARGV[3] == '1' then history = redis.call('LRANGE', KEYS[3], 0, -1) end
-return {redis.call('GET', KEYS[2]), history}";
+return {redis.call('GET', KEYS[2]), history, redis.call('GET', KEYS[4])}";
 
 /// Write under the lease, in one round trip. KEYS: record, lease, history,
-/// history bytes; ARGV: token, 'keep'/'put'/'delete', the record, the most
-/// entries, the most bytes, then the entries to append. Returns 0 when the
-/// lease is not the token's, 2 when the record was created, 3 when the room
-/// was deleted, 1 otherwise.
+/// history bytes, last stanza-id; ARGV: token, 'keep'/'put'/'delete', the
+/// record, the most entries, the most bytes, the last stanza-id ('' to keep
+/// it), then the entries to append. Returns 0 when the lease is not the
+/// token's, 2 when the record was created, 3 when the room was deleted, 1
+/// otherwise.
 const SAVE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if ARGV[2] == 'delete' then
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4])
+  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5])
   return 3
 end
 local outcome = 1
@@ -241,10 +255,11 @@ if ARGV[2] == 'put' then
   if redis.call('EXISTS', KEYS[1]) == 0 then outcome = 2 end
   redis.call('SET', KEYS[1], ARGV[3])
 end
-if #ARGV > 5 then
+if ARGV[6] ~= '' then redis.call('SET', KEYS[5], ARGV[6]) end
+if #ARGV > 6 then
   local length = 0
   local bytes = tonumber(redis.call('GET', KEYS[4]) or '0')
-  for index = 6, #ARGV do
+  for index = 7, #ARGV do
     length = redis.call('RPUSH', KEYS[3], ARGV[index])
     bytes = bytes + #ARGV[index]
   end
@@ -305,6 +320,11 @@ impl RedisRoomStore {
             .key(&format!("muc:{}:history_bytes", hash_tag(room)))
     }
 
+    fn last_stanza_id_key(&self, room: &str) -> String {
+        self.redis
+            .key(&format!("muc:{}:last_stanza_id", hash_tag(room)))
+    }
+
     fn lease_key(&self, room: &str) -> String {
         self.redis.key(&format!("muc:{}:lease", hash_tag(room)))
     }
@@ -326,24 +346,30 @@ impl RoomStore for RedisRoomStore {
         let mut pause = Duration::from_millis(1);
         loop {
             self.round_trip();
-            let taken: Option<(Option<String>, Vec<String>)> = self
+            let taken: Option<(Option<String>, Vec<String>, Option<i64>)> = self
                 .acquire
                 .key(self.lease_key(room))
                 .key(self.record_key(room))
                 .key(self.history_key(room))
+                .key(self.last_stanza_id_key(room))
                 .arg(&token)
                 .arg(LEASE_TTL.as_millis() as u64)
                 .arg(if with_history { "1" } else { "0" })
                 .invoke_async(&mut self.redis.connection())
                 .await
                 .map_err(unavailable)?;
-            if let Some((record, history)) = taken {
+            if let Some((record, history, last_stanza_id)) = taken {
                 let lease = Lease {
                     room: room.to_string(),
                     token,
                     _guard: None,
                 };
-                return Ok((lease, Loaded { record, history }));
+                let loaded = Loaded {
+                    record,
+                    history,
+                    last_stanza_id: last_stanza_id.unwrap_or(0),
+                };
+                return Ok((lease, loaded));
             }
             if Instant::now() >= deadline {
                 return Err(ApiError::Unavailable(format!(
@@ -360,6 +386,7 @@ impl RoomStore for RedisRoomStore {
         lease: &Lease,
         record: RecordWrite<'_>,
         history: &[String],
+        last_stanza_id: Option<i64>,
         limits: HistoryLimits,
     ) -> ApiResult<()> {
         let mut invocation = self.save.prepare_invoke();
@@ -368,13 +395,17 @@ impl RoomStore for RedisRoomStore {
             .key(self.lease_key(&lease.room))
             .key(self.history_key(&lease.room))
             .key(self.history_bytes_key(&lease.room))
+            .key(self.last_stanza_id_key(&lease.room))
             .arg(&lease.token);
         match record {
             RecordWrite::Keep => invocation.arg("keep").arg(""),
             RecordWrite::Put(record) => invocation.arg("put").arg(record),
             RecordWrite::Delete => invocation.arg("delete").arg(""),
         };
-        invocation.arg(limits.max_stanzas).arg(limits.max_bytes);
+        invocation
+            .arg(limits.max_stanzas)
+            .arg(limits.max_bytes)
+            .arg(last_stanza_id.map(|id| id.to_string()).unwrap_or_default());
         for entry in keepable(history, limits) {
             invocation.arg(entry);
         }
@@ -472,6 +503,7 @@ mod tests {
                 &lease,
                 RecordWrite::Put("{\"v\":1}"),
                 &["aa".into()],
+                Some(7),
                 LIMITS,
             )
             .await
@@ -484,7 +516,8 @@ mod tests {
             waiting.await.unwrap(),
             Loaded {
                 record: Some("{\"v\":1}".into()),
-                history: Vec::new()
+                history: Vec::new(),
+                last_stanza_id: 7,
             }
         );
         assert_eq!(
@@ -501,6 +534,7 @@ mod tests {
                 &lease,
                 RecordWrite::Keep,
                 &["bb".into(), "cc".into(), "dd".into(), "x".repeat(11)],
+                None,
                 LIMITS,
             )
             .await
@@ -510,7 +544,7 @@ mod tests {
         assert_eq!(loaded.record.as_deref(), Some("{\"v\":1}"));
         assert_eq!(loaded.history, ["bb", "cc", "dd"]);
         store
-            .save(&lease, RecordWrite::Keep, &["eeeeeee".into()], LIMITS)
+            .save(&lease, RecordWrite::Keep, &["eeeeeee".into()], None, LIMITS)
             .await
             .unwrap();
         store.release(lease).await;
@@ -518,7 +552,7 @@ mod tests {
         assert_eq!(loaded.history, ["dd", "eeeeeee"]);
         // A new record leaves the history.
         store
-            .save(&lease, RecordWrite::Put("{\"v\":2}"), &[], LIMITS)
+            .save(&lease, RecordWrite::Put("{\"v\":2}"), &[], None, LIMITS)
             .await
             .unwrap();
         store.release(lease).await;
@@ -527,7 +561,7 @@ mod tests {
         assert_eq!(loaded.history, ["dd", "eeeeeee"]);
         // Deleted: the record and the history go.
         store
-            .save(&lease, RecordWrite::Delete, &[], LIMITS)
+            .save(&lease, RecordWrite::Delete, &[], None, LIMITS)
             .await
             .unwrap();
         store.release(lease).await;
@@ -569,7 +603,7 @@ mod tests {
             .unwrap();
         let (successor, _) = store.acquire("r@muc", false).await.unwrap();
         store
-            .save(&successor, RecordWrite::Put("new"), &[], LIMITS)
+            .save(&successor, RecordWrite::Put("new"), &[], None, LIMITS)
             .await
             .unwrap();
         // Neither a record nor a history append of the stale lease is written.
@@ -579,14 +613,14 @@ mod tests {
             (RecordWrite::Delete, Vec::new()),
         ] {
             assert!(matches!(
-                store.save(&lease, record, &history, LIMITS).await,
+                store.save(&lease, record, &history, None, LIMITS).await,
                 Err(ApiError::Unavailable(_))
             ));
         }
         // Releasing the stale lease leaves the successor's alone.
         store.release(lease).await;
         store
-            .save(&successor, RecordWrite::Put("newer"), &[], LIMITS)
+            .save(&successor, RecordWrite::Put("newer"), &[], None, LIMITS)
             .await
             .unwrap();
         store.release(successor).await;
@@ -595,7 +629,8 @@ mod tests {
             loaded,
             Loaded {
                 record: Some("newer".into()),
-                history: Vec::new()
+                history: Vec::new(),
+                last_stanza_id: 0,
             }
         );
         store.release(lease).await;
